@@ -1,0 +1,35 @@
+# One entry point for everything: `make demo`, `make test`, `make bench`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv check test lint typecheck pytest demo bench clean
+
+$(BIN)/ctsync: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(BIN)/ctsync
+
+venv: $(BIN)/ctsync
+
+lint: venv
+	$(BIN)/ruff check ctsync tests bench
+	$(BIN)/ruff format --check ctsync tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/pytest
+
+# The quality gate: ruff, mypy --strict, pytest.
+check: lint typecheck pytest
+
+# The same gate from a freshly created virtual environment (what CI runs).
+test:
+	rm -rf $(VENV)
+	$(MAKE) check
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

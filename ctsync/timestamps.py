@@ -1,0 +1,95 @@
+"""Segment's "Convert Timestamps" rule, and the event time of a message.
+
+The rule (Segment's and Customer.io's docs): a string that is an ISO-8601 date-time with
+at most millisecond precision becomes Unix epoch seconds; anything else is left alone, so
+phone numbers, IDs and other date formats survive. Nested objects are walked, arrays are
+not. A value without an offset is UTC; fractions are floored.
+
+The published examples (1136253847, 1684475925) were computed in the writer's Pacific
+time zone and are wrong; the true values are 1136225047 and 1684450725.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from dateutil.parser import isoparse
+
+
+class DatesAs(StrEnum):
+    """How converted dates are written: plain epoch seconds, or CleverTap's `$D_` type."""
+
+    UNIX = "unix"
+    CLEVERTAP = "clevertap"
+
+
+# Date, optionally `T` + time with at most millisecond precision, optionally an offset.
+_ISO_MS = re.compile(
+    r"\d{4}-\d{2}-\d{2}"
+    r"(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+)
+
+
+def iso_to_epoch(value: str) -> int | None:
+    """Epoch seconds of an ISO-8601 string with at most millisecond precision, else None."""
+    # Most strings are not dates: two character checks reject them before the regex.
+    if len(value) < 10 or value[4] != "-" or value[7] != "-":
+        return None
+    if _ISO_MS.fullmatch(value) is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:  # e.g. 2019-02-30
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    # Millisecond precision keeps the float exact enough for floor to be right.
+    return math.floor(parsed.timestamp())
+
+
+def convert_value(value: Any, dates_as: DatesAs = DatesAs.UNIX) -> Any:
+    """One value under the rule: a converted date, a walked object, or the value as is."""
+    if isinstance(value, str):
+        epoch = iso_to_epoch(value)
+        if epoch is None:
+            return value
+        return epoch if dates_as is DatesAs.UNIX else f"$D_{epoch}"
+    if isinstance(value, dict):
+        return convert_object(value, dates_as)
+    return value
+
+
+def convert_object(obj: dict[str, Any], dates_as: DatesAs = DatesAs.UNIX) -> dict[str, Any]:
+    """A copy of `obj` with every ISO-8601 value converted, nested objects included."""
+    return {key: convert_value(value, dates_as) for key, value in obj.items()}
+
+
+def event_time(value: Any) -> int | None:
+    """CleverTap's `ts` (integer epoch seconds) for a message's `timestamp`.
+
+    Unlike the Convert Timestamps rule this reads any ISO-8601 precision (an event time
+    with microseconds is still an event time) and integer epochs (milliseconds when too
+    large to be seconds). Returns None when the value is not a time at all.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value // 1000 if abs(value) >= 100_000_000_000 else value
+    if isinstance(value, float) and math.isfinite(value):
+        return event_time(math.floor(value))
+    if not isinstance(value, str):
+        return None
+    epoch = iso_to_epoch(value)
+    if epoch is not None:
+        return epoch
+    try:
+        parsed = isoparse(value)
+    except (ValueError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return math.floor(parsed.timestamp())
