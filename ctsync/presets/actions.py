@@ -1,0 +1,94 @@
+"""The presets of Segment's CleverTap (Actions) destination, with its faults fixed.
+
+| trigger                 | action      |
+| `type = "identify"`     | User Upload |
+| `event = "Delete User"` | User Delete |
+
+Segment's User Upload reads Person Attributes from `$.properties`, which identify
+messages do not have; ctsync reads `$.traits`. Segment sends `ts` as the raw ISO string,
+which CleverTap rejects (525); ctsync sends integer epoch seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ctsync.presets import MappingOptions
+from ctsync.records import (
+    Delete,
+    Invalid,
+    Mapper,
+    MapResult,
+    Message,
+    Operation,
+    Skip,
+    Upload,
+    skip_reason,
+)
+from ctsync.timestamps import convert_object, event_time
+
+MAX_IDENTITY_LENGTH = 119  # CleverTap: "under 120 characters"
+
+
+def identity_of(value: Any, field: str) -> str | Invalid:
+    """A CleverTap identity from a Segment id field, or why it cannot be one."""
+    if isinstance(value, bool) or value is None or value == "":
+        return Invalid("523", f"no identity: {field} is missing or empty")
+    if isinstance(value, int | float):
+        value = str(value)
+    if not isinstance(value, str):
+        return Invalid("523", f"no identity: {field} is not a string")
+    if len(value) > MAX_IDENTITY_LENGTH:
+        return Invalid("523", f"identity is {len(value)} characters; CleverTap needs under 120")
+    return value
+
+
+def record_time(message: Message) -> int | Invalid:
+    """`ts` for a message: its timestamp in epoch seconds, or now when it has none."""
+    raw = message.get("timestamp")
+    if raw is None:
+        return int(time.time())
+    ts = event_time(raw)
+    if ts is None:
+        return Invalid("525", f"timestamp {raw!r} is not a date-time")
+    return ts
+
+
+def actions_mapper(options: MappingOptions) -> Mapper:
+    """The mapper for `--preset actions`."""
+
+    def user_upload(message: Message) -> Upload | Invalid:
+        identity = identity_of(message.get("userId"), "userId")
+        if isinstance(identity, Invalid):
+            return identity
+        ts = record_time(message)
+        if isinstance(ts, Invalid):
+            return ts
+        traits = message.get("traits")
+        profile = traits if isinstance(traits, dict) else {}
+        if options.convert_timestamps:
+            profile = convert_object(profile, options.dates_as)
+        return Upload({"type": "profile", "identity": identity, "ts": ts, "profileData": profile})
+
+    def user_delete(message: Message) -> Delete | Invalid:
+        identity = identity_of(message.get("userId"), "userId")
+        if isinstance(identity, Invalid):
+            return identity
+        return Delete("identity", identity)
+
+    def mapper(message: Message) -> MapResult:
+        ops: list[Operation] = []
+        if message.get("type") == "identify":
+            op = user_upload(message)
+            if isinstance(op, Invalid):
+                return op
+            ops.append(op)
+        if message.get("event") == "Delete User":
+            delete = user_delete(message)
+            if isinstance(delete, Invalid):
+                return delete
+            ops.append(delete)
+        return ops or Skip(skip_reason(message))
+
+    return mapper
