@@ -1,0 +1,161 @@
+"""Packing operations into CleverTap requests without reordering what matters.
+
+Uploads go up to `batch_size` records per request (at most 100 of them tokens);
+deletions up to 100 per request, by identity or by CleverTap ID (never both in one).
+
+Order: requests run concurrently, so two operations on the same profile could land in
+either order. Only deletion makes that visible (a delete is final; an upload after it
+creates a new profile), so an upload and a delete of the same identity are ordered:
+the later one's batch *depends on* the earlier one's batch and is not sent until that
+batch is acknowledged. The bookkeeping is one dict lookup per operation, and a batch
+that depends on nothing is sent at once: cheap when no identity repeats.
+
+Dependencies always point from a newer batch (higher `seq`) to an older one, so they
+can never form a cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+from ctsync.ledger import Tracked
+from ctsync.records import Delete, Operation
+from ctsync.settings import MAX_DELETE_BATCH, MAX_TOKENS_PER_UPLOAD, MAX_UPLOAD_BATCH
+
+ProfileKey: TypeAlias = str | tuple[str, str]
+"""An identity as is, or ("guid", objectId) for a CleverTap ID."""
+
+
+class BatchKind(StrEnum):
+    UPLOAD = "upload"
+    DELETE_IDENTITY = "identity"
+    DELETE_GUID = "guid"
+
+
+class Batch:
+    """One request's worth of operations and the records they came from."""
+
+    __slots__ = ("deps", "done", "keys", "kind", "owners", "payloads", "sealed", "seq", "tokens")
+
+    def __init__(self, kind: BatchKind, seq: int) -> None:
+        self.kind = kind
+        self.seq = seq
+        self.payloads: list[Any] = []  # upload records, or identity/guid strings
+        self.owners: list[Tracked] = []
+        self.keys: list[ProfileKey] = []
+        self.deps: list[Batch] = []
+        self.tokens = 0
+        self.sealed = False
+        self.done = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def __repr__(self) -> str:
+        return f"<Batch {self.kind} #{self.seq} n={len(self)} deps={[d.seq for d in self.deps]}>"
+
+
+def profile_key(operation: Operation) -> ProfileKey | None:
+    """The profile an operation touches, for ordering; None when it names none."""
+    if isinstance(operation, Delete):
+        return operation.value if operation.key == "identity" else ("guid", operation.value)
+    record = operation.record
+    identity = record.get("identity")
+    if identity is not None:
+        return str(identity)
+    object_id = record.get("objectId")
+    return ("guid", str(object_id)) if object_id is not None else None
+
+
+class Planner:
+    """Turns a stream of operations into sealed batches, in order.
+
+    `add` and `flush` return the batches that became ready to send; call `complete`
+    when a batch has its answer so later operations stop waiting for it.
+    """
+
+    def __init__(
+        self, *, batch_size: int = MAX_UPLOAD_BATCH, delete_batch_size: int = MAX_DELETE_BATCH
+    ):
+        self._limits = {
+            BatchKind.UPLOAD: batch_size,
+            BatchKind.DELETE_IDENTITY: delete_batch_size,
+            BatchKind.DELETE_GUID: delete_batch_size,
+        }
+        self._open: dict[BatchKind, Batch] = {}
+        self._seq = 0
+        # The newest unfinished batch that uploads to / deletes each profile.
+        self._uploads: dict[ProfileKey, Batch] = {}
+        self._deletes: dict[ProfileKey, Batch] = {}
+
+    def add(self, operation: Operation, owner: Tracked) -> list[Batch]:
+        if isinstance(operation, Delete):
+            kind = (
+                BatchKind.DELETE_IDENTITY if operation.key == "identity" else BatchKind.DELETE_GUID
+            )
+            payload: Any = operation.value
+            mine, theirs = self._deletes, self._uploads
+        else:
+            kind = BatchKind.UPLOAD
+            payload = operation.record
+            mine, theirs = self._uploads, self._deletes
+        key = profile_key(operation)
+        ready: list[Batch] = []
+        batch = self._open.get(kind)
+        blocker = theirs.get(key) if key is not None else None
+        if blocker is not None:
+            if not blocker.sealed:
+                ready.append(self._seal(blocker))
+            if batch is not None and batch.seq < blocker.seq:
+                ready.append(self._seal(batch))
+                batch = None
+        is_token = kind is BatchKind.UPLOAD and _is_token(payload)
+        if is_token and batch is not None and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
+            ready.append(self._seal(batch))
+            batch = None
+        if batch is None:
+            batch = self._start(kind)
+        if blocker is not None and blocker not in batch.deps:
+            batch.deps.append(blocker)
+        batch.payloads.append(payload)
+        batch.owners.append(owner)
+        if key is not None:
+            batch.keys.append(key)
+            mine[key] = batch
+        if is_token:
+            batch.tokens += 1
+        if len(batch.payloads) >= self._limits[kind]:
+            ready.append(self._seal(batch))
+        if len(ready) > 1:
+            ready.sort(key=lambda b: b.seq)
+        return ready
+
+    def flush(self) -> list[Batch]:
+        """Seal every open batch (end of input)."""
+        return [self._seal(b) for b in sorted(self._open.values(), key=lambda b: b.seq)]
+
+    def complete(self, batch: Batch) -> None:
+        """Forget `batch` in the ordering index and wake the batches waiting on it."""
+        index = self._uploads if batch.kind is BatchKind.UPLOAD else self._deletes
+        for key in batch.keys:
+            if index.get(key) is batch:
+                del index[key]
+        batch.done.set()
+
+    def _start(self, kind: BatchKind) -> Batch:
+        self._seq += 1
+        batch = Batch(kind, self._seq)
+        self._open[kind] = batch
+        return batch
+
+    def _seal(self, batch: Batch) -> Batch:
+        batch.sealed = True
+        if self._open.get(batch.kind) is batch:
+            del self._open[batch.kind]
+        return batch
+
+
+def _is_token(record: Any) -> bool:
+    return isinstance(record, dict) and record.get("type") == "token"

@@ -1,0 +1,50 @@
+"""Exceptions that stop a run, grouped by what the person running ctsync should do.
+
+    CtsyncError            anything that stops the run; its message is for people
+     ├── UsageError        fix the command line, a path or a setting (exit 2)
+     ├── AuthError         fix the account ID, passcode or region (exit 3)
+     └── LockedError       another run holds the state file (exit 4)
+
+Problems with single records are never exceptions: they are `Invalid` values, counted
+and reported, and the run goes on.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What `ctsync` exits with; documented in the README."""
+
+    OK = 0
+    INCOMPLETE = 1  # some records were invalid, rejected or failed
+    USAGE = 2  # bad flag, missing credentials, unreadable file
+    AUTH = 3  # CleverTap refused the credentials
+    LOCKED = 4  # another run holds the state file
+    INTERRUPTED = 130  # Ctrl-C
+    TERMINATED = 143  # SIGTERM
+
+
+class CtsyncError(Exception):
+    """Stops the run. `exit_code` says how the process ends."""
+
+    exit_code = ExitCode.USAGE
+
+
+class UsageError(CtsyncError):
+    """A mistake in the command line, an input path or the configuration."""
+
+    exit_code = ExitCode.USAGE
+
+
+class AuthError(CtsyncError):
+    """CleverTap answered 401: wrong account ID, passcode or region."""
+
+    exit_code = ExitCode.AUTH
+
+
+class LockedError(CtsyncError):
+    """Another ctsync run holds the lock of the same state file."""
+
+    exit_code = ExitCode.LOCKED

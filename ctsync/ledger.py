@@ -1,0 +1,207 @@
+"""Accounting: every input record ends in exactly one outcome, and the counts add up.
+
+    read = skipped + invalid + accepted + rejected + failed
+
+A record that produced operations is `Tracked` until each of them has a `Verdict`;
+then its worst verdict decides its outcome (failed > rejected > accepted). Records that
+did not go through are written to the report (and the dead-letter file) as they settle.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+from ctsync.records import Invalid, Message, Origin, Outcome, Stage
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What happened to one operation: accepted, or rejected/failed with a code and why."""
+
+    outcome: Outcome
+    code: str = ""
+    message: str = ""
+    stage: Stage = Stage.API
+
+
+ACCEPTED = Verdict(Outcome.ACCEPTED)
+
+_SEVERITY = {Outcome.ACCEPTED: 0, Outcome.REJECTED: 1, Outcome.FAILED: 2}
+
+
+class Tracked:
+    """One input record whose operations are queued or in flight."""
+
+    __slots__ = ("message", "origin", "raw", "remaining", "verdict")
+
+    def __init__(self, origin: Origin, raw: bytes | None, message: Message, operations: int):
+        self.origin = origin
+        self.raw = raw
+        self.message = message
+        self.remaining = operations
+        self.verdict = ACCEPTED
+
+
+@dataclass(slots=True)
+class Summary:
+    """The end-of-run accounting. `skipped`, `invalid`, `rejected` and `failed` count by
+    reason or code; their totals with `accepted` add up to `read`."""
+
+    read: int = 0
+    accepted: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    invalid: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    retries: int = 0
+    elapsed: float = 0.0
+    dry_run: bool = False
+    interrupted: bool = False
+    unreadable: int = 0  # files that ended early (truncated gzip, read errors)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def balanced(self) -> bool:
+        settled = (
+            self.accepted
+            + self.skipped.total()
+            + self.invalid.total()
+            + self.rejected.total()
+            + self.failed.total()
+        )
+        return settled == self.read
+
+    @property
+    def complete(self) -> bool:
+        """Every matched record went through."""
+        return not (
+            self.invalid or self.rejected or self.failed or self.unreadable or self.interrupted
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `--json` summary: the six counts as integers, then the breakdowns."""
+        return {
+            "read": self.read,
+            "skipped": self.skipped.total(),
+            "invalid": self.invalid.total(),
+            "accepted": self.accepted,
+            "rejected": self.rejected.total(),
+            "failed": self.failed.total(),
+            "skipped_by_reason": dict(self.skipped.most_common()),
+            "invalid_by_code": dict(self.invalid.most_common()),
+            "rejected_by_code": dict(self.rejected.most_common()),
+            "failed_by_code": dict(self.failed.most_common()),
+            "unreadable_files": self.unreadable,
+            "requests": self.requests,
+            "retries": self.retries,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "dry_run": self.dry_run,
+            "interrupted": self.interrupted,
+            "notes": self.notes,
+        }
+
+
+def report_line(origin: Origin, message: Message | None, verdict: Verdict) -> bytes:
+    """One line of the `--report` file (NDJSON)."""
+    message = message or {}
+    identity = message.get("userId")
+    if identity is None:
+        identity = message.get("anonymousId")
+    return orjson.dumps(
+        {
+            "source": origin.source,
+            "line": origin.line,
+            "messageId": message.get("messageId"),
+            "identity": identity,
+            "stage": verdict.stage.value,
+            "code": verdict.code,
+            "message": verdict.message,
+        },
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
+
+
+class Ledger:
+    """Counts outcomes and writes the report and dead letters as records settle."""
+
+    def __init__(
+        self,
+        *,
+        report: IO[bytes] | None = None,
+        dead_letters: IO[bytes] | None = None,
+        on_settle: Callable[[Tracked], None] | None = None,
+    ) -> None:
+        self.summary = Summary()
+        self._report = report
+        self._dead_letters = dead_letters
+        self._on_settle = on_settle
+
+    def read(self) -> None:
+        self.summary.read += 1
+
+    def skip(self, reason: str) -> None:
+        self.summary.skipped[reason] += 1
+
+    def invalid(
+        self, origin: Origin, raw: bytes | None, message: Message | None, invalid: Invalid
+    ) -> None:
+        self.summary.invalid[invalid.code] += 1
+        self._write(
+            origin,
+            raw,
+            message,
+            Verdict(Outcome.INVALID, invalid.code, invalid.message, invalid.stage),
+        )
+
+    def unreadable(self, origin: Origin, invalid: Invalid) -> None:
+        """A file that could not be read to its end: not a record, but never silent."""
+        self.summary.unreadable += 1
+        self.summary.notes.append(f"{origin.source}: {invalid.message}")
+        if self._report is not None:
+            self._report.write(
+                report_line(
+                    origin,
+                    None,
+                    Verdict(Outcome.FAILED, invalid.code, invalid.message, invalid.stage),
+                )
+            )
+
+    def settle(self, tracked: Tracked, verdict: Verdict) -> None:
+        """One operation of `tracked` has its verdict; count the record when it is the last."""
+        if (
+            verdict is not ACCEPTED
+            and _SEVERITY[verdict.outcome] > _SEVERITY[tracked.verdict.outcome]
+        ):
+            tracked.verdict = verdict
+        tracked.remaining -= 1
+        if tracked.remaining:
+            return
+        final = tracked.verdict
+        if final is ACCEPTED or final.outcome is Outcome.ACCEPTED:
+            self.summary.accepted += 1
+        else:
+            counter = (
+                self.summary.rejected if final.outcome is Outcome.REJECTED else self.summary.failed
+            )
+            counter[final.code] += 1
+            self._write(tracked.origin, tracked.raw, tracked.message, final)
+        if self._on_settle is not None:
+            self._on_settle(tracked)
+
+    def _write(
+        self, origin: Origin, raw: bytes | None, message: Message | None, verdict: Verdict
+    ) -> None:
+        if self._report is not None:
+            self._report.write(report_line(origin, message, verdict))
+        if self._dead_letters is not None:
+            line = (
+                raw if raw is not None else orjson.dumps(message) if message is not None else None
+            )
+            if line is not None:
+                self._dead_letters.write(line + b"\n")

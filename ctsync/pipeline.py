@@ -1,0 +1,299 @@
+"""The whole flow of a run, in one place:
+
+    read -> decode -> match triggers -> map -> convert -> validate -> batch -> send -> account
+
+Reading, decoding and mapping are synchronous and CPU-bound; sending is asynchronous.
+Both share one event loop: after each sealed batch the reader yields, so responses are
+handled while the next batch is being built. A bounded window of batches in flight
+keeps memory flat when CleverTap is slow (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import IO, Protocol
+
+import orjson
+
+from ctsync.batching import Batch, BatchKind, Planner
+from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
+from ctsync.reader import InputRecord, OpenSource, Source, read_source
+from ctsync.records import (
+    CleverTapRecord,
+    Delete,
+    DeleteKey,
+    Invalid,
+    Mapper,
+    MapResult,
+    Message,
+    Origin,
+    Outcome,
+    Skip,
+    Stage,
+    Upload,
+    skip_reason,
+)
+from ctsync.settings import MAX_UPLOAD_BATCH
+
+Validator = Callable[[CleverTapRecord], Invalid | None]
+"""CleverTap's data rules for one upload record: None when it may be sent."""
+
+
+class ValidateMode(StrEnum):
+    STRICT = "strict"  # a record that breaks a rule is invalid and not sent
+    WARN = "warn"  # sent anyway; the breach is counted as a warning
+    OFF = "off"
+
+
+class Sender(Protocol):
+    """Where batches go: CleverTap (`CleverTapClient`) or nowhere (`DryRunSender`)."""
+
+    requests: int
+    retries: int
+
+    async def upload(self, records: Sequence[CleverTapRecord]) -> list[Verdict]: ...
+
+    async def delete(self, key: DeleteKey, values: Sequence[str]) -> list[Verdict]: ...
+
+
+class Observer(Protocol):
+    """Progress display hooks; the pipeline never imports any UI."""
+
+    def update(self, summary: Summary, consumed: int) -> None: ...
+
+
+class DryRunSender:
+    """Builds and encodes every request body as it would be sent, and sends nothing.
+    With `output`, writes each request as one NDJSON line `{"method","path","body"}`."""
+
+    def __init__(self, output: IO[bytes] | None = None) -> None:
+        self._output = output
+        self.requests = 0
+        self.retries = 0
+
+    async def upload(self, records: Sequence[CleverTapRecord]) -> list[Verdict]:
+        self._emit("/1/upload", orjson.dumps({"d": records}))
+        return [ACCEPTED] * len(records)
+
+    async def delete(self, key: DeleteKey, values: Sequence[str]) -> list[Verdict]:
+        self._emit("/1/delete/profiles.json", orjson.dumps({key: values}))
+        return [ACCEPTED] * len(values)
+
+    def _emit(self, path: str, body: bytes) -> None:
+        self.requests += 1
+        if self._output is not None:
+            head = b'{"method":"POST","path":' + orjson.dumps(path) + b',"body":'
+            self._output.write(head + body + b"}\n")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    batch_size: int = MAX_UPLOAD_BATCH
+    validate: ValidateMode = ValidateMode.STRICT
+    window: int = 32  # sealed batches not yet answered, at most
+
+
+ABORTED = Verdict(
+    Outcome.FAILED,
+    "aborted",
+    "the run stopped before CleverTap answered for this record",
+    Stage.TRANSPORT,
+)
+
+
+class UploadRun:
+    """One upload run over a list of sources. `await run()` returns the summary."""
+
+    def __init__(
+        self,
+        sources: Sequence[Source] = (),
+        *,
+        records: Iterable[InputRecord] | None = None,
+        mapper: Mapper,
+        sender: Sender,
+        ledger: Ledger,
+        options: RunOptions = RunOptions(),
+        validator: Validator | None = None,
+        observer: Observer | None = None,
+        stdin: IO[bytes] | None = None,
+    ) -> None:
+        self._sources = sources
+        self._records = records
+        self._mapper = mapper
+        self._sender = sender
+        self._ledger = ledger
+        self._options = options
+        self._validator = validator if options.validate is not ValidateMode.OFF else None
+        self._observer = observer
+        self._stdin = stdin
+        self._planner = Planner(batch_size=options.batch_size)
+        self._window = asyncio.Semaphore(options.window)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: set[Batch] = set()
+        self._fatal: BaseException | None = None
+        self._consumed_before = 0  # bytes of the sources already finished
+        self._current: OpenSource | None = None
+
+    @property
+    def summary(self) -> Summary:
+        return self._ledger.summary
+
+    async def run(self) -> Summary:
+        started = time.monotonic()
+        try:
+            for record in self._records if self._records is not None else self._read():
+                await self._take(record)
+            await self._dispatch(self._planner.flush())
+            while self._tasks:
+                await asyncio.gather(*self._tasks)
+                self._raise_fatal()
+        except BaseException:
+            await self._abort()
+            raise
+        finally:
+            self.summary.elapsed = time.monotonic() - started
+            self.summary.requests = self._sender.requests
+            self.summary.retries = self._sender.retries
+            self._notify()
+        return self.summary
+
+    def _read(self) -> Iterator[InputRecord]:
+        for source in self._sources:
+            try:
+                opened = OpenSource(source, self._stdin)
+            except OSError as exc:
+                why = f"cannot open the file ({exc.strerror or exc})"
+                yield InputRecord(
+                    Origin(source.name, 0), None, None, Invalid("unreadable", why, Stage.PARSE)
+                )
+                continue
+            self._current = opened
+            try:
+                yield from read_source(opened)
+            finally:
+                self._consumed_before += opened.counter.consumed
+                self._current = None
+                opened.close()
+
+    async def _take(self, record: InputRecord) -> None:
+        """Decode result -> mapper -> validator -> planner, for one input record."""
+        ledger = self._ledger
+        if record.error is not None and record.origin.line == 0:
+            ledger.unreadable(record.origin, record.error)
+            return
+        ledger.read()
+        message = record.message
+        if message is None:
+            assert record.error is not None
+            ledger.invalid(record.origin, record.raw, None, record.error)
+            return
+        result = self._mapper(message)
+        if isinstance(result, Skip):
+            ledger.skip(result.reason)
+            return
+        if isinstance(result, Invalid):
+            ledger.invalid(record.origin, record.raw, message, result)
+            return
+        if not result:
+            ledger.skip(skip_reason(message))
+            return
+        if self._validator is not None:
+            broken = self._check(result)
+            if broken is not None:
+                ledger.invalid(record.origin, record.raw, message, broken)
+                return
+        tracked = Tracked(record.origin, record.raw, message, len(result))
+        for operation in result:
+            ready = self._planner.add(operation, tracked)
+            if ready:
+                await self._dispatch(ready)
+
+    def _check(self, operations: list[Upload | Delete]) -> Invalid | None:
+        assert self._validator is not None
+        for operation in operations:
+            if isinstance(operation, Upload):
+                broken = self._validator(operation.record)
+                if broken is not None:
+                    if self._options.validate is ValidateMode.STRICT:
+                        return broken
+                    self.summary.notes.append(f"warning {broken.code}: {broken.message}")
+        return None
+
+    async def _dispatch(self, batches: Iterable[Batch]) -> None:
+        for batch in batches:
+            await self._window.acquire()
+            self._raise_fatal()
+            self._in_flight.add(batch)
+            task = asyncio.create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        # Let the sending side run: responses are read while the next batch is built.
+        await asyncio.sleep(0)
+        self._raise_fatal()
+        self._notify()
+
+    async def _send(self, batch: Batch) -> None:
+        try:
+            for dependency in batch.deps:
+                await dependency.done.wait()
+            if batch.kind is BatchKind.UPLOAD:
+                verdicts = await self._sender.upload(batch.payloads)
+            else:
+                key: DeleteKey = "identity" if batch.kind is BatchKind.DELETE_IDENTITY else "guid"
+                verdicts = await self._sender.delete(key, batch.payloads)
+        except Exception as exc:  # AuthError and anything unexpected: stop the run
+            self._fatal = self._fatal or exc
+            return
+        finally:
+            self._window.release()
+        self._in_flight.discard(batch)
+        for owner, verdict in zip(batch.owners, verdicts, strict=True):
+            self._ledger.settle(owner, verdict)
+        self._planner.complete(batch)
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _abort(self) -> None:
+        """Stop sending; every record not yet answered fails as `aborted`, so the counts
+        still add up."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        unanswered = list(self._in_flight) + self._planner.flush()
+        for batch in unanswered:
+            for owner in batch.owners:
+                self._ledger.settle(owner, ABORTED)
+        self._in_flight.clear()
+
+    def _notify(self) -> None:
+        if self._observer is not None:
+            current = self._current.counter.consumed if self._current is not None else 0
+            self._observer.update(self.summary, self._consumed_before + current)
+
+
+def deletion_records(identities: Iterable[tuple[Origin, str]]) -> Iterator[InputRecord]:
+    """Input records for `ctsync delete`: one per identity, blank lines left out."""
+    for origin, value in identities:
+        value = value.strip()
+        if value:
+            yield InputRecord(origin, value.encode(), {"userId": value}, None)
+
+
+def deletion_mapper(key: DeleteKey) -> Mapper:
+    """Every deletion record becomes one `Delete`, after the identity checks of uploads."""
+    from ctsync.presets.actions import identity_of
+
+    def mapper(message: Message) -> MapResult:
+        identity = identity_of(message.get("userId"), key)
+        if isinstance(identity, Invalid):
+            return identity
+        return [Delete(key, identity)]
+
+    return mapper

@@ -1,0 +1,290 @@
+"""CleverTap's data rules, checked locally before a record is sent.
+
+`check_upload` answers, for one record of `POST /1/upload`, the violations CleverTap would
+report, each with the code the server would answer (see CleverTap's api-errors page):
+
+| code | rule |
+|---|---|
+| 509 | an event has no `evtName` |
+| 512 | invalid structure: a key over 120 characters or with a forbidden character, a string
+        over 512 bytes, an event name with a forbidden character, a nested event value, more
+        than 50 `Items` on `Charged`, more than 256 custom profile properties |
+| 513 | the event name is one of CleverTap's reserved system events |
+| 514 / 515 / 516 | Gender not M/F, Email malformed, Phone not `+<country><number>` |
+| 517 / 518 / 519 / 520 | Employed, Education, Married, Age invalid |
+| 522 | more event properties than the account allows |
+| 523 | no identifier, more than one, or an identity that is empty or not under 120 chars |
+| 524 | `type` is not profile, event or token |
+| 525 | `ts` is not integer epoch seconds |
+| 526 | `objectId` empty or not a string |
+| 530-535 | token record: objectId, tokenData, id, type |
+
+CleverTap documents no code for key, size and count problems on profiles; ctsync reports
+them as 512 (invalid structure) like their event counterparts.
+
+The check runs on every record: the rules are module-level data, patterns are compiled
+once, and a valid record allocates nothing but the empty result list.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ctsync.records import CleverTapRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken rule: the CleverTap code the server would answer, and why."""
+
+    code: str
+    message: str
+
+
+MAX_KEY_LENGTH: Final = 120
+MAX_IDENTITY_LENGTH: Final = 119  # "under 120 characters"
+MAX_STRING_BYTES: Final = 512
+MAX_CUSTOM_PROFILE_PROPERTIES: Final = 256
+DEFAULT_MAX_EVENT_PROPERTIES: Final = 256
+MAX_CHARGED_ITEMS: Final = 50
+
+IDENTIFIERS: Final = ("identity", "objectId", "FBID", "GPID")
+RECORD_TYPES: Final = frozenset({"profile", "event", "token"})
+TOKEN_TYPES: Final = frozenset({"fcm", "apns", "gcm"})
+
+_FORBIDDEN_KEY: Final = re.compile(r"""[%><!|&.:;$'"\\#]""")
+_FORBIDDEN_EVENT_NAME: Final = re.compile(r"""[%><!|&.:;$'"\\]""")
+
+STANDARD_PROFILE_KEYS: Final = frozenset(
+    {
+        "Name",
+        "Email",
+        "Phone",
+        "Gender",
+        "DOB",
+        "Photo",
+        "Employed",
+        "Education",
+        "Married",
+        "Age",
+        "Identity",
+        "MSG-email",
+        "MSG-push",
+        "MSG-sms",
+        "MSG-whatsapp",
+    }
+)
+
+# Event names compare case- and space-insensitively, so they are stored normalised.
+RESERVED_EVENT_NAMES: Final = frozenset(
+    name.replace(" ", "").lower()
+    for name in (
+        "App Installed",
+        "App Launched",
+        "App Uninstalled",
+        "Notification Sent",
+        "Notification Viewed",
+        "Notification Clicked",
+        "Push Impressions",
+        "UTM Visited",
+        "Stayed",
+        "Session Concluded",
+        "Geocluster Entered",
+        "Geocluster Exited",
+    )
+)
+
+_PHONE: Final = re.compile(r"\+[1-9]\d{5,14}")
+_EMAIL: Final = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _one_of(*allowed: str) -> Callable[[Any], bool]:
+    choices = frozenset(allowed)
+    return lambda value: isinstance(value, str) and value in choices
+
+
+def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+# Standard profile keys with a value rule: key -> (code, test, what the value must be).
+STANDARD_VALUE_RULES: Final[dict[str, tuple[str, Callable[[Any], bool], str]]] = {
+    "Gender": ("514", _one_of("M", "F"), "M or F"),
+    "Email": ("515", _matches(_EMAIL), "an email address"),
+    "Phone": ("516", _matches(_PHONE), "+ then country code and number, digits only"),
+    "Employed": ("517", _one_of("Y", "N"), "Y or N"),
+    "Education": ("518", _one_of("School", "College", "Graduate"), "School, College or Graduate"),
+    "Married": ("519", _one_of("Y", "N"), "Y or N"),
+    "Age": ("520", _is_number, "a number"),
+}
+
+
+def check_upload(
+    record: CleverTapRecord, *, max_event_properties: int = DEFAULT_MAX_EVENT_PROPERTIES
+) -> list[Violation]:
+    """The violations of CleverTap's data rules in one upload record (empty when valid)."""
+    found: list[Violation] = []
+    kind = record.get("type")
+    if kind == "profile":
+        _check_identifier(record, found)
+        _check_ts(record, found)
+        _check_profile_data(record.get("profileData"), found)
+    elif kind == "event":
+        _check_identifier(record, found)
+        _check_ts(record, found)
+        _check_event(record, max_event_properties, found)
+    elif kind == "token":
+        _check_token(record, found)
+    else:
+        found.append(Violation("524", f"type {kind!r} is not profile, event or token"))
+    return found
+
+
+def _check_identifier(record: CleverTapRecord, found: list[Violation]) -> None:
+    present = [key for key in IDENTIFIERS if key in record]
+    if not present:
+        found.append(Violation("523", "no identifier: one of identity, objectId, FBID, GPID"))
+        return
+    if len(present) > 1:
+        found.append(
+            Violation("523", f"{' and '.join(present)}: a record carries exactly one identifier")
+        )
+    identity = record.get("identity")
+    if "identity" in record and (
+        not isinstance(identity, str) or not identity or len(identity) > MAX_IDENTITY_LENGTH
+    ):
+        found.append(Violation("523", "identity must be a string of 1 to 119 characters"))
+    object_id = record.get("objectId")
+    if "objectId" in record and (not isinstance(object_id, str) or not object_id):
+        found.append(Violation("526", "objectId must be a non-empty string"))
+
+
+def _check_ts(record: CleverTapRecord, found: list[Violation]) -> None:
+    if "ts" not in record:
+        return
+    ts = record["ts"]
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        found.append(Violation("525", f"ts {ts!r} is not integer Unix epoch seconds"))
+
+
+def _check_key(key: Any, where: str, found: list[Violation]) -> None:
+    if not isinstance(key, str):
+        found.append(Violation("512", f"{where} key {key!r} is not a string"))
+    elif len(key) > MAX_KEY_LENGTH:
+        found.append(Violation("512", f"{where} key {key[:40]!r}... is over 120 characters"))
+    elif _FORBIDDEN_KEY.search(key) is not None:
+        found.append(
+            Violation("512", f"{where} key {key!r} has a character CleverTap forbids in keys")
+        )
+
+
+def _check_string(value: str, key: str, found: list[Violation]) -> None:
+    # A character is at most 4 UTF-8 bytes: short strings cannot be too long.
+    if len(value) > MAX_STRING_BYTES // 4 and len(value.encode()) > MAX_STRING_BYTES:
+        found.append(Violation("512", f"value of {key!r} is over 512 bytes"))
+
+
+def _check_profile_data(data: Any, found: list[Violation]) -> None:
+    if not isinstance(data, dict):
+        found.append(Violation("512", "profileData is missing or not an object"))
+        return
+    custom = 0
+    for key, value in data.items():
+        rule = STANDARD_VALUE_RULES.get(key)
+        if rule is not None:
+            code, test, expected = rule
+            if not test(value):
+                found.append(Violation(code, f"{key} {value!r} is invalid: must be {expected}"))
+            continue
+        if key in STANDARD_PROFILE_KEYS:
+            continue
+        custom += 1
+        _check_key(key, "profile", found)
+        if isinstance(value, str):
+            _check_string(value, key, found)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    _check_string(item, key, found)
+    if custom > MAX_CUSTOM_PROFILE_PROPERTIES:
+        found.append(Violation("512", f"{custom} custom profile properties; CleverTap allows 256"))
+
+
+def _check_event(record: CleverTapRecord, limit: int, found: list[Violation]) -> None:
+    name = record.get("evtName")
+    if not isinstance(name, str) or not name.strip():
+        found.append(Violation("509", "evtName is missing or empty"))
+        name = None
+    elif _FORBIDDEN_EVENT_NAME.search(name) is not None:
+        found.append(Violation("512", f"event name {name!r} has a character CleverTap forbids"))
+    elif name.replace(" ", "").lower() in RESERVED_EVENT_NAMES:
+        found.append(Violation("513", f"{name!r} is a CleverTap system event; it cannot be raised"))
+    data = record.get("evtData")
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        found.append(Violation("512", "evtData is not an object"))
+        return
+    if len(data) > limit:
+        found.append(Violation("522", f"{len(data)} event properties; the limit is {limit}"))
+    charged = name == "Charged"
+    for key, value in data.items():
+        _check_key(key, "event property", found)
+        if isinstance(value, str):
+            _check_string(value, key, found)
+        elif isinstance(value, dict | list):
+            if charged and key == "Items":
+                _check_items(value, found)
+            else:
+                found.append(
+                    Violation("512", f"event property {key!r} is nested; values must be scalars")
+                )
+
+
+def _check_items(items: Any, found: list[Violation]) -> None:
+    if not isinstance(items, list):
+        found.append(Violation("512", "Charged Items is not a list"))
+        return
+    if len(items) > MAX_CHARGED_ITEMS:
+        found.append(Violation("512", f"Charged has {len(items)} Items; keep them at 50 or fewer"))
+    for position, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            found.append(Violation("512", f"Charged Items #{position} is not an object"))
+            continue
+        for key, value in item.items():
+            _check_key(key, "Items", found)
+            if isinstance(value, str):
+                _check_string(value, key, found)
+            elif isinstance(value, dict | list):
+                found.append(
+                    Violation("512", f"Charged Items #{position} {key!r} is nested; keep it flat")
+                )
+
+
+def _check_token(record: CleverTapRecord, found: list[Violation]) -> None:
+    object_id = record.get("objectId")
+    if not isinstance(object_id, str) or not object_id:
+        found.append(Violation("530", "a token record needs an objectId (the CleverTap ID)"))
+    elif any(key in record for key in IDENTIFIERS if key != "objectId"):
+        found.append(Violation("530", "a token record is identified by objectId alone"))
+    data = record.get("tokenData")
+    if not isinstance(data, dict):
+        found.append(Violation("531", "tokenData is missing or not an object"))
+        return
+    token = data.get("id")
+    if token is None or token == "":
+        found.append(Violation("532", "tokenData has no id"))
+    elif not isinstance(token, str):
+        found.append(Violation("535", f"token id {token!r} is not a string"))
+    token_type = data.get("type")
+    if token_type is None or token_type == "":
+        found.append(Violation("533", "tokenData has no type"))
+    elif token_type not in TOKEN_TYPES:
+        found.append(Violation("534", f"token type {token_type!r} is not fcm, apns or gcm"))
