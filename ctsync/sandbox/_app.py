@@ -1,0 +1,208 @@
+"""What the sandbox answers: routing, auth, limits, faults, validation and storage.
+
+Knows nothing of sockets: it takes a parsed `Request` and returns a `Response`, or `DROP`
+to have the connection aborted without an answer. The order for a CleverTap path:
+auth (401) -> count in flight, over the limit (429) -> draw a fault -> latency ->
+the fault, or the work. Faulted and dropped requests store nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final
+
+import orjson
+
+from ._config import MAX_IDS_PER_DELETE, MAX_RECORDS_PER_UPLOAD, SandboxConfig
+from ._stats import Counters, Endpoint, Fault, SandboxStats
+from ._store import DeleteKey, SandboxStore
+from ._validation import check_upload
+
+UPLOAD_PATH = "/1/upload"
+DELETE_PATH = "/1/delete/profiles.json"
+STATS_PATH = "/_sandbox/stats"
+RESET_PATH = "/_sandbox/reset"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request. Header names are lower case."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+
+
+class Drop(Enum):
+    """Abort the connection instead of answering."""
+
+    DROP = "drop"
+
+
+DROP: Final = Drop.DROP
+Answer = Response | Drop
+
+
+def fail(status: int, error: str) -> Response:
+    """CleverTap's shape of a failed request."""
+    return Response(status, orjson.dumps({"status": "fail", "error": error, "code": status}))
+
+
+UNAUTHORIZED = fail(401, "Account ID is not valid")
+TOO_MANY = fail(429, "Too many concurrent requests")
+NOT_FOUND = fail(404, "Not found")
+_FAULT_ANSWERS: Mapping[Fault, Response] = {
+    Fault.TOO_MANY_REQUESTS: TOO_MANY,
+    Fault.INTERNAL_ERROR: fail(500, "Internal Server Error"),
+    Fault.UNAVAILABLE: fail(503, "Service Unavailable"),
+}
+_ERROR_FAULTS = (Fault.TOO_MANY_REQUESTS, Fault.INTERNAL_ERROR, Fault.UNAVAILABLE)
+_ENDPOINTS: Mapping[str, Endpoint] = {UPLOAD_PATH: Endpoint.UPLOAD, DELETE_PATH: Endpoint.DELETE}
+
+
+class SandboxApp:
+    """The state of one sandbox. Used from the event loop's thread only."""
+
+    def __init__(self, config: SandboxConfig, store: SandboxStore) -> None:
+        self.config = config
+        self.store = store
+        self.counters = Counters()
+        self._rng = random.Random(config.seed)
+        self._limits = {
+            Endpoint.UPLOAD: config.max_concurrent_uploads,
+            Endpoint.DELETE: config.max_concurrent_deletes,
+        }
+
+    def stats(self) -> SandboxStats:
+        return self.counters.snapshot(self.store.counts())
+
+    def reset(self) -> None:
+        """Forget stored data and counters; the fault sequence starts again from the seed."""
+        self.store.reset()
+        self.counters.reset()
+        self._rng = random.Random(self.config.seed)
+
+    async def handle(self, request: Request) -> Answer:
+        if request.path.startswith("/_sandbox/"):
+            return self._handle_sandbox(request)
+        answer = await self._handle_clevertap(request)
+        if isinstance(answer, Response):
+            self.counters.requests_by_status[answer.status] += 1
+        return answer
+
+    def _handle_sandbox(self, request: Request) -> Response:
+        if request.path == STATS_PATH and request.method == "GET":
+            return Response(200, orjson.dumps(self.stats().to_json()))
+        if request.path == RESET_PATH and request.method == "POST":
+            self.reset()
+            return Response(200, orjson.dumps({"status": "success"}))
+        return NOT_FOUND
+
+    async def _handle_clevertap(self, request: Request) -> Answer:
+        endpoint = _ENDPOINTS.get(request.path)
+        if endpoint is None:
+            return NOT_FOUND
+        if request.method != "POST":
+            return fail(405, "Method not allowed")
+        headers = request.headers
+        if (
+            headers.get("x-clevertap-account-id") != self.config.account_id
+            or headers.get("x-clevertap-passcode") != self.config.passcode
+        ):
+            return UNAUTHORIZED
+        self.counters.requests_by_endpoint[endpoint] += 1
+        in_flight = self.counters.enter(endpoint)
+        try:
+            if in_flight > self._limits[endpoint]:
+                return TOO_MANY
+            fault = self._draw_fault()
+            if self.config.latency_ms:
+                await asyncio.sleep(self.config.latency_ms / 1000)
+            if fault is not None:
+                self.counters.faults[fault] += 1
+                return DROP if fault is Fault.DROP else _FAULT_ANSWERS[fault]
+            if endpoint is Endpoint.UPLOAD:
+                return self._upload(request)
+            return self._delete(request)
+        finally:
+            self.counters.leave(endpoint)
+
+    def _draw_fault(self) -> Fault | None:
+        config = self.config
+        if not (config.drop_rate or config.fault_rate):
+            return None
+        draw = self._rng.random()
+        if draw < config.drop_rate:
+            return Fault.DROP
+        if draw < config.drop_rate + config.fault_rate:
+            return self._rng.choice(_ERROR_FAULTS)
+        return None
+
+    def _upload(self, request: Request) -> Response:
+        payload = _json_body(request.body)
+        if payload is None:
+            return fail(400, "Malformed JSON payload")
+        records = payload.get("d") if isinstance(payload, dict) else None
+        if not isinstance(records, list):
+            return fail(400, "Payload must be an object with a 'd' array")
+        if not records:
+            return fail(400, "No records in 'd'")
+        if len(records) > MAX_RECORDS_PER_UPLOAD:
+            return fail(
+                400,
+                f"Too many records: {len(records)}, at most {MAX_RECORDS_PER_UPLOAD} per request",
+            )
+        checked = check_upload(records)
+        counters = self.counters
+        if request.query.get("dryRun") in ("1", "true"):
+            counters.records_dry_run += len(records)
+        else:
+            self.store.apply_upload(checked)
+            counters.records_accepted += checked.processed
+            counters.records_rejected += len(checked.unprocessed)
+            counters.rejected_by_code.update(checked.rejected_codes)
+        # Every record rejected is still HTTP 200 and "success" with processed 0: the
+        # sandbox keeps one shape; clients must reconcile processed + unprocessed anyway.
+        answer: dict[str, Any] = {"status": "success", "processed": checked.processed}
+        if checked.unprocessed:
+            answer["unprocessed"] = checked.unprocessed
+        return Response(200, orjson.dumps(answer))
+
+    def _delete(self, request: Request) -> Response:
+        payload = _json_body(request.body)
+        if not isinstance(payload, dict):
+            return fail(400, "Malformed JSON payload")
+        keys: list[DeleteKey] = [key for key in ("identity", "guid") if key in payload]
+        if len(keys) != 1:
+            return fail(400, "Exactly one of 'identity' or 'guid' is required")
+        key = keys[0]
+        value = payload[key]
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) and v for v in values):
+            return fail(400, f"'{key}' must be a non-empty string or a list of them")
+        if len(values) > MAX_IDS_PER_DELETE:
+            return fail(
+                400, f"Too many values: {len(values)}, at most {MAX_IDS_PER_DELETE} per request"
+            )
+        processed = self.store.apply_delete(key, values)
+        return Response(200, orjson.dumps({"status": "success", "processed": processed}))
+
+
+def _json_body(body: bytes) -> Any | None:
+    """The decoded body, or None when it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
