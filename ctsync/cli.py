@@ -1,0 +1,422 @@
+"""The command line: parse options, build settings, call the library, map the outcome
+to an exit code. Nothing else lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import orjson
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ctsync import __version__, api
+from ctsync.console import ProgressView, render_summary
+from ctsync.errors import CtsyncError, ExitCode, UsageError
+from ctsync.ledger import Summary
+from ctsync.pipeline import RunOptions, ValidateMode
+from ctsync.presets import MappingOptions, Preset
+from ctsync.reader import STDIN, collect_sources
+from ctsync.records import Origin
+from ctsync.settings import (
+    MAX_UPLOAD_BATCH,
+    MAX_UPLOAD_CONCURRENCY,
+    ClientSettings,
+    Region,
+    RetryPolicy,
+    Secret,
+    resolve_base_url,
+)
+from ctsync.timestamps import DatesAs
+
+app = typer.Typer(
+    name="ctsync",
+    help="Upload Segment event exports into CleverTap, in batches.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+CONNECTION = "CleverTap connection"
+OUTPUT = "Output"
+MAPPING = "Mapping"
+
+AccountId = Annotated[
+    str | None,
+    typer.Option(
+        envvar="CLEVERTAP_ACCOUNT_ID", help="CleverTap account ID.", rich_help_panel=CONNECTION
+    ),
+]
+Passcode = Annotated[
+    str | None,
+    typer.Option(
+        envvar="CLEVERTAP_PASSCODE",
+        help="CleverTap passcode. Prefer the environment variable or --passcode-file: "
+        "a command-line value shows in `ps`.",
+        show_envvar=True,
+        rich_help_panel=CONNECTION,
+    ),
+]
+PasscodeFile = Annotated[
+    Path | None,
+    typer.Option(help="Read the passcode from this file.", rich_help_panel=CONNECTION),
+]
+RegionOpt = Annotated[
+    Region,
+    typer.Option(
+        envvar="CLEVERTAP_REGION", help="Your account's region.", rich_help_panel=CONNECTION
+    ),
+]
+Endpoint = Annotated[
+    str | None,
+    typer.Option(
+        envvar="CLEVERTAP_ENDPOINT",
+        help="Full base URL overriding the region (a proxy, or `ctsync sandbox`).",
+        rich_help_panel=CONNECTION,
+    ),
+]
+Concurrency = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=MAX_UPLOAD_CONCURRENCY,
+        help="Requests in flight (CleverTap allows 15 uploads, 3 deletes at once).",
+        rich_help_panel=CONNECTION,
+    ),
+]
+MaxRetries = Annotated[
+    int,
+    typer.Option(
+        min=0, max=20, help="Retries of 429, 5xx and lost connections.", rich_help_panel=CONNECTION
+    ),
+]
+Timeout = Annotated[
+    float, typer.Option(min=1.0, help="Seconds to wait for one answer.", rich_help_panel=CONNECTION)
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print nothing but errors.", rich_help_panel=OUTPUT)
+]
+JsonOut = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print the summary as one JSON object on stdout.", rich_help_panel=OUTPUT
+    ),
+]
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Live progress on stderr (default: only when stderr is a terminal).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+Report = Annotated[
+    Path | None,
+    typer.Option(
+        help="Write one NDJSON line per record that did not go through.", rich_help_panel=OUTPUT
+    ),
+]
+Failed = Annotated[
+    Path | None,
+    typer.Option(
+        help="Write the original input line of every record that did not go through "
+        "(fix the cause, then upload this file).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+DryRun = Annotated[
+    bool,
+    typer.Option(help="Build and encode every request, send nothing; needs no credentials."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ctsync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = None,
+) -> None:
+    """Upload Segment event exports into CleverTap, in batches."""
+
+
+@app.command()
+def upload(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(help="Files or directories of Segment exports; `-` or none reads stdin."),
+    ] = None,
+    preset: Annotated[
+        Preset,
+        typer.Option(
+            help="Which Segment destination's mappings to apply.", rich_help_panel=MAPPING
+        ),
+    ] = Preset.ACTIONS,
+    convert_timestamps: Annotated[
+        bool,
+        typer.Option(
+            help="Turn ISO-8601 values into epoch seconds (Segment's rule).",
+            rich_help_panel=MAPPING,
+        ),
+    ] = True,
+    dates_as: Annotated[
+        DatesAs,
+        typer.Option(
+            help="Write converted dates as epoch seconds or CleverTap's $D_ dates.",
+            rich_help_panel=MAPPING,
+        ),
+    ] = DatesAs.UNIX,
+    validate: Annotated[
+        ValidateMode,
+        typer.Option(
+            help="CleverTap's data rules: refuse, warn, or do not check.", rich_help_panel=MAPPING
+        ),
+    ] = ValidateMode.STRICT,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=MAX_UPLOAD_BATCH, help="Records per upload request.")
+    ] = MAX_UPLOAD_BATCH,
+    dry_run: DryRun = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --dry-run: write each request as an NDJSON line.", rich_help_panel=OUTPUT
+        ),
+    ] = None,
+    account_id: AccountId = None,
+    passcode: Passcode = None,
+    passcode_file: PasscodeFile = None,
+    region: RegionOpt = Region.EU1,
+    endpoint: Endpoint = None,
+    concurrency: Concurrency = 10,
+    max_retries: MaxRetries = 5,
+    timeout: Timeout = 60.0,
+    report: Report = None,
+    failed: Failed = None,
+    json_out: JsonOut = False,
+    progress: ProgressOpt = None,
+    quiet: Quiet = False,
+) -> None:
+    """Upload Segment messages (NDJSON or JSON, gzipped or not) to CleverTap."""
+    err = Console(stderr=True, quiet=False)
+    with _errors_to_exit(err):
+        if output is not None and not dry_run:
+            raise UsageError("--output writes the requests of a dry run: add --dry-run")
+        client = (
+            None
+            if dry_run
+            else _client_settings(
+                ctx,
+                err,
+                account_id,
+                passcode,
+                passcode_file,
+                region,
+                endpoint,
+                concurrency,
+                max_retries,
+                timeout,
+            )
+        )
+        paths = paths or [STDIN]
+        job = api.UploadJob(
+            paths=paths,
+            client=client,
+            preset=preset,
+            mapping=MappingOptions(convert_timestamps=convert_timestamps, dates_as=dates_as),
+            run=RunOptions(batch_size=batch_size, validate=validate),
+            outputs=api.Outputs(report=report, failed=failed, requests=output),
+        )
+        total = _total_size(paths)
+        with _progress(err, progress, quiet, total) as view:
+            summary = api.upload(job, observer=view)
+        _finish(summary, err, json_out=json_out, quiet=quiet)
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    identity: Annotated[
+        list[str] | None, typer.Option("--identity", help="An identity to delete (repeatable).")
+    ] = None,
+    from_file: Annotated[
+        str | None,
+        typer.Option("--from", help="A file of identities, one per line (`-` for stdin)."),
+    ] = None,
+    guid: Annotated[
+        bool,
+        typer.Option("--guid", help="The values are CleverTap IDs (objectId), not identities."),
+    ] = False,
+    dry_run: DryRun = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --dry-run: write each request as an NDJSON line.", rich_help_panel=OUTPUT
+        ),
+    ] = None,
+    account_id: AccountId = None,
+    passcode: Passcode = None,
+    passcode_file: PasscodeFile = None,
+    region: RegionOpt = Region.EU1,
+    endpoint: Endpoint = None,
+    concurrency: Concurrency = 3,
+    max_retries: MaxRetries = 5,
+    timeout: Timeout = 60.0,
+    report: Report = None,
+    failed: Failed = None,
+    json_out: JsonOut = False,
+    progress: ProgressOpt = None,
+    quiet: Quiet = False,
+) -> None:
+    """Delete CleverTap profiles by identity (or CleverTap ID with --guid), 100 per request."""
+    err = Console(stderr=True)
+    with _errors_to_exit(err):
+        if not identity and from_file is None:
+            raise UsageError(
+                "name the profiles to delete: --identity ID (repeatable) or --from FILE"
+            )
+        if output is not None and not dry_run:
+            raise UsageError("--output writes the requests of a dry run: add --dry-run")
+        client = (
+            None
+            if dry_run
+            else _client_settings(
+                ctx,
+                err,
+                account_id,
+                passcode,
+                passcode_file,
+                region,
+                endpoint,
+                concurrency,
+                max_retries,
+                timeout,
+            )
+        )
+        identities = [(Origin("--identity", i), v) for i, v in enumerate(identity or [], start=1)]
+        if from_file is not None:
+            identities.extend(_identity_lines(from_file))
+        job = api.DeleteJob(
+            identities=identities,
+            key="guid" if guid else "identity",
+            client=client,
+            outputs=api.Outputs(report=report, failed=failed, requests=output),
+        )
+        with _progress(err, progress, quiet, None) as view:
+            summary = api.delete(job, observer=view)
+        _finish(summary, err, json_out=json_out, quiet=quiet)
+
+
+def _identity_lines(name: str) -> Iterator[tuple[Origin, str]]:
+    try:
+        if name == STDIN:
+            lines = sys.stdin.read().splitlines()
+        else:
+            lines = Path(name).read_text(encoding="utf-8-sig").splitlines()
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read the identity file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for number, line in enumerate(lines, start=1):
+        yield Origin(name, number), line
+
+
+def _client_settings(
+    ctx: typer.Context,
+    err: Console,
+    account_id: str | None,
+    passcode: str | None,
+    passcode_file: Path | None,
+    region: Region,
+    endpoint: str | None,
+    concurrency: int,
+    max_retries: int,
+    timeout: float,
+) -> ClientSettings:
+    if passcode_file is not None:
+        try:
+            passcode = passcode_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(
+                f"{passcode_file}: cannot read the passcode file ({exc.strerror})"
+            ) from None
+    elif passcode and _from_command_line(ctx, "passcode"):
+        err.print(
+            "[yellow]warning:[/] --passcode on the command line is visible to other users in `ps`; "
+            "set CLEVERTAP_PASSCODE or use --passcode-file instead"
+        )
+    missing = [
+        name
+        for name, value in (
+            ("--account-id (or CLEVERTAP_ACCOUNT_ID)", account_id),
+            ("--passcode (or CLEVERTAP_PASSCODE, --passcode-file)", passcode),
+        )
+        if not value
+    ]
+    if missing:
+        raise UsageError(
+            "missing CleverTap credentials: "
+            + ", ".join(missing)
+            + ". Find them in the dashboard under Settings > Project; or try --dry-run."
+        )
+    assert account_id is not None and passcode is not None
+    return ClientSettings(
+        account_id=account_id.strip(),
+        passcode=Secret(passcode),
+        base_url=resolve_base_url(region, endpoint),
+        concurrency=concurrency,
+        timeout=timeout,
+        retry=RetryPolicy(max_retries=max_retries),
+    )
+
+
+def _from_command_line(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _total_size(paths: list[str]) -> int | None:
+    sizes = [s.size for s in collect_sources(paths)]
+    return None if any(size is None for size in sizes) else sum(s for s in sizes if s is not None)
+
+
+def _progress(
+    err: Console, wanted: bool | None, quiet: bool, total: int | None
+) -> contextlib.AbstractContextManager[ProgressView | None]:
+    show = err.is_terminal if wanted is None else wanted
+    if quiet or not show:
+        return contextlib.nullcontext()
+    return ProgressView(err, total)
+
+
+def _finish(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> NoReturn:
+    if json_out:
+        sys.stdout.buffer.write(orjson.dumps(summary.as_dict(), option=orjson.OPT_APPEND_NEWLINE))
+        sys.stdout.flush()
+    elif not quiet:
+        render_summary(summary, err)
+    raise typer.Exit(ExitCode.OK if summary.complete else ExitCode.INCOMPLETE)
+
+
+@contextlib.contextmanager
+def _errors_to_exit(err: Console) -> Iterator[None]:
+    """A CtsyncError becomes one line on stderr and its exit code: no traceback for a
+    person's mistake."""
+    try:
+        yield
+    except CtsyncError as exc:
+        err.print("[bold red]ctsync:[/]", escape(str(exc)), highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]ctsync: interrupted[/]")
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
