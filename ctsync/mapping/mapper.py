@@ -1,0 +1,246 @@
+"""The mapper of a mapping file: every enabled subscription whose trigger matches fires.
+
+Operations come out in subscription order. A message no subscription fires for is a
+`Skip`. If one fired subscription cannot build its record (no identity, a bad `ts`), the
+whole message is `Invalid` with that reason, as in the presets: a message's outcome is
+one value in the report.
+
+Actions and the records they build:
+
+| action | fields | operation |
+|---|---|---|
+| userUpload | identity or objectId, ts, profileData | profile record |
+| userDelete | identity or guid | `Delete` |
+| eventUpload | identity or objectId, ts, evtName, evtData | event record |
+| tokenUpload | objectId, id, type | token record, once per objectId and token per run |
+
+When both identity and objectId are mapped, identity is used if the message has one and
+objectId otherwise. `ts` missing or null means now. Dates in profileData and evtData
+follow Convert Timestamps (the subscription's `convert_timestamps`, else the run's);
+nested event properties follow `--nested`, and what is left out is counted in the
+mapper's `dropped` counter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from ctsync.mapping.directives import MISSING, Compiled
+from ctsync.mapping.file import Action, MappingFile, Subscription
+from ctsync.mapping.properties import PropertyShaper
+from ctsync.presets import MappingOptions
+from ctsync.presets.actions import identity_of
+from ctsync.records import (
+    Delete,
+    Invalid,
+    MapResult,
+    Message,
+    Operation,
+    Skip,
+    Upload,
+    skip_reason,
+)
+from ctsync.timestamps import convert_object, event_time
+
+Build = Callable[[Message], Operation | Invalid | None]
+"""One subscription's action: an operation, why it cannot be built, or None (nothing to send)."""
+
+TOKEN_ALREADY_SENT = "token already sent"
+
+
+def _absent(value: Any) -> bool:
+    return value is MISSING or value is None or value == ""
+
+
+def _resolver(fields: dict[str, Compiled], key: str) -> Callable[[Message], Any]:
+    compiled = fields.get(key)
+    return compiled.resolve if compiled is not None else (lambda message: MISSING)
+
+
+def _label(fields: dict[str, Compiled], key: str) -> str:
+    compiled = fields.get(key)
+    return compiled.label if compiled is not None else key
+
+
+def _time(value: Any) -> int | Invalid:
+    """`ts` from a mapped value: now when there is none (as the presets do)."""
+    if value is MISSING or value is None:
+        return int(time.time())
+    ts = event_time(value)
+    if ts is None:
+        return Invalid("525", f"timestamp {value!r} is not a date-time")
+    return ts
+
+
+def _identity(value: Any, label: str) -> str | Invalid:
+    return identity_of(None if value is MISSING else value, label)
+
+
+def _object_id(value: Any, label: str, code: str = "526") -> str | Invalid:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        return Invalid(code, f"no CleverTap ID: {label} is missing or not a string")
+    return value
+
+
+class _Builder:
+    """Builds one subscription's operation from a message."""
+
+    def __init__(
+        self,
+        subscription: Subscription,
+        options: MappingOptions,
+        shaper: PropertyShaper,
+        tokens_sent: set[tuple[str, str]],
+    ) -> None:
+        self.fields = subscription.fields
+        self.convert = (
+            options.convert_timestamps
+            if subscription.convert_timestamps is None
+            else subscription.convert_timestamps
+        )
+        self.dates_as = options.dates_as
+        self.shaper = shaper
+        self.tokens_sent = tokens_sent
+
+    def identifier(self, message: Message) -> tuple[str, str] | Invalid:
+        """(`identity`|`objectId`, value): identity when the message has one."""
+        fields = self.fields
+        if "identity" in fields:
+            value = fields["identity"].resolve(message)
+            if not _absent(value) or "objectId" not in fields:
+                identity = identity_of(
+                    None if value is MISSING else value, fields["identity"].label
+                )
+                return identity if isinstance(identity, Invalid) else ("identity", identity)
+        value = fields["objectId"].resolve(message)
+        if _absent(value) and "identity" in fields:
+            labels = f"{fields['identity'].label} or {fields['objectId'].label}"
+            return Invalid("523", f"no identity: {labels} is missing or empty")
+        object_id = _object_id(value, fields["objectId"].label)
+        return object_id if isinstance(object_id, Invalid) else ("objectId", object_id)
+
+    def data(self, message: Message, key: str) -> dict[str, Any]:
+        compiled = self.fields.get(key)
+        value = compiled.resolve(message) if compiled is not None else MISSING
+        if not isinstance(value, dict):
+            return {}
+        return convert_object(value, self.dates_as) if self.convert else dict(value)
+
+    def user_upload(self, message: Message) -> Operation | Invalid | None:
+        identifier = self.identifier(message)
+        if isinstance(identifier, Invalid):
+            return identifier
+        ts = _time(_resolver(self.fields, "ts")(message))
+        if isinstance(ts, Invalid):
+            return ts
+        key, value = identifier
+        return Upload(
+            {
+                "type": "profile",
+                key: value,
+                "ts": ts,
+                "profileData": self.data(message, "profileData"),
+            }
+        )
+
+    def user_delete(self, message: Message) -> Operation | Invalid | None:
+        fields = self.fields
+        if "identity" in fields:
+            value = fields["identity"].resolve(message)
+            if not _absent(value) or "guid" not in fields:
+                identity = identity_of(
+                    None if value is MISSING else value, fields["identity"].label
+                )
+                return identity if isinstance(identity, Invalid) else Delete("identity", identity)
+        guid = _object_id(fields["guid"].resolve(message), fields["guid"].label, "523")
+        return guid if isinstance(guid, Invalid) else Delete("guid", guid)
+
+    def event_upload(self, message: Message) -> Operation | Invalid | None:
+        identifier = self.identifier(message)
+        if isinstance(identifier, Invalid):
+            return identifier
+        ts = _time(_resolver(self.fields, "ts")(message))
+        if isinstance(ts, Invalid):
+            return ts
+        name = self.fields["evtName"].resolve(message)
+        if not isinstance(name, str) or not name.strip():
+            return Invalid("509", f"no event name: {self.fields['evtName'].label} is missing")
+        data = self.shaper.event_data(self.data(message, "evtData"), charged=name == "Charged")
+        key, value = identifier
+        record = {"type": "event", key: value, "ts": ts, "evtName": name, "evtData": data}
+        return Upload(record)
+
+    def token_upload(self, message: Message) -> Operation | Invalid | None:
+        fields = self.fields
+        object_id = _object_id(fields["objectId"].resolve(message), fields["objectId"].label, "530")
+        if isinstance(object_id, Invalid):
+            return object_id
+        token = fields["id"].resolve(message)
+        if _absent(token):
+            return Invalid("532", f"no token: {fields['id'].label} is missing")
+        token_type = fields["type"].resolve(message)
+        if _absent(token_type):
+            return Invalid("533", f"no token type: {fields['type'].label} is missing")
+        seen = (object_id, str(token))
+        if seen in self.tokens_sent:
+            return None
+        self.tokens_sent.add(seen)
+        return Upload(
+            {"type": "token", "objectId": object_id, "tokenData": {"id": token, "type": token_type}}
+        )
+
+    def for_action(self, action: Action) -> Build:
+        builds: dict[Action, Build] = {
+            Action.USER_UPLOAD: self.user_upload,
+            Action.USER_DELETE: self.user_delete,
+            Action.EVENT_UPLOAD: self.event_upload,
+            Action.TOKEN_UPLOAD: self.token_upload,
+        }
+        return builds[action]
+
+
+class MappingMapper:
+    """The mapper of a mapping file. `dropped` counts the values `--nested` left out."""
+
+    def __init__(self, mapping_file: MappingFile, options: MappingOptions) -> None:
+        self.mapping_file = mapping_file
+        self._shaper = PropertyShaper(options.nested)
+        tokens_sent: set[tuple[str, str]] = set()
+        self._subscriptions = tuple(
+            (
+                sub.matches,
+                _Builder(sub, options, self._shaper, tokens_sent).for_action(sub.action),
+            )
+            for sub in mapping_file.subscriptions
+            if sub.enabled
+        )
+
+    @property
+    def dropped(self) -> Counter[str]:
+        return self._shaper.dropped
+
+    def __call__(self, message: Message) -> MapResult:
+        ops: list[Operation] = []
+        fired = False
+        for matches, build in self._subscriptions:
+            if not matches(message):
+                continue
+            fired = True
+            op = build(message)
+            if isinstance(op, Invalid):
+                return op
+            if op is not None:
+                ops.append(op)
+        if ops:
+            return ops
+        return Skip(TOKEN_ALREADY_SENT if fired else skip_reason(message))
+
+
+def build_mapper(mapping_file: MappingFile, options: MappingOptions) -> MappingMapper:
+    """The mapper of a loaded mapping file (a `Mapper` with a `dropped` counter)."""
+    return MappingMapper(mapping_file, options)

@@ -1,0 +1,195 @@
+"""The presets written as mapping files: a starting point to copy and edit.
+
+`actions` is exact: loaded with `load_mapping`, it produces the same records as
+`--preset actions` for every message. `classic` is as close as the directive language
+allows; its description lists what it cannot express.
+"""
+
+from __future__ import annotations
+
+import copy
+from enum import StrEnum
+from typing import Any, Final
+
+
+class PresetName(StrEnum):
+    """The presets `preset_as_mapping` can write out."""
+
+    ACTIONS = "actions"
+    CLASSIC = "classic"
+
+
+def _path(path: str) -> dict[str, str]:
+    return {"@path": path}
+
+
+_IDENTIFIED: Final = {"identity": _path("$.userId"), "objectId": _path("$.anonymousId")}
+
+ACTIONS: Final[dict[str, Any]] = {
+    "description": (
+        "Segment's CleverTap (Actions) presets with Segment's faults fixed: Person "
+        "Attributes from $.traits (Segment reads $.properties) and ts in epoch seconds."
+    ),
+    "subscriptions": [
+        {
+            "name": "Event Type is Identify",
+            "enabled": True,
+            "trigger": 'type = "identify"',
+            "action": "userUpload",
+            "mapping": {
+                "identity": _path("$.userId"),
+                "ts": _path("$.timestamp"),
+                "profileData": _path("$.traits"),
+            },
+        },
+        {
+            "name": "Event Name is Delete User",
+            "enabled": True,
+            "trigger": 'event = "Delete User"',
+            "action": "userDelete",
+            "mapping": {"identity": _path("$.userId")},
+        },
+    ],
+}
+
+CLASSIC: Final[dict[str, Any]] = {
+    "description": (
+        "Segment's classic CleverTap destination, as far as mapping directives reach. "
+        "Not expressible here, so only --preset classic does it: lower snake_casing of "
+        "trait and property keys; sending traits other than the six special ones "
+        "(name, birthday, avatar, gender, phone, email); Gender normalised to M/F; DOB "
+        "as a $D_ date; Charged with every other order property; matching "
+        "context.device.type case-insensitively. Token records are sent once per "
+        "objectId and token per run, as in the preset."
+    ),
+    "subscriptions": [
+        {
+            "name": "Identify to profile",
+            "enabled": True,
+            "trigger": 'type = "identify"',
+            "action": "userUpload",
+            "mapping": {
+                **_IDENTIFIED,
+                "ts": _path("$.timestamp"),
+                "profileData": {
+                    "Name": _path("$.traits.name"),
+                    "DOB": _path("$.traits.birthday"),
+                    "Photo": _path("$.traits.avatar"),
+                    "Gender": _path("$.traits.gender"),
+                    "Phone": _path("$.traits.phone"),
+                    "Email": _path("$.traits.email"),
+                },
+            },
+        },
+        {
+            "name": "Track to event",
+            "enabled": True,
+            "trigger": 'type = "track" and event != "Order Completed"',
+            "action": "eventUpload",
+            "mapping": {
+                **_IDENTIFIED,
+                "ts": _path("$.timestamp"),
+                "evtName": _path("$.event"),
+                "evtData": _path("$.properties"),
+            },
+        },
+        {
+            "name": "Order Completed to Charged",
+            "enabled": True,
+            "trigger": 'type = "track" and event = "Order Completed"',
+            "action": "eventUpload",
+            "mapping": {
+                **_IDENTIFIED,
+                "ts": _path("$.timestamp"),
+                "evtName": {"@literal": "Charged"},
+                "evtData": {
+                    "Charged ID": _path("$.properties.order_id"),
+                    "Amount": {
+                        "@if": {
+                            "exists": _path("$.properties.revenue"),
+                            "then": _path("$.properties.revenue"),
+                            "else": _path("$.properties.total"),
+                        }
+                    },
+                    "Currency": _path("$.properties.currency"),
+                    "Items": _path("$.properties.products"),
+                },
+            },
+        },
+        {
+            "name": "Page to Web Page Viewed",
+            "enabled": True,
+            "trigger": 'type = "page"',
+            "action": "eventUpload",
+            "mapping": {
+                **_IDENTIFIED,
+                "ts": _path("$.timestamp"),
+                "evtName": {"@literal": "Web Page Viewed"},
+                "evtData": _path("$.properties"),
+            },
+        },
+        {
+            "name": "Screen to App Screen Viewed",
+            "enabled": True,
+            "trigger": 'type = "screen"',
+            "action": "eventUpload",
+            "mapping": {
+                **_IDENTIFIED,
+                "ts": _path("$.timestamp"),
+                "evtName": {"@literal": "App Screen Viewed"},
+                "evtData": _path("$.properties"),
+            },
+        },
+        {
+            "name": "Alias to profile Identity",
+            "enabled": True,
+            "trigger": 'type = "alias" and userId exists',
+            "action": "userUpload",
+            "mapping": {
+                "objectId": _path("$.previousId"),
+                "ts": _path("$.timestamp"),
+                "profileData": {"Identity": _path("$.userId")},
+            },
+        },
+        {
+            "name": "Android push token",
+            "enabled": True,
+            "trigger": (
+                'type != "group" and context.device.token exists and anonymousId exists'
+                ' and context.device.type = "android"'
+            ),
+            "action": "tokenUpload",
+            "mapping": {
+                "objectId": _path("$.anonymousId"),
+                "id": _path("$.context.device.token"),
+                "type": {"@literal": "fcm"},
+            },
+        },
+        {
+            "name": "iOS push token",
+            "enabled": True,
+            "trigger": (
+                'type != "group" and context.device.token exists and anonymousId exists'
+                ' and context.device.type = "ios"'
+            ),
+            "action": "tokenUpload",
+            "mapping": {
+                "objectId": _path("$.anonymousId"),
+                "id": _path("$.context.device.token"),
+                "type": {"@literal": "apns"},
+            },
+        },
+    ],
+}
+
+_PRESETS: Final = {PresetName.ACTIONS: ACTIONS, PresetName.CLASSIC: CLASSIC}
+
+
+def preset_as_mapping(name: str) -> dict[str, Any]:
+    """A preset as mapping-file JSON (a fresh copy). Raises ValueError for an unknown name."""
+    try:
+        preset = _PRESETS[PresetName(name)]
+    except ValueError:
+        known = ", ".join(preset.value for preset in PresetName)
+        raise ValueError(f"unknown preset {name!r} (known: {known})") from None
+    return copy.deepcopy(preset)
