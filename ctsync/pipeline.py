@@ -175,7 +175,7 @@ class UploadRun:
             try:
                 yield from read_source(opened)
             finally:
-                self._consumed_before += opened.counter.consumed
+                self._consumed_before += opened.consumed
                 self._current = None
                 opened.close()
 
@@ -274,7 +274,7 @@ class UploadRun:
 
     def _notify(self) -> None:
         if self._observer is not None:
-            current = self._current.counter.consumed if self._current is not None else 0
+            current = self._current.consumed if self._current is not None else 0
             self._observer.update(self.summary, self._consumed_before + current)
 
 

@@ -12,8 +12,7 @@ element index inside an array or envelope.
 
 from __future__ import annotations
 
-import gzip
-import io
+import itertools
 import os
 import sys
 import zlib
@@ -31,7 +30,7 @@ from ctsync.records import Invalid, Message, Origin, Stage
 STDIN = "-"
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
-READ_BUFFER = 1 << 20
+READ_BUFFER = 1 << 18
 DIRECTORY_SUFFIXES = (".json", ".jsonl", ".ndjson")
 
 
@@ -98,63 +97,78 @@ def _file_source(path: Path) -> Source:
     return Source(str(path), path, path.stat().st_size)
 
 
-class CountingReader(io.RawIOBase):
-    """A raw stream that counts the bytes taken from the file (compressed bytes for gzip),
-    so progress can show how much of the input is consumed."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
-        self.consumed = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._raw.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.consumed += n
-        return n
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
 class OpenSource:
-    """An opened input: a buffered, decompressed byte stream and a byte counter."""
+    """An opened input, read as decompressed chunks; counts the bytes taken from the file
+    (compressed bytes for gzip) so progress can show how much is consumed."""
 
     def __init__(self, source: Source, stdin: IO[bytes] | None = None) -> None:
         self.source = source
-        raw: IO[bytes]
         if source.path is None:
-            raw = stdin if stdin is not None else sys.stdin.buffer
+            self._raw = stdin if stdin is not None else sys.stdin.buffer
         else:
-            raw = open(source.path, "rb")  # noqa: SIM115 - closed by close()
-        self.counter = CountingReader(raw)
-        buffered = io.BufferedReader(self.counter, READ_BUFFER)
-        self.gzipped = buffered.peek(2)[:2] == GZIP_MAGIC
-        self.stream: io.BufferedReader[Any] = (
-            io.BufferedReader(gzip.GzipFile(fileobj=buffered, mode="rb"), READ_BUFFER)
-            if self.gzipped
-            else buffered
-        )
+            self._raw = open(source.path, "rb")  # noqa: SIM115 - closed by close()
+        self.consumed = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        """The content, decompressed if it starts with gzip's magic bytes. Raises EOFError
+        after the last whole chunk of a truncated gzip stream, zlib.error for a corrupt one."""
+        first = self._read()
+        if first[:2] != GZIP_MAGIC:
+            while first:
+                yield first
+                first = self._read()
+            return
+        # Gzip members may be concatenated (as `cat a.gz b.gz` makes): one decoder each.
+        decoder = zlib.decompressobj(wbits=31)
+        data = first
+        while data:
+            out = decoder.decompress(data)
+            if out:
+                yield out
+            while decoder.eof and decoder.unused_data:
+                rest = decoder.unused_data
+                decoder = zlib.decompressobj(wbits=31)
+                out = decoder.decompress(rest)
+                if out:
+                    yield out
+            data = self._read()
+        if not decoder.eof:
+            raise EOFError("truncated gzip stream")
+
+    def _read(self) -> bytes:
+        data = self._raw.read(READ_BUFFER)
+        self.consumed += len(data)
+        return data
 
     def close(self) -> None:
         if self.source.path is not None:
-            self.stream.close()
+            self._raw.close()
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines with their line ends; the last one may lack it."""
+    tail = b""
+    for chunk in chunks:
+        parts = (tail + chunk).split(b"\n")
+        tail = parts.pop()
+        for part in parts:
+            yield part + b"\n"
+    if tail:
+        yield tail
 
 
 def read_source(opened: OpenSource) -> Iterator[InputRecord]:
     """Every record of one opened input. Broken content becomes `InputRecord`s with an
-    `error`; only an unreadable stream ends the file early (with one error record)."""
+    `error`; an unreadable stream ends the file early with one error record at line 0,
+    after every whole record before the fault."""
     name = opened.source.name
+    lines = _lines(opened.chunks())
     try:
-        first = _first_line(opened.stream)
-        if _looks_like_document(first, opened.stream):
-            yield from _read_document(name, first + opened.stream.read())
+        head = _head(lines)
+        if _looks_like_document(head, lines):
+            yield from _read_document(name, b"".join([*head, *lines]))
         else:
-            yield from _read_ndjson(name, first, opened.stream)
+            yield from _read_ndjson(name, head, lines)
     except (OSError, EOFError, zlib.error) as exc:
         yield InputRecord(
             Origin(name, 0), None, None, Invalid("unreadable", _describe_io_error(exc), Stage.PARSE)
@@ -164,26 +178,25 @@ def read_source(opened: OpenSource) -> Iterator[InputRecord]:
 def _describe_io_error(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "the gzip stream is truncated; records after this point were not read"
-    if isinstance(exc, gzip.BadGzipFile | zlib.error):
+    if isinstance(exc, zlib.error):
         return f"the gzip stream is corrupt ({exc}); records after this point were not read"
     return f"cannot read the file ({exc.__class__.__name__}: {exc})"
 
 
-def _first_line(stream: io.BufferedReader) -> bytes:
-    """The first non-blank line (BOM removed), with any blank lines before it kept so
-    that line numbers stay right."""
-    lines = []
-    while True:
-        line = stream.readline()
-        lines.append(line)
-        if not line or line.strip():
+def _head(lines: Iterator[bytes]) -> list[bytes]:
+    """The lines up to the first non-blank one (BOM removed): enough to tell the format."""
+    head: list[bytes] = []
+    for line in lines:
+        if not head and line.startswith(UTF8_BOM):
+            line = line[len(UTF8_BOM) :]
+        head.append(line)
+        if line.strip():
             break
-    head = b"".join(lines)
-    return head[len(UTF8_BOM) :] if head.startswith(UTF8_BOM) else head
+    return head
 
 
-def _looks_like_document(first: bytes, rest: io.BufferedReader) -> bool:
-    text = first.lstrip()
+def _looks_like_document(head: list[bytes], rest: Iterator[bytes]) -> bool:
+    text = head[-1].strip() if head else b""
     if text.startswith(b"["):
         return True
     if not text.startswith(b"{"):
@@ -193,22 +206,28 @@ def _looks_like_document(first: bytes, rest: io.BufferedReader) -> bool:
     except orjson.JSONDecodeError:
         # `{` that is not a whole line of JSON: a pretty-printed object, unless the line
         # closes like a record would (then it is one broken NDJSON line).
-        return not text.rstrip().endswith(b"}")
+        return not text.endswith(b"}")
+    if not (isinstance(value, dict) and _is_envelope(value)):
+        return False
     # A one-line envelope is a document when nothing follows it; otherwise the file is
     # NDJSON whose lines happen to be envelopes, and each line is expanded in turn.
-    return isinstance(value, dict) and _is_envelope(value) and not rest.peek(1)
+    following = next(rest, None)
+    if following is None:
+        return True
+    head.append(following)
+    return False
 
 
 def _is_envelope(value: dict[str, Any]) -> bool:
     return isinstance(value.get("batch"), list) and "type" not in value
 
 
-def _read_ndjson(name: str, first: bytes, stream: io.BufferedReader) -> Iterator[InputRecord]:
+def _read_ndjson(name: str, head: list[bytes], lines: Iterator[bytes]) -> Iterator[InputRecord]:
     lineno = 0
     end = 0
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
-    for line in _chain_first(first, stream):
+    for line in itertools.chain(head, lines):
         lineno += 1
         end += len(line)
         raw = line.rstrip(b"\r\n")
@@ -228,17 +247,6 @@ def _read_ndjson(name: str, first: bytes, stream: io.BufferedReader) -> Iterator
             yield InputRecord(origin, raw, value, None, end)
         else:
             yield InputRecord(origin, raw, None, _not_an_object(value), end)
-
-
-def _chain_first(first: bytes, stream: io.BufferedReader) -> Iterator[bytes]:
-    # The first non-blank line may carry blank lines before it: yield them one by one.
-    if first:
-        *blank, last = first.split(b"\n")
-        for line in blank:
-            yield line + b"\n"
-        if last:
-            yield last
-    yield from stream
 
 
 def _read_document(name: str, data: bytes) -> Iterator[InputRecord]:

@@ -1,0 +1,98 @@
+"""Convert Timestamps, checked against the true values (not the docs' Pacific-time ones)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctsync.timestamps import DatesAs, convert_object, convert_value, event_time, iso_to_epoch
+
+
+@pytest.mark.parametrize(
+    ("value", "epoch"),
+    [
+        ("2006-01-02T18:04:07Z", 1136225047),
+        ("2023-05-18T22:58:45+00:00", 1684450725),
+        ("2025-08-13T15:45:17.451Z", 1755099917),
+        ("2019-02-01", 1548979200),
+        ("2006-01-02T15:04:05-0800", 1136243045),
+        ("2006-01-02T19:04:07+01:00", 1136225047),
+        ("2006-01-02T18:04:07", 1136225047),  # no offset: UTC
+        ("2006-01-02T18:04:07.999Z", 1136225047),  # fractions floored
+        ("1969-12-31T23:59:59.500Z", -1),  # floored toward the past, not toward zero
+    ],
+)
+def test_iso_strings_with_at_most_milliseconds_convert(value: str, epoch: int) -> None:
+    assert iso_to_epoch(value) == epoch
+    assert convert_value(value) == epoch
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2025-08-13T02:08:40.1418726Z",  # beyond milliseconds
+        "25 Mar 2015",
+        "01/01/2019",
+        "2018-03-04T12:08:56 PDT",
+        "1700000000",
+        "+14155550123",
+        "2019-02-30",  # shaped like a date, but not one
+        "user-2019-02-01",
+        "",
+    ],
+)
+def test_everything_else_is_left_alone(value: str) -> None:
+    assert iso_to_epoch(value) is None
+    assert convert_value(value) == value
+
+
+def test_the_published_wrong_examples_are_not_produced() -> None:
+    assert iso_to_epoch("2006-01-02T18:04:07Z") != 1136253847
+    assert iso_to_epoch("2023-05-18T22:58:45+00:00") != 1684475925
+
+
+def test_nested_objects_are_walked_but_arrays_are_not() -> None:
+    traits = {
+        "createdAt": "2019-02-01",
+        "address": {"since": "2006-01-02T18:04:07Z", "deep": {"at": "2019-02-01"}},
+        "dates": ["2019-02-01"],
+        "phone": "+14155550123",
+        "age": 30,
+        "ok": True,
+        "none": None,
+    }
+    assert convert_object(traits) == {
+        "createdAt": 1548979200,
+        "address": {"since": 1136225047, "deep": {"at": 1548979200}},
+        "dates": ["2019-02-01"],
+        "phone": "+14155550123",
+        "age": 30,
+        "ok": True,
+        "none": None,
+    }
+    assert traits["createdAt"] == "2019-02-01", "the input is not modified"
+
+
+def test_dates_as_clevertap_writes_date_values() -> None:
+    assert convert_object({"d": "2019-02-01", "n": "x"}, DatesAs.CLEVERTAP) == {
+        "d": "$D_1548979200",
+        "n": "x",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "ts"),
+    [
+        ("2024-03-05T10:00:00.123Z", 1709632800),
+        ("2025-08-13T02:08:40.1418726Z", 1755050920),  # any precision is still a time
+        (1709632800, 1709632800),
+        (1709632800123, 1709632800),  # milliseconds
+        (1709632800.9, 1709632800),
+    ],
+)
+def test_event_time_reads_any_iso_precision_and_epochs(value: object, ts: int) -> None:
+    assert event_time(value) == ts
+
+
+@pytest.mark.parametrize("value", ["yesterday", "25 Mar 2015", None, True, {"a": 1}])
+def test_event_time_refuses_what_is_not_a_time(value: object) -> None:
+    assert event_time(value) is None
