@@ -1,0 +1,291 @@
+"""The CleverTap client against scripted answers (pytest-httpx): retries, per-record
+verdicts, credentials."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import httpx
+import orjson
+import pytest
+from pytest_httpx import HTTPXMock
+
+from ctsync import __version__
+from ctsync.client import CleverTapClient, Refused, Retry, classify, upload_verdicts
+from ctsync.errors import AuthError
+from ctsync.ledger import ACCEPTED, Verdict
+from ctsync.records import CleverTapRecord, Outcome, Stage
+from ctsync.settings import ClientSettings
+from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE
+
+UPLOAD = f"{BASE_URL}/1/upload"
+DELETE = f"{BASE_URL}/1/delete/profiles.json"
+
+
+def profiles(n: int) -> list[CleverTapRecord]:
+    return [
+        {"type": "profile", "identity": f"u{i}", "ts": 1700000000, "profileData": {"i": i}}
+        for i in range(1, n + 1)
+    ]
+
+
+def events(n: int) -> list[CleverTapRecord]:
+    return [
+        {"type": "event", "identity": f"u{i}", "ts": 1700000000, "evtName": "E", "evtData": {}}
+        for i in range(1, n + 1)
+    ]
+
+
+def success(n: int) -> dict[str, object]:
+    return {"status": "success", "processed": n, "unprocessed": []}
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+def run_upload(
+    settings: ClientSettings, records: Sequence[CleverTapRecord], sleeps: Sleeps | None = None
+) -> list[Verdict]:
+    async def go() -> list[Verdict]:
+        async with CleverTapClient(settings, sleep=sleeps or Sleeps()) as client:
+            return await client.upload(records)
+
+    return asyncio.run(go())
+
+
+def sent_records(httpx_mock: HTTPXMock) -> list[list[CleverTapRecord]]:
+    return [orjson.loads(r.content)["d"] for r in httpx_mock.get_requests()]
+
+
+def test_request_shape_and_headers(httpx_mock: HTTPXMock, settings: ClientSettings) -> None:
+    httpx_mock.add_response(url=UPLOAD, method="POST", json=success(2))
+    assert run_upload(settings, profiles(2)) == [ACCEPTED, ACCEPTED]
+    (request,) = httpx_mock.get_requests()
+    assert request.headers["X-CleverTap-Account-Id"] == ACCOUNT_ID
+    assert request.headers["X-CleverTap-Passcode"] == PASSCODE
+    assert request.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert request.headers["User-Agent"] == f"ctsync/{__version__}"
+    assert orjson.loads(request.content) == {"d": profiles(2)}
+
+
+def test_429_then_200_retries_and_honours_retry_after(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_response(url=UPLOAD, status_code=429, headers={"Retry-After": "7"}, json={})
+    httpx_mock.add_response(url=UPLOAD, json=success(3))
+    sleeps = Sleeps()
+    assert run_upload(settings, profiles(3), sleeps) == [ACCEPTED] * 3
+    assert len(httpx_mock.get_requests()) == 2
+    assert sleeps.delays == [7.0]
+
+
+def test_500_then_200_resends_the_same_records_once(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_response(url=UPLOAD, status_code=500, text="oops")
+    httpx_mock.add_response(url=UPLOAD, json=success(3))
+    records = events(3)
+    assert run_upload(settings, records) == [ACCEPTED] * 3
+    first, second = sent_records(httpx_mock)
+    assert first == second == records
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_gives_up_after_max_retries(
+    httpx_mock: HTTPXMock, settings: ClientSettings, status: int
+) -> None:
+    for _ in range(settings.retry.max_retries + 1):
+        httpx_mock.add_response(url=UPLOAD, status_code=status, json={"error": "busy"})
+    sleeps = Sleeps()
+    verdicts = run_upload(settings, profiles(2), sleeps)
+    assert {v.outcome for v in verdicts} == {Outcome.FAILED}
+    assert verdicts[0].code == str(status)
+    assert "gave up after 4 attempts" in verdicts[0].message
+    assert len(httpx_mock.get_requests()) == 4
+    # Exponential backoff: each ceiling doubles (capped), jitter keeps at least half.
+    assert len(sleeps.delays) == 3 and all(d > 0 for d in sleeps.delays)
+
+
+@pytest.mark.parametrize("status", [400, 403, 404])
+def test_client_errors_are_never_retried(
+    httpx_mock: HTTPXMock, settings: ClientSettings, status: int
+) -> None:
+    httpx_mock.add_response(url=UPLOAD, status_code=status, json={"status": "fail", "error": "bad"})
+    verdicts = run_upload(settings, profiles(2))
+    assert len(httpx_mock.get_requests()) == 1
+    assert verdicts == [Verdict(Outcome.FAILED, str(status), f"HTTP {status}: bad", Stage.API)] * 2
+
+
+def test_partial_rejection_is_per_record_and_not_resent(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    record = orjson.dumps(profiles(3)[1]).decode()
+    httpx_mock.add_response(
+        url=UPLOAD,
+        json={
+            "status": "success",
+            "processed": 2,
+            "unprocessed": [
+                {
+                    "status": "fail",
+                    "code": 514,
+                    "error": "Profile data is incorrect. Gender needs to be M/F."
+                    "Skipped record number : 2",
+                    "record": record,
+                }
+            ],
+        },
+    )
+    verdicts = run_upload(settings, profiles(3))
+    assert verdicts[0] is ACCEPTED and verdicts[2] is ACCEPTED
+    assert verdicts[1] == Verdict(
+        Outcome.REJECTED, "514", "Profile data is incorrect. Gender needs to be M/F.", Stage.API
+    )
+    assert len(httpx_mock.get_requests()) == 1
+
+
+def test_401_stops_with_a_message_naming_all_three_suspects(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_response(
+        url=UPLOAD,
+        status_code=401,
+        json={"status": "fail", "error": "Account ID is not valid", "code": 401},
+    )
+    with pytest.raises(AuthError) as caught:
+        run_upload(settings, profiles(1))
+    message = str(caught.value)
+    assert ACCOUNT_ID in message and "passcode" in message and "region" in message
+    assert PASSCODE not in message and PASSCODE not in repr(caught.value)
+    assert len(httpx_mock.get_requests()) == 1
+
+
+def test_http_200_with_status_fail_fails_the_whole_batch(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_response(
+        url=UPLOAD, json={"status": "fail", "processed": 0, "error": "Payload invalid", "code": 500}
+    )
+    verdicts = run_upload(settings, profiles(2))
+    assert [v.outcome for v in verdicts] == [Outcome.FAILED, Outcome.FAILED]
+    assert "Payload invalid" in verdicts[0].message
+    assert len(httpx_mock.get_requests()) == 1
+
+
+def test_code_555_is_retried_once_for_those_records_only(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    transient = {"status": "fail", "code": 555, "error": "Try later. Skipped record number : 2"}
+    httpx_mock.add_response(
+        url=UPLOAD, json={"status": "success", "processed": 2, "unprocessed": [transient]}
+    )
+    again = {"status": "fail", "code": 555, "error": "Try later. Skipped record number : 1"}
+    httpx_mock.add_response(
+        url=UPLOAD, json={"status": "success", "processed": 0, "unprocessed": [again]}
+    )
+    records = events(3)
+    verdicts = run_upload(settings, records)
+    assert sent_records(httpx_mock) == [records, [records[1]]]
+    assert verdicts[0] is ACCEPTED and verdicts[2] is ACCEPTED
+    assert verdicts[1].outcome is Outcome.REJECTED and verdicts[1].code == "555"
+
+
+def test_lost_answer_is_not_resent_when_events_could_duplicate(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_exception(httpx.ReadTimeout("timed out"), url=UPLOAD)
+    verdicts = run_upload(settings, events(2))
+    assert len(httpx_mock.get_requests()) == 1
+    assert {v.code for v in verdicts} == {"outcome-unknown"}
+    assert verdicts[0].stage is Stage.TRANSPORT
+
+
+def test_lost_answer_is_resent_when_the_batch_is_safe_to_repeat(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_exception(httpx.RemoteProtocolError("Server disconnected"), url=UPLOAD)
+    httpx_mock.add_response(url=UPLOAD, json=success(2))
+    assert run_upload(settings, profiles(2)) == [ACCEPTED, ACCEPTED]
+    assert len(httpx_mock.get_requests()) == 2
+
+
+def test_increments_are_not_safe_to_repeat(httpx_mock: HTTPXMock, settings: ClientSettings) -> None:
+    httpx_mock.add_exception(httpx.ReadError("reset"), url=UPLOAD)
+    record = {"type": "profile", "identity": "u1", "profileData": {"visits": {"$incr": 1}}}
+    (verdict,) = run_upload(settings, [record])
+    assert verdict.code == "outcome-unknown"
+
+
+def test_connection_refused_is_retried(httpx_mock: HTTPXMock, settings: ClientSettings) -> None:
+    httpx_mock.add_exception(httpx.ConnectError("refused"), url=UPLOAD)
+    httpx_mock.add_response(url=UPLOAD, json=success(1))
+    assert run_upload(settings, events(1)) == [ACCEPTED]
+
+
+def test_concurrency_stays_within_the_limit(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    state = {"now": 0, "peak": 0}
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        await asyncio.sleep(0.01)
+        state["now"] -= 1
+        return httpx.Response(200, json=success(1))
+
+    httpx_mock.add_callback(slow, url=UPLOAD, is_reusable=True)
+
+    async def go() -> None:
+        async with CleverTapClient(settings) as client:
+            await asyncio.gather(*(client.upload(profiles(1)) for _ in range(20)))
+
+    asyncio.run(go())
+    assert state["peak"] == settings.upload_concurrency == 4
+
+
+def test_delete_sends_identities_and_reads_status(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_response(url=DELETE, json={"status": "success"})
+
+    async def go() -> list[Verdict]:
+        async with CleverTapClient(settings) as client:
+            return await client.delete("identity", ["a", "b"])
+
+    assert asyncio.run(go()) == [ACCEPTED, ACCEPTED]
+    (request,) = httpx_mock.get_requests()
+    assert orjson.loads(request.content) == {"identity": ["a", "b"]}
+
+
+# -- pure classification -------------------------------------------------------------
+
+
+def test_classify_reads_retry_after_only_for_retryable_answers() -> None:
+    answer = classify(503, b"{}", "2")
+    assert isinstance(answer, Retry) and answer.after == 2.0
+    assert isinstance(classify(200, b"<html>", None), Refused)
+
+
+def test_record_may_be_an_object_and_found_by_identity() -> None:
+    records = profiles(3)
+    body = {
+        "status": "success",
+        "processed": 2,
+        "unprocessed": [{"code": 516, "error": "Phone invalid", "record": records[2]}],
+    }
+    verdicts = upload_verdicts(body, records)
+    assert [v.outcome for v in verdicts] == [Outcome.ACCEPTED, Outcome.ACCEPTED, Outcome.REJECTED]
+
+
+def test_answers_that_do_not_add_up_confirm_nothing() -> None:
+    verdicts = upload_verdicts(
+        {"status": "success", "processed": 1, "unprocessed": []}, profiles(2)
+    )
+    assert {v.code for v in verdicts} == {"unconfirmed"}
