@@ -1,0 +1,265 @@
+"""CleverTap's data rules, each with the code the server answers (clevertap-api.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ctsync.rules import Violation, check_upload
+
+
+def profile(**data: Any) -> dict[str, Any]:
+    return {"type": "profile", "identity": "u1", "ts": 1700000000, "profileData": data}
+
+
+def event(name: Any = "Product Viewed", **data: Any) -> dict[str, Any]:
+    return {"type": "event", "identity": "u1", "ts": 1700000000, "evtName": name, "evtData": data}
+
+
+def token(**fields: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "type": "token",
+        "objectId": "a1",
+        "tokenData": {"id": "t0k3n", "type": "fcm"},
+    }
+    record.update(fields)
+    return record
+
+
+def codes(record: dict[str, Any], **kwargs: Any) -> list[str]:
+    return [violation.code for violation in check_upload(record, **kwargs)]
+
+
+def test_valid_records_have_no_violations() -> None:
+    assert check_upload(profile(Name="Ada", Email="ada@example.com", Phone="+4915112345678")) == []
+    assert check_upload(event(price=9.5, sku="s1", in_stock=True, note=None)) == []
+    assert check_upload(token()) == []
+    charged = event("Charged", Amount=10, **{"Charged ID": "o1", "Items": [{"sku": "s1"}]})
+    assert check_upload(charged) == []
+
+
+def test_violation_is_a_frozen_value() -> None:
+    violation = check_upload(profile(Gender="male"))[0]
+    assert violation == Violation("514", violation.message)
+    with pytest.raises(AttributeError):
+        violation.code = "0"  # type: ignore[misc]
+
+
+# --- identifiers (523 / 526) and ts (525) ----------------------------------------------
+
+
+def test_record_without_identifier_is_523() -> None:
+    record = profile(Name="Ada")
+    del record["identity"]
+    assert codes(record) == ["523"]
+
+
+def test_record_with_two_identifiers_is_523() -> None:
+    record = event()
+    record["objectId"] = "a1"
+    assert codes(record) == ["523"]
+
+
+@pytest.mark.parametrize("identity", ["", "x" * 120, 42, None])
+def test_identity_empty_too_long_or_not_a_string_is_523(identity: Any) -> None:
+    record = profile()
+    record["identity"] = identity
+    assert codes(record) == ["523"]
+
+
+def test_identity_of_119_characters_is_valid() -> None:
+    record = profile()
+    record["identity"] = "x" * 119
+    assert codes(record) == []
+
+
+@pytest.mark.parametrize("object_id", ["", 7, None])
+def test_bad_object_id_is_526(object_id: Any) -> None:
+    record: dict[str, Any] = {"type": "event", "objectId": object_id, "evtName": "Viewed"}
+    assert codes(record) == ["526"]
+
+
+@pytest.mark.parametrize("ts", ["2024-01-01T00:00:00Z", 1.5, True, "1700000000"])
+def test_ts_not_integer_epoch_is_525(ts: Any) -> None:
+    record = event()
+    record["ts"] = ts
+    assert codes(record) == ["525"]
+
+
+def test_ts_may_be_left_out() -> None:
+    record = event()
+    del record["ts"]
+    assert codes(record) == []
+
+
+def test_unknown_record_type_is_524() -> None:
+    assert codes({"type": "user", "identity": "u1"}) == ["524"]
+
+
+# --- profile values ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phone", ["+4915112345678", "+14155552671"])
+def test_phone_with_country_code_is_valid(phone: str) -> None:
+    assert codes(profile(Phone=phone)) == []
+
+
+@pytest.mark.parametrize("phone", ["015112345678", "+49 151 1234567", "+0123456", 4915112345678])
+def test_phone_without_plus_country_number_is_516(phone: Any) -> None:
+    assert codes(profile(Phone=phone)) == ["516"]
+
+
+@pytest.mark.parametrize("gender", ["male", "m", "Female", "O", ""])
+def test_gender_other_than_m_or_f_is_514(gender: str) -> None:
+    assert codes(profile(Gender=gender)) == ["514"]
+
+
+@pytest.mark.parametrize("email", ["ada", "ada@", "@example.com", "ada@example", "a b@x.io"])
+def test_malformed_email_is_515(email: str) -> None:
+    assert codes(profile(Email=email)) == ["515"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "code"),
+    [
+        ("Employed", "yes", "517"),
+        ("Education", "PhD", "518"),
+        ("Married", "true", "519"),
+        ("Age", "42", "520"),
+    ],
+)
+def test_other_standard_profile_keys(key: str, value: str, code: str) -> None:
+    assert codes(profile(**{key: value})) == [code]
+
+
+def test_standard_keys_do_not_count_as_custom_properties() -> None:
+    custom = {f"p{i}": i for i in range(256)}
+    assert codes(profile(Name="Ada", Email="a@b.co", **custom)) == []
+    assert codes(profile(**custom, extra=1)) == ["512"]
+
+
+@pytest.mark.parametrize("char", list("%><!|&.:;$'\"\\#"))
+def test_profile_key_with_forbidden_character_is_rejected(char: str) -> None:
+    assert codes(profile(**{f"a{char}b": 1})) == ["512"]
+
+
+def test_profile_key_over_120_characters_is_rejected() -> None:
+    assert codes(profile(**{"k" * 120: 1})) == []
+    assert codes(profile(**{"k" * 121: 1})) == ["512"]
+
+
+def test_string_values_are_limited_to_512_bytes_not_characters() -> None:
+    assert codes(profile(bio="a" * 512)) == []
+    assert codes(profile(bio="a" * 513)) == ["512"]
+    assert codes(profile(bio="é" * 256)) == []  # 512 bytes
+    assert codes(profile(bio="é" * 257)) == ["512"]  # 514 bytes, 257 characters
+    assert codes(event(note="€" * 171)) == ["512"]  # 513 bytes
+
+
+def test_profile_data_must_be_an_object() -> None:
+    record = profile()
+    record["profileData"] = ["a"]
+    assert codes(record) == ["512"]
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [None, "", "   "])
+def test_missing_event_name_is_509(name: Any) -> None:
+    assert codes(event(name)) == ["509"]
+
+
+@pytest.mark.parametrize("char", list("%><!|&.:;$'\"\\"))
+def test_event_name_with_forbidden_character_is_512(char: str) -> None:
+    assert codes(event(f"Bad{char}Name")) == ["512"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "App Launched",
+        "Notification Sent",
+        "UTM Visited",
+        "Stayed",
+        "app uninstalled",
+        "AppLaunched",
+    ],
+)
+def test_reserved_system_event_is_513_case_and_space_insensitively(name: str) -> None:
+    assert codes(event(name)) == ["513"]
+
+
+def test_event_properties_limit_is_522_and_configurable() -> None:
+    data = {f"p{i}": i for i in range(257)}
+    assert codes(event(**data)) == ["522"]
+    assert codes(event(**{f"p{i}": i for i in range(256)})) == []
+    assert codes(event(**{f"p{i}": i for i in range(101)}), max_event_properties=100) == ["522"]
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, ["a", "b"]])
+def test_nested_event_values_are_rejected(value: Any) -> None:
+    assert codes(event(tags=value)) == ["512"]
+
+
+def test_event_property_key_rules() -> None:
+    assert codes(event(**{"a.b": 1})) == ["512"]
+    assert codes(event(**{"k" * 121: 1})) == ["512"]
+
+
+def test_charged_items_may_be_an_array_of_flat_objects() -> None:
+    items = [{"sku": f"s{i}", "price": i} for i in range(50)]
+    assert codes(event("Charged", Items=items)) == []
+
+
+def test_more_than_50_charged_items_is_rejected() -> None:
+    items = [{"sku": f"s{i}"} for i in range(51)]
+    assert codes(event("Charged", Items=items)) == ["512"]
+
+
+def test_charged_items_must_be_flat() -> None:
+    assert codes(event("Charged", Items=[{"sku": "s", "tags": ["a"]}])) == ["512"]
+    assert codes(event("Charged", Items=["s1"])) == ["512"]
+
+
+def test_items_is_only_an_array_on_charged() -> None:
+    assert codes(event("Order Viewed", Items=[{"sku": "s"}])) == ["512"]
+
+
+# --- tokens (530-535) -------------------------------------------------------------------
+
+
+def test_token_without_object_id_is_530() -> None:
+    record = token()
+    del record["objectId"]
+    assert codes(record) == ["530"]
+    record["identity"] = "u1"
+    assert codes(record) == ["530"]
+
+
+def test_token_data_not_an_object_is_531() -> None:
+    assert codes(token(tokenData="t0k3n")) == ["531"]
+
+
+def test_token_without_id_is_532() -> None:
+    assert codes(token(tokenData={"type": "fcm"})) == ["532"]
+
+
+def test_token_id_not_a_string_is_535() -> None:
+    assert codes(token(tokenData={"id": 123, "type": "fcm"})) == ["535"]
+
+
+def test_token_without_type_is_533() -> None:
+    assert codes(token(tokenData={"id": "t"})) == ["533"]
+
+
+def test_token_type_other_than_fcm_apns_gcm_is_534() -> None:
+    assert codes(token(tokenData={"id": "t", "type": "android"})) == ["534"]
+    assert codes(token(tokenData={"id": "t", "type": "apns"})) == []
+
+
+def test_several_violations_are_all_reported() -> None:
+    record = profile(Gender="x", Email="y")
+    record["ts"] = "now"
+    assert sorted(codes(record)) == ["514", "515", "525"]
