@@ -1,0 +1,224 @@
+"""The upload pipeline: ordering of uploads and deletes, accounting, batching, aborts."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Sequence
+
+import orjson
+import pytest
+
+from ctsync.batching import BatchKind, Planner
+from ctsync.errors import AuthError
+from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
+from ctsync.pipeline import DryRunSender, RunOptions, UploadRun
+from ctsync.presets import MappingOptions, Preset, build_preset
+from ctsync.reader import Source
+from ctsync.records import CleverTapRecord, Delete, DeleteKey, Origin, Outcome, Upload
+
+STDIN = Source("-", None, None)
+
+
+def identify(user: str, **traits: object) -> dict[str, object]:
+    return {"type": "identify", "userId": user, "traits": traits, "timestamp": "2024-01-01"}
+
+
+def delete_user(user: str) -> dict[str, object]:
+    return {"type": "track", "userId": user, "event": "Delete User"}
+
+
+class Recorder:
+    """A sender that answers after a delay and logs when each request starts and ends."""
+
+    def __init__(self, delay: float = 0.0, reject: set[str] | None = None) -> None:
+        self.delay = delay
+        self.reject = reject or set()
+        self.log: list[tuple[str, str, tuple[str, ...]]] = []
+        self.requests = 0
+        self.retries = 0
+
+    async def upload(self, records: Sequence[CleverTapRecord]) -> list[Verdict]:
+        ids = tuple(str(r["identity"]) for r in records)
+        return await self._answer("upload", ids)
+
+    async def delete(self, key: DeleteKey, values: Sequence[str]) -> list[Verdict]:
+        return await self._answer("delete", tuple(values))
+
+    async def _answer(self, kind: str, ids: tuple[str, ...]) -> list[Verdict]:
+        self.requests += 1
+        self.log.append(("start", kind, ids))
+        await asyncio.sleep(self.delay)
+        self.log.append(("end", kind, ids))
+        return [
+            Verdict(Outcome.REJECTED, "516", "bad phone") if i in self.reject else ACCEPTED
+            for i in ids
+        ]
+
+
+def run(
+    messages: Sequence[object],
+    sender: object,
+    *,
+    batch_size: int = 1000,
+    report: io.BytesIO | None = None,
+    failed: io.BytesIO | None = None,
+) -> Summary:
+    data = b"".join(orjson.dumps(m) + b"\n" for m in messages)
+    upload_run = UploadRun(
+        [STDIN],
+        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
+        sender=sender,  # type: ignore[arg-type]
+        ledger=Ledger(report=report, dead_letters=failed),
+        options=RunOptions(batch_size=batch_size),
+        stdin=io.BytesIO(data),
+    )
+    return asyncio.run(upload_run.run())
+
+
+def test_a_delete_after_an_identify_waits_for_the_upload_acknowledgement() -> None:
+    sender = Recorder(delay=0.02)
+    summary = run([identify("a"), identify("b"), delete_user("a"), identify("c")], sender)
+    assert summary.accepted == 4 and summary.balanced
+    upload_end = sender.log.index(("end", "upload", ("a", "b")))
+    delete_start = sender.log.index(("start", "delete", ("a",)))
+    assert upload_end < delete_start
+
+
+def test_an_identify_after_a_delete_goes_out_only_after_the_delete() -> None:
+    sender = Recorder(delay=0.02)
+    run([identify("x"), delete_user("a"), identify("a"), identify("y")], sender)
+    delete_end = sender.log.index(("end", "delete", ("a",)))
+    later = next(e for e in sender.log if e[0] == "start" and e[1] == "upload" and "a" in e[2])
+    assert delete_end < sender.log.index(later)
+    # "x", which nothing depends on, did not wait for anything.
+    assert sender.log[0] == ("start", "upload", ("x",))
+
+
+def test_independent_identities_do_not_wait_for_each_other() -> None:
+    planner = Planner(batch_size=2)
+    owner = Tracked(Origin("-", 1), None, {}, 6)
+    ready = []
+    for user in "abcd":
+        ready += planner.add(Upload({"type": "profile", "identity": user}), owner)
+    ready += planner.add(Delete("identity", "z"), owner)
+    ready += planner.flush()
+    assert [(b.kind, len(b), b.deps) for b in ready] == [
+        (BatchKind.UPLOAD, 2, []),
+        (BatchKind.UPLOAD, 2, []),
+        (BatchKind.DELETE_IDENTITY, 1, []),
+    ]
+
+
+def test_batches_are_cut_at_the_batch_size_and_deletes_at_100() -> None:
+    planner = Planner(batch_size=3)
+    owner = Tracked(Origin("-", 1), None, {}, 1000)
+    ready = []
+    for i in range(7):
+        ready += planner.add(Upload({"type": "profile", "identity": f"u{i}"}), owner)
+    for i in range(150):
+        ready += planner.add(Delete("guid", f"g{i}"), owner)
+    ready += planner.flush()
+    sizes = [(b.kind.value, len(b)) for b in ready]
+    assert sizes == [
+        ("upload", 3),
+        ("upload", 3),
+        ("guid", 100),
+        ("upload", 1),
+        ("guid", 50),
+    ]
+
+
+def test_at_most_100_tokens_per_upload() -> None:
+    planner = Planner()
+    owner = Tracked(Origin("-", 1), None, {}, 1000)
+    ready = []
+    for i in range(150):
+        token = {"type": "token", "objectId": f"o{i}", "tokenData": {"id": "t", "type": "fcm"}}
+        ready += planner.add(Upload(token), owner)
+    ready += planner.flush()
+    assert [len(b) for b in ready] == [100, 50]
+
+
+def test_every_record_is_accounted_for_and_reported() -> None:
+    report, failed = io.BytesIO(), io.BytesIO()
+    messages: list[object] = [
+        identify("ok"),
+        identify("bad-phone", phone="123"),
+        {"type": "identify", "traits": {}},  # no userId
+        {"type": "page", "userId": "p"},
+        [1, 2],
+        identify("x" * 120),
+    ]
+    sender = Recorder(reject={"bad-phone"})
+    summary = run(messages, sender, report=report, failed=failed)
+    counts = {k: summary.as_dict()[k] for k in ("read", "skipped", "invalid", "accepted")}
+    assert counts == {"read": 6, "skipped": 1, "invalid": 3, "accepted": 1}
+    assert (summary.rejected, summary.failed.total()) == ({"516": 1}, 0)
+    assert summary.balanced
+    lines = [orjson.loads(x) for x in report.getvalue().splitlines()]
+    assert [(x["line"], x["stage"], x["code"]) for x in lines] == [
+        (3, "validate", "523"),
+        (5, "parse", "not-an-object"),
+        (6, "validate", "523"),
+        (2, "api", "516"),
+    ]
+    assert lines[-1] == {
+        "source": "-",
+        "line": 2,
+        "messageId": None,
+        "identity": "bad-phone",
+        "stage": "api",
+        "code": "516",
+        "message": "bad phone",
+    }
+    dead = failed.getvalue().splitlines()
+    assert len(dead) == 4 and orjson.loads(dead[-1]) == messages[1]
+
+
+def test_dry_run_writes_exact_request_bodies() -> None:
+    output = io.BytesIO()
+    summary = run([identify("a", plan="pro"), delete_user("a")], DryRunSender(output))
+    assert summary.accepted == 2
+    requests = [orjson.loads(line) for line in output.getvalue().splitlines()]
+    assert requests == [
+        {
+            "method": "POST",
+            "path": "/1/upload",
+            "body": {
+                "d": [
+                    {
+                        "type": "profile",
+                        "identity": "a",
+                        "ts": 1704067200,
+                        "profileData": {"plan": "pro"},
+                    }
+                ]
+            },
+        },
+        {"method": "POST", "path": "/1/delete/profiles.json", "body": {"identity": ["a"]}},
+    ]
+
+
+class Refusing(Recorder):
+    async def upload(self, records: Sequence[CleverTapRecord]) -> list[Verdict]:
+        await asyncio.sleep(0)
+        raise AuthError("refused")
+
+
+def test_refused_credentials_stop_the_run_and_the_counts_still_add_up() -> None:
+    data = b"".join(orjson.dumps(identify(f"u{i}")) + b"\n" for i in range(50))
+    upload_run = UploadRun(
+        [STDIN],
+        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
+        sender=Refusing(),
+        ledger=Ledger(),
+        options=RunOptions(batch_size=10),
+        stdin=io.BytesIO(data),
+    )
+    with pytest.raises(AuthError):
+        asyncio.run(upload_run.run())
+    summary = upload_run.summary
+    assert summary.balanced and summary.read >= 10
+    assert summary.failed["aborted"] == summary.read
+    assert summary.accepted == 0
