@@ -415,7 +415,7 @@ def _errors_to_exit(err: Console) -> Iterator[None]:
     try:
         yield
     except CtsyncError as exc:
-        err.print("[bold red]ctsync:[/]", escape(str(exc)), highlight=False)
+        err.print("[bold red]ctsync:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("[yellow]ctsync: interrupted[/]")

@@ -1,0 +1,193 @@
+"""The command line, through Typer's runner and as a real subprocess."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from pytest_httpx import HTTPXMock
+from typer.testing import CliRunner
+
+from ctsync.cli import app
+from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE
+
+runner = CliRunner()
+CREDENTIALS = {"CLEVERTAP_ACCOUNT_ID": ACCOUNT_ID, "CLEVERTAP_PASSCODE": PASSCODE}
+SUMMARY_KEYS = {"read", "skipped", "invalid", "accepted", "rejected", "failed"}
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Path:
+    messages = [
+        {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "timestamp": "2024-01-01"},
+        {"type": "track", "userId": "u1", "event": "Clicked"},
+        {"type": "identify", "userId": "u2", "traits": {}, "timestamp": "2024-01-01"},
+    ]
+    path = tmp_path / "export.ndjson.gz"
+    path.write_bytes(gzip.compress(b"".join(orjson.dumps(m) + b"\n" for m in messages)))
+    return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+    env.update(extra)
+    return env
+
+
+def test_dry_run_needs_no_credentials_and_prints_json(export: Path) -> None:
+    result = runner.invoke(app, ["upload", str(export), "--dry-run", "--json"], env=clean_env())
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.stdout)
+    assert summary.keys() >= SUMMARY_KEYS
+    assert {k: summary[k] for k in SUMMARY_KEYS} == {
+        "read": 3,
+        "skipped": 1,
+        "invalid": 0,
+        "accepted": 2,
+        "rejected": 0,
+        "failed": 0,
+    }
+    assert summary["dry_run"] is True
+
+
+def test_the_table_goes_to_stderr(export: Path) -> None:
+    result = runner.invoke(app, ["upload", str(export), "--dry-run"], env=clean_env())
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "accepted" in result.stderr and "dry run" in result.stderr
+
+
+def test_invalid_records_exit_1(tmp_path: Path) -> None:
+    path = tmp_path / "bad.ndjson"
+    path.write_text('{"type": "identify"}\nnot json\n')
+    result = runner.invoke(app, ["upload", str(path), "--dry-run", "--json"], env=clean_env())
+    assert result.exit_code == 1
+    assert orjson.loads(result.stdout)["invalid"] == 2
+
+
+def test_missing_credentials_exit_2_with_what_to_do(export: Path) -> None:
+    result = runner.invoke(app, ["upload", str(export)], env=clean_env())
+    assert result.exit_code == 2
+    assert "CLEVERTAP_ACCOUNT_ID" in result.stderr and "--dry-run" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_missing_file_exit_2_without_traceback(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["upload", str(tmp_path / "nope.ndjson"), "--dry-run"])
+    assert result.exit_code == 2
+    assert "nope.ndjson: no such file" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--batch-size", "1001"],
+        ["--batch-size", "0"],
+        ["--concurrency", "16"],
+        ["--region", "mars"],
+    ],
+)
+def test_bad_options_exit_2(export: Path, args: list[str]) -> None:
+    result = runner.invoke(app, ["upload", str(export), "--dry-run", *args])
+    assert result.exit_code == 2
+
+
+def test_output_needs_dry_run(export: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["upload", str(export), "--output", str(tmp_path / "o")], env=clean_env(**CREDENTIALS)
+    )
+    assert result.exit_code == 2 and "--dry-run" in result.stderr
+
+
+def test_refused_credentials_exit_3_and_never_show_the_passcode(
+    export: Path, tmp_path: Path, httpx_mock: HTTPXMock
+) -> None:
+    httpx_mock.add_response(
+        url=f"{BASE_URL}/1/upload",
+        status_code=401,
+        json={"status": "fail", "error": "Account ID is not valid", "code": 401},
+    )
+    report = tmp_path / "report.ndjson"
+    result = runner.invoke(
+        app,
+        ["upload", str(export), "--report", str(report), "--json"],
+        env=clean_env(**CREDENTIALS),
+    )
+    assert result.exit_code == 3
+    assert "region" in result.stderr and ACCOUNT_ID in result.stderr
+    assert PASSCODE not in result.output
+    assert PASSCODE not in report.read_text()
+
+
+def test_upload_sends_and_exits_0(export: Path, httpx_mock: HTTPXMock) -> None:
+    httpx_mock.add_response(
+        url="https://in1.api.clevertap.com/1/upload",
+        json={"status": "success", "processed": 2, "unprocessed": []},
+    )
+    result = runner.invoke(
+        app, ["upload", str(export), "--region", "in1", "--json"], env=clean_env(**CREDENTIALS)
+    )
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout)["accepted"] == 2
+
+
+def test_passcode_on_the_command_line_is_warned_about(export: Path, httpx_mock: HTTPXMock) -> None:
+    httpx_mock.add_response(json={"status": "success", "processed": 2, "unprocessed": []})
+    result = runner.invoke(
+        app,
+        ["upload", str(export), "--account-id", ACCOUNT_ID, "--passcode", PASSCODE],
+        env=clean_env(),
+    )
+    assert result.exit_code == 0
+    assert "CLEVERTAP_PASSCODE" in result.stderr and PASSCODE not in result.output
+
+
+def test_delete_batches_identities_from_flags_and_files(tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(f"user-{i}" for i in range(150)) + "\n\n")
+    out = tmp_path / "requests.ndjson"
+    result = runner.invoke(
+        app,
+        ["delete", "--identity", "extra", "--from", str(ids), "--dry-run", "--output", str(out)],
+        env=clean_env(),
+    )
+    assert result.exit_code == 0, result.output
+    bodies = [orjson.loads(line)["body"]["identity"] for line in out.read_bytes().splitlines()]
+    assert [len(b) for b in bodies] == [100, 51]
+    assert bodies[0][0] == "extra" and bodies[1][-1] == "user-149"
+
+
+def test_delete_guid_and_nothing_to_delete(tmp_path: Path) -> None:
+    out = tmp_path / "requests.ndjson"
+    ok = runner.invoke(
+        app, ["delete", "--identity", "g1", "--guid", "--dry-run", "--output", str(out)]
+    )
+    assert ok.exit_code == 0
+    assert orjson.loads(out.read_bytes())["body"] == {"guid": ["g1"]}
+    none = runner.invoke(app, ["delete", "--dry-run"])
+    assert none.exit_code == 2 and "--identity" in none.stderr
+
+
+def test_as_a_subprocess_reading_stdin(export: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ctsync", "upload", "-", "--dry-run", "--json"],
+        input=export.read_bytes(),
+        capture_output=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["accepted"] == 2
+    assert result.stderr == b"", "no progress or table on a non-terminal with --json"
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("ctsync ")
