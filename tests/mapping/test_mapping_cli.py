@@ -1,0 +1,85 @@
+"""`ctsync mappings show` and `check`, run through Typer's runner against the sub-app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ctsync.mapping import preset_as_mapping
+from ctsync.mapping.cli import app
+
+runner = CliRunner()
+
+
+def test_show_prints_the_actions_preset_by_default() -> None:
+    result = runner.invoke(app, ["show"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == preset_as_mapping("actions")
+
+
+def test_show_classic_is_a_starting_point_that_check_accepts(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["show", "--preset", "classic"])
+    assert result.exit_code == 0
+    path = tmp_path / "classic.json"
+    path.write_text(result.stdout)
+    checked = runner.invoke(app, ["check", str(path)])
+    assert checked.exit_code == 0
+    assert "8 subscriptions, 8 enabled: OK" in checked.stdout
+
+
+def test_show_rejects_an_unknown_preset() -> None:
+    result = runner.invoke(app, ["show", "--preset", "nope"])
+    assert result.exit_code == 2
+
+
+def test_check_reports_a_syntax_error_with_subscription_and_column(tmp_path: Path) -> None:
+    document = preset_as_mapping("actions")
+    document["subscriptions"][1]["trigger"] = 'event = "Delete User" or'
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(document))
+    result = runner.invoke(app, ["check", str(path)])
+    assert result.exit_code == 1
+    assert (
+        f"{path}: subscription 'Event Name is Delete User': trigger column 25: expected a field"
+        in result.stderr
+    )
+
+
+def test_check_with_events_shows_what_fires_and_the_records(tmp_path: Path) -> None:
+    path = tmp_path / "actions.json"
+    path.write_text(json.dumps(preset_as_mapping("actions")))
+    events = tmp_path / "events.ndjson"
+    lines = [
+        {"type": "identify", "userId": "u1", "timestamp": "2023-05-18T22:58:45Z", "traits": {}},
+        {"type": "track", "userId": "u1", "event": "Delete User"},
+        {"type": "page", "userId": "u1"},
+        {"type": "identify", "traits": {}},
+        {"type": "identify", "userId": "u2", "traits": {"Gender": "x"}},
+    ]
+    events.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    result = runner.invoke(app, ["check", str(path), str(events)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout.splitlines()
+    assert out[1:4] == [
+        "line 1: fires: Event Type is Identify",
+        '  upload {"type":"profile","identity":"u1","ts":1684450725,"profileData":{}}',
+        "line 2: fires: Event Name is Delete User",
+    ]
+    assert out[4] == "  delete identity u1"
+    assert out[5:7] == ["line 3: fires: (none)", "  skipped: page"]
+    assert out[7:9] == [
+        "line 4: fires: Event Type is Identify",
+        "  invalid 523: no identity: userId is missing or empty",
+    ]
+    assert out[-1].startswith("    rule 514: Gender 'x' is invalid")
+
+
+def test_check_reads_events_from_stdin_and_fails_on_bad_lines(tmp_path: Path) -> None:
+    path = tmp_path / "actions.json"
+    path.write_text(json.dumps(preset_as_mapping("actions")))
+    result = runner.invoke(app, ["check", str(path), "-"], input='{"type": "group"}\nnot json\n')
+    assert result.exit_code == 1
+    assert "line 1: fires: (none)" in result.stdout
+    assert "line 2: not JSON" in result.stdout
