@@ -58,9 +58,9 @@ CLASSIC: Final[dict[str, Any]] = {
         "Not expressible here, so only --preset classic does it: lower snake_casing of "
         "trait and property keys; sending traits other than the six special ones "
         "(name, birthday, avatar, gender, phone, email); Gender normalised to M/F; DOB "
-        "as a $D_ date; Charged with every other order property; matching "
-        "context.device.type case-insensitively. Token records are sent once per "
-        "objectId and token per run, as in the preset."
+        "as a $D_ date; Charged with every other order property; the page or screen "
+        "name added to its properties; matching context.device.type case-insensitively. "
+        "Token records are sent once per objectId and token per run, as in the preset."
     ),
     "subscriptions": [
         {
