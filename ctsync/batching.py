@@ -37,7 +37,19 @@ class BatchKind(StrEnum):
 class Batch:
     """One request's worth of operations and the records they came from."""
 
-    __slots__ = ("deps", "done", "keys", "kind", "owners", "payloads", "sealed", "seq", "tokens")
+    __slots__ = (
+        "_spans",
+        "deps",
+        "done",
+        "keys",
+        "kind",
+        "owners",
+        "payloads",
+        "sealed",
+        "sent",
+        "seq",
+        "tokens",
+    )
 
     def __init__(self, kind: BatchKind, seq: int) -> None:
         self.kind = kind
@@ -48,10 +60,25 @@ class Batch:
         self.deps: list[Batch] = []
         self.tokens = 0
         self.sealed = False
+        self.sent = False  # handed to the sender: CleverTap may have it
         self.done = asyncio.Event()
+        self._spans: dict[str, tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.payloads)
+
+    def spans(self) -> dict[str, tuple[int, int]]:
+        """The first and last input line of this batch's records, per input file."""
+        if self._spans is not None:
+            return self._spans
+        spans: dict[str, tuple[int, int]] = {}
+        for owner in self.owners:
+            name, line = owner.origin.source, owner.origin.line
+            first, last = spans.get(name, (line, line))
+            spans[name] = (min(first, line), max(last, line))
+        if self.sealed:  # owners no longer change
+            self._spans = spans
+        return spans
 
     def __repr__(self) -> str:
         return f"<Batch {self.kind} #{self.seq} n={len(self)} deps={[d.seq for d in self.deps]}>"
@@ -135,6 +162,10 @@ class Planner:
     def flush(self) -> list[Batch]:
         """Seal every open batch (end of input)."""
         return [self._seal(b) for b in sorted(self._open.values(), key=lambda b: b.seq)]
+
+    def open_batches(self) -> list[Batch]:
+        """Batches still being filled (read, not yet sent)."""
+        return list(self._open.values())
 
     def complete(self, batch: Batch) -> None:
         """Forget `batch` in the ordering index and wake the batches waiting on it."""

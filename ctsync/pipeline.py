@@ -11,6 +11,7 @@ keeps memory flat when CleverTap is slow (backpressure).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from ctsync.records import (
     skip_reason,
 )
 from ctsync.settings import MAX_UPLOAD_BATCH
+from ctsync.state import FileProgress, Resume, Span, StateFile
 
 Validator = Callable[[CleverTapRecord], Invalid | None]
 """CleverTap's data rules for one upload record: None when it may be sent."""
@@ -94,19 +96,31 @@ class DryRunSender:
 class RunOptions:
     batch_size: int = MAX_UPLOAD_BATCH
     validate: ValidateMode = ValidateMode.STRICT
-    window: int = 32  # sealed batches not yet answered, at most
+    window: int = 32  # sealed batches not yet answered, at most (backpressure)
+    drain_timeout: float = 30.0  # on interruption, how long in-flight requests may finish
 
 
 ABORTED = Verdict(
     Outcome.FAILED,
     "aborted",
-    "the run stopped before CleverTap answered for this record",
+    "the run stopped before CleverTap answered; CleverTap may or may not have this record",
+    Stage.TRANSPORT,
+)
+INTERRUPTED = Verdict(
+    Outcome.FAILED,
+    "interrupted",
+    "not sent: the run was interrupted before this record's batch went out",
     Stage.TRANSPORT,
 )
 
 
 class UploadRun:
-    """One upload run over a list of sources. `await run()` returns the summary."""
+    """One upload run over a list of sources. `await run()` returns the summary.
+
+    `stop()` (first Ctrl-C or SIGTERM) stops reading, lets the requests in flight finish
+    for up to `drain_timeout` seconds, and ends the run with every record accounted for;
+    cancelling the task (a second Ctrl-C) ends it at once, just as accounted for.
+    """
 
     def __init__(
         self,
@@ -120,6 +134,7 @@ class UploadRun:
         validator: Validator | None = None,
         observer: Observer | None = None,
         stdin: IO[bytes] | None = None,
+        state: StateFile | None = None,
     ) -> None:
         self._sources = sources
         self._records = records
@@ -130,27 +145,43 @@ class UploadRun:
         self._validator = validator if options.validate is not ValidateMode.OFF else None
         self._observer = observer
         self._stdin = stdin
+        self._state = state
         self._planner = Planner(batch_size=options.batch_size)
         self._window = asyncio.Semaphore(options.window)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._in_flight: set[Batch] = set()
+        self._unsettled: set[Batch] = set()  # sealed, without an answer yet
         self._fatal: BaseException | None = None
+        self._stopping = False
         self._consumed_before = 0  # bytes of the sources already finished
         self._current: OpenSource | None = None
+        self._files: dict[str, FileProgress] = {}  # with --state: files not yet settled
 
     @property
     def summary(self) -> Summary:
         return self._ledger.summary
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self) -> None:
+        """Stop reading; let the requests in flight finish (first Ctrl-C, SIGTERM)."""
+        self._stopping = True
+
     async def run(self) -> Summary:
         started = time.monotonic()
         try:
             for record in self._records if self._records is not None else self._read():
+                if self._stopping:
+                    break
                 await self._take(record)
-            await self._dispatch(self._planner.flush())
-            while self._tasks:
-                await asyncio.gather(*self._tasks)
-                self._raise_fatal()
+            if self._stopping:
+                await self._drain()
+            else:
+                await self._dispatch(self._planner.flush())
+                while self._tasks:
+                    await asyncio.gather(*self._tasks)
+                    self._raise_fatal()
         except BaseException:
             await self._abort()
             raise
@@ -158,11 +189,17 @@ class UploadRun:
             self.summary.elapsed = time.monotonic() - started
             self.summary.requests = self._sender.requests
             self.summary.retries = self._sender.retries
+            self.summary.interrupted = self.summary.interrupted or self._stopping
+            self._checkpoint()
             self._notify()
         return self.summary
 
     def _read(self) -> Iterator[InputRecord]:
         for source in self._sources:
+            resume = self._resume(source)
+            if resume is not None and resume.skip_all:
+                self.summary.notes.append(f"{source.name}: finished in an earlier run; skipped")
+                continue
             try:
                 opened = OpenSource(source, self._stdin)
             except OSError as exc:
@@ -173,11 +210,51 @@ class UploadRun:
                 continue
             self._current = opened
             try:
-                yield from read_source(opened)
+                yield from self._resumed(source, opened, resume)
             finally:
                 self._consumed_before += opened.consumed
                 self._current = None
                 opened.close()
+            if source.name in self._files:
+                self._files[source.name].finished_reading = True
+                self._checkpoint()
+
+    def _resume(self, source: Source) -> Resume | None:
+        if self._state is None:
+            return None
+        progress, resume = self._state.open_file(source)
+        self._files[source.name] = progress
+        if resume.note:
+            self.summary.notes.append(resume.note)
+        return resume
+
+    def _resumed(
+        self, source: Source, opened: OpenSource, resume: Resume | None
+    ) -> Iterator[InputRecord]:
+        records = read_source(opened)
+        if resume is None:
+            yield from records
+            return
+        progress = self._files[source.name]
+        skipped = resent = 0
+        for record in records:
+            line = record.origin.line
+            if line and not resume.wanted(line):
+                skipped += 1
+                continue
+            if line and resume.was_sent(line):
+                resent += 1
+            progress.read_through = max(progress.read_through, line)
+            yield record
+        if skipped:
+            self.summary.notes.append(
+                f"{source.name}: resumed; {skipped:,} records done in earlier runs were skipped"
+            )
+        if resent:
+            self.summary.notes.append(
+                f"{source.name}: {resent:,} records were in flight when the last run stopped and "
+                "were sent again; CleverTap may have stored them twice if they were events"
+            )
 
     async def _take(self, record: InputRecord) -> None:
         """Decode result -> mapper -> validator -> planner, for one input record."""
@@ -225,9 +302,9 @@ class UploadRun:
 
     async def _dispatch(self, batches: Iterable[Batch]) -> None:
         for batch in batches:
+            self._unsettled.add(batch)
             await self._window.acquire()
             self._raise_fatal()
-            self._in_flight.add(batch)
             task = asyncio.create_task(self._send(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -240,6 +317,7 @@ class UploadRun:
         try:
             for dependency in batch.deps:
                 await dependency.done.wait()
+            batch.sent = True
             if batch.kind is BatchKind.UPLOAD:
                 verdicts = await self._sender.upload(batch.payloads)
             else:
@@ -250,7 +328,11 @@ class UploadRun:
             return
         finally:
             self._window.release()
-        self._in_flight.discard(batch)
+        self._settle(batch, verdicts)
+        self._checkpoint()
+
+    def _settle(self, batch: Batch, verdicts: Sequence[Verdict]) -> None:
+        self._unsettled.discard(batch)
         for owner, verdict in zip(batch.owners, verdicts, strict=True):
             self._ledger.settle(owner, verdict)
         self._planner.complete(batch)
@@ -259,18 +341,52 @@ class UploadRun:
         if self._fatal is not None:
             raise self._fatal
 
+    async def _drain(self) -> None:
+        """After `stop()`: nothing more is sent; what is in flight may finish."""
+        for batch in self._planner.flush():
+            self._settle(batch, [INTERRUPTED] * len(batch))
+        for batch in list(self._unsettled):
+            if not batch.sent and not any(t for t in self._tasks if not t.done()):
+                self._settle(batch, [INTERRUPTED] * len(batch))
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=self._options.drain_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+        for batch in list(self._unsettled):
+            self._settle(batch, [ABORTED if batch.sent else INTERRUPTED] * len(batch))
+        self._raise_fatal()
+
     async def _abort(self) -> None:
-        """Stop sending; every record not yet answered fails as `aborted`, so the counts
-        still add up."""
+        """Stop sending; every record without an answer fails, so the counts still add up."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        unanswered = list(self._in_flight) + self._planner.flush()
-        for batch in unanswered:
+        self._checkpoint()  # before settling: unanswered batches stay pending in the state
+        for batch in list(self._unsettled) + self._planner.flush():
+            verdict = ABORTED if batch.sent else INTERRUPTED
+            self._unsettled.discard(batch)
             for owner in batch.owners:
-                self._ledger.settle(owner, ABORTED)
-        self._in_flight.clear()
+                self._ledger.settle(owner, verdict)
+        self._files.clear()
+
+    def _checkpoint(self) -> None:
+        """Write each open file's progress to the state file (with --state)."""
+        if self._state is None or not self._files:
+            return
+        spans: dict[str, list[Span]] = {name: [] for name in self._files}
+        for batch in itertools.chain(self._unsettled, self._planner.open_batches()):
+            for name, (first, last) in batch.spans().items():
+                if name in spans:
+                    spans[name].append(Span(first, last, batch.sent))
+        for name, progress in list(self._files.items()):
+            pending = spans[name]
+            done = min(s.first for s in pending) - 1 if pending else progress.read_through
+            self._state.save(progress, done, pending)
+            if progress.finished_reading and not pending:
+                del self._files[name]
 
     def _notify(self) -> None:
         if self._observer is not None:
