@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import IO
 
 import httpx
 
+from ctsync import mapping
 from ctsync.client import CleverTapClient
 from ctsync.errors import UsageError
 from ctsync.ledger import Ledger, Summary
@@ -32,8 +34,10 @@ from ctsync.pipeline import (
 )
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import collect_sources
-from ctsync.records import DeleteKey, Mapper, Origin
+from ctsync.records import CleverTapRecord, DeleteKey, Invalid, Mapper, Origin
+from ctsync.rules import check_upload
 from ctsync.settings import ClientSettings
+from ctsync.state import StateFile
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,9 +56,34 @@ class UploadJob:
     paths: Sequence[str] = ()
     client: ClientSettings | None = None  # None: dry run
     preset: Preset = Preset.ACTIONS
+    mapping_file: str | Path | None = None  # replaces the preset
     mapping: MappingOptions = field(default_factory=MappingOptions)
     run: RunOptions = field(default_factory=RunOptions)
     outputs: Outputs = field(default_factory=Outputs)
+    state: Path | None = None  # resumable runs
+
+
+def build_mapper(job: UploadJob) -> Mapper:
+    """The job's mapper: its mapping file if it has one, else its preset. A broken
+    mapping file is a UsageError, raised before anything is read."""
+    if job.mapping_file is None:
+        return build_preset(job.preset, job.mapping)
+    try:
+        return mapping.build_mapper(mapping.load_mapping(job.mapping_file), job.mapping)
+    except mapping.MappingError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def rules_validator(max_event_properties: int) -> Validator:
+    """CleverTap's data rules as the pipeline's validator: the first code, every reason."""
+
+    def validate(record: CleverTapRecord) -> Invalid | None:
+        found = check_upload(record, max_event_properties=max_event_properties)
+        if not found:
+            return None
+        return Invalid(found[0].code, "; ".join(v.message for v in found))
+
+    return validate
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,13 +104,23 @@ def upload(
     observer: Observer | None = None,
     stdin: IO[bytes] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    handle_signals: bool = False,
 ) -> Summary:
     """Run an upload to the end and return its summary. Raises CtsyncError subclasses for
-    what stops a run (bad paths, refused credentials)."""
+    what stops a run (bad paths, a broken mapping file, refused credentials, a locked
+    state file). With `handle_signals`, Ctrl-C and SIGTERM stop the run gracefully."""
+    mapper = mapper or build_mapper(job)
+    validator = validator or rules_validator(job.mapping.max_event_properties)
     sources = collect_sources(job.paths)
-    mapper = mapper or build_preset(job.preset, job.mapping)
-    with _files(job.outputs) as (report, failed, requests):
-        ledger = Ledger(report=report, dead_letters=failed)
+    with contextlib.ExitStack() as stack:
+        state = None
+        if job.state is not None:
+            if any(source.path is None for source in sources):
+                raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
+            state = StateFile(job.state)
+            stack.callback(state.close)
+        report, failed, requests = stack.enter_context(_files(job.outputs))
+        ledger = Ledger(report=report, dead_letters=failed, resumable=state is not None)
 
         async def go(sender: Sender) -> Summary:
             run = UploadRun(
@@ -93,8 +132,11 @@ def upload(
                 validator=validator,
                 observer=observer,
                 stdin=stdin,
+                state=state,
             )
-            return await run.run()
+            summary = await _until_signalled(run, handle_signals)
+            summary.dropped.update(mapping.dropped_values(mapper))
+            return summary
 
         return asyncio.run(_with_sender(job.client, requests, transport, go))
 
@@ -104,6 +146,7 @@ def delete(
     *,
     observer: Observer | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    handle_signals: bool = False,
 ) -> Summary:
     """Delete profiles by identity (or CleverTap ID) and return the summary."""
     with _files(job.outputs) as (report, failed, requests):
@@ -117,9 +160,48 @@ def delete(
                 ledger=ledger,
                 observer=observer,
             )
-            return await run.run()
+            return await _until_signalled(run, handle_signals)
 
         return asyncio.run(_with_sender(job.client, requests, transport, go))
+
+
+async def _until_signalled(run: UploadRun, handle_signals: bool) -> Summary:
+    """Run to the end; with `handle_signals` the first Ctrl-C or SIGTERM stops the run
+    gracefully and a second one stops it at once. Either way the summary adds up."""
+    if not handle_signals:
+        return await run.run()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[signal.Signals] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        received.append(signum)
+        if run.stopping:
+            task.cancel()
+        else:
+            run.stop()
+
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+            installed.append(signum)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            pass
+    try:
+        summary = await run.run()
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        summary = run.summary
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+    if received:
+        summary.interrupted = True
+        summary.signal = received[0].name
+    return summary
 
 
 async def _with_sender(

@@ -18,10 +18,12 @@ from ctsync import __version__, api
 from ctsync.console import ProgressView, render_summary
 from ctsync.errors import CtsyncError, ExitCode, UsageError
 from ctsync.ledger import Summary
+from ctsync.mapping.cli import app as mappings_app
 from ctsync.pipeline import RunOptions, ValidateMode
-from ctsync.presets import MappingOptions, Preset
+from ctsync.presets import MappingOptions, Nested, Preset
 from ctsync.reader import STDIN, collect_sources
 from ctsync.records import Origin
+from ctsync.sandbox.cli import app as sandbox_app
 from ctsync.settings import (
     MAX_UPLOAD_BATCH,
     MAX_UPLOAD_CONCURRENCY,
@@ -134,6 +136,12 @@ DryRun = Annotated[
 ]
 
 
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(
+    mappings_app, name="mappings", help="Show presets as mapping files; check mapping files."
+)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"ctsync {__version__}")
@@ -163,6 +171,29 @@ def upload(
             help="Which Segment destination's mappings to apply.", rich_help_panel=MAPPING
         ),
     ] = Preset.ACTIONS,
+    mapping: Annotated[
+        str | None,
+        typer.Option(
+            help="A mapping file (JSON) of your own subscriptions, `-` for stdin; replaces "
+            "--preset. Start from `ctsync mappings show`.",
+            rich_help_panel=MAPPING,
+        ),
+    ] = None,
+    nested: Annotated[
+        Nested,
+        typer.Option(
+            help="Nested objects and arrays in event properties (classic preset, mappings).",
+            rich_help_panel=MAPPING,
+        ),
+    ] = Nested.FLATTEN,
+    max_event_properties: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="CleverTap's event property limit for your account.",
+            rich_help_panel=MAPPING,
+        ),
+    ] = 256,
     convert_timestamps: Annotated[
         bool,
         typer.Option(
@@ -203,6 +234,14 @@ def upload(
     timeout: Timeout = 60.0,
     report: Report = None,
     failed: Failed = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            help="SQLite state file: a re-run skips what earlier runs finished, and only "
+            "one run at a time may use it.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     json_out: JsonOut = False,
     progress: ProgressOpt = None,
     quiet: Quiet = False,
@@ -233,13 +272,21 @@ def upload(
             paths=paths,
             client=client,
             preset=preset,
-            mapping=MappingOptions(convert_timestamps=convert_timestamps, dates_as=dates_as),
+            mapping_file=_mapping_source(mapping),
+            mapping=MappingOptions(
+                convert_timestamps=convert_timestamps,
+                dates_as=dates_as,
+                nested=nested,
+                max_event_properties=max_event_properties,
+            ),
             run=RunOptions(batch_size=batch_size, validate=validate),
             outputs=api.Outputs(report=report, failed=failed, requests=output),
+            state=state,
         )
+        mapper = api.build_mapper(job)  # a broken mapping file stops before any reading
         total = _total_size(paths)
         with _progress(err, progress, quiet, total) as view:
-            summary = api.upload(job, observer=view)
+            summary = api.upload(job, mapper=mapper, observer=view, handle_signals=True)
         _finish(summary, err, json_out=json_out, quiet=quiet)
 
 
@@ -313,8 +360,20 @@ def delete(
             outputs=api.Outputs(report=report, failed=failed, requests=output),
         )
         with _progress(err, progress, quiet, None) as view:
-            summary = api.delete(job, observer=view)
+            summary = api.delete(job, observer=view, handle_signals=True)
         _finish(summary, err, json_out=json_out, quiet=quiet)
+
+
+def _mapping_source(name: str | None) -> str | Path | None:
+    """`--mapping -` reads the mapping file from stdin (e.g. from `ctsync mappings show`)."""
+    if name is None:
+        return None
+    if name == STDIN:
+        return sys.stdin.read()
+    path = Path(name)
+    if not path.is_file():
+        raise UsageError(f"{name}: no such mapping file")
+    return path
 
 
 def _identity_lines(name: str) -> Iterator[tuple[Origin, str]]:
@@ -405,7 +464,11 @@ def _finish(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> N
         sys.stdout.flush()
     elif not quiet:
         render_summary(summary, err)
-    raise typer.Exit(ExitCode.OK if summary.complete else ExitCode.INCOMPLETE)
+    if summary.interrupted:
+        code = ExitCode.TERMINATED if summary.signal == "SIGTERM" else ExitCode.INTERRUPTED
+    else:
+        code = ExitCode.OK if summary.complete else ExitCode.INCOMPLETE
+    raise typer.Exit(code)
 
 
 @contextlib.contextmanager

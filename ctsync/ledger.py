@@ -10,7 +10,6 @@ did not go through are written to the report (and the dead-letter file) as they 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -30,6 +29,8 @@ class Verdict:
 
 
 ACCEPTED = Verdict(Outcome.ACCEPTED)
+
+RESUMED_LATER = frozenset({"interrupted", "aborted"})
 
 _SEVERITY = {Outcome.ACCEPTED: 0, Outcome.REJECTED: 1, Outcome.FAILED: 2}
 
@@ -63,7 +64,10 @@ class Summary:
     elapsed: float = 0.0
     dry_run: bool = False
     interrupted: bool = False
+    signal: str | None = None  # SIGINT or SIGTERM when interrupted by one
     unreadable: int = 0  # files that ended early (truncated gzip, read errors)
+    dropped: Counter[str] = field(default_factory=Counter)  # nested values --nested left out
+    warnings: Counter[str] = field(default_factory=Counter)  # --validate warn: rules broken
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -98,11 +102,14 @@ class Summary:
             "rejected_by_code": dict(self.rejected.most_common()),
             "failed_by_code": dict(self.failed.most_common()),
             "unreadable_files": self.unreadable,
+            "dropped_values": dict(self.dropped.most_common()),
+            "warnings_by_code": dict(self.warnings.most_common()),
             "requests": self.requests,
             "retries": self.retries,
             "elapsed_seconds": round(self.elapsed, 3),
             "dry_run": self.dry_run,
             "interrupted": self.interrupted,
+            "signal": self.signal,
             "notes": self.notes,
         }
 
@@ -135,12 +142,14 @@ class Ledger:
         *,
         report: IO[bytes] | None = None,
         dead_letters: IO[bytes] | None = None,
-        on_settle: Callable[[Tracked], None] | None = None,
+        resumable: bool = False,
     ) -> None:
         self.summary = Summary()
         self._report = report
         self._dead_letters = dead_letters
-        self._on_settle = on_settle
+        # With a state file, records stopped by an interruption are re-sent by the next
+        # run: keeping them out of the dead letters stops them being sent twice.
+        self._resumed_later = RESUMED_LATER if resumable else frozenset()
 
     def read(self) -> None:
         self.summary.read += 1
@@ -191,15 +200,13 @@ class Ledger:
             )
             counter[final.code] += 1
             self._write(tracked.origin, tracked.raw, tracked.message, final)
-        if self._on_settle is not None:
-            self._on_settle(tracked)
 
     def _write(
         self, origin: Origin, raw: bytes | None, message: Message | None, verdict: Verdict
     ) -> None:
         if self._report is not None:
             self._report.write(report_line(origin, message, verdict))
-        if self._dead_letters is not None:
+        if self._dead_letters is not None and verdict.code not in self._resumed_later:
             line = (
                 raw if raw is not None else orjson.dumps(message) if message is not None else None
             )

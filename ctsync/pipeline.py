@@ -297,7 +297,7 @@ class UploadRun:
                 if broken is not None:
                     if self._options.validate is ValidateMode.STRICT:
                         return broken
-                    self.summary.notes.append(f"warning {broken.code}: {broken.message}")
+                    self.summary.warnings[broken.code] += 1
         return None
 
     async def _dispatch(self, batches: Iterable[Batch]) -> None:

@@ -29,13 +29,15 @@ class MappingOptions:
 
 
 class Preset(StrEnum):
-    ACTIONS = "actions"
+    ACTIONS = "actions"  # Segment's CleverTap (Actions) destination presets
+    CLASSIC = "classic"  # Segment's classic CleverTap destination
 
 
 def build_preset(preset: Preset, options: MappingOptions) -> Mapper:
     """The mapper of a named preset."""
     factories: dict[Preset, Callable[[MappingOptions], Mapper]] = {
         Preset.ACTIONS: _actions,
+        Preset.CLASSIC: _classic,
     }
     return factories[preset](options)
 
@@ -44,3 +46,9 @@ def _actions(options: MappingOptions) -> Mapper:
     from ctsync.presets.actions import actions_mapper
 
     return actions_mapper(options)
+
+
+def _classic(options: MappingOptions) -> Mapper:
+    from ctsync.presets.classic import classic_mapper
+
+    return classic_mapper(options)
