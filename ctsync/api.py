@@ -115,6 +115,8 @@ def upload(
     with contextlib.ExitStack() as stack:
         state = None
         if job.state is not None:
+            if job.client is None:
+                raise UsageError("--state records what was sent, and a dry run sends nothing")
             if any(source.path is None for source in sources):
                 raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
             state = StateFile(job.state)

@@ -1,0 +1,126 @@
+"""Resumable runs: a re-run sends nothing twice, picks up growth, and one run at a time."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from ctsync import api
+from ctsync.errors import LockedError, UsageError
+from ctsync.ledger import Summary
+from ctsync.pipeline import RunOptions
+from ctsync.reader import Source
+from ctsync.settings import ClientSettings
+from ctsync.state import Span, StateFile
+
+
+class CleverTap:
+    """A stand-in CleverTap that stores every identity it is sent, in order."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.lock = threading.Lock()
+
+    def transport(self) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            records = orjson.loads(request.content)["d"]
+            with self.lock:
+                self.received.extend(r["identity"] for r in records)
+            return httpx.Response(200, json={"status": "success", "processed": len(records)})
+
+        return httpx.MockTransport(handle)
+
+
+def write_export(path: Path, users: range) -> None:
+    lines = (
+        orjson.dumps({"type": "identify", "userId": f"u{i}", "traits": {"i": i}}) + b"\n"
+        for i in users
+    )
+    path.write_bytes(b"".join(lines))
+
+
+def upload(path: Path, state: Path, server: CleverTap, settings: ClientSettings) -> Summary:
+    job = api.UploadJob(
+        paths=[str(path)], client=settings, state=state, run=RunOptions(batch_size=10)
+    )
+    return api.upload(job, transport=server.transport())
+
+
+def test_a_rerun_sends_nothing_again(tmp_path: Path, settings: ClientSettings) -> None:
+    export, state, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
+    write_export(export, range(95))
+    first = upload(export, state, server, settings)
+    assert first.accepted == 95 and len(server.received) == 95
+    second = upload(export, state, server, settings)
+    assert second.read == 0 and len(server.received) == 95
+    assert any("finished in an earlier run" in note for note in second.notes)
+
+
+def test_a_growing_file_sends_only_what_was_added(tmp_path: Path, settings: ClientSettings) -> None:
+    export, state, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
+    write_export(export, range(30))
+    upload(export, state, server, settings)
+    with export.open("ab") as out:
+        out.write(orjson.dumps({"type": "identify", "userId": "late", "traits": {}}) + b"\n")
+    summary = upload(export, state, server, settings)
+    assert summary.read == 1
+    assert server.received == [f"u{i}" for i in range(30)] + ["late"]
+
+
+def test_a_rewritten_file_is_read_from_the_start(tmp_path: Path, settings: ClientSettings) -> None:
+    export, state, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
+    write_export(export, range(30))
+    upload(export, state, server, settings)
+    write_export(export, range(100, 140))
+    summary = upload(export, state, server, settings)
+    assert summary.read == 40
+    assert any("changed since the last run" in note for note in summary.notes)
+
+
+def test_resume_after_a_crash_sends_only_unfinished_lines(
+    tmp_path: Path, settings: ClientSettings
+) -> None:
+    export, state_path, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
+    write_export(export, range(100))
+    # What a killed run leaves: lines 1-40 done, 41-50 in flight, 51-60 read but not
+    # sent, 61-70 answered out of order, and nothing read after line 70.
+    state = StateFile(state_path)
+    progress, _ = state.open_file(Source(str(export), export, export.stat().st_size))
+    progress.read_through = 70
+    state.save(progress, 40, [Span(41, 50, sent=True), Span(51, 60, sent=False)])
+    state.close()
+    summary = upload(export, state_path, server, settings)
+    expected = [f"u{i - 1}" for i in [*range(41, 61), *range(71, 101)]]
+    assert sorted(server.received) == sorted(expected)
+    assert summary.read == 50
+    assert any("10 records were in flight" in note for note in summary.notes)
+
+
+def test_one_run_at_a_time(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.db")
+    try:
+        with pytest.raises(LockedError, match=r"another ctsync run .*pid"):
+            StateFile(tmp_path / "state.db")
+    finally:
+        state.close()
+    StateFile(tmp_path / "state.db").close()  # free again once the holder is gone
+
+
+def test_state_needs_files_and_a_real_run(tmp_path: Path, settings: ClientSettings) -> None:
+    with pytest.raises(UsageError, match="stdin"):
+        api.upload(api.UploadJob(paths=["-"], client=settings, state=tmp_path / "s.db"))
+    export = tmp_path / "a.ndjson"
+    write_export(export, range(1))
+    with pytest.raises(UsageError, match="dry run"):
+        api.upload(api.UploadJob(paths=[str(export)], state=tmp_path / "s.db"))
+
+
+def test_not_a_state_file(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.db"
+    bogus.write_text("this is not sqlite, just text that goes on long enough" * 10)
+    with pytest.raises(UsageError, match="not a ctsync state file"):
+        StateFile(bogus)
