@@ -31,5 +31,13 @@ test:
 	rm -rf $(VENV)
 	$(MAKE) check
 
+# Upload the sample export to a local CleverTap sandbox; no account needed.
+demo: venv
+	bash scripts/demo.sh
+
+# Throughput and memory, measured and printed (not part of the tests).
+bench: venv
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,6 +230,8 @@ def _files(
         def open_for_writing(path: Path | None, what: str) -> IO[bytes] | None:
             if path is None:
                 return None
+            if str(path) == "-":
+                return sys.stdout.buffer
             try:
                 return stack.enter_context(open(path, "wb"))
             except OSError as exc:
