@@ -2,8 +2,8 @@
 
 Knows nothing of sockets: it takes a parsed `Request` and returns a `Response`, or `DROP`
 to have the connection aborted without an answer. The order for a CleverTap path:
-auth (401) -> count in flight, over the limit (429) -> draw a fault -> latency ->
-the fault, or the work. Faulted and dropped requests store nothing.
+auth (401) -> count in flight from the arrival of the head, over the limit (429) ->
+draw a fault -> latency -> the fault, or the work. Faulted and dropped requests store nothing.
 """
 
 from __future__ import annotations
@@ -29,14 +29,31 @@ RESET_PATH = "/_sandbox/reset"
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
-    """One HTTP request. Header names are lower case."""
+class RequestHead:
+    """The request line and headers of one HTTP request. Header names are lower case."""
 
     method: str
     path: str
     query: Mapping[str, str]
     headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    head: RequestHead
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An authenticated CleverTap request, counted in flight from the arrival of its head.
+
+    Counting from the head, not from the full body, is what makes concurrency visible on
+    one event loop: 15 clients sending 600 kB bodies overlap while their bodies arrive.
+    """
+
+    endpoint: Endpoint
+    over_limit: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,50 +111,64 @@ class SandboxApp:
         self.counters.reset()
         self._rng = random.Random(self.config.seed)
 
-    async def handle(self, request: Request) -> Answer:
-        if request.path.startswith("/_sandbox/"):
-            return self._handle_sandbox(request)
-        answer = await self._handle_clevertap(request)
+    def admit(self, head: RequestHead) -> Admission | None:
+        """Count an authenticated request to a CleverTap endpoint in flight.
+
+        Call when its head has arrived, and `release` it once answered (or abandoned).
+        """
+        endpoint = _ENDPOINTS.get(head.path)
+        if endpoint is None or head.method != "POST" or not self._authorized(head):
+            return None
+        self.counters.requests_by_endpoint[endpoint] += 1
+        in_flight = self.counters.enter(endpoint)
+        return Admission(endpoint, over_limit=in_flight > self._limits[endpoint])
+
+    def release(self, admission: Admission | None) -> None:
+        if admission is not None:
+            self.counters.leave(admission.endpoint)
+
+    def _authorized(self, head: RequestHead) -> bool:
+        return (
+            head.headers.get("x-clevertap-account-id") == self.config.account_id
+            and head.headers.get("x-clevertap-passcode") == self.config.passcode
+        )
+
+    async def handle(self, request: Request, admission: Admission | None) -> Answer:
+        """Answer a request; `admission` is what `admit` said of its head."""
+        if request.head.path.startswith("/_sandbox/"):
+            return self._handle_sandbox(request.head)
+        answer = await self._handle_clevertap(request, admission)
         if isinstance(answer, Response):
             self.counters.requests_by_status[answer.status] += 1
         return answer
 
-    def _handle_sandbox(self, request: Request) -> Response:
-        if request.path == STATS_PATH and request.method == "GET":
+    def _handle_sandbox(self, head: RequestHead) -> Response:
+        if head.path == STATS_PATH and head.method == "GET":
             return Response(200, orjson.dumps(self.stats().to_json()))
-        if request.path == RESET_PATH and request.method == "POST":
+        if head.path == RESET_PATH and head.method == "POST":
             self.reset()
             return Response(200, orjson.dumps({"status": "success"}))
         return NOT_FOUND
 
-    async def _handle_clevertap(self, request: Request) -> Answer:
-        endpoint = _ENDPOINTS.get(request.path)
-        if endpoint is None:
-            return NOT_FOUND
-        if request.method != "POST":
-            return fail(405, "Method not allowed")
-        headers = request.headers
-        if (
-            headers.get("x-clevertap-account-id") != self.config.account_id
-            or headers.get("x-clevertap-passcode") != self.config.passcode
-        ):
+    async def _handle_clevertap(self, request: Request, admission: Admission | None) -> Answer:
+        head = request.head
+        if admission is None:
+            if head.path not in _ENDPOINTS:
+                return NOT_FOUND
+            if head.method != "POST":
+                return fail(405, "Method not allowed")
             return UNAUTHORIZED
-        self.counters.requests_by_endpoint[endpoint] += 1
-        in_flight = self.counters.enter(endpoint)
-        try:
-            if in_flight > self._limits[endpoint]:
-                return TOO_MANY
-            fault = self._draw_fault()
-            if self.config.latency_ms:
-                await asyncio.sleep(self.config.latency_ms / 1000)
-            if fault is not None:
-                self.counters.faults[fault] += 1
-                return DROP if fault is Fault.DROP else _FAULT_ANSWERS[fault]
-            if endpoint is Endpoint.UPLOAD:
-                return self._upload(request)
-            return self._delete(request)
-        finally:
-            self.counters.leave(endpoint)
+        if admission.over_limit:
+            return TOO_MANY
+        fault = self._draw_fault()
+        if self.config.latency_ms:
+            await asyncio.sleep(self.config.latency_ms / 1000)
+        if fault is not None:
+            self.counters.faults[fault] += 1
+            return DROP if fault is Fault.DROP else _FAULT_ANSWERS[fault]
+        if admission.endpoint is Endpoint.UPLOAD:
+            return self._upload(request)
+        return self._delete(request)
 
     def _draw_fault(self) -> Fault | None:
         config = self.config
@@ -166,7 +197,7 @@ class SandboxApp:
             )
         checked = check_upload(records)
         counters = self.counters
-        if request.query.get("dryRun") in ("1", "true"):
+        if request.head.query.get("dryRun") in ("1", "true"):
             counters.records_dry_run += len(records)
         else:
             self.store.apply_upload(checked)

@@ -8,19 +8,27 @@ no answer, as when a load balancer gives up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
-from ._app import Answer, Request, Response, fail
+from ._app import Admission, Answer, Request, RequestHead, Response, fail
 
 READ_SIZE = 256 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _SERVER_HEADER = (b"server", b"ctsync-sandbox")
 _JSON_HEADER = (b"content-type", b"application/json; charset=utf-8")
 
-Handler = Callable[[Request], Awaitable[Answer]]
+
+class Handler(Protocol):
+    """What answers requests (`SandboxApp`)."""
+
+    def admit(self, head: RequestHead) -> Admission | None: ...
+
+    def release(self, admission: Admission | None) -> None: ...
+
+    async def handle(self, request: Request, admission: Admission | None) -> Answer: ...
 
 
 async def serve_connection(
@@ -30,13 +38,25 @@ async def serve_connection(
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
-            request = await _read_request(conn, reader)
-            if request is None:
+            head = await _read_head(conn, reader)
+            if head is None:
                 return
-            if isinstance(request, Response):
-                await _write(conn, writer, request)
+            if isinstance(head, Response):
+                await _write(conn, writer, head)
                 return
-            answer = await handler(request)
+            admission = handler.admit(head)
+            try:
+                body = await _read_body(conn, reader)
+                if body is None:
+                    return
+                if isinstance(body, Response):
+                    answer: Answer = body
+                else:
+                    answer = await handler.handle(Request(head, body), admission)
+            finally:
+                # Released before writing: once the answer is on its way the client may
+                # send its next request, which must not find this one still counted.
+                handler.release(admission)
             if not isinstance(answer, Response):
                 writer.transport.abort()
                 return
@@ -50,11 +70,28 @@ async def serve_connection(
         writer.close()
 
 
-async def _read_request(
+async def _read_head(
     conn: h11.Connection, reader: asyncio.StreamReader
-) -> Request | Response | None:
-    """The next request; a 4xx `Response` when it cannot be read; None at the end."""
-    head: h11.Request | None = None
+) -> RequestHead | Response | None:
+    """The next request's head; a 4xx `Response` if it cannot be read; None at the end."""
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as error:
+            return fail(error.error_status_hint, f"Bad request: {error}")
+        if event is h11.NEED_DATA:
+            data = await reader.read(READ_SIZE)
+            if not data and conn.their_state is h11.IDLE:
+                return None
+            conn.receive_data(data)
+        elif isinstance(event, h11.Request):
+            return _head(event)
+        else:  # ConnectionClosed, or PAUSED after a protocol switch we never agree to
+            return None
+
+
+async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader) -> bytes | Response | None:
+    """The current request's body; a 4xx `Response` if it cannot be read; None at the end."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -63,33 +100,25 @@ async def _read_request(
         except h11.RemoteProtocolError as error:
             return fail(error.error_status_hint, f"Bad request: {error}")
         if event is h11.NEED_DATA:
-            data = await reader.read(READ_SIZE)
-            if not data and head is None and conn.their_state is h11.IDLE:
-                return None
-            conn.receive_data(data)
-        elif isinstance(event, h11.Request):
-            head = event
+            conn.receive_data(await reader.read(READ_SIZE))
         elif isinstance(event, h11.Data):
             size += len(event.data)
             if size > MAX_BODY_BYTES:
                 return fail(413, "Request body too large")
             chunks.append(bytes(event.data))
         elif isinstance(event, h11.EndOfMessage):
-            if head is None:
-                return None
-            return _request(head, b"".join(chunks))
-        else:  # ConnectionClosed, or PAUSED after a protocol switch we never agree to
+            return b"".join(chunks)
+        else:
             return None
 
 
-def _request(head: h11.Request, body: bytes) -> Request:
-    target = urlsplit(head.target.decode("latin-1"))
-    return Request(
-        method=head.method.decode("ascii"),
+def _head(event: h11.Request) -> RequestHead:
+    target = urlsplit(event.target.decode("latin-1"))
+    return RequestHead(
+        method=event.method.decode("ascii"),
         path=target.path,
         query=dict(parse_qsl(target.query)),
-        headers={name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers},
-        body=body,
+        headers={name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers},
     )
 
 

@@ -50,7 +50,7 @@ class SandboxServer:
     ) -> None:
         self._connections.add(writer)
         try:
-            await serve_connection(self.app.handle, reader, writer)
+            await serve_connection(self.app, reader, writer)
         finally:
             self._connections.discard(writer)
 
