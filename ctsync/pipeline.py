@@ -171,10 +171,13 @@ class UploadRun:
     async def run(self) -> Summary:
         started = time.monotonic()
         try:
+            take = self._take
             for record in self._records if self._records is not None else self._read():
                 if self._stopping:
                     break
-                await self._take(record)
+                ready = take(record)
+                if ready:
+                    await self._dispatch(ready)
             if self._stopping:
                 await self._drain()
             else:
@@ -256,38 +259,41 @@ class UploadRun:
                 "were sent again; CleverTap may have stored them twice if they were events"
             )
 
-    async def _take(self, record: InputRecord) -> None:
-        """Decode result -> mapper -> validator -> planner, for one input record."""
+    def _take(self, record: InputRecord) -> list[Batch] | None:
+        """Decode result -> mapper -> validator -> planner, for one input record; returns
+        the batches that became ready to send. (Synchronous: no coroutine per record.)"""
         ledger = self._ledger
         if record.error is not None and record.origin.line == 0:
             ledger.unreadable(record.origin, record.error)
-            return
+            return None
         ledger.read()
         message = record.message
         if message is None:
             assert record.error is not None
             ledger.invalid(record.origin, record.raw, None, record.error)
-            return
+            return None
         result = self._mapper(message)
         if isinstance(result, Skip):
             ledger.skip(result.reason)
-            return
+            return None
         if isinstance(result, Invalid):
             ledger.invalid(record.origin, record.raw, message, result)
-            return
+            return None
         if not result:
             ledger.skip(skip_reason(message))
-            return
+            return None
         if self._validator is not None:
             broken = self._check(result)
             if broken is not None:
                 ledger.invalid(record.origin, record.raw, message, broken)
-                return
+                return None
         tracked = Tracked(record.origin, record.raw, message, len(result))
+        if len(result) == 1:
+            return self._planner.add(result[0], tracked)
+        ready: list[Batch] = []
         for operation in result:
-            ready = self._planner.add(operation, tracked)
-            if ready:
-                await self._dispatch(ready)
+            ready += self._planner.add(operation, tracked)
+        return ready
 
     def _check(self, operations: list[Upload | Delete]) -> Invalid | None:
         assert self._validator is not None

@@ -174,7 +174,15 @@ def _check_ts(record: CleverTapRecord, found: list[Violation]) -> None:
         found.append(Violation("525", f"ts {ts!r} is not integer Unix epoch seconds"))
 
 
+# Keys repeat from record to record: one that passed `_check_key` is remembered, so the
+# pattern is not searched again. Bounded, so odd inputs cannot grow it without limit.
+_GOOD_KEYS: set[str] = set()
+_GOOD_KEYS_LIMIT: Final = 4096
+
+
 def _check_key(key: Any, where: str, found: list[Violation]) -> None:
+    if key in _GOOD_KEYS:
+        return
     if not isinstance(key, str):
         found.append(Violation("512", f"{where} key {key!r} is not a string"))
     elif len(key) > MAX_KEY_LENGTH:
@@ -183,6 +191,8 @@ def _check_key(key: Any, where: str, found: list[Violation]) -> None:
         found.append(
             Violation("512", f"{where} key {key!r} has a character CleverTap forbids in keys")
         )
+    elif len(_GOOD_KEYS) < _GOOD_KEYS_LIMIT:
+        _GOOD_KEYS.add(key)
 
 
 def _check_string(value: str, key: str, found: list[Violation]) -> None:
@@ -197,18 +207,18 @@ def _check_profile_data(data: Any, found: list[Violation]) -> None:
         return
     custom = 0
     for key, value in data.items():
-        rule = STANDARD_VALUE_RULES.get(key)
-        if rule is not None:
-            code, test, expected = rule
-            if not test(value):
-                found.append(Violation(code, f"{key} {value!r} is invalid: must be {expected}"))
-            continue
         if key in STANDARD_PROFILE_KEYS:
+            rule = STANDARD_VALUE_RULES.get(key)
+            if rule is not None:
+                code, test, expected = rule
+                if not test(value):
+                    found.append(Violation(code, f"{key} {value!r} is invalid: must be {expected}"))
             continue
         custom += 1
         _check_key(key, "profile", found)
-        if isinstance(value, str):
-            _check_string(value, key, found)
+        if type(value) is str:
+            if len(value) > MAX_STRING_BYTES // 4:
+                _check_string(value, key, found)
         elif isinstance(value, list):
             for item in value:
                 if isinstance(item, str):
@@ -237,8 +247,9 @@ def _check_event(record: CleverTapRecord, limit: int, found: list[Violation]) ->
     charged = name == "Charged"
     for key, value in data.items():
         _check_key(key, "event property", found)
-        if isinstance(value, str):
-            _check_string(value, key, found)
+        if type(value) is str:
+            if len(value) > MAX_STRING_BYTES // 4:
+                _check_string(value, key, found)
         elif isinstance(value, dict | list):
             if charged and key == "Items":
                 _check_items(value, found)
