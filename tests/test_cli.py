@@ -191,3 +191,71 @@ def test_as_a_subprocess_reading_stdin(export: Path) -> None:
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("ctsync ")
+
+
+def test_a_shown_preset_used_as_a_mapping_file_gives_the_same_requests(
+    tmp_path: Path,
+) -> None:
+    export = tmp_path / "mixed.ndjson"
+    messages = [
+        {
+            "type": "identify",
+            "userId": "u1",
+            "timestamp": "2024-01-01T00:00:00Z",
+            "traits": {"since": "2019-02-01", "plan": "pro"},
+        },
+        {"type": "track", "userId": "u1", "event": "Delete User"},
+        {"type": "page", "userId": "u2", "name": "Home"},
+        {"type": "identify", "anonymousId": "a-only"},
+    ]
+    export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in messages))
+    shown = runner.invoke(app, ["mappings", "show", "--preset", "actions"])
+    assert shown.exit_code == 0
+    mapping = tmp_path / "actions.json"
+    mapping.write_text(shown.stdout)
+    outputs: list[tuple[bytes, int]] = []
+    for how in (["--preset", "actions"], ["--mapping", str(mapping)]):
+        out = tmp_path / f"requests-{len(outputs)}.ndjson"
+        result = runner.invoke(
+            app, ["upload", str(export), "--dry-run", "--json", "--output", str(out), *how]
+        )
+        assert result.exit_code == 1  # the anonymous identify has no identity
+        outputs.append((out.read_bytes(), orjson.loads(result.stdout)["invalid"]))
+    assert outputs[0] == outputs[1]
+    assert outputs[0][0].count(b"\n") == 2
+
+
+def test_a_broken_mapping_file_stops_before_reading(tmp_path: Path, export: Path) -> None:
+    mapping = tmp_path / "broken.json"
+    mapping.write_text(
+        '{"subscriptions": [{"name": "s1", "enabled": true, "trigger": "type = ",'
+        ' "action": "userUpload", "mapping": {}}]}'
+    )
+    result = runner.invoke(app, ["upload", str(export), "--dry-run", "--mapping", str(mapping)])
+    assert result.exit_code == 2
+    assert "s1" in result.stderr and "Traceback" not in result.output
+
+
+def test_progress_can_be_forced_on_a_pipe(export: Path) -> None:
+    result = runner.invoke(app, ["upload", str(export), "--dry-run", "--progress", "-q"])
+    assert result.exit_code == 0
+    assert result.stderr == "", "--quiet silences progress too"
+    shown = runner.invoke(app, ["upload", str(export), "--dry-run", "--progress", "--json"])
+    assert "read 3" in shown.stderr
+
+
+def test_passcode_file_is_read_and_never_echoed(
+    export: Path, tmp_path: Path, httpx_mock: HTTPXMock
+) -> None:
+    httpx_mock.add_response(json={"status": "success", "processed": 2, "unprocessed": []})
+    secret = tmp_path / "passcode"
+    secret.write_text(PASSCODE + "\n")
+    result = runner.invoke(
+        app,
+        ["upload", str(export), "--passcode-file", str(secret), "--json"],
+        env=clean_env(CLEVERTAP_ACCOUNT_ID=ACCOUNT_ID),
+    )
+    assert result.exit_code == 0, result.output
+    (request,) = httpx_mock.get_requests()
+    assert request.headers["X-CleverTap-Passcode"] == PASSCODE
+    assert PASSCODE not in result.output and "warning" not in result.stderr
