@@ -32,6 +32,8 @@ _ISO_MS = re.compile(
     r"\d{4}-\d{2}-\d{2}"
     r"(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
 )
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
 
 
 def iso_to_epoch(value: str) -> int | None:
@@ -39,16 +41,21 @@ def iso_to_epoch(value: str) -> int | None:
     # Most strings are not dates: two character checks reject them before the regex.
     if len(value) < 10 or value[4] != "-" or value[7] != "-":
         return None
+    return _parse_iso_ms(value)
+
+
+def _parse_iso_ms(value: str) -> int | None:
+    """`iso_to_epoch` after its cheap checks (the caller has made them)."""
     if _ISO_MS.fullmatch(value) is None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:  # e.g. 2019-02-30
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    # Millisecond precision keeps the float exact enough for floor to be right.
-    return math.floor(parsed.timestamp())
+    # A value without an offset is UTC. Subtracting the epoch is exact and floors, and
+    # costs a fifth of `replace(tzinfo=UTC).timestamp()` (the hot path: every date trait).
+    since = parsed - (_EPOCH_NAIVE if parsed.tzinfo is None else _EPOCH_UTC)
+    return since.days * 86400 + since.seconds
 
 
 def convert_value(value: Any, dates_as: DatesAs = DatesAs.UNIX) -> Any:
@@ -65,7 +72,20 @@ def convert_value(value: Any, dates_as: DatesAs = DatesAs.UNIX) -> Any:
 
 def convert_object(obj: dict[str, Any], dates_as: DatesAs = DatesAs.UNIX) -> dict[str, Any]:
     """A copy of `obj` with every ISO-8601 value converted, nested objects included."""
-    return {key: convert_value(value, dates_as) for key, value in obj.items()}
+    # The hot path of an identify: `convert_value` inlined, so a trait that is not a date
+    # costs a type check and two character comparisons, not a call.
+    unix = dates_as is DatesAs.UNIX
+    converted: dict[str, Any] = {}
+    for key, value in obj.items():
+        if isinstance(value, str):
+            if len(value) >= 10 and value[4] == "-" and value[7] == "-":
+                epoch = _parse_iso_ms(value)
+                if epoch is not None:
+                    value = epoch if unix else f"$D_{epoch}"
+        elif isinstance(value, dict):
+            value = convert_object(value, dates_as)
+        converted[key] = value
+    return converted
 
 
 def event_time(value: Any) -> int | None:
@@ -75,17 +95,24 @@ def event_time(value: Any) -> int | None:
     with microseconds is still an event time) and integer epochs (milliseconds when too
     large to be seconds). Returns None when the value is not a time at all.
     """
+    if isinstance(value, str):
+        # The common case first: a Segment timestamp with milliseconds.
+        if len(value) >= 10 and value[4] == "-" and value[7] == "-":
+            epoch = _parse_iso_ms(value)
+            if epoch is not None:
+                return epoch
+        return _any_iso_to_epoch(value)
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value // 1000 if abs(value) >= 100_000_000_000 else value
     if isinstance(value, float) and math.isfinite(value):
         return event_time(math.floor(value))
-    if not isinstance(value, str):
-        return None
-    epoch = iso_to_epoch(value)
-    if epoch is not None:
-        return epoch
+    return None
+
+
+def _any_iso_to_epoch(value: str) -> int | None:
+    """Epoch seconds of an ISO-8601 string of any precision, as dateutil reads it."""
     try:
         parsed = isoparse(value)
     except (ValueError, OverflowError):
