@@ -1,0 +1,169 @@
+"""Concurrency limits, latency and injected faults."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from ctsync.sandbox import DELETE_PATH, UPLOAD_PATH, SandboxConfig, running_sandbox
+
+from ._support import AUTH, TIMEOUT, event, upload
+
+
+async def _send_all(url: str, path: str, bodies: list[object]) -> list[httpx.Response]:
+    """Send every body at once, each on its own connection."""
+    limits = httpx.Limits(max_connections=len(bodies))
+    async with httpx.AsyncClient(
+        base_url=url, headers=AUTH, timeout=TIMEOUT, limits=limits
+    ) as http:
+        return await asyncio.gather(*(http.post(path, json=body) for body in bodies))
+
+
+async def _concurrently(url: str, path: str, bodies: list[object]) -> list[int]:
+    """Send every body at once; the statuses in order."""
+    return [response.status_code for response in await _send_all(url, path, bodies)]
+
+
+def test_a_16th_concurrent_upload_gets_429() -> None:
+    with running_sandbox(SandboxConfig(latency_ms=600)) as sandbox:
+        bodies: list[object] = [{"d": [event(f"u{n}")]} for n in range(16)]
+        statuses = asyncio.run(_concurrently(sandbox.url, UPLOAD_PATH, bodies))
+        stats = sandbox.stats()
+    assert sorted(statuses) == [200] * 15 + [429]
+    assert stats.events == 15
+    assert stats.peak_in_flight["upload"] == 16
+    assert stats.requests_by_status == {200: 15, 429: 1}
+
+
+def test_15_concurrent_uploads_all_pass() -> None:
+    with running_sandbox(SandboxConfig(latency_ms=300)) as sandbox:
+        bodies: list[object] = [{"d": [event(f"u{n}")]} for n in range(15)]
+        statuses = asyncio.run(_concurrently(sandbox.url, UPLOAD_PATH, bodies))
+        assert statuses == [200] * 15
+        assert sandbox.stats().peak_in_flight["upload"] == 15
+
+
+def test_the_429_answer_is_clevertaps_and_the_limit_clears() -> None:
+    config = SandboxConfig(latency_ms=400, max_concurrent_uploads=1)
+    with running_sandbox(config) as sandbox:
+        bodies: list[object] = [{"d": [event("a")]}, {"d": [event("b")]}]
+        responses = asyncio.run(_send_all(sandbox.url, UPLOAD_PATH, bodies))
+        [refused] = [r for r in responses if r.status_code == 429]
+        assert refused.json() == {
+            "status": "fail",
+            "error": "Too many concurrent requests",
+            "code": 429,
+        }
+        with httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=TIMEOUT) as http:
+            # One at a time is fine again.
+            assert upload(http, [event("c")]).status_code == 200
+
+
+def test_a_4th_concurrent_delete_gets_429() -> None:
+    with running_sandbox(SandboxConfig(latency_ms=600)) as sandbox:
+        bodies: list[object] = [{"identity": f"u{n}"} for n in range(4)]
+        statuses = asyncio.run(_concurrently(sandbox.url, DELETE_PATH, bodies))
+        stats = sandbox.stats()
+    assert sorted(statuses) == [200, 200, 200, 429]
+    assert stats.deletions == 3
+    assert stats.peak_in_flight["delete"] == 4
+
+
+def test_latency_delays_the_answer() -> None:
+    with (
+        running_sandbox(SandboxConfig(latency_ms=250)) as sandbox,
+        httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=TIMEOUT) as http,
+    ):
+        started = time.monotonic()
+        assert upload(http, [event("u1")]).status_code == 200
+        assert time.monotonic() - started >= 0.25
+        started = time.monotonic()
+        http.get("/_sandbox/stats")
+        assert time.monotonic() - started < 0.25
+
+
+def _statuses(config: SandboxConfig, count: int) -> tuple[list[int], int]:
+    with (
+        running_sandbox(config) as sandbox,
+        httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=TIMEOUT) as http,
+    ):
+        statuses = [upload(http, [event(f"u{n}")]).status_code for n in range(count)]
+        return statuses, sandbox.stats().events
+
+
+def test_every_request_faulted_stores_nothing() -> None:
+    statuses, events = _statuses(SandboxConfig(fault_rate=1.0, seed=3), 40)
+    assert set(statuses) == {429, 500, 503}
+    assert events == 0
+
+
+def test_faults_follow_the_seed() -> None:
+    first, first_events = _statuses(SandboxConfig(fault_rate=0.5, seed=7), 40)
+    again, again_events = _statuses(SandboxConfig(fault_rate=0.5, seed=7), 40)
+    other, _ = _statuses(SandboxConfig(fault_rate=0.5, seed=8), 40)
+    assert first == again
+    assert first != other
+    assert 200 in first and set(first) - {200}
+    assert first_events == again_events == first.count(200)
+
+
+def test_fault_counts_are_in_stats() -> None:
+    with (
+        running_sandbox(SandboxConfig(fault_rate=0.5, seed=11)) as sandbox,
+        httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=TIMEOUT) as http,
+    ):
+        statuses = [upload(http, [event("u1")]).status_code for _ in range(30)]
+        stats = sandbox.stats()
+    for status in (429, 500, 503):
+        assert stats.faults[str(status)] == statuses.count(status)
+    assert stats.faults["drop"] == 0
+    assert stats.events == statuses.count(200)
+
+
+def test_dropped_connections_get_no_answer_and_store_nothing() -> None:
+    with running_sandbox(SandboxConfig(drop_rate=1.0)) as sandbox:
+        for _ in range(3):
+            with (
+                httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=TIMEOUT) as http,
+                pytest.raises(httpx.TransportError),
+            ):
+                upload(http, [event("u1")])
+        with (
+            httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=TIMEOUT) as http,
+            pytest.raises(httpx.TransportError),
+        ):
+            http.post(DELETE_PATH, json={"identity": "u1"})
+        # The sandbox's own endpoints are never faulted.
+        answer = httpx.get(f"{sandbox.url}/_sandbox/stats", timeout=TIMEOUT).json()
+    assert answer["faults"]["drop"] == 4
+    assert answer["events"] == 0
+    assert answer["deletions"] == 0
+    assert answer["requests_by_status"] == {}
+    assert answer["in_flight"] == {"upload": 0, "delete": 0}
+
+
+def test_drops_and_faults_mix_by_share() -> None:
+    config = SandboxConfig(fault_rate=0.3, drop_rate=0.3, seed=5)
+    outcomes: list[str] = []
+    with running_sandbox(config) as sandbox:
+        for n in range(60):
+            try:
+                with httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=TIMEOUT) as http:
+                    outcomes.append(str(upload(http, [event(f"u{n}")]).status_code))
+            except httpx.TransportError:
+                outcomes.append("drop")
+        stats = sandbox.stats()
+    assert stats.faults["drop"] == outcomes.count("drop") > 0
+    assert stats.events == outcomes.count("200") > 0
+    assert {"429", "500", "503"} & set(outcomes)
+
+
+@pytest.mark.parametrize(
+    ("fault_rate", "drop_rate"), [(-0.1, 0.0), (1.1, 0.0), (0.0, 2.0), (0.6, 0.6)]
+)
+def test_rates_out_of_range_are_refused(fault_rate: float, drop_rate: float) -> None:
+    with pytest.raises(ValueError):
+        SandboxConfig(fault_rate=fault_rate, drop_rate=drop_rate)
