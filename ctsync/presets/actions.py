@@ -29,10 +29,13 @@ from ctsync.records import (
 from ctsync.timestamps import convert_object, event_time
 
 MAX_IDENTITY_LENGTH = 119  # CleverTap: "under 120 characters"
+MAX_CACHED_SKIPS = 4096  # distinct (type, event) pairs; event names are open-ended
 
 
 def identity_of(value: Any, field: str) -> str | Invalid:
     """A CleverTap identity from a Segment id field, or why it cannot be one."""
+    if type(value) is str and 0 < len(value) <= MAX_IDENTITY_LENGTH:
+        return value  # the common case, decided by one type check
     if isinstance(value, bool) or value is None or value == "":
         return Invalid("523", f"no identity: {field} is missing or empty")
     if isinstance(value, int | float):
@@ -77,6 +80,22 @@ def actions_mapper(options: MappingOptions) -> Mapper:
             return identity
         return Delete("identity", identity)
 
+    skips: dict[tuple[Any, Any], Skip] = {}
+
+    def skip(message: Message) -> Skip:
+        # One Skip per (type, event), reused: half of an export is skipped, and building
+        # the reason and a frozen dataclass for each costs more than the lookup.
+        key = (message.get("type"), message.get("event"))
+        try:
+            found = skips.get(key)
+        except TypeError:  # an unhashable type or event (a list): no caching
+            return Skip(skip_reason(message))
+        if found is None:
+            found = Skip(skip_reason(message))
+            if len(skips) < MAX_CACHED_SKIPS:
+                skips[key] = found
+        return found
+
     def mapper(message: Message) -> MapResult:
         ops: list[Operation] = []
         if message.get("type") == "identify":
@@ -89,6 +108,6 @@ def actions_mapper(options: MappingOptions) -> Mapper:
             if isinstance(delete, Invalid):
                 return delete
             ops.append(delete)
-        return ops or Skip(skip_reason(message))
+        return ops or skip(message)
 
     return mapper
