@@ -71,7 +71,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(
     st.lists(
         st.one_of(
@@ -88,16 +88,21 @@ def test_every_non_blank_line_is_exactly_one_record_with_its_line_number(
 ) -> None:
     data = b"\n".join(lines) + b"\n"
     records = list(read_source(OpenSource(Source("f", None, None), io.BytesIO(data))))
-    first = next((line.strip() for line in lines if line.strip()), b"")
+    first = next((x.strip() for x in lines if x.strip()), b"").removeprefix(b"\xef\xbb\xbf")
     if first.startswith(b"[") or (first.startswith(b"{") and not first.endswith(b"}")):
         return  # read as one JSON document: a different contract, tested elsewhere
-    expected = [i for i, line in enumerate(lines, start=1) if line.strip()]
+    # A UTF-8 BOM opening the file is not content.
+    blank = [
+        not line.removeprefix(b"\xef\xbb\xbf" if i == 1 else b"").strip()
+        for i, line in enumerate(lines, start=1)
+    ]
+    expected = [i for i, empty in enumerate(blank, start=1) if not empty]
     assert [r.origin.line for r in records] == expected
     for record in records:
         assert (record.message is None) != (record.error is None)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),
     st.sampled_from(["", "Z", "+00:00", "-08:00", "+0530"]),
@@ -118,6 +123,7 @@ def test_iso_conversion_agrees_with_datetime_arithmetic(
     assert iso_to_epoch(text) == expected
 
 
+@settings(derandomize=True)
 @given(st.text(alphabet=string.printable, max_size=30))
 def test_strings_that_are_not_iso_dates_pass_through(text: str) -> None:
     converted = convert_object({"k": text})["k"]
