@@ -1,0 +1,240 @@
+"""End to end: runs killed with SIGKILL resume without sending anything twice beyond what
+was in flight; SIGINT and SIGTERM drain, account for everything and exit 130/143; a
+second run on the same state file exits 4 at once."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ctsync.sandbox import Sandbox, SandboxConfig, running_sandbox
+
+from ._support import (
+    Finished,
+    Message,
+    Processes,
+    assert_adds_up,
+    delete_user,
+    duplicates,
+    finish,
+    identify,
+    in_flight_noted,
+    run_upload,
+    seqs_of,
+    track,
+    wait_until,
+    write_export,
+)
+
+EVENTS = 2000
+
+
+def started_sending(sandbox: Sandbox, process: subprocess.Popen[str]) -> None:
+    """Wait until the sandbox has seen the run's first upload request."""
+    wait_until(
+        lambda: sandbox.stats().requests_by_endpoint["upload"] > 0 or process.poll() is not None,
+        15,
+        "the first upload request",
+    )
+    assert process.poll() is None, "the run ended before it sent anything"
+
+
+def kill_at_random(
+    sandbox: Sandbox, process: subprocess.Popen[str], rng: random.Random, latest: float
+) -> None:
+    """SIGKILL the run at a random moment of its sending, and check it was still running."""
+    started_sending(sandbox, process)
+    time.sleep(rng.uniform(0.0, latest))
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    assert process.returncode == -signal.SIGKILL
+
+
+def resume_until_done(url: str, *args: str | Path) -> list[Finished]:
+    """Re-run with the same state file until a run exits 0 (at most 3 runs)."""
+    runs: list[Finished] = []
+    for _ in range(3):
+        run = run_upload(url, *args, timeout=30)
+        runs.append(run)
+        assert run.returncode in (0, 1), run.describe()
+        assert_adds_up(run.summary)
+        if run.returncode == 0:
+            break
+    assert runs[-1].returncode == 0, runs[-1].describe()
+    return runs
+
+
+@pytest.mark.parametrize("seed", [101, 202, 303])
+def test_kill_9_then_resume_stores_every_event_and_duplicates_only_what_was_in_flight(
+    tmp_path: Path, processes: Processes, seed: int
+) -> None:
+    rng = random.Random(seed)
+    export, state = tmp_path / "events.ndjson", tmp_path / "state.db"
+    write_export(export, [track(f"u-{i % 61}", "Played", i) for i in range(EVENTS)])
+    args: tuple[str | Path, ...] = (export, "--preset", "classic", "--state", state)
+    args += ("--batch-size", "20", "--concurrency", "4")
+
+    with running_sandbox(SandboxConfig(latency_ms=rng.randint(20, 50))) as sandbox:
+        kill_at_random(sandbox, processes.start_upload(sandbox.url, *args), rng, latest=0.6)
+        before = sandbox.stats().events
+        runs = resume_until_done(sandbox.url, *args)
+        counts = seqs_of(sandbox.read(lambda store: store.events()))
+
+    assert before < EVENTS, "the killed run had already stored everything"
+    assert set(counts) == set(range(EVENTS)), "an event is missing after the resume"
+    noted = sum(in_flight_noted(run.summary) for run in runs)
+    assert duplicates(counts) <= noted, (
+        f"{duplicates(counts)} events stored twice, but the resumed run noted only {noted} "
+        f"records in flight (killed after {before} events were stored); notes: "
+        f"{[run.summary['notes'] for run in runs]}"
+    )
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_kill_9_then_resume_leaves_no_profile_missing(
+    tmp_path: Path, processes: Processes, seed: int
+) -> None:
+    rng = random.Random(seed)
+    export, state = tmp_path / "profiles.ndjson", tmp_path / "state.db"
+    users = [f"u-{i}" for i in range(EVENTS)]
+    write_export(export, [identify(user, n=n) for n, user in enumerate(users)])
+    args = (export, "--state", state, "--batch-size", "20", "--concurrency", "4")
+
+    with running_sandbox(SandboxConfig(latency_ms=rng.randint(20, 50))) as sandbox:
+        kill_at_random(sandbox, processes.start_upload(sandbox.url, *args), rng, latest=0.6)
+        before = sandbox.stats().profiles
+        runs = resume_until_done(sandbox.url, *args)
+        writes = sandbox.read(lambda store: store.profile_writes())
+
+    assert before < EVENTS
+    assert set(writes) == set(users), "a profile is missing after the resume"
+    noted = sum(in_flight_noted(run.summary) for run in runs)
+    assert sum(writes.values()) - len(users) <= noted
+
+
+def test_sigint_lets_requests_in_flight_finish_and_exits_130(
+    tmp_path: Path, processes: Processes
+) -> None:
+    export = tmp_path / "events.ndjson"
+    write_export(export, [track(f"u-{i % 61}", "Played", i) for i in range(EVENTS)])
+
+    with running_sandbox(SandboxConfig(latency_ms=200)) as sandbox:
+        process = processes.start_upload(
+            sandbox.url, export, "--preset", "classic", "--batch-size", "20"
+        )
+        started_sending(sandbox, process)
+        time.sleep(0.6)
+        process.send_signal(signal.SIGINT)
+        run = finish(process, timeout=40)
+        stats = sandbox.stats()
+        counts = seqs_of(sandbox.read(lambda store: store.events()))
+
+    assert run.returncode == 130, run.describe()
+    summary = run.summary
+    assert_adds_up(summary)
+    assert summary["interrupted"] is True and summary["signal"] == "SIGINT"
+    assert 0 < summary["accepted"] < EVENTS
+    assert set(summary["failed_by_code"]) <= {"interrupted", "aborted"}
+    # In-flight requests were let finish: the sandbox holds exactly what was accepted.
+    assert stats.in_flight["upload"] == 0
+    assert sum(counts.values()) == len(counts) == summary["accepted"]
+
+
+def test_sigterm_exits_143_and_a_rerun_with_state_sends_the_rest_once(
+    tmp_path: Path, processes: Processes
+) -> None:
+    export, state = tmp_path / "events.ndjson", tmp_path / "state.db"
+    write_export(export, [track(f"u-{i % 61}", "Played", i) for i in range(EVENTS)])
+    args = (export, "--preset", "classic", "--batch-size", "20", "--state", state)
+
+    with running_sandbox(SandboxConfig(latency_ms=200)) as sandbox:
+        process = processes.start_upload(sandbox.url, *args)
+        started_sending(sandbox, process)
+        time.sleep(0.6)
+        process.send_signal(signal.SIGTERM)
+        first = finish(process, timeout=40)
+        stored_first = sandbox.stats().events
+        second = run_upload(sandbox.url, *args, timeout=40)
+        counts = seqs_of(sandbox.read(lambda store: store.events()))
+
+    assert first.returncode == 143, first.describe()
+    assert_adds_up(first.summary)
+    assert first.summary["interrupted"] is True and first.summary["signal"] == "SIGTERM"
+    assert 0 < first.summary["accepted"] == stored_first < EVENTS
+    assert second.returncode == 0, second.describe()
+    assert_adds_up(second.summary)
+    assert in_flight_noted(second.summary) == 0  # the first run drained: nothing unknown
+    missing = sorted(set(range(EVENTS)) - set(counts))
+    assert not missing, f"{len(missing)} events never stored, e.g. seq {missing[:5]}"
+    assert duplicates(counts) == 0
+    assert first.summary["accepted"] + second.summary["accepted"] == EVENTS
+
+
+def test_sigterm_with_deletions_pending_and_a_rerun_with_state_deletes_every_user(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """Identifies and Delete Users of different users: uploads and deletions go in
+    separate batches, so when the run stops a deletion batch is still being filled."""
+    export, state = tmp_path / "mixed.ndjson", tmp_path / "state.db"
+    messages: list[Message] = []
+    for i in range(1500):
+        messages += [identify(f"a-{i}", n=i), delete_user(f"d-{i}")]
+    write_export(export, messages)
+    args = (export, "--batch-size", "20", "--state", state)
+
+    with running_sandbox(SandboxConfig(latency_ms=200)) as sandbox:
+        process = processes.start_upload(sandbox.url, *args)
+        started_sending(sandbox, process)
+        time.sleep(0.6)
+        process.send_signal(signal.SIGTERM)
+        first = finish(process, timeout=40)
+        second = run_upload(sandbox.url, *args, timeout=40)
+        deleted = [d.value for d in sandbox.read(lambda store: store.deletions())]
+        writes = sandbox.read(lambda store: store.profile_writes())
+
+    assert first.returncode == 143, first.describe()
+    assert_adds_up(first.summary)
+    assert 0 < first.summary["accepted"] < 3000
+    assert second.returncode == 0, second.describe()
+    assert_adds_up(second.summary)
+    missing = sorted({f"d-{i}" for i in range(1500)} - set(deleted), key=lambda d: int(d[2:]))
+    assert not missing, (
+        f"{len(missing)} users were never deleted, e.g. {missing[:3]}; first run: "
+        f"failed {first.summary['failed_by_code']}, second run read {second.summary['read']}"
+    )
+    assert len(deleted) == 1500  # each deletion sent once
+    assert writes == {f"a-{i}": 1 for i in range(1500)}
+
+
+def test_a_second_run_on_the_same_state_exits_4_at_once(
+    tmp_path: Path, processes: Processes
+) -> None:
+    export, state = tmp_path / "profiles.ndjson", tmp_path / "state.db"
+    write_export(export, [identify(f"u-{i}", n=i) for i in range(1000)])
+    args = (export, "--state", state, "--batch-size", "20", "--concurrency", "5")
+
+    with running_sandbox(SandboxConfig(latency_ms=200)) as sandbox:
+        holder = processes.start_upload(sandbox.url, *args)
+        started_sending(sandbox, holder)
+        second = run_upload(sandbox.url, *args, timeout=20)
+        still_running = holder.poll() is None
+        first = finish(holder, timeout=40)
+        writes = sandbox.read(lambda store: store.profile_writes())
+
+    assert second.returncode == 4, second.describe()
+    assert still_running, "the first run ended before the second one was refused"
+    assert second.elapsed < 5, f"the second run took {second.elapsed:.1f} s to give up"
+    assert "another ctsync run" in second.stderr
+    assert f"pid {holder.pid}" in second.stderr
+    assert str(state) in second.stderr.replace("\n", "")
+    assert "Traceback" not in second.stderr
+    assert second.stdout == ""  # refused before it read or sent anything
+    assert first.returncode == 0, first.describe()
+    assert first.summary["accepted"] == 1000
+    assert writes == {f"u-{i}": 1 for i in range(1000)}
