@@ -20,6 +20,9 @@ T = TypeVar("T")
 STREAM_LIMIT = 1024 * 1024
 START_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 10.0
+# Reading may first merge a backlog of profile writes: seconds for millions of records.
+READ_TIMEOUT_SECONDS = 300.0
+IDLE_MERGE_INTERVAL_SECONDS = 0.05
 
 
 class SandboxServer:
@@ -30,6 +33,7 @@ class SandboxServer:
         self.app = SandboxApp(config, SandboxStore.open(config.db))
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        self._merger: asyncio.Task[None] | None = None
         self.port = 0
 
     @property
@@ -44,6 +48,18 @@ class SandboxServer:
             self._on_connection, self.config.host, self.config.port, limit=STREAM_LIMIT
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self._merger = asyncio.create_task(self._merge_profiles_when_idle())
+
+    async def _merge_profiles_when_idle(self) -> None:
+        # Profile writes are merged lazily (see _store); doing it while no CleverTap
+        # request is in flight keeps reads after a burst fast without slowing the burst.
+        app = self.app
+        while True:
+            await asyncio.sleep(IDLE_MERGE_INTERVAL_SECONDS)
+            while not any(app.counters.in_flight.values()):
+                if not app.store.merge_some_profiles():
+                    break
+                await asyncio.sleep(0)  # one batch, then let requests in
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -56,6 +72,8 @@ class SandboxServer:
 
     async def close(self) -> None:
         """Stop listening, abort open connections, close the database."""
+        if self._merger is not None:
+            self._merger.cancel()
         if self._server is not None:
             self._server.close()
             for writer in list(self._connections):
@@ -142,7 +160,7 @@ class Sandbox:
                 future.set_exception(error)
 
         self._loop.call_soon_threadsafe(call)
-        return future.result(STOP_TIMEOUT_SECONDS)
+        return future.result(READ_TIMEOUT_SECONDS)
 
     def _running(self) -> SandboxServer:
         if self._server is None:

@@ -99,7 +99,7 @@ def show(
 ) -> None:
     """Print a summary of what a sandbox database holds."""
     try:
-        store = SandboxStore.open_read_only(db)
+        store = SandboxStore.open(db, create=False)
     except FileNotFoundError as error:
         Console(stderr=True).print(f"[red]{error}[/red]")
         raise typer.Exit(2) from error

@@ -2,9 +2,9 @@
 
     python -m ctsync.sandbox.load --url http://127.0.0.1:8787 --requests 3000
 
-Sends `--requests` uploads of `--records` records (~600 bytes each, 4 events to 1
-profile) from `--concurrency` workers over keep-alive connections, then prints one line
-of figures and stops. Bodies are built before the clock starts so that the client
+Sends `--requests` uploads of `--records` records (~600 bytes each, half profiles and
+half events, as bench/generate.py mixes identify and track) from `--concurrency` workers
+over keep-alive connections, then prints one line of figures and stops. Bodies are built before the clock starts so that the client
 measures the server, not its own JSON encoding.
 """
 
@@ -42,10 +42,10 @@ class LoadResult:
 
 
 def record(n: int) -> dict[str, Any]:
-    """The n-th synthetic record: four events to one profile, about 600 bytes each."""
+    """The n-th synthetic record: profiles and events in turn, about 600 bytes each."""
     identity = f"user-{n % 50_000:06d}"
     ts = 1_709_632_800 + n
-    if n % 5 == 0:
+    if n % 2 == 0:
         return {
             "type": "profile",
             "identity": identity,

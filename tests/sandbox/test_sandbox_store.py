@@ -159,10 +159,12 @@ def test_a_database_file_keeps_everything_and_reopens(tmp_path: Path) -> None:
     ):
         upload(http, [profile("u1", a=1), event("u1"), event("u2")])
         delete(http, {"identity": "u2"})
-        # A reader in another connection sees the data while the server runs.
-        reader = SandboxStore.open_read_only(db)
-        assert reader.counts().events == 2
+        # Another connection sees the data while the server runs, profiles merged.
+        reader = SandboxStore.open(db, create=False)
+        assert (reader.counts().events, reader.profile_writes()) == (2, {"u1": 1})
         reader.close()
+        upload(http, [profile("u1", b=2)])
+        assert sandbox.read(lambda store: store.profile_writes()) == {"u1": 2}
     with running_sandbox(SandboxConfig(db=db)) as sandbox:
         upload_after = sandbox.read(lambda store: store.counts())
         assert (upload_after.profiles, upload_after.events, upload_after.deletions) == (1, 2, 1)
