@@ -4,8 +4,9 @@
 
 Sends `--requests` uploads of `--records` records (~600 bytes each, half profiles and
 half events, as bench/generate.py mixes identify and track) from `--concurrency` workers
-over keep-alive connections, then prints one line of figures and stops. Bodies are built before the clock starts so that the client
-measures the server, not its own JSON encoding.
+over keep-alive connections, then prints one line of figures and stops. Bodies are
+built before the clock starts so that the client measures the server, not its own JSON
+encoding.
 """
 
 from __future__ import annotations
