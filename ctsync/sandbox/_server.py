@@ -23,6 +23,7 @@ STOP_TIMEOUT_SECONDS = 10.0
 # Reading may first merge a backlog of profile writes: seconds for millions of records.
 READ_TIMEOUT_SECONDS = 300.0
 IDLE_MERGE_INTERVAL_SECONDS = 0.05
+IDLE_MERGE_BATCHES = 4  # a few milliseconds of work between chances for requests
 
 
 class SandboxServer:
@@ -57,7 +58,7 @@ class SandboxServer:
         while True:
             await asyncio.sleep(IDLE_MERGE_INTERVAL_SECONDS)
             while not any(app.counters.in_flight.values()):
-                if not app.store.merge_some_profiles():
+                if not app.store.merge_some_profiles(IDLE_MERGE_BATCHES):
                     break
                 await asyncio.sleep(0)  # one batch, then let requests in
 

@@ -103,6 +103,9 @@ _DELETE_KIND: Mapping[DeleteKey, IdentifierKind] = {
 }
 
 
+MERGE_FLUSH_PROFILES = 50_000
+
+
 @dataclass(slots=True)
 class _ProfileState:
     """A profile row while a request's writes are merged into it."""
@@ -284,11 +287,12 @@ class SandboxStore:
         return bool(row[0])
 
     def _merge_profiles_in_transaction(self, limit: int | None = None) -> bool:
-        """Fold pending batches (at most `limit`); return whether some remain."""
+        """Fold pending batches (at most `limit`) in order; return whether some remain."""
         (through,) = self._conn.execute("SELECT through_seq FROM profiles_merged").fetchone()
         merged = through
         done = 0
-        while limit is None or done < limit:  # one at a time: a backlog can be gigabytes
+        touched: dict[tuple[str, str], _ProfileState] = {}
+        while limit is None or done < limit:
             batch = self._conn.execute(
                 "SELECT first_seq, count, writes FROM profile_batches"
                 " WHERE first_seq > ? ORDER BY first_seq LIMIT 1",
@@ -297,9 +301,15 @@ class SandboxStore:
             if batch is None:
                 break
             first_seq, count, writes = batch
-            self._merge_batch(first_seq, orjson.loads(writes))
+            self._merge_batch(touched, first_seq, orjson.loads(writes))
             merged = first_seq + count - 1
             done += 1
+            # A profile written in many requests is read and written back once per
+            # flush, not once per request; flushing bounds the memory held.
+            if len(touched) >= MERGE_FLUSH_PROFILES:
+                self._write_profiles(touched)
+                touched = {}
+        self._write_profiles(touched)
         if merged != through:
             self._conn.execute("UPDATE profiles_merged SET through_seq = ?", (merged,))
         return limit is not None and done == limit
@@ -312,17 +322,17 @@ class SandboxStore:
         with self._transaction():
             return self._merge_profiles_in_transaction(batches) and self._profiles_pending()
 
-    def _merge_batch(self, first_seq: int, writes: list[list[Any]]) -> None:
-        # Read each touched profile once, merge the batch's writes in order, write each
-        # back once: a few statements per batch, not per record.
-        touched: dict[tuple[str, str], _ProfileState] = {}
-        by_kind: dict[str, list[str]] = {}
+    def _merge_batch(
+        self, touched: dict[tuple[str, str], _ProfileState], first_seq: int, writes: list[Any]
+    ) -> None:
+        """Merge one request's profile writes, in order, into `touched`."""
+        missing: dict[str, list[str]] = {}
         for kind, identifier, _, _ in writes:
             key = (kind, identifier)
             if key not in touched:
                 touched[key] = _ProfileState({}, 0, 0, 0)
-                by_kind.setdefault(kind, []).append(identifier)
-        for kind, identifiers in by_kind.items():
+                missing.setdefault(kind, []).append(identifier)
+        for kind, identifiers in missing.items():
             marks = ",".join("?" * len(identifiers))
             for identifier, data, count in self._conn.execute(
                 f"SELECT identifier, data, writes FROM profiles"
@@ -336,6 +346,8 @@ class SandboxStore:
             state.writes += 1
             state.last_ts = ts
             state.last_seq = seq
+
+    def _write_profiles(self, touched: dict[tuple[str, str], _ProfileState]) -> None:
         self._conn.executemany(
             "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)",
             [
