@@ -171,8 +171,9 @@ class SandboxStore:
     serialises their writes, and folding profile batches is one transaction.
     """
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, *, in_memory: bool = False) -> None:
         self._conn = connection
+        self._in_memory = in_memory
         self._seq = self._last_seq()
 
     @classmethod
@@ -190,11 +191,12 @@ class SandboxStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=OFF")
         conn.executescript(_SCHEMA)
-        return cls(conn)
+        return cls(conn, in_memory=path is None)
 
     def close(self) -> None:
         """Merge pending profile writes, so the file is complete for any reader; close."""
-        self._merge_profiles()
+        if not self._in_memory:
+            self._merge_profiles()
         self._conn.close()
 
     def _last_seq(self) -> int:

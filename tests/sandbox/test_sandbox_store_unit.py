@@ -1,0 +1,90 @@
+"""The store and the record checks on their own, without HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ctsync.sandbox import SandboxStore
+from ctsync.sandbox._validation import check_upload
+
+from ._support import event, profile
+
+NOW = 1_709_700_000
+
+
+def _upload(store: SandboxStore, records: list[Any]) -> None:
+    store.apply_upload(check_upload(records, now=NOW))
+
+
+def test_check_upload_sorts_records_and_keeps_positions() -> None:
+    checked = check_upload(
+        [profile("u1", Name="A"), event("u1"), {"type": "page"}, event("u2", ts="x")], now=NOW
+    )
+    assert checked.processed == 2
+    assert [f["code"] for f in checked.unprocessed] == [524, 525]
+    assert [f["error"][-1] for f in checked.unprocessed] == ["3", "4"]
+    assert checked.events == [("identity", "u1", "Product Viewed", 1709632800, {"sku": "A1"})]
+    assert checked.profiles == [("identity", "u1", 1709632800, {"Name": "A"})]
+
+
+def test_a_record_without_ts_gets_now() -> None:
+    record = event("u1")
+    del record["ts"]
+    assert check_upload([record], now=NOW).events[0][3] == NOW
+
+
+def test_profile_batches_merge_in_order_around_deletes() -> None:
+    store = SandboxStore.open()
+    _upload(store, [profile("u1", a=1, b=1), profile("u2", a=1)])
+    _upload(store, [profile("u1", b=2)])
+    store.apply_delete("identity", ["u1"])
+    _upload(store, [profile("u1", c=3)])
+    _upload(store, [profile("u1", d=4), profile("u2", a=2)])
+    u1, u2 = store.profile("u1"), store.profile("u2")
+    assert u1 is not None and u2 is not None
+    assert (dict(u1.data), u1.writes) == ({"c": 3, "d": 4}, 2)
+    assert (dict(u2.data), u2.writes) == ({"a": 2}, 2)
+    assert store.profile_records() == {"u1": 4, "u2": 2}
+    assert store.deletions()[0].existed
+
+
+def test_merging_a_little_at_a_time_ends() -> None:
+    store = SandboxStore.open()
+    for n in range(5):
+        _upload(store, [profile("u1", n=n)])
+    assert store.merge_some_profiles(2)
+    assert store.merge_some_profiles(2)
+    assert not store.merge_some_profiles(2)
+    stored = store.profile("u1")
+    assert stored is not None
+    assert (dict(stored.data), stored.writes) == ({"n": 4}, 5)
+
+
+def test_a_file_left_with_pending_writes_is_merged_by_the_next_reader(tmp_path: Path) -> None:
+    db = tmp_path / "sandbox.db"
+    writer = SandboxStore.open(db)
+    _upload(writer, [profile("u1", a=1), event("u1")])
+    _upload(writer, [profile("u1", a=2)])
+    # No close(): as if the server had been killed.
+    reader = SandboxStore.open(db, create=False)
+    assert reader.profile_writes() == {"u1": 2}
+    stored = reader.profile("u1")
+    assert stored is not None and stored.data == {"a": 2}
+    reader.close()
+    _upload(writer, [event("u1")])
+    writer.close()
+    again = SandboxStore.open(db, create=False)
+    assert [e.seq for e in again.events()] == [1, 4]
+    again.close()
+
+
+def test_reset_empties_everything() -> None:
+    store = SandboxStore.open()
+    _upload(store, [profile("u1", a=1), event("u1")])
+    store.apply_delete("guid", ["g1"])
+    store.reset()
+    counts = store.counts()
+    assert (counts.profiles, counts.events, counts.tokens, counts.deletions) == (0, 0, 0, 0)
+    _upload(store, [event("u1")])
+    assert store.events()[0].seq == 1
