@@ -126,6 +126,7 @@ class Sandbox:
         return self._running().port
 
     def start(self) -> None:
+        """Start the thread and wait until the server listens (or failed to)."""
         self._thread.start()
         if not self._ready.wait(START_TIMEOUT_SECONDS):
             raise TimeoutError("the sandbox did not start")
@@ -133,30 +134,35 @@ class Sandbox:
             raise self._error
 
     def stop(self) -> None:
+        """Stop the server and wait for its thread."""
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(STOP_TIMEOUT_SECONDS)
 
     def stats(self) -> SandboxStats:
-        """A snapshot of the counters and stored counts."""
-        return self.read(lambda store: self._running().app.stats())
+        """A snapshot of the counters and stored counts (merges pending profile writes)."""
+        return self._call(lambda: self._running().app.stats())
 
     def reset(self) -> None:
         """Forget stored data and counters."""
-        self.read(lambda store: self._running().app.reset())
+        self._call(lambda: self._running().app.reset())
 
     def read(self, query: Callable[[SandboxStore], T]) -> T:
-        """Run `query` on the sandbox's store, in the server's thread, and return its result.
+        """Run `query` on the sandbox's store and return its result.
 
         e.g. `sandbox.read(lambda store: store.events("u1"))`.
         """
-        server = self._running()
+        return self._call(lambda: query(self._running().app.store))
+
+    def _call(self, function: Callable[[], T]) -> T:
+        # The store and the counters belong to the server's thread: run there, wait here.
+        self._running()
         assert self._loop is not None
         future: Future[T] = Future()
 
         def call() -> None:
             try:
-                future.set_result(query(server.app.store))
+                future.set_result(function())
             except BaseException as error:
                 future.set_exception(error)
 

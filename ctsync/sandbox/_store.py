@@ -10,9 +10,10 @@ Tables and views:
 - `tokens`: every accepted token record.
 - `deletions`: the log of deleted identities/guids and whether a profile existed.
 
-Every stored row carries `seq`, one counter across tables, so the order of uploads and
-deletions can be checked. One request is one transaction. Events do not create profile
-rows: `profiles` holds what profile records wrote, which is what tests count.
+Every stored record carries `seq`, one counter across tables, so the order of requests
+and deletions can be checked (within one request: its events, then its profile records,
+then its tokens, each in request order). One request is one transaction. Events do not
+create profile rows: `profiles` holds what profile records wrote, which tests count.
 
 Why batches: one SQLite row per record costs about 2 microseconds, and merging a profile
 (read, merge, write back) about 5, more than everything else the sandbox does for a
@@ -20,8 +21,10 @@ record, and the benchmark sends 150,000 a second, half of them profiles. So a re
 events are one row of `event_batches` and its profile records one row of
 `profile_batches`, each a JSON array; the views unfold them. The merge into `profiles`
 is deferred: every read of profiles, and every delete, first folds the batches not yet
-merged, in order, so what is read is always what CleverTap would hold. Reading through
-the views parses JSON: instant for tests, seconds for millions of records.
+merged, in order, so what is read is always what CleverTap would hold; the server also
+folds while no request is in flight. Reading right after a burst of a million profile
+records takes a few seconds; reading through the views parses JSON: instant for tests,
+seconds for millions of records.
 """
 
 from __future__ import annotations
