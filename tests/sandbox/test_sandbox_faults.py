@@ -28,7 +28,7 @@ async def _concurrently(url: str, path: str, bodies: list[object]) -> list[int]:
 
 
 def test_a_16th_concurrent_upload_gets_429() -> None:
-    with running_sandbox(SandboxConfig(latency_ms=600)) as sandbox:
+    with running_sandbox(SandboxConfig(latency_ms=1500)) as sandbox:
         bodies: list[object] = [{"d": [event(f"u{n}")]} for n in range(16)]
         statuses = asyncio.run(_concurrently(sandbox.url, UPLOAD_PATH, bodies))
         stats = sandbox.stats()
@@ -39,7 +39,7 @@ def test_a_16th_concurrent_upload_gets_429() -> None:
 
 
 def test_15_concurrent_uploads_all_pass() -> None:
-    with running_sandbox(SandboxConfig(latency_ms=300)) as sandbox:
+    with running_sandbox(SandboxConfig(latency_ms=1500)) as sandbox:
         bodies: list[object] = [{"d": [event(f"u{n}")]} for n in range(15)]
         statuses = asyncio.run(_concurrently(sandbox.url, UPLOAD_PATH, bodies))
         assert statuses == [200] * 15
@@ -63,7 +63,7 @@ def test_the_429_answer_is_clevertaps_and_the_limit_clears() -> None:
 
 
 def test_a_4th_concurrent_delete_gets_429() -> None:
-    with running_sandbox(SandboxConfig(latency_ms=600)) as sandbox:
+    with running_sandbox(SandboxConfig(latency_ms=1500)) as sandbox:
         bodies: list[object] = [{"identity": f"u{n}"} for n in range(4)]
         statuses = asyncio.run(_concurrently(sandbox.url, DELETE_PATH, bodies))
         stats = sandbox.stats()
