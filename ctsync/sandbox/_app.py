@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -96,6 +97,8 @@ class SandboxApp:
         self.config = config
         self.store = store
         self.counters = Counters()
+        # When a CleverTap request last started or ended (time.monotonic()).
+        self.last_activity = time.monotonic()
         self._rng = random.Random(config.seed)
         self._limits = {
             Endpoint.UPLOAD: config.max_concurrent_uploads,
@@ -103,6 +106,7 @@ class SandboxApp:
         }
 
     def stats(self) -> SandboxStats:
+        """The counters and what the store holds (merges pending profile writes)."""
         return self.counters.snapshot(self.store.counts())
 
     def reset(self) -> None:
@@ -119,13 +123,23 @@ class SandboxApp:
         endpoint = _ENDPOINTS.get(head.path)
         if endpoint is None or head.method != "POST" or not self._authorized(head):
             return None
+        self.last_activity = time.monotonic()
         self.counters.requests_by_endpoint[endpoint] += 1
         in_flight = self.counters.enter(endpoint)
         return Admission(endpoint, over_limit=in_flight > self._limits[endpoint])
 
     def release(self, admission: Admission | None) -> None:
+        """Count a request admitted by `admit` out of flight."""
         if admission is not None:
+            self.last_activity = time.monotonic()
             self.counters.leave(admission.endpoint)
+
+    def idle_for(self, seconds: float) -> bool:
+        """Whether no CleverTap request is in flight, nor was for `seconds`."""
+        return (
+            not any(self.counters.in_flight.values())
+            and time.monotonic() - self.last_activity >= seconds
+        )
 
     def _authorized(self, head: RequestHead) -> bool:
         return (

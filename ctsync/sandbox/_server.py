@@ -23,7 +23,8 @@ STOP_TIMEOUT_SECONDS = 10.0
 # Reading may first merge a backlog of profile writes: seconds for millions of records.
 READ_TIMEOUT_SECONDS = 300.0
 IDLE_MERGE_INTERVAL_SECONDS = 0.05
-IDLE_MERGE_BATCHES = 4  # a few milliseconds of work between chances for requests
+IDLE_AFTER_SECONDS = 0.2
+IDLE_MERGE_BATCHES = 2  # a few milliseconds of work between chances for requests
 
 
 class SandboxServer:
@@ -52,12 +53,12 @@ class SandboxServer:
         self._merger = asyncio.create_task(self._merge_profiles_when_idle())
 
     async def _merge_profiles_when_idle(self) -> None:
-        # Profile writes are merged lazily (see _store); doing it while no CleverTap
-        # request is in flight keeps reads after a burst fast without slowing the burst.
+        # Profile writes are merged lazily (see _store). Merging once requests have
+        # stopped for a moment keeps reads after a burst fast without slowing the burst.
         app = self.app
         while True:
             await asyncio.sleep(IDLE_MERGE_INTERVAL_SECONDS)
-            while not any(app.counters.in_flight.values()):
+            while app.idle_for(IDLE_AFTER_SECONDS):
                 if not app.store.merge_some_profiles(IDLE_MERGE_BATCHES):
                     break
                 await asyncio.sleep(0)  # one batch, then let requests in

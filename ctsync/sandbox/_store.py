@@ -279,12 +279,13 @@ class SandboxStore:
         if self._conn.in_transaction:
             self._merge_profiles_in_transaction()
             return
-        if not self._profiles_pending():
+        if not self.profiles_pending():
             return
         with self._transaction():
             self._merge_profiles_in_transaction()
 
-    def _profiles_pending(self) -> bool:
+    def profiles_pending(self) -> bool:
+        """Whether some profile writes are stored but not yet merged into `profiles`."""
         row = self._conn.execute(
             "SELECT EXISTS (SELECT 1 FROM profile_batches WHERE first_seq >"
             " (SELECT through_seq FROM profiles_merged))"
@@ -325,7 +326,7 @@ class SandboxStore:
         The server calls this while idle, so that reads after a burst find little to do.
         """
         with self._transaction():
-            return self._merge_profiles_in_transaction(batches) and self._profiles_pending()
+            return self._merge_profiles_in_transaction(batches) and self.profiles_pending()
 
     def _merge_batch(
         self, touched: dict[tuple[str, str], _ProfileState], first_seq: int, writes: list[Any]
