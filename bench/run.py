@@ -89,6 +89,7 @@ class ChildRun:
     """One finished child process: wall time, peak RSS, and what it printed."""
 
     seconds: float
+    cpu_seconds: float  # user + system
     max_rss_kib: int
     returncode: int
     stdout: bytes
@@ -192,7 +193,8 @@ def run_child(
         err = errors.read()
     if process.returncode == -9 and seconds >= timeout:
         raise RuntimeError(f"{shlex.join(command)} took more than {timeout:.0f}s: killed")
-    return ChildRun(seconds, usage.ru_maxrss, process.returncode, out, err)
+    cpu = usage.ru_utime + usage.ru_stime
+    return ChildRun(seconds, cpu, usage.ru_maxrss, process.returncode, out, err)
 
 
 def child_timeout(count: int) -> float:
@@ -214,6 +216,13 @@ def dry_run(data: Dataset) -> ChildRun:
 @dataclass(frozen=True, slots=True)
 class Sandbox:
     url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the sandbox process has used so far."""
+        with open(f"/proc/{self.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_sandbox/stats", timeout=10) as answer:
@@ -253,7 +262,7 @@ def running_sandbox(latency_ms: int) -> Iterator[Sandbox]:
         url = _listening_url(process, process.stdout)
         # Keep reading whatever else it prints, so a full pipe never blocks it.
         threading.Thread(target=process.stdout.read, daemon=True).start()
-        yield Sandbox(url)
+        yield Sandbox(url, process.pid)
     finally:
         process.terminate()
         try:
@@ -284,6 +293,8 @@ class EndToEnd:
     stats: dict[str, Any]
     summary: dict[str, Any]
     problems: list[str]
+    ctsync_cpu: float  # seconds, median over runs
+    sandbox_cpu: float
 
 
 def end_to_end(data: Dataset, *, latency_ms: int, repeat: int) -> EndToEnd:
@@ -292,18 +303,30 @@ def end_to_end(data: Dataset, *, latency_ms: int, repeat: int) -> EndToEnd:
     problems: list[str] = []
     stats: dict[str, Any] = {}
     summary: dict[str, Any] = {}
+    ctsync_cpu: list[float] = []
+    sandbox_cpu: list[float] = []
     with running_sandbox(latency_ms) as sandbox:
         for _ in range(repeat):
             sandbox.reset()
             command = ctsync_command(
                 data.path, "--endpoint", sandbox.url, "--account-id", SANDBOX_ACCOUNT
             )
+            before = sandbox.cpu_seconds()
             child = run_child(command, timeout=child_timeout(data.count), env=env)
+            sandbox_cpu.append(sandbox.cpu_seconds() - before)
+            ctsync_cpu.append(child.cpu_seconds)
             summary = child.summary()
             seconds.append(child.seconds)
             stats = sandbox.stats()
             problems += _check_end_to_end(data, summary, stats)
-    return EndToEnd(Rate(data.count, seconds), stats, summary, sorted(set(problems)))
+    return EndToEnd(
+        Rate(data.count, seconds),
+        stats,
+        summary,
+        sorted(set(problems)),
+        statistics.median(ctsync_cpu),
+        statistics.median(sandbox_cpu),
+    )
 
 
 def _check_end_to_end(data: Dataset, summary: dict[str, Any], stats: dict[str, Any]) -> list[str]:
@@ -458,6 +481,7 @@ def measure(args: argparse.Namespace, console: Console) -> tuple[list[Row], list
         )
     )
     inner = statistics.median(s["elapsed_seconds"] for s in dry_summaries)
+    dry_cpu = statistics.median(child.cpu_seconds for child in dry_children)
     notes.append(
         f"dry run by its own clock (without interpreter start-up): "
         f"{dry.events / inner:,.0f} events/s ({inner:.2f}s); accepted "
@@ -493,6 +517,11 @@ def measure(args: argparse.Namespace, console: Console) -> tuple[list[Row], list
             f"{stats.get('peak_in_flight')} (limit upload 15), requests by status "
             f"{stats.get('requests_by_status')}; ctsync requests {e2e.summary.get('requests')}"
             f", retries {e2e.summary.get('retries')}"
+        )
+        notes.append(
+            f"CPU during the end-to-end run: ctsync {e2e.ctsync_cpu:.1f}s, sandbox "
+            f"{e2e.sandbox_cpu:.1f}s, over {e2e.rate.median_seconds:.1f}s of wall time on "
+            f"{os.cpu_count()} cores (the dry run used {dry_cpu:.1f}s)"
         )
         notes += [f"PROBLEM: {problem}" for problem in e2e.problems]
         delivered = not e2e.problems
