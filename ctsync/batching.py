@@ -39,6 +39,7 @@ class Batch:
 
     __slots__ = (
         "_spans",
+        "breaks",
         "deps",
         "done",
         "keys",
@@ -62,20 +63,37 @@ class Batch:
         self.sealed = False
         self.sent = False  # handed to the sender: CleverTap may have it
         self.done = asyncio.Event()
-        self._spans: dict[str, tuple[int, int]] | None = None
+        # Indexes into `owners` where an operation of another kind came in between:
+        # lines of other batches may lie there, so a span of lines must not cross them.
+        self.breaks: list[int] = []
+        self._spans: dict[str, list[tuple[int, int]]] | None = None
 
     def __len__(self) -> int:
         return len(self.payloads)
 
-    def spans(self) -> dict[str, tuple[int, int]]:
-        """The first and last input line of this batch's records, per input file."""
+    def spans(self) -> dict[str, list[tuple[int, int]]]:
+        """Per input file, the runs of lines (first, last) this batch holds.
+
+        A run covers consecutive operations of this batch's kind, with the skipped and
+        invalid records between them (re-reading those is harmless); it never spans a
+        line that went to a batch of another kind, which may already be answered.
+        """
         if self._spans is not None:
             return self._spans
-        spans: dict[str, tuple[int, int]] = {}
-        for owner in self.owners:
+        spans: dict[str, list[tuple[int, int]]] = {}
+        breaks = set(self.breaks)
+        source: str | None = None
+        first = last = 0
+        for index, owner in enumerate(self.owners):
             name, line = owner.origin.source, owner.origin.line
-            first, last = spans.get(name, (line, line))
-            spans[name] = (min(first, line), max(last, line))
+            if name != source or index in breaks:
+                if source is not None:
+                    spans.setdefault(source, []).append((first, last))
+                source, first, last = name, line, line
+            else:
+                first, last = min(first, line), max(last, line)
+        if source is not None:
+            spans.setdefault(source, []).append((first, last))
         if self.sealed:  # owners no longer change
             self._spans = spans
         return spans
@@ -113,6 +131,7 @@ class Planner:
         }
         self._open: dict[BatchKind, Batch] = {}
         self._seq = 0
+        self._last_kind: BatchKind | None = None
         # The newest unfinished batch that uploads to / deletes each profile.
         self._uploads: dict[ProfileKey, Batch] = {}
         self._deletes: dict[ProfileKey, Batch] = {}
@@ -146,6 +165,9 @@ class Planner:
             batch = self._start(kind)
         if blocker is not None and blocker not in batch.deps:
             batch.deps.append(blocker)
+        if kind is not self._last_kind:
+            batch.breaks.append(len(batch.owners))
+            self._last_kind = kind
         batch.payloads.append(payload)
         batch.owners.append(owner)
         if key is not None:

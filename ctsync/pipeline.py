@@ -152,6 +152,7 @@ class UploadRun:
         self._unsettled: set[Batch] = set()  # sealed, without an answer yet
         self._fatal: BaseException | None = None
         self._stopping = False
+        self._stopped = asyncio.Event()
         self._consumed_before = 0  # bytes of the sources already finished
         self._current: OpenSource | None = None
         self._files: dict[str, FileProgress] = {}  # with --state: files not yet settled
@@ -167,24 +168,23 @@ class UploadRun:
     def stop(self) -> None:
         """Stop reading; let the requests in flight finish (first Ctrl-C, SIGTERM)."""
         self._stopping = True
+        self._stopped.set()
 
     async def run(self) -> Summary:
         started = time.monotonic()
         try:
             take = self._take
             for record in self._records if self._records is not None else self._read():
-                if self._stopping:
-                    break
                 ready = take(record)
                 if ready:
                     await self._dispatch(ready)
+                if self._stopping:  # after `take`: no record read is left unaccounted
+                    break
+            if not self._stopping:
+                await self._dispatch(self._planner.flush())
+                await self._answered()
             if self._stopping:
                 await self._drain()
-            else:
-                await self._dispatch(self._planner.flush())
-                while self._tasks:
-                    await asyncio.gather(*self._tasks)
-                    self._raise_fatal()
         except BaseException:
             await self._abort()
             raise
@@ -196,6 +196,16 @@ class UploadRun:
             self._checkpoint()
             self._notify()
         return self.summary
+
+    async def _answered(self) -> None:
+        """Wait until every request has its answer, or until `stop()`."""
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            while self._tasks and not self._stopping:
+                await asyncio.wait([*self._tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
+                self._raise_fatal()
+        finally:
+            stopped.cancel()
 
     def _read(self) -> Iterator[InputRecord]:
         for source in self._sources:
@@ -323,7 +333,11 @@ class UploadRun:
         try:
             for dependency in batch.deps:
                 await dependency.done.wait()
+            if self._stopping:  # not on the wire yet: it stays for `_drain`
+                self._planner.complete(batch)  # wakes its dependents, which stay too
+                return
             batch.sent = True
+            self._checkpoint()  # a kill from here on leaves this batch "in flight"
             if batch.kind is BatchKind.UPLOAD:
                 verdicts = await self._sender.upload(batch.payloads)
             else:
@@ -349,19 +363,14 @@ class UploadRun:
 
     async def _drain(self) -> None:
         """After `stop()`: nothing more is sent; what is in flight may finish."""
-        for batch in self._planner.flush():
-            self._settle(batch, [INTERRUPTED] * len(batch))
-        for batch in list(self._unsettled):
-            if not batch.sent and not any(t for t in self._tasks if not t.done()):
-                self._settle(batch, [INTERRUPTED] * len(batch))
+        self._unsettled.update(self._planner.flush())  # read, never to be sent
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self._options.drain_timeout)
             for task in late:
                 task.cancel()
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
-        for batch in list(self._unsettled):
-            self._settle(batch, [ABORTED if batch.sent else INTERRUPTED] * len(batch))
+        self._give_up()
         self._raise_fatal()
 
     async def _abort(self) -> None:
@@ -370,13 +379,17 @@ class UploadRun:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._checkpoint()  # before settling: unanswered batches stay pending in the state
-        for batch in list(self._unsettled) + self._planner.flush():
-            verdict = ABORTED if batch.sent else INTERRUPTED
-            self._unsettled.discard(batch)
-            for owner in batch.owners:
-                self._ledger.settle(owner, verdict)
+        self._unsettled.update(self._planner.flush())
+        self._give_up()
+
+    def _give_up(self) -> None:
+        """Fail every batch without an answer: ABORTED if it went out (CleverTap may
+        have it), INTERRUPTED if not. The state file first keeps them all pending, so
+        a re-run sends the unsent ones and reports the ones whose outcome is unknown."""
+        self._checkpoint()
         self._files.clear()
+        for batch in sorted(self._unsettled, key=lambda b: b.seq):
+            self._settle(batch, [ABORTED if batch.sent else INTERRUPTED] * len(batch))
 
     def _checkpoint(self) -> None:
         """Write each open file's progress to the state file (with --state)."""
@@ -384,9 +397,9 @@ class UploadRun:
             return
         spans: dict[str, list[Span]] = {name: [] for name in self._files}
         for batch in itertools.chain(self._unsettled, self._planner.open_batches()):
-            for name, (first, last) in batch.spans().items():
+            for name, runs in batch.spans().items():
                 if name in spans:
-                    spans[name].append(Span(first, last, batch.sent))
+                    spans[name] += [Span(first, last, batch.sent) for first, last in runs]
         for name, progress in list(self._files.items()):
             pending = spans[name]
             done = min(s.first for s in pending) - 1 if pending else progress.read_through

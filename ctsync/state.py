@@ -6,19 +6,23 @@ rewritten file is not taken for the old one) the state keeps
 - `done_through`: every record on a line at or below it reached a final outcome;
 - `read_through`: the last line read;
 - `pending`: the line spans, above `done_through`, of batches that had no answer yet,
-  each marked `sent` if it was already on the wire.
+  each marked `sent` if it was already on the wire. A span never covers a line of
+  another batch that might be answered, so no acknowledged record is sent again.
 
 A re-run skips finished files and, in the others, every line at or below `read_through`
 that is not inside a pending span. So after a `kill -9` it re-sends only what was in
 flight (outcome unknown: counted and reported as such) and what was read but not sent.
 
-The state is written after every answered batch, so it is never behind by more than
-the batches in flight. The file is also the lock: a second run on the same state file
-exits at once (flock, released by the kernel even when the holder is killed).
+The state is written before every request goes out and after every answer, so a
+`kill -9` at any moment leaves it exact. (SQLite in WAL mode: a commit survives the
+process being killed without waiting for the disk.) The file is also the lock: a
+second run on the same state file exits at once (flock, released by the kernel even
+when the holder is killed).
 """
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import hashlib
 import os
@@ -73,6 +77,17 @@ class Resume:
     read_through: int = 0
     pending: list[Span] = field(default_factory=list)
     note: str | None = None
+    _firsts: list[int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pending.sort(key=lambda s: s.first)
+        self._firsts = [span.first for span in self.pending]
+
+    def _span(self, line: int) -> Span | None:
+        at = bisect.bisect_right(self._firsts, line) - 1
+        if at >= 0 and line <= self.pending[at].last:
+            return self.pending[at]
+        return None
 
     def wanted(self, line: int) -> bool:
         """Whether the record on `line` still needs to be processed."""
@@ -80,11 +95,14 @@ class Resume:
             return True
         if line <= self.done_through:
             return False
-        return any(span.first <= line <= span.last for span in self.pending)
+        return self._span(line) is not None
 
     def was_sent(self, line: int) -> bool:
         """Whether the record on `line` was on the wire when the last run stopped."""
-        return any(s.sent and s.first <= line <= s.last for s in self.pending)
+        if line <= self.done_through or line > self.read_through:
+            return False
+        span = self._span(line)
+        return span is not None and span.sent
 
 
 @dataclass(slots=True)
@@ -122,6 +140,7 @@ class StateFile:
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.executescript(_SCHEMA)
+            self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute(
                 "INSERT OR REPLACE INTO holder (id, pid, started) VALUES (1, ?, ?)",

@@ -129,6 +129,24 @@ def test_batches_are_cut_at_the_batch_size_and_deletes_at_100() -> None:
     ]
 
 
+def test_a_batch_spans_its_lines_but_never_a_line_of_another_batch() -> None:
+    """With --state, a batch's pending lines are re-read after a crash: they must not
+    take in the line of a deletion that CleverTap may already have acknowledged."""
+    planner = Planner()
+    operations: list[tuple[int, Upload | Delete]] = [
+        (1, Upload({"type": "profile", "identity": "a"})),
+        (4, Upload({"type": "profile", "identity": "b"})),  # lines 2-3 skipped
+        (5, Delete("identity", "x")),
+        (6, Upload({"type": "profile", "identity": "c"})),
+        (7, Upload({"type": "profile", "identity": "d"})),
+    ]
+    for line, operation in operations:
+        planner.add(operation, Tracked(Origin("f", line), None, {}, 1))
+    uploads, deletes = planner.flush()
+    assert uploads.spans() == {"f": [(1, 4), (6, 7)]}
+    assert deletes.spans() == {"f": [(5, 5)]}
+
+
 def test_at_most_100_tokens_per_upload() -> None:
     planner = Planner()
     owner = Tracked(Origin("-", 1), None, {}, 1000)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -11,9 +14,11 @@ import pytest
 
 from ctsync import api
 from ctsync.errors import LockedError, UsageError
-from ctsync.ledger import Summary
-from ctsync.pipeline import RunOptions
-from ctsync.reader import Source
+from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
+from ctsync.pipeline import RunOptions, UploadRun
+from ctsync.presets import MappingOptions, Preset, build_preset
+from ctsync.reader import Source, collect_sources
+from ctsync.records import CleverTapRecord, DeleteKey
 from ctsync.settings import ClientSettings
 from ctsync.state import Span, StateFile
 
@@ -124,3 +129,83 @@ def test_not_a_state_file(tmp_path: Path) -> None:
     bogus.write_text("this is not sqlite, just text that goes on long enough" * 10)
     with pytest.raises(UsageError, match="not a ctsync state file"):
         StateFile(bogus)
+
+
+class Stopper:
+    """A sender that accepts every upload after a short wait. It can stop the run just
+    before it answers request number `stop_at`, and calls `on_request` as each goes out."""
+
+    def __init__(
+        self, stop_at: int | None = None, on_request: Callable[[], None] | None = None
+    ) -> None:
+        self.stop_at = stop_at
+        self.on_request = on_request
+        self.run: UploadRun | None = None
+        self.received: list[str] = []
+        self.requests = 0
+        self.retries = 0
+
+    async def upload(self, records: Sequence[CleverTapRecord]) -> list[Verdict]:
+        self.requests += 1
+        if self.on_request is not None:
+            self.on_request()
+        number = self.requests
+        await asyncio.sleep(0.01)
+        if number == self.stop_at and self.run is not None:
+            self.run.stop()  # while the reader waits for room in the window
+        self.received += [str(r["identity"]) for r in records]
+        return [ACCEPTED] * len(records)
+
+    async def delete(self, key: DeleteKey, values: Sequence[str]) -> list[Verdict]:
+        raise AssertionError("no deletions in this export")
+
+
+def run_with_state(export: Path, state_path: Path, sender: Stopper) -> Summary:
+    state = StateFile(state_path)
+    try:
+        sender.run = UploadRun(
+            collect_sources([str(export)]),
+            mapper=build_preset(Preset.ACTIONS, MappingOptions()),
+            sender=sender,
+            ledger=Ledger(),
+            options=RunOptions(batch_size=10, window=2),
+            state=state,
+        )
+        return asyncio.run(sender.run.run())
+    finally:
+        state.close()
+
+
+def pending_spans(state_path: Path) -> list[list[int]]:
+    with sqlite3.connect(state_path) as db:
+        (pending,) = db.execute("SELECT pending FROM files").fetchone()
+    spans: list[list[int]] = orjson.loads(pending)
+    return spans
+
+
+def test_a_stopped_run_leaves_what_it_did_not_send_for_the_next_run(tmp_path: Path) -> None:
+    export, state_path = tmp_path / "a.ndjson", tmp_path / "state.db"
+    write_export(export, range(95))
+    first = Stopper(stop_at=1)
+    summary = run_with_state(export, state_path, first)
+    assert summary.interrupted and summary.balanced
+    assert summary.accepted == len(first.received) < 95
+    assert summary.failed["interrupted"] == summary.read - summary.accepted > 0
+
+    second = Stopper()
+    rerun = run_with_state(export, state_path, second)
+    assert rerun.balanced and rerun.accepted == len(second.received)
+    assert sorted(first.received + second.received) == sorted(f"u{i}" for i in range(95))
+
+
+def test_the_state_marks_a_batch_in_flight_before_it_goes_out(tmp_path: Path) -> None:
+    """A kill -9 while the request is on the wire must leave its lines pending and
+    marked sent: the next run re-sends them and says their outcome was unknown."""
+    export, state_path = tmp_path / "a.ndjson", tmp_path / "state.db"
+    write_export(export, range(25))
+    seen: list[list[list[int]]] = []
+    run_with_state(
+        export, state_path, Stopper(on_request=lambda: seen.append(pending_spans(state_path)))
+    )
+    assert seen[0][0] == [1, 10, 1]  # lines 1-10, sent, while the first request is out
+    assert pending_spans(state_path) == []
