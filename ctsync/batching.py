@@ -10,8 +10,17 @@ the later one's batch *depends on* the earlier one's batch and is not sent until
 batch is acknowledged. The bookkeeping is one dict lookup per operation, and a batch
 that depends on nothing is sent at once: cheap when no identity repeats.
 
-Dependencies always point from a newer batch (higher `seq`) to an older one, so they
-can never form a cycle.
+An upload that has to wait for a deletion goes to a separate *parked* batch, with
+the later uploads of the same profile, so the main stream of uploads never waits for
+deletions: without it, uploads and deletions of recurring users chain every upload
+batch behind the last deletion batch, and the run goes at one round trip at a time.
+Sealing a batch seals the open batches it depends on first, so a batch never waits for
+one that has not been sent, and a blocking batch still fills up: a deletion batch is
+not cut short because an upload waits for it.
+
+A batch depends on older batches, or on main upload batches, which never depend on
+anything: dependencies never form a cycle. `add` and `flush` return batches in the
+order to send them, each after the batches it depends on.
 """
 
 from __future__ import annotations
@@ -34,6 +43,15 @@ class BatchKind(StrEnum):
     DELETE_GUID = "guid"
 
 
+class Parked(StrEnum):
+    UPLOAD = "parked upload"
+
+
+PARKED = Parked.UPLOAD
+_Slot: TypeAlias = BatchKind | Parked
+"""Which open batch an operation joins: one per kind, and one for parked uploads."""
+
+
 class Batch:
     """One request's worth of operations and the records they came from."""
 
@@ -49,12 +67,14 @@ class Batch:
         "sealed",
         "sent",
         "seq",
+        "slot",
         "tokens",
     )
 
-    def __init__(self, kind: BatchKind, seq: int) -> None:
+    def __init__(self, kind: BatchKind, seq: int, slot: _Slot | None = None) -> None:
         self.kind = kind
         self.seq = seq
+        self.slot: _Slot = slot or kind
         self.payloads: list[Any] = []  # upload records, or identity/guid strings
         self.owners: list[Tracked] = []
         self.keys: list[ProfileKey] = []
@@ -63,7 +83,7 @@ class Batch:
         self.sealed = False
         self.sent = False  # handed to the sender: CleverTap may have it
         self.done = asyncio.Event()
-        # Indexes into `owners` where an operation of another kind came in between:
+        # Indexes into `owners` where an operation for another batch came in between:
         # lines of other batches may lie there, so a span of lines must not cross them.
         self.breaks: list[int] = []
         self._spans: dict[str, list[tuple[int, int]]] | None = None
@@ -129,61 +149,78 @@ class Planner:
             BatchKind.DELETE_IDENTITY: delete_batch_size,
             BatchKind.DELETE_GUID: delete_batch_size,
         }
-        self._open: dict[BatchKind, Batch] = {}
+        self._open: dict[_Slot, Batch] = {}
         self._seq = 0
-        self._last_kind: BatchKind | None = None
-        # The newest unfinished batch that uploads to / deletes each profile.
+        self._last_slot: _Slot | None = None
+        # The newest unfinished batch that uploads to / deletes each profile, and the
+        # newest unfinished parked batch that uploads to it.
         self._uploads: dict[ProfileKey, Batch] = {}
         self._deletes: dict[ProfileKey, Batch] = {}
+        self._parked: dict[ProfileKey, Batch] = {}
 
     def add(self, operation: Operation, owner: Tracked) -> list[Batch]:
+        key = profile_key(operation)
         if isinstance(operation, Delete):
             kind = (
                 BatchKind.DELETE_IDENTITY if operation.key == "identity" else BatchKind.DELETE_GUID
             )
+            slot: _Slot = kind
             payload: Any = operation.value
             mine, theirs = self._deletes, self._uploads
+            blocker = theirs.get(key) if key is not None else None
         else:
-            kind = BatchKind.UPLOAD
+            kind = slot = BatchKind.UPLOAD
             payload = operation.record
             mine, theirs = self._uploads, self._deletes
-        key = profile_key(operation)
+            blocker = theirs.get(key) if key is not None else None
+            # An upload that must wait for a deletion is parked in a batch of its own, so
+            # the uploads of every other profile never wait; later uploads of the same
+            # profile follow it there, to keep their order.
+            if blocker is not None or (key is not None and key in self._parked):
+                slot = PARKED
         ready: list[Batch] = []
-        batch = self._open.get(kind)
-        blocker = theirs.get(key) if key is not None else None
-        if blocker is not None:
-            if not blocker.sealed:
-                ready.append(self._seal(blocker))
-            if batch is not None and batch.seq < blocker.seq:
-                ready.append(self._seal(batch))
-                batch = None
+        batch = self._open.get(slot)
+        if (
+            blocker is not None
+            and batch is not None
+            and batch.seq < blocker.seq
+            and blocker.slot is not BatchKind.UPLOAD
+        ):
+            # A dependency on a newer batch that may wait for others could close a
+            # cycle; on a main upload batch, which never waits for anything, it cannot.
+            ready += self._seal(batch)
+            batch = None
         is_token = kind is BatchKind.UPLOAD and _is_token(payload)
         if is_token and batch is not None and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
-            ready.append(self._seal(batch))
+            ready += self._seal(batch)
             batch = None
         if batch is None:
-            batch = self._start(kind)
+            batch = self._start(kind, slot)
         if blocker is not None and blocker not in batch.deps:
             batch.deps.append(blocker)
-        if kind is not self._last_kind:
+        if slot is not self._last_slot:
             batch.breaks.append(len(batch.owners))
-            self._last_kind = kind
+            self._last_slot = slot
         batch.payloads.append(payload)
         batch.owners.append(owner)
         if key is not None:
             batch.keys.append(key)
             mine[key] = batch
+            if slot is PARKED:
+                self._parked[key] = batch
         if is_token:
             batch.tokens += 1
         if len(batch.payloads) >= self._limits[kind]:
-            ready.append(self._seal(batch))
-        if len(ready) > 1:
-            ready.sort(key=lambda b: b.seq)
+            ready += self._seal(batch)
         return ready
 
     def flush(self) -> list[Batch]:
         """Seal every open batch (end of input)."""
-        return [self._seal(b) for b in sorted(self._open.values(), key=lambda b: b.seq)]
+        ready: list[Batch] = []
+        for batch in sorted(self._open.values(), key=lambda b: b.seq):
+            if not batch.sealed:
+                ready += self._seal(batch)
+        return ready
 
     def open_batches(self) -> list[Batch]:
         """Batches still being filled (read, not yet sent)."""
@@ -191,23 +228,33 @@ class Planner:
 
     def complete(self, batch: Batch) -> None:
         """Forget `batch` in the ordering index and wake the batches waiting on it."""
-        index = self._uploads if batch.kind is BatchKind.UPLOAD else self._deletes
-        for key in batch.keys:
-            if index.get(key) is batch:
-                del index[key]
+        indexes = [self._uploads if batch.kind is BatchKind.UPLOAD else self._deletes]
+        if batch.slot is PARKED:
+            indexes.append(self._parked)
+        for index in indexes:
+            for key in batch.keys:
+                if index.get(key) is batch:
+                    del index[key]
         batch.done.set()
 
-    def _start(self, kind: BatchKind) -> Batch:
+    def _start(self, kind: BatchKind, slot: _Slot) -> Batch:
         self._seq += 1
-        batch = Batch(kind, self._seq)
-        self._open[kind] = batch
+        batch = Batch(kind, self._seq, slot)
+        self._open[slot] = batch
         return batch
 
-    def _seal(self, batch: Batch) -> Batch:
+    def _seal(self, batch: Batch) -> list[Batch]:
+        """Seal `batch` and, first, the batches it waits for that are still open; the
+        list comes in the order to send: a batch after the batches it depends on."""
+        sealed: list[Batch] = []
+        for dependency in batch.deps:
+            if not dependency.sealed:
+                sealed += self._seal(dependency)
         batch.sealed = True
-        if self._open.get(batch.kind) is batch:
-            del self._open[batch.kind]
-        return batch
+        if self._open.get(batch.slot) is batch:
+            del self._open[batch.slot]
+        sealed.append(batch)
+        return sealed
 
 
 def _is_token(record: Any) -> bool:

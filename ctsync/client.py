@@ -15,6 +15,7 @@ Retry policy (clevertap-api.md):
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -220,6 +221,10 @@ def is_idempotent(record: CleverTapRecord) -> bool:
     )
 
 
+def _all_idempotent(records: Sequence[CleverTapRecord]) -> bool:
+    return all(map(is_idempotent, records))
+
+
 # Lost after the request left: the server may have processed it.
 _AMBIGUOUS = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
 
@@ -297,7 +302,7 @@ class CleverTapClient:
                 UPLOAD_PATH,
                 orjson.dumps({"d": batch}),
                 self._upload_slots,
-                all(map(is_idempotent, batch)),
+                functools.partial(_all_idempotent, batch),
             )
             if isinstance(answer, Verdict):
                 for i in todo:
@@ -315,7 +320,7 @@ class CleverTapClient:
     async def delete(self, key: DeleteKey, values: Sequence[str]) -> list[Verdict]:
         """Delete up to 100 profiles by identity or CleverTap ID (guid)."""
         body = orjson.dumps({key: list(values)})
-        answer = await self._exchange(DELETE_PATH, body, self._delete_slots, True)
+        answer = await self._exchange(DELETE_PATH, body, self._delete_slots, lambda: True)
         if isinstance(answer, Verdict):
             return [answer] * len(values)
         if answer.get("status") == "fail":
@@ -326,16 +331,21 @@ class CleverTapClient:
         return [ACCEPTED] * len(values)
 
     async def _exchange(
-        self, path: str, body: bytes, slots: asyncio.Semaphore, idempotent: bool
+        self,
+        path: str,
+        body: bytes,
+        slots: asyncio.Semaphore,
+        idempotent: Callable[[], bool],
     ) -> dict[str, Any] | Verdict:
         """POST until CleverTap answers for good: the JSON body of an HTTP 200, or one
-        verdict for the whole request. Raises AuthError on 401."""
+        verdict for the whole request. Raises AuthError on 401. `idempotent` (asked only
+        when a connection is lost after sending) says whether sending again is safe."""
         attempt = 0
         while True:
             try:
                 response = await self._post(path, body, slots)
             except httpx.TransportError as exc:
-                if isinstance(exc, _AMBIGUOUS) and not idempotent:
+                if isinstance(exc, _AMBIGUOUS) and not idempotent():
                     return Verdict(
                         Outcome.FAILED,
                         "outcome-unknown",

@@ -80,7 +80,7 @@ def test_a_delete_after_an_identify_waits_for_the_upload_acknowledgement() -> No
     sender = Recorder(delay=0.02)
     summary = run([identify("a"), identify("b"), delete_user("a"), identify("c")], sender)
     assert summary.accepted == 4 and summary.balanced
-    upload_end = sender.log.index(("end", "upload", ("a", "b")))
+    upload_end = sender.log.index(("end", "upload", ("a", "b", "c")))
     delete_start = sender.log.index(("start", "delete", ("a",)))
     assert upload_end < delete_start
 
@@ -91,8 +91,25 @@ def test_an_identify_after_a_delete_goes_out_only_after_the_delete() -> None:
     delete_end = sender.log.index(("end", "delete", ("a",)))
     later = next(e for e in sender.log if e[0] == "start" and e[1] == "upload" and "a" in e[2])
     assert delete_end < sender.log.index(later)
-    # "x", which nothing depends on, did not wait for anything.
-    assert sender.log[0] == ("start", "upload", ("x",))
+    # "x" and "y", which depend on nothing, did not wait for the delete: only "a" did.
+    assert sender.log.index(("start", "upload", ("x", "y"))) < delete_end
+    assert ("start", "upload", ("a",)) in sender.log
+
+
+def test_an_upload_waiting_for_a_delete_does_not_hold_back_other_uploads() -> None:
+    planner = Planner(batch_size=3)
+    owner = Tracked(Origin("-", 1), None, {}, 9)
+    ready = planner.add(Delete("identity", "a"), owner)
+    for user in ["b", "a", "c", "a", "d"]:
+        ready += planner.add(Upload({"type": "profile", "identity": user}), owner)
+    assert [b.payloads for b in ready] == [[{"type": "profile", "identity": i} for i in "bcd"]]
+    assert ready[0].deps == []  # out at once, before the delete is even sealed
+    ready += planner.flush()
+    (delete,) = [b for b in ready if b.kind is BatchKind.DELETE_IDENTITY]
+    (parked,) = [b for b in ready[1:] if b.kind is BatchKind.UPLOAD]
+    assert [p["identity"] for p in parked.payloads] == ["a", "a"]  # in order,
+    assert parked.deps == [delete]  # after the delete
+    assert ready.index(delete) < ready.index(parked)
 
 
 def test_independent_identities_do_not_wait_for_each_other() -> None:
