@@ -36,16 +36,28 @@ _SEVERITY = {Outcome.ACCEPTED: 0, Outcome.REJECTED: 1, Outcome.FAILED: 2}
 
 
 class Tracked:
-    """One input record whose operations are queued or in flight."""
+    """One input record whose operations are queued or in flight.
 
-    __slots__ = ("message", "origin", "raw", "remaining", "verdict")
+    It keeps the record's input line, not the decoded message: thousands of records
+    are in flight at once, and a decoded Segment message takes several times the memory
+    of its line. `message` decodes the line again, for the few records reported."""
+
+    __slots__ = ("_message", "origin", "raw", "remaining", "verdict")
 
     def __init__(self, origin: Origin, raw: bytes | None, message: Message, operations: int):
         self.origin = origin
         self.raw = raw
-        self.message = message
+        self._message = message if raw is None else None
         self.remaining = operations
         self.verdict = ACCEPTED
+
+    @property
+    def message(self) -> Message:
+        if self._message is not None:
+            return self._message
+        assert self.raw is not None
+        decoded: Message = orjson.loads(self.raw)
+        return decoded
 
 
 @dataclass(slots=True)

@@ -211,6 +211,46 @@ def test_every_record_is_accounted_for_and_reported() -> None:
     assert len(dead) == 4 and orjson.loads(dead[-1]) == messages[1]
 
 
+class SteppingSender:
+    """Answers after `steps` turns of the event loop, as an HTTP exchange does (write,
+    read headers, read body...), and notes how many records had been read by then."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.run: UploadRun | None = None
+        self.read_at_answer: list[int] = []
+        self.requests = 0
+        self.retries = 0
+
+    async def upload(self, records: Sequence[CleverTapRecord]) -> list[Verdict]:
+        self.requests += 1
+        for _ in range(self.steps):
+            await asyncio.sleep(0)
+        assert self.run is not None
+        self.read_at_answer.append(self.run.summary.read)
+        return [ACCEPTED] * len(records)
+
+    async def delete(self, key: DeleteKey, values: Sequence[str]) -> list[Verdict]:
+        raise AssertionError("no deletions here")
+
+
+def test_requests_advance_while_the_next_batch_is_read() -> None:
+    """Sending overlaps reading: a request that needs 20 turns of the event loop is
+    answered while the next batch is being read, not after the whole input."""
+    data = b"".join(orjson.dumps(identify(f"u{i}")) + b"\n" for i in range(5000))
+    sender = SteppingSender(steps=20)
+    sender.run = UploadRun(
+        [STDIN],
+        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
+        sender=sender,
+        ledger=Ledger(),
+        stdin=io.BytesIO(data),
+    )
+    summary = asyncio.run(sender.run.run())
+    assert summary.accepted == 5000 and len(sender.read_at_answer) == 5
+    assert sender.read_at_answer[0] < 2000  # answered while the 2nd batch was being read
+
+
 def test_dry_run_writes_exact_request_bodies() -> None:
     output = io.BytesIO()
     summary = run([identify("a", plan="pro"), delete_user("a")], DryRunSender(output))
