@@ -130,6 +130,12 @@ Failed = Annotated[
         rich_help_panel=OUTPUT,
     ),
 ]
+RequestsOutput = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --dry-run: write each request as an NDJSON line.", rich_help_panel=OUTPUT
+    ),
+]
 DryRun = Annotated[
     bool,
     typer.Option(help="Build and encode every request, send nothing; needs no credentials."),
@@ -218,12 +224,7 @@ def upload(
         int, typer.Option(min=1, max=MAX_UPLOAD_BATCH, help="Records per upload request.")
     ] = MAX_UPLOAD_BATCH,
     dry_run: DryRun = False,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            help="With --dry-run: write each request as an NDJSON line.", rich_help_panel=OUTPUT
-        ),
-    ] = None,
+    output: RequestsOutput = None,
     account_id: AccountId = None,
     passcode: Passcode = None,
     passcode_file: PasscodeFile = None,
@@ -305,12 +306,7 @@ def delete(
         typer.Option("--guid", help="The values are CleverTap IDs (objectId), not identities."),
     ] = False,
     dry_run: DryRun = False,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            help="With --dry-run: write each request as an NDJSON line.", rich_help_panel=OUTPUT
-        ),
-    ] = None,
+    output: RequestsOutput = None,
     account_id: AccountId = None,
     passcode: Passcode = None,
     passcode_file: PasscodeFile = None,

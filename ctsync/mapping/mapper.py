@@ -131,14 +131,21 @@ class _Builder:
             return {}
         return convert_object(value, self.dates_as) if self.convert else dict(value)
 
-    def user_upload(self, message: Message) -> Operation | Invalid | None:
+    def who_and_when(self, message: Message) -> tuple[str, str, int] | Invalid:
+        """The identifier key and value, and `ts`, that every profile and event needs."""
         identifier = self.identifier(message)
         if isinstance(identifier, Invalid):
             return identifier
         ts = _time(_resolver(self.fields, "ts")(message))
         if isinstance(ts, Invalid):
             return ts
-        key, value = identifier
+        return (*identifier, ts)
+
+    def user_upload(self, message: Message) -> Operation | Invalid | None:
+        head = self.who_and_when(message)
+        if isinstance(head, Invalid):
+            return head
+        key, value, ts = head
         return Upload(
             {
                 "type": "profile",
@@ -161,17 +168,14 @@ class _Builder:
         return guid if isinstance(guid, Invalid) else Delete("guid", guid)
 
     def event_upload(self, message: Message) -> Operation | Invalid | None:
-        identifier = self.identifier(message)
-        if isinstance(identifier, Invalid):
-            return identifier
-        ts = _time(_resolver(self.fields, "ts")(message))
-        if isinstance(ts, Invalid):
-            return ts
+        head = self.who_and_when(message)
+        if isinstance(head, Invalid):
+            return head
+        key, value, ts = head
         name = self.fields["evtName"].resolve(message)
         if not isinstance(name, str) or not name.strip():
             return Invalid("509", f"no event name: {self.fields['evtName'].label} is missing")
         data = self.shaper.event_data(self.data(message, "evtData"), charged=name == "Charged")
-        key, value = identifier
         record = {"type": "event", key: value, "ts": ts, "evtName": name, "evtData": data}
         return Upload(record)
 
