@@ -94,9 +94,9 @@ class Batch:
     def spans(self) -> dict[str, list[tuple[int, int]]]:
         """Per input file, the runs of lines (first, last) this batch holds.
 
-        A run covers consecutive operations of this batch's kind, with the skipped and
-        invalid records between them (re-reading those is harmless); it never spans a
-        line that went to a batch of another kind, which may already be answered.
+        A run covers operations that went to this batch one after another, with the
+        skipped and invalid records between them (re-reading those is harmless); it
+        never spans a line that went to another batch, which may already be answered.
         """
         if self._spans is not None:
             return self._spans
