@@ -252,6 +252,8 @@ def upload(
     with _errors_to_exit(err):
         if output is not None and not dry_run:
             raise UsageError("--output writes the requests of a dry run: add --dry-run")
+        paths = paths or [STDIN]
+        total = _total_size(paths)  # a missing or unreadable path is the first thing said
         client = (
             None
             if dry_run
@@ -268,7 +270,6 @@ def upload(
                 timeout,
             )
         )
-        paths = paths or [STDIN]
         job = api.UploadJob(
             paths=paths,
             client=client,
@@ -285,7 +286,6 @@ def upload(
             state=state,
         )
         mapper = api.build_mapper(job)  # a broken mapping file stops before any reading
-        total = _total_size(paths)
         with _progress(err, progress, quiet, total) as view:
             summary = api.upload(job, mapper=mapper, observer=view, handle_signals=True)
         _finish(summary, err, json_out=json_out, quiet=quiet)

@@ -77,8 +77,12 @@ def test_missing_credentials_exit_2_with_what_to_do(export: Path) -> None:
     assert "Traceback" not in result.output
 
 
-def test_missing_file_exit_2_without_traceback(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["upload", str(tmp_path / "nope.ndjson"), "--dry-run"])
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []], ids=["dry-run", "no-credentials"])
+def test_missing_file_exit_2_without_traceback(tmp_path: Path, dry_run: list[str]) -> None:
+    """The path is the first thing checked, even before the credentials."""
+    result = runner.invoke(
+        app, ["upload", str(tmp_path / "nope.ndjson"), *dry_run], env=clean_env()
+    )
     assert result.exit_code == 2
     assert "nope.ndjson: no such file" in result.stderr
     assert "Traceback" not in result.output
