@@ -148,6 +148,15 @@ def check_upload(
 
 
 def _check_identifier(record: CleverTapRecord, found: list[Violation]) -> None:
+    identity = record.get("identity")
+    if (
+        type(identity) is str
+        and 0 < len(identity) <= MAX_IDENTITY_LENGTH
+        and "objectId" not in record
+        and "FBID" not in record
+        and "GPID" not in record
+    ):
+        return  # the common case: one good identity
     present = [key for key in IDENTIFIERS if key in record]
     if not present:
         found.append(Violation("523", "no identifier: one of identity, objectId, FBID, GPID"))
@@ -215,7 +224,8 @@ def _check_profile_data(data: Any, found: list[Violation]) -> None:
                     found.append(Violation(code, f"{key} {value!r} is invalid: must be {expected}"))
             continue
         custom += 1
-        _check_key(key, "profile", found)
+        if key not in _GOOD_KEYS:  # inlined from _check_key: the common case, no call
+            _check_key(key, "profile", found)
         if type(value) is str:
             if len(value) > MAX_STRING_BYTES // 4:
                 _check_string(value, key, found)
@@ -246,7 +256,8 @@ def _check_event(record: CleverTapRecord, limit: int, found: list[Violation]) ->
         found.append(Violation("522", f"{len(data)} event properties; the limit is {limit}"))
     charged = name == "Charged"
     for key, value in data.items():
-        _check_key(key, "event property", found)
+        if key not in _GOOD_KEYS:
+            _check_key(key, "event property", found)
         if type(value) is str:
             if len(value) > MAX_STRING_BYTES // 4:
                 _check_string(value, key, found)
