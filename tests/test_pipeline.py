@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 from collections.abc import Sequence
 
 import orjson
@@ -94,6 +95,66 @@ def test_an_identify_after_a_delete_goes_out_only_after_the_delete() -> None:
     # "x" and "y", which depend on nothing, did not wait for the delete: only "a" did.
     assert sender.log.index(("start", "upload", ("x", "y"))) < delete_end
     assert ("start", "upload", ("a",)) in sender.log
+
+
+class ModelCleverTap:
+    """Applies each request when it arrives, after a random delay answers it; records,
+    per identity, whether a profile exists and the value of its last write."""
+
+    def __init__(self, seed: int) -> None:
+        self.random = random.Random(seed)
+        self.profiles: dict[str, int] = {}
+        self.in_flight = self.peak = 0
+        self.requests = 0
+        self.retries = 0
+
+    async def upload(self, records: Sequence[CleverTapRecord]) -> list[Verdict]:
+        for record in records:
+            self.profiles[str(record["identity"])] = record["profileData"]["v"]
+        return await self._answer(len(records))
+
+    async def delete(self, key: DeleteKey, values: Sequence[str]) -> list[Verdict]:
+        for value in values:
+            self.profiles.pop(value, None)
+        return await self._answer(len(values))
+
+    async def _answer(self, n: int) -> list[Verdict]:
+        self.requests += 1
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await asyncio.sleep(self.random.random() * 0.003)
+        self.in_flight -= 1
+        return [ACCEPTED] * n
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_identifies_and_deletes_end_as_the_input_in_order(seed: int) -> None:
+    """For each identity, CleverTap ends as applying the input in order would leave it:
+    deleted if its last message is a Delete User, else holding its last identify (the
+    last *upload* of an identity is the only one in flight then: each upload of one
+    identity here follows a delete of it, or is its first)."""
+    rng = random.Random(seed)
+    messages: list[dict[str, object]] = []
+    expected: dict[str, int] = {}
+    pending_delete: set[str] = set()
+    for n in range(400):
+        user = f"u{rng.randrange(25)}"
+        if user in expected and user not in pending_delete and rng.random() < 0.5:
+            messages.append(delete_user(user))
+            del expected[user]
+            pending_delete.add(user)
+        elif user not in expected:
+            messages.append(identify(user, v=n))
+            expected[user] = n
+            pending_delete.discard(user)
+        else:
+            messages.append(identify(f"other{n}", v=n))  # an unrelated user: fills batches
+            expected[f"other{n}"] = n
+    clevertap = ModelCleverTap(seed)
+    summary = run(messages, clevertap, batch_size=rng.choice([3, 7, 20]))
+    assert summary.balanced and summary.accepted == len(messages)
+    assert clevertap.profiles == expected
+    assert clevertap.peak > 1, "requests never overlapped: the test proves nothing"
 
 
 def test_an_upload_waiting_for_a_delete_does_not_hold_back_other_uploads() -> None:
