@@ -22,7 +22,7 @@ import httpx
 from ctsync import mapping
 from ctsync.client import CleverTapClient
 from ctsync.errors import UsageError
-from ctsync.ledger import Ledger, Summary
+from ctsync.ledger import Ledger, Summary, output_error
 from ctsync.pipeline import (
     DryRunSender,
     Observer,
@@ -221,6 +221,14 @@ async def _with_sender(
         return await go(sender)
 
 
+def _close(output: IO[bytes], what: str) -> None:
+    """Close an output; what is still buffered is written now, and may not fit."""
+    try:
+        output.close()
+    except OSError as exc:
+        raise output_error(output, what, exc, "its last lines are missing") from None
+
+
 @contextlib.contextmanager
 def _files(
     outputs: Outputs,
@@ -233,9 +241,11 @@ def _files(
             if str(path) == "-":
                 return sys.stdout.buffer
             try:
-                return stack.enter_context(open(path, "wb"))
+                output = open(path, "wb")  # noqa: SIM115 - closed by the stack, below
             except OSError as exc:
                 raise UsageError(f"{path}: cannot write the {what} ({exc.strerror})") from None
+            stack.callback(_close, output, what)
+            return output
 
         yield (
             open_for_writing(outputs.report, "report"),

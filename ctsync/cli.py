@@ -4,6 +4,7 @@ to an exit code. Nothing else lives here."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -456,8 +457,16 @@ def _progress(
 
 def _finish(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> NoReturn:
     if json_out:
-        sys.stdout.buffer.write(orjson.dumps(summary.as_dict(), option=orjson.OPT_APPEND_NEWLINE))
-        sys.stdout.flush()
+        try:
+            sys.stdout.buffer.write(
+                orjson.dumps(summary.as_dict(), option=orjson.OPT_APPEND_NEWLINE)
+            )
+            sys.stdout.flush()
+        except BrokenPipeError:  # `ctsync ... --json | head`: the reader is gone
+            _quiet_stdout()
+        except OSError as exc:
+            err.print(f"[bold red]ctsync:[/] cannot write the summary ({exc.strerror})")
+            raise typer.Exit(ExitCode.USAGE) from None
     elif not quiet:
         render_summary(summary, err)
     if summary.interrupted:
@@ -465,6 +474,13 @@ def _finish(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> N
     else:
         code = ExitCode.OK if summary.complete else ExitCode.INCOMPLETE
     raise typer.Exit(code)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so closing it at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
     CtsyncError            anything that stops the run; its message is for people
      ├── UsageError        fix the command line, a path or a setting (exit 2)
+     ├── OutputError       an output (report, dead letters, state) could not be written (exit 2)
      ├── AuthError         fix the account ID, passcode or region (exit 3)
      └── LockedError       another run holds the state file (exit 4)
 
@@ -34,6 +35,13 @@ class CtsyncError(Exception):
 
 class UsageError(CtsyncError):
     """A mistake in the command line, an input path or the configuration."""
+
+    exit_code = ExitCode.USAGE
+
+
+class OutputError(CtsyncError):
+    """A report, dead-letter, request or state file could not be written (a full disk):
+    the run stops, since records it could no longer report must not be sent."""
 
     exit_code = ExitCode.USAGE
 

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import orjson
 
+from ctsync.errors import OutputError
 from ctsync.records import Invalid, Message, Origin, Outcome, Stage
 
 
@@ -159,6 +160,9 @@ class Ledger:
         self.summary = Summary()
         self._report = report
         self._dead_letters = dead_letters
+        # The first output that could not be written. The ledger stops writing to it and
+        # goes on counting; the run raises this at its next safe point.
+        self.output_error: OutputError | None = None
         # With a state file, records stopped by an interruption are re-sent by the next
         # run: keeping them out of the dead letters stops them being sent twice.
         self._resumed_later = RESUMED_LATER if resumable else frozenset()
@@ -217,10 +221,30 @@ class Ledger:
         self, origin: Origin, raw: bytes | None, message: Message | None, verdict: Verdict
     ) -> None:
         if self._report is not None:
-            self._report.write(report_line(origin, message, verdict))
+            try:
+                self._report.write(report_line(origin, message, verdict))
+            except OSError as exc:
+                self._failed_to_write(self._report, "report", exc)
+                self._report = None
         if self._dead_letters is not None and verdict.code not in self._resumed_later:
             line = (
                 raw if raw is not None else orjson.dumps(message) if message is not None else None
             )
             if line is not None:
-                self._dead_letters.write(line + b"\n")
+                try:
+                    self._dead_letters.write(line + b"\n")
+                except OSError as exc:
+                    self._failed_to_write(self._dead_letters, "dead-letter file", exc)
+                    self._dead_letters = None
+
+    def _failed_to_write(self, output: IO[bytes], what: str, exc: OSError) -> None:
+        if self.output_error is None:
+            self.output_error = output_error(output, what, exc)
+
+
+def output_error(
+    output: IO[bytes], what: str, exc: OSError, then: str = "the run stopped before its end"
+) -> OutputError:
+    """The error for an output that could not be written, naming it and the cause."""
+    name = getattr(output, "name", what)
+    return OutputError(f"{name}: cannot write the {what} ({exc.strerror or exc}); {then}")

@@ -21,7 +21,7 @@ from typing import IO, Protocol
 import orjson
 
 from ctsync.batching import Batch, BatchKind, Planner
-from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
+from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, output_error
 from ctsync.reader import InputRecord, OpenSource, Source, read_source
 from ctsync.records import (
     CleverTapRecord,
@@ -89,7 +89,10 @@ class DryRunSender:
         self.requests += 1
         if self._output is not None:
             head = b'{"method":"POST","path":' + orjson.dumps(path) + b',"body":'
-            self._output.write(head + body + b"}\n")
+            try:
+                self._output.write(head + body + b"}\n")
+            except OSError as exc:
+                raise output_error(self._output, "request output", exc) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +197,7 @@ class UploadRun:
                 await self._answered()
             if self._stopping:
                 await self._drain()
+            self._raise_fatal()
         except BaseException:
             await self._abort()
             raise
@@ -358,7 +362,10 @@ class UploadRun:
         finally:
             self._window.release()
         self._settle(batch, verdicts)
-        self._checkpoint()
+        try:
+            self._checkpoint()
+        except Exception as exc:  # the state file cannot be written: stop the run
+            self._fatal = self._fatal or exc
 
     def _settle(self, batch: Batch, verdicts: Sequence[Verdict]) -> None:
         self._unsettled.discard(batch)
@@ -369,6 +376,8 @@ class UploadRun:
     def _raise_fatal(self) -> None:
         if self._fatal is not None:
             raise self._fatal
+        if self._ledger.output_error is not None:
+            raise self._ledger.output_error
 
     async def _drain(self) -> None:
         """After `stop()`: nothing more is sent; what is in flight may finish."""

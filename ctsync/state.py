@@ -34,7 +34,7 @@ from pathlib import Path
 
 import orjson
 
-from ctsync.errors import LockedError, UsageError
+from ctsync.errors import LockedError, OutputError, UsageError
 from ctsync.reader import Source
 
 FINGERPRINT_BYTES = 64 * 1024
@@ -200,6 +200,16 @@ class StateFile:
     def save(self, progress: FileProgress, done_through: int, pending: Iterable[Span]) -> None:
         spans = sorted(pending, key=lambda s: s.first)
         complete = progress.finished_reading and not spans
+        try:
+            self._write(progress, done_through, spans, complete)
+        except sqlite3.Error as exc:
+            raise OutputError(
+                f"{self.path}: cannot write the state file ({exc}); the run stopped"
+            ) from None
+
+    def _write(
+        self, progress: FileProgress, done_through: int, spans: list[Span], complete: bool
+    ) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (

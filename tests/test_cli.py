@@ -192,6 +192,68 @@ def test_as_a_subprocess_reading_stdin(export: Path) -> None:
     assert result.stderr == b"", "no progress or table on a non-terminal with --json"
 
 
+DEV_FULL = Path("/dev/full")  # every write fails with ENOSPC: a full disk, on demand
+needs_dev_full = pytest.mark.skipif(not DEV_FULL.exists(), reason="needs Linux's /dev/full")
+
+
+def ctsync(*args: str, stdout: int | None = subprocess.PIPE) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "ctsync", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+
+
+@needs_dev_full
+@pytest.mark.parametrize(
+    ("option", "what"),
+    [("--report", "report"), ("--failed", "dead-letter file"), ("--output", "request output")],
+)
+def test_a_full_disk_is_one_line_and_exit_2(tmp_path: Path, option: str, what: str) -> None:
+    path = tmp_path / "many-bad.ndjson"  # enough report lines to fill a write buffer
+    path.write_bytes(b"not json\n" * 5000 + b'{"type": "identify", "userId": "u"}\n' * 5000)
+    result = ctsync("upload", str(path), "--dry-run", "--quiet", option, str(DEV_FULL))
+    assert result.returncode == 2
+    assert f"/dev/full: cannot write the {what} (No space left on device)" in (
+        result.stderr.decode()
+    )
+    assert b"Traceback" not in result.stderr
+
+
+@needs_dev_full
+def test_a_report_that_fails_only_when_closed_says_its_end_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "one-bad.ndjson"  # one report line: it stays buffered until the end
+    path.write_bytes(b"not json\n")
+    result = ctsync("upload", str(path), "--dry-run", "--quiet", "--report", str(DEV_FULL))
+    assert result.returncode == 2
+    assert "its last lines are missing" in result.stderr.decode()
+    assert b"Traceback" not in result.stderr
+
+
+@needs_dev_full
+def test_a_summary_that_cannot_be_written_exits_2(export: Path) -> None:
+    with DEV_FULL.open("wb") as full:
+        result = ctsync("upload", str(export), "--dry-run", "--json", stdout=full.fileno())
+    assert result.returncode == 2
+    assert b"cannot write the summary" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_a_reader_that_goes_away_keeps_the_exit_code(export: Path) -> None:
+    """`ctsync ... --json | head -c 0`: nobody reads the summary; no traceback, and the
+    exit code still says how the run went."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = ctsync("upload", str(export), "--dry-run", "--json", stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0
+    assert b"Traceback" not in result.stderr
+
+
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("ctsync ")

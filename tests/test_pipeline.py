@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from ctsync.batching import BatchKind, Planner
-from ctsync.errors import AuthError
+from ctsync.errors import AuthError, OutputError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
 from ctsync.pipeline import DryRunSender, RunOptions, UploadRun
 from ctsync.presets import MappingOptions, Preset, build_preset
@@ -358,3 +358,38 @@ def test_refused_credentials_stop_the_run_and_the_counts_still_add_up() -> None:
     assert summary.balanced and summary.read >= 10
     assert summary.failed["aborted"] == summary.read
     assert summary.accepted == 0
+
+
+class FullDisk(io.BytesIO):
+    """A report file on a disk that fills up after `room` bytes."""
+
+    name = "report.ndjson"
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self.tell() + len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        return super().write(data)
+
+
+def test_a_report_that_cannot_be_written_stops_the_run_and_the_counts_still_add_up() -> None:
+    lines = [b"not json" if i % 10 == 0 else orjson.dumps(identify(f"u{i}")) for i in range(500)]
+    sender = Recorder()
+    upload_run = UploadRun(
+        [STDIN],
+        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
+        sender=sender,
+        ledger=Ledger(report=FullDisk(room=1000)),
+        options=RunOptions(batch_size=10),
+        stdin=io.BytesIO(b"\n".join(lines) + b"\n"),
+    )
+    with pytest.raises(OutputError, match=r"report.ndjson: cannot write the report \(No space"):
+        asyncio.run(upload_run.run())
+    summary = upload_run.summary
+    assert summary.balanced and summary.read < 500  # it stopped early
+    sent = sum(len(ids) for event, _, ids in sender.log if event == "start")
+    assert summary.accepted + summary.failed["aborted"] == sent  # what went out is counted
+    assert summary.invalid["malformed-json"] > 0
