@@ -12,7 +12,8 @@ TOP = 10
 
 
 def summary(store: SandboxStore, *, top: int = TOP) -> RenderableType:
-    """Tables of counts, event names, the busiest identifiers and recent deletions."""
+    """Tables of counts, event names, the busiest identifiers, the first profiles and the
+    recent deletions."""
     counts = store.counts()
     totals = Table(title="Sandbox database", show_header=False)
     totals.add_column("what")
@@ -55,7 +56,9 @@ def summary(store: SandboxStore, *, top: int = TOP) -> RenderableType:
         deletions.add_row(
             str(deletion.seq), deletion.key, deletion.value, "yes" if deletion.existed else "no"
         )
-    return Group(totals, names, busiest, profiles, deletions)
+    # The counts always; a detail table only when it has rows (no empty Deletions table
+    # after a run that deleted nothing).
+    return Group(totals, *(t for t in (names, busiest, profiles, deletions) if t.row_count))
 
 
 def print_summary(store: SandboxStore, console: Console) -> None:

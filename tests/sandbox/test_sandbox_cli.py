@@ -120,6 +120,19 @@ def test_show_summarises_a_database(tmp_path: Path) -> None:
         assert text in result.output
 
 
+def test_show_leaves_out_empty_tables(tmp_path: Path) -> None:
+    db = tmp_path / "sandbox.db"
+    with (
+        running_sandbox(SandboxConfig(db=db)) as sandbox,
+        httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=TIMEOUT) as http,
+    ):
+        upload(http, [profile("ada", Name="Ada")])
+    result = CliRunner().invoke(app, ["show", "--db", str(db)], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "Profiles (first 10)" in result.output and '"Name":"Ada"' in result.output
+    assert "Deletions" not in result.output and "Events by name" not in result.output
+
+
 def test_show_as_a_process(tmp_path: Path) -> None:
     db = _filled_db(tmp_path / "sandbox.db")
     result = subprocess.run(
