@@ -21,7 +21,7 @@ import httpx
 
 from ctsync import mapping
 from ctsync.client import CleverTapClient
-from ctsync.errors import UsageError
+from ctsync.errors import CtsyncError, UsageError
 from ctsync.ledger import Ledger, Summary, output_error
 from ctsync.pipeline import (
     DryRunSender,
@@ -113,7 +113,8 @@ def upload(
     mapper = mapper or build_mapper(job)
     validator = validator or rules_validator(job.mapping.max_event_properties)
     sources = collect_sources(job.paths)
-    with contextlib.ExitStack() as stack:
+    ledger: Ledger | None = None
+    with _summary_on_error(lambda: ledger), contextlib.ExitStack() as stack:
         state = None
         if job.state is not None:
             if job.client is None:
@@ -152,7 +153,8 @@ def delete(
     handle_signals: bool = False,
 ) -> Summary:
     """Delete profiles by identity (or CleverTap ID) and return the summary."""
-    with _files(job.outputs) as (report, failed, requests):
+    ledger: Ledger | None = None
+    with _summary_on_error(lambda: ledger), _files(job.outputs) as (report, failed, requests):
         ledger = Ledger(report=report, dead_letters=failed)
 
         async def go(sender: Sender) -> Summary:
@@ -219,6 +221,20 @@ async def _with_sender(
         return summary
     async with CleverTapClient(client, transport=transport) as sender:
         return await go(sender)
+
+
+@contextlib.contextmanager
+def _summary_on_error(ledger: Callable[[], Ledger | None]) -> Iterator[None]:
+    """A CtsyncError that stops a started run carries the run's summary, so that how far
+    it got is still printed (a cron job's summary log misses no run)."""
+    try:
+        yield
+    except CtsyncError as exc:
+        started = ledger()
+        if started is not None and exc.summary is None:
+            exc.summary = started.summary
+            started.summary.error = str(exc)
+        raise
 
 
 def _close(output: IO[bytes], what: str) -> None:

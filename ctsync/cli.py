@@ -250,7 +250,7 @@ def upload(
 ) -> None:
     """Upload Segment messages (NDJSON or JSON, gzipped or not) to CleverTap."""
     err = Console(stderr=True, quiet=False)
-    with _errors_to_exit(err):
+    with _errors_to_exit(err, json_out=json_out, quiet=quiet):
         if output is not None and not dry_run:
             raise UsageError("--output writes the requests of a dry run: add --dry-run")
         paths = paths or [STDIN]
@@ -324,7 +324,7 @@ def delete(
 ) -> None:
     """Delete CleverTap profiles by identity (or CleverTap ID with --guid), 100 per request."""
     err = Console(stderr=True)
-    with _errors_to_exit(err):
+    with _errors_to_exit(err, json_out=json_out, quiet=quiet):
         if not identity and from_file is None:
             raise UsageError(
                 "name the profiles to delete: --identity ID (repeatable) or --from FILE"
@@ -456,6 +456,16 @@ def _progress(
 
 
 def _finish(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> NoReturn:
+    _show(summary, err, json_out=json_out, quiet=quiet)
+    if summary.interrupted:
+        code = ExitCode.TERMINATED if summary.signal == "SIGTERM" else ExitCode.INTERRUPTED
+    else:
+        code = ExitCode.OK if summary.complete else ExitCode.INCOMPLETE
+    raise typer.Exit(code)
+
+
+def _show(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> None:
+    """The summary: one JSON object on stdout with --json, else a table on stderr."""
     if json_out:
         try:
             sys.stdout.buffer.write(
@@ -469,11 +479,6 @@ def _finish(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> N
             raise typer.Exit(ExitCode.USAGE) from None
     elif not quiet:
         render_summary(summary, err)
-    if summary.interrupted:
-        code = ExitCode.TERMINATED if summary.signal == "SIGTERM" else ExitCode.INTERRUPTED
-    else:
-        code = ExitCode.OK if summary.complete else ExitCode.INCOMPLETE
-    raise typer.Exit(code)
 
 
 def _quiet_stdout() -> None:
@@ -484,12 +489,14 @@ def _quiet_stdout() -> None:
 
 
 @contextlib.contextmanager
-def _errors_to_exit(err: Console) -> Iterator[None]:
+def _errors_to_exit(err: Console, *, json_out: bool = False, quiet: bool = False) -> Iterator[None]:
     """A CtsyncError becomes one line on stderr and its exit code: no traceback for a
-    person's mistake."""
+    person's mistake. When it stopped a run that had started, the summary comes first."""
     try:
         yield
     except CtsyncError as exc:
+        if exc.summary is not None:
+            _show(exc.summary, err, json_out=json_out, quiet=quiet)
         err.print("[bold red]ctsync:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:

@@ -13,6 +13,10 @@ and reported, and the run goes on.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ctsync.ledger import Summary
 
 
 class ExitCode(IntEnum):
@@ -28,9 +32,11 @@ class ExitCode(IntEnum):
 
 
 class CtsyncError(Exception):
-    """Stops the run. `exit_code` says how the process ends."""
+    """Stops the run. `exit_code` says how the process ends; `summary`, set when the run
+    had started, says how far it got (its counts add up)."""
 
     exit_code = ExitCode.USAGE
+    summary: Summary | None = None
 
 
 class UsageError(CtsyncError):

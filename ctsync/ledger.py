@@ -78,6 +78,7 @@ class Summary:
     dry_run: bool = False
     interrupted: bool = False
     signal: str | None = None  # SIGINT or SIGTERM when interrupted by one
+    error: str | None = None  # what stopped the run early (refused credentials, a full disk)
     unreadable: int = 0  # files that ended early (truncated gzip, read errors)
     dropped: Counter[str] = field(default_factory=Counter)  # nested values --nested left out
     warnings: Counter[str] = field(default_factory=Counter)  # --validate warn: rules broken
@@ -123,6 +124,7 @@ class Summary:
             "dry_run": self.dry_run,
             "interrupted": self.interrupted,
             "signal": self.signal,
+            "error": self.error,
             "notes": self.notes,
         }
 

@@ -127,6 +127,12 @@ def test_refused_credentials_exit_3_and_never_show_the_passcode(
     assert "region" in result.stderr and ACCOUNT_ID in result.stderr
     assert PASSCODE not in result.output
     assert PASSCODE not in report.read_text()
+    # The summary still says how far the run got, and why it stopped (a cron job's
+    # `--json >> summary.ndjson` log misses no run).
+    summary = orjson.loads(result.stdout)
+    assert summary["read"] == 3 and summary["skipped"] == 1 and summary["failed"] == 2
+    assert "refused the credentials" in summary["error"]
+    assert PASSCODE not in summary["error"]
 
 
 def test_upload_sends_and_exits_0(export: Path, httpx_mock: HTTPXMock) -> None:
