@@ -223,25 +223,24 @@ class Ledger:
         self, origin: Origin, raw: bytes | None, message: Message | None, verdict: Verdict
     ) -> None:
         if self._report is not None:
-            try:
-                self._report.write(report_line(origin, message, verdict))
-            except OSError as exc:
-                self._failed_to_write(self._report, "report", exc)
-                self._report = None
+            self._report = self._put(self._report, "report", report_line(origin, message, verdict))
         if self._dead_letters is not None and verdict.code not in self._resumed_later:
             line = (
                 raw if raw is not None else orjson.dumps(message) if message is not None else None
             )
             if line is not None:
-                try:
-                    self._dead_letters.write(line + b"\n")
-                except OSError as exc:
-                    self._failed_to_write(self._dead_letters, "dead-letter file", exc)
-                    self._dead_letters = None
+                self._dead_letters = self._put(self._dead_letters, "dead-letter file", line + b"\n")
 
-    def _failed_to_write(self, output: IO[bytes], what: str, exc: OSError) -> None:
-        if self.output_error is None:
-            self.output_error = output_error(output, what, exc)
+    def _put(self, output: IO[bytes], what: str, data: bytes) -> IO[bytes] | None:
+        """Write `data`; the output to keep using, or None once it cannot be written (the
+        first such error is kept in `output_error`, for the run to stop on)."""
+        try:
+            output.write(data)
+        except OSError as exc:
+            if self.output_error is None:
+                self.output_error = output_error(output, what, exc)
+            return None
+        return output
 
 
 def output_error(
