@@ -34,7 +34,7 @@ from ctsync.pipeline import (
     deletion_records,
 )
 from ctsync.presets import MappingOptions, Preset, build_preset
-from ctsync.reader import collect_sources
+from ctsync.reader import Source, collect_sources
 from ctsync.records import CleverTapRecord, DeleteKey, Invalid, Mapper, Origin
 from ctsync.rules import check_upload
 from ctsync.settings import ClientSettings
@@ -106,13 +106,15 @@ def upload(
     stdin: IO[bytes] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     handle_signals: bool = False,
+    sources: Sequence[Source] | None = None,
 ) -> Summary:
     """Run an upload to the end and return its summary. Raises CtsyncError subclasses for
     what stops a run (bad paths, a broken mapping file, refused credentials, a locked
     state file). With `handle_signals`, Ctrl-C and SIGTERM stop the run gracefully."""
     mapper = mapper or build_mapper(job)
     validator = validator or rules_validator(job.mapping.max_event_properties)
-    sources = collect_sources(job.paths)
+    if sources is None:  # the caller may have collected them already (the CLI does)
+        sources = collect_sources(job.paths)
     ledger: Ledger | None = None
     with _summary_on_error(lambda: ledger), contextlib.ExitStack() as stack:
         state = None

@@ -22,7 +22,7 @@ from ctsync.ledger import Summary
 from ctsync.mapping.cli import app as mappings_app
 from ctsync.pipeline import RunOptions, ValidateMode
 from ctsync.presets import MappingOptions, Nested, Preset
-from ctsync.reader import STDIN, collect_sources
+from ctsync.reader import STDIN, Source, collect_sources
 from ctsync.records import Origin
 from ctsync.sandbox.cli import app as sandbox_app
 from ctsync.settings import (
@@ -254,7 +254,7 @@ def upload(
         if output is not None and not dry_run:
             raise UsageError("--output writes the requests of a dry run: add --dry-run")
         paths = paths or [STDIN]
-        total = _total_size(paths)  # a missing or unreadable path is the first thing said
+        sources = collect_sources(paths)  # a missing or unreadable path is said first
         client = (
             None
             if dry_run
@@ -287,8 +287,10 @@ def upload(
             state=state,
         )
         mapper = api.build_mapper(job)  # a broken mapping file stops before any reading
-        with _progress(err, progress, quiet, total) as view:
-            summary = api.upload(job, mapper=mapper, observer=view, handle_signals=True)
+        with _progress(err, progress, quiet, _total_size(sources)) as view:
+            summary = api.upload(
+                job, mapper=mapper, observer=view, handle_signals=True, sources=sources
+            )
         _finish(summary, err, json_out=json_out, quiet=quiet)
 
 
@@ -441,8 +443,8 @@ def _from_command_line(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name == "COMMANDLINE"
 
 
-def _total_size(paths: list[str]) -> int | None:
-    sizes = [s.size for s in collect_sources(paths)]
+def _total_size(sources: list[Source]) -> int | None:
+    sizes = [s.size for s in sources]
     return None if any(size is None for size in sizes) else sum(s for s in sizes if s is not None)
 
 
