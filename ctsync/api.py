@@ -160,11 +160,13 @@ def delete(
         ledger = Ledger(report=report, dead_letters=failed)
 
         async def go(sender: Sender) -> Summary:
+            lanes = job.client.delete_concurrency if job.client is not None else 3
             run = UploadRun(
                 records=deletion_records(job.identities),
                 mapper=deletion_mapper(job.key),
                 sender=sender,
                 ledger=ledger,
+                options=RunOptions(lanes=lanes),
                 observer=observer,
             )
             return await _until_signalled(run, handle_signals)

@@ -244,6 +244,15 @@ def upload(
             rich_help_panel=OUTPUT,
         ),
     ] = None,
+    retry_unknown: Annotated[
+        bool,
+        typer.Option(
+            "--retry-unknown",
+            help="Send again records whose outcome is unknown (a lost answer, a 500 after "
+            "sending): a duplicate event rather than a gap.",
+            rich_help_panel=CONNECTION,
+        ),
+    ] = False,
     json_out: JsonOut = False,
     progress: ProgressOpt = None,
     quiet: Quiet = False,
@@ -282,7 +291,12 @@ def upload(
                 nested=nested,
                 max_event_properties=max_event_properties,
             ),
-            run=RunOptions(batch_size=batch_size, validate=validate),
+            run=RunOptions(
+                batch_size=batch_size,
+                validate=validate,
+                lanes=concurrency,
+                retry_unknown=retry_unknown,
+            ),
             outputs=api.Outputs(report=report, failed=failed, requests=output),
             state=state,
         )

@@ -1,27 +1,32 @@
-"""The CleverTap HTTP client: one keep-alive connection pool, bounded concurrency,
-careful retries, and per-record verdicts read from CleverTap's answers.
+"""The CleverTap HTTP client: one keep-alive connection pool, careful retries, and
+per-record verdicts read from CleverTap's answers.
 
-Retry policy (clevertap-api.md):
-- connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
-  jitter (`Retry-After` honoured), up to `max_retries` times;
-- 400/401/403/404 and per-record rejections are never retried, except code 555 (a
-  transient server error for one record), which is retried once;
-- a connection lost *after* the request was sent leaves the outcome unknown. CleverTap
-  never deduplicates events, so such a batch is re-sent only if every record in it is
-  safe to repeat (profile upserts without `$incr`/`$decr`/`$add`, tokens, deletions);
-  otherwise its records fail with code `outcome-unknown` and are never sent twice.
+What an answer means is decided in one place, `classify` (clevertap-api.md):
+
+- 429 and 503, an error before the request was written, and 408: CleverTap did not take
+  the batch. Retried with exponential backoff and full jitter (`Retry-After` honoured),
+  up to `max_retries` times.
+- 401: the run stops (wrong account ID, passcode or region).
+- 400, 403, 404 and other refusals, a top-level `"status": "fail"`, and per-record
+  rejections are final, except code 555 (a transient error for one record), retried once.
+- After the request body went out, a lost connection, a timeout, a 500, 502 or 504, or a
+  200 whose counts do not confirm every record leave it *unknown* whether CleverTap
+  stored the records. CleverTap never deduplicates events, so only records that are safe
+  to repeat (`resend`) are sent again; the others fail with code `outcome-unknown`.
+
+`--timeout` bounds each attempt as a whole: connecting, sending, and the whole answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from enum import Enum
 from types import TracebackType
 from typing import Any
 
@@ -31,40 +36,45 @@ import orjson
 from ctsync import __version__
 from ctsync.errors import AuthError
 from ctsync.ledger import ACCEPTED, Verdict
-from ctsync.records import CleverTapRecord, DeleteKey, Outcome, Stage
+from ctsync.prepare import ProfileKey
+from ctsync.records import DeleteKey, Outcome, Stage
 from ctsync.settings import ClientSettings
 
 UPLOAD_PATH = "/1/upload"
 DELETE_PATH = "/1/delete/profiles.json"
 RETRY_ONCE_CODES = frozenset({"555"})
-NON_IDEMPOTENT_OPERATORS = frozenset({"$incr", "$decr", "$add"})
+NOT_TAKEN_STATUSES = frozenset({408, 429, 503})  # CleverTap did not take the batch
+UNKNOWN = "outcome-unknown"
 
 _RECORD_NUMBER = re.compile(r"\s*Skipped record number\s*:\s*(\d+)\s*\.?\s*$")
+# Errors raised before any byte of the request could reach CleverTap.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+OnWire = Callable[[], None]
+"""Called when a request is about to be written to a connection (CleverTap may get it)."""
 
 
 # -- classifying CleverTap's answers -------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Answered:
-    """HTTP 200 with a JSON object: read per-record results from it."""
+class Next(Enum):
+    """What to do with one record after an attempt."""
 
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """Worth another try: 429, 5xx. `after` is the server's Retry-After, in seconds."""
-
-    reason: Verdict
-    after: float | None = None
+    DONE = "done"  # its verdict is final
+    RETRY = "retry"  # CleverTap did not take it: send it again
+    RETRY_ONCE = "retry once"  # code 555: one more try
+    UNKNOWN = "unknown"  # CleverTap may have stored it
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
-    """The whole request failed for good (400, 403, 404, an unreadable answer)."""
+class Attempt:
+    """How one attempt ended: an HTTP answer, or an error and how far the request got."""
 
-    verdict: Verdict
+    status: int | None = None
+    content: bytes = b""
+    retry_after: str | None = None
+    error: str | None = None  # what went wrong when there is no answer
+    body_sent: bool = True  # the whole request was written (or may have been)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,33 +84,153 @@ class Unauthorized:
     error: str
 
 
-Classified = Answered | Retry | Refused | Unauthorized
+Step = tuple[Verdict, Next]
 
 
-def classify(status: int, content: bytes, retry_after: str | None = None) -> Classified:
-    """The one place that decides what an HTTP answer from CleverTap means."""
-    body = _json_object(content)
-    error = _error_text(body, content)
+def classify(
+    attempt: Attempt, path: str, keys: Sequence[ProfileKey | None]
+) -> list[Step] | Unauthorized:
+    """The one place that decides what an attempt's outcome means, for each record."""
+    n = len(keys)
+    if attempt.status is None:
+        error = attempt.error or "no answer"
+        if not attempt.body_sent:
+            return [
+                (_failed("connection", f"{error} (before the request was sent)"), Next.RETRY)
+            ] * n
+        return [(_unknown(f"{error} after the request was sent"), Next.UNKNOWN)] * n
+    status = attempt.status
+    body = _json_object(attempt.content)
+    error = _error_text(body, attempt.content)
     if status == 401:
         return Unauthorized(error)
-    if status == 429 or status >= 500:
-        return Retry(
-            Verdict(Outcome.FAILED, str(status), f"HTTP {status}: {error}", Stage.API),
-            _retry_after_seconds(retry_after),
-        )
+    if status in NOT_TAKEN_STATUSES:
+        return [(_failed(str(status), f"HTTP {status}: {error}", Stage.API), Next.RETRY)] * n
+    if status >= 500:
+        return [(_unknown(f"HTTP {status} after the request was sent: {error}"), Next.UNKNOWN)] * n
     if status != 200:
-        return Refused(Verdict(Outcome.FAILED, str(status), f"HTTP {status}: {error}", Stage.API))
+        return [(_failed(str(status), f"HTTP {status}: {error}", Stage.API), Next.DONE)] * n
     if body is None:
-        # Processed or not, we cannot tell: never resend.
-        return Refused(
-            Verdict(
-                Outcome.FAILED,
-                "unreadable-answer",
-                f"HTTP 200 with a body that is not a JSON object: {error}",
-                Stage.API,
-            )
+        return [
+            (_unknown(f"HTTP 200 with an answer that is not a JSON object: {error}"), Next.UNKNOWN)
+        ] * n
+    if body.get("status") == "fail":
+        failure = _failed(
+            str(body.get("code", "fail")), f"CleverTap failed the batch: {error}", Stage.API
         )
-    return Answered(body)
+        if path == DELETE_PATH:
+            return [(failure, Next.DONE)] * n
+        return [
+            (failure, Next.DONE) if verdict is ACCEPTED else (verdict, Next.DONE)
+            for verdict in _named_rejections(body, keys)[0]
+        ]
+    if path == DELETE_PATH:
+        if body.get("status") == "success":
+            return [(ACCEPTED, Next.DONE)] * n
+        return [(_unknown(f"the answer does not say success: {error}"), Next.UNKNOWN)] * n
+    return upload_steps(body, keys)
+
+
+def upload_steps(body: dict[str, Any], keys: Sequence[ProfileKey | None]) -> list[Step]:
+    """Per-record steps from an upload's HTTP 200 answer.
+
+    `unprocessed` entries name their record as "Skipped record number : N" (1-based in
+    the request's `d`); failing that, by the identity or objectId in `record` (a JSON
+    string or an object). `processed` must confirm every record not rejected by name:
+    if it does not (missing, not a number, another count), those records are unknown.
+    """
+    n = len(keys)
+    verdicts, named, unmatched = _named_rejections(body, keys)
+    processed = _count(body.get("processed"))
+    if unmatched or processed is None or processed != n - named:
+        entries = body.get("unprocessed")
+        listed = len(entries) if isinstance(entries, list) else 0
+        unconfirmed = _unknown(
+            f"CleverTap's answer does not confirm these records (processed="
+            f"{body.get('processed')!r}, unprocessed={listed}, sent={n})"
+        )
+        return [
+            (unconfirmed, Next.UNKNOWN) if v is ACCEPTED else (v, _after_rejection(v))
+            for v in verdicts
+        ]
+    return [(v, Next.DONE if v is ACCEPTED else _after_rejection(v)) for v in verdicts]
+
+
+def _after_rejection(verdict: Verdict) -> Next:
+    return Next.RETRY_ONCE if verdict.code in RETRY_ONCE_CODES else Next.DONE
+
+
+def _named_rejections(
+    body: dict[str, Any], keys: Sequence[ProfileKey | None]
+) -> tuple[list[Verdict], int, int]:
+    """Verdicts with the rejections `unprocessed` names; how many were named, and how
+    many entries named no record of the request."""
+    n = len(keys)
+    verdicts: list[Verdict] = [ACCEPTED] * n
+    entries = body.get("unprocessed")
+    named = unmatched = 0
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            unmatched += 1
+            continue
+        text = str(entry.get("error", "rejected"))
+        match = _RECORD_NUMBER.search(text)
+        if match:
+            index: int | None = int(match.group(1)) - 1
+            text = text[: match.start()].strip() or text
+        else:
+            index = _find_record(entry.get("record"), keys, verdicts)
+        if index is None or not 0 <= index < n or verdicts[index] is not ACCEPTED:
+            unmatched += 1
+            continue
+        verdicts[index] = Verdict(Outcome.REJECTED, str(entry.get("code", "rejected")), text)
+        named += 1
+    return verdicts, named, unmatched
+
+
+def _count(value: Any) -> int | None:
+    """A count as CleverTap might write it (5, 5.0, "5"); None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _find_record(
+    record: Any, keys: Sequence[ProfileKey | None], verdicts: list[Verdict]
+) -> int | None:
+    if isinstance(record, str):
+        record = _json_object(record.encode())
+    if not isinstance(record, dict):
+        return None
+    wanted: list[ProfileKey] = []
+    if record.get("identity") is not None:
+        wanted.append(str(record["identity"]))
+    if record.get("objectId") is not None:
+        wanted.append(("guid", str(record["objectId"])))
+    for key in wanted:
+        for i, candidate in enumerate(keys):
+            if verdicts[i] is ACCEPTED and candidate == key:
+                return i
+    return None
+
+
+def _failed(code: str, message: str, stage: Stage = Stage.TRANSPORT) -> Verdict:
+    return Verdict(Outcome.FAILED, code, message, stage)
+
+
+def _unknown(why: str) -> Verdict:
+    return Verdict(
+        Outcome.FAILED,
+        UNKNOWN,
+        f"{why}; CleverTap may or may not have stored this record, so it was not sent again",
+        Stage.TRANSPORT,
+    )
 
 
 def _json_object(content: bytes) -> dict[str, Any] | None:
@@ -111,14 +241,14 @@ def _json_object(content: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _error_text(body: dict[str, Any] | None, content: bytes) -> str:
+def _error_text(body: Mapping[str, Any] | None, content: bytes) -> str:
     if body is not None and body.get("error"):
         return str(body["error"])
     text = content[:200].decode("utf-8", "replace").strip()
     return text or "(empty answer)"
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     try:
@@ -134,107 +264,43 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def upload_verdicts(body: dict[str, Any], records: Sequence[CleverTapRecord]) -> list[Verdict]:
-    """Per-record verdicts from an upload's HTTP 200 answer.
-
-    `unprocessed` entries name their record as "Skipped record number : N" (1-based in
-    the request's `d`); failing that, by the identity in `record` (a JSON string or an
-    object). A top-level `"status": "fail"` fails every record it does not reject
-    individually. If `processed` does not add up with what was rejected, the records
-    not named are not confirmed: they fail (code `unconfirmed`) rather than being
-    counted as stored.
-    """
-    n = len(records)
-    verdicts: list[Verdict] = [ACCEPTED] * n
-    entries = body.get("unprocessed")
-    entries = entries if isinstance(entries, list) else []
-    named = 0
-    unmatched = 0
-    for entry in entries:
-        if not isinstance(entry, dict):
-            unmatched += 1
-            continue
-        text = str(entry.get("error", "rejected"))
-        match = _RECORD_NUMBER.search(text)
-        index: int | None = None
-        if match:
-            index = int(match.group(1)) - 1
-            text = text[: match.start()].strip() or text
-        else:
-            index = _find_record(entry.get("record"), records, verdicts)
-        if index is None or not 0 <= index < n or verdicts[index] is not ACCEPTED:
-            unmatched += 1
-            continue
-        code = str(entry.get("code", "rejected"))
-        verdicts[index] = Verdict(Outcome.REJECTED, code, text, Stage.API)
-        named += 1
-    if body.get("status") == "fail":
-        failure = Verdict(
-            Outcome.FAILED,
-            str(body.get("code", "fail")),
-            f"CleverTap failed the batch: {_error_text(body, b'')}",
-            Stage.API,
-        )
-        return [failure if v is ACCEPTED else v for v in verdicts]
-    processed = body.get("processed")
-    if unmatched or (isinstance(processed, int) and processed != n - named):
-        unconfirmed = Verdict(
-            Outcome.FAILED,
-            "unconfirmed",
-            f"CleverTap's answer does not add up (processed={processed}, unprocessed="
-            f"{len(entries)}, sent={n}); these records may or may not have been stored",
-            Stage.API,
-        )
-        return [unconfirmed if v is ACCEPTED else v for v in verdicts]
-    return verdicts
+def upload_body(bodies: Sequence[bytes]) -> bytes:
+    """`{"d": [...]}` joined from encoded records."""
+    return b'{"d":[' + b",".join(bodies) + b"]}"
 
 
-def _find_record(
-    record: Any, records: Sequence[CleverTapRecord], verdicts: list[Verdict]
-) -> int | None:
-    if isinstance(record, str):
-        record = _json_object(record.encode())
-    if not isinstance(record, dict):
-        return None
-    for key in ("identity", "objectId"):
-        value = record.get(key)
-        if value is None:
-            continue
-        for i, candidate in enumerate(records):
-            if verdicts[i] is ACCEPTED and candidate.get(key) == value:
-                return i
-    return None
-
-
-def is_idempotent(record: CleverTapRecord) -> bool:
-    """Whether sending `record` twice leaves CleverTap as sending it once."""
-    kind = record.get("type")
-    if kind == "token":
-        return True
-    if kind != "profile":
-        return False
-    data = record.get("profileData")
-    if not isinstance(data, dict):
-        return True
-    return not any(
-        isinstance(v, dict) and not NON_IDEMPOTENT_OPERATORS.isdisjoint(v) for v in data.values()
-    )
-
-
-def _all_idempotent(records: Sequence[CleverTapRecord]) -> bool:
-    return all(map(is_idempotent, records))
-
-
-# Lost after the request left: the server may have processed it.
-_AMBIGUOUS = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
-
-
-def _describe(exc: httpx.TransportError) -> str:
-    detail = str(exc) or "no detail"
-    return f"{exc.__class__.__name__}: {detail}"
+def delete_body(key: DeleteKey, bodies: Sequence[bytes]) -> bytes:
+    """`{"identity": [...]}` (or `guid`) joined from encoded strings."""
+    return b'{"' + key.encode() + b'":[' + b",".join(bodies) + b"]}"
 
 
 # -- the client ---------------------------------------------------------------------
+
+
+class _Trace:
+    """Follows one attempt through httpcore's trace events: was it written at all, and
+    was the whole request written (only then can CleverTap have stored it)."""
+
+    __slots__ = ("body_sent", "on_wire", "seen", "started")
+
+    def __init__(self, on_wire: OnWire | None) -> None:
+        self.on_wire = on_wire
+        self.seen = False  # the transport reports trace events
+        self.started = False
+        self.body_sent = False
+
+    async def __call__(self, event: str, info: Mapping[str, Any]) -> None:
+        self.seen = True
+        if event.endswith("send_request_headers.started"):
+            self.wire()
+        elif event.endswith("send_request_body.complete"):
+            self.body_sent = True
+
+    def wire(self) -> None:
+        if not self.started:
+            self.started = True
+            if self.on_wire is not None:
+                self.on_wire()
 
 
 class CleverTapClient:
@@ -291,111 +357,144 @@ class CleverTapClient:
             await self._http.aclose()
             self._http = None
 
-    async def upload(self, records: Sequence[CleverTapRecord]) -> list[Verdict]:
-        """Send up to 1000 records; one verdict per record, in order."""
-        verdicts: list[Verdict] = [ACCEPTED] * len(records)
-        todo = list(range(len(records)))
-        retried_once: set[int] = set()
-        while todo:
-            batch = [records[i] for i in todo]
-            answer = await self._exchange(
-                UPLOAD_PATH,
-                orjson.dumps({"d": batch}),
-                self._upload_slots,
-                functools.partial(_all_idempotent, batch),
-            )
-            if isinstance(answer, Verdict):
-                for i in todo:
-                    verdicts[i] = answer
-                break
-            again = []
-            for i, verdict in zip(todo, upload_verdicts(answer, batch), strict=True):
-                verdicts[i] = verdict
-                if verdict.code in RETRY_ONCE_CODES and i not in retried_once:
-                    retried_once.add(i)
-                    again.append(i)
-            todo = again
-        return verdicts
+    async def upload(
+        self,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        resend: Sequence[bool],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]:
+        """Send up to 1000 encoded records; one verdict per record, in order. `resend`
+        says which records may be sent again after an unclear answer."""
+        return await self._deliver(
+            UPLOAD_PATH, upload_body, bodies, keys, resend, self._upload_slots, on_wire
+        )
 
-    async def delete(self, key: DeleteKey, values: Sequence[str]) -> list[Verdict]:
-        """Delete up to 100 profiles by identity or CleverTap ID (guid)."""
-        body = orjson.dumps({key: list(values)})
-        answer = await self._exchange(DELETE_PATH, body, self._delete_slots, lambda: True)
-        if isinstance(answer, Verdict):
-            return [answer] * len(values)
-        if answer.get("status") == "fail":
-            failure = Verdict(
-                Outcome.FAILED, str(answer.get("code", "fail")), _error_text(answer, b""), Stage.API
-            )
-            return [failure] * len(values)
-        return [ACCEPTED] * len(values)
+    async def delete(
+        self,
+        key: DeleteKey,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]:
+        """Delete up to 100 profiles by identity or CleverTap ID (guid); deleting twice
+        is harmless, so unclear answers are retried."""
 
-    async def _exchange(
+        def body(chosen: Sequence[bytes]) -> bytes:
+            return delete_body(key, chosen)
+
+        resend = [True] * len(bodies)
+        return await self._deliver(
+            DELETE_PATH, body, bodies, keys, resend, self._delete_slots, on_wire
+        )
+
+    async def _deliver(
         self,
         path: str,
-        body: bytes,
+        join: Callable[[Sequence[bytes]], bytes],
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        resend: Sequence[bool],
         slots: asyncio.Semaphore,
-        idempotent: Callable[[], bool],
-    ) -> dict[str, Any] | Verdict:
-        """POST until CleverTap answers for good: the JSON body of an HTTP 200, or one
-        verdict for the whole request. Raises AuthError on 401. `idempotent` (asked only
-        when a connection is lost after sending) says whether sending again is safe."""
+        on_wire: OnWire | None,
+    ) -> list[Verdict]:
+        """Attempt until every record has a final verdict. Raises AuthError on 401."""
+        final: list[Verdict] = [ACCEPTED] * len(bodies)
+        last: dict[int, Verdict] = {}
+        maybe_stored: set[int] = set()
+        retried_once: set[int] = set()
+        todo = list(range(len(bodies)))
         attempt = 0
-        while True:
-            try:
-                response = await self._post(path, body, slots)
-            except httpx.TransportError as exc:
-                if isinstance(exc, _AMBIGUOUS) and not idempotent():
-                    return Verdict(
-                        Outcome.FAILED,
-                        "outcome-unknown",
-                        f"{_describe(exc)} after the request was sent; CleverTap may have "
-                        "stored these records, so they were not re-sent (events would duplicate)",
-                        Stage.TRANSPORT,
-                    )
-                reason = Verdict(
-                    Outcome.FAILED, exc.__class__.__name__, _describe(exc), Stage.TRANSPORT
-                )
-                after = None
-            else:
-                answer = classify(
-                    response.status_code, response.content, response.headers.get("Retry-After")
-                )
-                if isinstance(answer, Answered):
-                    return answer.body
-                if isinstance(answer, Refused):
-                    return answer.verdict
-                if isinstance(answer, Unauthorized):
-                    raise AuthError(self._auth_message(answer.error))
-                reason, after = answer.reason, answer.after
-            if attempt >= self.settings.retry.max_retries:
-                return Verdict(
-                    reason.outcome,
-                    reason.code,
-                    f"{reason.message} (gave up after {attempt + 1} attempts)",
-                    reason.stage,
-                )
-            await self._sleep(self._backoff(attempt, after))
-            attempt += 1
-            self.retries += 1
+        while todo:
+            outcome = await self._attempt(path, join([bodies[i] for i in todo]), slots, on_wire)
+            steps = classify(outcome, path, [keys[i] for i in todo])
+            if isinstance(steps, Unauthorized):
+                raise AuthError(self._auth_message(steps.error))
+            again: list[int] = []
+            backoff = False
+            for i, (verdict, step) in zip(todo, steps, strict=True):
+                if step is Next.DONE:
+                    final[i] = verdict
+                elif step is Next.RETRY_ONCE and i not in retried_once:
+                    retried_once.add(i)
+                    again.append(i)
+                    last[i] = verdict
+                elif step is Next.RETRY_ONCE or (step is Next.UNKNOWN and not resend[i]):
+                    final[i] = verdict
+                else:  # RETRY, or UNKNOWN and safe to repeat
+                    if step is Next.UNKNOWN:
+                        maybe_stored.add(i)
+                    again.append(i)
+                    last[i] = verdict
+                    backoff = True
+            if again and backoff and attempt >= self.settings.retry.max_retries:
+                for i in again:
+                    final[i] = self._gave_up(last[i], i in maybe_stored, attempt + 1)
+                break
+            if again and backoff:
+                after = retry_after_seconds(outcome.retry_after) if outcome.status else None
+                await self._sleep(self._backoff(attempt, after))
+                attempt += 1
+            if again:
+                self.retries += 1
+            todo = again
+        return final
 
-    async def _post(self, path: str, body: bytes, slots: asyncio.Semaphore) -> httpx.Response:
+    @staticmethod
+    def _gave_up(verdict: Verdict, maybe_stored: bool, attempts: int) -> Verdict:
+        code = UNKNOWN if maybe_stored else verdict.code
+        return Verdict(
+            verdict.outcome,
+            code,
+            f"{verdict.message} (gave up after {attempts} attempts)",
+            verdict.stage,
+        )
+
+    async def _attempt(
+        self, path: str, body: bytes, slots: asyncio.Semaphore, on_wire: OnWire | None
+    ) -> Attempt:
+        """One POST, bounded by `timeout` as a whole."""
         assert self._http is not None, "use CleverTapClient as an async context manager"
+        trace = _Trace(on_wire)
         async with slots:
             self.requests += 1
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             try:
-                return await self._http.post(path, content=body)
+                async with asyncio.timeout(self.settings.timeout):
+                    response = await self._http.post(
+                        path, content=body, extensions={"trace": trace}
+                    )
+            except TimeoutError:
+                return self._lost(trace, f"no complete answer within {self.settings.timeout:g} s")
+            except httpx.TransportError as exc:
+                if isinstance(exc, _NOT_SENT):
+                    return Attempt(error=_describe(exc), body_sent=False)
+                return self._lost(trace, _describe(exc))
             finally:
                 self.in_flight -= 1
+        if not trace.seen:  # a transport that does not trace: it was sent
+            trace.wire()
+        return Attempt(
+            status=response.status_code,
+            content=response.content,
+            retry_after=response.headers.get("Retry-After"),
+        )
+
+    @staticmethod
+    def _lost(trace: _Trace, error: str) -> Attempt:
+        if not trace.seen:  # cannot tell how far it got: assume CleverTap may have it
+            trace.wire()
+            return Attempt(error=error, body_sent=True)
+        return Attempt(error=error, body_sent=trace.body_sent)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Full jitter: a delay drawn uniformly below the exponential ceiling."""
         policy = self.settings.retry
         if retry_after is not None:
             return min(retry_after, policy.max_retry_after)
         ceiling = min(policy.max_delay, policy.base_delay * 2.0**attempt)
-        return ceiling / 2 + self._jitter() * ceiling / 2
+        return self._jitter() * ceiling
 
     def _auth_message(self, error: str) -> str:
         return (
@@ -404,3 +503,8 @@ class CleverTapClient:
             "a wrong region also answers 401 (the region shows in your dashboard URL, "
             "e.g. in1.dashboard.clevertap.com -> --region in1)."
         )
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    detail = str(exc) or "no detail"
+    return f"{exc.__class__.__name__}: {detail}"

@@ -1,30 +1,41 @@
 """The whole flow of a run, in one place:
 
-    read -> decode -> match triggers -> map -> convert -> validate -> batch -> send -> account
+    read -> prepare (decode, match triggers, map, convert, validate, encode)
+         -> plan (lanes, batches) -> send -> account -> journal
 
-Reading, decoding and mapping are synchronous and CPU-bound; sending is asynchronous.
-Both share one event loop: after each sealed batch the reader yields, so responses are
-handled while the next batch is being built. A bounded window of batches in flight
-keeps memory flat when CleverTap is slow (backpressure).
+Reading and preparing are synchronous and CPU-bound; sending is asynchronous. Both share
+one event loop: the reader yields every few records, so answers are handled while the
+next batch is being built. A bounded window of sealed batches keeps memory flat when
+CleverTap is slow (backpressure).
+
+The bookkeeping has one source of truth: every operation read is in exactly one batch
+(being filled, waiting in its lane, or on the wire) until its verdict settles it. The
+state file is written from those batches, so what it calls settled was settled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import IO, Protocol
 
-import orjson
-
-from ctsync.batching import Batch, BatchKind, Planner
+from ctsync.batching import Batch, Lane, Planner, Position
+from ctsync.client import UNKNOWN, OnWire, delete_body, upload_body
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, output_error
+from ctsync.prepare import (
+    OpKind,
+    ProfileKey,
+    Ready,
+    Skipped,
+    ValidateMode,
+    Validator,
+    prepare,
+)
 from ctsync.reader import InputRecord, OpenSource, Source, read_source
 from ctsync.records import (
-    CleverTapRecord,
     Delete,
     DeleteKey,
     Invalid,
@@ -33,22 +44,12 @@ from ctsync.records import (
     Message,
     Origin,
     Outcome,
-    Skip,
     Stage,
-    Upload,
-    skip_reason,
 )
 from ctsync.settings import MAX_UPLOAD_BATCH
-from ctsync.state import FileProgress, Resume, Span, StateFile
+from ctsync.state import Progress, Resume, Seen, Span, StateFile
 
-Validator = Callable[[CleverTapRecord], Invalid | None]
-"""CleverTap's data rules for one upload record: None when it may be sent."""
-
-
-class ValidateMode(StrEnum):
-    STRICT = "strict"  # a record that breaks a rule is invalid and not sent
-    WARN = "warn"  # sent anyway; the breach is counted as a warning
-    OFF = "off"
+__all__ = ["DryRunSender", "RunOptions", "Sender", "UploadRun", "ValidateMode", "Validator"]
 
 
 class Sender(Protocol):
@@ -57,9 +58,21 @@ class Sender(Protocol):
     requests: int
     retries: int
 
-    async def upload(self, records: Sequence[CleverTapRecord]) -> list[Verdict]: ...
+    async def upload(
+        self,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        resend: Sequence[bool],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]: ...
 
-    async def delete(self, key: DeleteKey, values: Sequence[str]) -> list[Verdict]: ...
+    async def delete(
+        self,
+        key: DeleteKey,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]: ...
 
 
 class Observer(Protocol):
@@ -69,7 +82,7 @@ class Observer(Protocol):
 
 
 class DryRunSender:
-    """Builds and encodes every request body as it would be sent, and sends nothing.
+    """Builds every request body as it would be sent, and sends nothing.
     With `output`, writes each request as one NDJSON line `{"method","path","body"}`."""
 
     def __init__(self, output: IO[bytes] | None = None) -> None:
@@ -77,20 +90,31 @@ class DryRunSender:
         self.requests = 0
         self.retries = 0
 
-    async def upload(self, records: Sequence[CleverTapRecord]) -> list[Verdict]:
-        self._emit("/1/upload", orjson.dumps({"d": records}))
-        return [ACCEPTED] * len(records)
+    async def upload(
+        self,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        resend: Sequence[bool],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]:
+        self._emit(b'"/1/upload"', upload_body(bodies))
+        return [ACCEPTED] * len(bodies)
 
-    async def delete(self, key: DeleteKey, values: Sequence[str]) -> list[Verdict]:
-        self._emit("/1/delete/profiles.json", orjson.dumps({key: values}))
-        return [ACCEPTED] * len(values)
+    async def delete(
+        self,
+        key: DeleteKey,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]:
+        self._emit(b'"/1/delete/profiles.json"', delete_body(key, bodies))
+        return [ACCEPTED] * len(bodies)
 
-    def _emit(self, path: str, body: bytes) -> None:
+    def _emit(self, path: bytes, body: bytes) -> None:
         self.requests += 1
         if self._output is not None:
-            head = b'{"method":"POST","path":' + orjson.dumps(path) + b',"body":'
             try:
-                self._output.write(head + body + b"}\n")
+                self._output.write(b'{"method":"POST","path":' + path + b',"body":' + body + b"}\n")
             except OSError as exc:
                 raise output_error(self._output, "request output", exc) from None
 
@@ -99,12 +123,16 @@ class DryRunSender:
 class RunOptions:
     batch_size: int = MAX_UPLOAD_BATCH
     validate: ValidateMode = ValidateMode.STRICT
+    lanes: int = 10  # requests in flight: one per lane (see batching)
     window: int = 32  # sealed batches not yet answered, at most (backpressure)
     drain_timeout: float = 30.0  # on interruption, how long in-flight requests may finish
+    retry_unknown: bool = False  # re-send records whose outcome is unknown (at-least-once)
 
 
 YIELD_EVERY = 32
 """Records read between two turns of the event loop while requests are in flight."""
+YIELD_IDLE = 512
+"""... and while none are, so that a signal is handled within milliseconds."""
 
 ABORTED = Verdict(
     Outcome.FAILED,
@@ -116,6 +144,13 @@ INTERRUPTED = Verdict(
     Outcome.FAILED,
     "interrupted",
     "not sent: the run was interrupted before this record's batch went out",
+    Stage.TRANSPORT,
+)
+UNKNOWN_EARLIER = Verdict(
+    Outcome.FAILED,
+    UNKNOWN,
+    "on the wire when an earlier run stopped: CleverTap may or may not have stored it, so it "
+    "was not sent again (use --retry-unknown to send such records again)",
     Stage.TRANSPORT,
 )
 
@@ -132,7 +167,7 @@ class UploadRun:
         self,
         sources: Sequence[Source] = (),
         *,
-        records: Iterable[InputRecord] | None = None,
+        records: Iterable[tuple[InputRecord, Progress | None]] | None = None,
         mapper: Mapper,
         sender: Sender,
         ledger: Ledger,
@@ -152,16 +187,19 @@ class UploadRun:
         self._observer = observer
         self._stdin = stdin
         self._state = state
-        self._planner = Planner(batch_size=options.batch_size)
-        self._window = asyncio.Semaphore(options.window)
+        self._planner = Planner(lanes=options.lanes, batch_size=options.batch_size)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unsettled: set[Batch] = set()  # sealed, without an answer yet
+        self._queued = 0  # sealed batches without their final answer
+        self._changed = asyncio.Event()  # a batch settled, a lane stopped, or stop()
         self._fatal: BaseException | None = None
         self._stopping = False
-        self._stopped = asyncio.Event()
+        self._frozen = False  # the state holds what the next run needs: write no more
         self._consumed_before = 0  # bytes of the sources already finished
         self._current: OpenSource | None = None
-        self._files: dict[str, FileProgress] = {}  # with --state: files not yet settled
+        # With --state: the inputs this run reads and has not settled, by source name.
+        self._inputs: dict[str, Progress] = {}
+        self._gap = False  # positions were passed over since the last operation planned
+        self._resumed: Counter[str] = Counter()
 
     @property
     def summary(self) -> Summary:
@@ -174,27 +212,15 @@ class UploadRun:
     def stop(self) -> None:
         """Stop reading; let the requests in flight finish (first Ctrl-C, SIGTERM)."""
         self._stopping = True
-        self._stopped.set()
+        self._changed.set()
 
     async def run(self) -> Summary:
         started = time.monotonic()
         try:
-            take = self._take
-            records = self._records if self._records is not None else self._read()
-            for count, record in enumerate(records, 1):
-                ready = take(record)
-                if ready:
-                    await self._dispatch(ready)
-                elif count % YIELD_EVERY == 0 and self._tasks:
-                    # Requests advance only while the reader yields: one step (a write,
-                    # a read) per yield. Yielding once per batch made a request wait a
-                    # batch's worth of reading per step, a second in all (measured).
-                    await asyncio.sleep(0)
-                if self._stopping:  # after `take`: no record read is left unaccounted
-                    break
+            await self._read_all()
             if not self._stopping:
-                await self._dispatch(self._planner.flush())
-                await self._answered()
+                self._enqueue(self._planner.flush())
+                await self._until(lambda: self._queued == 0)
             if self._stopping:
                 await self._drain()
             self._raise_fatal()
@@ -207,171 +233,215 @@ class UploadRun:
             self.summary.retries = self._sender.retries
             self.summary.interrupted = self.summary.interrupted or self._stopping
             self._checkpoint()
+            self._notes()
             self._notify()
         return self.summary
 
-    async def _answered(self) -> None:
-        """Wait until every request has its answer, or until `stop()`."""
-        stopped = asyncio.ensure_future(self._stopped.wait())
-        try:
-            while self._tasks and not self._stopping:
-                await asyncio.wait([*self._tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
-                self._raise_fatal()
-        finally:
-            stopped.cancel()
+    # -- reading ------------------------------------------------------------------
 
-    def _read(self) -> Iterator[InputRecord]:
+    async def _read_all(self) -> None:
+        records = self._records if self._records is not None else self._read()
+        take = self._take
+        for count, (record, progress) in enumerate(records, 1):
+            take(record, progress)
+            if self._queued >= self._options.window:
+                await self._until(lambda: self._queued < self._options.window)
+            elif count % YIELD_EVERY == 0 and (self._tasks or count % YIELD_IDLE == 0):
+                # Requests advance only while the reader yields: one step (a write, a
+                # read) per yield. Signal handlers run only then, too.
+                await asyncio.sleep(0)
+                if count % YIELD_IDLE == 0:
+                    self._notify()
+            self._raise_fatal()
+            if self._stopping:  # after `take`: no record read is left unaccounted
+                break
+
+    def _read(self) -> Iterator[tuple[InputRecord, Progress | None]]:
+        seen: set[str] = set()
         for source in self._sources:
-            resume = self._resume(source)
-            if resume is not None and resume.skip_all:
-                self.summary.notes.append(f"{source.name}: finished in an earlier run; skipped")
-                continue
+            progress = self._open_progress(source)
+            if progress is not None:
+                if progress.key in seen:  # the same file named twice: read it once
+                    continue
+                seen.add(progress.key)
+                if progress.resume.skip_all:
+                    self.summary.notes.append(f"{source.name}: finished in an earlier run; skipped")
+                    continue
+                self._inputs[source.name] = progress
             try:
                 opened = OpenSource(source, self._stdin)
             except OSError as exc:
                 why = f"cannot open the file ({exc.strerror or exc})"
-                yield InputRecord(
-                    Origin(source.name, 0), None, None, Invalid("unreadable", why, Stage.PARSE)
+                yield (
+                    InputRecord(
+                        Origin(source.name, 0), None, None, Invalid("unreadable", why, Stage.PARSE)
+                    ),
+                    None,
                 )
                 continue
             self._current = opened
+            self._gap = True  # a new source: runs of positions start afresh
+            finished = True
             try:
-                yield from self._resumed(source, opened, resume)
+                for record in read_source(opened):
+                    if (
+                        progress is not None
+                        and record.partial
+                        and record.message is None
+                        and record.error is not None
+                        and record.error.code == "malformed-json"
+                    ):
+                        # A last line without its newline that does not parse: its writer
+                        # may not be done. Leave it for the next run.
+                        self.summary.notes.append(
+                            f"{source.name}:{record.origin.line}: the last line is incomplete "
+                            "(no final newline, not valid JSON); left for the next run"
+                        )
+                        finished = False
+                        break
+                    yield record, progress
             finally:
                 self._consumed_before += opened.consumed
                 self._current = None
                 opened.close()
-            if source.name in self._files:
-                self._files[source.name].finished_reading = True
+            if progress is not None and finished:
+                progress.finished_reading = True
                 self._checkpoint()
 
-    def _resume(self, source: Source) -> Resume | None:
+    def _open_progress(self, source: Source) -> Progress | None:
         if self._state is None:
             return None
-        progress, resume = self._state.open_file(source)
-        self._files[source.name] = progress
-        if resume.note:
-            self.summary.notes.append(resume.note)
-        return resume
+        progress = self._state.open_input(source)
+        if progress.resume.note:
+            self.summary.notes.append(progress.resume.note)
+        return progress
 
-    def _resumed(
-        self, source: Source, opened: OpenSource, resume: Resume | None
-    ) -> Iterator[InputRecord]:
-        records = read_source(opened)
-        if resume is None:
-            yield from records
-            return
-        progress = self._files[source.name]
-        skipped = resent = 0
-        for record in records:
-            line = record.origin.line
-            if line and not resume.wanted(line):
-                skipped += 1
-                continue
-            if line and resume.was_sent(line):
-                resent += 1
-            progress.read_through = max(progress.read_through, line)
-            yield record
-        if skipped:
-            self.summary.notes.append(
-                f"{source.name}: resumed; {skipped:,} records done in earlier runs were skipped"
-            )
-        if resent:
-            self.summary.notes.append(
-                f"{source.name}: {resent:,} records were in flight when the last run stopped and "
-                "were sent again; CleverTap may have stored them twice if they were events"
-            )
-
-    def _take(self, record: InputRecord) -> list[Batch] | None:
-        """Decode result -> mapper -> validator -> planner, for one input record; returns
-        the batches that became ready to send. (Synchronous: no coroutine per record.)"""
+    def _take(self, record: InputRecord, progress: Progress | None) -> None:
+        """One input record through the pure stage and into batches (synchronous)."""
         ledger = self._ledger
-        if record.error is not None and record.origin.line == 0:
-            ledger.unreadable(record.origin, record.error)
-            return None
-        ledger.read()
+        origin = record.origin
+        if record.error is not None and origin.line == 0:
+            ledger.unreadable(origin, record.error)
+            return
+        resume = None
+        if progress is not None:
+            where = (origin.line, origin.part)
+            if not progress.resume.untouched(*where):
+                if not progress.resume.touches(*where):
+                    progress.position = max(progress.position, where)
+                    self._resumed["done"] += 1
+                    self._gap = True
+                    return
+                resume = progress.resume
+            progress.position = max(progress.position, where)
         message = record.message
         if message is None:
             assert record.error is not None
-            ledger.invalid(record.origin, record.raw, None, record.error)
-            return None
-        result = self._mapper(message)
-        if isinstance(result, Skip):
-            ledger.skip(result.reason)
-            return None
-        if isinstance(result, Invalid):
-            ledger.invalid(record.origin, record.raw, message, result)
-            return None
-        if not result:
-            ledger.skip(skip_reason(message))
-            return None
-        if self._validator is not None:
-            broken = self._check(result)
-            if broken is not None:
-                ledger.invalid(record.origin, record.raw, message, broken)
-                return None
-        tracked = Tracked(record.origin, record.raw, message, len(result))
-        if len(result) == 1:
-            return self._planner.add(result[0], tracked)
-        ready: list[Batch] = []
-        for operation in result:
-            ready += self._planner.add(operation, tracked)
-        return ready
-
-    def _check(self, operations: list[Upload | Delete]) -> Invalid | None:
-        assert self._validator is not None
-        for operation in operations:
-            if isinstance(operation, Upload):
-                broken = self._validator(operation.record)
-                if broken is not None:
-                    if self._options.validate is ValidateMode.STRICT:
-                        return broken
-                    self.summary.warnings[broken.code] += 1
-        return None
-
-    async def _dispatch(self, batches: Iterable[Batch]) -> None:
-        for batch in batches:
-            self._unsettled.add(batch)
-            await self._window.acquire()
-            self._raise_fatal()
-            task = asyncio.create_task(self._send(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        # Let the sending side run: responses are read while the next batch is built.
-        await asyncio.sleep(0)
-        self._raise_fatal()
-        self._notify()
-
-    async def _send(self, batch: Batch) -> None:
-        try:
-            for dependency in batch.deps:
-                await dependency.done.wait()
-            if self._stopping:  # not on the wire yet: it stays for `_drain`
-                self._planner.complete(batch)  # wakes its dependents, which stay too
-                return
-            batch.sent = True
-            self._checkpoint()  # a kill from here on leaves this batch "in flight"
-            if batch.kind is BatchKind.UPLOAD:
-                verdicts = await self._sender.upload(batch.payloads)
-            else:
-                key: DeleteKey = "identity" if batch.kind is BatchKind.DELETE_IDENTITY else "guid"
-                verdicts = await self._sender.delete(key, batch.payloads)
-        except Exception as exc:  # AuthError and anything unexpected: stop the run
-            self._fatal = self._fatal or exc
+            ledger.read()
+            ledger.invalid(origin, record.raw, None, record.error)
             return
-        finally:
-            self._window.release()
-        self._settle(batch, verdicts)
+        prepared = prepare(message, self._mapper, self._validator, self._options.validate)
+        ledger.read()
+        if isinstance(prepared, Skipped):
+            ledger.skip(prepared.reason)
+            return
+        if isinstance(prepared, Invalid):
+            ledger.invalid(origin, record.raw, message, prepared)
+            return
+        self._plan(record, message, prepared, resume)
+
+    def _plan(
+        self, record: InputRecord, message: Message, ready: Ready, resume: Resume | None
+    ) -> None:
+        for code in ready.warnings:
+            self.summary.warnings[code] += 1
+        origin = record.origin
+        ops = ready.ops
+        unknown = 0
+        if resume is not None:  # a record an earlier run left pending: some ops only
+            kept = []
+            for op in ops:
+                seen = resume.seen((origin.line, origin.part, op.index))
+                if seen is Seen.DONE:
+                    self._gap = True
+                elif seen is Seen.UNKNOWN and not (op.safe or self._options.retry_unknown):
+                    unknown += 1
+                else:
+                    if seen is Seen.UNKNOWN:
+                        self._resumed["resent"] += 1
+                    kept.append(op)
+            ops = kept
+        tracked = Tracked(origin, record.raw, message, len(ops) + unknown)
+        if unknown:
+            self._resumed["unknown"] += unknown
+            for _ in range(unknown):
+                self._ledger.settle(tracked, UNKNOWN_EARLIER)
+        if not ops:
+            return
+        source = origin.source
+        add = self._planner.add
+        for op in ops:
+            position: Position = (origin.line, origin.part, op.index)
+            self._enqueue(add(op, tracked, source, position, self._gap))
+            self._gap = False
+
+    # -- sending ------------------------------------------------------------------
+
+    def _enqueue(self, batches: list[Batch]) -> None:
+        """Sealed batches join their lanes' queues; an idle lane starts sending."""
+        lanes = self._planner.lanes
+        for batch in batches:
+            lane = lanes[batch.lane]
+            lane.queue.append(batch)
+            self._queued += 1
+            if not lane.busy and not self._stopping:
+                lane.busy = True
+                task = asyncio.create_task(self._drive(lane))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _drive(self, lane: Lane) -> None:
+        """Send a lane's batches one at a time, in order: the next only after the final
+        answer to the one before, so a retried request never lands after a later one."""
         try:
-            self._checkpoint()
-        except Exception as exc:  # the state file cannot be written: stop the run
+            while lane.queue and not self._stopping and self._fatal is None:
+                batch = lane.queue[0]
+                verdicts = await self._send(batch)
+                lane.queue.popleft()
+                self._settle(batch, verdicts)
+                self._checkpoint()
+        except Exception as exc:  # AuthError, a state file that cannot be written, ...
             self._fatal = self._fatal or exc
+        finally:
+            lane.busy = False
+            self._changed.set()
+
+    async def _send(self, batch: Batch) -> list[Verdict]:
+        def on_wire() -> None:
+            if not batch.sent:
+                batch.sent = True
+                self._checkpoint()  # a kill from here on leaves this batch "sent"
+
+        sender = self._sender
+        if batch.kind is OpKind.UPLOAD:
+            resend = [True] * len(batch) if self._options.retry_unknown else batch.safe
+            return await sender.upload(batch.bodies, batch.keys, resend, on_wire)
+        key: DeleteKey = "identity" if batch.kind is OpKind.DELETE_IDENTITY else "guid"
+        return await sender.delete(key, batch.bodies, batch.keys, on_wire)
 
     def _settle(self, batch: Batch, verdicts: Sequence[Verdict]) -> None:
-        self._unsettled.discard(batch)
+        self._queued -= 1
+        settle = self._ledger.settle
         for owner, verdict in zip(batch.owners, verdicts, strict=True):
-            self._ledger.settle(owner, verdict)
-        self._planner.complete(batch)
+            settle(owner, verdict)
+        self._changed.set()
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        """Wait until `done()` holds, `stop()` is called, or a lane fails."""
+        while not done() and not self._stopping and self._fatal is None:
+            self._changed.clear()
+            await self._changed.wait()
+        self._raise_fatal()
 
     def _raise_fatal(self) -> None:
         if self._fatal is not None:
@@ -379,9 +449,10 @@ class UploadRun:
         if self._ledger.output_error is not None:
             raise self._ledger.output_error
 
+    # -- stopping -----------------------------------------------------------------
+
     async def _drain(self) -> None:
         """After `stop()`: nothing more is sent; what is in flight may finish."""
-        self._unsettled.update(self._planner.flush())  # read, never to be sent
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self._options.drain_timeout)
             for task in late:
@@ -397,33 +468,63 @@ class UploadRun:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._unsettled.update(self._planner.flush())
         self._give_up()
+
+    def _live(self) -> list[Batch]:
+        """Every batch holding operations without a final verdict."""
+        lanes = self._planner.lanes
+        return [b for lane in lanes for b in lane.queue] + self._planner.open_batches()
 
     def _give_up(self) -> None:
         """Fail every batch without an answer: ABORTED if it went out (CleverTap may
         have it), INTERRUPTED if not. The state file first keeps them all pending, so
         a re-run sends the unsent ones and reports the ones whose outcome is unknown."""
+        if self._frozen:
+            return
         self._checkpoint()
-        self._files.clear()
-        for batch in sorted(self._unsettled, key=lambda b: b.seq):
-            self._settle(batch, [ABORTED if batch.sent else INTERRUPTED] * len(batch))
+        self._frozen = True
+        live = sorted(self._live(), key=lambda b: b.seq)
+        for lane in self._planner.lanes:
+            lane.queue.clear()
+            lane.open.clear()
+        for batch in live:
+            self._queued -= batch.sealed
+            for owner in batch.owners:
+                self._ledger.settle(owner, ABORTED if batch.sent else INTERRUPTED)
+
+    # -- the state file -----------------------------------------------------------
 
     def _checkpoint(self) -> None:
-        """Write each open file's progress to the state file (with --state)."""
-        if self._state is None or not self._files:
+        """Write each input's progress to the state file (with --state)."""
+        if self._state is None or self._frozen or not self._inputs:
             return
-        spans: dict[str, list[Span]] = {name: [] for name in self._files}
-        for batch in itertools.chain(self._unsettled, self._planner.open_batches()):
-            for name, runs in batch.spans().items():
+        spans: dict[str, list[Span]] = {name: [] for name in self._inputs}
+        for batch in self._live():
+            for name, runs in batch.runs.items():
                 if name in spans:
                     spans[name] += [Span(first, last, batch.sent) for first, last in runs]
-        for name, progress in list(self._files.items()):
-            pending = spans[name]
-            done = min(s.first for s in pending) - 1 if pending else progress.read_through
-            self._state.save(progress, done, pending)
-            if progress.finished_reading and not pending:
-                del self._files[name]
+        for name, progress in list(self._inputs.items()):
+            self._state.save(progress, spans[name])
+            if progress.finished_reading and not spans[name]:
+                del self._inputs[name]
+
+    def _notes(self) -> None:
+        done, resent, unknown = (self._resumed[k] for k in ("done", "resent", "unknown"))
+        if done:
+            self.summary.notes.append(
+                f"resumed: {done:,} records done in earlier runs were skipped"
+            )
+        if resent:
+            self.summary.notes.append(
+                f"{resent:,} records were on the wire when an earlier run stopped and were sent "
+                "again (safe to repeat: profile updates, tokens, deletions)"
+            )
+        if unknown:
+            self.summary.notes.append(
+                f"{unknown:,} records were on the wire when an earlier run stopped and may be "
+                "stored already; they were not sent again (outcome-unknown in the report)"
+            )
+        self._resumed.clear()
 
     def _notify(self) -> None:
         if self._observer is not None:
@@ -431,12 +532,14 @@ class UploadRun:
             self._observer.update(self.summary, self._consumed_before + current)
 
 
-def deletion_records(identities: Iterable[tuple[Origin, str]]) -> Iterator[InputRecord]:
+def deletion_records(
+    identities: Iterable[tuple[Origin, str]],
+) -> Iterator[tuple[InputRecord, Progress | None]]:
     """Input records for `ctsync delete`: one per identity, blank lines left out."""
     for origin, value in identities:
         value = value.strip()
         if value:
-            yield InputRecord(origin, value.encode(), {"userId": value}, None)
+            yield InputRecord(origin, value.encode(), {"userId": value}, None), None
 
 
 def deletion_mapper(key: DeleteKey) -> Mapper:

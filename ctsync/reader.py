@@ -45,6 +45,7 @@ class InputRecord:
 
     `raw` is the input line without its line end (for NDJSON), or None for an element
     of a JSON document. `end` is the offset in the (decompressed) stream just past it.
+    `partial` marks a last line without its final newline (its writer may not be done).
     """
 
     origin: Origin
@@ -52,6 +53,7 @@ class InputRecord:
     message: Message | None
     error: Invalid | None
     end: int = 0
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,12 +239,13 @@ def _read_ndjson(name: str, head: list[bytes], lines: Iterator[bytes]) -> Iterat
         try:
             value = loads(raw)
         except decode_error as exc:
-            yield InputRecord(origin, raw, None, _parse_error(exc), end)
+            partial = not line.endswith(b"\n")
+            yield InputRecord(origin, raw, None, _parse_error(exc), end, partial)
             continue
         if type(value) is dict:
             if "batch" in value and _is_envelope(value):
-                for element in value["batch"]:
-                    yield _element(origin, None, element, end)
+                for part, element in enumerate(value["batch"]):
+                    yield _element(Origin(name, lineno, part), None, element, end)
                 continue
             yield InputRecord(origin, raw, value, None, end)
         else:

@@ -1,23 +1,30 @@
-"""Resumable runs: what each input file has been through, kept in a SQLite state file.
+"""Resumable runs: what each input has been through, kept in a SQLite state file.
 
-Per file (its absolute path, with its size and a fingerprint of its first 64 KiB, so a
-rewritten file is not taken for the old one) the state keeps
+Every operation read from an input has a *position*: (line, part, operation), where
+`part` numbers the messages of one line (a `{"batch": [...]}` envelope line holds
+several) and `operation` the CleverTap operations of one message (a classic track can
+give an event and a device token). Per input (a file's absolute path, with its size and
+a fingerprint of its first 64 KiB, so a rewritten file is not taken for the old one)
+the state keeps
 
-- `done_through`: every record on a line at or below it reached a final outcome;
-- `read_through`: the last line read;
-- `pending`: the line spans, above `done_through`, of batches that had no answer yet,
-  each marked `sent` if it was already on the wire. A span never covers a line of
-  another batch that might be answered, so no acknowledged record is sent again.
+- `read_through`: the last record (line, part) that any run read;
+- `pending`: the runs of positions, at or below it, of operations without a final
+  answer, each marked `sent` when its request was written to a connection (CleverTap
+  may have it) or not (it certainly has not).
 
-A re-run skips finished files and, in the others, every line at or below `read_through`
-that is not inside a pending span. So after a `kill -9` it re-sends only what was in
-flight (outcome unknown: counted and reported as such) and what was read but not sent.
+Every position at or below `read_through` outside the pending runs is *settled*: its
+record was skipped, invalid, accepted, rejected or failed for good, and is never sent
+again. A run that resumes reads only pending positions and what lies beyond
+`read_through`; it keeps the pending runs it has not reached yet, and never moves
+`read_through` back. A pending run marked `sent` is an unknown outcome: its operations
+are sent again only if that is harmless (or with `--retry-unknown`), and otherwise
+reported as `outcome-unknown`.
 
-The state is written before every request goes out and after every answer, so a
-`kill -9` at any moment leaves it exact. (SQLite in WAL mode: a commit survives the
-process being killed without waiting for the disk.) The file is also the lock: a
-second run on the same state file exits at once (flock, released by the kernel even
-when the holder is killed).
+The state is written when a request is about to be written to a connection and after
+every answer, so a `kill -9` at any moment leaves it exact. (SQLite in WAL mode: a
+commit survives the process being killed without waiting for the disk.) The file is
+also the lock: a second run on the same state file exits at once (flock, released by
+the kernel even when the holder is killed).
 """
 
 from __future__ import annotations
@@ -30,23 +37,27 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from ctsync.batching import Position
 from ctsync.errors import LockedError, OutputError, UsageError
 from ctsync.reader import Source
 
 FINGERPRINT_BYTES = 64 * 1024
+END = 2**62
+"""Above any part or operation number: (line, END, END) is the last position of a line."""
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    path TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS inputs (
+    key TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
     fingerprint TEXT NOT NULL,
     fingerprint_len INTEGER NOT NULL,
-    done_through INTEGER NOT NULL,
-    read_through INTEGER NOT NULL,
+    read_through TEXT NOT NULL,
     pending TEXT NOT NULL,
     complete INTEGER NOT NULL,
     updated REAL NOT NULL
@@ -61,60 +72,80 @@ CREATE TABLE IF NOT EXISTS holder (
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """Lines `first`..`last` of one file held by a batch without an answer."""
+    """Positions `first`..`last` of one input held by a batch without a final answer."""
 
-    first: int
-    last: int
+    first: Position
+    last: Position
     sent: bool
+
+
+class Seen(Enum):
+    """What an earlier run left for one position."""
+
+    NEW = "new"  # never read, or read but not sent: process it
+    DONE = "done"  # settled: never again
+    UNKNOWN = "unknown"  # on the wire when that run stopped: CleverTap may have it
 
 
 @dataclass(slots=True)
 class Resume:
-    """How to read one file again. `skip_all` for a file already finished."""
+    """How to read one input again. `skip_all` for an input already finished."""
 
     skip_all: bool = False
-    done_through: int = 0
-    read_through: int = 0
+    read_through: tuple[int, int] = (0, 0)
     pending: list[Span] = field(default_factory=list)
     note: str | None = None
-    _firsts: list[int] = field(init=False, repr=False)
+    _firsts: list[Position] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.pending.sort(key=lambda s: s.first)
         self._firsts = [span.first for span in self.pending]
 
-    def _span(self, line: int) -> Span | None:
-        at = bisect.bisect_right(self._firsts, line) - 1
-        if at >= 0 and line <= self.pending[at].last:
-            return self.pending[at]
-        return None
+    def untouched(self, line: int, part: int) -> bool:
+        """Whether no earlier run settled any operation of this record."""
+        return (line, part) > self.read_through
 
-    def wanted(self, line: int) -> bool:
-        """Whether the record on `line` still needs to be processed."""
-        if line > self.read_through:
-            return True
-        if line <= self.done_through:
-            return False
-        return self._span(line) is not None
+    def touches(self, line: int, part: int) -> bool:
+        """Whether any operation of this (already read) record is still pending."""
+        at = bisect.bisect_right(self._firsts, (line, part, END)) - 1
+        return at >= 0 and self.pending[at].last >= (line, part, 0)
 
-    def was_sent(self, line: int) -> bool:
-        """Whether the record on `line` was on the wire when the last run stopped."""
-        if line <= self.done_through or line > self.read_through:
-            return False
-        span = self._span(line)
-        return span is not None and span.sent
+    def seen(self, position: Position) -> Seen:
+        if position[:2] > self.read_through:
+            return Seen.NEW
+        at = bisect.bisect_right(self._firsts, position) - 1
+        if at >= 0 and position <= self.pending[at].last:
+            return Seen.UNKNOWN if self.pending[at].sent else Seen.NEW
+        return Seen.DONE
+
+    def after(self, line: int, part: int) -> list[Span]:
+        """The pending spans from beyond record (line, part): what a run that has read
+        up to that record has not yet taken over from the earlier run."""
+        cut: Position = (line, part, END)
+        kept = []
+        for span in self.pending:
+            if span.last <= cut:
+                continue
+            first = span.first if span.first > cut else (line, part + 1, 0)
+            kept.append(Span(first, span.last, span.sent))
+        return kept
 
 
 @dataclass(slots=True)
-class FileProgress:
-    """One file's progress in this run."""
+class Progress:
+    """One input's progress in this run."""
 
     key: str
     size: int
     fingerprint: str
     fingerprint_len: int
-    read_through: int = 0
+    resume: Resume
+    position: tuple[int, int] = (0, 0)  # the last record this run has taken in
     finished_reading: bool = False
+
+    @property
+    def read_through(self) -> tuple[int, int]:
+        return max(self.position, self.resume.read_through)
 
 
 def fingerprint(path: Path, length: int = FINGERPRINT_BYTES) -> tuple[str, int]:
@@ -142,6 +173,7 @@ class StateFile:
             self._db.executescript(_SCHEMA)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
             self._db.execute(
                 "INSERT OR REPLACE INTO holder (id, pid, started) VALUES (1, ?, ?)",
                 (os.getpid(), time.time()),
@@ -149,6 +181,34 @@ class StateFile:
         except sqlite3.DatabaseError as exc:
             os.close(self._lock_fd)
             raise UsageError(f"{path}: not a ctsync state file ({exc})") from None
+
+    def _migrate(self) -> None:
+        """Take over the line-based state of ctsync 0.1 (table `files`), once."""
+        old = self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'files'"
+        ).fetchone()
+        if old is None:
+            return
+        rows = self._db.execute(
+            "SELECT path, size, fingerprint, fingerprint_len, done_through, read_through,"
+            " pending, complete, updated FROM files"
+        ).fetchall()
+        for key, size, fp, fp_len, _done, read, pending, complete, updated in rows:
+            spans = [[[a, 0, 0], [b, END, END], sent] for a, b, sent in orjson.loads(pending)]
+            self._db.execute(
+                "INSERT OR IGNORE INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    size,
+                    fp,
+                    fp_len,
+                    orjson.dumps([read, END]).decode(),
+                    orjson.dumps(spans).decode(),
+                    complete,
+                    updated,
+                ),
+            )
+        self._db.execute("DROP TABLE files")
 
     def _locked_message(self) -> str:
         holder = ""
@@ -169,58 +229,70 @@ class StateFile:
         self._db.close()
         os.close(self._lock_fd)
 
-    def open_file(self, source: Source) -> tuple[FileProgress, Resume]:
-        """Start (or resume) one input file."""
+    def open_input(self, source: Source) -> Progress:
+        """Start (or resume) one input."""
         if source.path is None:
             raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
         key = str(source.path.resolve())
         size = source.path.stat().st_size
         row = self._db.execute(
-            "SELECT size, fingerprint, fingerprint_len, done_through, read_through, pending,"
-            " complete FROM files WHERE path = ?",
+            "SELECT size, fingerprint, fingerprint_len, read_through, pending, complete"
+            " FROM inputs WHERE key = ?",
             (key,),
         ).fetchone()
         print_now, print_len = fingerprint(source.path)
-        progress = FileProgress(key, size, print_now, print_len)
         if row is None:
-            return progress, Resume()
-        old_size, old_print, old_len, done, read, pending, complete = row
+            return Progress(key, size, print_now, print_len, Resume())
+        old_size, old_print, old_len, read, pending, complete = row
         same = (
             print_now if old_len == print_len else fingerprint(source.path, old_len)[0]
         ) == old_print
         if not same or size < old_size:
-            return progress, Resume(
-                note=f"{source.name}: changed since the last run; read from the start"
-            )
-        if complete and size == old_size:
-            return progress, Resume(skip_all=True)
-        spans = [Span(a, b, bool(sent)) for a, b, sent in orjson.loads(pending)]
-        return progress, Resume(done_through=done, read_through=read, pending=spans)
+            note = f"{source.name}: changed since the last run; read from the start"
+            return Progress(key, size, print_now, print_len, Resume(note=note))
+        try:
+            line, part = orjson.loads(read)
+            spans = [
+                Span(_position(a), _position(b), bool(sent)) for a, b, sent in orjson.loads(pending)
+            ]
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            raise UsageError(
+                f"{self.path}: the state of {source.name} is damaged ({exc}); "
+                "move the state file aside to start over (everything is then sent again)"
+            ) from None
+        resume = Resume(
+            skip_all=bool(complete) and size == old_size,
+            read_through=(int(line), int(part)),
+            pending=spans,
+        )
+        return Progress(key, size, print_now, print_len, resume)
 
-    def save(self, progress: FileProgress, done_through: int, pending: Iterable[Span]) -> None:
-        spans = sorted(pending, key=lambda s: s.first)
+    def save(self, progress: Progress, live: Iterable[Span]) -> None:
+        """Write one input's progress: `live` are the spans of this run's batches that
+        have no final answer yet."""
+        line, part = progress.position
+        spans = sorted([*live, *progress.resume.after(line, part)], key=lambda s: s.first)
         complete = progress.finished_reading and not spans
         try:
-            self._write(progress, done_through, spans, complete)
+            self._db.execute(
+                "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    progress.key,
+                    progress.size,
+                    progress.fingerprint,
+                    progress.fingerprint_len,
+                    orjson.dumps(progress.read_through).decode(),
+                    orjson.dumps([[s.first, s.last, int(s.sent)] for s in spans]).decode(),
+                    int(complete),
+                    time.time(),
+                ),
+            )
         except sqlite3.Error as exc:
             raise OutputError(
                 f"{self.path}: cannot write the state file ({exc}); the run stopped"
             ) from None
 
-    def _write(
-        self, progress: FileProgress, done_through: int, spans: list[Span], complete: bool
-    ) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                progress.key,
-                progress.size,
-                progress.fingerprint,
-                progress.fingerprint_len,
-                done_through,
-                progress.read_through,
-                orjson.dumps([[s.first, s.last, int(s.sent)] for s in spans]).decode(),
-                int(complete),
-                time.time(),
-            ),
-        )
+
+def _position(value: Any) -> Position:
+    line, part, op = value
+    return (int(line), int(part), int(op))

@@ -14,7 +14,7 @@ from pytest_httpx import HTTPXMock
 from typer.testing import CliRunner
 
 from ctsync.cli import app
-from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE
+from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, confirm_every_record
 
 runner = CliRunner()
 CREDENTIALS = {"CLEVERTAP_ACCOUNT_ID": ACCOUNT_ID, "CLEVERTAP_PASSCODE": PASSCODE}
@@ -136,9 +136,8 @@ def test_refused_credentials_exit_3_and_never_show_the_passcode(
 
 
 def test_upload_sends_and_exits_0(export: Path, httpx_mock: HTTPXMock) -> None:
-    httpx_mock.add_response(
-        url="https://in1.api.clevertap.com/1/upload",
-        json={"status": "success", "processed": 2, "unprocessed": []},
+    httpx_mock.add_callback(
+        confirm_every_record, url="https://in1.api.clevertap.com/1/upload", is_reusable=True
     )
     result = runner.invoke(
         app, ["upload", str(export), "--region", "in1", "--json"], env=clean_env(**CREDENTIALS)
@@ -148,7 +147,7 @@ def test_upload_sends_and_exits_0(export: Path, httpx_mock: HTTPXMock) -> None:
 
 
 def test_passcode_on_the_command_line_is_warned_about(export: Path, httpx_mock: HTTPXMock) -> None:
-    httpx_mock.add_response(json={"status": "success", "processed": 2, "unprocessed": []})
+    httpx_mock.add_callback(confirm_every_record, is_reusable=True)
     result = runner.invoke(
         app,
         ["upload", str(export), "--account-id", ACCOUNT_ID, "--passcode", PASSCODE],
@@ -169,8 +168,10 @@ def test_delete_batches_identities_from_flags_and_files(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     bodies = [orjson.loads(line)["body"]["identity"] for line in out.read_bytes().splitlines()]
-    assert [len(b) for b in bodies] == [100, 51]
-    assert bodies[0][0] == "extra" and bodies[1][-1] == "user-149"
+    # 3 lanes (--concurrency 3): at most 100 per request, one batch not full per lane.
+    assert all(len(b) <= 100 for b in bodies) and len(bodies) <= 2 + 2
+    sent = [identity for body in bodies for identity in body]
+    assert sorted(sent) == sorted(["extra"] + [f"user-{i}" for i in range(150)])
 
 
 def test_delete_guid_and_nothing_to_delete(tmp_path: Path) -> None:
@@ -319,7 +320,7 @@ def test_progress_can_be_forced_on_a_pipe(export: Path) -> None:
 def test_passcode_file_is_read_and_never_echoed(
     export: Path, tmp_path: Path, httpx_mock: HTTPXMock
 ) -> None:
-    httpx_mock.add_response(json={"status": "success", "processed": 2, "unprocessed": []})
+    httpx_mock.add_callback(confirm_every_record, is_reusable=True)
     secret = tmp_path / "passcode"
     secret.write_text(PASSCODE + "\n")
     result = runner.invoke(
@@ -328,6 +329,6 @@ def test_passcode_file_is_read_and_never_echoed(
         env=clean_env(CLEVERTAP_ACCOUNT_ID=ACCOUNT_ID),
     )
     assert result.exit_code == 0, result.output
-    (request,) = httpx_mock.get_requests()
-    assert request.headers["X-CleverTap-Passcode"] == PASSCODE
+    requests = httpx_mock.get_requests()
+    assert requests and all(r.headers["X-CleverTap-Passcode"] == PASSCODE for r in requests)
     assert PASSCODE not in result.output and "warning" not in result.stderr

@@ -21,7 +21,9 @@ from ctsync.sandbox import DEFAULT_ACCOUNT_ID, DEFAULT_PASSCODE
 
 TS = "2024-05-01T12:00:00Z"
 RUN_TIMEOUT = 60.0  # seconds for one ctsync run; every run in these tests takes far less
-IN_FLIGHT_NOTE = re.compile(r"([\d,]+) records were in flight when the last run stopped")
+IN_FLIGHT_NOTE = re.compile(
+    r"([\d,]+) records were on the wire when an earlier run stopped and were sent again"
+)
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 Message = dict[str, Any]
@@ -207,7 +209,8 @@ def assert_adds_up(summary: Mapping[str, Any]) -> None:
 
 
 def in_flight_noted(summary: Mapping[str, Any]) -> int:
-    """How many records a resumed run's notes say were in flight when the last run stopped."""
+    """How many records a resumed run's notes say it sent again, having been on the wire
+    when the last run stopped."""
     return sum(
         int(match.group(1).replace(",", ""))
         for note in summary["notes"]

@@ -67,34 +67,53 @@ def test_every_record_arrives_exactly_once_and_the_summary_adds_up(tmp_path: Pat
     assert stored == {seq: 1 for seq in range(930)}
     assert stats.records_accepted == summary["accepted"]
     assert stats.records_rejected == 0
-    assert stats.requests_by_endpoint["upload"] == summary["requests"] == -(-1230 // 50)
+    # Each of the 10 lanes (--concurrency) ends with at most one batch not full.
+    assert stats.requests_by_endpoint["upload"] == summary["requests"] <= -(-1230 // 50) + 9
     assert len(read_ndjson(report)) == 10
 
 
-def test_429_and_5xx_are_retried_without_duplicates(tmp_path: Path) -> None:
+def test_429_and_503_are_retried_and_a_500_leaves_events_unknown(tmp_path: Path) -> None:
     export = tmp_path / "export.ndjson"
     messages = [identify(f"u-{i}", n=i) for i in range(400)]
     messages += [track(f"u-{seq % 400}", "Viewed", seq) for seq in range(1100)]
-    write_export(export, messages)
+    lines = write_export(export, messages)
+    report = tmp_path / "report.ndjson"
 
     config = SandboxConfig(latency_ms=5, fault_rate=0.2, seed=11)
     with running_sandbox(config) as sandbox:
         run = run_upload(
-            sandbox.url, export, "--preset", "classic", "--batch-size", "50", "--max-retries", "15"
+            sandbox.url,
+            export,
+            "--preset",
+            "classic",
+            "--batch-size",
+            "50",
+            "--max-retries",
+            "15",
+            "--report",
+            report,
         )
         stats = sandbox.stats()
         writes = sandbox.read(lambda store: store.profile_writes())
         stored = seqs_of(sandbox.read(lambda store: store.events()))
 
-    assert run.returncode == 0, run.describe()
     summary = run.summary
     assert_adds_up(summary)
-    assert summary["accepted"] == 1500
-    faults = stats.faults["429"] + stats.faults["500"] + stats.faults["503"]
-    assert faults > 0 and summary["retries"] == faults
-    assert summary["requests"] == stats.requests_by_endpoint["upload"] == 30 + faults
+    assert stats.faults["429"] > 0 and stats.faults["503"] > 0 and stats.faults["500"] > 0
+    assert summary["requests"] == stats.requests_by_endpoint["upload"]
+    # A 500 may come after CleverTap stored the batch: its events are not sent again
+    # (they could be stored twice); its profile updates are, being safe to repeat.
+    assert set(summary["failed_by_code"]) == {"outcome-unknown"}
+    assert run.returncode == 1, run.describe()
     assert writes == {f"u-{i}": 1 for i in range(400)}
-    assert stored == {seq: 1 for seq in range(1100)}
+    unknown = {
+        int(orjson.loads(lines[e["line"] - 1])["properties"]["seq"]) for e in read_ndjson(report)
+    }
+    assert len(unknown) == summary["failed"]
+    assert max(stored.values()) == 1, "an event was stored twice"
+    assert unknown.isdisjoint(stored)  # this sandbox's 500 stores nothing
+    assert unknown | set(stored) == set(range(1100))
+    assert summary["accepted"] == 400 + len(stored)
 
 
 def test_dropped_connections_resend_profile_batches_without_duplicates(tmp_path: Path) -> None:
@@ -132,6 +151,8 @@ def test_dropped_event_batches_fail_as_outcome_unknown_and_are_never_resent(
             "classic",
             "--batch-size",
             "50",
+            "--concurrency",
+            "1",  # one lane: every request holds 50 records
             "--max-retries",
             "15",
             "--report",
@@ -183,6 +204,8 @@ def test_a_record_rejected_with_516_is_reported_and_its_batch_is_not_resent(
             "off",
             "--batch-size",
             "50",
+            "--concurrency",
+            "1",  # one lane: 4 requests of 50
             "--report",
             report,
             "--failed",
@@ -257,5 +280,7 @@ def test_no_more_than_15_uploads_are_ever_in_flight(tmp_path: Path) -> None:
     assert_adds_up(run.summary)
     assert run.summary["accepted"] == 900
     assert 1 < stats.peak_in_flight["upload"] <= 15
-    assert stats.requests_by_status == {200: 90}  # never a 429 for too many at once
+    assert set(stats.requests_by_status) == {200}  # never a 429 for too many at once
+    # 15 lanes, each ending with at most one batch not full.
+    assert 90 <= stats.requests_by_status[200] <= 90 + 14
     assert stats.records_accepted == 900

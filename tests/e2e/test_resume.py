@@ -73,7 +73,7 @@ def resume_until_done(url: str, *args: str | Path) -> list[Finished]:
 
 
 @pytest.mark.parametrize("seed", [None, 101, 202, 303], ids=lambda s: f"kill-{s or 'first'}")
-def test_kill_9_then_resume_stores_every_event_and_duplicates_only_what_was_in_flight(
+def test_kill_9_then_resume_never_stores_an_event_twice_and_reports_what_is_unknown(
     tmp_path: Path, processes: Processes, seed: int | None
 ) -> None:
     export, state = tmp_path / "events.ndjson", tmp_path / "state.db"
@@ -88,14 +88,13 @@ def test_kill_9_then_resume_stores_every_event_and_duplicates_only_what_was_in_f
         counts = seqs_of(sandbox.read(lambda store: store.events()))
 
     assert before < EVENTS, "the killed run had already stored everything"
-    assert set(counts) == set(range(EVENTS)), "an event is missing after the resume"
-    noted = sum(in_flight_noted(run.summary) for run in runs)
-    twice = duplicates(counts)
-    assert twice <= noted, (
-        f"{twice} events stored twice, but the resumed run noted only {noted} "
-        f"records in flight ({before} events stored when killed); notes: "
-        f"{[run.summary['notes'] for run in runs]}"
-    )
+    # Events on the wire at the kill may or may not be stored: the resumed run does not
+    # send them again (they would be stored twice) and reports each as outcome-unknown.
+    unknown = sum(run.summary["failed_by_code"].get("outcome-unknown", 0) for run in runs)
+    assert duplicates(counts) == 0, "an event was stored twice"
+    assert sum(in_flight_noted(run.summary) for run in runs) == 0
+    missing = set(range(EVENTS)) - set(counts)
+    assert len(missing) <= unknown, f"{len(missing)} events missing, {unknown} reported unknown"
 
 
 @pytest.mark.parametrize("seed", [None, 7], ids=lambda s: f"kill-{s or 'first'}")

@@ -1,0 +1,157 @@
+"""The pure record stage: one input record in, what to do with it out.
+
+    decode (the reader) -> match triggers -> map -> convert -> validate -> encode
+
+`prepare` touches no file, socket, clock or counter, so it can run anywhere (a later
+step runs it in worker processes). Its output is a value: `Skipped`, `Invalid`, or
+`Ready` with one `Op` per CleverTap operation, each already encoded to the bytes that go
+into a request body, with the profile it touches (for ordering) and whether sending it
+twice is harmless (for unclear answers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeAlias
+
+import orjson
+
+from ctsync.records import (
+    CleverTapRecord,
+    Delete,
+    Invalid,
+    Mapper,
+    Message,
+    Skip,
+    Upload,
+    skip_reason,
+)
+
+Validator = Callable[[CleverTapRecord], Invalid | None]
+"""CleverTap's data rules for one upload record: None when it may be sent."""
+
+ProfileKey: TypeAlias = str | tuple[str, str]
+"""The profile an operation touches: an identity as is, or ("guid", objectId)."""
+
+NON_IDEMPOTENT_OPERATORS = frozenset({"$incr", "$decr", "$add"})
+
+
+class ValidateMode(StrEnum):
+    STRICT = "strict"  # a record that breaks a rule is invalid and not sent
+    WARN = "warn"  # sent anyway; the breach is counted as a warning
+    OFF = "off"
+
+
+class OpKind(StrEnum):
+    """Which request an operation goes in."""
+
+    UPLOAD = "upload"  # POST /1/upload
+    DELETE_IDENTITY = "identity"  # POST /1/delete/profiles.json {"identity": [...]}
+    DELETE_GUID = "guid"  # POST /1/delete/profiles.json {"guid": [...]}
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One CleverTap operation, encoded.
+
+    `body` is the JSON of one upload record, or of one identity / CleverTap ID string
+    for a deletion. `safe` says CleverTap ends the same whether it gets this operation
+    once or twice (profile upserts without $incr/$decr/$add, tokens, deletions): only
+    safe operations are re-sent when an answer leaves it unknown whether they were
+    stored. `index` is the operation's place among its record's operations, part of its
+    position in the input.
+    """
+
+    kind: OpKind
+    key: ProfileKey | None
+    body: bytes
+    safe: bool
+    token: bool
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A record to send: its operations, and the data rules it broke under `--validate warn`."""
+
+    ops: list[Op]
+    warnings: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    reason: str
+
+
+Prepared: TypeAlias = Ready | Skipped | Invalid
+
+
+def prepare(
+    message: Message,
+    mapper: Mapper,
+    validator: Validator | None = None,
+    mode: ValidateMode = ValidateMode.STRICT,
+) -> Prepared:
+    """Map, validate and encode one decoded Segment message."""
+    result = mapper(message)
+    if isinstance(result, Skip):
+        return Skipped(result.reason)
+    if isinstance(result, Invalid):
+        return result
+    if not result:
+        return Skipped(skip_reason(message))
+    warnings: list[str] = []
+    if validator is not None and mode is not ValidateMode.OFF:
+        for operation in result:
+            if isinstance(operation, Upload):
+                broken = validator(operation.record)
+                if broken is not None:
+                    if mode is ValidateMode.STRICT:
+                        return broken
+                    warnings.append(broken.code)
+    return Ready([encode(operation, index) for index, operation in enumerate(result)], warnings)
+
+
+def encode(operation: Upload | Delete, index: int = 0) -> Op:
+    """The encoded form of one operation, with its ordering key and safety."""
+    if isinstance(operation, Delete):
+        kind = OpKind.DELETE_IDENTITY if operation.key == "identity" else OpKind.DELETE_GUID
+        key: ProfileKey = (
+            operation.value if operation.key == "identity" else ("guid", operation.value)
+        )
+        return Op(kind, key, orjson.dumps(operation.value), True, False, index)
+    record = operation.record
+    return Op(
+        OpKind.UPLOAD,
+        profile_key(record),
+        orjson.dumps(record),
+        is_idempotent(record),
+        record.get("type") == "token",
+        index,
+    )
+
+
+def profile_key(record: CleverTapRecord) -> ProfileKey | None:
+    """The profile an upload record touches; None when it names none."""
+    identity = record.get("identity")
+    if identity is not None:
+        return str(identity)
+    object_id = record.get("objectId")
+    return ("guid", str(object_id)) if object_id is not None else None
+
+
+def is_idempotent(record: CleverTapRecord) -> bool:
+    """Whether sending `record` twice leaves CleverTap as sending it once."""
+    kind = record.get("type")
+    if kind == "token":
+        return True
+    if kind != "profile":
+        return False
+    data = record.get("profileData")
+    if not isinstance(data, dict):
+        return True
+    return not any(
+        isinstance(v, dict) and not NON_IDEMPOTENT_OPERATORS.isdisjoint(v) for v in data.values()
+    )
