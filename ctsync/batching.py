@@ -23,6 +23,7 @@ state file records for a batch without an answer.
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from typing import TypeAlias
 
@@ -118,7 +119,10 @@ class Planner:
         if key is None:  # orders against nothing: spread round robin
             self._unkeyed += 1
             return self._unkeyed % n
-        return hash(key) % n
+        # A stable hash (not Python's salted one): the same input plans the same
+        # requests in every run, so a dry run shows what a real run sends.
+        text = key if isinstance(key, str) else "\0".join(key)
+        return zlib.crc32(text.encode()) % n
 
     def add(
         self, op: Op, owner: Tracked, source: str, position: Position, gap: bool = False

@@ -139,6 +139,7 @@ def report_line(origin: Origin, message: Message | None, verdict: Verdict) -> by
         {
             "source": origin.source,
             "line": origin.line,
+            "part": origin.part,
             "messageId": message.get("messageId"),
             "identity": identity,
             "stage": verdict.stage.value,

@@ -410,8 +410,10 @@ class UploadRun:
                 lane.queue.popleft()
                 self._settle(batch, verdicts)
                 self._checkpoint()
-        except Exception as exc:  # AuthError, a state file that cannot be written, ...
-            self._fatal = self._fatal or exc
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # AuthError, a state file that cannot be written, a bug
+            self._fatal = self._fatal or exc  # the reader raises it: never a silent hang
         finally:
             lane.busy = False
             self._changed.set()

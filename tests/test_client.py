@@ -4,6 +4,8 @@ verdicts, credentials."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import Sequence
 
 import httpx
@@ -12,9 +14,19 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from ctsync import __version__
-from ctsync.client import CleverTapClient, Refused, Retry, classify, upload_verdicts
+from ctsync.client import (
+    DELETE_PATH,
+    UPLOAD_PATH,
+    Attempt,
+    CleverTapClient,
+    Next,
+    Unauthorized,
+    classify,
+    upload_steps,
+)
 from ctsync.errors import AuthError
 from ctsync.ledger import ACCEPTED, Verdict
+from ctsync.prepare import is_idempotent, profile_key
 from ctsync.records import CleverTapRecord, Outcome, Stage
 from ctsync.settings import ClientSettings
 from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE
@@ -50,11 +62,22 @@ class Sleeps:
 
 
 def run_upload(
-    settings: ClientSettings, records: Sequence[CleverTapRecord], sleeps: Sleeps | None = None
+    settings: ClientSettings,
+    records: Sequence[CleverTapRecord],
+    sleeps: Sleeps | None = None,
+    *,
+    retry_unknown: bool = False,
+    jitter: float = 0.5,
 ) -> list[Verdict]:
+    bodies = [orjson.dumps(r) for r in records]
+    keys = [profile_key(r) for r in records]
+    resend = [retry_unknown or is_idempotent(r) for r in records]
+
     async def go() -> list[Verdict]:
-        async with CleverTapClient(settings, sleep=sleeps or Sleeps()) as client:
-            return await client.upload(records)
+        async with CleverTapClient(
+            settings, sleep=sleeps or Sleeps(), jitter=lambda: jitter
+        ) as client:
+            return await client.upload(bodies, keys, resend)
 
     return asyncio.run(go())
 
@@ -85,31 +108,54 @@ def test_429_then_200_retries_and_honours_retry_after(
     assert sleeps.delays == [7.0]
 
 
-def test_500_then_200_resends_the_same_records_once(
-    httpx_mock: HTTPXMock, settings: ClientSettings
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_a_5xx_after_sending_resends_profiles_but_never_events(
+    httpx_mock: HTTPXMock, settings: ClientSettings, status: int
 ) -> None:
-    httpx_mock.add_response(url=UPLOAD, status_code=500, text="oops")
+    # CleverTap (or a gateway) may have stored the batch before failing to answer.
+    httpx_mock.add_response(url=UPLOAD, status_code=status, text="oops")
     httpx_mock.add_response(url=UPLOAD, json=success(3))
-    records = events(3)
+    records = profiles(3)
     assert run_upload(settings, records) == [ACCEPTED] * 3
     first, second = sent_records(httpx_mock)
     assert first == second == records
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 429])
-def test_gives_up_after_max_retries(
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_a_5xx_after_sending_leaves_events_unknown(
     httpx_mock: HTTPXMock, settings: ClientSettings, status: int
+) -> None:
+    httpx_mock.add_response(url=UPLOAD, status_code=status, text="oops")
+    verdicts = run_upload(settings, events(3))
+    assert len(httpx_mock.get_requests()) == 1
+    assert {(v.outcome, v.code) for v in verdicts} == {(Outcome.FAILED, "outcome-unknown")}
+
+
+def test_retry_unknown_resends_events_after_a_500(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_response(url=UPLOAD, status_code=500, text="oops")
+    httpx_mock.add_response(url=UPLOAD, json=success(3))
+    assert run_upload(settings, events(3), retry_unknown=True) == [ACCEPTED] * 3
+    assert len(httpx_mock.get_requests()) == 2
+
+
+@pytest.mark.parametrize(("status", "code"), [(503, "503"), (429, "429"), (500, "outcome-unknown")])
+def test_gives_up_after_max_retries(
+    httpx_mock: HTTPXMock, settings: ClientSettings, status: int, code: str
 ) -> None:
     for _ in range(settings.retry.max_retries + 1):
         httpx_mock.add_response(url=UPLOAD, status_code=status, json={"error": "busy"})
     sleeps = Sleeps()
-    verdicts = run_upload(settings, profiles(2), sleeps)
+    verdicts = run_upload(settings, profiles(2), sleeps, jitter=0.25)
     assert {v.outcome for v in verdicts} == {Outcome.FAILED}
-    assert verdicts[0].code == str(status)
+    # After a 500 CleverTap may have stored them: the verdict says so.
+    assert {v.code for v in verdicts} == {code}
     assert "gave up after 4 attempts" in verdicts[0].message
     assert len(httpx_mock.get_requests()) == 4
-    # Exponential backoff: each ceiling doubles (capped), jitter keeps at least half.
-    assert len(sleeps.delays) == 3 and all(d > 0 for d in sleeps.delays)
+    # Full jitter: a uniform share of a ceiling that doubles each time, capped at
+    # max_delay (0.001, 0.002, 0.004 here; the jitter draw is 0.25).
+    assert sleeps.delays == pytest.approx([0.25 * 0.001, 0.25 * 0.002, 0.25 * 0.004])
 
 
 @pytest.mark.parametrize("status", [400, 403, 404])
@@ -164,6 +210,19 @@ def test_401_stops_with_a_message_naming_all_three_suspects(
     assert ACCOUNT_ID in message and "passcode" in message and "region" in message
     assert PASSCODE not in message and PASSCODE not in repr(caught.value)
     assert len(httpx_mock.get_requests()) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{}, {"status": "success"}, {"status": "success", "processed": "0"}, {"processed": 0.0}],
+)
+def test_an_answer_that_confirms_nothing_is_never_counted_as_accepted(
+    httpx_mock: HTTPXMock, settings: ClientSettings, answer: dict[str, object]
+) -> None:
+    httpx_mock.add_response(url=UPLOAD, json=answer)
+    verdicts = run_upload(settings, events(2))
+    assert {v.code for v in verdicts} == {"outcome-unknown"}
+    assert len(httpx_mock.get_requests()) == 1  # events: never sent twice
 
 
 def test_http_200_with_status_fail_fails_the_whole_batch(
@@ -242,9 +301,11 @@ def test_concurrency_stays_within_the_limit(
 
     httpx_mock.add_callback(slow, url=UPLOAD, is_reusable=True)
 
+    one = [orjson.dumps(profiles(1)[0])]
+
     async def go() -> None:
         async with CleverTapClient(settings) as client:
-            await asyncio.gather(*(client.upload(profiles(1)) for _ in range(20)))
+            await asyncio.gather(*(client.upload(one, ["u1"], [True]) for _ in range(20)))
 
     asyncio.run(go())
     assert state["peak"] == settings.upload_concurrency == 4
@@ -257,7 +318,7 @@ def test_delete_sends_identities_and_reads_status(
 
     async def go() -> list[Verdict]:
         async with CleverTapClient(settings) as client:
-            return await client.delete("identity", ["a", "b"])
+            return await client.delete("identity", [b'"a"', b'"b"'], ["a", "b"])
 
     assert asyncio.run(go()) == [ACCEPTED, ACCEPTED]
     (request,) = httpx_mock.get_requests()
@@ -267,10 +328,81 @@ def test_delete_sends_identities_and_reads_status(
 # -- pure classification -------------------------------------------------------------
 
 
-def test_classify_reads_retry_after_only_for_retryable_answers() -> None:
-    answer = classify(503, b"{}", "2")
-    assert isinstance(answer, Retry) and answer.after == 2.0
-    assert isinstance(classify(200, b"<html>", None), Refused)
+KEYS2 = ["u1", "u2"]
+
+
+@pytest.mark.parametrize(
+    ("attempt", "path", "step", "code"),
+    [
+        (Attempt(status=429, content=b"{}"), UPLOAD_PATH, Next.RETRY, "429"),
+        (Attempt(status=503, content=b"{}"), UPLOAD_PATH, Next.RETRY, "503"),
+        (Attempt(status=408, content=b""), UPLOAD_PATH, Next.RETRY, "408"),
+        (Attempt(status=500, content=b"{}"), UPLOAD_PATH, Next.UNKNOWN, "outcome-unknown"),
+        (Attempt(status=502, content=b""), UPLOAD_PATH, Next.UNKNOWN, "outcome-unknown"),
+        (Attempt(status=504, content=b""), DELETE_PATH, Next.UNKNOWN, "outcome-unknown"),
+        (Attempt(status=400, content=b"{}"), UPLOAD_PATH, Next.DONE, "400"),
+        (Attempt(status=403, content=b"{}"), UPLOAD_PATH, Next.DONE, "403"),
+        (Attempt(status=404, content=b"{}"), DELETE_PATH, Next.DONE, "404"),
+        (Attempt(status=200, content=b"<html>"), UPLOAD_PATH, Next.UNKNOWN, "outcome-unknown"),
+        (Attempt(status=200, content=b"{}"), UPLOAD_PATH, Next.UNKNOWN, "outcome-unknown"),
+        (Attempt(status=200, content=b"{}"), DELETE_PATH, Next.UNKNOWN, "outcome-unknown"),
+        (
+            Attempt(status=200, content=b'{"status":"success"}'),
+            DELETE_PATH,
+            Next.DONE,
+            "",
+        ),
+        (
+            Attempt(status=200, content=b'{"status":"fail","code":500,"processed":0}'),
+            UPLOAD_PATH,
+            Next.DONE,
+            "500",
+        ),
+        (
+            Attempt(status=200, content=b'{"status":"success","processed":2,"unprocessed":[]}'),
+            UPLOAD_PATH,
+            Next.DONE,
+            "",
+        ),
+        (
+            Attempt(status=200, content=b'{"status":"success","processed":"2"}'),
+            UPLOAD_PATH,
+            Next.DONE,
+            "",
+        ),
+        (Attempt(error="ConnectError", body_sent=False), UPLOAD_PATH, Next.RETRY, "connection"),
+        (Attempt(error="ReadError", body_sent=True), UPLOAD_PATH, Next.UNKNOWN, "outcome-unknown"),
+    ],
+)
+def test_one_table_of_what_each_answer_means(
+    attempt: Attempt, path: str, step: Next, code: str
+) -> None:
+    steps = classify(attempt, path, KEYS2)
+    assert not isinstance(steps, Unauthorized)
+    assert [(verdict.code, next_step) for verdict, next_step in steps] == [(code, step)] * 2
+
+
+def test_401_is_the_only_answer_that_stops_the_run() -> None:
+    steps = classify(
+        Attempt(status=401, content=b'{"error":"Account ID is not valid"}'), UPLOAD_PATH, KEYS2
+    )
+    assert steps == Unauthorized("Account ID is not valid")
+
+
+def test_555_is_retried_once_and_other_rejections_are_final() -> None:
+    body = {
+        "status": "success",
+        "processed": 0,
+        "unprocessed": [
+            {"code": 555, "error": "Try later. Skipped record number : 1"},
+            {"code": 514, "error": "Gender. Skipped record number : 2"},
+        ],
+    }
+    steps = upload_steps(body, KEYS2)
+    assert [(v.outcome, v.code, n) for v, n in steps] == [
+        (Outcome.REJECTED, "555", Next.RETRY_ONCE),
+        (Outcome.REJECTED, "514", Next.DONE),
+    ]
 
 
 def test_record_may_be_an_object_and_found_by_identity() -> None:
@@ -280,12 +412,44 @@ def test_record_may_be_an_object_and_found_by_identity() -> None:
         "processed": 2,
         "unprocessed": [{"code": 516, "error": "Phone invalid", "record": records[2]}],
     }
-    verdicts = upload_verdicts(body, records)
-    assert [v.outcome for v in verdicts] == [Outcome.ACCEPTED, Outcome.ACCEPTED, Outcome.REJECTED]
+    steps = upload_steps(body, [profile_key(r) for r in records])
+    assert [v.outcome for v, _ in steps] == [Outcome.ACCEPTED, Outcome.ACCEPTED, Outcome.REJECTED]
 
 
 def test_answers_that_do_not_add_up_confirm_nothing() -> None:
-    verdicts = upload_verdicts(
-        {"status": "success", "processed": 1, "unprocessed": []}, profiles(2)
-    )
-    assert {v.code for v in verdicts} == {"unconfirmed"}
+    steps = upload_steps({"status": "success", "processed": 1, "unprocessed": []}, KEYS2)
+    assert {(v.code, n) for v, n in steps} == {("outcome-unknown", Next.UNKNOWN)}
+
+
+def test_timeout_bounds_the_whole_answer_not_each_read(settings: ClientSettings) -> None:
+    """A peer that drips one byte every 50 ms never trips a per-read timeout; the
+    attempt as a whole must still end after `timeout` seconds."""
+
+    async def go() -> tuple[list[Verdict], float]:
+        async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            try:
+                for _ in range(200):
+                    writer.write(b" ")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+            except (ConnectionError, OSError):
+                pass
+
+        server = await asyncio.start_server(drip, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        quick = dataclasses.replace(
+            settings,
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=0.5,
+            retry=dataclasses.replace(settings.retry, max_retries=0),
+        )
+        started = time.monotonic()
+        async with server, CleverTapClient(quick) as client:
+            verdicts = await client.upload([orjson.dumps(events(1)[0])], ["u1"], [False])
+        return verdicts, time.monotonic() - started
+
+    (verdict,), elapsed = asyncio.run(go())
+    assert elapsed < 2.0
+    assert verdict.code == "outcome-unknown"
