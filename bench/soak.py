@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from ctsync.sandbox import SandboxConfig, sandbox_process
+from ctsync.sandbox import SandboxConfig, SandboxProcess, sandbox_process
 
 PRESETS = ("actions", "classic")
 ACCOUNT = "sandbox"
@@ -469,11 +469,27 @@ def soak_preset(preset: str, model: Model, config: SoakConfig, work: Path) -> Fi
         for _ in range(config.kills):
             if time.monotonic() > kills_end:
                 break
-            uploads.run(rng.uniform(*config.kill_after))
+            if uploads.run(rng.uniform(*config.kill_after)).killed:
+                _wait_until_idle(running)
         uploads.run(None)  # to completion
         uploads.run(None)  # after completion: must find nothing to send
     # The sandbox merged every pending profile write when it stopped.
     return check(preset, model, uploads.runs, db, config)
+
+
+def _wait_until_idle(sandbox: SandboxProcess, timeout: float = 15.0) -> None:
+    """Wait until the sandbox has answered every request of a killed run.
+
+    The sandbox still stores a request whose sender was killed, once its latency has
+    passed. Had the next run already sent a later write of the same profile, that late
+    arrival would overwrite it, and no client could prevent it; a cron run starts long
+    after the last one died, so the soak waits as long as that takes.
+    """
+    deadline = time.monotonic() + timeout
+    while any(sandbox.stats().in_flight.values()):
+        if time.monotonic() > deadline:
+            raise SoakError(f"the sandbox still had requests in flight after {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def soak(config: SoakConfig, work: Path) -> list[Findings]:
