@@ -20,13 +20,15 @@ in arrival order, deletions applied in arrival order. One piece of cleverness st
 speed: a request's events are one row of `event_batches` and its profile records one row
 of `profile_batches`, each a JSON array (the `events` and `profile_writes` views unfold
 them), and profiles are merged into `profiles` when they are next read or a deletion
-comes, not while requests arrive. Measured on the 2-core machine with
-`python -m ctsync.sandbox.load --requests 300` (1000 records a request, half profiles):
-storing a request's 500 events as 500 rows costs about 4x the single row (11 ms against
-3 ms), and merging its 500 profiles as they arrive (read, merge, write back) about 20 ms
-more, which would make the sandbox, not ctsync, the bottleneck of `make bench` (it
-already spends 13 s of CPU on the 1M-message run). A merge reads each profile once and
-writes it back once however many requests named it.
+comes, not while requests arrive. Why, measured on the shared 2-core machine with the
+bodies of `python -m ctsync.sandbox.load` (1000 records a request, half profiles): the
+plain design (a row per event and per profile record, each profile read, merged and
+written back as its request arrives) cost about 25 ms of store time per request against
+3 ms (500 event rows about 11 ms, the 500 merges about 20 ms), and made `load --requests
+300` about 2.4x slower (12-18k against 30-42k records/s). That would make the sandbox,
+not ctsync, the bottleneck of `make bench`, where it already spends 13 s of CPU on the
+other core during the 1M-message run. Merging later also lets one merge read each
+profile once and write it back once, however many requests named it.
 
 Reads through the views parse JSON: instant for tests, seconds for millions of records;
 the first read after a burst of a million profile records merges them (seconds).
