@@ -263,7 +263,7 @@ def test_a_latency_range_lets_later_requests_overtake_earlier_ones() -> None:
         ) as http:
 
             async def one(n: int) -> None:
-                await asyncio.sleep(n * 0.02)  # sent in order, 20 ms apart
+                await asyncio.sleep(n * 0.05)  # sent in order, 50 ms apart
                 response = await http.post(UPLOAD_PATH, json={"d": [event(f"u{n}")]})
                 assert response.status_code == 200
                 done.append(n)
