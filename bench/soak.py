@@ -30,6 +30,7 @@ and exits 1 if any check fails, naming the seed to reproduce it. Everything is o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -111,6 +112,24 @@ class Model:
             elif message["event"] == "Delete User" and preset == "actions":
                 profiles.pop(user, None)
         return profiles
+
+    def held_after(self, preset: str, user: str, profile: dict[str, Any] | None) -> str | None:
+        """The messageId of the last message after which `user`'s profile was `profile`
+        (a stale profile: the writes after it were lost or overtaken), or None."""
+        current: dict[str, Any] | None = None
+        found = None
+        for message in self.messages:
+            if message["userId"] != user:
+                continue
+            if message["type"] == "identify":
+                current = {**(current or {}), **message["traits"]}
+            elif message["event"] == "Delete User" and preset == "actions":
+                current = None
+            else:
+                continue
+            if current == profile:
+                found = message["messageId"]
+        return found
 
     def events(self, preset: str) -> dict[int, str]:
         """seq -> messageId of every track that becomes an event (classic: all tracks)."""
@@ -395,7 +414,7 @@ def check(preset: str, model: Model, runs: Sequence[Run], db: Path, config: Soak
     if other_failures:
         problems.append(f"records reported failed other than {UNKNOWN}: {dict(other_failures)}")
 
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         stored_profiles = {
             identifier: orjson.loads(data)
             for identifier, data in conn.execute(
@@ -412,9 +431,16 @@ def check(preset: str, model: Model, runs: Sequence[Run], db: Path, config: Soak
         if expected_profiles.get(user) != stored_profiles.get(user):
             found.wrong_profiles += 1
             if found.wrong_profiles <= 3:
+                stored = stored_profiles.get(user)
+                when = model.held_after(preset, user, stored)
                 problems.append(
-                    f"profile {user}: stored {stored_profiles.get(user)},"
-                    f" the input applied in order gives {expected_profiles.get(user)}"
+                    f"profile {user}: stored {stored}, the input applied in order gives"
+                    f" {expected_profiles.get(user)}"
+                    + (
+                        f" (what it was after {when}: later writes lost or overtaken)"
+                        if when
+                        else ""
+                    )
                 )
     if found.wrong_profiles > 3:
         problems.append(f"... {found.wrong_profiles} profiles differ from the input in all")

@@ -177,3 +177,15 @@ def test_the_check_applies_deletions_in_order_under_the_actions_preset(tmp_path:
     # No deletion at all.
     kept = [m for m in messages if m not in deletes]
     assert not _checked(tmp_path, kept, preset="actions").ok
+
+
+def test_the_check_says_when_a_stale_profile_was_right(tmp_path: Path) -> None:
+    messages = generate(SoakConfig(seed=7, messages=300)).messages
+    last = max(n for n, m in enumerate(messages) if m["type"] == "identify")
+    user = messages[last]["userId"]
+    before = max(
+        n for n, m in enumerate(messages[:last]) if m["userId"] == user and m["type"] == "identify"
+    )
+    found = _checked(tmp_path, messages[:last] + messages[last + 1 :])
+    assert found.wrong_profiles == 1
+    assert f"what it was after {messages[before]['messageId']}" in found.problems[0]
