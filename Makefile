@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv check test lint typecheck pytest demo bench clean
+.PHONY: venv check test lint typecheck pytest demo bench soak clean
 
 $(BIN)/ctsync: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ demo: venv
 # Throughput and memory, measured and printed (not part of the tests).
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The long fault soak: ctsync killed with SIGKILL many times against a faulty sandbox,
+# then checked record by record (bench/soak.py; a small one runs in `make test`).
+SOAK_ARGS ?= --seeds 3 --messages 10000 --kills 25
+soak: venv
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

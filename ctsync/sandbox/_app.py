@@ -3,14 +3,15 @@
 Knows nothing of sockets: it takes a parsed `Request` and returns a `Response`, or `DROP`
 to have the connection aborted without an answer. The order for a CleverTap path:
 auth (401) -> count in flight from the arrival of the head, over the limit (429) ->
-draw a fault -> latency -> the fault, or the work. Faulted and dropped requests store nothing.
+draw a fault -> latency -> the fault, or the work. The faults 429/500/503 and `drop` store
+nothing; `stored-500`, `stored-504` and `stored-drop` do the work (store the records, log
+the deletions) and then answer 500/504 or abort the connection instead of the real answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -81,12 +82,18 @@ def fail(status: int, error: str) -> Response:
 UNAUTHORIZED = fail(401, "Account ID is not valid")
 TOO_MANY = fail(429, "Too many concurrent requests")
 NOT_FOUND = fail(404, "Not found")
-_FAULT_ANSWERS: Mapping[Fault, Response] = {
+_INTERNAL_ERROR = fail(500, "Internal Server Error")
+_FAULT_ANSWERS: Mapping[Fault, Answer] = {
     Fault.TOO_MANY_REQUESTS: TOO_MANY,
-    Fault.INTERNAL_ERROR: fail(500, "Internal Server Error"),
+    Fault.INTERNAL_ERROR: _INTERNAL_ERROR,
     Fault.UNAVAILABLE: fail(503, "Service Unavailable"),
+    Fault.DROP: DROP,
+    Fault.STORED_THEN_500: _INTERNAL_ERROR,
+    Fault.STORED_THEN_504: fail(504, "Gateway Timeout"),
+    Fault.STORED_THEN_DROP: DROP,
 }
 _ERROR_FAULTS = (Fault.TOO_MANY_REQUESTS, Fault.INTERNAL_ERROR, Fault.UNAVAILABLE)
+_STORED_ERROR_FAULTS = (Fault.STORED_THEN_500, Fault.STORED_THEN_504)
 _ENDPOINTS: Mapping[str, Endpoint] = {UPLOAD_PATH: Endpoint.UPLOAD, DELETE_PATH: Endpoint.DELETE}
 
 
@@ -97,16 +104,15 @@ class SandboxApp:
         self.config = config
         self.store = store
         self.counters = Counters()
-        # When a CleverTap request last started or ended (time.monotonic()).
-        self.last_activity = time.monotonic()
         self._rng = random.Random(config.seed)
+        self._latency_rng = _latency_rng(config.seed)
         self._limits = {
             Endpoint.UPLOAD: config.max_concurrent_uploads,
             Endpoint.DELETE: config.max_concurrent_deletes,
         }
 
     def stats(self) -> SandboxStats:
-        """The counters and what the store holds (merges pending profile writes)."""
+        """The counters and what the store holds."""
         return self.counters.snapshot(self.store.counts())
 
     def reset(self) -> None:
@@ -114,6 +120,7 @@ class SandboxApp:
         self.store.reset()
         self.counters.reset()
         self._rng = random.Random(self.config.seed)
+        self._latency_rng = _latency_rng(self.config.seed)
 
     def admit(self, head: RequestHead) -> Admission | None:
         """Count an authenticated request to a CleverTap endpoint in flight.
@@ -123,7 +130,6 @@ class SandboxApp:
         endpoint = _ENDPOINTS.get(head.path)
         if endpoint is None or head.method != "POST" or not self._authorized(head):
             return None
-        self.last_activity = time.monotonic()
         self.counters.requests_by_endpoint[endpoint] += 1
         in_flight = self.counters.enter(endpoint)
         return Admission(endpoint, over_limit=in_flight > self._limits[endpoint])
@@ -131,15 +137,7 @@ class SandboxApp:
     def release(self, admission: Admission | None) -> None:
         """Count a request admitted by `admit` out of flight."""
         if admission is not None:
-            self.last_activity = time.monotonic()
             self.counters.leave(admission.endpoint)
-
-    def idle_for(self, seconds: float) -> bool:
-        """Whether no CleverTap request is in flight, nor was for `seconds`."""
-        return (
-            not any(self.counters.in_flight.values())
-            and time.monotonic() - self.last_activity >= seconds
-        )
 
     def _authorized(self, head: RequestHead) -> bool:
         return (
@@ -175,25 +173,41 @@ class SandboxApp:
         if admission.over_limit:
             return TOO_MANY
         fault = self._draw_fault()
-        if self.config.latency_ms:
-            await asyncio.sleep(self.config.latency_ms / 1000)
+        latency = self._draw_latency()
+        if latency:
+            await asyncio.sleep(latency / 1000)
         if fault is not None:
             self.counters.faults[fault] += 1
-            return DROP if fault is Fault.DROP else _FAULT_ANSWERS[fault]
+            if not fault.stores:
+                return _FAULT_ANSWERS[fault]
         if admission.endpoint is Endpoint.UPLOAD:
-            return self._upload(request)
-        return self._delete(request)
+            answer = self._upload(request)
+        else:
+            answer = self._delete(request)
+        return answer if fault is None else _FAULT_ANSWERS[fault]
 
     def _draw_fault(self) -> Fault | None:
         config = self.config
-        if not (config.drop_rate or config.fault_rate):
+        # In this order, so that a seed draws today's 429/500/503/drop sequence when the
+        # store-first faults are off.
+        shares = (
+            (config.drop_rate, (Fault.DROP,)),
+            (config.fault_rate, _ERROR_FAULTS),
+            (config.store_then_fail_rate, _STORED_ERROR_FAULTS),
+            (config.store_then_drop_rate, (Fault.STORED_THEN_DROP,)),
+        )
+        if not any(share for share, _ in shares):
             return None
         draw = self._rng.random()
-        if draw < config.drop_rate:
-            return Fault.DROP
-        if draw < config.drop_rate + config.fault_rate:
-            return self._rng.choice(_ERROR_FAULTS)
+        for share, faults in shares:
+            if draw < share:
+                return faults[0] if len(faults) == 1 else self._rng.choice(faults)
+            draw -= share
         return None
+
+    def _draw_latency(self) -> float:
+        low, high = self.config.latency_range
+        return low if low == high else self._latency_rng.uniform(low, high)
 
     def _upload(self, request: Request) -> Response:
         payload = _json_body(request.body)
@@ -243,6 +257,11 @@ class SandboxApp:
             )
         processed = self.store.apply_delete(key, values)
         return Response(200, orjson.dumps({"status": "success", "processed": processed}))
+
+
+def _latency_rng(seed: int) -> random.Random:
+    # Its own stream: a latency range leaves the fault sequence of a seed as it was.
+    return random.Random(f"latency-{seed}")
 
 
 def _json_body(body: bytes) -> Any | None:

@@ -20,11 +20,8 @@ T = TypeVar("T")
 STREAM_LIMIT = 1024 * 1024
 START_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 10.0
-# Reading may first merge a backlog of profile writes: seconds for millions of records.
+# Reading millions of stored records through the Python API takes seconds.
 READ_TIMEOUT_SECONDS = 300.0
-IDLE_MERGE_INTERVAL_SECONDS = 0.05
-IDLE_AFTER_SECONDS = 0.2
-IDLE_MERGE_BATCHES = 2  # a few milliseconds of work between chances for requests
 
 
 class SandboxServer:
@@ -35,7 +32,6 @@ class SandboxServer:
         self.app = SandboxApp(config, SandboxStore.open(config.db))
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
-        self._merger: asyncio.Task[None] | None = None
         self.port = 0
 
     @property
@@ -50,18 +46,6 @@ class SandboxServer:
             self._on_connection, self.config.host, self.config.port, limit=STREAM_LIMIT
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        self._merger = asyncio.create_task(self._merge_profiles_when_idle())
-
-    async def _merge_profiles_when_idle(self) -> None:
-        # Profile writes are merged lazily (see _store). Merging once requests have
-        # stopped for a moment keeps reads after a burst fast without slowing the burst.
-        app = self.app
-        while True:
-            await asyncio.sleep(IDLE_MERGE_INTERVAL_SECONDS)
-            while app.idle_for(IDLE_AFTER_SECONDS):
-                if not app.store.merge_some_profiles(IDLE_MERGE_BATCHES):
-                    break
-                await asyncio.sleep(0)  # one batch, then let requests in
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -74,8 +58,6 @@ class SandboxServer:
 
     async def close(self) -> None:
         """Stop listening, abort open connections, close the database."""
-        if self._merger is not None:
-            self._merger.cancel()
         if self._server is not None:
             self._server.close()
             for writer in list(self._connections):
@@ -141,7 +123,7 @@ class Sandbox:
         self._thread.join(STOP_TIMEOUT_SECONDS)
 
     def stats(self) -> SandboxStats:
-        """A snapshot of the counters and stored counts (merges pending profile writes)."""
+        """A snapshot of the counters and stored counts."""
         return self._call(lambda: self._running().app.stats())
 
     def reset(self) -> None:

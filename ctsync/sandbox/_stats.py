@@ -19,12 +19,24 @@ class Endpoint(StrEnum):
 
 
 class Fault(StrEnum):
-    """An injected fault: an error answer, or a connection dropped without one."""
+    """An injected fault: an error answer, or a connection dropped without one.
+
+    The first four store nothing; the `stored-` ones store the request first and then
+    answer badly, so the client cannot know that its records arrived.
+    """
 
     TOO_MANY_REQUESTS = "429"
     INTERNAL_ERROR = "500"
     UNAVAILABLE = "503"
     DROP = "drop"
+    STORED_THEN_500 = "stored-500"
+    STORED_THEN_504 = "stored-504"
+    STORED_THEN_DROP = "stored-drop"
+
+    @property
+    def stores(self) -> bool:
+        """Whether the request is stored before the fault."""
+        return self.value.startswith("stored-")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

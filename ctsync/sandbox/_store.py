@@ -15,16 +15,23 @@ and deletions can be checked (within one request: its events, then its profile r
 then its tokens, each in request order). One request is one transaction. Events do not
 create profile rows: `profiles` holds what profile records wrote, which tests count.
 
-Why batches: one SQLite row per record costs about 2 microseconds, and merging a profile
-(read, merge, write back) about 5, more than everything else the sandbox does for a
-record, and the benchmark sends 150,000 a second, half of them profiles. So a request's
-events are one row of `event_batches` and its profile records one row of
-`profile_batches`, each a JSON array; the views unfold them. The merge into `profiles`
-is deferred: every read of profiles, and every delete, first folds the batches not yet
-merged, in order, so what is read is always what CleverTap would hold; the server also
-folds while no request is in flight. Reading right after a burst of a million profile
-records takes a few seconds; reading through the views parses JSON: instant for tests,
-seconds for millions of records.
+It is a fake CleverTap: a request's records are stored as they arrive, profiles are merged
+in arrival order, deletions applied in arrival order. One piece of cleverness stays, for
+speed: a request's events are one row of `event_batches` and its profile records one row
+of `profile_batches`, each a JSON array (the `events` and `profile_writes` views unfold
+them), and profiles are merged into `profiles` when they are next read or a deletion
+comes, not while requests arrive. Why, measured on the shared 2-core machine with the
+bodies of `python -m ctsync.sandbox.load` (1000 records a request, half profiles): the
+plain design (a row per event and per profile record, each profile read, merged and
+written back as its request arrives) cost about 25 ms of store time per request against
+3 ms (500 event rows about 11 ms, the 500 merges about 20 ms), and made `load --requests
+300` about 2.4x slower (12-18k against 30-42k records/s). That would make the sandbox,
+not ctsync, the bottleneck of `make bench`, where it already spends 13 s of CPU on the
+other core during the 1M-message run. Merging later also lets one merge read each
+profile once and write it back once, however many requests named it.
+
+Reads through the views parse JSON: instant for tests, seconds for millions of records;
+the first read after a burst of a million profile records merges them (seconds).
 """
 
 from __future__ import annotations
@@ -105,18 +112,18 @@ _DELETE_KIND: Mapping[DeleteKey, IdentifierKind] = {
     "guid": IdentifierKind.OBJECT_ID,
 }
 
-
+# A merge holds at most this many profiles in memory before writing them back.
 MERGE_FLUSH_PROFILES = 50_000
 
 
 @dataclass(slots=True)
-class _ProfileState:
-    """A profile row while a request's writes are merged into it."""
+class _Merging:
+    """A profile row while profile records are merged into it."""
 
     data: dict[str, Any]
     writes: int
-    last_ts: int
-    last_seq: int
+    last_ts: int = 0
+    last_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +248,7 @@ class SandboxStore:
         count = 0
         with self._transaction():
             # Profile writes that came before the delete must be merged before it.
-            self._merge_profiles_in_transaction()
+            self._merge_profiles()
             for value in values:
                 existed = self._conn.execute(
                     "DELETE FROM profiles WHERE id_kind = ? AND identifier = ?", (kind, value)
@@ -275,90 +282,64 @@ class SandboxStore:
         self._conn.execute("COMMIT")
 
     def _merge_profiles(self) -> None:
-        """Fold the profile batches not yet merged into `profiles`."""
+        """Fold the profile batches stored since the last merge into `profiles`, in order."""
         if self._conn.in_transaction:
             self._merge_profiles_in_transaction()
             return
-        if not self.profiles_pending():
-            return
-        with self._transaction():
-            self._merge_profiles_in_transaction()
-
-    def profiles_pending(self) -> bool:
-        """Whether some profile writes are stored but not yet merged into `profiles`."""
-        row = self._conn.execute(
+        pending = self._conn.execute(
             "SELECT EXISTS (SELECT 1 FROM profile_batches WHERE first_seq >"
             " (SELECT through_seq FROM profiles_merged))"
-        ).fetchone()
-        return bool(row[0])
+        ).fetchone()[0]
+        if pending:
+            with self._transaction():
+                self._merge_profiles_in_transaction()
 
-    def _merge_profiles_in_transaction(self, limit: int | None = None) -> bool:
-        """Fold pending batches (at most `limit`) in order; return whether some remain."""
+    def _merge_profiles_in_transaction(self) -> None:
         (through,) = self._conn.execute("SELECT through_seq FROM profiles_merged").fetchone()
-        merged = through
-        done = 0
-        touched: dict[tuple[str, str], _ProfileState] = {}
-        while limit is None or done < limit:
-            batch = self._conn.execute(
-                "SELECT first_seq, count, writes FROM profile_batches"
-                " WHERE first_seq > ? ORDER BY first_seq LIMIT 1",
-                (merged,),
-            ).fetchone()
-            if batch is None:
-                break
-            first_seq, count, writes = batch
-            self._merge_batch(touched, first_seq, orjson.loads(writes))
-            merged = first_seq + count - 1
-            done += 1
-            # A profile written in many requests is read and written back once per
-            # flush, not once per request; flushing bounds the memory held.
+        touched: dict[tuple[str, str], _Merging] = {}
+        batches = self._conn.execute(
+            "SELECT first_seq, count, writes FROM profile_batches"
+            " WHERE first_seq > ? ORDER BY first_seq",
+            (through,),
+        )
+        for first_seq, count, writes in batches:
+            records = orjson.loads(writes)
+            self._read_profiles(touched, records)
+            for seq, (kind, identifier, ts, data) in enumerate(records, first_seq):
+                profile = touched[(kind, identifier)]
+                profile.data.update(data)
+                profile.writes += 1
+                profile.last_ts = ts
+                profile.last_seq = seq
+            through = first_seq + count - 1
             if len(touched) >= MERGE_FLUSH_PROFILES:
                 self._write_profiles(touched)
                 touched = {}
         self._write_profiles(touched)
-        if merged != through:
-            self._conn.execute("UPDATE profiles_merged SET through_seq = ?", (merged,))
-        return limit is not None and done == limit
+        self._conn.execute("UPDATE profiles_merged SET through_seq = ?", (through,))
 
-    def merge_some_profiles(self, batches: int = 1) -> bool:
-        """Fold at most `batches` pending profile batches; return whether more remain.
-
-        The server calls this while idle, so that reads after a burst find little to do.
-        """
-        with self._transaction():
-            return self._merge_profiles_in_transaction(batches) and self.profiles_pending()
-
-    def _merge_batch(
-        self, touched: dict[tuple[str, str], _ProfileState], first_seq: int, writes: list[Any]
-    ) -> None:
-        """Merge one request's profile writes, in order, into `touched`."""
+    def _read_profiles(self, touched: dict[tuple[str, str], _Merging], records: list[Any]) -> None:
+        """Add the stored rows of the profiles `records` name to `touched` (new ones empty)."""
         missing: dict[str, list[str]] = {}
-        for kind, identifier, _, _ in writes:
-            key = (kind, identifier)
-            if key not in touched:
-                touched[key] = _ProfileState({}, 0, 0, 0)
+        for kind, identifier, _, _ in records:
+            if (kind, identifier) not in touched:
+                touched[(kind, identifier)] = _Merging({}, 0)
                 missing.setdefault(kind, []).append(identifier)
         for kind, identifiers in missing.items():
             marks = ",".join("?" * len(identifiers))
-            for identifier, data, count in self._conn.execute(
+            for identifier, data, writes in self._conn.execute(
                 f"SELECT identifier, data, writes FROM profiles"
                 f" WHERE id_kind = ? AND identifier IN ({marks})",
                 [kind, *identifiers],
             ):
-                touched[(kind, identifier)] = _ProfileState(orjson.loads(data), count, 0, 0)
-        for seq, (kind, identifier, ts, data) in enumerate(writes, first_seq):
-            state = touched[(kind, identifier)]
-            state.data.update(data)
-            state.writes += 1
-            state.last_ts = ts
-            state.last_seq = seq
+                touched[(kind, identifier)] = _Merging(orjson.loads(data), writes)
 
-    def _write_profiles(self, touched: dict[tuple[str, str], _ProfileState]) -> None:
+    def _write_profiles(self, touched: dict[tuple[str, str], _Merging]) -> None:
         self._conn.executemany(
             "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (kind, identifier, orjson.dumps(s.data).decode(), s.writes, s.last_ts, s.last_seq)
-                for (kind, identifier), s in touched.items()
+                (kind, identifier, orjson.dumps(p.data).decode(), p.writes, p.last_ts, p.last_seq)
+                for (kind, identifier), p in touched.items()
             ],
         )
 

@@ -19,6 +19,7 @@ from ._config import (
     DEFAULT_HOST,
     DEFAULT_PASSCODE,
     SandboxConfig,
+    parse_latency,
 )
 from ._process import LISTENING_PREFIX
 from ._server import serve
@@ -51,17 +52,43 @@ def run(
         Path | None, typer.Option(help="SQLite file to store into (default: in memory).")
     ] = None,
     latency_ms: Annotated[
-        int, typer.Option(min=0, help="Wait this long before answering each /1/ request.")
-    ] = 0,
+        str,
+        typer.Option(
+            help="Milliseconds to wait before answering each /1/ request: N, or LOW-HIGH"
+            " for a delay drawn uniformly per request (requests then overtake each other)."
+        ),
+    ] = "0",
     fault_rate: Annotated[
         float,
-        typer.Option(min=0.0, max=1.0, help="Share of /1/ requests answered 429, 500 or 503."),
+        typer.Option(
+            min=0.0, max=1.0, help="Share of /1/ requests answered 429, 500 or 503; stores nothing."
+        ),
     ] = 0.0,
     drop_rate: Annotated[
         float,
-        typer.Option(min=0.0, max=1.0, help="Share of /1/ requests whose connection is aborted."),
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of /1/ requests whose connection is aborted; stores nothing.",
+        ),
     ] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the fault choice.")] = 0,
+    store_then_fail_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of /1/ requests stored, then answered 500 or 504 (outcome unknown).",
+        ),
+    ] = 0.0,
+    store_then_drop_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of /1/ requests stored, then their connection aborted without an answer.",
+        ),
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the fault and latency draws.")] = 0,
     max_concurrent_uploads: Annotated[int, typer.Option(min=1)] = 15,
     max_concurrent_deletes: Annotated[int, typer.Option(min=1)] = 3,
 ) -> None:
@@ -75,9 +102,11 @@ def run(
             account_id=account_id,
             passcode=passcode,
             db=db,
-            latency_ms=latency_ms,
+            latency_ms=parse_latency(latency_ms),
             fault_rate=fault_rate,
             drop_rate=drop_rate,
+            store_then_fail_rate=store_then_fail_rate,
+            store_then_drop_rate=store_then_drop_rate,
             seed=seed,
             max_concurrent_uploads=max_concurrent_uploads,
             max_concurrent_deletes=max_concurrent_deletes,

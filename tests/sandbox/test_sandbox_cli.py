@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from ctsync.sandbox import (
     LISTENING_PREFIX,
     SandboxConfig,
+    cli,
     read_listening_url,
     running_sandbox,
     sandbox_process,
@@ -100,6 +101,55 @@ def test_bad_options_exit_2_before_listening() -> None:
     assert result.exit_code == 2
     result = CliRunner().invoke(app, ["--port", "70000"])
     assert result.exit_code == 2
+
+
+def test_to_cli_args_round_trips_through_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[SandboxConfig] = []
+    monkeypatch.setattr(cli, "serve", lambda config, announce: started.append(config))
+    configs = [
+        SandboxConfig(),
+        SandboxConfig(
+            host="::1",
+            port=9000,
+            account_id="A",
+            passcode="P",
+            db=tmp_path / "s.db",
+            latency_ms=(20, 400),
+            fault_rate=0.1,
+            drop_rate=0.05,
+            store_then_fail_rate=0.15,
+            store_then_drop_rate=0.2,
+            seed=42,
+            max_concurrent_uploads=4,
+            max_concurrent_deletes=2,
+        ),
+        SandboxConfig(latency_ms=35),
+    ]
+    for config in configs:
+        result = CliRunner().invoke(app, config.to_cli_args())
+        assert result.exit_code == 0, result.output
+    assert started == configs
+
+
+@pytest.mark.parametrize(
+    ("text", "latency"), [("0", 0), ("250", 250), ("20-400", (20, 400)), (" 5 - 5 ", (5, 5))]
+)
+def test_latency_ms_takes_a_number_or_a_range(
+    text: str, latency: int | tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[SandboxConfig] = []
+    monkeypatch.setattr(cli, "serve", lambda config, announce: started.append(config))
+    assert CliRunner().invoke(app, ["--latency-ms", text]).exit_code == 0
+    assert [config.latency_ms for config in started] == [latency]
+
+
+@pytest.mark.parametrize("text", ["400-20", "-5", "20-", "fast", "1.5", "20-400-600"])
+def test_a_bad_latency_exits_2_with_a_message(text: str) -> None:
+    result = CliRunner().invoke(app, ["--latency-ms", text])
+    assert result.exit_code == 2
+    assert "latency" in result.output.lower()
 
 
 def _filled_db(path: Path) -> Path:

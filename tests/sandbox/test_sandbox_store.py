@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -174,15 +173,3 @@ def test_a_database_file_keeps_everything_and_reopens(tmp_path: Path) -> None:
         seqs = [e.seq for e in sandbox.read(lambda store: store.events())]
         assert seqs == sorted(set(seqs))
         assert len(seqs) == 3
-
-
-def test_profile_writes_are_merged_once_requests_stop(
-    client: httpx.Client, sandbox: Sandbox
-) -> None:
-    for n in range(5):
-        upload(client, [profile(f"u{n}", a=n), profile("shared", n=n)])
-    deadline = time.monotonic() + 5
-    while sandbox.read(lambda store: store.profiles_pending()):
-        assert time.monotonic() < deadline, "the idle merge did not run"
-        time.sleep(0.05)
-    assert sandbox.read(lambda store: store.profile_writes())["shared"] == 5

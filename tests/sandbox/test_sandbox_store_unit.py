@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from ctsync.sandbox import SandboxStore
 from ctsync.sandbox._validation import check_upload
 
@@ -49,16 +52,17 @@ def test_profile_batches_merge_in_order_around_deletes() -> None:
     assert store.deletions()[0].existed
 
 
-def test_merging_a_little_at_a_time_ends() -> None:
+def test_a_profile_written_many_times_reads_its_last_values_at_once() -> None:
     store = SandboxStore.open()
     for n in range(5):
-        _upload(store, [profile("u1", n=n)])
-    assert store.merge_some_profiles(2)
-    assert store.merge_some_profiles(2)
-    assert not store.merge_some_profiles(2)
+        _upload(store, [profile("u1", n=n, **{f"k{n}": n})])
     stored = store.profile("u1")
     assert stored is not None
-    assert (dict(stored.data), stored.writes) == ({"n": 4}, 5)
+    assert (dict(stored.data), stored.writes) == (
+        {"n": 4, "k0": 0, "k1": 1, "k2": 2, "k3": 3, "k4": 4},
+        5,
+    )
+    assert (stored.last_seq, store.profile_records()) == (5, {"u1": 5})
 
 
 def test_a_file_left_with_pending_writes_is_merged_by_the_next_reader(tmp_path: Path) -> None:
@@ -88,3 +92,41 @@ def test_reset_empties_everything() -> None:
     assert (counts.profiles, counts.events, counts.tokens, counts.deletions) == (0, 0, 0, 0)
     _upload(store, [event("u1")])
     assert store.events()[0].seq == 1
+
+
+# One step against the store: ("upload", [(identity, profileData), ...]) or ("delete", ids).
+_identities = st.sampled_from(["u1", "u2", "u3"])
+_data = st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 9), max_size=3)
+_steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("upload"), st.lists(st.tuples(_identities, _data), min_size=1, max_size=4)
+        ),
+        st.tuples(st.just("delete"), st.lists(_identities, min_size=1, max_size=2)),
+        st.tuples(st.just("read"), st.just([])),
+    ),
+    max_size=12,
+)
+
+
+@given(_steps)
+def test_profiles_are_the_requests_applied_in_arrival_order(steps: list[tuple[str, Any]]) -> None:
+    store = SandboxStore.open()
+    expected: dict[str, dict[str, int]] = {}
+    writes: dict[str, int] = {}
+    for action, items in steps:
+        if action == "upload":
+            _upload(store, [profile(identity, **data) for identity, data in items])
+            for identity, data in items:
+                expected.setdefault(identity, {}).update(data)
+                writes[identity] = writes.get(identity, 0) + 1
+        elif action == "delete":
+            store.apply_delete("identity", items)
+            for identity in items:
+                expected.pop(identity, None)
+                writes.pop(identity, None)
+        else:
+            store.counts()  # a read between requests merges what is pending
+    stored = {p.identifier: dict(p.data) for p in store.profiles()}
+    assert stored == expected
+    assert store.profile_writes() == writes
