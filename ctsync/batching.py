@@ -48,6 +48,7 @@ class Batch:
         "kind",
         "lane",
         "owners",
+        "positions",
         "runs",
         "safe",
         "sealed",
@@ -62,6 +63,7 @@ class Batch:
         self.seq = seq
         self.bodies: list[bytes] = []  # encoded records, or encoded identity strings
         self.owners: list[Tracked] = []
+        self.positions: list[tuple[str, Position]] = []  # each operation's source and place
         self.keys: list[ProfileKey | None] = []
         self.keyset: set[ProfileKey] = set()
         self.safe: list[bool] = []
@@ -150,6 +152,7 @@ class Planner:
             lane.open.append(batch)
         batch.bodies.append(op.body)
         batch.owners.append(owner)
+        batch.positions.append((source, position))
         batch.keys.append(op.key)
         batch.safe.append(op.safe)
         if op.key is not None:

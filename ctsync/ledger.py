@@ -232,6 +232,20 @@ class Ledger:
             if line is not None:
                 self._dead_letters = self._put(self._dead_letters, "dead-letter file", line + b"\n")
 
+    def flush(self) -> None:
+        """Hand what the report and dead letters hold to the operating system, so that a
+        record the state file calls settled is in them even after `kill -9`."""
+        for attribute, what in (("_report", "report"), ("_dead_letters", "dead-letter file")):
+            output = getattr(self, attribute)
+            if output is None:
+                continue
+            try:
+                output.flush()
+            except OSError as exc:
+                setattr(self, attribute, None)
+                if self.output_error is None:
+                    self.output_error = output_error(output, what, exc)
+
     def _put(self, output: IO[bytes], what: str, data: bytes) -> IO[bytes] | None:
         """Write `data`; the output to keep using, or None once it cannot be written (the
         first such error is kept in `output_error`, for the run to stop on)."""

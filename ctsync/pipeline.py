@@ -26,6 +26,7 @@ from ctsync.batching import Batch, Lane, Planner, Position
 from ctsync.client import UNKNOWN, OnWire, delete_body, upload_body
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, output_error
 from ctsync.prepare import (
+    Op,
     OpKind,
     ProfileKey,
     Ready,
@@ -199,6 +200,10 @@ class UploadRun:
         # With --state: the inputs this run reads and has not settled, by source name.
         self._inputs: dict[str, Progress] = {}
         self._gap = False  # positions were passed over since the last operation planned
+        # Operations that have their verdict while their record still waits for another
+        # one: the record's report line is not written yet, so the state keeps them
+        # pending (as sent: a run that resumes reports them unknown or re-sends them).
+        self._held: dict[Tracked, list[tuple[str, Position, Verdict]]] = {}
         self._resumed: Counter[str] = Counter()
 
     @property
@@ -356,34 +361,48 @@ class UploadRun:
         for code in ready.warnings:
             self.summary.warnings[code] += 1
         origin = record.origin
-        ops = ready.ops
-        unknown = 0
-        if resume is not None:  # a record an earlier run left pending: some ops only
-            kept = []
-            for op in ops:
-                seen = resume.seen((origin.line, origin.part, op.index))
-                if seen is Seen.DONE:
-                    self._gap = True
-                elif seen is Seen.UNKNOWN and not (op.safe or self._options.retry_unknown):
-                    unknown += 1
-                else:
-                    if seen is Seen.UNKNOWN:
-                        self._resumed["resent"] += 1
-                    kept.append(op)
-            ops = kept
-        tracked = Tracked(origin, record.raw, message, len(ops) + unknown)
-        if unknown:
-            self._resumed["unknown"] += unknown
-            for _ in range(unknown):
-                self._ledger.settle(tracked, UNKNOWN_EARLIER)
-        if not ops:
-            return
         source = origin.source
-        add = self._planner.add
-        for op in ops:
-            position: Position = (origin.line, origin.part, op.index)
-            self._enqueue(add(op, tracked, source, position, self._gap))
+        if resume is None:  # the common case: every operation is new
+            tracked = Tracked(origin, record.raw, message, len(ready.ops))
+            add = self._planner.add
+            for op in ready.ops:
+                position: Position = (origin.line, origin.part, op.index)
+                self._enqueue(add(op, tracked, source, position, self._gap))
+                self._gap = False
+            return
+        # A record an earlier run left pending: only some operations are still to do.
+        planned: list[tuple[Op, bool]] = []  # (operation, sent before: may be stored)
+        known: list[tuple[Position, Verdict]] = []  # verdicts without a report line yet
+        for op in ready.ops:
+            position = (origin.line, origin.part, op.index)
+            seen = resume.seen(position)
+            if seen is Seen.DONE:
+                continue
+            if seen is Seen.SETTLED:
+                span = resume.span(position)
+                assert span is not None and span.verdict is not None
+                outcome, code, text, stage = span.verdict
+                known.append((position, Verdict(Outcome(outcome), code, text, Stage(stage))))
+            elif seen is Seen.UNKNOWN and not (op.safe or self._options.retry_unknown):
+                self._resumed["unknown"] += 1
+                known.append((position, UNKNOWN_EARLIER))
+            else:
+                planned.append((op, seen is Seen.UNKNOWN))
+        tracked = Tracked(origin, record.raw, message, len(planned) + len(known))
+        for position, verdict in known:
+            self._ledger.settle(tracked, verdict)
+            if tracked.remaining:
+                self._held.setdefault(tracked, []).append((source, position, verdict))
+        previous = -1
+        for op, resent in planned:
+            position = (origin.line, origin.part, op.index)
+            # A settled position just before this one: no run of positions may cross it.
+            gap = self._gap or op.index != previous + 1
+            self._resumed["resent"] += resent
+            self._enqueue(self._planner.add(op, tracked, source, position, gap))
             self._gap = False
+            previous = op.index
+        self._gap = previous != len(ready.ops) - 1  # settled positions end the record
 
     # -- sending ------------------------------------------------------------------
 
@@ -434,8 +453,15 @@ class UploadRun:
     def _settle(self, batch: Batch, verdicts: Sequence[Verdict]) -> None:
         self._queued -= 1
         settle = self._ledger.settle
-        for owner, verdict in zip(batch.owners, verdicts, strict=True):
+        held = self._held
+        for owner, verdict, (source, position) in zip(
+            batch.owners, verdicts, batch.positions, strict=True
+        ):
             settle(owner, verdict)
+            if owner.remaining:  # another operation of this record is still out
+                held.setdefault(owner, []).append((source, position, verdict))
+            elif held:
+                held.pop(owner, None)
         self._changed.set()
 
     async def _until(self, done: Callable[[], bool]) -> None:
@@ -500,11 +526,17 @@ class UploadRun:
         """Write each input's progress to the state file (with --state)."""
         if self._state is None or self._frozen or not self._inputs:
             return
+        self._ledger.flush()  # what the state calls settled is in the report first
         spans: dict[str, list[Span]] = {name: [] for name in self._inputs}
         for batch in self._live():
             for name, runs in batch.runs.items():
                 if name in spans:
                     spans[name] += [Span(first, last, batch.sent) for first, last in runs]
+        for positions in self._held.values():
+            for name, position, v in positions:
+                if name in spans:
+                    verdict = (v.outcome.value, v.code, v.message, v.stage.value)
+                    spans[name].append(Span(position, position, True, verdict))
         for name, progress in list(self._inputs.items()):
             self._state.save(progress, spans[name])
             if progress.finished_reading and not spans[name]:

@@ -72,11 +72,16 @@ CREATE TABLE IF NOT EXISTS holder (
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """Positions `first`..`last` of one input held by a batch without a final answer."""
+    """Positions `first`..`last` of one input held by a batch without a final answer.
+
+    With `verdict`, one operation that has its verdict while its record waits for
+    another: the record's report line is not written yet, so the verdict is kept here
+    for the run that resumes (outcome, code, message, stage)."""
 
     first: Position
     last: Position
     sent: bool
+    verdict: tuple[str, str, str, str] | None = None
 
 
 class Seen(Enum):
@@ -85,6 +90,7 @@ class Seen(Enum):
     NEW = "new"  # never read, or read but not sent: process it
     DONE = "done"  # settled: never again
     UNKNOWN = "unknown"  # on the wire when that run stopped: CleverTap may have it
+    SETTLED = "settled"  # has its verdict (in the span), its record was not reported yet
 
 
 @dataclass(slots=True)
@@ -113,10 +119,19 @@ class Resume:
     def seen(self, position: Position) -> Seen:
         if position[:2] > self.read_through:
             return Seen.NEW
+        span = self.span(position)
+        if span is None:
+            return Seen.DONE
+        if span.verdict is not None:
+            return Seen.SETTLED
+        return Seen.UNKNOWN if span.sent else Seen.NEW
+
+    def span(self, position: Position) -> Span | None:
+        """The pending span holding `position`, if any."""
         at = bisect.bisect_right(self._firsts, position) - 1
         if at >= 0 and position <= self.pending[at].last:
-            return Seen.UNKNOWN if self.pending[at].sent else Seen.NEW
-        return Seen.DONE
+            return self.pending[at]
+        return None
 
     def after(self, line: int, part: int) -> list[Span]:
         """The pending spans from beyond record (line, part): what a run that has read
@@ -127,7 +142,7 @@ class Resume:
             if span.last <= cut:
                 continue
             first = span.first if span.first > cut else (line, part + 1, 0)
-            kept.append(Span(first, span.last, span.sent))
+            kept.append(Span(first, span.last, span.sent, span.verdict))
         return kept
 
 
@@ -252,9 +267,7 @@ class StateFile:
             return Progress(key, size, print_now, print_len, Resume(note=note))
         try:
             line, part = orjson.loads(read)
-            spans = [
-                Span(_position(a), _position(b), bool(sent)) for a, b, sent in orjson.loads(pending)
-            ]
+            spans = [_span(entry) for entry in orjson.loads(pending)]
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
             raise UsageError(
                 f"{self.path}: the state of {source.name} is damaged ({exc}); "
@@ -282,7 +295,7 @@ class StateFile:
                     progress.fingerprint,
                     progress.fingerprint_len,
                     orjson.dumps(progress.read_through).decode(),
-                    orjson.dumps([[s.first, s.last, int(s.sent)] for s in spans]).decode(),
+                    orjson.dumps([_entry(s) for s in spans]).decode(),
                     int(complete),
                     time.time(),
                 ),
@@ -291,6 +304,22 @@ class StateFile:
             raise OutputError(
                 f"{self.path}: cannot write the state file ({exc}); the run stopped"
             ) from None
+
+
+def _entry(span: Span) -> list[Any]:
+    entry: list[Any] = [span.first, span.last, int(span.sent)]
+    if span.verdict is not None:
+        entry.append(list(span.verdict))
+    return entry
+
+
+def _span(entry: Any) -> Span:
+    first, last, sent, *rest = entry
+    verdict = None
+    if rest:
+        outcome, code, message, stage = rest[0]
+        verdict = (str(outcome), str(code), str(message), str(stage))
+    return Span(_position(first), _position(last), bool(sent), verdict)
 
 
 def _position(value: Any) -> Position:

@@ -94,6 +94,7 @@ class ModelCleverTap:
     verdicts: dict[tuple[str, int], bool] = field(default_factory=dict)
     attempts: Counter[bytes] = field(default_factory=Counter)
     kill_at: int | None = None
+    kill_while_reading: int | None = None
     requests: int = 0
     killed: bool = False
     snapshot: list[tuple[Any, ...]] | None = None
@@ -155,11 +156,14 @@ class ModelCleverTap:
         """At the drawn request, the process dies before it reads the answer: the state
         file is what it was at this instant."""
         if self.kill_at is not None and self.requests >= self.kill_at and not self.killed:
-            self.killed = True
-            with sqlite3.connect(self.state_path) as db:
-                self.snapshot = db.execute("SELECT * FROM inputs").fetchall()
-            raise Killed
+            self.kill_now()
         return response
+
+    def kill_now(self) -> None:
+        self.killed = True
+        with sqlite3.connect(self.state_path) as db:
+            self.snapshot = db.execute("SELECT * FROM inputs").fetchall()
+        raise Killed
 
     def _store(self, path: str, body: dict[str, Any], rejected: set[int]) -> None:
         if path.endswith("profiles.json"):
@@ -215,7 +219,17 @@ def write_export(path: Path, drawn: list[list[tuple[str, str]]]) -> list[tuple[s
 def one_run(
     export: Path, state_path: Path, model: ModelCleverTap, options: RunOptions
 ) -> tuple[Summary, list[dict[str, Any]]]:
-    report = io.BytesIO()
+    report = Buffered()
+    mapped = 0
+
+    def killing_mapper(message: Message) -> MapResult:
+        """Dies at the drawn record, while reading: kill -9 between two requests."""
+        nonlocal mapped
+        mapped += 1
+        if model.kill_while_reading == mapped and not model.killed:
+            model.kill_now()
+        return mapper(message)
+
     settings_ = ClientSettings(
         account_id="a",
         passcode=Secret("p"),
@@ -232,7 +246,7 @@ def one_run(
             try:
                 run = UploadRun(
                     collect_sources([str(export)]),
-                    mapper=mapper,
+                    mapper=killing_mapper,
                     sender=client,
                     ledger=Ledger(report=report, resumable=True),
                     options=options,
@@ -249,12 +263,30 @@ def one_run(
                 state.close()
 
     summary = asyncio.run(go())
+    if not model.killed:
+        report.flush()  # closed at the end of a run; a killed run loses what it buffered
     if model.snapshot is not None:  # kill -9: the state is what it was at that instant
         with sqlite3.connect(state_path) as db:
             db.execute("DELETE FROM inputs")
             for row in model.snapshot:
                 db.execute(f"INSERT INTO inputs VALUES ({','.join('?' * len(row))})", row)
     return summary, [orjson.loads(line) for line in report.getvalue().splitlines()]
+
+
+class Buffered(io.BytesIO):
+    """A report file: what is written reaches the file only when flushed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending = b""
+
+    def write(self, data: Any) -> int:
+        self.pending += bytes(data)
+        return len(data)
+
+    def flush(self) -> None:
+        super().write(self.pending)
+        self.pending = b""
 
 
 @settings(
@@ -269,7 +301,7 @@ def one_run(
     batch_size=st.integers(1, 4),
     window=st.integers(1, 4),
     retry_unknown=st.booleans(),
-    kills=st.lists(st.integers(1, 12), max_size=3),
+    kills=st.lists(st.tuples(st.booleans(), st.integers(1, 12)), max_size=3),
 )
 def test_the_delivery_core_keeps_every_promise(
     tmp_path_factory: Any,
@@ -279,7 +311,7 @@ def test_the_delivery_core_keeps_every_promise(
     batch_size: int,
     window: int,
     retry_unknown: bool,
-    kills: list[int],
+    kills: list[tuple[bool, int]],
 ) -> None:
     tmp = tmp_path_factory.mktemp("model")
     export, state_path = tmp / "export.ndjson", tmp / "state.db"
@@ -297,8 +329,15 @@ def test_the_delivery_core_keeps_every_promise(
             seq += 1
             by_line[(part + 1, 0) if document else (number, part)] = seq
     plan = [*kills, None]
-    for kill_at in plan:
-        model.kill_at, model.killed, model.snapshot, model.requests = kill_at, False, None, 0
+    for kill in plan:
+        model.killed, model.snapshot, model.requests = False, None, 0
+        model.kill_at = model.kill_while_reading = None
+        if kill is not None:
+            reading, at = kill
+            if reading:
+                model.kill_while_reading = at
+            else:
+                model.kill_at = at
         summary, report = one_run(export, state_path, model, options)
         settled = (
             summary.accepted
