@@ -38,15 +38,18 @@ from ctsync.records import (
     Upload,
     skip_reason,
 )
+from ctsync.rules import Fix, Fixed
 from ctsync.settings import MAX_UPLOAD_BATCH
 from ctsync.state import FileProgress, Resume, Span, StateFile
 
-Validator = Callable[[CleverTapRecord], Invalid | None]
-"""CleverTap's data rules for one upload record: None when it may be sent."""
+Validator = Callable[[CleverTapRecord], Invalid | Fixed | None]
+"""CleverTap's data rules for one upload record: None when it may be sent; with
+`--validate fix`, a `Fixed` record to send instead (see `ctsync.rules.fix_upload`)."""
 
 
 class ValidateMode(StrEnum):
     STRICT = "strict"  # a record that breaks a rule is invalid and not sent
+    FIX = "fix"  # fixable fields (Phone, Gender, Email, ...) left out, the rest sent
     WARN = "warn"  # sent anyway; the breach is counted as a warning
     OFF = "off"
 
@@ -306,10 +309,12 @@ class UploadRun:
             ledger.skip(skip_reason(message))
             return None
         if self._validator is not None:
-            broken = self._check(result)
+            broken, fixes = self._check(result)
             if broken is not None:
                 ledger.invalid(record.origin, record.raw, message, broken)
                 return None
+            for fix in fixes:
+                ledger.fixed(record.origin, message, fix.field, fix.code, fix.message)
         tracked = Tracked(record.origin, record.raw, message, len(result))
         if len(result) == 1:
             return self._planner.add(result[0], tracked)
@@ -318,16 +323,20 @@ class UploadRun:
             ready += self._planner.add(operation, tracked)
         return ready
 
-    def _check(self, operations: list[Upload | Delete]) -> Invalid | None:
+    def _check(self, operations: list[Upload | Delete]) -> tuple[Invalid | None, Sequence[Fix]]:
         assert self._validator is not None
+        fixes: Sequence[Fix] = ()
         for operation in operations:
             if isinstance(operation, Upload):
                 broken = self._validator(operation.record)
-                if broken is not None:
-                    if self._options.validate is ValidateMode.STRICT:
-                        return broken
+                if isinstance(broken, Fixed):  # --validate fix: send it without those fields
+                    operation.record = broken.record
+                    fixes = (*fixes, *broken.fixes)
+                elif broken is not None:
+                    if self._options.validate is not ValidateMode.WARN:
+                        return broken, ()
                     self.summary.warnings[broken.code] += 1
-        return None
+        return None, fixes
 
     async def _dispatch(self, batches: Iterable[Batch]) -> None:
         for batch in batches:

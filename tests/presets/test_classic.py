@@ -169,9 +169,9 @@ def test_order_completed_golden() -> None:
             "evtName": "Charged",
             "evtData": {
                 "Charged ID": "o-50314b8e",
-                "Amount": 25.0,
+                "Amount": 27.5,  # total: what the customer paid (Segment's e-commerce spec)
                 "Currency": "USD",
-                "total": 27.5,
+                "revenue": 25.0,
                 "coupon": "hasbros",
                 "Items": [
                     {"product_id": "507f1f77", "sku": "45790-32", "price": 19, "quantity": 1},
@@ -182,16 +182,16 @@ def test_order_completed_golden() -> None:
     ]
 
 
-def test_order_completed_amount_falls_back_to_total() -> None:
+def test_order_completed_amount_falls_back_to_revenue() -> None:
     message = {
         "type": "track",
         "userId": "u1",
         "event": "Order Completed",
         "timestamp": TS,
-        "properties": {"order_id": "o1", "total": 30},
+        "properties": {"order_id": "o1", "revenue": 25},
     }
     record = records(classic_mapper(MappingOptions())(message))[0]
-    assert record["evtData"] == {"Charged ID": "o1", "Amount": 30}
+    assert record["evtData"] == {"Charged ID": "o1", "Amount": 25}
 
 
 def test_order_completed_keeps_all_items_for_the_rules_to_judge() -> None:
