@@ -413,12 +413,16 @@ def fix_upload(
     comes back as a copy without the offending properties, one `Fix` each: a Phone is
     first tried without spaces, dashes and brackets, a Gender as M/F from `male`,
     `female`, `m`, `f`, and kept in that form when it is then valid. A record with any
-    other violation comes back unchanged, with every violation and no fix. A valid
+    other violation comes back unchanged, with every violation (the unfixable ones
+    first) and no fix. A valid
     record comes back as it is. The record given is never changed.
     """
     found = check_upload(record, max_event_properties=max_event_properties)
-    if not found or any(violation.code not in FIXABLE_CODES for violation in found):
+    if not found:
         return record, [], found
+    unfixable = [violation for violation in found if violation.code not in FIXABLE_CODES]
+    if unfixable:  # what stops the record comes first: its code is the one reported
+        return record, [], unfixable + [v for v in found if v.code in FIXABLE_CODES]
     data = dict(record["profileData"])  # fixable codes come only from profileData
     fixes: list[Fix] = []
     for key, (code, test, expected) in STANDARD_VALUE_RULES.items():
@@ -427,7 +431,7 @@ def fix_upload(
         value = data[key]
         repair = _REPAIRS.get(key)
         repaired = repair(value) if repair is not None else value
-        if repaired != value and test(repaired):
+        if test(repaired):  # the repair made it valid
             data[key] = repaired
             fixes.append(Fix(key, code, f"{key} {value!r} sent as {repaired!r}"))
         else:
