@@ -183,7 +183,7 @@ def mapping_notes(dropped: Counter[str], fine_dates: Counter[str]) -> list[str]:
         names = ", ".join(f"{name}: {count:,}" for name, count in fine_dates.most_common(5))
         more = f" and {len(fine_dates) - 5} more" if len(fine_dates) > 5 else ""
         notes.append(
-            f"{fine_dates.total():,} date-times finer than milliseconds were sent as text "
+            f"{fine_dates.total():,} date-times finer than milliseconds were left as text "
             f"({names}{more}): Segment's Convert Timestamps rule converts only up to "
             "milliseconds; --convert-microseconds converts them too (floored to seconds)"
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ctsync.mapping import dropped_values
 from ctsync.presets import MappingOptions, Nested
@@ -706,3 +708,45 @@ def test_convert_microseconds_floors_them_to_seconds() -> None:
     # 2023-01-02 is 19359 days after 1970-01-01: 1672617600.
     assert profile == {"created_at": 1672617600, "DOB": "$D_633830400"}
     assert mapper.dates_left_as_text == {}
+
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.text(max_size=8), st.floats(allow_nan=False)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+operations = st.one_of(
+    st.builds(lambda v: {"$add": v}, st.lists(st.text(max_size=5), max_size=3)),
+    st.builds(lambda v: {"$remove": v}, st.text(max_size=5)),
+    st.builds(lambda v: {"$incr": v}, st.integers()),
+    st.builds(lambda v: {"$decr": v}, st.floats(allow_nan=False)),
+    st.just({"$delete": 1}),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    reserved=st.dictionaries(
+        st.sampled_from(sorted(RESERVED_TRAITS)), json_values.filter(lambda v: v is not None)
+    ),
+    ops=st.dictionaries(st.sampled_from(["tags", "visits", "credits", "plan"]), operations),
+    other=st.dictionaries(st.sampled_from(["city", "address", "score"]), json_values),
+    nested=st.sampled_from(list(Nested)),
+)
+def test_reserved_keys_and_operations_survive_any_other_traits(
+    reserved: dict[str, Any], ops: dict[str, Any], other: dict[str, Any], nested: Nested
+) -> None:
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "timestamp": TS,
+        "traits": {**other, **reserved, **ops},
+    }
+    profile = records(classic_mapper(MappingOptions(nested=nested))(message))[0]["profileData"]
+    for key, value in {**reserved, **ops}.items():
+        assert profile[key] == value
