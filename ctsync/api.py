@@ -29,6 +29,7 @@ from ctsync.pipeline import (
     RunOptions,
     Sender,
     UploadRun,
+    ValidateMode,
     Validator,
     deletion_mapper,
     deletion_records,
@@ -36,7 +37,7 @@ from ctsync.pipeline import (
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source, collect_sources
 from ctsync.records import CleverTapRecord, DeleteKey, Invalid, Mapper, Origin
-from ctsync.rules import check_upload
+from ctsync.rules import Fixed, check_upload, fix_upload
 from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
 
@@ -67,6 +68,14 @@ class UploadJob:
 def build_mapper(job: UploadJob) -> Mapper:
     """The job's mapper: its mapping file if it has one, else its preset. A broken
     mapping file is a UsageError, raised before anything is read."""
+    if job.mapping.link_anonymous and (
+        job.mapping_file is not None or job.preset != Preset.CLASSIC
+    ):
+        raise UsageError(
+            "--link-anonymous works with --preset classic; in a mapping file, send the "
+            "identify as a userUpload with objectId $.anonymousId and profileData.Identity "
+            "$.userId"
+        )
     if job.mapping_file is None:
         return build_preset(job.preset, job.mapping)
     try:
@@ -75,13 +84,19 @@ def build_mapper(job: UploadJob) -> Mapper:
         raise UsageError(str(exc)) from None
 
 
-def rules_validator(max_event_properties: int) -> Validator:
-    """CleverTap's data rules as the pipeline's validator: the first code, every reason."""
+def rules_validator(max_event_properties: int, *, fix: bool = False) -> Validator:
+    """CleverTap's data rules as the pipeline's validator: the first code, every reason.
+    With `fix` (`--validate fix`), a record whose only problems are fixable fields comes
+    back `Fixed`: to be sent without them."""
 
-    def validate(record: CleverTapRecord) -> Invalid | None:
+    def validate(record: CleverTapRecord) -> Invalid | Fixed | None:
         found = check_upload(record, max_event_properties=max_event_properties)
         if not found:
             return None
+        if fix:
+            fixed, fixes, found = fix_upload(record, max_event_properties=max_event_properties)
+            if not found:
+                return Fixed(fixed, tuple(fixes))
         return Invalid(found[0].code, "; ".join(v.message for v in found))
 
     return validate
@@ -112,7 +127,9 @@ def upload(
     what stops a run (bad paths, a broken mapping file, refused credentials, a locked
     state file). With `handle_signals`, Ctrl-C and SIGTERM stop the run gracefully."""
     mapper = mapper or build_mapper(job)
-    validator = validator or rules_validator(job.mapping.max_event_properties)
+    validator = validator or rules_validator(
+        job.mapping.max_event_properties, fix=job.run.validate is ValidateMode.FIX
+    )
     if sources is None:  # the caller may have collected them already (the CLI does)
         sources = collect_sources(job.paths)
     ledger: Ledger | None = None
@@ -142,6 +159,8 @@ def upload(
             )
             summary = await _until_signalled(run, handle_signals)
             summary.dropped.update(mapping.dropped_values(mapper))
+            summary.dates_left_as_text.update(mapping.dates_left_as_text(mapper))
+            summary.notes += mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
             return summary
 
         return asyncio.run(_with_sender(job.client, requests, transport, go))

@@ -215,10 +215,30 @@ def upload(
             rich_help_panel=MAPPING,
         ),
     ] = DatesAs.UNIX,
+    convert_microseconds: Annotated[
+        bool,
+        typer.Option(
+            "--convert-microseconds",
+            help="Also convert date-times with microseconds or nanoseconds (floored to "
+            "seconds); Segment's rule converts only up to milliseconds.",
+            rich_help_panel=MAPPING,
+        ),
+    ] = False,
+    link_anonymous: Annotated[
+        bool,
+        typer.Option(
+            "--link-anonymous",
+            help="Classic preset: send an identify with userId and anonymousId to the "
+            "anonymous profile (objectId) with Identity = userId, linking its history.",
+            rich_help_panel=MAPPING,
+        ),
+    ] = False,
     validate: Annotated[
         ValidateMode,
         typer.Option(
-            help="CleverTap's data rules: refuse, warn, or do not check.", rich_help_panel=MAPPING
+            help="CleverTap's data rules: refuse the record, send it without its fixable "
+            "fields (bad Phone, Gender, Email, ...), send it with a warning, or do not check.",
+            rich_help_panel=MAPPING,
         ),
     ] = ValidateMode.STRICT,
     batch_size: Annotated[
@@ -290,6 +310,8 @@ def upload(
                 dates_as=dates_as,
                 nested=nested,
                 max_event_properties=max_event_properties,
+                convert_microseconds=convert_microseconds,
+                link_anonymous=link_anonymous,
             ),
             run=RunOptions(
                 batch_size=batch_size,

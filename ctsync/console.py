@@ -71,6 +71,14 @@ def render_summary(summary: Summary, console: Console) -> None:
     table.add_row("rejected", f"{summary.rejected.total():,}", _breakdown(summary.rejected))
     table.add_row("failed", f"{summary.failed.total():,}", _breakdown(summary.failed))
     console.print(table)
+    for label, counter in (
+        ("fixed (--validate fix)", summary.fixed),
+        ("dropped values", summary.dropped),
+        ("dates left as text", summary.dates_left_as_text),
+    ):
+        if counter:
+            # Property names come from the data: printed as text, not as Rich markup.
+            console.print(f"{label}: {counter.total():,} ({_breakdown(counter)})", markup=False)
     if not summary.balanced:  # never expected: say so loudly rather than hide it
         console.print("[bold red]the counts do not add up: please report this as a bug[/]")
     for note in summary.notes[:20]:

@@ -82,6 +82,8 @@ class Summary:
     unreadable: int = 0  # files that ended early (truncated gzip, read errors)
     dropped: Counter[str] = field(default_factory=Counter)  # nested values --nested left out
     warnings: Counter[str] = field(default_factory=Counter)  # --validate warn: rules broken
+    fixed: Counter[str] = field(default_factory=Counter)  # --validate fix: fields left out
+    dates_left_as_text: Counter[str] = field(default_factory=Counter)  # finer than ms
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -118,6 +120,8 @@ class Summary:
             "unreadable_files": self.unreadable,
             "dropped_values": dict(self.dropped.most_common()),
             "warnings_by_code": dict(self.warnings.most_common()),
+            "fixed_by_code": dict(self.fixed.most_common()),
+            "dates_left_as_text": dict(self.dates_left_as_text.most_common()),
             "requests": self.requests,
             "retries": self.retries,
             "elapsed_seconds": round(self.elapsed, 3),
@@ -129,25 +133,28 @@ class Summary:
         }
 
 
-def report_line(origin: Origin, message: Message | None, verdict: Verdict) -> bytes:
-    """One line of the `--report` file (NDJSON)."""
+def report_line(
+    origin: Origin, message: Message | None, verdict: Verdict, field: str | None = None
+) -> bytes:
+    """One line of the `--report` file (NDJSON). `field` names the property a
+    `--validate fix` line is about."""
     message = message or {}
     identity = message.get("userId")
     if identity is None:
         identity = message.get("anonymousId")
-    return orjson.dumps(
-        {
-            "source": origin.source,
-            "line": origin.line,
-            "part": origin.part,
-            "messageId": message.get("messageId"),
-            "identity": identity,
-            "stage": verdict.stage.value,
-            "code": verdict.code,
-            "message": verdict.message,
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
+    line = {
+        "source": origin.source,
+        "line": origin.line,
+        "part": origin.part,
+        "messageId": message.get("messageId"),
+        "identity": identity,
+        "stage": verdict.stage.value,
+        "code": verdict.code,
+        "message": verdict.message,
+    }
+    if field is not None:
+        line["field"] = field
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class Ledger:
@@ -186,6 +193,16 @@ class Ledger:
             message,
             Verdict(Outcome.INVALID, invalid.code, invalid.message, invalid.stage),
         )
+
+    def fixed(self, origin: Origin, message: Message, field: str, code: str, text: str) -> None:
+        """`--validate fix` left out or rewrote `field` of a record that is sent: counted by
+        code, and one report line (stage `validate`); the record's outcome is its own."""
+        self.summary.fixed[code] += 1
+        if self._report is not None:
+            verdict = Verdict(Outcome.ACCEPTED, code, text, Stage.VALIDATE)
+            self._report = self._put(
+                self._report, "report", report_line(origin, message, verdict, field)
+            )
 
     def unreadable(self, origin: Origin, invalid: Invalid) -> None:
         """A file that could not be read to its end: not a record, but never silent."""

@@ -360,6 +360,8 @@ class UploadRun:
     ) -> None:
         for code in ready.warnings:
             self.summary.warnings[code] += 1
+        for fix in ready.fixes:
+            self._ledger.fixed(record.origin, message, fix.field, fix.code, fix.message)
         origin = record.origin
         source = origin.source
         if resume is None:  # the common case: every operation is new

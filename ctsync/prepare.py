@@ -28,9 +28,11 @@ from ctsync.records import (
     Upload,
     skip_reason,
 )
+from ctsync.rules import Fix, Fixed
 
-Validator = Callable[[CleverTapRecord], Invalid | None]
-"""CleverTap's data rules for one upload record: None when it may be sent."""
+Validator = Callable[[CleverTapRecord], Invalid | Fixed | None]
+"""CleverTap's data rules for one upload record: None when it may be sent; with
+`--validate fix`, a `Fixed` record to send instead (see `ctsync.rules.fix_upload`)."""
 
 ProfileKey: TypeAlias = str | tuple[str, str]
 """The profile an operation touches: an identity as is, or ("guid", objectId)."""
@@ -40,6 +42,7 @@ NON_IDEMPOTENT_OPERATORS = frozenset({"$incr", "$decr", "$add"})
 
 class ValidateMode(StrEnum):
     STRICT = "strict"  # a record that breaks a rule is invalid and not sent
+    FIX = "fix"  # fixable fields (Phone, Gender, Email, ...) left out, the rest sent
     WARN = "warn"  # sent anyway; the breach is counted as a warning
     OFF = "off"
 
@@ -74,10 +77,12 @@ class Op:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """A record to send: its operations, and the data rules it broke under `--validate warn`."""
+    """A record to send: its operations, the data rules it broke under `--validate
+    warn`, and the fields `--validate fix` left out or rewrote."""
 
     ops: list[Op]
     warnings: list[str]
+    fixes: list[Fix]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +108,20 @@ def prepare(
     if not result:
         return Skipped(skip_reason(message))
     warnings: list[str] = []
+    fixes: list[Fix] = []
     if validator is not None and mode is not ValidateMode.OFF:
         for operation in result:
             if isinstance(operation, Upload):
                 broken = validator(operation.record)
-                if broken is not None:
-                    if mode is ValidateMode.STRICT:
+                if isinstance(broken, Fixed):  # --validate fix: send it without those fields
+                    operation.record = broken.record
+                    fixes += broken.fixes
+                elif broken is not None:
+                    if mode is not ValidateMode.WARN:
                         return broken
                     warnings.append(broken.code)
-    return Ready([encode(operation, index) for index, operation in enumerate(result)], warnings)
+    ops = [encode(operation, index) for index, operation in enumerate(result)]
+    return Ready(ops, warnings, fixes)
 
 
 def encode(operation: Upload | Delete, index: int = 0) -> Op:
@@ -138,6 +148,10 @@ def profile_key(record: CleverTapRecord) -> ProfileKey | None:
     identity = record.get("identity")
     if identity is not None:
         return str(identity)
+    data = record.get("profileData")
+    if isinstance(data, dict) and data.get("Identity") is not None:
+        # --link-anonymous: the identity's later writes must follow the linking one.
+        return str(data["Identity"])
     object_id = record.get("objectId")
     return ("guid", str(object_id)) if object_id is not None else None
 

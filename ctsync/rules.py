@@ -58,7 +58,35 @@ TOKEN_TYPES: Final = frozenset({"fcm", "apns", "gcm"})
 _FORBIDDEN_KEY: Final = re.compile(r"""[%><!|&.:;$'"\\#]""")
 _FORBIDDEN_EVENT_NAME: Final = re.compile(r"""[%><!|&.:;$'"\\]""")
 
-STANDARD_PROFILE_KEYS: Final = frozenset(
+# Profile keys CleverTap gives meaning to beyond the standard ones: subscription flags
+# (booleans) and subscription categories (`{"email": ["Marketing"]}`). They must reach
+# CleverTap as written: never renamed, snake_cased or flattened.
+SUBSCRIPTION_FLAGS: Final = (
+    "MSG-email",
+    "MSG-push",
+    "MSG-sms",
+    "MSG-whatsapp",
+    "MSG-dndPhone",
+    "MSG-dndEmail",
+)
+SUBSCRIPTION_CATEGORIES: Final = ("category-unsubscribe", "category-resubscribe")
+RESERVED_PROFILE_KEYS: Final = frozenset(SUBSCRIPTION_FLAGS + SUBSCRIPTION_CATEGORIES)
+
+# A profile property whose value is one of these objects, `{"$incr": 1}`, is an operation
+# on the property CleverTap holds, not a value: it is sent as that object.
+PROFILE_OPERATIONS: Final = frozenset({"$add", "$remove", "$incr", "$decr", "$delete", "$set"})
+
+
+def profile_operation(value: Any) -> str | None:
+    """The operator of a value that is one operation object (`{"$add": [...]}`), else None."""
+    if type(value) is dict and len(value) == 1:
+        (operator,) = value
+        if operator in PROFILE_OPERATIONS:
+            return str(operator)
+    return None
+
+
+STANDARD_PROFILE_KEYS: Final = RESERVED_PROFILE_KEYS | frozenset(
     {
         "Name",
         "Email",
@@ -71,10 +99,6 @@ STANDARD_PROFILE_KEYS: Final = frozenset(
         "Married",
         "Age",
         "Identity",
-        "MSG-email",
-        "MSG-push",
-        "MSG-sms",
-        "MSG-whatsapp",
     }
 )
 
@@ -233,8 +257,29 @@ def _check_profile_data(data: Any, found: list[Violation]) -> None:
             for item in value:
                 if isinstance(item, str):
                     _check_string(item, key, found)
+        elif type(value) is dict:
+            operator = profile_operation(value)
+            if operator is not None:
+                _check_operation(key, operator, value[operator], found)
     if custom > MAX_CUSTOM_PROFILE_PROPERTIES:
         found.append(Violation("512", f"{custom} custom profile properties; CleverTap allows 256"))
+
+
+def _check_operation(key: str, operator: str, operand: Any, found: list[Violation]) -> None:
+    """What CleverTap checks of a profile operation: `$incr`/`$decr` take a number,
+    `$add`/`$remove` a string or an array of strings."""
+    if operator in ("$incr", "$decr"):
+        if not _is_number(operand):
+            found.append(Violation("512", f"{key}: {operator} takes a number, not {operand!r}"))
+    elif operator in ("$add", "$remove"):
+        items = operand if isinstance(operand, list) else [operand]
+        if not all(isinstance(item, str) for item in items):
+            found.append(
+                Violation("512", f"{key}: {operator} takes a string or an array of strings")
+            )
+            return
+        for item in items:
+            _check_string(item, key, found)
 
 
 def _check_event(record: CleverTapRecord, limit: int, found: list[Violation]) -> None:
@@ -310,3 +355,88 @@ def _check_token(record: CleverTapRecord, found: list[Violation]) -> None:
         found.append(Violation("533", "tokenData has no type"))
     elif token_type not in TOKEN_TYPES:
         found.append(Violation("534", f"token type {token_type!r} is not fcm, apns or gcm"))
+
+
+# --- --validate fix -------------------------------------------------------------------
+
+FIXABLE_CODES: Final = frozenset(code for code, _, _ in STANDARD_VALUE_RULES.values())
+"""Codes of a standard profile value (514-520): such a property can be left out and the
+rest of the profile sent. Identifier, `ts`, event-name and structure codes never are."""
+
+_PHONE_PUNCTUATION: Final = re.compile(r"[\s\-()\[\]]")
+_GENDERS: Final = {"male": "M", "m": "M", "female": "F", "f": "F"}
+
+
+def normalise_gender(value: Any) -> Any:
+    """`male`/`female`/`m`/`f` in any case -> `M`/`F`; anything else unchanged."""
+    if isinstance(value, str):
+        return _GENDERS.get(value.strip().lower(), value)
+    return value
+
+
+def _compact_phone(value: Any) -> Any:
+    """A phone number without spaces, dashes and brackets: `+44 20 7946 0001` -> `+442079460001`."""
+    return _PHONE_PUNCTUATION.sub("", value) if isinstance(value, str) else value
+
+
+# What is tried on a failing standard value before it is left out.
+_REPAIRS: Final[dict[str, Callable[[Any], Any]]] = {
+    "Phone": _compact_phone,
+    "Gender": normalise_gender,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """One property `--validate fix` changed so that the rest of a record could be sent:
+    left out, or rewritten into the form CleverTap takes. `code` is the violation's."""
+
+    field: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fixed:
+    """A record to send in place of the one checked, and the fixes that made it."""
+
+    record: CleverTapRecord
+    fixes: tuple[Fix, ...]
+
+
+def fix_upload(
+    record: CleverTapRecord, *, max_event_properties: int = DEFAULT_MAX_EVENT_PROPERTIES
+) -> tuple[CleverTapRecord, list[Fix], list[Violation]]:
+    """For `--validate fix`: (the record to send, the fixes made, the violations left).
+
+    A record whose only violations are fixable (a standard profile value, codes 514-520)
+    comes back as a copy without the offending properties, one `Fix` each: a Phone is
+    first tried without spaces, dashes and brackets, a Gender as M/F from `male`,
+    `female`, `m`, `f`, and kept in that form when it is then valid. A record with any
+    other violation comes back unchanged, with every violation (the unfixable ones
+    first) and no fix. A valid
+    record comes back as it is. The record given is never changed.
+    """
+    found = check_upload(record, max_event_properties=max_event_properties)
+    if not found:
+        return record, [], found
+    unfixable = [violation for violation in found if violation.code not in FIXABLE_CODES]
+    if unfixable:  # what stops the record comes first: its code is the one reported
+        return record, [], unfixable + [v for v in found if v.code in FIXABLE_CODES]
+    data = dict(record["profileData"])  # fixable codes come only from profileData
+    fixes: list[Fix] = []
+    for key, (code, test, expected) in STANDARD_VALUE_RULES.items():
+        if key not in data or test(data[key]):
+            continue
+        value = data[key]
+        repair = _REPAIRS.get(key)
+        repaired = repair(value) if repair is not None else value
+        if test(repaired):  # the repair made it valid
+            data[key] = repaired
+            fixes.append(Fix(key, code, f"{key} {value!r} sent as {repaired!r}"))
+        else:
+            del data[key]
+            fixes.append(
+                Fix(key, code, f"{key} {value!r} left out (must be {expected}); the rest was sent")
+            )
+    return {**record, "profileData": data}, fixes, []

@@ -7,12 +7,18 @@ not. A value without an offset is UTC; fractions are floored.
 
 The published examples (1136253847, 1684475925) were computed in the writer's Pacific
 time zone and are wrong; the true values are 1136225047 and 1684450725.
+
+Date-times finer than milliseconds (Segment's Python library writes microseconds) are
+left alone by the rule. A `FineDates` passed to `convert_object` counts them by property
+name, so a run can say how many it left as text, or converts them too (floored to
+seconds) when the user asked for that.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -31,6 +37,11 @@ class DatesAs(StrEnum):
 _ISO_MS = re.compile(
     r"\d{4}-\d{2}-\d{2}"
     r"(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+)
+# A date-time with more than three fractional digits: the part before the fraction, and
+# the offset. Dropping the fraction floors to the second, since it only ever adds time.
+_ISO_FINE = re.compile(
+    r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\.\d{4,}((?:Z|[+-]\d{2}(?::?\d{2})?)?)"
 )
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
@@ -58,20 +69,65 @@ def _parse_iso_ms(value: str) -> int | None:
     return since.days * 86400 + since.seconds
 
 
-def convert_value(value: Any, dates_as: DatesAs = DatesAs.UNIX) -> Any:
-    """One value under the rule: a converted date, a walked object, or the value as is."""
+def fine_iso_to_epoch(value: str) -> int | None:
+    """Epoch seconds (floored) of an ISO-8601 date-time finer than milliseconds
+    (`2023-01-02T00:00:00.123456+00:00`, `2025-08-13T02:08:40.1418726Z`), else None."""
+    match = _ISO_FINE.fullmatch(value)
+    if match is None:
+        return None
+    return _parse_iso_ms(match.group(1) + match.group(2))
+
+
+class FineDates:
+    """What to do with date-times finer than milliseconds, which Segment's rule leaves as
+    text: count them by property name (`left_as_text`), or, with `convert`, convert them
+    like the others (floored to seconds). One per mapper; read at the end of a run."""
+
+    __slots__ = ("convert", "left_as_text")
+
+    def __init__(self, *, convert: bool = False) -> None:
+        self.convert = convert
+        self.left_as_text: Counter[str] = Counter()
+
+    def epoch(self, name: str, value: str) -> int | None:
+        """The epoch of `value` if it is a fine date-time to convert; else None, and a
+        fine date-time left as text is counted under `name`."""
+        epoch = fine_iso_to_epoch(value)
+        if epoch is None or self.convert:
+            return epoch
+        self.left_as_text[name] += 1
+        return None
+
+
+def convert_value(
+    value: Any, dates_as: DatesAs = DatesAs.UNIX, *, fine: FineDates | None = None, name: str = ""
+) -> Any:
+    """One value under the rule: a converted date, a walked object, or the value as is.
+    `name` is the property's name, for counting fine date-times in `fine`."""
     if isinstance(value, str):
         epoch = iso_to_epoch(value)
+        if epoch is None and fine is not None and len(value) >= 10:
+            epoch = fine.epoch(name, value)
         if epoch is None:
             return value
         return epoch if dates_as is DatesAs.UNIX else f"$D_{epoch}"
     if isinstance(value, dict):
-        return convert_object(value, dates_as)
+        return convert_object(value, dates_as, fine=fine, prefix=f"{name}." if name else "")
     return value
 
 
-def convert_object(obj: dict[str, Any], dates_as: DatesAs = DatesAs.UNIX) -> dict[str, Any]:
-    """A copy of `obj` with every ISO-8601 value converted, nested objects included."""
+def convert_object(
+    obj: dict[str, Any],
+    dates_as: DatesAs = DatesAs.UNIX,
+    *,
+    fine: FineDates | None = None,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """A copy of `obj` with every ISO-8601 value converted, nested objects included.
+
+    With `fine`, date-times finer than milliseconds are counted (or converted, as `fine`
+    says) under their property name: `prefix` + key, so `address.movedAt` when nested.
+    """
     # The hot path of an identify: `convert_value` inlined, and the copy made in C, so a
     # trait that is not a date costs a type check and two character comparisons.
     unix = dates_as is DatesAs.UNIX
@@ -81,10 +137,12 @@ def convert_object(obj: dict[str, Any], dates_as: DatesAs = DatesAs.UNIX) -> dic
         if kind is str:
             if len(value) >= 10 and value[4] == "-" and value[7] == "-":
                 epoch = _parse_iso_ms(value)
+                if epoch is None and fine is not None:  # rare: a date that did not convert
+                    epoch = fine.epoch(f"{prefix}{key}", value)
                 if epoch is not None:
                     converted[key] = epoch if unix else f"$D_{epoch}"
         elif kind is dict:
-            converted[key] = convert_object(value, dates_as)
+            converted[key] = convert_object(value, dates_as, fine=fine, prefix=f"{prefix}{key}.")
     return converted
 
 

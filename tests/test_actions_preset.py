@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from ctsync.mapping import dates_left_as_text
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.records import Delete, Invalid, Skip, Upload
 from ctsync.timestamps import DatesAs
@@ -86,3 +87,49 @@ def test_everything_else_is_skipped_by_type_and_event() -> None:
     assert actions({"type": "track", "event": "Order Completed"}) == Skip("track:Order Completed")
     assert actions({"type": "page", "name": "Home"}) == Skip("page")
     assert actions({"event": "x"}) == Skip("unknown:x")
+
+
+def test_reserved_keys_and_operations_reach_clevertap_as_written() -> None:
+    traits = {
+        "MSG-email": False,
+        "MSG-push": True,
+        "MSG-sms": False,
+        "MSG-whatsapp": True,
+        "MSG-dndPhone": True,
+        "MSG-dndEmail": False,
+        "category-unsubscribe": {"email": ["Marketing", "Transactional"]},
+        "category-resubscribe": {"push": ["Offers"]},
+        "tags": {"$add": ["a"]},
+        "wishlist": {"$remove": ["shoes"]},
+        "visits": {"$incr": 1},
+        "credits": {"$decr": 2},
+        "legacy": {"$delete": 1},
+    }
+    message = {"type": "identify", "userId": "u1", "timestamp": "2019-02-01", "traits": traits}
+    for options in (MappingOptions(), MappingOptions(dates_as=DatesAs.CLEVERTAP)):
+        result = build_preset(Preset.ACTIONS, options)(message)
+        assert result == [
+            Upload({"type": "profile", "identity": "u1", "ts": 1548979200, "profileData": traits})
+        ]
+
+
+def test_date_times_finer_than_milliseconds_are_counted_or_converted() -> None:
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "timestamp": "2019-02-01",
+        "traits": {"createdAt": "2023-01-02T00:00:00.123456+00:00"},
+    }
+    counting = build_preset(Preset.ACTIONS, MappingOptions())
+    (upload,) = counting(message)  # type: ignore[misc]
+    assert isinstance(upload, Upload)
+    assert upload.record["profileData"] == {"createdAt": "2023-01-02T00:00:00.123456+00:00"}
+    assert dates_left_as_text(counting) == {"createdAt": 1}
+    converting = build_preset(Preset.ACTIONS, MappingOptions(convert_microseconds=True))
+    (upload,) = converting(message)  # type: ignore[misc]
+    assert isinstance(upload, Upload)
+    assert upload.record["profileData"] == {"createdAt": 1672617600}
+    assert dates_left_as_text(converting) == {}
+    off = build_preset(Preset.ACTIONS, MappingOptions(convert_timestamps=False))
+    off(message)
+    assert dates_left_as_text(off) == {}, "nothing is converted, so nothing is left as text"

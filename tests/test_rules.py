@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ctsync.rules import Violation, check_upload
+from ctsync.rules import Violation, check_upload, fix_upload
 
 
 def profile(**data: Any) -> dict[str, Any]:
@@ -263,3 +265,197 @@ def test_several_violations_are_all_reported() -> None:
     record = profile(Gender="x", Email="y")
     record["ts"] = "now"
     assert sorted(codes(record)) == ["514", "515", "525"]
+
+
+# --- CleverTap's reserved profile keys and operations (clevertap-api.md) ----------------
+
+
+def test_reserved_keys_are_accepted_and_are_not_custom_properties() -> None:
+    reserved = {
+        "MSG-email": False,
+        "MSG-push": True,
+        "MSG-sms": False,
+        "MSG-whatsapp": True,
+        "MSG-dndPhone": True,
+        "MSG-dndEmail": False,
+        "category-unsubscribe": {"email": ["Marketing"], "push": ["Offers"]},
+        "category-resubscribe": {"email": ["Newsletter"]},
+    }
+    custom = {f"p{i}": i for i in range(256)}  # exactly CleverTap's limit
+    assert check_upload(profile(**reserved, **custom)) == []
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        {"$add": ["a", "b"]},
+        {"$add": "a"},
+        {"$remove": ["a"]},
+        {"$remove": "a"},
+        {"$incr": 1},
+        {"$incr": 2.5},
+        {"$decr": 3},
+        {"$delete": 1},
+        {"$set": "x"},
+    ],
+)
+def test_profile_operations_are_accepted(operation: dict[str, Any]) -> None:
+    assert check_upload(profile(tags=operation)) == []
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        {"$incr": "1"},
+        {"$incr": True},
+        {"$decr": None},
+        {"$add": [1, 2]},
+        {"$add": ["a", None]},
+        {"$remove": 5},
+        {"$add": {"a": 1}},
+    ],
+)
+def test_profile_operations_with_the_wrong_operand_are_512(operation: dict[str, Any]) -> None:
+    found = check_upload(profile(tags=operation))
+    assert [violation.code for violation in found] == ["512"]
+    assert "tags" in found[0].message
+
+
+def test_operation_strings_are_limited_to_512_bytes() -> None:
+    assert codes(profile(tags={"$add": ["ok", "é" * 257]})) == ["512"]
+
+
+# --- --validate fix: fix_upload ---------------------------------------------------------
+# The cases: phones written `+44 20 7946 0001` and `(415) 555-0007` (516), a
+# gender `non-binary` (514). RudderStack drops just the offending field.
+
+
+def test_a_phone_with_spaces_is_sent_without_them() -> None:
+    record = profile(Name="Ada", Phone="+44 20 7946 0001")
+    fixed, fixes, left = fix_upload(record)
+    assert left == []
+    assert fixed == profile(Name="Ada", Phone="+442079460001")
+    assert [(fix.field, fix.code) for fix in fixes] == [("Phone", "516")]
+
+
+@pytest.mark.parametrize(
+    ("phone", "sent"),
+    [
+        ("+1 (415) 555-0007", "+14155550007"),
+        ("+1-415-555-0007", "+14155550007"),
+        ("+49 [30] 1234567", "+49301234567"),
+    ],
+)
+def test_phone_punctuation_is_removed_first(phone: str, sent: str) -> None:
+    fixed, _, left = fix_upload(profile(Phone=phone))
+    assert left == []
+    assert fixed["profileData"] == {"Phone": sent}
+
+
+@pytest.mark.parametrize(
+    "phone", ["(415) 555-0007", "415 555 0007", "+0 123", "call me", 4155550007]
+)
+def test_a_phone_that_stays_invalid_is_left_out(phone: Any) -> None:
+    record = profile(Name="Ada", Email="ada@example.com", Phone=phone)
+    fixed, fixes, left = fix_upload(record)
+    assert left == []
+    assert fixed == profile(Name="Ada", Email="ada@example.com")
+    assert [(fix.field, fix.code) for fix in fixes] == [("Phone", "516")]
+    assert record["profileData"]["Phone"] == phone  # the record given is not changed
+
+
+@pytest.mark.parametrize(("gender", "sent"), [("male", "M"), ("Female", "F"), ("f", "F")])
+def test_a_gender_clevertap_would_refuse_is_normalised_first(gender: str, sent: str) -> None:
+    fixed, fixes, _ = fix_upload(profile(Gender=gender))
+    assert fixed["profileData"] == {"Gender": sent}
+    assert [fix.code for fix in fixes] == ["514"]
+
+
+@pytest.mark.parametrize("gender", ["non-binary", "O", "", None])
+def test_another_gender_is_left_out(gender: Any) -> None:
+    fixed, fixes, left = fix_upload(profile(Name="Ada", Gender=gender))
+    assert (fixed, left) == (profile(Name="Ada"), [])
+    assert [(fix.field, fix.code) for fix in fixes] == [("Gender", "514")]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "code"),
+    [
+        ("Email", "ada@", "515"),
+        ("Employed", "yes", "517"),
+        ("Education", "PhD", "518"),
+        ("Married", True, "519"),
+        ("Age", "forty", "520"),
+    ],
+)
+def test_other_fixable_fields_are_left_out(key: str, value: Any, code: str) -> None:
+    fixed, fixes, left = fix_upload(profile(Name="Ada", **{key: value}))
+    assert (fixed, left) == (profile(Name="Ada"), [])
+    assert [(fix.field, fix.code) for fix in fixes] == [(key, code)]
+
+
+def test_several_fixable_fields_give_one_fix_each() -> None:
+    record = profile(Name="Ada", Phone="(415) 555-0007", Gender="non-binary", Email="x")
+    fixed, fixes, _ = fix_upload(record)
+    assert fixed == profile(Name="Ada")
+    assert sorted(fix.code for fix in fixes) == ["514", "515", "516"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {**profile(Phone="(415) 555-0007"), "identity": ""},  # 523 never fixable
+        {**profile(Phone="(415) 555-0007"), "ts": "2024-01-01"},  # 525 never fixable
+        profile(Phone="(415) 555-0007", **{"bad.key": 1}),  # 512 never fixable
+        profile(Phone="(415) 555-0007", tags={"$incr": "1"}),
+        event("App Launched"),  # 513
+        event(None),  # 509
+    ],
+)
+def test_a_record_with_any_unfixable_problem_is_not_fixed(record: dict[str, Any]) -> None:
+    fixed, fixes, left = fix_upload(record)
+    assert fixed is record
+    assert fixes == []
+    assert sorted(left, key=repr) == sorted(check_upload(record), key=repr)
+    assert left[0].code not in {"514", "515", "516", "517", "518", "519", "520"}, (
+        "the code reported is the one that stops the record"
+    )
+
+
+def test_a_valid_record_is_sent_as_it_is() -> None:
+    record = profile(Name="Ada", Phone="+442079460001")
+    assert fix_upload(record) == (record, [], [])
+
+
+standard_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(max_size=20),
+    st.sampled_from(["M", "F", "male", "+44 20 7946 0001", "(415) 555-0007", "a@b.co", "Y"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.dictionaries(
+        st.sampled_from(
+            ["Gender", "Email", "Phone", "Employed", "Education", "Married", "Age", "Name"]
+        ),
+        standard_values,
+    ),
+    custom=st.dictionaries(st.sampled_from(["plan", "visits", "tags"]), st.integers()),
+)
+def test_a_fixed_record_always_passes_the_rules_and_keeps_every_valid_field(
+    data: dict[str, Any], custom: dict[str, Any]
+) -> None:
+    record = profile(**data, **custom)
+    fixed, fixes, left = fix_upload(record)
+    assert left == []  # only fixable problems here
+    assert check_upload(fixed) == []
+    kept = fixed["profileData"]
+    assert set(kept) <= set(record["profileData"])
+    for key, value in record["profileData"].items():
+        if key not in {fix.field for fix in fixes}:
+            assert kept[key] == value  # a field that was fine is sent as it was
+    assert len({fix.field for fix in fixes}) == len(fixes)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from ctsync.timestamps import DatesAs, convert_object, convert_value, event_time, iso_to_epoch
+from ctsync.timestamps import (
+    DatesAs,
+    FineDates,
+    convert_object,
+    convert_value,
+    event_time,
+    fine_iso_to_epoch,
+    iso_to_epoch,
+)
 
 
 @pytest.mark.parametrize(
@@ -96,3 +104,66 @@ def test_event_time_reads_any_iso_precision_and_epochs(value: object, ts: int) -
 @pytest.mark.parametrize("value", ["yesterday", "25 Mar 2015", None, True, {"a": 1}])
 def test_event_time_refuses_what_is_not_a_time(value: object) -> None:
     assert event_time(value) is None
+
+
+# --- date-times finer than milliseconds -----------------------------------------------
+# Segment's rule converts only up to milliseconds; Segment's Python library writes
+# datetime traits with microseconds (`2023-01-02T00:00:00.123456+00:00`).
+
+FINE = [
+    ("2023-01-02T00:00:00.123456+00:00", 1672617600),  # Python's datetime.isoformat()
+    ("2025-08-13T02:08:40.1418726Z", 1755050920),  # .NET, seven digits
+    ("2025-08-13T02:08:40.141872600Z", 1755050920),  # nanoseconds
+    ("2006-01-02T15:04:05.9999-0800", 1136243045),  # floored, offset applied
+    ("2006-01-02T18:04:07.123456", 1136225047),  # no offset: UTC
+    ("1969-12-31T23:59:59.999999Z", -1),  # floored toward the past
+]
+
+
+@pytest.mark.parametrize(("value", "epoch"), FINE)
+def test_fine_date_times_are_left_as_text_and_counted_by_property(value: str, epoch: int) -> None:
+    fine = FineDates()
+    assert convert_object({"createdAt": value, "n": "x"}, fine=fine) == {
+        "createdAt": value,
+        "n": "x",
+    }
+    assert fine.left_as_text == {"createdAt": 1}
+
+
+@pytest.mark.parametrize(("value", "epoch"), FINE)
+def test_fine_date_times_convert_floored_when_asked(value: str, epoch: int) -> None:
+    fine = FineDates(convert=True)
+    assert convert_object({"d": value}, fine=fine) == {"d": epoch}
+    assert convert_object({"d": value}, DatesAs.CLEVERTAP, fine=fine) == {"d": f"$D_{epoch}"}
+    assert convert_value(value, fine=fine) == epoch
+    assert fine.left_as_text == {}
+
+
+def test_nested_fine_dates_are_counted_under_their_path() -> None:
+    fine = FineDates()
+    traits = {"address": {"movedAt": "2023-01-02T00:00:00.123456Z"}, "at": FINE[0][0]}
+    convert_object(traits, fine=fine)
+    convert_value(FINE[1][0], fine=fine, name="seen")
+    assert fine.left_as_text == {"address.movedAt": 1, "at": 1, "seen": 1}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2019-02-30T00:00:00.123456Z",  # not a date
+        "2023-01-02T00:00:00.12Z",  # milliseconds: the rule converts it
+        "2023-01-02 00:00:00.123456",  # not ISO-8601's T
+        "2023-01-02T00:00.123456Z",  # no seconds
+        "2023-01-02T00:00:00.123456 PDT",
+        "order-2023-01-02",
+    ],
+)
+def test_only_fine_iso_date_times_are_counted(value: str) -> None:
+    fine = FineDates()
+    convert_object({"v": value}, fine=fine)
+    assert fine.left_as_text == {}
+    assert fine_iso_to_epoch(value) is None
+
+
+def test_without_fine_nothing_changes() -> None:
+    assert convert_object({"d": FINE[0][0]}) == {"d": FINE[0][0]}

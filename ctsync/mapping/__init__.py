@@ -4,6 +4,7 @@
     mapper = build_mapper(mapping_file, MappingOptions())
     result = mapper(message)                       # list of operations, Skip or Invalid
     dropped_values(mapper)                         # Counter of values --nested left out
+    dates_left_as_text(mapper)                     # Counter of date-times finer than ms
 
 Modules: `triggers` (the trigger language), `directives` (@path, @template, @if,
 @literal), `file` (loading and checking), `mapper` (actions to records), `presets` (the
@@ -22,7 +23,13 @@ from ctsync.mapping.file import (
 )
 from ctsync.mapping.mapper import MappingMapper, build_mapper
 from ctsync.mapping.presets import PresetName, preset_as_mapping
-from ctsync.mapping.properties import PropertyShaper, dropped_values, snake_case
+from ctsync.mapping.properties import (
+    PropertyShaper,
+    dates_left_as_text,
+    dropped_values,
+    mapping_notes,
+    snake_case,
+)
 from ctsync.mapping.triggers import TriggerSyntaxError, compile_trigger
 
 __all__ = [
@@ -40,8 +47,10 @@ __all__ = [
     "build_mapper",
     "compile_trigger",
     "compile_value",
+    "dates_left_as_text",
     "dropped_values",
     "load_mapping",
+    "mapping_notes",
     "parse_mapping",
     "preset_as_mapping",
     "snake_case",

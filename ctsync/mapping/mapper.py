@@ -16,9 +16,11 @@ Actions and the records they build:
 
 When both identity and objectId are mapped, identity is used if the message has one and
 objectId otherwise. `ts` missing or null means now. Dates in profileData and evtData
-follow Convert Timestamps (the subscription's `convert_timestamps`, else the run's);
+follow Convert Timestamps (the subscription's `convert_timestamps`, else the run's;
+date-times finer than milliseconds left as text are counted in `dates_left_as_text`);
 nested event properties follow `--nested`, and what is left out is counted in the
-mapper's `dropped` counter.
+mapper's `dropped` counter. profileData is sent as mapped: CleverTap's reserved keys
+and operation objects (`{"$incr": 1}`) reach it as written.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from ctsync.records import (
     Upload,
     skip_reason,
 )
-from ctsync.timestamps import convert_object, event_time
+from ctsync.timestamps import FineDates, convert_object, event_time
 
 Build = Callable[[Message], Operation | Invalid | None]
 """One subscription's action: an operation, why it cannot be built, or None (nothing to send)."""
@@ -96,6 +98,7 @@ class _Builder:
         options: MappingOptions,
         shaper: PropertyShaper,
         tokens_sent: set[tuple[str, str]],
+        fine: FineDates,
     ) -> None:
         self.fields = subscription.fields
         self.convert = (
@@ -106,6 +109,7 @@ class _Builder:
         self.dates_as = options.dates_as
         self.shaper = shaper
         self.tokens_sent = tokens_sent
+        self.fine = fine
 
     def identifier(self, message: Message) -> tuple[str, str] | Invalid:
         """(`identity`|`objectId`, value): identity when the message has one."""
@@ -129,7 +133,9 @@ class _Builder:
         value = compiled.resolve(message) if compiled is not None else MISSING
         if not isinstance(value, dict):
             return {}
-        return convert_object(value, self.dates_as) if self.convert else dict(value)
+        if not self.convert:
+            return dict(value)
+        return convert_object(value, self.dates_as, fine=self.fine)
 
     def who_and_when(self, message: Message) -> tuple[str, str, int] | Invalid:
         """The identifier key and value, and `ts`, that every profile and event needs."""
@@ -209,16 +215,20 @@ class _Builder:
 
 
 class MappingMapper:
-    """The mapper of a mapping file. `dropped` counts the values `--nested` left out."""
+    """The mapper of a mapping file. `dropped` counts the values `--nested` left out,
+    `dates_left_as_text` the date-times finer than milliseconds left unconverted."""
 
     def __init__(self, mapping_file: MappingFile, options: MappingOptions) -> None:
         self.mapping_file = mapping_file
         self._shaper = PropertyShaper(options.nested)
+        self._fine = FineDates(convert=options.convert_microseconds)
         tokens_sent: set[tuple[str, str]] = set()
         self._subscriptions = tuple(
             (
                 sub.matches,
-                _Builder(sub, options, self._shaper, tokens_sent).for_action(sub.action),
+                _Builder(sub, options, self._shaper, tokens_sent, self._fine).for_action(
+                    sub.action
+                ),
             )
             for sub in mapping_file.subscriptions
             if sub.enabled
@@ -227,6 +237,10 @@ class MappingMapper:
     @property
     def dropped(self) -> Counter[str]:
         return self._shaper.dropped
+
+    @property
+    def dates_left_as_text(self) -> Counter[str]:
+        return self._fine.left_as_text
 
     def __call__(self, message: Message) -> MapResult:
         ops: list[Operation] = []

@@ -52,15 +52,52 @@ ACTIONS: Final[dict[str, Any]] = {
     ],
 }
 
+
+def _any_case(word: str) -> str:
+    """A trigger glob matching `word` in any case: `ios` -> `[iI][oO][sS]`."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
+
+
+def _if_exists(path: str, then: Any, otherwise: Any = None) -> dict[str, Any]:
+    branches: dict[str, Any] = {"exists": _path(path), "then": then}
+    if otherwise is not None:
+        branches["else"] = otherwise
+    return {"@if": branches}
+
+
+_ORDER_COMPLETED: Final = f'match(event, "{_any_case("Order Completed")}")'
+_APPLE_PLATFORMS: Final = ("ios", "ipados", "watchos", "tvos", "macos", "visionos")
+_HAS_TOKEN: Final = 'type != "group" and context.device.token exists and anonymousId exists'
+# CleverTap's reserved profile keys, passed through as written.
+_RESERVED_TRAITS: Final = {
+    key: _path(f"$.traits['{key}']")
+    for key in (
+        "MSG-email",
+        "MSG-push",
+        "MSG-sms",
+        "MSG-whatsapp",
+        "MSG-dndPhone",
+        "MSG-dndEmail",
+        "category-unsubscribe",
+        "category-resubscribe",
+    )
+}
+
 CLASSIC: Final[dict[str, Any]] = {
     "description": (
         "Segment's classic CleverTap destination, as far as mapping directives reach. "
         "Not expressible here, so only --preset classic does it: lower snake_casing of "
         "trait and property keys; sending traits other than the six special ones "
-        "(name, birthday, avatar, gender, phone, email); Gender normalised to M/F; DOB "
-        "as a $D_ date; Charged with every other order property; the page or screen "
-        "name added to its properties; matching context.device.type case-insensitively. "
-        "Token records are sent once per objectId and token per run, as in the preset."
+        "(name, birthday, avatar, gender, phone, email) and CleverTap's reserved keys "
+        "(MSG-*, category-unsubscribe, category-resubscribe), so operation objects such "
+        'as {"$incr": 1} on other traits; Name from first_name/last_name (this file '
+        "reads firstName/lastName); Gender normalised to M/F; DOB as a $D_ date; Charged "
+        "with every other order property, and Amount from the products when there is no "
+        "total or revenue; the page or screen name added to its properties; the device "
+        "type from context.os.name when context.device.type is absent; counting tokens "
+        "that cannot be sent; --link-anonymous (write it as a userUpload with objectId "
+        "$.anonymousId and profileData.Identity $.userId). Token records are sent once "
+        "per objectId and token per run, as in the preset."
     ),
     "subscriptions": [
         {
@@ -72,19 +109,30 @@ CLASSIC: Final[dict[str, Any]] = {
                 **_IDENTIFIED,
                 "ts": _path("$.timestamp"),
                 "profileData": {
-                    "Name": _path("$.traits.name"),
+                    "Name": _if_exists(
+                        "$.traits.name",
+                        _path("$.traits.name"),
+                        _if_exists(
+                            "$.traits.firstName",
+                            _if_exists(
+                                "$.traits.lastName",
+                                {"@template": "{{traits.firstName}} {{traits.lastName}}"},
+                            ),
+                        ),
+                    ),
                     "DOB": _path("$.traits.birthday"),
                     "Photo": _path("$.traits.avatar"),
                     "Gender": _path("$.traits.gender"),
                     "Phone": _path("$.traits.phone"),
                     "Email": _path("$.traits.email"),
+                    **_RESERVED_TRAITS,
                 },
             },
         },
         {
             "name": "Track to event",
             "enabled": True,
-            "trigger": 'type = "track" and event != "Order Completed"',
+            "trigger": f'type = "track" and not {_ORDER_COMPLETED}',
             "action": "eventUpload",
             "mapping": {
                 **_IDENTIFIED,
@@ -96,7 +144,7 @@ CLASSIC: Final[dict[str, Any]] = {
         {
             "name": "Order Completed to Charged",
             "enabled": True,
-            "trigger": 'type = "track" and event = "Order Completed"',
+            "trigger": f'type = "track" and {_ORDER_COMPLETED}',
             "action": "eventUpload",
             "mapping": {
                 **_IDENTIFIED,
@@ -104,13 +152,11 @@ CLASSIC: Final[dict[str, Any]] = {
                 "evtName": {"@literal": "Charged"},
                 "evtData": {
                     "Charged ID": _path("$.properties.order_id"),
-                    "Amount": {
-                        "@if": {
-                            "exists": _path("$.properties.revenue"),
-                            "then": _path("$.properties.revenue"),
-                            "else": _path("$.properties.total"),
-                        }
-                    },
+                    "Amount": _if_exists(
+                        "$.properties.total",
+                        _path("$.properties.total"),
+                        _path("$.properties.revenue"),
+                    ),
                     "Currency": _path("$.properties.currency"),
                     "Items": _path("$.properties.products"),
                 },
@@ -154,10 +200,7 @@ CLASSIC: Final[dict[str, Any]] = {
         {
             "name": "Android push token",
             "enabled": True,
-            "trigger": (
-                'type != "group" and context.device.token exists and anonymousId exists'
-                ' and context.device.type = "android"'
-            ),
+            "trigger": (f'{_HAS_TOKEN} and match(context.device.type, "{_any_case("android")}")'),
             "action": "tokenUpload",
             "mapping": {
                 "objectId": _path("$.anonymousId"),
@@ -166,11 +209,14 @@ CLASSIC: Final[dict[str, Any]] = {
             },
         },
         {
-            "name": "iOS push token",
+            "name": "Apple push token (iOS, iPadOS, watchOS, tvOS, macOS, visionOS)",
             "enabled": True,
             "trigger": (
-                'type != "group" and context.device.token exists and anonymousId exists'
-                ' and context.device.type = "ios"'
+                f"{_HAS_TOKEN} and ("
+                + " or ".join(
+                    f'match(context.device.type, "{_any_case(name)}")' for name in _APPLE_PLATFORMS
+                )
+                + ")"
             ),
             "action": "tokenUpload",
             "mapping": {

@@ -8,10 +8,17 @@ per-account beta), and `.` is forbidden in keys, so nested values are
 - `stringify`: replaced by their JSON text;
 - `drop`: left out.
 
+Profile properties CleverTap gives meaning to are never reshaped: its reserved keys
+(`MSG-email`, `category-unsubscribe`, ...) keep their key and value as written, and a
+value that is one operation object (`{"$add": ["a"]}`, `{"$incr": 1}`) is sent as that
+object (its key is renamed like any other, so it acts on the property plain values of
+the same trait go to).
+
 Every value left out is counted in a `Counter` keyed by property name: nested values under
 `drop`, and under `flatten` a flattened key that collides with a key already present.
 Mappers that shape properties expose that counter as their `dropped` attribute;
-`dropped_values(mapper)` reads it for the run summary.
+`dropped_values(mapper)` reads it for the run summary, and `dates_left_as_text(mapper)`
+the date-times finer than milliseconds a mapper left unconverted.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import orjson
 
 from ctsync.presets import Nested
 from ctsync.records import Mapper
+from ctsync.rules import RESERVED_PROFILE_KEYS, profile_operation
 
 _SEPARATORS = re.compile(r"[\W_]+")
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -82,34 +90,43 @@ class PropertyShaper:
         """
         items = data.get("Items") if charged else None
         if not isinstance(items, list):
-            return self._shape(data, keep_scalar_lists=False)
+            return self._shape(data, profile=False)
         rest = {key: value for key, value in data.items() if key != "Items"}
-        shaped = self._shape(rest, keep_scalar_lists=False)
+        shaped = self._shape(rest, profile=False)
         shaped["Items"] = [
-            self._shape(item, keep_scalar_lists=False) if isinstance(item, dict) else item
-            for item in items
+            self._shape(item, profile=False) if isinstance(item, dict) else item for item in items
         ]
         return shaped
 
     def profile_data(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Profile properties: arrays of scalars kept (multi-value), the rest by policy."""
-        return self._shape(data, keep_scalar_lists=True)
+        """Profile properties: arrays of scalars kept (multi-value), CleverTap's reserved
+        keys and operation objects kept as written, the rest by policy."""
+        return self._shape(data, profile=True)
 
     def rename(self, key: str) -> str:
         """A key as this shaper writes it."""
         return self._rename(key)
 
-    def _shape(self, data: dict[str, Any], *, keep_scalar_lists: bool) -> dict[str, Any]:
+    def _shape(self, data: dict[str, Any], *, profile: bool) -> dict[str, Any]:
+        """`data` by the nested policy. A `profile` keeps arrays of scalars (multi-values),
+        reserved keys and operation objects; event properties keep none of them."""
         rename = self._rename
         out: dict[str, Any] = {}
         nested: list[tuple[str, Any]] = []
         for raw_key, value in data.items():
+            if profile and raw_key in RESERVED_PROFILE_KEYS:
+                out[raw_key] = value  # as written, whatever the renaming
+                continue
             key = rename(raw_key) if isinstance(raw_key, str) else raw_key
-            if isinstance(value, dict) or (
-                isinstance(value, list) and not (keep_scalar_lists and _is_scalar_list(value))
-            ):
+            if isinstance(value, dict):
+                # An operation on a profile property is sent as the object it is.
+                if not (profile and profile_operation(value) is not None):
+                    nested.append((key, value))
+                    continue
+            elif isinstance(value, list) and not (profile and _is_scalar_list(value)):
                 nested.append((key, value))
-            elif key in out:
+                continue
+            if key in out:
                 self.dropped[key] += 1
             else:
                 out[key] = value
@@ -137,6 +154,40 @@ class PropertyShaper:
             self.dropped[prefix] += 1
         else:
             out[prefix] = value
+
+
+def dates_left_as_text(mapper: Mapper) -> Counter[str]:
+    """Date-times finer than milliseconds a mapper left as text so far, per property name
+    (empty if it converts no dates). Read it once the run is over."""
+    counter = getattr(mapper, "dates_left_as_text", None)
+    return counter if isinstance(counter, Counter) else Counter()
+
+
+def mapping_notes(dropped: Counter[str], fine_dates: Counter[str]) -> list[str]:
+    """The summary's notes on what mapping left out or unconverted, once per run: device
+    tokens that could not be sent, and date-times left as text."""
+    notes: list[str] = []
+    no_object_id = dropped.get("token:no-objectId", 0)
+    unknown_device = dropped.get("token:unknown-device-type", 0)
+    if no_object_id:
+        notes.append(
+            f"{no_object_id:,} device tokens were not sent: their messages have no anonymousId, "
+            "and CleverTap takes tokens only by objectId (dropped_values: token:no-objectId)"
+        )
+    if unknown_device:
+        notes.append(
+            f"{unknown_device:,} device tokens were not sent: the device type is neither android "
+            "nor an Apple platform (dropped_values: token:unknown-device-type)"
+        )
+    if fine_dates:
+        names = ", ".join(f"{name}: {count:,}" for name, count in fine_dates.most_common(5))
+        more = f" and {len(fine_dates) - 5} more" if len(fine_dates) > 5 else ""
+        notes.append(
+            f"{fine_dates.total():,} date-times finer than milliseconds were left as text "
+            f"({names}{more}): Segment's Convert Timestamps rule converts only up to "
+            "milliseconds; --convert-microseconds converts them too (floored to seconds)"
+        )
+    return notes
 
 
 def dropped_values(mapper: Mapper) -> Counter[str]:

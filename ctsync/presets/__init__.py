@@ -26,6 +26,12 @@ class MappingOptions:
     dates_as: DatesAs = DatesAs.UNIX
     nested: Nested = Nested.FLATTEN
     max_event_properties: int = 256
+    # Also convert date-times finer than milliseconds (floored to seconds); Segment's rule
+    # leaves them as text, and so does ctsync unless asked (`--convert-microseconds`).
+    convert_microseconds: bool = False
+    # Classic preset: an identify with userId and anonymousId goes to the anonymous
+    # profile (objectId) with Identity set, linking it to the user (`--link-anonymous`).
+    link_anonymous: bool = False
 
 
 class Preset(StrEnum):

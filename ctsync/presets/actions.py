@@ -12,6 +12,7 @@ which CleverTap rejects (525); ctsync sends integer epoch seconds.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from ctsync.presets import MappingOptions
@@ -26,7 +27,7 @@ from ctsync.records import (
     Upload,
     skip_reason,
 )
-from ctsync.timestamps import convert_object, event_time
+from ctsync.timestamps import FineDates, convert_object, event_time
 
 MAX_IDENTITY_LENGTH = 119  # CleverTap: "under 120 characters"
 MAX_CACHED_SKIPS = 4096  # distinct (type, event) pairs; event names are open-ended
@@ -58,10 +59,34 @@ def record_time(message: Message) -> int | Invalid:
     return ts
 
 
-def actions_mapper(options: MappingOptions) -> Mapper:
-    """The mapper for `--preset actions`."""
+class ActionsMapper:
+    """The mapper for `--preset actions`. `dates_left_as_text` counts the date-times
+    finer than milliseconds Convert Timestamps left as text."""
 
-    def user_upload(message: Message) -> Upload | Invalid:
+    def __init__(self, options: MappingOptions) -> None:
+        self._options = options
+        self._fine = FineDates(convert=options.convert_microseconds)
+        self._skips: dict[tuple[Any, Any], Skip] = {}
+
+    @property
+    def dates_left_as_text(self) -> Counter[str]:
+        return self._fine.left_as_text
+
+    def __call__(self, message: Message) -> MapResult:
+        ops: list[Operation] = []
+        if message.get("type") == "identify":
+            op = self._user_upload(message)
+            if isinstance(op, Invalid):
+                return op
+            ops.append(op)
+        if message.get("event") == "Delete User":
+            delete = self._user_delete(message)
+            if isinstance(delete, Invalid):
+                return delete
+            ops.append(delete)
+        return ops or self._skip(message)
+
+    def _user_upload(self, message: Message) -> Upload | Invalid:
         identity = identity_of(message.get("userId"), "userId")
         if isinstance(identity, Invalid):
             return identity
@@ -70,44 +95,32 @@ def actions_mapper(options: MappingOptions) -> Mapper:
             return ts
         traits = message.get("traits")
         profile = traits if isinstance(traits, dict) else {}
+        options = self._options
         if options.convert_timestamps:
-            profile = convert_object(profile, options.dates_as)
+            profile = convert_object(profile, options.dates_as, fine=self._fine)
         return Upload({"type": "profile", "identity": identity, "ts": ts, "profileData": profile})
 
-    def user_delete(message: Message) -> Delete | Invalid:
+    def _user_delete(self, message: Message) -> Delete | Invalid:
         identity = identity_of(message.get("userId"), "userId")
         if isinstance(identity, Invalid):
             return identity
         return Delete("identity", identity)
 
-    skips: dict[tuple[Any, Any], Skip] = {}
-
-    def skip(message: Message) -> Skip:
+    def _skip(self, message: Message) -> Skip:
         # One Skip per (type, event), reused: half of an export is skipped, and building
         # the reason and a frozen dataclass for each costs more than the lookup.
         key = (message.get("type"), message.get("event"))
         try:
-            found = skips.get(key)
+            found = self._skips.get(key)
         except TypeError:  # an unhashable type or event (a list): no caching
             return Skip(skip_reason(message))
         if found is None:
             found = Skip(skip_reason(message))
-            if len(skips) < MAX_CACHED_SKIPS:
-                skips[key] = found
+            if len(self._skips) < MAX_CACHED_SKIPS:
+                self._skips[key] = found
         return found
 
-    def mapper(message: Message) -> MapResult:
-        ops: list[Operation] = []
-        if message.get("type") == "identify":
-            op = user_upload(message)
-            if isinstance(op, Invalid):
-                return op
-            ops.append(op)
-        if message.get("event") == "Delete User":
-            delete = user_delete(message)
-            if isinstance(delete, Invalid):
-                return delete
-            ops.append(delete)
-        return ops or skip(message)
 
-    return mapper
+def actions_mapper(options: MappingOptions) -> Mapper:
+    """The mapper for `--preset actions` (an `ActionsMapper`)."""
+    return ActionsMapper(options)

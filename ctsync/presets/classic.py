@@ -5,6 +5,7 @@
 | identify                 | profile: special traits renamed, others snake_cased       |
 | track                    | event named after `event`, properties snake_cased         |
 | track `Order Completed`  | `Charged` with `Charged ID`, `Amount`, `Currency`, `Items`|
+|   (any case)             |                                                           |
 | page / screen            | `Web Page Viewed` / `App Screen Viewed`                   |
 | alias                    | profile of `previousId` (as objectId) given `Identity`    |
 | `context.device.token`   | a token record, once per device token and profile per run|
@@ -14,19 +15,28 @@ Identifier: `userId` as `identity`; with no userId, the `anonymousId` as `object
 mode uses it as the CleverTap ID). Nested event properties follow `--nested`; what is
 left out is counted in the mapper's `dropped` counter (see `ctsync.mapping.properties`).
 
+Profiles: CleverTap's reserved keys (`MSG-email`, ..., `category-unsubscribe`) are sent
+as written, and a trait whose value is one operation object (`{"$incr": 1}`) is sent as
+that object under its snake_cased name, so that it acts on the property the preset
+writes plain values to. `Name` is made from first and last names when there is no name
+(Segment's identify spec).
+
 Alias: CleverTap's upload takes one identifier per record, so the alias cannot name both
 ids. ctsync uploads the profile whose CleverTap ID is `previousId` (the anonymousId the
 classic destination used as objectId) with the standard `Identity` key set to `userId`:
-the anonymous profile gains the identity, and later uploads by `userId` reach it.
+the anonymous profile gains the identity, and later uploads by `userId` reach it. With
+`link_anonymous` an identify carrying both ids does the same.
 
 Token records need an objectId: a message with a device token but no anonymousId, or a
-`context.device.type` other than android/ios, gives no token record.
+device type other than android or an Apple platform, gives no token record; it is
+counted in `dropped` as `token:no-objectId` or `token:unknown-device-type`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 from ctsync.mapping.properties import PropertyShaper
@@ -42,7 +52,10 @@ from ctsync.records import (
     Upload,
     skip_reason,
 )
-from ctsync.timestamps import convert_object, event_time, iso_to_epoch
+from ctsync.rules import normalise_gender
+from ctsync.timestamps import FineDates, convert_object, event_time, iso_to_epoch
+
+__all__ = ["ClassicMapper", "classic_mapper", "clevertap_date", "normalise_gender"]
 
 # Special traits (compared after snake_casing) -> CleverTap standard profile keys.
 SPECIAL_TRAITS: Final = {
@@ -53,26 +66,35 @@ SPECIAL_TRAITS: Final = {
     "phone": "Phone",
     "email": "Email",
 }
-GENDERS: Final = {"male": "M", "m": "M", "female": "F", "f": "F"}
-TOKEN_TYPES: Final = {"android": "fcm", "ios": "apns"}
+NAME_PARTS: Final = ("first_name", "last_name")  # firstName, first_name, FirstName ...
+# `context.device.type` (else `context.os.name`), lower-cased -> CleverTap token type.
+# Every Apple platform's push token is an APNs token.
+TOKEN_TYPES: Final = {
+    "android": "fcm",
+    "ios": "apns",
+    "ipados": "apns",
+    "watchos": "apns",
+    "tvos": "apns",
+    "macos": "apns",
+    "visionos": "apns",
+}
+TOKEN_WITHOUT_OBJECT_ID: Final = "token:no-objectId"
+TOKEN_OF_UNKNOWN_DEVICE: Final = "token:unknown-device-type"
 PAGE_EVENT: Final = "Web Page Viewed"
 SCREEN_EVENT: Final = "App Screen Viewed"
-ORDER_COMPLETED: Final = "Order Completed"
+ORDER_COMPLETED: Final = "order completed"  # compared lower-cased, as RudderStack does
 CHARGED: Final = "Charged"
 ORDER_FIELDS: Final = frozenset({"order_id", "revenue", "total", "currency", "products"})
 
 
-def normalise_gender(value: Any) -> Any:
-    """`male`/`female`/`m`/`f` in any case -> `M`/`F`; anything else unchanged."""
-    if isinstance(value, str):
-        return GENDERS.get(value.strip().lower(), value)
-    return value
-
-
-def clevertap_date(value: Any) -> Any:
-    """A date as CleverTap's date type `$D_<epoch>`; a value that is not a date unchanged."""
+def clevertap_date(value: Any, fine: FineDates | None = None, name: str = "") -> Any:
+    """A date as CleverTap's date type `$D_<epoch>`; a value that is not a date unchanged.
+    With `fine`, a date-time finer than milliseconds is counted under `name` (or
+    converted, as `fine` says)."""
     if isinstance(value, str):
         epoch = iso_to_epoch(value)
+        if epoch is None and fine is not None:
+            epoch = fine.epoch(name, value)
         return value if epoch is None else f"$D_{epoch}"
     if isinstance(value, int | float) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
@@ -81,17 +103,51 @@ def clevertap_date(value: Any) -> Any:
     return value
 
 
+def order_amount(products: Any) -> int | float | None:
+    """The sum of price times quantity over `products` (quantity 1 when absent), or None
+    when it cannot be known: no products, or one without a numeric price or quantity.
+    Summed in decimal, so 19.99 x 3 is 59.97, not 59.970000000000006."""
+    if not isinstance(products, list) or not products:
+        return None
+    total = Decimal(0)
+    exact = True  # every price and quantity an integer: the Amount stays one
+    for product in products:
+        if not isinstance(product, dict):
+            return None
+        price, quantity = product.get("price"), product.get("quantity", 1)
+        if not (_is_number(price) and _is_number(quantity)):
+            return None
+        exact = exact and isinstance(price, int) and isinstance(quantity, int)
+        try:
+            total += Decimal(repr(price)) * Decimal(repr(quantity))
+        except InvalidOperation:  # inf, nan
+            return None
+    if not total.is_finite():
+        return None
+    return int(total) if exact else float(total)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 class ClassicMapper:
-    """The mapper for `--preset classic`. `dropped` counts the values left out."""
+    """The mapper for `--preset classic`. `dropped` counts the values left out;
+    `dates_left_as_text` the date-times finer than milliseconds left unconverted."""
 
     def __init__(self, options: MappingOptions) -> None:
         self._options = options
         self._shaper = PropertyShaper(options.nested, snake_case_keys=True)
+        self._fine = FineDates(convert=options.convert_microseconds)
         self._tokens_sent: set[tuple[str, str]] = set()
 
     @property
     def dropped(self) -> Counter[str]:
         return self._shaper.dropped
+
+    @property
+    def dates_left_as_text(self) -> Counter[str]:
+        return self._fine.left_as_text
 
     def __call__(self, message: Message) -> MapResult:
         kind = message.get("type")
@@ -141,27 +197,46 @@ class ClassicMapper:
         if isinstance(record, Invalid):
             return record
         traits = message.get("traits")
-        record["profileData"] = self._profile_data(traits if isinstance(traits, dict) else {})
+        data = self._profile_data(traits if isinstance(traits, dict) else {})
+        if self._options.link_anonymous and "identity" in record:
+            # The anonymous profile earlier events created (objectId = anonymousId)
+            # becomes the user's: sent to it, with the identity set (RudderStack's
+            # "object ID mapping").
+            anonymous = identity_of(message.get("anonymousId"), "anonymousId")
+            if not isinstance(anonymous, Invalid):
+                data["Identity"] = record.pop("identity")
+                record = {"type": "profile", "objectId": anonymous, "ts": record["ts"]}
+        record["profileData"] = data
         return record
 
     def _profile_data(self, traits: dict[str, Any]) -> dict[str, Any]:
         options = self._options
         custom: dict[str, Any] = {}
         standard: dict[str, Any] = {}
+        parts: dict[str, Any] = {}
         for key, value in traits.items():
-            target = SPECIAL_TRAITS.get(self._shaper.rename(key))
+            name = self._shaper.rename(key)
+            target = SPECIAL_TRAITS.get(name)
             if target is None:
                 custom[key] = value
+                if name in NAME_PARTS:
+                    parts.setdefault(name, value)
             elif value is None:
                 continue  # an unset special trait: sending null would fail CleverTap's checks
             elif target == "Gender":
                 standard[target] = normalise_gender(value)
             elif target == "DOB":
-                standard[target] = clevertap_date(value) if options.convert_timestamps else value
+                standard[target] = (
+                    clevertap_date(value, self._fine, key) if options.convert_timestamps else value
+                )
             else:
                 standard[target] = value
+        if "Name" not in standard:
+            full_name = _full_name(parts)
+            if full_name is not None:
+                standard["Name"] = full_name
         if options.convert_timestamps:
-            custom = convert_object(custom, options.dates_as)
+            custom = convert_object(custom, options.dates_as, fine=self._fine)
         profile = self._shaper.profile_data(custom)
         profile.update(standard)
         return profile
@@ -173,7 +248,7 @@ class ClassicMapper:
         if isinstance(record, Invalid):
             return record
         if self._options.convert_timestamps:
-            properties = convert_object(properties, self._options.dates_as)
+            properties = convert_object(properties, self._options.dates_as, fine=self._fine)
         record["evtName"] = name
         record["evtData"] = self._shaper.event_data(properties)
         return record
@@ -183,7 +258,7 @@ class ClassicMapper:
         if not isinstance(name, str) or not name.strip():
             return Invalid("509", "track has no event name")
         properties = _properties(message)
-        if name == ORDER_COMPLETED:
+        if name.lower() == ORDER_COMPLETED:
             return self._charged(message, properties)
         return self._event(message, name, properties)
 
@@ -200,13 +275,22 @@ class ClassicMapper:
         charged: dict[str, Any] = {}
         if "order_id" in spec:
             charged["Charged ID"] = spec["order_id"]
-        amount_key = "revenue" if spec.get("revenue") is not None else "total"
-        if spec.get(amount_key) is not None:
-            charged["Amount"] = spec.pop(amount_key)
+        # Amount is what the customer paid: Segment's `total` (as Segment's analytics.js
+        # CleverTap integration takes it), else `revenue`, else the products' sum. The
+        # one not taken stays a property.
+        for field in ("total", "revenue"):
+            if spec.get(field) is not None:
+                charged["Amount"] = spec.pop(field)
+                break
+        else:
+            amount = order_amount(spec.get("products"))
+            if amount is not None:
+                charged["Amount"] = amount
         if "currency" in spec:
             charged["Currency"] = spec["currency"]
-        if "total" in spec:  # kept as a property when revenue is the Amount
-            rest["total"] = spec["total"]
+        for field in ("total", "revenue"):
+            if field in spec:
+                rest[field] = spec[field]
         record = self._event(message, CHARGED, rest)
         if isinstance(record, Invalid):
             return record
@@ -224,7 +308,7 @@ class ClassicMapper:
         if not isinstance(product, dict):
             return product  # the data rules report a non-object item
         if self._options.convert_timestamps:
-            product = convert_object(product, self._options.dates_as)
+            product = convert_object(product, self._options.dates_as, fine=self._fine)
         return self._shaper.event_data(product)
 
     def _viewed(self, message: Message, name: str) -> CleverTapRecord | Invalid:
@@ -252,19 +336,30 @@ class ClassicMapper:
         }
 
     def _token(self, message: Message) -> CleverTapRecord | None:
+        """The token record of a message's device token, once per device and profile per
+        run. A token that cannot be sent is counted in `dropped` with the reason."""
         context = message.get("context")
-        device = context.get("device") if isinstance(context, dict) else None
+        if not isinstance(context, dict):
+            return None
+        device = context.get("device")
         if not isinstance(device, dict):
             return None
         token = device.get("token")
-        device_type = device.get("type")
+        if not (isinstance(token, str) and token):
+            return None
         object_id = message.get("anonymousId")
-        if not (isinstance(token, str) and token and isinstance(device_type, str)):
-            return None
         if not isinstance(object_id, str) or not object_id:
+            # CleverTap takes tokens by objectId only (530): a server-side message
+            # without anonymousId cannot carry one.
+            self._shaper.dropped[TOKEN_WITHOUT_OBJECT_ID] += 1
             return None
-        token_type = TOKEN_TYPES.get(device_type.lower())
+        device_type = device.get("type")
+        if device_type is None:  # Segment's libraries set it; others name the OS
+            os = context.get("os")
+            device_type = os.get("name") if isinstance(os, dict) else None
+        token_type = TOKEN_TYPES.get(device_type.lower()) if isinstance(device_type, str) else None
         if token_type is None:
+            self._shaper.dropped[TOKEN_OF_UNKNOWN_DEVICE] += 1
             return None
         key = (object_id, token)
         if key in self._tokens_sent:
@@ -277,11 +372,20 @@ class ClassicMapper:
         }
 
 
+def _full_name(parts: dict[str, Any]) -> str | None:
+    """`Name` from first and last names, both non-blank strings (Segment's identify spec)."""
+    first, last = parts.get("first_name"), parts.get("last_name")
+    if isinstance(first, str) and isinstance(last, str) and first.strip() and last.strip():
+        return f"{first.strip()} {last.strip()}"
+    return None
+
+
 def _properties(message: Message) -> dict[str, Any]:
     properties = message.get("properties")
     return properties if isinstance(properties, dict) else {}
 
 
 def classic_mapper(options: MappingOptions) -> ClassicMapper:
-    """The mapper for `--preset classic` (a `Mapper` with a `dropped` counter)."""
+    """The mapper for `--preset classic` (a `Mapper` with `dropped` and
+    `dates_left_as_text` counters)."""
     return ClassicMapper(options)

@@ -12,12 +12,14 @@ from ctsync.mapping import (
     Action,
     MappingError,
     build_mapper,
+    dates_left_as_text,
     dropped_values,
     load_mapping,
     parse_mapping,
 )
 from ctsync.presets import MappingOptions, Nested
 from ctsync.records import Delete, Invalid, Skip, Upload
+from ctsync.rules import check_upload
 from ctsync.timestamps import DatesAs
 
 TS = "2023-05-18T22:58:45Z"
@@ -316,3 +318,67 @@ def test_firing_lists_the_matching_enabled_subscriptions() -> None:
     )
     message = {"type": "identify", "context": {"device": {"token": "t"}}}
     assert [sub.name for sub in loaded.firing(message)] == ["Identify", "token"]
+
+
+# --- CleverTap's reserved keys and operations in a mapping file's output (issue 10) -----
+
+
+def test_reserved_keys_and_operations_pass_through_a_mapping_file() -> None:
+    mapping_file = parse_mapping(
+        {
+            "subscriptions": [
+                {
+                    "name": "Profiles",
+                    "enabled": True,
+                    "trigger": 'type = "identify"',
+                    "action": "userUpload",
+                    "mapping": {
+                        "identity": {"@path": "$.userId"},
+                        "ts": {"@path": "$.timestamp"},
+                        "profileData": {
+                            "MSG-email": {"@path": "$.traits['MSG-email']"},
+                            "category-unsubscribe": {"@path": "$.traits['category-unsubscribe']"},
+                            "tags": {"$add": {"@path": "$.traits.newTags"}},
+                            "visits": {"$incr": {"@literal": 1}},
+                            "seen": {"@path": "$.traits.seen"},
+                        },
+                    },
+                },
+                {
+                    "name": "All traits",
+                    "enabled": True,
+                    "trigger": 'type = "identify"',
+                    "action": "userUpload",
+                    "mapping": {
+                        "identity": {"@path": "$.userId"},
+                        "ts": {"@path": "$.timestamp"},
+                        "profileData": {"@path": "$.traits"},
+                    },
+                },
+            ]
+        }
+    )
+    mapper = build_mapper(mapping_file, MappingOptions())
+    traits = {
+        "MSG-email": False,
+        "category-unsubscribe": {"email": ["Marketing"]},
+        "newTags": ["a", "b"],
+        "wishlist": {"$remove": ["shoes"]},
+        "seen": "2023-01-02T00:00:00.123456+00:00",
+    }
+    message = {"type": "identify", "userId": "u1", "timestamp": "2019-02-01", "traits": traits}
+    result = mapper(message)
+    assert isinstance(result, list)
+    built = [op.record["profileData"] for op in result if isinstance(op, Upload)]
+    assert built == [
+        {
+            "MSG-email": False,
+            "category-unsubscribe": {"email": ["Marketing"]},
+            "tags": {"$add": ["a", "b"]},
+            "visits": {"$incr": 1},
+            "seen": "2023-01-02T00:00:00.123456+00:00",
+        },
+        traits,
+    ]
+    assert all(check_upload(op.record) == [] for op in result if isinstance(op, Upload))
+    assert dates_left_as_text(mapper) == {"seen": 2}

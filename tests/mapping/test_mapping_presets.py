@@ -176,3 +176,89 @@ def test_preset_as_mapping_returns_a_fresh_copy_and_rejects_unknown_names() -> N
     assert len(preset_as_mapping("actions")["subscriptions"]) == 2
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         preset_as_mapping("nope")
+
+
+# --- the classic mapping file follows the preset where directives reach (issue 10) -------
+
+
+def classic_file() -> Mapper:
+    return build_mapper(parse_mapping(preset_as_mapping("classic")), MappingOptions())
+
+
+def uploads(result: object) -> list[dict[str, object]]:
+    assert isinstance(result, list), result
+    return [op.record for op in result if isinstance(op, Upload)]
+
+
+def test_classic_mapping_file_passes_reserved_keys_and_makes_name() -> None:
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "timestamp": "2023-05-18T22:58:45Z",
+        "traits": {
+            "firstName": "Ada",
+            "lastName": "Lovelace",
+            "MSG-email": False,
+            "MSG-dndPhone": True,
+            "category-unsubscribe": {"email": ["Marketing"]},
+        },
+    }
+    assert uploads(classic_file()(message))[0]["profileData"] == {
+        "Name": "Ada Lovelace",
+        "MSG-email": False,
+        "MSG-dndPhone": True,
+        "category-unsubscribe": {"email": ["Marketing"]},
+    }
+    named = {**message, "traits": {"name": "Ada", "firstName": "A", "lastName": "L"}}
+    assert uploads(classic_file()(named))[0]["profileData"] == {"Name": "Ada"}
+    half = {**message, "traits": {"firstName": "Ada"}}
+    assert uploads(classic_file()(half))[0]["profileData"] == {}
+
+
+@pytest.mark.parametrize("event", ["Order Completed", "order completed", "ORDER COMPLETED"])
+def test_classic_mapping_file_charges_order_completed_in_any_case_with_total(event: str) -> None:
+    message = {
+        "type": "track",
+        "userId": "u1",
+        "event": event,
+        "timestamp": "2023-05-18T22:58:45Z",
+        "properties": {"order_id": "o1", "total": 30, "revenue": 25},
+    }
+    (record,) = uploads(classic_file()(message))
+    assert record["evtName"] == "Charged"
+    assert record["evtData"] == {"Charged ID": "o1", "Amount": 30}
+    revenue_only = {**message, "properties": {"revenue": 25}}
+    assert uploads(classic_file()(revenue_only))[0]["evtData"] == {"Amount": 25}
+    other = {**message, "event": "Order Completed Twice"}
+    assert uploads(classic_file()(other))[0]["evtName"] == "Order Completed Twice"
+
+
+@pytest.mark.parametrize(
+    ("device_type", "kind"),
+    [
+        ("android", "fcm"),
+        ("ANDROID", "fcm"),
+        ("ios", "apns"),
+        ("iPadOS", "apns"),
+        ("watchOS", "apns"),
+        ("tvos", "apns"),
+        ("macOS", "apns"),
+    ],
+)
+def test_classic_mapping_file_sends_tokens_of_every_apple_platform(
+    device_type: str, kind: str
+) -> None:
+    message = {
+        "type": "screen",
+        "anonymousId": "a1",
+        "name": "Home",
+        "timestamp": "2023-05-18T22:58:45Z",
+        "context": {"device": {"token": "tok", "type": device_type}},
+    }
+    assert uploads(classic_file()(message))[1] == {
+        "type": "token",
+        "objectId": "a1",
+        "tokenData": {"id": "tok", "type": kind},
+    }
+    web = {**message, "context": {"device": {"token": "tok", "type": "web"}}}
+    assert [r["type"] for r in uploads(classic_file()(web))] == ["event"]

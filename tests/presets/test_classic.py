@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ctsync.mapping import dropped_values
 from ctsync.presets import MappingOptions, Nested
@@ -169,9 +171,9 @@ def test_order_completed_golden() -> None:
             "evtName": "Charged",
             "evtData": {
                 "Charged ID": "o-50314b8e",
-                "Amount": 25.0,
+                "Amount": 27.5,  # total: what the customer paid (Segment's e-commerce spec)
                 "Currency": "USD",
-                "total": 27.5,
+                "revenue": 25.0,
                 "coupon": "hasbros",
                 "Items": [
                     {"product_id": "507f1f77", "sku": "45790-32", "price": 19, "quantity": 1},
@@ -182,16 +184,16 @@ def test_order_completed_golden() -> None:
     ]
 
 
-def test_order_completed_amount_falls_back_to_total() -> None:
+def test_order_completed_amount_falls_back_to_revenue() -> None:
     message = {
         "type": "track",
         "userId": "u1",
         "event": "Order Completed",
         "timestamp": TS,
-        "properties": {"order_id": "o1", "total": 30},
+        "properties": {"order_id": "o1", "revenue": 25},
     }
     record = records(classic_mapper(MappingOptions())(message))[0]
-    assert record["evtData"] == {"Charged ID": "o1", "Amount": 30}
+    assert record["evtData"] == {"Charged ID": "o1", "Amount": 25}
 
 
 def test_order_completed_keeps_all_items_for_the_rules_to_judge() -> None:
@@ -360,3 +362,391 @@ def test_flatten_collisions_are_counted_not_overwritten() -> None:
     message = {**NESTED, "properties": {"a_b": 1, "a": {"b": 2}}}
     assert records(mapper(message))[0]["evtData"] == {"a_b": 1}
     assert dropped_values(mapper) == {"a_b": 1}
+
+
+# --- CleverTap's reserved profile keys and operations (issue 10, point 1) ----------------
+# What CleverTap documents (clevertap-api.md) and what RudderStack's CleverTap tests expect:
+# `category-unsubscribe: {email: [...]}` and the MSG-* flags reach CleverTap as written.
+
+RESERVED_TRAITS = {
+    "MSG-email": False,
+    "MSG-push": True,
+    "MSG-sms": False,
+    "MSG-whatsapp": True,
+    "MSG-dndPhone": True,
+    "MSG-dndEmail": False,
+    "category-unsubscribe": {"email": ["Marketing", "Transactional"]},
+    "category-resubscribe": {"push": ["Offers"]},
+}
+OPERATION_TRAITS = {
+    "tags": {"$add": ["a"]},
+    "wishlist": {"$remove": "shoes"},
+    "visits": {"$incr": 1},
+    "credits": {"$decr": 2.5},
+    "legacy_flag": {"$delete": 1},
+    "plan": {"$set": "pro"},
+}
+
+
+@pytest.mark.parametrize("nested", list(Nested))
+def test_reserved_keys_and_operations_reach_clevertap_as_written(nested: Nested) -> None:
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "timestamp": TS,
+        "traits": {**RESERVED_TRAITS, **OPERATION_TRAITS, "favoriteColor": "green"},
+    }
+    mapper = classic_mapper(MappingOptions(nested=nested))
+    profile = records(mapper(message))[0]["profileData"]
+    assert profile == {**RESERVED_TRAITS, **OPERATION_TRAITS, "favorite_color": "green"}
+    assert dropped_values(mapper) == {}
+
+
+def test_an_operation_acts_on_the_property_the_preset_writes_plain_values_to() -> None:
+    # `loginCount: 3` is sent as `login_count`; incrementing it must reach the same property.
+    mapper = classic_mapper(MappingOptions())
+    plain = {"type": "identify", "userId": "u1", "timestamp": TS, "traits": {"loginCount": 3}}
+    counted = {**plain, "traits": {"loginCount": {"$incr": 1}}}
+    assert records(mapper(plain))[0]["profileData"] == {"login_count": 3}
+    assert records(mapper(counted))[0]["profileData"] == {"login_count": {"$incr": 1}}
+
+
+def test_objects_that_are_not_one_operation_are_still_flattened() -> None:
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "timestamp": TS,
+        "traits": {
+            "two": {"$add": ["a"], "$remove": ["b"]},  # two keys: not an operation
+            "fake": {"$push": ["a"]},  # not a CleverTap operator
+            "msg-email": True,  # CleverTap's keys are case-sensitive: a custom trait
+        },
+    }
+    profile = records(classic_mapper(MappingOptions())(message))[0]["profileData"]
+    assert profile == {
+        "two_add_0": "a",
+        "two_remove_0": "b",
+        "fake_push_0": "a",
+        "msg_email": True,
+    }
+
+
+# --- Name from first and last names (Segment's identify spec; RudderStack) -----------------
+
+
+@pytest.mark.parametrize(
+    "traits",
+    [
+        {"firstName": "Ada", "lastName": "Lovelace"},
+        {"first_name": "Ada", "last_name": "Lovelace"},
+        {"firstName": " Ada ", "lastName": "Lovelace ", "name": None},
+    ],
+)
+def test_name_is_made_from_first_and_last_names(traits: dict[str, Any]) -> None:
+    message = {"type": "identify", "userId": "u1", "timestamp": TS, "traits": traits}
+    profile = records(classic_mapper(MappingOptions())(message))[0]["profileData"]
+    assert profile["Name"] == "Ada Lovelace"
+    # the parts stay custom properties, as before
+    assert {"first_name", "last_name"} <= set(profile)
+
+
+@pytest.mark.parametrize(
+    ("traits", "name"),
+    [
+        ({"name": "Countess", "firstName": "Ada", "lastName": "Lovelace"}, "Countess"),
+        ({"firstName": "Ada"}, None),
+        ({"firstName": "Ada", "lastName": ""}, None),
+        ({"firstName": "Ada", "lastName": 7}, None),
+    ],
+)
+def test_name_needs_both_parts_and_never_replaces_a_name(
+    traits: dict[str, Any], name: str | None
+) -> None:
+    message = {"type": "identify", "userId": "u1", "timestamp": TS, "traits": traits}
+    profile = records(classic_mapper(MappingOptions())(message))[0]["profileData"]
+    assert profile.get("Name") == name
+
+
+# --- Device tokens (point 3) -----------------------------------------------------------
+
+
+def token_message(device: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "screen",
+        "userId": "u1",
+        "anonymousId": "a1",
+        "name": "Home",
+        "timestamp": TS,
+        "context": {"device": device},
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("device_type", "kind"),
+    [
+        ("android", "fcm"),
+        ("Android", "fcm"),
+        ("ios", "apns"),
+        ("ipados", "apns"),
+        ("iPadOS", "apns"),
+        ("watchos", "apns"),
+        ("watchOS", "apns"),
+        ("tvos", "apns"),
+        ("TVOS", "apns"),
+        ("macos", "apns"),
+        ("macOS", "apns"),
+    ],
+)
+def test_every_apple_platform_gets_apns_and_android_fcm(device_type: str, kind: str) -> None:
+    mapper = classic_mapper(MappingOptions())
+    sent = records(mapper(token_message({"token": "tok-1", "type": device_type})))
+    assert sent[1] == {
+        "type": "token",
+        "objectId": "a1",
+        "tokenData": {"id": "tok-1", "type": kind},
+    }
+    assert dropped_values(mapper) == {}
+
+
+def test_the_os_name_gives_the_platform_when_the_device_type_is_absent() -> None:
+    # RudderStack reads context.os.name; Segment's libraries set context.device.type.
+    message = token_message({"token": "tok-1"}, context={"device": {"token": "tok-1"}})
+    message["context"]["os"] = {"name": "iOS"}
+    assert records(classic_mapper(MappingOptions())(message))[1]["tokenData"]["type"] == "apns"
+
+
+def test_tokens_that_cannot_be_sent_are_counted_with_their_reason() -> None:
+    mapper = classic_mapper(MappingOptions())
+    server_side = token_message({"token": "t1", "type": "android"})
+    del server_side["anonymousId"]  # a server-side identify: no objectId for the token
+    web = token_message({"token": "t2", "type": "web"})
+    untyped = token_message({"token": "t3"})
+    for message in (server_side, server_side, web, untyped):
+        assert [r["type"] for r in records(mapper(message))] == ["event"]
+    assert dropped_values(mapper) == {"token:no-objectId": 2, "token:unknown-device-type": 2}
+
+
+def test_a_message_without_a_token_counts_nothing() -> None:
+    mapper = classic_mapper(MappingOptions())
+    records(mapper(token_message({"type": "ios"})))
+    records(mapper(token_message({"token": "", "type": "ios"})))
+    assert dropped_values(mapper) == {}
+
+
+# --- Order Completed and Amount (point 4) -------------------------------------------------
+
+
+def order(event: str = "Order Completed", **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "userId": "u1",
+        "event": event,
+        "timestamp": TS,
+        "properties": properties,
+    }
+
+
+@pytest.mark.parametrize(
+    "event", ["Order Completed", "order completed", "ORDER COMPLETED", "Order completed"]
+)
+def test_order_completed_is_charged_in_any_case(event: str) -> None:
+    record = records(classic_mapper(MappingOptions())(order(event, order_id="o1")))[0]
+    assert record["evtName"] == "Charged"
+    assert record["evtData"] == {"Charged ID": "o1"}
+
+
+def test_other_events_are_not_charged() -> None:
+    for event in ("Order Completed!", "Order Completed Again", "Completed Order"):
+        record = records(classic_mapper(MappingOptions())(order(event)))[0]
+        assert record["evtName"] == event
+
+
+def test_amount_is_the_total_as_segments_analytics_js_sends_it() -> None:
+    # Segment's analytics.js CleverTap integration test: total 30, revenue 25 -> Amount 30.
+    message = order(
+        order_id="50314b8e9bcf000000000002",
+        total=30,
+        revenue=25,
+        currency="USD",
+        products=[
+            {"product_id": "507f1f77bcf86cd799439011", "price": 19, "quantity": 1},
+            {"product_id": "505bd76785ebb509fc183733", "price": 3, "quantity": 2},
+        ],
+    )
+    data = records(classic_mapper(MappingOptions())(message))[0]["evtData"]
+    assert data["Amount"] == 30
+    assert data["revenue"] == 25
+    assert "total" not in data
+    assert data["Charged ID"] == "50314b8e9bcf000000000002"
+
+
+@pytest.mark.parametrize(
+    ("products", "amount"),
+    [
+        ([{"price": 19, "quantity": 1}, {"price": 3, "quantity": 2}], 25),
+        ([{"price": 19.99, "quantity": 3}], 59.97),  # decimal, not 59.970000000000006
+        ([{"price": 10}, {"price": 2.5, "quantity": 2}], 15.0),  # no quantity: one
+    ],
+)
+def test_amount_is_the_products_sum_without_total_or_revenue(
+    products: list[dict[str, Any]], amount: float
+) -> None:
+    data = records(classic_mapper(MappingOptions())(order(products=products)))[0]["evtData"]
+    assert data["Amount"] == amount
+    assert type(data["Amount"]) is type(amount)
+
+
+@pytest.mark.parametrize(
+    "products",
+    [
+        [],
+        [{"price": 19, "quantity": 1}, {"quantity": 2}],  # a product without a price
+        [{"price": "19", "quantity": 1}],
+        [{"price": 19, "quantity": True}],
+        ["not a product"],
+    ],
+)
+def test_no_amount_when_the_products_cannot_give_one(products: list[Any]) -> None:
+    data = records(classic_mapper(MappingOptions())(order(products=products)))[0]["evtData"]
+    assert "Amount" not in data
+
+
+def test_a_null_total_falls_back_to_revenue() -> None:
+    data = records(classic_mapper(MappingOptions())(order(total=None, revenue=25)))[0]["evtData"]
+    assert data["Amount"] == 25
+
+
+# --- --link-anonymous (point 7) -----------------------------------------------------------
+# RudderStack's "object ID mapping": an identify with both ids goes to objectId =
+# anonymousId with the identity inside profileData.
+
+
+def test_link_anonymous_sends_the_identify_to_the_anonymous_profile() -> None:
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "anonymousId": "a1",
+        "timestamp": TS,
+        "traits": {"email": "ada@example.com", "plan": "pro"},
+    }
+    mapper = classic_mapper(MappingOptions(link_anonymous=True))
+    assert records(mapper(message)) == [
+        {
+            "type": "profile",
+            "objectId": "a1",
+            "ts": EPOCH,
+            "profileData": {"plan": "pro", "Email": "ada@example.com", "Identity": "u1"},
+        }
+    ]
+    # off by default: by identity, as Segment's classic destination sends it
+    default = records(classic_mapper(MappingOptions())(message))[0]
+    assert default["identity"] == "u1"
+    assert "objectId" not in default
+
+
+@pytest.mark.parametrize(
+    ("message", "identifier"),
+    [
+        ({"type": "identify", "userId": "u1", "traits": {}}, {"identity": "u1"}),
+        ({"type": "identify", "anonymousId": "a1", "traits": {}}, {"objectId": "a1"}),
+        ({"type": "identify", "userId": "u1", "anonymousId": "", "traits": {}}, {"identity": "u1"}),
+    ],
+)
+def test_link_anonymous_leaves_identifies_with_one_id_alone(
+    message: dict[str, Any], identifier: dict[str, str]
+) -> None:
+    record = records(classic_mapper(MappingOptions(link_anonymous=True))(message))[0]
+    assert {k: record[k] for k in ("identity", "objectId") if k in record} == identifier
+    assert "Identity" not in record["profileData"]
+
+
+def test_link_anonymous_does_not_touch_events() -> None:
+    message = {"type": "track", "userId": "u1", "anonymousId": "a1", "event": "E", "timestamp": TS}
+    record = records(classic_mapper(MappingOptions(link_anonymous=True))(message))[0]
+    assert record["identity"] == "u1"
+
+
+# --- date-times finer than milliseconds (point 6) ----------------------------------------
+
+
+def test_dates_finer_than_milliseconds_are_counted_by_trait_name() -> None:
+    # Segment's Python library writes datetime traits with microseconds.
+    mapper = classic_mapper(MappingOptions())
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "timestamp": TS,
+        "traits": {
+            "createdAt": "2023-01-02T00:00:00.123456+00:00",
+            "birthday": "1990-02-01T00:00:00.000001Z",
+            "lastSeen": "2006-01-02T18:04:07.451Z",
+        },
+    }
+    profile = records(mapper(message))[0]["profileData"]
+    assert profile == {
+        "created_at": "2023-01-02T00:00:00.123456+00:00",
+        "DOB": "1990-02-01T00:00:00.000001Z",
+        "last_seen": 1136225047,
+    }
+    mapper({**message, "type": "track", "event": "E", "properties": message["traits"]})
+    assert mapper.dates_left_as_text == {"createdAt": 2, "birthday": 2}
+
+
+def test_convert_microseconds_floors_them_to_seconds() -> None:
+    mapper = classic_mapper(MappingOptions(convert_microseconds=True))
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "timestamp": TS,
+        "traits": {
+            "createdAt": "2023-01-02T00:00:00.999999+00:00",
+            "birthday": "1990-02-01T00:00:00.000001Z",
+        },
+    }
+    profile = records(mapper(message))[0]["profileData"]
+    # 2023-01-02 is 19359 days after 1970-01-01: 1672617600.
+    assert profile == {"created_at": 1672617600, "DOB": "$D_633830400"}
+    assert mapper.dates_left_as_text == {}
+
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.text(max_size=8), st.floats(allow_nan=False)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+operations = st.one_of(
+    st.builds(lambda v: {"$add": v}, st.lists(st.text(max_size=5), max_size=3)),
+    st.builds(lambda v: {"$remove": v}, st.text(max_size=5)),
+    st.builds(lambda v: {"$incr": v}, st.integers()),
+    st.builds(lambda v: {"$decr": v}, st.floats(allow_nan=False)),
+    st.just({"$delete": 1}),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    reserved=st.dictionaries(
+        st.sampled_from(sorted(RESERVED_TRAITS)), json_values.filter(lambda v: v is not None)
+    ),
+    ops=st.dictionaries(st.sampled_from(["tags", "visits", "credits", "plan"]), operations),
+    other=st.dictionaries(st.sampled_from(["city", "address", "score"]), json_values),
+    nested=st.sampled_from(list(Nested)),
+)
+def test_reserved_keys_and_operations_survive_any_other_traits(
+    reserved: dict[str, Any], ops: dict[str, Any], other: dict[str, Any], nested: Nested
+) -> None:
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "timestamp": TS,
+        "traits": {**other, **reserved, **ops},
+    }
+    profile = records(classic_mapper(MappingOptions(nested=nested))(message))[0]["profileData"]
+    for key, value in {**reserved, **ops}.items():
+        assert profile[key] == value

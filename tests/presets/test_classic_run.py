@@ -1,0 +1,226 @@
+"""Issue 10 end to end through the command line (dry runs): `--validate fix`, the notes
+on device tokens and dates left as text, `--link-anonymous`, `--convert-microseconds`.
+
+The phone, gender and email cases are the issue's: `+44 20 7946 0001` and
+`(415) 555-0007` (516), `non-binary` (514); RudderStack drops just the offending field
+and sends the rest of the profile. Expected bodies are written by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from ctsync.cli import app
+
+runner = CliRunner()
+TS = "2023-05-18T22:58:45Z"
+EPOCH = 1684450725
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+
+
+def write(path: Path, messages: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in messages))
+    return path
+
+
+def identify(user: str, **traits: Any) -> dict[str, Any]:
+    return {"type": "identify", "userId": user, "timestamp": TS, "traits": traits}
+
+
+def sent_records(requests: Path) -> list[dict[str, Any]]:
+    return [
+        record
+        for line in requests.read_bytes().splitlines()
+        for record in orjson.loads(line)["body"]["d"]
+    ]
+
+
+FIXABLE = [
+    identify("u1", name="Ada", phone="+44 20 7946 0001"),
+    identify("u2", name="Bo", phone="(415) 555-0007"),
+    identify("u3", name="Cy", gender="non-binary"),
+    identify("u4", name="Di", email="di@"),
+]
+
+
+def upload(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], Path, Path]:
+    report, requests = tmp_path / "report.ndjson", tmp_path / "requests.ndjson"
+    result = runner.invoke(
+        app,
+        [
+            "upload",
+            *args,
+            "--dry-run",
+            "--json",
+            "--report",
+            str(report),
+            "--output",
+            str(requests),
+        ],
+        env=clean_env(),
+    )
+    return result.exit_code, orjson.loads(result.stdout), report, requests
+
+
+def test_validate_fix_sends_each_profile_without_its_bad_fields(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.ndjson", FIXABLE)
+    failed = tmp_path / "failed.ndjson"
+    code, summary, report, requests = upload(
+        tmp_path, str(path), "--preset", "classic", "--validate", "fix", "--failed", str(failed)
+    )
+    assert code == 0
+    assert (summary["accepted"], summary["invalid"]) == (4, 0)
+    assert summary["fixed_by_code"] == {"516": 2, "514": 1, "515": 1}
+    # (requests go out by lane, so compare by identity)
+    assert {r["identity"]: r["profileData"] for r in sent_records(requests)} == {
+        "u1": {"Name": "Ada", "Phone": "+442079460001"},
+        "u2": {"Name": "Bo"},
+        "u3": {"Name": "Cy"},
+        "u4": {"Name": "Di"},
+    }
+    lines = [orjson.loads(line) for line in report.read_bytes().splitlines()]
+    assert [(x["line"], x["identity"], x["stage"], x["field"], x["code"]) for x in lines] == [
+        (1, "u1", "validate", "Phone", "516"),
+        (2, "u2", "validate", "Phone", "516"),
+        (3, "u3", "validate", "Gender", "514"),
+        (4, "u4", "validate", "Email", "515"),
+    ]
+    assert "(415) 555-0007" in lines[1]["message"]
+    assert failed.read_bytes() == b"", "every record went through: no dead letters"
+
+
+def test_strict_stays_the_default_and_refuses_the_same_profiles(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.ndjson", FIXABLE)
+    code, summary, _, requests = upload(tmp_path, str(path), "--preset", "classic")
+    assert code == 1
+    assert (summary["accepted"], summary["invalid"]) == (0, 4)
+    assert summary["invalid_by_code"] == {"516": 2, "514": 1, "515": 1}
+    assert summary["fixed_by_code"] == {}
+    assert sent_records(requests) == []
+
+
+def test_validate_fix_never_fixes_identity_ts_or_structure(tmp_path: Path) -> None:
+    messages = [
+        # actions preset: traits as written, so a forbidden key (512) reaches the rules
+        identify("u1", Phone="(415) 555-0007", **{"bad.key": 1}),
+        {**identify("u2", Phone="(415) 555-0007"), "timestamp": "last tuesday"},  # 525
+        {**identify("", Phone="(415) 555-0007")},  # 523
+    ]
+    path = write(tmp_path / "in.ndjson", messages)
+    code, summary, report, requests = upload(tmp_path, str(path), "--validate", "fix")
+    assert code == 1
+    assert summary["invalid_by_code"] == {"512": 1, "525": 1, "523": 1}
+    assert summary["fixed_by_code"] == {}
+    assert sent_records(requests) == []
+    assert all("field" not in orjson.loads(x) for x in report.read_bytes().splitlines())
+
+
+def test_warn_still_sends_the_record_as_it_is(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.ndjson", FIXABLE[1:2])
+    code, summary, _, requests = upload(
+        tmp_path, str(path), "--preset", "classic", "--validate", "warn"
+    )
+    assert code == 0
+    assert summary["warnings_by_code"] == {"516": 1}
+    assert sent_records(requests)[0]["profileData"] == {"Name": "Bo", "Phone": "(415) 555-0007"}
+
+
+def test_tokens_that_cannot_be_sent_are_counted_and_noted_once(tmp_path: Path) -> None:
+    server_side = {
+        "type": "identify",
+        "userId": "u1",
+        "timestamp": TS,
+        "traits": {},
+        "context": {"device": {"token": "tok", "type": "ios"}},
+    }
+    web = {**server_side, "anonymousId": "a1", "context": {"device": {"token": "t", "type": "web"}}}
+    path = write(tmp_path / "in.ndjson", [server_side, server_side, web])
+    code, summary, _, requests = upload(tmp_path, str(path), "--preset", "classic")
+    assert code == 0
+    assert summary["accepted"] == 3
+    assert summary["dropped_values"] == {"token:no-objectId": 2, "token:unknown-device-type": 1}
+    assert [r["type"] for r in sent_records(requests)] == ["profile"] * 3
+    token_notes = [note for note in summary["notes"] if "device tokens" in note]
+    assert len(token_notes) == 2
+    assert token_notes[0].startswith("2 device tokens were not sent")
+    assert "anonymousId" in token_notes[0] and "objectId" in token_notes[0]
+    assert token_notes[1].startswith("1 device tokens were not sent")
+
+
+def test_dates_left_as_text_are_counted_and_the_option_named_once(tmp_path: Path) -> None:
+    fine = "2023-01-02T00:00:00.123456+00:00"  # as Segment's Python library writes them
+    messages = [identify("u1", createdAt=fine), identify("u2", createdAt=fine, name="Bo")]
+    path = write(tmp_path / "in.ndjson", messages)
+    code, summary, _, requests = upload(tmp_path, str(path), "--preset", "classic")
+    assert code == 0
+    assert summary["dates_left_as_text"] == {"createdAt": 2}
+    (note,) = [note for note in summary["notes"] if "finer than milliseconds" in note]
+    assert "createdAt: 2" in note and "--convert-microseconds" in note
+    assert sent_records(requests)[0]["profileData"] == {"created_at": fine}
+
+    code, summary, _, requests = upload(
+        tmp_path, str(path), "--preset", "classic", "--convert-microseconds"
+    )
+    assert summary["dates_left_as_text"] == {}
+    assert not [note for note in summary["notes"] if "finer than milliseconds" in note]
+    # 2023-01-02T00:00:00Z, floored
+    assert sent_records(requests)[0]["profileData"] == {"created_at": 1672617600}
+
+
+def test_link_anonymous_links_the_anonymous_history_to_the_user(tmp_path: Path) -> None:
+    messages = [
+        {"type": "track", "anonymousId": "a1", "event": "Viewed", "timestamp": TS},
+        {**identify("u1", plan="pro"), "anonymousId": "a1"},
+        {"type": "track", "userId": "u1", "anonymousId": "a1", "event": "Bought", "timestamp": TS},
+    ]
+    path = write(tmp_path / "in.ndjson", messages)
+    code, _, _, requests = upload(tmp_path, str(path), "--preset", "classic", "--link-anonymous")
+    assert code == 0
+    sent = sent_records(requests)
+    link = {
+        "type": "profile",
+        "objectId": "a1",
+        "ts": EPOCH,
+        "profileData": {"plan": "pro", "Identity": "u1"},
+    }
+    bought = {"type": "event", "identity": "u1", "ts": EPOCH, "evtName": "Bought", "evtData": {}}
+    viewed = {"type": "event", "objectId": "a1", "ts": EPOCH, "evtName": "Viewed", "evtData": {}}
+    assert sorted(sent, key=orjson.dumps) == sorted([viewed, link, bought], key=orjson.dumps)
+    # The user's later events follow the link (one lane orders them: the same identity).
+    assert sent.index(link) < sent.index(bought)
+
+
+@pytest.mark.parametrize("args", [["--preset", "actions"], ["--mapping", "MAPPING"]])
+def test_link_anonymous_is_refused_outside_the_classic_preset(
+    tmp_path: Path, args: list[str]
+) -> None:
+    path = write(tmp_path / "in.ndjson", FIXABLE)
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text('{"subscriptions": []}')
+    args = [str(mapping) if arg == "MAPPING" else arg for arg in args]
+    result = runner.invoke(
+        app, ["upload", str(path), *args, "--link-anonymous", "--dry-run"], env=clean_env()
+    )
+    assert result.exit_code == 2
+    assert "--link-anonymous works with --preset classic" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_the_summary_table_shows_the_new_counts(tmp_path: Path) -> None:
+    path = write(tmp_path / "in.ndjson", FIXABLE)
+    result = runner.invoke(
+        app,
+        ["upload", str(path), "--preset", "classic", "--validate", "fix", "--dry-run"],
+        env=clean_env(),
+    )
+    assert result.exit_code == 0
+    assert "fixed (--validate fix): 4 (516: 2, 514: 1, 515: 1)" in result.stderr
