@@ -710,34 +710,44 @@ def test_stdin_from_a_terminal_says_so_and_ctrl_c_works(key: bytes, code: int) -
         assert "stopping (Ctrl-C)" in term.screen()
 
 
+@contextlib.contextmanager
 def slow_server_run(
     export: Path, *extra: str, latency_ms: int
-) -> tuple[subprocess.Popen[str], Any]:
+) -> Iterator[tuple[subprocess.Popen[str], Any]]:
+    """`ctsync upload EXPORT --batch-size 1 EXTRA` against a sandbox answering after
+    `latency_ms`; the process is killed and the sandbox stopped at the end."""
     from ctsync.sandbox import SandboxConfig, running_sandbox
 
-    sandbox_cm = running_sandbox(SandboxConfig(latency_ms=latency_ms))
-    sandbox = sandbox_cm.__enter__()
-    env = clean_env(CLEVERTAP_ACCOUNT_ID="sandbox", CLEVERTAP_PASSCODE="sandbox", NO_PROXY="*")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ctsync", "upload", str(export), "--endpoint", sandbox.url,
-         "--batch-size", "1", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    return process, sandbox_cm
+    with running_sandbox(SandboxConfig(latency_ms=latency_ms)) as sandbox:
+        env = clean_env(CLEVERTAP_ACCOUNT_ID="sandbox", CLEVERTAP_PASSCODE="sandbox", NO_PROXY="*")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ctsync", "upload", str(export), "--endpoint", sandbox.url,
+             "--batch-size", "1", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        try:
+            yield process, sandbox
+        finally:
+            process.kill()
+            process.communicate()
+
+
+def wait_for_in_flight(sandbox: Any, count: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while sandbox.stats().in_flight.get("upload", 0) < count:
+        assert process.poll() is None, "the run ended before sending"
+        assert time.monotonic() < deadline, "the requests never arrived"
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_the_first_signal_says_what_it_waits_for(export: Path, sig: int, code: int) -> None:
     """Two identify records, one per request, each answered after 3 s: a first signal
     while they are in flight names them, the drain deadline and the second Ctrl-C."""
-    process, sandbox = slow_server_run(export, "--json", latency_ms=3000)
-    try:
-        time.sleep(1.5)  # started and sent (the answers take 3 s)
+    with slow_server_run(export, "--json", latency_ms=3000) as (process, sandbox):
+        wait_for_in_flight(sandbox, 2, process)
         process.send_signal(sig)
         stdout, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
-        sandbox.__exit__(None, None, None)
     assert process.returncode == code, stderr
     what = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
     assert (
@@ -749,12 +759,8 @@ def test_the_first_signal_says_what_it_waits_for(export: Path, sig: int, code: i
 
 def test_progress_on_a_pipe_is_a_plain_line_every_10_seconds(export: Path) -> None:
     """`--progress` into a log: no cursor movement, one labelled line after 10 s."""
-    process, sandbox = slow_server_run(export, "--progress", "--json", latency_ms=11_000)
-    try:
-        _stdout, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
-        sandbox.__exit__(None, None, None)
+    with slow_server_run(export, "--progress", "--json", latency_ms=11_000) as (process, _):
+        _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     assert "\x1b" not in stderr, "no control sequences in a log"
     (line,) = [line for line in stderr.splitlines() if line.startswith("ctsync: read")]
@@ -768,7 +774,7 @@ def test_live_progress_at_a_terminal_is_labelled_and_counts_down_while_stopping(
 ) -> None:
     from ctsync.sandbox import SandboxConfig, running_sandbox
 
-    with running_sandbox(SandboxConfig(latency_ms=4000)) as sandbox:
+    with running_sandbox(SandboxConfig(latency_ms=8000)) as sandbox:
         env = clean_env(
             CLEVERTAP_ACCOUNT_ID="sandbox", CLEVERTAP_PASSCODE="sandbox", NO_PROXY="*",
             TERM="xterm", COLUMNS="160",
