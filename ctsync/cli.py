@@ -562,7 +562,11 @@ def _confirm_delete(err: Console, identities: list[tuple[Origin, str]], guid: bo
         "deleted profiles cannot be restored.",
         highlight=False,
     )
-    answer = typer.prompt("Delete them? [y/N]", default="", show_default=False, err=True)
+    try:
+        answer = typer.prompt("Delete them? [y/N]", default="", show_default=False, err=True)
+    except typer.Abort:  # Ctrl-C or Ctrl-D at the question
+        err.print("\nctsync: interrupted; nothing deleted", highlight=False)
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
     if answer.strip().lower() not in ("y", "yes"):
         err.print("ctsync: nothing deleted", highlight=False)
         raise typer.Exit(ExitCode.OK)

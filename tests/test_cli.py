@@ -879,6 +879,12 @@ def test_delete_at_a_terminal_says_how_many_and_asks(tmp_path: Path) -> None:
         assert term.wait() == 0
         assert "nothing deleted" in term.screen()
         assert sum(sandbox.stats().requests_by_status.values()) == 0
+        stopped = Terminal("delete", "--from", str(ids), "--endpoint", sandbox.url, env=env)
+        stopped.expect("Delete them? [y/N]")
+        stopped.type(b"\x03")
+        assert stopped.wait() == 130
+        assert "nothing deleted" in stopped.screen() and "Traceback" not in stopped.screen()
+        assert sum(sandbox.stats().requests_by_status.values()) == 0
         yes = Terminal("delete", "--from", str(ids), "--endpoint", sandbox.url, env=env)
         yes.expect("Delete them? [y/N]")
         yes.type(b"y\n")
