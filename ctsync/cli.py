@@ -495,7 +495,7 @@ def _client_settings(
     assert secret is not None
     problem = header_value_problem(account_id)
     if problem:
-        raise UsageError(f"the account ID {problem.replace('the passcode', 'it')}")
+        raise UsageError(f"--account-id (or CLEVERTAP_ACCOUNT_ID): the account ID {problem}")
     return ClientSettings(
         account_id=account_id,
         passcode=secret,

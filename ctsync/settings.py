@@ -101,7 +101,7 @@ def header_value_problem(value: str) -> str:
         if char == "\t" or ord(char) < 0x20 or ord(char) == 0x7F:
             return (
                 "contains a control character (a tab, a line break or similar); "
-                "copy it again from the dashboard, or fix the file or variable"
+                "copy it again from the dashboard, or fix where it is set"
             )
         if ord(char) > 0x7E:
             return (
