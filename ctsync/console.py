@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.progress_bar import ProgressBar
@@ -71,24 +71,44 @@ class RunView:
 
     def status(self) -> str:
         """One line: read, sent, accepted, invalid, skipped, failed, rate, bytes, eta."""
+        return "  ".join(self._counts() + self._pace())
+
+    def _counts(self) -> list[str]:
         summary = self._summary
-        elapsed = max(time.monotonic() - self._started, 1e-6)
         sent = self._counter.records if self._counter is not None else 0
         failed = summary.failed.total() + summary.rejected.total()
-        parts = [
+        return [
             f"read {summary.read:,}",
             f"sent {sent:,}" if not summary.dry_run else f"built {sent:,}",
             f"accepted {summary.accepted:,}",
             f"invalid {summary.invalid.total():,}",
             f"skipped {summary.skipped.total():,}",
             f"failed {failed:,}",
-            f"{summary.read / elapsed:,.0f} rec/s",
-            _bytes(self._consumed, self._total),
         ]
-        if self._total and self._consumed:
-            left = (self._total - self._consumed) / (self._consumed / elapsed)
-            parts.append(f"eta {_clock(left)}")
-        return "  ".join(parts)
+
+    def _pace(self) -> list[str]:
+        summary = self._summary
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        parts = [f"{summary.read / elapsed:,.0f} rec/s", _bytes(self._consumed, self._total)]
+        if self._total and self._consumed and summary.read:
+            # Done = the share of the input read, times the share of what was read that
+            # has its outcome: reading ends long before the last answers arrive.
+            settled = summary.read - self._unsettled()
+            done = min(1.0, self._consumed / self._total) * settled / summary.read
+            if done > 0:
+                parts.append(f"eta {_clock(elapsed * (1 - done) / done)}")
+        return parts
+
+    def _unsettled(self) -> int:
+        summary = self._summary
+        settled = (
+            summary.accepted
+            + summary.skipped.total()
+            + summary.invalid.total()
+            + summary.rejected.total()
+            + summary.failed.total()
+        )
+        return max(0, summary.read - settled)
 
     def stop_status(self) -> str:
         """While stopping: what is awaited and how long is left."""
@@ -125,13 +145,19 @@ class ProgressView(RunView):
         self._live.stop()
 
     def _render(self) -> RenderableType:
-        lines: list[RenderableType] = [Text(self.status())]
+        grid = Table.grid(padding=(0, 2))
+        grid.add_row(Text("  ".join(self._counts())))
+        pace = Text("  ".join(self._pace()))
         if self._total:
-            lines.append(ProgressBar(total=self._total, completed=self._consumed, width=40))
+            bar = Table.grid(padding=(0, 2))
+            bar.add_row(ProgressBar(total=self._total, completed=self._consumed, width=30), pace)
+            grid.add_row(bar)
+        else:
+            grid.add_row(pace)
         stopping = self.stop_status()
         if stopping:
-            lines.append(Text(stopping, style="yellow"))
-        return Group(*lines)
+            grid.add_row(Text(stopping, style="yellow"))
+        return grid
 
 
 class PlainProgress(RunView):
