@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import IO, Protocol, runtime_checkable
+from typing import IO
 
 import httpx
 
 from ctsync import mapping
 from ctsync.client import CleverTapClient
 from ctsync.errors import CtsyncError, UsageError
-from ctsync.ledger import Ledger, Summary, Verdict, output_error
+from ctsync.ledger import Ledger, Summary, output_error
 from ctsync.pipeline import (
     DryRunSender,
     Observer,
@@ -45,18 +42,7 @@ from ctsync.redact import redact, redact_exception
 from ctsync.rules import check_upload
 from ctsync.settings import ClientSettings
 from ctsync.state import FileProgress, Resume, StateFile
-
-
-@runtime_checkable
-class StopObserver(Protocol):
-    """An observer that also wants to know what is sent and when a run is stopping
-    (the CLI's progress display and its stop notice)."""
-
-    def sending(self, counter: SendCounter) -> None: ...
-
-    def stopping(self, signal_name: str, counter: SendCounter, deadline: float) -> None:
-        """The first Ctrl-C or SIGTERM: the run waits for `counter.in_flight` requests
-        until `deadline` (time.monotonic()); a second signal stops it at once."""
+from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,7 +130,7 @@ def upload(
             state = _CheckedStateFile(job.state)
             stack.callback(state.close)
         if stdin is None and handle_signals and any(s.name == STDIN for s in sources):
-            stdin = _terminal_stdin()
+            stdin = terminal_stdin()
         report, failed, requests = stack.enter_context(_files(job.outputs))
         ledger = Ledger(
             report=report,
@@ -165,7 +151,7 @@ def upload(
                 stdin=stdin,
                 state=state,
             )
-            terminal = stdin if isinstance(stdin, _TerminalStdin) else None
+            terminal = stdin if isinstance(stdin, TerminalStdin) else None
             summary = await _until_signalled(
                 run, handle_signals, observer, sender, job.run, terminal
             )
@@ -206,7 +192,7 @@ async def _until_signalled(
     observer: Observer | None,
     sender: Sender,
     options: RunOptions,
-    terminal: _TerminalStdin | None = None,
+    terminal: TerminalStdin | None = None,
 ) -> Summary:
     """Run to the end; with `handle_signals` the first Ctrl-C or SIGTERM stops the run
     gracefully (the observer is told what it waits for, and until when) and a second
@@ -254,50 +240,6 @@ async def _until_signalled(
         summary.interrupted = True
         summary.signal = received[0].name
     return summary
-
-
-class SendCounter:
-    """A sender that counts what it puts on the wire: the records sent (or, in a dry
-    run, encoded) and the requests still waiting for an answer."""
-
-    def __init__(self, inner: Sender) -> None:
-        self._inner = inner
-        self.records = 0
-        # Requests without their final answer (on the wire, waiting for a connection or
-        # between retries): what a stopping run waits for.
-        self.in_flight = 0
-
-    @property
-    def requests(self) -> int:
-        return self._inner.requests
-
-    @requests.setter
-    def requests(self, value: int) -> None:
-        self._inner.requests = value
-
-    @property
-    def retries(self) -> int:
-        return self._inner.retries
-
-    @retries.setter
-    def retries(self, value: int) -> None:
-        self._inner.retries = value
-
-    async def upload(self, records: Sequence[CleverTapRecord]) -> list[Verdict]:
-        self.records += len(records)
-        self.in_flight += 1
-        try:
-            return await self._inner.upload(records)
-        finally:
-            self.in_flight -= 1
-
-    async def delete(self, key: DeleteKey, values: Sequence[str]) -> list[Verdict]:
-        self.records += len(values)
-        self.in_flight += 1
-        try:
-            return await self._inner.delete(key, values)
-        finally:
-            self.in_flight -= 1
 
 
 async def _with_sender(
@@ -373,65 +315,3 @@ class _CheckedStateFile(StateFile):
                 f"({exc.__class__.__name__}: {exc}); move it away to start afresh "
                 "(every file is then read and sent again)"
             ) from None
-
-
-class _SignalDuringRead(BaseException):
-    """Raised inside a blocking terminal read by Ctrl-C or SIGTERM."""
-
-    def __init__(self, signum: signal.Signals) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _TerminalStdin:
-    """Standard input when it is a terminal. Lines are taken as they are typed (a
-    buffered read would wait for 256 KiB), and Ctrl-C or SIGTERM ends the input: the
-    run's own handler, which cannot run while the reader blocks, then stops the run as
-    anywhere else."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._ended = False
-        self.stop_requested: Callable[[], bool] = lambda: False
-        self.on_signal: Callable[[signal.Signals], None] | None = None
-
-    def read(self, size: int = -1) -> bytes:
-        if self._ended or self.stop_requested():
-            return b""
-        if self.on_signal is None:  # no run handles signals: a plain blocking read
-            return os.read(self._fd, size if size > 0 else 1 << 16)
-        # For the time of the read only, a signal goes to a Python-level handler that
-        # raises, which ends the read(2) it interrupted (PEP 475 would retry it), and
-        # not to asyncio's wakeup fd, whose handler could run only after the read.
-        wakeup = signal.set_wakeup_fd(-1)
-        previous = {signum: signal.signal(signum, _raise_in_read) for signum in _STOP_SIGNALS}
-        try:
-            data = os.read(self._fd, size if size > 0 else 1 << 16)
-        except _SignalDuringRead as stop:
-            data = b""
-            self.on_signal(stop.signum)  # what the run's own handler does (run.stop())
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            signal.set_wakeup_fd(wakeup)
-        if not data:
-            self._ended = True
-        return data
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _raise_in_read(signum: int, frame: FrameType | None) -> None:
-    raise _SignalDuringRead(signal.Signals(signum))
-
-
-def _terminal_stdin() -> IO[bytes] | None:
-    """`_TerminalStdin` when stdin is a terminal read on the main thread, else None
-    (the reader then uses sys.stdin.buffer)."""
-    stream = sys.stdin
-    if stream is None or not stream.isatty():
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return _TerminalStdin(stream.fileno())  # type: ignore[return-value]

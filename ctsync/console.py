@@ -15,8 +15,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ctsync.api import SendCounter
 from ctsync.ledger import Summary
+from ctsync.stopping import SendCounter
 
 PLAIN_INTERVAL = 10.0  # seconds between two plain progress lines (cron logs stay readable)
 
