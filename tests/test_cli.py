@@ -519,7 +519,8 @@ def test_redaction_catches_every_spelling_of_a_passcode() -> None:
 
     from ctsync import redact
 
-    header_chars = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
+    # Without "*": text beside the mask could otherwise spell such a secret again.
+    header_chars = st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="*")
 
     @given(
         secret=st.text(header_chars, min_size=6, max_size=40),
