@@ -1,8 +1,19 @@
 """`python -m ctsync` and the `ctsync` console script."""
 
-import gc
+from __future__ import annotations
 
-from ctsync.cli import app
+import gc
+import itertools
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from ctsync import __version__
+from ctsync.errors import ExitCode
+from ctsync.redact import redact, register
 
 
 def main() -> None:
@@ -10,7 +21,69 @@ def main() -> None:
     # collecting early: rarer young-generation collections save ~7% of the CPU time
     # (measured on a 100k-message dry run).
     gc.set_threshold(50_000, 20, 100)
-    app(prog_name="ctsync")
+    try:
+        from ctsync.cli import app
+
+        app(prog_name="ctsync")
+    except KeyboardInterrupt:  # Ctrl-C outside a run (while starting, at a prompt)
+        _say("ctsync: interrupted")
+        sys.exit(ExitCode.INTERRUPTED)
+    except Exception as exc:  # the last resort: a bug, never a person's mistake
+        sys.exit(crash(exc))
+
+
+def crash(exc: BaseException) -> int:
+    """One line on stderr, the traceback in a file for the bug report; the exit code."""
+    # A dry run never reads the passcode, so it may not be registered: mask what was given.
+    for given in (os.environ.get("CLEVERTAP_PASSCODE"), *_argv_passcodes()):
+        if given:
+            register(given.strip())
+    where = _write_crash_file(exc)
+    what = redact(f"{exc.__class__.__name__}: {exc}".splitlines()[0])[:300]
+    saved = f"the traceback is in {where}" if where else "no traceback file could be written"
+    _say(f"ctsync: unexpected error: {what}. This is a bug: please report this ({saved}).")
+    return ExitCode.CRASH
+
+
+def _write_crash_file(exc: BaseException) -> Path | None:
+    text = "".join(traceback.format_exception(exc))
+    header = f"ctsync {__version__}, Python {sys.version.split()[0]}, argv {_argv()!r}\n"
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f"ctsync-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt"
+        )
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as out:
+            out.write(redact(header + text))
+    except OSError:
+        return None
+    return Path(name)
+
+
+def _argv_passcodes() -> list[str]:
+    args = sys.argv[1:]
+    found = [arg.partition("=")[2] for arg in args if arg.startswith("--passcode=")]
+    found += [value for flag, value in itertools.pairwise(args) if flag == "--passcode"]
+    return found
+
+
+def _argv() -> list[str]:
+    """The command line, with a `--passcode` value masked (it may not be registered yet)."""
+    masked: list[str] = []
+    for arg in sys.argv[1:]:
+        if masked and masked[-1] == "--passcode":
+            arg = "***"
+        elif arg.startswith("--passcode="):
+            arg = "--passcode=***"
+        masked.append(arg)
+    return masked
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # stderr closed or gone: nothing to tell
+        pass
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +36,13 @@ from ctsync.pipeline import (
     deletion_records,
 )
 from ctsync.presets import MappingOptions, Preset, build_preset
-from ctsync.reader import Source, collect_sources
+from ctsync.reader import STDIN, Source, collect_sources
 from ctsync.records import CleverTapRecord, DeleteKey, Invalid, Mapper, Origin
+from ctsync.redact import redact, redact_exception
 from ctsync.rules import Fixed, check_upload, fix_upload
 from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
+from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,8 +145,15 @@ def upload(
                 raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
             state = StateFile(job.state)
             stack.callback(state.close)
+        if stdin is None and handle_signals and any(s.name == STDIN for s in sources):
+            stdin = terminal_stdin()
         report, failed, requests = stack.enter_context(_files(job.outputs))
-        ledger = Ledger(report=report, dead_letters=failed, resumable=state is not None)
+        ledger = Ledger(
+            report=report,
+            dead_letters=failed,
+            resumable=state is not None,
+            dry_run=job.client is None,
+        )
 
         async def go(sender: Sender) -> Summary:
             run = UploadRun(
@@ -157,7 +167,10 @@ def upload(
                 stdin=stdin,
                 state=state,
             )
-            summary = await _until_signalled(run, handle_signals)
+            terminal = stdin if isinstance(stdin, TerminalStdin) else None
+            summary = await _until_signalled(
+                run, handle_signals, observer, sender, job.run, terminal
+            )
             summary.dropped.update(mapping.dropped_values(mapper))
             summary.dates_left_as_text.update(mapping.dates_left_as_text(mapper))
             summary.notes += mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
@@ -176,7 +189,7 @@ def delete(
     """Delete profiles by identity (or CleverTap ID) and return the summary."""
     ledger: Ledger | None = None
     with _summary_on_error(lambda: ledger), _files(job.outputs) as (report, failed, requests):
-        ledger = Ledger(report=report, dead_letters=failed)
+        ledger = Ledger(report=report, dead_letters=failed, dry_run=job.client is None)
 
         async def go(sender: Sender) -> Summary:
             lanes = job.client.delete_concurrency if job.client is not None else 3
@@ -188,14 +201,25 @@ def delete(
                 options=RunOptions(lanes=lanes),
                 observer=observer,
             )
-            return await _until_signalled(run, handle_signals)
+            return await _until_signalled(run, handle_signals, observer, sender, RunOptions())
 
         return asyncio.run(_with_sender(job.client, requests, transport, go))
 
 
-async def _until_signalled(run: UploadRun, handle_signals: bool) -> Summary:
+async def _until_signalled(
+    run: UploadRun,
+    handle_signals: bool,
+    observer: Observer | None,
+    sender: Sender,
+    options: RunOptions,
+    terminal: TerminalStdin | None = None,
+) -> Summary:
     """Run to the end; with `handle_signals` the first Ctrl-C or SIGTERM stops the run
-    gracefully and a second one stops it at once. Either way the summary adds up."""
+    gracefully (the observer is told what it waits for, and until when) and a second
+    one stops it at once. Either way the summary adds up."""
+    counter = sender if isinstance(sender, SendCounter) else None
+    if counter is not None and isinstance(observer, StopObserver):
+        observer.sending(counter)
     if not handle_signals:
         return await run.run()
     loop = asyncio.get_running_loop()
@@ -207,8 +231,11 @@ async def _until_signalled(run: UploadRun, handle_signals: bool) -> Summary:
         received.append(signum)
         if run.stopping:
             task.cancel()
-        else:
-            run.stop()
+            return
+        run.stop()
+        if counter is not None and isinstance(observer, StopObserver):
+            deadline = time.monotonic() + options.drain_timeout
+            observer.stopping(signum.name, counter, deadline)
 
     installed = []
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -217,6 +244,9 @@ async def _until_signalled(run: UploadRun, handle_signals: bool) -> Summary:
             installed.append(signum)
         except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
             pass
+    if terminal is not None and installed:
+        terminal.stop_requested = lambda: run.stopping
+        terminal.on_signal = on_signal
     try:
         summary = await run.run()
     except asyncio.CancelledError:
@@ -239,11 +269,9 @@ async def _with_sender(
     go: Callable[[Sender], Awaitable[Summary]],
 ) -> Summary:
     if client is None:
-        summary = await go(DryRunSender(requests))
-        summary.dry_run = True
-        return summary
+        return await go(SendCounter(DryRunSender(requests)))
     async with CleverTapClient(client, transport=transport) as sender:
-        return await go(sender)
+        return await go(SendCounter(sender))
 
 
 @contextlib.contextmanager
@@ -253,10 +281,11 @@ def _summary_on_error(ledger: Callable[[], Ledger | None]) -> Iterator[None]:
     try:
         yield
     except CtsyncError as exc:
+        redact_exception(exc)  # a message may quote an answer that echoed the passcode
         started = ledger()
         if started is not None and exc.summary is None:
             exc.summary = started.summary
-            started.summary.error = str(exc)
+            started.summary.error = redact(str(exc))
         raise
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ctsync import __version__, api
-from ctsync.console import ProgressView, render_summary
+from ctsync.console import PlainProgress, ProgressView, RunView, plural, render_summary
 from ctsync.errors import CtsyncError, ExitCode, UsageError
 from ctsync.ledger import Summary
 from ctsync.mapping.cli import app as mappings_app
@@ -24,6 +24,7 @@ from ctsync.pipeline import RunOptions, ValidateMode
 from ctsync.presets import MappingOptions, Nested, Preset
 from ctsync.reader import STDIN, Source, collect_sources
 from ctsync.records import Origin
+from ctsync.redact import RedactingText, forget_all, redact_bytes
 from ctsync.sandbox.cli import app as sandbox_app
 from ctsync.settings import (
     MAX_UPLOAD_BATCH,
@@ -32,6 +33,7 @@ from ctsync.settings import (
     Region,
     RetryPolicy,
     Secret,
+    header_value_problem,
     resolve_base_url,
 )
 from ctsync.timestamps import DatesAs
@@ -42,6 +44,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 CONNECTION = "CleverTap connection"
@@ -51,34 +54,43 @@ MAPPING = "Mapping"
 AccountId = Annotated[
     str | None,
     typer.Option(
-        envvar="CLEVERTAP_ACCOUNT_ID", help="CleverTap account ID.", rich_help_panel=CONNECTION
+        envvar="CLEVERTAP_ACCOUNT_ID",
+        metavar="ID",
+        help="CleverTap account ID.",
+        rich_help_panel=CONNECTION,
     ),
 ]
 Passcode = Annotated[
     str | None,
     typer.Option(
         envvar="CLEVERTAP_PASSCODE",
-        help="CleverTap passcode. Prefer the environment variable or --passcode-file: "
-        "a command-line value shows in `ps`.",
+        metavar="TEXT",
+        help="CleverTap passcode; prefer the variable or --passcode-file (`ps` shows this).",
         show_envvar=True,
         rich_help_panel=CONNECTION,
     ),
 ]
 PasscodeFile = Annotated[
     Path | None,
-    typer.Option(help="Read the passcode from this file.", rich_help_panel=CONNECTION),
+    typer.Option(
+        metavar="FILE", help="Read the passcode from this file.", rich_help_panel=CONNECTION
+    ),
 ]
 RegionOpt = Annotated[
     Region,
     typer.Option(
-        envvar="CLEVERTAP_REGION", help="Your account's region.", rich_help_panel=CONNECTION
+        envvar="CLEVERTAP_REGION",
+        case_sensitive=False,
+        help="Your account's region (as in your dashboard's URL).",
+        rich_help_panel=CONNECTION,
     ),
 ]
 Endpoint = Annotated[
     str | None,
     typer.Option(
         envvar="CLEVERTAP_ENDPOINT",
-        help="Full base URL overriding the region (a proxy, or `ctsync sandbox`).",
+        metavar="URL",
+        help="Base URL overriding the region: a proxy, or `ctsync sandbox`.",
         rich_help_panel=CONNECTION,
     ),
 ]
@@ -87,18 +99,26 @@ Concurrency = Annotated[
     typer.Option(
         min=1,
         max=MAX_UPLOAD_CONCURRENCY,
-        help="Requests in flight (CleverTap allows 15 uploads, 3 deletes at once).",
+        metavar="N",
+        help="Requests in flight (at most 15; deletes at most 3).",
         rich_help_panel=CONNECTION,
     ),
 ]
 MaxRetries = Annotated[
     int,
     typer.Option(
-        min=0, max=20, help="Retries of 429, 5xx and lost connections.", rich_help_panel=CONNECTION
+        min=0,
+        max=20,
+        metavar="N",
+        help="Retries of 429, 5xx and lost connections.",
+        rich_help_panel=CONNECTION,
     ),
 ]
 Timeout = Annotated[
-    float, typer.Option(min=1.0, help="Seconds to wait for one answer.", rich_help_panel=CONNECTION)
+    float,
+    typer.Option(
+        min=1.0, metavar="S", help="Seconds to wait for one answer.", rich_help_panel=CONNECTION
+    ),
 ]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print nothing but errors.", rich_help_panel=OUTPUT)
@@ -113,20 +133,25 @@ ProgressOpt = Annotated[
     bool | None,
     typer.Option(
         "--progress/--no-progress",
-        help="Live progress on stderr (default: only when stderr is a terminal).",
+        help="Progress on stderr: live on a terminal, else a line every 10 s "
+        "(default: on at a terminal).",
+        show_default=False,
         rich_help_panel=OUTPUT,
     ),
 ]
 Report = Annotated[
     Path | None,
     typer.Option(
-        help="Write one NDJSON line per record that did not go through.", rich_help_panel=OUTPUT
+        metavar="FILE",
+        help="Write one NDJSON line per record that did not go through.",
+        rich_help_panel=OUTPUT,
     ),
 ]
 Failed = Annotated[
     Path | None,
     typer.Option(
-        help="Write the original input line of every record that did not go through "
+        metavar="FILE",
+        help="Write the input line of every record that did not go through "
         "(fix the cause, then upload this file).",
         rich_help_panel=OUTPUT,
     ),
@@ -134,12 +159,16 @@ Failed = Annotated[
 RequestsOutput = Annotated[
     Path | None,
     typer.Option(
-        help="With --dry-run: write each request as an NDJSON line.", rich_help_panel=OUTPUT
+        metavar="FILE",
+        help="With --dry-run: write each request as an NDJSON line (`-`: stdout).",
+        rich_help_panel=OUTPUT,
     ),
 ]
 DryRun = Annotated[
     bool,
-    typer.Option(help="Build and encode every request, send nothing; needs no credentials."),
+    typer.Option(
+        "--dry-run", help="Build and encode every request, send nothing; needs no credentials."
+    ),
 ]
 
 
@@ -165,12 +194,12 @@ def main(
     """Upload Segment event exports into CleverTap, in batches."""
 
 
-@app.command()
+@app.command(short_help="Upload Segment exports to CleverTap.")
 def upload(
     ctx: typer.Context,
     paths: Annotated[
         list[str] | None,
-        typer.Argument(help="Files or directories of Segment exports; `-` or none reads stdin."),
+        typer.Argument(metavar="PATH", show_default=False, hidden=True),
     ] = None,
     preset: Annotated[
         Preset,
@@ -181,15 +210,16 @@ def upload(
     mapping: Annotated[
         str | None,
         typer.Option(
-            help="A mapping file (JSON) of your own subscriptions, `-` for stdin; replaces "
-            "--preset. Start from `ctsync mappings show`.",
+            metavar="FILE",
+            help="Your own subscriptions (JSON), `-` for stdin; replaces --preset. "
+            "Start from `ctsync mappings show`.",
             rich_help_panel=MAPPING,
         ),
     ] = None,
     nested: Annotated[
         Nested,
         typer.Option(
-            help="Nested objects and arrays in event properties (classic preset, mappings).",
+            help="Nested objects and arrays in event properties (classic, mappings).",
             rich_help_panel=MAPPING,
         ),
     ] = Nested.FLATTEN,
@@ -197,21 +227,23 @@ def upload(
         int,
         typer.Option(
             min=1,
-            help="CleverTap's event property limit for your account.",
+            metavar="N",
+            help="Your account's event property limit.",
             rich_help_panel=MAPPING,
         ),
     ] = 256,
     convert_timestamps: Annotated[
         bool,
         typer.Option(
-            help="Turn ISO-8601 values into epoch seconds (Segment's rule).",
+            help="Turn ISO-8601 values into epoch seconds, Segment's rule (default: on).",
+            show_default=False,
             rich_help_panel=MAPPING,
         ),
     ] = True,
     dates_as: Annotated[
         DatesAs,
         typer.Option(
-            help="Write converted dates as epoch seconds or CleverTap's $D_ dates.",
+            help="Converted dates as epoch seconds, or CleverTap's $D_ dates.",
             rich_help_panel=MAPPING,
         ),
     ] = DatesAs.UNIX,
@@ -237,12 +269,13 @@ def upload(
         ValidateMode,
         typer.Option(
             help="CleverTap's data rules: refuse the record, send it without its fixable "
-            "fields (bad Phone, Gender, Email, ...), send it with a warning, or do not check.",
+            "fields (a bad Phone, Gender or Email), send it with a warning, or do not check.",
             rich_help_panel=MAPPING,
         ),
     ] = ValidateMode.STRICT,
     batch_size: Annotated[
-        int, typer.Option(min=1, max=MAX_UPLOAD_BATCH, help="Records per upload request.")
+        int,
+        typer.Option(min=1, max=MAX_UPLOAD_BATCH, metavar="N", help="Records per upload request."),
     ] = MAX_UPLOAD_BATCH,
     dry_run: DryRun = False,
     output: RequestsOutput = None,
@@ -259,8 +292,8 @@ def upload(
     state: Annotated[
         Path | None,
         typer.Option(
-            help="SQLite state file: a re-run skips what earlier runs finished, and only "
-            "one run at a time may use it.",
+            metavar="FILE",
+            help="SQLite state file: a re-run skips what earlier runs finished; one run at a time.",
             rich_help_panel=OUTPUT,
         ),
     ] = None,
@@ -277,13 +310,19 @@ def upload(
     progress: ProgressOpt = None,
     quiet: Quiet = False,
 ) -> None:
-    """Upload Segment messages (NDJSON or JSON, gzipped or not) to CleverTap."""
-    err = Console(stderr=True, quiet=False)
+    """Upload Segment messages (NDJSON or JSON, gzipped or not) to CleverTap.
+
+    Each PATH is a file or a directory of exports; `-` or none reads stdin.
+    """
+    err = _error_console()
     with _errors_to_exit(err, json_out=json_out, quiet=quiet):
         if output is not None and not dry_run:
             raise UsageError("--output writes the requests of a dry run: add --dry-run")
         paths = paths or [STDIN]
         sources = collect_sources(paths)  # a missing or unreadable path is said first
+        if STDIN in paths and sys.stdin is None:  # `ctsync upload - <&-`
+            raise UsageError("standard input is closed: give a file path, or pipe data in")
+        reads_terminal = STDIN in paths and _stdin_is_terminal()
         client = (
             None
             if dry_run
@@ -323,6 +362,15 @@ def upload(
             state=state,
         )
         mapper = api.build_mapper(job)  # a broken mapping file stops before any reading
+        if reads_terminal:
+            err.print(
+                "ctsync: reading Segment messages from standard input "
+                "(Ctrl-D to finish, Ctrl-C to stop)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            # A live display would overwrite what is typed: off unless asked for.
+            progress = False if progress is None else progress
         with _progress(err, progress, quiet, _total_size(sources)) as view:
             summary = api.upload(
                 job, mapper=mapper, observer=view, handle_signals=True, sources=sources
@@ -330,19 +378,28 @@ def upload(
         _finish(summary, err, json_out=json_out, quiet=quiet)
 
 
-@app.command()
+@app.command(short_help="Delete CleverTap profiles (irreversible).")
 def delete(
     ctx: typer.Context,
     identity: Annotated[
-        list[str] | None, typer.Option("--identity", help="An identity to delete (repeatable).")
+        list[str] | None,
+        typer.Option("--identity", metavar="ID", help="An identity to delete (repeatable)."),
     ] = None,
     from_file: Annotated[
         str | None,
-        typer.Option("--from", help="A file of identities, one per line (`-` for stdin)."),
+        typer.Option(
+            "--from", metavar="FILE", help="A file of identities, one per line (`-`: stdin)."
+        ),
     ] = None,
     guid: Annotated[
         bool,
         typer.Option("--guid", help="The values are CleverTap IDs (objectId), not identities."),
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Do not ask for confirmation at a terminal (never asked otherwise)."
+        ),
     ] = False,
     dry_run: DryRun = False,
     output: RequestsOutput = None,
@@ -360,8 +417,12 @@ def delete(
     progress: ProgressOpt = None,
     quiet: Quiet = False,
 ) -> None:
-    """Delete CleverTap profiles by identity (or CleverTap ID with --guid), 100 per request."""
-    err = Console(stderr=True)
+    """Delete CleverTap profiles by identity (or CleverTap ID with --guid), 100 per request.
+
+    Deletion is irreversible: at a terminal, ctsync says how many profiles it will delete
+    and asks first (--yes skips the question).
+    """
+    err = _error_console()
     with _errors_to_exit(err, json_out=json_out, quiet=quiet):
         if not identity and from_file is None:
             raise UsageError(
@@ -388,6 +449,8 @@ def delete(
         identities = [(Origin("--identity", i), v) for i, v in enumerate(identity or [], start=1)]
         if from_file is not None:
             identities.extend(_identity_lines(from_file))
+        if not dry_run and not yes and _stdin_is_terminal():
+            _confirm_delete(err, identities, guid)
         job = api.DeleteJob(
             identities=identities,
             key="guid" if guid else "identity",
@@ -404,7 +467,7 @@ def _mapping_source(name: str | None) -> str | Path | None:
     if name is None:
         return None
     if name == STDIN:
-        return sys.stdin.read()
+        return _read_stdin_text("--mapping -")
     path = Path(name)
     if not path.is_file():
         raise UsageError(f"{name}: no such mapping file")
@@ -414,7 +477,7 @@ def _mapping_source(name: str | None) -> str | Path | None:
 def _identity_lines(name: str) -> Iterator[tuple[Origin, str]]:
     try:
         if name == STDIN:
-            lines = sys.stdin.read().splitlines()
+            lines = _read_stdin_text("--from -").splitlines()
         else:
             lines = Path(name).read_text(encoding="utf-8-sig").splitlines()
     except OSError as exc:
@@ -437,23 +500,25 @@ def _client_settings(
     max_retries: int,
     timeout: float,
 ) -> ClientSettings:
+    secret: Secret | None = None
     if passcode_file is not None:
-        try:
-            passcode = passcode_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(
-                f"{passcode_file}: cannot read the passcode file ({exc.strerror})"
-            ) from None
-    elif passcode and _from_command_line(ctx, "passcode"):
-        err.print(
-            "[yellow]warning:[/] --passcode on the command line is visible to other users in `ps`; "
-            "set CLEVERTAP_PASSCODE or use --passcode-file instead"
+        secret = Secret.from_file(passcode_file)
+    elif passcode:
+        from_command_line = _from_command_line(ctx, "passcode")
+        secret = Secret(
+            passcode, source="--passcode" if from_command_line else "CLEVERTAP_PASSCODE"
         )
+        if from_command_line:
+            err.print(
+                "[yellow]warning:[/] --passcode on the command line is visible to other users "
+                "in `ps`; set CLEVERTAP_PASSCODE or use --passcode-file instead"
+            )
+    account_id = (account_id or "").strip()
     missing = [
         name
         for name, value in (
             ("--account-id (or CLEVERTAP_ACCOUNT_ID)", account_id),
-            ("--passcode (or CLEVERTAP_PASSCODE, --passcode-file)", passcode),
+            ("--passcode (or CLEVERTAP_PASSCODE, --passcode-file)", secret),
         )
         if not value
     ]
@@ -463,10 +528,13 @@ def _client_settings(
             + ", ".join(missing)
             + ". Find them in the dashboard under Settings > Project; or try --dry-run."
         )
-    assert account_id is not None and passcode is not None
+    assert secret is not None
+    problem = header_value_problem(account_id)
+    if problem:
+        raise UsageError(f"--account-id (or CLEVERTAP_ACCOUNT_ID): the account ID {problem}")
     return ClientSettings(
-        account_id=account_id.strip(),
-        passcode=Secret(passcode),
+        account_id=account_id,
+        passcode=secret,
         base_url=resolve_base_url(region, endpoint),
         concurrency=concurrency,
         timeout=timeout,
@@ -486,11 +554,58 @@ def _total_size(sources: list[Source]) -> int | None:
 
 def _progress(
     err: Console, wanted: bool | None, quiet: bool, total: int | None
-) -> contextlib.AbstractContextManager[ProgressView | None]:
-    show = err.is_terminal if wanted is None else wanted
-    if quiet or not show:
+) -> RunView | contextlib.nullcontext[None]:
+    """Live progress at a terminal; with --progress elsewhere a plain line every 10 s;
+    otherwise only the notice of a first Ctrl-C (none at all with --quiet)."""
+    if quiet:
         return contextlib.nullcontext()
-    return ProgressView(err, total)
+    show = err.is_terminal if wanted is None else wanted
+    if not show:
+        return RunView(err, total)
+    if err.is_terminal:
+        return ProgressView(err, total)
+    return PlainProgress(err, total)
+
+
+def _error_console() -> Console:
+    """stderr, through the redaction step: no text written there shows the passcode."""
+    forget_all()  # a new run: only its own passcode is masked (tests run many in one process)
+    return Console(file=RedactingText(sys.stderr), stderr=True)  # type: ignore[arg-type]
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def _read_stdin_text(what: str) -> str:
+    """All of stdin as text, for `--mapping -` and `--from -`."""
+    if sys.stdin is None:
+        raise UsageError(f"{what}: standard input is closed; give a file instead")
+    if sys.stdin.isatty():
+        Console(stderr=True).print(
+            f"ctsync: {what} reads standard input (Ctrl-D to finish, Ctrl-C to stop)",
+            highlight=False,
+        )
+    return sys.stdin.read()
+
+
+def _confirm_delete(err: Console, identities: list[tuple[Origin, str]], guid: bool) -> None:
+    """At a terminal, say how many profiles will go and ask: deletion is irreversible."""
+    count = sum(1 for _, value in identities if value.strip())
+    named = plural(count, "CleverTap ID") if guid else plural(count, "identity", "identities")
+    err.print(
+        f"ctsync: this deletes the CleverTap profiles of {named}; "
+        "deleted profiles cannot be restored.",
+        highlight=False,
+    )
+    try:
+        answer = typer.prompt("Delete them? [y/N]", default="", show_default=False, err=True)
+    except typer.Abort:  # Ctrl-C or Ctrl-D at the question
+        err.print("\nctsync: interrupted; nothing deleted", highlight=False)
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
+    if answer.strip().lower() not in ("y", "yes"):
+        err.print("ctsync: nothing deleted", highlight=False)
+        raise typer.Exit(ExitCode.OK)
 
 
 def _finish(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> NoReturn:
@@ -507,7 +622,7 @@ def _show(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> Non
     if json_out:
         try:
             sys.stdout.buffer.write(
-                orjson.dumps(summary.as_dict(), option=orjson.OPT_APPEND_NEWLINE)
+                redact_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_APPEND_NEWLINE))
             )
             sys.stdout.flush()
         except BrokenPipeError:  # `ctsync ... --json | head`: the reader is gone

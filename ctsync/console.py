@@ -1,55 +1,199 @@
-"""What people see: the live progress display and the end-of-run summary (stderr)."""
+"""What people see: progress while a run goes, the stop notice, and the end-of-run
+summary (all on stderr)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
+from datetime import timedelta
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from ctsync.ledger import Summary
+from ctsync.stopping import SendCounter
+
+PLAIN_INTERVAL = 10.0  # seconds between two plain progress lines (cron logs stay readable)
 
 
-class ProgressView:
-    """A Rich progress display fed by the pipeline's `Observer.update` calls."""
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 request`, `2 requests`, `1,000 records`."""
+    return f"{count:,} {word if count == 1 else words or word + 's'}"
 
-    def __init__(self, console: Console, total_bytes: int | None) -> None:
+
+class RunView:
+    """A run's observer for people: by itself it shows nothing while the run goes, but
+    says what a first Ctrl-C or SIGTERM waits for. The progress views build on it."""
+
+    def __init__(self, console: Console, total_bytes: int | None = None) -> None:
+        self._console = console
+        self._total = total_bytes
         self._started = time.monotonic()
-        self._progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.fields[counts]}"),
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self._task = self._progress.add_task("upload", total=total_bytes, counts="starting")
+        self._summary = Summary()
+        self._consumed = 0
+        self._counter: SendCounter | None = None
+        self._deadline: float | None = None
 
-    def __enter__(self) -> ProgressView:
-        self._progress.start()
+    def __enter__(self) -> RunView:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        pass
 
     def update(self, summary: Summary, consumed: int) -> None:
-        elapsed = max(time.monotonic() - self._started, 1e-6)
-        counts = (
-            f"read {summary.read:,}  accepted {summary.accepted:,}  "
-            f"failed {summary.failed.total() + summary.rejected.total():,}  "
-            f"{summary.read / elapsed:,.0f} rec/s"
+        self._summary = summary
+        self._consumed = consumed
+
+    def sending(self, counter: SendCounter) -> None:
+        self._counter = counter
+
+    def stopping(self, signal_name: str, counter: SendCounter, deadline: float) -> None:
+        self._counter = counter
+        self._deadline = deadline
+        what = "Ctrl-C" if signal_name == "SIGINT" else signal_name
+        seconds = max(0, round(deadline - time.monotonic()))
+        if counter.in_flight:
+            waits = (
+                f"waiting up to {seconds} s for {plural(counter.in_flight, 'request')} in flight"
+            )
+        else:
+            waits = "no request in flight; finishing"
+        self._console.print(
+            f"[yellow]ctsync: stopping ({what}): {waits}; press Ctrl-C again to stop now[/]",
+            highlight=False,
+            soft_wrap=True,
         )
-        self._progress.update(self._task, completed=consumed, counts=counts)
+
+    def status(self) -> str:
+        """One line: read, sent, accepted, invalid, skipped, failed, rate, bytes, eta."""
+        return "  ".join(self._counts() + self._pace())
+
+    def _counts(self) -> list[str]:
+        summary = self._summary
+        sent = self._counter.records if self._counter is not None else 0
+        failed = summary.failed.total() + summary.rejected.total()
+        return [
+            f"read {summary.read:,}",
+            f"sent {sent:,}" if not summary.dry_run else f"built {sent:,}",
+            f"accepted {summary.accepted:,}",
+            f"invalid {summary.invalid.total():,}",
+            f"skipped {summary.skipped.total():,}",
+            f"failed {failed:,}",
+        ]
+
+    def _pace(self) -> list[str]:
+        summary = self._summary
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        parts = [f"{summary.read / elapsed:,.0f} rec/s", _bytes(self._consumed, self._total)]
+        if self._total and self._consumed and summary.read:
+            # Done = the share of the input read, times the share of what was read that
+            # has its outcome: reading ends long before the last answers arrive.
+            settled = summary.read - self._unsettled()
+            done = min(1.0, self._consumed / self._total) * settled / summary.read
+            if done > 0:
+                parts.append(f"eta {_clock(elapsed * (1 - done) / done)}")
+        return parts
+
+    def _unsettled(self) -> int:
+        summary = self._summary
+        settled = (
+            summary.accepted
+            + summary.skipped.total()
+            + summary.invalid.total()
+            + summary.rejected.total()
+            + summary.failed.total()
+        )
+        return max(0, summary.read - settled)
+
+    def stop_status(self) -> str:
+        """While stopping: what is awaited and how long is left."""
+        if self._deadline is None:
+            return ""
+        left = max(0.0, self._deadline - time.monotonic())
+        in_flight = self._counter.in_flight if self._counter is not None else 0
+        return (
+            f"stopping: {plural(in_flight, 'request')} in flight, {_clock(left)} left "
+            "(Ctrl-C again stops now)"
+        )
+
+
+class ProgressView(RunView):
+    """The live display on a terminal: one status line, a bar when the size is known,
+    and the countdown while stopping."""
+
+    def __init__(self, console: Console, total_bytes: int | None) -> None:
+        super().__init__(console, total_bytes)
+        self._live = Live(
+            console=console,
+            get_renderable=self._render,
+            refresh_per_second=4,
+            transient=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+
+    def __enter__(self) -> ProgressView:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.stop()
+
+    def _render(self) -> RenderableType:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_row(Text("  ".join(self._counts())))
+        pace = Text("  ".join(self._pace()))
+        if self._total:
+            bar = Table.grid(padding=(0, 2))
+            bar.add_row(ProgressBar(total=self._total, completed=self._consumed, width=30), pace)
+            grid.add_row(bar)
+        else:
+            grid.add_row(pace)
+        stopping = self.stop_status()
+        if stopping:
+            grid.add_row(Text(stopping, style="yellow"))
+        return grid
+
+
+class PlainProgress(RunView):
+    """`--progress` where stderr is not a terminal (a cron log): one plain line every
+    `interval` seconds, no cursor movement."""
+
+    def __init__(
+        self, console: Console, total_bytes: int | None, interval: float = PLAIN_INTERVAL
+    ) -> None:
+        super().__init__(console, total_bytes)
+        self._interval = interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="ctsync-progress", daemon=True)
+
+    def __enter__(self) -> PlainProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _tick(self) -> None:
+        while not self._done.wait(self._interval):
+            line = self.stop_status() or self.status()
+            self._console.print(f"ctsync: {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def _bytes(consumed: int, total: int | None) -> str:
+    if total:
+        return f"{consumed / 1e6:,.1f}/{total / 1e6:,.1f} MB"
+    return f"{consumed / 1e6:,.1f} MB"
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=max(0, round(seconds))))
 
 
 def render_summary(summary: Summary, console: Console) -> None:
@@ -82,9 +226,9 @@ def render_summary(summary: Summary, console: Console) -> None:
     if not summary.balanced:  # never expected: say so loudly rather than hide it
         console.print("[bold red]the counts do not add up: please report this as a bug[/]")
     for note in summary.notes[:20]:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if len(summary.notes) > 20:
-        console.print(f"[yellow]note:[/] ... and {len(summary.notes) - 20} more")
+        console.print(f"[yellow]note:[/] ... and {len(summary.notes) - 20:,} more")
     if summary.interrupted:
         console.print("[yellow]interrupted: the counts cover the records read before the stop[/]")
 
@@ -93,8 +237,10 @@ def _rate(summary: Summary) -> str:
     if summary.elapsed <= 0:
         return ""
     rate = summary.read / summary.elapsed
-    retries = f", {summary.retries:,} retries" if summary.retries else ""
-    return f"{summary.elapsed:.1f}s, {rate:,.0f} rec/s, {summary.requests:,} requests{retries}"
+    retries = f", {plural(summary.retries, 'retry', 'retries')}" if summary.retries else ""
+    return (
+        f"{summary.elapsed:.1f}s, {rate:,.0f} rec/s, {plural(summary.requests, 'request')}{retries}"
+    )
 
 
 def _breakdown(counter: Counter[str], limit: int = 6) -> str:

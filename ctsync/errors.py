@@ -7,7 +7,8 @@
      └── LockedError       another run holds the state file (exit 4)
 
 Problems with single records are never exceptions: they are `Invalid` values, counted
-and reported, and the run goes on.
+and reported, and the run goes on. Any other exception is a bug: `ctsync.__main__`
+turns it into one line, a file holding the traceback, and exit 70.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad flag, missing credentials, unreadable file
     AUTH = 3  # CleverTap refused the credentials
     LOCKED = 4  # another run holds the state file
+    CRASH = 70  # a bug in ctsync (EX_SOFTWARE): one line and a file with the traceback
     INTERRUPTED = 130  # Ctrl-C
     TERMINATED = 143  # SIGTERM
 

@@ -17,6 +17,7 @@ import orjson
 
 from ctsync.errors import OutputError
 from ctsync.records import Invalid, Message, Origin, Outcome, Stage
+from ctsync.redact import redact_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +167,10 @@ class Ledger:
         report: IO[bytes] | None = None,
         dead_letters: IO[bytes] | None = None,
         resumable: bool = False,
+        dry_run: bool = False,
     ) -> None:
-        self.summary = Summary()
+        # Set from the start: a dry run stopped by an error is still a dry run.
+        self.summary = Summary(dry_run=dry_run)
         self._report = report
         self._dead_letters = dead_letters
         # The first output that could not be written. The ledger stops writing to it and
@@ -209,13 +212,10 @@ class Ledger:
         self.summary.unreadable += 1
         self.summary.notes.append(f"{origin.source}: {invalid.message}")
         if self._report is not None:
-            self._report.write(
-                report_line(
-                    origin,
-                    None,
-                    Verdict(Outcome.FAILED, invalid.code, invalid.message, invalid.stage),
-                )
+            line = report_line(
+                origin, None, Verdict(Outcome.FAILED, invalid.code, invalid.message, invalid.stage)
             )
+            self._report = self._put(self._report, "report", line)
 
     def settle(self, tracked: Tracked, verdict: Verdict) -> None:
         """One operation of `tracked` has its verdict; count the record when it is the last."""
@@ -267,7 +267,7 @@ class Ledger:
         """Write `data`; the output to keep using, or None once it cannot be written (the
         first such error is kept in `output_error`, for the run to stop on)."""
         try:
-            output.write(data)
+            output.write(redact_bytes(data))
         except OSError as exc:
             if self.output_error is None:
                 self.output_error = output_error(output, what, exc)

@@ -431,6 +431,7 @@ class UploadRun:
                 lane.queue.popleft()
                 self._settle(batch, verdicts)
                 self._checkpoint()
+                self._notify()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # AuthError, a state file that cannot be written, a bug
@@ -468,6 +469,7 @@ class UploadRun:
 
     async def _until(self, done: Callable[[], bool]) -> None:
         """Wait until `done()` holds, `stop()` is called, or a lane fails."""
+        self._notify()
         while not done() and not self._stopping and self._fatal is None:
             self._changed.clear()
             await self._changed.wait()

@@ -106,6 +106,8 @@ class OpenSource:
     def __init__(self, source: Source, stdin: IO[bytes] | None = None) -> None:
         self.source = source
         if source.path is None:
+            if stdin is None and sys.stdin is None:  # `ctsync upload - <&-`
+                raise UsageError("standard input is closed: give a file path, or pipe data in")
             self._raw = stdin if stdin is not None else sys.stdin.buffer
         else:
             self._raw = open(source.path, "rb")  # noqa: SIM115 - closed by close()

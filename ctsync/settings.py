@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
+from ctsync import redact
 from ctsync.errors import UsageError
 
 MAX_UPLOAD_BATCH = 1000  # records per POST /1/upload
@@ -29,14 +31,51 @@ class Region(StrEnum):
     def base_url(self) -> str:
         return f"https://{self.value}.api.clevertap.com"
 
+    @classmethod
+    def _missing_(cls, value: object) -> Region | None:
+        # `IN1` as the dashboard's docs sometimes spell it is `in1`.
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            for region in cls:
+                if region.value == lowered:
+                    return region
+        return None
+
 
 class Secret:
-    """A passcode that never shows in repr, str, logs or tracebacks."""
+    """A passcode that never shows in repr, str, logs or tracebacks.
+
+    Made from text as read (the environment, a file, the command line): surrounding
+    whitespace and a final newline are dropped, as `$(cat file)` of a CRLF file or an
+    editor's newline would add them; anything else that cannot go in an HTTP header
+    (a control character, a non-ASCII character) is a UsageError naming `source`, never
+    the value. Every Secret is registered for redaction (`ctsync.redact`)."""
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, *, source: str = "the passcode") -> None:
+        value = value.strip()
+        problem = header_value_problem(value)
+        if problem:
+            raise UsageError(f"{source}: the passcode {problem}")
         self._value = value
+        redact.register(value)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Secret:
+        """The passcode held in `path` (UTF-8 text; whitespace around it is dropped)."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the passcode file ({exc.strerror})") from None
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise UsageError(
+                f"{path}: the passcode file is not UTF-8 text; a CleverTap passcode is "
+                "ASCII letters, digits and dashes: copy it again from the dashboard"
+            ) from None
+        return cls(text, source=str(path))
 
     def reveal(self) -> str:
         return self._value
@@ -51,6 +90,25 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def header_value_problem(value: str) -> str:
+    """Why `value` cannot be sent as an HTTP header value, or "" when it can. Says what
+    kind of character is wrong, never the value (it may be a secret)."""
+    if not value:
+        return "is empty"
+    for char in value:
+        if char == "\t" or ord(char) < 0x20 or ord(char) == 0x7F:
+            return (
+                "contains a control character (a tab, a line break or similar); "
+                "copy it again from the dashboard, or fix where it is set"
+            )
+        if ord(char) > 0x7E:
+            return (
+                "contains a non-ASCII character, which cannot be sent in an HTTP header; "
+                "copy it again from the dashboard"
+            )
+    return ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

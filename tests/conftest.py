@@ -1,11 +1,27 @@
-"""Shared test helpers: client settings that point nowhere real, and a passcode to hunt."""
+"""Shared test helpers: client settings that point nowhere real, and a passcode to hunt.
+
+Across the whole suite, the passcode must appear in none of a test's outputs: what the
+CLI printed (Typer's runner), what a ctsync subprocess printed, what pytest captured, and
+every file the test's run wrote under its tmp_path. `passcode_never_shown` checks it
+after each test; a test that uses another secret adds it to the list it yields.
+"""
 
 from __future__ import annotations
 
-import pytest
+import subprocess
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
 
+import pytest
+from typer.testing import CliRunner, Result
+
+from ctsync import redact
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE
+
+# Files a test writes on purpose with the passcode in them (the input of --passcode-file).
+_PASSCODE_INPUTS = ("passcode",)
 
 
 @pytest.fixture
@@ -17,3 +33,55 @@ def settings() -> ClientSettings:
         concurrency=4,
         retry=RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.01),
     )
+
+
+@pytest.fixture(autouse=True)
+def passcode_never_shown(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Fail the test if a hunted passcode shows in anything it made ctsync write."""
+    hunted = [PASSCODE]
+    outputs: list[tuple[str, bytes]] = []
+    tmp_path: Path | None = (
+        request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    )
+    invoke = CliRunner.invoke
+    communicate = subprocess.Popen.communicate
+
+    def invoke_and_keep(self: CliRunner, *args: Any, **kwargs: Any) -> Result:
+        result = invoke(self, *args, **kwargs)
+        outputs.append(("CliRunner stdout", result.stdout_bytes))
+        outputs.append(("CliRunner stderr", result.stderr_bytes or b""))
+        return result
+
+    def communicate_and_keep(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> Any:
+        out, err = communicate(self, *args, **kwargs)
+        for name, data in (("subprocess stdout", out), ("subprocess stderr", err)):
+            if data:
+                outputs.append((name, data if isinstance(data, bytes) else data.encode()))
+        return out, err
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CliRunner, "invoke", invoke_and_keep)
+        patch.setattr(subprocess.Popen, "communicate", communicate_and_keep)
+        yield hunted
+    redact.forget_all()  # the next test starts with no passcode registered
+    if tmp_path is not None:
+        for path in sorted(tmp_path.rglob("*")):
+            if path.is_file() and not any(word in path.name for word in _PASSCODE_INPUTS):
+                outputs.append((str(path), path.read_bytes()))
+    for secret in hunted:
+        for where, data in outputs:
+            assert secret.encode() not in data, f"the passcode shows in {where}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """What pytest captured of the test's own stdout, stderr and logs is an output too."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.when == "call" and report.passed:
+        captured = report.capstdout + report.capstderr + report.caplog
+        if PASSCODE in captured:
+            report.outcome = "failed"
+            report.longrepr = f"the passcode shows in what {item.nodeid} printed"

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import http.server
 import os
+import pty
+import re
+import select
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -14,6 +27,7 @@ from pytest_httpx import HTTPXMock
 from typer.testing import CliRunner
 
 from ctsync.cli import app
+from ctsync.settings import Secret
 from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, confirm_every_record
 
 runner = CliRunner()
@@ -309,12 +323,10 @@ def test_a_broken_mapping_file_stops_before_reading(tmp_path: Path, export: Path
     assert "s1" in result.stderr and "Traceback" not in result.output
 
 
-def test_progress_can_be_forced_on_a_pipe(export: Path) -> None:
+def test_quiet_silences_forced_progress(export: Path) -> None:
     result = runner.invoke(app, ["upload", str(export), "--dry-run", "--progress", "-q"])
     assert result.exit_code == 0
     assert result.stderr == "", "--quiet silences progress too"
-    shown = runner.invoke(app, ["upload", str(export), "--dry-run", "--progress", "--json"])
-    assert "read 3" in shown.stderr
 
 
 def test_passcode_file_is_read_and_never_echoed(
@@ -332,3 +344,564 @@ def test_passcode_file_is_read_and_never_echoed(
     requests = httpx_mock.get_requests()
     assert requests and all(r.headers["X-CleverTap-Passcode"] == PASSCODE for r in requests)
     assert PASSCODE not in result.output and "warning" not in result.stderr
+
+
+# -- issue 12: the edges a person meets ------------------------------------------------
+
+
+def ctsync_run(
+    *args: str, env: dict[str, str] | None = None, stdin: Any = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ctsync ARGS` as a real process (the console script's own entry point)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ctsync", *args],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else clean_env(),
+        stdin=stdin,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got:\n{text}"
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [PASSCODE + "\r", PASSCODE + "\t", " " + PASSCODE + "\n", PASSCODE + "\r\n"],
+    ids=["crlf-cat", "tab", "spaces-newline", "crlf"],
+)
+@pytest.mark.parametrize("where", ["env", "file"])
+def test_whitespace_around_the_passcode_is_dropped(
+    export: Path, tmp_path: Path, httpx_mock: HTTPXMock, raw: str, where: str
+) -> None:
+    """`$(cat passcode.txt)` of a CRLF file, a trailing tab, an editor's newline: the
+    header carries the passcode alone."""
+    httpx_mock.add_callback(confirm_every_record, is_reusable=True)
+    env = clean_env(CLEVERTAP_ACCOUNT_ID=ACCOUNT_ID)
+    args = ["upload", str(export), "--json"]
+    if where == "env":
+        env["CLEVERTAP_PASSCODE"] = raw
+    else:
+        secret = tmp_path / "passcode.txt"
+        secret.write_bytes(raw.encode())
+        args += ["--passcode-file", str(secret)]
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    requests = httpx_mock.get_requests()
+    assert requests and {r.headers["X-CleverTap-Passcode"] for r in requests} == {PASSCODE}
+
+
+BAD_PASSCODES = {
+    "control-inside": (PASSCODE[:4] + "\r" + PASSCODE[4:]).encode(),
+    "newline-inside": (PASSCODE[:4] + "\n" + PASSCODE[4:]).encode(),
+    "non-ascii": (PASSCODE + "é").encode(),
+    "latin-1-file": (PASSCODE + "é").encode("latin-1"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_PASSCODES)
+@pytest.mark.parametrize("where", ["env", "option", "file"])
+def test_a_passcode_that_cannot_be_a_header_is_exit_2_naming_where(
+    export: Path, tmp_path: Path, kind: str, where: str
+) -> None:
+    raw = BAD_PASSCODES[kind]
+    if kind == "latin-1-file" and where != "file":
+        pytest.skip("the environment and argv hold text, not Latin-1 bytes")
+    env = clean_env(CLEVERTAP_ACCOUNT_ID=ACCOUNT_ID, NO_PROXY="*")
+    args = ["upload", str(export), "--endpoint", "http://127.0.0.1:9"]
+    if where == "env":
+        env["CLEVERTAP_PASSCODE"] = raw.decode()
+        named = "CLEVERTAP_PASSCODE"
+    elif where == "option":
+        args += ["--passcode", raw.decode()]
+        named = "--passcode"
+    else:
+        secret = tmp_path / "passcode.txt"
+        secret.write_bytes(raw)
+        args += ["--passcode-file", str(secret)]
+        named = str(secret)
+    result = ctsync_run(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("ctsync:")]
+    assert len(error) == 1 and named in error[0] and "passcode" in error[0]
+    assert PASSCODE not in result.stderr and PASSCODE[:4] + "\\r" not in result.stderr
+
+
+def test_a_non_ascii_account_id_is_exit_2(export: Path) -> None:
+    env = clean_env(CLEVERTAP_ACCOUNT_ID="TEST-ACC-12é", CLEVERTAP_PASSCODE=PASSCODE)
+    result = ctsync_run("upload", str(export), "--endpoint", "http://127.0.0.1:9", env=env)
+    assert result.returncode == 2
+    assert "account ID" in one_line(result.stderr) and "Traceback" not in result.stderr
+
+
+ECHOED_PASSCODE = "pc+S3C/RET=0d9f"  # spelled differently URL-encoded, in a repr, in JSON
+
+
+class _EchoHandler(http.server.BaseHTTPRequestHandler):
+    """A proxy gone wrong: its error page quotes the request's headers, raw, URL-encoded
+    and as Python's repr of bytes."""
+
+    status = 502
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        passcode = self.headers.get("X-CleverTap-Passcode", "")
+        body = (
+            f"proxy error; headers: X-CleverTap-Passcode: {passcode} | "
+            f"q={urllib.parse.quote(passcode, safe='')} | "
+            f"repr={passcode.encode()!r}"
+        ).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def echoing_proxy(status: int) -> Iterator[str]:
+    handler = type("Handler", (_EchoHandler,), {"status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [400, 401, 502])
+def test_a_proxy_that_echoes_the_passcode_shows_it_nowhere(
+    export: Path, tmp_path: Path, status: int, passcode_never_shown: list[str]
+) -> None:
+    """Every output of the run (stderr, the --json summary, the report, dead letters,
+    the state file) carries `***` where the proxy quoted the passcode."""
+    passcode_never_shown += [
+        ECHOED_PASSCODE,
+        urllib.parse.quote(ECHOED_PASSCODE, safe=""),
+        repr(ECHOED_PASSCODE.encode())[2:-1],
+    ]
+    report, failed, state = tmp_path / "report.ndjson", tmp_path / "failed", tmp_path / "st"
+    env = clean_env(
+        CLEVERTAP_ACCOUNT_ID=ACCOUNT_ID, CLEVERTAP_PASSCODE=ECHOED_PASSCODE, NO_PROXY="*"
+    )
+    with echoing_proxy(status) as url:
+        result = ctsync_run(
+            "upload", str(export), "--endpoint", url, "--json", "--max-retries", "0",
+            "--report", str(report), "--failed", str(failed), "--state", str(state), env=env,
+        )  # fmt: skip
+    assert result.returncode == (3 if status == 401 else 1), result.stderr
+    texts = {"stdout": result.stdout, "stderr": result.stderr, "report": report.read_text()}
+    if status != 401:  # the proxy's page reached the report: masked there
+        assert "X-CleverTap-Passcode: ***" in texts["report"]
+        assert "q=***" in texts["report"] and "repr=b'***'" in texts["report"]
+    else:  # 401 stops the run: its message and the summary's error
+        assert "refused the credentials" in result.stderr
+    for name, text in texts.items():
+        for form in passcode_never_shown:
+            assert form not in text, f"{form!r} in {name}"
+
+
+def test_redaction_catches_every_spelling_of_a_passcode() -> None:
+    """Property-style: for many passcodes, each spelling inside any text is masked."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from ctsync import redact
+
+    # Without "*": text beside the mask could otherwise spell such a secret again.
+    header_chars = st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="*")
+
+    @given(
+        secret=st.text(header_chars, min_size=6, max_size=40),
+        before=st.text(max_size=20),
+        after=st.text(max_size=20),
+    )
+    def check(secret: str, before: str, after: str) -> None:
+        redact.forget_all()
+        Secret(secret)
+        for spelling in (
+            secret,
+            urllib.parse.quote(secret, safe=""),
+            urllib.parse.quote_plus(secret),
+            repr(secret)[1:-1],
+            repr(secret.encode())[2:-1],
+            orjson.dumps(secret).decode()[1:-1],
+        ):
+            masked = redact.redact(before + spelling + after)
+            assert secret not in masked and spelling not in masked
+            assert redact.redact_bytes((before + spelling + after).encode()).count(b"***")
+
+    try:
+        check()
+    finally:
+        redact.forget_all()
+
+
+def test_a_busy_port_is_one_line_naming_it_and_suggesting_port_0() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = ctsync_run("sandbox", "--port", str(port), timeout=30)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert str(port) in line and "--port 0" in line and "in use" in line
+
+
+@pytest.mark.parametrize(
+    "command", [["sandbox", "show", "--db"], ["sandbox", "--port", "0", "--db"]]
+)
+def test_a_file_that_is_not_a_database_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("these are my notes, not a database\n" * 200)
+    result = ctsync_run(*command, str(notes), timeout=30)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert str(notes) in line and "not a sandbox database" in line
+
+
+def test_closed_stdin_is_one_line_exit_2() -> None:
+    """`ctsync upload - <&-`: Python's sys.stdin is None."""
+    result = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m ctsync upload - --dry-run <&-"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "standard input is closed" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE inputs SET pending = 'not json'",
+        "UPDATE inputs SET pending = '[1, 2]'",
+        "ALTER TABLE inputs DROP COLUMN updated",
+    ],
+    ids=["pending-not-json", "pending-wrong-shape", "schema-off"],
+)
+def test_a_hand_edited_state_file_is_one_line_naming_it(
+    export: Path, tmp_path: Path, httpx_mock: HTTPXMock, damage: str
+) -> None:
+    httpx_mock.add_callback(confirm_every_record, is_reusable=True)
+    state = tmp_path / "run.state"
+    env = clean_env(**CREDENTIALS)
+    first = runner.invoke(app, ["upload", str(export), "--state", str(state)], env=env)
+    assert first.exit_code == 0, first.output
+    export.write_bytes(export.read_bytes())  # same content: the state says "complete"
+    with sqlite3.connect(state) as db:
+        db.execute("UPDATE inputs SET complete = 0")
+        db.execute(damage)
+    again = runner.invoke(app, ["upload", str(export), "--state", str(state)], env=env)
+    assert again.exit_code == 2, again.output
+    assert again.exception is None or isinstance(again.exception, SystemExit)
+    assert str(state) in again.stderr and "state file" in again.stderr
+
+
+def test_an_unexpected_error_is_one_line_a_file_and_exit_70(tmp_path: Path, export: Path) -> None:
+    """A bug (here: the mapper raising) never shows a raw traceback: one line saying
+    to report it, the traceback in a file, exit 70. The passcode is in neither."""
+    script = (
+        "import sys\n"
+        "import ctsync.pipeline\n"
+        "def broken(*args, **kwargs):\n"
+        f"    raise RuntimeError('boom with {PASSCODE}')\n"
+        "ctsync.pipeline.UploadRun._take = broken\n"
+        "from ctsync.__main__ import main\n"
+        "sys.argv = ['ctsync', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    env = clean_env(**CREDENTIALS, TMPDIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", script, "upload", str(export), "--dry-run",
+         "--passcode", PASSCODE],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 70
+    assert "Traceback" not in result.stderr
+    line = one_line(result.stderr)
+    assert "please report this" in line and "RuntimeError" in line
+    (crash,) = tmp_path.glob("ctsync-crash-*.txt")
+    assert str(crash) in line
+    text = crash.read_text()
+    assert "Traceback" in text and "in broken" in text
+    assert PASSCODE not in text and PASSCODE not in line
+
+
+class Terminal:
+    """`ctsync` on a pseudo-terminal: stdin, stdout and stderr are a terminal, and
+    Ctrl-C / Ctrl-D typed into it do what they do for a person."""
+
+    def __init__(self, *args: str, env: dict[str, str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: becomes ctsync
+            os.execve(sys.executable, [sys.executable, "-m", "ctsync", *args], env)
+        self.output = b""
+
+    def expect(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.output:
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.screen()}"
+            self._pump(0.1)
+
+    def type(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def wait(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._pump(0.1)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._pump(0.2)
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        raise AssertionError(f"still running after {timeout} s:\n{self.screen()}")
+
+    def screen(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+    def json(self) -> dict[str, Any]:
+        for line in reversed(self.screen().splitlines()):
+            if line.startswith('{"read"'):
+                value = orjson.loads(line)
+                assert isinstance(value, dict)
+                return value
+        raise AssertionError(f"no summary in:\n{self.screen()}")
+
+    def _pump(self, timeout: float) -> None:
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            with contextlib.suppress(OSError):
+                self.output += os.read(self.fd, 65536)
+
+
+IDENTIFY_LINE = b'{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}\n'
+
+
+@pytest.mark.parametrize(("key", "code"), [(b"\x04", 0), (b"\x03", 130)], ids=["ctrl-d", "ctrl-c"])
+def test_stdin_from_a_terminal_says_so_and_ctrl_c_works(key: bytes, code: int) -> None:
+    term = Terminal("upload", "--dry-run", "--json", env=clean_env(TERM="dumb"))
+    term.expect("reading Segment messages from standard input (Ctrl-D to finish, Ctrl-C to stop)")
+    term.type(IDENTIFY_LINE)
+    time.sleep(0.5)
+    term.type(key)
+    assert term.wait() == code, term.screen()
+    summary = term.json()
+    assert summary["read"] == 1 and summary["dry_run"] is True
+    assert summary["interrupted"] is (code == 130)
+    if code == 130:  # the record read but not sent is accounted for
+        assert summary["failed_by_code"] == {"interrupted": 1}
+        assert "stopping (Ctrl-C)" in term.screen()
+
+
+@contextlib.contextmanager
+def slow_server_run(
+    export: Path, *extra: str, latency_ms: int
+) -> Iterator[tuple[subprocess.Popen[str], Any]]:
+    """`ctsync upload EXPORT --batch-size 1 EXTRA` against a sandbox answering after
+    `latency_ms`; the process is killed and the sandbox stopped at the end."""
+    from ctsync.sandbox import SandboxConfig, running_sandbox
+
+    with running_sandbox(SandboxConfig(latency_ms=latency_ms)) as sandbox:
+        env = clean_env(CLEVERTAP_ACCOUNT_ID="sandbox", CLEVERTAP_PASSCODE="sandbox", NO_PROXY="*")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ctsync", "upload", str(export), "--endpoint", sandbox.url,
+             "--batch-size", "1", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        try:
+            yield process, sandbox
+        finally:
+            process.kill()
+            process.communicate()
+
+
+def wait_for_in_flight(sandbox: Any, count: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while sandbox.stats().in_flight.get("upload", 0) < count:
+        assert process.poll() is None, "the run ended before sending"
+        assert time.monotonic() < deadline, "the requests never arrived"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_the_first_signal_says_what_it_waits_for(export: Path, sig: int, code: int) -> None:
+    """Two identify records, one per request, each answered after 3 s: a first signal
+    while they are in flight names them, the drain deadline and the second Ctrl-C."""
+    with slow_server_run(export, "--json", latency_ms=3000) as (process, sandbox):
+        wait_for_in_flight(sandbox, 2, process)
+        process.send_signal(sig)
+        stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    what = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    assert (
+        f"ctsync: stopping ({what}): waiting up to 30 s for 2 requests in flight; "
+        "press Ctrl-C again to stop now"
+    ) in stderr
+    assert orjson.loads(stdout)["accepted"] == 2  # the drain let them finish
+
+
+def test_progress_on_a_pipe_is_a_plain_line_every_10_seconds(export: Path) -> None:
+    """`--progress` into a log: no cursor movement, one labelled line after 10 s."""
+    with slow_server_run(export, "--progress", "--json", latency_ms=11_000) as (process, _):
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "\x1b" not in stderr, "no control sequences in a log"
+    (line,) = [line for line in stderr.splitlines() if line.startswith("ctsync: read")]
+    for label in ("read 3", "sent 2", "accepted 0", "invalid 0", "skipped 1", "failed 0"):
+        assert label in line
+    assert "rec/s" in line and "MB" in line and re.search(r"eta \d+:\d\d:\d\d", line)
+
+
+def test_live_progress_at_a_terminal_is_labelled_and_counts_down_while_stopping(
+    export: Path,
+) -> None:
+    from ctsync.sandbox import SandboxConfig, running_sandbox
+
+    with running_sandbox(SandboxConfig(latency_ms=8000)) as sandbox:
+        env = clean_env(
+            CLEVERTAP_ACCOUNT_ID="sandbox", CLEVERTAP_PASSCODE="sandbox", NO_PROXY="*",
+            TERM="xterm", COLUMNS="160",
+        )  # fmt: skip
+        term = Terminal(
+            "upload", str(export), "--endpoint", sandbox.url, "--batch-size", "1", env=env
+        )
+        term.expect("sent 2")
+        for label in ("read 3", "invalid 0", "skipped 1", "failed 0", "rec/s", "eta 0:"):
+            term.expect(label)
+        term.type(b"\x03")
+        term.expect("waiting up to 30 s for 2 requests in flight")
+        term.expect("stopping: 2 requests in flight, 0:00:")
+        assert term.wait() == 130
+
+
+def test_a_dry_run_stopped_by_an_output_error_is_still_a_dry_run(export: Path) -> None:
+    if not DEV_FULL.exists():
+        pytest.skip("needs Linux's /dev/full")
+    result = ctsync_run("upload", str(export), "--dry-run", "--output", str(DEV_FULL), "--json")
+    assert result.returncode == 2
+    assert orjson.loads(result.stdout)["dry_run"] is True
+    table = ctsync_run("upload", str(export), "--dry-run", "--output", str(DEV_FULL))
+    assert "would be sent" in table.stderr and "by CleverTap" not in table.stderr
+
+
+@pytest.mark.parametrize("spelling", ["IN1", "In1", "in1"])
+def test_regions_are_case_insensitive(export: Path, httpx_mock: HTTPXMock, spelling: str) -> None:
+    httpx_mock.add_callback(
+        confirm_every_record, url="https://in1.api.clevertap.com/1/upload", is_reusable=True
+    )
+    by_option = runner.invoke(
+        app, ["upload", str(export), "--region", spelling], env=clean_env(**CREDENTIALS)
+    )
+    assert by_option.exit_code == 0, by_option.output
+    by_env = runner.invoke(
+        app, ["upload", str(export)], env=clean_env(**CREDENTIALS, CLEVERTAP_REGION=spelling)
+    )
+    assert by_env.exit_code == 0, by_env.output
+
+
+COMMANDS = [
+    [],
+    ["upload"],
+    ["delete"],
+    ["sandbox"],
+    ["sandbox", "show"],
+    ["mappings"],
+    ["mappings", "show"],
+    ["mappings", "check"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ctsync")
+def test_help_is_readable_at_80_columns(command: list[str]) -> None:
+    result = ctsync_run(*command, "--help", env=clean_env(COLUMNS="80"))
+    assert result.returncode == 0
+    text = result.stdout
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text and "..." not in text.replace("[PATH]...", "").replace("ARGS]...", "")
+    assert "<bool>" not in text and "<str>" not in text and "<list" not in text
+    for twin in ("--no-dry-run", "--no-json", "--no-guid", "--no-yes", "--no-quiet"):
+        assert twin not in text
+
+
+def test_one_request_is_one_request(tmp_path: Path) -> None:
+    path = tmp_path / "one.ndjson"
+    path.write_bytes(IDENTIFY_LINE)
+    result = runner.invoke(app, ["upload", str(path), "--dry-run"], env=clean_env())
+    assert "1 request" in result.stderr and "1 requests" not in result.stderr
+
+
+def test_a_broken_mapping_file_is_exit_2_in_every_subcommand(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"subscriptions": [{"name": "s1", "trigger": "type = "}]}')
+    events = tmp_path / "events.ndjson"
+    events.write_bytes(IDENTIFY_LINE)
+    check = runner.invoke(app, ["mappings", "check", str(broken)])
+    upload = runner.invoke(app, ["upload", str(events), "--dry-run", "--mapping", str(broken)])
+    assert check.exit_code == upload.exit_code == 2
+    missing = runner.invoke(app, ["mappings", "check", str(tmp_path / "nope.json")])
+    missing_upload = runner.invoke(
+        app, ["upload", str(events), "--dry-run", "--mapping", str(tmp_path / "nope.json")]
+    )
+    assert missing.exit_code == missing_upload.exit_code == 2
+
+
+def test_delete_at_a_terminal_says_how_many_and_asks(tmp_path: Path) -> None:
+    """Answering no deletes nothing; the sandbox sees no request."""
+    from ctsync.sandbox import running_sandbox
+
+    ids = tmp_path / "gdpr.txt"
+    ids.write_text("u-1\nu-2\n\nu-3\n")
+    with running_sandbox() as sandbox:
+        env = clean_env(CLEVERTAP_ACCOUNT_ID="sandbox", CLEVERTAP_PASSCODE="sandbox", NO_PROXY="*")
+        term = Terminal("delete", "--from", str(ids), "--endpoint", sandbox.url, env=env)
+        term.expect("deletes the CleverTap profiles of 3 identities")
+        term.expect("Delete them? [y/N]")
+        term.type(b"n\n")
+        assert term.wait() == 0
+        assert "nothing deleted" in term.screen()
+        assert sum(sandbox.stats().requests_by_status.values()) == 0
+        stopped = Terminal("delete", "--from", str(ids), "--endpoint", sandbox.url, env=env)
+        stopped.expect("Delete them? [y/N]")
+        stopped.type(b"\x03")
+        assert stopped.wait() == 130
+        assert "nothing deleted" in stopped.screen() and "Traceback" not in stopped.screen()
+        assert sum(sandbox.stats().requests_by_status.values()) == 0
+        yes = Terminal("delete", "--from", str(ids), "--endpoint", sandbox.url, env=env)
+        yes.expect("Delete them? [y/N]")
+        yes.type(b"y\n")
+        assert yes.wait() == 0
+        assert sandbox.read(lambda store: store.counts().deletions) == 3
+
+
+def test_delete_with_yes_or_without_a_terminal_never_asks(tmp_path: Path) -> None:
+    from ctsync.sandbox import running_sandbox
+
+    with running_sandbox() as sandbox:
+        env = clean_env(CLEVERTAP_ACCOUNT_ID="sandbox", CLEVERTAP_PASSCODE="sandbox", NO_PROXY="*")
+        term = Terminal("delete", "--identity", "u-1", "--yes", "--endpoint", sandbox.url, env=env)
+        assert term.wait() == 0
+        assert "Delete them?" not in term.screen()
+        piped = ctsync_run(
+            "delete", "--identity", "u-2", "--endpoint", sandbox.url, "--json", env=env,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert piped.returncode == 0 and "Delete them?" not in piped.stderr
+        assert sandbox.read(lambda store: store.counts().deletions) == 2

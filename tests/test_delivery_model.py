@@ -232,7 +232,7 @@ def one_run(
 
     settings_ = ClientSettings(
         account_id="a",
-        passcode=Secret("p"),
+        passcode=Secret("model-passcode-0001"),
         base_url="http://clevertap.test",
         concurrency=options.lanes,
         retry=RetryPolicy(max_retries=100, base_delay=0.0, max_delay=0.0),

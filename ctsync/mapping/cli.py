@@ -3,7 +3,8 @@
     ctsync mappings show --preset classic > mapping.json
     ctsync mappings check mapping.json samples.ndjson
 
-Exit status: 0 when the file (and every sample line) is usable, 1 otherwise.
+Exit status: 0 when the file (and every sample line) is usable; 1 when a sample line is
+not; 2 when the mapping file or the events file cannot be used (as for `ctsync upload`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from ctsync.presets import MappingOptions
 from ctsync.records import Delete, Invalid, Mapper, Skip, Upload
 from ctsync.rules import check_upload
 
-app = typer.Typer(help="Mapping files: Segment-style subscriptions in place of a preset.")
+app = typer.Typer(
+    help="Mapping files: Segment-style subscriptions in place of a preset.",
+    rich_markup_mode=None,
+)
 
 
 @app.command()
@@ -36,20 +40,21 @@ def show(
     typer.echo(text.decode())
 
 
-@app.command()
+@app.command(short_help="Validate a mapping file against sample events.")
 def check(
-    file: Annotated[Path, typer.Argument(help="The mapping file (JSON).")],
-    events: Annotated[
-        str | None,
-        typer.Argument(help="Sample Segment messages, one JSON object a line ('-' for stdin)."),
-    ] = None,
+    file: Annotated[Path, typer.Argument(metavar="FILE", hidden=True)],
+    events: Annotated[str | None, typer.Argument(metavar="EVENTS", hidden=True)] = None,
 ) -> None:
-    """Validate a mapping file; with sample events, show what fires and what is sent."""
+    """Validate a mapping file; with sample events, show what fires and what is sent.
+
+    FILE is the mapping file (JSON); EVENTS, sample Segment messages, one JSON object a
+    line (`-` for stdin).
+    """
     try:
         mapping_file = load_mapping(file)
     except MappingError as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     enabled = sum(1 for sub in mapping_file.subscriptions if sub.enabled)
     typer.echo(
         f"{mapping_file.source}: {len(mapping_file.subscriptions)} subscriptions, "
@@ -66,7 +71,7 @@ def check(
                 ok = _check_events(mapping_file, mapper, lines)
     except OSError as error:
         typer.echo(f"error: cannot read {events}: {error.strerror or error}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None
     if not ok:
         raise typer.Exit(1)
 

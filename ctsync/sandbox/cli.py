@@ -6,12 +6,15 @@ runs it alone.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ._config import (
     DEFAULT_ACCOUNT_ID,
@@ -32,36 +35,44 @@ app = typer.Typer(
     invoke_without_command=True,
     no_args_is_help=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
 
 
 @app.callback()
 def run(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on.")] = (
+        DEFAULT_HOST
+    ),
     port: Annotated[
-        int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")
+        int, typer.Option(min=0, max=65535, metavar="PORT", help="Port; 0 picks a free one.")
     ] = DEFAULT_CLI_PORT,
-    account_id: Annotated[str, typer.Option(help="Accepted X-CleverTap-Account-Id.")] = (
-        DEFAULT_ACCOUNT_ID
-    ),
-    passcode: Annotated[str, typer.Option(help="Accepted X-CleverTap-Passcode.")] = (
-        DEFAULT_PASSCODE
-    ),
+    account_id: Annotated[
+        str, typer.Option(metavar="ID", help="Accepted X-CleverTap-Account-Id.")
+    ] = (DEFAULT_ACCOUNT_ID),
+    passcode: Annotated[
+        str, typer.Option(metavar="TEXT", help="Accepted X-CleverTap-Passcode.")
+    ] = (DEFAULT_PASSCODE),
     db: Annotated[
-        Path | None, typer.Option(help="SQLite file to store into (default: in memory).")
+        Path | None,
+        typer.Option(metavar="FILE", help="SQLite file to store into (default: in memory)."),
     ] = None,
     latency_ms: Annotated[
         str,
         typer.Option(
+            metavar="MS",
             help="Milliseconds to wait before answering each /1/ request: N, or LOW-HIGH"
-            " for a delay drawn uniformly per request (requests then overtake each other)."
+            " for a delay drawn per request (requests then overtake each other).",
         ),
     ] = "0",
     fault_rate: Annotated[
         float,
         typer.Option(
-            min=0.0, max=1.0, help="Share of /1/ requests answered 429, 500 or 503; stores nothing."
+            min=0.0,
+            max=1.0,
+            metavar="F",
+            help="Share of /1/ requests answered 429, 500 or 503; stores nothing.",
         ),
     ] = 0.0,
     drop_rate: Annotated[
@@ -69,6 +80,7 @@ def run(
         typer.Option(
             min=0.0,
             max=1.0,
+            metavar="F",
             help="Share of /1/ requests whose connection is aborted; stores nothing.",
         ),
     ] = 0.0,
@@ -77,20 +89,25 @@ def run(
         typer.Option(
             min=0.0,
             max=1.0,
-            help="Share of /1/ requests stored, then answered 500 or 504 (outcome unknown).",
+            metavar="F",
+            help="Share of /1/ requests stored, then answered 500/504.",
         ),
     ] = 0.0,
     store_then_drop_rate: Annotated[
         float,
         typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Share of /1/ requests stored, then their connection aborted without an answer.",
+            min=0.0, max=1.0, metavar="F", help="Share of /1/ requests stored, then dropped."
         ),
     ] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the fault and latency draws.")] = 0,
-    max_concurrent_uploads: Annotated[int, typer.Option(min=1)] = 15,
-    max_concurrent_deletes: Annotated[int, typer.Option(min=1)] = 3,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help="Seed of the fault and latency draws.")
+    ] = 0,
+    max_concurrent_uploads: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Uploads at once before 429.")
+    ] = 15,
+    max_concurrent_deletes: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Deletes at once before 429.")
+    ] = 3,
 ) -> None:
     """Serve CleverTap's upload and delete API until interrupted."""
     if ctx.invoked_subcommand is not None:
@@ -113,7 +130,34 @@ def run(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-    serve(config, _announce)
+    try:
+        serve(config, _announce)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            _fail(
+                f"port {port} on {host} is already in use (another sandbox?): stop it, or "
+                "pick another port; --port 0 picks a free one"
+            )
+        if error.errno == errno.EADDRNOTAVAIL:
+            _fail(f"cannot listen on {host}: not an address of this machine")
+        _fail(f"cannot listen on {host}:{port} ({error.strerror or error})")
+    except sqlite3.DatabaseError as error:
+        _fail(_not_a_database(db, error))
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit 2: the person can fix this."""
+    Console(stderr=True).print(
+        f"[bold red]ctsync sandbox:[/] {escape(message)}", highlight=False, soft_wrap=True
+    )
+    raise typer.Exit(2)
+
+
+def _not_a_database(db: Path | None, error: sqlite3.DatabaseError) -> str:
+    return (
+        f"{db}: not a sandbox database ({error}); give the file a sandbox wrote with --db, "
+        "or a new file name"
+    )
 
 
 def _announce(url: str) -> None:
@@ -124,15 +168,20 @@ def _announce(url: str) -> None:
 
 @app.command()
 def show(
-    db: Annotated[Path, typer.Option(help="The sandbox's SQLite file.")],
+    db: Annotated[Path, typer.Option(metavar="FILE", help="The sandbox's SQLite file.")],
 ) -> None:
     """Print a summary of what a sandbox database holds."""
     try:
         store = SandboxStore.open(db, create=False)
     except FileNotFoundError as error:
-        Console(stderr=True).print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from error
+        _fail(str(error))
+    except sqlite3.DatabaseError as error:
+        _fail(_not_a_database(db, error))
+    except OSError as error:
+        _fail(f"{db}: cannot open the sandbox database ({error.strerror or error})")
     try:
         print_summary(store, Console())
+    except sqlite3.DatabaseError as error:
+        _fail(_not_a_database(db, error))
     finally:
         store.close()

@@ -40,7 +40,7 @@ def test_check_reports_a_syntax_error_with_subscription_and_column(tmp_path: Pat
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(document))
     result = runner.invoke(app, ["check", str(path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # as `upload --mapping` says of the same file
     assert (
         f"{path}: subscription 'Event Name is Delete User': trigger column 25: expected a field"
         in result.stderr

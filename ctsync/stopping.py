@@ -1,0 +1,153 @@
+"""How a run stops: what it waits for when asked to, and standard input at a terminal.
+
+The first Ctrl-C or SIGTERM stops reading and lets the requests in flight finish (see
+`api._until_signalled`); `SendCounter` knows how many there are, and a `StopObserver`
+(the CLI's display) is told. A read of stdin from a terminal blocks in read(2), where
+asyncio's signal handlers cannot run: `TerminalStdin` makes Ctrl-C end that read.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import IO, Protocol, runtime_checkable
+
+from ctsync.client import OnWire
+from ctsync.ledger import Verdict
+from ctsync.pipeline import Sender
+from ctsync.prepare import ProfileKey
+from ctsync.records import DeleteKey
+
+
+@runtime_checkable
+class StopObserver(Protocol):
+    """An observer that also wants to know what is sent and when a run is stopping
+    (the CLI's progress display and its stop notice)."""
+
+    def sending(self, counter: SendCounter) -> None: ...
+
+    def stopping(self, signal_name: str, counter: SendCounter, deadline: float) -> None:
+        """The first Ctrl-C or SIGTERM: the run waits for `counter.in_flight` requests
+        until `deadline` (time.monotonic()); a second signal stops it at once."""
+
+
+class SendCounter:
+    """A sender that counts what it puts on the wire: the records sent (or, in a dry
+    run, encoded) and the requests still waiting for an answer."""
+
+    def __init__(self, inner: Sender) -> None:
+        self._inner = inner
+        self.records = 0
+        # Requests without their final answer (on the wire, waiting for a connection or
+        # between retries): what a stopping run waits for.
+        self.in_flight = 0
+
+    @property
+    def requests(self) -> int:
+        return self._inner.requests
+
+    @requests.setter
+    def requests(self, value: int) -> None:
+        self._inner.requests = value
+
+    @property
+    def retries(self) -> int:
+        return self._inner.retries
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self._inner.retries = value
+
+    async def upload(
+        self,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        resend: Sequence[bool],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]:
+        self.records += len(bodies)
+        self.in_flight += 1
+        try:
+            return await self._inner.upload(bodies, keys, resend, on_wire)
+        finally:
+            self.in_flight -= 1
+
+    async def delete(
+        self,
+        key: DeleteKey,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]:
+        self.records += len(bodies)
+        self.in_flight += 1
+        try:
+            return await self._inner.delete(key, bodies, keys, on_wire)
+        finally:
+            self.in_flight -= 1
+
+
+class _SignalDuringRead(BaseException):
+    """Raised inside a blocking terminal read by Ctrl-C or SIGTERM."""
+
+    def __init__(self, signum: signal.Signals) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class TerminalStdin:
+    """Standard input when it is a terminal. Lines are taken as they are typed (a
+    buffered read would wait for 256 KiB), and Ctrl-C or SIGTERM ends the input: the
+    run's own handler, which cannot run while the reader blocks, then stops the run as
+    anywhere else."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._ended = False
+        self.stop_requested: Callable[[], bool] = lambda: False
+        self.on_signal: Callable[[signal.Signals], None] | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if self._ended or self.stop_requested():
+            return b""
+        if self.on_signal is None:  # no run handles signals: a plain blocking read
+            return os.read(self._fd, size if size > 0 else 1 << 16)
+        # For the time of the read only, a signal goes to a Python-level handler that
+        # raises, which ends the read(2) it interrupted (PEP 475 would retry it), and
+        # not to asyncio's wakeup fd, whose handler could run only after the read.
+        wakeup = signal.set_wakeup_fd(-1)
+        previous = {signum: signal.signal(signum, _raise_in_read) for signum in _STOP_SIGNALS}
+        try:
+            data = os.read(self._fd, size if size > 0 else 1 << 16)
+        except _SignalDuringRead as stop:
+            data = b""
+            self.on_signal(stop.signum)  # what the run's own handler does (run.stop())
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(wakeup)
+        if not data:
+            self._ended = True
+        return data
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _raise_in_read(signum: int, frame: FrameType | None) -> None:
+    raise _SignalDuringRead(signal.Signals(signum))
+
+
+def terminal_stdin() -> IO[bytes] | None:
+    """`TerminalStdin` when stdin is a terminal read on the main thread, else None
+    (the reader then uses sys.stdin.buffer)."""
+    stream = sys.stdin
+    if stream is None or not stream.isatty():
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return TerminalStdin(stream.fileno())  # type: ignore[return-value]
