@@ -43,13 +43,16 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a message came from: a path (or `-` for stdin) and its 1-based line.
+    """Where a message came from: a path (or `-` for stdin), its 1-based line, and its
+    0-based place among the messages of that line (`part`: a `{"batch": [...]}` envelope
+    line holds several).
 
-    For JSON arrays and `{"batch": [...]}` envelopes `line` is the 1-based element index.
+    For a file that is one JSON array or envelope `line` is the 1-based element index.
     """
 
     source: str
     line: int
+    part: int = 0
 
 
 @dataclass(slots=True)
