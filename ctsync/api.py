@@ -34,7 +34,7 @@ from ctsync.pipeline import (
     deletion_records,
 )
 from ctsync.presets import MappingOptions, Preset, build_preset
-from ctsync.reader import Source, collect_sources
+from ctsync.reader import InputOptions, Inputs, Source, collect_inputs
 from ctsync.records import CleverTapRecord, DeleteKey, Invalid, Mapper, Origin
 from ctsync.rules import check_upload
 from ctsync.settings import ClientSettings
@@ -62,6 +62,7 @@ class UploadJob:
     run: RunOptions = field(default_factory=RunOptions)
     outputs: Outputs = field(default_factory=Outputs)
     state: Path | None = None  # resumable runs
+    inputs: InputOptions = field(default_factory=InputOptions)  # --include, --max-line-bytes, ...
 
 
 def build_mapper(job: UploadJob) -> Mapper:
@@ -106,7 +107,7 @@ def upload(
     stdin: IO[bytes] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     handle_signals: bool = False,
-    sources: Sequence[Source] | None = None,
+    sources: Inputs | Sequence[Source] | None = None,
 ) -> Summary:
     """Run an upload to the end and return its summary. Raises CtsyncError subclasses for
     what stops a run (bad paths, a broken mapping file, refused credentials, a locked
@@ -114,19 +115,28 @@ def upload(
     mapper = mapper or build_mapper(job)
     validator = validator or rules_validator(job.mapping.max_event_properties)
     if sources is None:  # the caller may have collected them already (the CLI does)
-        sources = collect_sources(job.paths)
+        sources = collect_inputs(job.paths, job.inputs)
+    skipped_notes = sources.notes() if isinstance(sources, Inputs) else []
+    if isinstance(sources, Inputs):
+        sources = sources.sources
     ledger: Ledger | None = None
     with _summary_on_error(lambda: ledger), contextlib.ExitStack() as stack:
         state = None
         if job.state is not None:
             if job.client is None:
                 raise UsageError("--state records what was sent, and a dry run sends nothing")
+            if any(source.url is not None for source in sources):
+                raise UsageError(
+                    "--state does not track bucket objects yet; run without --state, or copy "
+                    "the bucket to disk first"
+                )
             if any(source.path is None for source in sources):
                 raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
             state = StateFile(job.state)
             stack.callback(state.close)
         report, failed, requests = stack.enter_context(_files(job.outputs))
         ledger = Ledger(report=report, dead_letters=failed, resumable=state is not None)
+        ledger.summary.notes.extend(skipped_notes)
 
         async def go(sender: Sender) -> Summary:
             run = UploadRun(
@@ -259,7 +269,10 @@ def _files(
             if str(path) == "-":
                 return sys.stdout.buffer
             try:
-                output = open(path, "wb")  # noqa: SIM115 - closed by the stack, below
+                # The report and dead letters append: a second run the same day (the
+                # README's cron example) must not wipe what the first one wrote.
+                mode = "wb" if what == "request output" else "ab"
+                output = open(path, mode)  # noqa: SIM115 - closed by the stack, below
             except OSError as exc:
                 raise UsageError(f"{path}: cannot write the {what} ({exc.strerror})") from None
             stack.callback(_close, output, what)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
@@ -129,8 +130,11 @@ class Summary:
         }
 
 
-def report_line(origin: Origin, message: Message | None, verdict: Verdict) -> bytes:
-    """One line of the `--report` file (NDJSON)."""
+def report_line(
+    origin: Origin, message: Message | None, verdict: Verdict, run: str | None = None
+) -> bytes:
+    """One line of the `--report` file (NDJSON). `run` is the run's start time (UTC,
+    ISO 8601): the report appends, and it tells one run's lines from another's."""
     message = message or {}
     identity = message.get("userId")
     if identity is None:
@@ -144,6 +148,7 @@ def report_line(origin: Origin, message: Message | None, verdict: Verdict) -> by
             "stage": verdict.stage.value,
             "code": verdict.code,
             "message": verdict.message,
+            "run": run,
         },
         option=orjson.OPT_APPEND_NEWLINE,
     )
@@ -158,8 +163,11 @@ class Ledger:
         report: IO[bytes] | None = None,
         dead_letters: IO[bytes] | None = None,
         resumable: bool = False,
+        run: str | None = None,
     ) -> None:
         self.summary = Summary()
+        started = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self.run = run or started  # the `run` of each report line
         self._report = report
         self._dead_letters = dead_letters
         # The first output that could not be written. The ledger stops writing to it and
@@ -196,6 +204,7 @@ class Ledger:
                     origin,
                     None,
                     Verdict(Outcome.FAILED, invalid.code, invalid.message, invalid.stage),
+                    self.run,
                 )
             )
 
@@ -223,7 +232,9 @@ class Ledger:
         self, origin: Origin, raw: bytes | None, message: Message | None, verdict: Verdict
     ) -> None:
         if self._report is not None:
-            self._report = self._put(self._report, "report", report_line(origin, message, verdict))
+            self._report = self._put(
+                self._report, "report", report_line(origin, message, verdict, self.run)
+            )
         if self._dead_letters is not None and verdict.code not in self._resumed_later:
             line = (
                 raw if raw is not None else orjson.dumps(message) if message is not None else None
