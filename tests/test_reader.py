@@ -419,3 +419,32 @@ def test_inputs_without_any_export_are_an_error_unless_allowed(tmp_path: Path) -
     assert [s.name for s in collect_sources([str(tmp_path / "odd.txt")])] == [
         str(tmp_path / "odd.txt")
     ]
+
+
+def test_without_isal_gzip_is_read_the_same_with_zlib(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    whole = gzip.compress(ndjson(IDENTIFY)) + gzip.compress(ndjson(TRACK))  # two members
+    (tmp_path / "whole.gz").write_bytes(whole)
+    (tmp_path / "cut.gz").write_bytes(whole[:-5])
+    script = (
+        "import sys; sys.modules['isal'] = None\n"
+        "from pathlib import Path\n"
+        "from ctsync import reader\n"
+        "assert reader._inflate.__name__ == 'zlib'\n"
+        "for name in sys.argv[1:]:\n"
+        "    p = Path(name)\n"
+        "    rs = reader.read_source(reader.OpenSource(reader.Source(name, p, None)))\n"
+        "    print([(r.origin.line, r.error.code if r.error else r.message['type']) for r in rs])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "whole.gz"), str(tmp_path / "cut.gz")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out == [
+        "[(1, 'identify'), (2, 'track')]",
+        "[(1, 'identify'), (2, 'track'), (0, 'unreadable')]",
+    ]
