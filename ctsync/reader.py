@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ctsync.remote import ObjectStore
 
 _inflate: types.ModuleType = zlib
-try:  # ISA-L inflates gzip faster than zlib; optional (the `fast` extra), zlib otherwise
+try:  # ISA-L inflates gzip about twice as fast as zlib; zlib where it is not installed
     from isal import isal_zlib
 
     _inflate = isal_zlib

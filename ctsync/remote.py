@@ -20,6 +20,7 @@ as an unreadable file.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,13 +135,13 @@ def open_store(scheme: str, bucket: str, options: InputOptions) -> ObjectStore:
     """The store for one bucket; a clear UsageError when its extra is not installed."""
     if scheme == "s3":
         try:
-            import boto3  # noqa: F401
+            importlib.import_module("boto3")
         except ImportError:
             raise UsageError(_missing_extra("s3", "boto3")) from None
         return S3Store(bucket, options.s3_endpoint_url)
     if scheme == "gs":
         try:
-            from google.cloud import storage  # noqa: F401
+            importlib.import_module("google.cloud.storage")
         except ImportError:
             raise UsageError(_missing_extra("gcs", "google-cloud-storage")) from None
         return GCSStore(bucket)
