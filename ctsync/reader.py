@@ -53,8 +53,8 @@ _READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, *_INFLATE_ERRORS
 STDIN = "-"
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
-READ_BUFFER = 1 << 18  # bytes taken from the file (compressed, for gzip) per read
-CHUNK = 1 << 20  # at most this many inflated bytes at once, whatever the gzip ratio
+READ_BUFFER = 1 << 16  # bytes taken from the file (compressed, for gzip) per read
+CHUNK = 1 << 16  # at most this many inflated bytes at once, whatever the gzip ratio
 DEFAULT_MAX_LINE_BYTES = 32 << 20  # far above what CleverTap takes in one record
 MAX_DEPTH = 100  # orjson encodes at most 254 levels; Python recursion is ~1000
 SNIFF_BYTES = 1 << 16  # enough of a file to tell an export from a stray file
@@ -448,13 +448,12 @@ class _Reader:
         limit = self.limit
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
-        search_nonblank = _NONBLANK.search
         pieces: list[bytes] = []  # the line being read, when it spans chunks
         held = 0  # bytes in `pieces`
         overlong = skipping  # the line being read is already over the limit: skip to its end
         first = True
         for chunk in chunks:
-            if not pieces and not overlong and search_nonblank(chunk) is None:
+            if not pieces and not overlong and chunk.isspace():
                 lineno += chunk.count(b"\n")  # blank lines: counted, not split
                 continue
             lines = chunk.split(b"\n")
@@ -574,10 +573,11 @@ def _skip_blank(rest: bytes, chunks: Iterator[bytes]) -> tuple[int, bytes | None
     Blank bytes are counted, never kept."""
     newlines = 0
     for chunk in _prepend(rest, chunks):
-        found = _NONBLANK.search(chunk)
-        if found is None:
+        if not chunk or chunk.isspace():  # bytes.isspace: exactly the blank bytes, in C
             newlines += chunk.count(b"\n")
             continue
+        found = _NONBLANK.search(chunk)
+        assert found is not None
         cut = chunk.rfind(b"\n", 0, found.start()) + 1
         return newlines + chunk.count(b"\n", 0, cut), chunk[cut:]
     return newlines, None
