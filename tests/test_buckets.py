@@ -382,3 +382,66 @@ def test_state_over_bucket_objects_is_refused_until_it_can_key_on_them(s3_url: s
     )
     assert result.exit_code == 2
     assert "--state does not track bucket objects yet" in result.stderr
+
+
+class FlakyBody:
+    """A response body that drops the connection after `cut` bytes."""
+
+    def __init__(self, data: bytes, cut: int | None) -> None:
+        self.data, self.cut, self.at = data, cut, 0
+
+    def read(self, size: int) -> bytes:
+        if self.cut is not None and self.at >= self.cut:
+            raise ConnectionResetError("connection reset by peer")
+        end = self.at + size if self.cut is None else min(self.at + size, self.cut)
+        out = self.data[self.at : end]
+        self.at += len(out)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_connection_lost_mid_object_resumes_where_it_stopped() -> None:
+    from ctsync.reader import Source
+    from ctsync.remote import S3Store
+
+    data = ndjson(*[identify(f"u{i}") for i in range(3000)])  # about 190 KB
+    calls: list[dict[str, Any]] = []
+
+    class Client:
+        def get_object(self, **kwargs: Any) -> dict[str, Any]:
+            calls.append(kwargs)
+            start = int(kwargs.get("Range", "bytes=0-")[6:-1])
+            assert start < len(data)
+            cut = None if len(calls) > 2 else 5000 * len(calls)  # two drops, then whole
+            return {"Body": FlakyBody(data[start:], cut)}
+
+    store = S3Store.__new__(S3Store)
+    store.bucket, store._client = "b", Client()
+    source = Source("s3://b/k", None, len(data), url="s3://b/k", version="v1", store=store)
+    users = [r.message["userId"] for r in read_source(OpenSource(source)) if r.message]
+    assert users == [f"u{i}" for i in range(3000)]
+    # (each body's cut counts from where it starts: 5000, then 5000 + 10000)
+    assert [c.get("Range") for c in calls] == [None, "bytes=5000-", "bytes=15000-"]
+    assert all(c["IfMatch"] == '"v1"' and c["Key"] == "k" for c in calls)
+
+
+def test_a_connection_lost_for_good_ends_the_object_as_unreadable() -> None:
+    from ctsync.reader import Source
+    from ctsync.remote import S3Store
+
+    data = ndjson(*[identify(f"u{i}") for i in range(3000)])
+
+    class Client:
+        def get_object(self, **kwargs: Any) -> dict[str, Any]:
+            start = int(kwargs.get("Range", "bytes=0-")[6:-1])
+            return {"Body": FlakyBody(data[start:], 0 if start else 70_000)}
+
+    store = S3Store.__new__(S3Store)
+    store.bucket, store._client = "b", Client()
+    source = Source("s3://b/k", None, len(data), url="s3://b/k", version="v1", store=store)
+    records = list(read_source(OpenSource(source)))
+    assert records[-1].origin.line == 0 and records[-1].error is not None
+    assert "connection lost while reading" in records[-1].error.message
+    assert 0 < len(records) - 1 < 3000  # what was read before the fault is kept

@@ -137,3 +137,11 @@ def test_delete_from_reads_gzip_bom_and_crlf(tmp_path: Path, compress: bool) -> 
     assert result.exit_code == 0, result.output
     bodies = [orjson.loads(line)["body"] for line in out.read_bytes().splitlines()]
     assert bodies == [{"identity": ["u-1", "u-2"]}]
+
+
+def test_delete_from_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    ids = tmp_path / "gdpr.txt"
+    ids.write_bytes(b"u-1\nu-\xff2\n")
+    result = runner.invoke(app, ["delete", "--from", str(ids), "--dry-run"], env=clean_env())
+    assert result.exit_code == 2
+    assert f"{ids}:2: not UTF-8 text" in result.stderr
