@@ -149,6 +149,7 @@ Include = Annotated[
     list[str] | None,
     typer.Option(
         "--include",
+        metavar="GLOB",
         help="Only files whose path relative to the directory or prefix matches this glob "
         "(repeatable; `*` also matches `/`).",
         rich_help_panel=INPUT,
@@ -158,6 +159,7 @@ Exclude = Annotated[
     list[str] | None,
     typer.Option(
         "--exclude",
+        metavar="GLOB",
         help="Leave out files whose path relative to the directory or prefix matches this "
         "glob (repeatable).",
         rich_help_panel=INPUT,
@@ -166,6 +168,7 @@ Exclude = Annotated[
 AllowEmpty = Annotated[
     bool,
     typer.Option(
+        "--allow-empty",
         help="Succeed when the inputs hold no export file (else: exit 2).",
         rich_help_panel=INPUT,
     ),
@@ -174,6 +177,7 @@ MaxLineBytes = Annotated[
     int,
     typer.Option(
         min=1024,
+        metavar="BYTES",
         help="A longer line (or JSON document) is one invalid record, line-too-long.",
         rich_help_panel=INPUT,
     ),
@@ -181,6 +185,7 @@ MaxLineBytes = Annotated[
 S3Endpoint = Annotated[
     str | None,
     typer.Option(
+        metavar="URL",
         help="Endpoint of an S3-compatible store for s3:// paths (also AWS_ENDPOINT_URL_S3).",
         rich_help_panel=INPUT,
     ),
