@@ -36,7 +36,7 @@ from ctsync.pipeline import (
     deletion_records,
 )
 from ctsync.presets import MappingOptions, Preset, build_preset
-from ctsync.reader import STDIN, Source, collect_sources
+from ctsync.reader import STDIN, InputOptions, Inputs, Source, collect_inputs
 from ctsync.records import CleverTapRecord, DeleteKey, Invalid, Mapper, Origin
 from ctsync.redact import redact, redact_exception
 from ctsync.rules import Fixed, check_upload, fix_upload
@@ -66,6 +66,7 @@ class UploadJob:
     run: RunOptions = field(default_factory=RunOptions)
     outputs: Outputs = field(default_factory=Outputs)
     state: Path | None = None  # resumable runs
+    inputs: InputOptions = field(default_factory=InputOptions)  # --include, --max-line-bytes, ...
 
 
 def build_mapper(job: UploadJob) -> Mapper:
@@ -124,7 +125,7 @@ def upload(
     stdin: IO[bytes] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     handle_signals: bool = False,
-    sources: Sequence[Source] | None = None,
+    sources: Inputs | Sequence[Source] | None = None,
 ) -> Summary:
     """Run an upload to the end and return its summary. Raises CtsyncError subclasses for
     what stops a run (bad paths, a broken mapping file, refused credentials, a locked
@@ -134,13 +135,21 @@ def upload(
         job.mapping.max_event_properties, fix=job.run.validate is ValidateMode.FIX
     )
     if sources is None:  # the caller may have collected them already (the CLI does)
-        sources = collect_sources(job.paths)
+        sources = collect_inputs(job.paths, job.inputs)
+    skipped_notes = sources.notes() if isinstance(sources, Inputs) else []
+    if isinstance(sources, Inputs):
+        sources = sources.sources
     ledger: Ledger | None = None
     with _summary_on_error(lambda: ledger), contextlib.ExitStack() as stack:
         state = None
         if job.state is not None:
             if job.client is None:
                 raise UsageError("--state records what was sent, and a dry run sends nothing")
+            if any(source.url is not None for source in sources):
+                raise UsageError(
+                    "--state does not track bucket objects yet; run without --state, or copy "
+                    "the bucket to disk first"
+                )
             if any(source.path is None for source in sources):
                 raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
             state = StateFile(job.state)
@@ -154,6 +163,7 @@ def upload(
             resumable=state is not None,
             dry_run=job.client is None,
         )
+        ledger.summary.notes.extend(skipped_notes)
 
         async def go(sender: Sender) -> Summary:
             run = UploadRun(
@@ -309,7 +319,10 @@ def _files(
             if str(path) == "-":
                 return sys.stdout.buffer
             try:
-                output = open(path, "wb")  # noqa: SIM115 - closed by the stack, below
+                # The report and dead letters append: a second run the same day (the
+                # README's cron example) must not wipe what the first one wrote.
+                mode = "wb" if what == "request output" else "ab"
+                output = open(path, mode)  # noqa: SIM115 - closed by the stack, below
             except OSError as exc:
                 raise UsageError(f"{path}: cannot write the {what} ({exc.strerror})") from None
             stack.callback(_close, output, what)

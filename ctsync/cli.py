@@ -22,7 +22,14 @@ from ctsync.ledger import Summary
 from ctsync.mapping.cli import app as mappings_app
 from ctsync.pipeline import RunOptions, ValidateMode
 from ctsync.presets import MappingOptions, Nested, Preset
-from ctsync.reader import STDIN, Source, collect_sources
+from ctsync.reader import (
+    DEFAULT_MAX_LINE_BYTES,
+    STDIN,
+    InputOptions,
+    Source,
+    collect_inputs,
+    text_lines,
+)
 from ctsync.records import Origin
 from ctsync.redact import RedactingText, forget_all, redact_bytes
 from ctsync.sandbox.cli import app as sandbox_app
@@ -50,6 +57,7 @@ app = typer.Typer(
 CONNECTION = "CleverTap connection"
 OUTPUT = "Output"
 MAPPING = "Mapping"
+INPUT = "Input"
 
 AccountId = Annotated[
     str | None,
@@ -162,6 +170,51 @@ RequestsOutput = Annotated[
         metavar="FILE",
         help="With --dry-run: write each request as an NDJSON line (`-`: stdout).",
         rich_help_panel=OUTPUT,
+    ),
+]
+Include = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--include",
+        metavar="GLOB",
+        help="Only files whose path relative to the directory or prefix matches this glob "
+        "(repeatable; `*` also matches `/`).",
+        rich_help_panel=INPUT,
+    ),
+]
+Exclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        metavar="GLOB",
+        help="Leave out files whose path relative to the directory or prefix matches this "
+        "glob (repeatable).",
+        rich_help_panel=INPUT,
+    ),
+]
+AllowEmpty = Annotated[
+    bool,
+    typer.Option(
+        "--allow-empty",
+        help="Succeed when the inputs hold no export file (else: exit 2).",
+        rich_help_panel=INPUT,
+    ),
+]
+MaxLineBytes = Annotated[
+    int,
+    typer.Option(
+        min=1024,
+        metavar="BYTES",
+        help="A longer line (or JSON document) is one invalid record, line-too-long.",
+        rich_help_panel=INPUT,
+    ),
+]
+S3Endpoint = Annotated[
+    str | None,
+    typer.Option(
+        metavar="URL",
+        help="Endpoint of an S3-compatible store for s3:// paths (also AWS_ENDPOINT_URL_S3).",
+        rich_help_panel=INPUT,
     ),
 ]
 DryRun = Annotated[
@@ -277,6 +330,11 @@ def upload(
         int,
         typer.Option(min=1, max=MAX_UPLOAD_BATCH, metavar="N", help="Records per upload request."),
     ] = MAX_UPLOAD_BATCH,
+    include: Include = None,
+    exclude: Exclude = None,
+    allow_empty: AllowEmpty = False,
+    max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
+    s3_endpoint_url: S3Endpoint = None,
     dry_run: DryRun = False,
     output: RequestsOutput = None,
     account_id: AccountId = None,
@@ -319,7 +377,14 @@ def upload(
         if output is not None and not dry_run:
             raise UsageError("--output writes the requests of a dry run: add --dry-run")
         paths = paths or [STDIN]
-        sources = collect_sources(paths)  # a missing or unreadable path is said first
+        inputs = InputOptions(
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            allow_empty=allow_empty,
+            max_line_bytes=max_line_bytes,
+            s3_endpoint_url=s3_endpoint_url,
+        )
+        sources = collect_inputs(paths, inputs)  # a missing or unreadable path is said first
         if STDIN in paths and sys.stdin is None:  # `ctsync upload - <&-`
             raise UsageError("standard input is closed: give a file path, or pipe data in")
         reads_terminal = STDIN in paths and _stdin_is_terminal()
@@ -360,6 +425,7 @@ def upload(
             ),
             outputs=api.Outputs(report=report, failed=failed, requests=output),
             state=state,
+            inputs=inputs,
         )
         mapper = api.build_mapper(job)  # a broken mapping file stops before any reading
         if reads_terminal:
@@ -371,7 +437,7 @@ def upload(
             )
             # A live display would overwrite what is typed: off unless asked for.
             progress = False if progress is None else progress
-        with _progress(err, progress, quiet, _total_size(sources)) as view:
+        with _progress(err, progress, quiet, _total_size(sources.sources)) as view:
             summary = api.upload(
                 job, mapper=mapper, observer=view, handle_signals=True, sources=sources
             )
@@ -401,6 +467,7 @@ def delete(
             "--yes", "-y", help="Do not ask for confirmation at a terminal (never asked otherwise)."
         ),
     ] = False,
+    s3_endpoint_url: S3Endpoint = None,
     dry_run: DryRun = False,
     output: RequestsOutput = None,
     account_id: AccountId = None,
@@ -448,7 +515,7 @@ def delete(
         )
         identities = [(Origin("--identity", i), v) for i, v in enumerate(identity or [], start=1)]
         if from_file is not None:
-            identities.extend(_identity_lines(from_file))
+            identities.extend(_identity_lines(from_file, s3_endpoint_url))
         if not dry_run and not yes and _stdin_is_terminal():
             _confirm_delete(err, identities, guid)
         job = api.DeleteJob(
@@ -474,18 +541,12 @@ def _mapping_source(name: str | None) -> str | Path | None:
     return path
 
 
-def _identity_lines(name: str) -> Iterator[tuple[Origin, str]]:
+def _identity_lines(name: str, s3_endpoint_url: str | None) -> list[tuple[Origin, str]]:
+    """The identities of `--from`: read like exports (gzip, BOM, CRLF, bucket paths)."""
     try:
-        if name == STDIN:
-            lines = _read_stdin_text("--from -").splitlines()
-        else:
-            lines = Path(name).read_text(encoding="utf-8-sig").splitlines()
+        return list(text_lines(name, InputOptions(s3_endpoint_url=s3_endpoint_url)))
     except OSError as exc:
         raise UsageError(f"{name}: cannot read the identity file ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    for number, line in enumerate(lines, start=1):
-        yield Origin(name, number), line
 
 
 def _client_settings(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
@@ -135,10 +136,15 @@ class Summary:
 
 
 def report_line(
-    origin: Origin, message: Message | None, verdict: Verdict, field: str | None = None
+    origin: Origin,
+    message: Message | None,
+    verdict: Verdict,
+    run: str | None = None,
+    field: str | None = None,
 ) -> bytes:
-    """One line of the `--report` file (NDJSON). `field` names the property a
-    `--validate fix` line is about."""
+    """One line of the `--report` file (NDJSON). `run` is the run's start time (UTC,
+    ISO 8601): the report appends, and it tells one run's lines from another's. `field`
+    names the property a `--validate fix` line is about."""
     message = message or {}
     identity = message.get("userId")
     if identity is None:
@@ -152,6 +158,7 @@ def report_line(
         "stage": verdict.stage.value,
         "code": verdict.code,
         "message": verdict.message,
+        "run": run,
     }
     if field is not None:
         line["field"] = field
@@ -168,9 +175,12 @@ class Ledger:
         dead_letters: IO[bytes] | None = None,
         resumable: bool = False,
         dry_run: bool = False,
+        run: str | None = None,
     ) -> None:
         # Set from the start: a dry run stopped by an error is still a dry run.
         self.summary = Summary(dry_run=dry_run)
+        started = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self.run = run or started  # the `run` of each report line
         self._report = report
         self._dead_letters = dead_letters
         # The first output that could not be written. The ledger stops writing to it and
@@ -204,7 +214,7 @@ class Ledger:
         if self._report is not None:
             verdict = Verdict(Outcome.ACCEPTED, code, text, Stage.VALIDATE)
             self._report = self._put(
-                self._report, "report", report_line(origin, message, verdict, field)
+                self._report, "report", report_line(origin, message, verdict, self.run, field)
             )
 
     def unreadable(self, origin: Origin, invalid: Invalid) -> None:
@@ -213,7 +223,10 @@ class Ledger:
         self.summary.notes.append(f"{origin.source}: {invalid.message}")
         if self._report is not None:
             line = report_line(
-                origin, None, Verdict(Outcome.FAILED, invalid.code, invalid.message, invalid.stage)
+                origin,
+                None,
+                Verdict(Outcome.FAILED, invalid.code, invalid.message, invalid.stage),
+                self.run,
             )
             self._report = self._put(self._report, "report", line)
 
@@ -241,7 +254,9 @@ class Ledger:
         self, origin: Origin, raw: bytes | None, message: Message | None, verdict: Verdict
     ) -> None:
         if self._report is not None:
-            self._report = self._put(self._report, "report", report_line(origin, message, verdict))
+            self._report = self._put(
+                self._report, "report", report_line(origin, message, verdict, self.run)
+            )
         if self._dead_letters is not None and verdict.code not in self._resumed_later:
             line = (
                 raw if raw is not None else orjson.dumps(message) if message is not None else None

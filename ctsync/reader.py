@@ -1,37 +1,65 @@
-"""Reading Segment exports: files, directories and stdin; NDJSON or JSON; gzipped or not.
+"""Reading Segment exports: files, directories, S3 and GCS objects and stdin; NDJSON or
+JSON; gzipped or not.
 
-The format is found from the content, not the name: gzip by its magic bytes, then the
-first non-blank byte. `[` starts a JSON array; `{` starts NDJSON unless the first line
-is not a whole JSON value (a pretty-printed object or `{"batch": [...]}` envelope).
-NDJSON is streamed line by line, so memory stays flat whatever the file size; a JSON
-document is read whole (use NDJSON for large exports).
+The format is found from the content, never the name: gzip by its magic bytes, then the
+text. A file is one JSON document (an array, a `{"batch": [...]}` envelope, a single
+message) only if it parses as one; anything else is NDJSON, read line by line, so a
+damaged first line is one invalid record and every other line is still read.
 
-Every record keeps its origin: the path (or `-`) and the 1-based line, or the 1-based
-element index inside an array or envelope.
+Memory stays flat whatever the input: NDJSON is streamed, runs of blank lines are
+counted rather than held, gzip is inflated a bounded chunk at a time (a gzip bomb cannot
+blow up), and a line longer than `max_line_bytes` becomes one `line-too-long` record
+without being held whole. A JSON document is read whole, so it is read as one only up to
+`max_line_bytes`. Nesting deeper than `MAX_DEPTH` is a `too-deep` record before anything
+recursive (a mapper, orjson's encoder) touches it.
+
+Every record keeps its origin: the path, URL or `-`, and the 1-based line (for a JSON
+document, the 1-based element index), with `part` numbering the messages of one line
+that is an envelope.
 """
 
 from __future__ import annotations
 
-import itertools
+import fnmatch
 import os
+import re
 import sys
+import types
 import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from ctsync.errors import UsageError
 from ctsync.records import Invalid, Message, Origin, Stage
 
+if TYPE_CHECKING:
+    from ctsync.remote import ObjectStore
+
+_inflate: types.ModuleType = zlib
+try:  # ISA-L inflates gzip about twice as fast as zlib; zlib where it is not installed
+    from isal import isal_zlib
+
+    _inflate = isal_zlib
+except ImportError:  # pragma: no cover - depends on the installed extras
+    pass
+_INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _inflate.error)
+_READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, *_INFLATE_ERRORS)
+
 STDIN = "-"
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
-READ_BUFFER = 1 << 18
-DIRECTORY_SUFFIXES = (".json", ".jsonl", ".ndjson")
+READ_BUFFER = 1 << 16  # bytes taken from the file (compressed, for gzip) per read
+CHUNK = 1 << 16  # at most this many inflated bytes at once, whatever the gzip ratio
+DEFAULT_MAX_LINE_BYTES = 32 << 20  # far above what CleverTap takes in one record
+MAX_DEPTH = 100  # orjson encodes at most 254 levels; Python recursion is ~1000
+SNIFF_BYTES = 1 << 16  # enough of a file to tell an export from a stray file
+_BLANK = b" \t\r\n\x0b\x0c"
+_NONBLANK = re.compile(rb"[^ \t\r\n\x0b\x0c]")
 
 
 class InputFormat(StrEnum):
@@ -44,59 +72,212 @@ class InputRecord:
     """One record as read: its origin, the original bytes, and the message or why not.
 
     `raw` is the input line without its line end (for NDJSON), or None for an element
-    of a JSON document. `end` is the offset in the (decompressed) stream just past it.
-    `partial` marks a last line without its final newline (its writer may not be done).
+    of a JSON document or of an envelope line. `partial` is True for the last line of a
+    file that has no final newline: a writer may still be appending to it.
     """
 
     origin: Origin
     raw: bytes | None
     message: Message | None
     error: Invalid | None
-    end: int = 0
     partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """One input: a file path or stdin, with its size on disk when known."""
+    """One input: a file, a bucket object or stdin, with its size when known.
+
+    `url` is `s3://bucket/key` or `gs://bucket/key` for an object (None for a file and
+    stdin) and `version` its ETag (S3) or generation (GCS). `max_line_bytes` and `store`
+    travel with the source so whoever opens it reads it the same way.
+    """
 
     name: str
     path: Path | None
     size: int | None
+    url: str | None = None
+    version: str | None = None
+    max_line_bytes: int = field(default=DEFAULT_MAX_LINE_BYTES, compare=False, repr=False)
+    store: ObjectStore | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def state_key(self) -> str:
+        """What identifies this input across runs: the absolute resolved path of a file,
+        the URL of an object, `-` for stdin."""
+        if self.url is not None:
+            return self.url
+        if self.path is not None:
+            return str(self.path.resolve())
+        return STDIN
 
 
-def collect_sources(paths: Iterable[str]) -> list[Source]:
-    """Expand the command line's paths: `-` is stdin, a directory is read recursively in
-    sorted order (files ending .json, .jsonl, .ndjson, optionally .gz).
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    """A file (or object) inside a scanned directory or prefix that is not an export."""
 
-    Raises UsageError for a path that does not exist or cannot be read, before anything
-    is read or sent.
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputOptions:
+    """How command-line paths become inputs. `include`/`exclude` are globs (fnmatch,
+    `*` also matches `/`) against the path relative to the directory or prefix named."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    allow_empty: bool = False
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    s3_endpoint_url: str | None = None
+
+
+@dataclass(slots=True)
+class Inputs:
+    """The inputs of a run, and the files scanned but not read (said in the summary)."""
+
+    sources: list[Source] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def notes(self, limit: int = 20) -> list[str]:
+        """The skipped files as summary notes; at most `limit`, then a count."""
+        notes = [f"{s.name}: skipped, {s.reason}" for s in self.skipped[:limit]]
+        if len(self.skipped) > limit:
+            notes.append(f"... and {len(self.skipped) - limit:,} more files skipped")
+        return notes
+
+
+class _Candidate(Protocol):
+    def sniff(self) -> str | None: ...
+
+
+def collect_sources(paths: Iterable[str], options: InputOptions = InputOptions()) -> list[Source]:
+    """The sources `collect_inputs` finds (the skipped files left out)."""
+    return collect_inputs(paths, options).sources
+
+
+def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions()) -> Inputs:
+    """Expand the command line's paths: `-` is stdin; a directory (or `s3://`/`gs://`
+    prefix) is read recursively in sorted order, and each regular file in it whose
+    content is an export (gzip magic, then `{` or `[` first) is an input; the others
+    are listed as skipped. A file named on its own is always read. The same file named
+    twice (`a`, `./a`, a link to it) is read once, where it first appears.
+
+    Raises UsageError, before anything is read or sent, for a path that does not exist
+    or cannot be read, a bucket that refuses access, or (without `allow_empty`) inputs
+    that hold no export file at all.
     """
-    sources: list[Source] = []
-    for name in paths or [STDIN]:
+    from ctsync import remote
+
+    inputs = Inputs()
+    seen: set[str] = set()
+    names = list(paths) or [STDIN]
+    for name in names:
         if name == STDIN:
-            sources.append(Source(STDIN, None, None))
-            continue
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_export(p))
-            sources.extend(_file_source(p) for p in found)
-        elif path.exists():
-            sources.append(_file_source(path))
+            found = [Source(STDIN, None, None, max_line_bytes=options.max_line_bytes)]
+        elif remote.is_url(name):
+            found, skipped = remote.collect(name, options)
+            inputs.skipped += skipped
         else:
-            raise UsageError(f"{name}: no such file or directory")
-    return sources
+            found = _local(name, options, inputs.skipped)
+        for source in found:
+            key = source.url or (os.path.realpath(source.path) if source.path else STDIN)
+            if key in seen and key != STDIN:
+                continue
+            seen.add(key)
+            inputs.sources.append(source)
+    if not inputs.sources and not options.allow_empty:
+        why = f" ({len(inputs.skipped):,} files skipped: not exports)" if inputs.skipped else ""
+        raise UsageError(
+            f"no input files in {', '.join(names)}{why}; "
+            "pass --allow-empty if an empty input is expected"
+        )
+    return inputs
 
 
-def _is_export(path: Path) -> bool:
-    name = path.name.lower().removesuffix(".gz")
-    return name.endswith(DIRECTORY_SUFFIXES)
+def selected(relative: str, options: InputOptions) -> bool:
+    """Whether a file at `relative` (inside a scanned directory) passes --include/--exclude."""
+    if options.include and not any(fnmatch.fnmatchcase(relative, g) for g in options.include):
+        return False
+    return not any(fnmatch.fnmatchcase(relative, g) for g in options.exclude)
 
 
-def _file_source(path: Path) -> Source:
+def _local(name: str, options: InputOptions, skipped: list[SkippedFile]) -> list[Source]:
+    path = Path(name)
+    if path.is_dir():
+        found: list[Source] = []
+        for relative, file in _walk(path):
+            if not selected(relative, options):
+                continue
+            source = _file_source(file, options)
+            reason = sniff_file(file)
+            if reason is None:
+                found.append(source)
+            else:
+                skipped.append(SkippedFile(str(file), reason))
+        return found
+    if path.exists():
+        return [_file_source(path, options)]
+    raise UsageError(f"{name}: no such file or directory")
+
+
+def _walk(root: Path) -> Iterator[tuple[str, Path]]:
+    """Regular files under `root` (links to files included; linked directories are not
+    followed, so a link loop cannot trap the scan), sorted by relative path."""
+    files: list[tuple[str, Path]] = []
+    for folder, dirs, names in os.walk(root, onerror=_walk_error):
+        for name in names:
+            file = Path(folder, name)
+            if file.is_file():
+                files.append((file.relative_to(root).as_posix(), file))
+        dirs.sort()
+    files.sort(key=lambda item: item[0])
+    return iter(files)
+
+
+def _walk_error(exc: OSError) -> None:
+    raise UsageError(f"{exc.filename}: cannot read this directory ({exc.strerror})")
+
+
+def _file_source(path: Path, options: InputOptions) -> Source:
     if not os.access(path, os.R_OK):
         raise UsageError(f"{path}: permission denied (cannot read this file)")
-    return Source(str(path), path, path.stat().st_size)
+    return Source(str(path), path, path.stat().st_size, max_line_bytes=options.max_line_bytes)
+
+
+def sniff_file(path: Path) -> str | None:
+    """Why the file at `path` is not a Segment export, or None when it is one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read this file ({exc.strerror})") from None
+    return sniff(head)
+
+
+def sniff(head: bytes) -> str | None:
+    """Why content starting with `head` is not an export, or None when it is one: gzip is
+    looked into; then the first byte that is not blank (after a BOM) must be `{` or `[`.
+    A damaged gzip counts as an export, so that reading it says what is wrong."""
+    if head[:2] == GZIP_MAGIC:
+        try:
+            head = _inflate.decompressobj(wbits=31).decompress(head, SNIFF_BYTES)
+        except _INFLATE_ERRORS:
+            return None
+    head = head.removeprefix(UTF8_BOM)
+    found = _NONBLANK.search(head)
+    if found is None:
+        return "empty" if len(head) < SNIFF_BYTES else None
+    first = head[found.start() : found.start() + 1]
+    if first in (b"{", b"["):
+        return None
+    shown = first.decode() if 0x20 < first[0] < 0x7F else f"byte 0x{first[0]:02x}"
+    return f"not a Segment export (JSON starts with {{ or [; this starts with {shown})"
+
+
+class RawStream(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class OpenSource:
@@ -105,7 +286,11 @@ class OpenSource:
 
     def __init__(self, source: Source, stdin: IO[bytes] | None = None) -> None:
         self.source = source
-        if source.path is None:
+        self._raw: RawStream | IO[bytes]
+        if source.url is not None:
+            assert source.store is not None, "a bucket source carries its store"
+            self._raw = source.store.open(source)
+        elif source.path is None:
             if stdin is None and sys.stdin is None:  # `ctsync upload - <&-`
                 raise UsageError("standard input is closed: give a file path, or pipe data in")
             self._raw = stdin if stdin is not None else sys.stdin.buffer
@@ -114,29 +299,45 @@ class OpenSource:
         self.consumed = 0
 
     def chunks(self) -> Iterator[bytes]:
-        """The content, decompressed if it starts with gzip's magic bytes. Raises EOFError
-        after the last whole chunk of a truncated gzip stream, zlib.error for a corrupt one."""
+        """The content, decompressed if it starts with gzip's magic bytes, in chunks of at
+        most CHUNK bytes. Raises EOFError after the last whole chunk of a truncated gzip
+        stream, zlib.error (or ISA-L's error) for a corrupt one."""
         first = self._read()
+        while 0 < len(first) < 2:  # a pipe may hand over one byte: enough to tell gzip
+            more = self._read()
+            if not more:
+                break
+            first += more
         if first[:2] != GZIP_MAGIC:
             while first:
                 yield first
                 first = self._read()
             return
+        yield from self._gunzip(first)
+
+    def _gunzip(self, data: bytes) -> Iterator[bytes]:
         # Gzip members may be concatenated (as `cat a.gz b.gz` makes): one decoder each.
-        decoder = zlib.decompressobj(wbits=31)
-        data = first
-        while data:
-            out = decoder.decompress(data)
+        # `max_length` bounds each inflated piece, so 1 MB of gzip cannot become 1 GB at once.
+        decoder = _inflate.decompressobj(wbits=31)
+        started = bool(data)
+        while True:
+            if not data:
+                data = self._read()
+                if not data:
+                    break
+                started = True
+            out = decoder.decompress(data, CHUNK)
+            data = decoder.unconsumed_tail
             if out:
                 yield out
-            while decoder.eof and decoder.unused_data:
-                rest = decoder.unused_data
-                decoder = zlib.decompressobj(wbits=31)
-                out = decoder.decompress(rest)
-                if out:
-                    yield out
-            data = self._read()
-        if not decoder.eof:
+            if decoder.eof:
+                data = decoder.unused_data + data
+                decoder = _inflate.decompressobj(wbits=31)
+                started = bool(data)
+        if started and not decoder.eof:
+            out = decoder.flush()
+            if out:
+                yield out
             raise EOFError("truncated gzip stream")
 
     def _read(self) -> bytes:
@@ -145,20 +346,8 @@ class OpenSource:
         return data
 
     def close(self) -> None:
-        if self.source.path is not None:
+        if self.source.path is not None or self.source.url is not None:
             self._raw.close()
-
-
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Lines with their line ends; the last one may lack it."""
-    tail = b""
-    for chunk in chunks:
-        parts = (tail + chunk).split(b"\n")
-        tail = parts.pop()
-        for part in parts:
-            yield part + b"\n"
-    if tail:
-        yield tail
 
 
 def read_source(opened: OpenSource) -> Iterator[InputRecord]:
@@ -166,14 +355,9 @@ def read_source(opened: OpenSource) -> Iterator[InputRecord]:
     `error`; an unreadable stream ends the file early with one error record at line 0,
     after every whole record before the fault."""
     name = opened.source.name
-    lines = _lines(opened.chunks())
     try:
-        head = _head(lines)
-        if _looks_like_document(head, lines):
-            yield from _read_document(name, b"".join([*head, *lines]))
-        else:
-            yield from _read_ndjson(name, head, lines)
-    except (OSError, EOFError, zlib.error) as exc:
+        yield from _Reader(name, opened.source.max_line_bytes).read(opened.chunks())
+    except _READ_ERRORS as exc:
         yield InputRecord(
             Origin(name, 0), None, None, Invalid("unreadable", _describe_io_error(exc), Stage.PARSE)
         )
@@ -182,104 +366,260 @@ def read_source(opened: OpenSource) -> Iterator[InputRecord]:
 def _describe_io_error(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "the gzip stream is truncated; records after this point were not read"
-    if isinstance(exc, zlib.error):
+    if isinstance(exc, _INFLATE_ERRORS):
         return f"the gzip stream is corrupt ({exc}); records after this point were not read"
     return f"cannot read the file ({exc.__class__.__name__}: {exc})"
 
 
-def _head(lines: Iterator[bytes]) -> list[bytes]:
-    """The lines up to the first non-blank one (BOM removed): enough to tell the format."""
-    head: list[bytes] = []
-    for line in lines:
-        if not head and line.startswith(UTF8_BOM):
-            line = line[len(UTF8_BOM) :]
-        head.append(line)
-        if line.strip():
-            break
-    return head
+class _Reader:
+    """Tells the format of one stream, then reads it."""
+
+    def __init__(self, name: str, max_line_bytes: int) -> None:
+        self.name = name
+        self.limit = max_line_bytes
+
+    def read(self, chunks: Iterator[bytes]) -> Iterator[InputRecord]:
+        # 1. Leading blank lines are counted, not kept (a stream of newlines is not held).
+        first_chunk = next(chunks, b"").removeprefix(UTF8_BOM)
+        lines_before, head = _skip_blank(first_chunk, chunks)
+        if head is None:
+            return  # nothing but blank lines
+        if head.lstrip(_BLANK)[:1] not in (b"{", b"["):
+            yield from self._ndjson(_prepend(head, chunks), lines_before)
+            return
+        # 2. The first line, when it is whole JSON on its own, tells the format.
+        head, complete = _until_newline(head, chunks, self.limit)
+        if not complete:  # longer than any record or document may be
+            yield from self._ndjson(chunks, lines_before, skipping=True)
+            return
+        first_line = head[: head.index(b"\n")] if b"\n" in head else head
+        try:
+            value = orjson.loads(first_line)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if type(value) is dict and not _is_envelope(value):
+                yield from self._ndjson(_prepend(head, chunks), lines_before)
+                return
+            # An envelope or array on one line is the document when nothing follows.
+            newlines, following = _skip_blank(head[len(first_line) :], chunks)
+            if following is None:
+                yield from self._document_value(value, lines_before)
+                return
+            yield from self._ndjson(iter([first_line + b"\n"]), lines_before)
+            yield from self._ndjson(_prepend(following, chunks), lines_before + newlines)
+            return
+        # 3. Otherwise the whole stream is one document only if it parses as one.
+        buffer = bytearray(head)
+        del head
+        while len(buffer) <= self.limit:
+            chunk = next(chunks, None)
+            if chunk is None:
+                break
+            buffer += chunk
+        else:
+            yield from self._ndjson(_slices(buffer, chunks), lines_before, big=True)
+            return
+        try:
+            value = orjson.loads(buffer)
+        except orjson.JSONDecodeError:
+            yield from self._ndjson(_slices(buffer, iter(())), lines_before)
+            return
+        del buffer
+        yield from self._document_value(value, lines_before)
+
+    def _document_value(self, value: Any, lines_before: int) -> Iterator[InputRecord]:
+        name = self.name
+        if isinstance(value, dict) and _is_envelope(value):
+            value = value["batch"]
+        elif isinstance(value, dict):
+            yield _element(Origin(name, 1), None, value)
+            return
+        if not isinstance(value, list):
+            yield InputRecord(Origin(name, 1), None, None, _not_an_object(value))
+            return
+        for index, element in enumerate(value, start=1):
+            yield _element(Origin(name, index), None, element)
+
+    def _ndjson(
+        self, chunks: Iterator[bytes], lineno: int, *, big: bool = False, skipping: bool = False
+    ) -> Iterator[InputRecord]:
+        """NDJSON, line by line. The hot path of every run: one split per chunk, one
+        orjson call per line; runs of blank lines and overlong lines are never joined."""
+        name = self.name
+        limit = self.limit
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
+        pieces: list[bytes] = []  # the line being read, when it spans chunks
+        held = 0  # bytes in `pieces`
+        overlong = skipping  # the line being read is already over the limit: skip to its end
+        first = True
+        for chunk in chunks:
+            if not pieces and not overlong and chunk.isspace():
+                lineno += chunk.count(b"\n")  # blank lines: counted, not split
+                continue
+            lines = chunk.split(b"\n")
+            tail = lines.pop()
+            if not lines:  # no line ends here: the line goes on in the next chunk
+                if not overlong:
+                    held += len(tail)
+                    if held > limit:
+                        pieces, held, overlong = [], 0, True
+                    else:
+                        pieces.append(tail)
+                continue
+            if pieces or overlong:
+                if overlong or held + len(lines[0]) > limit:
+                    lineno += 1
+                    yield self._too_long(lineno)
+                    del lines[0]
+                else:
+                    pieces.append(lines[0])
+                    lines[0] = b"".join(pieces)
+                pieces, held, overlong = [], 0, False
+            for line in lines:
+                lineno += 1
+                if len(line) > limit:
+                    yield self._too_long(lineno)
+                    continue
+                raw = line[:-1] if line[-1:] == b"\r" else line
+                if not raw or raw.isspace():
+                    continue
+                origin = Origin(name, lineno)
+                try:
+                    value = loads(raw)
+                except decode_error as exc:
+                    yield InputRecord(origin, raw, None, self._parse_error(exc, raw, first, big))
+                    first = False
+                    continue
+                first = False
+                if type(value) is dict:
+                    if (raw.count(b"{") + raw.count(b"[")) > MAX_DEPTH and _too_deep(value):
+                        yield InputRecord(origin, raw, None, _TOO_DEEP)
+                    elif "batch" in value and _is_envelope(value):
+                        for part, element in enumerate(value["batch"]):
+                            yield _element(Origin(name, lineno, part), None, element)
+                    else:
+                        yield InputRecord(origin, raw, value, None)
+                else:
+                    yield InputRecord(origin, raw, None, _not_an_object(value))
+            if tail:
+                if len(tail) > limit:
+                    pieces, held, overlong = [], 0, True
+                else:
+                    pieces, held = [tail], len(tail)
+        if overlong:
+            yield self._too_long(lineno + 1, partial=True)
+        elif pieces:
+            raw = b"".join(pieces)
+            if raw and not raw.isspace():
+                yield from self._last_line(raw.removesuffix(b"\r"), lineno + 1, first, big)
+
+    def _last_line(self, raw: bytes, lineno: int, first: bool, big: bool) -> Iterator[InputRecord]:
+        """The last line, without a final newline: read as any line, marked partial."""
+        for record in self._ndjson(iter([raw + b"\n"]), lineno - 1, big=big and first):
+            record.partial = True
+            yield record
+
+    def _too_long(self, lineno: int, partial: bool = False) -> InputRecord:
+        return InputRecord(
+            Origin(self.name, lineno),
+            None,
+            None,
+            Invalid(
+                "line-too-long",
+                f"the line is longer than --max-line-bytes ({self.limit:,} bytes); it was not read",
+                Stage.PARSE,
+            ),
+            partial,
+        )
+
+    def _parse_error(
+        self, exc: orjson.JSONDecodeError, raw: bytes, first: bool, big: bool
+    ) -> Invalid:
+        if "depth" in exc.msg and (raw.count(b"{") + raw.count(b"[")) > MAX_DEPTH:
+            return _TOO_DEEP
+        if first and big:
+            return Invalid(
+                "malformed-json",
+                f"not valid JSON: {exc.msg} (if this file is one JSON document, it is larger "
+                f"than --max-line-bytes, {self.limit:,} bytes: write it as NDJSON, one message "
+                "a line, e.g. with jq -c '.[]')",
+                Stage.PARSE,
+            )
+        return Invalid("malformed-json", f"not valid JSON: {exc.msg}", Stage.PARSE)
 
 
-def _looks_like_document(head: list[bytes], rest: Iterator[bytes]) -> bool:
-    text = head[-1].strip() if head else b""
-    if text.startswith(b"["):
-        return True
-    if not text.startswith(b"{"):
-        return False
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        # `{` that is not a whole line of JSON: a pretty-printed object, unless the line
-        # closes like a record would (then it is one broken NDJSON line).
-        return not text.endswith(b"}")
-    if not (isinstance(value, dict) and _is_envelope(value)):
-        return False
-    # A one-line envelope is a document when nothing follows it; otherwise the file is
-    # NDJSON whose lines happen to be envelopes, and each line is expanded in turn.
-    following = next(rest, None)
-    if following is None:
-        return True
-    head.append(following)
-    return False
+def _prepend(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    yield from chunks
+
+
+def _until_newline(head: bytes, chunks: Iterator[bytes], limit: int) -> tuple[bytes, bool]:
+    """`head` extended until it holds a whole first line; False when the line is longer
+    than `limit` (then `head` holds what was read)."""
+    while b"\n" not in head:
+        if len(head) > limit:
+            return head, False
+        more = next(chunks, None)
+        if more is None:
+            return head, True
+        head += more
+    return head, head.index(b"\n") <= limit
+
+
+def _skip_blank(rest: bytes, chunks: Iterator[bytes]) -> tuple[int, bytes | None]:
+    """The newlines in the blank bytes from `rest` on, and the rest of the stream from
+    the start of the first line that is not blank (None when only blank lines follow).
+    Blank bytes are counted, never kept."""
+    newlines = 0
+    for chunk in _prepend(rest, chunks):
+        if not chunk or chunk.isspace():  # bytes.isspace: exactly the blank bytes, in C
+            newlines += chunk.count(b"\n")
+            continue
+        found = _NONBLANK.search(chunk)
+        assert found is not None
+        cut = chunk.rfind(b"\n", 0, found.start()) + 1
+        return newlines + chunk.count(b"\n", 0, cut), chunk[cut:]
+    return newlines, None
+
+
+def _slices(buffer: bytearray, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """`buffer` in CHUNK-sized pieces (never copied whole), then the rest of the stream."""
+    for start in range(0, len(buffer), CHUNK):
+        yield bytes(buffer[start : start + CHUNK])
+    buffer.clear()
+    yield from chunks
 
 
 def _is_envelope(value: dict[str, Any]) -> bool:
     return isinstance(value.get("batch"), list) and "type" not in value
 
 
-def _read_ndjson(name: str, head: list[bytes], lines: Iterator[bytes]) -> Iterator[InputRecord]:
-    lineno = 0
-    end = 0
-    loads = orjson.loads
-    decode_error = orjson.JSONDecodeError
-    for line in itertools.chain(head, lines):
-        lineno += 1
-        end += len(line)
-        raw = line.rstrip(b"\r\n")
-        if not raw or raw.isspace():
-            continue
-        origin = Origin(name, lineno)
-        try:
-            value = loads(raw)
-        except decode_error as exc:
-            partial = not line.endswith(b"\n")
-            yield InputRecord(origin, raw, None, _parse_error(exc), end, partial)
-            continue
-        if type(value) is dict:
-            if "batch" in value and _is_envelope(value):
-                for part, element in enumerate(value["batch"]):
-                    yield _element(Origin(name, lineno, part), None, element, end)
-                continue
-            yield InputRecord(origin, raw, value, None, end)
-        else:
-            yield InputRecord(origin, raw, None, _not_an_object(value), end)
+def _too_deep(value: Any) -> bool:
+    """Whether `value` nests deeper than MAX_DEPTH, found without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = item.values() if type(item) is dict else item
+        stack.extend((child, depth + 1) for child in children if type(child) in (dict, list))
+    return False
 
 
-def _read_document(name: str, data: bytes) -> Iterator[InputRecord]:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        yield InputRecord(Origin(name, exc.lineno), None, None, _parse_error(exc), len(data))
-        return
-    if isinstance(value, dict) and _is_envelope(value):
-        value = value["batch"]
-    elif isinstance(value, dict):
-        yield InputRecord(Origin(name, 1), None, value, None, len(data))
-        return
-    if not isinstance(value, list):
-        yield InputRecord(Origin(name, 1), None, None, _not_an_object(value), len(data))
-        return
-    for index, element in enumerate(value, start=1):
-        yield _element(Origin(name, index), None, element, len(data))
+_TOO_DEEP = Invalid(
+    "too-deep", f"the message nests deeper than {MAX_DEPTH} levels; it was not read", Stage.PARSE
+)
 
 
-def _element(origin: Origin, raw: bytes | None, element: Any, end: int) -> InputRecord:
+def _element(origin: Origin, raw: bytes | None, element: Any) -> InputRecord:
     if type(element) is dict:
-        return InputRecord(origin, raw, element, None, end)
-    return InputRecord(origin, raw, None, _not_an_object(element), end)
-
-
-def _parse_error(exc: orjson.JSONDecodeError) -> Invalid:
-    return Invalid("malformed-json", f"not valid JSON: {exc.msg}", Stage.PARSE)
+        if _too_deep(element):
+            return InputRecord(origin, raw, None, _TOO_DEEP)
+        return InputRecord(origin, raw, element, None)
+    return InputRecord(origin, raw, None, _not_an_object(element))
 
 
 def _not_an_object(value: Any) -> Invalid:
@@ -287,3 +627,54 @@ def _not_an_object(value: Any) -> Invalid:
     return Invalid(
         "not-an-object", f"expected a JSON object (a Segment message), got {kind}", Stage.PARSE
     )
+
+
+def text_lines(name: str, options: InputOptions = InputOptions()) -> Iterator[tuple[Origin, str]]:
+    """The lines of a plain-text input (a file, bucket object or `-`), read like exports:
+    gzip by content, a BOM and CRLF removed. Raises UsageError for what is not UTF-8."""
+    for source in collect_inputs([name], options).sources:
+        opened = OpenSource(source)
+        try:
+            tail = b""
+            number = 0
+            for chunk in opened.chunks():
+                *lines, tail = (tail + chunk).split(b"\n")
+                for line in lines:
+                    number += 1
+                    yield Origin(source.name, number), _text(source.name, number, line)
+            if tail:
+                yield Origin(source.name, number + 1), _text(source.name, number + 1, tail)
+        except _READ_ERRORS as exc:
+            raise UsageError(f"{source.name}: {_describe_io_error(exc)}") from None
+        finally:
+            opened.close()
+
+
+def _text(name: str, number: int, line: bytes) -> str:
+    if number == 1:
+        line = line.removeprefix(UTF8_BOM)
+    try:
+        return line.removesuffix(b"\r").decode()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{name}:{number}: not UTF-8 text ({exc.reason})") from None
+
+
+def describe_where(origin: Origin) -> str:
+    """`file:line`, with the message's place in an envelope line when it has one."""
+    where = f"{origin.source}:{origin.line}"
+    return f"{where} (message {origin.part + 1} of the line)" if origin.part else where
+
+
+__all__: Sequence[str] = (
+    "DEFAULT_MAX_LINE_BYTES",
+    "STDIN",
+    "InputOptions",
+    "InputRecord",
+    "Inputs",
+    "OpenSource",
+    "SkippedFile",
+    "Source",
+    "collect_inputs",
+    "collect_sources",
+    "read_source",
+)

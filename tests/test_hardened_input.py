@@ -79,6 +79,8 @@ json_values = st.recursive(
                 st.text(max_size=8).filter(lambda k: k != "batch"), json_values, max_size=5
             ).map(orjson.dumps),
             st.binary(max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b),
+            # damaged lines that start like a document or a message
+            st.sampled_from([b"[", b"{", b"[1,2", b'{"type":"identify","userId":"u0"', b"]"]),
         ),
         max_size=30,
     )
@@ -88,9 +90,12 @@ def test_every_non_blank_line_is_exactly_one_record_with_its_line_number(
 ) -> None:
     data = b"\n".join(lines) + b"\n"
     records = list(read_source(OpenSource(Source("f", None, None), io.BytesIO(data))))
-    first = next((x.strip() for x in lines if x.strip()), b"").removeprefix(b"\xef\xbb\xbf")
-    if first.startswith(b"[") or (first.startswith(b"{") and not first.endswith(b"}")):
-        return  # read as one JSON document: a different contract, tested elsewhere
+    try:
+        orjson.loads(data.removeprefix(b"\xef\xbb\xbf"))
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        return  # the whole file parses as one JSON document: a different contract
     # A UTF-8 BOM opening the file is not content.
     blank = [
         not line.removeprefix(b"\xef\xbb\xbf" if i == 1 else b"").strip()
@@ -130,3 +135,66 @@ def test_strings_that_are_not_iso_dates_pass_through(text: str) -> None:
     assert converted == text or isinstance(converted, int)
     if isinstance(converted, int):
         assert text[4] == "-" and text[7] == "-"
+
+
+def identify_with(user_id: bytes) -> bytes:
+    return b'{"type": "identify", "userId": ' + user_id + b', "traits": {"a": 1}}\n'
+
+
+def identities_sent(data: bytes) -> tuple[list[str], dict[str, int]]:
+    sender = DryRunSender(requests := io.BytesIO())
+    run = UploadRun(
+        [Source("-", None, None)],
+        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
+        sender=sender,
+        ledger=Ledger(),
+        stdin=io.BytesIO(data),
+    )
+    summary = asyncio.run(run.run())
+    assert summary.balanced
+    bodies = [orjson.loads(line)["body"] for line in requests.getvalue().splitlines()]
+    return [r["identity"] for body in bodies for r in body["d"]], dict(summary.invalid)
+
+
+def test_numeric_identities_are_exact_decimal_strings_or_invalid() -> None:
+    data = b"".join(
+        identify_with(x)
+        for x in (
+            b"42",
+            b"-7",
+            b"18446744073709551615",  # 2**64 - 1: still exact
+            b"123456789012345678901234567890",  # beyond 64 bits: orjson makes it a float
+            b"123456789012345678901234567891",
+            b"12.5",
+            b"12.0",
+            b"1e3",
+        )
+    )
+    sent, invalid = identities_sent(data)
+    assert sorted(sent) == sorted(["42", "-7", "18446744073709551615"])  # (by lane)
+    assert invalid == {"523": 5}  # never two users rounded into one profile
+
+
+def test_identity_of_refuses_python_integers_beyond_64_bits() -> None:
+    from ctsync.presets.actions import identity_of
+    from ctsync.records import Invalid
+
+    assert identity_of(2**64 - 1, "userId") == "18446744073709551615"
+    assert identity_of(-(2**63), "userId") == str(-(2**63))
+    assert isinstance(identity_of(2**64, "userId"), Invalid)
+    assert isinstance(identity_of(-(2**63) - 1, "userId"), Invalid)
+    assert isinstance(identity_of(1.0, "userId"), Invalid)
+
+
+def test_deep_traits_are_one_invalid_record_and_the_run_goes_on() -> None:
+    def deep(levels: int) -> bytes:
+        return (
+            b'{"type": "identify", "userId": "deep", "traits": '
+            + b'{"a": ' * levels
+            + b"1"
+            + b"}" * levels
+            + b"}\n"
+        )
+
+    data = GOOD + deep(300) + GOOD + deep(1000) + GOOD + deep(1100) + GOOD
+    assert run_dry(data) == (7, 4, 3)

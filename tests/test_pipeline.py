@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import re
 from collections.abc import Sequence
 
 import orjson
@@ -311,6 +312,7 @@ def test_every_record_is_accounted_for_and_reported() -> None:
         (6, "validate", "523"),
         (2, "api", "516"),
     ]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", lines[-1].pop("run"))
     assert lines[-1] == {
         "source": "-",
         "line": 2,

@@ -9,17 +9,19 @@ not; 2 when the mapping file or the events file cannot be used (as for `ctsync u
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated
 
 import orjson
 import typer
 
+from ctsync.errors import UsageError
 from ctsync.mapping.file import MappingError, MappingFile, load_mapping
 from ctsync.mapping.mapper import build_mapper
 from ctsync.mapping.presets import PresetName, preset_as_mapping
 from ctsync.presets import MappingOptions
+from ctsync.reader import InputOptions, InputRecord, OpenSource, collect_inputs, read_source
 from ctsync.records import Delete, Invalid, Mapper, Skip, Upload
 from ctsync.rules import check_upload
 
@@ -64,36 +66,54 @@ def check(
         return
     mapper = build_mapper(mapping_file, MappingOptions())
     try:
-        if events == "-":
-            ok = _check_events(mapping_file, mapper, sys.stdin)
-        else:
-            with open(events, encoding="utf-8") as lines:
-                ok = _check_events(mapping_file, mapper, lines)
-    except OSError as error:
-        typer.echo(f"error: cannot read {events}: {error.strerror or error}", err=True)
+        inputs = collect_inputs([events], InputOptions(allow_empty=True))
+    except UsageError as error:
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+    ok = True
+    for note in inputs.notes():
+        typer.echo(note)
+    for source in inputs.sources:
+        label = "" if len(inputs.sources) == 1 else f"{source.name}: "
+        try:
+            opened = OpenSource(source)
+        except OSError as error:
+            typer.echo(f"error: cannot read {source.name}: {error.strerror or error}", err=True)
+            raise typer.Exit(2) from None
+        try:
+            ok = _check_events(mapping_file, mapper, read_source(opened), label) and ok
+        finally:
+            opened.close()
     if not ok:
         raise typer.Exit(1)
 
 
-def _check_events(mapping_file: MappingFile, mapper: Mapper, lines: TextIO) -> bool:
-    """Report each sample line; False when a line is not a JSON object."""
+def _check_events(
+    mapping_file: MappingFile, mapper: Mapper, records: Iterable[InputRecord], label: str
+) -> bool:
+    """Report each sample message, read as `ctsync upload` reads it; False when one
+    could not be read."""
     ok = True
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            message = orjson.loads(line)
-        except orjson.JSONDecodeError as error:
-            typer.echo(f"line {number}: not JSON: {error}")
+    for record in records:
+        origin = record.origin
+        where = f"{label}line {origin.line}"
+        if origin.part:
+            where += f", message {origin.part + 1}"
+        if record.error is not None:
+            error = record.error
+            if error.code == "malformed-json":
+                text = f"not JSON: {error.message.removeprefix('not valid JSON: ')}"
+            elif error.code == "not-an-object":
+                text = f"not a JSON object ({error.message})"
+            else:
+                text = f"{error.code}: {error.message}"
+            typer.echo(f"{where}: {text}")
             ok = False
             continue
-        if not isinstance(message, dict):
-            typer.echo(f"line {number}: not a JSON object")
-            ok = False
-            continue
+        message = record.message
+        assert message is not None
         fired = [sub.name for sub in mapping_file.firing(message)]
-        typer.echo(f"line {number}: fires: {', '.join(fired) if fired else '(none)'}")
+        typer.echo(f"{where}: fires: {', '.join(fired) if fired else '(none)'}")
         result = mapper(message)
         if isinstance(result, Skip):
             typer.echo(f"  skipped: {result.reason}")

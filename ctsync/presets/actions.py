@@ -39,8 +39,18 @@ def identity_of(value: Any, field: str) -> str | Invalid:
         return value  # the common case, decided by one type check
     if isinstance(value, bool) or value is None or value == "":
         return Invalid("523", f"no identity: {field} is missing or empty")
-    if isinstance(value, int | float):
+    if type(value) is int:
+        # Sent as its decimal string, exactly. orjson reads integers beyond 64 bits as
+        # floats, which would merge distinct users into one rounded identity.
+        if not -(2**63) <= value < 2**64:
+            return Invalid("523", f"identity: {field} is an integer beyond 64 bits")
         value = str(value)
+    elif type(value) is float:
+        return Invalid(
+            "523",
+            f"identity: {field} is a number with a fraction, an exponent or beyond 64 bits "
+            f"({value!r}); it cannot be taken exactly",
+        )
     if not isinstance(value, str):
         return Invalid("523", f"no identity: {field} is not a string")
     if len(value) > MAX_IDENTITY_LENGTH:

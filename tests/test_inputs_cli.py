@@ -1,0 +1,148 @@
+"""Inputs as a user meets them on the command line: Segment's folders, empty inputs,
+outputs that keep earlier runs, and one reader behind every command."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from ctsync.cli import app
+
+runner = CliRunner()
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+
+
+def ndjson(*messages: object) -> bytes:
+    return b"".join(orjson.dumps(m) + b"\n" for m in messages)
+
+
+def identify(user: str) -> dict[str, object]:
+    return {"type": "identify", "userId": user, "traits": {"plan": "pro"}}
+
+
+def segment_logs(root: Path) -> Path:
+    """Segment's S3 layout: segment-logs/<source>/<day-epoch-ms>/<epoch-ms>.<id>.gz"""
+    day = root / "segment-logs" / "Xa1b2" / "1732579200000"
+    day.mkdir(parents=True)
+    (day / "1732580000000.7f3a9c.gz").write_bytes(gzip.compress(ndjson(identify("u1"))))
+    (day / "1732590000000.0b4d21.gz").write_bytes(gzip.compress(ndjson(identify("u2"))))
+    (day / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1\x00")
+    (day / "_SUCCESS").write_bytes(b"")
+    return root / "segment-logs"
+
+
+def upload(*args: str) -> tuple[int, dict[str, object], str]:
+    result = runner.invoke(app, ["upload", *args, "--dry-run", "--json"], env=clean_env())
+    summary = orjson.loads(result.stdout) if result.stdout.strip() else {}
+    return result.exit_code, summary, result.stderr
+
+
+def test_segment_folder_is_read_and_stray_files_are_named_in_the_summary(tmp_path: Path) -> None:
+    code, summary, _ = upload(str(segment_logs(tmp_path)))
+    assert code == 0
+    assert (summary["read"], summary["accepted"]) == (2, 2)
+    notes = summary["notes"]
+    assert isinstance(notes, list)
+    assert any(
+        n.endswith(
+            ".DS_Store: skipped, not a Segment export (JSON starts with { or "
+            "[; this starts with byte 0x00)"
+        )
+        for n in notes
+    )
+    assert any(n.endswith("_SUCCESS: skipped, empty") for n in notes)
+
+
+def test_a_folder_without_exports_exits_2_unless_allowed(tmp_path: Path) -> None:
+    empty = tmp_path / "day"
+    empty.mkdir()
+    (empty / "_SUCCESS").write_bytes(b"")
+    code, _, err = upload(str(empty))
+    assert code == 2
+    assert f"no input files in {empty}" in err
+    assert "Traceback" not in err
+    code, summary, _ = upload(str(empty), "--allow-empty")
+    assert (code, summary["read"]) == (0, 0)
+
+
+def test_include_and_exclude_on_the_command_line(tmp_path: Path) -> None:
+    logs = segment_logs(tmp_path)
+    assert upload(str(logs), "--include", "*/1732580000000.*")[1]["read"] == 1
+    assert upload(str(logs), "--exclude", "*/1732580000000.*")[1]["read"] == 1
+    code, _, err = upload(str(logs), "--include", "*.json")
+    assert code == 2 and "no input files" in err
+
+
+def test_max_line_bytes_makes_a_long_line_one_invalid_record(tmp_path: Path) -> None:
+    export = tmp_path / "e.ndjson"
+    big = orjson.dumps({"type": "identify", "userId": "big", "traits": {"x": "y" * 5000}})
+    export.write_bytes(ndjson(identify("u1")) + big + b"\n" + ndjson(identify("u2")))
+    code, summary, _ = upload(str(export), "--max-line-bytes", "4096")
+    assert code == 1
+    assert summary["invalid_by_code"] == {"line-too-long": 1}
+    assert (summary["read"], summary["accepted"]) == (3, 2)
+
+
+def test_report_and_dead_letters_keep_what_earlier_runs_wrote(tmp_path: Path) -> None:
+    export = tmp_path / "e.ndjson"
+    export.write_bytes(b'{"type":"identify"\n' + ndjson(identify("u1")))
+    report, failed = tmp_path / "report.ndjson", tmp_path / "failed.ndjson"
+    for _ in range(2):
+        code, _, _ = upload(str(export), "--report", str(report), "--failed", str(failed))
+        assert code == 1
+    lines = [orjson.loads(x) for x in report.read_bytes().splitlines()]
+    assert [(x["line"], x["code"]) for x in lines] == [(1, "malformed-json")] * 2
+    assert lines[0]["run"] != lines[1]["run"]
+    assert failed.read_bytes() == b'{"type":"identify"\n' * 2
+
+
+def test_mappings_check_reads_samples_as_upload_does(tmp_path: Path) -> None:
+    mapping = tmp_path / "m.json"
+    shown = runner.invoke(app, ["mappings", "show", "--preset", "actions"])
+    mapping.write_text(shown.stdout)
+    samples = tmp_path / "samples.ndjson.gz"
+    envelope = orjson.dumps({"batch": [identify("u1"), identify("u2")]})
+    samples.write_bytes(
+        gzip.compress(b"\xef\xbb\xbf" + envelope + b"\r\n" + ndjson(identify("u3")))
+    )
+    result = runner.invoke(app, ["mappings", "check", str(mapping), str(samples)])
+    assert result.exit_code == 0, result.output
+    fired = [line for line in result.stdout.splitlines() if "fires:" in line]
+    assert fired == [
+        "line 1: fires: Event Type is Identify",
+        "line 1, message 2: fires: Event Type is Identify",
+        "line 2: fires: Event Type is Identify",
+    ]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_delete_from_reads_gzip_bom_and_crlf(tmp_path: Path, compress: bool) -> None:
+    data = b"\xef\xbb\xbfu-1\r\nu-2\r\n"
+    ids = tmp_path / "gdpr.txt"
+    ids.write_bytes(gzip.compress(data) if compress else data)
+    out = tmp_path / "requests.ndjson"
+    result = runner.invoke(
+        app,
+        ["delete", "--from", str(ids), "--dry-run", "--output", str(out), "--json"],
+        env=clean_env(),
+    )
+    assert result.exit_code == 0, result.output
+    bodies = [orjson.loads(line)["body"] for line in out.read_bytes().splitlines()]
+    # (deletions go out by lane: gather the identities of every request)
+    assert sorted(i for body in bodies for i in body["identity"]) == ["u-1", "u-2"]
+
+
+def test_delete_from_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    ids = tmp_path / "gdpr.txt"
+    ids.write_bytes(b"u-1\nu-\xff2\n")
+    result = runner.invoke(app, ["delete", "--from", str(ids), "--dry-run"], env=clean_env())
+    assert result.exit_code == 2
+    assert f"{ids}:2: not UTF-8 text" in result.stderr
