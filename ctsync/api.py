@@ -145,12 +145,7 @@ def upload(
         if job.state is not None:
             if job.client is None:
                 raise UsageError("--state records what was sent, and a dry run sends nothing")
-            if any(source.url is not None for source in sources):
-                raise UsageError(
-                    "--state does not track bucket objects yet; run without --state, or copy "
-                    "the bucket to disk first"
-                )
-            if any(source.path is None for source in sources):
+            if any(source.path is None and source.url is None for source in sources):
                 raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
             state = StateFile(job.state)
             stack.callback(state.close)

@@ -134,6 +134,8 @@ YIELD_EVERY = 32
 """Records read between two turns of the event loop while requests are in flight."""
 YIELD_IDLE = 512
 """... and while none are, so that a signal is handled within milliseconds."""
+FINISHED_NAMED = 20
+"""Inputs finished in earlier runs named one by one in the notes; the rest are counted."""
 
 ABORTED = Verdict(
     Outcome.FAILED,
@@ -270,7 +272,13 @@ class UploadRun:
                     continue
                 seen.add(progress.key)
                 if progress.resume.skip_all:
-                    self.summary.notes.append(f"{source.name}: finished in an earlier run; skipped")
+                    # (a cron over a bucket prefix meets every earlier object again: name
+                    # the first few, count the rest)
+                    self._resumed["finished"] += 1
+                    if self._resumed["finished"] <= FINISHED_NAMED:
+                        self.summary.notes.append(
+                            f"{source.name}: finished in an earlier run; skipped"
+                        )
                     continue
                 self._inputs[source.name] = progress
             try:
@@ -291,6 +299,7 @@ class UploadRun:
                 for record in read_source(opened):
                     if (
                         progress is not None
+                        and source.url is None  # an object is never appended to
                         and record.partial
                         and record.message is None
                         and record.error is not None
@@ -548,6 +557,11 @@ class UploadRun:
 
     def _notes(self) -> None:
         done, resent, unknown = (self._resumed[k] for k in ("done", "resent", "unknown"))
+        if self._resumed["finished"] > FINISHED_NAMED:
+            more = self._resumed["finished"] - FINISHED_NAMED
+            self.summary.notes.append(
+                f"... and {more:,} more inputs finished in earlier runs; skipped"
+            )
         if done:
             self.summary.notes.append(
                 f"resumed: {done:,} records done in earlier runs were skipped"

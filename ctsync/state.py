@@ -4,8 +4,9 @@ Every operation read from an input has a *position*: (line, part, operation), wh
 `part` numbers the messages of one line (a `{"batch": [...]}` envelope line holds
 several) and `operation` the CleverTap operations of one message (a classic track can
 give an event and a device token). Per input (a file's absolute path, with its size and
-a fingerprint of its first 64 KiB, so a rewritten file is not taken for the old one)
-the state keeps
+a fingerprint of its first 64 KiB, so a rewritten file is not taken for the old one; a
+bucket object's URL, with its size and version: S3's ETag or GCS's generation) the state
+keeps
 
 - `read_through`: the last record (line, part) that any run read;
 - `pending`: the runs of positions, at or below it, of operations without a final
@@ -50,6 +51,9 @@ from ctsync.reader import Source
 FINGERPRINT_BYTES = 64 * 1024
 END = 2**62
 """Above any part or operation number: (line, END, END) is the last position of a line."""
+_OBJECT = -1
+"""`fingerprint_len` of a bucket object, whose `fingerprint` is its version (below)."""
+_VERSION_PREFIX = "version:"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
@@ -245,16 +249,14 @@ class StateFile:
         os.close(self._lock_fd)
 
     def open_input(self, source: Source) -> Progress:
-        """Start (or resume) one input."""
+        """Start (or resume) one input: a file, or a bucket object (`source.url`)."""
+        if source.url is not None:
+            return self._open_object(source)
         if source.path is None:
             raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
         key = str(source.path.resolve())
         size = source.path.stat().st_size
-        row = self._db.execute(
-            "SELECT size, fingerprint, fingerprint_len, read_through, pending, complete"
-            " FROM inputs WHERE key = ?",
-            (key,),
-        ).fetchone()
+        row = self._row(key)
         print_now, print_len = fingerprint(source.path)
         if row is None:
             return Progress(key, size, print_now, print_len, Resume())
@@ -265,6 +267,43 @@ class StateFile:
         if not same or size < old_size:
             note = f"{source.name}: changed since the last run; read from the start"
             return Progress(key, size, print_now, print_len, Resume(note=note))
+        resume = self._resume(source, read, pending)
+        resume.skip_all = bool(complete) and size == old_size
+        return Progress(key, size, print_now, print_len, resume)
+
+    def _open_object(self, source: Source) -> Progress:
+        """A bucket object is identified by its URL (bucket and key), size and version
+        (S3's ETag, GCS's generation), kept as its fingerprint. An object is never
+        appended to, only rewritten whole: another version or size is another object,
+        read from the start (what an earlier run left of the old one does not apply)."""
+        key, size = source.state_key, source.size or 0
+        version = f"{_VERSION_PREFIX}{source.version or ''}"
+        row = self._row(key)
+        if row is None:
+            return Progress(key, size, version, _OBJECT, Resume())
+        old_size, old_version, _kind, read, pending, complete = row
+        if old_version != version or old_size != size:
+            what = "generation" if key.startswith("gs://") else "ETag"
+            old = str(old_version).removeprefix(_VERSION_PREFIX) or "?"
+            note = (
+                f"{source.name}: rewritten since the last run ({what} {old} -> "
+                f"{source.version}); read from the start"
+            )
+            return Progress(key, size, version, _OBJECT, Resume(note=note))
+        resume = self._resume(source, read, pending)
+        resume.skip_all = bool(complete)
+        return Progress(key, size, version, _OBJECT, resume)
+
+    def _row(self, key: str) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._db.execute(
+            "SELECT size, fingerprint, fingerprint_len, read_through, pending, complete"
+            " FROM inputs WHERE key = ?",
+            (key,),
+        ).fetchone()
+        return row
+
+    def _resume(self, source: Source, read: str, pending: str) -> Resume:
+        """What an earlier run left of one input (read position and pending spans)."""
         try:
             line, part = orjson.loads(read)
             spans = [_span(entry) for entry in orjson.loads(pending)]
@@ -273,12 +312,7 @@ class StateFile:
                 f"{self.path}: the state of {source.name} is damaged ({exc}); "
                 "move the state file aside to start over (everything is then sent again)"
             ) from None
-        resume = Resume(
-            skip_all=bool(complete) and size == old_size,
-            read_through=(int(line), int(part)),
-            pending=spans,
-        )
-        return Progress(key, size, print_now, print_len, resume)
+        return Resume(read_through=(int(line), int(part)), pending=spans)
 
     def save(self, progress: Progress, live: Iterable[Span]) -> None:
         """Write one input's progress: `live` are the spans of this run's batches that

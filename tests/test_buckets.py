@@ -361,31 +361,6 @@ def test_gcs_refused_credentials_exit_2_naming_the_bucket(monkeypatch: pytest.Mo
     assert "gs://private-exports: access refused" in err and "Traceback" not in err
 
 
-def test_state_over_bucket_objects_is_refused_until_it_can_key_on_them(s3_url: str) -> None:
-    s3 = s3_client(s3_url)
-    bucket = new_bucket(s3, "with-state")
-    s3.put_object(Bucket=bucket, Key="d/1.gz", Body=gzip.compress(ndjson(identify("u"))))
-    result = runner.invoke(
-        app,
-        [
-            "upload",
-            f"s3://{bucket}/d/",
-            "--s3-endpoint-url",
-            s3_url,
-            "--state",
-            "st.db",
-            "--account-id",
-            "a",
-            "--passcode",
-            "p",
-            "--endpoint",
-            "http://127.0.0.1:9",
-        ],
-    )
-    assert result.exit_code == 2
-    assert "--state does not track bucket objects yet" in result.stderr
-
-
 class FlakyBody:
     """A response body that drops the connection after `cut` bytes."""
 
