@@ -318,6 +318,7 @@ def _quoted(etag: str) -> str:
 
 
 GCS_CHUNK = 4 << 20  # bytes per ranged request while streaming an object
+GCS_PAGE_SIZE = 1000  # objects per listing request (GCS's largest page)
 
 
 class GCSStore:
@@ -355,7 +356,11 @@ class GCSStore:
         return ObjectInfo(blob.name, int(blob.size or 0), str(blob.generation))
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        blobs = iter(self._call(self._client.list_blobs, self.bucket, prefix=prefix))
+        blobs = iter(
+            self._call(
+                self._client.list_blobs, self.bucket, prefix=prefix, page_size=GCS_PAGE_SIZE
+            )
+        )
         while True:
             blob = self._call(next, blobs, None)
             if blob is None:

@@ -13,9 +13,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import orjson
@@ -359,6 +362,119 @@ def test_gcs_refused_credentials_exit_2_naming_the_bucket(monkeypatch: pytest.Mo
         refusing.server_close()
     assert code == 2
     assert "gs://private-exports: access refused" in err and "Traceback" not in err
+
+
+class PagingProxy(http.server.BaseHTTPRequestHandler):
+    """In front of the GCS emulator (which answers a listing whole), a listing paged as
+    GCS's JSON API pages it: at most `maxResults` objects (GCS: 1,000 by default), and a
+    `nextPageToken` to send back as `pageToken` for the rest. Other requests are passed
+    through. Each listing request is kept in `listings`."""
+
+    upstream: ClassVar[str] = ""
+    listings: ClassVar[list[dict[str, list[str]]]] = []
+
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        params = urllib.parse.parse_qs(query)
+        listing = path.startswith("/storage/v1/b/") and path.endswith("/o")
+        if listing:
+            type(self).listings.append(params)
+            query = urllib.parse.urlencode(
+                {k: v for k, v in params.items() if k not in ("maxResults", "pageToken")},
+                doseq=True,
+            )
+        request = urllib.request.Request(f"{self.upstream}{path}?{query}")
+        if "Range" in self.headers:
+            request.add_header("Range", self.headers["Range"])
+        try:
+            with urllib.request.urlopen(request) as answer:
+                status, body = answer.status, answer.read()
+                kind = answer.headers.get("Content-Type", "application/octet-stream")
+        except urllib.error.HTTPError as refused:  # a 404 is an answer too: pass it on
+            status, body = refused.code, refused.read()
+            kind = refused.headers.get("Content-Type", "application/json")
+        if listing:
+            page = orjson.loads(body)
+            items = sorted(page.get("items", []), key=lambda item: item["name"])
+            size = int(params.get("maxResults", ["1000"])[0])
+            start = int(params.get("pageToken", ["0"])[0])
+            page["items"] = items[start : start + size]
+            if start + size < len(items):
+                page["nextPageToken"] = str(start + size)
+            body = orjson.dumps(page)
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_gcs_prefix_of_many_objects_is_listed_across_pages(
+    gcs: Any, gcs_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The emulator stores an object in time that grows with the bucket (1,000 objects
+    take about 30 s), so a page is made small instead: 250 objects in pages of 60."""
+    bucket = gcs.create_bucket("gcs-many")
+    count = 250
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(lambda i: bucket.blob(f"day/{i:05d}.gz").upload_from_string(b""), range(count))
+        )
+    bucket.blob("day/99999.gz").upload_from_string(gzip.compress(ndjson(identify("u"))))
+    bucket.blob("other/1.gz").upload_from_string(gzip.compress(ndjson(identify("x"))))
+
+    PagingProxy.upstream, PagingProxy.listings = gcs_url, []
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PagingProxy)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.server_port}")
+        monkeypatch.setattr("ctsync.remote.GCS_PAGE_SIZE", 60)
+        inputs = collect_inputs(["gs://gcs-many/day"])
+        code, summary, _ = dry_run("gs://gcs-many/day/")
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert [s.url for s in inputs.sources] == ["gs://gcs-many/day/99999.gz"]
+    assert len(inputs.skipped) == count
+    assert inputs.skipped[0].name == "gs://gcs-many/day/00000.gz"
+    assert inputs.skipped[-1].name == f"gs://gcs-many/day/{count - 1:05d}.gz"
+    tokens = [params.get("pageToken", [None])[0] for params in PagingProxy.listings]
+    pages = [None, "60", "120", "180", "240"]
+    assert tokens == pages + pages  # collect_inputs, then the dry run's own listing
+    assert all(params["maxResults"] == ["60"] for params in PagingProxy.listings)
+    assert (code, summary["read"], summary["accepted"]) == (0, 1, 1)
+
+
+def test_gcs_without_credentials_exits_2_naming_the_bucket(tmp_path: Path) -> None:
+    """No application-default credentials anywhere (no key file, no gcloud login, not on
+    a Google machine: the metadata server is pointed at a closed local port)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GOOGLE_", "GCE_", "CLOUDSDK_", "STORAGE_EMULATOR", "CLEVERTAP_"))
+    }
+    env.update(
+        HOME=str(tmp_path),
+        CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
+        NO_GCE_CHECK="true",
+        GCE_METADATA_HOST="127.0.0.1:9",
+        GCE_METADATA_IP="127.0.0.1:9",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ctsync", "upload", "gs://private-exports/logs/", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("ctsync: gs://private-exports: no Google credentials found")
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
 
 
 class FlakyBody:
