@@ -23,7 +23,7 @@ import httpx
 from ctsync import mapping
 from ctsync.client import CleverTapClient
 from ctsync.errors import CtsyncError, UsageError
-from ctsync.ledger import Ledger, Summary, output_error
+from ctsync.ledger import Ledger, output_error
 from ctsync.pipeline import (
     DryRunSender,
     Observer,
@@ -43,6 +43,7 @@ from ctsync.rules import Fixed, check_upload, fix_upload
 from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
+from ctsync.summary import Summary
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -293,10 +294,10 @@ def _summary_on_error(ledger: Callable[[], Ledger | None]) -> Iterator[None]:
     except CtsyncError as exc:
         redact_exception(exc)  # a message may quote an answer that echoed the passcode
         started = ledger()
-        if started is not None and exc.summary is None:
-            exc.summary = started.summary
-            started.summary.error = redact(str(exc))
-        raise
+        if started is None or exc.summary is not None:
+            raise
+        started.summary.error = redact(str(exc))
+        raise type(exc)(str(exc), summary=started.summary) from exc.__cause__
 
 
 def _close(output: IO[bytes], what: str) -> None:

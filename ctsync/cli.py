@@ -18,7 +18,6 @@ from rich.markup import escape
 from ctsync import __version__, api
 from ctsync.console import PlainProgress, ProgressView, RunView, plural, render_summary
 from ctsync.errors import CtsyncError, ExitCode, UsageError
-from ctsync.ledger import Summary
 from ctsync.mapping.cli import app as mappings_app
 from ctsync.pipeline import RunOptions, ValidateMode
 from ctsync.presets import MappingOptions, Nested, Preset
@@ -43,6 +42,7 @@ from ctsync.settings import (
     header_value_problem,
     resolve_base_url,
 )
+from ctsync.summary import Summary
 from ctsync.timestamps import DatesAs
 
 app = typer.Typer(

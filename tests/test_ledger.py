@@ -18,7 +18,7 @@ from rich.console import Console
 
 from ctsync.api import Outputs, UploadJob, upload
 from ctsync.console import render_summary
-from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
+from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, report_line
 from ctsync.presets import Preset
 from ctsync.records import Invalid, Origin, Outcome, Stage
 from ctsync.settings import ClientSettings
@@ -190,3 +190,82 @@ def test_a_classic_track_whose_event_is_rejected_and_token_accepted_is_rejected(
     (line,) = (tmp_path / "report.ndjson").read_bytes().splitlines()
     assert orjson.loads(line)["code"] == "512"
     assert orjson.loads((tmp_path / "failed.ndjson").read_bytes()) == message
+
+
+def test_a_fresh_summary_counts_nothing() -> None:
+    assert Summary().as_dict() == {
+        "read": 0,
+        "skipped": 0,
+        "invalid": 0,
+        "accepted": 0,
+        "rejected": 0,
+        "failed": 0,
+        "skipped_by_reason": {},
+        "invalid_by_code": {},
+        "rejected_by_code": {},
+        "failed_by_code": {},
+        "unreadable_files": 0,
+        "dropped_values": {},
+        "warnings_by_code": {},
+        "fixed_by_code": {},
+        "dates_left_as_text": {},
+        "requests": 0,
+        "retries": 0,
+        "elapsed_seconds": 0.0,
+        "dry_run": False,
+        "interrupted": False,
+        "signal": None,
+        "error": None,
+        "notes": [],
+    }
+
+
+def test_the_shared_accepted_verdict_cannot_be_changed() -> None:
+    """Every accepted operation shares `ACCEPTED`: changing it would change them all."""
+    with pytest.raises(AttributeError):
+        ACCEPTED.code = "512"  # type: ignore[misc]
+    assert (ACCEPTED.code, ACCEPTED.message, ACCEPTED.stage) == ("", "", Stage.API)
+
+
+@pytest.mark.parametrize("code", ["interrupted", "aborted"])
+@pytest.mark.parametrize("resumable", [True, False])
+def test_records_a_resumed_run_sends_again_stay_out_of_the_dead_letters(
+    code: str, resumable: bool
+) -> None:
+    """With a state file the next run re-sends records stopped by an interruption:
+    writing them to the dead letters as well would send them twice."""
+    report, dead = io.BytesIO(), io.BytesIO()
+    ledger = Ledger(report=report, dead_letters=dead, resumable=resumable)
+    ledger.settle(track(ledger, 1), Verdict(Outcome.FAILED, code, "stopped"))
+    assert ledger.summary.failed == Counter({code: 1})
+    assert report.getvalue().count(b"\n") == 1
+    assert dead.getvalue() == (b"" if resumable else b'{"userId":"u1"}\n')
+
+
+def test_a_tracked_record_keeps_its_line_or_its_message() -> None:
+    origin = Origin("f", 1)
+    assert Tracked(origin, None, {"userId": "m"}, 1).message == {"userId": "m"}
+    # With the input line, the message is decoded from it again when asked for.
+    assert Tracked(origin, b'{"userId":"line"}', {"userId": "m"}, 1).message == {"userId": "line"}
+
+
+def test_a_report_line_names_where_who_why_and_the_run() -> None:
+    line = orjson.loads(
+        report_line(
+            Origin("export.ndjson", 7, 2),
+            {"messageId": "m7", "anonymousId": "a7"},
+            Verdict(Outcome.FAILED),
+            run="2024-01-01T00:00:00.000Z",
+        )
+    )
+    assert line == {
+        "source": "export.ndjson",
+        "line": 7,
+        "part": 2,
+        "messageId": "m7",
+        "identity": "a7",
+        "stage": "api",
+        "code": "",
+        "message": "",
+        "run": "2024-01-01T00:00:00.000Z",
+    }

@@ -40,8 +40,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 from ctsync.mapping.properties import PropertyShaper
-from ctsync.presets import MappingOptions
-from ctsync.presets.actions import identity_of, record_time
+from ctsync.options import MappingOptions, identity_of, record_time
 from ctsync.records import (
     CleverTapRecord,
     Invalid,
@@ -186,7 +185,7 @@ class ClassicMapper:
             if isinstance(identity, Invalid):
                 return identity
             record["identity"] = identity
-        ts = record_time(message)
+        ts = record_time(message.get("timestamp"), self._options.clock)
         if isinstance(ts, Invalid):
             return ts
         record["ts"] = ts
@@ -325,7 +324,7 @@ class ClassicMapper:
         previous = identity_of(message.get("previousId"), "previousId")
         if isinstance(previous, Invalid):
             return Invalid("526", previous.message)
-        ts = record_time(message)
+        ts = record_time(message.get("timestamp"), self._options.clock)
         if isinstance(ts, Invalid):
             return ts
         return {
