@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal
+
 import httpx
 import orjson
 
-from ctsync.ledger import Summary
+from ctsync.client import OnWire
+from ctsync.ledger import Summary, Verdict
+from ctsync.prepare import ProfileKey
+from ctsync.records import DeleteKey
 
 PASSCODE = "pc-S3CRET-0d9f"
 ACCOUNT_ID = "TEST-ACC-123"
@@ -33,3 +39,38 @@ def assert_accounted(summary: Summary) -> None:
         by = "reason" if name == "skipped" else "code"
         assert counts[name] == sum(counts[f"{name}_by_{by}"].values()), name
     assert settled(summary) == counts["read"], counts
+
+
+Kind = Literal["upload", "delete"]
+
+
+class FakeSender:
+    """The pipeline's `Sender` interface for tests: `upload` and `delete` both hand the
+    request to `answer`, which each fake overrides (one that takes no deletions asserts
+    so there). `requests` and `retries` are what a sender reports."""
+
+    requests = 0
+    retries = 0
+
+    async def upload(
+        self,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        resend: Sequence[bool],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]:
+        return await self.answer("upload", bodies, on_wire)
+
+    async def delete(
+        self,
+        key: DeleteKey,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]:
+        return await self.answer("delete", bodies, on_wire)
+
+    async def answer(
+        self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
+    ) -> list[Verdict]:
+        raise NotImplementedError

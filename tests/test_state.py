@@ -17,13 +17,11 @@ from ctsync.client import OnWire
 from ctsync.errors import LockedError, UsageError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.pipeline import RunOptions, UploadRun
-from ctsync.prepare import ProfileKey
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source, collect_sources
-from ctsync.records import DeleteKey
 from ctsync.settings import ClientSettings
 from ctsync.state import Span, StateFile
-from tests.helpers import assert_accounted
+from tests.helpers import FakeSender, Kind, assert_accounted
 
 
 class CleverTap:
@@ -140,7 +138,7 @@ def test_not_a_state_file(tmp_path: Path) -> None:
         StateFile(bogus)
 
 
-class Stopper:
+class Stopper(FakeSender):
     """A sender that accepts every upload after a short wait. It can stop the run just
     before it answers request number `stop_at`, and calls `on_request` as each goes out."""
 
@@ -154,13 +152,10 @@ class Stopper:
         self.requests = 0
         self.retries = 0
 
-    async def upload(
-        self,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        resend: Sequence[bool],
-        on_wire: OnWire | None = None,
+    async def answer(
+        self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
     ) -> list[Verdict]:
+        assert kind == "upload", "no deletions in this export"
         self.requests += 1
         if on_wire is not None:
             on_wire()
@@ -172,15 +167,6 @@ class Stopper:
             self.run.stop()  # while the reader waits for room in the window
         self.received += [str(orjson.loads(b)["identity"]) for b in bodies]
         return [ACCEPTED] * len(bodies)
-
-    async def delete(
-        self,
-        key: DeleteKey,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]:
-        raise AssertionError("no deletions in this export")
 
 
 def run_with_state(export: Path, state_path: Path, sender: Stopper) -> Summary:
