@@ -33,16 +33,7 @@ from ctsync.mapping.directives import MISSING, Compiled
 from ctsync.mapping.file import Action, MappingFile, Subscription
 from ctsync.mapping.properties import PropertyShaper
 from ctsync.options import MappingOptions, identity_of, record_time
-from ctsync.records import (
-    Delete,
-    Invalid,
-    MapResult,
-    Message,
-    Operation,
-    Skip,
-    Upload,
-    skip_reason,
-)
+from ctsync.records import Delete, Invalid, MapResult, Message, Operation, Skip, Upload, skip_reason
 from ctsync.timestamps import FineDates, convert_object
 
 Build = Callable[[Message], Operation | Invalid | None]
@@ -203,6 +194,9 @@ class MappingMapper:
         self.mapping_file = mapping_file
         self._shaper = PropertyShaper(options.nested)
         self._fine = FineDates(convert=options.convert_microseconds)
+        # The counters themselves (read at the end of a run), not copies.
+        self.dropped: Counter[str] = self._shaper.dropped
+        self.dates_left_as_text: Counter[str] = self._fine.left_as_text
         tokens_sent: set[tuple[str, str]] = set()
         self._subscriptions = tuple(
             (
@@ -214,14 +208,6 @@ class MappingMapper:
             for sub in mapping_file.subscriptions
             if sub.enabled
         )
-
-    @property
-    def dropped(self) -> Counter[str]:
-        return self._shaper.dropped
-
-    @property
-    def dates_left_as_text(self) -> Counter[str]:
-        return self._fine.left_as_text
 
     def __call__(self, message: Message) -> MapResult:
         ops: list[Operation] = []

@@ -15,17 +15,7 @@ from collections import Counter
 from typing import Any
 
 from ctsync.options import MappingOptions, identity_of, record_time
-from ctsync.records import (
-    Delete,
-    Invalid,
-    Mapper,
-    MapResult,
-    Message,
-    Operation,
-    Skip,
-    Upload,
-    skip_reason,
-)
+from ctsync.records import Delete, Invalid, MapResult, Message, Operation, Skip, Upload, skip_reason
 from ctsync.timestamps import FineDates, convert_object
 
 __all__ = ["ActionsMapper", "actions_mapper", "identity_of"]  # identity_of: pipeline's import
@@ -95,6 +85,6 @@ class ActionsMapper:
         return found
 
 
-def actions_mapper(options: MappingOptions) -> Mapper:
-    """The mapper for `--preset actions` (an `ActionsMapper`)."""
+def actions_mapper(options: MappingOptions) -> ActionsMapper:
+    """The mapper for `--preset actions`."""
     return ActionsMapper(options)

@@ -138,15 +138,10 @@ class ClassicMapper:
         self._options = options
         self._shaper = PropertyShaper(options.nested, snake_case_keys=True)
         self._fine = FineDates(convert=options.convert_microseconds)
+        # The counters themselves (read at the end of a run), not copies.
+        self.dropped: Counter[str] = self._shaper.dropped
+        self.dates_left_as_text: Counter[str] = self._fine.left_as_text
         self._tokens_sent: set[tuple[str, str]] = set()
-
-    @property
-    def dropped(self) -> Counter[str]:
-        return self._shaper.dropped
-
-    @property
-    def dates_left_as_text(self) -> Counter[str]:
-        return self._fine.left_as_text
 
     def __call__(self, message: Message) -> MapResult:
         kind = message.get("type")
