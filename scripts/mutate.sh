@@ -9,6 +9,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 
+# The command mutmut runs per mutant. mutmut 2 counts only exit status 1 as "killed": a
+# mutant that breaks an import makes pytest exit 2 and would count as surviving.
+if [ "${1:-}" = "--run-tests" ]; then
+  shift
+  "$BIN/python" -m pytest -x -q -p no:cacheprovider -p no:randomly "$@" || exit 1
+  exit 0
+fi
+
 declare -A PATHS=(
   [timestamps]=ctsync/timestamps.py
   [batching]=ctsync/batching.py
@@ -42,9 +50,8 @@ for module in "${modules[@]}"; do
   rm -f .mutmut-cache  # one cache per module: mutmut's cache is keyed by the whole run
   # -x: the first failing test kills the mutant; no Hypothesis database between mutants.
   nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests --no-progress \
-    --runner "$BIN/python -m pytest -x -q -p no:cacheprovider -p no:randomly ${TESTS[$module]}" \
+    --runner "bash scripts/mutate.sh --run-tests ${TESTS[$module]}" \
     >".mutmut/$module.log" 2>&1
-  "$BIN/mutmut" results >".mutmut/$module.results" 2>&1
   "$BIN/python" - "$module" <<'PY'
 import sqlite3
 import sys
@@ -60,12 +67,10 @@ survived = counts.get("bad_survived", 0)
 total = killed + survived
 print(f"{module}: {killed}/{total} mutants killed ({survived} survived)", flush=True)
 PY
-  grep -Ev '^(To |    mutmut |$)' ".mutmut/$module.results"
-  ids=$(sed -n 's/^\([0-9][0-9,-]*\)$/\1/p' ".mutmut/$module.results" | tr ',' '\n' | tr -d ' ')
-  for range in $ids; do
-    for id in $(seq ${range%-*} ${range#*-}); do
-      "$BIN/mutmut" show "$id" | grep -E '^[-+][^-+]|^--- ' | sed "s/^/  $id /"
-    done
+  survivors=$("$BIN/python" -c "import sqlite3; print(*(r[0] for r in sqlite3.connect('.mutmut-cache').execute(\"SELECT id FROM Mutant WHERE status = 'bad_survived' ORDER BY id\")))")
+  for id in $survivors; do
+    echo "  survived: mutant $id"
+    "$BIN/mutmut" show "$id" | grep -E '^[-+][^-+]' | sed 's/^/    /'
   done
   cp .mutmut-cache ".mutmut/$module.cache" 2>/dev/null
 done

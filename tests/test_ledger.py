@@ -269,3 +269,19 @@ def test_a_report_line_names_where_who_why_and_the_run() -> None:
         "message": "",
         "run": "2024-01-01T00:00:00.000Z",
     }
+
+
+@pytest.mark.parametrize(
+    ("message", "identity"),
+    [
+        ({"userId": "u1", "anonymousId": "a1"}, "u1"),  # the user, when there is one
+        ({"anonymousId": "a1"}, "a1"),
+        ({"userId": 42}, 42),  # as written in the input
+        ({}, None),
+    ],
+)
+def test_a_report_line_names_the_user_else_the_anonymous_id(
+    message: dict[str, object], identity: object
+) -> None:
+    line = report_line(Origin("f", 1), message, REJECTED)
+    assert orjson.loads(line)["identity"] == identity
