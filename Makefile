@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv check test lint typecheck pytest demo bench soak clean
+.PHONY: venv check test lint typecheck pytest demo bench soak mutate clean
 
 $(BIN)/ctsync: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,5 +45,13 @@ SOAK_ARGS ?= --seeds 3 --messages 10000 --kills 25
 soak: venv
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
+# Mutation testing of the core modules with mutmut (slow, so not part of `make test`): one
+# module at a time against its focused tests, printing each surviving mutant and a score.
+# `make mutate MUTATE=ledger` runs one module; scripts/mutate.sh lists them.
+MUTATE ?= timestamps ledger batching client state rules presets
+mutate: venv
+	$(BIN)/python -m pip install --quiet -e '.[mutate]'
+	bash scripts/mutate.sh $(MUTATE)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info .mutmut .mutmut-cache

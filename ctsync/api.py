@@ -3,6 +3,9 @@
     from ctsync.api import UploadJob, upload
     summary = upload(UploadJob(paths=["events.ndjson.gz"], client=settings))
 
+A job is the one source of truth of its run: it holds its inputs (the paths, collected
+when the run starts, or sources already collected) and builds its own mapper.
+
 `client=None` is a dry run: everything but sending.
 """
 
@@ -23,7 +26,8 @@ import httpx
 from ctsync import mapping
 from ctsync.client import CleverTapClient
 from ctsync.errors import CtsyncError, UsageError
-from ctsync.ledger import Ledger, Summary, output_error
+from ctsync.ledger import Ledger, output_error
+from ctsync.mapping.file import MappingFile
 from ctsync.pipeline import (
     DryRunSender,
     Observer,
@@ -36,13 +40,14 @@ from ctsync.pipeline import (
     deletion_records,
 )
 from ctsync.presets import MappingOptions, Preset, build_preset
-from ctsync.reader import STDIN, InputOptions, Inputs, Source, collect_inputs
+from ctsync.reader import STDIN, InputOptions, Inputs, collect_inputs
 from ctsync.records import CleverTapRecord, DeleteKey, Invalid, Mapper, Origin
 from ctsync.redact import redact, redact_exception
 from ctsync.rules import Fixed, check_upload, fix_upload
 from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
+from ctsync.summary import Summary
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,9 +61,15 @@ class Outputs:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UploadJob:
-    """Everything `ctsync upload` does, as data."""
+    """Everything `ctsync upload` does, as data.
+
+    Its inputs are `paths` (collected when the run starts, with `inputs`' options) or
+    `sources` already collected by `collect_inputs` (the CLI collects first, to name a
+    missing path before anything else), never both. Making a job loads and checks its
+    mapping file: a broken one is a UsageError before anything is read."""
 
     paths: Sequence[str] = ()
+    sources: Inputs | None = None  # collected already: then `paths` stays empty
     client: ClientSettings | None = None  # None: dry run
     preset: Preset = Preset.ACTIONS
     mapping_file: str | Path | None = None  # replaces the preset
@@ -67,25 +78,42 @@ class UploadJob:
     outputs: Outputs = field(default_factory=Outputs)
     state: Path | None = None  # resumable runs
     inputs: InputOptions = field(default_factory=InputOptions)  # --include, --max-line-bytes, ...
+    _loaded: MappingFile | None = field(default=None, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.paths and self.sources is not None:
+            raise ValueError("an UploadJob takes paths or collected sources, not both")
+        if self.mapping.link_anonymous and (
+            self.mapping_file is not None or self.preset != Preset.CLASSIC
+        ):
+            raise UsageError(
+                "--link-anonymous works with --preset classic; in a mapping file, send the "
+                "identify as a userUpload with objectId $.anonymousId and profileData.Identity "
+                "$.userId"
+            )
+        if self.mapping_file is not None:
+            try:
+                loaded = mapping.load_mapping(self.mapping_file)
+            except mapping.MappingError as exc:
+                raise UsageError(str(exc)) from None
+            object.__setattr__(self, "_loaded", loaded)
 
-def build_mapper(job: UploadJob) -> Mapper:
-    """The job's mapper: its mapping file if it has one, else its preset. A broken
-    mapping file is a UsageError, raised before anything is read."""
-    if job.mapping.link_anonymous and (
-        job.mapping_file is not None or job.preset != Preset.CLASSIC
-    ):
-        raise UsageError(
-            "--link-anonymous works with --preset classic; in a mapping file, send the "
-            "identify as a userUpload with objectId $.anonymousId and profileData.Identity "
-            "$.userId"
+    def collect(self) -> Inputs:
+        """The job's inputs: its collected sources, or its paths collected now."""
+        return self.sources if self.sources is not None else collect_inputs(self.paths, self.inputs)
+
+    def build_mapper(self) -> Mapper:
+        """A new mapper for one run (mappers count what they drop): the job's mapping
+        file if it has one, else its preset."""
+        if self._loaded is None:
+            return build_preset(self.preset, self.mapping)
+        return mapping.build_mapper(self._loaded, self.mapping)
+
+    def build_validator(self) -> Validator:
+        """CleverTap's data rules as `--validate` asks (`off`: the pipeline skips them)."""
+        return rules_validator(
+            self.mapping.max_event_properties, fix=self.run.validate is ValidateMode.FIX
         )
-    if job.mapping_file is None:
-        return build_preset(job.preset, job.mapping)
-    try:
-        return mapping.build_mapper(mapping.load_mapping(job.mapping_file), job.mapping)
-    except mapping.MappingError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def rules_validator(max_event_properties: int, *, fix: bool = False) -> Validator:
@@ -119,26 +147,19 @@ class DeleteJob:
 def upload(
     job: UploadJob,
     *,
-    mapper: Mapper | None = None,
-    validator: Validator | None = None,
     observer: Observer | None = None,
     stdin: IO[bytes] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     handle_signals: bool = False,
-    sources: Inputs | Sequence[Source] | None = None,
 ) -> Summary:
     """Run an upload to the end and return its summary. Raises CtsyncError subclasses for
     what stops a run (bad paths, a broken mapping file, refused credentials, a locked
     state file). With `handle_signals`, Ctrl-C and SIGTERM stop the run gracefully."""
-    mapper = mapper or build_mapper(job)
-    validator = validator or rules_validator(
-        job.mapping.max_event_properties, fix=job.run.validate is ValidateMode.FIX
-    )
-    if sources is None:  # the caller may have collected them already (the CLI does)
-        sources = collect_inputs(job.paths, job.inputs)
-    skipped_notes = sources.notes() if isinstance(sources, Inputs) else []
-    if isinstance(sources, Inputs):
-        sources = sources.sources
+    mapper = job.build_mapper()
+    validator = job.build_validator()
+    inputs = job.collect()
+    skipped_notes = inputs.notes()
+    sources = inputs.sources
     ledger: Ledger | None = None
     with _summary_on_error(lambda: ledger), contextlib.ExitStack() as stack:
         state = None
@@ -288,10 +309,10 @@ def _summary_on_error(ledger: Callable[[], Ledger | None]) -> Iterator[None]:
     except CtsyncError as exc:
         redact_exception(exc)  # a message may quote an answer that echoed the passcode
         started = ledger()
-        if started is not None and exc.summary is None:
-            exc.summary = started.summary
-            started.summary.error = redact(str(exc))
-        raise
+        if started is None or exc.summary is not None:
+            raise
+        started.summary.error = redact(str(exc))
+        raise type(exc)(str(exc), summary=started.summary) from exc.__cause__
 
 
 def _close(output: IO[bytes], what: str) -> None:

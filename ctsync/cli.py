@@ -4,11 +4,14 @@ to an exit code. Nothing else lives here."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -18,7 +21,6 @@ from rich.markup import escape
 from ctsync import __version__, api
 from ctsync.console import PlainProgress, ProgressView, RunView, plural, render_summary
 from ctsync.errors import CtsyncError, ExitCode, UsageError
-from ctsync.ledger import Summary
 from ctsync.mapping.cli import app as mappings_app
 from ctsync.pipeline import RunOptions, ValidateMode
 from ctsync.presets import MappingOptions, Nested, Preset
@@ -43,6 +45,7 @@ from ctsync.settings import (
     header_value_problem,
     resolve_base_url,
 )
+from ctsync.summary import Summary
 from ctsync.timestamps import DatesAs
 
 app = typer.Typer(
@@ -128,6 +131,69 @@ Timeout = Annotated[
         min=1.0, metavar="S", help="Seconds to wait for one answer.", rich_help_panel=CONNECTION
     ),
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """The connection options `upload` and `delete` share, as one value: adding an option
+    here (and its Annotated type in `_CONNECTION`) adds it to both commands. Each command
+    keeps its own `--concurrency` (their defaults and limits differ); `with_connection`
+    shows it in the group's place, between --endpoint and --max-retries."""
+
+    account_id: str | None
+    passcode: str | None
+    passcode_file: Path | None
+    region: Region
+    endpoint: str | None
+    max_retries: int
+    timeout: float
+
+
+# (name, type, default) of each connection option, in --help order; None marks where the
+# command's own --concurrency goes.
+_CONNECTION: list[tuple[str, Any, Any] | None] = [
+    ("account_id", AccountId, None),
+    ("passcode", Passcode, None),
+    ("passcode_file", PasscodeFile, None),
+    ("region", RegionOpt, Region.EU1),
+    ("endpoint", Endpoint, None),
+    None,
+    ("max_retries", MaxRetries, 5),
+    ("timeout", Timeout, 60.0),
+]
+
+
+def with_connection(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command`, which takes `connection: Connection` and `concurrency`, the
+    connection options as its own (Typer reads the signature), and pass them on as one
+    `Connection`."""
+    signature = inspect.signature(command, eval_str=True)
+    own = dict(signature.parameters)
+    group = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+        if entry is not None
+        else own["concurrency"].replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for entry in _CONNECTION
+        for name, kind, default in [entry or ("", None, None)]
+    ]
+    params = []
+    for param in own.values():
+        if param.name == "connection":
+            params.extend(group)
+        elif param.name != "concurrency":
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+    names = [entry[0] for entry in _CONNECTION if entry is not None]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        connection = Connection(**{name: kwargs.pop(name) for name in names})
+        command(connection=connection, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print nothing but errors.", rich_help_panel=OUTPUT)
 ]
@@ -248,6 +314,7 @@ def main(
 
 
 @app.command(short_help="Upload Segment exports to CleverTap.")
+@with_connection
 def upload(
     ctx: typer.Context,
     paths: Annotated[
@@ -337,14 +404,8 @@ def upload(
     s3_endpoint_url: S3Endpoint = None,
     dry_run: DryRun = False,
     output: RequestsOutput = None,
-    account_id: AccountId = None,
-    passcode: Passcode = None,
-    passcode_file: PasscodeFile = None,
-    region: RegionOpt = Region.EU1,
-    endpoint: Endpoint = None,
+    connection: Connection = None,  # type: ignore[assignment]  # with_connection fills it
     concurrency: Concurrency = 10,
-    max_retries: MaxRetries = 5,
-    timeout: Timeout = 60.0,
     report: Report = None,
     failed: Failed = None,
     state: Annotated[
@@ -388,24 +449,9 @@ def upload(
         if STDIN in paths and sys.stdin is None:  # `ctsync upload - <&-`
             raise UsageError("standard input is closed: give a file path, or pipe data in")
         reads_terminal = STDIN in paths and _stdin_is_terminal()
-        client = (
-            None
-            if dry_run
-            else _client_settings(
-                ctx,
-                err,
-                account_id,
-                passcode,
-                passcode_file,
-                region,
-                endpoint,
-                concurrency,
-                max_retries,
-                timeout,
-            )
-        )
-        job = api.UploadJob(
-            paths=paths,
+        client = None if dry_run else _client_settings(ctx, err, connection, concurrency)
+        job = api.UploadJob(  # a broken mapping file stops here, before any reading
+            sources=sources,
             client=client,
             preset=preset,
             mapping_file=_mapping_source(mapping),
@@ -427,7 +473,6 @@ def upload(
             state=state,
             inputs=inputs,
         )
-        mapper = api.build_mapper(job)  # a broken mapping file stops before any reading
         if reads_terminal:
             err.print(
                 "ctsync: reading Segment messages from standard input "
@@ -438,13 +483,12 @@ def upload(
             # A live display would overwrite what is typed: off unless asked for.
             progress = False if progress is None else progress
         with _progress(err, progress, quiet, _total_size(sources.sources)) as view:
-            summary = api.upload(
-                job, mapper=mapper, observer=view, handle_signals=True, sources=sources
-            )
+            summary = api.upload(job, observer=view, handle_signals=True)
         _finish(summary, err, json_out=json_out, quiet=quiet)
 
 
 @app.command(short_help="Delete CleverTap profiles (irreversible).")
+@with_connection
 def delete(
     ctx: typer.Context,
     identity: Annotated[
@@ -470,14 +514,8 @@ def delete(
     s3_endpoint_url: S3Endpoint = None,
     dry_run: DryRun = False,
     output: RequestsOutput = None,
-    account_id: AccountId = None,
-    passcode: Passcode = None,
-    passcode_file: PasscodeFile = None,
-    region: RegionOpt = Region.EU1,
-    endpoint: Endpoint = None,
+    connection: Connection = None,  # type: ignore[assignment]  # with_connection fills it
     concurrency: Concurrency = 3,
-    max_retries: MaxRetries = 5,
-    timeout: Timeout = 60.0,
     report: Report = None,
     failed: Failed = None,
     json_out: JsonOut = False,
@@ -497,22 +535,7 @@ def delete(
             )
         if output is not None and not dry_run:
             raise UsageError("--output writes the requests of a dry run: add --dry-run")
-        client = (
-            None
-            if dry_run
-            else _client_settings(
-                ctx,
-                err,
-                account_id,
-                passcode,
-                passcode_file,
-                region,
-                endpoint,
-                concurrency,
-                max_retries,
-                timeout,
-            )
-        )
+        client = None if dry_run else _client_settings(ctx, err, connection, concurrency)
         identities = [(Origin("--identity", i), v) for i, v in enumerate(identity or [], start=1)]
         if from_file is not None:
             identities.extend(_identity_lines(from_file, s3_endpoint_url))
@@ -550,20 +573,14 @@ def _identity_lines(name: str, s3_endpoint_url: str | None) -> list[tuple[Origin
 
 
 def _client_settings(
-    ctx: typer.Context,
-    err: Console,
-    account_id: str | None,
-    passcode: str | None,
-    passcode_file: Path | None,
-    region: Region,
-    endpoint: str | None,
-    concurrency: int,
-    max_retries: int,
-    timeout: float,
+    ctx: typer.Context, err: Console, connection: Connection, concurrency: int
 ) -> ClientSettings:
+    """The client's settings from the connection options; missing or malformed
+    credentials are a UsageError naming where they came from."""
+    passcode = connection.passcode
     secret: Secret | None = None
-    if passcode_file is not None:
-        secret = Secret.from_file(passcode_file)
+    if connection.passcode_file is not None:
+        secret = Secret.from_file(connection.passcode_file)
     elif passcode:
         from_command_line = _from_command_line(ctx, "passcode")
         secret = Secret(
@@ -574,7 +591,7 @@ def _client_settings(
                 "[yellow]warning:[/] --passcode on the command line is visible to other users "
                 "in `ps`; set CLEVERTAP_PASSCODE or use --passcode-file instead"
             )
-    account_id = (account_id or "").strip()
+    account_id = (connection.account_id or "").strip()
     missing = [
         name
         for name, value in (
@@ -596,10 +613,10 @@ def _client_settings(
     return ClientSettings(
         account_id=account_id,
         passcode=secret,
-        base_url=resolve_base_url(region, endpoint),
+        base_url=resolve_base_url(connection.region, connection.endpoint),
         concurrency=concurrency,
-        timeout=timeout,
-        retry=RetryPolicy(max_retries=max_retries),
+        timeout=connection.timeout,
+        retry=RetryPolicy(max_retries=connection.max_retries),
     )
 
 

@@ -14,10 +14,8 @@ turns it into one line, a file holding the traceback, and exit 70.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ctsync.ledger import Summary
+from ctsync.summary import Summary
 
 
 class ExitCode(IntEnum):
@@ -34,11 +32,16 @@ class ExitCode(IntEnum):
 
 
 class CtsyncError(Exception):
-    """Stops the run. `exit_code` says how the process ends; `summary`, set when the run
-    had started, says how far it got (its counts add up)."""
+    """Stops the run. `exit_code` says how the process ends; `summary`, given when the run
+    had started, says how far it got (its counts add up). Every subclass keeps this
+    constructor: the run re-raises an error with its summary as `type(exc)(message,
+    summary=...)`."""
 
     exit_code = ExitCode.USAGE
-    summary: Summary | None = None
+
+    def __init__(self, message: str, *, summary: Summary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class UsageError(CtsyncError):

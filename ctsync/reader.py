@@ -28,7 +28,6 @@ import types
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -60,11 +59,6 @@ MAX_DEPTH = 100  # orjson encodes at most 254 levels; Python recursion is ~1000
 SNIFF_BYTES = 1 << 16  # enough of a file to tell an export from a stray file
 _BLANK = b" \t\r\n\x0b\x0c"
 _NONBLANK = re.compile(rb"[^ \t\r\n\x0b\x0c]")
-
-
-class InputFormat(StrEnum):
-    NDJSON = "ndjson"
-    DOCUMENT = "json"
 
 
 @dataclass(slots=True)

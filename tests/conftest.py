@@ -9,6 +9,7 @@ after each test; a test that uses another secret adds it to the list it yields.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,21 @@ def settings() -> ClientSettings:
         concurrency=4,
         retry=RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.01),
     )
+
+
+# The whole suite runs in a time zone that is not UTC, so that a date read as local time
+# instead of UTC fails somewhere (on a UTC machine the two agree). Subprocesses inherit it.
+SUITE_TZ = "America/Los_Angeles"
+
+
+@pytest.fixture(autouse=True)
+def not_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run every test under `SUITE_TZ` (a test may switch zones with `in_zone`)."""
+    monkeypatch.setenv("TZ", SUITE_TZ)
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
 
 
 @pytest.fixture(autouse=True)

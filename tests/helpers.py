@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal
+
 import httpx
 import orjson
+
+from ctsync.client import OnWire
+from ctsync.ledger import Summary, Verdict
+from ctsync.prepare import ProfileKey
+from ctsync.records import DeleteKey
 
 PASSCODE = "pc-S3CRET-0d9f"
 ACCOUNT_ID = "TEST-ACC-123"
@@ -14,3 +22,55 @@ def confirm_every_record(request: httpx.Request) -> httpx.Response:
     """CleverTap's answer to an upload it took whole: every record of `d` processed."""
     records = orjson.loads(request.content)["d"]
     return httpx.Response(200, json={"status": "success", "processed": len(records)})
+
+
+def settled(summary: Summary) -> int:
+    """How many records have an outcome, summed from the summary's JSON counts: an
+    independent check of the accounting (never `Summary.balanced`, the code under test)."""
+    counts = summary.as_dict()
+    return sum(counts[k] for k in ("skipped", "invalid", "accepted", "rejected", "failed"))
+
+
+def assert_accounted(summary: Summary) -> None:
+    """Every record read has exactly one outcome: read = skipped + invalid + accepted +
+    rejected + failed, and each count is its breakdown's total."""
+    counts = summary.as_dict()
+    for name in ("skipped", "invalid", "rejected", "failed"):
+        by = "reason" if name == "skipped" else "code"
+        assert counts[name] == sum(counts[f"{name}_by_{by}"].values()), name
+    assert settled(summary) == counts["read"], counts
+
+
+Kind = Literal["upload", "delete"]
+
+
+class FakeSender:
+    """The pipeline's `Sender` interface for tests: `upload` and `delete` both hand the
+    request to `answer`, which each fake overrides (one that takes no deletions asserts
+    so there). `requests` and `retries` are what a sender reports."""
+
+    requests = 0
+    retries = 0
+
+    async def upload(
+        self,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        resend: Sequence[bool],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]:
+        return await self.answer("upload", bodies, on_wire)
+
+    async def delete(
+        self,
+        key: DeleteKey,
+        bodies: Sequence[bytes],
+        keys: Sequence[ProfileKey | None],
+        on_wire: OnWire | None = None,
+    ) -> list[Verdict]:
+        return await self.answer("delete", bodies, on_wire)
+
+    async def answer(
+        self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
+    ) -> list[Verdict]:
+        raise NotImplementedError

@@ -16,10 +16,11 @@ from ctsync.client import OnWire
 from ctsync.errors import AuthError, OutputError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
 from ctsync.pipeline import DryRunSender, RunOptions, UploadRun
-from ctsync.prepare import Op, OpKind, ProfileKey, encode
+from ctsync.prepare import Op, OpKind, encode
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
-from ctsync.records import Delete, DeleteKey, Origin, Outcome, Upload
+from ctsync.records import Delete, Origin, Outcome, Upload
+from tests.helpers import FakeSender, Kind, assert_accounted
 
 STDIN = Source("-", None, None)
 
@@ -32,7 +33,7 @@ def delete_user(user: str) -> dict[str, object]:
     return {"type": "track", "userId": user, "event": "Delete User"}
 
 
-class Recorder:
+class Recorder(FakeSender):
     """A sender that answers after a delay and logs when each request starts and ends."""
 
     def __init__(self, delay: float = 0.0, reject: set[str] | None = None) -> None:
@@ -42,24 +43,12 @@ class Recorder:
         self.requests = 0
         self.retries = 0
 
-    async def upload(
-        self,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        resend: Sequence[bool],
-        on_wire: OnWire | None = None,
+    async def answer(
+        self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
     ) -> list[Verdict]:
-        ids = tuple(str(orjson.loads(b)["identity"]) for b in bodies)
-        return await self._answer("upload", ids)
-
-    async def delete(
-        self,
-        key: DeleteKey,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]:
-        return await self._answer("delete", tuple(orjson.loads(b) for b in bodies))
+        if kind == "upload":
+            return await self._answer(kind, tuple(str(orjson.loads(b)["identity"]) for b in bodies))
+        return await self._answer(kind, tuple(orjson.loads(b) for b in bodies))
 
     async def _answer(self, kind: str, ids: tuple[str, ...]) -> list[Verdict]:
         self.requests += 1
@@ -123,7 +112,7 @@ def test_other_identities_do_not_wait_for_a_delete() -> None:
     assert len(early) > len(users) // 2  # the lanes without "a" went on at once
 
 
-class ModelCleverTap:
+class ModelCleverTap(FakeSender):
     """Applies each request when it arrives, after a random delay answers it; records,
     per identity, whether a profile exists and the value of its last write."""
 
@@ -134,26 +123,14 @@ class ModelCleverTap:
         self.requests = 0
         self.retries = 0
 
-    async def upload(
-        self,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        resend: Sequence[bool],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]:
-        for record in map(orjson.loads, bodies):
-            self.profiles[str(record["identity"])] = record["profileData"]["v"]
-        return await self._answer(len(bodies))
-
-    async def delete(
-        self,
-        key: DeleteKey,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        on_wire: OnWire | None = None,
+    async def answer(
+        self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
     ) -> list[Verdict]:
         for value in map(orjson.loads, bodies):
-            self.profiles.pop(value, None)
+            if kind == "upload":
+                self.profiles[str(value["identity"])] = value["profileData"]["v"]
+            else:
+                self.profiles.pop(value, None)
         return await self._answer(len(bodies))
 
     async def _answer(self, n: int) -> list[Verdict]:
@@ -190,7 +167,8 @@ def test_random_identifies_and_deletes_end_as_the_input_in_order(seed: int) -> N
             expected[f"other{n}"] = n
     clevertap = ModelCleverTap(seed)
     summary = run(messages, clevertap, batch_size=rng.choice([3, 7, 20]))
-    assert summary.balanced and summary.accepted == len(messages)
+    assert_accounted(summary)
+    assert summary.accepted == len(messages)
     assert clevertap.profiles == expected
     assert clevertap.peak > 1, "requests never overlapped: the test proves nothing"
 
@@ -304,7 +282,7 @@ def test_every_record_is_accounted_for_and_reported() -> None:
     counts = {k: summary.as_dict()[k] for k in ("read", "skipped", "invalid", "accepted")}
     assert counts == {"read": 6, "skipped": 1, "invalid": 3, "accepted": 1}
     assert (summary.rejected, summary.failed.total()) == ({"516": 1}, 0)
-    assert summary.balanced
+    assert_accounted(summary)
     lines = [orjson.loads(x) for x in report.getvalue().splitlines()]
     assert [(x["line"], x["stage"], x["code"]) for x in lines] == [
         (3, "validate", "523"),
@@ -327,7 +305,7 @@ def test_every_record_is_accounted_for_and_reported() -> None:
     assert len(dead) == 4 and orjson.loads(dead[-1]) == messages[1]
 
 
-class SteppingSender:
+class SteppingSender(FakeSender):
     """Answers after `steps` turns of the event loop, as an HTTP exchange does (write,
     read headers, read body...), and notes how many records had been read by then."""
 
@@ -338,28 +316,16 @@ class SteppingSender:
         self.requests = 0
         self.retries = 0
 
-    async def upload(
-        self,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        resend: Sequence[bool],
-        on_wire: OnWire | None = None,
+    async def answer(
+        self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
     ) -> list[Verdict]:
+        assert kind == "upload", "no deletions here"
         self.requests += 1
         for _ in range(self.steps):
             await asyncio.sleep(0)
         assert self.run is not None
         self.read_at_answer.append(self.run.summary.read)
         return [ACCEPTED] * len(bodies)
-
-    async def delete(
-        self,
-        key: DeleteKey,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]:
-        raise AssertionError("no deletions here")
 
 
 def test_requests_advance_while_the_next_batch_is_read() -> None:
@@ -405,12 +371,8 @@ def test_dry_run_writes_exact_request_bodies() -> None:
 
 
 class Refusing(Recorder):
-    async def upload(
-        self,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        resend: Sequence[bool],
-        on_wire: OnWire | None = None,
+    async def answer(
+        self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
     ) -> list[Verdict]:
         if on_wire is not None:
             on_wire()
@@ -467,7 +429,8 @@ def test_a_report_that_cannot_be_written_stops_the_run_and_the_counts_still_add_
     with pytest.raises(OutputError, match=r"report.ndjson: cannot write the report \(No space"):
         asyncio.run(upload_run.run())
     summary = upload_run.summary
-    assert summary.balanced and summary.read < 500  # it stopped early
+    assert_accounted(summary)
+    assert summary.read < 500  # it stopped early
     sent = sum(len(ids) for event, _, ids in sender.log if event == "start")
     assert summary.accepted + summary.failed["aborted"] == sent  # what went out is counted
     assert summary.invalid["malformed-json"] > 0

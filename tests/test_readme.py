@@ -98,6 +98,9 @@ NOT_RUN = {
     "make soak      # the long fault soak (bench/soak.py); a small one runs in make test": (
         "minutes of kills and faults; its small version is tests/e2e/test_soak.py"
     ),
+    "make mutate    # mutation testing of the core modules (mutmut; slow, not in make test)": (
+        "tens of minutes per module; the score it printed is in the README"
+    ),
 }
 
 

@@ -25,7 +25,6 @@ and operation objects (`{"$incr": 1}`) reach it as written.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -33,19 +32,9 @@ from typing import Any
 from ctsync.mapping.directives import MISSING, Compiled
 from ctsync.mapping.file import Action, MappingFile, Subscription
 from ctsync.mapping.properties import PropertyShaper
-from ctsync.presets import MappingOptions
-from ctsync.presets.actions import identity_of
-from ctsync.records import (
-    Delete,
-    Invalid,
-    MapResult,
-    Message,
-    Operation,
-    Skip,
-    Upload,
-    skip_reason,
-)
-from ctsync.timestamps import FineDates, convert_object, event_time
+from ctsync.options import MappingOptions, identity_of, record_time
+from ctsync.records import Delete, Invalid, MapResult, Message, Operation, Skip, Upload, skip_reason
+from ctsync.timestamps import FineDates, convert_object
 
 Build = Callable[[Message], Operation | Invalid | None]
 """One subscription's action: an operation, why it cannot be built, or None (nothing to send)."""
@@ -60,25 +49,6 @@ def _absent(value: Any) -> bool:
 def _resolver(fields: dict[str, Compiled], key: str) -> Callable[[Message], Any]:
     compiled = fields.get(key)
     return compiled.resolve if compiled is not None else (lambda message: MISSING)
-
-
-def _label(fields: dict[str, Compiled], key: str) -> str:
-    compiled = fields.get(key)
-    return compiled.label if compiled is not None else key
-
-
-def _time(value: Any) -> int | Invalid:
-    """`ts` from a mapped value: now when there is none (as the presets do)."""
-    if value is MISSING or value is None:
-        return int(time.time())
-    ts = event_time(value)
-    if ts is None:
-        return Invalid("525", f"timestamp {value!r} is not a date-time")
-    return ts
-
-
-def _identity(value: Any, label: str) -> str | Invalid:
-    return identity_of(None if value is MISSING else value, label)
 
 
 def _object_id(value: Any, label: str, code: str = "526") -> str | Invalid:
@@ -110,6 +80,7 @@ class _Builder:
         self.shaper = shaper
         self.tokens_sent = tokens_sent
         self.fine = fine
+        self.clock = options.clock
 
     def identifier(self, message: Message) -> tuple[str, str] | Invalid:
         """(`identity`|`objectId`, value): identity when the message has one."""
@@ -142,7 +113,8 @@ class _Builder:
         identifier = self.identifier(message)
         if isinstance(identifier, Invalid):
             return identifier
-        ts = _time(_resolver(self.fields, "ts")(message))
+        value = _resolver(self.fields, "ts")(message)
+        ts = record_time(None if value is MISSING else value, self.clock)
         if isinstance(ts, Invalid):
             return ts
         return (*identifier, ts)
@@ -222,6 +194,9 @@ class MappingMapper:
         self.mapping_file = mapping_file
         self._shaper = PropertyShaper(options.nested)
         self._fine = FineDates(convert=options.convert_microseconds)
+        # The counters themselves (read at the end of a run), not copies.
+        self.dropped: Counter[str] = self._shaper.dropped
+        self.dates_left_as_text: Counter[str] = self._fine.left_as_text
         tokens_sent: set[tuple[str, str]] = set()
         self._subscriptions = tuple(
             (
@@ -233,14 +208,6 @@ class MappingMapper:
             for sub in mapping_file.subscriptions
             if sub.enabled
         )
-
-    @property
-    def dropped(self) -> Counter[str]:
-        return self._shaper.dropped
-
-    @property
-    def dates_left_as_text(self) -> Counter[str]:
-        return self._fine.left_as_text
 
     def __call__(self, message: Message) -> MapResult:
         ops: list[Operation] = []

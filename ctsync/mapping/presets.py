@@ -11,6 +11,8 @@ import copy
 from enum import StrEnum
 from typing import Any, Final
 
+from ctsync.rules import SUBSCRIPTION_CATEGORIES, SUBSCRIPTION_FLAGS
+
 
 class PresetName(StrEnum):
     """The presets `preset_as_mapping` can write out."""
@@ -70,17 +72,7 @@ _APPLE_PLATFORMS: Final = ("ios", "ipados", "watchos", "tvos", "macos", "visiono
 _HAS_TOKEN: Final = 'type != "group" and context.device.token exists and anonymousId exists'
 # CleverTap's reserved profile keys, passed through as written.
 _RESERVED_TRAITS: Final = {
-    key: _path(f"$.traits['{key}']")
-    for key in (
-        "MSG-email",
-        "MSG-push",
-        "MSG-sms",
-        "MSG-whatsapp",
-        "MSG-dndPhone",
-        "MSG-dndEmail",
-        "category-unsubscribe",
-        "category-resubscribe",
-    )
+    key: _path(f"$.traits['{key}']") for key in SUBSCRIPTION_FLAGS + SUBSCRIPTION_CATEGORIES
 }
 
 CLASSIC: Final[dict[str, Any]] = {

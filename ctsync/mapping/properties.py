@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from ctsync.presets import Nested
+from ctsync.options import Nested
 from ctsync.records import Mapper
 from ctsync.rules import RESERVED_PROFILE_KEYS, profile_operation
 

@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
 
+from ctsync.options import MappingOptions, Nested
 from ctsync.records import Mapper
-from ctsync.timestamps import DatesAs
 
-
-class Nested(StrEnum):
-    """What to do with nested objects and arrays in event properties."""
-
-    DROP = "drop"
-    STRINGIFY = "stringify"
-    FLATTEN = "flatten"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MappingOptions:
-    """Settings every mapper honours."""
-
-    convert_timestamps: bool = True
-    dates_as: DatesAs = DatesAs.UNIX
-    nested: Nested = Nested.FLATTEN
-    max_event_properties: int = 256
-    # Also convert date-times finer than milliseconds (floored to seconds); Segment's rule
-    # leaves them as text, and so does ctsync unless asked (`--convert-microseconds`).
-    convert_microseconds: bool = False
-    # Classic preset: an identify with userId and anonymousId goes to the anonymous
-    # profile (objectId) with Identity set, linking it to the user (`--link-anonymous`).
-    link_anonymous: bool = False
+__all__ = ["MappingOptions", "Nested", "Preset", "build_preset"]
 
 
 class Preset(StrEnum):

@@ -11,62 +11,16 @@ which CleverTap rejects (525); ctsync sends integer epoch seconds.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Any
 
-from ctsync.presets import MappingOptions
-from ctsync.records import (
-    Delete,
-    Invalid,
-    Mapper,
-    MapResult,
-    Message,
-    Operation,
-    Skip,
-    Upload,
-    skip_reason,
-)
-from ctsync.timestamps import FineDates, convert_object, event_time
+from ctsync.options import MappingOptions, identity_of, record_time
+from ctsync.records import Delete, Invalid, MapResult, Message, Operation, Skip, Upload, skip_reason
+from ctsync.timestamps import FineDates, convert_object
 
-MAX_IDENTITY_LENGTH = 119  # CleverTap: "under 120 characters"
+__all__ = ["ActionsMapper", "actions_mapper", "identity_of"]  # identity_of: pipeline's import
+
 MAX_CACHED_SKIPS = 4096  # distinct (type, event) pairs; event names are open-ended
-
-
-def identity_of(value: Any, field: str) -> str | Invalid:
-    """A CleverTap identity from a Segment id field, or why it cannot be one."""
-    if type(value) is str and 0 < len(value) <= MAX_IDENTITY_LENGTH:
-        return value  # the common case, decided by one type check
-    if isinstance(value, bool) or value is None or value == "":
-        return Invalid("523", f"no identity: {field} is missing or empty")
-    if type(value) is int:
-        # Sent as its decimal string, exactly. orjson reads integers beyond 64 bits as
-        # floats, which would merge distinct users into one rounded identity.
-        if not -(2**63) <= value < 2**64:
-            return Invalid("523", f"identity: {field} is an integer beyond 64 bits")
-        value = str(value)
-    elif type(value) is float:
-        return Invalid(
-            "523",
-            f"identity: {field} is a number with a fraction, an exponent or beyond 64 bits "
-            f"({value!r}); it cannot be taken exactly",
-        )
-    if not isinstance(value, str):
-        return Invalid("523", f"no identity: {field} is not a string")
-    if len(value) > MAX_IDENTITY_LENGTH:
-        return Invalid("523", f"identity is {len(value)} characters; CleverTap needs under 120")
-    return value
-
-
-def record_time(message: Message) -> int | Invalid:
-    """`ts` for a message: its timestamp in epoch seconds, or now when it has none."""
-    raw = message.get("timestamp")
-    if raw is None:
-        return int(time.time())
-    ts = event_time(raw)
-    if ts is None:
-        return Invalid("525", f"timestamp {raw!r} is not a date-time")
-    return ts
 
 
 class ActionsMapper:
@@ -100,7 +54,7 @@ class ActionsMapper:
         identity = identity_of(message.get("userId"), "userId")
         if isinstance(identity, Invalid):
             return identity
-        ts = record_time(message)
+        ts = record_time(message.get("timestamp"), self._options.clock)
         if isinstance(ts, Invalid):
             return ts
         traits = message.get("traits")
@@ -131,6 +85,6 @@ class ActionsMapper:
         return found
 
 
-def actions_mapper(options: MappingOptions) -> Mapper:
-    """The mapper for `--preset actions` (an `ActionsMapper`)."""
+def actions_mapper(options: MappingOptions) -> ActionsMapper:
+    """The mapper for `--preset actions`."""
     return ActionsMapper(options)

@@ -40,8 +40,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 from ctsync.mapping.properties import PropertyShaper
-from ctsync.presets import MappingOptions
-from ctsync.presets.actions import identity_of, record_time
+from ctsync.options import MappingOptions, identity_of, record_time
 from ctsync.records import (
     CleverTapRecord,
     Invalid,
@@ -139,15 +138,10 @@ class ClassicMapper:
         self._options = options
         self._shaper = PropertyShaper(options.nested, snake_case_keys=True)
         self._fine = FineDates(convert=options.convert_microseconds)
+        # The counters themselves (read at the end of a run), not copies.
+        self.dropped: Counter[str] = self._shaper.dropped
+        self.dates_left_as_text: Counter[str] = self._fine.left_as_text
         self._tokens_sent: set[tuple[str, str]] = set()
-
-    @property
-    def dropped(self) -> Counter[str]:
-        return self._shaper.dropped
-
-    @property
-    def dates_left_as_text(self) -> Counter[str]:
-        return self._fine.left_as_text
 
     def __call__(self, message: Message) -> MapResult:
         kind = message.get("type")
@@ -186,7 +180,7 @@ class ClassicMapper:
             if isinstance(identity, Invalid):
                 return identity
             record["identity"] = identity
-        ts = record_time(message)
+        ts = record_time(message.get("timestamp"), self._options.clock)
         if isinstance(ts, Invalid):
             return ts
         record["ts"] = ts
@@ -325,7 +319,7 @@ class ClassicMapper:
         previous = identity_of(message.get("previousId"), "previousId")
         if isinstance(previous, Invalid):
             return Invalid("526", previous.message)
-        ts = record_time(message)
+        ts = record_time(message.get("timestamp"), self._options.clock)
         if isinstance(ts, Invalid):
             return ts
         return {

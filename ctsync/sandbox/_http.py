@@ -8,7 +8,7 @@ no answer, as when a load balancer gives up.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -70,21 +70,31 @@ async def serve_connection(
         writer.close()
 
 
-async def _read_head(
-    conn: h11.Connection, reader: asyncio.StreamReader
-) -> RequestHead | Response | None:
-    """The next request's head; a 4xx `Response` if it cannot be read; None at the end."""
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+    """h11's next event, reading from the client as it needs; a 4xx `Response` if the
+    request cannot be read; None when the client closed an idle connection."""
     while True:
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as error:
             return fail(error.error_status_hint, f"Bad request: {error}")
-        if event is h11.NEED_DATA:
-            data = await reader.read(READ_SIZE)
-            if not data and conn.their_state is h11.IDLE:
-                return None
-            conn.receive_data(data)
-        elif isinstance(event, h11.Request):
+        if event is not h11.NEED_DATA:
+            return event
+        data = await reader.read(READ_SIZE)
+        if not data and conn.their_state is h11.IDLE:
+            return None
+        conn.receive_data(data)
+
+
+async def _read_head(
+    conn: h11.Connection, reader: asyncio.StreamReader
+) -> RequestHead | Response | None:
+    """The next request's head; a 4xx `Response` if it cannot be read; None at the end."""
+    while True:
+        event = await _next_event(conn, reader)
+        if event is None or isinstance(event, Response):
+            return event
+        if isinstance(event, h11.Request):
             return _head(event)
         else:  # ConnectionClosed, or PAUSED after a protocol switch we never agree to
             return None
@@ -95,13 +105,10 @@ async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader) -> byte
     chunks: list[bytes] = []
     size = 0
     while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as error:
-            return fail(error.error_status_hint, f"Bad request: {error}")
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(READ_SIZE))
-        elif isinstance(event, h11.Data):
+        event = await _next_event(conn, reader)
+        if event is None or isinstance(event, Response):
+            return event
+        if isinstance(event, h11.Data):
             size += len(event.data)
             if size > MAX_BODY_BYTES:
                 return fail(413, "Request body too large")

@@ -1,0 +1,80 @@
+"""The end-of-run accounting: what every run returns, and what an error that stopped a
+run carries. A leaf module: `errors` and `ledger` both use it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Summary:
+    """The end-of-run accounting. `skipped`, `invalid`, `rejected` and `failed` count by
+    reason or code; their totals with `accepted` add up to `read`."""
+
+    read: int = 0
+    accepted: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    invalid: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    retries: int = 0
+    elapsed: float = 0.0
+    dry_run: bool = False
+    interrupted: bool = False
+    signal: str | None = None  # SIGINT or SIGTERM when interrupted by one
+    error: str | None = None  # what stopped the run early (refused credentials, a full disk)
+    unreadable: int = 0  # files that ended early (truncated gzip, read errors)
+    dropped: Counter[str] = field(default_factory=Counter)  # nested values --nested left out
+    warnings: Counter[str] = field(default_factory=Counter)  # --validate warn: rules broken
+    fixed: Counter[str] = field(default_factory=Counter)  # --validate fix: fields left out
+    dates_left_as_text: Counter[str] = field(default_factory=Counter)  # finer than ms
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def balanced(self) -> bool:
+        settled = (
+            self.accepted
+            + self.skipped.total()
+            + self.invalid.total()
+            + self.rejected.total()
+            + self.failed.total()
+        )
+        return settled == self.read
+
+    @property
+    def complete(self) -> bool:
+        """Every matched record went through."""
+        return not (
+            self.invalid or self.rejected or self.failed or self.unreadable or self.interrupted
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `--json` summary: the six counts as integers, then the breakdowns."""
+        return {
+            "read": self.read,
+            "skipped": self.skipped.total(),
+            "invalid": self.invalid.total(),
+            "accepted": self.accepted,
+            "rejected": self.rejected.total(),
+            "failed": self.failed.total(),
+            "skipped_by_reason": dict(self.skipped.most_common()),
+            "invalid_by_code": dict(self.invalid.most_common()),
+            "rejected_by_code": dict(self.rejected.most_common()),
+            "failed_by_code": dict(self.failed.most_common()),
+            "unreadable_files": self.unreadable,
+            "dropped_values": dict(self.dropped.most_common()),
+            "warnings_by_code": dict(self.warnings.most_common()),
+            "fixed_by_code": dict(self.fixed.most_common()),
+            "dates_left_as_text": dict(self.dates_left_as_text.most_common()),
+            "requests": self.requests,
+            "retries": self.retries,
+            "elapsed_seconds": round(self.elapsed, 3),
+            "dry_run": self.dry_run,
+            "interrupted": self.interrupted,
+            "signal": self.signal,
+            "error": self.error,
+            "notes": self.notes,
+        }

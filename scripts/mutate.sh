@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# `make mutate`: mutation testing of the core modules with mutmut, one module at a time,
+# each against its own focused tests so that a run ends in bounded time (a mutant costs one
+# pytest start, a few seconds). Prints every surviving mutant and a score per module.
+# Usage: scripts/mutate.sh [MODULE...]   (default: every module below)
+# Modules: timestamps batching ledger client state rules presets
+# mutmut 2 mutates the file in place (and puts it back): do not edit ctsync/ while it runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+
+# The command mutmut runs per mutant. mutmut 2 counts only exit status 1 as "killed": a
+# mutant that breaks an import makes pytest exit 2 and would count as surviving.
+if [ "${1:-}" = "--run-tests" ]; then
+  shift
+  "$BIN/python" -m pytest -x -q -p no:cacheprovider -p no:randomly "$@" || exit 1
+  exit 0
+fi
+
+declare -A PATHS=(
+  [timestamps]=ctsync/timestamps.py
+  [batching]=ctsync/batching.py
+  [ledger]=ctsync/ledger.py,ctsync/summary.py
+  [client]=ctsync/client.py
+  [state]=ctsync/state.py
+  [rules]=ctsync/rules.py
+  [presets]=ctsync/presets/
+)
+declare -A TESTS=(
+  [timestamps]="tests/test_timestamps.py tests/test_local_time.py tests/test_timestamp_rules.py"
+  [batching]="tests/test_pipeline.py"
+  [ledger]="tests/test_ledger.py"
+  [client]="tests/test_client.py"
+  [state]="tests/test_state.py"
+  [rules]="tests/test_rules.py"
+  [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
+)
+
+modules=("$@")
+[ ${#modules[@]} -eq 0 ] && modules=(timestamps batching ledger client state rules presets)
+mkdir -p .mutmut
+status=0
+for module in "${modules[@]}"; do
+  path=${PATHS[$module]:-}
+  if [ -z "$path" ]; then
+    echo "mutate: unknown module $module (known: ${!PATHS[*]})" >&2
+    exit 2
+  fi
+  echo "== $module: mutating $path against ${TESTS[$module]}"
+  rm -f .mutmut-cache  # one cache per module: mutmut's cache is keyed by the whole run
+  # -x: the first failing test kills the mutant; no Hypothesis database between mutants.
+  nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests --no-progress \
+    --runner "bash scripts/mutate.sh --run-tests ${TESTS[$module]}" \
+    >".mutmut/$module.log" 2>&1
+  "$BIN/python" - "$module" <<'PY'
+import sqlite3
+import sys
+
+# ok_killed, ok_suspicious (killed, slowly) and bad_timeout (the mutant hung the tests:
+# caught) are killed; bad_survived survived; untested/skipped ones are not counted.
+module = sys.argv[1]
+counts = dict(sqlite3.connect(".mutmut-cache").execute(
+    "SELECT status, COUNT(*) FROM Mutant GROUP BY status"
+).fetchall())
+killed = sum(counts.get(s, 0) for s in ("ok_killed", "ok_suspicious", "bad_timeout"))
+survived = counts.get("bad_survived", 0)
+total = killed + survived
+print(f"{module}: {killed}/{total} mutants killed ({survived} survived)", flush=True)
+PY
+  survivors=$("$BIN/python" -c "import sqlite3; print(*(r[0] for r in sqlite3.connect('.mutmut-cache').execute(\"SELECT id FROM Mutant WHERE status = 'bad_survived' ORDER BY id\")))")
+  for id in $survivors; do
+    echo "  survived: mutant $id"
+    "$BIN/mutmut" show "$id" | grep -E '^[-+][^-+]' | sed 's/^/    /'
+  done
+  cp .mutmut-cache ".mutmut/$module.cache" 2>/dev/null
+done
+exit $status

@@ -1,0 +1,77 @@
+"""One source of truth per job: an `UploadJob` holds its inputs and builds its own mapper;
+`upload` and `delete` take their connection options from one shared group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import typer
+
+from ctsync import api
+from ctsync.cli import Connection, app
+from ctsync.errors import UsageError
+from ctsync.options import MappingOptions, Nested
+from ctsync.presets import Preset
+from ctsync.reader import collect_inputs
+from tests.helpers import assert_accounted
+
+
+def export(tmp_path: Path, name: str, users: list[str]) -> Path:
+    path = tmp_path / name
+    lines = [
+        {"type": "track", "userId": u, "event": "Bought", "properties": {"cart": {"n": 1}}}
+        for u in users
+    ]
+    path.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in lines))
+    return path
+
+
+def test_a_job_takes_paths_or_collected_sources_not_both(tmp_path: Path) -> None:
+    path = export(tmp_path, "a.ndjson", ["u1"])
+    with pytest.raises(ValueError, match="not both"):
+        api.UploadJob(paths=[str(path)], sources=collect_inputs([str(path)]))
+
+
+def test_a_job_with_collected_sources_reads_those(tmp_path: Path) -> None:
+    a = export(tmp_path, "a.ndjson", ["u1", "u2"])
+    job = api.UploadJob(sources=collect_inputs([str(a)]), preset=Preset.CLASSIC)
+    summary = api.upload(job)
+    assert (summary.read, summary.accepted) == (2, 2)
+    assert_accounted(summary)
+
+
+def test_a_broken_mapping_file_stops_the_making_of_the_job(tmp_path: Path) -> None:
+    broken = tmp_path / "mapping.json"
+    broken.write_text('{"subscriptions": [')
+    with pytest.raises(UsageError, match=r"mapping\.json"):
+        api.UploadJob(paths=["-"], mapping_file=broken)
+
+
+def test_each_run_of_a_job_has_its_own_mapper(tmp_path: Path) -> None:
+    """Mappers count what they drop: a job run twice reports the same counts twice."""
+    a = export(tmp_path, "a.ndjson", ["u1", "u2"])
+    job = api.UploadJob(
+        paths=[str(a)], preset=Preset.CLASSIC, mapping=MappingOptions(nested=Nested.DROP)
+    )
+    first, second = api.upload(job), api.upload(job)
+    assert first.dropped.total() == 2
+    assert second.dropped == first.dropped
+
+
+def params(command: str) -> dict[str, Any]:
+    """The click parameters of a subcommand, by name (typer may vendor its own click)."""
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    return {p.name: p for p in commands[command].params if p.name}
+
+
+def test_upload_and_delete_share_every_connection_option() -> None:
+    upload, delete = params("upload"), params("delete")
+    for name in Connection.__slots__:
+        a, b = upload[name], delete[name]
+        assert (a.opts, a.envvar, a.default) == (b.opts, b.envvar, b.default), name
+        assert a.help == b.help, name
+    # --concurrency is each command's own: deletes go at most 3 at a time.
+    assert (upload["concurrency"].default, delete["concurrency"].default) == (10, 3)

@@ -1,0 +1,287 @@
+"""The ledger: a record's worst verdict decides its outcome, and the counts add up.
+
+Accounting is checked here by an independent sum (`tests.helpers.settled`), never by
+`Summary.balanced`, which is the production code under test."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from rich.console import Console
+
+from ctsync.api import Outputs, UploadJob, upload
+from ctsync.console import render_summary
+from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, report_line
+from ctsync.presets import Preset
+from ctsync.records import Invalid, Origin, Outcome, Stage
+from ctsync.settings import ClientSettings
+from tests.helpers import assert_accounted, settled
+
+REJECTED = Verdict(Outcome.REJECTED, "512", "event name too long")
+FAILED = Verdict(Outcome.FAILED, "503", "busy", Stage.TRANSPORT)
+
+
+def track(ledger: Ledger, operations: int) -> Tracked:
+    ledger.read()
+    return Tracked(Origin("export.ndjson", 1), b'{"userId":"u1"}', {"userId": "u1"}, operations)
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "outcome"),
+    [
+        ([REJECTED, ACCEPTED], "rejected"),  # the classic track: event refused, token taken
+        ([ACCEPTED, REJECTED], "rejected"),
+        ([FAILED, ACCEPTED, REJECTED], "failed"),
+        ([REJECTED, FAILED, ACCEPTED], "failed"),
+        ([ACCEPTED, ACCEPTED], "accepted"),
+    ],
+)
+def test_a_record_ends_with_its_worst_verdict_in_any_order(
+    verdicts: list[Verdict], outcome: str
+) -> None:
+    report = io.BytesIO()
+    ledger = Ledger(report=report)
+    tracked = track(ledger, len(verdicts))
+    for verdict in verdicts:
+        ledger.settle(tracked, verdict)
+    counts = ledger.summary.as_dict()
+    expected = {"accepted": 0, "rejected": 0, "failed": 0, outcome: 1}
+    assert {k: counts[k] for k in expected} == expected
+    if outcome == "accepted":
+        assert report.getvalue() == b""
+    else:
+        (line,) = report.getvalue().splitlines()
+        assert orjson.loads(line)["code"] == ("503" if outcome == "failed" else "512")
+
+
+def test_the_first_of_equally_bad_verdicts_is_reported() -> None:
+    """Two rejections of one record: the report names the first (the later one does not
+    replace it, so a re-run of the same input reports the same code)."""
+    report = io.BytesIO()
+    ledger = Ledger(report=report)
+    tracked = track(ledger, 2)
+    ledger.settle(tracked, REJECTED)
+    ledger.settle(tracked, Verdict(Outcome.REJECTED, "523", "other"))
+    assert ledger.summary.rejected == Counter({"512": 1})
+    assert orjson.loads(report.getvalue())["code"] == "512"
+
+
+verdicts = st.sampled_from([ACCEPTED, REJECTED, FAILED, Verdict(Outcome.ACCEPTED)])
+
+
+@given(st.lists(st.lists(verdicts, min_size=1, max_size=5), max_size=20))
+def test_every_record_is_counted_once_by_its_worst_verdict(records: list[list[Verdict]]) -> None:
+    ledger = Ledger()
+    severity = {Outcome.ACCEPTED: 0, Outcome.REJECTED: 1, Outcome.FAILED: 2}
+    expected: Counter[Outcome] = Counter()
+    for operations in records:
+        tracked = track(ledger, len(operations))
+        for verdict in operations:
+            ledger.settle(tracked, verdict)
+        expected[max((v.outcome for v in operations), key=severity.__getitem__)] += 1
+    summary = ledger.summary
+    assert summary.accepted == expected[Outcome.ACCEPTED]
+    assert summary.rejected.total() == expected[Outcome.REJECTED]
+    assert summary.failed.total() == expected[Outcome.FAILED]
+    assert_accounted(summary)
+
+
+def test_a_record_is_not_counted_before_its_last_verdict() -> None:
+    ledger = Ledger()
+    tracked = track(ledger, 3)
+    ledger.settle(tracked, ACCEPTED)
+    ledger.settle(tracked, ACCEPTED)
+    assert settled(ledger.summary) == 0
+    ledger.settle(tracked, ACCEPTED)
+    assert settled(ledger.summary) == 1 == ledger.summary.accepted
+
+
+def test_skipped_and_invalid_records_count_toward_read() -> None:
+    ledger = Ledger()
+    for _ in range(3):
+        ledger.read()
+    ledger.skip("page")
+    ledger.invalid(Origin("f", 2), b"{}", {}, Invalid("no-identity", "no identity"))
+    ledger.settle(track(ledger, 1), ACCEPTED)
+    summary = ledger.summary
+    assert (summary.read, settled(summary)) == (4, 3)  # one record still in flight
+
+
+@pytest.mark.parametrize(
+    ("read", "accepted", "rejected", "balanced"),
+    [
+        (3, 2, 1, True),
+        (3, 3, 1, False),  # more settled than read: a record counted twice
+        (3, 1, 1, False),  # fewer: a record lost
+        (0, 0, 0, True),
+    ],
+)
+def test_balanced_is_true_only_when_the_counts_add_up_exactly(
+    read: int, accepted: int, rejected: int, balanced: bool
+) -> None:
+    summary = Summary(read=read, accepted=accepted, rejected=Counter({"512": rejected}))
+    assert summary.balanced is balanced
+
+
+def test_the_summary_says_so_when_the_counts_do_not_add_up() -> None:
+    def rendered(summary: Summary) -> str:
+        out = io.StringIO()
+        render_summary(summary, Console(file=out, width=200))
+        return out.getvalue()
+
+    assert "do not add up" in rendered(Summary(read=1, accepted=2))
+    assert "do not add up" not in rendered(Summary(read=2, accepted=2))
+
+
+def test_a_classic_track_whose_event_is_rejected_and_token_accepted_is_rejected(
+    tmp_path: Path, settings: ClientSettings
+) -> None:
+    """End to end: one track message gives an event and a device token record; CleverTap
+    refuses the event by number and takes the token. The record is rejected, reported
+    once and written to the dead letters."""
+    message = {
+        "type": "track",
+        "event": "Clicked",
+        "userId": "u1",
+        "anonymousId": "a1",
+        "messageId": "m1",
+        "timestamp": "2024-01-01T00:00:00Z",
+        "context": {"device": {"token": "tok-1", "type": "android"}},
+    }
+    export = tmp_path / "export.ndjson"
+    export.write_bytes(orjson.dumps(message) + b"\n")
+    kinds: list[str] = []
+
+    def clevertap(request: httpx.Request) -> httpx.Response:
+        records = orjson.loads(request.content)["d"]
+        kinds.extend(r["type"] for r in records)
+        refused = [
+            {"status": "fail", "code": 512, "error": f"bad event. Skipped record number : {n}"}
+            for n, record in enumerate(records, start=1)
+            if record["type"] == "event"
+        ]
+        return httpx.Response(
+            200,
+            json={
+                "status": "success",
+                "processed": len(records) - len(refused),
+                "unprocessed": refused,
+            },
+        )
+
+    job = UploadJob(
+        paths=[str(export)],
+        client=settings,
+        preset=Preset.CLASSIC,
+        outputs=Outputs(report=tmp_path / "report.ndjson", failed=tmp_path / "failed.ndjson"),
+    )
+    summary = upload(job, transport=httpx.MockTransport(clevertap))
+    assert sorted(kinds) == ["event", "token"]
+    counts = summary.as_dict()
+    assert (counts["read"], counts["accepted"], counts["rejected"]) == (1, 0, 1)
+    assert_accounted(summary)
+    (line,) = (tmp_path / "report.ndjson").read_bytes().splitlines()
+    assert orjson.loads(line)["code"] == "512"
+    assert orjson.loads((tmp_path / "failed.ndjson").read_bytes()) == message
+
+
+def test_a_fresh_summary_counts_nothing() -> None:
+    assert Summary().as_dict() == {
+        "read": 0,
+        "skipped": 0,
+        "invalid": 0,
+        "accepted": 0,
+        "rejected": 0,
+        "failed": 0,
+        "skipped_by_reason": {},
+        "invalid_by_code": {},
+        "rejected_by_code": {},
+        "failed_by_code": {},
+        "unreadable_files": 0,
+        "dropped_values": {},
+        "warnings_by_code": {},
+        "fixed_by_code": {},
+        "dates_left_as_text": {},
+        "requests": 0,
+        "retries": 0,
+        "elapsed_seconds": 0.0,
+        "dry_run": False,
+        "interrupted": False,
+        "signal": None,
+        "error": None,
+        "notes": [],
+    }
+
+
+def test_the_shared_accepted_verdict_cannot_be_changed() -> None:
+    """Every accepted operation shares `ACCEPTED`: changing it would change them all."""
+    with pytest.raises(AttributeError):
+        ACCEPTED.code = "512"  # type: ignore[misc]
+    assert (ACCEPTED.code, ACCEPTED.message, ACCEPTED.stage) == ("", "", Stage.API)
+
+
+@pytest.mark.parametrize("code", ["interrupted", "aborted"])
+@pytest.mark.parametrize("resumable", [True, False])
+def test_records_a_resumed_run_sends_again_stay_out_of_the_dead_letters(
+    code: str, resumable: bool
+) -> None:
+    """With a state file the next run re-sends records stopped by an interruption:
+    writing them to the dead letters as well would send them twice."""
+    report, dead = io.BytesIO(), io.BytesIO()
+    ledger = Ledger(report=report, dead_letters=dead, resumable=resumable)
+    ledger.settle(track(ledger, 1), Verdict(Outcome.FAILED, code, "stopped"))
+    assert ledger.summary.failed == Counter({code: 1})
+    assert report.getvalue().count(b"\n") == 1
+    assert dead.getvalue() == (b"" if resumable else b'{"userId":"u1"}\n')
+
+
+def test_a_tracked_record_keeps_its_line_or_its_message() -> None:
+    origin = Origin("f", 1)
+    assert Tracked(origin, None, {"userId": "m"}, 1).message == {"userId": "m"}
+    # With the input line, the message is decoded from it again when asked for.
+    assert Tracked(origin, b'{"userId":"line"}', {"userId": "m"}, 1).message == {"userId": "line"}
+
+
+def test_a_report_line_names_where_who_why_and_the_run() -> None:
+    line = orjson.loads(
+        report_line(
+            Origin("export.ndjson", 7, 2),
+            {"messageId": "m7", "anonymousId": "a7"},
+            Verdict(Outcome.FAILED),
+            run="2024-01-01T00:00:00.000Z",
+        )
+    )
+    assert line == {
+        "source": "export.ndjson",
+        "line": 7,
+        "part": 2,
+        "messageId": "m7",
+        "identity": "a7",
+        "stage": "api",
+        "code": "",
+        "message": "",
+        "run": "2024-01-01T00:00:00.000Z",
+    }
+
+
+@pytest.mark.parametrize(
+    ("message", "identity"),
+    [
+        ({"userId": "u1", "anonymousId": "a1"}, "u1"),  # the user, when there is one
+        ({"anonymousId": "a1"}, "a1"),
+        ({"userId": 42}, 42),  # as written in the input
+        ({}, None),
+    ],
+)
+def test_a_report_line_names_the_user_else_the_anonymous_id(
+    message: dict[str, object], identity: object
+) -> None:
+    line = report_line(Origin("f", 1), message, REJECTED)
+    assert orjson.loads(line)["identity"] == identity
