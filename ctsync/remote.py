@@ -357,9 +357,7 @@ class GCSStore:
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         blobs = iter(
-            self._call(
-                self._client.list_blobs, self.bucket, prefix=prefix, page_size=GCS_PAGE_SIZE
-            )
+            self._call(self._client.list_blobs, self.bucket, prefix=prefix, page_size=GCS_PAGE_SIZE)
         )
         while True:
             blob = self._call(next, blobs, None)

@@ -138,6 +138,20 @@ def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
+def _is_bool(value: Any) -> bool:
+    return type(value) is bool
+
+
+def _is_categories(value: Any) -> bool:
+    """A subscription category object: `{"email": ["Marketing"], "push": ["Offers"]}`,
+    each channel naming an array of category names (strings of at most 512 bytes)."""
+    return type(value) is dict and all(
+        type(names) is list
+        and all(type(name) is str and len(name.encode()) <= MAX_STRING_BYTES for name in names)
+        for names in value.values()
+    )
+
+
 # Standard profile keys with a value rule: key -> (code, test, what the value must be).
 STANDARD_VALUE_RULES: Final[dict[str, tuple[str, Callable[[Any], bool], str]]] = {
     "Gender": ("514", _one_of("M", "F"), "M or F"),
@@ -147,6 +161,19 @@ STANDARD_VALUE_RULES: Final[dict[str, tuple[str, Callable[[Any], bool], str]]] =
     "Education": ("518", _one_of("School", "College", "Graduate"), "School, College or Graduate"),
     "Married": ("519", _one_of("Y", "N"), "Y or N"),
     "Age": ("520", _is_number, "a number"),
+}
+# CleverTap's reserved keys, checked as it checks them; never fixable (a subscription
+# left out would be a subscription silently not changed).
+RESERVED_VALUE_RULES: Final[dict[str, tuple[str, Callable[[Any], bool], str]]] = {
+    **{flag: ("512", _is_bool, "true or false") for flag in SUBSCRIPTION_FLAGS},
+    **{
+        category: (
+            "512",
+            _is_categories,
+            'an object of arrays of category names, like {"email": ["Marketing"]}',
+        )
+        for category in SUBSCRIPTION_CATEGORIES
+    },
 }
 
 
@@ -241,7 +268,7 @@ def _check_profile_data(data: Any, found: list[Violation]) -> None:
     custom = 0
     for key, value in data.items():
         if key in STANDARD_PROFILE_KEYS:
-            rule = STANDARD_VALUE_RULES.get(key)
+            rule = STANDARD_VALUE_RULES.get(key) or RESERVED_VALUE_RULES.get(key)
             if rule is not None:
                 code, test, expected = rule
                 if not test(value):

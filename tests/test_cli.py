@@ -717,6 +717,22 @@ def test_stdin_from_a_terminal_says_so_and_ctrl_c_works(key: bytes, code: int) -
         assert "stopping (Ctrl-C)" in term.screen()
 
 
+@pytest.mark.parametrize(("key", "code"), [(b"\x04", 0), (b"\x03", 130)], ids=["ctrl-d", "ctrl-c"])
+def test_mappings_check_from_a_terminal_says_so_and_checks_each_line_as_typed(
+    tmp_path: Path, key: bytes, code: int
+) -> None:
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(runner.invoke(app, ["mappings", "show"]).stdout)
+    term = Terminal("mappings", "check", str(mapping), "-", env=clean_env(TERM="dumb"))
+    term.expect("reading Segment messages from standard input (Ctrl-D to finish, Ctrl-C to stop)")
+    term.type(IDENTIFY_LINE)
+    term.expect("line 1: fires: Event Type is Identify")  # before the input ends
+    term.type(key)
+    assert term.wait() == code, term.screen()
+    if code == 130:
+        assert "ctsync: interrupted" in term.screen() and "Aborted" not in term.screen()
+
+
 @contextlib.contextmanager
 def slow_server_run(
     export: Path, *extra: str, latency_ms: int

@@ -286,6 +286,52 @@ def test_reserved_keys_are_accepted_and_are_not_custom_properties() -> None:
 
 
 @pytest.mark.parametrize(
+    "flag", ["MSG-email", "MSG-push", "MSG-sms", "MSG-whatsapp", "MSG-dndPhone", "MSG-dndEmail"]
+)
+@pytest.mark.parametrize("value", ["false", "yes", 0, 1, None, [True]])
+def test_a_subscription_flag_that_is_not_a_boolean_is_512(flag: str, value: Any) -> None:
+    found = check_upload(profile(**{flag: value}))
+    assert [violation.code for violation in found] == ["512"]
+    assert found[0].message.startswith(f"{flag} ") and "true or false" in found[0].message
+
+
+@pytest.mark.parametrize("key", ["category-unsubscribe", "category-resubscribe"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Marketing",
+        ["Marketing"],
+        {"email": "Marketing"},
+        {"email": [1]},
+        {"email": ["Marketing", None]},
+        {"email": {"0": "Marketing"}},
+        {"email": ["é" * 257]},  # 514 bytes
+    ],
+)
+def test_a_subscription_category_that_is_not_an_object_of_arrays_of_strings_is_512(
+    key: str, value: Any
+) -> None:
+    found = check_upload(profile(**{key: value}))
+    assert [violation.code for violation in found] == ["512"]
+    assert found[0].message.startswith(f"{key} ")
+
+
+def test_subscription_categories_as_clevertap_documents_them_are_valid() -> None:
+    categories = {"email": ["Marketing", "Newsletter"], "push": ["Offers"], "sms": []}
+    assert check_upload(profile(**{"category-unsubscribe": categories})) == []
+    assert check_upload(profile(**{"category-resubscribe": {"email": ["é" * 256]}})) == []
+
+
+def test_a_bad_subscription_flag_is_never_left_out_by_fix() -> None:
+    """Leaving out `MSG-email` would leave a subscription silently unchanged: the record
+    is refused even under --validate fix, with the flag's violation first."""
+    record = profile(**{"MSG-email": "no", "Gender": "x"})
+    sent, fixes, found = fix_upload(record)
+    assert sent is record and fixes == []
+    assert [violation.code for violation in found] == ["512", "514"]
+
+
+@pytest.mark.parametrize(
     "operation",
     [
         {"$add": ["a", "b"]},

@@ -16,14 +16,22 @@ from typing import Annotated
 import orjson
 import typer
 
-from ctsync.errors import UsageError
+from ctsync.errors import ExitCode, UsageError
 from ctsync.mapping.file import MappingError, MappingFile, load_mapping
 from ctsync.mapping.mapper import build_mapper
 from ctsync.mapping.presets import PresetName, preset_as_mapping
 from ctsync.presets import MappingOptions
-from ctsync.reader import InputOptions, InputRecord, OpenSource, collect_inputs, read_source
+from ctsync.reader import (
+    STDIN,
+    InputOptions,
+    InputRecord,
+    OpenSource,
+    collect_inputs,
+    read_source,
+)
 from ctsync.records import Delete, Invalid, Mapper, Skip, Upload
 from ctsync.rules import check_upload
+from ctsync.stopping import terminal_stdin
 
 app = typer.Typer(
     help="Mapping files: Segment-style subscriptions in place of a preset.",
@@ -73,15 +81,27 @@ def check(
     ok = True
     for note in inputs.notes():
         typer.echo(note)
+    # At a terminal, say what is awaited (as `ctsync upload` does), and take each line as
+    # it is typed: a buffered read would wait for 64 KiB before checking anything.
+    stdin = terminal_stdin() if any(s.name == STDIN for s in inputs.sources) else None
+    if stdin is not None:
+        typer.echo(
+            "ctsync: reading Segment messages from standard input "
+            "(Ctrl-D to finish, Ctrl-C to stop)",
+            err=True,
+        )
     for source in inputs.sources:
         label = "" if len(inputs.sources) == 1 else f"{source.name}: "
         try:
-            opened = OpenSource(source)
+            opened = OpenSource(source, stdin)
         except OSError as error:
             typer.echo(f"error: cannot read {source.name}: {error.strerror or error}", err=True)
             raise typer.Exit(2) from None
         try:
             ok = _check_events(mapping_file, mapper, read_source(opened), label) and ok
+        except KeyboardInterrupt:  # Ctrl-C: not click's "Aborted!" and exit 1
+            typer.echo("ctsync: interrupted", err=True)
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
         finally:
             opened.close()
     if not ok:

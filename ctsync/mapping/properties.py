@@ -9,10 +9,9 @@ per-account beta), and `.` is forbidden in keys, so nested values are
 - `drop`: left out.
 
 Profile properties CleverTap gives meaning to are never reshaped: its reserved keys
-(`MSG-email`, `category-unsubscribe`, ...) keep their key and value as written, and a
-value that is one operation object (`{"$add": ["a"]}`, `{"$incr": 1}`) is sent as that
-object (its key is renamed like any other, so it acts on the property plain values of
-the same trait go to).
+(`MSG-email`, `category-unsubscribe`, ...) and any property whose value is one operation
+object (`{"$add": ["a"]}`, `{"$incr": 1}`) keep their key and value exactly as written,
+as CleverTap's API requires (never renamed, snake_cased or flattened).
 
 Every value left out is counted in a `Counter` keyed by property name: nested values under
 `drop`, and under `flatten` a flattened key that collides with a key already present.
@@ -114,16 +113,20 @@ class PropertyShaper:
         out: dict[str, Any] = {}
         nested: list[tuple[str, Any]] = []
         for raw_key, value in data.items():
-            if profile and raw_key in RESERVED_PROFILE_KEYS:
-                out[raw_key] = value  # as written, whatever the renaming
+            if profile and (
+                raw_key in RESERVED_PROFILE_KEYS
+                or (type(value) is dict and profile_operation(value) is not None)
+            ):
+                # Key and value as written, whatever the renaming (clevertap-api.md).
+                if raw_key in out:
+                    self.dropped[raw_key] += 1
+                else:
+                    out[raw_key] = value
                 continue
             key = rename(raw_key) if isinstance(raw_key, str) else raw_key
-            if isinstance(value, dict):
-                # An operation on a profile property is sent as the object it is.
-                if not (profile and profile_operation(value) is not None):
-                    nested.append((key, value))
-                    continue
-            elif isinstance(value, list) and not (profile and _is_scalar_list(value)):
+            if isinstance(value, dict) or (
+                isinstance(value, list) and not (profile and _is_scalar_list(value))
+            ):
                 nested.append((key, value))
                 continue
             if key in out:

@@ -15,11 +15,11 @@ Identifier: `userId` as `identity`; with no userId, the `anonymousId` as `object
 mode uses it as the CleverTap ID). Nested event properties follow `--nested`; what is
 left out is counted in the mapper's `dropped` counter (see `ctsync.mapping.properties`).
 
-Profiles: CleverTap's reserved keys (`MSG-email`, ..., `category-unsubscribe`) are sent
-as written, and a trait whose value is one operation object (`{"$incr": 1}`) is sent as
-that object under its snake_cased name, so that it acts on the property the preset
-writes plain values to. `Name` is made from first and last names when there is no name
-(Segment's identify spec).
+Profiles: CleverTap's reserved keys (`MSG-email`, ..., `category-unsubscribe`) and a
+trait whose value is one operation object (`{"$incr": 1}`) are sent exactly as written,
+key and value, as CleverTap's API requires: to act on a property this preset writes
+plain values to, name the trait as it is sent (`login_count`, not `loginCount`).
+`Name` is made from first and last names when there is no name (Segment's identify spec).
 
 Alias: CleverTap's upload takes one identifier per record, so the alias cannot name both
 ids. ctsync uploads the profile whose CleverTap ID is `previousId` (the anonymousId the

@@ -402,13 +402,36 @@ def test_reserved_keys_and_operations_reach_clevertap_as_written(nested: Nested)
     assert dropped_values(mapper) == {}
 
 
-def test_an_operation_acts_on_the_property_the_preset_writes_plain_values_to() -> None:
-    # `loginCount: 3` is sent as `login_count`; incrementing it must reach the same property.
+def test_an_operation_keeps_its_trait_name_exactly_as_written() -> None:
+    """clevertap-api.md: "any property whose value is one operator object" reaches
+    CleverTap exactly as written, never snake_cased; a plain trait is snake_cased."""
     mapper = classic_mapper(MappingOptions())
-    plain = {"type": "identify", "userId": "u1", "timestamp": TS, "traits": {"loginCount": 3}}
-    counted = {**plain, "traits": {"loginCount": {"$incr": 1}}}
-    assert records(mapper(plain))[0]["profileData"] == {"login_count": 3}
-    assert records(mapper(counted))[0]["profileData"] == {"login_count": {"$incr": 1}}
+    message = {
+        "type": "identify",
+        "userId": "u1",
+        "timestamp": TS,
+        "traits": {
+            "loginCount": {"$incr": 1},
+            "Favorite Tags": {"$add": ["vip", "beta"]},
+            "wishList": {"$remove": "shoes"},
+            "creditBalance": {"$decr": 2.5},
+            "legacyFlag": {"$delete": 1},
+            "planName": "pro",
+            "visitCount": 3,
+        },
+    }
+    assert records(mapper(message))[0]["profileData"] == {
+        "loginCount": {"$incr": 1},
+        "Favorite Tags": {"$add": ["vip", "beta"]},
+        "wishList": {"$remove": "shoes"},
+        "creditBalance": {"$decr": 2.5},
+        "legacyFlag": {"$delete": 1},
+        "plan_name": "pro",
+        "visit_count": 3,
+    }
+    # To act on the property a plain trait was sent to, name it as it was sent.
+    counted = {**message, "traits": {"visit_count": {"$incr": 1}}}
+    assert records(mapper(counted))[0]["profileData"] == {"visit_count": {"$incr": 1}}
 
 
 def test_objects_that_are_not_one_operation_are_still_flattened() -> None:
