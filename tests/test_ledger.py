@@ -6,6 +6,7 @@ Accounting is checked here by an independent sum (`tests.helpers.settled`), neve
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -285,3 +286,41 @@ def test_a_report_line_names_the_user_else_the_anonymous_id(
 ) -> None:
     line = report_line(Origin("f", 1), message, REJECTED)
     assert orjson.loads(line)["identity"] == identity
+
+
+def test_a_new_ledger_is_not_a_dry_run_nor_resumable_and_has_no_error() -> None:
+    dead = io.BytesIO()
+    ledger = Ledger(dead_letters=dead)
+    assert ledger.summary.dry_run is False and ledger.output_error is None
+    # Not resumable: a record stopped by an interruption goes to the dead letters.
+    ledger.settle(track(ledger, 1), Verdict(Outcome.FAILED, "interrupted", "stopped"))
+    assert dead.getvalue() == b'{"userId":"u1"}\n'
+
+
+def test_the_run_of_each_report_line_is_the_start_time_unless_given() -> None:
+    assert Ledger(run="2024-01-01T00:00:00.000Z").run == "2024-01-01T00:00:00.000Z"
+    started = Ledger().run
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", started), started
+
+
+def test_skipped_and_invalid_records_are_counted_by_reason_each_time() -> None:
+    ledger = Ledger()
+    for _ in range(2):
+        ledger.skip("page")
+        ledger.invalid(Origin("f", 1), b"{}", {}, Invalid("523", "no identity"))
+    assert ledger.summary.skipped == Counter({"page": 2})
+    assert ledger.summary.invalid == Counter({"523": 2})
+
+
+def test_a_validate_fix_line_names_the_field_it_left_out() -> None:
+    report = io.BytesIO()
+    ledger = Ledger(report=report, run="r")
+    ledger.fixed(Origin("f", 3), {"userId": "u3"}, "Phone", "516", "not a phone number")
+    line = orjson.loads(report.getvalue())
+    assert (line["field"], line["code"], line["stage"], line["identity"]) == (
+        "Phone",
+        "516",
+        "validate",
+        "u3",
+    )
+    assert ledger.summary.fixed == Counter({"516": 1})
