@@ -55,7 +55,7 @@ ACCOUNT = "sandbox"
 PASSCODE = "sandbox"
 EPOCH = 1_714_564_800  # 2024-05-01T12:00:00Z
 TRAITS = ("plan", "score", "city", "tier")
-IN_FLIGHT_NOTE = re.compile(r"([\d,]+) records? (?:were|was) in flight")
+IN_FLIGHT_NOTE = re.compile(r"([\d,]+) records? (?:were|was) on the wire when an earlier run")
 UNKNOWN = "outcome-unknown"
 
 Message = dict[str, Any]
@@ -407,10 +407,13 @@ def check(preset: str, model: Model, runs: Sequence[Run], db: Path, config: Soak
         if run.summary is not None:
             if not _adds_up(run.summary):
                 problems.append(f"a summary does not add up: {run.summary}")
-            for note in run.summary.get("notes", []):
-                for match in IN_FLIGHT_NOTE.finditer(note):
-                    noted = int(match.group(1).replace(",", ""))
-                    found.largest_in_flight = max(found.largest_in_flight, noted)
+            # The records an earlier run left on the wire: re-sent ones plus unknown ones.
+            noted = sum(
+                int(match.group(1).replace(",", ""))
+                for note in run.summary.get("notes", [])
+                for match in IN_FLIGHT_NOTE.finditer(note)
+            )
+            found.largest_in_flight = max(found.largest_in_flight, noted)
     if other_failures:
         problems.append(f"records reported failed other than {UNKNOWN}: {dict(other_failures)}")
 
