@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import orjson
 
+from ctsync.concurrency import ConcurrencyReport
 from ctsync.errors import OutputError
 from ctsync.records import Invalid, Message, Origin, Outcome, Stage
 from ctsync.redact import redact_bytes
@@ -87,6 +88,8 @@ class Summary:
     fixed: Counter[str] = field(default_factory=Counter)  # --validate fix: fields left out
     dates_left_as_text: Counter[str] = field(default_factory=Counter)  # finer than ms
     notes: list[str] = field(default_factory=list)
+    # Requests in flight per endpoint used ("upload", "delete"); empty in a dry run.
+    concurrency: dict[str, ConcurrencyReport] = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
@@ -126,6 +129,8 @@ class Summary:
             "dates_left_as_text": dict(self.dates_left_as_text.most_common()),
             "requests": self.requests,
             "retries": self.retries,
+            "http_429": sum(c.too_many_requests for c in self.concurrency.values()),
+            "concurrency": {name: c.as_dict() for name, c in self.concurrency.items()},
             "elapsed_seconds": round(self.elapsed, 3),
             "dry_run": self.dry_run,
             "interrupted": self.interrupted,
