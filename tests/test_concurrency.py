@@ -22,10 +22,14 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
+from typer.testing import CliRunner
 
+from ctsync.cli import app
 from ctsync.client import CleverTapClient
-from ctsync.concurrency import Limit, parse_concurrency
-from ctsync.ledger import Ledger
+from ctsync.concurrency import ConcurrencyReport, Limit, parse_concurrency
+from ctsync.console import render_summary
+from ctsync.ledger import Ledger, Summary
 from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
@@ -235,3 +239,34 @@ def test_a_stop_sends_nothing_more_while_lanes_wait_for_permits(counted: bool) -
     accepted, failed, read = asyncio.run(go())
     assert len(paths) == 1, paths  # the request in flight finished; no other went out
     assert (read, accepted, failed) == (5, 1, {"interrupted": 4})
+
+
+def test_the_summary_says_what_the_window_did() -> None:
+    summary = Summary(read=10, accepted=10)
+    summary.concurrency = {
+        "upload": ConcurrencyReport("auto", 15, 9, 4, 2, 3),
+        "delete": ConcurrencyReport("fixed", 3, 3, 3, 3, 0),
+    }
+    console = Console(record=True, width=200)
+    render_summary(summary, console)
+    text = console.export_text()
+    assert "upload requests in flight (auto, at most 15): peak 9, final limit 4, lowest 2;" in text
+    assert "3 answered 429" in text
+    assert "delete requests in flight (fixed, at most 3): peak 3; 0 answered 429" in text
+    data = summary.as_dict()
+    assert data["http_429"] == 3
+    assert data["concurrency"]["upload"] == {
+        "mode": "auto",
+        "limit": 15,
+        "peak_in_flight": 9,
+        "final_limit": 4,
+        "lowest_limit": 2,
+        "http_429": 3,
+    }
+
+
+def test_a_dry_run_reports_no_concurrency() -> None:
+    data = orjson.dumps({"type": "identify", "userId": "u1", "traits": {"n": 1}}) + b"\n"
+    result = CliRunner().invoke(app, ["upload", "-", "--dry-run", "--json"], input=data)
+    summary = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["concurrency"], summary["http_429"]) == ({}, 0)
