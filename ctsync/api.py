@@ -297,7 +297,9 @@ async def _with_sender(
     if client is None:
         return await go(SendCounter(DryRunSender(requests)))
     async with CleverTapClient(client, transport=transport) as sender:
-        return await go(SendCounter(sender))
+        summary = await go(SendCounter(sender))
+        summary.concurrency = sender.concurrency()
+        return summary
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ctsync import __version__, api
+from ctsync.concurrency import AUTO, parse_concurrency
 from ctsync.console import PlainProgress, ProgressView, RunView, plural, render_summary
 from ctsync.errors import CtsyncError, ExitCode, UsageError
 from ctsync.mapping.cli import app as mappings_app
@@ -105,13 +106,29 @@ Endpoint = Annotated[
         rich_help_panel=CONNECTION,
     ),
 ]
+
+
+def _check_concurrency(value: str) -> str:
+    """`auto`, or 1..15: anything else is a usage error (exit 2) naming the option."""
+    try:
+        parsed = parse_concurrency(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}: give auto or 1..{MAX_UPLOAD_CONCURRENCY}") from None
+    if parsed != AUTO and not 1 <= int(parsed) <= MAX_UPLOAD_CONCURRENCY:
+        raise typer.BadParameter(
+            f"{parsed} is not in 1..{MAX_UPLOAD_CONCURRENCY} (CleverTap's limit), nor auto"
+        )
+    return value
+
+
 Concurrency = Annotated[
-    int,
+    str,
     typer.Option(
-        min=1,
-        max=MAX_UPLOAD_CONCURRENCY,
-        metavar="N",
-        help="Requests in flight (at most 15; deletes at most 3).",
+        metavar="auto|N",
+        callback=_check_concurrency,
+        help="Requests in flight: auto (start at CleverTap's limit, 15 uploads or 3 deletes;"
+        " halve on each 429, grow back by one per answer) or a fixed N (1..15; deletes at"
+        " most 3).",
         rich_help_panel=CONNECTION,
     ),
 ]
@@ -405,7 +422,7 @@ def upload(
     dry_run: DryRun = False,
     output: RequestsOutput = None,
     connection: Connection = None,  # type: ignore[assignment]  # with_connection fills it
-    concurrency: Concurrency = 10,
+    concurrency: Concurrency = AUTO,
     report: Report = None,
     failed: Failed = None,
     state: Annotated[
@@ -466,7 +483,7 @@ def upload(
             run=RunOptions(
                 batch_size=batch_size,
                 validate=validate,
-                lanes=concurrency,
+                lanes=_lanes(concurrency),
                 retry_unknown=retry_unknown,
             ),
             outputs=api.Outputs(report=report, failed=failed, requests=output),
@@ -515,7 +532,7 @@ def delete(
     dry_run: DryRun = False,
     output: RequestsOutput = None,
     connection: Connection = None,  # type: ignore[assignment]  # with_connection fills it
-    concurrency: Concurrency = 3,
+    concurrency: Concurrency = AUTO,
     report: Report = None,
     failed: Failed = None,
     json_out: JsonOut = False,
@@ -573,7 +590,7 @@ def _identity_lines(name: str, s3_endpoint_url: str | None) -> list[tuple[Origin
 
 
 def _client_settings(
-    ctx: typer.Context, err: Console, connection: Connection, concurrency: int
+    ctx: typer.Context, err: Console, connection: Connection, concurrency: str
 ) -> ClientSettings:
     """The client's settings from the connection options; missing or malformed
     credentials are a UsageError naming where they came from."""
@@ -614,10 +631,17 @@ def _client_settings(
         account_id=account_id,
         passcode=secret,
         base_url=resolve_base_url(connection.region, connection.endpoint),
-        concurrency=concurrency,
+        concurrency=parse_concurrency(concurrency),
         timeout=connection.timeout,
         retry=RetryPolicy(max_retries=connection.max_retries),
     )
+
+
+def _lanes(concurrency: str) -> int:
+    """Lanes of an upload: one per request that may be in flight (auto: CleverTap's 15;
+    the adaptive limit then decides how many of them send at a time)."""
+    parsed = parse_concurrency(concurrency)
+    return MAX_UPLOAD_CONCURRENCY if parsed == AUTO else int(parsed)
 
 
 def _from_command_line(ctx: typer.Context, name: str) -> bool:

@@ -34,6 +34,7 @@ import httpx
 import orjson
 
 from ctsync import __version__
+from ctsync.concurrency import ConcurrencyReport, Limit
 from ctsync.errors import AuthError
 from ctsync.ledger import ACCEPTED, Verdict
 from ctsync.prepare import ProfileKey
@@ -323,12 +324,23 @@ class CleverTapClient:
         self._sleep = sleep
         self._jitter = jitter
         self._http: httpx.AsyncClient | None = None
-        self._upload_slots = asyncio.Semaphore(settings.upload_concurrency)
-        self._delete_slots = asyncio.Semaphore(settings.delete_concurrency)
+        # Permits per attempt: fixed, or adaptive to 429s (`--concurrency auto`).
+        self.upload_limit = Limit(settings.upload_concurrency, adaptive=settings.adaptive)
+        self.delete_limit = Limit(settings.delete_concurrency, adaptive=settings.adaptive)
         self.requests = 0
         self.retries = 0
         self.in_flight = 0
         self.peak_in_flight = 0
+
+    def stop_waiting(self) -> None:
+        """Attempts still waiting for a permit end with CancelledError, unsent."""
+        self.upload_limit.cancel_waiting()
+        self.delete_limit.cancel_waiting()
+
+    def concurrency(self) -> dict[str, ConcurrencyReport]:
+        """Requests in flight per endpoint, for the endpoints that were used."""
+        limits = {"upload": self.upload_limit, "delete": self.delete_limit}
+        return {name: limit.report() for name, limit in limits.items() if limit.peak_in_flight}
 
     async def __aenter__(self) -> CleverTapClient:
         settings = self.settings
@@ -367,7 +379,7 @@ class CleverTapClient:
         """Send up to 1000 encoded records; one verdict per record, in order. `resend`
         says which records may be sent again after an unclear answer."""
         return await self._deliver(
-            UPLOAD_PATH, upload_body, bodies, keys, resend, self._upload_slots, on_wire
+            UPLOAD_PATH, upload_body, bodies, keys, resend, self.upload_limit, on_wire
         )
 
     async def delete(
@@ -385,7 +397,7 @@ class CleverTapClient:
 
         resend = [True] * len(bodies)
         return await self._deliver(
-            DELETE_PATH, body, bodies, keys, resend, self._delete_slots, on_wire
+            DELETE_PATH, body, bodies, keys, resend, self.delete_limit, on_wire
         )
 
     async def _deliver(
@@ -395,7 +407,7 @@ class CleverTapClient:
         bodies: Sequence[bytes],
         keys: Sequence[ProfileKey | None],
         resend: Sequence[bool],
-        slots: asyncio.Semaphore,
+        slots: Limit,
         on_wire: OnWire | None,
     ) -> list[Verdict]:
         """Attempt until every record has a final verdict. Raises AuthError on 401."""
@@ -451,7 +463,7 @@ class CleverTapClient:
         )
 
     async def _attempt(
-        self, path: str, body: bytes, slots: asyncio.Semaphore, on_wire: OnWire | None
+        self, path: str, body: bytes, slots: Limit, on_wire: OnWire | None
     ) -> Attempt:
         """One POST, bounded by `timeout` as a whole."""
         assert self._http is not None, "use CleverTapClient as an async context manager"
@@ -465,6 +477,7 @@ class CleverTapClient:
                     response = await self._http.post(
                         path, content=body, extensions={"trace": trace}
                     )
+                slots.answered(response.status_code)  # 429 halves an adaptive limit
             except TimeoutError:
                 return self._lost(trace, f"no complete answer within {self.settings.timeout:g} s")
             except httpx.TransportError as exc:

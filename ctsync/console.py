@@ -15,6 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from ctsync.concurrency import AUTO, ConcurrencyReport
 from ctsync.ledger import Summary
 from ctsync.stopping import SendCounter
 
@@ -215,6 +216,8 @@ def render_summary(summary: Summary, console: Console) -> None:
     table.add_row("rejected", f"{summary.rejected.total():,}", _breakdown(summary.rejected))
     table.add_row("failed", f"{summary.failed.total():,}", _breakdown(summary.failed))
     console.print(table)
+    for endpoint, report in summary.concurrency.items():
+        console.print(_concurrency_line(endpoint, report), highlight=False)
     for label, counter in (
         ("fixed (--validate fix)", summary.fixed),
         ("dropped values", summary.dropped),
@@ -231,6 +234,18 @@ def render_summary(summary: Summary, console: Console) -> None:
         console.print(f"[yellow]note:[/] ... and {len(summary.notes) - 20:,} more")
     if summary.interrupted:
         console.print("[yellow]interrupted: the counts cover the records read before the stop[/]")
+
+
+def _concurrency_line(endpoint: str, report: ConcurrencyReport) -> str:
+    """e.g. `upload requests in flight (auto, at most 15): peak 15, final limit 9, lowest 3;
+    12 answered 429`."""
+    line = (
+        f"{endpoint} requests in flight ({report.mode}, at most {report.limit}): "
+        f"peak {report.peak_in_flight}"
+    )
+    if report.mode == AUTO:
+        line += f", final limit {report.final_limit}, lowest {report.lowest_limit}"
+    return line + f"; {report.too_many_requests:,} answered 429"
 
 
 def _rate(summary: Summary) -> str:

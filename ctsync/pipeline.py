@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import IO, Protocol, runtime_checkable
 
 from ctsync.batching import Batch, Lane, Planner, Position
 from ctsync.client import UNKNOWN, OnWire, delete_body, upload_body
@@ -47,7 +47,7 @@ from ctsync.records import (
     Outcome,
     Stage,
 )
-from ctsync.settings import MAX_UPLOAD_BATCH
+from ctsync.settings import MAX_UPLOAD_BATCH, MAX_UPLOAD_CONCURRENCY
 from ctsync.state import Progress, Resume, Seen, Span, StateFile
 
 __all__ = ["DryRunSender", "RunOptions", "Sender", "UploadRun", "ValidateMode", "Validator"]
@@ -74,6 +74,14 @@ class Sender(Protocol):
         keys: Sequence[ProfileKey | None],
         on_wire: OnWire | None = None,
     ) -> list[Verdict]: ...
+
+
+@runtime_checkable
+class WaitsForPermits(Protocol):
+    """A sender whose requests may wait for a permit before they go out (the client)."""
+
+    def stop_waiting(self) -> None:
+        """Requests still waiting for a permit end with CancelledError, unsent."""
 
 
 class Observer(Protocol):
@@ -124,7 +132,9 @@ class DryRunSender:
 class RunOptions:
     batch_size: int = MAX_UPLOAD_BATCH
     validate: ValidateMode = ValidateMode.STRICT
-    lanes: int = 10  # requests in flight: one per lane (see batching)
+    # Requests in flight at most: one per lane (see batching). The client's limit may
+    # allow fewer at a time (--concurrency auto after 429s).
+    lanes: int = MAX_UPLOAD_CONCURRENCY
     window: int = 32  # sealed batches not yet answered, at most (backpressure)
     drain_timeout: float = 30.0  # on interruption, how long in-flight requests may finish
     retry_unknown: bool = False  # re-send records whose outcome is unknown (at-least-once)
@@ -494,6 +504,11 @@ class UploadRun:
 
     async def _drain(self) -> None:
         """After `stop()`: nothing more is sent; what is in flight may finish."""
+        if isinstance(self._sender, WaitsForPermits):
+            # Lanes waiting for a permit (the client's limit may be below the lanes, as
+            # with --concurrency auto after 429s) have nothing on the wire: they would
+            # send new requests after the stop. Their batches stay unsent instead.
+            self._sender.stop_waiting()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self._options.drain_timeout)
             for task in late:

@@ -7,6 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from ctsync import redact
+from ctsync.concurrency import AUTO, Concurrency
 from ctsync.errors import UsageError
 
 MAX_UPLOAD_BATCH = 1000  # records per POST /1/upload
@@ -128,16 +129,27 @@ class ClientSettings:
     account_id: str
     passcode: Secret
     base_url: str
-    concurrency: int = 10
+    concurrency: Concurrency = AUTO  # requests in flight: a number, or adaptive
     timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     @property
+    def adaptive(self) -> bool:
+        """`auto`: start at CleverTap's limits, halve on 429, grow back (concurrency.py)."""
+        return self.concurrency == AUTO
+
+    @property
     def upload_concurrency(self) -> int:
+        """Upload requests in flight at most (where `auto` starts)."""
+        if self.concurrency == AUTO:
+            return MAX_UPLOAD_CONCURRENCY
         return max(1, min(self.concurrency, MAX_UPLOAD_CONCURRENCY))
 
     @property
     def delete_concurrency(self) -> int:
+        """Delete requests in flight at most (where `auto` starts)."""
+        if self.concurrency == AUTO:
+            return MAX_DELETE_CONCURRENCY
         return max(1, min(self.concurrency, MAX_DELETE_CONCURRENCY))
 
 

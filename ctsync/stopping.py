@@ -18,7 +18,7 @@ from typing import IO, Protocol, runtime_checkable
 
 from ctsync.client import OnWire
 from ctsync.ledger import Verdict
-from ctsync.pipeline import Sender
+from ctsync.pipeline import Sender, WaitsForPermits
 from ctsync.prepare import ProfileKey
 from ctsync.records import DeleteKey
 
@@ -61,6 +61,11 @@ class SendCounter:
     @retries.setter
     def retries(self, value: int) -> None:
         self._inner.retries = value
+
+    def stop_waiting(self) -> None:
+        """Requests waiting for a permit end unsent (see `pipeline.WaitsForPermits`)."""
+        if isinstance(self._inner, WaitsForPermits):
+            self._inner.stop_waiting()
 
     async def upload(
         self,

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ctsync.concurrency import ConcurrencyReport
+
 
 @dataclass(slots=True)
 class Summary:
@@ -32,6 +34,8 @@ class Summary:
     fixed: Counter[str] = field(default_factory=Counter)  # --validate fix: fields left out
     dates_left_as_text: Counter[str] = field(default_factory=Counter)  # finer than ms
     notes: list[str] = field(default_factory=list)
+    # Requests in flight per endpoint used ("upload", "delete"); empty in a dry run.
+    concurrency: dict[str, ConcurrencyReport] = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
@@ -71,6 +75,8 @@ class Summary:
             "dates_left_as_text": dict(self.dates_left_as_text.most_common()),
             "requests": self.requests,
             "retries": self.retries,
+            "http_429": sum(c.too_many_requests for c in self.concurrency.values()),
+            "concurrency": {name: c.as_dict() for name, c in self.concurrency.items()},
             "elapsed_seconds": round(self.elapsed, 3),
             "dry_run": self.dry_run,
             "interrupted": self.interrupted,

@@ -108,6 +108,8 @@ def test_missing_file_exit_2_without_traceback(tmp_path: Path, dry_run: list[str
         ["--batch-size", "1001"],
         ["--batch-size", "0"],
         ["--concurrency", "16"],
+        ["--concurrency", "0"],
+        ["--concurrency", "fast"],
         ["--region", "mars"],
     ],
 )

@@ -5,7 +5,8 @@ multi-record lines, skipped and broken lines), the answer to every request (acce
 429, a connection refused, a 500 or a lost connection before or after storing, a
 partial rejection, a 555, a slow answer) and the moments a run is killed (the state file
 as it was at that instant, as `kill -9` leaves it). Runs go on over the same state until
-one ends. Then, independently of ctsync's own helpers:
+one ends, with a fixed number of requests in flight or `--concurrency auto` (429s then
+shrink the window below the lanes). Then, independently of ctsync's own helpers:
 
 - CleverTap's profiles equal the input applied in order (less what it rejected);
 - no record is sent again after CleverTap acknowledged it;
@@ -31,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctsync.client import CleverTapClient
+from ctsync.concurrency import AUTO
 from ctsync.ledger import Ledger, Summary
 from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.reader import collect_sources
@@ -217,7 +219,11 @@ def write_export(path: Path, drawn: list[list[tuple[str, str]]]) -> list[tuple[s
 
 
 def one_run(
-    export: Path, state_path: Path, model: ModelCleverTap, options: RunOptions
+    export: Path,
+    state_path: Path,
+    model: ModelCleverTap,
+    options: RunOptions,
+    adaptive: bool = False,
 ) -> tuple[Summary, list[dict[str, Any]]]:
     report = Buffered()
     mapped = 0
@@ -234,7 +240,7 @@ def one_run(
         account_id="a",
         passcode=Secret("model-passcode-0001"),
         base_url="http://clevertap.test",
-        concurrency=options.lanes,
+        concurrency=AUTO if adaptive else options.lanes,
         retry=RetryPolicy(max_retries=100, base_delay=0.0, max_delay=0.0),
     )
 
@@ -301,6 +307,7 @@ class Buffered(io.BytesIO):
     batch_size=st.integers(1, 4),
     window=st.integers(1, 4),
     retry_unknown=st.booleans(),
+    adaptive=st.booleans(),
     kills=st.lists(st.tuples(st.booleans(), st.integers(1, 12)), max_size=3),
 )
 def test_the_delivery_core_keeps_every_promise(
@@ -311,6 +318,7 @@ def test_the_delivery_core_keeps_every_promise(
     batch_size: int,
     window: int,
     retry_unknown: bool,
+    adaptive: bool,
     kills: list[tuple[bool, int]],
 ) -> None:
     tmp = tmp_path_factory.mktemp("model")
@@ -338,7 +346,7 @@ def test_the_delivery_core_keeps_every_promise(
                 model.kill_while_reading = at
             else:
                 model.kill_at = at
-        summary, report = one_run(export, state_path, model, options)
+        summary, report = one_run(export, state_path, model, options, adaptive)
         settled = (
             summary.accepted
             + sum(summary.skipped.values())

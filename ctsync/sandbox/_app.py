@@ -180,7 +180,9 @@ class SandboxApp:
             self.counters.faults[fault] += 1
             if not fault.stores:
                 return _FAULT_ANSWERS[fault]
-        if admission.endpoint is Endpoint.UPLOAD:
+        if self.config.sink:
+            answer = self._sink(request, admission.endpoint)
+        elif admission.endpoint is Endpoint.UPLOAD:
             answer = self._upload(request)
         else:
             answer = self._delete(request)
@@ -208,6 +210,20 @@ class SandboxApp:
     def _draw_latency(self) -> float:
         low, high = self.config.latency_range
         return low if low == high else self._latency_rng.uniform(low, high)
+
+    def _sink(self, request: Request, endpoint: Endpoint) -> Response:
+        """`--sink`: every record processed, nothing checked or stored (one JSON decode
+        per request, to count them)."""
+        payload = _json_body(request.body)
+        if not isinstance(payload, dict):
+            return fail(400, "Malformed JSON payload")
+        if endpoint is Endpoint.DELETE:
+            return Response(200, b'{"status":"success"}')
+        records = payload.get("d")
+        if not isinstance(records, list) or not records:
+            return fail(400, "Payload must be an object with a non-empty 'd' array")
+        self.counters.records_accepted += len(records)
+        return Response(200, b'{"status":"success","processed":%d}' % len(records))
 
     def _upload(self, request: Request) -> Response:
         payload = _json_body(request.body)

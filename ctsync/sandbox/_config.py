@@ -56,6 +56,10 @@ class SandboxConfig:
     - `store_then_drop_rate`: stored, then the connection dropped without an answer.
 
     `seed` makes the fault and latency draws reproducible.
+
+    `sink`: answer like CleverTap (auth, limits, latency, faults, every record processed)
+    without checking the records or storing anything: a lean receiver for benchmarks,
+    which leaves the CPU to the client being measured.
     """
 
     host: str = DEFAULT_HOST
@@ -71,6 +75,7 @@ class SandboxConfig:
     seed: int = 0
     max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS
     max_concurrent_deletes: int = MAX_CONCURRENT_DELETES
+    sink: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -125,4 +130,6 @@ class SandboxConfig:
         ]
         if self.db is not None:
             args += ["--db", str(self.db)]
+        if self.sink:
+            args.append("--sink")
         return args

@@ -108,6 +108,14 @@ def run(
     max_concurrent_deletes: Annotated[
         int, typer.Option(min=1, metavar="N", help="Deletes at once before 429.")
     ] = 3,
+    sink: Annotated[
+        bool,
+        typer.Option(
+            "--sink",
+            help="Answer like CleverTap (auth, limits, latency, faults) that every record was"
+            " processed, without checking or storing anything: a lean receiver for benchmarks.",
+        ),
+    ] = False,
 ) -> None:
     """Serve CleverTap's upload and delete API until interrupted."""
     if ctx.invoked_subcommand is not None:
@@ -127,6 +135,7 @@ def run(
             seed=seed,
             max_concurrent_uploads=max_concurrent_uploads,
             max_concurrent_deletes=max_concurrent_deletes,
+            sink=sink,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error

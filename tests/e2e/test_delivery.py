@@ -67,8 +67,8 @@ def test_every_record_arrives_exactly_once_and_the_summary_adds_up(tmp_path: Pat
     assert stored == {seq: 1 for seq in range(930)}
     assert stats.records_accepted == summary["accepted"]
     assert stats.records_rejected == 0
-    # Each of the 10 lanes (--concurrency) ends with at most one batch not full.
-    assert stats.requests_by_endpoint["upload"] == summary["requests"] <= -(-1230 // 50) + 9
+    # Each of the 15 lanes (--concurrency auto) ends with at most one batch not full.
+    assert stats.requests_by_endpoint["upload"] == summary["requests"] <= -(-1230 // 50) + 14
     assert len(read_ndjson(report)) == 10
 
 
