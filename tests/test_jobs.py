@@ -73,5 +73,5 @@ def test_upload_and_delete_share_every_connection_option() -> None:
         a, b = upload[name], delete[name]
         assert (a.opts, a.envvar, a.default) == (b.opts, b.envvar, b.default), name
         assert a.help == b.help, name
-    # --concurrency is each command's own: deletes go at most 3 at a time.
-    assert (upload["concurrency"].default, delete["concurrency"].default) == (10, 3)
+    # --concurrency is each command's own (deletes go at most 3 at a time); both adapt.
+    assert (upload["concurrency"].default, delete["concurrency"].default) == ("auto", "auto")

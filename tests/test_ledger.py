@@ -212,6 +212,8 @@ def test_a_fresh_summary_counts_nothing() -> None:
         "dates_left_as_text": {},
         "requests": 0,
         "retries": 0,
+        "http_429": 0,
+        "concurrency": {},
         "elapsed_seconds": 0.0,
         "dry_run": False,
         "interrupted": False,
