@@ -9,13 +9,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 
-# The command mutmut runs per mutant. mutmut 2 counts only exit status 1 as "killed": a
-# mutant that breaks an import makes pytest exit 2 and would count as surviving.
-if [ "${1:-}" = "--run-tests" ]; then
-  shift
-  "$BIN/python" -m pytest -x -q -p no:cacheprovider -p no:randomly "$@" || exit 1
-  exit 0
-fi
 
 declare -A PATHS=(
   [timestamps]=ctsync/timestamps.py
@@ -36,6 +29,12 @@ declare -A TESTS=(
   [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
 )
 
+# The command mutmut runs per mutant: pytest in one process (mutmut kills it on a timeout;
+# a wrapper's child would outlive it and hang the run), and any failure as exit 1, since
+# mutmut 2 counts only exit 1 as killed (a mutant that breaks an import exits 2).
+RUNNER="$BIN/python -c 'import sys, pytest; sys.exit(0 if pytest.main(sys.argv[1:]) == 0 else 1)'"
+RUNNER+=" -x -q -p no:cacheprovider -p no:randomly"
+
 modules=("$@")
 [ ${#modules[@]} -eq 0 ] && modules=(timestamps batching ledger client state rules presets)
 mkdir -p .mutmut
@@ -50,7 +49,7 @@ for module in "${modules[@]}"; do
   rm -f .mutmut-cache  # one cache per module: mutmut's cache is keyed by the whole run
   # -x: the first failing test kills the mutant; no Hypothesis database between mutants.
   nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests --no-progress \
-    --runner "bash scripts/mutate.sh --run-tests ${TESTS[$module]}" \
+    --runner "$RUNNER ${TESTS[$module]}" \
     >".mutmut/$module.log" 2>&1
   "$BIN/python" - "$module" <<'PY'
 import sqlite3

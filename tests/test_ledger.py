@@ -326,3 +326,78 @@ def test_a_validate_fix_line_names_the_field_it_left_out() -> None:
         "u3",
     )
     assert ledger.summary.fixed == Counter({"516": 1})
+
+
+def test_balanced_counts_every_kind_of_outcome() -> None:
+    summary = Summary(
+        read=10,
+        accepted=1,
+        skipped=Counter({"page": 2}),
+        invalid=Counter({"523": 3}),
+        rejected=Counter({"512": 1}),
+        failed=Counter({"503": 3}),
+    )
+    assert summary.balanced
+    summary.read = 9
+    assert not summary.balanced
+
+
+@pytest.mark.parametrize(
+    ("change", "complete"),
+    [
+        ({}, True),
+        ({"skipped": Counter({"page": 1})}, True),  # skipping is not failing
+        ({"invalid": Counter({"523": 1})}, False),
+        ({"rejected": Counter({"512": 1})}, False),
+        ({"failed": Counter({"503": 1})}, False),
+        ({"unreadable": 1}, False),
+        ({"interrupted": True}, False),
+    ],
+)
+def test_a_run_is_complete_when_every_matched_record_went_through(
+    change: dict[str, object], complete: bool
+) -> None:
+    summary = Summary(read=1, accepted=1)
+    for name, value in change.items():
+        setattr(summary, name, value)
+    assert summary.complete is complete
+
+
+def test_elapsed_seconds_are_rounded_to_milliseconds() -> None:
+    assert Summary(elapsed=1.23456).as_dict()["elapsed_seconds"] == 1.235
+
+
+class FullDisk(io.BytesIO):
+    name = "/mnt/full/report.ndjson"
+
+    def write(self, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["report", "dead_letters"])
+def test_an_output_that_cannot_be_written_is_kept_as_the_error_and_counting_goes_on(
+    where: str,
+) -> None:
+    ledger = Ledger(**{where: FullDisk()})  # type: ignore[arg-type]
+    for _ in range(2):
+        ledger.settle(track(ledger, 1), REJECTED)
+    assert ledger.summary.rejected.total() == 2
+    assert ledger.output_error is not None
+    what = "report" if where == "report" else "dead-letter file"
+    assert str(ledger.output_error) == (
+        f"/mnt/full/report.ndjson: cannot write the {what} (No space left on device); "
+        "the run stopped before its end"
+    )
+
+
+@pytest.mark.parametrize("where", ["report", "dead_letters"])
+def test_an_output_that_cannot_be_flushed_is_the_error(where: str) -> None:
+    ledger = Ledger(**{where: FullDisk()})  # type: ignore[arg-type]
+    ledger.flush()
+    assert ledger.output_error is not None
+    what = "report" if where == "report" else "dead-letter file"
+    assert f"cannot write the {what} (No space left on device)" in str(ledger.output_error)
+    ledger.flush()  # the output is dropped: no second error
