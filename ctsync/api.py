@@ -15,10 +15,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
+import orjson
 
 from ctsync import mapping
 from ctsync.client import CleverTapClient
@@ -43,6 +45,13 @@ from ctsync.rules import Fixed, check_upload, fix_upload
 from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
+from ctsync.workers import (
+    Recipe,
+    Workers,
+    mapping_mapper,
+    preset_mapper,
+    tuning,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,11 +76,24 @@ class UploadJob:
     outputs: Outputs = field(default_factory=Outputs)
     state: Path | None = None  # resumable runs
     inputs: InputOptions = field(default_factory=InputOptions)  # --include, --max-line-bytes, ...
+    # Processes preparing records. More than 1 starts worker processes, which import the
+    # calling script again: it needs the `if __name__ == "__main__":` idiom.
+    workers: int = 1
 
 
 def build_mapper(job: UploadJob) -> Mapper:
     """The job's mapper: its mapping file if it has one, else its preset. A broken
     mapping file is a UsageError, raised before anything is read."""
+    _check_link_anonymous(job)
+    if job.mapping_file is None:
+        return build_preset(job.preset, job.mapping)
+    try:
+        return mapping.build_mapper(mapping.load_mapping(job.mapping_file), job.mapping)
+    except mapping.MappingError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_link_anonymous(job: UploadJob) -> None:
     if job.mapping.link_anonymous and (
         job.mapping_file is not None or job.preset != Preset.CLASSIC
     ):
@@ -80,12 +102,43 @@ def build_mapper(job: UploadJob) -> Mapper:
             "identify as a userUpload with objectId $.anonymousId and profileData.Identity "
             "$.userId"
         )
+
+
+def recipe(job: UploadJob) -> Recipe:
+    """How a worker process builds the job's mapper and validator: the preset's name or
+    the mapping file's document (read once, here), and the options. A broken mapping
+    file is a UsageError, raised before anything is read."""
+    _check_link_anonymous(job)
+    validator = partial(
+        rules_validator, job.mapping.max_event_properties, fix=job.run.validate is ValidateMode.FIX
+    )
     if job.mapping_file is None:
-        return build_preset(job.preset, job.mapping)
+        return Recipe(partial(preset_mapper, job.preset, job.mapping), validator, job.run.validate)
+    source, document = _mapping_document(job.mapping_file)
     try:
-        return mapping.build_mapper(mapping.load_mapping(job.mapping_file), job.mapping)
+        mapping.parse_mapping(document, source)  # the errors, said now
     except mapping.MappingError as exc:
         raise UsageError(str(exc)) from None
+    mapper = partial(mapping_mapper, document, source, job.mapping)
+    return Recipe(mapper, validator, job.run.validate)
+
+
+def _mapping_document(path_or_text: str | Path) -> tuple[str, Any]:
+    """A mapping file's name and decoded JSON (as `mapping.load_mapping` reads it)."""
+    if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
+        source, text = "<mapping>", path_or_text.encode()
+    else:
+        source = str(path_or_text)
+        try:
+            text = Path(path_or_text).read_bytes()
+        except OSError as error:
+            raise UsageError(
+                str(mapping.MappingError(source, f"cannot read: {error.strerror or error}"))
+            ) from None
+    try:
+        return source, orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise UsageError(str(mapping.MappingError(source, f"not valid JSON: {error}"))) from None
 
 
 def rules_validator(max_event_properties: int, *, fix: bool = False) -> Validator:
@@ -129,7 +182,15 @@ def upload(
 ) -> Summary:
     """Run an upload to the end and return its summary. Raises CtsyncError subclasses for
     what stops a run (bad paths, a broken mapping file, refused credentials, a locked
-    state file). With `handle_signals`, Ctrl-C and SIGTERM stop the run gracefully."""
+    state file). With `handle_signals`, Ctrl-C and SIGTERM stop the run gracefully.
+
+    `job.workers` processes prepare the records, unless `mapper` or `validator` is given:
+    a function cannot be rebuilt in another process, so the run keeps to this one."""
+    workers = None
+    if mapper is None and validator is None:
+        built = recipe(job)
+        workers = Workers(count=job.workers, recipe=built, **tuning())
+        mapper = built.mapper(set())
     mapper = mapper or build_mapper(job)
     validator = validator or rules_validator(
         job.mapping.max_event_properties, fix=job.run.validate is ValidateMode.FIX
@@ -176,6 +237,7 @@ def upload(
                 observer=observer,
                 stdin=stdin,
                 state=state,
+                workers=workers,
             )
             terminal = stdin if isinstance(stdin, TerminalStdin) else None
             summary = await _until_signalled(

@@ -44,6 +44,7 @@ from ctsync.settings import (
     resolve_base_url,
 )
 from ctsync.timestamps import DatesAs
+from ctsync.workers import default_workers
 
 app = typer.Typer(
     name="ctsync",
@@ -330,6 +331,17 @@ def upload(
         int,
         typer.Option(min=1, max=MAX_UPLOAD_BATCH, metavar="N", help="Records per upload request."),
     ] = MAX_UPLOAD_BATCH,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            metavar="N",
+            help="Processes preparing records (decode, map, validate): 1 keeps everything "
+            "in one process (default: the CPUs ctsync may use, at most 8).",
+            show_default=False,
+        ),
+    ] = None,
     include: Include = None,
     exclude: Exclude = None,
     allow_empty: AllowEmpty = False,
@@ -426,8 +438,9 @@ def upload(
             outputs=api.Outputs(report=report, failed=failed, requests=output),
             state=state,
             inputs=inputs,
+            workers=workers if workers is not None else default_workers(),
         )
-        mapper = api.build_mapper(job)  # a broken mapping file stops before any reading
+        api.recipe(job)  # a broken mapping file stops before any reading
         if reads_terminal:
             err.print(
                 "ctsync: reading Segment messages from standard input "
@@ -438,9 +451,7 @@ def upload(
             # A live display would overwrite what is typed: off unless asked for.
             progress = False if progress is None else progress
         with _progress(err, progress, quiet, _total_size(sources.sources)) as view:
-            summary = api.upload(
-                job, mapper=mapper, observer=view, handle_signals=True, sources=sources
-            )
+            summary = api.upload(job, observer=view, handle_signals=True, sources=sources)
         _finish(summary, err, json_out=json_out, quiet=quiet)
 
 

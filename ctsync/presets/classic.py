@@ -135,11 +135,14 @@ class ClassicMapper:
     """The mapper for `--preset classic`. `dropped` counts the values left out;
     `dates_left_as_text` the date-times finer than milliseconds left unconverted."""
 
-    def __init__(self, options: MappingOptions) -> None:
+    def __init__(
+        self, options: MappingOptions, *, tokens_sent: set[tuple[str, str]] | None = None
+    ) -> None:
         self._options = options
         self._shaper = PropertyShaper(options.nested, snake_case_keys=True)
         self._fine = FineDates(convert=options.convert_microseconds)
-        self._tokens_sent: set[tuple[str, str]] = set()
+        # (objectId, token) pairs sent this run; given by `--workers`, which checks them.
+        self._tokens_sent = set() if tokens_sent is None else tokens_sent
 
     @property
     def dropped(self) -> Counter[str]:
