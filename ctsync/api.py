@@ -37,11 +37,11 @@ from ctsync.pipeline import (
     deletion_mapper,
     deletion_records,
 )
+from ctsync.prepare import rules_validator
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import STDIN, InputOptions, Inputs, Source, collect_inputs
-from ctsync.records import CleverTapRecord, DeleteKey, Invalid, Mapper, Origin
+from ctsync.records import DeleteKey, Mapper, Origin
 from ctsync.redact import redact, redact_exception
-from ctsync.rules import Fixed, check_upload, fix_upload
 from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
@@ -139,24 +139,6 @@ def _mapping_document(path_or_text: str | Path) -> tuple[str, Any]:
         return source, orjson.loads(text)
     except orjson.JSONDecodeError as error:
         raise UsageError(str(mapping.MappingError(source, f"not valid JSON: {error}"))) from None
-
-
-def rules_validator(max_event_properties: int, *, fix: bool = False) -> Validator:
-    """CleverTap's data rules as the pipeline's validator: the first code, every reason.
-    With `fix` (`--validate fix`), a record whose only problems are fixable fields comes
-    back `Fixed`: to be sent without them."""
-
-    def validate(record: CleverTapRecord) -> Invalid | Fixed | None:
-        found = check_upload(record, max_event_properties=max_event_properties)
-        if not found:
-            return None
-        if fix:
-            fixed, fixes, found = fix_upload(record, max_event_properties=max_event_properties)
-            if not found:
-                return Fixed(fixed, tuple(fixes))
-        return Invalid(found[0].code, "; ".join(v.message for v in found))
-
-    return validate
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
