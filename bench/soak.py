@@ -81,6 +81,9 @@ class SoakConfig:
     store_then_fail_rate: float = 0.06
     store_then_drop_rate: float = 0.04
     retry_unknown: bool = False
+    # --workers; above 1 the workers start at once, on blocks of a few lines, so that
+    # they prepare the soak's small input.
+    workers: int = 1
     # The kills stop after half of max_seconds (split between the presets); then come
     # two runs to the end, each stopped after run_timeout seconds.
     max_seconds: float = 110.0
@@ -293,9 +296,11 @@ class Uploads:
         ]
         if self._config.retry_unknown:
             command.append("--retry-unknown")
-        process = subprocess.Popen(
-            command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        command += ["--workers", str(self._config.workers)]
+        env = _env()
+        if self._config.workers > 1:
+            env.update(CTSYNC_WORKER_BLOCK_BYTES="4096", CTSYNC_WORKER_START_AFTER="0")
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         return process, report
 
     def run(self, kill_after: float | None) -> Run:
@@ -538,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=DEFAULT.kills)
     parser.add_argument("--preset", choices=[*PRESETS, "both"], default="both")
     parser.add_argument("--retry-unknown", action="store_true", help="pass it to ctsync")
+    parser.add_argument("--workers", type=int, default=1, help="pass it to ctsync")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="per seed")
     parser.add_argument("--keep", type=Path, default=None, help="keep the files here")
     args = parser.parse_args(argv)
@@ -552,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             presets=PRESETS if args.preset == "both" else (args.preset,),
             retry_unknown=args.retry_unknown,
             max_seconds=args.max_seconds,
+            workers=args.workers,
         )
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="ctsync-soak-") as tmp:

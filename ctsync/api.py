@@ -18,16 +18,17 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
+import orjson
 
 from ctsync import mapping
 from ctsync.client import CleverTapClient
 from ctsync.errors import CtsyncError, UsageError
 from ctsync.ledger import Ledger, output_error
-from ctsync.mapping.file import MappingFile
 from ctsync.pipeline import (
     DryRunSender,
     Observer,
@@ -39,15 +40,22 @@ from ctsync.pipeline import (
     deletion_mapper,
     deletion_records,
 )
-from ctsync.presets import MappingOptions, Preset, build_preset
+from ctsync.prepare import rules_validator
+from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import STDIN, InputOptions, Inputs, collect_inputs
-from ctsync.records import CleverTapRecord, DeleteKey, Invalid, Mapper, Origin
+from ctsync.records import DeleteKey, Mapper, Origin
 from ctsync.redact import redact, redact_exception
-from ctsync.rules import Fixed, check_upload, fix_upload
 from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
 from ctsync.summary import Summary
+from ctsync.workers import (
+    Recipe,
+    Workers,
+    mapping_mapper,
+    preset_mapper,
+    tuning,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,7 +86,10 @@ class UploadJob:
     outputs: Outputs = field(default_factory=Outputs)
     state: Path | None = None  # resumable runs
     inputs: InputOptions = field(default_factory=InputOptions)  # --include, --max-line-bytes, ...
-    _loaded: MappingFile | None = field(default=None, init=False, repr=False, compare=False)
+    # Processes preparing records. More than 1 starts worker processes, which import the
+    # calling script again: it needs the `if __name__ == "__main__":` idiom.
+    workers: int = 1
+    _recipe: Recipe | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.paths and self.sources is not None:
@@ -91,23 +102,22 @@ class UploadJob:
                 "identify as a userUpload with objectId $.anonymousId and profileData.Identity "
                 "$.userId"
             )
-        if self.mapping_file is not None:
-            try:
-                loaded = mapping.load_mapping(self.mapping_file)
-            except mapping.MappingError as exc:
-                raise UsageError(str(exc)) from None
-            object.__setattr__(self, "_loaded", loaded)
+        object.__setattr__(self, "_recipe", _recipe_of(self))
 
     def collect(self) -> Inputs:
         """The job's inputs: its collected sources, or its paths collected now."""
         return self.sources if self.sources is not None else collect_inputs(self.paths, self.inputs)
 
+    @property
+    def recipe(self) -> Recipe:
+        """How any process (this one or a worker) builds the job's mapper and validator."""
+        assert self._recipe is not None
+        return self._recipe
+
     def build_mapper(self) -> Mapper:
         """A new mapper for one run (mappers count what they drop): the job's mapping
         file if it has one, else its preset."""
-        if self._loaded is None:
-            return build_preset(self.preset, self.mapping)
-        return mapping.build_mapper(self._loaded, self.mapping)
+        return self.recipe.mapper(set())
 
     def build_validator(self) -> Validator:
         """CleverTap's data rules as `--validate` asks (`off`: the pipeline skips them)."""
@@ -116,22 +126,40 @@ class UploadJob:
         )
 
 
-def rules_validator(max_event_properties: int, *, fix: bool = False) -> Validator:
-    """CleverTap's data rules as the pipeline's validator: the first code, every reason.
-    With `fix` (`--validate fix`), a record whose only problems are fixable fields comes
-    back `Fixed`: to be sent without them."""
+def _recipe_of(job: UploadJob) -> Recipe:
+    """How a worker process builds the job's mapper and validator: the preset's name or
+    the mapping file's document (read once, here), and the options. A broken mapping
+    file is a UsageError, raised before anything is read."""
+    validator = partial(
+        rules_validator, job.mapping.max_event_properties, fix=job.run.validate is ValidateMode.FIX
+    )
+    if job.mapping_file is None:
+        return Recipe(partial(preset_mapper, job.preset, job.mapping), validator, job.run.validate)
+    source, document = _mapping_document(job.mapping_file)
+    try:
+        mapping.parse_mapping(document, source)  # the errors, said now
+    except mapping.MappingError as exc:
+        raise UsageError(str(exc)) from None
+    mapper = partial(mapping_mapper, document, source, job.mapping)
+    return Recipe(mapper, validator, job.run.validate)
 
-    def validate(record: CleverTapRecord) -> Invalid | Fixed | None:
-        found = check_upload(record, max_event_properties=max_event_properties)
-        if not found:
-            return None
-        if fix:
-            fixed, fixes, found = fix_upload(record, max_event_properties=max_event_properties)
-            if not found:
-                return Fixed(fixed, tuple(fixes))
-        return Invalid(found[0].code, "; ".join(v.message for v in found))
 
-    return validate
+def _mapping_document(path_or_text: str | Path) -> tuple[str, Any]:
+    """A mapping file's name and decoded JSON (as `mapping.load_mapping` reads it)."""
+    if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
+        source, text = "<mapping>", path_or_text.encode()
+    else:
+        source = str(path_or_text)
+        try:
+            text = Path(path_or_text).read_bytes()
+        except OSError as error:
+            raise UsageError(
+                str(mapping.MappingError(source, f"cannot read: {error.strerror or error}"))
+            ) from None
+    try:
+        return source, orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise UsageError(str(mapping.MappingError(source, f"not valid JSON: {error}"))) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,7 +182,10 @@ def upload(
 ) -> Summary:
     """Run an upload to the end and return its summary. Raises CtsyncError subclasses for
     what stops a run (bad paths, a broken mapping file, refused credentials, a locked
-    state file). With `handle_signals`, Ctrl-C and SIGTERM stop the run gracefully."""
+    state file). With `handle_signals`, Ctrl-C and SIGTERM stop the run gracefully.
+
+    `job.workers` processes prepare the records (see `ctsync.workers`)."""
+    workers = Workers(count=job.workers, recipe=job.recipe, **tuning())
     mapper = job.build_mapper()
     validator = job.build_validator()
     inputs = job.collect()
@@ -192,6 +223,7 @@ def upload(
                 observer=observer,
                 stdin=stdin,
                 state=state,
+                workers=workers,
             )
             terminal = stdin if isinstance(stdin, TerminalStdin) else None
             summary = await _until_signalled(

@@ -48,6 +48,7 @@ from ctsync.settings import (
 )
 from ctsync.summary import Summary
 from ctsync.timestamps import DatesAs
+from ctsync.workers import default_workers
 
 app = typer.Typer(
     name="ctsync",
@@ -414,6 +415,17 @@ def upload(
         int,
         typer.Option(min=1, max=MAX_UPLOAD_BATCH, metavar="N", help="Records per upload request."),
     ] = MAX_UPLOAD_BATCH,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            metavar="N",
+            help="Processes preparing records (decode, map, validate): 1 keeps everything "
+            "in one process (default: the CPUs ctsync may use minus one, at most 8; 1 below 3).",
+            show_default=False,
+        ),
+    ] = None,
     include: Include = None,
     exclude: Exclude = None,
     allow_empty: AllowEmpty = False,
@@ -489,6 +501,7 @@ def upload(
             outputs=api.Outputs(report=report, failed=failed, requests=output),
             state=state,
             inputs=inputs,
+            workers=workers if workers is not None else default_workers(),
         )
         if reads_terminal:
             err.print(

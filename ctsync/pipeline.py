@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import IO, Protocol, runtime_checkable
+from functools import partial
+from typing import IO, Any, Protocol, TypeAlias, runtime_checkable
+
+import orjson
 
 from ctsync.batching import Batch, Lane, Planner, Position
 from ctsync.client import UNKNOWN, OnWire, delete_body, upload_body
@@ -35,7 +39,7 @@ from ctsync.prepare import (
     Validator,
     prepare,
 )
-from ctsync.reader import InputRecord, OpenSource, Source, read_source
+from ctsync.reader import Block, InputRecord, OpenSource, Source, read_blocks, read_source
 from ctsync.records import (
     Delete,
     DeleteKey,
@@ -49,6 +53,21 @@ from ctsync.records import (
 )
 from ctsync.settings import MAX_UPLOAD_BATCH, MAX_UPLOAD_CONCURRENCY
 from ctsync.state import Progress, Resume, Seen, Span, StateFile
+from ctsync.workers import (
+    BROKEN,
+    DONE,
+    INVALID,
+    READY,
+    SKIPPED,
+    Preparer,
+    Result,
+    WorkerError,
+    Workers,
+    add_counts,
+    lookups_hold,
+    ops_of,
+    result_of,
+)
 
 __all__ = ["DryRunSender", "RunOptions", "Sender", "UploadRun", "ValidateMode", "Validator"]
 
@@ -140,6 +159,14 @@ class RunOptions:
     retry_unknown: bool = False  # re-send records whose outcome is unknown (at-least-once)
 
 
+Item: TypeAlias = InputRecord | Block | Callable[[], None]
+"""What reading yields: a record, a block of lines for the workers, or a step to take
+when every item before it is taken (a note, the end of an input)."""
+Prepared: TypeAlias = tuple[list[Result], dict[str, Any]]
+NO_MESSAGE: Message = {}  # for `Tracked` of a record that has its line
+NO_LIST: list[Any] = []  # no warnings, no fixes (never changed)
+WAIT_STEP = 0.2  # seconds between looks at stop() while a block is being prepared
+
 YIELD_EVERY = 32
 """Records read between two turns of the event loop while requests are in flight."""
 YIELD_IDLE = 512
@@ -189,6 +216,7 @@ class UploadRun:
         observer: Observer | None = None,
         stdin: IO[bytes] | None = None,
         state: StateFile | None = None,
+        workers: Workers | None = None,
     ) -> None:
         self._sources = sources
         self._records = records
@@ -217,6 +245,13 @@ class UploadRun:
         # pending (as sent: a run that resumes reports them unknown or re-sends them).
         self._held: dict[Tracked, list[tuple[str, Position, Verdict]]] = {}
         self._resumed: Counter[str] = Counter()
+        self._incomplete: set[str] = set()  # inputs whose last line is left for the next run
+        self._objects: set[str] = set()  # bucket objects read this run (never appended to)
+        # --workers: blocks go to worker processes (see ctsync.workers); records that a
+        # worker's token lookups got wrong are prepared again here, against `_tokens`.
+        self._workers = workers if workers is not None and workers.count > 1 else None
+        self._tokens: set[tuple[str, str]] = set()
+        self._again: tuple[Mapper, Validator | None] | None = None
 
     @property
     def summary(self) -> Summary:
@@ -257,10 +292,23 @@ class UploadRun:
     # -- reading ------------------------------------------------------------------
 
     async def _read_all(self) -> None:
-        records = self._records if self._records is not None else self._read()
+        workers = self._workers
+        if workers is not None and self._records is None:
+            sizes = [source.size for source in self._sources]
+            if None in sizes or sum(s or 0 for s in sizes) > workers.start_after:
+                await self._read_parallel(workers)
+                return
+            # Inputs this small never start a worker: one process, as with --workers 1.
+        records: Iterable[tuple[Item, Progress | None]] = (
+            self._records if self._records is not None else self._read()
+        )
         take = self._take
         for count, (record, progress) in enumerate(records, 1):
-            take(record, progress)
+            if type(record) is InputRecord:
+                take(record, progress)
+            else:
+                assert callable(record)
+                record()
             if self._queued >= self._options.window:
                 await self._until(lambda: self._queued < self._options.window)
             elif count % YIELD_EVERY == 0 and (self._tasks or count % YIELD_IDLE == 0):
@@ -273,24 +321,114 @@ class UploadRun:
             if self._stopping:  # after `take`: no record read is left unaccounted
                 break
 
-    def _read(self) -> Iterator[tuple[InputRecord, Progress | None]]:
+    async def _read_parallel(self, workers: Workers) -> None:
+        """`_read_all` with blocks of lines prepared by worker processes: a bounded
+        number of blocks is out at once, and results are taken in input order."""
+        preparer = Preparer(workers)
+        pending: deque[tuple[Item, Progress | None, Prepared | Future[Prepared] | None]] = deque()
+        out = 0  # blocks in `pending`
+        items = self._read(workers.block_bytes)
+        try:
+            for item, progress in items:
+                if type(item) is Block:
+                    resume = progress.resume if progress is not None else None
+                    if resume is not None and resume.untouched(item.lineno + 1, 0):
+                        resume = None  # the common case: nothing of it was read before
+                    pending.append((item, progress, preparer.submit(item, resume)))
+                    out += 1
+                else:
+                    pending.append((item, progress, None))
+                # Take what is ready; wait only when enough blocks are out.
+                while pending and not self._stopping:
+                    first = pending[0][2]
+                    if isinstance(first, Future) and not first.done() and out < workers.window:
+                        break
+                    item, progress, prepared = pending.popleft()
+                    if prepared is not None:
+                        out -= 1
+                    await self._take_item(item, progress, prepared)
+                if self._stopping:
+                    break
+            while pending and not self._stopping:
+                item, progress, prepared = pending.popleft()
+                await self._take_item(item, progress, prepared)
+        except WorkerError as exc:
+            # As after stop(): the requests in flight finish, nothing more is sent, and
+            # the run ends with this error (what was not sent is resent next time). A
+            # worker that a signal to the whole process group ended is part of that stop.
+            if not self._stopping:
+                self._fatal = self._fatal or exc
+            self._stopping = True
+        finally:
+            items.close()
+            for _, _, prepared in pending:
+                if isinstance(prepared, Future):
+                    prepared.cancel()
+            preparer.close()
+
+    async def _take_item(
+        self, item: Item, progress: Progress | None, prepared: Prepared | Future[Prepared] | None
+    ) -> None:
+        if isinstance(prepared, Future):
+            if not prepared.done():
+                waiting = asyncio.wrap_future(prepared)
+                waiting.add_done_callback(_retrieved)
+                while not waiting.done():
+                    await asyncio.wait([waiting], timeout=WAIT_STEP)
+                    self._raise_fatal()
+                    if self._stopping:
+                        return
+            prepared = result_of(prepared)
+        if prepared is not None:
+            assert isinstance(item, Block)
+            await self._take_block(item.source, progress, prepared)
+            return
+        if type(item) is InputRecord:
+            self._take(item, progress)
+        else:
+            assert callable(item)
+            item()
+        await self._pace(1)
+
+    async def _take_block(self, source: str, progress: Progress | None, prepared: Prepared) -> None:
+        results, counts = prepared
+        add_counts(self._mapper, counts)
+        take = self._take_result
+        for count, result in enumerate(results, 1):
+            take(source, result, progress)
+            await self._pace(count)
+            if self._stopping:
+                return
+
+    async def _pace(self, count: int) -> None:
+        """After each record: backpressure, a turn of the event loop now and then, and
+        the errors of the lanes."""
+        if self._queued >= self._options.window:
+            await self._until(lambda: self._queued < self._options.window)
+        elif count % YIELD_EVERY == 0 and (self._tasks or count % YIELD_IDLE == 0):
+            await asyncio.sleep(0)
+            if count % YIELD_IDLE == 0:
+                self._notify()
+        self._raise_fatal()
+
+    def _read(self, block_bytes: int = 0) -> Generator[tuple[Item, Progress | None], None, None]:
+        """The records of every source in order, with steps between sources. With
+        `block_bytes`, NDJSON comes as blocks of lines (for the workers)."""
         seen: set[str] = set()
         for source in self._sources:
-            progress = self._open_progress(source)
+            progress = self._state.open_input(source) if self._state is not None else None
             if progress is not None:
+                if progress.resume.note:
+                    yield partial(self.summary.notes.append, progress.resume.note), None
                 if progress.key in seen:  # the same file named twice: read it once
                     continue
                 seen.add(progress.key)
                 if progress.resume.skip_all:
                     # (a cron over a bucket prefix meets every earlier object again: name
                     # the first few, count the rest)
-                    self._resumed["finished"] += 1
-                    if self._resumed["finished"] <= FINISHED_NAMED:
-                        self.summary.notes.append(
-                            f"{source.name}: finished in an earlier run; skipped"
-                        )
+                    yield partial(self._finished_earlier, source.name), None
                     continue
-                self._inputs[source.name] = progress
+                yield partial(self._inputs.__setitem__, source.name, progress), None
             try:
                 opened = OpenSource(source, self._stdin)
             except OSError as exc:
@@ -303,42 +441,56 @@ class UploadRun:
                 )
                 continue
             self._current = opened
-            self._gap = True  # a new source: runs of positions start afresh
-            finished = True
+            if source.url is not None:
+                self._objects.add(source.name)
+            yield self._new_source, None
             try:
-                for record in read_source(opened):
-                    if (
-                        progress is not None
-                        and source.url is None  # an object is never appended to
-                        and record.partial
-                        and record.message is None
-                        and record.error is not None
-                        and record.error.code == "malformed-json"
-                    ):
-                        # A last line without its newline that does not parse: its writer
-                        # may not be done. Leave it for the next run.
-                        self.summary.notes.append(
-                            f"{source.name}:{record.origin.line}: the last line is incomplete "
-                            "(no final newline, not valid JSON); left for the next run"
-                        )
-                        finished = False
-                        break
+                records = read_blocks(opened, block_bytes) if block_bytes else read_source(opened)
+                for record in records:
                     yield record, progress
             finally:
                 self._consumed_before += opened.consumed
                 self._current = None
                 opened.close()
-            if progress is not None and finished:
-                progress.finished_reading = True
-                self._checkpoint()
+            if progress is not None:
+                yield partial(self._finished, source.name, progress), None
 
-    def _open_progress(self, source: Source) -> Progress | None:
-        if self._state is None:
-            return None
-        progress = self._state.open_input(source)
-        if progress.resume.note:
-            self.summary.notes.append(progress.resume.note)
-        return progress
+    def _finished_earlier(self, name: str) -> None:
+        self._resumed["finished"] += 1
+        if self._resumed["finished"] <= FINISHED_NAMED:
+            self.summary.notes.append(f"{name}: finished in an earlier run; skipped")
+
+    def _new_source(self) -> None:
+        self._gap = True  # a new source: runs of positions start afresh
+
+    def _finished(self, name: str, progress: Progress) -> None:
+        if name not in self._incomplete:
+            progress.finished_reading = True
+            self._checkpoint()
+
+    def _left_for_next_run(self, origin: Origin) -> None:
+        """A last line without its newline that does not parse: its writer may not be
+        done. It is left for the next run (with --state)."""
+        self._incomplete.add(origin.source)
+        self.summary.notes.append(
+            f"{origin.source}:{origin.line}: the last line is incomplete "
+            "(no final newline, not valid JSON); left for the next run"
+        )
+
+    def _resume_at(self, line: int, part: int, progress: Progress) -> tuple[bool, Resume | None]:
+        """(whether an earlier run finished this record, its resume if it left some of it)"""
+        where = (line, part)
+        resume: Resume | None = progress.resume
+        assert resume is not None
+        if resume.untouched(line, part):
+            resume = None
+        elif not resume.touches(line, part):
+            progress.position = max(progress.position, where)
+            self._resumed["done"] += 1
+            self._gap = True
+            return True, None
+        progress.position = max(progress.position, where)
+        return False, resume
 
     def _take(self, record: InputRecord, progress: Progress | None) -> None:
         """One input record through the pure stage and into batches (synchronous)."""
@@ -349,15 +501,18 @@ class UploadRun:
             return
         resume = None
         if progress is not None:
-            where = (origin.line, origin.part)
-            if not progress.resume.untouched(*where):
-                if not progress.resume.touches(*where):
-                    progress.position = max(progress.position, where)
-                    self._resumed["done"] += 1
-                    self._gap = True
-                    return
-                resume = progress.resume
-            progress.position = max(progress.position, where)
+            if (
+                record.partial
+                and origin.source not in self._objects  # an object is never appended to
+                and record.message is None
+                and record.error is not None
+                and record.error.code == "malformed-json"
+            ):
+                self._left_for_next_run(origin)
+                return
+            done, resume = self._resume_at(origin.line, origin.part, progress)
+            if done:
+                return
         message = record.message
         if message is None:
             assert record.error is not None
@@ -365,26 +520,92 @@ class UploadRun:
             ledger.invalid(origin, record.raw, None, record.error)
             return
         prepared = prepare(message, self._mapper, self._validator, self._options.validate)
+        self._account(origin, record.raw, message, prepared, resume)
+
+    def _account(
+        self,
+        origin: Origin,
+        raw: bytes | None,
+        message: Message,
+        prepared: Ready | Skipped | Invalid,
+        resume: Resume | None,
+    ) -> None:
+        ledger = self._ledger
         ledger.read()
         if isinstance(prepared, Skipped):
             ledger.skip(prepared.reason)
             return
         if isinstance(prepared, Invalid):
-            ledger.invalid(origin, record.raw, message, prepared)
+            ledger.invalid(origin, raw, message, prepared)
             return
-        self._plan(record, message, prepared, resume)
+        self._plan(origin, raw, message, prepared, resume)
+
+    def _take_result(self, source: str, result: Result, progress: Progress | None) -> None:
+        """One record a worker prepared: accounted and planned as `_take` would."""
+        line, part, code, raw, a, b, lookups = result
+        resume = None
+        if progress is not None:
+            if (
+                code == BROKEN
+                and b
+                and a.code == "malformed-json"
+                and source not in self._objects  # an object is never appended to
+            ):
+                self._left_for_next_run(Origin(source, line, part))
+                return
+            done, resume = self._resume_at(line, part, progress)
+            if done:
+                return
+        ledger = self._ledger
+        if lookups and not lookups_hold(self._tokens, lookups):
+            # The worker's tokens differ from the run's: prepare it here, against them.
+            assert raw is not None
+            message = orjson.loads(raw)
+            mapper, validator = self._prepare_again()
+            prepared = prepare(message, mapper, validator, self._options.validate)
+            self._account(Origin(source, line, part), raw, message, prepared, resume)
+        elif code == SKIPPED:
+            ledger.read()
+            ledger.skip(a)
+        elif code == READY:
+            ledger.read()
+            warnings, fixes, stub = b if b is not None else (NO_LIST, NO_LIST, NO_MESSAGE)
+            ready = Ready(ops_of(a), warnings, fixes)
+            self._plan(Origin(source, line, part), raw, stub, ready, resume)
+        elif code == INVALID:
+            ledger.read()
+            ledger.invalid(Origin(source, line, part), raw, b, a)
+        elif code == BROKEN:
+            ledger.read()
+            ledger.invalid(Origin(source, line, part), raw, None, a)
+        else:
+            assert code != DONE, "a worker passed over a record this run must read"
+            raise AssertionError(f"unknown result code {code}")
+
+    def _prepare_again(self) -> tuple[Mapper, Validator | None]:
+        if self._again is None:
+            assert self._workers is not None
+            recipe = self._workers.recipe
+            validator = recipe.validator() if recipe.mode is not ValidateMode.OFF else None
+            self._again = (recipe.mapper(self._tokens), validator)
+        return self._again
 
     def _plan(
-        self, record: InputRecord, message: Message, ready: Ready, resume: Resume | None
+        self,
+        origin: Origin,
+        raw: bytes | None,
+        message: Message,
+        ready: Ready,
+        resume: Resume | None,
     ) -> None:
+        """`message` may be just what the report reads of it when `raw` is given."""
         for code in ready.warnings:
             self.summary.warnings[code] += 1
         for fix in ready.fixes:
-            self._ledger.fixed(record.origin, message, fix.field, fix.code, fix.message)
-        origin = record.origin
+            self._ledger.fixed(origin, message, fix.field, fix.code, fix.message)
         source = origin.source
         if resume is None:  # the common case: every operation is new
-            tracked = Tracked(origin, record.raw, message, len(ready.ops))
+            tracked = Tracked(origin, raw, message, len(ready.ops))
             add = self._planner.add
             for op in ready.ops:
                 position: Position = (origin.line, origin.part, op.index)
@@ -409,7 +630,7 @@ class UploadRun:
                 known.append((position, UNKNOWN_EARLIER))
             else:
                 planned.append((op, seen is Seen.UNKNOWN))
-        tracked = Tracked(origin, record.raw, message, len(planned) + len(known))
+        tracked = Tracked(origin, raw, message, len(planned) + len(known))
         for position, verdict in known:
             self._ledger.settle(tracked, verdict)
             if tracked.remaining:
@@ -597,6 +818,12 @@ class UploadRun:
         if self._observer is not None:
             current = self._current.consumed if self._current is not None else 0
             self._observer.update(self.summary, self._consumed_before + current)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Marks a wrapped worker future's error as seen: `result_of` reports it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def deletion_records(

@@ -28,7 +28,7 @@ from ctsync.records import (
     Upload,
     skip_reason,
 )
-from ctsync.rules import Fix, Fixed
+from ctsync.rules import Fix, Fixed, check_upload, fix_upload
 
 Validator = Callable[[CleverTapRecord], Invalid | Fixed | None]
 """CleverTap's data rules for one upload record: None when it may be sent; with
@@ -169,3 +169,21 @@ def is_idempotent(record: CleverTapRecord) -> bool:
     return not any(
         isinstance(v, dict) and not NON_IDEMPOTENT_OPERATORS.isdisjoint(v) for v in data.values()
     )
+
+
+def rules_validator(max_event_properties: int, *, fix: bool = False) -> Validator:
+    """CleverTap's data rules as the pipeline's validator: the first code, every reason.
+    With `fix` (`--validate fix`), a record whose only problems are fixable fields comes
+    back `Fixed`: to be sent without them."""
+
+    def validate(record: CleverTapRecord) -> Invalid | Fixed | None:
+        found = check_upload(record, max_event_properties=max_event_properties)
+        if not found:
+            return None
+        if fix:
+            fixed, fixes, found = fix_upload(record, max_event_properties=max_event_properties)
+            if not found:
+                return Fixed(fixed, tuple(fixes))
+        return Invalid(found[0].code, "; ".join(v.message for v in found))
+
+    return validate

@@ -26,10 +26,10 @@ import re
 import sys
 import types
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
@@ -75,6 +75,18 @@ class InputRecord:
     message: Message | None
     error: Invalid | None
     partial: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Whole NDJSON lines of one input, to be decoded elsewhere (`--workers`): the
+    lines after line `lineno` of `source`, each with its line end, except perhaps the
+    last line of the input. `decode_block` reads them exactly as `read_source` would."""
+
+    source: str
+    lineno: int
+    data: bytes
+    limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +303,7 @@ class OpenSource:
         else:
             self._raw = open(source.path, "rb")  # noqa: SIM115 - closed by close()
         self.consumed = 0
+        self.drained = False
 
     def chunks(self) -> Iterator[bytes]:
         """The content, decompressed if it starts with gzip's magic bytes, in chunks of at
@@ -337,6 +350,8 @@ class OpenSource:
     def _read(self) -> bytes:
         data = self._raw.read(READ_BUFFER)
         self.consumed += len(data)
+        # Less than asked: nothing more was waiting (a pipe, a terminal) or the end.
+        self.drained = len(data) < READ_BUFFER
         return data
 
     def close(self) -> None:
@@ -349,12 +364,35 @@ def read_source(opened: OpenSource) -> Iterator[InputRecord]:
     `error`; an unreadable stream ends the file early with one error record at line 0,
     after every whole record before the fault."""
     name = opened.source.name
+    # Without `block_bytes` the reader makes records only.
+    records = cast(
+        Iterator[InputRecord], _Reader(name, opened.source.max_line_bytes).read(opened.chunks())
+    )
     try:
-        yield from _Reader(name, opened.source.max_line_bytes).read(opened.chunks())
+        yield from records
     except _READ_ERRORS as exc:
         yield InputRecord(
             Origin(name, 0), None, None, Invalid("unreadable", _describe_io_error(exc), Stage.PARSE)
         )
+
+
+def read_blocks(opened: OpenSource, block_bytes: int) -> Iterator[InputRecord | Block]:
+    """`read_source`, with NDJSON handed over as `Block`s of whole lines of about
+    `block_bytes` (`decode_block` turns each into its records); everything else (JSON
+    documents, overlong lines, an unreadable stream) comes as records, in input order."""
+    name = opened.source.name
+    reader = _Reader(name, opened.source.max_line_bytes, block_bytes, lambda: opened.drained)
+    try:
+        yield from reader.read(opened.chunks())
+    except _READ_ERRORS as exc:
+        yield InputRecord(
+            Origin(name, 0), None, None, Invalid("unreadable", _describe_io_error(exc), Stage.PARSE)
+        )
+
+
+def decode_block(block: Block) -> Iterator[InputRecord]:
+    """The records of a block, as `read_source` reads those lines."""
+    return _Reader(block.source, block.limit)._ndjson(iter((block.data,)), block.lineno)
 
 
 def _describe_io_error(exc: BaseException) -> str:
@@ -368,23 +406,31 @@ def _describe_io_error(exc: BaseException) -> str:
 class _Reader:
     """Tells the format of one stream, then reads it."""
 
-    def __init__(self, name: str, max_line_bytes: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        max_line_bytes: int,
+        block_bytes: int = 0,
+        drained: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.name = name
         self.limit = max_line_bytes
+        self.block_bytes = block_bytes  # > 0: NDJSON goes out as blocks (`read_blocks`)
+        self.drained = drained  # whether the input had nothing more waiting at the last read
 
-    def read(self, chunks: Iterator[bytes]) -> Iterator[InputRecord]:
+    def read(self, chunks: Iterator[bytes]) -> Iterator[InputRecord | Block]:
         # 1. Leading blank lines are counted, not kept (a stream of newlines is not held).
         first_chunk = next(chunks, b"").removeprefix(UTF8_BOM)
         lines_before, head = _skip_blank(first_chunk, chunks)
         if head is None:
             return  # nothing but blank lines
         if head.lstrip(_BLANK)[:1] not in (b"{", b"["):
-            yield from self._ndjson(_prepend(head, chunks), lines_before)
+            yield from self._lines(_prepend(head, chunks), lines_before)
             return
         # 2. The first line, when it is whole JSON on its own, tells the format.
         head, complete = _until_newline(head, chunks, self.limit)
-        if not complete:  # longer than any record or document may be
-            yield from self._ndjson(chunks, lines_before, skipping=True)
+        if not complete:  # longer than any record or document may be: NDJSON, from it on
+            yield from self._lines(_prepend(head, chunks), lines_before)
             return
         first_line = head[: head.index(b"\n")] if b"\n" in head else head
         try:
@@ -393,7 +439,7 @@ class _Reader:
             pass
         else:
             if type(value) is dict and not _is_envelope(value):
-                yield from self._ndjson(_prepend(head, chunks), lines_before)
+                yield from self._lines(_prepend(head, chunks), lines_before)
                 return
             # An envelope or array on one line is the document when nothing follows.
             newlines, following = _skip_blank(head[len(first_line) :], chunks)
@@ -401,7 +447,7 @@ class _Reader:
                 yield from self._document_value(value, lines_before)
                 return
             yield from self._ndjson(iter([first_line + b"\n"]), lines_before)
-            yield from self._ndjson(_prepend(following, chunks), lines_before + newlines)
+            yield from self._lines(_prepend(following, chunks), lines_before + newlines)
             return
         # 3. Otherwise the whole stream is one document only if it parses as one.
         buffer = bytearray(head)
@@ -417,7 +463,7 @@ class _Reader:
         try:
             value = orjson.loads(buffer)
         except orjson.JSONDecodeError:
-            yield from self._ndjson(_slices(buffer, iter(())), lines_before)
+            yield from self._lines(_slices(buffer, iter(())), lines_before)
             return
         del buffer
         yield from self._document_value(value, lines_before)
@@ -435,8 +481,65 @@ class _Reader:
         for index, element in enumerate(value, start=1):
             yield _element(Origin(name, index), None, element)
 
+    def _lines(self, chunks: Iterator[bytes], lineno: int) -> Iterator[InputRecord | Block]:
+        """NDJSON after line `lineno`: records, or blocks of lines with `block_bytes`."""
+        if self.block_bytes > 0:
+            return self._blocks(chunks, lineno)
+        return self._ndjson(chunks, lineno)
+
+    def _blocks(self, chunks: Iterator[bytes], lineno: int) -> Iterator[InputRecord | Block]:
+        """NDJSON cut into blocks of whole lines, for `decode_block` to read elsewhere.
+
+        A block goes out when it is big enough, or when the input has nothing more
+        waiting (a slow pipe, a person typing): lines are never held back for more.
+        Only line ends are looked for here. A line longer than the limit is the same
+        `line-too-long` record `_ndjson` makes, and is never held whole; the last line
+        may lack its line end (the block's reader marks it partial). When the stream
+        breaks (a truncated gzip), the whole lines before the fault still go out.
+        """
+        name, limit, target = self.name, self.limit, self.block_bytes
+        pieces: list[bytes] = []  # not yet handed over; starts at the start of a line
+        held = 0
+        chunks = iter(chunks)
+        try:
+            for chunk in chunks:
+                pieces.append(chunk)
+                held += len(chunk)
+                if held < target and not self.drained():
+                    continue
+                data = b"".join(pieces)
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    block = Block(name, lineno, data[:cut], limit)
+                    lineno += block.data.count(b"\n")
+                    yield block
+                rest = data[cut:]
+                pieces, held = [rest], len(rest)
+                if held > limit:  # a line longer than any record may be: skip to its end
+                    pieces, held = [], 0
+                    lineno += 1
+                    for chunk in chunks:
+                        end = chunk.find(b"\n")
+                        if end >= 0:
+                            yield self._too_long(lineno)
+                            rest = chunk[end + 1 :]
+                            pieces, held = [rest], len(rest)
+                            break
+                    else:
+                        yield self._too_long(lineno, partial=True)
+                        return
+        except _READ_ERRORS:
+            data = b"".join(pieces)
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield Block(name, lineno, data[:cut], limit)
+            raise
+        data = b"".join(pieces)
+        if data:
+            yield Block(name, lineno, data, limit)
+
     def _ndjson(
-        self, chunks: Iterator[bytes], lineno: int, *, big: bool = False, skipping: bool = False
+        self, chunks: Iterator[bytes], lineno: int, *, big: bool = False
     ) -> Iterator[InputRecord]:
         """NDJSON, line by line. The hot path of every run: one split per chunk, one
         orjson call per line; runs of blank lines and overlong lines are never joined."""
@@ -446,7 +549,7 @@ class _Reader:
         decode_error = orjson.JSONDecodeError
         pieces: list[bytes] = []  # the line being read, when it spans chunks
         held = 0  # bytes in `pieces`
-        overlong = skipping  # the line being read is already over the limit: skip to its end
+        overlong = False  # the line being read is over the limit: skip to its end
         first = True
         for chunk in chunks:
             if not pieces and not overlong and chunk.isspace():
@@ -662,6 +765,7 @@ def describe_where(origin: Origin) -> str:
 __all__: Sequence[str] = (
     "DEFAULT_MAX_LINE_BYTES",
     "STDIN",
+    "Block",
     "InputOptions",
     "InputRecord",
     "Inputs",
@@ -670,5 +774,7 @@ __all__: Sequence[str] = (
     "Source",
     "collect_inputs",
     "collect_sources",
+    "decode_block",
+    "read_blocks",
     "read_source",
 )

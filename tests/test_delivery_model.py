@@ -36,9 +36,10 @@ from ctsync.concurrency import AUTO
 from ctsync.ledger import Ledger, Summary
 from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.reader import collect_sources
-from ctsync.records import Delete, MapResult, Message, Skip, Upload
+from ctsync.records import Delete, Mapper, MapResult, Message, Skip, Upload
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from ctsync.state import StateFile
+from ctsync.workers import Recipe, Workers
 
 USERS = ["u0", "u1", "u2"]
 
@@ -218,11 +219,37 @@ def write_export(path: Path, drawn: list[list[tuple[str, str]]]) -> list[tuple[s
     return ordered
 
 
+def model_mapper(tokens: set[tuple[str, str]]) -> Mapper:
+    """The model's preset as a worker process builds it (`Recipe`)."""
+    return mapper
+
+
+def no_validator() -> None:
+    return None
+
+
+class KillingLedger(Ledger):
+    """With workers the mapper runs in another process: the drawn kill comes as the
+    main process takes the record in instead."""
+
+    def __init__(self, model: ModelCleverTap, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.taken = 0
+
+    def read(self) -> None:
+        self.taken += 1
+        if self.model.kill_while_reading == self.taken and not self.model.killed:
+            self.model.kill_now()
+        super().read()
+
+
 def one_run(
     export: Path,
     state_path: Path,
     model: ModelCleverTap,
     options: RunOptions,
+    workers: Workers | None = None,
     adaptive: bool = False,
 ) -> tuple[Summary, list[dict[str, Any]]]:
     report = Buffered()
@@ -250,13 +277,19 @@ def one_run(
         ) as client:
             state = StateFile(state_path)
             try:
+                ledger = (
+                    Ledger(report=report, resumable=True)
+                    if workers is None
+                    else KillingLedger(model, report=report, resumable=True)
+                )
                 run = UploadRun(
                     collect_sources([str(export)]),
-                    mapper=killing_mapper,
+                    mapper=killing_mapper if workers is None else mapper,
                     sender=client,
-                    ledger=Ledger(report=report, resumable=True),
+                    ledger=ledger,
                     options=options,
                     state=state,
+                    workers=workers,
                 )
                 try:
                     async with asyncio.timeout(20):  # a hang is a failure, not a wait
@@ -321,6 +354,71 @@ def test_the_delivery_core_keeps_every_promise(
     adaptive: bool,
     kills: list[tuple[bool, int]],
 ) -> None:
+    check_promises(
+        tmp_path_factory,
+        drawn,
+        data,
+        lanes,
+        batch_size,
+        window,
+        retry_unknown,
+        kills,
+        None,
+        adaptive,
+    )
+
+
+@settings(
+    max_examples=int(os.environ.get("CTSYNC_MODEL_WORKER_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    drawn=lines,
+    data=st.data(),
+    lanes=st.integers(1, 3),
+    batch_size=st.integers(1, 4),
+    window=st.integers(1, 4),
+    retry_unknown=st.booleans(),
+    kills=st.lists(st.tuples(st.booleans(), st.integers(1, 12)), max_size=3),
+    block_bytes=st.integers(1, 300),
+    in_flight=st.integers(1, 3),
+)
+def test_the_delivery_core_keeps_every_promise_with_two_workers(
+    tmp_path_factory: Any,
+    drawn: list[list[tuple[str, str]]],
+    data: st.DataObject,
+    lanes: int,
+    batch_size: int,
+    window: int,
+    retry_unknown: bool,
+    kills: list[tuple[bool, int]],
+    block_bytes: int,
+    in_flight: int,
+) -> None:
+    """The same promises with the records prepared by two worker processes (blocks of
+    a few lines, so that every input is cut in several)."""
+    recipe = Recipe(model_mapper, no_validator)
+    workers = Workers(
+        count=2, recipe=recipe, block_bytes=block_bytes, start_after=0, in_flight=in_flight
+    )
+    check_promises(
+        tmp_path_factory, drawn, data, lanes, batch_size, window, retry_unknown, kills, workers
+    )
+
+
+def check_promises(
+    tmp_path_factory: Any,
+    drawn: list[list[tuple[str, str]]],
+    data: st.DataObject,
+    lanes: int,
+    batch_size: int,
+    window: int,
+    retry_unknown: bool,
+    kills: list[tuple[bool, int]],
+    workers: Workers | None,
+    adaptive: bool = False,
+) -> None:
     tmp = tmp_path_factory.mktemp("model")
     export, state_path = tmp / "export.ndjson", tmp / "state.db"
     ordered = write_export(export, drawn)
@@ -346,7 +444,7 @@ def test_the_delivery_core_keeps_every_promise(
                 model.kill_while_reading = at
             else:
                 model.kill_at = at
-        summary, report = one_run(export, state_path, model, options, adaptive)
+        summary, report = one_run(export, state_path, model, options, workers, adaptive)
         settled = (
             summary.accepted
             + sum(summary.skipped.values())

@@ -289,6 +289,20 @@ def test_a_line_longer_than_max_line_bytes_is_one_invalid_record_never_held_whol
     assert peak < 8 << 20
 
 
+def test_an_overlong_first_line_loses_none_of_the_lines_after_it() -> None:
+    """The first line over the limit, the next lines in the same read: each of them is
+    still read, on its own line number (they were dropped with the first one)."""
+    data = b'{"blob": "' + b"x" * 3000 + b'"}\n' + ndjson(IDENTIFY, TRACK)
+    source = Source("long.ndjson", None, None, max_line_bytes=1024)
+    records = list(read_source(OpenSource(source, io.BytesIO(data))))
+    assert [(r.origin.line, r.error.code if r.error else None) for r in records] == [
+        (1, "line-too-long"),
+        (2, None),
+        (3, None),
+    ]
+    assert good(records) == [(2, IDENTIFY), (3, TRACK)]
+
+
 def test_reading_a_long_line_takes_time_linear_in_its_length() -> None:
     import time
 

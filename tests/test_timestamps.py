@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from ctsync.timestamps import (
     DatesAs,
@@ -167,3 +171,56 @@ def test_only_fine_iso_date_times_are_counted(value: str) -> None:
 
 def test_without_fine_nothing_changes() -> None:
     assert convert_object({"d": FINE[0][0]}) == {"d": FINE[0][0]}
+
+
+_SHAPES = [
+    "2024-05-01T12:00:00Z",
+    "2024-05-01T12:00:00.123Z",
+    "2023-05-18T22:58:45+00:00",
+    "2023-05-18T22:58:45.999-08:00",
+]
+
+
+def _reference(value: str) -> int | None:
+    """The rule as the regex and `fromisoformat` alone decide it (no fast path)."""
+    import re
+    from datetime import UTC, datetime
+
+    pattern = (
+        r"\d{4}-\d{2}-\d{2}"
+        r"(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+    )
+    if re.fullmatch(pattern, value) is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return math.floor(parsed.timestamp())
+
+
+@settings(max_examples=1000)
+@example(shape=_SHAPES[1], changes=[(19, ",")], cut=0)  # fromisoformat takes a comma
+@example(shape=_SHAPES[0], changes=[(0, "\u0662")], cut=0)  # an Arabic-Indic digit
+@given(
+    shape=st.sampled_from(_SHAPES),
+    changes=st.lists(
+        st.tuples(st.integers(0, 28), st.sampled_from(list("0123456789-T:.Z+ ,x٣\u0660"))),
+        max_size=3,
+    ),
+    cut=st.integers(0, 3),
+)
+def test_the_fast_path_for_segment_dates_decides_as_the_regex_does(
+    shape: str, changes: list[tuple[int, str]], cut: int
+) -> None:
+    """Strings in and around the layouts Segment writes, one to three characters changed
+    (Unicode digits, commas, bad separators, impossible dates): the fast path converts
+    exactly what the regex and fromisoformat convert, to the same second."""
+    value = list(shape)
+    for at, char in changes:
+        if at < len(value):
+            value[at] = char
+    text = "".join(value)[: len(value) - cut] if cut else "".join(value)
+    assert iso_to_epoch(text) == _reference(text)

@@ -190,14 +190,21 @@ class MappingMapper:
     """The mapper of a mapping file. `dropped` counts the values `--nested` left out,
     `dates_left_as_text` the date-times finer than milliseconds left unconverted."""
 
-    def __init__(self, mapping_file: MappingFile, options: MappingOptions) -> None:
+    def __init__(
+        self,
+        mapping_file: MappingFile,
+        options: MappingOptions,
+        *,
+        tokens_sent: set[tuple[str, str]] | None = None,
+    ) -> None:
         self.mapping_file = mapping_file
         self._shaper = PropertyShaper(options.nested)
         self._fine = FineDates(convert=options.convert_microseconds)
         # The counters themselves (read at the end of a run), not copies.
         self.dropped: Counter[str] = self._shaper.dropped
         self.dates_left_as_text: Counter[str] = self._fine.left_as_text
-        tokens_sent: set[tuple[str, str]] = set()
+        # (objectId, token) pairs sent this run; given by `--workers`, which checks them.
+        tokens_sent = set() if tokens_sent is None else tokens_sent
         self._subscriptions = tuple(
             (
                 sub.matches,

@@ -134,14 +134,17 @@ class ClassicMapper:
     """The mapper for `--preset classic`. `dropped` counts the values left out;
     `dates_left_as_text` the date-times finer than milliseconds left unconverted."""
 
-    def __init__(self, options: MappingOptions) -> None:
+    def __init__(
+        self, options: MappingOptions, *, tokens_sent: set[tuple[str, str]] | None = None
+    ) -> None:
         self._options = options
         self._shaper = PropertyShaper(options.nested, snake_case_keys=True)
         self._fine = FineDates(convert=options.convert_microseconds)
         # The counters themselves (read at the end of a run), not copies.
         self.dropped: Counter[str] = self._shaper.dropped
         self.dates_left_as_text: Counter[str] = self._fine.left_as_text
-        self._tokens_sent: set[tuple[str, str]] = set()
+        # (objectId, token) pairs sent this run; given by `--workers`, which checks them.
+        self._tokens_sent = set() if tokens_sent is None else tokens_sent
 
     def __call__(self, message: Message) -> MapResult:
         kind = message.get("type")

@@ -1,0 +1,244 @@
+"""`--workers`: records prepared in worker processes give exactly what one process gives.
+
+Hypothesis draws an export the way real ones go wrong (broken and blank lines, CRLF,
+envelopes, JSON that is not an object, overlong lines, a last line without its newline,
+records CleverTap's rules refuse or fix, device tokens repeated across the file), a
+preset or mapping file, a validation mode, and how the input is cut into blocks. One run
+goes through one process, another through two workers; the dry-run requests (in any
+order across lanes), the report, the dead letters, the summary and the mapper's counts
+must be identical, byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ctsync.api import UploadJob
+from ctsync.ledger import Ledger, Summary
+from ctsync.mapping import dates_left_as_text, dropped_values, preset_as_mapping
+from ctsync.pipeline import DryRunSender, RunOptions, UploadRun, ValidateMode
+from ctsync.presets import MappingOptions, Preset
+from ctsync.reader import Block, OpenSource, Source, read_blocks, read_source
+from ctsync.records import Mapper, Message
+from ctsync.workers import Recipe, Workers, lookups_hold
+
+USERS = ["u1", "u2", "u3", 7, "", None]
+DEVICES = [("a1", "tok-1"), ("a2", "tok-2"), ("a1", "tok-2"), (None, "tok-3")]
+TRAITS = st.fixed_dictionaries(
+    {},
+    optional={
+        "email": st.sampled_from(["a@example.com", "not-an-email"]),
+        "phone": st.sampled_from(["+14155550100", "4155550100"]),
+        "gender": st.sampled_from(["female", "x"]),
+        "birthday": st.sampled_from(["1990-02-01", "1990-02-01T00:00:00.123456Z"]),
+        "createdAt": st.sampled_from(["2023-05-18T22:58:45+00:00", "2023-05-18T22:58:45.1Z"]),
+        "address": st.just({"city": "X", "movedAt": "2020-01-01T00:00:00.123456Z"}),
+        "tags": st.just(["a", "b"]),
+    },
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> Message:
+    kind = draw(st.sampled_from(["identify", "track", "page", "screen", "group", "alias"]))
+    message: Message = {
+        "type": kind,
+        "messageId": f"m{draw(st.integers(0, 10**6))}",
+        "timestamp": draw(st.sampled_from(["2024-05-01T12:00:00Z", "2024-05-01", "later"])),
+    }
+    user = draw(st.sampled_from(USERS))
+    if user is not None:
+        message["userId"] = user
+    if draw(st.booleans()):
+        message["anonymousId"] = draw(st.sampled_from(["a1", "a2", "a3"]))
+    if kind == "identify":
+        message["traits"] = draw(TRAITS)
+    elif kind == "track":
+        message["event"] = draw(st.sampled_from(["Delete User", "Order Completed", "Viewed"]))
+        message["properties"] = draw(TRAITS)
+    elif kind == "alias":
+        message["previousId"] = "a1"
+    if draw(st.integers(0, 3)) == 0:
+        anonymous, token = draw(st.sampled_from(DEVICES))
+        message["context"] = {"device": {"token": token, "type": "android"}}
+        if anonymous is None:
+            message.pop("anonymousId", None)
+        else:
+            message["anonymousId"] = anonymous
+    return message
+
+
+LINE = st.one_of(
+    messages().map(orjson.dumps),
+    messages().map(lambda m: orjson.dumps(m) + b"\r"),
+    st.lists(messages(), min_size=1, max_size=3).map(lambda b: orjson.dumps({"batch": b})),
+    st.sampled_from([b"", b"   ", b'{"type": "identify", "userId": ', b"[1, 2]", b"null"]),
+    st.just(b'{"type":"identify","userId":"long","traits":{"t":"' + b"x" * 1100 + b'"}}'),
+)
+
+
+@st.composite
+def exports(draw: st.DrawFn) -> bytes:
+    lines = draw(st.lists(LINE, min_size=1, max_size=40))
+    data = b"\n".join(lines)
+    return data if draw(st.booleans()) else data + b"\n"
+
+
+PRESETS = ["actions", "classic", "mapping"]
+
+
+def recipe_for(preset: str, validate: str) -> Recipe:
+    """The same recipe the command line builds, for a preset or a mapping file."""
+    mapping_file = (
+        orjson.dumps(preset_as_mapping("classic")).decode() if preset == "mapping" else None
+    )
+    job = UploadJob(
+        preset=Preset(preset if preset != "mapping" else "actions"),
+        mapping_file=mapping_file,
+        mapping=MappingOptions(max_event_properties=3),
+        run=RunOptions(validate=ValidateMode(validate)),
+    )
+    return job.recipe
+
+
+def run_once(
+    export: Path, built: Recipe, validate: str, workers: Workers | None
+) -> tuple[bytes, bytes, bytes, dict[str, Any], Mapper]:
+    """One dry run: (requests, report, dead letters, summary, mapper)."""
+    source = Source(str(export), export, export.stat().st_size, max_line_bytes=1024)
+    return run_source(source, built, validate, workers)
+
+
+def run_source(
+    source: Source, built: Recipe, validate: str, workers: Workers | None
+) -> tuple[bytes, bytes, bytes, dict[str, Any], Mapper]:
+    requests, report, failed = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    mapper = built.mapper(set())
+    validator = built.validator()
+    ledger = Ledger(report=report, dead_letters=failed, dry_run=True, run="the-run")
+    run = UploadRun(
+        [source],
+        mapper=mapper,
+        sender=DryRunSender(requests),
+        ledger=ledger,
+        options=RunOptions(validate=ValidateMode(validate), batch_size=3, lanes=2),
+        validator=validator,
+        workers=workers,
+    )
+    summary: Summary = asyncio.run(run.run())
+    found = summary.as_dict()
+    del found["elapsed_seconds"]
+    return requests.getvalue(), report.getvalue(), failed.getvalue(), found, mapper
+
+
+@settings(
+    max_examples=int(os.environ.get("CTSYNC_WORKER_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    data=exports(),
+    preset=st.sampled_from(PRESETS),
+    validate=st.sampled_from(["strict", "fix", "warn", "off"]),
+    block_bytes=st.integers(1, 3000),
+    start_after=st.sampled_from([0, 0, 500, 10**9]),
+    in_flight=st.integers(1, 3),
+)
+def test_two_workers_give_byte_for_byte_what_one_process_gives(
+    tmp_path_factory: pytest.TempPathFactory,
+    data: bytes,
+    preset: str,
+    validate: str,
+    block_bytes: int,
+    start_after: int,
+    in_flight: int,
+) -> None:
+    export = tmp_path_factory.mktemp("workers") / "export.ndjson"
+    export.write_bytes(data)
+    built = recipe_for(preset, validate)
+    one = run_once(export, built, validate, None)
+    workers = Workers(
+        count=2, recipe=built, block_bytes=block_bytes, start_after=start_after, in_flight=in_flight
+    )
+    two = run_once(export, built, validate, workers)
+    # The same requests, byte for byte. Lanes send side by side, and which lane's next
+    # request comes first depends on when the reader yields, so only their order
+    # across lanes may differ (within a lane, `test_pipeline` checks the order).
+    assert sorted(two[0].splitlines()) == sorted(one[0].splitlines()), "the requests differ"
+    assert two[1] == one[1], "the report differs"
+    assert two[2] == one[2], "the dead letters differ"
+    assert two[3] == one[3], "the summary differs"
+    assert dropped_values(two[4]) == dropped_values(one[4])
+    assert dates_left_as_text(two[4]) == dates_left_as_text(one[4])
+    assert one[3]["read"] == sum(one[3][k] for k in ("skipped", "invalid", "accepted", "failed"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=exports(), block_bytes=st.integers(1, 5000), limit=st.integers(1024, 1500))
+def test_blocks_hold_the_records_of_the_input_in_order(
+    data: bytes, block_bytes: int, limit: int
+) -> None:
+    """The blocks, decoded, are exactly what the one-process reader reads: the same
+    records, origins, raw lines and partial marks, in the same order."""
+    source = Source("-", None, None, max_line_bytes=limit)
+    expected = [
+        (r.origin, r.raw, r.message, r.error, r.partial)
+        for r in read_source(OpenSource(source, io.BytesIO(data)))
+    ]
+    from ctsync.reader import decode_block
+
+    found = []
+    for item in read_blocks(OpenSource(source, io.BytesIO(data)), block_bytes):
+        records = decode_block(item) if isinstance(item, Block) else [item]
+        found += [(r.origin, r.raw, r.message, r.error, r.partial) for r in records]
+    assert found == expected
+
+
+def test_a_worker_wrong_about_a_token_is_overruled() -> None:
+    """The run's true set decides: a worker that found no token sent (another worker
+    sent it first) or found one sent (from a record this run did not prepare) is wrong,
+    and nothing is added until its lookups all hold."""
+    tokens = {("a1", "t1")}
+    assert not lookups_hold(tokens, ((("a1", "t1"), False),))
+    assert not lookups_hold(tokens, ((("a2", "t2"), False), (("a9", "t9"), True)))
+    assert tokens == {("a1", "t1")}
+    assert lookups_hold(tokens, ((("a1", "t1"), True), (("a2", "t2"), False), (("a2", "t2"), True)))
+    assert tokens == {("a1", "t1"), ("a2", "t2")}
+
+
+def test_a_small_input_starts_no_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `start_after` bytes every block is prepared in the main process: a run that
+    would start a process fails here."""
+    export = tmp_path / "small.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u","timestamp":"2024-05-01"}\n' * 50)
+    built = recipe_for("actions", "strict")
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a worker process was started")
+
+    monkeypatch.setattr("ctsync.workers.ProcessPoolExecutor", no_process)
+    one = run_once(export, built, "strict", None)
+    for size in (None, 10**9):  # a stdin (size unknown) or a file bigger than it is
+        workers = Workers(count=2, recipe=built, block_bytes=100, start_after=10**5)
+        source = Source(str(export), export, size, max_line_bytes=1024)
+        two = run_source(source, built, "strict", workers)
+        assert one[:4] == two[:4]
+
+
+def test_recipes_survive_pickling() -> None:
+    """What a worker process gets: the preset's name or the mapping's document, never a
+    built mapper (whose functions would not pickle)."""
+    import pickle
+
+    for preset in PRESETS:
+        again = pickle.loads(pickle.dumps(recipe_for(preset, "fix")))
+        assert callable(again.mapper(set())) and callable(again.validator())
