@@ -225,9 +225,11 @@ def test_a_second_run_on_the_same_state_exits_4_at_once(
 ) -> None:
     export, state = tmp_path / "profiles.ndjson", tmp_path / "state.db"
     write_export(export, [identify(f"u-{i}", n=i) for i in range(1000)])
-    args = (export, "--state", state, "--batch-size", "20", "--concurrency", "5")
+    # 100 requests, 5 at a time, half a second each: the first run lasts at least 10 s,
+    # well beyond the start-up of the second one on a loaded machine.
+    args = (export, "--state", state, "--batch-size", "10", "--concurrency", "5")
 
-    with running_sandbox(SandboxConfig(latency_ms=200)) as sandbox:
+    with running_sandbox(SandboxConfig(latency_ms=500)) as sandbox:
         holder = processes.start_upload(sandbox.url, *args)
         started_sending(sandbox, holder)
         second = run_upload(sandbox.url, *args, timeout=20)
@@ -237,7 +239,8 @@ def test_a_second_run_on_the_same_state_exits_4_at_once(
 
     assert second.returncode == 4, second.describe()
     assert still_running, "the first run ended before the second one was refused"
-    assert second.elapsed < 5, f"the second run took {second.elapsed:.1f} s to give up"
+    # Refused at once, not after waiting for the first run to release the state (10 s+).
+    assert second.elapsed < 8, f"the second run took {second.elapsed:.1f} s to give up"
     assert "another ctsync run" in second.stderr
     assert f"pid {holder.pid}" in second.stderr
     assert str(state) in second.stderr.replace("\n", "")
