@@ -114,10 +114,11 @@ class UploadJob:
         assert self._recipe is not None
         return self._recipe
 
-    def build_mapper(self) -> Mapper:
+    def build_mapper(self, tokens: set[tuple[str, str]] | None = None) -> Mapper:
         """A new mapper for one run (mappers count what they drop): the job's mapping
-        file if it has one, else its preset."""
-        return self.recipe.mapper(set())
+        file if it has one, else its preset. `tokens` is the run's set of device tokens
+        sent (each goes once per run), shared with the workers' results."""
+        return self.recipe.mapper(set() if tokens is None else tokens)
 
     def build_validator(self) -> Validator:
         """CleverTap's data rules as `--validate` asks (`off`: the pipeline skips them)."""
@@ -186,7 +187,8 @@ def upload(
 
     `job.workers` processes prepare the records (see `ctsync.workers`)."""
     workers = Workers(count=job.workers, recipe=job.recipe, **tuning())
-    mapper = job.build_mapper()
+    tokens: set[tuple[str, str]] = set()  # one set for this process and the workers
+    mapper = job.build_mapper(tokens)
     validator = job.build_validator()
     inputs = job.collect()
     skipped_notes = inputs.notes()
@@ -224,6 +226,7 @@ def upload(
                 stdin=stdin,
                 state=state,
                 workers=workers,
+                tokens=tokens,
             )
             terminal = stdin if isinstance(stdin, TerminalStdin) else None
             summary = await _until_signalled(

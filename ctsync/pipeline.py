@@ -217,6 +217,7 @@ class UploadRun:
         stdin: IO[bytes] | None = None,
         state: StateFile | None = None,
         workers: Workers | None = None,
+        tokens: set[tuple[str, str]] | None = None,
     ) -> None:
         self._sources = sources
         self._records = records
@@ -250,7 +251,9 @@ class UploadRun:
         # --workers: blocks go to worker processes (see ctsync.workers); records that a
         # worker's token lookups got wrong are prepared again here, against `_tokens`.
         self._workers = workers if workers is not None and workers.count > 1 else None
-        self._tokens: set[tuple[str, str]] = set()
+        # The run's device tokens sent: `mapper` must add to this same set (built with
+        # it), so that records prepared here and in workers send each token once.
+        self._tokens: set[tuple[str, str]] = set() if tokens is None else tokens
         self._again: tuple[Mapper, Validator | None] | None = None
 
     @property
