@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-import orjson
 
 from ctsync import mapping
 from ctsync.client import CleverTapClient
 from ctsync.errors import CtsyncError, UsageError
 from ctsync.ledger import Ledger, output_error
+from ctsync.mapping.file import read_mapping_document
 from ctsync.pipeline import (
     DryRunSender,
     Observer,
@@ -146,21 +146,11 @@ def _recipe_of(job: UploadJob) -> Recipe:
 
 
 def _mapping_document(path_or_text: str | Path) -> tuple[str, Any]:
-    """A mapping file's name and decoded JSON (as `mapping.load_mapping` reads it)."""
-    if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
-        source, text = "<mapping>", path_or_text.encode()
-    else:
-        source = str(path_or_text)
-        try:
-            text = Path(path_or_text).read_bytes()
-        except OSError as error:
-            raise UsageError(
-                str(mapping.MappingError(source, f"cannot read: {error.strerror or error}"))
-            ) from None
+    """A mapping file's name and decoded JSON; a UsageError when it cannot be read."""
     try:
-        return source, orjson.loads(text)
-    except orjson.JSONDecodeError as error:
-        raise UsageError(str(mapping.MappingError(source, f"not valid JSON: {error}"))) from None
+        return read_mapping_document(path_or_text)
+    except mapping.MappingError as exc:
+        raise UsageError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

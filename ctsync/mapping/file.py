@@ -124,6 +124,13 @@ def load_mapping(path_or_text: str | Path) -> MappingFile:
     A `str` that starts with `{` is taken as JSON text, anything else as a path.
     Raises `MappingError`.
     """
+    source, document = read_mapping_document(path_or_text)
+    return parse_mapping(document, source)
+
+
+def read_mapping_document(path_or_text: str | Path) -> tuple[str, Any]:
+    """A mapping file's name and decoded JSON, unchecked (`load_mapping` without
+    `parse_mapping`: what a worker process rebuilds a mapper from). Raises `MappingError`."""
     if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
         source, text = "<mapping>", path_or_text.encode()
     else:
@@ -133,10 +140,9 @@ def load_mapping(path_or_text: str | Path) -> MappingFile:
         except OSError as error:
             raise MappingError(source, f"cannot read: {error.strerror or error}") from None
     try:
-        document = orjson.loads(text)
+        return source, orjson.loads(text)
     except orjson.JSONDecodeError as error:
         raise MappingError(source, f"not valid JSON: {error}") from None
-    return parse_mapping(document, source)
 
 
 def parse_mapping(document: Any, source: str = "<mapping>") -> MappingFile:
