@@ -90,18 +90,16 @@ def tuning() -> dict[str, int]:
 
 
 def default_workers() -> int:
-    """One worker per CPU this process may run on beyond the one the main process needs,
-    at most `MAX_DEFAULT_WORKERS`; 1 (no worker process) below three CPUs.
+    """The CPUs this process may run on, at most `MAX_DEFAULT_WORKERS`.
 
-    The main process reads, plans, sends and accounts (about half of a one-process run's
-    CPU): on two CPUs it and two workers compete for the cores, and `--workers 2` measured
-    1.2-1.6x slower than one process (see the README's performance section)."""
+    Measured on a quiet 2-core machine, two workers beat one process (classic, 100k
+    messages: wall 0.81x); on a machine busy with other work they lose (1.2-1.6x), as any
+    extra process does: `--workers 1` is the choice there."""
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         usable = os.cpu_count() or 1
-    spare = usable - 1
-    return min(MAX_DEFAULT_WORKERS, spare) if spare >= 2 else 1
+    return max(1, min(MAX_DEFAULT_WORKERS, usable))
 
 
 class WorkerError(CtsyncError):
