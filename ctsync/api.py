@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import httpx
 
@@ -120,11 +120,9 @@ class UploadJob:
         sent (each goes once per run), shared with the workers' results."""
         return self.recipe.mapper(set() if tokens is None else tokens)
 
-    def build_validator(self) -> Validator:
+    def build_validator(self) -> Validator | None:
         """CleverTap's data rules as `--validate` asks (`off`: the pipeline skips them)."""
-        return rules_validator(
-            self.mapping.max_event_properties, fix=self.run.validate is ValidateMode.FIX
-        )
+        return self.recipe.validator()
 
 
 def _recipe_of(job: UploadJob) -> Recipe:
@@ -136,21 +134,13 @@ def _recipe_of(job: UploadJob) -> Recipe:
     )
     if job.mapping_file is None:
         return Recipe(partial(preset_mapper, job.preset, job.mapping), validator, job.run.validate)
-    source, document = _mapping_document(job.mapping_file)
     try:
+        source, document = read_mapping_document(job.mapping_file)
         mapping.parse_mapping(document, source)  # the errors, said now
     except mapping.MappingError as exc:
         raise UsageError(str(exc)) from None
     mapper = partial(mapping_mapper, document, source, job.mapping)
     return Recipe(mapper, validator, job.run.validate)
-
-
-def _mapping_document(path_or_text: str | Path) -> tuple[str, Any]:
-    """A mapping file's name and decoded JSON; a UsageError when it cannot be read."""
-    try:
-        return read_mapping_document(path_or_text)
-    except mapping.MappingError as exc:
-        raise UsageError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
