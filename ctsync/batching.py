@@ -131,43 +131,65 @@ class Planner:
     ) -> list[Batch]:
         """Add one operation. `gap` says positions were passed over just before this one
         (done in an earlier run), so no run of positions may reach across them."""
-        number = self.lane_of(op.key)
+        return self.add_encoded(
+            op.kind, op.key, op.body, op.safe, op.token, owner, source, position, gap
+        )
+
+    def add_encoded(
+        self,
+        kind: OpKind,
+        key: ProfileKey | None,
+        body: bytes,
+        safe: bool,
+        token: bool,
+        owner: Tracked,
+        source: str,
+        position: Position,
+        gap: bool = False,
+    ) -> list[Batch]:
+        """`add` of an operation given by its fields (as the worker processes send them
+        back: no `Op` is built for each of a million records). Returns the batches sealed,
+        usually none."""
+        number = self.lane_of(key)
         lane = self.lanes[number]
+        opened = lane.open
         sealed: list[Batch] = []
         batch = None
-        for at, candidate in enumerate(lane.open):
-            if candidate.kind is op.kind:
-                later = lane.open[at + 1 :]
-                if op.key is not None and any(op.key in b.keyset for b in later):
-                    sealed += self._seal_through(lane, candidate)
-                else:
-                    batch = candidate
-                break
-        if batch is not None and op.token and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
+        if len(opened) == 1 and opened[0].kind is kind:
+            batch = opened[0]  # the common case: no later batch can hold the profile
+        else:
+            for at, candidate in enumerate(opened):
+                if candidate.kind is kind:
+                    if key is not None and any(key in b.keyset for b in opened[at + 1 :]):
+                        sealed = self._seal_through(lane, candidate)
+                    else:
+                        batch = candidate
+                    break
+        if batch is not None and token and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
             sealed += self._seal_through(lane, batch)
             batch = None
         if batch is None:
             self._seq += 1
-            batch = Batch(op.kind, number, self._seq)
-            lane.open.append(batch)
-        batch.bodies.append(op.body)
+            batch = Batch(kind, number, self._seq)
+            opened.append(batch)
+        batch.bodies.append(body)
         batch.owners.append(owner)
         batch.positions.append((source, position))
-        batch.keys.append(op.key)
-        batch.safe.append(op.safe)
-        if op.key is not None:
-            batch.keyset.add(op.key)
-        if op.token:
+        batch.keys.append(key)
+        batch.safe.append(safe)
+        if key is not None:
+            batch.keyset.add(key)
+        if token:
             batch.tokens += 1
         runs = batch.runs.get(source)
-        if runs is not None and self._last is batch and not gap:
-            runs[-1][1] = position
-        elif runs is None:
+        if runs is None:
             batch.runs[source] = [[position, position]]
+        elif self._last is batch and not gap:
+            runs[-1][1] = position
         else:
             runs.append([position, position])
         self._last = batch
-        if len(batch.bodies) >= self._limits[op.kind]:
+        if len(batch.bodies) >= self._limits[kind]:
             sealed += self._seal_through(lane, batch)
         return sealed
 

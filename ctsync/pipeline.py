@@ -57,6 +57,7 @@ from ctsync.workers import (
     BROKEN,
     DONE,
     INVALID,
+    KINDS,
     READY,
     SKIPPED,
     Preparer,
@@ -364,9 +365,9 @@ class UploadRun:
             self._stopping = True
         finally:
             items.close()
-            for _, _, prepared in pending:
-                if isinstance(prepared, Future):
-                    prepared.cancel()
+            # Blocks not yet started are dropped by `close` (the pool's own thread cancels
+            # them). Cancelling them here raced with that thread when a worker died: on
+            # Python 3.11 it then printed an InvalidStateError traceback.
             preparer.close()
 
     async def _take_item(
@@ -384,7 +385,7 @@ class UploadRun:
             prepared = result_of(prepared)
         if prepared is not None:
             assert isinstance(item, Block)
-            await self._take_block(item.source, progress, prepared)
+            await self._take_block(item, progress, prepared)
             return
         if type(item) is InputRecord:
             self._take(item, progress)
@@ -393,13 +394,60 @@ class UploadRun:
             item()
         await self._pace(1)
 
-    async def _take_block(self, source: str, progress: Progress | None, prepared: Prepared) -> None:
+    async def _take_block(
+        self, block: Block, progress: Progress | None, prepared: Prepared
+    ) -> None:
+        """A block's results, in order. The common records (sent or skipped, nothing
+        for the report, no token the run's set disagrees on, nothing an earlier run
+        settled) take the short way here: this loop runs in the main process for every
+        record the workers prepare, and its cost bounds what more workers can give."""
         results, counts = prepared
         add_counts(self._mapper, counts)
+        source = block.source
         take = self._take_result
+        fresh = progress is None or progress.resume.untouched(block.lineno + 1, 0)
+        if not fresh:
+            for count, result in enumerate(results, 1):
+                take(source, result, progress)
+                await self._pace(count)
+                if self._stopping:
+                    return
+            return
+        summary = self.summary
+        skipped = summary.skipped
+        add = self._planner.add_encoded
+        enqueue = self._enqueue
+        window = self._options.window
+        ledger = self._ledger
+        kinds = KINDS
         for count, result in enumerate(results, 1):
-            take(source, result, progress)
-            await self._pace(count)
+            line, part, code, raw, a, b, lookups = result
+            if lookups or b is not None:
+                take(source, result, progress)
+            elif code == READY:
+                summary.read += 1
+                if progress is not None:
+                    progress.position = (line, part)
+                tracked = Tracked(Origin(source, line, part), raw, NO_MESSAGE, len(a))
+                for kind, key, body, safe, token, index in a:
+                    sealed = add(
+                        kinds[kind], key, body, safe, token, tracked, source,
+                        (line, part, index), self._gap,
+                    )  # fmt: skip
+                    self._gap = False
+                    if sealed:
+                        enqueue(sealed)
+            elif code == SKIPPED:
+                summary.read += 1
+                skipped[a] += 1
+                if progress is not None:
+                    progress.position = (line, part)
+            else:
+                take(source, result, progress)
+            if self._queued >= window or count % YIELD_EVERY == 0:
+                await self._pace(count)
+            elif self._fatal is not None or ledger.output_error is not None:
+                self._raise_fatal()
             if self._stopping:
                 return
 

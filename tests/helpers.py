@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -11,7 +12,7 @@ import orjson
 from ctsync.client import OnWire
 from ctsync.ledger import Summary, Verdict
 from ctsync.prepare import ProfileKey
-from ctsync.records import DeleteKey
+from ctsync.records import DeleteKey, Mapper
 
 PASSCODE = "pc-S3CRET-0d9f"
 ACCOUNT_ID = "TEST-ACC-123"
@@ -74,3 +75,19 @@ class FakeSender:
         self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
     ) -> list[Verdict]:
         raise NotImplementedError
+
+
+def mapper_that_dies_in_a_worker(tokens: set[tuple[str, str]]) -> Mapper:
+    """A recipe's mapper factory: in a worker process it ends the process at once, as the
+    kernel's OOM killer would; in the main process it maps nothing (every message
+    skipped), so the run gets as far as handing out blocks."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        os._exit(9)
+    return lambda message: []
+
+
+def no_validator() -> None:
+    """A recipe's validator factory for a run that checks nothing."""
+    return None

@@ -29,7 +29,8 @@ from ctsync.pipeline import DryRunSender, RunOptions, UploadRun, ValidateMode
 from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import Block, OpenSource, Source, read_blocks, read_source
 from ctsync.records import Mapper, Message
-from ctsync.workers import Recipe, Workers, lookups_hold
+from ctsync.workers import Recipe, WorkerError, Workers, lookups_hold
+from tests.helpers import mapper_that_dies_in_a_worker, no_validator
 
 USERS = ["u1", "u2", "u3", 7, "", None]
 DEVICES = [("a1", "tok-1"), ("a2", "tok-2"), ("a1", "tok-2"), (None, "tok-3")]
@@ -262,3 +263,26 @@ def test_a_token_prepared_here_and_then_in_a_worker_is_sent_once(tmp_path: Path)
     two = run_once(export, built, "strict", workers)
     assert sorted(two[0].splitlines()) == sorted(one[0].splitlines())
     assert two[0].count(b'"tokenData":{"id":"tok-1"') == 1
+
+
+def test_workers_dying_with_blocks_waiting_stop_the_run_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker dies (as under the OOM killer) while a couple of thousand blocks wait
+    for one: the run stops with a WorkerError and no thread prints a traceback. (Python
+    3.11's pool thread fails the waiting futures; cancelling them from the run at the same
+    time printed `InvalidStateError`. That race is narrow: this test is its guard, it did
+    not reproduce it.)"""
+    import threading
+
+    export = tmp_path / "export.ndjson"
+    line = b'{"type":"identify","userId":"u","timestamp":"2024-05-01T00:00:00Z"}\n'
+    export.write_bytes(line * 2000)
+    printed: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: printed.append(args.exc_value))
+    built = Recipe(mapper=mapper_that_dies_in_a_worker, validator=no_validator)
+    workers = Workers(count=2, recipe=built, block_bytes=1, start_after=0, in_flight=2000)
+    for _ in range(3):  # a race: give it a few chances
+        with pytest.raises(WorkerError):
+            run_once(export, built, "strict", workers)
+    assert printed == []
