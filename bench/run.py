@@ -694,7 +694,7 @@ class Bench:
                         " MB)"
                     )
                     if preset == "actions" and latency == rss_latency(self.args.latencies):
-                        self._rss_rows(workers, child)
+                        self._rss_rows(workers, child, receiver, env)
                     if preset == "classic":
                         self._naive(plain, receiver, latency, rate, env)
 
@@ -739,33 +739,58 @@ class Bench:
                 f"the receiver used {receiver_cpu:.1f}s of CPU over {seconds:.1f}s ({where})"
             )
 
-    def _rss_rows(self, workers: int | None, upload: ChildRun) -> None:
+    def _rss_rows(
+        self, workers: int | None, upload: ChildRun, receiver: Receiver, env: dict[str, str]
+    ) -> None:
+        """Peak RSS of the whole tree, real upload and dry run, on `--rss-count` messages
+        (1M unless told: memory must stay flat however long the export; the e2e run above
+        is reused when it had that many)."""
+        count = self.args.rss_count
+        program = ctsync_program()
+        rss = dataset(count, seed=self.args.seed, compress=False, console=self.console)
+        latency = rss_latency(self.args.latencies)
+        if count != self.args.count:
+            self.say(f"peak RSS: real upload of {count:,} messages, {latency} ms ...")
+            receiver.reset()
+            upload = run_child(
+                ctsync_command(
+                    program,
+                    rss.path,
+                    "actions",
+                    workers,
+                    "--endpoint",
+                    receiver.url,
+                    "--account-id",
+                    SANDBOX_ACCOUNT,
+                ),
+                timeout=child_timeout(count),
+                env=env,
+            )
+            if upload.summary().get("read") != count:
+                self.problems.append(f"RSS upload: read {upload.summary().get('read')} of {count}")
         target = rss_target_mb(workers)
         self.rows.append(
             Row(
-                f"peak RSS (tree), real upload {rss_latency(self.args.latencies)} ms, actions, "
-                f"{self.args.count:,}"
+                f"peak RSS (tree), real upload {latency} ms, actions, {count:,}"
                 f" messages, {_workers(workers)}",
                 "1",
-                "",
+                f"{upload.seconds:.2f}",
                 _mb(upload.tree_peak_bytes),
                 f"ru_maxrss {upload.max_rss_kib / 1024:.0f} MB",
                 f"<= {target:.0f} MB",
                 upload.tree_peak_bytes / 1e6 <= target,
             )
         )
-        program = ctsync_program()
-        plain = DATA / f"segment-{self.args.count}-s{self.args.seed}.ndjson"
+        self.say(f"peak RSS: dry run of {count:,} messages ...")
         dry = run_child(
-            ctsync_command(program, plain, "actions", workers, "--dry-run"),
-            timeout=child_timeout(self.args.count),
+            ctsync_command(program, rss.path, "actions", workers, "--dry-run"),
+            timeout=child_timeout(count),
         )
         self.rows.append(
             Row(
-                f"peak RSS (tree), dry run, actions, {self.args.count:,} messages, "
-                f"{_workers(workers)}",
+                f"peak RSS (tree), dry run, actions, {count:,} messages, {_workers(workers)}",
                 "1",
-                "",
+                f"{dry.seconds:.2f}",
                 _mb(dry.tree_peak_bytes),
                 f"ru_maxrss {dry.max_rss_kib / 1024:.0f} MB",
             )
@@ -842,6 +867,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="worker counts to measure (default: 1 to the usable cores, if ctsync has --workers)",
     )
+    parser.add_argument(
+        "--rss-count",
+        type=int,
+        default=None,
+        help="messages for the peak-RSS runs (default 1,000,000; --quick: as --count)",
+    )
     parser.add_argument("--skip-e2e", action="store_true", help="no receiver runs")
     parser.add_argument("--repeat", type=int, default=None, help="runs of floor and dry runs")
     parser.add_argument("--e2e-repeat", type=int, default=1, help="runs against the receiver")
@@ -853,8 +884,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.count = args.count or (QUICK_COUNT if args.quick else 1_000_000)
     args.repeat = args.repeat or (1 if args.quick else 3)
-    if args.count < 1 or args.repeat < 1 or args.e2e_repeat < 1:
-        parser.error("--count, --repeat and --e2e-repeat must be positive")
+    args.rss_count = args.rss_count or (args.count if args.quick else 1_000_000)
+    if min(args.count, args.repeat, args.e2e_repeat, args.rss_count) < 1:
+        parser.error("--count, --repeat, --e2e-repeat and --rss-count must be positive")
     if any(latency <= 0 for latency in args.latencies):
         parser.error("--latencies must be positive milliseconds")
     if args.workers is not None and any(w < 1 for w in args.workers):

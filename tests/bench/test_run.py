@@ -72,6 +72,11 @@ def test_quick_is_small_and_runs_once() -> None:
     assert (quick.count, quick.repeat, quick.latencies) == (50_000, 1, [20, 100, 300])
     full = parse_args([])
     assert (full.count, full.repeat) == (1_000_000, 3)
+    # Memory is measured at a million messages unless told, even when the rest is smaller
+    # (the figure); --quick stays under two minutes by measuring its own export.
+    assert quick.rss_count == 50_000
+    assert parse_args(["--count", "300000"]).rss_count == 1_000_000
+    assert parse_args(["--count", "300000", "--rss-count", "2000"]).rss_count == 2000
     assert parse_args(["--workers", "1,2", "--latencies", "50"]).workers == [1, 2]
 
 
