@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import math
 import os
 import platform
 import re
@@ -72,6 +73,7 @@ SANDBOX_ACCOUNT = "sandbox"
 SANDBOX_PASSCODE = "sandbox"
 SANDBOX_START_SECONDS = 20.0
 MAX_UPLOADS_IN_FLIGHT = 15  # CleverTap's limit per account, which the receiver counts
+MAX_DELETES_IN_FLIGHT = 3  # and for deletions
 RECORDS_PER_REQUEST = 1000
 PRESETS = ("actions", "classic")
 QUICK_COUNT = 50_000
@@ -410,6 +412,16 @@ def api_ceiling(latency_ms: int, messages: int, records: int) -> float:
     return records_per_second * messages / records
 
 
+def _deletions_bound(stats: dict[str, Any], latency_ms: int) -> str:
+    """How long the run's deletion requests take at least, CleverTap answering 3 at once:
+    an export whose deleted users come back splits its deletions into many requests."""
+    requests = int(stats.get("requests_by_endpoint", {}).get("delete", 0))
+    if not requests:
+        return ""
+    least = math.ceil(requests / MAX_DELETES_IN_FLIGHT) * latency_ms / 1000
+    return f" {requests} deletion requests (3 at once: at least {least:.1f}s);"
+
+
 def ceiling(latency_ms: int, messages: int, records: int, dry_rate: float) -> float:
     """The end-to-end ceiling: min(API, dry run), in messages/s."""
     return min(api_ceiling(latency_ms, messages, records), dry_rate)
@@ -689,6 +701,7 @@ class Bench:
                         f" against the API's {15_000_000 / latency:,.0f}), peak in flight "
                         f"{stats.get('peak_in_flight', {}).get('upload')}, 429s "
                         f"{summary.get('http_429', 'n/a')}, concurrency {concurrency or 'n/a'};"
+                        f"{_deletions_bound(stats, latency)}"
                         f" CPU ctsync {child.cpu_seconds:.1f}s, peak RSS (tree) "
                         f"{_mb(child.tree_peak_bytes)} (ru_maxrss {child.max_rss_kib / 1024:.0f}"
                         " MB)"

@@ -181,3 +181,12 @@ def test_the_results_file_names_the_command_the_machine_and_every_row() -> None:
     assert "| best dry run, actions |  |  | 240,000/s | 0.60 of floor | >= 0.60 | yes |" in text
     assert "| upload -> receiver 300 ms | 1 | 9.00 | 40,000/s | 0.80 | >= 0.90 | NO |" in text
     assert "- a note" in text
+
+
+def test_the_deletions_bound_counts_three_requests_at_once() -> None:
+    """7 deletion requests at 300 ms: 3 + 3 + 1 rounds, at least 0.9 s."""
+    from bench.run import _deletions_bound
+
+    assert "7 deletion requests" in _deletions_bound({"requests_by_endpoint": {"delete": 7}}, 300)
+    assert "at least 0.9s" in _deletions_bound({"requests_by_endpoint": {"delete": 7}}, 300)
+    assert _deletions_bound({"requests_by_endpoint": {"upload": 9}}, 300) == ""
