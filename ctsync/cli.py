@@ -46,6 +46,7 @@ from ctsync.settings import (
     header_value_problem,
     resolve_base_url,
 )
+from ctsync.stopping import read_terminal
 from ctsync.summary import Summary
 from ctsync.timestamps import DatesAs
 from ctsync.workers import default_workers
@@ -714,13 +715,30 @@ def _confirm_delete(err: Console, identities: list[tuple[Origin, str]], guid: bo
         highlight=False,
     )
     try:
-        answer = typer.prompt("Delete them? [y/N]", default="", show_default=False, err=True)
-    except typer.Abort:  # Ctrl-C or Ctrl-D at the question
+        answer = _ask("Delete them? [y/N]: ")
+    except KeyboardInterrupt:
+        answer = None
+    if answer is None:  # Ctrl-C or Ctrl-D at the question
         err.print("\nctsync: interrupted; nothing deleted", highlight=False)
         raise typer.Exit(ExitCode.INTERRUPTED) from None
     if answer.strip().lower() not in ("y", "yes"):
         err.print("ctsync: nothing deleted", highlight=False)
         raise typer.Exit(ExitCode.OK)
+
+
+def _ask(question: str) -> str | None:
+    """The line typed at the terminal after `question`; None on Ctrl-D. A Ctrl-C raises
+    KeyboardInterrupt whenever it comes (`read_terminal`: click's prompt reads with
+    input(), which can miss one that lands just before its read starts)."""
+    typer.echo(question, nl=False, err=True)
+    fd = sys.stdin.fileno()
+    line = b""
+    while not line.endswith(b"\n"):
+        data = read_terminal(fd, 1024)
+        if not data:
+            return line.decode(errors="replace") if line else None
+        line += data
+    return line.decode(errors="replace")
 
 
 def _finish(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> NoReturn:

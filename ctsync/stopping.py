@@ -8,7 +8,9 @@ asyncio's signal handlers cannot run: `TerminalStdin` makes Ctrl-C end that read
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -119,15 +121,15 @@ class TerminalStdin:
     def read(self, size: int = -1) -> bytes:
         if self._ended or self.stop_requested():
             return b""
-        if self.on_signal is None:  # no run handles signals: a plain blocking read
-            return os.read(self._fd, size if size > 0 else 1 << 16)
+        if self.on_signal is None:  # no run handles signals: Ctrl-C raises KeyboardInterrupt
+            return read_terminal(self._fd, size if size > 0 else 1 << 16)
         # For the time of the read only, a signal goes to a Python-level handler that
         # raises, which ends the read(2) it interrupted (PEP 475 would retry it), and
         # not to asyncio's wakeup fd, whose handler could run only after the read.
         wakeup = signal.set_wakeup_fd(-1)
         previous = {signum: signal.signal(signum, _raise_in_read) for signum in _STOP_SIGNALS}
         try:
-            data = os.read(self._fd, size if size > 0 else 1 << 16)
+            data = read_terminal(self._fd, size if size > 0 else 1 << 16)
         except _SignalDuringRead as stop:
             data = b""
             self.on_signal(stop.signum)  # what the run's own handler does (run.stop())
@@ -141,6 +143,40 @@ class TerminalStdin:
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def read_terminal(fd: int, size: int) -> bytes:
+    """`os.read(fd, size)` on a terminal, that a signal interrupts whenever it comes.
+
+    A plain read(2) misses a signal that lands after Python last looked for signals and
+    before the read starts: its Python-level handler waits for the read to end, that is
+    for the next line typed. Seen under load as a Ctrl-C at the `delete` question, or
+    at `mappings check FILE -`, that did nothing (3 runs in 60). So the wait is a
+    select() on the terminal and on a pipe that the C-level handler of every signal
+    writes to (`signal.set_wakeup_fd`): a signal at any moment wakes it, and its
+    Python-level handler (KeyboardInterrupt, or the run's own) runs before the read."""
+    if threading.current_thread() is not threading.main_thread():
+        return os.read(fd, size)  # signals are handled on the main thread only
+    wake, woken = os.pipe()
+    try:
+        os.set_blocking(wake, False)
+        os.set_blocking(woken, False)
+        previous = signal.set_wakeup_fd(woken, warn_on_full_buffer=False)
+        try:
+            while True:
+                ready, _, _ = select.select([fd, wake], [], [])
+                if wake in ready:
+                    with contextlib.suppress(OSError):
+                        os.read(wake, 512)
+                    # The handler is due: Python runs it at its next check, the loop's
+                    # jump back (KeyboardInterrupt ends the wait there).
+                if fd in ready:
+                    return os.read(fd, size)
+        finally:
+            signal.set_wakeup_fd(previous)
+    finally:
+        os.close(wake)
+        os.close(woken)
 
 
 def _raise_in_read(signum: int, frame: FrameType | None) -> None:
