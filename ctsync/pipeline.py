@@ -29,6 +29,7 @@ import orjson
 from ctsync.batching import Batch, Lane, Planner, Position
 from ctsync.client import UNKNOWN, OnWire, delete_body, upload_body
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, output_error
+from ctsync.options import identity_of
 from ctsync.prepare import (
     Op,
     OpKind,
@@ -841,7 +842,6 @@ def deletion_records(
 
 def deletion_mapper(key: DeleteKey) -> Mapper:
     """Every deletion record becomes one `Delete`, after the identity checks of uploads."""
-    from ctsync.presets.actions import identity_of
 
     def mapper(message: Message) -> MapResult:
         identity = identity_of(message.get("userId"), key)
