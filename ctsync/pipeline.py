@@ -587,6 +587,10 @@ class UploadRun:
             raise AssertionError(f"unknown result code {code}")
 
     def _prepare_again(self) -> tuple[Mapper, Validator | None]:
+        # Not the run's own mapper: the worker's block counts (dropped values, dates left
+        # as text) already hold this record's, and they do not depend on the token set, so
+        # counting its second preparation too would count it twice. This mapper's counts
+        # are never read; it shares the run's token set only.
         if self._again is None:
             assert self._workers is not None
             recipe = self._workers.recipe
