@@ -153,9 +153,12 @@ def convert_object(
     for key, value in obj.items():
         kind = type(value)
         if kind is str:
-            epoch = iso_to_epoch(value, fine, prefix, key)
-            if epoch is not None:
-                converted[key] = epoch if unix else f"$D_{epoch}"
+            # `iso_to_epoch`'s pre-check, repeated as a filter only (it checks again): a
+            # call for every string trait costs a fifth more on a typical identify.
+            if len(value) >= 10 and value[4] == "-" and value[7] == "-":
+                epoch = iso_to_epoch(value, fine, prefix, key)
+                if epoch is not None:
+                    converted[key] = epoch if unix else f"$D_{epoch}"
         elif kind is dict:
             converted[key] = convert_object(value, dates_as, fine=fine, prefix=f"{prefix}{key}.")
     return converted
