@@ -246,16 +246,30 @@ def test_recipes_survive_pickling() -> None:
         assert callable(again.mapper(set())) and callable(again.validator())
 
 
+def envelope_then_line(folder: Path, traits: dict[str, Any]) -> Path:
+    """An export of one identify with a device token twice: in an envelope line (read in
+    this process) and on the next line (prepared by a worker that has not seen the token,
+    when blocks are cut at every line)."""
+    message = orjson.dumps(
+        {
+            "type": "identify",
+            "messageId": "m0",
+            "timestamp": "2024-05-01T12:00:00Z",
+            "userId": "u1",
+            "traits": traits,
+            "context": {"device": {"token": "tok-1", "type": "android"}},
+            "anonymousId": "a1",
+        }
+    )
+    export = folder / "export.ndjson"
+    export.write_bytes(b'{"batch":[' + message + b"]}\n" + message + b"\n")
+    return export
+
+
 def test_a_token_prepared_here_and_then_in_a_worker_is_sent_once(tmp_path: Path) -> None:
     """An envelope line is prepared in this process, the same message on the next line
     in a worker: the token goes out once, as with one process (found by Hypothesis)."""
-    message = (
-        b'{"type":"identify","messageId":"m0","timestamp":"2024-05-01T12:00:00Z",'
-        b'"userId":"u1","traits":{},"context":{"device":{"token":"tok-1","type":"android"}},'
-        b'"anonymousId":"a1"}'
-    )
-    export = tmp_path / "export.ndjson"
-    export.write_bytes(b'{"batch":[' + message + b"]}\n" + message + b"\n")
+    export = envelope_then_line(tmp_path, {})
     built = recipe_for("classic", "strict")
     one = run_once(export, built, "strict", None)
     workers = Workers(count=2, recipe=built, block_bytes=1, start_after=0, in_flight=1)
@@ -276,13 +290,8 @@ def test_counts_of_a_record_prepared_again_here_are_in_the_summary(
 
     The worker's counts of its own preparation already hold the record's; counting the
     second preparation too (the run's own mapper, reused) would make three."""
-    message = (
-        b'{"type":"identify","messageId":"m0","timestamp":"2024-05-01T12:00:00Z",'
-        b'"userId":"u1","anonymousId":"a1","context":{"device":{"token":"tok-1","type":"android"}},'
-        b'"traits":{"address":{"city":"X"},"birthday":"1990-02-01T00:00:00.123456Z"}}'
-    )
-    export = tmp_path / "export.ndjson"
-    export.write_bytes(b'{"batch":[' + message + b"]}\n" + message + b"\n")
+    traits = {"address": {"city": "X"}, "birthday": "1990-02-01T00:00:00.123456Z"}
+    export = envelope_then_line(tmp_path, traits)
     monkeypatch.setenv("CTSYNC_WORKER_BLOCK_BYTES", "1")
     monkeypatch.setenv("CTSYNC_WORKER_START_AFTER", "0")
     mapping_file = tmp_path / "classic.json"
