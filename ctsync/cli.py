@@ -182,35 +182,46 @@ _CONNECTION: list[tuple[str, Any, Any] | None] = [
 ]
 
 
-def with_connection(command: Callable[..., None]) -> Callable[..., None]:
-    """Give `command`, which takes `connection: Connection` and `concurrency`, the
-    connection options as its own (Typer reads the signature), and pass them on as one
-    `Connection`."""
-    signature = inspect.signature(command, eval_str=True)
-    own = dict(signature.parameters)
-    group = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
-        if entry is not None
-        else own["concurrency"].replace(kind=inspect.Parameter.KEYWORD_ONLY)
-        for entry in _CONNECTION
-        for name, kind, default in [entry or ("", None, None)]
-    ]
-    params = []
-    for param in own.values():
-        if param.name == "connection":
-            params.extend(group)
-        elif param.name != "concurrency":
-            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
-    names = [entry[0] for entry in _CONNECTION if entry is not None]
+def _group(
+    name: str, make: Callable[..., Any], options: list[tuple[str, Any, Any] | None], slot: str = ""
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A decorator giving `command`, which takes a parameter `name`, the `options`
+    (name, Annotated type, default) as its own (Typer reads the signature), and passing
+    them on as one value, `make(**options)`. A None in `options` marks where the
+    command's own parameter `slot` goes in --help."""
 
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> None:
-        connection = Connection(**{name: kwargs.pop(name) for name in names})
-        command(connection=connection, **kwargs)
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        own = dict(signature.parameters)
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        group = [
+            inspect.Parameter(entry[0], keyword, annotation=entry[1], default=entry[2])
+            if entry is not None
+            else own[slot].replace(kind=keyword)
+            for entry in options
+        ]
+        params = []
+        for param in own.values():
+            if param.name == name:
+                params.extend(group)
+            elif param.name != slot:
+                params.append(param.replace(kind=keyword))
+        names = [entry[0] for entry in options if entry is not None]
 
-    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    return wrapper
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> None:
+            value = make(**{option: kwargs.pop(option) for option in names})
+            command(**{name: value}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
+
+
+with_connection = _group("connection", Connection, _CONNECTION, slot="concurrency")
+"""`connection: Connection` (and `concurrency`) as the connection options."""
 
 
 Quiet = Annotated[
@@ -310,6 +321,40 @@ DryRun = Annotated[
 ]
 
 
+@dataclass(frozen=True, slots=True)
+class OutputOptions:
+    """The options `upload` and `delete` share on what a run writes and shows (and
+    --dry-run, which --output needs), as one value: adding an option here (and its
+    Annotated type in `_OUTPUTS`) adds it to both commands."""
+
+    dry_run: bool
+    output: Path | None
+    report: Path | None
+    failed: Path | None
+    json_out: bool
+    progress: bool | None
+    quiet: bool
+
+    def files(self) -> api.Outputs:
+        """The files the run writes. Raises UsageError for --output without --dry-run."""
+        if self.output is not None and not self.dry_run:
+            raise UsageError("--output writes the requests of a dry run: add --dry-run")
+        return api.Outputs(report=self.report, failed=self.failed, requests=self.output)
+
+
+_OUTPUTS: list[tuple[str, Any, Any] | None] = [
+    ("dry_run", DryRun, False),
+    ("output", RequestsOutput, None),
+    ("report", Report, None),
+    ("failed", Failed, None),
+    ("json_out", JsonOut, False),
+    ("progress", ProgressOpt, None),
+    ("quiet", Quiet, False),
+]
+with_outputs = _group("outputs", OutputOptions, _OUTPUTS)
+"""`outputs: OutputOptions` as the output options."""
+
+
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(
     mappings_app, name="mappings", help="Show presets as mapping files; check mapping files."
@@ -334,6 +379,7 @@ def main(
 
 @app.command(short_help="Upload Segment exports to CleverTap.")
 @with_connection
+@with_outputs
 def upload(
     ctx: typer.Context,
     paths: Annotated[
@@ -432,12 +478,8 @@ def upload(
     allow_empty: AllowEmpty = False,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     s3_endpoint_url: S3Endpoint = None,
-    dry_run: DryRun = False,
-    output: RequestsOutput = None,
     connection: Connection = None,  # type: ignore[assignment]  # with_connection fills it
     concurrency: Concurrency = AUTO,
-    report: Report = None,
-    failed: Failed = None,
     state: Annotated[
         Path | None,
         typer.Option(
@@ -455,18 +497,15 @@ def upload(
             rich_help_panel=CONNECTION,
         ),
     ] = False,
-    json_out: JsonOut = False,
-    progress: ProgressOpt = None,
-    quiet: Quiet = False,
+    outputs: OutputOptions = None,  # type: ignore[assignment]  # with_outputs fills it
 ) -> None:
     """Upload Segment messages (NDJSON or JSON, gzipped or not) to CleverTap.
 
     Each PATH is a file or a directory of exports; `-` or none reads stdin.
     """
     err = _error_console()
-    with _errors_to_exit(err, json_out=json_out, quiet=quiet):
-        if output is not None and not dry_run:
-            raise UsageError("--output writes the requests of a dry run: add --dry-run")
+    with _errors_to_exit(err, json_out=outputs.json_out, quiet=outputs.quiet):
+        files = outputs.files()
         paths = paths or [STDIN]
         inputs = InputOptions(
             include=tuple(include or ()),
@@ -479,7 +518,7 @@ def upload(
         if STDIN in paths and sys.stdin is None:  # `ctsync upload - <&-`
             raise UsageError("standard input is closed: give a file path, or pipe data in")
         reads_terminal = STDIN in paths and _stdin_is_terminal()
-        client = None if dry_run else _client_settings(ctx, err, connection, concurrency)
+        client = _client_settings(ctx, err, connection, concurrency, outputs.dry_run)
         job = api.UploadJob(  # a broken mapping file stops here, before any reading
             sources=sources,
             client=client,
@@ -499,11 +538,12 @@ def upload(
                 lanes=_lanes(concurrency),
                 retry_unknown=retry_unknown,
             ),
-            outputs=api.Outputs(report=report, failed=failed, requests=output),
+            outputs=files,
             state=state,
             inputs=inputs,
             workers=workers if workers is not None else default_workers(),
         )
+        progress = outputs.progress
         if reads_terminal:
             err.print(
                 "ctsync: reading Segment messages from standard input "
@@ -513,13 +553,14 @@ def upload(
             )
             # A live display would overwrite what is typed: off unless asked for.
             progress = False if progress is None else progress
-        with _progress(err, progress, quiet, _total_size(sources.sources)) as view:
+        with _progress(err, progress, outputs.quiet, _total_size(sources.sources)) as view:
             summary = api.upload(job, observer=view, handle_signals=True)
-        _finish(summary, err, json_out=json_out, quiet=quiet)
+        _finish(summary, err, outputs)
 
 
 @app.command(short_help="Delete CleverTap profiles (irreversible).")
 @with_connection
+@with_outputs
 def delete(
     ctx: typer.Context,
     identity: Annotated[
@@ -543,15 +584,9 @@ def delete(
         ),
     ] = False,
     s3_endpoint_url: S3Endpoint = None,
-    dry_run: DryRun = False,
-    output: RequestsOutput = None,
     connection: Connection = None,  # type: ignore[assignment]  # with_connection fills it
     concurrency: Concurrency = AUTO,
-    report: Report = None,
-    failed: Failed = None,
-    json_out: JsonOut = False,
-    progress: ProgressOpt = None,
-    quiet: Quiet = False,
+    outputs: OutputOptions = None,  # type: ignore[assignment]  # with_outputs fills it
 ) -> None:
     """Delete CleverTap profiles by identity (or CleverTap ID with --guid), 100 per request.
 
@@ -559,28 +594,27 @@ def delete(
     and asks first (--yes skips the question).
     """
     err = _error_console()
-    with _errors_to_exit(err, json_out=json_out, quiet=quiet):
+    with _errors_to_exit(err, json_out=outputs.json_out, quiet=outputs.quiet):
         if not identity and from_file is None:
             raise UsageError(
                 "name the profiles to delete: --identity ID (repeatable) or --from FILE"
             )
-        if output is not None and not dry_run:
-            raise UsageError("--output writes the requests of a dry run: add --dry-run")
-        client = None if dry_run else _client_settings(ctx, err, connection, concurrency)
+        files = outputs.files()
+        client = _client_settings(ctx, err, connection, concurrency, outputs.dry_run)
         identities = [(Origin("--identity", i), v) for i, v in enumerate(identity or [], start=1)]
         if from_file is not None:
             identities.extend(_identity_lines(from_file, s3_endpoint_url))
-        if not dry_run and not yes and _stdin_is_terminal():
+        if not outputs.dry_run and not yes and _stdin_is_terminal():
             _confirm_delete(err, identities, guid)
         job = api.DeleteJob(
             identities=identities,
             key="guid" if guid else "identity",
             client=client,
-            outputs=api.Outputs(report=report, failed=failed, requests=output),
+            outputs=files,
         )
-        with _progress(err, progress, quiet, None) as view:
+        with _progress(err, outputs.progress, outputs.quiet, None) as view:
             summary = api.delete(job, observer=view, handle_signals=True)
-        _finish(summary, err, json_out=json_out, quiet=quiet)
+        _finish(summary, err, outputs)
 
 
 def _mapping_source(name: str | None) -> str | Path | None:
@@ -604,10 +638,13 @@ def _identity_lines(name: str, s3_endpoint_url: str | None) -> list[tuple[Origin
 
 
 def _client_settings(
-    ctx: typer.Context, err: Console, connection: Connection, concurrency: str
-) -> ClientSettings:
-    """The client's settings from the connection options; missing or malformed
-    credentials are a UsageError naming where they came from."""
+    ctx: typer.Context, err: Console, connection: Connection, concurrency: str, dry_run: bool
+) -> ClientSettings | None:
+    """The client's settings from the connection options (None for a dry run, which
+    sends nothing); missing or malformed credentials are a UsageError naming where they
+    came from."""
+    if dry_run:
+        return None
     passcode = connection.passcode
     secret: Secret | None = None
     if connection.passcode_file is not None:
@@ -741,8 +778,8 @@ def _ask(question: str) -> str | None:
     return line.decode(errors="replace")
 
 
-def _finish(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> NoReturn:
-    _show(summary, err, json_out=json_out, quiet=quiet)
+def _finish(summary: Summary, err: Console, outputs: OutputOptions) -> NoReturn:
+    _show(summary, err, json_out=outputs.json_out, quiet=outputs.quiet)
     if summary.interrupted:
         code = ExitCode.TERMINATED if summary.signal == "SIGTERM" else ExitCode.INTERRUPTED
     else:

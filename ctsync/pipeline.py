@@ -29,6 +29,7 @@ import orjson
 from ctsync.batching import Batch, Lane, Planner, Position
 from ctsync.client import UNKNOWN, OnWire, delete_body, upload_body
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, output_error
+from ctsync.options import identity_of
 from ctsync.prepare import (
     Op,
     OpKind,
@@ -634,6 +635,10 @@ class UploadRun:
             raise AssertionError(f"unknown result code {code}")
 
     def _prepare_again(self) -> tuple[Mapper, Validator | None]:
+        # Not the run's own mapper: the worker's block counts (dropped values, dates left
+        # as text) already hold this record's, and they do not depend on the token set, so
+        # counting its second preparation too would count it twice. This mapper's counts
+        # are never read; it shares the run's token set only.
         if self._again is None:
             assert self._workers is not None
             recipe = self._workers.recipe
@@ -889,7 +894,6 @@ def deletion_records(
 
 def deletion_mapper(key: DeleteKey) -> Mapper:
     """Every deletion record becomes one `Delete`, after the identity checks of uploads."""
-    from ctsync.presets.actions import identity_of
 
     def mapper(message: Message) -> MapResult:
         identity = identity_of(message.get("userId"), key)

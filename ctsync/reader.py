@@ -20,45 +20,40 @@ that is an envelope.
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
 import sys
-import types
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol, cast
+from typing import IO, Any, Protocol, cast
 
 import orjson
 
+from ctsync import remote
 from ctsync.errors import UsageError
 from ctsync.records import Invalid, Message, Origin, Stage
+from ctsync.sources import (
+    DEFAULT_MAX_LINE_BYTES,
+    GZIP_MAGIC,
+    INFLATE_ERRORS,
+    NONBLANK,
+    SNIFF_BYTES,
+    STDIN,
+    UTF8_BOM,
+    InputOptions,
+    SkippedFile,
+    Source,
+    inflate,
+    selected,
+    sniff,
+)
 
-if TYPE_CHECKING:
-    from ctsync.remote import ObjectStore
+_READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, *INFLATE_ERRORS)
 
-_inflate: types.ModuleType = zlib
-try:  # ISA-L inflates gzip about twice as fast as zlib; zlib where it is not installed
-    from isal import isal_zlib
-
-    _inflate = isal_zlib
-except ImportError:  # pragma: no cover - depends on the installed extras
-    pass
-_INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _inflate.error)
-_READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, *_INFLATE_ERRORS)
-
-STDIN = "-"
-GZIP_MAGIC = b"\x1f\x8b"
-UTF8_BOM = b"\xef\xbb\xbf"
 READ_BUFFER = 1 << 16  # bytes taken from the file (compressed, for gzip) per read
 CHUNK = 1 << 16  # at most this many inflated bytes at once, whatever the gzip ratio
-DEFAULT_MAX_LINE_BYTES = 32 << 20  # far above what CleverTap takes in one record
 MAX_DEPTH = 100  # orjson encodes at most 254 levels; Python recursion is ~1000
-SNIFF_BYTES = 1 << 16  # enough of a file to tell an export from a stray file
 _BLANK = b" \t\r\n\x0b\x0c"
-_NONBLANK = re.compile(rb"[^ \t\r\n\x0b\x0c]")
 
 
 @dataclass(slots=True)
@@ -87,54 +82,6 @@ class Block:
     lineno: int
     data: bytes
     limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """One input: a file, a bucket object or stdin, with its size when known.
-
-    `url` is `s3://bucket/key` or `gs://bucket/key` for an object (None for a file and
-    stdin) and `version` its ETag (S3) or generation (GCS). `max_line_bytes` and `store`
-    travel with the source so whoever opens it reads it the same way.
-    """
-
-    name: str
-    path: Path | None
-    size: int | None
-    url: str | None = None
-    version: str | None = None
-    max_line_bytes: int = field(default=DEFAULT_MAX_LINE_BYTES, compare=False, repr=False)
-    store: ObjectStore | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def state_key(self) -> str:
-        """What identifies this input across runs: the absolute resolved path of a file,
-        the URL of an object, `-` for stdin."""
-        if self.url is not None:
-            return self.url
-        if self.path is not None:
-            return str(self.path.resolve())
-        return STDIN
-
-
-@dataclass(frozen=True, slots=True)
-class SkippedFile:
-    """A file (or object) inside a scanned directory or prefix that is not an export."""
-
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InputOptions:
-    """How command-line paths become inputs. `include`/`exclude` are globs (fnmatch,
-    `*` also matches `/`) against the path relative to the directory or prefix named."""
-
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    allow_empty: bool = False
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-    s3_endpoint_url: str | None = None
 
 
 @dataclass(slots=True)
@@ -172,8 +119,6 @@ def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions())
     or cannot be read, a bucket that refuses access, or (without `allow_empty`) inputs
     that hold no export file at all.
     """
-    from ctsync import remote
-
     inputs = Inputs()
     seen: set[str] = set()
     names = list(paths) or [STDIN]
@@ -198,13 +143,6 @@ def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions())
             "pass --allow-empty if an empty input is expected"
         )
     return inputs
-
-
-def selected(relative: str, options: InputOptions) -> bool:
-    """Whether a file at `relative` (inside a scanned directory) passes --include/--exclude."""
-    if options.include and not any(fnmatch.fnmatchcase(relative, g) for g in options.include):
-        return False
-    return not any(fnmatch.fnmatchcase(relative, g) for g in options.exclude)
 
 
 def _local(name: str, options: InputOptions, skipped: list[SkippedFile]) -> list[Source]:
@@ -260,26 +198,6 @@ def sniff_file(path: Path) -> str | None:
     return sniff(head)
 
 
-def sniff(head: bytes) -> str | None:
-    """Why content starting with `head` is not an export, or None when it is one: gzip is
-    looked into; then the first byte that is not blank (after a BOM) must be `{` or `[`.
-    A damaged gzip counts as an export, so that reading it says what is wrong."""
-    if head[:2] == GZIP_MAGIC:
-        try:
-            head = _inflate.decompressobj(wbits=31).decompress(head, SNIFF_BYTES)
-        except _INFLATE_ERRORS:
-            return None
-    head = head.removeprefix(UTF8_BOM)
-    found = _NONBLANK.search(head)
-    if found is None:
-        return "empty" if len(head) < SNIFF_BYTES else None
-    first = head[found.start() : found.start() + 1]
-    if first in (b"{", b"["):
-        return None
-    shown = first.decode() if 0x20 < first[0] < 0x7F else f"byte 0x{first[0]:02x}"
-    return f"not a Segment export (JSON starts with {{ or [; this starts with {shown})"
-
-
 class RawStream(Protocol):
     def read(self, size: int, /) -> bytes: ...
 
@@ -325,7 +243,7 @@ class OpenSource:
     def _gunzip(self, data: bytes) -> Iterator[bytes]:
         # Gzip members may be concatenated (as `cat a.gz b.gz` makes): one decoder each.
         # `max_length` bounds each inflated piece, so 1 MB of gzip cannot become 1 GB at once.
-        decoder = _inflate.decompressobj(wbits=31)
+        decoder = inflate.decompressobj(wbits=31)
         started = bool(data)
         while True:
             if not data:
@@ -339,7 +257,7 @@ class OpenSource:
                 yield out
             if decoder.eof:
                 data = decoder.unused_data + data
-                decoder = _inflate.decompressobj(wbits=31)
+                decoder = inflate.decompressobj(wbits=31)
                 started = bool(data)
         if started and not decoder.eof:
             out = decoder.flush()
@@ -398,7 +316,7 @@ def decode_block(block: Block) -> Iterator[InputRecord]:
 def _describe_io_error(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "the gzip stream is truncated; records after this point were not read"
-    if isinstance(exc, _INFLATE_ERRORS):
+    if isinstance(exc, INFLATE_ERRORS):
         return f"the gzip stream is corrupt ({exc}); records after this point were not read"
     return f"cannot read the file ({exc.__class__.__name__}: {exc})"
 
@@ -675,7 +593,7 @@ def _skip_blank(rest: bytes, chunks: Iterator[bytes]) -> tuple[int, bytes | None
         if not chunk or chunk.isspace():  # bytes.isspace: exactly the blank bytes, in C
             newlines += chunk.count(b"\n")
             continue
-        found = _NONBLANK.search(chunk)
+        found = NONBLANK.search(chunk)
         assert found is not None
         cut = chunk.rfind(b"\n", 0, found.start()) + 1
         return newlines + chunk.count(b"\n", 0, cut), chunk[cut:]

@@ -23,13 +23,19 @@ import concurrent.futures
 import importlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from ctsync.errors import UsageError
-
-if TYPE_CHECKING:
-    from ctsync.reader import InputOptions, SkippedFile, Source
+from ctsync.sources import (
+    InputOptions,
+    ObjectInfo,
+    ObjectReader,
+    ObjectStore,
+    SkippedFile,
+    Source,
+    selected,
+    sniff,
+)
 
 SCHEMES = ("s3://", "gs://")
 SNIFF_THREADS = 8
@@ -41,38 +47,8 @@ def is_url(name: str) -> bool:
     return name.startswith(SCHEMES)
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """One listed object: its key, size and version (ETag or generation)."""
-
-    key: str
-    size: int
-    version: str
-
-
 class RemoteReadError(OSError):
     """An object could not be read to its end (connection lost for good, rewritten)."""
-
-
-class ObjectStore(Protocol):
-    """One bucket, as the reader needs it."""
-
-    scheme: str
-    bucket: str
-
-    def stat(self, key: str) -> ObjectInfo | None: ...
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
-
-    def head(self, info: ObjectInfo, size: int) -> bytes: ...
-
-    def open(self, source: Source) -> ObjectReader: ...
-
-
-class ObjectReader(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-
-    def close(self) -> None: ...
 
 
 def split_url(url: str) -> tuple[str, str, str]:
@@ -86,8 +62,6 @@ def split_url(url: str) -> tuple[str, str, str]:
 
 def collect(url: str, options: InputOptions) -> tuple[list[Source], list[SkippedFile]]:
     """The sources a bucket URL names (see the module's docstring) and the skipped objects."""
-    from ctsync.reader import SkippedFile, selected, sniff
-
     scheme, bucket, key = split_url(url)
     store = open_store(scheme, bucket, options)
     base = f"{scheme}://{bucket}/"
@@ -117,8 +91,6 @@ def collect(url: str, options: InputOptions) -> tuple[list[Source], list[Skipped
 
 
 def _source(store: ObjectStore, base: str, info: ObjectInfo, options: InputOptions) -> Source:
-    from ctsync.reader import Source
-
     url = base + info.key
     return Source(
         url,

@@ -79,27 +79,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-# The one cycle left, between files other work is changing now: `reader` imports `remote`
-# (inside a function) to read s3:// and gs:// paths, and `remote` imports `reader`'s
-# `Source`, `SkippedFile`, `selected` and `sniff` (in functions and for types). Breaking it
-# means moving those into a leaf module both import. The strict xfail below fails as soon
-# as the cycle is gone, so that this allowance goes with it.
-KNOWN = ("ctsync.remote", "ctsync.reader")
-
-
-def without_known(graph: dict[str, set[str]]) -> dict[str, set[str]]:
-    graph[KNOWN[0]].discard(KNOWN[1])
-    return graph
-
-
 def test_the_package_has_no_import_cycle() -> None:
-    cycle = find_cycle(without_known(import_graph()))
+    cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
-
-
-@pytest.mark.xfail(strict=True, reason="reader <-> remote: still to break (see KNOWN)")
-def test_reader_and_remote_do_not_import_each_other() -> None:
-    assert find_cycle(import_graph()) is None
 
 
 def test_the_walk_finds_a_cycle_when_there_is_one() -> None:
@@ -112,16 +94,23 @@ def test_the_graph_sees_relative_function_level_and_package_imports() -> None:
     assert "ctsync.errors" in graph["ctsync.settings"]  # from ctsync.errors import ...
     assert "ctsync.redact" in graph["ctsync.settings"]  # from ctsync import redact
     assert "ctsync.mapping" in graph["ctsync.api"]  # from ctsync import mapping
-    assert "ctsync.remote" in graph["ctsync.reader"]  # inside a function
+    assert "ctsync.remote" in graph["ctsync.reader"]  # from ctsync import remote
+    assert "ctsync.presets.actions" in graph["ctsync.presets"]  # inside a function
     assert "ctsync.mapping" in graph["ctsync.presets.classic"]  # the package of a module
 
 
 @pytest.mark.parametrize(
     ("module", "leaf"),
-    [("ctsync.errors", "ctsync.summary"), ("ctsync.mapping.properties", "ctsync.options")],
+    [
+        ("ctsync.errors", "ctsync.summary"),
+        ("ctsync.mapping.properties", "ctsync.options"),
+        ("ctsync.remote", "ctsync.sources"),
+        ("ctsync.reader", "ctsync.sources"),
+    ],
 )
 def test_shared_types_live_in_leaf_modules(module: str, leaf: str) -> None:
-    """errors and ledger share `Summary`; presets and mapping share their options."""
+    """errors and ledger share `Summary`; presets and mapping share their options;
+    reader and remote share what an input is."""
     graph = import_graph()
     assert leaf in graph[module]
     # Leaves may use other leaves only (concurrency: the summary's per-endpoint report).

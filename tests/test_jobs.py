@@ -11,7 +11,7 @@ import pytest
 import typer
 
 from ctsync import api
-from ctsync.cli import Connection, app
+from ctsync.cli import Connection, OutputOptions, app
 from ctsync.errors import UsageError
 from ctsync.options import MappingOptions, Nested
 from ctsync.presets import Preset
@@ -75,3 +75,18 @@ def test_upload_and_delete_share_every_connection_option() -> None:
         assert a.help == b.help, name
     # --concurrency is each command's own (deletes go at most 3 at a time); both adapt.
     assert (upload["concurrency"].default, delete["concurrency"].default) == ("auto", "auto")
+
+
+def test_upload_and_delete_share_every_output_option() -> None:
+    upload, delete = params("upload"), params("delete")
+    for name in OutputOptions.__slots__:
+        a, b = upload[name], delete[name]
+        assert (a.opts, a.secondary_opts, a.default, a.help) == (
+            b.opts,
+            b.secondary_opts,
+            b.default,
+            b.help,
+        ), name
+    assert {"dry_run", "output", "report", "failed", "json_out", "progress", "quiet"} <= set(
+        OutputOptions.__slots__
+    )

@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctsync.api import UploadJob
+from ctsync.api import UploadJob, upload
 from ctsync.ledger import Ledger, Summary
 from ctsync.mapping import dates_left_as_text, dropped_values, preset_as_mapping
 from ctsync.pipeline import DryRunSender, RunOptions, UploadRun, ValidateMode
-from ctsync.presets import MappingOptions, Preset
+from ctsync.presets import MappingOptions, Nested, Preset
 from ctsync.reader import Block, OpenSource, Source, read_blocks, read_source
 from ctsync.records import Mapper, Message
 from ctsync.workers import Recipe, WorkerError, Workers, lookups_hold
@@ -247,16 +247,30 @@ def test_recipes_survive_pickling() -> None:
         assert callable(again.mapper(set())) and callable(again.validator())
 
 
+def envelope_then_line(folder: Path, traits: dict[str, Any]) -> Path:
+    """An export of one identify with a device token twice: in an envelope line (read in
+    this process) and on the next line (prepared by a worker that has not seen the token,
+    when blocks are cut at every line)."""
+    message = orjson.dumps(
+        {
+            "type": "identify",
+            "messageId": "m0",
+            "timestamp": "2024-05-01T12:00:00Z",
+            "userId": "u1",
+            "traits": traits,
+            "context": {"device": {"token": "tok-1", "type": "android"}},
+            "anonymousId": "a1",
+        }
+    )
+    export = folder / "export.ndjson"
+    export.write_bytes(b'{"batch":[' + message + b"]}\n" + message + b"\n")
+    return export
+
+
 def test_a_token_prepared_here_and_then_in_a_worker_is_sent_once(tmp_path: Path) -> None:
     """An envelope line is prepared in this process, the same message on the next line
     in a worker: the token goes out once, as with one process (found by Hypothesis)."""
-    message = (
-        b'{"type":"identify","messageId":"m0","timestamp":"2024-05-01T12:00:00Z",'
-        b'"userId":"u1","traits":{},"context":{"device":{"token":"tok-1","type":"android"}},'
-        b'"anonymousId":"a1"}'
-    )
-    export = tmp_path / "export.ndjson"
-    export.write_bytes(b'{"batch":[' + message + b"]}\n" + message + b"\n")
+    export = envelope_then_line(tmp_path, {})
     built = recipe_for("classic", "strict")
     one = run_once(export, built, "strict", None)
     workers = Workers(count=2, recipe=built, block_bytes=1, start_after=0, in_flight=1)
@@ -286,3 +300,40 @@ def test_workers_dying_with_blocks_waiting_stop_the_run_without_a_traceback(
         with pytest.raises(WorkerError):
             run_once(export, built, "strict", workers)
     assert printed == []
+
+
+@pytest.mark.parametrize("preset", ["classic", "mapping"])
+def test_counts_of_a_record_prepared_again_here_are_in_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preset: str
+) -> None:
+    """A record whose token a worker looked up wrongly is prepared again in this process:
+    the value it drops and the date it leaves as text count once in the summary, as with
+    one process. Two copies of one identify (an envelope line, prepared here, then a plain
+    line, prepared by a worker that has not seen the token), each dropping `address`
+    (`--nested drop`) and leaving `birthday` (microseconds) as text: two of each.
+
+    The worker's counts of its own preparation already hold the record's; counting the
+    second preparation too (the run's own mapper, reused) would make three."""
+    traits = {"address": {"city": "X"}, "birthday": "1990-02-01T00:00:00.123456Z"}
+    export = envelope_then_line(tmp_path, traits)
+    monkeypatch.setenv("CTSYNC_WORKER_BLOCK_BYTES", "1")
+    monkeypatch.setenv("CTSYNC_WORKER_START_AFTER", "0")
+    mapping_file = tmp_path / "classic.json"
+    mapping_file.write_bytes(orjson.dumps(preset_as_mapping("classic")))
+    summaries = {}
+    for workers in (1, 2):
+        job = UploadJob(
+            paths=[str(export)],
+            preset=Preset.CLASSIC,
+            mapping_file=mapping_file if preset == "mapping" else None,
+            mapping=MappingOptions(nested=Nested.DROP),
+            workers=workers,
+        )
+        summaries[workers] = upload(job)
+    # By hand: classic drops `address` and keeps `birthday` (as `birthday`); the mapping
+    # file maps traits.birthday to DOB and takes no `address`.
+    dropped, dates = ({"address": 2}, {"birthday": 2}) if preset == "classic" else ({}, {"DOB": 2})
+    for summary in summaries.values():
+        assert summary.dropped == dropped
+        assert summary.dates_left_as_text == dates
+    assert summaries[2].notes == summaries[1].notes

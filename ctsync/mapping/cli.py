@@ -64,7 +64,7 @@ def check(
         mapping_file = load_mapping(file)
     except MappingError as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     enabled = sum(1 for sub in mapping_file.subscriptions if sub.enabled)
     typer.echo(
         f"{mapping_file.source}: {len(mapping_file.subscriptions)} subscriptions, "
@@ -77,7 +77,7 @@ def check(
         inputs = collect_inputs([events], InputOptions(allow_empty=True))
     except UsageError as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     ok = True
     for note in inputs.notes():
         typer.echo(note)
@@ -96,7 +96,7 @@ def check(
             opened = OpenSource(source, stdin)
         except OSError as error:
             typer.echo(f"error: cannot read {source.name}: {error.strerror or error}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(ExitCode.USAGE) from None
         try:
             ok = _check_events(mapping_file, mapper, read_source(opened), label) and ok
         except KeyboardInterrupt:  # Ctrl-C: not click's "Aborted!" and exit 1
@@ -104,8 +104,8 @@ def check(
             raise typer.Exit(ExitCode.INTERRUPTED) from None
         finally:
             opened.close()
-    if not ok:
-        raise typer.Exit(1)
+    if not ok:  # some sample events were invalid
+        raise typer.Exit(ExitCode.INCOMPLETE)
 
 
 def _check_events(

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ctsync.errors import ExitCode
+
 from ._config import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_CLI_PORT,
@@ -159,7 +161,7 @@ def _fail(message: str) -> NoReturn:
     Console(stderr=True).print(
         f"[bold red]ctsync sandbox:[/] {escape(message)}", highlight=False, soft_wrap=True
     )
-    raise typer.Exit(2)
+    raise typer.Exit(ExitCode.USAGE)
 
 
 def _not_a_database(db: Path | None, error: sqlite3.DatabaseError) -> str:
