@@ -1,37 +1,30 @@
 """The sandbox's SQLite database: what CleverTap would now hold.
 
-Tables and views:
-- `events` (a view): every accepted event, appended: identifier, evtName, ts, evtData.
-- `profile_writes` (a view): every accepted profile record, appended.
+A fake CleverTap, stored the plain way: each request is one transaction that appends its
+records and merges its profile records into `profiles` one by one, in arrival order;
+a deletion removes the profile row and logs itself.
+
+Tables:
+- `events`: every accepted event, appended: identifier, evtName, ts, evtData.
+- `profile_writes`: every accepted profile record, appended (deleted profiles or not).
 - `profiles`: one row per (identifier kind, identifier), profileData merged key by key
   (the later record wins per top-level key; values such as `{"$incr": 1}` are stored as
   given, not applied), `writes` = how many profile records it received since it was
-  (re)created.
+  (re)created, and the ts and seq of the last of them.
 - `tokens`: every accepted token record.
 - `deletions`: the log of deleted identities/guids and whether a profile existed.
 
 Every stored record carries `seq`, one counter across tables, so the order of requests
 and deletions can be checked (within one request: its events, then its profile records,
-then its tokens, each in request order). One request is one transaction. Events do not
-create profile rows: `profiles` holds what profile records wrote, which tests count.
+then its tokens, each in request order). Events do not create profile rows: `profiles`
+holds what profile records wrote, which tests count.
 
-It is a fake CleverTap: a request's records are stored as they arrive, profiles are merged
-in arrival order, deletions applied in arrival order. One piece of cleverness stays, for
-speed: a request's events are one row of `event_batches` and its profile records one row
-of `profile_batches`, each a JSON array (the `events` and `profile_writes` views unfold
-them), and profiles are merged into `profiles` when they are next read or a deletion
-comes, not while requests arrive. Why, measured on the shared 2-core machine with the
-bodies of `python -m ctsync.sandbox.load` (1000 records a request, half profiles): the
-plain design (a row per event and per profile record, each profile read, merged and
-written back as its request arrives) cost about 25 ms of store time per request against
-3 ms (500 event rows about 11 ms, the 500 merges about 20 ms), and made `load --requests
-300` about 2.4x slower (12-18k against 30-42k records/s). That would make the sandbox,
-not ctsync, the bottleneck of `make bench`, where it already spends 13 s of CPU on the
-other core during the 1M-message run. Merging later also lets one merge read each
-profile once and write it back once, however many requests named it.
-
-Reads through the views parse JSON: instant for tests, seconds for millions of records;
-the first read after a burst of a million profile records merges them (seconds).
+No cleverness for speed, because none is needed: `make bench` runs `ctsync sandbox
+--sink`, which never writes here. Measured on the shared 2-core machine with the bodies
+of `python -m ctsync.sandbox.load` (1000 records a request, half profiles), this store
+spends 12-15 ms a request (the earlier design, which batched rows and merged profiles on
+the next read, 4-8 ms with its merge counted): 70,000 records/s, above what one ctsync
+prepares, and under 1 s of store time for all of tests/e2e.
 """
 
 from __future__ import annotations
@@ -50,6 +43,21 @@ from ._validation import CheckedUpload, IdentifierKind
 DeleteKey: TypeAlias = Literal["identity", "guid"]
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id_kind TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    evt_name TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    evt_data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS profile_writes (
+    seq INTEGER PRIMARY KEY,
+    id_kind TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    profile_data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS profiles (
     id_kind TEXT NOT NULL,
     identifier TEXT NOT NULL,
@@ -59,39 +67,6 @@ CREATE TABLE IF NOT EXISTS profiles (
     last_seq INTEGER NOT NULL,
     PRIMARY KEY (id_kind, identifier)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS event_batches (
-    first_seq INTEGER PRIMARY KEY,
-    count INTEGER NOT NULL,
-    events TEXT NOT NULL
-);
-CREATE VIEW IF NOT EXISTS events (seq, id_kind, identifier, evt_name, ts, evt_data) AS
-SELECT
-    b.first_seq + e.key,
-    json_extract(e.value, '$[0]'),
-    json_extract(e.value, '$[1]'),
-    json_extract(e.value, '$[2]'),
-    json_extract(e.value, '$[3]'),
-    json_extract(e.value, '$[4]')
-FROM event_batches AS b, json_each(b.events) AS e;
-CREATE TABLE IF NOT EXISTS profile_batches (
-    first_seq INTEGER PRIMARY KEY,
-    count INTEGER NOT NULL,
-    writes TEXT NOT NULL
-);
-CREATE VIEW IF NOT EXISTS profile_writes (seq, id_kind, identifier, ts, profile_data) AS
-SELECT
-    b.first_seq + w.key,
-    json_extract(w.value, '$[0]'),
-    json_extract(w.value, '$[1]'),
-    json_extract(w.value, '$[2]'),
-    json_extract(w.value, '$[3]')
-FROM profile_batches AS b, json_each(b.writes) AS w;
--- The last seq of profile_batches already merged into profiles.
-CREATE TABLE IF NOT EXISTS profiles_merged (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    through_seq INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO profiles_merged VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS tokens (
     seq INTEGER PRIMARY KEY,
     object_id TEXT NOT NULL,
@@ -106,24 +81,13 @@ CREATE TABLE IF NOT EXISTS deletions (
 );
 """
 
+_TABLES = ("events", "profile_writes", "profiles", "tokens", "deletions")
+
 # Which profile identifier a delete key addresses: `guid` is the CleverTap ID (objectId).
 _DELETE_KIND: Mapping[DeleteKey, IdentifierKind] = {
     "identity": IdentifierKind.IDENTITY,
     "guid": IdentifierKind.OBJECT_ID,
 }
-
-# A merge holds at most this many profiles in memory before writing them back.
-MERGE_FLUSH_PROFILES = 50_000
-
-
-@dataclass(slots=True)
-class _Merging:
-    """A profile row while profile records are merged into it."""
-
-    data: dict[str, Any]
-    writes: int
-    last_ts: int = 0
-    last_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +142,11 @@ class SandboxStore:
     """The database of one sandbox. Not thread-safe: use it from one thread.
 
     Several processes may open the same file (the server and `show`, or a test): SQLite
-    serialises their writes, and folding profile batches is one transaction.
+    serialises their writes.
     """
 
-    def __init__(self, connection: sqlite3.Connection, *, in_memory: bool = False) -> None:
+    def __init__(self, connection: sqlite3.Connection) -> None:
         self._conn = connection
-        self._in_memory = in_memory
         self._seq = self._last_seq()
 
     @classmethod
@@ -200,63 +163,75 @@ class SandboxStore:
             # spares an fsync per checkpoint.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=OFF")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'event_batches'").fetchone():
+            conn.close()
+            raise sqlite3.DatabaseError("written by an older sandbox, which batched its rows")
         conn.executescript(_SCHEMA)
-        return cls(conn, in_memory=path is None)
+        return cls(conn)
 
     def close(self) -> None:
-        """Merge pending profile writes, so the file is complete for any reader; close."""
-        if not self._in_memory:
-            self._merge_profiles()
+        """Close the database (every request is already committed)."""
         self._conn.close()
 
     def _last_seq(self) -> int:
-        row = self._conn.execute(
-            "SELECT max("
-            " coalesce((SELECT max(first_seq + count - 1) FROM event_batches), 0),"
-            " coalesce((SELECT max(first_seq + count - 1) FROM profile_batches), 0),"
-            " coalesce((SELECT max(seq) FROM tokens), 0),"
-            " coalesce((SELECT max(seq) FROM deletions), 0))"
-        ).fetchone()
-        return int(row[0])
+        tables = ("events", "profile_writes", "tokens", "deletions")
+        sql = "SELECT max(" + ", ".join(f"(SELECT coalesce(max(seq), 0) FROM {t})" for t in tables)
+        return int(self._conn.execute(sql + ")").fetchone()[0])
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     # Writing
 
     def apply_upload(self, checked: CheckedUpload) -> None:
         """Store one request's accepted records in one transaction."""
         with self._transaction():
-            for table, rows in (
-                ("event_batches", checked.events),
-                ("profile_batches", checked.profiles),
-            ):
-                if rows:
-                    self._conn.execute(
-                        f"INSERT INTO {table} VALUES (?, ?, ?)",
-                        (self._seq + 1, len(rows), orjson.dumps(rows).decode()),
-                    )
-                    self._seq += len(rows)
-            if checked.tokens:
-                start = self._seq + 1
-                self._seq += len(checked.tokens)
-                self._conn.executemany(
-                    "INSERT INTO tokens VALUES (?, ?, ?, ?)",
-                    [(seq, *row) for seq, row in enumerate(checked.tokens, start)],
-                )
+            self._conn.executemany(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (self._next_seq(), kind, identifier, name, ts, orjson.dumps(data).decode())
+                    for kind, identifier, name, ts, data in checked.events
+                ],
+            )
+            for kind, identifier, ts, data in checked.profiles:
+                self._write_profile(self._next_seq(), kind, identifier, ts, data)
+            self._conn.executemany(
+                "INSERT INTO tokens VALUES (?, ?, ?, ?)",
+                [(self._next_seq(), *row) for row in checked.tokens],
+            )
+
+    def _write_profile(
+        self, seq: int, kind: str, identifier: str, ts: int, data: dict[str, Any]
+    ) -> None:
+        """Log one profile record and merge it into its profile (created if new)."""
+        self._conn.execute(
+            "INSERT INTO profile_writes VALUES (?, ?, ?, ?, ?)",
+            (seq, kind, identifier, ts, orjson.dumps(data).decode()),
+        )
+        row = self._conn.execute(
+            "SELECT data, writes FROM profiles WHERE id_kind = ? AND identifier = ?",
+            (kind, identifier),
+        ).fetchone()
+        merged, writes = ({}, 0) if row is None else (orjson.loads(row[0]), row[1])
+        merged.update(data)
+        self._conn.execute(
+            "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)",
+            (kind, identifier, orjson.dumps(merged).decode(), writes + 1, ts, seq),
+        )
 
     def apply_delete(self, key: DeleteKey, values: Iterable[str]) -> int:
         """Delete profiles by identity or guid, log each; return how many were asked."""
         kind = _DELETE_KIND[key]
         count = 0
         with self._transaction():
-            # Profile writes that came before the delete must be merged before it.
-            self._merge_profiles()
             for value in values:
                 existed = self._conn.execute(
                     "DELETE FROM profiles WHERE id_kind = ? AND identifier = ?", (kind, value)
                 ).rowcount
-                self._seq += 1
                 self._conn.execute(
                     "INSERT INTO deletions VALUES (?, ?, ?, ?)",
-                    (self._seq, key, value, 1 if existed else 0),
+                    (self._next_seq(), key, value, 1 if existed else 0),
                 )
                 count += 1
         return count
@@ -264,15 +239,14 @@ class SandboxStore:
     def reset(self) -> None:
         """Forget everything stored."""
         with self._transaction():
-            for table in ("profiles", "event_batches", "profile_batches", "tokens", "deletions"):
+            for table in _TABLES:
                 self._conn.execute(f"DELETE FROM {table}")
-            self._conn.execute("UPDATE profiles_merged SET through_seq = 0")
         self._seq = 0
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        # IMMEDIATE: take the write lock first, so two processes folding the same
-        # batches cannot both read them as pending.
+        # IMMEDIATE: take the write lock before reading a profile to merge, so that
+        # another process writing the same file makes this wait, not fail with "busy".
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -281,76 +255,12 @@ class SandboxStore:
             raise
         self._conn.execute("COMMIT")
 
-    def _merge_profiles(self) -> None:
-        """Fold the profile batches stored since the last merge into `profiles`, in order."""
-        if self._conn.in_transaction:
-            self._merge_profiles_in_transaction()
-            return
-        pending = self._conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM profile_batches WHERE first_seq >"
-            " (SELECT through_seq FROM profiles_merged))"
-        ).fetchone()[0]
-        if pending:
-            with self._transaction():
-                self._merge_profiles_in_transaction()
-
-    def _merge_profiles_in_transaction(self) -> None:
-        (through,) = self._conn.execute("SELECT through_seq FROM profiles_merged").fetchone()
-        touched: dict[tuple[str, str], _Merging] = {}
-        batches = self._conn.execute(
-            "SELECT first_seq, count, writes FROM profile_batches"
-            " WHERE first_seq > ? ORDER BY first_seq",
-            (through,),
-        )
-        for first_seq, count, writes in batches:
-            records = orjson.loads(writes)
-            self._read_profiles(touched, records)
-            for seq, (kind, identifier, ts, data) in enumerate(records, first_seq):
-                profile = touched[(kind, identifier)]
-                profile.data.update(data)
-                profile.writes += 1
-                profile.last_ts = ts
-                profile.last_seq = seq
-            through = first_seq + count - 1
-            if len(touched) >= MERGE_FLUSH_PROFILES:
-                self._write_profiles(touched)
-                touched = {}
-        self._write_profiles(touched)
-        self._conn.execute("UPDATE profiles_merged SET through_seq = ?", (through,))
-
-    def _read_profiles(self, touched: dict[tuple[str, str], _Merging], records: list[Any]) -> None:
-        """Add the stored rows of the profiles `records` name to `touched` (new ones empty)."""
-        missing: dict[str, list[str]] = {}
-        for kind, identifier, _, _ in records:
-            if (kind, identifier) not in touched:
-                touched[(kind, identifier)] = _Merging({}, 0)
-                missing.setdefault(kind, []).append(identifier)
-        for kind, identifiers in missing.items():
-            marks = ",".join("?" * len(identifiers))
-            for identifier, data, writes in self._conn.execute(
-                f"SELECT identifier, data, writes FROM profiles"
-                f" WHERE id_kind = ? AND identifier IN ({marks})",
-                [kind, *identifiers],
-            ):
-                touched[(kind, identifier)] = _Merging(orjson.loads(data), writes)
-
-    def _write_profiles(self, touched: dict[tuple[str, str], _Merging]) -> None:
-        self._conn.executemany(
-            "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (kind, identifier, orjson.dumps(p.data).decode(), p.writes, p.last_ts, p.last_seq)
-                for (kind, identifier), p in touched.items()
-            ],
-        )
-
     # Reading
 
     def counts(self) -> StoreCounts:
         """How many profiles, events, tokens and deletions are stored."""
-        self._merge_profiles()
         row = self._conn.execute(
-            "SELECT (SELECT count(*) FROM profiles),"
-            " (SELECT coalesce(sum(count), 0) FROM event_batches),"
+            "SELECT (SELECT count(*) FROM profiles), (SELECT count(*) FROM events),"
             " (SELECT count(*) FROM tokens), (SELECT count(*) FROM deletions)"
         ).fetchone()
         return StoreCounts(*row)
@@ -359,7 +269,6 @@ class SandboxStore:
         self, identifier: str, kind: IdentifierKind = IdentifierKind.IDENTITY
     ) -> StoredProfile | None:
         """The stored profile of one identifier, if there is one."""
-        self._merge_profiles()
         row = self._conn.execute(
             "SELECT id_kind, identifier, data, writes, last_ts, last_seq FROM profiles"
             " WHERE id_kind = ? AND identifier = ?",
@@ -369,7 +278,6 @@ class SandboxStore:
 
     def profiles(self, limit: int = -1) -> list[StoredProfile]:
         """The stored profiles by identifier: all, or the first `limit`."""
-        self._merge_profiles()
         rows = self._conn.execute(
             "SELECT id_kind, identifier, data, writes, last_ts, last_seq FROM profiles"
             " ORDER BY id_kind, identifier LIMIT ?",
@@ -379,7 +287,6 @@ class SandboxStore:
 
     def profile_writes(self) -> dict[str, int]:
         """How many profile records each stored profile received since its (re)creation."""
-        self._merge_profiles()
         rows = self._conn.execute("SELECT identifier, writes FROM profiles")
         return {identifier: writes for identifier, writes in rows}
 

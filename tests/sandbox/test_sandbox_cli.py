@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -209,3 +210,15 @@ def test_the_load_generator_runs_against_a_sandbox() -> None:
     assert result.statuses == {200: 30}
     assert stats.records_accepted == result.records == 1500
     assert stats.peak_in_flight["upload"] <= 5
+
+
+def test_a_database_of_the_older_batched_layout_exits_2_naming_it(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE event_batches (first_seq INTEGER PRIMARY KEY, events TEXT)")
+    conn.close()
+    for command in (["show", "--db", str(db)], ["--db", str(db), "--port", "0"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2
+        assert "older sandbox" in result.output
+        assert "Traceback" not in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,7 +38,7 @@ def test_a_record_without_ts_gets_now() -> None:
     assert check_upload([record], now=NOW).events[0][3] == NOW
 
 
-def test_profile_batches_merge_in_order_around_deletes() -> None:
+def test_profiles_merge_in_order_around_deletes() -> None:
     store = SandboxStore.open()
     _upload(store, [profile("u1", a=1, b=1), profile("u2", a=1)])
     _upload(store, [profile("u1", b=2)])
@@ -65,7 +66,9 @@ def test_a_profile_written_many_times_reads_its_last_values_at_once() -> None:
     assert (stored.last_seq, store.profile_records()) == (5, {"u1": 5})
 
 
-def test_a_file_left_with_pending_writes_is_merged_by_the_next_reader(tmp_path: Path) -> None:
+def test_a_file_whose_writer_was_killed_holds_every_request_for_the_next_reader(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "sandbox.db"
     writer = SandboxStore.open(db)
     _upload(writer, [profile("u1", a=1), event("u1")])
@@ -90,8 +93,30 @@ def test_reset_empties_everything() -> None:
     store.reset()
     counts = store.counts()
     assert (counts.profiles, counts.events, counts.tokens, counts.deletions) == (0, 0, 0, 0)
+    assert store.profile_records() == {}
     _upload(store, [event("u1")])
     assert store.events()[0].seq == 1
+
+
+TOKEN = {"type": "token", "objectId": "g1", "tokenData": {"id": "t1", "type": "fcm"}}
+
+
+@pytest.mark.parametrize("last", ["event", "profile", "token", "deletion"])
+def test_a_reopened_file_numbers_on_after_its_last_record_of_any_kind(
+    tmp_path: Path, last: str
+) -> None:
+    db = tmp_path / "sandbox.db"
+    first = SandboxStore.open(db)
+    _upload(first, [event("u1")])
+    if last == "deletion":
+        first.apply_delete("identity", ["u1"])
+    else:
+        _upload(first, [{"event": event("u1"), "profile": profile("u1"), "token": TOKEN}[last]])
+    first.close()
+    again = SandboxStore.open(db, create=False)
+    _upload(again, [event("u2")])
+    assert [e.seq for e in again.events("u2")] == [3]
+    again.close()
 
 
 # One step against the store: ("upload", [(identity, profileData), ...]) or ("delete", ids).
@@ -126,7 +151,7 @@ def test_profiles_are_the_requests_applied_in_arrival_order(steps: list[tuple[st
                 expected.pop(identity, None)
                 writes.pop(identity, None)
         else:
-            store.counts()  # a read between requests merges what is pending
+            store.counts()  # a read between requests changes nothing
     stored = {p.identifier: dict(p.data) for p in store.profiles()}
     assert stored == expected
     assert store.profile_writes() == writes
