@@ -3,8 +3,13 @@
 # each against its own focused tests so that a run ends in bounded time (a mutant costs one
 # pytest start, a few seconds). Prints every surviving mutant and a score per module.
 # Usage: scripts/mutate.sh [MODULE...]   (default: every module below)
-# Modules: timestamps batching ledger client state rules presets
-# mutmut 2 mutates the file in place (and puts it back): do not edit ctsync/ while it runs.
+# Modules: timestamps batching ledger client state rules presets (classic: presets/classic.py alone)
+# mutmut 2 mutates the file in place (and puts it back): do not edit ctsync/ while it runs,
+# and do not run `mutmut show` or `mutmut results` in this directory meanwhile (they rewrite
+# the cache under the running mutmut, which then hangs).
+# MUTATE_MINUTES=N stops each module after N minutes (mutants not reached are counted as
+# not run); MUTATE_RESUME=1 starts from the module's last results (.mutmut/MODULE.cache),
+# re-testing only the survivors (when the tests changed) and the mutants not run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -18,15 +23,17 @@ declare -A PATHS=(
   [state]=ctsync/state.py
   [rules]=ctsync/rules.py
   [presets]=ctsync/presets/
+  [classic]=ctsync/presets/classic.py
 )
 declare -A TESTS=(
   [timestamps]="tests/test_timestamps.py tests/test_local_time.py tests/test_timestamp_rules.py"
   [batching]="tests/test_pipeline.py"
   [ledger]="tests/test_ledger.py"
-  [client]="tests/test_client.py"
-  [state]="tests/test_state.py"
-  [rules]="tests/test_rules.py"
-  [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
+  [client]="tests/test_client.py tests/test_mutants_client.py"
+  [state]="tests/test_state.py tests/test_mutants_state.py"
+  [rules]="tests/test_rules.py tests/test_mutants_rules.py"
+  [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py tests/test_mutants_presets.py"
+  [classic]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py tests/test_mutants_presets.py"
 )
 
 # The command mutmut runs per mutant: pytest in one process (mutmut kills it on a timeout;
@@ -46,11 +53,23 @@ for module in "${modules[@]}"; do
     exit 2
   fi
   echo "== $module: mutating $path against ${TESTS[$module]}"
-  rm -f .mutmut-cache  # one cache per module: mutmut's cache is keyed by the whole run
+  # One cache per module: mutmut's cache is keyed by the whole run.
+  if [ -n "${MUTATE_RESUME:-}" ] && [ -f ".mutmut/$module.cache" ]; then
+    cp ".mutmut/$module.cache" .mutmut-cache
+  else
+    rm -f .mutmut-cache
+  fi
+  limit=()
+  # SIGINT: mutmut puts the mutated file back before it exits.
+  [ -n "${MUTATE_MINUTES:-}" ] && limit=(timeout -s INT -k 1m "${MUTATE_MINUTES}m")
   # -x: the first failing test kills the mutant; no Hypothesis database between mutants.
-  nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests --no-progress \
+  "${limit[@]}" nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests --no-progress \
     --runner "$RUNNER ${TESTS[$module]}" \
     >".mutmut/$module.log" 2>&1
+  if ! git diff --quiet -- ${path//,/ } 2>/dev/null; then
+    echo "mutate: mutmut left $path modified: restore it with git checkout before editing" >&2
+    status=1
+  fi
   "$BIN/python" - "$module" <<'PY'
 import sqlite3
 import sys
@@ -64,7 +83,9 @@ counts = dict(sqlite3.connect(".mutmut-cache").execute(
 killed = sum(counts.get(s, 0) for s in ("ok_killed", "ok_suspicious", "bad_timeout"))
 survived = counts.get("bad_survived", 0)
 total = killed + survived
-print(f"{module}: {killed}/{total} mutants killed ({survived} survived)", flush=True)
+untested = counts.get("untested", 0)
+late = f", {untested} not run (time limit)" if untested else ""
+print(f"{module}: {killed}/{total} mutants killed ({survived} survived{late})", flush=True)
 PY
   survivors=$("$BIN/python" -c "import sqlite3; print(*(r[0] for r in sqlite3.connect('.mutmut-cache').execute(\"SELECT id FROM Mutant WHERE status = 'bad_survived' ORDER BY id\")))")
   for id in $survivors; do

@@ -1,0 +1,285 @@
+"""Client behaviour that mutation testing (`make mutate MUTATE=client`) showed no test
+checked: Retry-After in both of its forms and its cap, the backoff ceiling, how counts and
+error texts are read from CleverTap's answers. Expected values come from
+clevertap-api.md and RFC 9110 (Retry-After), written by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import orjson
+import pytest
+from pytest_httpx import HTTPXMock
+
+from ctsync.client import (
+    DELETE_PATH,
+    UPLOAD_PATH,
+    Attempt,
+    CleverTapClient,
+    Next,
+    classify,
+    retry_after_seconds,
+    upload_steps,
+)
+from ctsync.ledger import ACCEPTED, Verdict
+from ctsync.records import Outcome, Stage
+from ctsync.settings import ClientSettings, RetryPolicy
+from tests.helpers import BASE_URL
+from tests.test_client import Sleeps, events, profiles, run_upload, success
+
+UPLOAD = f"{BASE_URL}/1/upload"
+KEYS2 = ["u1", "u2"]
+
+
+# -- Retry-After (RFC 9110: delay-seconds or an HTTP-date) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("0", 0.0), ("2.5", 2.5), ("-3", 0.0), (None, None), ("", None), ("soon", None)],
+)
+def test_retry_after_in_seconds(header: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(header) == seconds
+
+
+def test_retry_after_as_a_date_is_the_time_left_until_then() -> None:
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    wait = retry_after_seconds(later)
+    assert wait is not None and 85 <= wait <= 90
+    earlier = format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
+    assert retry_after_seconds(earlier) == 0.0
+
+
+def test_a_long_retry_after_is_capped(httpx_mock: HTTPXMock, settings: ClientSettings) -> None:
+    # The server asks for 1000 s; the policy waits at most max_retry_after (120 s).
+    httpx_mock.add_response(url=UPLOAD, status_code=429, headers={"Retry-After": "1000"})
+    httpx_mock.add_response(url=UPLOAD, status_code=503, headers={"Retry-After": "30"})
+    httpx_mock.add_response(url=UPLOAD, json=success(1))
+    sleeps = Sleeps()
+    assert run_upload(settings, profiles(1), sleeps) == [ACCEPTED]
+    assert sleeps.delays == [120.0, 30.0]
+
+
+def test_retry_after_is_ignored_when_there_was_no_answer(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_exception(httpx.ConnectError("refused"), url=UPLOAD)
+    httpx_mock.add_response(url=UPLOAD, json=success(1))
+    sleeps = Sleeps()
+    assert run_upload(settings, profiles(1), sleeps, jitter=1.0) == [ACCEPTED]
+    assert sleeps.delays == [pytest.approx(0.001)]  # base_delay: the backoff, no header
+
+
+def test_the_backoff_ceiling_stops_doubling_at_max_delay(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    policy = RetryPolicy(max_retries=6, base_delay=0.001, max_delay=0.005)
+    patient = dataclasses.replace(settings, retry=policy)
+    for _ in range(6):
+        httpx_mock.add_response(url=UPLOAD, status_code=503)
+    httpx_mock.add_response(url=UPLOAD, json=success(1))
+    sleeps = Sleeps()
+    assert run_upload(patient, profiles(1), sleeps, jitter=1.0) == [ACCEPTED]
+    assert sleeps.delays == pytest.approx([0.001, 0.002, 0.004, 0.005, 0.005, 0.005])
+
+
+# -- counts and error texts in CleverTap's answers -----------------------------------
+
+
+@pytest.mark.parametrize("processed", [2, 2.0, "2", " 2 "])
+def test_processed_may_be_written_as_a_number_or_a_string(processed: object) -> None:
+    steps = upload_steps({"status": "success", "processed": processed}, KEYS2)
+    assert steps == [(ACCEPTED, Next.DONE)] * 2
+
+
+@pytest.mark.parametrize("processed", [True, 2.5, "two", None, [2], "-2"])
+def test_processed_that_is_not_a_count_confirms_nothing(processed: object) -> None:
+    steps = upload_steps({"status": "success", "processed": processed}, KEYS2)
+    assert {(v.code, n) for v, n in steps} == {("outcome-unknown", Next.UNKNOWN)}
+
+
+def test_a_long_error_page_is_quoted_by_its_first_200_characters() -> None:
+    page = b"<html>" + b"x" * 500
+    steps = classify(Attempt(status=400, content=page), UPLOAD_PATH, KEYS2)
+    assert isinstance(steps, list)
+    verdict, step = steps[0]
+    assert step is Next.DONE
+    assert verdict == Verdict(Outcome.FAILED, "400", "HTTP 400: " + page[:200].decode(), Stage.API)
+
+
+def test_an_empty_answer_says_so() -> None:
+    steps = classify(Attempt(status=403, content=b""), UPLOAD_PATH, KEYS2)
+    assert isinstance(steps, list)
+    assert steps[0][0].message == "HTTP 403: (empty answer)"
+
+
+def test_the_error_field_of_a_json_answer_is_quoted() -> None:
+    body = b'{"status":"fail","error":"Account blocked","code":403}'
+    steps = classify(Attempt(status=403, content=body), UPLOAD_PATH, KEYS2)
+    assert isinstance(steps, list)
+    assert steps[0][0].message == "HTTP 403: Account blocked"
+
+
+def test_a_failed_batch_keeps_its_code_and_names_rejected_records() -> None:
+    # A top-level "fail" fails every record; one the answer names keeps its own code.
+    body = {
+        "status": "fail",
+        "code": 500,
+        "error": "Payload invalid",
+        "unprocessed": [{"code": 523, "error": "Identity missing. Skipped record number : 2"}],
+    }
+    steps = classify(Attempt(status=200, content=orjson.dumps(body)), UPLOAD_PATH, KEYS2)
+    assert steps == [
+        (
+            Verdict(
+                Outcome.FAILED, "500", "CleverTap failed the batch: Payload invalid", Stage.API
+            ),
+            Next.DONE,
+        ),
+        (Verdict(Outcome.REJECTED, "523", "Identity missing.", Stage.API), Next.DONE),
+    ]
+
+
+def test_a_failed_batch_without_a_code_is_code_fail() -> None:
+    body = b'{"status":"fail","error":"nope"}'
+    steps = classify(Attempt(status=200, content=body), DELETE_PATH, KEYS2)
+    assert isinstance(steps, list)
+    assert [(v.code, n) for v, n in steps] == [("fail", Next.DONE)] * 2
+
+
+def test_nothing_is_resent_to_a_delete_that_failed(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    url = f"{BASE_URL}{DELETE_PATH}"
+    httpx_mock.add_response(url=url, json={"status": "fail", "error": "bad identity"})
+
+    async def go() -> list[Verdict]:
+        async with CleverTapClient(settings) as client:
+            return await client.delete("identity", [b'"a"'], ["a"])
+
+    (verdict,) = asyncio.run(go())
+    assert (verdict.outcome, verdict.code) == (Outcome.FAILED, "fail")
+    assert len(httpx_mock.get_requests()) == 1
+
+
+def test_events_rejected_by_number_are_not_confirmed_by_a_short_count(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    # 3 events, one rejected by number, processed 2: the other two are accepted.
+    entry = {"code": 512, "error": "Invalid event structure. Skipped record number : 3"}
+    httpx_mock.add_response(
+        url=UPLOAD, json={"status": "success", "processed": 2, "unprocessed": [entry]}
+    )
+    verdicts = run_upload(settings, events(3))
+    assert verdicts[:2] == [ACCEPTED, ACCEPTED]
+    assert (verdicts[2].outcome, verdicts[2].code) == (Outcome.REJECTED, "512")
+
+
+# -- what the report says when there was no answer -----------------------------------
+
+
+def test_a_lost_answer_names_the_error_in_the_report(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_exception(httpx.ReadError("connection reset by peer"), url=UPLOAD)
+    (verdict,) = run_upload(settings, events(1))
+    assert verdict.code == "outcome-unknown"
+    assert verdict.message.startswith(
+        "ReadError: connection reset by peer after the request was sent; "
+        "CleverTap may or may not have stored this record"
+    )
+
+
+def test_a_refused_connection_that_never_clears_names_the_error_and_the_attempts(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    for _ in range(settings.retry.max_retries + 1):
+        httpx_mock.add_exception(httpx.ConnectError("connection refused"), url=UPLOAD)
+    (verdict,) = run_upload(settings, events(1))
+    assert verdict == Verdict(
+        Outcome.FAILED,
+        "connection",
+        "ConnectError: connection refused (before the request was sent) (gave up after 4 attempts)",
+        Stage.TRANSPORT,
+    )
+
+
+MAYBE = "; CleverTap may or may not have stored this record, so it was not sent again"
+
+
+@pytest.mark.parametrize(
+    ("attempt", "path", "message"),
+    [
+        (Attempt(status=503, content=b'{"error":"busy"}'), UPLOAD_PATH, "HTTP 503: busy"),
+        (Attempt(status=429, content=b"slow down"), DELETE_PATH, "HTTP 429: slow down"),
+        (
+            Attempt(status=500, content=b"oops"),
+            UPLOAD_PATH,
+            "HTTP 500 after the request was sent: oops" + MAYBE,
+        ),
+        (
+            Attempt(status=200, content=b"<html>"),
+            UPLOAD_PATH,
+            "HTTP 200 with an answer that is not a JSON object: <html>" + MAYBE,
+        ),
+        (
+            Attempt(status=200, content=b'{"status":"queued"}'),
+            DELETE_PATH,
+            'the answer does not say success: {"status":"queued"}' + MAYBE,
+        ),
+        (
+            Attempt(error="ReadError: reset", body_sent=True),
+            UPLOAD_PATH,
+            "ReadError: reset after the request was sent" + MAYBE,
+        ),
+        (
+            Attempt(error="ConnectError: refused", body_sent=False),
+            UPLOAD_PATH,
+            "ConnectError: refused (before the request was sent)",
+        ),
+    ],
+)
+def test_the_report_says_why_each_record_was_not_confirmed(
+    attempt: Attempt, path: str, message: str
+) -> None:
+    steps = classify(attempt, path, KEYS2)
+    assert isinstance(steps, list)
+    assert [verdict.message for verdict, _ in steps] == [message] * 2
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"status": "success", "processed": 1},
+            "CleverTap's answer does not confirm these records (processed=1, unprocessed=0, "
+            "sent=2)" + MAYBE,
+        ),
+        (
+            # The only rejection names record 9 of 2: the answer cannot be trusted.
+            {
+                "status": "success",
+                "processed": 2,
+                "unprocessed": [{"code": 514, "error": "Gender. Skipped record number : 9"}],
+            },
+            "CleverTap's answer does not confirm these records (processed=2, unprocessed=1, "
+            "sent=2)" + MAYBE,
+        ),
+        (
+            {"status": "success", "processed": 2, "unprocessed": ["not an object"]},
+            "CleverTap's answer does not confirm these records (processed=2, unprocessed=1, "
+            "sent=2)" + MAYBE,
+        ),
+    ],
+)
+def test_an_answer_that_does_not_add_up_confirms_nothing_and_says_what_it_said(
+    body: dict[str, object], message: str
+) -> None:
+    steps = upload_steps(body, KEYS2)
+    assert [(v.code, v.message, n) for v, n in steps] == [
+        ("outcome-unknown", message, Next.UNKNOWN)
+    ] * 2
