@@ -308,21 +308,18 @@ class UploadRun:
             self._records if self._records is not None else self._read()
         )
         take = self._take
+        window = self._options.window
         for count, (record, progress) in enumerate(records, 1):
             if type(record) is InputRecord:
                 take(record, progress)
             else:
                 assert callable(record)
                 record()
-            if self._queued >= self._options.window:
-                await self._until(lambda: self._queued < self._options.window)
-            elif count % YIELD_EVERY == 0 and (self._tasks or count % YIELD_IDLE == 0):
-                # Requests advance only while the reader yields: one step (a write, a
-                # read) per yield. Signal handlers run only then, too.
-                await asyncio.sleep(0)
-                if count % YIELD_IDLE == 0:
-                    self._notify()
-            self._raise_fatal()
+            # `_pace` only when it has something to do: a coroutine per record costs.
+            if self._queued >= window or count % YIELD_EVERY == 0:
+                await self._pace(count)
+            else:
+                self._raise_fatal()
             if self._stopping:  # after `take`: no record read is left unaccounted
                 break
 
@@ -458,6 +455,8 @@ class UploadRun:
         if self._queued >= self._options.window:
             await self._until(lambda: self._queued < self._options.window)
         elif count % YIELD_EVERY == 0 and (self._tasks or count % YIELD_IDLE == 0):
+            # Requests advance only while the reader yields: one step (a write, a read)
+            # per yield. Signal handlers run only then, too.
             await asyncio.sleep(0)
             if count % YIELD_IDLE == 0:
                 self._notify()
