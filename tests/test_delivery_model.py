@@ -40,6 +40,7 @@ from ctsync.records import Delete, Mapper, MapResult, Message, Skip, Upload
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from ctsync.state import StateFile
 from ctsync.workers import Recipe, Workers
+from tests.helpers import no_validator
 
 USERS = ["u0", "u1", "u2"]
 
@@ -222,10 +223,6 @@ def write_export(path: Path, drawn: list[list[tuple[str, str]]]) -> list[tuple[s
 def model_mapper(tokens: set[tuple[str, str]]) -> Mapper:
     """The model's preset as a worker process builds it (`Recipe`)."""
     return mapper
-
-
-def no_validator() -> None:
-    return None
 
 
 class KillingLedger(Ledger):
