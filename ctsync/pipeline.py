@@ -403,24 +403,17 @@ class UploadRun:
         add_counts(self._mapper, counts)
         source = block.source
         take = self._take_result
-        fresh = progress is None or progress.resume.untouched(block.lineno + 1, 0)
-        if not fresh:
-            for count, result in enumerate(results, 1):
-                take(source, result, progress)
-                await self._pace(count)
-                if self._stopping:
-                    return
-            return
+        # A block an earlier run settled part of takes the long way, record by record.
+        settled = progress is not None and not progress.resume.untouched(block.lineno + 1, 0)
         summary = self.summary
         skipped = summary.skipped
         add = self._planner.add_encoded
         enqueue = self._enqueue
         window = self._options.window
-        ledger = self._ledger
         kinds = KINDS
         for count, result in enumerate(results, 1):
             line, part, code, raw, a, b, lookups = result
-            if lookups or b is not None:
+            if settled or lookups or b is not None:
                 take(source, result, progress)
             elif code == READY:
                 summary.read += 1
@@ -442,9 +435,10 @@ class UploadRun:
                     progress.position = (line, part)
             else:
                 take(source, result, progress)
+            # `_pace` only when it has something to do, as in `_read_all`.
             if self._queued >= window or count % YIELD_EVERY == 0:
                 await self._pace(count)
-            elif self._fatal is not None or ledger.output_error is not None:
+            else:
                 self._raise_fatal()
             if self._stopping:
                 return
