@@ -654,18 +654,23 @@ class UploadRun:
             self._ledger.fixed(origin, message, fix.field, fix.code, fix.message)
         source = origin.source
         if resume is None:  # the common case: every operation is new
-            tracked = Tracked(origin, raw, message, len(ready.ops))
-            add = self._planner.add
-            for op in ready.ops:
-                position: Position = (origin.line, origin.part, op.index)
-                self._enqueue(add(op, tracked, source, position, self._gap))
+            ops = ready.ops
+            tracked = Tracked(origin, raw, message, len(ops))
+            add = self._planner.add_encoded
+            line, part = origin.line, origin.part
+            for kind, key, body, safe, token, number in ops:
+                sealed = add(
+                    kind, key, body, safe, token, tracked, source, (line, part, number), self._gap
+                )
+                if sealed:
+                    self._enqueue(sealed)
                 self._gap = False
             return
         # A record an earlier run left pending: only some operations are still to do.
         planned: list[tuple[Op, bool]] = []  # (operation, sent before: may be stored)
         known: list[tuple[Position, Verdict]] = []  # verdicts without a report line yet
         for op in ready.ops:
-            position = (origin.line, origin.part, op.index)
+            position = (origin.line, origin.part, op.number)
             seen = resume.seen(position)
             if seen is Seen.DONE:
                 continue
@@ -686,13 +691,13 @@ class UploadRun:
                 self._held.setdefault(tracked, []).append((source, position, verdict))
         previous = -1
         for op, resent in planned:
-            position = (origin.line, origin.part, op.index)
+            position = (origin.line, origin.part, op.number)
             # A settled position just before this one: no run of positions may cross it.
-            gap = self._gap or op.index != previous + 1
+            gap = self._gap or op.number != previous + 1
             self._resumed["resent"] += resent
             self._enqueue(self._planner.add(op, tracked, source, position, gap))
             self._gap = False
-            previous = op.index
+            previous = op.number
         self._gap = previous != len(ready.ops) - 1  # settled positions end the record
 
     # -- sending ------------------------------------------------------------------

@@ -219,7 +219,7 @@ class Stage:
                 append((line, part, INVALID, raw, prepared, _stub(message), lookups))
                 continue
             ops = [
-                (KIND_CODES[op.kind], op.key, op.body, op.safe, op.token, op.index)
+                (KIND_CODES[op.kind], op.key, op.body, op.safe, op.token, op.number)
                 for op in prepared.ops
             ]
             extra = None
