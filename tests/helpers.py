@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -17,6 +17,22 @@ from ctsync.records import DeleteKey, Mapper
 PASSCODE = "pc-S3CRET-0d9f"
 ACCOUNT_ID = "TEST-ACC-123"
 BASE_URL = "https://eu1.api.clevertap.com"
+
+# CleverTap's subscription flags (clevertap-api.md): reserved profile keys, booleans only.
+SUBSCRIPTION_FLAGS: dict[str, Any] = {
+    "MSG-email": False,
+    "MSG-push": True,
+    "MSG-sms": False,
+    "MSG-whatsapp": True,
+    "MSG-dndPhone": True,
+    "MSG-dndEmail": False,
+}
+# Every reserved profile key, as a Segment trait that must reach CleverTap as written.
+RESERVED_TRAITS: dict[str, Any] = {
+    **SUBSCRIPTION_FLAGS,
+    "category-unsubscribe": {"email": ["Marketing", "Transactional"]},
+    "category-resubscribe": {"push": ["Offers"]},
+}
 
 
 def confirm_every_record(request: httpx.Request) -> httpx.Response:

@@ -8,6 +8,7 @@ from ctsync.mapping import dates_left_as_text
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.records import Delete, Invalid, Skip, Upload
 from ctsync.timestamps import DatesAs
+from tests.helpers import RESERVED_TRAITS
 
 actions = build_preset(Preset.ACTIONS, MappingOptions())
 
@@ -91,14 +92,7 @@ def test_everything_else_is_skipped_by_type_and_event() -> None:
 
 def test_reserved_keys_and_operations_reach_clevertap_as_written() -> None:
     traits = {
-        "MSG-email": False,
-        "MSG-push": True,
-        "MSG-sms": False,
-        "MSG-whatsapp": True,
-        "MSG-dndPhone": True,
-        "MSG-dndEmail": False,
-        "category-unsubscribe": {"email": ["Marketing", "Transactional"]},
-        "category-resubscribe": {"push": ["Offers"]},
+        **RESERVED_TRAITS,
         "tags": {"$add": ["a"]},
         "wishlist": {"$remove": ["shoes"]},
         "visits": {"$incr": 1},

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctsync.rules import Violation, check_upload, fix_upload
+from tests.helpers import SUBSCRIPTION_FLAGS
 
 
 def profile(**data: Any) -> dict[str, Any]:
@@ -272,12 +273,7 @@ def test_several_violations_are_all_reported() -> None:
 
 def test_reserved_keys_are_accepted_and_are_not_custom_properties() -> None:
     reserved = {
-        "MSG-email": False,
-        "MSG-push": True,
-        "MSG-sms": False,
-        "MSG-whatsapp": True,
-        "MSG-dndPhone": True,
-        "MSG-dndEmail": False,
+        **SUBSCRIPTION_FLAGS,
         "category-unsubscribe": {"email": ["Marketing"], "push": ["Offers"]},
         "category-resubscribe": {"email": ["Newsletter"]},
     }
@@ -285,9 +281,7 @@ def test_reserved_keys_are_accepted_and_are_not_custom_properties() -> None:
     assert check_upload(profile(**reserved, **custom)) == []
 
 
-@pytest.mark.parametrize(
-    "flag", ["MSG-email", "MSG-push", "MSG-sms", "MSG-whatsapp", "MSG-dndPhone", "MSG-dndEmail"]
-)
+@pytest.mark.parametrize("flag", list(SUBSCRIPTION_FLAGS))
 @pytest.mark.parametrize("value", ["false", "yes", 0, 1, None, [True]])
 def test_a_subscription_flag_that_is_not_a_boolean_is_512(flag: str, value: Any) -> None:
     found = check_upload(profile(**{flag: value}))

@@ -327,12 +327,9 @@ def test_reserved_keys_and_operations_pass_through_a_mapping_file() -> None:
     mapping_file = parse_mapping(
         {
             "subscriptions": [
-                {
-                    "name": "Profiles",
-                    "enabled": True,
-                    "trigger": 'type = "identify"',
-                    "action": "userUpload",
-                    "mapping": {
+                subscription(
+                    name="Profiles",
+                    mapping={
                         "identity": {"@path": "$.userId"},
                         "ts": {"@path": "$.timestamp"},
                         "profileData": {
@@ -343,18 +340,8 @@ def test_reserved_keys_and_operations_pass_through_a_mapping_file() -> None:
                             "seen": {"@path": "$.traits.seen"},
                         },
                     },
-                },
-                {
-                    "name": "All traits",
-                    "enabled": True,
-                    "trigger": 'type = "identify"',
-                    "action": "userUpload",
-                    "mapping": {
-                        "identity": {"@path": "$.userId"},
-                        "ts": {"@path": "$.timestamp"},
-                        "profileData": {"@path": "$.traits"},
-                    },
-                },
+                ),
+                subscription(name="All traits"),
             ]
         }
     )

@@ -18,6 +18,7 @@ from ctsync.presets import MappingOptions, Nested
 from ctsync.presets.classic import classic_mapper
 from ctsync.records import Invalid, Operation, Skip, Upload
 from ctsync.timestamps import DatesAs
+from tests.helpers import RESERVED_TRAITS
 
 TS = "2023-05-18T22:58:45Z"
 EPOCH = 1684450725
@@ -27,6 +28,16 @@ def records(result: list[Operation] | Skip | Invalid) -> list[dict[str, Any]]:
     assert isinstance(result, list), result
     assert all(isinstance(op, Upload) for op in result)
     return [op.record for op in result if isinstance(op, Upload)]
+
+
+def event_record(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The CleverTap event `classic` sends for user u1's message at TS (clevertap-api.md)."""
+    return {"type": "event", "identity": "u1", "ts": EPOCH, "evtName": name, "evtData": data}
+
+
+def identify(traits: dict[str, Any]) -> dict[str, Any]:
+    """Segment's identify of user u1 at TS with `traits`."""
+    return {"type": "identify", "userId": "u1", "timestamp": TS, "traits": traits}
 
 
 def test_identify_golden() -> None:
@@ -86,7 +97,7 @@ def test_message_without_any_id_is_invalid_523() -> None:
     ("given", "sent"), [("male", "M"), ("FEMALE", "F"), ("m", "M"), ("F", "F"), ("other", "other")]
 )
 def test_gender_is_normalised_to_m_or_f(given: str, sent: str) -> None:
-    message = {"type": "identify", "userId": "u1", "timestamp": TS, "traits": {"gender": given}}
+    message = identify({"gender": given})
     assert records(classic_mapper(MappingOptions())(message))[0]["profileData"] == {"Gender": sent}
 
 
@@ -129,13 +140,9 @@ def test_track_golden() -> None:
         "properties": {"productId": "p1", "Price In Euro": 9.5, "viewedAt": "2006-01-02T18:04:07Z"},
     }
     assert records(classic_mapper(MappingOptions())(message)) == [
-        {
-            "type": "event",
-            "identity": "u1",
-            "ts": EPOCH,
-            "evtName": "Product Viewed",
-            "evtData": {"product_id": "p1", "price_in_euro": 9.5, "viewed_at": 1136225047},
-        }
+        event_record(
+            "Product Viewed", {"product_id": "p1", "price_in_euro": 9.5, "viewed_at": 1136225047}
+        )
     ]
 
 
@@ -164,12 +171,9 @@ def test_order_completed_golden() -> None:
         },
     }
     assert records(classic_mapper(MappingOptions())(message)) == [
-        {
-            "type": "event",
-            "identity": "u1",
-            "ts": EPOCH,
-            "evtName": "Charged",
-            "evtData": {
+        event_record(
+            "Charged",
+            {
                 "Charged ID": "o-50314b8e",
                 "Amount": 27.5,  # total: what the customer paid (Segment's e-commerce spec)
                 "Currency": "USD",
@@ -180,7 +184,7 @@ def test_order_completed_golden() -> None:
                     {"product_id": "505bd76785", "name": "UNO Card Game", "price": 3},
                 ],
             },
-        }
+        )
     ]
 
 
@@ -246,13 +250,7 @@ def test_screen_golden() -> None:
         "properties": {"loadTime": 1.2},
     }
     assert records(classic_mapper(MappingOptions())(message)) == [
-        {
-            "type": "event",
-            "identity": "u1",
-            "ts": EPOCH,
-            "evtName": "App Screen Viewed",
-            "evtData": {"name": "Home", "load_time": 1.2},
-        }
+        event_record("App Screen Viewed", {"name": "Home", "load_time": 1.2})
     ]
 
 
@@ -285,13 +283,7 @@ def test_device_token_golden(device: str, kind: str) -> None:
         "context": {"device": {"token": "tok-1", "type": device}},
     }
     assert records(classic_mapper(MappingOptions())(message)) == [
-        {
-            "type": "event",
-            "identity": "u1",
-            "ts": EPOCH,
-            "evtName": "App Opened",
-            "evtData": {},
-        },
+        event_record("App Opened", {}),
         {"type": "token", "objectId": "a1", "tokenData": {"id": "tok-1", "type": kind}},
     ]
 
@@ -368,16 +360,6 @@ def test_flatten_collisions_are_counted_not_overwritten() -> None:
 # What CleverTap documents (clevertap-api.md) and what RudderStack's CleverTap tests expect:
 # `category-unsubscribe: {email: [...]}` and the MSG-* flags reach CleverTap as written.
 
-RESERVED_TRAITS = {
-    "MSG-email": False,
-    "MSG-push": True,
-    "MSG-sms": False,
-    "MSG-whatsapp": True,
-    "MSG-dndPhone": True,
-    "MSG-dndEmail": False,
-    "category-unsubscribe": {"email": ["Marketing", "Transactional"]},
-    "category-resubscribe": {"push": ["Offers"]},
-}
 OPERATION_TRAITS = {
     "tags": {"$add": ["a"]},
     "wishlist": {"$remove": "shoes"},
@@ -406,20 +388,16 @@ def test_an_operation_keeps_its_trait_name_exactly_as_written() -> None:
     """clevertap-api.md: "any property whose value is one operator object" reaches
     CleverTap exactly as written, never snake_cased; a plain trait is snake_cased."""
     mapper = classic_mapper(MappingOptions())
-    message = {
-        "type": "identify",
-        "userId": "u1",
-        "timestamp": TS,
-        "traits": {
-            "loginCount": {"$incr": 1},
-            "Favorite Tags": {"$add": ["vip", "beta"]},
-            "wishList": {"$remove": "shoes"},
-            "creditBalance": {"$decr": 2.5},
-            "legacyFlag": {"$delete": 1},
-            "planName": "pro",
-            "visitCount": 3,
-        },
+    traits = {
+        "loginCount": {"$incr": 1},
+        "Favorite Tags": {"$add": ["vip", "beta"]},
+        "wishList": {"$remove": "shoes"},
+        "creditBalance": {"$decr": 2.5},
+        "legacyFlag": {"$delete": 1},
+        "planName": "pro",
+        "visitCount": 3,
     }
+    message = identify(traits)
     assert records(mapper(message))[0]["profileData"] == {
         "loginCount": {"$incr": 1},
         "Favorite Tags": {"$add": ["vip", "beta"]},
@@ -466,7 +444,7 @@ def test_objects_that_are_not_one_operation_are_still_flattened() -> None:
     ],
 )
 def test_name_is_made_from_first_and_last_names(traits: dict[str, Any]) -> None:
-    message = {"type": "identify", "userId": "u1", "timestamp": TS, "traits": traits}
+    message = identify(traits)
     profile = records(classic_mapper(MappingOptions())(message))[0]["profileData"]
     assert profile["Name"] == "Ada Lovelace"
     # the parts stay custom properties, as before
@@ -485,7 +463,7 @@ def test_name_is_made_from_first_and_last_names(traits: dict[str, Any]) -> None:
 def test_name_needs_both_parts_and_never_replaces_a_name(
     traits: dict[str, Any], name: str | None
 ) -> None:
-    message = {"type": "identify", "userId": "u1", "timestamp": TS, "traits": traits}
+    message = identify(traits)
     profile = records(classic_mapper(MappingOptions())(message))[0]["profileData"]
     assert profile.get("Name") == name
 
@@ -696,23 +674,19 @@ def test_link_anonymous_does_not_touch_events() -> None:
 def test_dates_finer_than_milliseconds_are_counted_by_trait_name() -> None:
     # Segment's Python library writes datetime traits with microseconds.
     mapper = classic_mapper(MappingOptions())
-    message = {
-        "type": "identify",
-        "userId": "u1",
-        "timestamp": TS,
-        "traits": {
-            "createdAt": "2023-01-02T00:00:00.123456+00:00",
-            "birthday": "1990-02-01T00:00:00.000001Z",
-            "lastSeen": "2006-01-02T18:04:07.451Z",
-        },
+    traits = {
+        "createdAt": "2023-01-02T00:00:00.123456+00:00",
+        "birthday": "1990-02-01T00:00:00.000001Z",
+        "lastSeen": "2006-01-02T18:04:07.451Z",
     }
+    message = identify(traits)
     profile = records(mapper(message))[0]["profileData"]
     assert profile == {
         "created_at": "2023-01-02T00:00:00.123456+00:00",
         "DOB": "1990-02-01T00:00:00.000001Z",
         "last_seen": 1136225047,
     }
-    mapper({**message, "type": "track", "event": "E", "properties": message["traits"]})
+    mapper({**message, "type": "track", "event": "E", "properties": traits})
     assert mapper.dates_left_as_text == {"createdAt": 2, "birthday": 2}
 
 
