@@ -325,44 +325,41 @@ class Buffered(io.BytesIO):
         self.pending = b""
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """A drawn run: the export's lines, how ctsync is told to send them, and the kills
+    before the last rerun (`(True, n)`: at the n-th record read; `(False, n)`: at the
+    n-th request)."""
+
+    drawn: list[list[tuple[str, str]]]
+    lanes: int
+    batch_size: int
+    window: int
+    retry_unknown: bool
+    kills: list[tuple[bool, int]]
+
+
+scenarios = st.builds(
+    Scenario,
+    drawn=lines,
+    lanes=st.integers(1, 3),
+    batch_size=st.integers(1, 4),
+    window=st.integers(1, 4),
+    retry_unknown=st.booleans(),
+    kills=st.lists(st.tuples(st.booleans(), st.integers(1, 12)), max_size=3),
+)
+
+
 @settings(
     max_examples=int(os.environ.get("CTSYNC_MODEL_EXAMPLES", "300")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(
-    drawn=lines,
-    data=st.data(),
-    lanes=st.integers(1, 3),
-    batch_size=st.integers(1, 4),
-    window=st.integers(1, 4),
-    retry_unknown=st.booleans(),
-    adaptive=st.booleans(),
-    kills=st.lists(st.tuples(st.booleans(), st.integers(1, 12)), max_size=3),
-)
+@given(scenario=scenarios, data=st.data(), adaptive=st.booleans())
 def test_the_delivery_core_keeps_every_promise(
-    tmp_path_factory: Any,
-    drawn: list[list[tuple[str, str]]],
-    data: st.DataObject,
-    lanes: int,
-    batch_size: int,
-    window: int,
-    retry_unknown: bool,
-    adaptive: bool,
-    kills: list[tuple[bool, int]],
+    tmp_path_factory: Any, scenario: Scenario, data: st.DataObject, adaptive: bool
 ) -> None:
-    check_promises(
-        tmp_path_factory,
-        drawn,
-        data,
-        lanes,
-        batch_size,
-        window,
-        retry_unknown,
-        kills,
-        None,
-        adaptive,
-    )
+    check_promises(tmp_path_factory, scenario, data, None, adaptive)
 
 
 @settings(
@@ -371,25 +368,15 @@ def test_the_delivery_core_keeps_every_promise(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    drawn=lines,
+    scenario=scenarios,
     data=st.data(),
-    lanes=st.integers(1, 3),
-    batch_size=st.integers(1, 4),
-    window=st.integers(1, 4),
-    retry_unknown=st.booleans(),
-    kills=st.lists(st.tuples(st.booleans(), st.integers(1, 12)), max_size=3),
     block_bytes=st.integers(1, 300),
     in_flight=st.integers(1, 3),
 )
 def test_the_delivery_core_keeps_every_promise_with_two_workers(
     tmp_path_factory: Any,
-    drawn: list[list[tuple[str, str]]],
+    scenario: Scenario,
     data: st.DataObject,
-    lanes: int,
-    batch_size: int,
-    window: int,
-    retry_unknown: bool,
-    kills: list[tuple[bool, int]],
     block_bytes: int,
     in_flight: int,
 ) -> None:
@@ -399,29 +386,26 @@ def test_the_delivery_core_keeps_every_promise_with_two_workers(
     workers = Workers(
         count=2, recipe=recipe, block_bytes=block_bytes, start_after=0, in_flight=in_flight
     )
-    check_promises(
-        tmp_path_factory, drawn, data, lanes, batch_size, window, retry_unknown, kills, workers
-    )
+    check_promises(tmp_path_factory, scenario, data, workers)
 
 
 def check_promises(
     tmp_path_factory: Any,
-    drawn: list[list[tuple[str, str]]],
+    scenario: Scenario,
     data: st.DataObject,
-    lanes: int,
-    batch_size: int,
-    window: int,
-    retry_unknown: bool,
-    kills: list[tuple[bool, int]],
     workers: Workers | None,
     adaptive: bool = False,
 ) -> None:
+    drawn = scenario.drawn
     tmp = tmp_path_factory.mktemp("model")
     export, state_path = tmp / "export.ndjson", tmp / "state.db"
     ordered = write_export(export, drawn)
     model = ModelCleverTap(data, state_path)
     options = RunOptions(
-        lanes=lanes, batch_size=batch_size, window=window, retry_unknown=retry_unknown
+        lanes=scenario.lanes,
+        batch_size=scenario.batch_size,
+        window=scenario.window,
+        retry_unknown=scenario.retry_unknown,
     )
     unknown_events: set[int] = set()
     by_line = {}
@@ -431,7 +415,7 @@ def check_promises(
         for part, _ in enumerate(line):
             seq += 1
             by_line[(part + 1, 0) if document else (number, part)] = seq
-    plan = [*kills, None]
+    plan = [*scenario.kills, None]
     for kill in plan:
         model.killed, model.snapshot, model.requests = False, None, 0
         model.kill_at = model.kill_while_reading = None
@@ -470,7 +454,7 @@ def check_promises(
     }
     events = {seq for kind, _, seq in ordered if kind in ("track", "multi")}
     for seq in events - {seq for kind, seq in model.rejected - model.stored if kind == "event"}:
-        if retry_unknown:
+        if scenario.retry_unknown:
             assert model.events[seq] >= 1, f"event {seq} is missing"
         else:
             assert model.events[seq] <= 1, f"event {seq} stored twice"
