@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -63,23 +64,22 @@ def test_the_published_wrong_examples_are_not_produced() -> None:
 
 
 def test_nested_objects_are_walked_but_arrays_are_not() -> None:
-    traits = {
-        "createdAt": "2019-02-01",
-        "address": {"since": "2006-01-02T18:04:07Z", "deep": {"at": "2019-02-01"}},
+    left_alone = {
         "dates": ["2019-02-01"],
         "phone": "+14155550123",
         "age": 30,
         "ok": True,
         "none": None,
     }
+    traits = {
+        "createdAt": "2019-02-01",
+        "address": {"since": "2006-01-02T18:04:07Z", "deep": {"at": "2019-02-01"}},
+        **left_alone,
+    }
     assert convert_object(traits) == {
         "createdAt": 1548979200,
         "address": {"since": 1136225047, "deep": {"at": 1548979200}},
-        "dates": ["2019-02-01"],
-        "phone": "+14155550123",
-        "age": 30,
-        "ok": True,
-        "none": None,
+        **copy.deepcopy(left_alone),  # a copy: a conversion in place must not pass unseen
     }
     assert traits["createdAt"] == "2019-02-01", "the input is not modified"
 

@@ -58,6 +58,18 @@ def kill_at_random(
     assert process.returncode == -signal.SIGKILL
 
 
+def stopped_by(
+    signal_number: signal.Signals, sandbox: Sandbox, processes: Processes, *args: str | Path
+) -> Finished:
+    """Start `ctsync upload *args`, send it `signal_number` 0.6 s after its first request
+    (with requests in flight) and wait for it to end."""
+    process = processes.start_upload(sandbox.url, *args)
+    started_sending(sandbox, process)
+    time.sleep(0.6)
+    process.send_signal(signal_number)
+    return finish(process, timeout=40)
+
+
 def resume_until_done(url: str, *args: str | Path) -> list[Finished]:
     """Re-run with the same state file until a run exits 0 (at most 3 runs)."""
     runs: list[Finished] = []
@@ -129,13 +141,9 @@ def test_sigint_lets_requests_in_flight_finish_and_exits_130(
     write_export(export, [track(f"u-{i % 61}", "Played", i) for i in range(EVENTS)])
 
     with running_sandbox(SandboxConfig(latency_ms=200)) as sandbox:
-        process = processes.start_upload(
-            sandbox.url, export, "--preset", "classic", "--batch-size", "20"
+        run = stopped_by(
+            signal.SIGINT, sandbox, processes, export, "--preset", "classic", "--batch-size", "20"
         )
-        started_sending(sandbox, process)
-        time.sleep(0.6)
-        process.send_signal(signal.SIGINT)
-        run = finish(process, timeout=40)
         stats = sandbox.stats()
         counts = seqs_of(sandbox.read(lambda store: store.events()))
 
@@ -158,11 +166,7 @@ def test_sigterm_exits_143_and_a_rerun_with_state_sends_the_rest_once(
     args = (export, "--preset", "classic", "--batch-size", "20", "--state", state)
 
     with running_sandbox(SandboxConfig(latency_ms=200)) as sandbox:
-        process = processes.start_upload(sandbox.url, *args)
-        started_sending(sandbox, process)
-        time.sleep(0.6)
-        process.send_signal(signal.SIGTERM)
-        first = finish(process, timeout=40)
+        first = stopped_by(signal.SIGTERM, sandbox, processes, *args)
         stored_first = sandbox.stats().events
         second = run_upload(sandbox.url, *args, timeout=40)
         counts = seqs_of(sandbox.read(lambda store: store.events()))
@@ -193,11 +197,7 @@ def test_sigterm_with_deletions_pending_and_a_rerun_with_state_deletes_every_use
     args = (export, "--batch-size", "20", "--state", state)
 
     with running_sandbox(SandboxConfig(latency_ms=200)) as sandbox:
-        process = processes.start_upload(sandbox.url, *args)
-        started_sending(sandbox, process)
-        time.sleep(0.6)
-        process.send_signal(signal.SIGTERM)
-        first = finish(process, timeout=40)
+        first = stopped_by(signal.SIGTERM, sandbox, processes, *args)
         second = run_upload(sandbox.url, *args, timeout=40)
         deleted = [d.value for d in sandbox.read(lambda store: store.deletions())]
         writes = sandbox.read(lambda store: store.profile_writes())
