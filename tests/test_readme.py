@@ -126,6 +126,19 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_bash(command: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run one of the README's console lines with bash, as a reader would, in `cwd`."""
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=cwd,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A directory with what the examples name: the samples, the venv, export files."""
@@ -152,15 +165,7 @@ def test_console_example_runs(command: str, workdir: Path) -> None:
         cwd, command = ROOT, command.replace("make ", "make -o .venv/bin/ctsync ", 1)
     else:
         cwd = workdir
-    result = subprocess.run(
-        ["bash", "-c", command],
-        cwd=cwd,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_bash(command, cwd)
     assert result.returncode == expected, result.stderr
     assert "Traceback" not in result.stderr and "unexpected error" not in result.stderr
     assert result.stdout or result.stderr
@@ -182,29 +187,13 @@ def test_the_sandbox_example_runs(workdir: Path) -> None:
         assert sandbox.stdout is not None
         url = sandbox.stdout.readline().strip().rsplit(" ", 1)[-1]
         assert url.startswith("http://127.0.0.1:")
-        uploaded = subprocess.run(
-            ["bash", "-c", upload.replace("http://127.0.0.1:8787", url)],
-            cwd=workdir,
-            env=environment(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        uploaded = run_bash(upload.replace("http://127.0.0.1:8787", url), workdir)
         assert uploaded.returncode == 1, uploaded.stderr  # the sample's few bad records
         assert "accepted" in uploaded.stderr
     finally:
         sandbox.terminate()
         sandbox.communicate(timeout=30)
-    shown = subprocess.run(
-        ["bash", "-c", show],
-        cwd=workdir,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    shown = run_bash(show, workdir, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "profiles" in shown.stdout and "events" in shown.stdout
 

@@ -82,17 +82,9 @@ def test_429_and_503_are_retried_and_a_500_leaves_events_unknown(tmp_path: Path)
     config = SandboxConfig(latency_ms=5, fault_rate=0.2, seed=11)
     with running_sandbox(config) as sandbox:
         run = run_upload(
-            sandbox.url,
-            export,
-            "--preset",
-            "classic",
-            "--batch-size",
-            "50",
-            "--max-retries",
-            "15",
-            "--report",
-            report,
-        )
+            sandbox.url, export, "--preset", "classic", "--batch-size", "50",
+            "--max-retries", "15", "--report", report,
+        )  # fmt: skip
         stats = sandbox.stats()
         writes = sandbox.read(lambda store: store.profile_writes())
         stored = seqs_of(sandbox.read(lambda store: store.events()))
@@ -145,21 +137,10 @@ def test_dropped_event_batches_fail_as_outcome_unknown_and_are_never_resent(
     config = SandboxConfig(latency_ms=5, drop_rate=0.3, seed=3)
     with running_sandbox(config) as sandbox:
         run = run_upload(
-            sandbox.url,
-            export,
-            "--preset",
-            "classic",
-            "--batch-size",
-            "50",
-            "--concurrency",
-            "1",  # one lane: every request holds 50 records
-            "--max-retries",
-            "15",
-            "--report",
-            report,
-            "--failed",
-            failed,
-        )
+            sandbox.url, export, "--preset", "classic", "--batch-size", "50",
+            "--concurrency", "1",  # one lane: every request holds 50 records
+            "--max-retries", "15", "--report", report, "--failed", failed,
+        )  # fmt: skip
         stats = sandbox.stats()
         stored = seqs_of(sandbox.read(lambda store: store.events()))
 
@@ -198,19 +179,10 @@ def test_a_record_rejected_with_516_is_reported_and_its_batch_is_not_resent(
 
     with running_sandbox(SandboxConfig(latency_ms=5)) as sandbox:
         run = run_upload(
-            sandbox.url,
-            export,
-            "--validate",
-            "off",
-            "--batch-size",
-            "50",
-            "--concurrency",
-            "1",  # one lane: 4 requests of 50
-            "--report",
-            report,
-            "--failed",
-            failed,
-        )
+            sandbox.url, export, "--validate", "off", "--batch-size", "50",
+            "--concurrency", "1",  # one lane: 4 requests of 50
+            "--report", report, "--failed", failed,
+        )  # fmt: skip
         stats = sandbox.stats()
         writes = sandbox.read(lambda store: store.profile_writes())
 
