@@ -30,17 +30,7 @@ from ctsync.reader import InputOptions
 from ctsync.sandbox import SandboxConfig, running_sandbox
 from ctsync.settings import ClientSettings
 from tests import test_buckets as buckets
-from tests.e2e._support import (
-    Processes,
-    assert_adds_up,
-    ctsync_env,
-    duplicates,
-    finish,
-    run_upload,
-    seqs_of,
-    track,
-    wait_until,
-)
+from tests.e2e import _support as e2e
 from tests.test_buckets import DAY, identify, ndjson, s3_client
 
 # The local servers and the AWS environment of the bucket tests (fixtures, used by name).
@@ -301,7 +291,7 @@ def test_gcs_objects_are_sent_once_resumed_and_sent_again_when_rewritten(
 
 @pytest.fixture
 def aws_process_env(s3_url: str) -> Iterator[dict[str, str]]:
-    env = ctsync_env()
+    env = e2e.ctsync_env()
     env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
     env.update(
         AWS_ACCESS_KEY_ID="AKIATESTING",
@@ -324,35 +314,35 @@ def test_kill_9_mid_object_then_resume_stores_no_event_twice(
     events = 1500
     s3 = s3_client(s3_url)
     bucket = fresh_bucket(s3)
-    messages = [track(f"u-{i % 41}", "Played", i) for i in range(events)]
+    messages = [e2e.track(f"u-{i % 41}", "Played", i) for i in range(events)]
     s3.put_object(Bucket=bucket, Key=DAY + "1.gz", Body=gzip.compress(ndjson(*messages[:1000])))
     s3.put_object(Bucket=bucket, Key=DAY + "2", Body=ndjson(*messages[1000:]))
     state = tmp_path / "state.db"
     args: tuple[str | Path, ...] = (f"s3://{bucket}/segment-logs/", "--preset", "classic")
     args += ("--state", state, "--batch-size", "20", "--concurrency", "4")
-    processes = Processes()
+    processes = e2e.Processes()
     try:
         with running_sandbox(SandboxConfig(latency_ms=30)) as sandbox:
             process = processes.start_upload(sandbox.url, *args, env=aws_process_env)
-            wait_until(
+            e2e.wait_until(
                 lambda: sandbox.stats().events > 0 or process.poll() is not None,
                 20,
                 "the first stored event",
             )
-            assert process.poll() is None, finish(process).describe()
+            assert process.poll() is None, e2e.finish(process).describe()
             process.send_signal(signal.SIGKILL)
             process.wait(10)
             before = sandbox.stats().events
-            runs = [run_upload(sandbox.url, *args, env=aws_process_env) for _ in range(2)]
-            counts = seqs_of(sandbox.read(lambda store: store.events()))
+            runs = [e2e.run_upload(sandbox.url, *args, env=aws_process_env) for _ in range(2)]
+            counts = e2e.seqs_of(sandbox.read(lambda store: store.events()))
     finally:
         processes.kill_all()
     assert 0 < before < events, "the kill came before the first or after the last event"
     for run in runs:
         assert run.returncode in (0, 1), run.describe()
-        assert_adds_up(run.summary)
+        e2e.assert_adds_up(run.summary)
     assert runs[1].summary["read"] == 0, "a finished prefix was read again"
-    assert duplicates(counts) == 0, "an event was stored twice"
+    assert e2e.duplicates(counts) == 0, "an event was stored twice"
     unknown = runs[0].summary["failed_by_code"].get("outcome-unknown", 0)
     missing = set(range(events)) - set(counts)
     assert len(missing) <= unknown, f"{len(missing)} events missing, {unknown} reported unknown"
