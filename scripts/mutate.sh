@@ -27,8 +27,8 @@ declare -A PATHS=(
 )
 declare -A TESTS=(
   [timestamps]="tests/test_timestamps.py tests/test_local_time.py tests/test_timestamp_rules.py"
-  [batching]="tests/test_pipeline.py"
-  [ledger]="tests/test_ledger.py"
+  [batching]="tests/test_pipeline.py tests/test_mutants_batching.py"
+  [ledger]="tests/test_ledger.py tests/test_mutants_ledger.py"
   [client]="tests/test_client.py tests/test_mutants_client.py"
   [state]="tests/test_state.py tests/test_mutants_state.py"
   [rules]="tests/test_rules.py tests/test_mutants_rules.py"
@@ -60,16 +60,32 @@ for module in "${modules[@]}"; do
     rm -f .mutmut-cache
   fi
   limit=()
-  # SIGINT: mutmut puts the mutated file back before it exits.
+  # On SIGINT mutmut's main process exits, but its worker process (which writes each
+  # mutant into the source and puts the original back from FILE.bak) can outlive it or
+  # die between the two: keep a copy of the sources, wait for every process of the run,
+  # and put the original back ourselves if a mutant is left in place.
+  keep=".mutmut/$module.orig.tar"
+  tar -cf "$keep" ${path//,/ }
   [ -n "${MUTATE_MINUTES:-}" ] && limit=(timeout -s INT -k 1m "${MUTATE_MINUTES}m")
   # -x: the first failing test kills the mutant; no Hypothesis database between mutants.
-  "${limit[@]}" nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests --no-progress \
-    --runner "$RUNNER ${TESTS[$module]}" \
-    >".mutmut/$module.log" 2>&1
-  if ! git diff --quiet -- ${path//,/ } 2>/dev/null; then
-    echo "mutate: mutmut left $path modified: restore it with git checkout before editing" >&2
-    status=1
+  # setsid: the run is one process group, so that its last worker can be waited for.
+  setsid "${limit[@]}" nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests \
+    --no-progress --runner "$RUNNER ${TESTS[$module]}" \
+    >".mutmut/$module.log" 2>&1 &
+  group=$!
+  wait "$group"
+  for _ in $(seq 60); do
+    pgrep -g "$group" >/dev/null || break
+    sleep 1
+  done
+  pkill -KILL -g "$group" 2>/dev/null && sleep 1
+  # (mutmut rewrites the file when it puts it back: compare contents, not times)
+  if tar -df "$keep" 2>&1 | grep -qE "Contents differ|Size differs"; then
+    tar -xf "$keep"
+    echo "mutate: mutmut was stopped with a mutant in $path: put the original back" >&2
   fi
+  for file in $(tar -tf "$keep"); do rm -f "$file.bak"; done
+  rm -f "$keep"
   "$BIN/python" - "$module" <<'PY'
 import sqlite3
 import sys
