@@ -46,6 +46,7 @@ modules=("$@")
 [ ${#modules[@]} -eq 0 ] && modules=(timestamps batching ledger client state rules presets)
 mkdir -p .mutmut
 status=0
+stop=
 for module in "${modules[@]}"; do
   path=${PATHS[$module]:-}
   if [ -z "$path" ]; then
@@ -68,19 +69,29 @@ for module in "${modules[@]}"; do
   tar -cf "$keep" ${path//,/ }
   [ -n "${MUTATE_MINUTES:-}" ] && limit=(timeout -s INT -k 1m "${MUTATE_MINUTES}m")
   # -x: the first failing test kills the mutant; no Hypothesis database between mutants.
-  # setsid: the run is one process group, so that its last worker can be waited for.
-  setsid "${limit[@]}" nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests \
+  # Job control (-m): the run is a process group of its own, so that its last worker can
+  # be waited for, and, unlike a plain background job, it does not ignore SIGINT.
+  set -m
+  "${limit[@]}" nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests \
     --no-progress --runner "$RUNNER ${TESTS[$module]}" \
     >".mutmut/$module.log" 2>&1 &
   group=$!
+  set +m
+  # In its own group mutmut does not see the terminal's Ctrl-C: pass it on, and stop
+  # after this module.
+  trap 'stop=1; kill -INT -- "-$group" 2>/dev/null' INT TERM
   wait "$group"
+  while kill -0 "$group" 2>/dev/null; do wait "$group"; done
+  trap - INT TERM
   for _ in $(seq 60); do
     pgrep -g "$group" >/dev/null || break
     sleep 1
   done
   pkill -KILL -g "$group" 2>/dev/null && sleep 1
-  # (mutmut rewrites the file when it puts it back: compare contents, not times)
-  if tar -df "$keep" 2>&1 | grep -qE "Contents differ|Size differs"; then
+  # (mutmut rewrites the file when it puts it back: compare contents, not times; not in
+  # a pipe, where pipefail would take tar's "differs" status for the pipe's)
+  compared=$(tar -df "$keep" 2>&1)
+  if grep -qE "Contents differ|Size differs" <<<"$compared"; then
     tar -xf "$keep"
     echo "mutate: mutmut was stopped with a mutant in $path: put the original back" >&2
   fi
@@ -109,5 +120,6 @@ PY
     "$BIN/mutmut" show "$id" | grep -E '^[-+][^-+]' | sed 's/^/    /'
   done
   cp .mutmut-cache ".mutmut/$module.cache" 2>/dev/null
+  [ -n "$stop" ] && break
 done
 exit $status

@@ -447,3 +447,60 @@ def test_retry_after_as_a_date_without_a_zone_is_read_as_utc() -> None:
     assert header.endswith("-0000")
     wait = retry_after_seconds(header)
     assert wait is not None and 85 <= wait <= 90
+
+
+# -- what the client reports, and its connection pool --------------------------------
+
+
+def test_the_client_counts_its_requests_and_retries_from_zero(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    # The summary's `requests` and `retries` are these counts.
+    httpx_mock.add_response(url=UPLOAD, status_code=429)
+    httpx_mock.add_response(url=UPLOAD, json=success(2))
+
+    async def go() -> CleverTapClient:
+        async with CleverTapClient(settings, sleep=Sleeps()) as client:
+            await client.upload([orjson.dumps(r) for r in events(2)], KEYS2, [False, False])
+            assert client.concurrency().keys() == {"upload"}
+            await client.delete("identity", [b'"a"'], ["a"])
+            return client
+
+    httpx_mock.add_response(url=f"{BASE_URL}{DELETE_PATH}", json={"status": "success"})
+    client = asyncio.run(go())
+    assert (client.requests, client.retries) == (3, 1)
+    # The summary's concurrency is per endpoint used, under these names.
+    assert client.concurrency().keys() == {"upload", "delete"}
+
+
+def test_a_delete_with_an_unclear_answer_is_sent_again(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    # clevertap-api.md: deletions are safe to repeat, so a 502 (CleverTap may or may
+    # not have done it) is retried; for events it would not be.
+    url = f"{BASE_URL}{DELETE_PATH}"
+    httpx_mock.add_response(url=url, status_code=502)
+    httpx_mock.add_response(url=url, json={"status": "success"})
+
+    async def go() -> list[Verdict]:
+        async with CleverTapClient(settings, sleep=Sleeps()) as client:
+            return await client.delete("identity", [b'"a"', b'"b"'], ["a", "b"])
+
+    assert asyncio.run(go()) == [ACCEPTED, ACCEPTED]
+    assert len(httpx_mock.get_requests()) == 2
+
+
+def test_out_of_retries_a_record_that_got_555_keeps_its_555(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    # One attempt allowed: record 1 was refused with 555 (worth one retry), record 2 is
+    # unconfirmed; giving up, each says what it last got.
+    entry = {"code": 555, "error": "Try later. Skipped record number : 1"}
+    httpx_mock.add_response(
+        url=UPLOAD, json={"status": "success", "processed": 0, "unprocessed": [entry]}
+    )
+    once = dataclasses.replace(settings, retry=RetryPolicy(max_retries=0))
+    first, second = run_upload(once, profiles(2))
+    assert (first.outcome, first.code) == (Outcome.REJECTED, "555")
+    assert first.message == "Try later. (gave up after 1 attempts)"
+    assert (second.outcome, second.code) == (Outcome.FAILED, "outcome-unknown")

@@ -203,6 +203,98 @@ def test_a_bad_standard_value_says_what_clevertap_takes(
             "512",
             "profile key 'a.b' has a character CleverTap forbids in keys",
         ),
+        (
+            {"type": "profile", "identity": "u1", "profileData": {"bio": "é" * 300}},
+            "512",
+            "value of 'bio' is over 512 bytes",
+        ),
+        ({"type": "profile", "identity": "u1"}, "512", "profileData is missing or not an object"),
+        (
+            {"type": "profile", "identity": "u1", "profileData": {f"c{i}": i for i in range(257)}},
+            "512",
+            "257 custom profile properties; CleverTap allows 256",
+        ),
+        (
+            {"type": "profile", "identity": "u1", "profileData": {"n": {"$incr": "x"}}},
+            "512",
+            "n: $incr takes a number, not 'x'",
+        ),
+        (
+            {"type": "profile", "identity": "u1", "profileData": {"tags": {"$add": 5}}},
+            "512",
+            "tags: $add takes a string or an array of strings",
+        ),
+        ({"type": "event", "identity": "u1"}, "509", "evtName is missing or empty"),
+        (
+            {"type": "event", "identity": "u1", "evtName": "a.b"},
+            "512",
+            "event name 'a.b' has a character CleverTap forbids",
+        ),
+        (
+            {"type": "event", "identity": "u1", "evtName": "App Launched"},
+            "513",
+            "'App Launched' is a CleverTap system event; it cannot be raised",
+        ),
+        (
+            {"type": "event", "identity": "u1", "evtName": "E", "evtData": "x"},
+            "512",
+            "evtData is not an object",
+        ),
+        (
+            {"type": "event", "identity": "u1", "evtName": "E", "evtData": {"a.b": 1}},
+            "512",
+            "event property key 'a.b' has a character CleverTap forbids in keys",
+        ),
+        (
+            {"type": "event", "identity": "u1", "evtName": "Charged", "evtData": {"a": {"b": 1}}},
+            "512",
+            "event property 'a' is nested; values must be scalars",
+        ),
+        (
+            {
+                "type": "event",
+                "identity": "u1",
+                "evtName": "Charged",
+                "evtData": {"Items": {"sku": "a"}},
+            },
+            "512",
+            "Charged Items is not a list",
+        ),
+        (
+            {
+                "type": "event",
+                "identity": "u1",
+                "evtName": "Charged",
+                "evtData": {"Items": [{}] * 51},
+            },
+            "512",
+            "Charged has 51 Items; keep them at 50 or fewer",
+        ),
+        (
+            {
+                "type": "event",
+                "identity": "u1",
+                "evtName": "Charged",
+                "evtData": {"Items": [{"a.b": 1}]},
+            },
+            "512",
+            "Items key 'a.b' has a character CleverTap forbids in keys",
+        ),
+        (
+            {
+                "type": "event",
+                "identity": "u1",
+                "evtName": "Charged",
+                "evtData": {"Items": [{"x": [1]}]},
+            },
+            "512",
+            "Charged Items #1 'x' is nested; keep it flat",
+        ),
+        (
+            {"type": "token", "objectId": "", "tokenData": {"id": "t", "type": "fcm"}},
+            "530",
+            "a token record needs an objectId (the CleverTap ID)",
+        ),
     ],
 )
 def test_a_broken_record_says_what_is_wrong(
@@ -210,3 +302,18 @@ def test_a_broken_record_says_what_is_wrong(
 ) -> None:
     (violation,) = check_upload(record)
     assert (violation.code, violation.message) == (code, message)
+
+
+def test_too_many_event_properties_says_how_many_and_the_limit() -> None:
+    event = {"type": "event", "identity": "u1", "evtName": "E", "evtData": {"a": 1, "b": 2}}
+    (violation,) = check_upload(event, max_event_properties=1)
+    assert (violation.code, violation.message) == ("522", "2 event properties; the limit is 1")
+
+
+def test_each_charged_item_that_is_not_an_object_is_named_by_its_position() -> None:
+    event = {"type": "event", "identity": "u1", "evtName": "Charged", "evtData": {}}
+    event["evtData"] = {"Items": ["x", {"sku": "a"}, 3]}
+    assert [(v.code, v.message) for v in check_upload(event)] == [
+        ("512", "Charged Items #1 is not an object"),
+        ("512", "Charged Items #3 is not an object"),
+    ]
