@@ -27,8 +27,8 @@ declare -A PATHS=(
 )
 declare -A TESTS=(
   [timestamps]="tests/test_timestamps.py tests/test_local_time.py tests/test_timestamp_rules.py"
-  [batching]="tests/test_pipeline.py"
-  [ledger]="tests/test_ledger.py"
+  [batching]="tests/test_pipeline.py tests/test_mutants_batching.py"
+  [ledger]="tests/test_ledger.py tests/test_mutants_ledger.py"
   [client]="tests/test_client.py tests/test_mutants_client.py"
   [state]="tests/test_state.py tests/test_mutants_state.py"
   [rules]="tests/test_rules.py tests/test_mutants_rules.py"
@@ -46,6 +46,7 @@ modules=("$@")
 [ ${#modules[@]} -eq 0 ] && modules=(timestamps batching ledger client state rules presets)
 mkdir -p .mutmut
 status=0
+stop=
 for module in "${modules[@]}"; do
   path=${PATHS[$module]:-}
   if [ -z "$path" ]; then
@@ -60,16 +61,42 @@ for module in "${modules[@]}"; do
     rm -f .mutmut-cache
   fi
   limit=()
-  # SIGINT: mutmut puts the mutated file back before it exits.
+  # On SIGINT mutmut's main process exits, but its worker process (which writes each
+  # mutant into the source and puts the original back from FILE.bak) can outlive it or
+  # die between the two: keep a copy of the sources, wait for every process of the run,
+  # and put the original back ourselves if a mutant is left in place.
+  keep=".mutmut/$module.orig.tar"
+  tar -cf "$keep" ${path//,/ }
   [ -n "${MUTATE_MINUTES:-}" ] && limit=(timeout -s INT -k 1m "${MUTATE_MINUTES}m")
   # -x: the first failing test kills the mutant; no Hypothesis database between mutants.
-  "${limit[@]}" nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests --no-progress \
-    --runner "$RUNNER ${TESTS[$module]}" \
-    >".mutmut/$module.log" 2>&1
-  if ! git diff --quiet -- ${path//,/ } 2>/dev/null; then
-    echo "mutate: mutmut left $path modified: restore it with git checkout before editing" >&2
-    status=1
+  # Job control (-m): the run is a process group of its own, so that its last worker can
+  # be waited for, and, unlike a plain background job, it does not ignore SIGINT.
+  set -m
+  "${limit[@]}" nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests \
+    --no-progress --runner "$RUNNER ${TESTS[$module]}" \
+    >".mutmut/$module.log" 2>&1 &
+  group=$!
+  set +m
+  # In its own group mutmut does not see the terminal's Ctrl-C: pass it on, and stop
+  # after this module.
+  trap 'stop=1; kill -INT -- "-$group" 2>/dev/null' INT TERM
+  wait "$group"
+  while kill -0 "$group" 2>/dev/null; do wait "$group"; done
+  trap - INT TERM
+  for _ in $(seq 60); do
+    pgrep -g "$group" >/dev/null || break
+    sleep 1
+  done
+  pkill -KILL -g "$group" 2>/dev/null && sleep 1
+  # (mutmut rewrites the file when it puts it back: compare contents, not times; not in
+  # a pipe, where pipefail would take tar's "differs" status for the pipe's)
+  compared=$(tar -df "$keep" 2>&1)
+  if grep -qE "Contents differ|Size differs" <<<"$compared"; then
+    tar -xf "$keep"
+    echo "mutate: mutmut was stopped with a mutant in $path: put the original back" >&2
   fi
+  for file in $(tar -tf "$keep"); do rm -f "$file.bak"; done
+  rm -f "$keep"
   "$BIN/python" - "$module" <<'PY'
 import sqlite3
 import sys
@@ -93,5 +120,6 @@ PY
     "$BIN/mutmut" show "$id" | grep -E '^[-+][^-+]' | sed 's/^/    /'
   done
   cp .mutmut-cache ".mutmut/$module.cache" 2>/dev/null
+  [ -n "$stop" ] && break
 done
 exit $status

@@ -283,3 +283,224 @@ def test_an_answer_that_does_not_add_up_confirms_nothing_and_says_what_it_said(
     assert [(v.code, v.message, n) for v, n in steps] == [
         ("outcome-unknown", message, Next.UNKNOWN)
     ] * 2
+
+
+# -- unprocessed entries: which record each names (clevertap-api.md, Responses) -------
+
+UNKNOWN_STEP = ("outcome-unknown", Next.UNKNOWN)
+
+
+def codes(steps: list[tuple[Verdict, Next]]) -> list[tuple[str, Next]]:
+    return [(verdict.code, step) for verdict, step in steps]
+
+
+def test_entries_that_name_no_record_leave_the_records_unknown_whatever_processed_says() -> None:
+    # An entry that is not an object, and one whose record is in no request position:
+    # the answer does not account for the batch, so nothing in it is confirmed.
+    body = {
+        "status": "success",
+        "processed": 2,
+        "unprocessed": ["junk", {"code": 512, "error": "bad", "record": {"identity": "zz"}}],
+    }
+    assert codes(upload_steps(body, KEYS2)) == [UNKNOWN_STEP] * 2
+
+
+@pytest.mark.parametrize(
+    "stray", ["junk", {"code": 514, "error": "bad", "record": {"identity": "zz"}}]
+)
+def test_a_rejection_named_after_a_stray_entry_is_still_a_rejection(stray: object) -> None:
+    entry = {"code": 512, "error": "Invalid event structure. Skipped record number : 2"}
+    body = {"status": "success", "processed": 2, "unprocessed": [stray, entry]}
+    steps = upload_steps(body, ["u1", "u2", "u3"])
+    assert codes(steps) == [UNKNOWN_STEP, ("512", Next.DONE), UNKNOWN_STEP]
+    assert steps[1][0] == Verdict(Outcome.REJECTED, "512", "Invalid event structure.")
+
+
+def test_a_record_number_beyond_the_request_names_no_record() -> None:
+    # "Skipped record number : N" is 1-based in the request's d: 3 is not in a batch of 2.
+    entry = {"code": 512, "error": "Invalid event structure. Skipped record number : 3"}
+    body = {"status": "success", "processed": 1, "unprocessed": [entry]}
+    assert codes(upload_steps(body, KEYS2)) == [UNKNOWN_STEP] * 2
+
+
+def test_a_record_named_by_its_json_string_without_code_or_reason_is_rejected() -> None:
+    # The recorded answer gives `record` as a JSON string; with no code and no error
+    # text the record is still rejected (code and reason "rejected"), not lost.
+    entry = {"status": "fail", "record": '{ "identity" : "u2" , "type" : "event" }'}
+    body = {"status": "success", "processed": 1, "unprocessed": [entry]}
+    assert upload_steps(body, KEYS2) == [
+        (ACCEPTED, Next.DONE),
+        (Verdict(Outcome.REJECTED, "rejected", "rejected"), Next.DONE),
+    ]
+
+
+def test_a_token_record_is_named_by_its_object_id() -> None:
+    keys: list[tuple[str, str] | str | None] = [("guid", "o1"), ("guid", "o2")]
+    entry = {"code": 514, "error": "bad token", "record": {"objectId": "o2", "type": "token"}}
+    body = {"status": "success", "processed": 1, "unprocessed": [entry]}
+    assert codes(upload_steps(body, keys)) == [("", Next.DONE), ("514", Next.DONE)]
+
+
+def test_two_rejections_by_number_and_a_count_of_the_rest_confirm_the_rest() -> None:
+    entries = [
+        {"code": 512, "error": "Invalid event structure. Skipped record number : 1"},
+        {"code": 514, "error": "Profile data is incorrect. Skipped record number : 3"},
+    ]
+    body = {"status": "success", "processed": 1, "unprocessed": entries}
+    assert codes(upload_steps(body, ["u1", "u2", "u3"])) == [
+        ("512", Next.DONE),
+        ("", Next.DONE),
+        ("514", Next.DONE),
+    ]
+
+
+# -- how far a request got: httpcore's trace events ---------------------------------
+
+
+class Tracing(httpx.AsyncBaseTransport):
+    """A connection that reports httpcore's trace events as a real one does, and per
+    attempt answers (`answer`), or is lost with the headers written but not the whole
+    body (`drop-in-body`), or after the whole body (`drop-after-body`)."""
+
+    def __init__(self, steps: list[str]) -> None:
+        self.steps = steps
+        self.attempts = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        trace = request.extensions["trace"]
+        self.attempts += 1
+        step = self.steps.pop(0)
+        for event in ("connection.connect_tcp", "http11.send_request_headers"):
+            await trace(f"{event}.started", {})
+            await trace(f"{event}.complete", {})
+        await trace("http11.send_request_body.started", {})
+        if step == "drop-in-body":
+            raise httpx.WriteError("Connection reset by peer")
+        await trace("http11.send_request_body.complete", {})
+        if step == "drop-after-body":
+            raise httpx.ReadError("Connection reset by peer")
+        records = orjson.loads(await request.aread())["d"]
+        return httpx.Response(200, json=success(len(records)))
+
+
+def deliver(
+    settings: ClientSettings, transport: httpx.AsyncBaseTransport | None
+) -> tuple[list[Verdict], int]:
+    """Two events through the client; their verdicts and how often on_wire was called."""
+    records = events(2)
+    wired = 0
+
+    def on_wire() -> None:
+        nonlocal wired
+        wired += 1
+
+    async def go() -> list[Verdict]:
+        async with CleverTapClient(settings, transport=transport, sleep=Sleeps()) as client:
+            return await client.upload(
+                [orjson.dumps(r) for r in records], KEYS2, [False, False], on_wire
+            )
+
+    return asyncio.run(go()), wired
+
+
+def test_on_wire_is_called_once_when_the_request_goes_out(settings: ClientSettings) -> None:
+    # The pipeline marks the batch "sent" (CleverTap may have it) from this call.
+    transport = Tracing(["answer"])
+    assert deliver(settings, transport) == ([ACCEPTED, ACCEPTED], 1)
+
+
+def test_on_wire_is_called_by_a_transport_that_does_not_trace(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_response(url=UPLOAD, json=success(2))
+    assert deliver(settings, None) == ([ACCEPTED, ACCEPTED], 1)
+
+
+def test_events_whose_body_was_not_all_written_are_sent_again(settings: ClientSettings) -> None:
+    # clevertap-api.md: events must not be sent twice, but a request CleverTap did not
+    # receive whole cannot have been stored: sending it again is safe.
+    transport = Tracing(["drop-in-body", "answer"])
+    verdicts, wired = deliver(settings, transport)
+    assert verdicts == [ACCEPTED, ACCEPTED]
+    assert transport.attempts == 2 and wired == 2  # once per attempt that went out
+
+
+def test_events_lost_after_the_whole_body_was_written_are_not_sent_again(
+    settings: ClientSettings,
+) -> None:
+    transport = Tracing(["drop-after-body", "answer"])
+    verdicts, wired = deliver(settings, transport)
+    assert [v.code for v in verdicts] == ["outcome-unknown"] * 2
+    assert transport.attempts == 1 and wired == 1
+
+
+def test_an_error_page_that_is_not_utf8_is_still_quoted() -> None:
+    steps = classify(Attempt(status=400, content=b"Bad \xff request"), UPLOAD_PATH, KEYS2)
+    assert isinstance(steps, list)
+    assert steps[0][0].message == "HTTP 400: Bad \ufffd request"
+
+
+def test_retry_after_as_a_date_without_a_zone_is_read_as_utc() -> None:
+    # RFC 5322's "-0000" (what email.utils writes for a time without a zone) is UTC.
+    naive = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=90)
+    header = format_datetime(naive)
+    assert header.endswith("-0000")
+    wait = retry_after_seconds(header)
+    assert wait is not None and 85 <= wait <= 90
+
+
+# -- what the client reports, and its connection pool --------------------------------
+
+
+def test_the_client_counts_its_requests_and_retries_from_zero(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    # The summary's `requests` and `retries` are these counts.
+    httpx_mock.add_response(url=UPLOAD, status_code=429)
+    httpx_mock.add_response(url=UPLOAD, json=success(2))
+
+    async def go() -> CleverTapClient:
+        async with CleverTapClient(settings, sleep=Sleeps()) as client:
+            await client.upload([orjson.dumps(r) for r in events(2)], KEYS2, [False, False])
+            assert client.concurrency().keys() == {"upload"}
+            await client.delete("identity", [b'"a"'], ["a"])
+            return client
+
+    httpx_mock.add_response(url=f"{BASE_URL}{DELETE_PATH}", json={"status": "success"})
+    client = asyncio.run(go())
+    assert (client.requests, client.retries) == (3, 1)
+    # The summary's concurrency is per endpoint used, under these names.
+    assert client.concurrency().keys() == {"upload", "delete"}
+
+
+def test_a_delete_with_an_unclear_answer_is_sent_again(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    # clevertap-api.md: deletions are safe to repeat, so a 502 (CleverTap may or may
+    # not have done it) is retried; for events it would not be.
+    url = f"{BASE_URL}{DELETE_PATH}"
+    httpx_mock.add_response(url=url, status_code=502)
+    httpx_mock.add_response(url=url, json={"status": "success"})
+
+    async def go() -> list[Verdict]:
+        async with CleverTapClient(settings, sleep=Sleeps()) as client:
+            return await client.delete("identity", [b'"a"', b'"b"'], ["a", "b"])
+
+    assert asyncio.run(go()) == [ACCEPTED, ACCEPTED]
+    assert len(httpx_mock.get_requests()) == 2
+
+
+def test_out_of_retries_a_record_that_got_555_keeps_its_555(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    # One attempt allowed: record 1 was refused with 555 (worth one retry), record 2 is
+    # unconfirmed; giving up, each says what it last got.
+    entry = {"code": 555, "error": "Try later. Skipped record number : 1"}
+    httpx_mock.add_response(
+        url=UPLOAD, json={"status": "success", "processed": 0, "unprocessed": [entry]}
+    )
+    once = dataclasses.replace(settings, retry=RetryPolicy(max_retries=0))
+    first, second = run_upload(once, profiles(2))
+    assert (first.outcome, first.code) == (Outcome.REJECTED, "555")
+    assert first.message == "Try later. (gave up after 1 attempts)"
+    assert (second.outcome, second.code) == (Outcome.FAILED, "outcome-unknown")

@@ -10,7 +10,7 @@ import pytest
 
 from ctsync.presets import MappingOptions
 from ctsync.presets.classic import classic_mapper, clevertap_date
-from ctsync.records import Upload
+from ctsync.records import Invalid, Upload
 
 TS = "2023-05-18T22:58:45Z"
 
@@ -77,3 +77,43 @@ def test_an_infinite_number_is_left_alone(value: float) -> None:
 def test_a_nan_is_left_alone() -> None:
     result = clevertap_date(math.nan)
     assert isinstance(result, float) and math.isnan(result)
+
+
+# -- identifiers: userId, else anonymousId as objectId (segment-behaviour.md) --------
+
+
+def mapped(message: dict[str, Any]) -> object:
+    return classic_mapper(MappingOptions())({"timestamp": TS, **message})
+
+
+def test_an_empty_user_id_falls_back_to_the_anonymous_id() -> None:
+    # segment-behaviour.md: a record needs an identity: userId, or the anonymousId as
+    # objectId. An empty userId is no userId.
+    result = mapped({"type": "identify", "userId": "", "anonymousId": "a1", "traits": {}})
+    assert isinstance(result, list)
+    (upload,) = result
+    assert isinstance(upload, Upload)
+    assert upload.record["objectId"] == "a1" and "identity" not in upload.record
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ({}, "no identity: userId or anonymousId is missing or empty"),
+        (
+            {"userId": "", "anonymousId": ""},
+            "no identity: userId or anonymousId is missing or empty",
+        ),
+        (
+            {"userId": 1.5},
+            "identity: userId is a number with a fraction, an exponent or beyond 64 bits (1.5); "
+            "it cannot be taken exactly",
+        ),
+    ],
+)
+def test_a_message_without_a_usable_identity_says_which_field(
+    ids: dict[str, Any], message: str
+) -> None:
+    result = mapped({"type": "identify", "traits": {}, **ids})
+    assert isinstance(result, Invalid)
+    assert (result.code, result.message) == ("523", message)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
-from ctsync.errors import LockedError, UsageError
+from ctsync.errors import LockedError, OutputError, UsageError
 from ctsync.reader import Source
 from ctsync.state import END, Resume, Seen, Span, StateFile
 
@@ -287,3 +289,95 @@ def test_a_lock_held_by_another_program_is_reported_without_a_holder(tmp_path: P
         f"another ctsync run is using the state file {path}; "
         "wait for it to finish (each run exits when its work is done)"
     )
+
+
+# -- what the user reads when the state file is in the way ----------------------------
+
+
+def test_a_state_file_in_use_names_the_run_holding_it(tmp_path: Path) -> None:
+    """Which process holds the state file and since when (local time), so the user can
+    tell a live run from a stuck one."""
+    path = tmp_path / "state.db"
+    before = time.time()
+    holder = StateFile(path)  # this process holds it, as another run would
+    try:
+        with pytest.raises(LockedError) as caught:
+            StateFile(path)
+    finally:
+        holder.close()
+    message = str(caught.value)
+    match = re.fullmatch(
+        rf"another ctsync run \(pid {os.getpid()}, started "
+        r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\) is using the state file (.+); "
+        r"wait for it to finish \(each run exits when its work is done\)",
+        message,
+    )
+    assert match is not None, message
+    started = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
+    assert before - 1 <= started <= time.time()
+    assert match.group(2) == str(path)
+
+
+def test_stdin_cannot_be_resumed_and_the_error_says_what_to_give(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.db")
+    try:
+        with pytest.raises(UsageError) as caught:
+            state.open_input(Source("-", None, None))
+    finally:
+        state.close()
+    assert str(caught.value) == "--state resumes files; it cannot resume stdin (give file paths)"
+
+
+def test_a_damaged_state_names_the_file_and_input_and_how_to_start_over(tmp_path: Path) -> None:
+    export = tmp_path / "a.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u1"}\n')
+    state = StateFile(tmp_path / "state.db")
+    state.save(state.open_input(file_source(export)), [])
+    state.close()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("UPDATE inputs SET read_through = '[1'")
+    state = StateFile(tmp_path / "state.db")
+    try:
+        with pytest.raises(UsageError) as caught:
+            state.open_input(file_source(export))
+    finally:
+        state.close()
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'state.db'}: the state of {export} is damaged (")
+    assert message.endswith(
+        "); move the state file aside to start over (everything is then sent again)"
+    )
+
+
+def test_a_state_file_that_cannot_be_written_stops_the_run_saying_which(tmp_path: Path) -> None:
+    export = tmp_path / "a.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u1"}\n')
+    path = tmp_path / "state.db"
+    state = StateFile(path)
+    progress = state.open_input(file_source(export))
+    # The disk went away under the run: SQLite refuses every write from here on.
+    state._db.close()
+    try:
+        with pytest.raises(OutputError) as caught:
+            state.save(progress, [])
+    finally:
+        os.close(state._lock_fd)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: cannot write the state file (")
+    assert message.endswith("); the run stopped")
+
+
+def test_an_object_first_seen_without_a_version_says_so_when_rewritten(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.db")
+    try:
+        unversioned = Source("s3://b/d/3.gz", None, 100, url="s3://b/d/3.gz", version=None)
+        first = state.open_input(unversioned)
+        first.position = (1, 0)
+        state.save(first, [])
+        assert state.open_input(unversioned).resume.read_through == (1, 0)
+        rewritten = state.open_input(object_source("s3://b/d/3.gz", "etag-2")).resume
+        assert rewritten.note == (
+            "s3://b/d/3.gz: rewritten since the last run (ETag ? -> etag-2); read from the start"
+        )
+    finally:
+        state.close()

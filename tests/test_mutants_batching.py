@@ -1,0 +1,196 @@
+"""The planner's promises that tests/test_pipeline.py left unchecked, as the docstrings of
+`ctsync.batching` and `UploadRun._give_up` state them: records naming no profile spread
+round robin, a profile known by its objectId keeps one lane, batches numbered in the
+order they were opened, and "sent" meaning on the wire (what a stopped run reports and
+what the next run sends again). Mutation testing (`make mutate MUTATE=batching`) showed
+these unchecked; expectations are written by hand from those docstrings and the README."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import Counter
+from collections.abc import Sequence
+from itertools import pairwise
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ctsync.batching import Batch, Planner
+from ctsync.client import OnWire
+from ctsync.errors import AuthError
+from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
+from ctsync.pipeline import RunOptions, UploadRun
+from ctsync.prepare import OpKind
+from ctsync.presets import MappingOptions, Preset, build_preset
+from ctsync.reader import Source
+from ctsync.records import Origin
+from ctsync.state import StateFile
+from tests.helpers import FakeSender, Kind
+
+
+def owner(line: int) -> Tracked:
+    return Tracked(Origin("f", line), None, {}, 1)
+
+
+def add(planner: Planner, key: str | tuple[str, str] | None, line: int) -> list[Batch]:
+    body = orjson.dumps({"type": "event", "evtName": "e", "line": line})
+    return planner.add_encoded(
+        OpKind.UPLOAD, key, body, False, False, owner(line), "f", (line, 0, 0)
+    )
+
+
+@pytest.mark.parametrize("lanes", [2, 3])
+def test_records_that_name_no_profile_go_round_robin_over_the_lanes(lanes: int) -> None:
+    """They order against nothing, so each goes to the next lane: any `lanes` of them in
+    a row use every lane, and each the lane after the one before."""
+    planner = Planner(lanes=lanes, batch_size=1)  # each sealed at once: its lane is visible
+    order = [batch.lane for line in range(1, 10) for batch in add(planner, None, line)]
+    assert len(order) == 9
+    for before, after in pairwise(order):
+        assert after == (before + 1) % lanes, order
+    # The same input plans the same requests every run (a dry run shows a real one).
+    again = Planner(lanes=lanes, batch_size=1)
+    assert [b.lane for line in range(1, 10) for b in add(again, None, line)] == order
+
+
+def test_an_identify_after_a_delete_of_another_profile_joins_its_open_upload() -> None:
+    """Only a later-opened batch holding the same profile makes an operation start a new
+    batch: the delete of another profile does not cut this profile's upload in two."""
+    planner = Planner(lanes=1)
+    delete = planner.add_encoded(
+        OpKind.DELETE_IDENTITY, "x", b'"x"', True, False, owner(1), "f", (1, 0, 0)
+    )
+    assert delete == []
+    assert add(planner, "u1", 2) == [] and add(planner, "u1", 3) == []
+    assert [(b.kind, len(b)) for b in planner.flush()] == [
+        (OpKind.DELETE_IDENTITY, 1),
+        (OpKind.UPLOAD, 2),
+    ]
+
+
+def test_a_profile_known_by_its_object_id_keeps_one_lane_in_every_run() -> None:
+    """Token records and --link-anonymous writes are keyed by ("guid", objectId): each
+    such profile keeps one lane (its order), and different ones spread over the lanes."""
+    planner = Planner(lanes=4, batch_size=1)
+    seen: dict[str, set[int]] = {}
+    for line in range(1, 41):
+        object_id = f"o{line % 10}"
+        for batch in add(planner, ("guid", object_id), line):
+            seen.setdefault(object_id, set()).add(batch.lane)
+    assert all(len(lanes) == 1 for lanes in seen.values()), seen
+    assert len({lane for lanes in seen.values() for lane in lanes}) > 1
+    again = Planner(lanes=4)
+    assert all(again.lane_of(("guid", o)) in lanes for o, lanes in seen.items())
+
+
+def test_batches_are_numbered_in_the_order_they_were_opened() -> None:
+    """A stopped run settles what is left batch by batch in this order, so the report
+    and dead letters list them in input order whatever lane each went to."""
+    planner = Planner(lanes=3, batch_size=2)
+    opened: list[Batch] = []
+    for line in range(1, 30):
+        add(planner, f"u{line % 7}", line)
+        opened += [b for b in planner.open_batches() if b not in opened]
+    planner.flush()
+    assert len(opened) > 3
+    numbers = [batch.seq for batch in opened]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
+
+
+class Refusing(FakeSender):
+    """CleverTap refusing the credentials: the request went out, the answer is 401."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def answer(
+        self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
+    ) -> list[Verdict]:
+        self.calls += 1
+        if on_wire is not None:
+            on_wire()
+        await asyncio.sleep(0)
+        raise AuthError("refused")
+
+
+class Taking(FakeSender):
+    """CleverTap taking every record; keeps the events it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def answer(
+        self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
+    ) -> list[Verdict]:
+        if on_wire is not None:
+            on_wire()
+        self.sent += [orjson.loads(b)["evtData"]["n"] for b in bodies]
+        return [ACCEPTED] * len(bodies)
+
+
+def events(count: int) -> bytes:
+    return b"".join(
+        orjson.dumps(
+            {"type": "track", "userId": f"u{i}", "event": "Order", "properties": {"n": f"e{i}"}}
+        )
+        + b"\n"
+        for i in range(count)
+    )
+
+
+def upload_run(
+    source: Source, sender: FakeSender, state: StateFile | None, stdin: bytes | None = None
+) -> tuple[UploadRun, Summary]:
+    run = UploadRun(
+        [source],
+        mapper=build_preset(Preset.CLASSIC, MappingOptions()),
+        sender=sender,
+        ledger=Ledger(resumable=state is not None),
+        # One lane: the first batch goes out and is refused; none other is sent.
+        options=RunOptions(batch_size=10, lanes=1),
+        stdin=io.BytesIO(stdin) if stdin is not None else None,
+        state=state,
+    )
+    return run, run.summary
+
+
+def test_a_stopped_run_says_aborted_only_for_records_that_went_out() -> None:
+    """README: what was not sent is `failed: interrupted`; `aborted` means the request
+    was on the wire (CleverTap may have it)."""
+    run, _ = upload_run(Source("-", None, None), Refusing(), None, stdin=events(50))
+    with pytest.raises(AuthError):
+        asyncio.run(run.run())
+    summary = run.summary
+    assert summary.failed["aborted"] == 10  # the first batch: sent, refused
+    assert summary.failed["interrupted"] == summary.read - 10
+    assert summary.read == summary.failed.total()
+
+
+def test_the_next_run_sends_what_never_went_out_and_not_what_may_be_stored(
+    tmp_path: Path,
+) -> None:
+    """README (--state): interrupted records are sent by the next run; an event that
+    was on the wire when a run stopped is not sent again (outcome-unknown), since
+    CleverTap may have stored it."""
+    export = tmp_path / "events.ndjson"
+    export.write_bytes(events(50))
+    source = Source(str(export), export, export.stat().st_size)
+    state = StateFile(tmp_path / "state.db")
+    try:
+        first, _ = upload_run(source, Refusing(), state)
+        with pytest.raises(AuthError):
+            asyncio.run(first.run())
+    finally:
+        state.close()
+    state = StateFile(tmp_path / "state.db")
+    taking = Taking()
+    try:
+        second, _ = upload_run(source, taking, state)
+        asyncio.run(second.run())
+    finally:
+        state.close()
+    assert sorted(taking.sent) == sorted(f"e{i}" for i in range(10, 50))
+    assert second.summary.failed == Counter({"outcome-unknown": 10})
+    assert second.summary.accepted == 40
