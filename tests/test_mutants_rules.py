@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ctsync.rules import check_upload, profile_operation
+from ctsync.rules import check_upload, fix_upload, profile_operation
 
 # -- identifiers: exactly one of identity, objectId, FBID, GPID ------------------------
 
@@ -316,4 +316,62 @@ def test_each_charged_item_that_is_not_an_object_is_named_by_its_position() -> N
     assert [(v.code, v.message) for v in check_upload(event)] == [
         ("512", "Charged Items #1 is not an object"),
         ("512", "Charged Items #3 is not an object"),
+    ]
+
+
+# -- tokens and --validate fix: survivors of the run over the end of rules.py -----------
+
+
+def token(**data: Any) -> dict[str, Any]:
+    return {"type": "token", "objectId": "__g1", "tokenData": data}
+
+
+@pytest.mark.parametrize(
+    ("record", "code", "message"),
+    [
+        # clevertap-api.md: a token record is {"type":"token","objectId":...,"tokenData":
+        # {"id":"<token>","type":"fcm"|"apns"|"gcm"}}; 530-535 say which part is wrong.
+        (token(id="", type="fcm"), "532", "tokenData has no id"),
+        (token(type="fcm"), "532", "tokenData has no id"),
+        (token(id=12345, type="fcm"), "535", "token id 12345 is not a string"),
+        (token(id="t", type=""), "533", "tokenData has no type"),
+        (token(id="t"), "533", "tokenData has no type"),
+        (token(id="t", type="sms"), "534", "token type 'sms' is not fcm, apns or gcm"),
+        (
+            {"type": "token", "objectId": "__g1", "tokenData": "t"},
+            "531",
+            "tokenData is missing or not an object",
+        ),
+        (
+            {**token(id="t", type="fcm"), "identity": "u1"},
+            "530",
+            "a token record is identified by objectId alone",
+        ),
+    ],
+)
+def test_a_broken_token_says_which_part_is_wrong(
+    record: dict[str, Any], code: str, message: str
+) -> None:
+    (violation,) = check_upload(record)
+    assert (violation.code, violation.message) == (code, message)
+
+
+@pytest.mark.parametrize(("gender", "sent"), [("m", "M"), ("M ", "M"), ("F", "F")])
+def test_a_one_letter_gender_is_sent_as_clevertap_writes_it(gender: str, sent: str) -> None:
+    record = {"type": "profile", "identity": "u1", "profileData": {"Gender": gender}}
+    fixed, _, left = fix_upload(record)
+    assert left == []
+    assert fixed["profileData"] == {"Gender": sent}
+
+
+def test_a_fix_says_what_was_sent_or_left_out() -> None:
+    record = {
+        "type": "profile",
+        "identity": "u1",
+        "profileData": {"Phone": "+44 20 7946 0001", "Email": "ada@"},
+    }
+    _, fixes, _ = fix_upload(record)
+    assert sorted((fix.field, fix.code, fix.message) for fix in fixes) == [
+        ("Email", "515", "Email 'ada@' left out (must be an email address); the rest was sent"),
+        ("Phone", "516", "Phone '+44 20 7946 0001' sent as '+442079460001'"),
     ]
