@@ -455,7 +455,9 @@ def test_retry_after_as_a_date_without_a_zone_is_read_as_utc() -> None:
 def test_the_client_counts_its_requests_and_retries_from_zero(
     httpx_mock: HTTPXMock, settings: ClientSettings
 ) -> None:
-    # The summary's `requests` and `retries` are these counts.
+    # The summary's `requests` and `retries` are these counts (two retries: one more is
+    # counted as one, whatever came before).
+    httpx_mock.add_response(url=UPLOAD, status_code=429)
     httpx_mock.add_response(url=UPLOAD, status_code=429)
     httpx_mock.add_response(url=UPLOAD, json=success(2))
 
@@ -468,7 +470,7 @@ def test_the_client_counts_its_requests_and_retries_from_zero(
 
     httpx_mock.add_response(url=f"{BASE_URL}{DELETE_PATH}", json={"status": "success"})
     client = asyncio.run(go())
-    assert (client.requests, client.retries) == (3, 1)
+    assert (client.requests, client.retries) == (4, 2)
     # The summary's concurrency is per endpoint used, under these names.
     assert client.concurrency().keys() == {"upload", "delete"}
 
