@@ -101,9 +101,7 @@ def prepare(
 ) -> Prepared:
     """Map, validate and encode one decoded Segment message."""
     result = mapper(message)
-    if isinstance(result, Skip):
-        return result
-    if isinstance(result, Invalid):
+    if isinstance(result, Skip | Invalid):  # a skip is passed on as the mapper made it
         return result
     if not result:
         return Skip(skip_reason(message))

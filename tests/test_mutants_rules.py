@@ -159,6 +159,10 @@ def test_a_bad_standard_value_says_what_clevertap_takes(
     assert (violation.code, violation.message) == (code, message)
 
 
+def token(**data: Any) -> dict[str, Any]:
+    return {"type": "token", "objectId": "__g1", "tokenData": data}
+
+
 @pytest.mark.parametrize(
     ("record", "code", "message"),
     [
@@ -295,6 +299,24 @@ def test_a_bad_standard_value_says_what_clevertap_takes(
             "530",
             "a token record needs an objectId (the CleverTap ID)",
         ),
+        # clevertap-api.md: a token record is {"type":"token","objectId":...,"tokenData":
+        # {"id":"<token>","type":"fcm"|"apns"|"gcm"}}; 530-535 say which part is wrong.
+        (token(id="", type="fcm"), "532", "tokenData has no id"),
+        (token(type="fcm"), "532", "tokenData has no id"),
+        (token(id=12345, type="fcm"), "535", "token id 12345 is not a string"),
+        (token(id="t", type=""), "533", "tokenData has no type"),
+        (token(id="t"), "533", "tokenData has no type"),
+        (token(id="t", type="sms"), "534", "token type 'sms' is not fcm, apns or gcm"),
+        (
+            {"type": "token", "objectId": "__g1", "tokenData": "t"},
+            "531",
+            "tokenData is missing or not an object",
+        ),
+        (
+            {**token(id="t", type="fcm"), "identity": "u1"},
+            "530",
+            "a token record is identified by objectId alone",
+        ),
     ],
 )
 def test_a_broken_record_says_what_is_wrong(
@@ -319,41 +341,7 @@ def test_each_charged_item_that_is_not_an_object_is_named_by_its_position() -> N
     ]
 
 
-# -- tokens and --validate fix: survivors of the run over the end of rules.py -----------
-
-
-def token(**data: Any) -> dict[str, Any]:
-    return {"type": "token", "objectId": "__g1", "tokenData": data}
-
-
-@pytest.mark.parametrize(
-    ("record", "code", "message"),
-    [
-        # clevertap-api.md: a token record is {"type":"token","objectId":...,"tokenData":
-        # {"id":"<token>","type":"fcm"|"apns"|"gcm"}}; 530-535 say which part is wrong.
-        (token(id="", type="fcm"), "532", "tokenData has no id"),
-        (token(type="fcm"), "532", "tokenData has no id"),
-        (token(id=12345, type="fcm"), "535", "token id 12345 is not a string"),
-        (token(id="t", type=""), "533", "tokenData has no type"),
-        (token(id="t"), "533", "tokenData has no type"),
-        (token(id="t", type="sms"), "534", "token type 'sms' is not fcm, apns or gcm"),
-        (
-            {"type": "token", "objectId": "__g1", "tokenData": "t"},
-            "531",
-            "tokenData is missing or not an object",
-        ),
-        (
-            {**token(id="t", type="fcm"), "identity": "u1"},
-            "530",
-            "a token record is identified by objectId alone",
-        ),
-    ],
-)
-def test_a_broken_token_says_which_part_is_wrong(
-    record: dict[str, Any], code: str, message: str
-) -> None:
-    (violation,) = check_upload(record)
-    assert (violation.code, violation.message) == (code, message)
+# -- --validate fix: survivors of the run over the end of rules.py ----------------------
 
 
 @pytest.mark.parametrize(("gender", "sent"), [("m", "M"), ("M ", "M"), ("F", "F")])
