@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -53,6 +52,17 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.
 
 OnWire = Callable[[], None]
 """Called when a request is about to be written to a connection (CleverTap may get it)."""
+
+
+class Request(NamedTuple):
+    """What a sender (the pipeline's `Sender`) sends: an upload (`delete` is None) or a
+    deletion by identity or CleverTap ID, of encoded records, with each record's profile
+    key and whether it may be sent again after an unclear answer (see `upload`)."""
+
+    delete: DeleteKey | None
+    bodies: Sequence[bytes]
+    keys: Sequence[ProfileKey | None]
+    resend: Sequence[bool]
 
 
 # -- classifying CleverTap's answers -------------------------------------------------
@@ -359,15 +369,16 @@ class CleverTapClient:
         )
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+
+    async def send(self, request: Request, on_wire: OnWire | None = None) -> list[Verdict]:
+        """The pipeline's `Sender`: `upload` or `delete`, as the request says."""
+        if request.delete is None:
+            return await self.upload(request.bodies, request.keys, request.resend, on_wire)
+        return await self.delete(request.delete, request.bodies, request.keys, on_wire)
 
     async def upload(
         self,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
 AUTO: Literal["auto"] = "auto"
@@ -99,12 +98,7 @@ class Limit:
         await self.acquire()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.release()
 
     def _take(self) -> None:

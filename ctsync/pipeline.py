@@ -27,13 +27,12 @@ from typing import IO, Any, Protocol, TypeAlias, runtime_checkable
 import orjson
 
 from ctsync.batching import Batch, Lane, Planner, Position
-from ctsync.client import UNKNOWN, OnWire, delete_body, upload_body
+from ctsync.client import UNKNOWN, OnWire, Request, delete_body, upload_body
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, output_error
 from ctsync.options import identity_of
 from ctsync.prepare import (
     Op,
     OpKind,
-    ProfileKey,
     Ready,
     Skipped,
     ValidateMode,
@@ -80,21 +79,9 @@ class Sender(Protocol):
     requests: int
     retries: int
 
-    async def upload(
-        self,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        resend: Sequence[bool],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]: ...
-
-    async def delete(
-        self,
-        key: DeleteKey,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]: ...
+    async def send(self, request: Request, on_wire: OnWire | None = None) -> list[Verdict]:
+        """One verdict per record of `request`, in order; `on_wire` is called when the
+        request may reach CleverTap (see `client.OnWire`)."""
 
 
 @runtime_checkable
@@ -120,25 +107,12 @@ class DryRunSender:
         self.requests = 0
         self.retries = 0
 
-    async def upload(
-        self,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        resend: Sequence[bool],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]:
-        self._emit(b'"/1/upload"', upload_body(bodies))
-        return [ACCEPTED] * len(bodies)
-
-    async def delete(
-        self,
-        key: DeleteKey,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]:
-        self._emit(b'"/1/delete/profiles.json"', delete_body(key, bodies))
-        return [ACCEPTED] * len(bodies)
+    async def send(self, request: Request, on_wire: OnWire | None = None) -> list[Verdict]:
+        if request.delete is None:
+            self._emit(b'"/1/upload"', upload_body(request.bodies))
+        else:
+            self._emit(b'"/1/delete/profiles.json"', delete_body(request.delete, request.bodies))
+        return [ACCEPTED] * len(request.bodies)
 
     def _emit(self, path: bytes, body: bytes) -> None:
         self.requests += 1
@@ -740,12 +714,15 @@ class UploadRun:
                 batch.sent = True
                 self._checkpoint()  # a kill from here on leaves this batch "sent"
 
-        sender = self._sender
+        delete: DeleteKey | None
         if batch.kind is OpKind.UPLOAD:
+            delete = None
             resend = [True] * len(batch) if self._options.retry_unknown else batch.safe
-            return await sender.upload(batch.bodies, batch.keys, resend, on_wire)
-        key: DeleteKey = "identity" if batch.kind is OpKind.DELETE_IDENTITY else "guid"
-        return await sender.delete(key, batch.bodies, batch.keys, on_wire)
+        else:
+            delete = "identity" if batch.kind is OpKind.DELETE_IDENTITY else "guid"
+            resend = [True] * len(batch)  # deleting twice is harmless
+        request = Request(delete, batch.bodies, batch.keys, resend)
+        return await self._sender.send(request, on_wire)
 
     def _settle(self, batch: Batch, verdicts: Sequence[Verdict]) -> None:
         self._queued -= 1

@@ -14,15 +14,13 @@ import select
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import FrameType
 from typing import IO, Protocol, runtime_checkable
 
-from ctsync.client import OnWire
+from ctsync.client import OnWire, Request
 from ctsync.ledger import Verdict
 from ctsync.pipeline import Sender, WaitsForPermits
-from ctsync.prepare import ProfileKey
-from ctsync.records import DeleteKey
 
 
 @runtime_checkable
@@ -69,31 +67,11 @@ class SendCounter:
         if isinstance(self._inner, WaitsForPermits):
             self._inner.stop_waiting()
 
-    async def upload(
-        self,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        resend: Sequence[bool],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]:
-        self.records += len(bodies)
+    async def send(self, request: Request, on_wire: OnWire | None = None) -> list[Verdict]:
+        self.records += len(request.bodies)
         self.in_flight += 1
         try:
-            return await self._inner.upload(bodies, keys, resend, on_wire)
-        finally:
-            self.in_flight -= 1
-
-    async def delete(
-        self,
-        key: DeleteKey,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]:
-        self.records += len(bodies)
-        self.in_flight += 1
-        try:
-            return await self._inner.delete(key, bodies, keys, on_wire)
+            return await self._inner.send(request, on_wire)
         finally:
             self.in_flight -= 1
 

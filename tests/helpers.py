@@ -9,10 +9,9 @@ from typing import Any, Literal
 import httpx
 import orjson
 
-from ctsync.client import OnWire
+from ctsync.client import OnWire, Request
 from ctsync.ledger import Summary, Verdict
-from ctsync.prepare import ProfileKey
-from ctsync.records import DeleteKey, Mapper
+from ctsync.records import Mapper
 
 PASSCODE = "pc-S3CRET-0d9f"
 ACCOUNT_ID = "TEST-ACC-123"
@@ -62,30 +61,16 @@ Kind = Literal["upload", "delete"]
 
 
 class FakeSender:
-    """The pipeline's `Sender` interface for tests: `upload` and `delete` both hand the
+    """The pipeline's `Sender` interface for tests: `send` hands the
     request to `answer`, which each fake overrides (one that takes no deletions asserts
     so there). `requests` and `retries` are what a sender reports."""
 
     requests = 0
     retries = 0
 
-    async def upload(
-        self,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        resend: Sequence[bool],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]:
-        return await self.answer("upload", bodies, on_wire)
-
-    async def delete(
-        self,
-        key: DeleteKey,
-        bodies: Sequence[bytes],
-        keys: Sequence[ProfileKey | None],
-        on_wire: OnWire | None = None,
-    ) -> list[Verdict]:
-        return await self.answer("delete", bodies, on_wire)
+    async def send(self, request: Request, on_wire: OnWire | None = None) -> list[Verdict]:
+        kind: Kind = "upload" if request.delete is None else "delete"
+        return await self.answer(kind, request.bodies, on_wire)
 
     async def answer(
         self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
