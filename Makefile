@@ -48,7 +48,7 @@ soak: venv
 # Mutation testing of the core modules with mutmut (slow, so not part of `make test`): one
 # module at a time against its focused tests, printing each surviving mutant and a score.
 # `make mutate MUTATE=ledger` runs one module; scripts/mutate.sh lists them.
-MUTATE ?= timestamps ledger batching client state rules presets
+MUTATE ?= timestamps ledger batching client state rules presets classic
 mutate: venv
 	$(BIN)/python -m pip install --quiet -e '.[mutate]'
 	bash scripts/mutate.sh $(MUTATE)

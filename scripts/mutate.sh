@@ -3,7 +3,8 @@
 # each against its own focused tests so that a run ends in bounded time (a mutant costs one
 # pytest start, a few seconds). Prints every surviving mutant and a score per module.
 # Usage: scripts/mutate.sh [MODULE...]   (default: every module below)
-# Modules: timestamps batching ledger client state rules presets (classic: presets/classic.py alone)
+# Modules: timestamps batching ledger client state rules presets classic (presets: the
+# package and the actions preset; classic: presets/classic.py)
 # mutmut 2 mutates the file in place (and puts it back): do not edit ctsync/ while it runs,
 # and do not run `mutmut show` or `mutmut results` in this directory meanwhile (they rewrite
 # the cache under the running mutmut, which then hangs).
@@ -22,7 +23,7 @@ declare -A PATHS=(
   [client]=ctsync/client.py
   [state]=ctsync/state.py
   [rules]=ctsync/rules.py
-  [presets]=ctsync/presets/
+  [presets]=ctsync/presets/__init__.py,ctsync/presets/actions.py
   [classic]=ctsync/presets/classic.py
 )
 declare -A TESTS=(
@@ -43,7 +44,7 @@ RUNNER="$BIN/python -c 'import sys, pytest; sys.exit(0 if pytest.main(sys.argv[1
 RUNNER+=" -x -q -p no:cacheprovider -p no:randomly"
 
 modules=("$@")
-[ ${#modules[@]} -eq 0 ] && modules=(timestamps batching ledger client state rules presets)
+[ ${#modules[@]} -eq 0 ] && modules=(timestamps batching ledger client state rules presets classic)
 mkdir -p .mutmut
 status=0
 stop=

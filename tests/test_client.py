@@ -207,7 +207,12 @@ def test_401_stops_with_a_message_naming_all_three_suspects(
     with pytest.raises(AuthError) as caught:
         run_upload(settings, profiles(1))
     message = str(caught.value)
-    assert ACCOUNT_ID in message and "passcode" in message and "region" in message
+    assert message == (
+        "CleverTap refused the credentials (HTTP 401: Account ID is not valid) "
+        f"at {BASE_URL}. Check the account ID ({ACCOUNT_ID}), the passcode, and the region: "
+        "a wrong region also answers 401 (the region shows in your dashboard URL, "
+        "e.g. in1.dashboard.clevertap.com -> --region in1)."
+    )
     assert PASSCODE not in message and PASSCODE not in repr(caught.value)
     assert len(httpx_mock.get_requests()) == 1
 
@@ -263,6 +268,17 @@ def test_lost_answer_is_not_resent_when_events_could_duplicate(
     assert len(httpx_mock.get_requests()) == 1
     assert {v.code for v in verdicts} == {"outcome-unknown"}
     assert verdicts[0].stage is Stage.TRANSPORT
+    assert verdicts[0].message.startswith(
+        "ReadTimeout: timed out after the request was sent; CleverTap may or may not"
+    )
+
+
+def test_a_transport_error_without_a_message_still_says_what_happened(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    httpx_mock.add_exception(httpx.ReadError(""), url=UPLOAD)
+    (verdict,) = run_upload(settings, events(1))
+    assert verdict.message.startswith("ReadError: no detail after the request was sent; ")
 
 
 def test_lost_answer_is_resent_when_the_batch_is_safe_to_repeat(
@@ -453,3 +469,6 @@ def test_timeout_bounds_the_whole_answer_not_each_read(settings: ClientSettings)
     (verdict,), elapsed = asyncio.run(go())
     assert elapsed < 2.0
     assert verdict.code == "outcome-unknown"
+    assert verdict.message.startswith(
+        "no complete answer within 0.5 s after the request was sent; "
+    )
