@@ -68,7 +68,7 @@ for module in "${modules[@]}"; do
   # and put the original back ourselves if a mutant is left in place.
   keep=".mutmut/$module.orig.tar"
   tar -cf "$keep" ${path//,/ }
-  [ -n "${MUTATE_MINUTES:-}" ] && limit=(timeout -s INT -k 1m "${MUTATE_MINUTES}m")
+  [ -n "${MUTATE_MINUTES:-}" ] && limit=(timeout -k 1m "${MUTATE_MINUTES}m")
   # -x: the first failing test kills the mutant; no Hypothesis database between mutants.
   # Job control (-m): the run is a process group of its own, so that its last worker can
   # be waited for, and, unlike a plain background job, it does not ignore SIGINT.
@@ -78,9 +78,10 @@ for module in "${modules[@]}"; do
     >".mutmut/$module.log" 2>&1 &
   group=$!
   set +m
-  # In its own group mutmut does not see the terminal's Ctrl-C: pass it on, and stop
-  # after this module.
-  trap 'stop=1; kill -INT -- "-$group" 2>/dev/null' INT TERM
+  # In its own group mutmut does not see the terminal's Ctrl-C: stop it, and stop after
+  # this module. TERM, not INT: mutmut 2 ignores SIGINT while a mutant's tests run (it
+  # goes on to the next mutant); the mutant it leaves in place is put back below.
+  trap 'stop=1; kill -TERM -- "-$group" 2>/dev/null' INT TERM
   wait "$group"
   while kill -0 "$group" 2>/dev/null; do wait "$group"; done
   trap - INT TERM
@@ -112,7 +113,7 @@ killed = sum(counts.get(s, 0) for s in ("ok_killed", "ok_suspicious", "bad_timeo
 survived = counts.get("bad_survived", 0)
 total = killed + survived
 untested = counts.get("untested", 0)
-late = f", {untested} not run (time limit)" if untested else ""
+late = f", {untested} not run (time limit or stopped)" if untested else ""
 print(f"{module}: {killed}/{total} mutants killed ({survived} survived{late})", flush=True)
 PY
   survivors=$("$BIN/python" -c "import sqlite3; print(*(r[0] for r in sqlite3.connect('.mutmut-cache').execute(\"SELECT id FROM Mutant WHERE status = 'bad_survived' ORDER BY id\")))")
@@ -123,4 +124,5 @@ PY
   cp .mutmut-cache ".mutmut/$module.cache" 2>/dev/null
   [ -n "$stop" ] && break
 done
+[ -n "$stop" ] && exit 130  # stopped by Ctrl-C or SIGTERM: the run is incomplete
 exit $status
