@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from ctsync.mapping import dates_left_as_text
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.records import Delete, Invalid, Skip, Upload
@@ -88,6 +91,24 @@ def test_everything_else_is_skipped_by_type_and_event() -> None:
     assert actions({"type": "track", "event": "Order Completed"}) == Skip("track:Order Completed")
     assert actions({"type": "page", "name": "Home"}) == Skip("page")
     assert actions({"event": "x"}) == Skip("unknown:x")
+
+
+_KINDS = ["track", "page", "screen", "group", "alias", "", None, 7]
+_EVENTS = ["Order Completed", "Signed Up", "", None, ["a list"]]
+
+
+@given(st.lists(st.tuples(st.sampled_from(_KINDS), st.sampled_from(_EVENTS)), max_size=30))
+def test_one_mapper_names_every_skipped_message_by_its_own_type_and_event(
+    pairs: list[tuple[object, object]],
+) -> None:
+    """The mapper reuses one Skip per (type, event) it has seen: each message must still
+    be counted under its own type and event, however the messages before it differ."""
+    mapper = build_preset(Preset.ACTIONS, MappingOptions())
+    for kind, event in pairs:
+        message: dict[str, object] = {"type": kind, "event": event}
+        name = kind if isinstance(kind, str) and kind else "unknown"
+        expected = f"{name}:{event}" if isinstance(event, str) and event else name
+        assert mapper(message) == Skip(expected)
 
 
 def test_reserved_keys_and_operations_reach_clevertap_as_written() -> None:
