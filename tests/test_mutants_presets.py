@@ -207,7 +207,8 @@ def test_charged_keeps_the_unused_amount_field_and_counts_products_left_out(
 
 # -- device tokens (README, presets table) --------------------------------------------
 # A token record needs a token (a non-empty string) and an objectId (the anonymousId, a
-# non-empty string); without the objectId it is counted as "token:no-objectId".
+# non-empty string); without the objectId it is counted as "token:no-objectId", and a
+# token that is not text as "token:not-a-string".
 
 
 @pytest.mark.parametrize(
@@ -217,6 +218,9 @@ def test_charged_keeps_the_unused_amount_field_and_counts_products_left_out(
         (None, "a1", {}),
         ("tok-1", "", {"token:no-objectId": 1}),
         ("tok-1", None, {"token:no-objectId": 1}),
+        # README: "every token that cannot be sent is counted"; a token is text
+        (12345, "a1", {"token:not-a-string": 1}),
+        ({"id": "tok-1"}, "a1", {"token:not-a-string": 1}),
     ],
 )
 def test_no_token_record_without_a_token_and_an_object_id(

@@ -182,6 +182,12 @@ def mapping_notes(dropped: Counter[str], fine_dates: Counter[str]) -> list[str]:
             f"{unknown_device:,} device tokens were not sent: the device type is neither android "
             "nor an Apple platform (dropped_values: token:unknown-device-type)"
         )
+    not_text = dropped.get("token:not-a-string", 0)
+    if not_text:
+        notes.append(
+            f"{not_text:,} device tokens were not sent: context.device.token is not a string "
+            "(dropped_values: token:not-a-string)"
+        )
     if fine_dates:
         names = ", ".join(f"{name}: {count:,}" for name, count in fine_dates.most_common(5))
         more = f" and {len(fine_dates) - 5} more" if len(fine_dates) > 5 else ""

@@ -27,9 +27,10 @@ classic destination used as objectId) with the standard `Identity` key set to `u
 the anonymous profile gains the identity, and later uploads by `userId` reach it. With
 `link_anonymous` an identify carrying both ids does the same.
 
-Token records need an objectId: a message with a device token but no anonymousId, or a
-device type other than android or an Apple platform, gives no token record; it is
-counted in `dropped` as `token:no-objectId` or `token:unknown-device-type`.
+Token records need an objectId: a message with a device token but no anonymousId, a
+device type other than android or an Apple platform, or a token that is not text gives no
+token record; it is counted in `dropped` as `token:no-objectId`,
+`token:unknown-device-type` or `token:not-a-string`.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ TOKEN_TYPES: Final = {
 }
 TOKEN_WITHOUT_OBJECT_ID: Final = "token:no-objectId"
 TOKEN_OF_UNKNOWN_DEVICE: Final = "token:unknown-device-type"
+TOKEN_NOT_A_STRING: Final = "token:not-a-string"
 PAGE_EVENT: Final = "Web Page Viewed"
 SCREEN_EVENT: Final = "App Screen Viewed"
 ORDER_COMPLETED: Final = "order completed"  # compared lower-cased, as RudderStack does
@@ -342,7 +344,10 @@ class ClassicMapper:
         if not isinstance(device, dict):
             return None
         token = device.get("token")
-        if not (isinstance(token, str) and token):
+        if token is None or token == "":
+            return None
+        if not isinstance(token, str):
+            self._shaper.dropped[TOKEN_NOT_A_STRING] += 1
             return None
         object_id = message.get("anonymousId")
         if not isinstance(object_id, str) or not object_id:
