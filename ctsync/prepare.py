@@ -27,7 +27,16 @@ from ctsync.records import (
     Upload,
     skip_reason,
 )
-from ctsync.rules import Fix, Fixed, check_upload, fix_upload
+from ctsync.rules import Fix, check_upload, fix_upload
+
+
+class Fixed(NamedTuple):
+    """A record to send in place of the one checked (`--validate fix`), and the fixes
+    that made it."""
+
+    record: CleverTapRecord
+    fixes: tuple[Fix, ...]
+
 
 Validator = Callable[[CleverTapRecord], Invalid | Fixed | None]
 """CleverTap's data rules for one upload record: None when it may be sent; with

@@ -52,7 +52,6 @@ DEFAULT_MAX_EVENT_PROPERTIES: Final = 256
 MAX_CHARGED_ITEMS: Final = 50
 
 IDENTIFIERS: Final = ("identity", "objectId", "FBID", "GPID")
-RECORD_TYPES: Final = frozenset({"profile", "event", "token"})
 TOKEN_TYPES: Final = frozenset({"fcm", "apns", "gcm"})
 
 _FORBIDDEN_KEY: Final = re.compile(r"""[%><!|&.:;$'"\\#]""")
@@ -421,14 +420,6 @@ class Fix:
     field: str
     code: str
     message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Fixed:
-    """A record to send in place of the one checked, and the fixes that made it."""
-
-    record: CleverTapRecord
-    fixes: tuple[Fix, ...]
 
 
 def fix_upload(

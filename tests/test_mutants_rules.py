@@ -48,10 +48,43 @@ def test_the_three_token_types_are_valid(kind: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [{"$add": ["a"]}, {"$remove": ["a"]}, {"$incr": 1}, {"$decr": 2}, {"$delete": 1}],
+    [
+        {"$add": ["a"]},
+        {"$remove": ["a"]},
+        {"$incr": 1},
+        {"$decr": 2},
+        {"$delete": 1},
+        {"$set": "$D_1136225047"},  # README: "$set" is one of the operations sent as written
+    ],
 )
 def test_each_documented_operator_is_an_operation(value: dict[str, Any]) -> None:
     assert profile_operation(value) == next(iter(value))
+
+
+# CleverTap's system events (the "System Events" table of docs.clevertap.com/docs/events;
+# clevertap-api.md names five of them as examples): raising one is refused with 513,
+# whatever its case and spacing.
+SYSTEM_EVENTS = [
+    "App Installed",
+    "App Launched",
+    "App Uninstalled",
+    "Notification Sent",
+    "Notification Viewed",
+    "Notification Clicked",
+    "Push Impressions",
+    "UTM Visited",
+    "Stayed",
+    "Session Concluded",
+    "Geocluster Entered",
+    "Geocluster Exited",
+]
+
+
+@pytest.mark.parametrize("name", SYSTEM_EVENTS)
+def test_a_system_event_cannot_be_raised(name: str) -> None:
+    for written in (name, name.upper(), name.replace(" ", "")):
+        event = {"type": "event", "identity": "u1", "evtName": written}
+        assert [v.code for v in check_upload(event)] == ["513"]
 
 
 @pytest.mark.parametrize(
