@@ -21,6 +21,7 @@ from ctsync.client import (
     Attempt,
     CleverTapClient,
     Next,
+    Request,
     classify,
     retry_after_seconds,
     upload_steps,
@@ -506,3 +507,69 @@ def test_out_of_retries_a_record_that_got_555_keeps_its_555(
     assert (first.outcome, first.code) == (Outcome.REJECTED, "555")
     assert first.message == "Try later. (gave up after 1 attempts)"
     assert (second.outcome, second.code) == (Outcome.FAILED, "outcome-unknown")
+
+
+# -- survivors of the client run after the one-sender change (mutants 250, 266, 292, 346)
+
+
+def test_code_555_is_retried_once_at_once_even_with_no_retries_left(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    """README: per-record rejections are never retried, except code 555, retried once for
+    that record alone. That one retry is not one of `--max-retries` (which are for
+    requests CleverTap did not take) and waits for no backoff: the batch was taken."""
+    no_retries = dataclasses.replace(
+        settings, retry=dataclasses.replace(settings.retry, max_retries=0)
+    )
+    transient = {"status": "fail", "code": 555, "error": "Try later. Skipped record number : 1"}
+    httpx_mock.add_response(
+        url=UPLOAD, json={"status": "success", "processed": 1, "unprocessed": [transient]}
+    )
+    httpx_mock.add_response(url=UPLOAD, json=success(1))
+    sleeps = Sleeps()
+    assert run_upload(no_retries, events(2), sleeps) == [ACCEPTED, ACCEPTED]
+    assert len(httpx_mock.get_requests()) == 2
+    assert sleeps.delays == []
+
+
+def test_send_posts_an_upload_or_a_deletion_as_the_request_says(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    """The pipeline sends through `send`: an upload goes to /1/upload with its records, a
+    deletion to /1/delete/profiles.json with its identities."""
+    httpx_mock.add_response(url=UPLOAD, json=success(2))
+    httpx_mock.add_response(url=f"{BASE_URL}/1/delete/profiles.json", json=success(2))
+    records = events(2)
+    upload = Request(None, [orjson.dumps(r) for r in records], KEYS2, [False, False])
+    delete = Request("identity", [b'"a"', b'"b"'], ["a", "b"], [True, True])
+
+    async def go() -> list[list[Verdict]]:
+        async with CleverTapClient(settings, sleep=Sleeps()) as client:
+            return [await client.send(upload), await client.send(delete)]
+
+    assert asyncio.run(go()) == [[ACCEPTED, ACCEPTED], [ACCEPTED, ACCEPTED]]
+    sent = [(r.url.path, orjson.loads(r.content)) for r in httpx_mock.get_requests()]
+    assert sent == [
+        ("/1/upload", {"d": records}),
+        ("/1/delete/profiles.json", {"identity": ["a", "b"]}),
+    ]
+
+
+class Closing(httpx.AsyncBaseTransport):
+    """A transport that answers every upload and remembers being closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=success(2))
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_leaving_the_client_closes_its_connections(settings: ClientSettings) -> None:
+    # A run that opens a client per job (cron, library use) must not leak sockets.
+    transport = Closing()
+    assert deliver(settings, transport)[0] == [ACCEPTED, ACCEPTED]
+    assert transport.closed
