@@ -233,6 +233,23 @@ def test_no_token_record_without_a_token_and_an_object_id(
     assert dropped_values(mapper) == dropped
 
 
+def test_a_token_lands_on_the_profile_its_message_names() -> None:
+    # An integer anonymousId is the objectId "42" of the anonymous user's own records
+    # (as userId is sent as its decimal string); its token must go to that profile.
+    message = {**app_opened({"device": {"token": "tok-1", "type": "android"}}, 42)}
+    del message["userId"]
+    mapper = classic_mapper(MappingOptions())
+    result = mapper(message)
+    assert isinstance(result, list)
+    records = [op.record for op in result if isinstance(op, Upload)]
+    assert [(r["type"], r["objectId"]) for r in records] == [("event", "42"), ("token", "42")]
+    assert dropped_values(mapper) == {}
+    # one that cannot be an id (a fraction) is no objectId, and is counted
+    fraction = mapper(app_opened({"device": {"token": "tok-1", "type": "android"}}, 4.5))
+    assert tokens_in(fraction) == []
+    assert dropped_values(mapper) == {"token:no-objectId": 1}
+
+
 def test_a_token_is_sent_once_per_profile_and_device_token_in_a_run() -> None:
     # classic.py's docstring: "a token record, once per device token and profile per run".
     mapper = classic_mapper(MappingOptions())

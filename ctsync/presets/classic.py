@@ -349,8 +349,10 @@ class ClassicMapper:
         if not isinstance(token, str):
             self._shaper.dropped[TOKEN_NOT_A_STRING] += 1
             return None
-        object_id = message.get("anonymousId")
-        if not isinstance(object_id, str) or not object_id:
+        # The objectId the message's own records carry (an integer anonymousId as its
+        # decimal string), so that the token lands on the same profile.
+        object_id = identity_of(message.get("anonymousId"), "anonymousId")
+        if isinstance(object_id, Invalid):
             # CleverTap takes tokens by objectId only (530): a server-side message
             # without anonymousId cannot carry one.
             self._shaper.dropped[TOKEN_WITHOUT_OBJECT_ID] += 1
