@@ -144,22 +144,22 @@ def test_tokens_that_cannot_be_sent_are_counted_and_noted_once(tmp_path: Path) -
     }
     web = {**server_side, "anonymousId": "a1", "context": {"device": {"token": "t", "type": "web"}}}
     number = {**web, "context": {"device": {"token": 12345, "type": "android"}}}
-    path = write(tmp_path / "in.ndjson", [server_side, server_side, web, number])
+    path = write(tmp_path / "in.ndjson", [server_side, server_side, web, number, number])
     code, summary, _, requests = upload(tmp_path, str(path), "--preset", "classic")
     assert code == 0
-    assert summary["accepted"] == 4
+    assert summary["accepted"] == 5
     assert summary["dropped_values"] == {
         "token:no-objectId": 2,
         "token:unknown-device-type": 1,
-        "token:not-a-string": 1,
+        "token:not-a-string": 2,
     }
-    assert [r["type"] for r in sent_records(requests)] == ["profile"] * 4
+    assert [r["type"] for r in sent_records(requests)] == ["profile"] * 5
     token_notes = [note for note in summary["notes"] if "device tokens" in note]
     assert len(token_notes) == 3
     assert token_notes[0].startswith("2 device tokens were not sent")
     assert "anonymousId" in token_notes[0] and "objectId" in token_notes[0]
     assert token_notes[1].startswith("1 device tokens were not sent")
-    assert token_notes[2].startswith("1 device tokens were not sent: context.device.token is")
+    assert token_notes[2].startswith("2 device tokens were not sent: context.device.token is")
 
 
 def test_dates_left_as_text_are_counted_and_the_option_named_once(tmp_path: Path) -> None:
