@@ -714,13 +714,11 @@ class UploadRun:
                 batch.sent = True
                 self._checkpoint()  # a kill from here on leaves this batch "sent"
 
-        delete: DeleteKey | None
-        if batch.kind is OpKind.UPLOAD:
-            delete = None
-            resend = [True] * len(batch) if self._options.retry_unknown else batch.safe
-        else:
+        delete: DeleteKey | None = None
+        if batch.kind is not OpKind.UPLOAD:
             delete = "identity" if batch.kind is OpKind.DELETE_IDENTITY else "guid"
-            resend = [True] * len(batch)  # deleting twice is harmless
+        # A deletion's operations are all safe (see `prepare.encode`).
+        resend = [True] * len(batch) if self._options.retry_unknown else batch.safe
         request = Request(delete, batch.bodies, batch.keys, resend)
         return await self._sender.send(request, on_wire)
 
