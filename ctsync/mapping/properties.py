@@ -27,7 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -166,28 +166,23 @@ def dates_left_as_text(mapper: Mapper) -> Counter[str]:
     return counter if isinstance(counter, Counter) else Counter()
 
 
+# Why a device token was not sent, by its `dropped` reason (see `presets.classic`).
+_TOKEN_NOTES: Final = {
+    "token:no-objectId": "their messages have no anonymousId, and CleverTap takes tokens "
+    "only by objectId",
+    "token:unknown-device-type": "the device type is neither android nor an Apple platform",
+    "token:not-a-string": "context.device.token is not a string",
+}
+
+
 def mapping_notes(dropped: Counter[str], fine_dates: Counter[str]) -> list[str]:
     """The summary's notes on what mapping left out or unconverted, once per run: device
     tokens that could not be sent, and date-times left as text."""
     notes: list[str] = []
-    no_object_id = dropped.get("token:no-objectId", 0)
-    unknown_device = dropped.get("token:unknown-device-type", 0)
-    if no_object_id:
-        notes.append(
-            f"{no_object_id:,} device tokens were not sent: their messages have no anonymousId, "
-            "and CleverTap takes tokens only by objectId (dropped_values: token:no-objectId)"
-        )
-    if unknown_device:
-        notes.append(
-            f"{unknown_device:,} device tokens were not sent: the device type is neither android "
-            "nor an Apple platform (dropped_values: token:unknown-device-type)"
-        )
-    not_text = dropped.get("token:not-a-string", 0)
-    if not_text:
-        notes.append(
-            f"{not_text:,} device tokens were not sent: context.device.token is not a string "
-            "(dropped_values: token:not-a-string)"
-        )
+    for reason, why in _TOKEN_NOTES.items():
+        count = dropped.get(reason, 0)
+        if count:
+            notes.append(f"{count:,} device tokens were not sent: {why} (dropped_values: {reason})")
     if fine_dates:
         names = ", ".join(f"{name}: {count:,}" for name, count in fine_dates.most_common(5))
         more = f" and {len(fine_dates) - 5} more" if len(fine_dates) > 5 else ""
