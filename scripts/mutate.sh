@@ -46,7 +46,6 @@ RUNNER+=" -x -q -p no:cacheprovider -p no:randomly"
 modules=("$@")
 [ ${#modules[@]} -eq 0 ] && modules=(timestamps batching ledger client state rules presets classic)
 mkdir -p .mutmut
-status=0
 stop=
 for module in "${modules[@]}"; do
   path=${PATHS[$module]:-}
@@ -62,16 +61,15 @@ for module in "${modules[@]}"; do
     rm -f .mutmut-cache
   fi
   limit=()
-  # On SIGINT mutmut's main process exits, but its worker process (which writes each
-  # mutant into the source and puts the original back from FILE.bak) can outlive it or
-  # die between the two: keep a copy of the sources, wait for every process of the run,
-  # and put the original back ourselves if a mutant is left in place.
+  # mutmut writes each mutant into the source and puts the original back from FILE.bak;
+  # stopped (Ctrl-C, the time limit) it can leave a mutant in place: keep a copy of the
+  # sources, wait for every process of the run, and put the original back ourselves.
   keep=".mutmut/$module.orig.tar"
   tar -cf "$keep" ${path//,/ }
   [ -n "${MUTATE_MINUTES:-}" ] && limit=(timeout -k 1m "${MUTATE_MINUTES}m")
   # -x: the first failing test kills the mutant; no Hypothesis database between mutants.
-  # Job control (-m): the run is a process group of its own, so that its last worker can
-  # be waited for, and, unlike a plain background job, it does not ignore SIGINT.
+  # Job control (-m): the run is a process group of its own, so that all of it can be
+  # stopped and waited for.
   set -m
   "${limit[@]}" nice "$BIN/mutmut" run --paths-to-mutate "$path" --tests-dir tests \
     --no-progress --runner "$RUNNER ${TESTS[$module]}" \
@@ -125,4 +123,4 @@ PY
   [ -n "$stop" ] && break
 done
 [ -n "$stop" ] && exit 130  # stopped by Ctrl-C or SIGTERM: the run is incomplete
-exit $status
+exit 0
