@@ -166,7 +166,10 @@ def upload(
     state file). With `handle_signals`, Ctrl-C and SIGTERM stop the run gracefully.
 
     `job.workers` processes prepare the records (see `ctsync.workers`)."""
-    workers = Workers(count=job.workers, recipe=job.recipe, **tuning())
+    block_bytes, start_after = tuning()
+    workers = Workers(
+        count=job.workers, recipe=job.recipe, block_bytes=block_bytes, start_after=start_after
+    )
     tokens: set[tuple[str, str]] = set()  # one set for this process and the workers
     mapper = job.build_mapper(tokens)
     validator = job.build_validator()

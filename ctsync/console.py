@@ -3,6 +3,7 @@ summary (all on stderr)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -20,6 +21,15 @@ from ctsync.ledger import Summary
 from ctsync.stopping import SendCounter
 
 PLAIN_INTERVAL = 10.0  # seconds between two plain progress lines (cron logs stay readable)
+
+
+def plain_interval() -> float:
+    """`PLAIN_INTERVAL`, or `CTSYNC_PROGRESS_INTERVAL` seconds when set (for tests, which
+    wait for a line instead of ten seconds; not a user setting)."""
+    try:
+        return max(0.01, float(os.environ["CTSYNC_PROGRESS_INTERVAL"]))
+    except (KeyError, ValueError):
+        return PLAIN_INTERVAL
 
 
 def plural(count: int, word: str, words: str | None = None) -> str:
@@ -166,10 +176,10 @@ class PlainProgress(RunView):
     `interval` seconds, no cursor movement."""
 
     def __init__(
-        self, console: Console, total_bytes: int | None, interval: float = PLAIN_INTERVAL
+        self, console: Console, total_bytes: int | None, interval: float | None = None
     ) -> None:
         super().__init__(console, total_bytes)
-        self._interval = interval
+        self._interval = plain_interval() if interval is None else interval
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._tick, name="ctsync-progress", daemon=True)
 

@@ -74,19 +74,18 @@ KIND_CODES: Final = {OpKind.UPLOAD: 0, OpKind.DELETE_IDENTITY: 1, OpKind.DELETE_
 KINDS: Final = (OpKind.UPLOAD, OpKind.DELETE_IDENTITY, OpKind.DELETE_GUID)
 
 
-def tuning() -> dict[str, int]:
-    """Block size and start threshold from `CTSYNC_WORKER_BLOCK_BYTES` and
+def tuning() -> tuple[int, int]:
+    """Block size and start threshold, from `CTSYNC_WORKER_BLOCK_BYTES` and
     `CTSYNC_WORKER_START_AFTER` when set: for tests and benchmarks that need workers on
     small inputs. Not a user setting."""
-    found: dict[str, int] = {}
-    for name, key in (
-        ("CTSYNC_WORKER_BLOCK_BYTES", "block_bytes"),
-        ("CTSYNC_WORKER_START_AFTER", "start_after"),
+    found = []
+    for name, default in (
+        ("CTSYNC_WORKER_BLOCK_BYTES", BLOCK_BYTES),
+        ("CTSYNC_WORKER_START_AFTER", START_AFTER),
     ):
         value = os.environ.get(name, "")
-        if value.isdigit():
-            found[key] = int(value)
-    return found
+        found.append(int(value) if value.isdigit() else default)
+    return found[0], found[1]
 
 
 def default_workers() -> int:
@@ -142,13 +141,18 @@ class Recipe:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Workers:
-    """`--workers`: how many processes prepare records, and how blocks are cut."""
+    """`--workers`: how many processes prepare records, and how blocks are cut.
+
+    `pool`: worker processes started by the caller (`start_pool`) and shared by several
+    runs, which then neither start nor stop processes of their own; otherwise each run
+    starts its own `count` processes once it needs them and stops them at its end."""
 
     count: int
     recipe: Recipe
     block_bytes: int = BLOCK_BYTES
     start_after: int = START_AFTER
     in_flight: int = 0  # blocks handed out and not yet taken back; 0: twice `count`
+    pool: WorkerPool | None = None
 
     @property
     def window(self) -> int:
@@ -284,6 +288,27 @@ def _orphaned(lifeline: Connection) -> None:
 # -- the main side -----------------------------------------------------------------------
 
 
+class WorkerPool(ProcessPoolExecutor):
+    """Worker processes that end with this process, however it ends (see `_orphaned`)."""
+
+    def __init__(self, count: int) -> None:
+        # `spawn`: fresh interpreters, children of this process. `fork` would copy the
+        # event loop's threads and the state file's lock; a fork server dies of a SIGTERM
+        # sent to the process group, and the pool with it.
+        context = multiprocessing.get_context("spawn")
+        lifeline, self._lifeline = context.Pipe(duplex=False)
+        super().__init__(count, mp_context=context, initializer=_start_worker, initargs=(lifeline,))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        self._lifeline.close()  # closed: any worker still there ends
+
+
+def start_pool(count: int) -> WorkerPool:
+    """`count` worker processes, started as they are first needed."""
+    return WorkerPool(count)
+
+
 class Preparer:
     """Hands out blocks: to this process until `start_after` bytes, then to the workers.
 
@@ -294,8 +319,8 @@ class Preparer:
         self.workers = workers
         self._run = uuid.uuid4().hex
         self._local: Stage | None = None
-        self._pool: ProcessPoolExecutor | None = None
-        self._lifeline: Connection | None = None  # closed: the workers end
+        self._pool: WorkerPool | None = None
+        self._own = False  # the pool was started for this run (and is stopped with it)
         self._here = 0  # bytes prepared in this process
 
     @property
@@ -311,17 +336,8 @@ class Preparer:
                 self._local = Stage(self.workers.recipe)
             return self._local.block(block, resume)
         if self._pool is None:
-            # `spawn`: fresh interpreters, children of this process. `fork` would copy
-            # the event loop's threads and the state file's lock; a fork server dies of
-            # a SIGTERM sent to the process group, and the pool with it.
-            context = multiprocessing.get_context("spawn")
-            lifeline, self._lifeline = context.Pipe(duplex=False)
-            self._pool = ProcessPoolExecutor(
-                self.workers.count,
-                mp_context=context,
-                initializer=_start_worker,
-                initargs=(lifeline,),
-            )
+            self._own = self.workers.pool is None
+            self._pool = self.workers.pool or start_pool(self.workers.count)
         try:
             with _quiet_start():  # a submit may start a worker process
                 return self._pool.submit(
@@ -331,13 +347,11 @@ class Preparer:
             raise worker_died() from None
 
     def close(self) -> None:
-        """Stop the workers (blocks not yet started are dropped)."""
-        if self._pool is not None:
+        """Stop the workers (blocks not yet started are dropped); a pool the caller
+        gave is left running for its next run."""
+        if self._pool is not None and self._own:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        if self._lifeline is not None:
-            self._lifeline.close()
-            self._lifeline = None
+        self._pool = None
 
 
 _GROUP_SIGNALS: Final = {signal.SIGINT, signal.SIGTERM}
@@ -409,8 +423,10 @@ __all__ = [
     "Preparer",
     "Recipe",
     "WorkerError",
+    "WorkerPool",
     "Workers",
     "default_workers",
     "mapping_mapper",
     "preset_mapper",
+    "start_pool",
 ]

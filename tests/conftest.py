@@ -8,6 +8,7 @@ after each test; a test that uses another secret adds it to the list it yields.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Generator, Iterator
@@ -15,11 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from typer.testing import CliRunner, Result
 
 from ctsync import redact
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
-from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE
+from ctsync.workers import WorkerPool, start_pool
+from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, QUICK_EXAMPLES, THOROUGH_EXAMPLES
+
+# Two Hypothesis profiles, one per tier: `quick` for `make test` (every property checked at a
+# few examples, seconds each) and `thorough` for `make test-all` (CI). A test that needs a
+# different count scales it with `tests.helpers.examples`. HYPOTHESIS_PROFILE picks one.
+hypothesis_settings.register_profile("quick", max_examples=QUICK_EXAMPLES, deadline=None)
+hypothesis_settings.register_profile("thorough", max_examples=THOROUGH_EXAMPLES, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 # Files a test writes on purpose with the passcode in them (the input of --passcode-file).
 _PASSCODE_INPUTS = ("passcode",)
@@ -34,6 +44,16 @@ def settings() -> ClientSettings:
         concurrency=4,
         retry=RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.01),
     )
+
+
+@pytest.fixture(scope="session")
+def worker_pool() -> Iterator[WorkerPool]:
+    """Two worker processes shared by the tests that run many examples with workers (a
+    new pool per example spends most of its time starting interpreters). Tests that kill
+    workers start their own."""
+    pool = start_pool(2)
+    yield pool
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 # The whole suite runs in a time zone that is not UTC, so that a date read as local time

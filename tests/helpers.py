@@ -8,10 +8,23 @@ from typing import Any, Literal
 
 import httpx
 import orjson
+from hypothesis import settings
 
 from ctsync.client import OnWire, Request
 from ctsync.ledger import Summary, Verdict
 from ctsync.records import Mapper
+
+QUICK_EXAMPLES = 20
+"""Hypothesis examples per property in the fast tier (`make test`)."""
+THOROUGH_EXAMPLES = 100
+"""... and in the slow tier (`make test-all`): Hypothesis's own default, as before the tiers."""
+
+
+def examples(thorough: int) -> int:
+    """Examples for a property that runs `thorough` of them in the slow tier: the same
+    share of it as the loaded profile's count (at least 5)."""
+    return max(5, thorough * settings().max_examples // THOROUGH_EXAMPLES)
+
 
 PASSCODE = "pc-S3CRET-0d9f"
 ACCOUNT_ID = "TEST-ACC-123"

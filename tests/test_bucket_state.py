@@ -214,6 +214,7 @@ def test_many_finished_objects_are_counted_not_listed_one_by_one(
     assert len(finished) == 21
 
 
+@pytest.mark.slow
 @examples(
     max_examples=8,
     deadline=None,

@@ -185,6 +185,7 @@ def test_s3_single_object_and_the_standard_endpoint_variable(
     assert (code, summary["read"]) == (0, 1)
 
 
+@pytest.mark.slow
 def test_s3_prefix_of_thousands_of_objects_is_listed_across_pages(s3_url: str) -> None:
     s3 = s3_client(s3_url)
     bucket = new_bucket(s3, "many")

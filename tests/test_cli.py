@@ -669,6 +669,26 @@ class Terminal:
     def type(self, data: bytes) -> None:
         os.write(self.fd, data)
 
+    def wait_until_read(self, typed: bytes, timeout: float = 30) -> None:
+        """Until ctsync has taken what was typed: the terminal echoed it (so its input
+        queue holds it), then that queue is empty."""
+        import fcntl
+        import termios
+
+        self.expect(typed.decode().strip(), timeout)
+        terminal = os.open(os.readlink(f"/proc/{self.pid}/fd/0"), os.O_RDONLY | os.O_NOCTTY)
+        try:
+            deadline = time.monotonic() + timeout  # a guard against a hang, not a measure
+            waiting = bytearray(4)
+            while True:
+                fcntl.ioctl(terminal, termios.FIONREAD, waiting)
+                if int.from_bytes(waiting, sys.byteorder) == 0:
+                    return
+                assert time.monotonic() < deadline, f"input never read:\n{self.screen()}"
+                self._pump(0.01)
+        finally:
+            os.close(terminal)
+
     def wait(self, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -708,7 +728,7 @@ def test_stdin_from_a_terminal_says_so_and_ctrl_c_works(key: bytes, code: int) -
     term = Terminal("upload", "--dry-run", "--json", env=clean_env(TERM="dumb"))
     term.expect("reading Segment messages from standard input (Ctrl-D to finish, Ctrl-C to stop)")
     term.type(IDENTIFY_LINE)
-    time.sleep(0.5)
+    term.wait_until_read(IDENTIFY_LINE)  # else Ctrl-C could come before ctsync took it
     term.type(key)
     assert term.wait() == code, term.screen()
     summary = term.json()
@@ -736,15 +756,18 @@ def test_mappings_check_from_a_terminal_says_so_and_checks_each_line_as_typed(
 
 
 @contextlib.contextmanager
-def slow_server_run(
-    export: Path, *extra: str, latency_ms: int
-) -> Iterator[tuple[subprocess.Popen[str], Any]]:
-    """`ctsync upload EXPORT --batch-size 1 EXTRA` against a sandbox answering after
-    `latency_ms`; the process is killed and the sandbox stopped at the end."""
-    from ctsync.sandbox import SandboxConfig, running_sandbox
+def held_run(export: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], Any]]:
+    """`ctsync upload EXPORT --batch-size 1 EXTRA` against a sandbox that holds every
+    answer until the test releases it; the process is killed and the sandbox stopped at
+    the end. Plain progress lines come every 0.05 s instead of every 10 s."""
+    from ctsync.sandbox import running_sandbox
 
-    with running_sandbox(SandboxConfig(latency_ms=latency_ms)) as sandbox:
-        env = clean_env(CLEVERTAP_ACCOUNT_ID="sandbox", CLEVERTAP_PASSCODE="sandbox", NO_PROXY="*")
+    with running_sandbox() as sandbox:
+        sandbox.hold()
+        env = clean_env(
+            CLEVERTAP_ACCOUNT_ID="sandbox", CLEVERTAP_PASSCODE="sandbox", NO_PROXY="*",
+            CTSYNC_PROGRESS_INTERVAL="0.05",
+        )  # fmt: skip
         process = subprocess.Popen(
             [sys.executable, "-m", "ctsync", "upload", str(export), "--endpoint", sandbox.url,
              "--batch-size", "1", *extra],
@@ -755,24 +778,44 @@ def slow_server_run(
         finally:
             process.kill()
             process.communicate()
+            sandbox.release()
 
 
 def wait_for_in_flight(sandbox: Any, count: int, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a guard against a hang, not a measure
     while sandbox.stats().in_flight.get("upload", 0) < count:
         assert process.poll() is None, "the run ended before sending"
         assert time.monotonic() < deadline, "the requests never arrived"
         time.sleep(0.02)
 
 
+def stderr_until(process: subprocess.Popen[str], wanted: str) -> str:
+    """What the process wrote to stderr, up to and including a line containing `wanted`."""
+    assert process.stderr is not None
+    fd, seen = process.stderr.fileno(), b""
+    deadline = time.monotonic() + 60  # a guard against a hang, not a measure
+    while wanted.encode() not in seen:
+        assert time.monotonic() < deadline, f"never printed {wanted!r}; got {seen!r}"
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"stderr closed before {wanted!r}; got {seen!r}"
+            seen += chunk
+    return seen.decode()
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_the_first_signal_says_what_it_waits_for(export: Path, sig: int, code: int) -> None:
-    """Two identify records, one per request, each answered after 3 s: a first signal
-    while they are in flight names them, the drain deadline and the second Ctrl-C."""
-    with slow_server_run(export, "--json", latency_ms=3000) as (process, sandbox):
+    """Two identify records, one per request, held by the sandbox: a first signal while
+    they are in flight names them, the drain deadline and the second Ctrl-C; released,
+    they finish."""
+    with held_run(export, "--json") as (process, sandbox):
         wait_for_in_flight(sandbox, 2, process)
         process.send_signal(sig)
+        before = stderr_until(process, "press Ctrl-C again to stop now")
+        sandbox.release()
         stdout, stderr = process.communicate(timeout=60)
+    stderr = before + stderr
     assert process.returncode == code, stderr
     what = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
     assert (
@@ -782,13 +825,19 @@ def test_the_first_signal_says_what_it_waits_for(export: Path, sig: int, code: i
     assert orjson.loads(stdout)["accepted"] == 2  # the drain let them finish
 
 
-def test_progress_on_a_pipe_is_a_plain_line_every_10_seconds(export: Path) -> None:
-    """`--progress` into a log: no cursor movement, one labelled line after 10 s."""
-    with slow_server_run(export, "--progress", "--json", latency_ms=11_000) as (process, _):
+def test_progress_on_a_pipe_is_a_plain_line_at_each_interval(export: Path) -> None:
+    """`--progress` into a log: no cursor movement, labelled lines at each interval
+    (10 s for people; shortened for the test), while the requests are in flight."""
+    with held_run(export, "--progress", "--json") as (process, sandbox):
+        wait_for_in_flight(sandbox, 2, process)
+        before = stderr_until(process, "sent 2")
+        sandbox.release()
         _, stderr = process.communicate(timeout=60)
+    stderr = before + stderr
     assert process.returncode == 0, stderr
     assert "\x1b" not in stderr, "no control sequences in a log"
-    (line,) = [line for line in stderr.splitlines() if line.startswith("ctsync: read")]
+    line = next(line for line in stderr.splitlines() if "sent 2" in line)
+    assert line.startswith("ctsync: read")
     for label in ("read 3", "sent 2", "accepted 0", "invalid 0", "skipped 1", "failed 0"):
         assert label in line
     assert "rec/s" in line and "MB" in line and re.search(r"eta \d+:\d\d:\d\d", line)
@@ -797,9 +846,10 @@ def test_progress_on_a_pipe_is_a_plain_line_every_10_seconds(export: Path) -> No
 def test_live_progress_at_a_terminal_is_labelled_and_counts_down_while_stopping(
     export: Path,
 ) -> None:
-    from ctsync.sandbox import SandboxConfig, running_sandbox
+    from ctsync.sandbox import running_sandbox
 
-    with running_sandbox(SandboxConfig(latency_ms=8000)) as sandbox:
+    with running_sandbox() as sandbox:
+        sandbox.hold()
         env = clean_env(
             CLEVERTAP_ACCOUNT_ID="sandbox", CLEVERTAP_PASSCODE="sandbox", NO_PROXY="*",
             TERM="xterm", COLUMNS="160",
@@ -813,6 +863,7 @@ def test_live_progress_at_a_terminal_is_labelled_and_counts_down_while_stopping(
         term.type(b"\x03")
         term.expect("waiting up to 30 s for 2 requests in flight")
         term.expect("stopping: 2 requests in flight, 0:00:")
+        sandbox.release()
         assert term.wait() == 130
 
 

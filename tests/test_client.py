@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Sequence
 
 import httpx
@@ -438,15 +437,16 @@ def test_answers_that_do_not_add_up_confirm_nothing() -> None:
 
 
 def test_timeout_bounds_the_whole_answer_not_each_read(settings: ClientSettings) -> None:
-    """A peer that drips one byte every 50 ms never trips a per-read timeout; the
-    attempt as a whole must still end after `timeout` seconds."""
+    """A peer that drips one byte every 50 ms, without end, never trips a per-read
+    timeout; the attempt as a whole must still end after `timeout` seconds (without the
+    overall bound the request would never end, and the guard below would fail it)."""
 
-    async def go() -> tuple[list[Verdict], float]:
+    async def go() -> list[Verdict]:
         async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
             try:
-                for _ in range(200):
+                while True:
                     writer.write(b" ")
                     await writer.drain()
                     await asyncio.sleep(0.05)
@@ -461,13 +461,11 @@ def test_timeout_bounds_the_whole_answer_not_each_read(settings: ClientSettings)
             timeout=0.5,
             retry=dataclasses.replace(settings.retry, max_retries=0),
         )
-        started = time.monotonic()
         async with server, CleverTapClient(quick) as client:
-            verdicts = await client.upload([orjson.dumps(events(1)[0])], ["u1"], [False])
-        return verdicts, time.monotonic() - started
+            sent = client.upload([orjson.dumps(events(1)[0])], ["u1"], [False])
+            return await asyncio.wait_for(sent, 60)  # a guard against a hang, not a measure
 
-    (verdict,), elapsed = asyncio.run(go())
-    assert elapsed < 2.0
+    (verdict,) = asyncio.run(go())
     assert verdict.code == "outcome-unknown"
     assert verdict.message.startswith(
         "no complete answer within 0.5 s after the request was sent; "

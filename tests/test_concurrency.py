@@ -35,6 +35,7 @@ from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from ctsync.stopping import SendCounter
+from tests.helpers import examples
 
 STATUSES = [200, 200, 202, 429, 429, 500, 503, None]  # None: no answer (a lost connection)
 
@@ -83,7 +84,7 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400))
 @given(maximum=st.integers(1, 15), adaptive=st.booleans(), plan=steps)
 def test_the_limit_follows_aimd_and_never_grants_over_it(
     maximum: int, adaptive: bool, plan: list[tuple[object, ...]]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,8 +38,8 @@ from ctsync.reader import collect_sources
 from ctsync.records import Delete, Mapper, MapResult, Message, Skip, Upload
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from ctsync.state import StateFile
-from ctsync.workers import Recipe, Workers
-from tests.helpers import no_validator
+from ctsync.workers import Recipe, WorkerPool, Workers
+from tests.helpers import examples, no_validator
 
 USERS = ["u0", "u1", "u2"]
 
@@ -351,7 +350,7 @@ scenarios = st.builds(
 
 
 @settings(
-    max_examples=int(os.environ.get("CTSYNC_MODEL_EXAMPLES", "300")),
+    max_examples=examples(300),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -363,7 +362,7 @@ def test_the_delivery_core_keeps_every_promise(
 
 
 @settings(
-    max_examples=int(os.environ.get("CTSYNC_MODEL_WORKER_EXAMPLES", "40")),
+    max_examples=examples(200),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -379,12 +378,19 @@ def test_the_delivery_core_keeps_every_promise_with_two_workers(
     data: st.DataObject,
     block_bytes: int,
     in_flight: int,
+    worker_pool: WorkerPool,
 ) -> None:
     """The same promises with the records prepared by two worker processes (blocks of
-    a few lines, so that every input is cut in several)."""
+    a few lines, so that every input is cut in several). The processes are shared by
+    every example (a pool of spawned processes per example took most of its time)."""
     recipe = Recipe(model_mapper, no_validator)
     workers = Workers(
-        count=2, recipe=recipe, block_bytes=block_bytes, start_after=0, in_flight=in_flight
+        count=2,
+        recipe=recipe,
+        block_bytes=block_bytes,
+        start_after=0,
+        in_flight=in_flight,
+        pool=worker_pool,
     )
     check_promises(tmp_path_factory, scenario, data, workers)
 

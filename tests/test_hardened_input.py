@@ -17,7 +17,7 @@ from ctsync.pipeline import DryRunSender, UploadRun
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import OpenSource, Source, read_source
 from ctsync.timestamps import convert_object, iso_to_epoch
-from tests.helpers import assert_accounted
+from tests.helpers import assert_accounted, examples
 
 GOOD = orjson.dumps({"type": "identify", "userId": "u", "traits": {"a": 1}}) + b"\n"
 
@@ -72,7 +72,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+@settings(max_examples=examples(200), derandomize=True)
 @given(
     st.lists(
         st.one_of(
@@ -108,7 +108,7 @@ def test_every_non_blank_line_is_exactly_one_record_with_its_line_number(
         assert (record.message is None) != (record.error is None)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=examples(300), derandomize=True)
 @given(
     st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),
     st.sampled_from(["", "Z", "+00:00", "-08:00", "+0530"]),

@@ -47,9 +47,8 @@ NOT_RUN = {
     "jq -c 'select(.type == \"identify\")' export.ndjson | ctsync upload -": (
         "sends to CleverTap: needs an account"
     ),
-    "make test     # the full quality gate (ruff, mypy --strict, pytest) in a fresh .venv": (
-        "runs this test suite itself"
-    ),
+    "make test     # the quality gate (ruff, mypy --strict, pytest's fast tier); adds the tools "
+    "to .venv": ("runs this test suite itself"),
     "export CLEVERTAP_ACCOUNT_ID=W9R-486-4W5Z CLEVERTAP_REGION=in1": "an account",
     "export CLEVERTAP_PASSCODE=...          # or --passcode-file, never --passcode in cron": (
         "an account"
@@ -74,10 +73,10 @@ NOT_RUN = {
     "jq -c '.[] | select(.type == \"identify\")' users.json | ctsync upload - --report "
     "errors.ndjson": "sends to CleverTap: needs an account",
     "cut -f1 unsubscribed.tsv | ctsync delete --from - --json": "deletes: an account",
-    "make check     # ruff, ruff format --check, mypy --strict, pytest (in the existing .venv)": (
+    "make test      # ruff, ruff format --check, mypy --strict, pytest's fast tier": (
         "runs this test suite itself"
     ),
-    "make test      # the same from a freshly created .venv: what CI runs (.ci/run)": (
+    "make test-all  # the same with pytest's slow tier too: what CI runs (.ci/run)": (
         "runs this test suite itself"
     ),
     "make bench     # throughput and memory, printed and written to bench/results.md": (
@@ -95,7 +94,7 @@ NOT_RUN = {
     "pip install 'ctsync[s3]'      # boto3;  'ctsync[gcs]' for google-cloud-storage": (
         "installs from PyPI; make test installs both extras"
     ),
-    "make soak      # the long fault soak (bench/soak.py); a small one runs in make test": (
+    "make soak      # the long fault soak (bench/soak.py); a small one runs in make test-all": (
         "minutes of kills and faults; its small version is tests/e2e/test_soak.py"
     ),
     "make mutate    # mutation testing of the core modules (mutmut; slow, not in make test)": (

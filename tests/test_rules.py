@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctsync.rules import Violation, check_upload, fix_upload
-from tests.helpers import SUBSCRIPTION_FLAGS
+from tests.helpers import SUBSCRIPTION_FLAGS, examples
 
 
 def profile(**data: Any) -> dict[str, Any]:
@@ -476,7 +476,7 @@ standard_values = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 @given(
     data=st.dictionaries(
         st.sampled_from(

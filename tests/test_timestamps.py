@@ -18,6 +18,7 @@ from ctsync.timestamps import (
     fine_iso_to_epoch,
     iso_to_epoch,
 )
+from tests.helpers import examples
 
 
 @pytest.mark.parametrize(
@@ -201,7 +202,7 @@ def _reference(value: str) -> int | None:
     return math.floor(parsed.timestamp())
 
 
-@settings(max_examples=1000)
+@settings(max_examples=examples(1000))
 @example(shape=_SHAPES[1], changes=[(19, ",")], cut=0)  # fromisoformat takes a comma
 @example(shape=_SHAPES[0], changes=[(0, "\u0662")], cut=0)  # an Arabic-Indic digit
 @given(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ from ctsync.pipeline import DryRunSender, RunOptions, UploadRun, ValidateMode
 from ctsync.presets import MappingOptions, Nested, Preset
 from ctsync.reader import Block, OpenSource, Source, read_blocks, read_source
 from ctsync.records import Mapper, Message
-from ctsync.workers import Recipe, WorkerError, Workers, lookups_hold
-from tests.helpers import mapper_that_dies_in_a_worker, no_validator
+from ctsync.workers import Recipe, WorkerError, WorkerPool, Workers, lookups_hold
+from tests.helpers import examples, mapper_that_dies_in_a_worker, no_validator
 
 USERS = ["u1", "u2", "u3", 7, "", None]
 DEVICES = [("a1", "tok-1"), ("a2", "tok-2"), ("a1", "tok-2"), (None, "tok-3")]
@@ -144,7 +143,7 @@ def run_source(
 
 
 @settings(
-    max_examples=int(os.environ.get("CTSYNC_WORKER_EXAMPLES", "40")),
+    max_examples=examples(200),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -164,13 +163,19 @@ def test_two_workers_give_byte_for_byte_what_one_process_gives(
     block_bytes: int,
     start_after: int,
     in_flight: int,
+    worker_pool: WorkerPool,
 ) -> None:
     export = tmp_path_factory.mktemp("workers") / "export.ndjson"
     export.write_bytes(data)
     built = recipe_for(preset, validate)
     one = run_once(export, built, validate, None)
     workers = Workers(
-        count=2, recipe=built, block_bytes=block_bytes, start_after=start_after, in_flight=in_flight
+        count=2,
+        recipe=built,
+        block_bytes=block_bytes,
+        start_after=start_after,
+        in_flight=in_flight,
+        pool=worker_pool,
     )
     two = run_once(export, built, validate, workers)
     # The same requests, byte for byte. Lanes send side by side, and which lane's next
@@ -185,7 +190,7 @@ def test_two_workers_give_byte_for_byte_what_one_process_gives(
     assert one[3]["read"] == sum(one[3][k] for k in ("skipped", "invalid", "accepted", "failed"))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(data=exports(), block_bytes=st.integers(1, 5000), limit=st.integers(1024, 1500))
 def test_blocks_hold_the_records_of_the_input_in_order(
     data: bytes, block_bytes: int, limit: int
@@ -228,7 +233,7 @@ def test_a_small_input_starts_no_process(tmp_path: Path, monkeypatch: pytest.Mon
     def no_process(*args: object, **kwargs: object) -> None:
         raise AssertionError("a worker process was started")
 
-    monkeypatch.setattr("ctsync.workers.ProcessPoolExecutor", no_process)
+    monkeypatch.setattr("ctsync.workers.start_pool", no_process)
     one = run_once(export, built, "strict", None)
     for size in (None, 10**9):  # a stdin (size unknown) or a file bigger than it is
         workers = Workers(count=2, recipe=built, block_bytes=100, start_after=10**5)

@@ -15,10 +15,11 @@ From Python::
 
 From the shell: `ctsync sandbox --port 0` (or `python -m ctsync.sandbox --port 0`) prints
 `ctsync sandbox listening on http://127.0.0.1:PORT`; `GET /_sandbox/stats` answers the
-counters; `ctsync sandbox show --db FILE` summarises a stored database.
+counters; `POST /_sandbox/hold` keeps every CleverTap answer waiting (in flight) until
+`POST /_sandbox/release`; `ctsync sandbox show --db FILE` summarises a stored database.
 """
 
-from ._app import DELETE_PATH, RESET_PATH, STATS_PATH, UPLOAD_PATH
+from ._app import DELETE_PATH, HOLD_PATH, RELEASE_PATH, RESET_PATH, STATS_PATH, UPLOAD_PATH
 from ._config import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_CLI_PORT,
@@ -50,12 +51,14 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PASSCODE",
     "DELETE_PATH",
+    "HOLD_PATH",
     "LISTENING_PREFIX",
     "MAX_CONCURRENT_DELETES",
     "MAX_CONCURRENT_UPLOADS",
     "MAX_IDS_PER_DELETE",
     "MAX_RECORDS_PER_UPLOAD",
     "MAX_TOKENS_PER_UPLOAD",
+    "RELEASE_PATH",
     "RESET_PATH",
     "RESTRICTED_EVENT_NAMES",
     "STATS_PATH",

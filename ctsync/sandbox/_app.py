@@ -3,9 +3,10 @@
 Knows nothing of sockets: it takes a parsed `Request` and returns a `Response`, or `DROP`
 to have the connection aborted without an answer. The order for a CleverTap path:
 auth (401) -> count in flight from the arrival of the head, over the limit (429) ->
-draw a fault -> latency -> the fault, or the work. The faults 429/500/503 and `drop` store
-nothing; `stored-500`, `stored-504` and `stored-drop` do the work (store the records, log
-the deletions) and then answer 500/504 or abort the connection instead of the real answer.
+draw a fault -> latency -> wait while answers are held (`hold_answers`) -> the fault,
+or the work. The faults 429/500/503 and `drop` store nothing; `stored-500`, `stored-504`
+and `stored-drop` do the work (store the records, log the deletions) and then answer
+500/504 or abort the connection instead of the real answer.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ UPLOAD_PATH = "/1/upload"
 DELETE_PATH = "/1/delete/profiles.json"
 STATS_PATH = "/_sandbox/stats"
 RESET_PATH = "/_sandbox/reset"
+HOLD_PATH = "/_sandbox/hold"
+RELEASE_PATH = "/_sandbox/release"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,10 @@ class SandboxApp:
             Endpoint.UPLOAD: config.max_concurrent_uploads,
             Endpoint.DELETE: config.max_concurrent_deletes,
         }
+        # Cleared by `hold_answers`: CleverTap requests wait, in flight, until released. What
+        # tests use instead of seconds of latency to keep requests on the wire.
+        self._answering = asyncio.Event()
+        self._answering.set()
 
     def stats(self) -> SandboxStats:
         """The counters and what the store holds."""
@@ -121,6 +128,14 @@ class SandboxApp:
         self.counters.reset()
         self._rng = random.Random(self.config.seed)
         self._latency_rng = _latency_rng(self.config.seed)
+
+    def hold_answers(self) -> None:
+        """From now on, CleverTap requests wait before their answer until released."""
+        self._answering.clear()
+
+    def release_answers(self) -> None:
+        """Answer the held requests, and every later one without waiting."""
+        self._answering.set()
 
     def admit(self, head: RequestHead) -> Admission | None:
         """Count an authenticated request to a CleverTap endpoint in flight.
@@ -160,6 +175,9 @@ class SandboxApp:
         if head.path == RESET_PATH and head.method == "POST":
             self.reset()
             return Response(200, orjson.dumps({"status": "success"}))
+        if head.path in (HOLD_PATH, RELEASE_PATH) and head.method == "POST":
+            self.hold_answers() if head.path == HOLD_PATH else self.release_answers()
+            return Response(200, orjson.dumps({"status": "success"}))
         return NOT_FOUND
 
     async def _handle_clevertap(self, request: Request, admission: Admission | None) -> Answer:
@@ -176,6 +194,7 @@ class SandboxApp:
         latency = self._draw_latency()
         if latency:
             await asyncio.sleep(latency / 1000)
+        await self._answering.wait()
         if fault is not None:
             self.counters.faults[fault] += 1
             if not fault.stores:

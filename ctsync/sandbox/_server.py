@@ -130,6 +130,15 @@ class Sandbox:
         """Forget stored data and counters."""
         self._call(lambda: self._running().app.reset())
 
+    def hold(self) -> None:
+        """Hold the answers to CleverTap requests (counted in flight) until `release`:
+        what a test waits on instead of seconds of latency."""
+        self._call(lambda: self._running().app.hold_answers())
+
+    def release(self) -> None:
+        """Answer the held requests, and the later ones at once."""
+        self._call(lambda: self._running().app.release_answers())
+
     def read(self, query: Callable[[SandboxStore], T]) -> T:
         """Run `query` on the sandbox's store and return its result.
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from ._support import (
 )
 
 EVENTS = 2000
+REQUESTS = EVENTS // 20  # with --batch-size 20
 
 
 def started_sending(sandbox: Sandbox, process: subprocess.Popen[str]) -> None:
@@ -44,15 +44,18 @@ def started_sending(sandbox: Sandbox, process: subprocess.Popen[str]) -> None:
     assert process.poll() is None, "the run ended before it sent anything"
 
 
-def kill_at_random(
-    sandbox: Sandbox, process: subprocess.Popen[str], seed: int | None, latest: float
-) -> None:
-    """SIGKILL the run at a random moment of its sending (with `seed` None: as soon as its
-    first request is in flight), and check it was still running."""
-    started_sending(sandbox, process)
-    if seed is not None:
-        time.sleep(random.Random(seed).uniform(0.0, latest))
-    assert process.poll() is None, "the run finished before it could be killed"
+def kill_at_random(sandbox: Sandbox, process: subprocess.Popen[str], seed: int | None) -> None:
+    """SIGKILL the run once the sandbox has seen a number of its upload requests drawn
+    from `seed` (with `seed` None: its first), at most half of them: it is still sending."""
+    requests = 1 if seed is None else random.Random(seed).randint(1, REQUESTS // 2)
+    wait_until(
+        lambda: (
+            sandbox.stats().requests_by_endpoint["upload"] >= requests or process.poll() is not None
+        ),
+        30,
+        f"upload request {requests}",
+    )
+    assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait(10)
     assert process.returncode == -signal.SIGKILL
@@ -61,11 +64,15 @@ def kill_at_random(
 def stopped_by(
     signal_number: signal.Signals, sandbox: Sandbox, processes: Processes, *args: str | Path
 ) -> Finished:
-    """Start `ctsync upload *args`, send it `signal_number` 0.6 s after its first request
-    (with requests in flight) and wait for it to end."""
+    """Start `ctsync upload *args`, send it `signal_number` once the sandbox has seen 3 of
+    its requests (answered after 200 ms: some are in flight), and wait for it to end."""
     process = processes.start_upload(sandbox.url, *args)
-    started_sending(sandbox, process)
-    time.sleep(0.6)
+    wait_until(
+        lambda: sandbox.stats().requests_by_endpoint["upload"] >= 3 or process.poll() is not None,
+        30,
+        "three upload requests",
+    )
+    assert process.poll() is None, "the run ended before it could be stopped"
     process.send_signal(signal_number)
     return finish(process, timeout=40)
 
@@ -94,7 +101,7 @@ def test_kill_9_then_resume_never_stores_an_event_twice_and_reports_what_is_unkn
     args += ("--batch-size", "20", "--concurrency", "4")
 
     with running_sandbox(SandboxConfig(latency_ms=random.Random(seed).randint(20, 50))) as sandbox:
-        kill_at_random(sandbox, processes.start_upload(sandbox.url, *args), seed, latest=0.6)
+        kill_at_random(sandbox, processes.start_upload(sandbox.url, *args), seed)
         before = sandbox.stats().events
         runs = resume_until_done(sandbox.url, *args)
         counts = seqs_of(sandbox.read(lambda store: store.events()))
@@ -119,7 +126,7 @@ def test_kill_9_then_resume_leaves_no_profile_missing(
     args = (export, "--state", state, "--batch-size", "20", "--concurrency", "4")
 
     with running_sandbox(SandboxConfig(latency_ms=random.Random(seed).randint(20, 50))) as sandbox:
-        kill_at_random(sandbox, processes.start_upload(sandbox.url, *args), seed, latest=0.6)
+        kill_at_random(sandbox, processes.start_upload(sandbox.url, *args), seed)
         before = sandbox.stats().profiles
         runs = resume_until_done(sandbox.url, *args)
         writes = sandbox.read(lambda store: store.profile_writes())
@@ -225,22 +232,22 @@ def test_a_second_run_on_the_same_state_exits_4_at_once(
 ) -> None:
     export, state = tmp_path / "profiles.ndjson", tmp_path / "state.db"
     write_export(export, [identify(f"u-{i}", n=i) for i in range(1000)])
-    # 100 requests, 5 at a time, half a second each: the first run lasts at least 10 s,
-    # well beyond the start-up of the second one on a loaded machine.
     args = (export, "--state", state, "--batch-size", "10", "--concurrency", "5")
 
-    with running_sandbox(SandboxConfig(latency_ms=500)) as sandbox:
+    with running_sandbox(SandboxConfig()) as sandbox:
+        # The first run's answers are held: it cannot end, nor release the state, until
+        # the second one has been refused (a second run that waited would never end).
+        sandbox.hold()
         holder = processes.start_upload(sandbox.url, *args)
         started_sending(sandbox, holder)
-        second = run_upload(sandbox.url, *args, timeout=20)
+        second = run_upload(sandbox.url, *args, timeout=60)
         still_running = holder.poll() is None
-        first = finish(holder, timeout=40)
+        sandbox.release()
+        first = finish(holder, timeout=60)
         writes = sandbox.read(lambda store: store.profile_writes())
 
     assert second.returncode == 4, second.describe()
     assert still_running, "the first run ended before the second one was refused"
-    # Refused at once, not after waiting for the first run to release the state (10 s+).
-    assert second.elapsed < 8, f"the second run took {second.elapsed:.1f} s to give up"
     assert "another ctsync run" in second.stderr
     assert f"pid {holder.pid}" in second.stderr
     assert str(state) in second.stderr.replace("\n", "")

@@ -1,6 +1,7 @@
-"""The small fault soak (`make soak` runs the long one): real `ctsync upload --state` runs
-SIGKILLed at random moments against a sandbox with latency jitter and every fault, then
-run to completion; the sandbox's database must hold the input applied in order.
+"""The small fault soak, in the slow tier (`make soak` runs the long one): real
+`ctsync upload --state` runs SIGKILLed at random moments against a sandbox with latency
+jitter and every fault, then run to completion; the sandbox's database must hold the
+input applied in order.
 
 `CTSYNC_SOAK_SEED=N` picks the seed (default 1); a failure names it.
 """
@@ -8,7 +9,6 @@ run to completion; the sandbox's database must hold the input applied in order.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ SECONDS = 100.0  # about what the soak takes; it stops killing after half of it
 RUN_TIMEOUT = 30.0  # for each run to the end (they take a few seconds)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2], ids=lambda n: f"workers-{n}")
 def test_kills_and_faults_lose_nothing_duplicate_nothing_and_keep_profile_order(
     tmp_path: Path, workers: int
@@ -39,17 +40,13 @@ def test_kills_and_faults_lose_nothing_duplicate_nothing_and_keep_profile_order(
         run_timeout=RUN_TIMEOUT,
         workers=workers,
     )
-    started = time.monotonic()
     findings = soak(config, tmp_path)
-    elapsed = time.monotonic() - started
     figures = "\n".join(
         [found.figures() + "".join(f"\n  FAIL: {p}" for p in found.problems) for found in findings]
     )
     assert [found.preset for found in findings] == list(PRESETS)
     assert all(found.kills > 0 for found in findings), figures
     assert all(found.ok for found in findings), f"soak seed {seed} failed:\n{figures}"
-    # Bounded: the kill rounds by SECONDS, the four runs to the end by RUN_TIMEOUT each.
-    assert elapsed < seconds / 2 + 4 * RUN_TIMEOUT + 30, figures
 
 
 def test_the_soak_input_is_a_pure_function_of_the_seed() -> None:

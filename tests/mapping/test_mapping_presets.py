@@ -13,6 +13,7 @@ from ctsync.presets import MappingOptions
 from ctsync.presets.actions import actions_mapper
 from ctsync.records import Mapper, Message, Upload
 from ctsync.timestamps import DatesAs
+from tests.helpers import examples
 
 NOW = 1_700_000_000.0
 
@@ -109,7 +110,7 @@ messages = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 @given(message=messages, options=st.sampled_from(OPTIONS))
 def test_actions_mapping_file_equals_actions_preset_for_any_message(
     message: Message, options: MappingOptions

@@ -18,7 +18,7 @@ from ctsync.presets import MappingOptions, Nested
 from ctsync.presets.classic import classic_mapper
 from ctsync.records import Invalid, Operation, Skip, Upload
 from ctsync.timestamps import DatesAs
-from tests.helpers import RESERVED_TRAITS
+from tests.helpers import RESERVED_TRAITS, examples
 
 TS = "2023-05-18T22:58:45Z"
 EPOCH = 1684450725
@@ -726,7 +726,7 @@ operations = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(
     reserved=st.dictionaries(
         st.sampled_from(sorted(RESERVED_TRAITS)), json_values.filter(lambda v: v is not None)

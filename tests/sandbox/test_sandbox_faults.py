@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from functools import partial
 
 import httpx
 import pytest
 
-from ctsync.sandbox import DELETE_PATH, UPLOAD_PATH, SandboxConfig, SandboxStore, running_sandbox
+from ctsync.sandbox import (
+    DELETE_PATH,
+    HOLD_PATH,
+    RELEASE_PATH,
+    STATS_PATH,
+    UPLOAD_PATH,
+    SandboxConfig,
+    SandboxStore,
+    running_sandbox,
+)
 from ctsync.sandbox._validation import check_upload
 
 from ._support import AUTH, TIMEOUT, event, profile, upload
@@ -82,9 +92,25 @@ def test_latency_delays_the_answer() -> None:
         started = time.monotonic()
         assert upload(http, [event("u1")]).status_code == 200
         assert time.monotonic() - started >= 0.25
-        started = time.monotonic()
-        http.get("/_sandbox/stats")
-        assert time.monotonic() - started < 0.25
+
+
+def test_held_answers_wait_for_the_release_and_the_controls_do_not() -> None:
+    with (
+        running_sandbox() as sandbox,
+        httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=TIMEOUT) as http,
+        httpx.Client(base_url=sandbox.url, headers=AUTH, timeout=TIMEOUT) as other,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        assert http.post(HOLD_PATH).status_code == 200
+        held = pool.submit(upload, other, [event("u1")])
+        # The stats control answers while the upload waits (it would wait behind it).
+        while http.get(STATS_PATH).json()["in_flight"]["upload"] == 0:
+            assert not held.done(), "the held upload was answered"
+        assert not held.done()
+        assert http.post(RELEASE_PATH).status_code == 200
+        assert held.result(60).status_code == 200
+        assert upload(http, [event("u2")]).status_code == 200  # released: no more waiting
+        assert sandbox.stats().profiles + sandbox.stats().events == 2
 
 
 def _statuses(config: SandboxConfig, count: int) -> tuple[list[int], int]:
