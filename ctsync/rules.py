@@ -326,19 +326,18 @@ def _check_event(record: CleverTapRecord, limit: int, found: list[Violation]) ->
     if len(data) > limit:
         found.append(Violation("522", f"{len(data)} event properties; the limit is {limit}"))
     charged = name == "Charged"
+    if charged and "Items" in data:  # whatever its value: Items is CleverTap's, a list
+        _check_items(data["Items"], found)
     for key, value in data.items():
         if key not in _GOOD_KEYS:
             _check_key(key, "event property", found)
         if type(value) is str:
             if len(value) > MAX_STRING_BYTES // 4:
                 _check_string(value, key, found)
-        elif isinstance(value, dict | list):
-            if charged and key == "Items":
-                _check_items(value, found)
-            else:
-                found.append(
-                    Violation("512", f"event property {key!r} is nested; values must be scalars")
-                )
+        elif isinstance(value, dict | list) and not (charged and key == "Items"):
+            found.append(
+                Violation("512", f"event property {key!r} is nested; values must be scalars")
+            )
 
 
 def _check_items(items: Any, found: list[Violation]) -> None:

@@ -226,6 +226,14 @@ def test_charged_items_must_be_flat() -> None:
     assert codes(event("Charged", Items=["s1"])) == ["512"]
 
 
+@pytest.mark.parametrize("items", ["s1", 3, True, None, {"sku": "s1"}])
+def test_charged_items_that_are_not_a_list_are_rejected(items: Any) -> None:
+    # clevertap-api.md: Charged's "Items": [{flat object}, ...]; a scalar is no list.
+    found = check_upload(event("Charged", Items=items))
+    assert [v.code for v in found] == ["512"]
+    assert "Items is not a list" in found[0].message
+
+
 def test_items_is_only_an_array_on_charged() -> None:
     assert codes(event("Order Viewed", Items=[{"sku": "s"}])) == ["512"]
 

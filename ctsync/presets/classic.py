@@ -5,7 +5,9 @@
 | identify                 | profile: special traits renamed, others snake_cased       |
 | track                    | event named after `event`, properties snake_cased         |
 | track `Order Completed`  | `Charged` with `Charged ID`, `Amount`, `Currency`, `Items`|
-|   (any case)             |                                                           |
+|   (any case)             |   beside the source properties (`products` aside)         |
+| track `Charged`          | `Charged`: `Charged ID`, `Amount`, `Currency`, `Items` as |
+|   (any case)             |   written (CleverTap's own form), other properties as any |
 | page / screen            | `Web Page Viewed` / `App Screen Viewed`                   |
 | alias                    | profile of `previousId` (as objectId) given `Identity`    |
 | `context.device.token`   | a token record, once per device token and profile per run|
@@ -86,6 +88,9 @@ SCREEN_EVENT: Final = "App Screen Viewed"
 ORDER_COMPLETED: Final = "order completed"  # compared lower-cased, as RudderStack does
 CHARGED: Final = "Charged"
 ORDER_FIELDS: Final = frozenset({"order_id", "revenue", "total", "currency", "products"})
+# The keys of CleverTap's own Charged event, as CleverTap spells them (clevertap-api.md):
+# a track named `Charged` that carries them is sent with them as written.
+CHARGED_FIELDS: Final = ("Charged ID", "Amount", "Currency", "Items")
 
 
 def clevertap_date(value: Any, fine: FineDates | None = None, name: str = "") -> Any:
@@ -141,6 +146,10 @@ class ClassicMapper:
     ) -> None:
         self._options = options
         self._shaper = PropertyShaper(options.nested, snake_case_keys=True)
+        # For what CleverTap defines and the user wrote in its form (Charged Items):
+        # the same nested policy, keys kept; its drops counted with the others.
+        self._as_written = PropertyShaper(options.nested)
+        self._as_written.dropped = self._shaper.dropped
         self._fine = FineDates(convert=options.convert_microseconds)
         # The counters themselves (read at the end of a run), not copies.
         self.dropped: Counter[str] = self._shaper.dropped
@@ -257,29 +266,55 @@ class ClassicMapper:
         if not isinstance(name, str) or not name.strip():
             return Invalid("509", "track has no event name")
         properties = _properties(message)
-        if name.lower() == ORDER_COMPLETED:
+        lowered = name.lower()
+        if lowered == ORDER_COMPLETED:
             return self._charged(message, properties)
+        if lowered == CHARGED.lower():
+            return self._charged_as_written(message, properties)
         return self._event(message, name, properties)
+
+    def _charged_as_written(
+        self, message: Message, properties: dict[str, Any]
+    ) -> CleverTapRecord | Invalid:
+        """A track already in CleverTap's Charged form: its `Charged ID`, `Amount`,
+        `Currency` and `Items` go as written (keys of the items too), the other properties
+        as any event's."""
+        charged = {key: properties[key] for key in CHARGED_FIELDS if key in properties}
+        rest = {key: value for key, value in properties.items() if key not in charged}
+        record = self._event(message, CHARGED, rest)
+        if isinstance(record, Invalid):
+            return record
+        items = charged.get("Items")
+        if isinstance(items, list):
+            charged["Items"] = [self._item(item, as_written=True) for item in items]
+        # Anything else under Items (an object, a string) goes as it is, for the data
+        # rules to report: a Charged without its items should not pass unseen.
+        record["evtData"].update(charged)
+        return record
 
     def _charged(self, message: Message, properties: dict[str, Any]) -> CleverTapRecord | Invalid:
         # Segment's e-commerce spec names, found whatever their case (`orderId`, `order_id`).
+        # They stay properties beside the Charged fields made from them, as CleverTap's
+        # Segment integrations for Android and iOS keep them, so a report on `total` or
+        # `order_id` finds what it found before CleverTap; `products` alone goes, into
+        # `Items` (as both integrations do: a copy would be a second, flattened Items).
         spec: dict[str, Any] = {}
         rest: dict[str, Any] = {}
         for key, value in properties.items():
             name = self._shaper.rename(key)
             if name in ORDER_FIELDS and name not in spec:
                 spec[name] = value
-            else:
-                rest[key] = value
+                if name == "products":
+                    continue
+            rest[key] = value
         charged: dict[str, Any] = {}
         if "order_id" in spec:
             charged["Charged ID"] = spec["order_id"]
         # Amount is what the customer paid: Segment's `total` (as Segment's analytics.js
-        # CleverTap integration takes it), else `revenue`, else the products' sum. The
-        # one not taken stays a property.
+        # CleverTap integration takes it), else `revenue`, else the products' sum.
         for field in ("total", "revenue"):
             if spec.get(field) is not None:
-                charged["Amount"] = spec.pop(field)
+                charged["Amount"] = spec[field]
                 break
         else:
             amount = order_amount(spec.get("products"))
@@ -287,9 +322,6 @@ class ClassicMapper:
                 charged["Amount"] = amount
         if "currency" in spec:
             charged["Currency"] = spec["currency"]
-        for field in ("total", "revenue"):
-            if field in spec:
-                rest[field] = spec[field]
         record = self._event(message, CHARGED, rest)
         if isinstance(record, Invalid):
             return record
@@ -303,12 +335,13 @@ class ClassicMapper:
             self._shaper.dropped["products"] += 1
         return record
 
-    def _item(self, product: Any) -> Any:
+    def _item(self, product: Any, *, as_written: bool = False) -> Any:
+        """One of Charged's Items: keys snake_cased like properties, or `as_written`."""
         if not isinstance(product, dict):
             return product  # the data rules report a non-object item
         if self._options.convert_timestamps:
             product = convert_object(product, self._options.dates_as, fine=self._fine)
-        return self._shaper.event_data(product)
+        return (self._as_written if as_written else self._shaper).event_data(product)
 
     def _viewed(self, message: Message, name: str) -> CleverTapRecord | Invalid:
         properties = _properties(message)

@@ -177,6 +177,11 @@ def test_order_completed_golden() -> None:
                 "Charged ID": "o-50314b8e",
                 "Amount": 27.5,  # total: what the customer paid (Segment's e-commerce spec)
                 "Currency": "USD",
+                # The source properties stay beside (CleverTap's iOS integration keeps
+                # order_id and total; Android keeps every property but products).
+                "order_id": "o-50314b8e",
+                "total": 27.5,
+                "currency": "USD",
                 "revenue": 25.0,
                 "coupon": "hasbros",
                 "Items": [
@@ -197,7 +202,7 @@ def test_order_completed_amount_falls_back_to_revenue() -> None:
         "properties": {"order_id": "o1", "revenue": 25},
     }
     record = records(classic_mapper(MappingOptions())(message))[0]
-    assert record["evtData"] == {"Charged ID": "o1", "Amount": 25}
+    assert record["evtData"] == {"Charged ID": "o1", "Amount": 25, "order_id": "o1", "revenue": 25}
 
 
 def test_order_completed_keeps_all_items_for_the_rules_to_judge() -> None:
@@ -554,7 +559,7 @@ def order(event: str = "Order Completed", **properties: Any) -> dict[str, Any]:
 def test_order_completed_is_charged_in_any_case(event: str) -> None:
     record = records(classic_mapper(MappingOptions())(order(event, order_id="o1")))[0]
     assert record["evtName"] == "Charged"
-    assert record["evtData"] == {"Charged ID": "o1"}
+    assert record["evtData"] == {"Charged ID": "o1", "order_id": "o1"}
 
 
 def test_other_events_are_not_charged() -> None:
@@ -578,8 +583,10 @@ def test_amount_is_the_total_as_segments_analytics_js_sends_it() -> None:
     data = records(classic_mapper(MappingOptions())(message))[0]["evtData"]
     assert data["Amount"] == 30
     assert data["revenue"] == 25
-    assert "total" not in data
-    assert data["Charged ID"] == "50314b8e9bcf000000000002"
+    assert data["total"] == 30
+    assert data["Charged ID"] == data["order_id"] == "50314b8e9bcf000000000002"
+    assert data["Currency"] == data["currency"] == "USD"
+    assert "products" not in data and len(data["Items"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -747,3 +754,114 @@ def test_reserved_keys_and_operations_survive_any_other_traits(
     profile = records(classic_mapper(MappingOptions(nested=nested))(message))[0]["profileData"]
     for key, value in {**reserved, **ops}.items():
         assert profile[key] == value
+
+
+# --- issue 22: the classic details peers get right ---------------------------------------
+# Expectations by hand from CleverTap's Segment integrations for Android and iOS (their
+# sources and tests), CleverTap's API docs (clevertap-api.md) and Segment's spec.
+
+# CleverTap's Charged example (upload-events-api), as a Segment track would carry it.
+CLEVERTAP_CHARGED: dict[str, Any] = {
+    "Amount": 300,
+    "Charged ID": "24052014",
+    "Currency": "INR",
+    "Payment Mode": "Credit Card",
+    "Items": [
+        {"Category": "Books", "Book name": "The Millionaire next door", "Quantity": 1},
+        {"Category": "Books", "Book name": "Achieving inner zen", "Quantity": 4},
+    ],
+}
+
+
+@pytest.mark.parametrize("event", ["Charged", "charged", "CHARGED"])
+def test_a_track_named_charged_is_clevertaps_purchase_as_written(event: str) -> None:
+    record = records(classic_mapper(MappingOptions())(order(event, **CLEVERTAP_CHARGED)))[0]
+    assert record == event_record(
+        "Charged",
+        {
+            "Amount": 300,
+            "Charged ID": "24052014",
+            "Currency": "INR",
+            "payment_mode": "Credit Card",  # any other property, as every event's
+            "Items": [
+                {"Category": "Books", "Book name": "The Millionaire next door", "Quantity": 1},
+                {"Category": "Books", "Book name": "Achieving inner zen", "Quantity": 4},
+            ],
+        },
+    )
+
+
+def test_charged_as_written_passes_the_data_rules() -> None:
+    from ctsync.rules import check_upload
+
+    record = records(classic_mapper(MappingOptions())(order("Charged", **CLEVERTAP_CHARGED)))[0]
+    assert check_upload(record) == []
+
+
+def test_charged_fields_are_clevertaps_only_in_clevertaps_spelling() -> None:
+    # CleverTap's keys are case-sensitive: `amount` is an ordinary property.
+    message = order("Charged", amount=5, currency="EUR", items=[{"sku": "s1"}])
+    data = records(classic_mapper(MappingOptions())(message))[0]["evtData"]
+    assert data == {"amount": 5, "currency": "EUR", "items_0_sku": "s1"}
+
+
+def test_charged_items_keep_their_keys_and_follow_the_nested_policy() -> None:
+    items = [{"Product Name": "Uno", "Size": {"w": 1}, "Bought At": "2006-01-02T18:04:07Z"}]
+    flattened = records(classic_mapper(MappingOptions())(order("Charged", Items=items)))[0]
+    assert flattened["evtData"] == {
+        "Items": [{"Product Name": "Uno", "Size_w": 1, "Bought At": 1136225047}]
+    }
+    mapper = classic_mapper(MappingOptions(nested=Nested.DROP))
+    dropped = records(mapper(order("Charged", Items=items)))[0]
+    assert dropped["evtData"] == {"Items": [{"Product Name": "Uno", "Bought At": 1136225047}]}
+    assert dropped_values(mapper) == {"Size": 1}
+
+
+@pytest.mark.parametrize("items", [{"sku": "s1"}, "s1", 3])
+def test_charged_items_that_are_not_a_list_go_for_the_rules_to_refuse(items: Any) -> None:
+    from ctsync.rules import check_upload
+
+    record = records(classic_mapper(MappingOptions())(order("Charged", Items=items)))[0]
+    assert record["evtData"] == {"Items": items}
+    assert [v.code for v in check_upload(record)] == ["512"]
+
+
+def test_order_completed_keeps_its_mapping_beside_a_literal_charged() -> None:
+    # Order Completed is still Segment's spec mapped into Charged, not taken as written.
+    message = order(Amount=1, orderId="o1", Total=9, products=[{"Product Name": "Uno"}])
+    data = records(classic_mapper(MappingOptions())(message))[0]["evtData"]
+    assert data == {
+        "Charged ID": "o1",
+        "Amount": 9,
+        "order_id": "o1",
+        "total": 9,
+        "amount": 1,
+        "Items": [{"product_name": "Uno"}],
+    }
+
+
+@settings(deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["order_id", "orderId", "total", "revenue", "currency", "coupon", "tax"]),
+        st.one_of(st.none(), st.integers(-5, 5), st.text("ab", max_size=2)),
+    )
+)
+def test_order_completed_keeps_every_source_property_but_products(props: dict[str, Any]) -> None:
+    # By hand from CleverTap's Android integration: every property but products is
+    # copied (snake_cased here, as the classic destination sends them); the Charged
+    # fields come from order_id, total else revenue, currency.
+    data = records(classic_mapper(MappingOptions())(order(**props)))[0]["evtData"]
+    expected: dict[str, Any] = {}
+    for key, value in props.items():
+        expected.setdefault("order_id" if key == "orderId" else key, value)
+    # orderId and order_id are one spec field: the first written is the Charged ID.
+    ids = [props[k] for k in props if k in ("order_id", "orderId")]
+    if ids:
+        expected["Charged ID"] = ids[0]
+    amount = next((props[k] for k in ("total", "revenue") if props.get(k) is not None), None)
+    if amount is not None:
+        expected["Amount"] = amount
+    if "currency" in props:
+        expected["Currency"] = props["currency"]
+    assert data == expected
