@@ -22,6 +22,10 @@ trait whose value is one operation object (`{"$incr": 1}`) are sent exactly as w
 key and value, as CleverTap's API requires: to act on a property this preset writes
 plain values to, name the trait as it is sent (`login_count`, not `loginCount`).
 `Name` is made from first and last names when there is no name (Segment's identify spec).
+CleverTap's standard keys written as CleverTap spells them (`Employed`, `DOB`, ...) are
+sent as written, for the data rules to check. `DOB` (from `birthday` or `DOB`) is read as
+a date from the forms people write (`ctsync.timestamps.date_epoch`) and sent as `$D_`;
+one that cannot be read goes as written, and the data rules refuse it (`dob-not-a-date`).
 
 Alias: CleverTap's upload takes one identifier per record, so the alias cannot name both
 ids. ctsync uploads the profile whose CleverTap ID is `previousId` (the anonymousId the
@@ -37,7 +41,6 @@ token record; it is counted in `dropped` as `token:no-objectId`,
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -54,8 +57,8 @@ from ctsync.records import (
     Upload,
     skip_reason,
 )
-from ctsync.rules import normalise_gender
-from ctsync.timestamps import FineDates, convert_object, event_time, iso_to_epoch
+from ctsync.rules import RESERVED_PROFILE_KEYS, STANDARD_PROFILE_KEYS, normalise_gender
+from ctsync.timestamps import FineDates, clevertap_date, convert_object
 
 __all__ = ["ClassicMapper", "classic_mapper", "clevertap_date", "normalise_gender"]
 
@@ -69,6 +72,10 @@ SPECIAL_TRAITS: Final = {
     "email": "Email",
 }
 NAME_PARTS: Final = ("first_name", "last_name")  # firstName, first_name, FirstName ...
+# CleverTap's standard profile keys written as CleverTap spells them (`Employed`, `DOB`):
+# sent as written, for the data rules to check as CleverTap does. (The reserved keys,
+# MSG-email and the like, are the property shaper's: kept as written too.)
+STANDARD_AS_WRITTEN: Final = STANDARD_PROFILE_KEYS - RESERVED_PROFILE_KEYS
 # `context.device.type` (else `context.os.name`), lower-cased -> CleverTap token type.
 # Every Apple platform's push token is an APNs token.
 TOKEN_TYPES: Final = {
@@ -91,22 +98,6 @@ ORDER_FIELDS: Final = frozenset({"order_id", "revenue", "total", "currency", "pr
 # The keys of CleverTap's own Charged event, as CleverTap spells them (clevertap-api.md):
 # a track named `Charged` that carries them is sent with them as written.
 CHARGED_FIELDS: Final = ("Charged ID", "Amount", "Currency", "Items")
-
-
-def clevertap_date(value: Any, fine: FineDates | None = None, name: str = "") -> Any:
-    """A date as CleverTap's date type `$D_<epoch>`; a value that is not a date unchanged.
-    With `fine`, a date-time finer than milliseconds is counted under `name` (or
-    converted, as `fine` says)."""
-    if isinstance(value, str):
-        epoch = iso_to_epoch(value)
-        if epoch is None and fine is not None:
-            epoch = fine.epoch(name, value)
-        return value if epoch is None else f"$D_{epoch}"
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
-            return value
-        return f"$D_{event_time(value)}"
-    return value
 
 
 def order_amount(products: Any) -> int | float | None:
@@ -221,8 +212,14 @@ class ClassicMapper:
         options = self._options
         custom: dict[str, Any] = {}
         standard: dict[str, Any] = {}
+        written: dict[str, Any] = {}  # standard keys written as CleverTap spells them
         parts: dict[str, Any] = {}
         for key, value in traits.items():
+            if key in STANDARD_AS_WRITTEN:
+                if value is not None:  # null would fail CleverTap's checks, as below
+                    # DOB is CleverTap's date, whatever Convert Timestamps says.
+                    written[key] = clevertap_date(value) if key == "DOB" else value
+                continue
             name = self._shaper.rename(key)
             target = SPECIAL_TRAITS.get(name)
             if target is None:
@@ -234,11 +231,11 @@ class ClassicMapper:
             elif target == "Gender":
                 standard[target] = normalise_gender(value)
             elif target == "DOB":
-                standard[target] = (
-                    clevertap_date(value, self._fine, key) if options.convert_timestamps else value
-                )
+                standard[target] = clevertap_date(value)
             else:
                 standard[target] = value
+        # The key written as CleverTap spells it says what the user meant for CleverTap.
+        standard.update(written)
         if "Name" not in standard:
             full_name = _full_name(parts)
             if full_name is not None:
