@@ -33,7 +33,9 @@ classic destination used as objectId) with the standard `Identity` key set to `u
 the anonymous profile gains the identity, and later uploads by `userId` reach it. With
 `link_anonymous` an identify carrying both ids does the same.
 
-Token records need an objectId: a message with a device token but no anonymousId, a
+Token records need an objectId: the anonymousId, or for an alias without one its
+`previousId` (the profile the alias is sent to). A message with a device token but no
+such id, a
 device type other than android or an Apple platform, or a token that is not text gives no
 token record; it is counted in `dropped` as `token:no-objectId`,
 `token:unknown-device-type` or `token:not-a-string`.
@@ -381,7 +383,12 @@ class ClassicMapper:
             return None
         # The objectId the message's own records carry (an integer anonymousId as its
         # decimal string), so that the token lands on the same profile.
-        object_id = identity_of(message.get("anonymousId"), "anonymousId")
+        anonymous_id = message.get("anonymousId")
+        if (anonymous_id is None or anonymous_id == "") and message.get("type") == "alias":
+            # An alias names the anonymous id in previousId (the profile it is sent to);
+            # aliases sent from servers often carry no anonymousId of their own.
+            anonymous_id = message.get("previousId")
+        object_id = identity_of(anonymous_id, "anonymousId")
         if isinstance(object_id, Invalid):
             # CleverTap takes tokens by objectId only (530): a server-side message
             # without anonymousId cannot carry one.

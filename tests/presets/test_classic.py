@@ -276,6 +276,54 @@ def test_alias_without_previous_id_is_invalid() -> None:
     assert result.code == "526"
 
 
+def alias_with_token(**ids: str) -> dict[str, Any]:
+    """An alias from an iOS device with its push token, with the ids given."""
+    return {
+        "type": "alias",
+        "userId": "u1",
+        "timestamp": TS,
+        "context": {"device": {"token": "tok-1", "type": "ios"}},
+        **ids,
+    }
+
+
+def test_an_alias_carries_its_token_to_the_profile_of_its_previous_id() -> None:
+    # The alias goes to objectId = previousId (the anonymous profile); CleverTap takes
+    # tokens by objectId only (clevertap-api.md), so the token goes to that profile too.
+    mapper = classic_mapper(MappingOptions())
+    assert records(mapper(alias_with_token(previousId="a1"))) == [
+        {"type": "profile", "objectId": "a1", "ts": EPOCH, "profileData": {"Identity": "u1"}},
+        {"type": "token", "objectId": "a1", "tokenData": {"id": "tok-1", "type": "apns"}},
+    ]
+    assert dropped_values(mapper) == {}
+
+
+@pytest.mark.parametrize(
+    ("ids", "token_object_id"),
+    [
+        ({"previousId": "a1", "anonymousId": "a1"}, "a1"),
+        ({"previousId": "a1", "anonymousId": ""}, "a1"),
+        # The device's own anonymous id, when it has one, is where its token belongs.
+        ({"previousId": "old-user", "anonymousId": "a2"}, "a2"),
+    ],
+)
+def test_an_alias_token_goes_to_the_anonymous_id(ids: dict[str, str], token_object_id: str) -> None:
+    result = records(classic_mapper(MappingOptions())(alias_with_token(**ids)))
+    assert result[0]["objectId"] == ids["previousId"]
+    assert result[1] == {
+        "type": "token",
+        "objectId": token_object_id,
+        "tokenData": {"id": "tok-1", "type": "apns"},
+    }
+
+
+def test_only_an_alias_takes_its_token_id_from_previous_id() -> None:
+    mapper = classic_mapper(MappingOptions())
+    track = {**alias_with_token(previousId="a1"), "type": "track", "event": "E"}
+    assert [r["type"] for r in records(mapper(track))] == ["event"]
+    assert dropped_values(mapper) == {"token:no-objectId": 1}
+
+
 def test_group_is_skipped() -> None:
     result = classic_mapper(MappingOptions())({"type": "group", "userId": "u1", "groupId": "g"})
     assert result == Skip("group")
