@@ -35,9 +35,8 @@ the anonymous profile gains the identity, and later uploads by `userId` reach it
 
 Token records need an objectId: the anonymousId, or for an alias without one its
 `previousId` (the profile the alias is sent to). A message with a device token but no
-such id, a
-device type other than android or an Apple platform, or a token that is not text gives no
-token record; it is counted in `dropped` as `token:no-objectId`,
+such id, a device type other than android or an Apple platform, or a token that is not
+text gives no token record; it is counted in `dropped` as `token:no-objectId`,
 `token:unknown-device-type` or `token:not-a-string`.
 """
 
