@@ -743,8 +743,9 @@ def _read_stdin_text(what: str) -> str:
 
 
 def _confirm_delete(err: Console, identities: list[tuple[Origin, str]], guid: bool) -> None:
-    """At a terminal, say how many profiles will go and ask: deletion is irreversible."""
-    count = sum(1 for _, value in identities if value.strip())
+    """At a terminal, say how many profiles will go and ask: deletion is irreversible.
+    A value named twice is one profile (the run deletes it once)."""
+    count = len({value.strip() for _, value in identities if value.strip()})
     named = plural(count, "CleverTap ID") if guid else plural(count, "identity", "identities")
     err.print(
         f"ctsync: this deletes the CleverTap profiles of {named}; "

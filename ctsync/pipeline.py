@@ -49,6 +49,7 @@ from ctsync.records import (
     Message,
     Origin,
     Outcome,
+    Skip,
     Stage,
 )
 from ctsync.settings import MAX_UPLOAD_BATCH, MAX_UPLOAD_CONCURRENCY
@@ -865,13 +866,24 @@ def deletion_records(
             yield InputRecord(origin, value.encode(), {"userId": value}, None), None
 
 
+DUPLICATE_IDENTITY = Skip("duplicate-identity")
+
+
 def deletion_mapper(key: DeleteKey) -> Mapper:
-    """Every deletion record becomes one `Delete`, after the identity checks of uploads."""
+    """Every deletion record becomes one `Delete`, after the identity checks of uploads;
+    an identity (or CleverTap ID) already deleted by this input is skipped as
+    `duplicate-identity`, so each profile is deleted and counted once."""
+    # One deletion input is a list a person wrote (a GDPR request, an export of ids): the
+    # set of its distinct values is the size of what `ctsync delete` is asked to do.
+    seen: set[str] = set()
 
     def mapper(message: Message) -> MapResult:
         identity = identity_of(message.get("userId"), key)
         if isinstance(identity, Invalid):
             return identity
+        if identity in seen:
+            return DUPLICATE_IDENTITY
+        seen.add(identity)
         return [Delete(key, identity)]
 
     return mapper

@@ -12,6 +12,8 @@ report, each with the code the server would answer (see CleverTap's api-errors p
 | 513 | the event name is one of CleverTap's reserved system events |
 | 514 / 515 / 516 | Gender not M/F, Email malformed, Phone not `+<country><number>` |
 | 517 / 518 / 519 / 520 | Employed, Education, Married, Age invalid |
+| dob-not-a-date | DOB is not CleverTap's date `"$D_<epoch seconds>"` (ctsync's own code: CleverTap
+        documents none) |
 | 522 | more event properties than the account allows |
 | 523 | no identifier, more than one, or an identity that is empty or not under 120 chars |
 | 524 | `type` is not profile, event or token |
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ctsync.records import CleverTapRecord
+from ctsync.timestamps import clevertap_date
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,8 @@ RESERVED_EVENT_NAMES: Final = frozenset(
 )
 
 _PHONE: Final = re.compile(r"\+[1-9]\d{5,14}")
+_CLEVERTAP_DATE: Final = re.compile(r"\$D_-?\d{1,12}")
+DOB_NOT_A_DATE: Final = "dob-not-a-date"
 _EMAIL: Final = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 
 
@@ -160,6 +165,14 @@ STANDARD_VALUE_RULES: Final[dict[str, tuple[str, Callable[[Any], bool], str]]] =
     "Education": ("518", _one_of("School", "College", "Graduate"), "School, College or Graduate"),
     "Married": ("519", _one_of("Y", "N"), "Y or N"),
     "Age": ("520", _is_number, "a number"),
+    # A plain number or text would be stored as one, not as the date of birth.
+    "DOB": (
+        DOB_NOT_A_DATE,
+        _matches(_CLEVERTAP_DATE),
+        'a date, "$D_<epoch seconds>" (--preset classic and --validate fix read ISO dates, '
+        "epoch seconds or milliseconds, 01-Mar-1990, 1990/03/01, and 13/03/1990 where day "
+        "and month cannot be mixed up)",
+    ),
 }
 # CleverTap's reserved keys, checked as it checks them; never fixable (a subscription
 # left out would be a subscription silently not changed).
@@ -326,19 +339,18 @@ def _check_event(record: CleverTapRecord, limit: int, found: list[Violation]) ->
     if len(data) > limit:
         found.append(Violation("522", f"{len(data)} event properties; the limit is {limit}"))
     charged = name == "Charged"
+    if charged and "Items" in data:  # whatever its value: Items is CleverTap's, a list
+        _check_items(data["Items"], found)
     for key, value in data.items():
         if key not in _GOOD_KEYS:
             _check_key(key, "event property", found)
         if type(value) is str:
             if len(value) > MAX_STRING_BYTES // 4:
                 _check_string(value, key, found)
-        elif isinstance(value, dict | list):
-            if charged and key == "Items":
-                _check_items(value, found)
-            else:
-                found.append(
-                    Violation("512", f"event property {key!r} is nested; values must be scalars")
-                )
+        elif isinstance(value, dict | list) and not (charged and key == "Items"):
+            found.append(
+                Violation("512", f"event property {key!r} is nested; values must be scalars")
+            )
 
 
 def _check_items(items: Any, found: list[Violation]) -> None:
@@ -386,8 +398,9 @@ def _check_token(record: CleverTapRecord, found: list[Violation]) -> None:
 # --- --validate fix -------------------------------------------------------------------
 
 FIXABLE_CODES: Final = frozenset(code for code, _, _ in STANDARD_VALUE_RULES.values())
-"""Codes of a standard profile value (514-520): such a property can be left out and the
-rest of the profile sent. Identifier, `ts`, event-name and structure codes never are."""
+"""Codes of a standard profile value (514-520, dob-not-a-date): such a property can be
+left out and the rest of the profile sent. Identifier, `ts`, event-name and structure
+codes never are."""
 
 _PHONE_PUNCTUATION: Final = re.compile(r"[\s\-()\[\]]")
 _GENDERS: Final = {"male": "M", "m": "M", "female": "F", "f": "F"}
@@ -409,6 +422,7 @@ def _compact_phone(value: Any) -> Any:
 _REPAIRS: Final[dict[str, Callable[[Any], Any]]] = {
     "Phone": _compact_phone,
     "Gender": normalise_gender,
+    "DOB": clevertap_date,
 }
 
 
@@ -430,7 +444,8 @@ def fix_upload(
     A record whose only violations are fixable (a standard profile value, codes 514-520)
     comes back as a copy without the offending properties, one `Fix` each: a Phone is
     first tried without spaces, dashes and brackets, a Gender as M/F from `male`,
-    `female`, `m`, `f`, and kept in that form when it is then valid. A record with any
+    `female`, `m`, `f`, a DOB as a date read from what people write (`01-Mar-1990`),
+    and kept in that form when it is then valid. A record with any
     other violation comes back unchanged, with every violation (the unfixable ones
     first) and no fix. A valid
     record comes back as it is. The record given is never changed.

@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from dateutil.parser import isoparse
 
@@ -45,6 +45,7 @@ _ISO_FINE = re.compile(
 )
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
+_EPOCH_DATE = date(1970, 1, 1)
 
 
 def _segment_shape(value: str) -> bool:
@@ -193,3 +194,84 @@ def _any_iso_to_epoch(value: str) -> int | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return math.floor(parsed.timestamp())
+
+
+# --- dates as people write them (a date of birth) ---------------------------------------
+
+_MONTH_NAMES: dict[str, int] = {}
+for _number, _name in enumerate(
+    ("january", "february", "march", "april", "may", "june", "july", "august", "september",
+     "october", "november", "december"),
+    start=1,
+):  # fmt: skip
+    _MONTH_NAMES[_name] = _MONTH_NAMES[_name[:3]] = _number
+_MONTH_NAMES["sept"] = 9
+# 01-Mar-1990, 1 March 1990, 01/mar/1990.
+_DAY_MONTH_NAME_YEAR = re.compile(r"(\d{1,2})[-/ ]([A-Za-z]{3,9})\.?[-/ ](\d{4})")
+_YEAR_MONTH_DAY = re.compile(r"(\d{4})/(\d{1,2})/(\d{1,2})")  # 1990/03/01
+_NUMERIC_WITH_YEAR_LAST = re.compile(r"(\d{1,2})([/.-])(\d{1,2})\2(\d{4})")  # 13/03/1990
+# A number this large is milliseconds: as seconds it would be after the year 2286, no
+# one's birthday, while as milliseconds it is any date more than 115 days from 1970.
+# (`event_time`'s 10^11 would read births of 1967-1973 in milliseconds as seconds.)
+_DATE_MILLISECONDS_FROM: Final = 10**10
+_LATEST_EPOCH: Final = 253402300799  # 9999-12-31T23:59:59Z
+
+
+def date_epoch(value: Any) -> int | None:
+    """Epoch seconds of a date as people write one (a date of birth), else None.
+
+    Read: ISO-8601 dates and date-times of any precision (`1990-03-01`,
+    `1990-03-01T08:00:00.123456+05:30`; no offset is UTC); epoch seconds or milliseconds
+    as JSON numbers (10^10 and over is milliseconds); `01-Mar-1990` (a month's name or
+    three-letter abbreviation, any case, between `-`, `/` or spaces); `1990/03/01`; and
+    day and month with the year last (`13/03/1990`, `03-13-1990`) only when they cannot
+    be mixed up: one of the two is over 12, or both are the same. A date that is not in
+    the calendar (`31/02/1990`), `03/01/1990`, text of digits and anything else: None.
+    A date alone is midnight UTC."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        value = math.floor(value)
+    if isinstance(value, int):
+        seconds = value // 1000 if abs(value) >= _DATE_MILLISECONDS_FROM else value
+        return seconds if abs(seconds) <= _LATEST_EPOCH else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if len(text) >= 10 and text[4] == "-" and text[7] == "-":
+        # Not dateutil for what is not YYYY-MM-DD...: it also reads `1990` or `19900301`.
+        epoch = iso_to_epoch(text)
+        return epoch if epoch is not None else _any_iso_to_epoch(text)
+    if match := _YEAR_MONTH_DAY.fullmatch(text):
+        year, month, day = (int(part) for part in match.groups())
+        return _day_epoch(year, month, day)
+    if match := _DAY_MONTH_NAME_YEAR.fullmatch(text):
+        month_number = _MONTH_NAMES.get(match.group(2).lower())
+        if month_number is None:
+            return None
+        return _day_epoch(int(match.group(3)), month_number, int(match.group(1)))
+    if match := _NUMERIC_WITH_YEAR_LAST.fullmatch(text):
+        first, second, year = int(match.group(1)), int(match.group(3)), int(match.group(4))
+        if first > 12 >= second or first == second:
+            return _day_epoch(year, second, first)  # day first: 13/03/1990
+        if second > 12 >= first:
+            return _day_epoch(year, first, second)  # month first: 03/13/1990
+        return None  # 03/01/1990: the 3rd of January or the 1st of March
+    return None
+
+
+def clevertap_date(value: Any) -> Any:
+    """A date as people write one (`date_epoch`) as CleverTap's date type `$D_<epoch>`;
+    anything else unchanged, for the data rules to judge."""
+    epoch = date_epoch(value)
+    return value if epoch is None else f"$D_{epoch}"
+
+
+def _day_epoch(year: int, month: int, day: int) -> int | None:
+    """Epoch seconds of midnight UTC on that day, or None when there is no such day."""
+    try:
+        return (date(year, month, day) - _EPOCH_DATE).days * 86400
+    except ValueError:
+        return None

@@ -169,25 +169,30 @@ def test_an_unset_special_trait_leaves_the_traits_after_it_alone() -> None:
 
 
 # -- Charged (README, presets table) --------------------------------------------------
-# Amount = total, else revenue, else the products' sum; the one of total/revenue not
-# used stays a property, as written (null included: like every other property); products
-# that are not a list are left out and counted in `dropped_values` under "products".
+# Amount = total, else revenue, else the products' sum; total, revenue, order_id and
+# currency stay properties beside the Charged fields, as written (null included: like
+# every other property); products that are not a list are left out and counted in
+# `dropped_values` under "products".
+
+
+O1 = {"order_id": "o1"}  # kept beside its Charged ID
+C1 = {"Charged ID": "o1", **O1}
 
 
 @pytest.mark.parametrize(
     ("properties", "data", "dropped"),
     [
-        ({"total": 30, "revenue": 25}, {"Amount": 30, "revenue": 25}, {}),
-        ({"total": None, "revenue": 25}, {"Amount": 25, "total": None}, {}),
+        ({"total": 30, "revenue": 25}, {"Amount": 30, "total": 30, "revenue": 25}, {}),
+        ({"total": None, "revenue": 25}, {"Amount": 25, "total": None, "revenue": 25}, {}),
         (
             {"total": None, "revenue": None, "products": [{"price": 3, "quantity": 2}]},
             {"Amount": 6, "total": None, "revenue": None, "Items": [{"price": 3, "quantity": 2}]},
             {},
         ),
-        ({"order_id": "o1", "products": {"sku": "s1"}}, {"Charged ID": "o1"}, {"products": 2}),
-        ({"order_id": "o1", "products": "s1"}, {"Charged ID": "o1"}, {"products": 2}),
-        ({"order_id": "o1", "products": None}, {"Charged ID": "o1"}, {}),
-        ({"order_id": "o1"}, {"Charged ID": "o1"}, {}),
+        ({"order_id": "o1", "products": {"sku": "s1"}}, C1, {"products": 2}),
+        ({"order_id": "o1", "products": "s1"}, C1, {"products": 2}),
+        ({"order_id": "o1", "products": None}, C1, {}),
+        ({"order_id": "o1"}, C1, {}),
     ],
 )
 def test_charged_keeps_the_unused_amount_field_and_counts_products_left_out(

@@ -136,6 +136,47 @@ def test_other_standard_profile_keys(key: str, value: str, code: str) -> None:
     assert codes(profile(**{key: value})) == [code]
 
 
+@pytest.mark.parametrize("dob", ["$D_636249600", "$D_-631152000", "$D_0"])
+def test_a_clevertap_date_is_a_good_dob(dob: str) -> None:
+    assert codes(profile(DOB=dob)) == []
+
+
+@pytest.mark.parametrize(
+    "dob",
+    # clevertap-api.md: dates as "$D_<epoch seconds>"; a plain integer is stored as a
+    # number, text as text: neither is a date of birth.
+    ["01-Mar-1990", "1990-03-01", 636249600, "$D_", "$D_1990-03-01", "D_636249600", True, None],
+)
+def test_a_dob_that_is_not_a_clevertap_date_has_its_own_code(dob: Any) -> None:
+    found = check_upload(profile(DOB=dob))
+    assert [v.code for v in found] == ["dob-not-a-date"]
+    assert "DOB" in found[0].message and "$D_<epoch seconds>" in found[0].message
+
+
+@pytest.mark.parametrize(
+    ("dob", "sent"),
+    [
+        ("01-Mar-1990", "$D_636249600"),  # 1990-03-01: 7364 days after 1970-01-01
+        ("1990/03/01", "$D_636249600"),
+        (636249600000, "$D_636249600"),  # milliseconds
+        ("13/03/1990", "$D_637286400"),  # 12 days later
+    ],
+)
+def test_fix_sends_a_dob_it_can_read_as_a_date(dob: Any, sent: str) -> None:
+    fixed, fixes, left = fix_upload(profile(Name="Ada", DOB=dob))
+    assert (fixed, left) == (profile(Name="Ada", DOB=sent), [])
+    assert [(fix.field, fix.code) for fix in fixes] == [("DOB", "dob-not-a-date")]
+    assert f"sent as {sent!r}" in fixes[0].message
+
+
+@pytest.mark.parametrize("dob", ["03/01/1990", "31/02/1990", "last spring", "", True, [1990]])
+def test_fix_leaves_out_a_dob_it_cannot_read_and_says_so(dob: Any) -> None:
+    fixed, fixes, left = fix_upload(profile(Name="Ada", DOB=dob))
+    assert (fixed, left) == (profile(Name="Ada"), [])
+    assert [(fix.field, fix.code) for fix in fixes] == [("DOB", "dob-not-a-date")]
+    assert "left out" in fixes[0].message
+
+
 def test_standard_keys_do_not_count_as_custom_properties() -> None:
     custom = {f"p{i}": i for i in range(256)}
     assert codes(profile(Name="Ada", Email="a@b.co", **custom)) == []
@@ -224,6 +265,14 @@ def test_more_than_50_charged_items_is_rejected() -> None:
 def test_charged_items_must_be_flat() -> None:
     assert codes(event("Charged", Items=[{"sku": "s", "tags": ["a"]}])) == ["512"]
     assert codes(event("Charged", Items=["s1"])) == ["512"]
+
+
+@pytest.mark.parametrize("items", ["s1", 3, True, None, {"sku": "s1"}])
+def test_charged_items_that_are_not_a_list_are_rejected(items: Any) -> None:
+    # clevertap-api.md: Charged's "Items": [{flat object}, ...]; a scalar is no list.
+    found = check_upload(event("Charged", Items=items))
+    assert [v.code for v in found] == ["512"]
+    assert "Items is not a list" in found[0].message
 
 
 def test_items_is_only_an_array_on_charged() -> None:
@@ -473,6 +522,7 @@ standard_values = st.one_of(
     st.integers(),
     st.text(max_size=20),
     st.sampled_from(["M", "F", "male", "+44 20 7946 0001", "(415) 555-0007", "a@b.co", "Y"]),
+    st.sampled_from(["$D_636249600", "01-Mar-1990", "03/01/1990", "1990/02/30"]),
 )
 
 
@@ -480,7 +530,7 @@ standard_values = st.one_of(
 @given(
     data=st.dictionaries(
         st.sampled_from(
-            ["Gender", "Email", "Phone", "Employed", "Education", "Married", "Age", "Name"]
+            ["Gender", "Email", "Phone", "Employed", "Education", "Married", "Age", "Name", "DOB"]
         ),
         standard_values,
     ),

@@ -315,11 +315,13 @@ def test_counts_of_a_record_prepared_again_here_are_in_the_summary(
     the value it drops and the date it leaves as text count once in the summary, as with
     one process. Two copies of one identify (an envelope line, prepared here, then a plain
     line, prepared by a worker that has not seen the token), each dropping `address`
-    (`--nested drop`) and leaving `birthday` (microseconds) as text: two of each.
+    (`--nested drop`) and leaving a date-time with microseconds as text (classic:
+    `createdAt`; the mapping file: `birthday`, its DOB): two of each.
 
     The worker's counts of its own preparation already hold the record's; counting the
     second preparation too (the run's own mapper, reused) would make three."""
-    traits = {"address": {"city": "X"}, "birthday": "1990-02-01T00:00:00.123456Z"}
+    fine = "1990-02-01T00:00:00.123456Z"
+    traits = {"address": {"city": "X"}, "birthday": fine, "createdAt": fine}
     export = envelope_then_line(tmp_path, traits)
     monkeypatch.setenv("CTSYNC_WORKER_BLOCK_BYTES", "1")
     monkeypatch.setenv("CTSYNC_WORKER_START_AFTER", "0")
@@ -335,9 +337,10 @@ def test_counts_of_a_record_prepared_again_here_are_in_the_summary(
             workers=workers,
         )
         summaries[workers] = upload(job)
-    # By hand: classic drops `address` and keeps `birthday` (as `birthday`); the mapping
-    # file maps traits.birthday to DOB and takes no `address`.
-    dropped, dates = ({"address": 2}, {"birthday": 2}) if preset == "classic" else ({}, {"DOB": 2})
+    # By hand: classic drops `address`, reads `birthday` as the DOB date (any precision)
+    # and keeps `createdAt` as text; the mapping file maps traits.birthday to DOB and
+    # takes neither `address` nor `createdAt`.
+    dropped, dates = ({"address": 2}, {"createdAt": 2}) if preset == "classic" else ({}, {"DOB": 2})
     for summary in summaries.values():
         assert summary.dropped == dropped
         assert summary.dates_left_as_text == dates

@@ -5,7 +5,9 @@
 | identify                 | profile: special traits renamed, others snake_cased       |
 | track                    | event named after `event`, properties snake_cased         |
 | track `Order Completed`  | `Charged` with `Charged ID`, `Amount`, `Currency`, `Items`|
-|   (any case)             |                                                           |
+|   (any case)             |   beside the source properties (`products` aside)         |
+| track `Charged`          | `Charged`: `Charged ID`, `Amount`, `Currency`, `Items` as |
+|   (any case)             |   written (CleverTap's own form), other properties as any |
 | page / screen            | `Web Page Viewed` / `App Screen Viewed`                   |
 | alias                    | profile of `previousId` (as objectId) given `Identity`    |
 | `context.device.token`   | a token record, once per device token and profile per run|
@@ -20,6 +22,10 @@ trait whose value is one operation object (`{"$incr": 1}`) are sent exactly as w
 key and value, as CleverTap's API requires: to act on a property this preset writes
 plain values to, name the trait as it is sent (`login_count`, not `loginCount`).
 `Name` is made from first and last names when there is no name (Segment's identify spec).
+CleverTap's standard keys written as CleverTap spells them (`Employed`, `DOB`, ...) are
+sent as written, for the data rules to check. `DOB` (from `birthday` or `DOB`) is read as
+a date from the forms people write (`ctsync.timestamps.date_epoch`) and sent as `$D_`;
+one that cannot be read goes as written, and the data rules refuse it (`dob-not-a-date`).
 
 Alias: CleverTap's upload takes one identifier per record, so the alias cannot name both
 ids. ctsync uploads the profile whose CleverTap ID is `previousId` (the anonymousId the
@@ -27,15 +33,15 @@ classic destination used as objectId) with the standard `Identity` key set to `u
 the anonymous profile gains the identity, and later uploads by `userId` reach it. With
 `link_anonymous` an identify carrying both ids does the same.
 
-Token records need an objectId: a message with a device token but no anonymousId, a
-device type other than android or an Apple platform, or a token that is not text gives no
-token record; it is counted in `dropped` as `token:no-objectId`,
+Token records need an objectId: the anonymousId, or for an alias without one its
+`previousId` (the profile the alias is sent to). A message with a device token but no
+such id, a device type other than android or an Apple platform, or a token that is not
+text gives no token record; it is counted in `dropped` as `token:no-objectId`,
 `token:unknown-device-type` or `token:not-a-string`.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -52,8 +58,8 @@ from ctsync.records import (
     Upload,
     skip_reason,
 )
-from ctsync.rules import normalise_gender
-from ctsync.timestamps import FineDates, convert_object, event_time, iso_to_epoch
+from ctsync.rules import RESERVED_PROFILE_KEYS, STANDARD_PROFILE_KEYS, normalise_gender
+from ctsync.timestamps import FineDates, clevertap_date, convert_object
 
 __all__ = ["ClassicMapper", "classic_mapper", "clevertap_date", "normalise_gender"]
 
@@ -67,6 +73,10 @@ SPECIAL_TRAITS: Final = {
     "email": "Email",
 }
 NAME_PARTS: Final = ("first_name", "last_name")  # firstName, first_name, FirstName ...
+# CleverTap's standard profile keys written as CleverTap spells them (`Employed`, `DOB`):
+# sent as written, for the data rules to check as CleverTap does. (The reserved keys,
+# MSG-email and the like, are the property shaper's: kept as written too.)
+STANDARD_AS_WRITTEN: Final = STANDARD_PROFILE_KEYS - RESERVED_PROFILE_KEYS
 # `context.device.type` (else `context.os.name`), lower-cased -> CleverTap token type.
 # Every Apple platform's push token is an APNs token.
 TOKEN_TYPES: Final = {
@@ -86,22 +96,9 @@ SCREEN_EVENT: Final = "App Screen Viewed"
 ORDER_COMPLETED: Final = "order completed"  # compared lower-cased, as RudderStack does
 CHARGED: Final = "Charged"
 ORDER_FIELDS: Final = frozenset({"order_id", "revenue", "total", "currency", "products"})
-
-
-def clevertap_date(value: Any, fine: FineDates | None = None, name: str = "") -> Any:
-    """A date as CleverTap's date type `$D_<epoch>`; a value that is not a date unchanged.
-    With `fine`, a date-time finer than milliseconds is counted under `name` (or
-    converted, as `fine` says)."""
-    if isinstance(value, str):
-        epoch = iso_to_epoch(value)
-        if epoch is None and fine is not None:
-            epoch = fine.epoch(name, value)
-        return value if epoch is None else f"$D_{epoch}"
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
-            return value
-        return f"$D_{event_time(value)}"
-    return value
+# The keys of CleverTap's own Charged event, as CleverTap spells them (clevertap-api.md):
+# a track named `Charged` that carries them is sent with them as written.
+CHARGED_FIELDS: Final = ("Charged ID", "Amount", "Currency", "Items")
 
 
 def order_amount(products: Any) -> int | float | None:
@@ -141,6 +138,10 @@ class ClassicMapper:
     ) -> None:
         self._options = options
         self._shaper = PropertyShaper(options.nested, snake_case_keys=True)
+        # For what CleverTap defines and the user wrote in its form (Charged Items):
+        # the same nested policy, keys kept; its drops counted with the others.
+        self._as_written = PropertyShaper(options.nested)
+        self._as_written.dropped = self._shaper.dropped
         self._fine = FineDates(convert=options.convert_microseconds)
         # The counters themselves (read at the end of a run), not copies.
         self.dropped: Counter[str] = self._shaper.dropped
@@ -212,8 +213,14 @@ class ClassicMapper:
         options = self._options
         custom: dict[str, Any] = {}
         standard: dict[str, Any] = {}
+        written: dict[str, Any] = {}  # standard keys written as CleverTap spells them
         parts: dict[str, Any] = {}
         for key, value in traits.items():
+            if key in STANDARD_AS_WRITTEN:
+                if value is not None:  # null would fail CleverTap's checks, as below
+                    # DOB is CleverTap's date, whatever Convert Timestamps says.
+                    written[key] = clevertap_date(value) if key == "DOB" else value
+                continue
             name = self._shaper.rename(key)
             target = SPECIAL_TRAITS.get(name)
             if target is None:
@@ -225,11 +232,11 @@ class ClassicMapper:
             elif target == "Gender":
                 standard[target] = normalise_gender(value)
             elif target == "DOB":
-                standard[target] = (
-                    clevertap_date(value, self._fine, key) if options.convert_timestamps else value
-                )
+                standard[target] = clevertap_date(value)
             else:
                 standard[target] = value
+        # The key written as CleverTap spells it says what the user meant for CleverTap.
+        standard.update(written)
         if "Name" not in standard:
             full_name = _full_name(parts)
             if full_name is not None:
@@ -257,29 +264,55 @@ class ClassicMapper:
         if not isinstance(name, str) or not name.strip():
             return Invalid("509", "track has no event name")
         properties = _properties(message)
-        if name.lower() == ORDER_COMPLETED:
+        lowered = name.lower()
+        if lowered == ORDER_COMPLETED:
             return self._charged(message, properties)
+        if lowered == CHARGED.lower():
+            return self._charged_as_written(message, properties)
         return self._event(message, name, properties)
+
+    def _charged_as_written(
+        self, message: Message, properties: dict[str, Any]
+    ) -> CleverTapRecord | Invalid:
+        """A track already in CleverTap's Charged form: its `Charged ID`, `Amount`,
+        `Currency` and `Items` go as written (keys of the items too), the other properties
+        as any event's."""
+        charged = {key: properties[key] for key in CHARGED_FIELDS if key in properties}
+        rest = {key: value for key, value in properties.items() if key not in charged}
+        record = self._event(message, CHARGED, rest)
+        if isinstance(record, Invalid):
+            return record
+        items = charged.get("Items")
+        if isinstance(items, list):
+            charged["Items"] = [self._item(item, as_written=True) for item in items]
+        # Anything else under Items (an object, a string) goes as it is, for the data
+        # rules to report: a Charged without its items should not pass unseen.
+        record["evtData"].update(charged)
+        return record
 
     def _charged(self, message: Message, properties: dict[str, Any]) -> CleverTapRecord | Invalid:
         # Segment's e-commerce spec names, found whatever their case (`orderId`, `order_id`).
+        # They stay properties beside the Charged fields made from them, as CleverTap's
+        # Segment integrations for Android and iOS keep them, so a report on `total` or
+        # `order_id` finds what it found before CleverTap; `products` alone goes, into
+        # `Items` (as both integrations do: a copy would be a second, flattened Items).
         spec: dict[str, Any] = {}
         rest: dict[str, Any] = {}
         for key, value in properties.items():
             name = self._shaper.rename(key)
             if name in ORDER_FIELDS and name not in spec:
                 spec[name] = value
-            else:
-                rest[key] = value
+                if name == "products":
+                    continue
+            rest[key] = value
         charged: dict[str, Any] = {}
         if "order_id" in spec:
             charged["Charged ID"] = spec["order_id"]
         # Amount is what the customer paid: Segment's `total` (as Segment's analytics.js
-        # CleverTap integration takes it), else `revenue`, else the products' sum. The
-        # one not taken stays a property.
+        # CleverTap integration takes it), else `revenue`, else the products' sum.
         for field in ("total", "revenue"):
             if spec.get(field) is not None:
-                charged["Amount"] = spec.pop(field)
+                charged["Amount"] = spec[field]
                 break
         else:
             amount = order_amount(spec.get("products"))
@@ -287,9 +320,6 @@ class ClassicMapper:
                 charged["Amount"] = amount
         if "currency" in spec:
             charged["Currency"] = spec["currency"]
-        for field in ("total", "revenue"):
-            if field in spec:
-                rest[field] = spec[field]
         record = self._event(message, CHARGED, rest)
         if isinstance(record, Invalid):
             return record
@@ -303,12 +333,13 @@ class ClassicMapper:
             self._shaper.dropped["products"] += 1
         return record
 
-    def _item(self, product: Any) -> Any:
+    def _item(self, product: Any, *, as_written: bool = False) -> Any:
+        """One of Charged's Items: keys snake_cased like properties, or `as_written`."""
         if not isinstance(product, dict):
             return product  # the data rules report a non-object item
         if self._options.convert_timestamps:
             product = convert_object(product, self._options.dates_as, fine=self._fine)
-        return self._shaper.event_data(product)
+        return (self._as_written if as_written else self._shaper).event_data(product)
 
     def _viewed(self, message: Message, name: str) -> CleverTapRecord | Invalid:
         properties = _properties(message)
@@ -351,7 +382,12 @@ class ClassicMapper:
             return None
         # The objectId the message's own records carry (an integer anonymousId as its
         # decimal string), so that the token lands on the same profile.
-        object_id = identity_of(message.get("anonymousId"), "anonymousId")
+        anonymous_id = message.get("anonymousId")
+        if (anonymous_id is None or anonymous_id == "") and message.get("type") == "alias":
+            # An alias names the anonymous id in previousId (the profile it is sent to);
+            # aliases sent from servers often carry no anonymousId of their own.
+            anonymous_id = message.get("previousId")
+        object_id = identity_of(anonymous_id, "anonymousId")
         if isinstance(object_id, Invalid):
             # CleverTap takes tokens by objectId only (530): a server-side message
             # without anonymousId cannot carry one.

@@ -7,16 +7,20 @@ clevertap-api.md. Epochs: 2023-05-18T22:58:45Z is 1684450725 and 2006-01-02T18:0
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctsync.mapping import dropped_values
+from ctsync.prepare import Ready, ValidateMode, prepare, rules_validator
 from ctsync.presets import MappingOptions, Nested
 from ctsync.presets.classic import classic_mapper
 from ctsync.records import Invalid, Operation, Skip, Upload
+from ctsync.rules import check_upload
 from ctsync.timestamps import DatesAs
 from tests.helpers import RESERVED_TRAITS, examples
 
@@ -126,7 +130,7 @@ def test_convert_timestamps_off_leaves_dates_alone() -> None:
     }
     result = classic_mapper(MappingOptions(convert_timestamps=False))(message)
     assert records(result)[0]["profileData"] == {
-        "DOB": "1990-02-01",
+        "DOB": "$D_633830400",  # CleverTap's date of birth is a date, whatever the rule says
         "last_seen": "2006-01-02T18:04:07Z",
     }
 
@@ -177,6 +181,11 @@ def test_order_completed_golden() -> None:
                 "Charged ID": "o-50314b8e",
                 "Amount": 27.5,  # total: what the customer paid (Segment's e-commerce spec)
                 "Currency": "USD",
+                # The source properties stay beside (CleverTap's iOS integration keeps
+                # order_id and total; Android keeps every property but products).
+                "order_id": "o-50314b8e",
+                "total": 27.5,
+                "currency": "USD",
                 "revenue": 25.0,
                 "coupon": "hasbros",
                 "Items": [
@@ -197,7 +206,7 @@ def test_order_completed_amount_falls_back_to_revenue() -> None:
         "properties": {"order_id": "o1", "revenue": 25},
     }
     record = records(classic_mapper(MappingOptions())(message))[0]
-    assert record["evtData"] == {"Charged ID": "o1", "Amount": 25}
+    assert record["evtData"] == {"Charged ID": "o1", "Amount": 25, "order_id": "o1", "revenue": 25}
 
 
 def test_order_completed_keeps_all_items_for_the_rules_to_judge() -> None:
@@ -265,6 +274,54 @@ def test_alias_without_previous_id_is_invalid() -> None:
     result = classic_mapper(MappingOptions())({"type": "alias", "userId": "u1", "timestamp": TS})
     assert isinstance(result, Invalid)
     assert result.code == "526"
+
+
+def alias_with_token(**ids: str) -> dict[str, Any]:
+    """An alias from an iOS device with its push token, with the ids given."""
+    return {
+        "type": "alias",
+        "userId": "u1",
+        "timestamp": TS,
+        "context": {"device": {"token": "tok-1", "type": "ios"}},
+        **ids,
+    }
+
+
+def test_an_alias_carries_its_token_to_the_profile_of_its_previous_id() -> None:
+    # The alias goes to objectId = previousId (the anonymous profile); CleverTap takes
+    # tokens by objectId only (clevertap-api.md), so the token goes to that profile too.
+    mapper = classic_mapper(MappingOptions())
+    assert records(mapper(alias_with_token(previousId="a1"))) == [
+        {"type": "profile", "objectId": "a1", "ts": EPOCH, "profileData": {"Identity": "u1"}},
+        {"type": "token", "objectId": "a1", "tokenData": {"id": "tok-1", "type": "apns"}},
+    ]
+    assert dropped_values(mapper) == {}
+
+
+@pytest.mark.parametrize(
+    ("ids", "token_object_id"),
+    [
+        ({"previousId": "a1", "anonymousId": "a1"}, "a1"),
+        ({"previousId": "a1", "anonymousId": ""}, "a1"),
+        # The device's own anonymous id, when it has one, is where its token belongs.
+        ({"previousId": "old-user", "anonymousId": "a2"}, "a2"),
+    ],
+)
+def test_an_alias_token_goes_to_the_anonymous_id(ids: dict[str, str], token_object_id: str) -> None:
+    result = records(classic_mapper(MappingOptions())(alias_with_token(**ids)))
+    assert result[0]["objectId"] == ids["previousId"]
+    assert result[1] == {
+        "type": "token",
+        "objectId": token_object_id,
+        "tokenData": {"id": "tok-1", "type": "apns"},
+    }
+
+
+def test_only_an_alias_takes_its_token_id_from_previous_id() -> None:
+    mapper = classic_mapper(MappingOptions())
+    track = {**alias_with_token(previousId="a1"), "type": "track", "event": "E"}
+    assert [r["type"] for r in records(mapper(track))] == ["event"]
+    assert dropped_values(mapper) == {"token:no-objectId": 1}
 
 
 def test_group_is_skipped() -> None:
@@ -554,7 +611,7 @@ def order(event: str = "Order Completed", **properties: Any) -> dict[str, Any]:
 def test_order_completed_is_charged_in_any_case(event: str) -> None:
     record = records(classic_mapper(MappingOptions())(order(event, order_id="o1")))[0]
     assert record["evtName"] == "Charged"
-    assert record["evtData"] == {"Charged ID": "o1"}
+    assert record["evtData"] == {"Charged ID": "o1", "order_id": "o1"}
 
 
 def test_other_events_are_not_charged() -> None:
@@ -578,8 +635,10 @@ def test_amount_is_the_total_as_segments_analytics_js_sends_it() -> None:
     data = records(classic_mapper(MappingOptions())(message))[0]["evtData"]
     assert data["Amount"] == 30
     assert data["revenue"] == 25
-    assert "total" not in data
-    assert data["Charged ID"] == "50314b8e9bcf000000000002"
+    assert data["total"] == 30
+    assert data["Charged ID"] == data["order_id"] == "50314b8e9bcf000000000002"
+    assert data["Currency"] == data["currency"] == "USD"
+    assert "products" not in data and len(data["Items"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -683,11 +742,11 @@ def test_dates_finer_than_milliseconds_are_counted_by_trait_name() -> None:
     profile = records(mapper(message))[0]["profileData"]
     assert profile == {
         "created_at": "2023-01-02T00:00:00.123456+00:00",
-        "DOB": "1990-02-01T00:00:00.000001Z",
+        "DOB": "$D_633830400",  # a date of birth is read at any precision (issue 22)
         "last_seen": 1136225047,
     }
     mapper({**message, "type": "track", "event": "E", "properties": traits})
-    assert mapper.dates_left_as_text == {"createdAt": 2, "birthday": 2}
+    assert mapper.dates_left_as_text == {"createdAt": 2, "birthday": 1}
 
 
 def test_convert_microseconds_floors_them_to_seconds() -> None:
@@ -747,3 +806,305 @@ def test_reserved_keys_and_operations_survive_any_other_traits(
     profile = records(classic_mapper(MappingOptions(nested=nested))(message))[0]["profileData"]
     for key, value in {**reserved, **ops}.items():
         assert profile[key] == value
+
+
+# --- issue 22: the classic details peers get right ---------------------------------------
+# Expectations by hand from CleverTap's Segment integrations for Android and iOS (their
+# sources and tests), CleverTap's API docs (clevertap-api.md) and Segment's spec.
+
+# CleverTap's Charged example (upload-events-api), as a Segment track would carry it.
+CLEVERTAP_CHARGED: dict[str, Any] = {
+    "Amount": 300,
+    "Charged ID": "24052014",
+    "Currency": "INR",
+    "Payment Mode": "Credit Card",
+    "Items": [
+        {"Category": "Books", "Book name": "The Millionaire next door", "Quantity": 1},
+        {"Category": "Books", "Book name": "Achieving inner zen", "Quantity": 4},
+    ],
+}
+
+
+@pytest.mark.parametrize("event", ["Charged", "charged", "CHARGED"])
+def test_a_track_named_charged_is_clevertaps_purchase_as_written(event: str) -> None:
+    record = records(classic_mapper(MappingOptions())(order(event, **CLEVERTAP_CHARGED)))[0]
+    assert record == event_record(
+        "Charged",
+        {
+            "Amount": 300,
+            "Charged ID": "24052014",
+            "Currency": "INR",
+            "payment_mode": "Credit Card",  # any other property, as every event's
+            "Items": [
+                {"Category": "Books", "Book name": "The Millionaire next door", "Quantity": 1},
+                {"Category": "Books", "Book name": "Achieving inner zen", "Quantity": 4},
+            ],
+        },
+    )
+
+
+def test_charged_as_written_passes_the_data_rules() -> None:
+    from ctsync.rules import check_upload
+
+    record = records(classic_mapper(MappingOptions())(order("Charged", **CLEVERTAP_CHARGED)))[0]
+    assert check_upload(record) == []
+
+
+def test_charged_fields_are_clevertaps_only_in_clevertaps_spelling() -> None:
+    # CleverTap's keys are case-sensitive: `amount` is an ordinary property.
+    message = order("Charged", amount=5, currency="EUR", items=[{"sku": "s1"}])
+    data = records(classic_mapper(MappingOptions())(message))[0]["evtData"]
+    assert data == {"amount": 5, "currency": "EUR", "items_0_sku": "s1"}
+
+
+def test_charged_items_keep_their_keys_and_follow_the_nested_policy() -> None:
+    items = [{"Product Name": "Uno", "Size": {"w": 1}, "Bought At": "2006-01-02T18:04:07Z"}]
+    flattened = records(classic_mapper(MappingOptions())(order("Charged", Items=items)))[0]
+    assert flattened["evtData"] == {
+        "Items": [{"Product Name": "Uno", "Size_w": 1, "Bought At": 1136225047}]
+    }
+    mapper = classic_mapper(MappingOptions(nested=Nested.DROP))
+    dropped = records(mapper(order("Charged", Items=items)))[0]
+    assert dropped["evtData"] == {"Items": [{"Product Name": "Uno", "Bought At": 1136225047}]}
+    assert dropped_values(mapper) == {"Size": 1}
+
+
+@pytest.mark.parametrize("items", [{"sku": "s1"}, "s1", 3])
+def test_charged_items_that_are_not_a_list_go_for_the_rules_to_refuse(items: Any) -> None:
+    from ctsync.rules import check_upload
+
+    record = records(classic_mapper(MappingOptions())(order("Charged", Items=items)))[0]
+    assert record["evtData"] == {"Items": items}
+    assert [v.code for v in check_upload(record)] == ["512"]
+
+
+def test_order_completed_keeps_its_mapping_beside_a_literal_charged() -> None:
+    # Order Completed is still Segment's spec mapped into Charged, not taken as written.
+    message = order(Amount=1, orderId="o1", Total=9, products=[{"Product Name": "Uno"}])
+    data = records(classic_mapper(MappingOptions())(message))[0]["evtData"]
+    assert data == {
+        "Charged ID": "o1",
+        "Amount": 9,
+        "order_id": "o1",
+        "total": 9,
+        "amount": 1,
+        "Items": [{"product_name": "Uno"}],
+    }
+
+
+@settings(deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["order_id", "orderId", "total", "revenue", "currency", "coupon", "tax"]),
+        st.one_of(st.none(), st.integers(-5, 5), st.text("ab", max_size=2)),
+    )
+)
+def test_order_completed_keeps_every_source_property_but_products(props: dict[str, Any]) -> None:
+    # By hand from CleverTap's Android integration: every property but products is
+    # copied (snake_cased here, as the classic destination sends them); the Charged
+    # fields come from order_id, total else revenue, currency.
+    data = records(classic_mapper(MappingOptions())(order(**props)))[0]["evtData"]
+    expected: dict[str, Any] = {}
+    for key, value in props.items():
+        expected.setdefault("order_id" if key == "orderId" else key, value)
+    # orderId and order_id are one spec field: the first written is the Charged ID.
+    ids = [props[k] for k in props if k in ("order_id", "orderId")]
+    if ids:
+        expected["Charged ID"] = ids[0]
+    amount = next((props[k] for k in ("total", "revenue") if props.get(k) is not None), None)
+    if amount is not None:
+        expected["Amount"] = amount
+    if "currency" in props:
+        expected["Currency"] = props["currency"]
+    assert data == expected
+
+
+# DOB from the formats people write. 1990-03-01 is 7364 days after 1970-01-01 (20 years
+# with 5 leap days, then 31 + 28): 636249600; 1990-03-13 is 12 days later, 637286400.
+@pytest.mark.parametrize(
+    ("written", "dob"),
+    [
+        ("1990-03-01", "$D_636249600"),
+        ("1990-03-01T00:00:00Z", "$D_636249600"),
+        ("1990-03-01T00:00:00.123456Z", "$D_636249600"),  # any precision, floored
+        ("1990-03-01T05:30:00+05:30", "$D_636249600"),  # the same instant
+        ("1990-03-01T08:00:00", "$D_636278400"),  # no offset: UTC
+        (636249600, "$D_636249600"),  # epoch seconds
+        (636249600000, "$D_636249600"),  # epoch milliseconds
+        (636249600.9, "$D_636249600"),
+        (31536000000, "$D_31536000"),  # 1971-01-01 in milliseconds (not the year 2969)
+        (-631152000, "$D_-631152000"),  # 1950-01-01: 7305 days before 1970
+        (-631152000000, "$D_-631152000"),
+        ("01-Mar-1990", "$D_636249600"),
+        ("1-mar-1990", "$D_636249600"),
+        ("01 March 1990", "$D_636249600"),
+        ("01/MAR/1990", "$D_636249600"),
+        ("1990/03/01", "$D_636249600"),
+        ("1990/3/1", "$D_636249600"),
+        ("13/03/1990", "$D_637286400"),  # day first: 13 cannot be a month
+        ("03/13/1990", "$D_637286400"),  # month first: 13 cannot be a month
+        ("13-03-1990", "$D_637286400"),
+        ("13.03.1990", "$D_637286400"),
+        ("01/01/1990", "$D_631152000"),  # both readings are the same day
+        (" 1990-03-01 ", "$D_636249600"),
+    ],
+)
+@pytest.mark.parametrize("trait", ["birthday", "DOB"])
+def test_dob_is_read_from_the_formats_people_use(trait: str, written: Any, dob: str) -> None:
+    profile = records(classic_mapper(MappingOptions())(identify({trait: written})))[0]
+    assert profile["profileData"] == {"DOB": dob}
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "03/01/1990",  # the 3rd of January or the 1st of March: not guessed
+        "31/02/1990",
+        "1990-02-30",
+        "01-Foo-1990",
+        "1990",
+        "19900301",  # digits: an epoch written as text is not taken either
+        "636249600",
+        "March 1st",
+        "",
+        True,
+        [1990, 3, 1],
+        {"year": 1990},
+        10**30,
+    ],
+)
+def test_a_dob_that_cannot_be_read_goes_as_written_for_the_rules(written: Any) -> None:
+    profile = records(classic_mapper(MappingOptions())(identify({"birthday": written})))[0]
+    assert profile["profileData"] == {"DOB": written}
+
+
+@settings(deadline=None)
+@given(
+    st.dates(min_value=date(1900, 1, 1), max_value=date(2030, 12, 31)),
+    st.sampled_from(["iso", "dmy-name", "ymd-slash", "dmy", "mdy", "seconds", "millis"]),
+)
+def test_any_date_in_any_format_is_that_day(day: date, form: str) -> None:
+    # By hand: midnight UTC of that day, counted in whole days from 1970-01-01.
+    epoch = (day - date(1970, 1, 1)).days * 86400
+    month_names = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"
+    ]  # fmt: skip
+    written: Any = {
+        "iso": day.isoformat(),
+        "dmy-name": f"{day.day:02d}-{month_names[day.month - 1]}-{day.year}",
+        "ymd-slash": f"{day.year}/{day.month:02d}/{day.day:02d}",
+        "dmy": f"{day.day:02d}/{day.month:02d}/{day.year}",
+        "mdy": f"{day.month:02d}/{day.day:02d}/{day.year}",
+        "seconds": epoch,
+        "millis": epoch * 1000,
+    }[form]
+    profile = records(classic_mapper(MappingOptions())(identify({"birthday": written})))[0]
+    ambiguous = form in ("dmy", "mdy") and day.day <= 12 and day.day != day.month
+    if ambiguous:
+        assert profile["profileData"] == {"DOB": written}
+    elif form == "millis" and abs(epoch) * 1000 < 10**10:
+        # Within 115 days of 1970-01-01, milliseconds read as seconds (README).
+        assert profile["profileData"] == {"DOB": f"$D_{epoch * 1000}"}
+    else:
+        assert profile["profileData"] == {"DOB": f"$D_{epoch}"}
+
+
+# The DOB modes, end to end through prepare (ctsync/prepare.py) with the data rules.
+BAD_DOB = identify({"name": "Ada", "birthday": "03/01/1990"})
+
+
+def test_strict_refuses_a_dob_that_cannot_be_read() -> None:
+    result = prepare(BAD_DOB, classic_mapper(MappingOptions()), rules_validator(256))
+    assert isinstance(result, Invalid)
+    assert result.code == "dob-not-a-date"
+    assert "'03/01/1990'" in result.message
+
+
+def test_fix_sends_the_profile_without_the_dob_and_says_so() -> None:
+    validator = rules_validator(256, fix=True)
+    result = prepare(BAD_DOB, classic_mapper(MappingOptions()), validator, ValidateMode.FIX)
+    assert isinstance(result, Ready)
+    (op,) = result.ops
+    assert orjson.loads(op.body)["profileData"] == {"Name": "Ada"}
+    assert [(fix.field, fix.code) for fix in result.fixes] == [("DOB", "dob-not-a-date")]
+
+
+def test_warn_sends_the_dob_as_text_and_counts_a_warning() -> None:
+    validator = rules_validator(256)
+    result = prepare(BAD_DOB, classic_mapper(MappingOptions()), validator, ValidateMode.WARN)
+    assert isinstance(result, Ready)
+    (op,) = result.ops
+    assert orjson.loads(op.body)["profileData"] == {"Name": "Ada", "DOB": "03/01/1990"}
+    assert result.warnings == ["dob-not-a-date"]
+
+
+# CleverTap's standard profile keys written as CleverTap spells them (clevertap-api.md,
+# "Standard profile keys"); RudderStack sends Employed, Education, Married the same way.
+STANDARD_AS_CLEVERTAP_WRITES_THEM: dict[str, Any] = {
+    "Name": "Ada Lovelace",
+    "Email": "ada@example.com",
+    "Phone": "+441234567890",
+    "Gender": "F",
+    "DOB": "$D_636249600",
+    "Photo": "https://example.com/ada.png",
+    "Employed": "Y",
+    "Education": "Graduate",
+    "Married": "N",
+    "Age": 36,
+    "Identity": "u1",
+    "MSG-email": False,
+    "MSG-push": True,
+    "MSG-sms": False,
+    "MSG-whatsapp": True,
+}
+
+
+def test_clevertaps_standard_keys_pass_through_as_written() -> None:
+    profile = records(classic_mapper(MappingOptions())(identify(STANDARD_AS_CLEVERTAP_WRITES_THEM)))
+    assert profile[0]["profileData"] == STANDARD_AS_CLEVERTAP_WRITES_THEM
+    assert check_upload(profile[0]) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "code"),
+    [
+        ("Employed", "yes", "517"),
+        ("Education", "PhD", "518"),
+        ("Married", "true", "519"),
+        ("Age", "36", "520"),
+        ("Gender", "female", "514"),  # written as CleverTap's key: sent as written
+        ("Email", "ada@", "515"),
+        ("Phone", "0123", "516"),
+        ("DOB", "someday", "dob-not-a-date"),
+    ],
+)
+def test_standard_keys_are_validated_as_clevertap_validates_them(
+    key: str, value: Any, code: str
+) -> None:
+    mapper = classic_mapper(MappingOptions())
+    (profile,) = records(mapper(identify({key: value})))
+    assert profile["profileData"] == {key: value}
+    result = prepare(identify({key: value}), mapper, rules_validator(256))
+    assert isinstance(result, Invalid) and result.code == code
+
+
+def test_other_spellings_are_custom_properties_as_before() -> None:
+    traits = {"employed": "Y", "EDUCATION": "College", "married": "N", "age": 3}
+    profile = records(classic_mapper(MappingOptions())(identify(traits)))[0]
+    assert profile["profileData"] == {
+        "employed": "Y",
+        "education": "College",
+        "married": "N",
+        "age": 3,
+    }
+
+
+def test_the_key_written_as_clevertaps_wins_over_the_segment_trait() -> None:
+    traits = {"Email": "ada@example.com", "email": "old@example.com", "Name": "Ada", "name": "A"}
+    profile = records(classic_mapper(MappingOptions())(identify(traits)))[0]
+    assert profile["profileData"] == {"Email": "ada@example.com", "Name": "Ada"}
+
+
+def test_a_null_standard_key_is_left_out() -> None:
+    profile = records(classic_mapper(MappingOptions())(identify({"Employed": None, "plan": 1})))
+    assert profile[0]["profileData"] == {"plan": 1}

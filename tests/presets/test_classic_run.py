@@ -230,3 +230,38 @@ def test_the_summary_table_shows_the_new_counts(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0
     assert "fixed (--validate fix): 4 (516: 2, 514: 1, 515: 1)" in result.stderr
+
+
+# Issue 22: a DOB that cannot be read, in each --validate mode, as a user sees it.
+BAD = "03/01/1990"  # 3 January or 1 March: not guessed
+DATES_OF_BIRTH = [
+    identify("u1", name="Ada", birthday="01-Mar-1990"),  # read: 1990-03-01, 636249600
+    identify("u2", name="Bo", birthday=BAD),
+]
+
+
+@pytest.mark.parametrize(
+    ("mode", "accepted", "counts", "u2"),
+    [
+        ("strict", 1, {"invalid_by_code": {"dob-not-a-date": 1}}, None),
+        ("fix", 2, {"fixed_by_code": {"dob-not-a-date": 1}}, {"Name": "Bo"}),
+        ("warn", 2, {"warnings_by_code": {"dob-not-a-date": 1}}, {"Name": "Bo", "DOB": BAD}),
+    ],
+)
+def test_a_dob_that_cannot_be_read_in_each_mode(
+    tmp_path: Path, mode: str, accepted: int, counts: dict[str, Any], u2: Any
+) -> None:
+    path = write(tmp_path / "in.ndjson", DATES_OF_BIRTH)
+    _, summary, report, requests = upload(
+        tmp_path, str(path), "--preset", "classic", "--validate", mode
+    )
+    assert summary["accepted"] == accepted
+    for key, value in counts.items():
+        assert summary[key] == value
+    sent = {r["identity"]: r["profileData"] for r in sent_records(requests)}
+    assert sent["u1"] == {"Name": "Ada", "DOB": "$D_636249600"}
+    assert sent.get("u2") == u2
+    if mode != "warn":
+        (line,) = [orjson.loads(x) for x in report.read_bytes().splitlines()]
+        assert (line["line"], line["code"]) == (2, "dob-not-a-date")
+        assert "03/01/1990" in line["message"]
