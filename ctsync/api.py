@@ -214,7 +214,8 @@ def upload(
             )
             summary.dropped.update(mapping.dropped_values(mapper))
             summary.dates_left_as_text.update(mapping.dates_left_as_text(mapper))
-            summary.notes += mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
+            # Tokens not sent and dates left as text lead the notes: they change the data.
+            summary.notes[:0] = mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
             return summary
 
         return asyncio.run(_with_sender(job.client, requests, transport, go))

@@ -228,10 +228,8 @@ def render_summary(summary: Summary, console: Console) -> None:
             console.print(f"{label}: {counter.total():,} ({_breakdown(counter)})", markup=False)
     if not summary.balanced:  # never expected: say so loudly rather than hide it
         console.print("[bold red]the counts do not add up: please report this as a bug[/]")
-    for note in summary.notes[:20]:
+    for note in summary.note_lines():
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    if len(summary.notes) > 20:
-        console.print(f"[yellow]note:[/] ... and {len(summary.notes) - 20:,} more")
     if summary.interrupted:
         console.print("[yellow]interrupted: the counts cover the records read before the stop[/]")
 
