@@ -29,6 +29,7 @@ from ctsync.client import CleverTapClient
 from ctsync.errors import CtsyncError, UsageError
 from ctsync.ledger import Ledger, output_error
 from ctsync.mapping.file import read_mapping_document
+from ctsync.options import events_only
 from ctsync.pipeline import (
     DryRunSender,
     Observer,
@@ -50,6 +51,7 @@ from ctsync.state import StateFile
 from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
 from ctsync.summary import Summary
 from ctsync.workers import (
+    MapperFactory,
     Recipe,
     Workers,
     mapping_mapper,
@@ -132,14 +134,18 @@ def _recipe_of(job: UploadJob) -> Recipe:
     validator = partial(
         rules_validator, job.mapping.max_event_properties, fix=job.run.validate is ValidateMode.FIX
     )
+    mapper: MapperFactory
     if job.mapping_file is None:
-        return Recipe(partial(preset_mapper, job.preset, job.mapping), validator, job.run.validate)
-    try:
-        source, document = read_mapping_document(job.mapping_file)
-        mapping.parse_mapping(document, source)  # the errors, said now
-    except mapping.MappingError as exc:
-        raise UsageError(str(exc)) from None
-    mapper = partial(mapping_mapper, document, source, job.mapping)
+        mapper = partial(preset_mapper, job.preset, job.mapping)
+    else:
+        try:
+            source, document = read_mapping_document(job.mapping_file)
+            mapping.parse_mapping(document, source)  # the errors, said now
+        except mapping.MappingError as exc:
+            raise UsageError(str(exc)) from None
+        mapper = partial(mapping_mapper, document, source, job.mapping)
+    if job.mapping.events_only:
+        mapper = partial(events_only, mapper)
     return Recipe(mapper, validator, job.run.validate)
 
 

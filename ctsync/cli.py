@@ -450,6 +450,16 @@ def upload(
             rich_help_panel=MAPPING,
         ),
     ] = False,
+    events_only: Annotated[
+        bool,
+        typer.Option(
+            "--events-only",
+            help="Send events and device tokens, not profile writes: for re-driving a "
+            "--failed file after later runs went through (an old identify sent again "
+            "would put older values over newer ones).",
+            rich_help_panel=MAPPING,
+        ),
+    ] = False,
     validate: Annotated[
         ValidateMode,
         typer.Option(
@@ -531,6 +541,7 @@ def upload(
                 max_event_properties=max_event_properties,
                 convert_microseconds=convert_microseconds,
                 link_anonymous=link_anonymous,
+                events_only=events_only,
             ),
             run=RunOptions(
                 batch_size=batch_size,
