@@ -224,7 +224,7 @@ def upload(
             summary.notes[:0] = mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
             return summary
 
-        return asyncio.run(_with_sender(job.client, requests, transport, go))
+        return asyncio.run(_with_sender(job.client, requests, transport, go, ledger.summary))
 
 
 def delete(
@@ -251,7 +251,7 @@ def delete(
             )
             return await _until_signalled(run, handle_signals, observer, sender, RunOptions())
 
-        return asyncio.run(_with_sender(job.client, requests, transport, go))
+        return asyncio.run(_with_sender(job.client, requests, transport, go, ledger.summary))
 
 
 async def _until_signalled(
@@ -315,13 +315,15 @@ async def _with_sender(
     requests: IO[bytes] | None,
     transport: httpx.AsyncBaseTransport | None,
     go: Callable[[Sender], Awaitable[Summary]],
+    summary: Summary,
 ) -> Summary:
     if client is None:
         return await go(SendCounter(DryRunSender(requests)))
     async with CleverTapClient(client, transport=transport) as sender:
-        summary = await go(SendCounter(sender))
-        summary.concurrency = sender.concurrency()
-        return summary
+        try:
+            return await go(SendCounter(sender))
+        finally:  # also for a run a 401 stopped: its summary says how it sent
+            summary.concurrency = sender.concurrency()
 
 
 @contextlib.contextmanager
