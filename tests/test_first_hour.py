@@ -277,3 +277,15 @@ def test_the_report_names_an_anonymous_records_id_object_id(tmp_path: Path) -> N
     lines = [orjson.loads(line) for line in report.read_bytes().splitlines()]
     who = Counter((line["identity"], line.get("objectId")) for line in lines)
     assert who == {(None, "anon-7"): 1, ("u-7", None): 1}
+
+
+# -- the version ---------------------------------------------------------------------------
+
+
+def test_the_version_is_0_2_0_everywhere_with_a_changelog() -> None:
+    root = Path(__file__).resolve().parents[1]
+    result = runner.invoke(app, ["--version"])
+    assert result.stdout == "ctsync 0.2.0\n"
+    assert re.search(r'(?m)^version = "0\.2\.0"$', (root / "pyproject.toml").read_text())
+    headings = re.findall(r"(?m)^## (\S+)", (root / "CHANGELOG.md").read_text())
+    assert headings[:2] == ["0.2.0", "0.1.0"]
