@@ -1,3 +1,3 @@
 """ctsync: Segment event exports into CleverTap, in batches."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

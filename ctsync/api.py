@@ -29,6 +29,7 @@ from ctsync.client import CleverTapClient
 from ctsync.errors import CtsyncError, UsageError
 from ctsync.ledger import Ledger, output_error
 from ctsync.mapping.file import read_mapping_document
+from ctsync.options import events_only
 from ctsync.pipeline import (
     DryRunSender,
     Observer,
@@ -50,6 +51,7 @@ from ctsync.state import StateFile
 from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
 from ctsync.summary import Summary
 from ctsync.workers import (
+    MapperFactory,
     Recipe,
     Workers,
     mapping_mapper,
@@ -132,14 +134,18 @@ def _recipe_of(job: UploadJob) -> Recipe:
     validator = partial(
         rules_validator, job.mapping.max_event_properties, fix=job.run.validate is ValidateMode.FIX
     )
+    mapper: MapperFactory
     if job.mapping_file is None:
-        return Recipe(partial(preset_mapper, job.preset, job.mapping), validator, job.run.validate)
-    try:
-        source, document = read_mapping_document(job.mapping_file)
-        mapping.parse_mapping(document, source)  # the errors, said now
-    except mapping.MappingError as exc:
-        raise UsageError(str(exc)) from None
-    mapper = partial(mapping_mapper, document, source, job.mapping)
+        mapper = partial(preset_mapper, job.preset, job.mapping)
+    else:
+        try:
+            source, document = read_mapping_document(job.mapping_file)
+            mapping.parse_mapping(document, source)  # the errors, said now
+        except mapping.MappingError as exc:
+            raise UsageError(str(exc)) from None
+        mapper = partial(mapping_mapper, document, source, job.mapping)
+    if job.mapping.events_only:
+        mapper = partial(events_only, mapper)
     return Recipe(mapper, validator, job.run.validate)
 
 
@@ -217,10 +223,11 @@ def upload(
             )
             summary.dropped.update(mapping.dropped_values(mapper))
             summary.dates_left_as_text.update(mapping.dates_left_as_text(mapper))
-            summary.notes += mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
+            # Tokens not sent and dates left as text lead the notes: they change the data.
+            summary.notes[:0] = mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
             return summary
 
-        return asyncio.run(_with_sender(job.client, requests, transport, go))
+        return asyncio.run(_with_sender(job.client, requests, transport, go, ledger.summary))
 
 
 def delete(
@@ -247,7 +254,7 @@ def delete(
             )
             return await _until_signalled(run, handle_signals, observer, sender, RunOptions())
 
-        return asyncio.run(_with_sender(job.client, requests, transport, go))
+        return asyncio.run(_with_sender(job.client, requests, transport, go, ledger.summary))
 
 
 async def _until_signalled(
@@ -311,13 +318,15 @@ async def _with_sender(
     requests: IO[bytes] | None,
     transport: httpx.AsyncBaseTransport | None,
     go: Callable[[Sender], Awaitable[Summary]],
+    summary: Summary,
 ) -> Summary:
     if client is None:
         return await go(SendCounter(DryRunSender(requests)))
     async with CleverTapClient(client, transport=transport) as sender:
-        summary = await go(SendCounter(sender))
-        summary.concurrency = sender.concurrency()
-        return summary
+        try:
+            return await go(SendCounter(sender))
+        finally:  # also for a run a 401 stopped: its summary says how it sent
+            summary.concurrency = sender.concurrency()
 
 
 @contextlib.contextmanager

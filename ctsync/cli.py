@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import inspect
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +33,12 @@ from ctsync.reader import (
     InputOptions,
     Source,
     collect_inputs,
+    sniff_file,
     text_lines,
 )
 from ctsync.records import Origin
 from ctsync.redact import RedactingText, forget_all, redact_bytes
+from ctsync.remote import is_url
 from ctsync.sandbox.cli import app as sandbox_app
 from ctsync.settings import (
     MAX_UPLOAD_BATCH,
@@ -44,8 +48,10 @@ from ctsync.settings import (
     RetryPolicy,
     Secret,
     header_value_problem,
+    parse_region,
     resolve_base_url,
 )
+from ctsync.sources import SNIFF_BYTES
 from ctsync.stopping import read_terminal
 from ctsync.summary import Summary
 from ctsync.timestamps import DatesAs
@@ -90,11 +96,25 @@ PasscodeFile = Annotated[
         metavar="FILE", help="Read the passcode from this file.", rich_help_panel=CONNECTION
     ),
 ]
+
+
+def _check_region(ctx: typer.Context, param: typer.CallbackParam, value: str) -> Region:
+    """A region in any case; a typo is a usage error (exit 2) suggesting the nearest one,
+    naming CLEVERTAP_REGION only when the value came from it."""
+    try:
+        return parse_region(value)
+    except ValueError as exc:
+        source = ctx.get_parameter_source(param.name or "region")
+        where = "CLEVERTAP_REGION" if source is not None and source.name == "ENVIRONMENT" else None
+        raise typer.BadParameter(str(exc), param_hint=where or "'--region'") from None
+
+
 RegionOpt = Annotated[
-    Region,
+    str,
     typer.Option(
         envvar="CLEVERTAP_REGION",
-        case_sensitive=False,
+        metavar="|".join(Region),
+        callback=_check_region,
         help="Your account's region (as in your dashboard's URL).",
         rich_help_panel=CONNECTION,
     ),
@@ -336,9 +356,17 @@ class OutputOptions:
     quiet: bool
 
     def files(self) -> api.Outputs:
-        """The files the run writes. Raises UsageError for --output without --dry-run."""
+        """The files the run writes. Raises UsageError for --output without --dry-run,
+        and for options that contradict each other."""
         if self.output is not None and not self.dry_run:
             raise UsageError("--output writes the requests of a dry run: add --dry-run")
+        if self.output == Path(STDIN) and self.json_out:
+            raise UsageError(
+                "--output - and --json would both write to stdout: "
+                "give --output a file, or leave out --json"
+            )
+        if self.progress and self.quiet:
+            raise UsageError("--progress shows what --quiet hides: give one of them")
         return api.Outputs(report=self.report, failed=self.failed, requests=self.output)
 
 
@@ -450,6 +478,16 @@ def upload(
             rich_help_panel=MAPPING,
         ),
     ] = False,
+    events_only: Annotated[
+        bool,
+        typer.Option(
+            "--events-only",
+            help="Send events and device tokens, not profile writes: for re-driving a "
+            "--failed file after later runs went through (an old identify sent again "
+            "would put older values over newer ones).",
+            rich_help_panel=MAPPING,
+        ),
+    ] = False,
     validate: Annotated[
         ValidateMode,
         typer.Option(
@@ -515,6 +553,7 @@ def upload(
             s3_endpoint_url=s3_endpoint_url,
         )
         sources = collect_inputs(paths, inputs)  # a missing or unreadable path is said first
+        _refuse_named_non_exports(err, paths)
         if STDIN in paths and sys.stdin is None:  # `ctsync upload - <&-`
             raise UsageError("standard input is closed: give a file path, or pipe data in")
         reads_terminal = STDIN in paths and _stdin_is_terminal()
@@ -531,6 +570,7 @@ def upload(
                 max_event_properties=max_event_properties,
                 convert_microseconds=convert_microseconds,
                 link_anonymous=link_anonymous,
+                events_only=events_only,
             ),
             run=RunOptions(
                 batch_size=batch_size,
@@ -604,8 +644,8 @@ def delete(
         identities = [(Origin("--identity", i), v) for i, v in enumerate(identity or [], start=1)]
         if from_file is not None:
             identities.extend(_identity_lines(from_file, s3_endpoint_url))
-        if not outputs.dry_run and not yes and _stdin_is_terminal():
-            _confirm_delete(err, identities, guid)
+        if client is not None and not yes and _stdin_is_terminal():
+            _confirm_delete(err, identities, guid, client)
         job = api.DeleteJob(
             identities=identities,
             key="guid" if guid else "identity",
@@ -615,6 +655,69 @@ def delete(
         with _progress(err, outputs.progress, outputs.quiet, None) as view:
             summary = api.delete(job, observer=view, handle_signals=True)
         _finish(summary, err, outputs)
+
+
+def _refuse_named_non_exports(err: Console, paths: list[str]) -> None:
+    """A file named on the command line that holds no JSON line at all and looks like
+    something else (a CSV, an HTML page, binary data): one line per file saying what it
+    looks like, and exit 1 before anything is sent. (In a directory such a file is
+    skipped with a note instead.) Other text is read, each line an invalid record: a
+    dead-letter file may start with a broken line."""
+    lines = []
+    for name in paths:
+        path = Path(name)
+        if name == STDIN or is_url(name) or not path.is_file():
+            continue
+        reason = sniff_file(path)
+        if reason is None or reason == "empty":
+            continue
+        head = _head(path)
+        if head is None or any(row.lstrip()[:1] in (b"{", b"[") for row in head.splitlines()):
+            continue
+        looks = _looks_like(head, reason)
+        if looks is not None:
+            lines.append(f"{name}: {looks}")
+    for line in lines:
+        err.print("[bold red]ctsync:[/]", escape(line), highlight=False, soft_wrap=True)
+    if lines:
+        raise typer.Exit(ExitCode.INCOMPLETE)
+
+
+def _head(path: Path) -> bytes | None:
+    """The first 64 KiB of `path`, gunzipped; None when damaged (reading it says why)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path) as g:
+                head = g.read(SNIFF_BYTES)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return head
+
+
+def _looks_like(head: bytes, reason: str) -> str | None:
+    """What a file that is not an export seems to be, from its first line (`reason`,
+    the reader's, when that line is not text); None for text of no known kind."""
+    try:
+        text = head.split(b"\n", 1)[0].decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        return reason
+    if not text.isprintable():  # binary data that happens to decode
+        return reason
+    if text.startswith("<"):
+        kind = "HTML or XML"
+    elif "\t" in text:
+        kind = "tab-separated values"
+    elif "," in text or ";" in text:
+        kind = "CSV"
+    else:
+        return None
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    return (
+        f"not a Segment export: its first line {shown!r} looks like {kind} "
+        "(ctsync reads NDJSON or JSON)"
+    )
 
 
 def _mapping_source(name: str | None) -> str | Path | None:
@@ -742,15 +845,20 @@ def _read_stdin_text(what: str) -> str:
     return sys.stdin.read()
 
 
-def _confirm_delete(err: Console, identities: list[tuple[Origin, str]], guid: bool) -> None:
-    """At a terminal, say how many profiles will go and ask: deletion is irreversible.
-    A value named twice is one profile (the run deletes it once)."""
+def _confirm_delete(
+    err: Console, identities: list[tuple[Origin, str]], guid: bool, client: ClientSettings
+) -> None:
+    """At a terminal, say how many profiles will go, from which account and endpoint, and
+    ask: deletion is irreversible. Anything but yes exits 1, nothing deleted. A value
+    named twice is one profile (the run deletes it once)."""
     count = len({value.strip() for _, value in identities if value.strip()})
     named = plural(count, "CleverTap ID") if guid else plural(count, "identity", "identities")
     err.print(
-        f"ctsync: this deletes the CleverTap profiles of {named}; "
-        "deleted profiles cannot be restored.",
+        f"ctsync: this deletes the CleverTap profiles of {named} from account "
+        f"{client.account_id} at {client.base_url}; deleted profiles cannot be restored.",
         highlight=False,
+        markup=False,
+        soft_wrap=True,
     )
     try:
         answer = _ask("Delete them? [y/N]: ")
@@ -761,7 +869,7 @@ def _confirm_delete(err: Console, identities: list[tuple[Origin, str]], guid: bo
         raise typer.Exit(ExitCode.INTERRUPTED) from None
     if answer.strip().lower() not in ("y", "yes"):
         err.print("ctsync: nothing deleted", highlight=False)
-        raise typer.Exit(ExitCode.OK)
+        raise typer.Exit(ExitCode.INCOMPLETE)
 
 
 def _ask(question: str) -> str | None:

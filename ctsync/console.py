@@ -21,6 +21,7 @@ from ctsync.ledger import Summary
 from ctsync.stopping import SendCounter
 
 PLAIN_INTERVAL = 10.0  # seconds between two plain progress lines (cron logs stay readable)
+PLAIN_WIDTH = 80  # a plain progress line never wraps in an 80-column log viewer
 
 
 def plain_interval() -> float:
@@ -80,9 +81,35 @@ class RunView:
             soft_wrap=True,
         )
 
-    def status(self) -> str:
-        """One line: read, sent, accepted, invalid, skipped, failed, rate, bytes, eta."""
-        return "  ".join(self._counts() + self._pace())
+    def status(self, width: int = PLAIN_WIDTH) -> str:
+        """One line for a log, at most `width` characters with `ctsync: ` before it, in
+        short numbers (`10.0M`) up to 99.9M: read, sent, accepted, and invalid, skipped,
+        failed when not 0 (sent yields when they are all there); then the rate, the eta
+        and the bytes read while they fit."""
+        summary = self._summary
+        room = width - len("ctsync: ")
+        sent = self._counter.records if self._counter is not None else 0
+        counts = [
+            f"read {_short(summary.read)}",
+            f"{'built' if summary.dry_run else 'sent'} {_short(sent)}",
+            f"accepted {_short(summary.accepted)}",
+        ]
+        for name, count in (
+            ("invalid", summary.invalid.total()),
+            ("skipped", summary.skipped.total()),
+            ("failed", summary.failed.total() + summary.rejected.total()),
+        ):
+            if count:
+                counts.append(f"{name} {_short(count)}")
+        if len("  ".join(counts)) > room:
+            del counts[1]
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        pace = [f"{_short(round(summary.read / elapsed))} rec/s", self._eta(elapsed)]
+        pace.append(_size(self._consumed, self._total))
+        for part in pace:
+            if part and len("  ".join([*counts, part])) <= room:
+                counts.append(part)
+        return "  ".join(counts)
 
     def _counts(self) -> list[str]:
         summary = self._summary
@@ -101,14 +128,19 @@ class RunView:
         summary = self._summary
         elapsed = max(time.monotonic() - self._started, 1e-6)
         parts = [f"{summary.read / elapsed:,.0f} rec/s", _bytes(self._consumed, self._total)]
+        eta = self._eta(elapsed)
+        return [*parts, eta] if eta else parts
+
+    def _eta(self, elapsed: float) -> str:
+        summary = self._summary
         if self._total and self._consumed and summary.read:
             # Done = the share of the input read, times the share of what was read that
             # has its outcome: reading ends long before the last answers arrive.
             settled = summary.read - self._unsettled()
             done = min(1.0, self._consumed / self._total) * settled / summary.read
             if done > 0:
-                parts.append(f"eta {_clock(elapsed * (1 - done) / done)}")
-        return parts
+                return f"eta {_clock(elapsed * (1 - done) / done)}"
+        return ""
 
     def _unsettled(self) -> int:
         summary = self._summary
@@ -203,6 +235,28 @@ def _bytes(consumed: int, total: int | None) -> str:
     return f"{consumed / 1e6:,.1f} MB"
 
 
+def _short(count: int) -> str:
+    """A count in at most 5 characters up to 99.9M, to within 0.5%: `9,999`, `99.9k`,
+    `999k`, `1.25M`, `10.0M`."""
+    if count < 10_000:
+        return f"{count:,}"
+    if count < 99_950:
+        return f"{count / 1e3:.1f}k"
+    if count < 999_500:
+        return f"{count / 1e3:.0f}k"
+    if count < 9_995_000:
+        return f"{count / 1e6:.2f}M"
+    return f"{count / 1e6:.1f}M"
+
+
+def _size(consumed: int, total: int | None) -> str:
+    """Bytes read (of the total), in MB or GB: `512.0/2,048.0 MB`, `6.1/12.0 GB`."""
+    unit, scale = ("GB", 1e9) if max(consumed, total or 0) >= 1e9 else ("MB", 1e6)
+    if total:
+        return f"{consumed / scale:,.1f}/{total / scale:,.1f} {unit}"
+    return f"{consumed / scale:,.1f} {unit}"
+
+
 def _clock(seconds: float) -> str:
     return str(timedelta(seconds=max(0, round(seconds))))
 
@@ -238,10 +292,8 @@ def render_summary(summary: Summary, console: Console) -> None:
             console.print(f"{label}: {counter.total():,} ({_breakdown(counter)})", markup=False)
     if not summary.balanced:  # never expected: say so loudly rather than hide it
         console.print("[bold red]the counts do not add up: please report this as a bug[/]")
-    for note in summary.notes[:20]:
+    for note in summary.note_lines():
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    if len(summary.notes) > 20:
-        console.print(f"[yellow]note:[/] ... and {len(summary.notes) - 20:,} more")
     if summary.interrupted:
         console.print("[yellow]interrupted: the counts cover the records read before the stop[/]")
 

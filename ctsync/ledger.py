@@ -74,17 +74,21 @@ def report_line(
 ) -> bytes:
     """One line of the `--report` file (NDJSON). `run` is the run's start time (UTC,
     ISO 8601): the report appends, and it tells one run's lines from another's. `field`
-    names the property a `--validate fix` line is about."""
+    names the property a `--validate fix` line is about. Who: `identity`, the userId as
+    written (null without one); an anonymous message's anonymousId is its `objectId`, as
+    CleverTap calls the profile it goes to."""
     message = message or {}
     identity = message.get("userId")
-    if identity is None:
-        identity = message.get("anonymousId")
     line = {
         "source": origin.source,
         "line": origin.line,
         "part": origin.part,
         "messageId": message.get("messageId"),
         "identity": identity,
+    }
+    if identity is None and message.get("anonymousId") is not None:
+        line["objectId"] = message["anonymousId"]
+    line |= {
         "stage": verdict.stage.value,
         "code": verdict.code,
         "message": verdict.message,

@@ -5,12 +5,13 @@ time. A leaf module (it imports only `records`, `rules` limits and `timestamps`)
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ctsync.records import Invalid
+from ctsync.records import Invalid, Mapper, MapResult, Message, Skip, Upload
 from ctsync.rules import MAX_IDENTITY_LENGTH
 from ctsync.timestamps import DatesAs, event_time
 
@@ -45,6 +46,9 @@ class MappingOptions:
     # Classic preset: an identify with userId and anonymousId goes to the anonymous
     # profile (objectId) with Identity set, linking it to the user (`--link-anonymous`).
     link_anonymous: bool = False
+    # Re-driving dead letters: send events and tokens, leave out profile writes, which
+    # could put an older value over one a later identify set (`--events-only`).
+    events_only: bool = False
     # "Now", for a message without a timestamp: the one clock every mapper reads.
     clock: Clock = field(default=wall_clock, compare=False, repr=False)
 
@@ -83,3 +87,45 @@ def record_time(value: Any, clock: Clock = wall_clock) -> int | Invalid:
     if ts is None:
         return Invalid("525", f"timestamp {value!r} is not a date-time")
     return ts
+
+
+EVENTS_ONLY_DROPPED = "profile:--events-only"
+"""The `dropped_values` key of profile writes `--events-only` left out of a message that
+also had an event to send."""
+
+
+class EventsOnly:
+    """A mapper that sends what `inner` makes except profile writes (`--events-only`).
+    A message left with nothing to send is a Skip, `events-only:<type>`; the counters of
+    `inner` (`dropped`, `dates_left_as_text`) are this mapper's."""
+
+    def __init__(self, inner: Mapper) -> None:
+        self._inner = inner
+        dropped = getattr(inner, "dropped", None)
+        self.dropped: Counter[str] = dropped if isinstance(dropped, Counter) else Counter()
+
+    def __call__(self, message: Message) -> MapResult:
+        result = self._inner(message)
+        if not isinstance(result, list):
+            return result
+        kept = [op for op in result if not _profile_write(op)]
+        if len(kept) == len(result):
+            return result
+        if not kept:
+            kind = message.get("type")
+            return Skip(f"events-only:{kind if isinstance(kind, str) and kind else 'unknown'}")
+        self.dropped[EVENTS_ONLY_DROPPED] += len(result) - len(kept)
+        return kept
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _profile_write(operation: object) -> bool:
+    return isinstance(operation, Upload) and operation.record.get("type") == "profile"
+
+
+def events_only(factory: Callable[[Any], Mapper], tokens: Any) -> Mapper:
+    """`factory(tokens)` without its profile writes: a picklable recipe for the workers
+    (`functools.partial(events_only, factory)`)."""
+    return EventsOnly(factory(tokens))

@@ -54,6 +54,7 @@ from ctsync.records import (
 )
 from ctsync.settings import MAX_UPLOAD_BATCH, MAX_UPLOAD_CONCURRENCY
 from ctsync.state import Progress, Resume, Seen, Span, StateFile
+from ctsync.summary import Routine
 from ctsync.workers import (
     BROKEN,
     DONE,
@@ -148,8 +149,6 @@ YIELD_EVERY = 32
 """Records read between two turns of the event loop while requests are in flight."""
 YIELD_IDLE = 512
 """... and while none are, so that a signal is handled within milliseconds."""
-FINISHED_NAMED = 20
-"""Inputs finished in earlier runs named one by one in the notes; the rest are counted."""
 
 ABORTED = Verdict(
     Outcome.FAILED,
@@ -444,9 +443,9 @@ class UploadRun:
                     continue
                 seen.add(progress.key)
                 if progress.resume.skip_all:
-                    # (a cron over a bucket prefix meets every earlier object again: name
-                    # the first few, count the rest)
-                    yield partial(self._finished_earlier, source.name), None
+                    # (a cron over a bucket prefix meets every earlier object again: counted
+                    # in one line, not named)
+                    yield self._finished_earlier, None
                     continue
                 yield partial(self._inputs.__setitem__, source.name, progress), None
             try:
@@ -475,10 +474,8 @@ class UploadRun:
             if progress is not None:
                 yield partial(self._finished, source.name, progress), None
 
-    def _finished_earlier(self, name: str) -> None:
-        self._resumed["finished"] += 1
-        if self._resumed["finished"] <= FINISHED_NAMED:
-            self.summary.notes.append(f"{name}: finished in an earlier run; skipped")
+    def _finished_earlier(self) -> None:
+        self.summary.routine[Routine.FINISHED_EARLIER] += 1
 
     def _new_source(self) -> None:
         self._gap = True  # a new source: runs of positions start afresh
@@ -823,20 +820,9 @@ class UploadRun:
 
     def _notes(self) -> None:
         done, resent, unknown = (self._resumed[k] for k in ("done", "resent", "unknown"))
-        if self._resumed["finished"] > FINISHED_NAMED:
-            more = self._resumed["finished"] - FINISHED_NAMED
-            self.summary.notes.append(
-                f"... and {more:,} more inputs finished in earlier runs; skipped"
-            )
-        if done:
-            self.summary.notes.append(
-                f"resumed: {done:,} records done in earlier runs were skipped"
-            )
-        if resent:
-            self.summary.notes.append(
-                f"{resent:,} records were on the wire when an earlier run stopped and were sent "
-                "again (safe to repeat: profile updates, tokens, deletions)"
-            )
+        # Routine for a resumed run: counted after the notes that need reading.
+        self.summary.routine[Routine.DONE_EARLIER] += done
+        self.summary.routine[Routine.RESENT] += resent
         if unknown:
             self.summary.notes.append(
                 f"{unknown:,} records were on the wire when an earlier run stopped and may be "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -41,6 +42,21 @@ class Region(StrEnum):
                 if region.value == lowered:
                     return region
         return None
+
+
+def parse_region(value: str) -> Region:
+    """The region `value` names, in any case; a ValueError otherwise, which suggests the
+    nearest region (`in` -> in1) and lists them all."""
+    region = Region._missing_(value)
+    if region is not None:
+        return region
+    names = [r.value for r in Region]
+    typed = value.strip().lower()
+    nearest = [n for n in names if typed and n.startswith(typed)] or difflib.get_close_matches(
+        typed, names, n=1, cutoff=0.5
+    )
+    hint = f"; did you mean {nearest[0]}?" if nearest else ""
+    raise ValueError(f"{value!r} is not a CleverTap region ({', '.join(names)}){hint}")
 
 
 class Secret:

@@ -5,9 +5,45 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, Final
 
 from ctsync.concurrency import ConcurrencyReport
+from ctsync.rules import FIXABLE_CODES
+
+NOTES_SHOWN: Final = 20
+"""Note lines in the summary (text and `--json`); a last line counts the ones left out."""
+
+
+class Routine(StrEnum):
+    """What a resumed run notes many times over: counted, one line each, after the notes
+    that need a reader's attention."""
+
+    FINISHED_EARLIER = "finished-earlier"
+    DONE_EARLIER = "done-earlier"
+    RESENT = "resent"
+
+    def line(self, count: int) -> str:
+        one, many = _ROUTINE_TEXT[self]
+        return f"{count:,} {one if count == 1 else many}"
+
+
+_ROUTINE_TEXT: Final = {
+    Routine.FINISHED_EARLIER: (
+        "input finished in an earlier run; skipped",
+        "inputs finished in an earlier run; skipped",
+    ),
+    Routine.DONE_EARLIER: (
+        "record done in an earlier run was skipped",
+        "records done in earlier runs were skipped",
+    ),
+    Routine.RESENT: (
+        "record was on the wire when an earlier run stopped and was sent again "
+        "(safe to repeat: profile updates, tokens, deletions)",
+        "records were on the wire when an earlier run stopped and were sent again "
+        "(safe to repeat: profile updates, tokens, deletions)",
+    ),
+}
 
 
 @dataclass(slots=True)
@@ -33,7 +69,8 @@ class Summary:
     warnings: Counter[str] = field(default_factory=Counter)  # --validate warn: rules broken
     fixed: Counter[str] = field(default_factory=Counter)  # --validate fix: fields left out
     dates_left_as_text: Counter[str] = field(default_factory=Counter)  # finer than ms
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # each worth reading: see `note_lines`
+    routine: Counter[Routine] = field(default_factory=Counter)
     # Requests in flight per endpoint used ("upload", "delete"); empty in a dry run.
     concurrency: dict[str, ConcurrencyReport] = field(default_factory=dict)
 
@@ -54,6 +91,36 @@ class Summary:
         return not (
             self.invalid or self.rejected or self.failed or self.unreadable or self.interrupted
         )
+
+    @property
+    def fixable(self) -> int:
+        """Records refused for a standard profile value (a Phone, Gender, Email...), the
+        codes `--validate fix` sends without that value (unless another rule is broken)."""
+        return sum(
+            count
+            for counter in (self.invalid, self.rejected)
+            for code, count in counter.items()
+            if code in FIXABLE_CODES
+        )
+
+    def note_lines(self, limit: int = NOTES_SHOWN) -> list[str]:
+        """The notes as shown, the same in the table and `--json`: what needs attention
+        first (refusals `--validate fix` would avoid, then the notes in the order they
+        came), then one counted line per routine note; past `limit`, one line counting
+        the rest."""
+        lines = []
+        if self.fixable:
+            lines.append(
+                f"{self.fixable:,} records were refused for a standard profile value "
+                "(Phone, Gender, Email...: codes 514-520); --validate fix sends such a "
+                "record without that value, unless it breaks another rule too"
+            )
+        lines += self.notes
+        lines += [kind.line(count) for kind, count in self.routine.items() if count]
+        if len(lines) > limit:
+            hidden = len(lines) - (limit - 1)
+            lines = [*lines[: limit - 1], f"... and {hidden:,} more notes"]
+        return lines
 
     def as_dict(self) -> dict[str, Any]:
         """The `--json` summary: the six counts as integers, then the breakdowns."""
@@ -82,5 +149,5 @@ class Summary:
             "interrupted": self.interrupted,
             "signal": self.signal,
             "error": self.error,
-            "notes": self.notes,
+            "notes": self.note_lines(),
         }

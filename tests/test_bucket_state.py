@@ -29,6 +29,7 @@ from ctsync.pipeline import RunOptions
 from ctsync.reader import InputOptions
 from ctsync.sandbox import SandboxConfig, running_sandbox
 from ctsync.settings import ClientSettings
+from ctsync.summary import Routine
 from tests import test_buckets as buckets
 from tests.e2e import _support as e2e
 from tests.test_buckets import DAY, identify, ndjson, s3_client
@@ -117,7 +118,7 @@ def test_a_cron_over_an_s3_prefix_sends_each_object_once(
     for _ in range(3):  # night after night, nothing new: nothing sent, nothing read
         again = upload(prefix, options, state, server, settings)
         assert (again.read, len(server.received)) == (0, 30)
-        assert sum("finished in an earlier run; skipped" in n for n in again.notes) == 2
+        assert again.routine[Routine.FINISHED_EARLIER] == 2
 
     # The next day's object arrives: only it is sent.
     s3.put_object(
@@ -150,7 +151,7 @@ def test_a_stopped_run_resumes_a_half_done_object_with_exactly_the_rest(
     resumed = upload(prefix, options, state, resumed_server, settings)
     assert resumed_server.received == [f"u{i}" for i in range(40, 135)]  # exactly the rest
     assert resumed.accepted == 95 and resumed.balanced
-    assert any("40 records done in earlier runs were skipped" in n for n in resumed.notes)
+    assert resumed.routine[Routine.DONE_EARLIER] == 40
     last = upload(prefix, options, state, CleverTap(), settings)
     assert last.read == 0
 
@@ -196,7 +197,7 @@ def test_an_object_whose_last_line_is_cut_is_finished_not_waited_for(
     assert (first.read, first.accepted, first.invalid) == (2, 1, {"malformed-json": 1})
     second = upload(f"s3://{bucket}/d/", options, state, server, settings)
     assert second.read == 0 and server.received == ["a"]
-    assert any("finished in an earlier run" in note for note in second.notes)
+    assert second.routine[Routine.FINISHED_EARLIER] == 1
 
 
 def test_many_finished_objects_are_counted_not_listed_one_by_one(
@@ -208,10 +209,7 @@ def test_many_finished_objects_are_counted_not_listed_one_by_one(
         s3.put_object(Bucket=bucket, Key=f"d/{i:02d}", Body=ndjson(identify(f"u{i}")))
     upload(f"s3://{bucket}/d/", options, state, CleverTap(), settings)
     again = upload(f"s3://{bucket}/d/", options, state, CleverTap(), settings)
-    finished = [n for n in again.notes if "finished in" in n]
-    assert finished[:1] == [f"s3://{bucket}/d/00: finished in an earlier run; skipped"]
-    assert finished[20:] == ["... and 6 more inputs finished in earlier runs; skipped"]
-    assert len(finished) == 21
+    assert again.note_lines() == ["26 inputs finished in an earlier run; skipped"]
 
 
 @pytest.mark.slow

@@ -266,7 +266,8 @@ def test_a_report_line_names_where_who_why_and_the_run() -> None:
         "line": 7,
         "part": 2,
         "messageId": "m7",
-        "identity": "a7",
+        "identity": None,
+        "objectId": "a7",
         "stage": "api",
         "code": "",
         "message": "",
@@ -275,19 +276,19 @@ def test_a_report_line_names_where_who_why_and_the_run() -> None:
 
 
 @pytest.mark.parametrize(
-    ("message", "identity"),
+    ("message", "who"),
     [
-        ({"userId": "u1", "anonymousId": "a1"}, "u1"),  # the user, when there is one
-        ({"anonymousId": "a1"}, "a1"),
-        ({"userId": 42}, 42),  # as written in the input
-        ({}, None),
+        ({"userId": "u1", "anonymousId": "a1"}, {"identity": "u1"}),  # the user, if any
+        ({"anonymousId": "a1"}, {"identity": None, "objectId": "a1"}),  # CleverTap's name
+        ({"userId": 42}, {"identity": 42}),  # as written in the input
+        ({}, {"identity": None}),
     ],
 )
-def test_a_report_line_names_the_user_else_the_anonymous_id(
-    message: dict[str, object], identity: object
+def test_a_report_line_names_the_user_else_the_anonymous_id_as_object_id(
+    message: dict[str, object], who: dict[str, object]
 ) -> None:
-    line = report_line(Origin("f", 1), message, REJECTED)
-    assert orjson.loads(line)["identity"] == identity
+    line = orjson.loads(report_line(Origin("f", 1), message, REJECTED))
+    assert {k: v for k, v in line.items() if k in ("identity", "objectId")} == who
 
 
 def test_a_new_ledger_is_not_a_dry_run_nor_resumable_and_has_no_error() -> None:

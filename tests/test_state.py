@@ -21,6 +21,7 @@ from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source, collect_sources
 from ctsync.settings import ClientSettings
 from ctsync.state import Span, StateFile
+from ctsync.summary import Routine
 from tests.helpers import FakeSender, Kind, assert_accounted
 
 
@@ -64,7 +65,8 @@ def test_a_rerun_sends_nothing_again(tmp_path: Path, settings: ClientSettings) -
     for _ in range(4):  # the nightly cron job, again and again: a finished file stays so
         again = upload(export, state, server, settings)
         assert again.read == 0 and len(server.received) == 95
-        assert any("finished in an earlier run" in note for note in again.notes)
+        assert again.routine[Routine.FINISHED_EARLIER] == 1
+        assert "1 input finished in an earlier run; skipped" in again.note_lines()
 
 
 def test_a_growing_file_sends_only_what_was_added(tmp_path: Path, settings: ClientSettings) -> None:
@@ -109,7 +111,7 @@ def test_resume_after_a_crash_sends_only_unfinished_lines(
     expected = [f"u{i - 1}" for i in [*range(41, 61), *range(71, 101)]]
     assert sorted(server.received) == sorted(expected)
     assert summary.read == 50
-    assert any("10 records were on the wire" in note for note in summary.notes)
+    assert summary.routine[Routine.RESENT] == 10
 
 
 def test_one_run_at_a_time(tmp_path: Path) -> None:

@@ -4,17 +4,19 @@
     ctsync mappings check mapping.json samples.ndjson
 
 Exit status: 0 when the file (and every sample line) is usable; 1 when a sample line is
-not; 2 when the mapping file or the events file cannot be used (as for `ctsync upload`).
+not (it cannot be read, or `ctsync upload` would refuse what it makes); 2 when the
+mapping file or the events file cannot be used (as for `ctsync upload`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
+from typer.core import TyperCommand
 
 from ctsync.errors import ExitCode, UsageError
 from ctsync.mapping.file import MappingError, MappingFile, load_mapping
@@ -50,7 +52,18 @@ def show(
     typer.echo(text.decode())
 
 
-@app.command(short_help="Validate a mapping file against sample events.")
+class _PlainUsage(TyperCommand):
+    """Usage as `FILE [EVENTS]`: Typer writes a required argument `{FILE}`, which reads
+    as a set or a template to fill in."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:  # (typer's own click Context)
+        return [
+            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+            for piece in super().collect_usage_pieces(ctx)
+        ]
+
+
+@app.command(short_help="Validate a mapping file against sample events.", cls=_PlainUsage)
 def check(
     file: Annotated[Path, typer.Argument(metavar="FILE", hidden=True)],
     events: Annotated[str | None, typer.Argument(metavar="EVENTS", hidden=True)] = None,
@@ -104,7 +117,7 @@ def check(
             raise typer.Exit(ExitCode.INTERRUPTED) from None
         finally:
             opened.close()
-    if not ok:  # some sample events were invalid
+    if not ok:  # a sample line unreadable, or what it makes would be refused
         raise typer.Exit(ExitCode.INCOMPLETE)
 
 
@@ -112,7 +125,7 @@ def _check_events(
     mapping_file: MappingFile, mapper: Mapper, records: Iterable[InputRecord], label: str
 ) -> bool:
     """Report each sample message, read as `ctsync upload` reads it; False when one
-    could not be read."""
+    could not be read, or what it makes would be refused (invalid, or a data rule broken)."""
     ok = True
     for record in records:
         origin = record.origin
@@ -139,16 +152,20 @@ def _check_events(
             typer.echo(f"  skipped: {result.reason}")
         elif isinstance(result, Invalid):
             typer.echo(f"  invalid {result.code}: {result.message}")
+            ok = False
         else:
             for op in result:
                 if isinstance(op, Delete):
                     typer.echo(f"  delete {op.key} {op.value}")
                     continue
-                _echo_upload(op)
+                ok = _echo_upload(op) and ok
     return ok
 
 
-def _echo_upload(op: Upload) -> None:
+def _echo_upload(op: Upload) -> bool:
+    """Show one record to upload and the rules it breaks; False when it breaks one."""
     typer.echo(f"  upload {orjson.dumps(op.record).decode()}")
-    for violation in check_upload(op.record):
+    violations = check_upload(op.record)
+    for violation in violations:
         typer.echo(f"    rule {violation.code}: {violation.message}")
+    return not violations

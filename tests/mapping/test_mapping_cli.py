@@ -60,7 +60,8 @@ def test_check_with_events_shows_what_fires_and_the_records(tmp_path: Path) -> N
     ]
     events.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     result = runner.invoke(app, ["check", str(path), str(events)])
-    assert result.exit_code == 0, result.output
+    # Lines 4 (no identity) and 5 (Gender x) would be refused by `ctsync upload`.
+    assert result.exit_code == 1, result.output
     out = result.stdout.splitlines()
     assert out[1:4] == [
         "line 1: fires: Event Type is Identify",

@@ -1,0 +1,135 @@
+"""Issue 23, point 5: re-driving a `--failed` file must not put an older profile value
+over a newer one. `--events-only` sends the events and tokens of the file and leaves its
+profile writes out, counted as skipped."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from ctsync.cli import app
+from ctsync.options import EventsOnly
+from ctsync.records import MapResult, Message, Skip, Upload
+
+runner = CliRunner()
+
+
+def env(**extra: str) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+    return {**clean, **extra}
+
+
+def sent(requests: Path) -> list[dict[str, Any]]:
+    """Every CleverTap record a dry run's --output holds, in order."""
+    records = []
+    for line in requests.read_bytes().splitlines():
+        records.extend(orjson.loads(line)["body"]["d"])
+    return records
+
+
+def dry_run(tmp: Path, lines: list[Message], *flags: str, **environ: str) -> tuple[Any, list[Any]]:
+    export, requests = tmp / "failed.ndjson", tmp / "requests.ndjson"
+    export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in lines))
+    requests.unlink(missing_ok=True)
+    args = ["upload", str(export), "--dry-run", "--output", str(requests), "--json", *flags]
+    result = runner.invoke(app, args, env=env(**environ))
+    assert result.exit_code in (0, 1), result.output  # 1: an invalid record (an alias)
+    return orjson.loads(result.stdout), sent(requests) if requests.exists() else []
+
+
+def old_identify(user: str) -> Message:
+    return {
+        "type": "identify",
+        "userId": user,
+        "traits": {"plan": "free"},
+        "timestamp": "2024-01-01",
+    }
+
+
+def track(user: str, event: str = "Clicked") -> Message:
+    return {"type": "track", "userId": user, "event": event, "timestamp": "2024-01-02"}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_redrive_sends_the_events_and_not_the_old_profile_writes(
+    tmp_path: Path, workers: str
+) -> None:
+    lines = [old_identify("u1"), track("u1"), old_identify("u2"), track("u2", "Paid")] * 50
+    # Small blocks so that --workers 2 really hands lines to worker processes.
+    tuning = {"CTSYNC_WORKER_BLOCK_BYTES": "2048", "CTSYNC_WORKER_START_AFTER": "0"}
+    summary, records = dry_run(
+        tmp_path, lines, "--preset", "classic", "--events-only", "--workers", workers, **tuning
+    )
+    assert [r["type"] for r in records] == ["event"] * 100
+    assert Counter((r["identity"], r["evtName"]) for r in records) == {
+        ("u1", "Clicked"): 50,
+        ("u2", "Paid"): 50,
+    }
+    assert summary["accepted"] == 100
+    assert summary["skipped_by_reason"] == {"events-only:identify": 100}
+    assert summary["read"] == 200 and not summary["invalid"]
+
+
+kinds = st.sampled_from(["identify", "track", "page", "screen", "group", "alias"])
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(st.lists(st.tuples(kinds, st.integers(0, 3)), max_size=12), st.booleans())
+def test_only_the_profile_records_go(
+    tmp_path: Path, messages: list[tuple[str, int]], classic: bool
+) -> None:
+    lines = [
+        {
+            "type": kind,
+            "userId": f"u{user}",
+            "anonymousId": f"a{user}",
+            "event": "Opened",
+            "traits": {"plan": "pro"},
+            "context": {"device": {"token": f"t{user}", "type": "android"}},
+            "timestamp": "2024-01-01",
+        }
+        for kind, user in messages
+    ]
+    preset = ["--preset", "classic"] if classic else []
+    everything, all_records = dry_run(tmp_path, lines, *preset)
+    events_only, records = dry_run(tmp_path, lines, *preset, "--events-only")
+    # The same records as a plain run, less every profile record (requests group records
+    # by profile: compared as multisets).
+    assert sorted(map(orjson.dumps, records)) == sorted(
+        orjson.dumps(r) for r in all_records if r["type"] != "profile"
+    )
+    assert everything["read"] == events_only["read"] == len(lines)
+    assert everything["invalid_by_code"] == events_only["invalid_by_code"]
+    # Each identify is one profile write (both presets): left out, its message skipped,
+    # or counted in dropped_values when a device token of it was still sent.
+    identifies = sum(kind == "identify" for kind, _ in messages)
+    new_skips = Counter(events_only["skipped_by_reason"]) - Counter(everything["skipped_by_reason"])
+    assert set(new_skips) <= {"events-only:identify"}
+    left_out = events_only["dropped_values"].get("profile:--events-only", 0)
+    assert new_skips["events-only:identify"] + left_out == identifies
+    assert events_only["accepted"] == everything["accepted"] - new_skips.total()
+
+
+def test_a_message_with_an_event_and_a_profile_write_keeps_the_event() -> None:
+    profile = Upload({"type": "profile", "identity": "u1", "profileData": {"plan": "free"}})
+    event = Upload({"type": "event", "identity": "u1", "evtName": "Paid", "evtData": {}})
+
+    def inner(message: Message) -> MapResult:
+        return [profile, event]
+
+    mapper = EventsOnly(inner)
+    assert mapper({"type": "track"}) == [event]
+    assert mapper.dropped == {"profile:--events-only": 1}
+
+    def identify(message: Message) -> MapResult:
+        return [profile]
+
+    assert EventsOnly(identify)({"type": "identify"}) == Skip("events-only:identify")

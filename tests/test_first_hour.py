@@ -1,0 +1,291 @@
+"""Issue 23, point 6: the rough edges a new user meets in the first hour, each tried
+through the command line (Typer's runner) against what the issue and README promise."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pytest_httpx import HTTPXMock
+from rich.console import Console
+from typer.testing import CliRunner
+
+from ctsync import cli
+from ctsync.cli import app
+from ctsync.console import RunView
+from ctsync.ledger import Summary
+from ctsync.pipeline import DryRunSender
+from ctsync.stopping import SendCounter
+from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE
+
+runner = CliRunner()
+CREDENTIALS = {"CLEVERTAP_ACCOUNT_ID": ACCOUNT_ID, "CLEVERTAP_PASSCODE": PASSCODE}
+REGIONS = ["eu1", "in1", "us1", "sg1", "aps3", "mec1", "sk1"]  # README's --region row
+TRACK = {"type": "track", "userId": "u1", "event": "Clicked", "timestamp": "2024-01-01"}
+
+
+def env(**extra: str) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+    return {**clean, **extra}
+
+
+def ndjson(path: Path, *messages: dict[str, Any]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in messages))
+    return path
+
+
+# -- a file that is not an export, named on the command line --------------------------
+
+
+def test_a_csv_named_directly_says_what_it_looks_like_one_line_per_file(tmp_path: Path) -> None:
+    csv = tmp_path / "users.csv"
+    csv.write_text("id,name,email\n1,Bo,bo@example.com\n")
+    page = tmp_path / "export.gz"  # a proxy's error page saved under an export's name
+    page.write_bytes(gzip.compress(b"<html><body>502 Bad Gateway</body></html>\n"))
+    good = ndjson(tmp_path / "good.ndjson", TRACK)
+    result = runner.invoke(
+        app, ["upload", str(csv), str(good), str(page), "--dry-run", "--json"], env=env()
+    )
+    assert result.exit_code == 1
+    assert result.stdout == ""  # nothing was read, so no summary
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"ctsync: {csv}: not a Segment export")
+    assert "'id,name,email'" in lines[0] and "CSV" in lines[0]
+    assert lines[1].startswith(f"ctsync: {page}: ") and "HTML" in lines[1]
+    assert "invalid" not in result.stderr and "malformed" not in result.stderr
+
+
+def test_a_dead_letter_file_with_a_broken_first_line_is_still_read(tmp_path: Path) -> None:
+    failed = tmp_path / "failed.ndjson"
+    failed.write_bytes(b"not json at all\n" + orjson.dumps(TRACK) + b"\n")
+    result = runner.invoke(
+        app, ["upload", str(failed), "--dry-run", "--json", "--preset", "classic"], env=env()
+    )
+    summary = orjson.loads(result.stdout)
+    assert (summary["read"], summary["accepted"], summary["invalid"]) == (2, 1, 1)
+
+
+# -- --region ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_a_region_typo_suggests_the_nearest_region(tmp_path: Path, region: str) -> None:
+    export = ndjson(tmp_path / "e.ndjson", TRACK)
+    typo = region.rstrip("0123456789")  # `in` for in1: the dashboard URL's letters
+    flag = runner.invoke(app, ["upload", str(export), "--region", typo], env=env(**CREDENTIALS))
+    assert flag.exit_code == 2
+    error = flag.stderr.strip().splitlines()[-1]
+    assert f"did you mean {region}?" in error
+    assert "'--region'" in error and "CLEVERTAP_REGION" not in error
+    assert "Value error" not in flag.stderr
+    variable = runner.invoke(
+        app, ["upload", str(export)], env=env(CLEVERTAP_REGION=typo.upper(), **CREDENTIALS)
+    )
+    assert variable.exit_code == 2
+    error = variable.stderr.strip().splitlines()[-1]
+    assert "CLEVERTAP_REGION" in error and "'--region'" not in error
+    assert f"did you mean {region}?" in error
+
+
+def test_a_region_in_any_case_is_taken(tmp_path: Path, httpx_mock: HTTPXMock) -> None:
+    httpx_mock.add_response(
+        url="https://in1.api.clevertap.com/1/upload", json={"status": "success", "processed": 1}
+    )
+    export = ndjson(tmp_path / "e.ndjson", TRACK)
+    result = runner.invoke(
+        app,
+        ["upload", str(export), "--region", "IN1", "--preset", "classic"],
+        env=env(**CREDENTIALS),
+    )
+    assert result.exit_code == 0, result.output
+
+
+# -- a 401's --json -----------------------------------------------------------------
+
+
+def test_the_json_of_a_refused_run_shows_its_requests_and_concurrency(
+    tmp_path: Path, httpx_mock: HTTPXMock
+) -> None:
+    httpx_mock.add_response(
+        url=f"{BASE_URL}/1/upload",
+        status_code=401,
+        json={"status": "fail", "error": "Invalid credentials", "code": 401},
+        is_reusable=True,
+    )
+    export = ndjson(tmp_path / "e.ndjson", *[{**TRACK, "userId": f"u{i}"} for i in range(5)])
+    result = runner.invoke(
+        app,
+        ["upload", str(export), "--json", "--preset", "classic", "--batch-size", "1"],
+        env=env(**CREDENTIALS),
+    )
+    assert result.exit_code == 3
+    summary = orjson.loads(result.stdout)
+    sent = len(httpx_mock.get_requests())
+    assert sent >= 1 and summary["requests"] == sent
+    upload = summary["concurrency"]["upload"]
+    assert upload["mode"] == "auto" and upload["limit"] == 15
+    assert 1 <= upload["peak_in_flight"] <= sent
+
+
+# -- options that contradict each other -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--progress", "--quiet"], "--progress"),
+        (["--progress", "-q"], "--quiet"),
+        (["--output", "-", "--json"], "--output -"),
+    ],
+)
+def test_contradicting_output_options_are_refused_in_one_line(
+    tmp_path: Path, flags: list[str], named: str
+) -> None:
+    export = ndjson(tmp_path / "e.ndjson", TRACK)
+    result = runner.invoke(app, ["upload", str(export), "--dry-run", *flags], env=env())
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("ctsync: ") and named in line
+
+
+# -- the plain progress line ------------------------------------------------------------
+
+counts = st.integers(0, 10_000_000)
+
+
+def _read_back(short: str) -> float:
+    """A number as the progress line writes it (`9,999`, `99.9k`, `999k`, `10.0M`)."""
+    scale = {"k": 1e3, "M": 1e6}.get(short[-1], 1)
+    return float(short.rstrip("kM").replace(",", "")) * scale
+
+
+@given(counts, counts, counts, counts, counts, counts, st.integers(0, 10**10), st.booleans())
+def test_the_plain_progress_line_fits_80_columns_up_to_10m_records(
+    read: int,
+    sent: int,
+    accepted: int,
+    invalid: int,
+    skipped: int,
+    failed: int,
+    size: int,
+    known: bool,
+) -> None:
+    summary = Summary(read=read, accepted=accepted)
+    summary.invalid["523"], summary.skipped["page"], summary.failed["aborted"] = (
+        invalid,
+        skipped,
+        failed,
+    )
+    view = RunView(Console(width=200), size if known else None)
+    counter = SendCounter(DryRunSender())
+    counter.records = sent
+    view.sending(counter)
+    view.update(summary, size // 2)
+    line = "ctsync: " + view.status()
+    assert len(line) <= 80, line
+    # Every count not 0 is there, to within the rounding of its short form (<= 0.5%);
+    # read and accepted always; sent unless invalid, skipped and failed all need room.
+    always = {"read", "accepted"} | ({"sent"} if not (invalid and skipped and failed) else set())
+    for name, count in [
+        ("read", read),
+        ("sent", sent),
+        ("accepted", accepted),
+        ("invalid", invalid),
+        ("skipped", skipped),
+        ("failed", failed),
+    ]:
+        found = re.search(rf"\b{name} ([\d,.]+[kM]?)(?:\s|$)", line)
+        if name == "sent" and name not in always:
+            continue  # there if it fits
+        if count == 0 and name not in always:
+            assert found is None
+            continue
+        assert found is not None, (name, line)
+        assert abs(_read_back(found.group(1)) - count) <= max(0.005 * count, 0.5), line
+
+
+# -- delete's question ----------------------------------------------------------------------
+
+
+def test_delete_names_account_and_endpoint_and_no_exits_1(
+    monkeypatch: pytest.MonkeyPatch, httpx_mock: HTTPXMock
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(cli, "_stdin_is_terminal", lambda: True)
+
+    def answer_no(question: str) -> str:
+        asked.append(question)
+        return "n\n"
+
+    monkeypatch.setattr(cli, "_ask", answer_no)
+    result = runner.invoke(
+        app,
+        ["delete", "--identity", "u-1", "--identity", "u-2", "--region", "us1"],
+        env=env(**CREDENTIALS),
+    )
+    assert result.exit_code == 1
+    said = result.stderr.replace("\n", " ")
+    assert f"2 identities from account {ACCOUNT_ID} at https://us1.api.clevertap.com" in said
+    assert asked and "nothing deleted" in result.stderr
+    assert httpx_mock.get_requests() == []
+
+
+# -- mappings check ---------------------------------------------------------------------
+
+
+def test_mappings_check_exits_1_when_a_record_would_be_refused(tmp_path: Path) -> None:
+    shown = runner.invoke(app, ["mappings", "show", "--preset", "classic"])
+    mapping = tmp_path / "classic.json"
+    mapping.write_text(shown.stdout)
+    good = {"type": "identify", "userId": "u1", "traits": {"phone": "+14155550007"}}
+    clean = ndjson(tmp_path / "clean.ndjson", good)
+    ok = runner.invoke(app, ["mappings", "check", str(mapping), str(clean)])
+    assert ok.exit_code == 0, ok.output
+    bad = ndjson(tmp_path / "bad.ndjson", good, {**good, "traits": {"phone": "(415) 555"}})
+    refused = runner.invoke(app, ["mappings", "check", str(mapping), str(bad)])
+    assert refused.exit_code == 1, refused.output
+    assert "rule 516" in refused.stdout
+
+
+def test_mappings_check_usage_shows_file_not_a_set() -> None:
+    result = runner.invoke(app, ["mappings", "check", "--help"])
+    usage = result.stdout.splitlines()[0]
+    assert usage.endswith("check [OPTIONS] FILE [EVENTS]"), usage
+
+
+# -- the report's id of an anonymous record -----------------------------------------------
+
+
+def test_the_report_names_an_anonymous_records_id_object_id(tmp_path: Path) -> None:
+    anonymous = {"type": "track", "anonymousId": "anon-7", "event": "App Launched"}
+    known = {**anonymous, "userId": "u-7"}
+    export = ndjson(tmp_path / "e.ndjson", anonymous, known)
+    report = tmp_path / "report.ndjson"
+    args = ["upload", str(export), "--dry-run", "--preset", "classic", "--report", str(report)]
+    result = runner.invoke(app, args, env=env())
+    assert result.exit_code == 1, result.output  # App Launched is a CleverTap system event
+    lines = [orjson.loads(line) for line in report.read_bytes().splitlines()]
+    who = Counter((line["identity"], line.get("objectId")) for line in lines)
+    assert who == {(None, "anon-7"): 1, ("u-7", None): 1}
+
+
+# -- the version ---------------------------------------------------------------------------
+
+
+def test_the_version_is_0_2_0_everywhere_with_a_changelog() -> None:
+    root = Path(__file__).resolve().parents[1]
+    result = runner.invoke(app, ["--version"])
+    assert result.stdout == "ctsync 0.2.0\n"
+    assert re.search(r'(?m)^version = "0\.2\.0"$', (root / "pyproject.toml").read_text())
+    headings = re.findall(r"(?m)^## (\S+)", (root / "CHANGELOG.md").read_text())
+    assert headings[:2] == ["0.2.0", "0.1.0"]

@@ -1,0 +1,99 @@
+"""Issue 23, point 4: notes people read. What needs attention comes first, routine notes
+are counted in one line each, and the line that stands for hidden notes counts them, the
+same in the table and in `--json`."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections import Counter
+from pathlib import Path
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from ctsync.cli import app
+from ctsync.ledger import Summary
+from ctsync.summary import Routine
+
+runner = CliRunner()
+SHOWN = 20  # README: at most 20 note lines, the last counting the rest
+
+# A count drawn evenly, so that runs past the 20 lines are common (a list strategy
+# mostly draws short lists).
+notes = st.integers(0, 40).map(lambda n: [f"{i}.txt: skipped, empty" for i in range(n)])
+routine = st.dictionaries(st.sampled_from(list(Routine)), st.integers(0, 3000))
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+
+
+@given(notes, routine, st.integers(0, 50), st.integers(0, 50))
+def test_the_shown_lines_hide_nothing_silently(
+    important: list[str], counts: dict[Routine, int], gender: int, identity: int
+) -> None:
+    summary = Summary(notes=list(important), routine=Counter(counts))
+    summary.invalid.update({"514": gender, "523": identity})
+    lines = summary.note_lines()
+    # Written from the issue: the rules' line, then the notes, then one line per routine
+    # kind with a count; nothing past 20 lines, the 20th counting what it replaces.
+    expected = [f"{gender:,} records were refused" for _ in range(1 if gender else 0)]
+    expected += important
+    expected += [f"{n:,} " for n in counts.values() if n]
+    assert len(lines) == min(len(expected), SHOWN)
+    if len(expected) > SHOWN:
+        assert lines[-1] == f"... and {len(expected) - SHOWN + 1:,} more notes"
+        shown = lines[:-1]
+    else:
+        shown = lines
+    for line, start in zip(shown, expected, strict=False):
+        assert line.startswith(start)
+    assert summary.as_dict()["notes"] == lines
+
+
+def test_routine_notes_read_as_one_counted_line() -> None:
+    summary = Summary(routine=Counter({Routine.FINISHED_EARLIER: 12, Routine.DONE_EARLIER: 1}))
+    assert summary.note_lines() == [
+        "12 inputs finished in an earlier run; skipped",
+        "1 record done in an earlier run was skipped",
+    ]
+
+
+def test_a_refused_gender_points_at_validate_fix_in_text_and_json(tmp_path: Path) -> None:
+    lines = [
+        {"type": "identify", "userId": f"u{i}", "traits": {"gender": "non-binary"}}
+        for i in range(3)
+    ] + [{"type": "identify", "userId": "ok", "traits": {"gender": "F"}}]
+    export = tmp_path / "e.ndjson"
+    export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in lines))
+    base = ["upload", str(export), "--dry-run", "--preset", "classic"]
+    as_json = runner.invoke(app, [*base, "--json"], env=env())
+    assert as_json.exit_code == 1, as_json.output
+    summary = orjson.loads(as_json.stdout)
+    assert summary["invalid_by_code"] == {"514": 3}
+    (hint,) = [n for n in summary["notes"] if "--validate fix" in n]
+    assert hint.startswith("3 records were refused")
+    text = runner.invoke(app, base, env=env(), terminal_width=200)
+    assert "note: 3 records were refused" in text.stderr
+    fixed = runner.invoke(app, [*base, "--validate", "fix", "--json"], env=env())
+    assert fixed.exit_code == 0 and orjson.loads(fixed.stdout)["accepted"] == 4
+    assert not [n for n in orjson.loads(fixed.stdout)["notes"] if "--validate fix" in n]
+
+
+def test_dropped_tokens_lead_many_skipped_files(tmp_path: Path) -> None:
+    day = tmp_path / "day"
+    day.mkdir()
+    for i in range(25):  # 25 files that are not exports: 21 note lines from the reader
+        (day / f"notes{i:02}.txt").write_text("not an export\n")
+    device = {"token": "t1", "type": "android"}  # and no anonymousId: not sendable
+    track = {"type": "track", "userId": "u1", "event": "Opened", "context": {"device": device}}
+    (day / "e.ndjson.gz").write_bytes(gzip.compress(orjson.dumps(track) + b"\n"))
+    result = runner.invoke(
+        app, ["upload", str(day), "--dry-run", "--preset", "classic", "--json"], env=env()
+    )
+    shown = orjson.loads(result.stdout)["notes"]
+    assert shown[0].startswith("1 device tokens were not sent"), shown
+    assert len(shown) == SHOWN and shown[-1] == "... and 3 more notes"
