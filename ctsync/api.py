@@ -49,6 +49,7 @@ from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
 from ctsync.summary import Summary
+from ctsync.window import untimed, window_notes, windowed
 from ctsync.workers import (
     Recipe,
     Workers,
@@ -85,7 +86,8 @@ class UploadJob:
     run: RunOptions = field(default_factory=RunOptions)
     outputs: Outputs = field(default_factory=Outputs)
     state: Path | None = None  # resumable runs
-    inputs: InputOptions = field(default_factory=InputOptions)  # --include, --max-line-bytes, ...
+    # --include, --max-line-bytes, --since/--until (`window`), ...
+    inputs: InputOptions = field(default_factory=InputOptions)
     # Processes preparing records. More than 1 starts worker processes, which import the
     # calling script again: it needs the `if __name__ == "__main__":` idiom.
     workers: int = 1
@@ -132,14 +134,16 @@ def _recipe_of(job: UploadJob) -> Recipe:
     validator = partial(
         rules_validator, job.mapping.max_event_properties, fix=job.run.validate is ValidateMode.FIX
     )
+    window = job.inputs.window  # --since/--until: checked before the mapper, anywhere
     if job.mapping_file is None:
-        return Recipe(partial(preset_mapper, job.preset, job.mapping), validator, job.run.validate)
+        mapper = partial(windowed, window, preset_mapper, job.preset, job.mapping)
+        return Recipe(mapper, validator, job.run.validate)
     try:
         source, document = read_mapping_document(job.mapping_file)
         mapping.parse_mapping(document, source)  # the errors, said now
     except mapping.MappingError as exc:
         raise UsageError(str(exc)) from None
-    mapper = partial(mapping_mapper, document, source, job.mapping)
+    mapper = partial(windowed, window, mapping_mapper, document, source, job.mapping)
     return Recipe(mapper, validator, job.run.validate)
 
 
@@ -215,6 +219,7 @@ def upload(
             summary.dropped.update(mapping.dropped_values(mapper))
             summary.dates_left_as_text.update(mapping.dates_left_as_text(mapper))
             summary.notes += mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
+            summary.notes += window_notes(untimed(mapper).total())
             return summary
 
         return asyncio.run(_with_sender(job.client, requests, transport, go))

@@ -86,16 +86,24 @@ class Block:
 
 @dataclass(slots=True)
 class Inputs:
-    """The inputs of a run, and the files scanned but not read (said in the summary)."""
+    """The inputs of a run, the files scanned but not read (said in the summary), and
+    how many files were passed over for being in day folders before `--since`."""
 
     sources: list[Source] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
+    passed_over: int = 0
 
     def notes(self, limit: int = 20) -> list[str]:
         """The skipped files as summary notes; at most `limit`, then a count."""
         notes = [f"{s.name}: skipped, {s.reason}" for s in self.skipped[:limit]]
         if len(self.skipped) > limit:
             notes.append(f"... and {len(self.skipped) - limit:,} more files skipped")
+        if self.passed_over:
+            files = "1 file" if self.passed_over == 1 else f"{self.passed_over:,} files"
+            notes.append(
+                f"{files} not read: in Segment day folders that end more than a day before "
+                "--since, so none of their messages can be in the window"
+            )
         return notes
 
 
@@ -126,17 +134,19 @@ def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions())
         if name == STDIN:
             found = [Source(STDIN, None, None, max_line_bytes=options.max_line_bytes)]
         elif remote.is_url(name):
-            found, skipped = remote.collect(name, options)
+            found, skipped, passed_over = remote.collect(name, options)
             inputs.skipped += skipped
+            inputs.passed_over += passed_over
         else:
-            found = _local(name, options, inputs.skipped)
+            found = _local(name, options, inputs)
         for source in found:
             key = source.url or (os.path.realpath(source.path) if source.path else STDIN)
             if key in seen and key != STDIN:
                 continue
             seen.add(key)
             inputs.sources.append(source)
-    if not inputs.sources and not options.allow_empty:
+    # A window that leaves out every file is what was asked for, not a mistaken path.
+    if not inputs.sources and not options.allow_empty and not inputs.passed_over:
         why = f" ({len(inputs.skipped):,} files skipped: not exports)" if inputs.skipped else ""
         raise UsageError(
             f"no input files in {', '.join(names)}{why}; "
@@ -145,21 +155,28 @@ def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions())
     return inputs
 
 
-def _local(name: str, options: InputOptions, skipped: list[SkippedFile]) -> list[Source]:
+def _local(name: str, options: InputOptions, inputs: Inputs) -> list[Source]:
     path = Path(name)
+    window = options.window
     if path.is_dir():
         found: list[Source] = []
         for relative, file in _walk(path):
             if not selected(relative, options):
+                continue
+            if window is not None and window.passes_over(os.path.abspath(file)):
+                inputs.passed_over += 1
                 continue
             source = _file_source(file, options)
             reason = sniff_file(file)
             if reason is None:
                 found.append(source)
             else:
-                skipped.append(SkippedFile(str(file), reason))
+                inputs.skipped.append(SkippedFile(str(file), reason))
         return found
     if path.exists():
+        if window is not None and window.passes_over(os.path.abspath(path)):
+            inputs.passed_over += 1
+            return []
         return [_file_source(path, options)]
     raise UsageError(f"{name}: no such file or directory")
 

@@ -2,8 +2,8 @@
 passed over (`SkippedFile`), the options that select inputs, the test that tells an
 export from a stray file (`sniff`), and the protocol a bucket store follows.
 
-A leaf module (it imports no other ctsync module), so that `ctsync.reader`, which
-collects bucket URLs through `ctsync.remote`, and `ctsync.remote`, which makes
+A leaf module (it imports only `ctsync.window`, itself a leaf), so that `ctsync.reader`,
+which collects bucket URLs through `ctsync.remote`, and `ctsync.remote`, which makes
 `Source`s and sniffs objects, both depend on it and not on each other.
 """
 
@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from ctsync.window import Window
 
 inflate: types.ModuleType = zlib
 try:  # ISA-L inflates gzip about twice as fast as zlib; zlib where it is not installed
@@ -74,13 +76,16 @@ class SkippedFile:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputOptions:
     """How command-line paths become inputs. `include`/`exclude` are globs (fnmatch,
-    `*` also matches `/`) against the path relative to the directory or prefix named."""
+    `*` also matches `/`) against the path relative to the directory or prefix named.
+    `window` (`--since`/`--until`) passes over the files of Segment day folders that
+    cannot hold a message of it, and travels to the run, which skips the others."""
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     allow_empty: bool = False
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     s3_endpoint_url: str | None = None
+    window: Window | None = None
 
 
 def selected(relative: str, options: InputOptions) -> bool:
