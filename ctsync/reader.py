@@ -9,9 +9,11 @@ damaged first line is one invalid record and every other line is still read.
 Memory stays flat whatever the input: NDJSON is streamed, runs of blank lines are
 counted rather than held, gzip is inflated a bounded chunk at a time (a gzip bomb cannot
 blow up), and a line longer than `max_line_bytes` becomes one `line-too-long` record
-without being held whole. A JSON document is read whole, so it is read as one only up to
-`max_line_bytes`. Nesting deeper than `MAX_DEPTH` is a `too-deep` record before anything
-recursive (a mapper, orjson's encoder) touches it.
+without being held whole. A JSON document up to `max_line_bytes` is read whole; a larger
+one (an array or envelope whose head reads as one) is read element by element
+(`ctsync.documents`), and a break in it keeps every element before it. Nesting deeper
+than `MAX_DEPTH` is a `too-deep` record before anything recursive (a mapper, orjson's
+encoder) touches it.
 
 Every record keeps its origin: the path, URL or `-`, and the 1-based line (for a JSON
 document, the 1-based element index), with `part` numbering the messages of one line
@@ -29,7 +31,7 @@ from typing import IO, Any, Protocol, cast
 
 import orjson
 
-from ctsync import remote
+from ctsync import documents, remote
 from ctsync.errors import UsageError
 from ctsync.records import Invalid, Message, Origin, Stage
 from ctsync.sources import (
@@ -364,7 +366,10 @@ class _Reader:
             return
         # 2. The first line, when it is whole JSON on its own, tells the format.
         head, complete = _until_newline(head, chunks, self.limit)
-        if not complete:  # longer than any record or document may be: NDJSON, from it on
+        if not complete:  # longer than any record may be: a big document, or NDJSON from it on
+            if documents.probe(head, self.limit):
+                yield from self._big_document(head, chunks)
+                return
             yield from self._lines(_prepend(head, chunks), lines_before)
             return
         first_line = head[: head.index(b"\n")] if b"\n" in head else head
@@ -393,6 +398,9 @@ class _Reader:
                 break
             buffer += chunk
         else:
+            if documents.probe(buffer, self.limit):
+                yield from self._big_document(buffer, chunks)
+                return
             yield from self._ndjson(_slices(buffer, chunks), lines_before, big=True)
             return
         try:
@@ -402,6 +410,24 @@ class _Reader:
             return
         del buffer
         yield from self._document_value(value, lines_before)
+
+    def _big_document(
+        self, head: bytes | bytearray, chunks: Iterator[bytes]
+    ) -> Iterator[InputRecord]:
+        """A JSON array or envelope larger than the limit, element by element."""
+        document = documents.Document(head, chunks, self.limit)
+        del head
+        name = self.name
+        try:
+            for index, element in document.elements():
+                yield _element(Origin(name, index), None, element)
+        except documents.Break as exc:
+            yield InputRecord(
+                Origin(name, document.index + 1), None, None, exc.invalid, exc.partial
+            )
+        except documents.NotADocument:  # after its head read as one: only a late `type`
+            invalid = Invalid("malformed-json", "the JSON document is broken", Stage.PARSE)
+            yield InputRecord(Origin(name, document.index + 1), None, None, invalid)
 
     def _document_value(self, value: Any, lines_before: int) -> Iterator[InputRecord]:
         name = self.name
