@@ -205,6 +205,30 @@ def test_a_big_broken_document_is_accounted_with_its_index_in_the_report(
     assert (line["line"], line["code"]) == (41, "malformed-json")
 
 
+def test_dead_letters_of_an_array_re_drive_as_ndjson(tmp_path: Path) -> None:
+    messages = [identify(i) for i in range(60)]
+    for i in (7, 33, 59):
+        del messages[i]["userId"]  # no identity: invalid (523), written to the dead letters
+    data, _ = layout(messages, "envelope")
+    path, failed, report = tmp_path / "batch.json", tmp_path / "failed", tmp_path / "report"
+    path.write_bytes(data)
+    job = api.UploadJob(
+        paths=[str(path)],
+        inputs=InputOptions(max_line_bytes=LIMIT),
+        outputs=api.Outputs(report=report, failed=failed),
+    )
+    first = api.upload(job)
+    assert (first.accepted, dict(first.invalid)) == (57, {"523": 3})
+    assert [orjson.loads(x)["line"] for x in report.read_bytes().splitlines()] == [8, 34, 60]
+    assert [orjson.loads(x) for x in failed.read_bytes().splitlines()] == [
+        messages[7],
+        messages[33],
+        messages[59],
+    ]
+    again = api.upload(api.UploadJob(paths=[str(failed)]))
+    assert (again.read, dict(again.invalid)) == (3, {"523": 3})
+
+
 def test_a_run_killed_in_the_middle_of_an_array_resumes_where_it_stopped(
     tmp_path: Path,
 ) -> None:
