@@ -2,8 +2,8 @@
 passed over (`SkippedFile`), the options that select inputs, the test that tells an
 export from a stray file (`sniff`), and the protocol a bucket store follows.
 
-A leaf module (it imports only `ctsync.window`, itself a leaf), so that `ctsync.reader`,
-which collects bucket URLs through `ctsync.remote`, and `ctsync.remote`, which makes
+A leaf module (it imports no other ctsync module), so that `ctsync.reader`, which
+collects bucket URLs through `ctsync.remote`, and `ctsync.remote`, which makes
 `Source`s and sniffs objects, both depend on it and not on each other.
 """
 
@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-
-from ctsync.window import Window
 
 inflate: types.ModuleType = zlib
 try:  # ISA-L inflates gzip about twice as fast as zlib; zlib where it is not installed
@@ -73,6 +71,18 @@ class SkippedFile:
     reason: str
 
 
+class TimeWindow(Protocol):
+    """`--since`/`--until`, as inputs and runs use it (`ctsync.window.Window`)."""
+
+    def holds(self, ms: int) -> bool:
+        """Whether a message stamped `ms` (epoch milliseconds) is in the window."""
+        ...
+
+    def passes_over(self, path: str) -> bool:
+        """Whether no message of the file at `path` can be in the window."""
+        ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputOptions:
     """How command-line paths become inputs. `include`/`exclude` are globs (fnmatch,
@@ -85,7 +95,7 @@ class InputOptions:
     allow_empty: bool = False
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     s3_endpoint_url: str | None = None
-    window: Window | None = None
+    window: TimeWindow | None = None
 
 
 def selected(relative: str, options: InputOptions) -> bool:

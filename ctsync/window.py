@@ -9,12 +9,12 @@ prepared: in this process and in the `--workers` processes alike.
 Segment's archives file each message under the day it was *received*
 (`<source>/<received-day-epoch-ms>/<file>`). A message is received no earlier than its
 `timestamp`, give or take `SKEW_MARGIN_MS` (see `passes_over`), so a day folder that
-ends more than that margin before `since` cannot hold a message of the window and is
+ends that margin or more before `since` cannot hold a message of the window and is
 not read at all. Later folders are always read: a device that was offline sends its
 messages days after their timestamp, into a later folder.
 
-A leaf module (it imports only `errors`, `records` and `timestamps`), so that
-`ctsync.sources` can carry a window in its input options.
+`ctsync.sources` carries a window in its input options as a `TimeWindow`, so that it
+stays a leaf module.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from ctsync.errors import UsageError
 from ctsync.records import Mapper, MapResult, Message, Skip
+from ctsync.sources import TimeWindow
 from ctsync.timestamps import event_time
 
 OUTSIDE_WINDOW: Final = "outside-window"
@@ -139,7 +140,7 @@ class WindowedMapper:
     any other attribute (the inner mapper's counters) through to the inner mapper.
     """
 
-    def __init__(self, window: Window, inner: Mapper) -> None:
+    def __init__(self, window: TimeWindow, inner: Mapper) -> None:
         self.window = window
         self.inner = inner
         self.untimed: Counter[str] = Counter()
@@ -159,7 +160,7 @@ class WindowedMapper:
         return getattr(self.inner, name)
 
 
-def windowed(window: Window | None, factory: Callable[..., Mapper], *args: Any) -> Mapper:
+def windowed(window: TimeWindow | None, factory: Callable[..., Mapper], *args: Any) -> Mapper:
     """The mapper `factory(*args)` builds, behind `window` when there is one. A module
     function, so a worker process can build it from a pickled recipe."""
     inner = factory(*args)
