@@ -103,7 +103,7 @@ class Inputs:
         if self.passed_over:
             files = "1 file" if self.passed_over == 1 else f"{self.passed_over:,} files"
             notes.append(
-                f"{files} not read: in Segment day folders that end more than a day before "
+                f"{files} not read: in Segment day folders that end a day or more before "
                 "--since, so none of their messages can be in the window"
             )
         return notes

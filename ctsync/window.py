@@ -74,7 +74,7 @@ class Window:
 
     def passes_over(self, path: str) -> bool:
         """Whether the file at `path` (a file path or a bucket key) sits in a Segment day
-        folder that ends more than `SKEW_MARGIN_MS` before `since`, so that none of its
+        folder that ends `SKEW_MARGIN_MS` or more before `since`, so that none of its
         messages can be in the window. Any other file may hold some: False."""
         if self.since is None:
             return False
