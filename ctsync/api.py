@@ -50,6 +50,7 @@ from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
 from ctsync.summary import Summary
+from ctsync.window import untimed, window_notes, windowed
 from ctsync.workers import (
     MapperFactory,
     Recipe,
@@ -87,7 +88,8 @@ class UploadJob:
     run: RunOptions = field(default_factory=RunOptions)
     outputs: Outputs = field(default_factory=Outputs)
     state: Path | None = None  # resumable runs
-    inputs: InputOptions = field(default_factory=InputOptions)  # --include, --max-line-bytes, ...
+    # --include, --max-line-bytes, --since/--until (`window`), ...
+    inputs: InputOptions = field(default_factory=InputOptions)
     # Processes preparing records. More than 1 starts worker processes, which import the
     # calling script again: it needs the `if __name__ == "__main__":` idiom.
     workers: int = 1
@@ -146,6 +148,8 @@ def _recipe_of(job: UploadJob) -> Recipe:
         mapper = partial(mapping_mapper, document, source, job.mapping)
     if job.mapping.events_only:
         mapper = partial(events_only, mapper)
+    # --since/--until: checked before the mapper, in this process and in the workers.
+    mapper = partial(windowed, job.inputs.window, mapper)
     return Recipe(mapper, validator, job.run.validate)
 
 
@@ -225,6 +229,7 @@ def upload(
             summary.dates_left_as_text.update(mapping.dates_left_as_text(mapper))
             # Tokens not sent and dates left as text lead the notes: they change the data.
             summary.notes[:0] = mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
+            summary.notes += window_notes(untimed(mapper).total())
             return summary
 
         return asyncio.run(_with_sender(job.client, requests, transport, go, ledger.summary))

@@ -55,6 +55,7 @@ from ctsync.sources import SNIFF_BYTES
 from ctsync.stopping import read_terminal
 from ctsync.summary import Summary
 from ctsync.timestamps import DatesAs
+from ctsync.window import Window
 from ctsync.workers import default_workers
 
 app = typer.Typer(
@@ -308,6 +309,26 @@ Exclude = Annotated[
         rich_help_panel=INPUT,
     ),
 ]
+Since = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        metavar="WHEN",
+        help="Only messages whose timestamp is at or after WHEN (an ISO date or date-time; "
+        "UTC unless it has an offset); the others are skipped as outside-window.",
+        rich_help_panel=INPUT,
+    ),
+]
+Until = Annotated[
+    str | None,
+    typer.Option(
+        "--until",
+        metavar="WHEN",
+        help="Only messages whose timestamp is before WHEN (exclusive; an ISO date or "
+        "date-time, UTC unless it has an offset).",
+        rich_help_panel=INPUT,
+    ),
+]
 AllowEmpty = Annotated[
     bool,
     typer.Option(
@@ -513,6 +534,8 @@ def upload(
     ] = None,
     include: Include = None,
     exclude: Exclude = None,
+    since: Since = None,
+    until: Until = None,
     allow_empty: AllowEmpty = False,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     s3_endpoint_url: S3Endpoint = None,
@@ -551,6 +574,7 @@ def upload(
             allow_empty=allow_empty,
             max_line_bytes=max_line_bytes,
             s3_endpoint_url=s3_endpoint_url,
+            window=Window.parse(since, until),
         )
         sources = collect_inputs(paths, inputs)  # a missing or unreadable path is said first
         _refuse_named_non_exports(err, paths)

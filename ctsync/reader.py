@@ -9,9 +9,11 @@ damaged first line is one invalid record and every other line is still read.
 Memory stays flat whatever the input: NDJSON is streamed, runs of blank lines are
 counted rather than held, gzip is inflated a bounded chunk at a time (a gzip bomb cannot
 blow up), and a line longer than `max_line_bytes` becomes one `line-too-long` record
-without being held whole. A JSON document is read whole, so it is read as one only up to
-`max_line_bytes`. Nesting deeper than `MAX_DEPTH` is a `too-deep` record before anything
-recursive (a mapper, orjson's encoder) touches it.
+without being held whole. A JSON document up to `max_line_bytes` is read whole; a larger
+one (an array or envelope whose head reads as one) is read element by element
+(`ctsync.documents`), and a break in it keeps every element before it. Nesting deeper
+than `MAX_DEPTH` is a `too-deep` record before anything recursive (a mapper, orjson's
+encoder) touches it.
 
 Every record keeps its origin: the path, URL or `-`, and the 1-based line (for a JSON
 document, the 1-based element index), with `part` numbering the messages of one line
@@ -29,7 +31,7 @@ from typing import IO, Any, Protocol, cast
 
 import orjson
 
-from ctsync import remote
+from ctsync import documents, remote
 from ctsync.errors import UsageError
 from ctsync.records import Invalid, Message, Origin, Stage
 from ctsync.sources import (
@@ -86,16 +88,24 @@ class Block:
 
 @dataclass(slots=True)
 class Inputs:
-    """The inputs of a run, and the files scanned but not read (said in the summary)."""
+    """The inputs of a run, the files scanned but not read (said in the summary), and
+    how many files were passed over for being in day folders before `--since`."""
 
     sources: list[Source] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
+    passed_over: int = 0
 
     def notes(self, limit: int = 20) -> list[str]:
         """The skipped files as summary notes; at most `limit`, then a count."""
         notes = [f"{s.name}: skipped, {s.reason}" for s in self.skipped[:limit]]
         if len(self.skipped) > limit:
             notes.append(f"... and {len(self.skipped) - limit:,} more files skipped")
+        if self.passed_over:
+            files = "1 file" if self.passed_over == 1 else f"{self.passed_over:,} files"
+            notes.append(
+                f"{files} not read: in Segment day folders that end a day or more before "
+                "--since, so none of their messages can be in the window"
+            )
         return notes
 
 
@@ -126,17 +136,19 @@ def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions())
         if name == STDIN:
             found = [Source(STDIN, None, None, max_line_bytes=options.max_line_bytes)]
         elif remote.is_url(name):
-            found, skipped = remote.collect(name, options)
+            found, skipped, passed_over = remote.collect(name, options)
             inputs.skipped += skipped
+            inputs.passed_over += passed_over
         else:
-            found = _local(name, options, inputs.skipped)
+            found = _local(name, options, inputs)
         for source in found:
             key = source.url or (os.path.realpath(source.path) if source.path else STDIN)
             if key in seen and key != STDIN:
                 continue
             seen.add(key)
             inputs.sources.append(source)
-    if not inputs.sources and not options.allow_empty:
+    # A window that leaves out every file is what was asked for, not a mistaken path.
+    if not inputs.sources and not options.allow_empty and not inputs.passed_over:
         why = f" ({len(inputs.skipped):,} files skipped: not exports)" if inputs.skipped else ""
         raise UsageError(
             f"no input files in {', '.join(names)}{why}; "
@@ -145,21 +157,28 @@ def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions())
     return inputs
 
 
-def _local(name: str, options: InputOptions, skipped: list[SkippedFile]) -> list[Source]:
+def _local(name: str, options: InputOptions, inputs: Inputs) -> list[Source]:
     path = Path(name)
+    window = options.window
     if path.is_dir():
         found: list[Source] = []
         for relative, file in _walk(path):
             if not selected(relative, options):
+                continue
+            if window is not None and window.passes_over(os.path.abspath(file)):
+                inputs.passed_over += 1
                 continue
             source = _file_source(file, options)
             reason = sniff_file(file)
             if reason is None:
                 found.append(source)
             else:
-                skipped.append(SkippedFile(str(file), reason))
+                inputs.skipped.append(SkippedFile(str(file), reason))
         return found
     if path.exists():
+        if window is not None and window.passes_over(os.path.abspath(path)):
+            inputs.passed_over += 1
+            return []
         return [_file_source(path, options)]
     raise UsageError(f"{name}: no such file or directory")
 
@@ -347,7 +366,10 @@ class _Reader:
             return
         # 2. The first line, when it is whole JSON on its own, tells the format.
         head, complete = _until_newline(head, chunks, self.limit)
-        if not complete:  # longer than any record or document may be: NDJSON, from it on
+        if not complete:  # longer than any record may be: a big document, or NDJSON from it on
+            if documents.probe(head, self.limit):
+                yield from self._big_document(head, chunks)
+                return
             yield from self._lines(_prepend(head, chunks), lines_before)
             return
         first_line = head[: head.index(b"\n")] if b"\n" in head else head
@@ -376,6 +398,9 @@ class _Reader:
                 break
             buffer += chunk
         else:
+            if documents.probe(buffer, self.limit):
+                yield from self._big_document(buffer, chunks)
+                return
             yield from self._ndjson(_slices(buffer, chunks), lines_before, big=True)
             return
         try:
@@ -385,6 +410,24 @@ class _Reader:
             return
         del buffer
         yield from self._document_value(value, lines_before)
+
+    def _big_document(
+        self, head: bytes | bytearray, chunks: Iterator[bytes]
+    ) -> Iterator[InputRecord]:
+        """A JSON array or envelope larger than the limit, element by element."""
+        document = documents.Document(head, chunks, self.limit)
+        del head
+        name = self.name
+        try:
+            for index, element in document.elements():
+                yield _element(Origin(name, index), None, element)
+        except documents.Break as exc:
+            yield InputRecord(
+                Origin(name, document.index + 1), None, None, exc.invalid, exc.partial
+            )
+        except documents.NotADocument:  # after its head read as one: only a late `type`
+            invalid = Invalid("malformed-json", "the JSON document is broken", Stage.PARSE)
+            yield InputRecord(Origin(name, document.index + 1), None, None, invalid)
 
     def _document_value(self, value: Any, lines_before: int) -> Iterator[InputRecord]:
         name = self.name

@@ -60,20 +60,28 @@ def split_url(url: str) -> tuple[str, str, str]:
     return scheme, bucket, key
 
 
-def collect(url: str, options: InputOptions) -> tuple[list[Source], list[SkippedFile]]:
-    """The sources a bucket URL names (see the module's docstring) and the skipped objects."""
+def collect(url: str, options: InputOptions) -> tuple[list[Source], list[SkippedFile], int]:
+    """The sources a bucket URL names (see the module's docstring), the skipped objects,
+    and how many objects sit in day folders `options.window` passes over (never sniffed)."""
     scheme, bucket, key = split_url(url)
     store = open_store(scheme, bucket, options)
     base = f"{scheme}://{bucket}/"
+    window = options.window
     single = store.stat(key) if key and not key.endswith("/") else None
     if single is not None:
-        return [_source(store, base, single, options)], []
+        if window is not None and window.passes_over(single.key):
+            return [], [], 1
+        return [_source(store, base, single, options)], [], 0
     prefix = key if not key or key.endswith("/") else key + "/"
-    candidates = [
-        info
-        for info in store.list(prefix)
-        if not info.key.endswith("/") and selected(info.key[len(prefix) :], options)
-    ]
+    passed_over = 0
+    candidates = []
+    for info in store.list(prefix):
+        if info.key.endswith("/") or not selected(info.key[len(prefix) :], options):
+            continue
+        if window is not None and window.passes_over(info.key):
+            passed_over += 1
+            continue
+        candidates.append(info)
     candidates.sort(key=lambda info: info.key)
 
     def verdict(info: ObjectInfo) -> str | None:
@@ -87,7 +95,7 @@ def collect(url: str, options: InputOptions) -> tuple[list[Source], list[Skipped
             sources.append(_source(store, base, info, options))
         else:
             skipped.append(SkippedFile(base + info.key, reason))
-    return sources, skipped
+    return sources, skipped, passed_over
 
 
 def _source(store: ObjectStore, base: str, info: ObjectInfo, options: InputOptions) -> Source:

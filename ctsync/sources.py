@@ -71,16 +71,31 @@ class SkippedFile:
     reason: str
 
 
+class TimeWindow(Protocol):
+    """`--since`/`--until`, as inputs and runs use it (`ctsync.window.Window`)."""
+
+    def holds(self, ms: int) -> bool:
+        """Whether a message stamped `ms` (epoch milliseconds) is in the window."""
+        ...
+
+    def passes_over(self, path: str) -> bool:
+        """Whether no message of the file at `path` can be in the window."""
+        ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputOptions:
     """How command-line paths become inputs. `include`/`exclude` are globs (fnmatch,
-    `*` also matches `/`) against the path relative to the directory or prefix named."""
+    `*` also matches `/`) against the path relative to the directory or prefix named.
+    `window` (`--since`/`--until`) passes over the files of Segment day folders that
+    cannot hold a message of it, and travels to the run, which skips the others."""
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     allow_empty: bool = False
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     s3_endpoint_url: str | None = None
+    window: TimeWindow | None = None
 
 
 def selected(relative: str, options: InputOptions) -> bool:

@@ -50,6 +50,7 @@ from ctsync.prepare import Op, OpKind, Skipped, ValidateMode, Validator, prepare
 from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import Block, decode_block
 from ctsync.records import Invalid, Mapper, Message
+from ctsync.window import untimed
 
 MAX_DEFAULT_WORKERS: Final = 8
 BLOCK_BYTES: Final = 1 << 20
@@ -238,6 +239,7 @@ class Stage:
         for name, counter in (
             ("dropped", dropped_values(self.mapper)),
             ("dates", dates_left_as_text(self.mapper)),
+            ("untimed", untimed(self.mapper)),
         ):
             if counter:
                 found[name] = dict(counter)
@@ -396,6 +398,8 @@ def add_counts(mapper: Mapper, counts: dict[str, Any]) -> None:
         dropped_values(mapper).update(counts["dropped"])
     if "dates" in counts:
         dates_left_as_text(mapper).update(counts["dates"])
+    if "untimed" in counts:
+        untimed(mapper).update(counts["untimed"])
 
 
 def ops_of(tuples: list[tuple[int, Any, bytes, bool, bool, int]]) -> list[Op]:

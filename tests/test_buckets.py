@@ -185,6 +185,51 @@ def test_s3_single_object_and_the_standard_endpoint_variable(
     assert (code, summary["read"]) == (0, 1)
 
 
+def stamped(user: str, timestamp: str) -> dict[str, Any]:
+    return {**identify(user), "timestamp": timestamp}
+
+
+# Segment day folders (epoch ms of UTC midnights) from 2024-02-27 to 2024-03-01 (2024 is
+# a leap year), each holding a message stamped at noon of its day, and one received just
+# before the folder's day ended from a sender whose clock ran 23 hours ahead: stamped
+# 23:00Z the next day, written at +02:00.
+WINDOW_DAYS = {
+    "1708992000000": ("2024-02-27", "2024-02-29T01:00:00+02:00"),
+    "1709078400000": ("2024-02-28", "2024-03-01T01:00:00+02:00"),
+    "1709164800000": ("2024-02-29", "2024-03-02T01:00:00+02:00"),
+    "1709251200000": ("2024-03-01", "2024-03-03T01:00:00+02:00"),
+}
+
+
+def window_objects() -> dict[str, bytes]:
+    objects = {}
+    for folder, (day, ahead) in WINDOW_DAYS.items():
+        messages = ndjson(stamped(f"noon-{day}", f"{day}T12:00:00Z"), stamped("ahead", ahead))
+        objects[f"segment-logs/src1/{folder}/{folder}.a1b2.gz"] = gzip.compress(messages)
+    # Neither of these could be read: a folder passed over is never even sniffed.
+    objects["segment-logs/src1/1708992000000/broken.gz"] = b"\x1f\x8b" + b"not gzip"
+    objects["segment-logs/src1/1708992000000/_SUCCESS"] = b""
+    return objects
+
+
+def test_s3_window_passes_over_day_folders_before_since(s3_url: str) -> None:
+    s3 = s3_client(s3_url)
+    bucket = new_bucket(s3, "window")
+    for key, body in window_objects().items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    code, summary, _ = dry_run(
+        f"s3://{bucket}/segment-logs/", "--s3-endpoint-url", s3_url, "--since", "2024-03-01"
+    )
+    # Passed over: 02-27 (3 objects) and 02-28 (its latest message, clock skew included,
+    # is 2024-02-29T23:00Z). Read: 02-29 and 03-01. Sent: 02-29's clock-ahead message
+    # (2024-03-01T23:00Z) and both of 03-01's.
+    assert (code, summary["read"], summary["accepted"]) == (0, 4, 3)
+    assert summary["skipped_by_reason"] == {"outside-window": 1}
+    assert summary["unreadable_files"] == 0
+    assert "4 files not read: in Segment day folders" in " ".join(summary["notes"])
+    assert not any("_SUCCESS" in note for note in summary["notes"])
+
+
 @pytest.mark.slow
 def test_s3_prefix_of_thousands_of_objects_is_listed_across_pages(s3_url: str) -> None:
     s3 = s3_client(s3_url)
@@ -322,6 +367,19 @@ def test_gcs_segment_layout_is_read_in_key_order(gcs: Any) -> None:
         if r.message is not None
     ]
     assert users == ["u1", "u2", "u3"]
+
+
+def test_gcs_window_passes_over_day_folders_before_since(gcs: Any) -> None:
+    bucket = gcs.create_bucket("gcs-window")
+    for key, body in window_objects().items():
+        bucket.blob(key).upload_from_string(body)
+    code, summary, _ = dry_run(
+        "gs://gcs-window/segment-logs/src1", "--since", "2024-02-29", "--until", "2024-03-01"
+    )
+    # Passed over: 02-27. Read: 02-28, 02-29, 03-01. Sent: 02-28's clock-ahead message
+    # (2024-02-29T23:00Z) and 02-29's noon.
+    assert (code, summary["read"], summary["accepted"]) == (0, 6, 2)
+    assert "3 files not read" in " ".join(summary["notes"])
 
 
 def test_gcs_rewritten_object_has_a_new_generation(gcs: Any) -> None:

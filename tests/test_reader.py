@@ -210,12 +210,21 @@ def test_a_document_after_leading_blank_lines_reports_errors_on_true_lines() -> 
     assert records[1].error is not None and records[1].error.code == "not-an-object"
 
 
-def test_a_document_larger_than_max_line_bytes_is_read_as_ndjson_and_says_why() -> None:
+def test_a_document_larger_than_max_line_bytes_is_read_element_by_element() -> None:
     pretty = orjson.dumps([IDENTIFY] * 2000, option=orjson.OPT_INDENT_2)
     source = Source("big.json", None, None, max_line_bytes=1024)
     records = list(read_source(OpenSource(source, io.BytesIO(pretty))))
+    assert good(records) == [(i, IDENTIFY) for i in range(1, 2001)]
+
+
+def test_a_large_file_that_is_not_a_document_is_read_as_ndjson_and_says_why() -> None:
+    # An array whose first element is broken: not a document, so every line is a record.
+    broken = b"[\n" + b'  {"a": NaN},\n' * 200 + ndjson(IDENTIFY)
+    source = Source("big.json", None, None, max_line_bytes=1024)
+    records = list(read_source(OpenSource(source, io.BytesIO(broken))))
     assert records[0].error is not None
     assert "larger than --max-line-bytes" in records[0].error.message
+    assert len(records) == 202 and good(records) == [(202, IDENTIFY)]
 
 
 def test_redriving_dead_letters_that_start_with_a_damaged_line_reads_every_line(

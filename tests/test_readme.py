@@ -88,6 +88,11 @@ NOT_RUN = {
     "ctsync upload s3://acme-segment/segment-logs/Xa1b2/ --dry-run --json": (
         "needs a bucket and its credentials; tests/test_buckets.py runs the same against a local S3"
     ),
+    "ctsync upload s3://acme-segment/segment-logs/Xa1b2/ --since 2024-03-01 --until 2024-04-01 "
+    "--state march.db --report march.report.ndjson --failed march.failed.ndjson --json": (
+        "needs a bucket, its credentials and an account; tests/test_buckets.py runs a "
+        "window over a local S3"
+    ),
     "ctsync delete --from s3://acme/gdpr.txt.gz    # read like exports: gzip, BOM, CRLF, buckets": (
         "needs a bucket; tests/test_buckets.py reads --from a local S3"
     ),
