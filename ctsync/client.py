@@ -531,9 +531,12 @@ class CleverTapClient:
         return self._jitter() * ceiling
 
     def _auth_message(self, error: str) -> str:
+        # What the person gave is echoed masked: a passcode pasted as the account ID
+        # (or into the endpoint) is exactly what this message is about.
+        where, account = redact(self.settings.base_url), redact(self.settings.account_id)
         return (
-            f"CleverTap refused the credentials (HTTP 401: {error}) at {self.settings.base_url}. "
-            f"Check the account ID ({self.settings.account_id}), the passcode, and the region: "
+            f"CleverTap refused the credentials (HTTP 401: {error}) at {where}. "
+            f"Check the account ID ({account}), the passcode, and the region: "
             "a wrong region also answers 401 (the region shows in your dashboard URL, "
             "e.g. in1.dashboard.clevertap.com -> --region in1)."
         )

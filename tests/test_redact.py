@@ -307,3 +307,26 @@ def test_a_passcode_that_is_a_word_leaves_ctsyncs_sentences_whole(echo_server: s
         assert "a wrong region also answers 401" in " ".join(text.split())
         unwrapped = "".join(text.split())
         assert "~~~~~***~~~" in unwrapped and "~wrong~" not in unwrapped
+
+
+def test_a_passcode_given_as_the_account_id_is_not_echoed_by_the_401_advice(
+    echo_server: str,
+) -> None:
+    """Swapped variables: the account ID the advice quotes is the passcode."""
+    _Echo.scenario.clear()
+    _Echo.scenario.update(
+        spelling="plain", start=5, status=401, kind="json", filler="~", echo=False
+    )
+    passcode = "Zq/7&k<x>-9f3"
+    with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "export.ndjson"
+        export.write_bytes(orjson.dumps(MESSAGES[0]) + b"\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+        env.update(CLEVERTAP_ACCOUNT_ID=passcode, CLEVERTAP_PASSCODE=passcode, NO_PROXY="*")
+        result = runner.invoke(
+            app, ["upload", str(export), "--endpoint", echo_server, "--json"], env=env
+        )
+    assert result.exit_code == 3
+    error = orjson.loads(result.stdout)["error"]
+    assert "Check the account ID (***)" in error
+    assert not leaked(passcode, result.stdout + result.stderr)
