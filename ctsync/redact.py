@@ -104,10 +104,3 @@ def redact_bytes(data: bytes) -> bytes:
             break
         data = masked
     return data
-
-
-def redact_exception(exc: BaseException) -> BaseException:
-    """`exc` with its message redacted in place (its args): a library's exception."""
-    if _pattern is not None and exc.args:
-        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
-    return exc
