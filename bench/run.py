@@ -71,6 +71,8 @@ RESULTS = ROOT / "bench" / "results.md"
 VENV_BIN = Path(sys.executable).parent
 SANDBOX_ACCOUNT = "sandbox"
 SANDBOX_PASSCODE = "sandbox"
+# The sandbox's controls (`/_sandbox/stats`, `/_sandbox/reset`) need the credentials too.
+SANDBOX_AUTH = {"X-CleverTap-Account-Id": SANDBOX_ACCOUNT, "X-CleverTap-Passcode": SANDBOX_PASSCODE}
 SANDBOX_START_SECONDS = 20.0
 MAX_UPLOADS_IN_FLIGHT = 15  # CleverTap's limit per account, which the receiver counts
 MAX_DELETES_IN_FLIGHT = 3  # and for deletions
@@ -337,13 +339,16 @@ class Receiver:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.url}/_sandbox/stats", timeout=10) as answer:
+        request = urllib.request.Request(f"{self.url}/_sandbox/stats", headers=SANDBOX_AUTH)
+        with urllib.request.urlopen(request, timeout=10) as answer:
             value = orjson.loads(answer.read())
         assert isinstance(value, dict)
         return value
 
     def reset(self) -> None:
-        request = urllib.request.Request(f"{self.url}/_sandbox/reset", data=b"", method="POST")
+        request = urllib.request.Request(
+            f"{self.url}/_sandbox/reset", data=b"", method="POST", headers=SANDBOX_AUTH
+        )
         with urllib.request.urlopen(request, timeout=10) as answer:
             answer.read()
 

@@ -45,7 +45,6 @@ from ctsync.prepare import rules_validator
 from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import STDIN, InputOptions, Inputs, collect_inputs
 from ctsync.records import DeleteKey, Mapper, Origin
-from ctsync.redact import redact, redact_exception
 from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
@@ -341,11 +340,11 @@ def _summary_on_error(ledger: Callable[[], Ledger | None]) -> Iterator[None]:
     try:
         yield
     except CtsyncError as exc:
-        redact_exception(exc)  # a message may quote an answer that echoed the passcode
+        # Its message is ctsync's sentence; what it quotes from outside is masked already.
         started = ledger()
         if started is None or exc.summary is not None:
             raise
-        started.summary.error = redact(str(exc))
+        started.summary.error = str(exc)
         raise type(exc)(str(exc), summary=started.summary) from exc.__cause__
 
 

@@ -37,7 +37,7 @@ from ctsync.reader import (
     text_lines,
 )
 from ctsync.records import Origin
-from ctsync.redact import RedactingText, forget_all, redact_bytes
+from ctsync.redact import forget_all
 from ctsync.remote import is_url
 from ctsync.sandbox.cli import app as sandbox_app
 from ctsync.settings import (
@@ -848,9 +848,10 @@ def _progress(
 
 
 def _error_console() -> Console:
-    """stderr, through the redaction step: no text written there shows the passcode."""
+    """stderr. What it shows from outside (answers, library errors) is masked where it
+    enters (`ctsync.redact`), so ctsync's own sentences are never masked."""
     forget_all()  # a new run: only its own passcode is masked (tests run many in one process)
-    return Console(file=RedactingText(sys.stderr), stderr=True)  # type: ignore[arg-type]
+    return Console(stderr=True)
 
 
 def _stdin_is_terminal() -> bool:
@@ -925,7 +926,7 @@ def _show(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> Non
     if json_out:
         try:
             sys.stdout.buffer.write(
-                redact_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_APPEND_NEWLINE))
+                orjson.dumps(summary.as_dict(), option=orjson.OPT_APPEND_NEWLINE)
             )
             sys.stdout.flush()
         except BrokenPipeError:  # `ctsync ... --json | head`: the reader is gone

@@ -38,6 +38,7 @@ from ctsync.errors import AuthError
 from ctsync.ledger import ACCEPTED, Verdict
 from ctsync.prepare import ProfileKey
 from ctsync.records import DeleteKey, Outcome, Stage
+from ctsync.redact import redact
 from ctsync.settings import ClientSettings
 
 UPLOAD_PATH = "/1/upload"
@@ -45,6 +46,7 @@ DELETE_PATH = "/1/delete/profiles.json"
 RETRY_ONCE_CODES = frozenset({"555"})
 NOT_TAKEN_STATUSES = frozenset({408, 429, 503})  # CleverTap did not take the batch
 UNKNOWN = "outcome-unknown"
+ERROR_TEXT_CHARS = 200  # of an answer that is not CleverTap's JSON: a proxy's whole page
 
 _RECORD_NUMBER = re.compile(r"\s*Skipped record number\s*:\s*(\d+)\s*\.?\s*$")
 # Errors raised before any byte of the request could reach CleverTap.
@@ -127,7 +129,7 @@ def classify(
         ] * n
     if body.get("status") == "fail":
         failure = _failed(
-            str(body.get("code", "fail")), f"CleverTap failed the batch: {error}", Stage.API
+            _outside(body.get("code", "fail")), f"CleverTap failed the batch: {error}", Stage.API
         )
         if path == DELETE_PATH:
             return [(failure, Next.DONE)] * n
@@ -158,7 +160,7 @@ def upload_steps(body: dict[str, Any], keys: Sequence[ProfileKey | None]) -> lis
         listed = len(entries) if isinstance(entries, list) else 0
         unconfirmed = _unknown(
             f"CleverTap's answer does not confirm these records (processed="
-            f"{body.get('processed')!r}, unprocessed={listed}, sent={n})"
+            f"{_outside(repr(body.get('processed')))}, unprocessed={listed}, sent={n})"
         )
         return [
             (unconfirmed, Next.UNKNOWN) if v is ACCEPTED else (v, _after_rejection(v))
@@ -184,7 +186,7 @@ def _named_rejections(
         if not isinstance(entry, dict):
             unmatched += 1
             continue
-        text = str(entry.get("error", "rejected"))
+        text = _outside(entry.get("error", "rejected"))
         match = _RECORD_NUMBER.search(text)
         if match:
             index: int | None = int(match.group(1)) - 1
@@ -194,7 +196,7 @@ def _named_rejections(
         if index is None or not 0 <= index < n or verdicts[index] is not ACCEPTED:
             unmatched += 1
             continue
-        verdicts[index] = Verdict(Outcome.REJECTED, str(entry.get("code", "rejected")), text)
+        verdicts[index] = Verdict(Outcome.REJECTED, _outside(entry.get("code", "rejected")), text)
         named += 1
     return verdicts, named, unmatched
 
@@ -253,10 +255,18 @@ def _json_object(content: bytes) -> dict[str, Any] | None:
 
 
 def _error_text(body: Mapping[str, Any] | None, content: bytes) -> str:
+    """What an answer says went wrong, masked, then cut to a readable length."""
     if body is not None and body.get("error"):
-        return str(body["error"])
-    text = content[:200].decode("utf-8", "replace").strip()
-    return text or "(empty answer)"
+        return _outside(body["error"])
+    # Masked whole before the cut: a passcode straddling the cut would leak in pieces.
+    text = _outside(content.decode("utf-8", "replace"))
+    return text[:ERROR_TEXT_CHARS].strip() or "(empty answer)"
+
+
+def _outside(value: object) -> str:
+    """A value from CleverTap's answer (or whatever answered instead), as text that
+    cannot show the passcode: a proxy may echo the request's headers."""
+    return redact(str(value))
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -521,14 +531,17 @@ class CleverTapClient:
         return self._jitter() * ceiling
 
     def _auth_message(self, error: str) -> str:
+        # What the person gave is echoed masked: a passcode pasted as the account ID
+        # (or into the endpoint) is exactly what this message is about.
+        where, account = redact(self.settings.base_url), redact(self.settings.account_id)
         return (
-            f"CleverTap refused the credentials (HTTP 401: {error}) at {self.settings.base_url}. "
-            f"Check the account ID ({self.settings.account_id}), the passcode, and the region: "
+            f"CleverTap refused the credentials (HTTP 401: {error}) at {where}. "
+            f"Check the account ID ({account}), the passcode, and the region: "
             "a wrong region also answers 401 (the region shows in your dashboard URL, "
             "e.g. in1.dashboard.clevertap.com -> --region in1)."
         )
 
 
 def _describe(exc: httpx.TransportError) -> str:
-    detail = str(exc) or "no detail"
+    detail = redact(str(exc)) or "no detail"  # a library's words may quote what was sent
     return f"{exc.__class__.__name__}: {detail}"

@@ -17,7 +17,6 @@ import orjson
 
 from ctsync.errors import OutputError
 from ctsync.records import Invalid, Message, Origin, Outcome, Stage
-from ctsync.redact import redact_bytes
 from ctsync.summary import Summary
 
 __all__ = ["ACCEPTED", "Ledger", "Summary", "Tracked", "Verdict", "output_error", "report_line"]
@@ -216,7 +215,7 @@ class Ledger:
         """Write `data`; the output to keep using, or None once it cannot be written (the
         first such error is kept in `output_error`, for the run to stop on)."""
         try:
-            output.write(redact_bytes(data))
+            output.write(data)
         except OSError as exc:
             if self.output_error is None:
                 self.output_error = output_error(output, what, exc)

@@ -1,92 +1,106 @@
-"""One redaction step for every text ctsync writes: the passcode never leaves the process.
+"""Masking the passcode in text that came from outside ctsync.
 
 A passcode is registered when a `Secret` is made from it. From then on `redact` replaces
-it, and the forms it takes when something echoes it back (URL-encoded, in a Python repr
-of str or bytes, JSON-escaped), with `***`. The summary, the report, dead letters, the
-error line, the crash file and re-raised exceptions all pass through here; the CLI's
-stderr console writes through `RedactingText`.
+it with `***` wherever it shows, in every spelling a server, a proxy or a library can
+echo it in: raw; percent-encoded (either hex case, `+` for a space, encoded twice);
+backslash-escaped as JSON or a Python repr writes it (`\\"`, `\\/`, `\\u00xx`, `\\x27`,
+escaped again); HTML-escaped (`&amp;`, `&lt;`, `&#39;`, `&#x27;`, escaped twice). Each
+character may take any of these spellings, so a mix of them is masked too.
+
+Only text from outside passes through here: server answers (before they are cut to a
+readable length, so that a passcode straddling the cut is masked whole), library
+exceptions, and values a person gave that are echoed back. ctsync's own sentences never
+do: with the passcode `wrong`, the advice "a wrong region also answers 401" must stay.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-import urllib.parse
-from typing import IO, Any
-
-import orjson
 
 MASK = "***"
 
 _lock = threading.Lock()
-_forms: tuple[str, ...] = ()  # longest first, so a longer form is masked whole
-_byte_forms: tuple[bytes, ...] = ()
+_secrets: tuple[str, ...] = ()
+_pattern: re.Pattern[str] | None = None
+_byte_pattern: re.Pattern[bytes] | None = None
+
+# HTML's named references for the characters that have one (`html.escape` and friends).
+_NAMED = {"&": "amp", "<": "lt", ">": "gt", '"': "quot", "'": "apos", "/": "sol"}
+# How a character may be prefixed when it is escaped more than once.
+_BACKSLASHES = r"\\+"
+_AMPERSAND = r"&(?:amp;)*"
 
 
-def _variants(secret: str) -> set[str]:
-    """The ways a proxy, an exception or a log can spell the secret."""
-    forms = {
-        secret,
-        urllib.parse.quote(secret, safe=""),
-        urllib.parse.quote_plus(secret, safe=""),
-        repr(secret)[1:-1],
-        repr(secret.encode("utf-8", "backslashreplace"))[2:-1],
-        orjson.dumps(secret).decode()[1:-1],
-    }
-    return {form for form in forms if form}
+def _spellings(char: str) -> str:
+    """A regular expression matching `char` in each of the spellings it may be echoed in."""
+    code = ord(char)
+    forms = [
+        re.escape(char),
+        rf"%(?:25)*(?i:{code:02x})",  # percent-encoded, %41 or %2541, either case
+        rf"{_BACKSLASHES}(?i:u00{code:02x}|x{code:02x})",  # \u0041 (JSON), \x41 (repr)
+        rf"{_AMPERSAND}#(?:0*{code}|[xX]0*(?i:{code:x}));",  # &#65; &#x41;
+    ]
+    if not char.isalnum():
+        forms.append(_BACKSLASHES + re.escape(char))  # \" \/ \\ (JSON), \' (repr)
+    if char in _NAMED:
+        forms.append(rf"{_AMPERSAND}{_NAMED[char]};")
+    if char == " ":
+        forms.append(r"\+")  # form-encoded
+    return "(?:" + "|".join(forms) + ")"
+
+
+def _compile(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not secrets:
+        return None
+    # Longest first: where one secret starts another, the longer one is masked whole.
+    ordered = sorted(secrets, key=len, reverse=True)
+    return re.compile("|".join("".join(_spellings(c) for c in s) for s in ordered))
 
 
 def register(secret: str) -> None:
-    """Mask `secret` (and its encoded forms) in everything written from now on."""
-    global _forms, _byte_forms
-    if not secret:
+    """Mask `secret`, in all its spellings, in every text redacted from now on."""
+    global _secrets, _pattern, _byte_pattern
+    if not secret or secret in _secrets:
         return
     with _lock:
-        forms = set(_forms) | _variants(secret)
-        _forms = tuple(sorted(forms, key=len, reverse=True))
-        _byte_forms = tuple(form.encode("utf-8", "surrogateescape") for form in _forms)
+        _secrets = (*_secrets, secret)
+        _pattern = _compile(_secrets)
+        assert _pattern is not None
+        _byte_pattern = re.compile(_pattern.pattern.encode("ascii", "backslashreplace"))
 
 
 def forget_all() -> None:
     """Drop every registered secret (between runs in one process: tests, a new job)."""
-    global _forms, _byte_forms
+    global _secrets, _pattern, _byte_pattern
     with _lock:
-        _forms = ()
-        _byte_forms = ()
+        _secrets = ()
+        _pattern = None
+        _byte_pattern = None
 
 
 def redact(text: str) -> str:
-    """`text` with every registered secret replaced by `***`."""
-    for form in _forms:
-        if form in text:
-            text = text.replace(form, MASK)
+    """`text` (from outside ctsync) with every registered secret replaced by `***`."""
+    pattern = _pattern
+    if pattern is None:
+        return text
+    # Again until nothing changes: text on both sides of a mask may spell a secret anew.
+    for _ in range(8):
+        masked = pattern.sub(MASK, text)
+        if masked == text:
+            break
+        text = masked
     return text
 
 
 def redact_bytes(data: bytes) -> bytes:
-    """`data` with every registered secret replaced by `***`."""
-    for form in _byte_forms:
-        if form in data:
-            data = data.replace(form, MASK.encode())
+    """`data` (from outside ctsync) with every registered secret replaced by `***`."""
+    pattern = _byte_pattern
+    if pattern is None:
+        return data
+    for _ in range(8):
+        masked = pattern.sub(MASK.encode(), data)
+        if masked == data:
+            break
+        data = masked
     return data
-
-
-def redact_exception(exc: BaseException) -> BaseException:
-    """`exc` with its message redacted in place (its args), for re-raising."""
-    if _forms and exc.args:
-        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
-    return exc
-
-
-class RedactingText:
-    """A text stream that redacts every write: the CLI's stderr goes through it."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        self._stream.write(redact(text))
-        return len(text)
-
-    def __getattr__(self, name: str) -> Any:
-        # isatty, fileno, flush, encoding...: the wrapped stream's own
-        return getattr(self._stream, name)

@@ -170,6 +170,9 @@ class SandboxApp:
         return answer
 
     def _handle_sandbox(self, head: RequestHead) -> Response:
+        # The controls read and wipe the account's data: the same credentials as the API.
+        if not self._authorized(head):
+            return UNAUTHORIZED
         if head.path == STATS_PATH and head.method == "GET":
             return Response(200, orjson.dumps(self.stats().to_json()))
         if head.path == RESET_PATH and head.method == "POST":

@@ -95,6 +95,11 @@ class SandboxConfig:
             raise ValueError("concurrency limits must be at least 1")
 
     @property
+    def credentials(self) -> dict[str, str]:
+        """The headers every request needs, to `/_sandbox/...` as to the API."""
+        return {"X-CleverTap-Account-Id": self.account_id, "X-CleverTap-Passcode": self.passcode}
+
+    @property
     def latency_range(self) -> tuple[int, int]:
         """The latency as (low, high) milliseconds; equal for a fixed latency."""
         latency = self.latency_ms

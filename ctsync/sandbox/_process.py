@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -27,10 +27,13 @@ class SandboxProcess:
 
     url: str
     process: subprocess.Popen[str]
+    config: SandboxConfig = field(default_factory=SandboxConfig)
 
     def stats(self) -> SandboxStats:
-        """Fetch `GET /_sandbox/stats`."""
-        response = httpx.get(f"{self.url}/_sandbox/stats", timeout=10.0)
+        """Fetch `GET /_sandbox/stats` (with the sandbox's credentials)."""
+        response = httpx.get(
+            f"{self.url}/_sandbox/stats", headers=self.config.credentials, timeout=10.0
+        )
         response.raise_for_status()
         return SandboxStats.from_json(response.json())
 
@@ -61,7 +64,7 @@ def sandbox_process(
     )
     try:
         url = read_listening_url(_first_line(process))
-        yield SandboxProcess(url, process)
+        yield SandboxProcess(url, process, config)
     finally:
         process.terminate()
         try:

@@ -165,7 +165,7 @@ def test_dropped_connections_get_no_answer_and_store_nothing() -> None:
         ):
             http.post(DELETE_PATH, json={"identity": "u1"})
         # The sandbox's own endpoints are never faulted.
-        answer = httpx.get(f"{sandbox.url}/_sandbox/stats", timeout=TIMEOUT).json()
+        answer = httpx.get(f"{sandbox.url}/_sandbox/stats", headers=AUTH, timeout=TIMEOUT).json()
     assert answer["faults"]["drop"] == 4
     assert answer["events"] == 0
     assert answer["deletions"] == 0

@@ -5,9 +5,19 @@ from __future__ import annotations
 import socket
 
 import httpx
+import orjson
 import pytest
 
-from ctsync.sandbox import DELETE_PATH, UPLOAD_PATH, Sandbox, SandboxConfig, running_sandbox
+from ctsync.sandbox import (
+    DELETE_PATH,
+    RESET_PATH,
+    STATS_PATH,
+    UPLOAD_PATH,
+    Sandbox,
+    SandboxConfig,
+    running_sandbox,
+)
+from ctsync.sandbox._http import MAX_BODY_BYTES, MAX_HEADER_BYTES
 
 from ._support import AUTH, TIMEOUT, delete, event, upload
 
@@ -119,3 +129,108 @@ def test_a_request_that_is_not_http_gets_a_400(sandbox: Sandbox) -> None:
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400")
+
+
+CONTROLS = [("GET", STATS_PATH), ("POST", RESET_PATH), ("GET", "/_sandbox/nothing")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-CleverTap-Account-Id": "sandbox"},
+        {"X-CleverTap-Account-Id": "sandbox", "X-CleverTap-Passcode": "wrong"},
+        {"X-CleverTap-Account-Id": "other", "X-CleverTap-Passcode": "sandbox"},
+    ],
+)
+@pytest.mark.parametrize(("method", "path"), CONTROLS)
+def test_the_sandbox_controls_need_the_credentials(
+    client: httpx.Client, sandbox: Sandbox, headers: dict[str, str], method: str, path: str
+) -> None:
+    """Anyone who can reach the port must not read the counters or wipe the data."""
+    upload(client, [event("u1")])
+    response = httpx.request(method, f"{sandbox.url}{path}", headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 401
+    assert response.json() == UNAUTHORIZED
+    assert sandbox.stats().events == 1  # a refused reset wiped nothing
+
+
+def test_the_controls_answer_with_the_configured_credentials() -> None:
+    config = SandboxConfig(account_id="ACC-1", passcode="secret")
+    good = {"X-CleverTap-Account-Id": "ACC-1", "X-CleverTap-Passcode": "secret"}
+    assert config.credentials == good
+    with running_sandbox(config) as sandbox, httpx.Client(base_url=sandbox.url) as http:
+        assert http.get(STATS_PATH, headers=AUTH, timeout=TIMEOUT).status_code == 401
+        assert http.get(STATS_PATH, headers=good, timeout=TIMEOUT).json()["events"] == 0
+        assert http.post(RESET_PATH, headers=good, timeout=TIMEOUT).status_code == 200
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the sandbox sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("headers", [AUTH, {}], ids=["authorized", "anonymous"])
+def test_a_content_length_over_the_limit_is_413_before_the_body(
+    sandbox: Sandbox, headers: dict[str, str]
+) -> None:
+    """The client announces a body far over the limit and sends one byte of it: the
+    answer comes without the sandbox waiting for the rest (the socket's timeout only
+    keeps a broken sandbox from hanging the suite)."""
+    head = f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: sandbox\r\nContent-Length: {10**12}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    with socket.create_connection(("127.0.0.1", sandbox.port), timeout=TIMEOUT.read) as sock:
+        sock.sendall(head.encode() + b"\r\n{")
+        answer = _answer(sock)
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 413")
+    assert b"connection: close" in status.lower()
+    assert orjson.loads(body)["code"] == 413
+    stats = sandbox.stats()
+    assert sum(stats.requests_by_endpoint.values()) == 0 and stats.events == 0
+
+
+def test_a_body_one_byte_under_the_limit_is_still_read(sandbox: Sandbox) -> None:
+    """The 413 is for what is over the limit only: at the limit, the body is read (and,
+    not being JSON, refused as a bad request)."""
+    head = f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: sandbox\r\nContent-Length: {MAX_BODY_BYTES}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in AUTH.items())
+    with socket.create_connection(("127.0.0.1", sandbox.port), timeout=TIMEOUT.read) as sock:
+        sock.sendall(head.encode() + b"\r\n" + b" " * MAX_BODY_BYTES)
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+
+
+@pytest.mark.parametrize("size", [MAX_HEADER_BYTES + 1, 3 * 1024 * 1024])
+def test_oversized_headers_get_431_not_a_reset(sandbox: Sandbox, size: int) -> None:
+    """A 3 MB header (or one byte over the limit) is answered 431, and the client reads
+    that answer instead of losing its connection."""
+    headers = {**AUTH, "X-Padding": "p" * size}
+    response = httpx.post(
+        f"{sandbox.url}{UPLOAD_PATH}", json={"d": [event("u1")]}, headers=headers, timeout=TIMEOUT
+    )
+    assert response.status_code == 431
+    assert response.json()["code"] == 431
+    assert sandbox.stats().events == 0
+
+
+def test_headers_under_the_limit_are_read(client: httpx.Client, sandbox: Sandbox) -> None:
+    padding = "p" * (MAX_HEADER_BYTES - 2048)  # the rest of the head fits in 2 kB
+    response = client.post(UPLOAD_PATH, json={"d": [event("u1")]}, headers={"X-Padding": padding})
+    assert response.status_code == 200
+    assert sandbox.stats().events == 1
+
+
+def test_a_client_still_sending_a_huge_head_reads_the_431(sandbox: Sandbox) -> None:
+    """A client that writes all of a 3 MB head before it reads (as curl does): the
+    sandbox answers early, and then reads what is still coming instead of closing on it
+    (which resets the connection, and the client never sees the answer)."""
+    head = f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: sandbox\r\nX-Padding: {'p' * 3_000_000}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", sandbox.port), timeout=TIMEOUT.read) as sock:
+        sock.sendall(head.encode())
+        sock.shutdown(socket.SHUT_WR)
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]

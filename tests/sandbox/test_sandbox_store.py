@@ -138,7 +138,7 @@ def test_stats_over_http_match_the_python_api(client: httpx.Client, sandbox: San
     upload(client, [profile("u1", a=1), event("u1"), event("u1", "Stayed")])
     delete(client, {"identity": "u1"})
     client.post("/1/nowhere")
-    answer = httpx.get(f"{sandbox.url}/_sandbox/stats", timeout=TIMEOUT).json()
+    answer = httpx.get(f"{sandbox.url}/_sandbox/stats", headers=AUTH, timeout=TIMEOUT).json()
     assert answer == sandbox.stats().to_json()
     assert answer["events"] == 1
     assert answer["deletions"] == 1
