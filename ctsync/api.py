@@ -20,12 +20,9 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO
-
-import httpx
+from typing import IO, TYPE_CHECKING
 
 from ctsync import mapping
-from ctsync.client import CleverTapClient
 from ctsync.errors import CtsyncError, UsageError
 from ctsync.ledger import Ledger, output_error
 from ctsync.mapping.file import read_mapping_document
@@ -58,6 +55,9 @@ from ctsync.workers import (
     preset_mapper,
     tuning,
 )
+
+if TYPE_CHECKING:  # the client (and httpx) only load when a run sends for real
+    import httpx
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -326,6 +326,8 @@ async def _with_sender(
 ) -> Summary:
     if client is None:
         return await go(SendCounter(DryRunSender(requests)))
+    from ctsync.client import CleverTapClient
+
     async with CleverTapClient(client, transport=transport) as sender:
         try:
             return await go(SendCounter(sender))

@@ -27,8 +27,8 @@ from typing import IO, Any, Protocol, TypeAlias, runtime_checkable
 import orjson
 
 from ctsync.batching import Batch, Lane, Planner, Position
-from ctsync.client import UNKNOWN, OnWire, Request, delete_body, upload_body
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, output_error
+from ctsync.model import UNKNOWN, OnWire, Request, delete_body, upload_body
 from ctsync.options import identity_of
 from ctsync.prepare import (
     Op,

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import IO, Protocol, runtime_checkable
 
-from ctsync.client import OnWire, Request
 from ctsync.ledger import Verdict
+from ctsync.model import OnWire, Request
 from ctsync.pipeline import Sender, WaitsForPermits
 
 

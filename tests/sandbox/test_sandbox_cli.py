@@ -108,7 +108,9 @@ def test_to_cli_args_round_trips_through_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[SandboxConfig] = []
-    monkeypatch.setattr(cli, "serve", lambda config, announce: started.append(config))
+    monkeypatch.setattr(
+        "ctsync.sandbox._server.serve", lambda config, announce: started.append(config)
+    )
     configs = [
         SandboxConfig(),
         SandboxConfig(
@@ -141,7 +143,9 @@ def test_latency_ms_takes_a_number_or_a_range(
     text: str, latency: int | tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[SandboxConfig] = []
-    monkeypatch.setattr(cli, "serve", lambda config, announce: started.append(config))
+    monkeypatch.setattr(
+        "ctsync.sandbox._server.serve", lambda config, announce: started.append(config)
+    )
     assert CliRunner().invoke(app, ["--latency-ms", text]).exit_code == 0
     assert [config.latency_ms for config in started] == [latency]
 
