@@ -19,6 +19,7 @@ from rich.console import Console
 
 from ctsync.api import Outputs, UploadJob, upload
 from ctsync.console import render_summary
+from ctsync.errors import DiskFull
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, report_line
 from ctsync.presets import Preset
 from ctsync.records import Invalid, Origin, Outcome, Stage
@@ -387,6 +388,7 @@ def test_an_output_that_cannot_be_written_is_kept_as_the_error_and_counting_goes
     assert ledger.summary.rejected.total() == 2
     assert ledger.output_error is not None
     what = "report" if where == "report" else "dead-letter file"
+    assert isinstance(ledger.output_error, DiskFull)  # its records not sent are `disk-full`
     assert str(ledger.output_error) == (
         f"/mnt/full/report.ndjson: cannot write the {what} (No space left on device); "
         "the run stopped before its end"
