@@ -14,8 +14,9 @@ from pathlib import Path
 from types import FrameType
 
 from ctsync import __version__
-from ctsync.errors import ExitCode
-from ctsync.redact import redact, register
+
+# Nothing else of ctsync is imported before `main` handles SIGTERM (ctsync.errors alone
+# takes 50 ms, with asyncio): each function imports what it needs.
 
 
 class Terminated(BaseException):
@@ -53,10 +54,10 @@ def main() -> None:
         app(prog_name="ctsync")
     except KeyboardInterrupt:  # Ctrl-C outside a run (while starting, at a prompt)
         _say("ctsync: interrupted")
-        sys.exit(ExitCode.INTERRUPTED)
+        sys.exit(130)  # ExitCode.INTERRUPTED (ctsync.errors may not be imported yet)
     except Terminated:
         _say("ctsync: stopped by SIGTERM; nothing was sent")
-        sys.exit(ExitCode.TERMINATED)
+        sys.exit(143)  # ExitCode.TERMINATED
     except Exception as exc:  # the last resort: a bug, never a person's mistake
         sys.exit(crash(exc))
     finally:
@@ -69,6 +70,9 @@ def main() -> None:
 
 def crash(exc: BaseException) -> int:
     """One line on stderr, the traceback in a file for the bug report; the exit code."""
+    from ctsync.errors import ExitCode
+    from ctsync.redact import redact, register
+
     # A dry run never reads the passcode, so it may not be registered: mask what was given.
     for given in (os.environ.get("CLEVERTAP_PASSCODE"), *_argv_passcodes()):
         if given:
@@ -81,6 +85,8 @@ def crash(exc: BaseException) -> int:
 
 
 def _write_crash_file(exc: BaseException) -> Path | None:
+    from ctsync.redact import redact
+
     text = "".join(traceback.format_exception(exc))
     header = f"ctsync {__version__}, Python {sys.version.split()[0]}, argv {_argv()!r}\n"
     try:

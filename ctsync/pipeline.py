@@ -850,6 +850,10 @@ class UploadRun:
         if self._state is None or self._frozen or not (self._inputs or self._ledger.files):
             return
         self._ledger.flush()  # what the state calls settled is in the report first
+        if self._ledger.output_error is not None:
+            # Some lines are missing from an output: the state must not call their records
+            # settled. It stays at the last checkpoint, and the next run does them again.
+            raise self._ledger.output_error
         spans: dict[str, list[Span]] = {name: [] for name in self._inputs}
         for batch in self._live():
             for name, runs in batch.runs.items():

@@ -58,6 +58,11 @@ _OBJECT = -1
 """`fingerprint_len` of a bucket object, whose `fingerprint` is its version (below)."""
 _VERSION_PREFIX = "version:"
 
+_FULL_BEFORE = (
+    "{path}: cannot write the state file: the disk is full; nothing was sent "
+    "(free some space and run again)"
+)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
     key TEXT PRIMARY KEY,
@@ -208,10 +213,7 @@ class StateFile:
         except sqlite3.DatabaseError as exc:
             os.close(self._lock_fd)
             if _disk_full(path, exc):
-                raise DiskFull(
-                    f"{path}: cannot write the state file: the disk is full; nothing was "
-                    "sent (free some space and run again)"
-                ) from None
+                raise DiskFull(_FULL_BEFORE.format(path=path)) from None
             raise UsageError(f"{path}: not a ctsync state file ({exc})") from None
 
     def _migrate(self) -> None:
@@ -349,7 +351,8 @@ class StateFile:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled it back itself (full)
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             if _disk_full(self.path, exc):
@@ -389,7 +392,10 @@ class StateFile:
             ).fetchone()
             if row is not None:
                 output.cut(int(row[0]), None if row[1] is None else int(row[1]))
-        self.checkpoint([], {output.key: output.length for output in outputs})
+        try:
+            self.checkpoint([], {output.key: output.length for output in outputs})
+        except DiskFull:
+            raise DiskFull(_FULL_BEFORE.format(path=self.path)) from None
 
     def close_outputs(self, lengths: dict[str, int]) -> None:
         """A run that ends (not killed) records each output's final length: what other
