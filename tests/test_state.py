@@ -11,6 +11,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from hypothesis import HealthCheck, assume, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from ctsync import api
 from ctsync.client import OnWire
@@ -19,9 +22,9 @@ from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source, collect_sources
-from ctsync.settings import ClientSettings
+from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from ctsync.state import Span, StateFile
-from tests.helpers import FakeSender, Kind, assert_accounted
+from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, FakeSender, Kind, assert_accounted
 
 
 class CleverTap:
@@ -221,3 +224,69 @@ def test_the_state_marks_a_batch_in_flight_before_it_goes_out(tmp_path: Path) ->
     # Lines 1-10 (each record's part 0, operation 0), sent, while the first request is out.
     assert seen[0][0] == [[1, 0, 0], [10, 0, 0], 1]
     assert pending_spans(state_path) == []
+
+
+KINDS = st.lists(st.sampled_from(["good", "invalid", "skipped"]), min_size=1, max_size=30)
+
+
+@examples(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kinds=KINDS, data=st.data())
+def test_a_resumed_run_counts_and_reports_once_what_lies_in_a_pending_span(
+    tmp_path_factory: pytest.TempPathFactory, kinds: list[str], data: st.DataObject
+) -> None:
+    """An earlier run read through line R and left a batch pending from line a to line b
+    (both profiles it sent in that batch): the skipped and invalid records between them
+    were counted and reported by that run, and the resumed run must not again. Expected
+    by hand: it sends the profiles from a to b and after R, and counts and reports only
+    what lies after R."""
+    good = [n for n, kind in enumerate(kinds, 1) if kind == "good"]
+    assume(good)
+    first = data.draw(st.sampled_from(good))
+    last = data.draw(st.sampled_from([n for n in good if n >= first]))
+    read_through = data.draw(st.integers(last, len(kinds)))
+    where = tmp_path_factory.mktemp("resume")
+    export, state_path, report = where / "a.ndjson", where / "s.db", where / "report.ndjson"
+    export.write_bytes(
+        b"".join(
+            (
+                orjson.dumps({"type": "identify", "userId": f"u{n}", "traits": {}})
+                if kind == "good"
+                else b'{"broken": %d' % n
+                if kind == "invalid"
+                else orjson.dumps({"type": "group", "userId": f"u{n}", "groupId": "g"})
+            )
+            + b"\n"
+            for n, kind in enumerate(kinds, 1)
+        )
+    )
+    state = StateFile(state_path)
+    progress = state.open_input(Source(str(export), export, export.stat().st_size))
+    progress.position = (read_through, 0)
+    state.save(progress, [Span((first, 0, 0), (last, 0, 0), sent=False)])
+    state.close()
+    server = CleverTap()
+    job = api.UploadJob(
+        paths=[str(export)],
+        client=client_settings(),
+        state=state_path,
+        outputs=api.Outputs(report=report),
+    )
+    summary = api.upload(job, transport=server.transport())
+    after = {n: kind for n, kind in enumerate(kinds, 1) if n > read_through}
+    assert sorted(server.received) == sorted(
+        f"u{n}" for n in good if first <= n <= last or n > read_through
+    )
+    assert summary.invalid.total() == list(after.values()).count("invalid")
+    assert summary.skipped.total() == list(after.values()).count("skipped")
+    reported = [orjson.loads(line)["line"] for line in report.read_bytes().splitlines()]
+    assert reported == [n for n, kind in after.items() if kind == "invalid"]
+
+
+def client_settings() -> ClientSettings:
+    return ClientSettings(
+        account_id=ACCOUNT_ID,
+        passcode=Secret(PASSCODE),
+        base_url=BASE_URL,
+        concurrency=2,
+        retry=RetryPolicy(max_retries=0, base_delay=0.001, max_delay=0.01),
+    )
