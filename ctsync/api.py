@@ -187,7 +187,7 @@ def upload(
                 raise UsageError("--state records what was sent, and a dry run sends nothing")
             if any(source.path is None and source.url is None for source in sources):
                 raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
-            state = StateFile(job.state)
+            state = StateFile(job.state, retry_unknown=job.run.retry_unknown)
             stack.callback(state.close)
         if stdin is None and handle_signals and any(s.name == STDIN for s in sources):
             stdin = terminal_stdin()

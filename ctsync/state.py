@@ -189,8 +189,9 @@ def fingerprint(path: Path, length: int = FINGERPRINT_BYTES) -> tuple[str, int]:
 class StateFile:
     """The state of resumable runs, locked for this process while open."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, retry_unknown: bool = False) -> None:
         self.path = path
+        self._retry_unknown = retry_unknown  # taking over 0.1's requests on the wire: see _migrate
         try:
             self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -210,6 +211,10 @@ class StateFile:
                 "INSERT OR REPLACE INTO holder (id, pid, started) VALUES (1, ?, ?)",
                 (os.getpid(), time.time()),
             )
+        except UsageError:
+            self._db.close()
+            os.close(self._lock_fd)
+            raise
         except sqlite3.DatabaseError as exc:
             os.close(self._lock_fd)
             if _disk_full(path, exc):
@@ -227,6 +232,27 @@ class StateFile:
             "SELECT path, size, fingerprint, fingerprint_len, done_through, read_through,"
             " pending, complete, updated FROM files"
         ).fetchall()
+        # 0.1 kept the lines around each request on the wire, skipped and invalid records
+        # between them included: what it may have sent is not known record by record.
+        # Taken as unknown, every record of those lines that maps to an event now (0.1
+        # skipped more) would be reported unknown and never sent: thousands for 500 on
+        # the wire. So the person chooses: finish with 0.1, or send those lines again.
+        on_wire = [
+            (key, a, b)
+            for key, *_, pending, _c, _u in rows
+            for a, b, sent in orjson.loads(pending)
+            if sent
+        ]
+        if on_wire and not self._retry_unknown:
+            lines = sum(b - a + 1 for _, a, b in on_wire)
+            raise UsageError(
+                f"{self.path}: this state was written by ctsync 0.1, whose last run stopped "
+                f"with requests on the wire; 0.1 kept only the lines they came from ({lines:,}"
+                " lines), not which of their records it sent. Either finish that run with "
+                "ctsync 0.1.0 (the same command; then this version takes the state over), or "
+                "run again with --retry-unknown: the records of those lines are sent again "
+                "(an event among them that CleverTap had stored is stored twice)"
+            )
         for key, size, fp, fp_len, _done, read, pending, complete, updated in rows:
             spans = [[[a, 0, 0], [b, END, END], sent] for a, b, sent in orjson.loads(pending)]
             self._db.execute(

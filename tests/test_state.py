@@ -290,3 +290,66 @@ def client_settings() -> ClientSettings:
         concurrency=2,
         retry=RetryPolicy(max_retries=0, base_delay=0.001, max_delay=0.01),
     )
+
+
+def state_of_0_1(path: Path, export: Path, pending: str) -> None:
+    """A state file as ctsync 0.1.0 (72e494f) wrote it: pending *lines* [first, last, sent],
+    read through line 9."""
+    probe = StateFile(path.with_name("probe.db"))
+    progress = probe.open_input(Source(str(export), export, export.stat().st_size))
+    probe.close()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, fingerprint TEXT"
+            " NOT NULL, fingerprint_len INTEGER NOT NULL, done_through INTEGER NOT NULL,"
+            " read_through INTEGER NOT NULL, pending TEXT NOT NULL, complete INTEGER NOT NULL,"
+            " updated REAL NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO files VALUES (?, ?, ?, ?, 2, 9, ?, 0, 0)",
+            (progress.key, progress.size, progress.fingerprint, progress.fingerprint_len, pending),
+        )
+
+
+def test_a_state_of_0_1_with_requests_on_the_wire_is_refused_with_two_ways_forward(
+    tmp_path: Path, settings: ClientSettings
+) -> None:
+    """0.1 kept the lines around a request on the wire, not its records: taken as unknown,
+    every record of those lines that is an event now was reported unknown, never sent."""
+    export, state_path, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
+    write_export(export, range(12))
+    state_of_0_1(state_path, export, "[[3, 6, 1], [7, 8, 0]]")
+    with pytest.raises(UsageError) as refused:
+        upload(export, state_path, server, settings)
+    assert str(refused.value) == (
+        f"{state_path}: this state was written by ctsync 0.1, whose last run stopped with "
+        "requests on the wire; 0.1 kept only the lines they came from (4 lines), not which "
+        "of their records it sent. Either finish that run with ctsync 0.1.0 (the same "
+        "command; then this version takes the state over), or run again with "
+        "--retry-unknown: the records of those lines are sent again (an event among them "
+        "that CleverTap had stored is stored twice)"
+    )
+    assert server.received == []
+    with sqlite3.connect(state_path) as db:  # left as it was, for 0.1.0 to finish
+        assert db.execute("SELECT pending FROM files").fetchone() == ("[[3, 6, 1], [7, 8, 0]]",)
+    # The second way: lines 3-8 and what follows line 9 are sent, nothing reported unknown.
+    job = api.UploadJob(
+        paths=[str(export)],
+        client=settings,
+        state=state_path,
+        run=RunOptions(batch_size=10, retry_unknown=True),
+    )
+    summary = api.upload(job, transport=server.transport())
+    assert sorted(server.received) == sorted(f"u{i - 1}" for i in [*range(3, 9), 10, 11, 12])
+    assert summary.failed.total() == 0
+
+
+def test_a_state_of_0_1_with_nothing_on_the_wire_is_taken_over(
+    tmp_path: Path, settings: ClientSettings
+) -> None:
+    export, state_path, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
+    write_export(export, range(12))
+    state_of_0_1(state_path, export, "[[4, 5, 0]]")
+    summary = upload(export, state_path, server, settings)
+    assert sorted(server.received) == sorted(f"u{i - 1}" for i in [4, 5, 10, 11, 12])
+    assert summary.read == 5 and summary.accepted == 5
