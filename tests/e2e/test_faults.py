@@ -29,6 +29,7 @@ from ._support import (
     identify,
     ndjson_line,
     run_upload,
+    wait_until,
 )
 
 TMPFS_BYTES = 8 << 20  # room for the state's write-ahead log, which grows to 4 MiB
@@ -133,19 +134,23 @@ def test_a_full_disk_before_the_run_is_called_a_full_disk(tmp_path: Path) -> Non
         assert sandbox.stats().requests_by_endpoint["upload"] == 0
 
 
-def catches_sigterm(pid: int) -> bool:
-    """Whether the process has a handler for SIGTERM (the kernel's SigCgt mask)."""
+def catches(pid: int, how: signal.Signals) -> bool:
+    """Whether the process has a handler for the signal (the kernel's SigCgt mask)."""
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("SigCgt:"):
-                return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+                return bool(int(line.split()[1], 16) >> (how - 1) & 1)
     return False
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize(
+    ("seed", "how"), [(seed, signal.SIGTERM) for seed in range(6)] + [(6, signal.SIGINT)]
+)
 def test_sigterm_at_any_moment_ends_with_143_and_a_summary_once_anything_was_read(
-    tmp_path: Path, processes: Processes, seed: int
+    tmp_path: Path, processes: Processes, seed: int, how: signal.Signals
 ) -> None:
+    """And Ctrl-C (SIGINT) with 130."""
+    code = 143 if how is signal.SIGTERM else 130
     rng = random.Random(seed)
     source = tmp_path / "export.ndjson"
     source.write_bytes(
@@ -155,9 +160,13 @@ def test_sigterm_at_any_moment_ends_with_143_and_a_summary_once_anything_was_rea
         # The moment comes from the process having started (Popen returns once it runs
         # the new program): from its first millisecond, importing included.
         process = processes.start_upload(sandbox.url, source, "--batch-size", "20")
+        if how is signal.SIGINT:
+            # Python's own SIGINT handler (a KeyboardInterrupt traceback) is there before
+            # ctsync runs: from the moment ctsync handles signals (its SIGTERM handler).
+            wait_until(lambda: catches(process.pid, signal.SIGTERM), 20, "ctsync to start")
         time.sleep(rng.choice([0.0, 0.001, rng.uniform(0.0, 0.6), rng.uniform(0.3, 1.5)]))
-        handled = catches_sigterm(process.pid)
-        process.send_signal(signal.SIGTERM)
+        handled = catches(process.pid, how)
+        process.send_signal(how)
         run = finish(process)
         sent = sandbox.stats().requests_by_endpoint["upload"]
     assert "Traceback" not in run.stderr, run.describe()
@@ -165,17 +174,18 @@ def test_sigterm_at_any_moment_ends_with_143_and_a_summary_once_anything_was_rea
         summary = run.summary
         assert_adds_up(summary)
         # The exit status says what the summary says.
-        assert run.returncode == (143 if summary["interrupted"] else 0), run.describe()
+        assert run.returncode == (code if summary["interrupted"] else 0), run.describe()
         return
     # No summary: nothing was sent. Either ctsync said it stopped before its run, or the
     # signal came before Python ran any of ctsync (the shell shows 143 for that too).
     assert sent == 0, run.describe()
-    if run.returncode == -signal.SIGTERM:
-        assert not handled, "ctsync handled SIGTERM, yet it ended the process"
+    if run.returncode == -how:
+        assert not handled, f"ctsync handled {how.name}, yet it ended the process"
         assert run.stderr == "", run.describe()
     else:
-        assert run.returncode == 143, run.describe()
-        assert run.stderr.strip().endswith("ctsync: stopped by SIGTERM; nothing was sent")
+        assert run.returncode == code, run.describe()
+        said = "stopped by SIGTERM; nothing was sent" if code == 143 else "interrupted"
+        assert run.stderr.strip().endswith(f"ctsync: {said}"), run.describe()
 
 
 def test_sigterm_while_the_cli_is_imported_ends_with_143_and_one_line(tmp_path: Path) -> None:
@@ -202,3 +212,26 @@ def test_sigterm_while_the_cli_is_imported_ends_with_143_and_one_line(tmp_path: 
     assert process.returncode == 143
     assert rest.rstrip().endswith("ctsync: stopped by SIGTERM; nothing was sent"), rest[-500:]
     assert stdout == ""
+
+
+@pytest.mark.parametrize("room", [3000, 40_000])
+def test_a_full_disk_under_the_request_output_leaves_whole_lines(tmp_path: Path, room: int) -> None:
+    source = tmp_path / "export.ndjson"
+    mixed_export(source, 3000)
+    with small_disk(tmp_path / "disk") as disk:
+        (disk / "filler").write_bytes(b"x" * (TMPFS_BYTES - room))
+        output = disk / "requests.ndjson"
+        command = [sys.executable, "-m", "ctsync", "upload", "--dry-run", "--json"]
+        done = subprocess.run(
+            [*command, "--batch-size", "10", "--output", str(output), str(source)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        requests = [orjson.loads(line) for line in whole_lines(output)]
+    assert done.returncode == 2, done.stderr
+    assert "requests.ndjson: cannot write the request output (No space left" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert_adds_up(orjson.loads(done.stdout))
+    assert all(request["path"] == "/1/upload" for request in requests)

@@ -26,6 +26,7 @@ from ._support import (
     TS,
     Processes,
     assert_adds_up,
+    ctsync_env,
     finish,
     identify,
     ndjson_line,
@@ -67,11 +68,13 @@ def export(path: Path) -> tuple[list[bytes], set[int], int]:
     return lines, failing, skipped
 
 
-def start(sandbox: Sandbox, processes: Processes, report: Path, *args: str | Path) -> Popen[str]:
+def start(
+    sandbox: Sandbox, processes: Processes, report: Path, env: dict[str, str], *args: str | Path
+) -> Popen[str]:
     """Start a run and wait until it sends or writes to its report (or ends)."""
     requests = sandbox.stats().requests_by_endpoint["upload"]
     size = report.stat().st_size if report.exists() else 0
-    process = processes.start_upload(sandbox.url, *args)
+    process = processes.start_upload(sandbox.url, *args, env=env)
     wait_until(
         lambda: (
             sandbox.stats().requests_by_endpoint["upload"] > requests
@@ -98,22 +101,24 @@ def check_outputs(lines: list[bytes], failing: set[int], report: Path, failed: P
     assert Counter(letters.splitlines()) == Counter(lines[n - 1] for n in failing)
 
 
-@pytest.mark.parametrize("seed", [11, 23])
+@pytest.mark.parametrize(("seed", "workers"), [(11, 1), (23, 2)])
 def test_kills_and_resumes_leave_each_failed_record_once_in_report_and_dead_letters(
-    tmp_path: Path, processes: Processes, seed: int
+    tmp_path: Path, processes: Processes, seed: int, workers: int
 ) -> None:
-    kills_then_resume(tmp_path, processes, seed, kills=4)
+    kills_then_resume(tmp_path, processes, seed, kills=4, workers=workers)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [5, 6, 7])
+@pytest.mark.parametrize(("seed", "workers"), [(5, 1), (6, 2), (7, 1), (8, 2)])
 def test_many_kills_and_resumes_leave_each_failed_record_once(
-    tmp_path: Path, processes: Processes, seed: int
+    tmp_path: Path, processes: Processes, seed: int, workers: int
 ) -> None:
-    kills_then_resume(tmp_path, processes, seed, kills=15)
+    kills_then_resume(tmp_path, processes, seed, kills=15, workers=workers)
 
 
-def kills_then_resume(tmp_path: Path, processes: Processes, seed: int, kills: int) -> None:
+def kills_then_resume(
+    tmp_path: Path, processes: Processes, seed: int, kills: int, workers: int
+) -> None:
     rng = random.Random(seed)
     source = tmp_path / "export.ndjson"
     lines, failing, skipped = export(source)
@@ -131,12 +136,16 @@ def kills_then_resume(tmp_path: Path, processes: Processes, seed: int, kills: in
         "--retry-unknown",
         "--preset",
         "classic",
+        "--workers",
+        str(workers),
     )
+    # Worker processes on this small input too, in blocks of 64 KiB.
+    env = {**ctsync_env(), "CTSYNC_WORKER_START_AFTER": "0", "CTSYNC_WORKER_BLOCK_BYTES": "65536"}
     counted = Counter[str]()  # what the runs that printed a summary counted
     killed_hard = False
     with running_sandbox(SandboxConfig(latency_ms=(10, 40), seed=seed)) as sandbox:
         for _ in range(kills):
-            process = start(sandbox, processes, report, *args)
+            process = start(sandbox, processes, report, env, *args)
             if process.poll() is None:
                 time.sleep(rng.uniform(0.0, 0.8))  # a random moment, not a race to win
             how = rng.choice([signal.SIGKILL, signal.SIGTERM])
@@ -154,7 +163,7 @@ def kills_then_resume(tmp_path: Path, processes: Processes, seed: int, kills: in
             counted.update(invalid=run.summary["invalid"], skipped=run.summary["skipped"])
             if run.returncode in (0, 1) and not run.summary["interrupted"]:
                 break
-        last = run_upload(sandbox.url, *args, timeout=60)
+        last = run_upload(sandbox.url, *args, env=env, timeout=60)
         assert last.returncode in (0, 1), last.describe()  # 1: it read invalid records
         assert_adds_up(last.summary)
         counted.update(invalid=last.summary["invalid"], skipped=last.summary["skipped"])
