@@ -9,8 +9,10 @@ did not go through are written to the report (and the dead-letter file) as they 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -289,9 +291,13 @@ class Output:
         self._lines: list[bytes] = []
         self._held = 0
         self.note: str | None = None
-        self.length = os.lseek(self._fd, 0, os.SEEK_END)
+        self.length = 0
+        # A pipe or a device (/dev/stderr, a FIFO) is written as it comes: nothing to cut.
+        self.regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
         try:
-            self._end_on_whole_line()
+            if self.regular:
+                self.length = os.lseek(self._fd, 0, os.SEEK_END)
+                self._end_on_whole_line()
         except OSError:
             os.close(self._fd)
             raise
@@ -323,7 +329,7 @@ class Output:
         self.flush()
         size = self.length
         stop = size if end is None else end
-        if committed > stop or stop > size or committed == stop:
+        if not self.regular or committed > stop or stop > size or committed == stop:
             return
         tail = os.pread(self._fd, size - stop, stop) if size > stop else b""
         os.ftruncate(self._fd, committed)
@@ -359,11 +365,11 @@ class Output:
                     done += os.write(self._fd, view[done:])
         except OSError:
             keep = self.length + data.rfind(b"\n", 0, done) + 1
-            try:
-                os.ftruncate(self._fd, keep)
-                self.length = keep
-            except OSError:
-                self.length += done
+            self.length += done
+            if self.regular:
+                with contextlib.suppress(OSError):  # /dev/full: nothing was written anyway
+                    os.ftruncate(self._fd, keep)
+                    self.length = keep
             raise
         self.length += done
 

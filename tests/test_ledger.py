@@ -538,3 +538,18 @@ def test_a_write_that_fails_part_way_leaves_the_file_on_a_whole_line(
     whole = fitted[: fitted.rfind(b"\n") + 1]
     assert content == b"before\n" + whole
     assert output.length == len(content)
+
+
+def test_a_pipe_or_a_device_is_written_as_it_comes(tmp_path: Path) -> None:
+    """--report /dev/stderr or a named pipe: no length to keep, nothing to cut."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        output = Output(fifo, "report", append=True)
+        output.write(b'{"line": 1}\n')
+        output.cut(0, None)
+        output.close()
+        assert os.read(reader, 100) == b'{"line": 1}\n'
+    finally:
+        os.close(reader)
