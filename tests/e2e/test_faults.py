@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,10 +26,15 @@ from ._support import (
     TS,
     Processes,
     assert_adds_up,
+    ctsync_env,
+    duplicates,
     finish,
     identify,
     ndjson_line,
     run_upload,
+    seqs_of,
+    track,
+    upload_command,
     wait_until,
 )
 
@@ -235,3 +241,71 @@ def test_a_full_disk_under_the_request_output_leaves_whole_lines(tmp_path: Path,
     assert "Traceback" not in done.stderr
     assert_adds_up(orjson.loads(done.stdout))
     assert all(request["path"] == "/1/upload" for request in requests)
+
+
+OLD = "72e494f"  # ctsync 0.1.0
+
+
+def test_a_state_of_0_1_killed_mid_run_is_refused_then_resumed_with_retry_unknown(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """ctsync 0.1.0 itself (from this repository's history) is killed while requests are
+    on the wire; this version refuses its state with two ways forward, and the second way
+    (--retry-unknown) stores every event, none of them more than once beyond the lines
+    0.1.0 had on the wire."""
+    old = tmp_path / "old"
+    old.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", OLD, "ctsync"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        pytest.skip(f"ctsync 0.1.0 ({OLD}) is not in this checkout's history")
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    source = tmp_path / "export.ndjson"
+    count = 3000
+    source.write_bytes(
+        b"".join(
+            ndjson_line(track(f"u{n % 300}", "Played", n) if n % 4 else identify(f"u{n}")) + b"\n"
+            for n in range(count)
+        )
+    )
+    state = tmp_path / "s"
+    args = (source, "--state", state, "--batch-size", "50", "--preset", "classic")
+    with running_sandbox(SandboxConfig(latency_ms=60)) as sandbox:
+        killed = subprocess.Popen(
+            [*upload_command(sandbox.url, *args)],
+            cwd=old,
+            env=ctsync_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(
+                lambda: (
+                    sandbox.stats().requests_by_endpoint["upload"] >= 5 or killed.poll() is not None
+                ),
+                30,
+                "ctsync 0.1.0 to send",
+            )
+            assert killed.poll() is None, "0.1.0 finished before it could be killed"
+            killed.send_signal(signal.SIGKILL)
+        finally:
+            killed.wait(10)
+        with sqlite3.connect(state) as db:
+            pending = orjson.loads(db.execute("SELECT pending FROM files").fetchone()[0])
+        on_wire = sum(last - first + 1 for first, last, sent in pending if sent)
+        if not on_wire:
+            pytest.skip("0.1.0 was killed with nothing on the wire")
+        refused = run_upload(sandbox.url, *args)
+        assert refused.returncode == 2, refused.describe()
+        assert "written by ctsync 0.1" in refused.stderr and "--retry-unknown" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        resumed = run_upload(sandbox.url, *args, "--retry-unknown")
+        assert resumed.returncode == 0, resumed.describe()
+        assert_adds_up(resumed.summary)
+        stored = seqs_of(sandbox.read(lambda store: store.events()))
+    events = {n for n in range(count) if n % 4}
+    assert set(stored) == events  # every event, none reported unknown and left unsent
+    assert duplicates(stored) <= on_wire
