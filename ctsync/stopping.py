@@ -22,6 +22,20 @@ from ctsync.ledger import Verdict
 from ctsync.model import OnWire, Request
 from ctsync.pipeline import Sender, WaitsForPermits
 
+_ended = False
+
+
+def run_ended() -> bool:
+    """Whether a run of this process has ended (see `mark_run_ended`)."""
+    return _ended
+
+
+def mark_run_ended() -> None:
+    """A run has ended: what is left is its summary and closing the outputs, which a
+    late Ctrl-C or SIGTERM must not cut short (`ctsync.__main__` then ignores them)."""
+    global _ended
+    _ended = True
+
 
 @runtime_checkable
 class StopObserver(Protocol):

@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 from ctsync.sandbox import (
     LISTENING_PREFIX,
     SandboxConfig,
-    cli,
     read_listening_url,
     running_sandbox,
     sandbox_process,
