@@ -305,16 +305,21 @@ async def _until_signalled(
 
     installed = []
     previous = {}
+    # Reading a terminal, each signal is acted on once by whichever sees it first: the
+    # reader (which blocks the loop) or the loop (see TerminalStdin).
+    act = on_signal if terminal is None else terminal.dispatch
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
             previous[signum] = signal.getsignal(signum)
-            loop.add_signal_handler(signum, on_signal, signum)
+            loop.add_signal_handler(signum, act, signum)
             installed.append(signum)
         except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
             pass
     if terminal is not None and installed:
         terminal.stop_requested = lambda: run.stopping
         terminal.on_signal = on_signal
+        for signum in installed:  # asyncio's wakeup fd stays; this notes each arrival
+            signal.signal(signum, terminal.note_signal)
     try:
         summary = await run.run()
     except asyncio.CancelledError:

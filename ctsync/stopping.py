@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 from ctsync.ledger import Verdict
 from ctsync.model import OnWire, Request
@@ -109,6 +109,28 @@ class TerminalStdin:
         self._ended = False
         self.stop_requested: Callable[[], bool] = lambda: False
         self.on_signal: Callable[[signal.Signals], None] | None = None
+        # Stop signals that arrived (seen by a Python-level handler) and that were acted
+        # on (`on_signal` called). A signal between two reads reaches asyncio, whose loop
+        # acts on it only when it next turns, which a reader about to block prevents: the
+        # reader acts on it itself, and asyncio's later call for it is passed over.
+        self._arrived: list[signal.Signals] = []
+        self._acted = 0
+
+    def note_signal(self, signum: int, frame: FrameType | None) -> None:
+        """The Python-level handler of the stop signals while a run reads this terminal
+        (asyncio's own does nothing: its loop learns of a signal through its wakeup fd
+        and calls `dispatch`)."""
+        self._arrived.append(signal.Signals(signum))
+
+    def dispatch(self, signum: int) -> None:
+        """Act on each stop signal once, whoever sees it first (asyncio or the reader)."""
+        if self._acted < len(self._arrived) and self.on_signal is not None:
+            self._acted += 1
+            self.on_signal(signal.Signals(signum))
+
+    def _raise(self, signum: int, frame: FrameType | None) -> None:
+        self.note_signal(signum, frame)
+        raise _SignalDuringRead(signal.Signals(signum))
 
     def read(self, size: int = -1) -> bytes:
         if self._ended or self.stop_requested():
@@ -118,17 +140,24 @@ class TerminalStdin:
         # For the time of the read only, a signal goes to a Python-level handler that
         # raises, which ends the read(2) it interrupted (PEP 475 would retry it), and
         # not to asyncio's wakeup fd, whose handler could run only after the read.
-        wakeup = signal.set_wakeup_fd(-1)
-        previous = {signum: signal.signal(signum, _raise_in_read) for signum in _STOP_SIGNALS}
+        previous: dict[signal.Signals, Any] = {}
+        wakeup = -1
+        data = b""
         try:
-            data = read_terminal(self._fd, size if size > 0 else 1 << 16)
+            for signum in _STOP_SIGNALS:
+                previous[signum] = signal.signal(signum, self._raise)
+            wakeup = signal.set_wakeup_fd(-1)
+            if self._acted < len(self._arrived):  # came since the last read: act now
+                self.dispatch(self._arrived[self._acted])
+            else:
+                data = read_terminal(self._fd, size if size > 0 else 1 << 16)
         except _SignalDuringRead as stop:
             data = b""
-            self.on_signal(stop.signum)  # what the run's own handler does (run.stop())
+            self.dispatch(stop.signum)  # what the run's own handler does (run.stop())
         finally:
+            signal.set_wakeup_fd(wakeup)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            signal.set_wakeup_fd(wakeup)
         if not data:
             self._ended = True
         return data
@@ -169,10 +198,6 @@ def read_terminal(fd: int, size: int) -> bytes:
     finally:
         os.close(wake)
         os.close(woken)
-
-
-def _raise_in_read(signum: int, frame: FrameType | None) -> None:
-    raise _SignalDuringRead(signal.Signals(signum))
 
 
 def terminal_stdin() -> IO[bytes] | None:
