@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 
 from ctsync.batching import Position
+from ctsync.dedupe import MessageIds
 from ctsync.errors import LockedError, OutputError, UsageError
 from ctsync.reader import Source
 
@@ -200,6 +201,7 @@ class StateFile:
         except sqlite3.DatabaseError as exc:
             os.close(self._lock_fd)
             raise UsageError(f"{path}: not a ctsync state file ({exc})") from None
+        self._message_ids: MessageIds | None = None
 
     def _migrate(self) -> None:
         """Take over the line-based state of ctsync 0.1 (table `files`), once."""
@@ -321,6 +323,10 @@ class StateFile:
         spans = sorted([*live, *progress.resume.after(line, part)], key=lambda s: s.first)
         complete = progress.finished_reading and not spans
         try:
+            # One transaction with the messageIds planned from this input (dedupe).
+            self._db.execute("BEGIN")
+            if self._message_ids is not None:
+                self._message_ids.write(progress.key)
             self._db.execute(
                 "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -334,10 +340,20 @@ class StateFile:
                     time.time(),
                 ),
             )
+            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise OutputError(
                 f"{self.path}: cannot write the state file ({exc}); the run stopped"
             ) from None
+
+    def message_ids(self, window_ms: int) -> MessageIds:
+        """The messageIds earlier runs sent (`--dedupe-window` in ms): written with each
+        input's progress, in this file's own table (made when missing)."""
+        try:
+            self._message_ids = MessageIds(self._db, window_ms=window_ms, persistent=True)
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"{self.path}: not a ctsync state file ({exc})") from None
+        return self._message_ids
 
 
 def _entry(span: Span) -> list[Any]:
