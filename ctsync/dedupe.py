@@ -10,7 +10,7 @@ without a messageId is never deduplicated.
 What is kept per message is compact: a 64-bit hash of its messageId (`message_key`) and
 its `timestamp` (epoch ms), in a SQLite table of the state file (a private temporary
 database without `--state`). A Bloom filter in memory (two bits per id, at least 16 bits
-of filter per id, 32 MiB at most) answers "never seen" for nearly every new message
+of filter per id, 16 MiB at most) answers "never seen" for nearly every new message
 without a query; the table gives the exact answer for the rest.
 
 The decision is made in the main process, in input order (`--workers` send the key back
@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from datetime import date
 from hashlib import blake2b
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from ctsync.records import Message
 from ctsync.window import DAY_MS, message_time
@@ -41,14 +41,15 @@ DEFAULT_WINDOW_DAYS: Final = 30
 FUTURE_MS: Final = DAY_MS
 """How far past the clock the newest timestamp may be when judging what is old."""
 MIN_BITS: Final = 1 << 20
-MAX_BITS: Final = 1 << 28  # 32 MiB: 10M ids leave 0.5% of new messages to a query
+MAX_BITS: Final = 1 << 27  # 16 MiB: at 10M ids, 2% of new messages need a query
 BITS_PER_ID: Final = 8
 """The filter doubles when it holds fewer bits than this per id (16 after doubling)."""
 WRITE_AT: Final = 1 << 16
 """Ids held in memory at most before they go to the table, when no state file decides."""
 
-Key: TypeAlias = tuple[int, int | None]
-"""A message's 64-bit messageId hash and its timestamp (epoch ms, None when unusable)."""
+Key: TypeAlias = tuple[int, Any]
+"""A message's 64-bit messageId hash and its `timestamp` as written (read by `day_of`
+only for the messages that are sent: a third of the cost of a key)."""
 Group: TypeAlias = str | None
 """Whose progress the id is written with: an input's state key (None: no state file)."""
 
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS message_ids_newest (
 );
 """
 _EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
+_DAYS: dict[str, int] = {}
 
 
 def message_key(message: Message) -> Key | None:
@@ -67,19 +69,31 @@ def message_key(message: Message) -> Key | None:
     message_id = message.get("messageId")
     if type(message_id) is not str or not message_id:
         return None
-    digest = blake2b(message_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True), _day_of(message.get("timestamp"))
+    try:
+        data = message_id.encode()
+    except UnicodeEncodeError:  # a lone surrogate (orjson refuses them; other readers may not)
+        data = message_id.encode("utf-8", "surrogatepass")
+    digest = blake2b(data, digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True), message.get("timestamp")
 
 
-def _day_of(value: object) -> int | None:
+def day_of(value: object) -> int | None:
     """The UTC day (epoch ms of its midnight) of a message's `timestamp`: enough for a
     window of days, and a fifth of the cost of reading it to the millisecond (an ISO
     date-time's offset is not applied: a day either way)."""
-    if type(value) is str and len(value) >= 10 and value[4:5] == "-":
-        try:
-            return (date.fromisoformat(value[:10]).toordinal() - _EPOCH_DAY) * DAY_MS
-        except ValueError:
-            return None
+    if type(value) is str:
+        day = value[:10]
+        found = _DAYS.get(day)
+        if found is not None:
+            return found
+        if len(day) == 10 and day[4] == "-":
+            try:
+                found = (date.fromisoformat(day).toordinal() - _EPOCH_DAY) * DAY_MS
+            except ValueError:
+                return None
+            if len(_DAYS) < 4096:  # an archive spans few days: a lookup, not a parse
+                _DAYS[day] = found
+            return found
     ms = message_time(value)
     return None if ms is None else ms - ms % DAY_MS
 
@@ -206,8 +220,10 @@ class MessageIds:
             self._db.executemany("DELETE FROM message_ids WHERE id = ?", ((k,) for k in gone))
         fresh = self._fresh.pop(group, None)
         if fresh:
+            # In key order: the B-tree pages are then visited once each, in order, not
+            # once per id at random (a large table does not fit SQLite's page cache).
             self._db.executemany(
-                "INSERT OR REPLACE INTO message_ids (id, ts) VALUES (?, ?)", fresh.items()
+                "INSERT OR REPLACE INTO message_ids (id, ts) VALUES (?, ?)", sorted(fresh.items())
             )
 
     def _write_all(self) -> None:
@@ -276,6 +292,7 @@ __all__ = [
     "DUPLICATE_MESSAGE_ID",
     "Key",
     "MessageIds",
+    "day_of",
     "forgotten",
     "message_key",
     "window_ms",

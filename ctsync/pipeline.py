@@ -28,7 +28,14 @@ import orjson
 
 from ctsync.batching import Batch, Lane, Planner, Position
 from ctsync.client import UNKNOWN, OnWire, Request, delete_body, upload_body
-from ctsync.dedupe import DEFAULT_WINDOW_DAYS, DUPLICATE_MESSAGE_ID, Key, MessageIds, forgotten
+from ctsync.dedupe import (
+    DEFAULT_WINDOW_DAYS,
+    DUPLICATE_MESSAGE_ID,
+    Key,
+    MessageIds,
+    day_of,
+    forgotten,
+)
 from ctsync.dedupe import message_key as message_key_of
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, output_error
 from ctsync.options import identity_of
@@ -715,7 +722,7 @@ class UploadRun:
             return
         progress = self._inputs.get(source)
         group = progress.key if progress is not None else None
-        self._ids.remember(key[0], key[1], group)
+        self._ids.remember(key[0], day_of(key[1]), group)
         self._keyed[tracked] = (key[0], group)
 
     def _settled(self, tracked: Tracked) -> None:

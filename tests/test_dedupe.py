@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from hypothesis.stateful import (
 )
 
 from ctsync.api import Outputs, UploadJob, upload
-from ctsync.dedupe import DUPLICATE_MESSAGE_ID, MessageIds, forgotten, message_key
+from ctsync.dedupe import DUPLICATE_MESSAGE_ID, MessageIds, day_of, forgotten, message_key
 from ctsync.ledger import Ledger
 from ctsync.pipeline import DryRunSender, RunOptions, UploadRun
 from ctsync.presets import Preset
@@ -182,9 +183,9 @@ def test_a_key_is_a_signed_64_bit_function_of_the_messageid_alone(a: str, b: str
     key_a = message_key({"messageId": a, "timestamp": "2024-05-01T00:00:00Z"})
     assert key_a is not None
     assert -(2**63) <= key_a[0] < 2**63
-    assert key_a[1] == 1_714_521_600_000
+    assert day_of(key_a[1]) == 1_714_521_600_000
     again = message_key({"messageId": a, "type": "track"})
-    assert again is not None and again[0] == key_a[0] and again[1] is None
+    assert again is not None and again[0] == key_a[0] and day_of(again[1]) is None
     key_b = message_key({"messageId": b})
     assert key_b is not None
     assert (key_a[0] == key_b[0]) == (a == b)  # 2^-64 odds of a collision per pair
@@ -387,3 +388,35 @@ def test_two_workers_skip_the_same_copies_as_one_process(
     assert two[1] == one[1], "the summary differs"
     read = one[1]["read"]
     assert read == sum(one[1][k] for k in ("skipped", "invalid", "accepted", "rejected", "failed"))
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "day"),
+    [
+        ("2024-05-01T12:00:00Z", "2024-05-01"),
+        ("2024-05-01T23:59:59.999-08:00", "2024-05-01"),  # the offset is not applied
+        ("2024-05-01", "2024-05-01"),
+        (1_714_608_000_123, "2024-05-02"),  # epoch milliseconds
+        (1_714_608_000, "2024-05-02"),  # epoch seconds
+        ("2024-13-01T00:00:00Z", None),
+        ("soon", None),
+        (None, None),
+        ([], None),
+    ],
+)
+def test_a_message_is_remembered_with_the_day_of_its_timestamp(
+    timestamp: Any, day: str | None
+) -> None:
+    expected = (
+        None
+        if day is None
+        else int(datetime.fromisoformat(day + "T00:00:00+00:00").timestamp() * 1000)
+    )
+    key = message_key({"messageId": "m", "timestamp": timestamp})
+    assert key is not None
+    assert day_of(key[1]) == expected
+
+
+def test_a_messageid_with_a_lone_surrogate_has_a_key() -> None:
+    key = message_key({"messageId": "a\ud800b"})  # orjson refuses one; a caller may not
+    assert key is not None and key != message_key({"messageId": "ab"})
