@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 
 from ctsync.api import Outputs, UploadJob, upload
 from ctsync.dedupe import DUPLICATE_MESSAGE_ID, MessageIds, day_of, forgotten, message_key
+from ctsync.errors import UsageError
 from ctsync.ledger import Ledger
 from ctsync.pipeline import DryRunSender, RunOptions, UploadRun
 from ctsync.presets import Preset
@@ -420,3 +421,11 @@ def test_a_message_is_remembered_with_the_day_of_its_timestamp(
 def test_a_messageid_with_a_lone_surrogate_has_a_key() -> None:
     key = message_key({"messageId": "a\ud800b"})  # orjson refuses one; a caller may not
     assert key is not None and key != message_key({"messageId": "ab"})
+
+
+def test_a_dedupe_window_of_no_days_is_a_usage_error(tmp_path: Path) -> None:
+    export = tmp_path / "export.ndjson"
+    export.write_bytes(orjson.dumps(track(1, "m1")) + b"\n")
+    job = UploadJob(paths=[str(export)], run=RunOptions(dedupe_window_days=0))
+    with pytest.raises(UsageError, match="--dedupe-window"):
+        upload(job)
