@@ -20,15 +20,12 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO
-
-import httpx
+from typing import IO, TYPE_CHECKING
 
 from ctsync import mapping
-from ctsync.client import CleverTapClient
 from ctsync.dedupe import MessageIds, window_ms
-from ctsync.errors import CtsyncError, UsageError
-from ctsync.ledger import Ledger, output_error
+from ctsync.errors import CtsyncError, DiskFull, UsageError
+from ctsync.ledger import Ledger, Lines, Output, disk_full, output_error
 from ctsync.mapping.file import read_mapping_document
 from ctsync.options import events_only
 from ctsync.pipeline import (
@@ -48,7 +45,13 @@ from ctsync.reader import STDIN, InputOptions, Inputs, collect_inputs
 from ctsync.records import DeleteKey, Mapper, Origin
 from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
-from ctsync.stopping import SendCounter, StopObserver, TerminalStdin, terminal_stdin
+from ctsync.stopping import (
+    SendCounter,
+    StopObserver,
+    TerminalStdin,
+    mark_run_ended,
+    terminal_stdin,
+)
 from ctsync.summary import Summary
 from ctsync.window import untimed, window_notes, windowed
 from ctsync.workers import (
@@ -59,6 +62,9 @@ from ctsync.workers import (
     preset_mapper,
     tuning,
 )
+
+if TYPE_CHECKING:  # the client (and httpx) only load when a run sends for real
+    import httpx
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,7 +200,7 @@ def upload(
                 raise UsageError("--state records what was sent, and a dry run sends nothing")
             if any(source.path is None and source.url is None for source in sources):
                 raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
-            state = StateFile(job.state)
+            state = StateFile(job.state, retry_unknown=job.run.retry_unknown)
             stack.callback(state.close)
         message_ids = _message_ids(job.run, state)
         if message_ids is not None:
@@ -202,12 +208,17 @@ def upload(
         if stdin is None and handle_signals and any(s.name == STDIN for s in sources):
             stdin = terminal_stdin()
         report, failed, requests = stack.enter_context(_files(job.outputs))
+        if state is not None:
+            files = [o for o in (report, failed) if isinstance(o, Output)]
+            state.take_outputs(files)
         ledger = Ledger(
             report=report,
             dead_letters=failed,
             resumable=state is not None,
             dry_run=job.client is None,
         )
+        if state is not None:
+            stack.callback(_close_outputs, ledger, state)
         ledger.summary.notes.extend(skipped_notes)
 
         async def go(sender: Sender) -> Summary:
@@ -309,8 +320,10 @@ async def _until_signalled(
             observer.stopping(signum.name, counter, deadline)
 
     installed = []
+    previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
+            previous[signum] = signal.getsignal(signum)
             loop.add_signal_handler(signum, on_signal, signum)
             installed.append(signum)
         except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
@@ -325,8 +338,11 @@ async def _until_signalled(
             raise
         summary = run.summary
     finally:
+        mark_run_ended()
         for signum in installed:
             loop.remove_signal_handler(signum)
+            # Not the default asyncio leaves (SIGTERM's kills with no word): the caller's.
+            signal.signal(signum, previous[signum])
     if received:
         summary.interrupted = True
         summary.signal = received[0].name
@@ -335,13 +351,15 @@ async def _until_signalled(
 
 async def _with_sender(
     client: ClientSettings | None,
-    requests: IO[bytes] | None,
+    requests: Lines | None,
     transport: httpx.AsyncBaseTransport | None,
     go: Callable[[Sender], Awaitable[Summary]],
     summary: Summary,
 ) -> Summary:
     if client is None:
         return await go(SendCounter(DryRunSender(requests)))
+    from ctsync.client import CleverTapClient
+
     async with CleverTapClient(client, transport=transport) as sender:
         try:
             return await go(SendCounter(sender))
@@ -364,7 +382,13 @@ def _summary_on_error(ledger: Callable[[], Ledger | None]) -> Iterator[None]:
         raise type(exc)(str(exc), summary=started.summary) from exc.__cause__
 
 
-def _close(output: IO[bytes], what: str) -> None:
+def _close_outputs(ledger: Ledger, state: StateFile) -> None:
+    """A run that ends (not killed) records the final length of its outputs."""
+    ledger.flush()
+    state.close_outputs(ledger.lengths())
+
+
+def _close(output: Output, what: str) -> None:
     """Close an output; what is still buffered is written now, and may not fit."""
     try:
         output.close()
@@ -375,10 +399,10 @@ def _close(output: IO[bytes], what: str) -> None:
 @contextlib.contextmanager
 def _files(
     outputs: Outputs,
-) -> Iterator[tuple[IO[bytes] | None, IO[bytes] | None, IO[bytes] | None]]:
+) -> Iterator[tuple[Lines | None, Lines | None, Lines | None]]:
     with contextlib.ExitStack() as stack:
 
-        def open_for_writing(path: Path | None, what: str) -> IO[bytes] | None:
+        def open_for_writing(path: Path | None, what: str) -> Lines | None:
             if path is None:
                 return None
             if str(path) == "-":
@@ -386,9 +410,13 @@ def _files(
             try:
                 # The report and dead letters append: a second run the same day (the
                 # README's cron example) must not wipe what the first one wrote.
-                mode = "wb" if what == "request output" else "ab"
-                output = open(path, mode)  # noqa: SIM115 - closed by the stack, below
+                output = Output(path, what, append=what != "request output")
             except OSError as exc:
+                if disk_full(exc):
+                    raise DiskFull(
+                        f"{path}: cannot write the {what}: the disk is full; nothing was "
+                        "sent (free some space and run again)"
+                    ) from None
                 raise UsageError(f"{path}: cannot write the {what} ({exc.strerror})") from None
             stack.callback(_close, output, what)
             return output

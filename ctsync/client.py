@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 import orjson
@@ -36,6 +36,7 @@ from ctsync import __version__
 from ctsync.concurrency import ConcurrencyReport, Limit
 from ctsync.errors import AuthError
 from ctsync.ledger import ACCEPTED, Verdict
+from ctsync.model import UNKNOWN, OnWire, Request, delete_body, upload_body
 from ctsync.prepare import ProfileKey
 from ctsync.records import DeleteKey, Outcome, Stage
 from ctsync.redact import redact
@@ -45,27 +46,11 @@ UPLOAD_PATH = "/1/upload"
 DELETE_PATH = "/1/delete/profiles.json"
 RETRY_ONCE_CODES = frozenset({"555"})
 NOT_TAKEN_STATUSES = frozenset({408, 429, 503})  # CleverTap did not take the batch
-UNKNOWN = "outcome-unknown"
 ERROR_TEXT_CHARS = 200  # of an answer that is not CleverTap's JSON: a proxy's whole page
 
 _RECORD_NUMBER = re.compile(r"\s*Skipped record number\s*:\s*(\d+)\s*\.?\s*$")
 # Errors raised before any byte of the request could reach CleverTap.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-
-OnWire = Callable[[], None]
-"""Called when a request is about to be written to a connection (CleverTap may get it)."""
-
-
-class Request(NamedTuple):
-    """What a sender (the pipeline's `Sender`) sends: an upload (`delete` is None) or a
-    deletion by identity or CleverTap ID, of encoded records, with each record's profile
-    key and whether it may be sent again after an unclear answer (see `upload`)."""
-
-    delete: DeleteKey | None
-    bodies: Sequence[bytes]
-    keys: Sequence[ProfileKey | None]
-    resend: Sequence[bool]
-
 
 # -- classifying CleverTap's answers -------------------------------------------------
 
@@ -283,16 +268,6 @@ def retry_after_seconds(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def upload_body(bodies: Sequence[bytes]) -> bytes:
-    """`{"d": [...]}` joined from encoded records."""
-    return b'{"d":[' + b",".join(bodies) + b"]}"
-
-
-def delete_body(key: DeleteKey, bodies: Sequence[bytes]) -> bytes:
-    """`{"identity": [...]}` (or `guid`) joined from encoded strings."""
-    return b'{"' + key.encode() + b'":[' + b",".join(bodies) + b"]}"
 
 
 # -- the client ---------------------------------------------------------------------

@@ -32,6 +32,8 @@ from datetime import date
 from hashlib import blake2b
 from typing import Any, Final, TypeAlias
 
+from ctsync.ledger import RESUMED_LATER
+from ctsync.model import UNKNOWN
 from ctsync.records import Message
 from ctsync.window import DAY_MS, message_time
 
@@ -100,11 +102,11 @@ def day_of(value: object) -> int | None:
 
 def forgotten(outcome: str, code: str) -> bool:
     """Whether a record's final verdict lets a later copy go: refused or failed for good.
-    Accepted, an unknown outcome (CleverTap may have it) and a stop before the answer
-    (`aborted`, `interrupted`: the next run on the state resends the record itself) keep
-    its messageId remembered."""
+    Accepted, an unknown outcome (CleverTap may have it) and a run that stopped first
+    (`ledger.RESUMED_LATER`: aborted, interrupted, a full disk: the next run on the state
+    sends the record itself) keep its messageId remembered."""
     return outcome == "rejected" or (
-        outcome == "failed" and code not in ("outcome-unknown", "aborted", "interrupted")
+        outcome == "failed" and code != UNKNOWN and code not in RESUMED_LATER
     )
 
 
@@ -239,15 +241,19 @@ class MessageIds:
         newest timestamp; ids never written with their input's progress are left out
         (the state does not count their records read). Without one, drop the table."""
         if self._persistent and self._newest is not None:
-            self._db.execute("BEGIN")
-            self._db.execute(
-                "DELETE FROM message_ids WHERE ts < ?", (self._newest - self._window_ms,)
-            )
-            self._db.execute(
-                "INSERT OR REPLACE INTO message_ids_newest (one, newest) VALUES (1, ?)",
-                (self._newest,),
-            )
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    "DELETE FROM message_ids WHERE ts < ?", (self._newest - self._window_ms,)
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO message_ids_newest (one, newest) VALUES (1, ?)",
+                    (self._newest,),
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error:  # a full disk: the next run that ends forgets them
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
         if not self._persistent:
             self._db.close()
         self._fresh.clear()

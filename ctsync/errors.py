@@ -3,6 +3,7 @@
     CtsyncError            anything that stops the run; its message is for people
      ├── UsageError        fix the command line, a path or a setting (exit 2)
      ├── OutputError       an output (report, dead letters, state) could not be written (exit 2)
+     │    └── DiskFull     ... because its disk is full
      ├── AuthError         fix the account ID, passcode or region (exit 3)
      └── LockedError       another run holds the state file (exit 4)
 
@@ -55,6 +56,11 @@ class OutputError(CtsyncError):
     the run stops, since records it could no longer report must not be sent."""
 
     exit_code = ExitCode.USAGE
+
+
+class DiskFull(OutputError):
+    """An output or the state file could not be written because its disk is full: the
+    records not sent are counted failed as `disk-full`."""
 
 
 class AuthError(CtsyncError):

@@ -9,17 +9,32 @@ did not go through are written to the report (and the dead-letter file) as they 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO
+from pathlib import Path
+from typing import Protocol
 
 import orjson
 
-from ctsync.errors import OutputError
+from ctsync.errors import DiskFull, OutputError
 from ctsync.records import Invalid, Message, Origin, Outcome, Stage
 from ctsync.summary import Summary
 
-__all__ = ["ACCEPTED", "Ledger", "Summary", "Tracked", "Verdict", "output_error", "report_line"]
+__all__ = [
+    "ACCEPTED",
+    "Ledger",
+    "Lines",
+    "Output",
+    "Summary",
+    "Tracked",
+    "Verdict",
+    "output_error",
+    "report_line",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +49,19 @@ class Verdict:
 
 ACCEPTED = Verdict(Outcome.ACCEPTED)
 
-RESUMED_LATER = frozenset({"interrupted", "aborted"})
+
+class Lines(Protocol):
+    """Where NDJSON lines go: an `Output` file, standard output, or a test's BytesIO.
+    Each `write` is one or more whole lines."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+DISK_FULL = "disk-full"
+OUTPUT_FAILED = "output-error"
+RESUMED_LATER = frozenset({"interrupted", "aborted", DISK_FULL, OUTPUT_FAILED})
 
 _SEVERITY = {Outcome.ACCEPTED: 0, Outcome.REJECTED: 1, Outcome.FAILED: 2}
 
@@ -104,8 +131,8 @@ class Ledger:
     def __init__(
         self,
         *,
-        report: IO[bytes] | None = None,
-        dead_letters: IO[bytes] | None = None,
+        report: Lines | None = None,
+        dead_letters: Lines | None = None,
         resumable: bool = False,
         dry_run: bool = False,
         run: str | None = None,
@@ -116,6 +143,9 @@ class Ledger:
         self.run = run or started  # the `run` of each report line
         self._report = report
         self._dead_letters = dead_letters
+        # The files among them: their lengths are committed with the state (see Output).
+        self.files: list[Output] = [o for o in (report, dead_letters) if isinstance(o, Output)]
+        self.summary.notes += [o.note for o in self.files if o.note]
         # The first output that could not be written. The ledger stops writing to it and
         # goes on counting; the run raises this at its next safe point.
         self.output_error: OutputError | None = None
@@ -197,6 +227,11 @@ class Ledger:
             if line is not None:
                 self._dead_letters = self._put(self._dead_letters, "dead-letter file", line + b"\n")
 
+    def lengths(self) -> dict[str, int]:
+        """Each output file's length in whole lines, by its absolute path (after `flush`:
+        what the state commits)."""
+        return {o.key: o.length for o in self.files}
+
     def flush(self) -> None:
         """Hand what the report and dead letters hold to the operating system, so that a
         record the state file calls settled is in them even after `kill -9`."""
@@ -211,7 +246,7 @@ class Ledger:
                 if self.output_error is None:
                     self.output_error = output_error(output, what, exc)
 
-    def _put(self, output: IO[bytes], what: str, data: bytes) -> IO[bytes] | None:
+    def _put(self, output: Lines, what: str, data: bytes) -> Lines | None:
         """Write `data`; the output to keep using, or None once it cannot be written (the
         first such error is kept in `output_error`, for the run to stop on)."""
         try:
@@ -224,8 +259,128 @@ class Ledger:
 
 
 def output_error(
-    output: IO[bytes], what: str, exc: OSError, then: str = "the run stopped before its end"
+    output: Lines, what: str, exc: OSError, then: str = "the run stopped before its end"
 ) -> OutputError:
     """The error for an output that could not be written, naming it and the cause."""
     name = getattr(output, "name", what)
-    return OutputError(f"{name}: cannot write the {what} ({exc.strerror or exc}); {then}")
+    error = DiskFull if disk_full(exc) else OutputError
+    return error(f"{name}: cannot write the {what} ({exc.strerror or exc}); {then}")
+
+
+def disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+BUFFERED = 1 << 20
+"""Bytes of whole lines an Output holds before it writes them."""
+
+
+class Output:
+    """An output file (report, dead letters, request output) written in whole lines.
+
+    Each `write` is one or more whole lines. They are handed to the operating system
+    whole, so a kill leaves no half-written line, and a write that fails part way (a full
+    disk) is cut back to its last whole line. `length` is the size of the file's whole
+    lines: a state file records it at every checkpoint, and a resumed run cuts the file
+    back to it (`cut`), so that what a killed run wrote after its last checkpoint, which
+    the resumed run writes again, is there once."""
+
+    def __init__(self, path: Path, what: str, *, append: bool) -> None:
+        self.name = str(path)
+        self.what = what
+        self.key = str(path.resolve())
+        flags = os.O_RDWR | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        self._fd = os.open(path, flags, 0o666)
+        self._lines: list[bytes] = []
+        self._held = 0
+        self.note: str | None = None
+        self.length = 0
+        # A pipe or a device (/dev/stderr, a FIFO) is written as it comes: nothing to cut.
+        self.regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        try:
+            if self.regular:
+                self.length = os.lseek(self._fd, 0, os.SEEK_END)
+                self._end_on_whole_line()
+        except OSError:
+            os.close(self._fd)
+            raise
+
+    def _end_on_whole_line(self) -> None:
+        """A run killed while writing (or stopped by a full disk, in an older version)
+        may have left half a line: appending onto it would make one broken line of two."""
+        if not self.length or os.pread(self._fd, 1, self.length - 1) == b"\n":
+            return
+        keep = end = self.length
+        while keep > 0:
+            start = max(0, keep - 65536)
+            at = os.pread(self._fd, keep - start, start).rfind(b"\n")
+            keep = start + at + 1 if at >= 0 else start
+            if at >= 0:
+                break
+        os.ftruncate(self._fd, keep)
+        self.length = keep
+        self.note = (
+            f"{self.name}: its last line was incomplete ({end - keep:,} bytes, left by a run "
+            "stopped while writing it); cut off before appending"
+        )
+
+    def cut(self, committed: int, end: int | None) -> None:
+        """Take out what a run that used this file with the same state wrote after its last
+        checkpoint: bytes `committed`..`end` (to the end of the file if that run was
+        killed, `end` None). A file shorter than that is not the one the state knew (moved
+        aside, rotated): it is left alone. What other runs appended after `end` stays."""
+        self.flush()
+        size = self.length
+        stop = size if end is None else end
+        if not self.regular or committed > stop or stop > size or committed == stop:
+            return
+        tail = os.pread(self._fd, size - stop, stop) if size > stop else b""
+        os.ftruncate(self._fd, committed)
+        self.length = committed
+        if tail:
+            self._lines.append(tail)
+            self._held += len(tail)
+            self.flush()
+        if self.note is None:
+            self.note = (
+                f"{self.name}: {stop - committed:,} bytes an earlier run wrote after its last "
+                "checkpoint were taken out; this run writes those records' lines again"
+            )
+
+    def write(self, data: bytes) -> int:
+        self._lines.append(data)
+        self._held += len(data)
+        if self._held >= BUFFERED:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        """Write the lines held; on an error, the file ends on its last whole line."""
+        if not self._lines:
+            return
+        data = b"".join(self._lines)
+        self._lines.clear()
+        self._held = 0
+        done = 0
+        try:
+            with memoryview(data) as view:
+                while done < len(data):
+                    done += os.write(self._fd, view[done:])
+        except OSError:
+            keep = self.length + data.rfind(b"\n", 0, done) + 1
+            self.length += done
+            if self.regular:
+                with contextlib.suppress(OSError):  # /dev/full: nothing was written anyway
+                    os.ftruncate(self._fd, keep)
+                    self.length = keep
+            raise
+        self.length += done
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
+            self._fd = -1

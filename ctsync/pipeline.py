@@ -27,7 +27,6 @@ from typing import IO, Any, Protocol, TypeAlias, runtime_checkable
 import orjson
 
 from ctsync.batching import Batch, Lane, Planner, Position
-from ctsync.client import UNKNOWN, OnWire, Request, delete_body, upload_body
 from ctsync.dedupe import (
     DEFAULT_WINDOW_DAYS,
     DUPLICATE_MESSAGE_ID,
@@ -37,7 +36,19 @@ from ctsync.dedupe import (
     forgotten,
 )
 from ctsync.dedupe import message_key as message_key_of
-from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, output_error
+from ctsync.errors import DiskFull, OutputError
+from ctsync.ledger import (
+    ACCEPTED,
+    DISK_FULL,
+    OUTPUT_FAILED,
+    Ledger,
+    Lines,
+    Summary,
+    Tracked,
+    Verdict,
+    output_error,
+)
+from ctsync.model import UNKNOWN, OnWire, Request, delete_body, upload_body
 from ctsync.options import identity_of
 from ctsync.prepare import (
     Op,
@@ -113,7 +124,7 @@ class DryRunSender:
     """Builds every request body as it would be sent, and sends nothing.
     With `output`, writes each request as one NDJSON line `{"method","path","body"}`."""
 
-    def __init__(self, output: IO[bytes] | None = None) -> None:
+    def __init__(self, output: Lines | None = None) -> None:
         self._output = output
         self.requests = 0
         self.retries = 0
@@ -557,6 +568,8 @@ class UploadRun:
         message = record.message
         if message is None:
             assert record.error is not None
+            if self._done_before(resume):
+                return
             ledger.read()
             ledger.invalid(origin, record.raw, None, record.error)
             return
@@ -579,6 +592,8 @@ class UploadRun:
         resume: Resume | None,
         key: Key | None = None,
     ) -> None:
+        if not isinstance(prepared, Ready) and self._done_before(resume):
+            return
         ledger = self._ledger
         ledger.read()
         if isinstance(prepared, Skipped):
@@ -617,6 +632,8 @@ class UploadRun:
             mapper, validator = self._prepare_again()
             prepared = prepare(message, mapper, validator, self._options.validate)
             self._account(Origin(source, line, part), raw, message, prepared, resume, key)
+        elif code != READY and self._done_before(resume):
+            return
         elif code == SKIPPED:
             ledger.read()
             ledger.skip(a)
@@ -634,6 +651,15 @@ class UploadRun:
         else:
             assert code != DONE, "a worker passed over a record this run must read"
             raise AssertionError(f"unknown result code {code}")
+
+    def _done_before(self, resume: Resume | None) -> bool:
+        """Whether a record with nothing to send (skipped, invalid) was read again only
+        because it lies among the positions of a batch an earlier run left pending: that
+        run counted and reported it, so this one must not again."""
+        if resume is None:
+            return False
+        self._resumed["done"] += 1
+        return True
 
     def _prepare_again(self) -> tuple[Mapper, Validator | None]:
         # Not the run's own mapper: the worker's block counts (dropped values, dates left
@@ -657,10 +683,11 @@ class UploadRun:
         dedupe_key: Key | None = None,
     ) -> None:
         """`message` may be just what the report reads of it when `raw` is given."""
-        for code in ready.warnings:
-            self.summary.warnings[code] += 1
-        for fix in ready.fixes:
-            self._ledger.fixed(origin, message, fix.field, fix.code, fix.message)
+        if resume is None:  # else the earlier run that read it counted and reported these
+            for code in ready.warnings:
+                self.summary.warnings[code] += 1
+            for fix in ready.fixes:
+                self._ledger.fixed(origin, message, fix.field, fix.code, fix.message)
         source = origin.source
         if resume is None:  # the common case: every operation is new
             ops = ready.ops
@@ -850,8 +877,12 @@ class UploadRun:
         a re-run sends the unsent ones and reports the ones whose outcome is unknown."""
         if self._frozen:
             return
-        self._checkpoint()
+        try:
+            self._checkpoint()
+        except OutputError as exc:  # the state file cannot be written: still count them all
+            self._fatal = self._fatal or exc
         self._frozen = True
+        unsent = self._unsent()
         live = sorted(self._live(), key=lambda b: b.seq)
         for lane in self._planner.lanes:
             lane.queue.clear()
@@ -859,15 +890,33 @@ class UploadRun:
         for batch in live:
             self._queued -= batch.sealed
             for owner in batch.owners:
-                self._ledger.settle(owner, ABORTED if batch.sent else INTERRUPTED)
+                self._ledger.settle(owner, ABORTED if batch.sent else unsent)
+
+    def _unsent(self) -> Verdict:
+        """Why the records never sent were not: an output that could not be written (a
+        full disk), or an interruption."""
+        cause = self._fatal or self._ledger.output_error
+        if not isinstance(cause, OutputError):
+            return INTERRUPTED
+        code = DISK_FULL if isinstance(cause, DiskFull) else OUTPUT_FAILED
+        why = "a disk is full" if code == DISK_FULL else "an output could not be written"
+        return Verdict(
+            Outcome.FAILED, code, f"not sent: the run stopped because {why}", Stage.TRANSPORT
+        )
 
     # -- the state file -----------------------------------------------------------
 
     def _checkpoint(self) -> None:
-        """Write each input's progress to the state file (with --state)."""
-        if self._state is None or self._frozen or not self._inputs:
+        """Write each input's progress to the state file (with --state), and with it the
+        length of each output file: what the state calls settled is in the outputs, and
+        what they hold beyond that a resumed run takes out and writes again."""
+        if self._state is None or self._frozen or not (self._inputs or self._ledger.files):
             return
         self._ledger.flush()  # what the state calls settled is in the report first
+        if self._ledger.output_error is not None:
+            # Some lines are missing from an output: the state must not call their records
+            # settled. It stays at the last checkpoint, and the next run does them again.
+            raise self._ledger.output_error
         spans: dict[str, list[Span]] = {name: [] for name in self._inputs}
         for batch in self._live():
             for name, runs in batch.runs.items():
@@ -878,8 +927,11 @@ class UploadRun:
                 if name in spans:
                     verdict = (v.outcome.value, v.code, v.message, v.stage.value)
                     spans[name].append(Span(position, position, True, verdict))
+        self._state.checkpoint(
+            [(progress, spans[name]) for name, progress in self._inputs.items()],
+            self._ledger.lengths(),
+        )
         for name, progress in list(self._inputs.items()):
-            self._state.save(progress, spans[name])
             if progress.finished_reading and not spans[name]:
                 del self._inputs[name]
 

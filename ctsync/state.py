@@ -31,6 +31,8 @@ the kernel even when the holder is killed).
 from __future__ import annotations
 
 import bisect
+import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -46,7 +48,8 @@ import orjson
 
 from ctsync.batching import Position
 from ctsync.dedupe import MessageIds
-from ctsync.errors import LockedError, OutputError, UsageError
+from ctsync.errors import DiskFull, LockedError, OutputError, UsageError
+from ctsync.ledger import Output
 from ctsync.reader import Source
 
 FINGERPRINT_BYTES = 64 * 1024
@@ -55,6 +58,11 @@ END = 2**62
 _OBJECT = -1
 """`fingerprint_len` of a bucket object, whose `fingerprint` is its version (below)."""
 _VERSION_PREFIX = "version:"
+
+_FULL_BEFORE = (
+    "{path}: cannot write the state file: the disk is full; nothing was sent "
+    "(free some space and run again)"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inputs (
@@ -66,6 +74,11 @@ CREATE TABLE IF NOT EXISTS inputs (
     pending TEXT NOT NULL,
     complete INTEGER NOT NULL,
     updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    path TEXT PRIMARY KEY,
+    committed INTEGER NOT NULL,
+    closed INTEGER
 );
 CREATE TABLE IF NOT EXISTS holder (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -177,8 +190,9 @@ def fingerprint(path: Path, length: int = FINGERPRINT_BYTES) -> tuple[str, int]:
 class StateFile:
     """The state of resumable runs, locked for this process while open."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, retry_unknown: bool = False) -> None:
         self.path = path
+        self._retry_unknown = retry_unknown  # taking over 0.1's requests on the wire: see _migrate
         try:
             self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -198,8 +212,14 @@ class StateFile:
                 "INSERT OR REPLACE INTO holder (id, pid, started) VALUES (1, ?, ?)",
                 (os.getpid(), time.time()),
             )
+        except UsageError:
+            self._db.close()
+            os.close(self._lock_fd)
+            raise
         except sqlite3.DatabaseError as exc:
             os.close(self._lock_fd)
+            if _disk_full(path, exc):
+                raise DiskFull(_FULL_BEFORE.format(path=path)) from None
             raise UsageError(f"{path}: not a ctsync state file ({exc})") from None
         self._message_ids: MessageIds | None = None
 
@@ -214,6 +234,27 @@ class StateFile:
             "SELECT path, size, fingerprint, fingerprint_len, done_through, read_through,"
             " pending, complete, updated FROM files"
         ).fetchall()
+        # 0.1 kept the lines around each request on the wire, skipped and invalid records
+        # between them included: what it may have sent is not known record by record.
+        # Taken as unknown, every record of those lines that maps to an event now (0.1
+        # skipped more) would be reported unknown and never sent: thousands for 500 on
+        # the wire. So the person chooses: finish with 0.1, or send those lines again.
+        on_wire = [
+            (key, a, b)
+            for key, *_, pending, _c, _u in rows
+            for a, b, sent in orjson.loads(pending)
+            if sent
+        ]
+        if on_wire and not self._retry_unknown:
+            lines = sum(b - a + 1 for _, a, b in on_wire)
+            raise UsageError(
+                f"{self.path}: this state was written by ctsync 0.1, whose last run stopped "
+                f"with requests on the wire; 0.1 kept only the lines they came from ({lines:,}"
+                " lines), not which of their records it sent. Either finish that run with "
+                "ctsync 0.1.0 (the same command; then this version takes the state over), or "
+                "run again with --retry-unknown: the records of those lines are sent again "
+                "(an event among them that CleverTap had stored is stored twice)"
+            )
         for key, size, fp, fp_len, _done, read, pending, complete, updated in rows:
             spans = [[[a, 0, 0], [b, END, END], sent] for a, b, sent in orjson.loads(pending)]
             self._db.execute(
@@ -319,32 +360,81 @@ class StateFile:
     def save(self, progress: Progress, live: Iterable[Span]) -> None:
         """Write one input's progress: `live` are the spans of this run's batches that
         have no final answer yet."""
-        line, part = progress.position
-        spans = sorted([*live, *progress.resume.after(line, part)], key=lambda s: s.first)
-        complete = progress.finished_reading and not spans
+        self.checkpoint([(progress, live)], {})
+
+    def checkpoint(
+        self, inputs: Iterable[tuple[Progress, Iterable[Span]]], outputs: dict[str, int]
+    ) -> None:
+        """Write the inputs' progress (each with the spans of this run's batches that have
+        no final answer yet) and the outputs' lengths, in one transaction: a kill between
+        them would leave lines the state does not know of, or miss lines it counts on."""
         try:
-            # One transaction with the messageIds planned from this input (dedupe).
-            self._db.execute("BEGIN")
-            if self._message_ids is not None:
-                self._message_ids.write(progress.key)
-            self._db.execute(
-                "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    progress.key,
-                    progress.size,
-                    progress.fingerprint,
-                    progress.fingerprint_len,
-                    orjson.dumps(progress.read_through).decode(),
-                    orjson.dumps([_entry(s) for s in spans]).decode(),
-                    int(complete),
-                    time.time(),
-                ),
-            )
-            self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for progress, live in inputs:
+                    self._save(progress, live)
+                    if self._message_ids is not None:  # the ids of its records (dedupe)
+                        self._message_ids.write(progress.key)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO outputs (path, committed, closed) VALUES (?, ?, NULL)",
+                    outputs.items(),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite may have rolled it back itself (full)
+                    self._db.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
+            if _disk_full(self.path, exc):
+                raise DiskFull(
+                    f"{self.path}: cannot write the state file: the disk is full; the run "
+                    "stopped (free some space and run again with the same --state: it resumes)"
+                ) from None
             raise OutputError(
                 f"{self.path}: cannot write the state file ({exc}); the run stopped"
             ) from None
+
+    def _save(self, progress: Progress, live: Iterable[Span]) -> None:
+        line, part = progress.position
+        spans = sorted([*live, *progress.resume.after(line, part)], key=lambda s: s.first)
+        complete = progress.finished_reading and not spans
+        self._db.execute(
+            "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                progress.key,
+                progress.size,
+                progress.fingerprint,
+                progress.fingerprint_len,
+                orjson.dumps(progress.read_through).decode(),
+                orjson.dumps([_entry(s) for s in spans]).decode(),
+                int(complete),
+                time.time(),
+            ),
+        )
+
+    def take_outputs(self, outputs: Iterable[Output]) -> None:
+        """Before a run writes to its report and dead letters: take out of each what an
+        earlier run with this state wrote after its last checkpoint (this run reads those
+        records again), and mark it as being written (a kill leaves it so)."""
+        for output in outputs:
+            row = self._db.execute(
+                "SELECT committed, closed FROM outputs WHERE path = ?", (output.key,)
+            ).fetchone()
+            if row is not None:
+                output.cut(int(row[0]), None if row[1] is None else int(row[1]))
+        try:
+            self.checkpoint([], {output.key: output.length for output in outputs})
+        except DiskFull:
+            raise DiskFull(_FULL_BEFORE.format(path=self.path)) from None
+
+    def close_outputs(self, lengths: dict[str, int]) -> None:
+        """A run that ends (not killed) records each output's final length: what other
+        runs append after it is theirs, and a resumed run leaves it in place."""
+        with contextlib.suppress(sqlite3.Error):  # a full disk: the next run cuts to the end
+            self._db.executemany(
+                "UPDATE outputs SET closed = ? WHERE path = ?",
+                [(length, path) for path, length in lengths.items()],
+            )
 
     def message_ids(self, window_ms: int) -> MessageIds:
         """The messageIds earlier runs sent (`--dedupe-window` in ms): written with each
@@ -375,3 +465,18 @@ def _span(entry: Any) -> Span:
 def _position(value: Any) -> Position:
     line, part, op = value
     return (int(line), int(part), int(op))
+
+
+def _disk_full(path: Path, exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed for want of space: it says so (SQLITE_FULL), or it calls it an
+    I/O error (creating the journal on a full disk) and the disk has almost no room."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    if code is None or code & 0xFF != sqlite3.SQLITE_IOERR:
+        return False
+    try:
+        room = os.statvfs(path.absolute().parent)
+    except OSError as err:
+        return err.errno == errno.ENOSPC
+    return room.f_bavail * room.f_frsize < 1 << 20

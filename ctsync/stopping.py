@@ -18,9 +18,23 @@ from collections.abc import Callable
 from types import FrameType
 from typing import IO, Protocol, runtime_checkable
 
-from ctsync.client import OnWire, Request
 from ctsync.ledger import Verdict
+from ctsync.model import OnWire, Request
 from ctsync.pipeline import Sender, WaitsForPermits
+
+_ended = False
+
+
+def run_ended() -> bool:
+    """Whether a run of this process has ended (see `mark_run_ended`)."""
+    return _ended
+
+
+def mark_run_ended() -> None:
+    """A run has ended: what is left is its summary and closing the outputs, which a
+    late Ctrl-C or SIGTERM must not cut short (`ctsync.__main__` then ignores them)."""
+    global _ended
+    _ended = True
 
 
 @runtime_checkable

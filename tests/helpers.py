@@ -10,8 +10,8 @@ import httpx
 import orjson
 from hypothesis import settings
 
-from ctsync.client import OnWire, Request
 from ctsync.ledger import Summary, Verdict
+from ctsync.model import OnWire, Request
 from ctsync.records import Mapper
 
 QUICK_EXAMPLES = 20

@@ -208,6 +208,8 @@ def test_a_message_without_a_messageid_string_has_no_key(value: Any) -> None:
         ("failed", "outcome-unknown", False),
         ("failed", "aborted", False),
         ("failed", "interrupted", False),
+        ("failed", "disk-full", False),
+        ("failed", "output-error", False),
     ],
 )
 def test_refused_and_failed_records_are_forgotten_unknown_ones_not(

@@ -6,6 +6,7 @@ Accounting is checked here by an independent sum (`tests.helpers.settled`), neve
 from __future__ import annotations
 
 import io
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,10 +20,12 @@ from rich.console import Console
 
 from ctsync.api import Outputs, UploadJob, upload
 from ctsync.console import render_summary
-from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict, report_line
+from ctsync.errors import DiskFull
+from ctsync.ledger import ACCEPTED, Ledger, Output, Summary, Tracked, Verdict, report_line
 from ctsync.presets import Preset
 from ctsync.records import Invalid, Origin, Outcome, Stage
 from ctsync.settings import ClientSettings
+from ctsync.state import StateFile
 from tests.helpers import assert_accounted, settled
 
 REJECTED = Verdict(Outcome.REJECTED, "512", "event name too long")
@@ -388,6 +391,7 @@ def test_an_output_that_cannot_be_written_is_kept_as_the_error_and_counting_goes
     assert ledger.summary.rejected.total() == 2
     assert ledger.output_error is not None
     what = "report" if where == "report" else "dead-letter file"
+    assert isinstance(ledger.output_error, DiskFull)  # its records not sent are `disk-full`
     assert str(ledger.output_error) == (
         f"/mnt/full/report.ndjson: cannot write the {what} (No space left on device); "
         "the run stopped before its end"
@@ -402,3 +406,151 @@ def test_an_output_that_cannot_be_flushed_is_the_error(where: str) -> None:
     what = "report" if where == "report" else "dead-letter file"
     assert f"cannot write the {what} (No space left on device)" in str(ledger.output_error)
     ledger.flush()  # the output is dropped: no second error
+
+
+# -- outputs committed with the state -----------------------------------------------
+
+RUN_STEPS = st.lists(st.sampled_from(["line", "line", "line", "checkpoint"]), max_size=12)
+RUN = st.tuples(
+    RUN_STEPS,
+    st.sampled_from(["kill", "kill-mid-line", "end", "end-then-another-run-appends"]),
+)
+
+
+@given(runs=st.lists(RUN, min_size=1, max_size=6), buffered=st.sampled_from([1, 64, 1 << 20]))
+def test_a_report_holds_what_the_state_committed_whatever_the_kills_and_resumes(
+    tmp_path_factory: pytest.TempPathFactory,
+    runs: list[tuple[list[str], str]],
+    buffered: int,
+) -> None:
+    """The model, from the README: a run that resumes finds in the report what earlier
+    runs wrote up to their last checkpoint, then what other runs appended after a run
+    that ended (not killed); never half a line."""
+    where = tmp_path_factory.mktemp("outputs")
+    path = where / "report.ndjson"
+    state = StateFile(where / "state.db")
+    expected: list[bytes] = []
+    number = 0
+    try:
+        for run, (steps, end) in enumerate(runs):
+            output = Output(path, "report", append=True)
+            output_buffer(output, buffered)
+            state.take_outputs([output])
+            assert path.read_bytes().splitlines() == expected, f"run {run} starts"
+            written: list[bytes] = []
+            for step in steps:
+                if step == "line":
+                    number += 1
+                    line = orjson.dumps({"run": run, "record": number})
+                    output.write(line + b"\n")
+                    written.append(line)
+                else:
+                    output.flush()
+                    state.checkpoint([], {output.key: output.length})
+                    expected += written
+                    written = []
+            if end.startswith("kill"):
+                os.close(output._fd)  # what was held is lost, as with kill -9
+                if end == "kill-mid-line":
+                    with path.open("ab") as out:
+                        out.write(b'{"run": %d, "rec' % run)
+                continue
+            output.flush()  # lines after the last checkpoint: a stopping run's last words
+            state.close_outputs({output.key: output.length})
+            output.close()
+            if end == "end-then-another-run-appends":
+                other = Output(path, "report", append=True)  # a run without this state
+                other.write(b'{"other": %d}\n' % run)
+                other.close()
+                expected.append(b'{"other": %d}' % run)
+        last = Output(path, "report", append=True)
+        state.take_outputs([last])
+        last.close()
+        assert path.read_bytes().splitlines() == expected
+    finally:
+        state.close()
+
+
+def output_buffer(output: Output, size: int) -> None:
+    """How much an Output holds before it writes (small: lines reach the file between
+    checkpoints, as they do in a long run)."""
+    original = output.write
+
+    def write(data: bytes) -> int:
+        written = original(data)
+        if output._held >= size:
+            output.flush()
+        return written
+
+    output.write = write  # type: ignore[method-assign]
+
+
+def test_a_half_written_last_line_is_cut_before_appending(tmp_path: Path) -> None:
+    path = tmp_path / "report.ndjson"
+    path.write_bytes(b'{"line": 1}\n{"line": 2}\n{"li')
+    ledger = Ledger(report=Output(path, "report", append=True))
+    ledger.invalid(Origin("f", 3), b"x", None, Invalid("malformed-json", "not JSON"))
+    ledger.flush()
+    lines = path.read_bytes().splitlines()
+    assert lines[:2] == [b'{"line": 1}', b'{"line": 2}']
+    assert orjson.loads(lines[2])["line"] == 3 and len(lines) == 3
+    assert ledger.summary.notes == [
+        f"{path}: its last line was incomplete (4 bytes, left by a run stopped while "
+        "writing it); cut off before appending"
+    ]
+
+
+class ShortWrites:
+    """os.write that writes `room` bytes in all, then fails as a full disk does."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def __call__(self, fd: int, data: bytes | memoryview) -> int:
+        if self.room <= 0:
+            raise OSError(28, "No space left on device")
+        done = REAL_WRITE(fd, data[: self.room])
+        self.room -= done
+        return done
+
+
+REAL_WRITE = os.write
+
+
+@given(room=st.integers(0, 400), lines=st.lists(st.integers(0, 30), min_size=1, max_size=12))
+def test_a_write_that_fails_part_way_leaves_the_file_on_a_whole_line(
+    tmp_path_factory: pytest.TempPathFactory, room: int, lines: list[int]
+) -> None:
+    path = tmp_path_factory.mktemp("full") / "report.ndjson"
+    path.write_bytes(b"before\n")
+    output = Output(path, "report", append=True)
+    data = [b"x" * n + b"\n" for n in lines]
+    for line in data:
+        output.write(line)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "write", ShortWrites(room))
+        try:
+            output.flush()
+        except OSError as exc:
+            assert exc.errno == 28
+    content = path.read_bytes()
+    # What fitted, cut back to its last whole line: the lines in order, none broken.
+    fitted = b"".join(data)[:room]
+    whole = fitted[: fitted.rfind(b"\n") + 1]
+    assert content == b"before\n" + whole
+    assert output.length == len(content)
+
+
+def test_a_pipe_or_a_device_is_written_as_it_comes(tmp_path: Path) -> None:
+    """--report /dev/stderr or a named pipe: no length to keep, nothing to cut."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        output = Output(fifo, "report", append=True)
+        output.write(b'{"line": 1}\n')
+        output.cut(0, None)
+        output.close()
+        assert os.read(reader, 100) == b'{"line": 1}\n'
+    finally:
+        os.close(reader)

@@ -18,9 +18,9 @@ import orjson
 import pytest
 
 from ctsync.batching import Batch, Planner
-from ctsync.client import OnWire
 from ctsync.errors import AuthError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
+from ctsync.model import OnWire
 from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.prepare import OpKind
 from ctsync.presets import MappingOptions, Preset, build_preset

@@ -21,12 +21,12 @@ from ctsync.client import (
     Attempt,
     CleverTapClient,
     Next,
-    Request,
     classify,
     retry_after_seconds,
     upload_steps,
 )
 from ctsync.ledger import ACCEPTED, Verdict
+from ctsync.model import Request
 from ctsync.records import Outcome, Stage
 from ctsync.settings import ClientSettings, RetryPolicy
 from tests.helpers import BASE_URL

@@ -190,7 +190,7 @@ def test_the_line_based_state_of_ctsync_0_1_is_taken_over(tmp_path: Path) -> Non
             "INSERT INTO files VALUES (?, ?, ?, ?, 2, 9, ?, 0, 0)",
             (probe.key, probe.size, probe.fingerprint, probe.fingerprint_len, "[[3, 4, 1]]"),
         )
-    state = StateFile(tmp_path / "state.db")
+    state = StateFile(tmp_path / "state.db", retry_unknown=True)  # else refused (test_state)
     try:
         resume = state.open_input(file_source(export)).resume
     finally:

@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from ctsync.batching import Batch, Planner
-from ctsync.client import OnWire
 from ctsync.errors import AuthError, OutputError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
+from ctsync.model import OnWire
 from ctsync.pipeline import DryRunSender, RunOptions, UploadRun
 from ctsync.prepare import Op, OpKind, encode
 from ctsync.presets import MappingOptions, Preset, build_preset

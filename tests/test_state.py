@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from ctsync import api
-from ctsync.client import OnWire
 from ctsync.errors import LockedError, UsageError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
+from ctsync.model import OnWire
 from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source, collect_sources

@@ -26,10 +26,9 @@ from ._config import (
     SandboxConfig,
     parse_latency,
 )
-from ._process import LISTENING_PREFIX
-from ._server import serve
-from ._show import print_summary
-from ._store import SandboxStore
+
+# The server, the store and their dependencies load when a sandbox command runs, not when
+# `ctsync` starts: every other command mounts this app without using it.
 
 app = typer.Typer(
     name="sandbox",
@@ -141,6 +140,8 @@ def run(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
+    from ._server import serve
+
     try:
         serve(config, _announce)
     except OSError as error:
@@ -172,6 +173,8 @@ def _not_a_database(db: Path | None, error: sqlite3.DatabaseError) -> str:
 
 
 def _announce(url: str) -> None:
+    from ._process import LISTENING_PREFIX
+
     # Exactly one line, flushed: scripts and tests read the URL from it.
     sys.stdout.write(f"{LISTENING_PREFIX}{url}\n")
     sys.stdout.flush()
@@ -182,6 +185,9 @@ def show(
     db: Annotated[Path, typer.Option(metavar="FILE", help="The sandbox's SQLite file.")],
 ) -> None:
     """Print a summary of what a sandbox database holds."""
+    from ._show import print_summary
+    from ._store import SandboxStore
+
     try:
         store = SandboxStore.open(db, create=False)
     except FileNotFoundError as error:

@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 from ctsync.sandbox import (
     LISTENING_PREFIX,
     SandboxConfig,
-    cli,
     read_listening_url,
     running_sandbox,
     sandbox_process,
@@ -108,7 +107,9 @@ def test_to_cli_args_round_trips_through_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[SandboxConfig] = []
-    monkeypatch.setattr(cli, "serve", lambda config, announce: started.append(config))
+    monkeypatch.setattr(
+        "ctsync.sandbox._server.serve", lambda config, announce: started.append(config)
+    )
     configs = [
         SandboxConfig(),
         SandboxConfig(
@@ -141,7 +142,9 @@ def test_latency_ms_takes_a_number_or_a_range(
     text: str, latency: int | tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[SandboxConfig] = []
-    monkeypatch.setattr(cli, "serve", lambda config, announce: started.append(config))
+    monkeypatch.setattr(
+        "ctsync.sandbox._server.serve", lambda config, announce: started.append(config)
+    )
     assert CliRunner().invoke(app, ["--latency-ms", text]).exit_code == 0
     assert [config.latency_ms for config in started] == [latency]
 

@@ -1,0 +1,65 @@
+"""Each command imports only what it uses: a dry run never loads the HTTP client, the
+sandbox's server or pydantic; an upload never loads the sandbox's server. Checked on a
+real `python -X importtime -m ctsync` process, which lists every module it imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LINE = b'{"type":"identify","userId":"u1","traits":{"plan":"pro"}}\n'
+
+
+def imported_by(*args: str) -> set[str]:
+    env = {**os.environ, "NO_PROXY": "*"}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ctsync", *args],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    modules = {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "ctsync.cli" in modules, done.stderr[-2000:]
+    return modules
+
+
+def loaded(modules: set[str], *roots: str) -> set[str]:
+    return {m for m in modules if any(m == r or m.startswith(r + ".") for r in roots)}
+
+
+def test_a_dry_run_loads_no_http_client_no_sandbox_and_no_pydantic(tmp_path: Path) -> None:
+    export = tmp_path / "one.ndjson"
+    export.write_bytes(LINE)
+    modules = imported_by("upload", str(export), "--dry-run", "--quiet")
+    assert "ctsync.pipeline" in modules  # it did run
+    unwanted = ("httpx", "httpcore", "h11", "ctsync.client", "pydantic", "boto3", "google")
+    assert loaded(modules, *unwanted) == set()
+    assert loaded(modules, "ctsync.sandbox") <= {
+        "ctsync.sandbox",
+        "ctsync.sandbox._config",
+        "ctsync.sandbox.cli",
+    }
+
+
+@pytest.mark.parametrize("command", [["--help"], ["upload", "--help"], ["delete", "--help"]])
+def test_help_loads_no_sandbox_server(command: list[str]) -> None:
+    modules = imported_by(*command)
+    assert loaded(modules, "ctsync.sandbox._server", "ctsync.sandbox._store", "httpx") == set()
+
+
+def test_an_upload_loads_the_client_and_not_the_sandbox_server(tmp_path: Path) -> None:
+    export = tmp_path / "one.ndjson"
+    export.write_bytes(LINE)
+    # Nothing listens on port 9 of loopback: the run loads the client and fails to connect.
+    modules = imported_by(
+        "upload", str(export), "--quiet", "--endpoint", "http://127.0.0.1:9",
+        "--account-id", "acc", "--passcode", "pc", "--max-retries", "0",
+    )  # fmt: skip
+    assert "ctsync.client" in modules
+    assert loaded(modules, "ctsync.sandbox._server", "ctsync.sandbox._store") == set()
