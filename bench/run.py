@@ -13,7 +13,9 @@ then measures on this (shared, noisy) machine, each as the median of `--repeat` 
    (actions and classic), on the plain and the gzipped export, at `--workers 1` and
    every count up to the cores this process may use (only when `ctsync upload --help`
    lists `--workers`; otherwise once, as the command runs by default): messages/s from
-   the wall time (interpreter start-up included), each as a ratio to the floor;
+   the wall time (interpreter start-up included), each as a ratio to the floor; then
+   the cost of messageId dedupe (on by default): the actions dry run with it against
+   `--no-dedupe`, runs interleaved, as a ratio (target: at least 0.90);
 3. end to end, `ctsync upload` against a lean receiver, `ctsync sandbox --sink`
    (CleverTap's auth, limits and latency, every record processed, nothing checked or
    stored: it leaves the cores to ctsync) at each latency (20, 100, 300 ms), both presets,
@@ -315,6 +317,18 @@ def has_workers_option(help_text: str) -> bool:
     return re.search(r"(^|\s)--workers\b", help_text) is not None
 
 
+def has_option(program: str, option: str) -> bool:
+    """Whether `ctsync upload --help` lists `option`."""
+    help_text = subprocess.run(
+        [program, "upload", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+    ).stdout
+    return re.search(rf"(^|\s){re.escape(option)}\b", help_text) is not None
+
+
 def ctsync_command(
     program: str, path: Path, preset: str, workers: int | None, *extra: str
 ) -> list[str]:
@@ -531,6 +545,7 @@ class Bench:
 
         floor = self.floor(plain)
         dry = self.dry_runs(program, plain, packed, counts, floor)
+        self.dedupe_cost(program, plain, counts)
         if args.baseline is not None:
             self.baseline(args.baseline, plain, floor)
         if not args.skip_e2e:
@@ -628,6 +643,43 @@ class Bench:
                 )
             )
         return rates
+
+    def dedupe_cost(self, program: str, plain: Dataset, counts: Sequence[int | None]) -> None:
+        """The dry run with messageId dedupe (the default) against `--no-dedupe`: actions,
+        plain, each worker count; runs interleaved so that both meet the same machine."""
+        if not has_option(program, "--no-dedupe"):
+            self.notes.append("`ctsync upload --help` lists no --no-dedupe: no dedupe figure")
+            return
+        repeat = self.args.repeat
+        for workers in counts:
+            self.say(f"dedupe on / off: actions, plain, {_workers(workers)}, {repeat} runs ...")
+            seconds: dict[bool, list[float]] = {True: [], False: []}
+            peaks: dict[bool, int] = {True: 0, False: 0}
+            for _ in range(repeat):
+                for on in (True, False):
+                    extra = ("--dry-run",) if on else ("--dry-run", "--no-dedupe")
+                    command = ctsync_command(program, plain.path, "actions", workers, *extra)
+                    child = run_child(command, timeout=child_timeout(plain.count))
+                    seconds[on].append(child.seconds)
+                    peaks[on] = max(peaks[on], child.tree_peak_bytes)
+            with_ids = statistics.median(seconds[True])
+            without = statistics.median(seconds[False])
+            ratio = without / with_ids  # the throughput with dedupe, as a share of without
+            self.rows.append(
+                Row(
+                    f"dry run with dedupe, actions, plain, {_workers(workers)}",
+                    str(repeat),
+                    f"{with_ids:.2f}",
+                    f"{plain.count / with_ids:,.0f}/s",
+                    f"{ratio:.2f} of --no-dedupe ({plain.count / without:,.0f}/s)",
+                    ">= 0.90",
+                    ratio >= 0.90,
+                )
+            )
+            self.notes.append(
+                f"dedupe {_workers(workers)}: peak RSS (tree) {_mb(peaks[True])} with dedupe, "
+                f"{_mb(peaks[False])} with --no-dedupe"
+            )
 
     def baseline(self, baseline: Path, plain: Dataset, floor: float) -> None:
         repeat = self.args.repeat

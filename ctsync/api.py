@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from ctsync import mapping
+from ctsync.dedupe import MessageIds, window_ms
 from ctsync.errors import CtsyncError, DiskFull, UsageError
 from ctsync.ledger import Ledger, Lines, Output, disk_full, output_error
 from ctsync.mapping.file import read_mapping_document
@@ -155,7 +156,7 @@ def _recipe_of(job: UploadJob) -> Recipe:
         mapper = partial(events_only, mapper)
     # --since/--until: checked before the mapper, in this process and in the workers.
     mapper = partial(windowed, job.inputs.window, mapper)
-    return Recipe(mapper, validator, job.run.validate)
+    return Recipe(mapper, validator, job.run.validate, dedupe=job.run.dedupe)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +202,9 @@ def upload(
                 raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
             state = StateFile(job.state, retry_unknown=job.run.retry_unknown)
             stack.callback(state.close)
+        message_ids = _message_ids(job.run, state)
+        if message_ids is not None:
+            stack.callback(message_ids.close)  # before the state file closes
         if stdin is None and handle_signals and any(s.name == STDIN for s in sources):
             stdin = terminal_stdin()
         report, failed, requests = stack.enter_context(_files(job.outputs))
@@ -230,6 +234,7 @@ def upload(
                 state=state,
                 workers=workers,
                 tokens=tokens,
+                message_ids=message_ids,
             )
             terminal = stdin if isinstance(stdin, TerminalStdin) else None
             summary = await _until_signalled(
@@ -243,6 +248,17 @@ def upload(
             return summary
 
         return asyncio.run(_with_sender(job.client, requests, transport, go, ledger.summary))
+
+
+def _message_ids(options: RunOptions, state: StateFile | None) -> MessageIds | None:
+    """The messageIds a run remembers (`--no-dedupe`: none): in the state file, or in a
+    private temporary database for this run alone."""
+    if not options.dedupe:
+        return None
+    if not options.dedupe_window_days > 0:
+        raise UsageError("--dedupe-window must be a number of days above 0")
+    window = window_ms(options.dedupe_window_days)
+    return state.message_ids(window) if state is not None else MessageIds.temporary(window)
 
 
 def delete(

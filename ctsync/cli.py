@@ -23,6 +23,7 @@ from rich.markup import escape
 from ctsync import __version__, api
 from ctsync.concurrency import AUTO, parse_concurrency
 from ctsync.console import PlainProgress, ProgressView, RunView, plural, render_summary
+from ctsync.dedupe import DEFAULT_WINDOW_DAYS
 from ctsync.errors import CtsyncError, ExitCode, UsageError
 from ctsync.mapping.cli import app as mappings_app
 from ctsync.pipeline import RunOptions, ValidateMode
@@ -558,6 +559,26 @@ def upload(
             rich_help_panel=CONNECTION,
         ),
     ] = False,
+    no_dedupe: Annotated[
+        bool,
+        typer.Option(
+            "--no-dedupe",
+            help="Send every copy of a message: no skipping of messageIds this run or an "
+            "earlier one on the same --state sent (duplicate-message-id).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
+    dedupe_window: Annotated[
+        int,
+        typer.Option(
+            "--dedupe-window",
+            min=1,
+            metavar="DAYS",
+            help="Forget sent messageIds whose timestamp is this many days older than the "
+            "newest one seen.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = DEFAULT_WINDOW_DAYS,
     outputs: OutputOptions = None,  # type: ignore[assignment]  # with_outputs fills it
 ) -> None:
     """Upload Segment messages (NDJSON or JSON, gzipped or not) to CleverTap.
@@ -601,6 +622,8 @@ def upload(
                 validate=validate,
                 lanes=_lanes(concurrency),
                 retry_unknown=retry_unknown,
+                dedupe=not no_dedupe,
+                dedupe_window_days=dedupe_window,
             ),
             outputs=files,
             state=state,

@@ -27,6 +27,15 @@ from typing import IO, Any, Protocol, TypeAlias, runtime_checkable
 import orjson
 
 from ctsync.batching import Batch, Lane, Planner, Position
+from ctsync.dedupe import (
+    DEFAULT_WINDOW_DAYS,
+    DUPLICATE_MESSAGE_ID,
+    Key,
+    MessageIds,
+    day_of,
+    forgotten,
+)
+from ctsync.dedupe import message_key as message_key_of
 from ctsync.errors import DiskFull, OutputError
 from ctsync.ledger import (
     ACCEPTED,
@@ -146,6 +155,9 @@ class RunOptions:
     window: int = 32  # sealed batches not yet answered, at most (backpressure)
     drain_timeout: float = 30.0  # on interruption, how long in-flight requests may finish
     retry_unknown: bool = False  # re-send records whose outcome is unknown (at-least-once)
+    # messageId dedupe (see ctsync.dedupe): `api.upload` gives the run its `MessageIds`.
+    dedupe: bool = True
+    dedupe_window_days: float = DEFAULT_WINDOW_DAYS
 
 
 Item: TypeAlias = InputRecord | Block | Callable[[], None]
@@ -205,6 +217,7 @@ class UploadRun:
         state: StateFile | None = None,
         workers: Workers | None = None,
         tokens: set[tuple[str, str]] | None = None,
+        message_ids: MessageIds | None = None,
     ) -> None:
         self._sources = sources
         self._records = records
@@ -242,6 +255,9 @@ class UploadRun:
         # it), so that records prepared here and in workers send each token once.
         self._tokens: set[tuple[str, str]] = set() if tokens is None else tokens
         self._again: tuple[Mapper, Validator | None] | None = None
+        # messageId dedupe: the ids sent, and the records in flight that carry one.
+        self._ids = message_ids
+        self._keyed: dict[Tracked, tuple[int, str | None]] = {}
 
     @property
     def summary(self) -> Summary:
@@ -400,18 +416,26 @@ class UploadRun:
         enqueue = self._enqueue
         window = self._options.window
         kinds = KINDS
+        ids = self._ids
         for count, result in enumerate(results, 1):
-            line, part, code, raw, a, b, lookups = result
+            line, part, code, raw, a, b, lookups, key = result
             if settled or lookups or b is not None:
                 take(source, result, progress)
+            elif key is not None and ids is not None and ids.seen(key[0]):
+                summary.read += 1
+                skipped[DUPLICATE_MESSAGE_ID] += 1
+                if progress is not None:
+                    progress.position = (line, part)
             elif code == READY:
                 summary.read += 1
                 if progress is not None:
                     progress.position = (line, part)
                 tracked = Tracked(Origin(source, line, part), raw, NO_MESSAGE, len(a))
-                for kind, key, body, safe, token, index in a:
+                if key is not None and ids is not None:
+                    self._remember(key, tracked, source)
+                for kind, profile, body, safe, token, index in a:
                     sealed = add(
-                        kinds[kind], key, body, safe, token, tracked, source,
+                        kinds[kind], profile, body, safe, token, tracked, source,
                         (line, part, index), self._gap,
                     )  # fmt: skip
                     self._gap = False
@@ -553,8 +577,15 @@ class UploadRun:
             ledger.read()
             ledger.invalid(origin, record.raw, None, record.error)
             return
+        key = None
+        if self._ids is not None:
+            key = message_key_of(message)
+            if key is not None and resume is None and self._ids.seen(key[0]):
+                ledger.read()
+                ledger.skip(DUPLICATE_MESSAGE_ID)
+                return
         prepared = prepare(message, self._mapper, self._validator, self._options.validate)
-        self._account(origin, record.raw, message, prepared, resume)
+        self._account(origin, record.raw, message, prepared, resume, key)
 
     def _account(
         self,
@@ -563,6 +594,7 @@ class UploadRun:
         message: Message,
         prepared: Ready | Skipped | Invalid,
         resume: Resume | None,
+        key: Key | None = None,
     ) -> None:
         if not isinstance(prepared, Ready) and self._done_before(resume):
             return
@@ -574,11 +606,11 @@ class UploadRun:
         if isinstance(prepared, Invalid):
             ledger.invalid(origin, raw, message, prepared)
             return
-        self._plan(origin, raw, message, prepared, resume)
+        self._plan(origin, raw, message, prepared, resume, key)
 
     def _take_result(self, source: str, result: Result, progress: Progress | None) -> None:
         """One record a worker prepared: accounted and planned as `_take` would."""
-        line, part, code, raw, a, b, lookups = result
+        line, part, code, raw, a, b, lookups, key = result
         resume = None
         if progress is not None:
             if (
@@ -593,13 +625,17 @@ class UploadRun:
             if done:
                 return
         ledger = self._ledger
+        if key is not None and resume is None and self._ids is not None and self._ids.seen(key[0]):
+            ledger.read()
+            ledger.skip(DUPLICATE_MESSAGE_ID)
+            return
         if lookups and not lookups_hold(self._tokens, lookups):
             # The worker's tokens differ from the run's: prepare it here, against them.
             assert raw is not None
             message = orjson.loads(raw)
             mapper, validator = self._prepare_again()
             prepared = prepare(message, mapper, validator, self._options.validate)
-            self._account(Origin(source, line, part), raw, message, prepared, resume)
+            self._account(Origin(source, line, part), raw, message, prepared, resume, key)
         elif code != READY and self._done_before(resume):
             return
         elif code == SKIPPED:
@@ -609,7 +645,7 @@ class UploadRun:
             ledger.read()
             warnings, fixes, stub = b if b is not None else (NO_LIST, NO_LIST, NO_MESSAGE)
             ready = Ready(ops_of(a), warnings, fixes)
-            self._plan(Origin(source, line, part), raw, stub, ready, resume)
+            self._plan(Origin(source, line, part), raw, stub, ready, resume, key)
         elif code == INVALID:
             ledger.read()
             ledger.invalid(Origin(source, line, part), raw, b, a)
@@ -648,6 +684,7 @@ class UploadRun:
         message: Message,
         ready: Ready,
         resume: Resume | None,
+        dedupe_key: Key | None = None,
     ) -> None:
         """`message` may be just what the report reads of it when `raw` is given."""
         if resume is None:  # else the earlier run that read it counted and reported these
@@ -659,6 +696,8 @@ class UploadRun:
         if resume is None:  # the common case: every operation is new
             ops = ready.ops
             tracked = Tracked(origin, raw, message, len(ops))
+            if dedupe_key is not None:
+                self._remember(dedupe_key, tracked, source)
             add = self._planner.add_encoded
             line, part = origin.line, origin.part
             for kind, key, body, safe, token, number in ops:
@@ -688,10 +727,14 @@ class UploadRun:
             else:
                 planned.append((op, seen is Seen.UNKNOWN))
         tracked = Tracked(origin, raw, message, len(planned) + len(known))
+        if dedupe_key is not None:  # an earlier run planned it: it is no copy of itself
+            self._remember(dedupe_key, tracked, source)
         for position, verdict in known:
             self._ledger.settle(tracked, verdict)
             if tracked.remaining:
                 self._held.setdefault(tracked, []).append((source, position, verdict))
+        if not tracked.remaining:
+            self._settled(tracked)
         previous = -1
         for op, resent in planned:
             position = (origin.line, origin.part, op.number)
@@ -702,6 +745,25 @@ class UploadRun:
             self._gap = False
             previous = op.number
         self._gap = previous != len(ready.ops) - 1  # settled positions end the record
+
+    def _remember(self, key: Key, tracked: Tracked, source: str) -> None:
+        """A record with a messageId is planned: its copies are duplicates from now on.
+        With --state its id is written with its input's progress."""
+        if self._ids is None:  # a recipe that dedupes, in a run that does not
+            return
+        progress = self._inputs.get(source)
+        group = progress.key if progress is not None else None
+        self._ids.remember(key[0], day_of(key[1]), group)
+        self._keyed[tracked] = (key[0], group)
+
+    def _settled(self, tracked: Tracked) -> None:
+        """A record has its final verdict: refused or failed for good, its messageId is
+        forgotten (a later copy, or a re-drive of --failed, is sent)."""
+        entry = self._keyed.pop(tracked, None)
+        if entry is not None and self._ids is not None:
+            verdict = tracked.verdict
+            if forgotten(verdict.outcome.value, verdict.code):
+                self._ids.forget(*entry)
 
     # -- sending ------------------------------------------------------------------
 
@@ -755,6 +817,7 @@ class UploadRun:
         self._queued -= 1
         settle = self._ledger.settle
         held = self._held
+        keyed = self._keyed
         for owner, verdict, (source, position) in zip(
             batch.owners, verdicts, batch.positions, strict=True
         ):
@@ -763,6 +826,8 @@ class UploadRun:
                 held.setdefault(owner, []).append((source, position, verdict))
             elif held:
                 held.pop(owner, None)
+            if keyed and not owner.remaining:
+                self._settled(owner)
         self._changed.set()
 
     async def _until(self, done: Callable[[], bool]) -> None:

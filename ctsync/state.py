@@ -47,6 +47,7 @@ from typing import Any
 import orjson
 
 from ctsync.batching import Position
+from ctsync.dedupe import MessageIds
 from ctsync.errors import DiskFull, LockedError, OutputError, UsageError
 from ctsync.ledger import Output
 from ctsync.reader import Source
@@ -220,6 +221,7 @@ class StateFile:
             if _disk_full(path, exc):
                 raise DiskFull(_FULL_BEFORE.format(path=path)) from None
             raise UsageError(f"{path}: not a ctsync state file ({exc})") from None
+        self._message_ids: MessageIds | None = None
 
     def _migrate(self) -> None:
         """Take over the line-based state of ctsync 0.1 (table `files`), once."""
@@ -371,6 +373,8 @@ class StateFile:
             try:
                 for progress, live in inputs:
                     self._save(progress, live)
+                    if self._message_ids is not None:  # the ids of its records (dedupe)
+                        self._message_ids.write(progress.key)
                 self._db.executemany(
                     "INSERT OR REPLACE INTO outputs (path, committed, closed) VALUES (?, ?, NULL)",
                     outputs.items(),
@@ -431,6 +435,15 @@ class StateFile:
                 "UPDATE outputs SET closed = ? WHERE path = ?",
                 [(length, path) for path, length in lengths.items()],
             )
+
+    def message_ids(self, window_ms: int) -> MessageIds:
+        """The messageIds earlier runs sent (`--dedupe-window` in ms): written with each
+        input's progress, in this file's own table (made when missing)."""
+        try:
+            self._message_ids = MessageIds(self._db, window_ms=window_ms, persistent=True)
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"{self.path}: not a ctsync state file ({exc})") from None
+        return self._message_ids
 
 
 def _entry(span: Span) -> list[Any]:

@@ -44,6 +44,7 @@ from typing import Any, Final, TypeAlias
 
 import orjson
 
+from ctsync.dedupe import Key, message_key
 from ctsync.errors import CtsyncError, ExitCode
 from ctsync.mapping.properties import dates_left_as_text, dropped_values
 from ctsync.prepare import Op, OpKind, Skipped, ValidateMode, Validator, prepare
@@ -63,13 +64,16 @@ TokenKey: TypeAlias = tuple[str, str]
 MapperFactory: TypeAlias = Callable[[set[TokenKey]], Mapper]
 """Builds a mapper that records the (objectId, token) pairs it sends in the given set."""
 
-# What one record became, as sent back by a worker: (line, part, code, raw, a, b, log)
+# What one record became, as sent back by a worker: (line, part, code, raw, a, b, log,
+# key), `key` its messageId's `dedupe.Key` when the recipe dedupes and it has one.
 READY: Final = 0  # a: operations as tuples, b: None or (warnings, fixes, message stub)
 SKIPPED: Final = 1  # a: the reason
 INVALID: Final = 2  # a: the Invalid, b: the message stub (for the report line)
 BROKEN: Final = 3  # not a message (bad JSON, too deep ...): a: the Invalid, b: partial
 DONE: Final = 4  # finished in an earlier run (--state): not prepared
-Result: TypeAlias = tuple[int, int, int, bytes | None, Any, Any, tuple[tuple[TokenKey, bool], ...]]
+Result: TypeAlias = tuple[
+    int, int, int, bytes | None, Any, Any, tuple[tuple[TokenKey, bool], ...], Key | None
+]
 
 KIND_CODES: Final = {OpKind.UPLOAD: 0, OpKind.DELETE_IDENTITY: 1, OpKind.DELETE_GUID: 2}
 KINDS: Final = (OpKind.UPLOAD, OpKind.DELETE_IDENTITY, OpKind.DELETE_GUID)
@@ -138,6 +142,7 @@ class Recipe:
     mapper: MapperFactory
     validator: Callable[[], Validator | None]
     mode: ValidateMode = ValidateMode.STRICT
+    dedupe: bool = False  # send each record's messageId key back (see ctsync.dedupe)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,12 +189,14 @@ class Stage:
         self.mapper = recipe.mapper(self.tokens)
         self.validator = recipe.validator() if recipe.mode is not ValidateMode.OFF else None
         self.mode = recipe.mode
+        self.dedupe = recipe.dedupe
 
     def block(self, block: Block, resume: Any) -> tuple[list[Result], dict[str, Any]]:
         """Every record of `block`, prepared; and the mapper's counts for the block."""
         out: list[Result] = []
         append = out.append
         mapper, validator, mode = self.mapper, self.validator, self.mode
+        dedupe = self.dedupe
         log = self.tokens.log
         dumps = orjson.dumps
         for record in decode_block(block):
@@ -200,12 +207,13 @@ class Stage:
                 and not resume.untouched(line, part)
                 and not resume.touches(line, part)
             ):
-                append((line, part, DONE, None, None, None, ()))
+                append((line, part, DONE, None, None, None, (), None))
                 continue
             message = record.message
             if message is None:
-                append((line, part, BROKEN, record.raw, record.error, record.partial, ()))
+                append((line, part, BROKEN, record.raw, record.error, record.partial, (), None))
                 continue
+            key = message_key(message) if dedupe else None
             prepared = prepare(message, mapper, validator, mode)
             lookups: tuple[tuple[TokenKey, bool], ...] = ()
             raw = record.raw
@@ -216,12 +224,12 @@ class Stage:
                     raw = dumps(message)
             if isinstance(prepared, Skipped):
                 again = raw if lookups else None  # the main process may prepare it again
-                append((line, part, SKIPPED, again, prepared.reason, None, lookups))
+                append((line, part, SKIPPED, again, prepared.reason, None, lookups, key))
                 continue
             if raw is None:  # an element of an envelope: its JSON is its line from now on
                 raw = dumps(message)
             if isinstance(prepared, Invalid):
-                append((line, part, INVALID, raw, prepared, _stub(message), lookups))
+                append((line, part, INVALID, raw, prepared, _stub(message), lookups, key))
                 continue
             ops = [
                 (KIND_CODES[op.kind], op.key, op.body, op.safe, op.token, op.number)
@@ -230,7 +238,7 @@ class Stage:
             extra = None
             if prepared.warnings or prepared.fixes:
                 extra = (prepared.warnings, prepared.fixes, _stub(message))
-            append((line, part, READY, raw, ops, extra, lookups))
+            append((line, part, READY, raw, ops, extra, lookups, key))
         return out, self.counts()
 
     def counts(self) -> dict[str, Any]:

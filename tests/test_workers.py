@@ -319,7 +319,8 @@ def test_counts_of_a_record_prepared_again_here_are_in_the_summary(
     `createdAt`; the mapping file: `birthday`, its DOB): two of each.
 
     The worker's counts of its own preparation already hold the record's; counting the
-    second preparation too (the run's own mapper, reused) would make three."""
+    second preparation too (the run's own mapper, reused) would make three. The two
+    copies share their messageId: `--no-dedupe` sends both."""
     fine = "1990-02-01T00:00:00.123456Z"
     traits = {"address": {"city": "X"}, "birthday": fine, "createdAt": fine}
     export = envelope_then_line(tmp_path, traits)
@@ -334,6 +335,7 @@ def test_counts_of_a_record_prepared_again_here_are_in_the_summary(
             preset=Preset.CLASSIC,
             mapping_file=mapping_file if preset == "mapping" else None,
             mapping=MappingOptions(nested=Nested.DROP),
+            run=RunOptions(dedupe=False),
             workers=workers,
         )
         summaries[workers] = upload(job)

@@ -4,6 +4,7 @@ subprocess against a sandbox on 127.0.0.1, and read what it printed and wrote.""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import subprocess
@@ -32,11 +33,16 @@ Message = dict[str, Any]
 # -- Segment messages ----------------------------------------------------------------
 
 
+_IDENTIFIES = itertools.count()
+
+
 def identify(user: str, **traits: Any) -> Message:
+    """A new identify: its own messageId, as Segment gives every message (ctsync skips
+    a second message with the same messageId as a duplicate)."""
     return {
         "type": "identify",
         "userId": user,
-        "messageId": f"id-{user}-{len(traits)}",
+        "messageId": f"id-{user}-{next(_IDENTIFIES)}",
         "timestamp": TS,
         "traits": traits,
     }

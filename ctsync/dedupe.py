@@ -1,0 +1,305 @@
+"""messageId dedupe: a message already sent is not sent again, in this run or a later one.
+
+Segment's archives keep the copies of a message that its destinations drop, and exports
+overlap; CleverTap never deduplicates events. So a message whose `messageId` this run or
+an earlier run on the same `--state` sent (accepted by CleverTap, in flight, or with an
+unknown outcome) is skipped as `duplicate-message-id`. A message refused or failed for
+good is forgotten again, so a later copy, or a re-drive of `--failed`, is sent. A message
+without a messageId is never deduplicated.
+
+What is kept per message is compact: a 64-bit hash of its messageId (`message_key`) and
+its `timestamp` (epoch ms), in a SQLite table of the state file (a private temporary
+database without `--state`). A Bloom filter in memory (two bits per id, at least 16 bits
+of filter per id, 16 MiB at most) answers "never seen" for nearly every new message
+without a query; the table gives the exact answer for the rest.
+
+The decision is made in the main process, in input order (`--workers` send the key back
+with each record), and ids are written with their input's progress in one transaction
+(`write`, called by `StateFile.save`): a run killed at any moment leaves the state and
+the remembered ids agreeing on what was read.
+
+Ids whose message `timestamp` is more than the window older than the newest timestamp
+seen (never later than a day from now, so that one message stamped in 2099 cannot make
+every other one look old) are forgotten when a run ends.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import date
+from hashlib import blake2b
+from typing import Any, Final, TypeAlias
+
+from ctsync.ledger import RESUMED_LATER
+from ctsync.model import UNKNOWN
+from ctsync.records import Message
+from ctsync.window import DAY_MS, message_time
+
+DUPLICATE_MESSAGE_ID: Final = "duplicate-message-id"
+"""The skip reason of a message whose messageId was sent already."""
+DEFAULT_WINDOW_DAYS: Final = 30
+FUTURE_MS: Final = DAY_MS
+"""How far past the clock the newest timestamp may be when judging what is old."""
+MIN_BITS: Final = 1 << 20
+MAX_BITS: Final = 1 << 27  # 16 MiB: at 10M ids, 2% of new messages need a query
+BITS_PER_ID: Final = 8
+"""The filter doubles when it holds fewer bits than this per id (16 after doubling)."""
+WRITE_AT: Final = 1 << 16
+"""Ids held in memory at most before they go to the table, when no state file decides."""
+
+Key: TypeAlias = tuple[int, Any]
+"""A message's 64-bit messageId hash and its `timestamp` as written (read by `day_of`
+only for the messages that are sent: a third of the cost of a key)."""
+Group: TypeAlias = str | None
+"""Whose progress the id is written with: an input's state key (None: no state file)."""
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS message_ids (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS message_ids_newest (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    newest INTEGER NOT NULL
+);
+"""
+_EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
+_DAYS: dict[str, int] = {}
+
+
+def message_key(message: Message) -> Key | None:
+    """The key of a message with a messageId (a non-empty string), else None."""
+    message_id = message.get("messageId")
+    if type(message_id) is not str or not message_id:
+        return None
+    try:
+        data = message_id.encode()
+    except UnicodeEncodeError:  # a lone surrogate (orjson refuses them; other readers may not)
+        data = message_id.encode("utf-8", "surrogatepass")
+    digest = blake2b(data, digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True), message.get("timestamp")
+
+
+def day_of(value: object) -> int | None:
+    """The UTC day (epoch ms of its midnight) of a message's `timestamp`: enough for a
+    window of days, and a fifth of the cost of reading it to the millisecond (an ISO
+    date-time's offset is not applied: a day either way)."""
+    if type(value) is str:
+        day = value[:10]
+        found = _DAYS.get(day)
+        if found is not None:
+            return found
+        if len(day) == 10 and day[4] == "-":
+            try:
+                found = (date.fromisoformat(day).toordinal() - _EPOCH_DAY) * DAY_MS
+            except ValueError:
+                return None
+            if len(_DAYS) < 4096:  # an archive spans few days: a lookup, not a parse
+                _DAYS[day] = found
+            return found
+    ms = message_time(value)
+    return None if ms is None else ms - ms % DAY_MS
+
+
+def forgotten(outcome: str, code: str) -> bool:
+    """Whether a record's final verdict lets a later copy go: refused or failed for good.
+    Accepted, an unknown outcome (CleverTap may have it) and a run that stopped first
+    (`ledger.RESUMED_LATER`: aborted, interrupted, a full disk: the next run on the state
+    sends the record itself) keep its messageId remembered."""
+    return outcome == "rejected" or (
+        outcome == "failed" and code != UNKNOWN and code not in RESUMED_LATER
+    )
+
+
+class MessageIds:
+    """The messageIds sent: in flight, accepted or unknown, this run and earlier ones.
+
+    `db` holds the table; with `persistent` (the state file) nothing is written but by
+    `write`, inside the caller's transaction; otherwise ids go to the table as they pile
+    up. Not thread-safe: the run's event loop thread only."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        *,
+        window_ms: int,
+        persistent: bool,
+        clock: Callable[[], float] = time.time,
+        min_bits: int = MIN_BITS,
+    ) -> None:
+        self._db = db
+        self._min_bits = min_bits
+        self._window_ms = window_ms
+        self._persistent = persistent
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT newest FROM message_ids_newest").fetchone()
+        self._newest: int | None = None if row is None else int(row[0])
+        # Not yet in the table, and to take out of it, by the input they came from.
+        self._fresh: dict[Group, dict[int, int]] = {}
+        self._gone: dict[Group, set[int]] = {}
+        now = int(clock() * 1000)
+        self._now = now  # the timestamp of a message without one, before any other
+        self._latest = now + FUTURE_MS
+        count = db.execute("SELECT count(*) FROM message_ids").fetchone()[0]
+        self._bits = bytearray(0)
+        self._mask = 0
+        self._in_filter = 0
+        self._grow_at = 0
+        self._rebuild(count)
+
+    @classmethod
+    def temporary(cls, window_ms: int) -> MessageIds:
+        """For a run without a state file: a private database SQLite deletes at close."""
+        db = sqlite3.connect("", isolation_level=None)
+        db.execute("PRAGMA journal_mode = OFF")  # nothing to recover: it ends with the run
+        db.execute("PRAGMA synchronous = OFF")
+        return cls(db, window_ms=window_ms, persistent=False)
+
+    def __len__(self) -> int:
+        """Ids remembered (a query: for tests and the end of a run)."""
+        self._write_all()
+        count: int = self._db.execute("SELECT count(*) FROM message_ids").fetchone()[0]
+        return count
+
+    # -- the hot path ------------------------------------------------------------------
+
+    def seen(self, key: int) -> bool:
+        """Whether a message with this key was sent and not forgotten."""
+        mask = self._mask
+        bits = self._bits
+        low = key & mask
+        high = (key >> 32) & mask
+        if not (bits[low >> 3] >> (low & 7) & 1 and bits[high >> 3] >> (high & 7) & 1):
+            return False  # the common case: a message never seen
+        for fresh in self._fresh.values():
+            if key in fresh:
+                return True
+        for gone in self._gone.values():
+            if key in gone:
+                return False
+        row = self._db.execute("SELECT 1 FROM message_ids WHERE id = ?", (key,)).fetchone()
+        return row is not None
+
+    def remember(self, key: int, ms: int | None, group: Group) -> None:
+        """A message with this key is planned (in flight from now on)."""
+        newest = self._newest
+        if ms is None:
+            ms = newest if newest is not None else self._now
+        elif newest is None or ms > newest:
+            self._newest = ms if ms < self._latest else self._latest
+        if self._gone:
+            for gone in self._gone.values():
+                gone.discard(key)
+        fresh = self._fresh.get(group)
+        if fresh is None:
+            fresh = self._fresh[group] = {}
+        fresh[key] = ms
+        bits, mask = self._bits, self._mask
+        low = key & mask
+        high = (key >> 32) & mask
+        bits[low >> 3] |= 1 << (low & 7)
+        bits[high >> 3] |= 1 << (high & 7)
+        self._in_filter += 1
+        if self._in_filter > self._grow_at:
+            self._rebuild(self._in_filter)
+        if len(fresh) >= WRITE_AT and not self._persistent:
+            self._write_all()
+
+    def forget(self, key: int, group: Group) -> None:
+        """The message with this key was refused or failed for good: a copy may go."""
+        fresh = self._fresh.get(group)
+        if fresh is not None:
+            fresh.pop(key, None)
+        # It may be in the table too (an earlier run planned it, this one resent it).
+        self._gone.setdefault(group, set()).add(key)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, group: Group) -> None:
+        """Write the ids planned from one input, and take out those forgotten, in the
+        caller's transaction (the state file's, with that input's progress)."""
+        gone = self._gone.pop(group, None)
+        if gone:
+            self._db.executemany("DELETE FROM message_ids WHERE id = ?", ((k,) for k in gone))
+        fresh = self._fresh.pop(group, None)
+        if fresh:
+            # In key order: the B-tree pages are then visited once each, in order, not
+            # once per id at random (a large table does not fit SQLite's page cache).
+            self._db.executemany(
+                "INSERT OR REPLACE INTO message_ids (id, ts) VALUES (?, ?)", sorted(fresh.items())
+            )
+
+    def _write_all(self) -> None:
+        if self._persistent:
+            return  # only with each input's progress (see `write`)
+        self._db.execute("BEGIN")
+        for group in [*self._fresh, *self._gone]:
+            self.write(group)
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """With a state file, forget the ids that fell out of the window and keep the
+        newest timestamp; ids never written with their input's progress are left out
+        (the state does not count their records read). Without one, drop the table."""
+        if self._persistent and self._newest is not None:
+            try:
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    "DELETE FROM message_ids WHERE ts < ?", (self._newest - self._window_ms,)
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO message_ids_newest (one, newest) VALUES (1, ?)",
+                    (self._newest,),
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error:  # a full disk: the next run that ends forgets them
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+        if not self._persistent:
+            self._db.close()
+        self._fresh.clear()
+        self._gone.clear()
+
+    # -- the filter --------------------------------------------------------------------
+
+    def _rebuild(self, count: int) -> None:
+        """A filter with at least twice `BITS_PER_ID` bits per id (within bounds), set
+        from every id remembered."""
+        size = self._min_bits
+        while size < count * 2 * BITS_PER_ID and size < MAX_BITS:
+            size *= 2
+        bits = bytearray(size // 8)
+        mask = size - 1
+        self._bits, self._mask = bits, mask
+        self._grow_at = size // BITS_PER_ID if size < MAX_BITS else 2**63
+
+        def add(key: int) -> None:
+            low = key & mask
+            high = (key >> 32) & mask
+            bits[low >> 3] |= 1 << (low & 7)
+            bits[high >> 3] |= 1 << (high & 7)
+
+        self._in_filter = 0
+        for (key,) in self._db.execute("SELECT id FROM message_ids"):
+            add(key)
+            self._in_filter += 1
+        for fresh in self._fresh.values():
+            for key in fresh:
+                add(key)
+                self._in_filter += 1
+
+
+def window_ms(days: float) -> int:
+    """`--dedupe-window` in days, as milliseconds."""
+    return int(days * DAY_MS)
+
+
+__all__ = [
+    "DEFAULT_WINDOW_DAYS",
+    "DUPLICATE_MESSAGE_ID",
+    "Key",
+    "MessageIds",
+    "day_of",
+    "forgotten",
+    "message_key",
+    "window_ms",
+]

@@ -1,0 +1,433 @@
+"""messageId dedupe (`ctsync.dedupe`): the store of sent messageIds against a plain
+Python model, and the rules of a run (what is skipped, what is forgotten, --workers)
+against expectations written by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from ctsync.api import Outputs, UploadJob, upload
+from ctsync.dedupe import DUPLICATE_MESSAGE_ID, MessageIds, day_of, forgotten, message_key
+from ctsync.errors import UsageError
+from ctsync.ledger import Ledger
+from ctsync.pipeline import DryRunSender, RunOptions, UploadRun
+from ctsync.presets import Preset
+from ctsync.reader import Source
+from ctsync.state import StateFile
+from ctsync.workers import Recipe, WorkerPool, Workers
+from tests.helpers import assert_accounted, examples
+
+DAY_MS = 86_400_000
+NOW_MS = 1_750_000_000_000  # the store's clock in these tests (June 2025)
+GROUPS = ("a.ndjson", "b.ndjson")
+
+# 64-bit keys, few (so that one is remembered, written, forgotten and written again),
+# some sharing their low or high 32 bits (the filter's two bits).
+KEYS = st.one_of(
+    st.sampled_from([0, 1, -1, 2**32, 2**32 + 1, -(2**32), 2**63 - 1, -(2**63), 7 << 32 | 7]),
+    st.integers(-(2**63), 2**63 - 1),
+)
+
+
+class StoreAgainstModel(RuleBasedStateMachine):
+    """A `MessageIds` in a state file, with a filter small enough to collide and grow,
+    against what it promises: in a run, an id is seen from `remember` until `forget`;
+    a later run sees what was written with its group's progress (`write`, in the state's
+    transaction), never what was not; a run that closes forgets ids older than the
+    window before the newest timestamp seen."""
+
+    @initialize()
+    def open(self) -> None:
+        self.db = sqlite3.connect(":memory:", isolation_level=None)
+        self.window = 10 * DAY_MS
+        # The model: the ids this run sees, by key (timestamp, group); what the state
+        # file holds (what a later run sees); the newest timestamp persisted.
+        self.live: dict[int, tuple[int, str]] = {}
+        self.durable: dict[int, int] = {}
+        self.newest_durable: int | None = None
+        self.newest: int | None = None
+        self.forgotten: dict[str, set[int]] = {}
+        self.known: set[int] = set()
+        self.store = self._open_store()
+
+    def _open_store(self) -> MessageIds:
+        return MessageIds(
+            self.db,
+            window_ms=self.window,
+            persistent=True,
+            clock=lambda: NOW_MS / 1000,
+            min_bits=64,
+        )
+
+    @rule(key=KEYS, days=st.integers(0, 40), group=st.sampled_from(GROUPS))
+    def remember(self, key: int, days: int, group: str) -> None:
+        self.known.add(key)
+        # The pipeline never plans a copy of a message it remembers, but it plans again
+        # a record an earlier run left pending (remembered "earlier").
+        if key in self.live and self.live[key][1] != "earlier":
+            return
+        ms = NOW_MS - days * DAY_MS
+        self.store.remember(key, ms, group)
+        self.live[key] = (ms, group)
+        self.newest = ms if self.newest is None else max(self.newest, ms)
+
+    @precondition(lambda self: any(group != "earlier" for _, group in self.live.values()))
+    @rule(data=st.data())
+    def forget(self, data: st.DataObject) -> None:
+        # Only a record planned in this run gets its final verdict in it.
+        planned = sorted(key for key, (_, group) in self.live.items() if group != "earlier")
+        key = data.draw(st.sampled_from(planned))
+        _, group = self.live.pop(key)
+        self.store.forget(key, group)
+        self.forgotten.setdefault(group, set()).add(key)
+
+    @rule(group=st.sampled_from(GROUPS))
+    def write(self, group: str) -> None:
+        self.db.execute("BEGIN")
+        self.store.write(group)
+        self.db.execute("COMMIT")
+        for key, (ms, owner) in self.live.items():
+            if owner == group:
+                self.durable[key] = ms
+        for key in self.forgotten.pop(group, set()):
+            if key not in self.live:
+                self.durable.pop(key, None)
+
+    @rule()
+    def killed_then_next_run(self) -> None:
+        """The process dies: nothing more is written; the next run opens the file."""
+        self.store = self._open_store()
+        self.live = {key: (ms, "earlier") for key, ms in self.durable.items()}
+        self.forgotten = {}
+        self.newest = self.newest_durable
+
+    @rule()
+    def closed_then_next_run(self) -> None:
+        """The run ends: ids older than the window before the newest are forgotten."""
+        self.store.close()
+        if self.newest is not None:
+            cutoff = self.newest - self.window
+            self.durable = {k: ms for k, ms in self.durable.items() if ms >= cutoff}
+            self.newest_durable = self.newest
+        self.killed_then_next_run()
+
+    @invariant()
+    def seen_is_what_is_remembered(self) -> None:
+        for key in [*getattr(self, "known", ()), 12345, -(2**40)]:
+            assert self.store.seen(key) == (key in self.live), key
+
+    def teardown(self) -> None:
+        if hasattr(self, "db"):
+            self.db.close()
+
+
+TestStoreAgainstModel = StoreAgainstModel.TestCase
+TestStoreAgainstModel.settings = settings(max_examples=examples(200), stateful_step_count=40)
+
+
+def test_an_id_forgotten_in_one_input_and_planned_again_from_another_stays() -> None:
+    """A copy sent after its first was refused: the refusal is written with the first
+    input's progress, the copy with the second's, in either order."""
+    for order in (("a", "b"), ("b", "a")):
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        store = MessageIds(db, window_ms=DAY_MS, persistent=True, min_bits=64)
+        store.remember(42, NOW_MS, "a")
+        store.forget(42, "a")
+        store.remember(42, NOW_MS, "b")
+        for group in order:
+            db.execute("BEGIN")
+            store.write(group)
+            db.execute("COMMIT")
+        assert MessageIds(db, window_ms=DAY_MS, persistent=True).seen(42), order
+
+
+def test_a_run_that_ends_forgets_ids_older_than_the_window_before_the_newest() -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    store = MessageIds(db, window_ms=10 * DAY_MS, persistent=True, clock=lambda: NOW_MS / 1000)
+    stamps = {1: NOW_MS - 10 * DAY_MS, 2: NOW_MS - 10 * DAY_MS - 1, 3: NOW_MS, 4: None}
+    stamps[6] = NOW_MS - 9 * DAY_MS  # exactly the window before the newest: kept
+    for key, ms in stamps.items():
+        store.remember(key, ms, "a")
+    store.remember(5, NOW_MS + 400 * DAY_MS, "a")  # a clock far ahead does not count
+    db.execute("BEGIN")
+    store.write("a")
+    db.execute("COMMIT")
+    store.close()
+    later = MessageIds(db, window_ms=10 * DAY_MS, persistent=True, clock=lambda: NOW_MS / 1000)
+    # The newest counted is a day past the clock: 1 and 2 are then 11 days older; 4,
+    # without a timestamp, counts as the newest seen before it.
+    assert [key for key in range(1, 7) if later.seen(key)] == [3, 4, 5, 6]
+
+
+# -- the key ---------------------------------------------------------------------------
+
+
+@given(st.text(min_size=1), st.text(min_size=1))
+def test_a_key_is_a_signed_64_bit_function_of_the_messageid_alone(a: str, b: str) -> None:
+    key_a = message_key({"messageId": a, "timestamp": "2024-05-01T00:00:00Z"})
+    assert key_a is not None
+    assert -(2**63) <= key_a[0] < 2**63
+    assert day_of(key_a[1]) == 1_714_521_600_000
+    again = message_key({"messageId": a, "type": "track"})
+    assert again is not None and again[0] == key_a[0] and day_of(again[1]) is None
+    key_b = message_key({"messageId": b})
+    assert key_b is not None
+    assert (key_a[0] == key_b[0]) == (a == b)  # 2^-64 odds of a collision per pair
+
+
+@pytest.mark.parametrize("value", [None, "", 12, ["m"], {"id": "m"}])
+def test_a_message_without_a_messageid_string_has_no_key(value: Any) -> None:
+    assert message_key({"messageId": value}) is None
+    assert message_key({}) is None
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code", "forget"),
+    [
+        ("accepted", "", False),
+        ("rejected", "509", True),
+        ("failed", "http-500", True),
+        ("failed", "retries-exhausted", True),
+        ("failed", "outcome-unknown", False),
+        ("failed", "aborted", False),
+        ("failed", "interrupted", False),
+        ("failed", "disk-full", False),
+        ("failed", "output-error", False),
+    ],
+)
+def test_refused_and_failed_records_are_forgotten_unknown_ones_not(
+    outcome: str, code: str, forget: bool
+) -> None:
+    assert forgotten(outcome, code) is forget
+
+
+# -- a run -----------------------------------------------------------------------------
+
+
+def track(seq: int, message_id: str | None, **extra: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "type": "track",
+        "event": "Played",
+        "userId": f"u-{seq % 7}",
+        "timestamp": "2024-05-01T12:00:00Z",
+        "properties": {"seq": seq},
+        **extra,
+    }
+    if message_id is not None:
+        message["messageId"] = message_id
+    return message
+
+
+def dry_run(
+    path: Path, tmp_path: Path, *, workers: int = 1, dedupe: bool = True
+) -> tuple[Any, list[int]]:
+    """A dry run of `path`; its summary and the `seq` of every event it would send."""
+    output = tmp_path / f"requests-{workers}-{dedupe}.ndjson"
+    output.unlink(missing_ok=True)
+    job = UploadJob(
+        paths=[str(path)],
+        preset=Preset.CLASSIC,
+        run=RunOptions(dedupe=dedupe, batch_size=7),
+        workers=workers,
+        outputs=Outputs(requests=output),
+    )
+    summary = upload(job)
+    assert_accounted(summary)
+    sent = [
+        record["evtData"]["seq"]
+        for line in output.read_bytes().splitlines()
+        for record in orjson.loads(line)["body"]["d"]
+        if record.get("type") == "event"
+    ]
+    return summary, sent
+
+
+ID_OF = st.one_of(st.none(), st.sampled_from([f"m{i}" for i in range(8)]))
+
+
+@given(ids=st.lists(ID_OF, max_size=40))
+@settings(max_examples=examples(100))
+def test_the_first_copy_of_each_messageid_is_sent_and_the_others_skipped(
+    tmp_path_factory: pytest.TempPathFactory, ids: list[str | None]
+) -> None:
+    tmp = tmp_path_factory.mktemp("dedupe")
+    export = tmp / "export.ndjson"
+    export.write_bytes(b"".join(orjson.dumps(track(i, m)) + b"\n" for i, m in enumerate(ids)))
+    # By hand: the first copy of each messageId, and every message without one.
+    first: dict[str, int] = {}
+    expected = []
+    for seq, message_id in enumerate(ids):
+        if message_id is None or message_id not in first:
+            expected.append(seq)
+            if message_id is not None:
+                first[message_id] = seq
+    summary, sent = dry_run(export, tmp)
+    assert sorted(sent) == expected
+    assert summary.skipped.get(DUPLICATE_MESSAGE_ID, 0) == len(ids) - len(expected)
+    everything, sent_all = dry_run(export, tmp, dedupe=False)
+    assert sorted(sent_all) == list(range(len(ids)))
+    assert DUPLICATE_MESSAGE_ID not in everything.skipped
+
+
+def test_the_state_table_is_made_in_an_older_state_file(tmp_path: Path) -> None:
+    """A state file written before dedupe has no table: it is made, and the file opens."""
+    path = tmp_path / "old.db"
+    StateFile(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE IF EXISTS message_ids")
+        db.execute("DROP TABLE IF EXISTS message_ids_newest")
+    state = StateFile(path)
+    try:
+        ids = state.message_ids(30 * DAY_MS)
+        assert not ids.seen(1)
+        ids.close()
+    finally:
+        state.close()
+
+
+# -- --workers -------------------------------------------------------------------------
+
+
+def message_line(draw: st.DrawFn, seq: int) -> bytes:
+    """A Segment message, often sharing its messageId with others: a track, an identify
+    (with a device token, sometimes), one that strict validation refuses, or no JSON."""
+    kind = draw(st.sampled_from(["track", "track", "identify", "refused", "broken"]))
+    if kind == "broken":
+        return b'{"type": "track", "messageId": "m1"'
+    message: dict[str, Any] = {
+        "type": "track" if kind != "identify" else "identify",
+        "timestamp": draw(st.sampled_from(["2024-05-01T12:00:00Z", "2024-03-01", "soon"])),
+        "userId": f"u-{seq % 3}",
+    }
+    message_id = draw(ID_OF)
+    if message_id is not None:
+        message["messageId"] = message_id
+    if kind == "identify":
+        message["traits"] = {"plan": f"p{seq}"}
+        if draw(st.booleans()):
+            message["context"] = {"device": {"token": "tok-1", "type": "android"}}
+    else:
+        message["event"] = "Played" if kind == "track" else "x" * 600  # too long: refused
+        message["properties"] = {"seq": seq}
+    return orjson.dumps(message)
+
+
+@st.composite
+def exports_with_copies(draw: st.DrawFn) -> bytes:
+    count = draw(st.integers(1, 30))
+    return b"".join(message_line(draw, seq) + b"\n" for seq in range(count))
+
+
+def run_with(
+    export: Path, workers: Workers | None, built: Recipe
+) -> tuple[list[bytes], dict[str, Any], bytes]:
+    requests, report = io.BytesIO(), io.BytesIO()
+    tokens: set[tuple[str, str]] = set()
+    ledger = Ledger(report=report, dry_run=True, run="the-run")
+    ids = MessageIds.temporary(30 * DAY_MS)
+    run = UploadRun(
+        [Source(str(export), export, export.stat().st_size, max_line_bytes=1024)],
+        mapper=built.mapper(tokens),
+        tokens=tokens,
+        sender=DryRunSender(requests),
+        ledger=ledger,
+        options=RunOptions(batch_size=3, lanes=2),
+        validator=built.validator(),
+        workers=workers,
+        message_ids=ids,
+    )
+    try:
+        summary = asyncio.run(run.run())
+    finally:
+        ids.close()
+    found = summary.as_dict()
+    del found["elapsed_seconds"]
+    return sorted(requests.getvalue().splitlines()), found, report.getvalue()
+
+
+@settings(
+    max_examples=examples(100),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=exports_with_copies(), block_bytes=st.integers(1, 2000), in_flight=st.integers(1, 3))
+def test_two_workers_skip_the_same_copies_as_one_process(
+    tmp_path_factory: pytest.TempPathFactory,
+    worker_pool: WorkerPool,
+    data: bytes,
+    block_bytes: int,
+    in_flight: int,
+) -> None:
+    """The first copy in input order is sent, whichever process prepared which copy: the
+    same requests, report and summary as one process (the token of an identify
+    included: its copy is skipped before its token is counted as sent)."""
+    export = tmp_path_factory.mktemp("copies") / "export.ndjson"
+    export.write_bytes(data)
+    built = UploadJob(preset=Preset.CLASSIC).recipe
+    one = run_with(export, None, built)
+    workers = Workers(
+        count=2, recipe=built, block_bytes=block_bytes, start_after=0, in_flight=in_flight,
+        pool=worker_pool,
+    )  # fmt: skip
+    two = run_with(export, workers, built)
+    assert two[0] == one[0], "the requests differ"
+    assert two[2] == one[2], "the report differs"
+    assert two[1] == one[1], "the summary differs"
+    read = one[1]["read"]
+    assert read == sum(one[1][k] for k in ("skipped", "invalid", "accepted", "rejected", "failed"))
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "day"),
+    [
+        ("2024-05-01T12:00:00Z", "2024-05-01"),
+        ("2024-05-01T23:59:59.999-08:00", "2024-05-01"),  # the offset is not applied
+        ("2024-05-01", "2024-05-01"),
+        (1_714_608_000_123, "2024-05-02"),  # epoch milliseconds
+        (1_714_608_000, "2024-05-02"),  # epoch seconds
+        ("2024-13-01T00:00:00Z", None),
+        ("soon", None),
+        (None, None),
+        ([], None),
+    ],
+)
+def test_a_message_is_remembered_with_the_day_of_its_timestamp(
+    timestamp: Any, day: str | None
+) -> None:
+    expected = (
+        None
+        if day is None
+        else int(datetime.fromisoformat(day + "T00:00:00+00:00").timestamp() * 1000)
+    )
+    key = message_key({"messageId": "m", "timestamp": timestamp})
+    assert key is not None
+    assert day_of(key[1]) == expected
+
+
+def test_a_messageid_with_a_lone_surrogate_has_a_key() -> None:
+    key = message_key({"messageId": "a\ud800b"})  # orjson refuses one; a caller may not
+    assert key is not None and key != message_key({"messageId": "ab"})
+
+
+def test_a_dedupe_window_of_no_days_is_a_usage_error(tmp_path: Path) -> None:
+    export = tmp_path / "export.ndjson"
+    export.write_bytes(orjson.dumps(track(1, "m1")) + b"\n")
+    job = UploadJob(paths=[str(export)], run=RunOptions(dedupe_window_days=0))
+    with pytest.raises(UsageError, match="--dedupe-window"):
+        upload(job)
