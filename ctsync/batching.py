@@ -12,14 +12,18 @@ input's order, for identifies as well as deletions and events, and requests stil
 out N at a time when profiles do not repeat.
 
 Inside a lane, uploads and deletions fill separate open batches; the lane sends them in
-the order they were opened. An operation may join its kind's open batch only if no
-later-opened batch of the lane holds its profile; otherwise the open batches up to its
-kind's are sealed first, and it starts a new one behind them.
+the order they were opened. An operation joins the first open batch of its kind that no
+later-opened batch holding its profile follows (so it never passes an earlier operation
+of its profile); if there is none, it opens a new batch behind the others. Nothing is
+sealed before it is full, so a deletion followed by the same profile's next identify no
+longer cuts both requests short. A lane holds at most `MAX_OPEN` open batches: past that
+the first one is sealed (with any opened before it: there are none).
 
 Full requests at the end: lanes by profile split a stream N ways, so the last batch of
 every lane is partly full (2,500 profiles would go in 15 requests of about 170). Once
-every sealed batch has its final answer, `flush(join=True)` packs the open batches of the
-lanes that hold one open batch each into full batches of their kind, cut at the limits:
+every sealed batch has its final answer, `flush(join=True)` packs the lanes' open
+batches into full batches of their kind (the first open batch of every lane, then the
+second, ...: each lane's order holds), cut at the limits:
 2,500 profiles go in 1,000 + 1,000 + 500, 126 deletions in 100 + 26. Nothing is on the
 wire any more, so their order against earlier requests holds; a joined batch that shares
 a profile with an earlier joined one goes to the same lane, behind it. Waiting for the
@@ -46,6 +50,10 @@ Position: TypeAlias = tuple[int, int, int]
 
 Run: TypeAlias = list[Position]
 """[first, last]: positions of one source that went to one batch one after another."""
+
+
+MAX_OPEN = 8
+"""Open batches a lane may hold at once (see `Planner.add_encoded`)."""
 
 
 class Batch:
@@ -169,14 +177,11 @@ class Planner:
         batch = None
         if len(opened) == 1 and opened[0].kind is kind:
             batch = opened[0]  # the common case: no later batch can hold the profile
-        else:
-            for at, candidate in enumerate(opened):
-                if candidate.kind is kind:
-                    if key is not None and any(key in b.keyset for b in opened[at + 1 :]):
-                        sealed = self._seal_through(lane, candidate)
-                    else:
-                        batch = candidate
-                    break
+        elif opened:
+            batch = _eligible(opened, kind, key)
+            if batch is None and len(opened) >= MAX_OPEN:
+                sealed = self._seal_through(lane, opened[0])
+                batch = _eligible(opened, kind, key)
         if batch is not None and token and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
             sealed += self._seal_through(lane, batch)
             batch = None
@@ -208,26 +213,35 @@ class Planner:
 
     def flush(self, *, join: bool = False) -> list[Batch]:
         """Seal every open batch (end of input). With `join` (only once no sealed batch
-        waits or is on the wire), the lanes holding one open batch give their operations
-        to full batches of their kind instead (see the module's docstring)."""
-        sealed: list[Batch] = []
-        tails: dict[OpKind, list[Batch]] = {}
+        waits or is on the wire), the open batches give their operations to full batches
+        of their kind instead (see the module's docstring)."""
+        if not join:
+            sealed: list[Batch] = []
+            for lane in self.lanes:
+                if lane.open:
+                    sealed += self._seal_through(lane, lane.open[-1])
+            return sealed
+        # A lane's n-th open batch goes out after its (n-1)-th: join them in that order,
+        # each step by kind (lanes hold no profile in common).
+        steps: list[dict[OpKind, list[Batch]]] = []
         for lane in self.lanes:
-            if not lane.open:
-                continue
-            if join and len(lane.open) == 1:
-                assert not lane.queue, "joined while a lane still had batches to send"
-                tails.setdefault(lane.open[0].kind, []).append(lane.open.pop())
-            else:
-                sealed += self._seal_through(lane, lane.open[-1])
+            assert not lane.queue, "joined while a lane still had batches to send"
+            for n, batch in enumerate(lane.open):
+                if n == len(steps):
+                    steps.append({})
+                steps[n].setdefault(batch.kind, []).append(batch)
+            lane.open.clear()
         self._last = None
-        for kind, batches in tails.items():
-            sealed += self._join(kind, batches)
-        return sealed
+        joined: list[Batch] = []
+        for step in steps:
+            for kind, batches in step.items():
+                joined += self._join(kind, batches)
+        self._place(joined)
+        return joined
 
     def _join(self, kind: OpKind, tails: list[Batch]) -> list[Batch]:
-        """The operations of `tails` (open batches of one kind, one per lane), in order,
-        in full batches; each run of positions is cut where a batch ends."""
+        """The operations of `tails` (open batches of one kind, at most one per lane), in
+        order, in full batches; each run of positions is cut where a batch ends."""
         limit = self._limits[kind]
         joined: list[Batch] = []
         for tail in tails:
@@ -266,12 +280,12 @@ class Planner:
                 else:
                     batch.runs.setdefault(source, []).append([position, position])
                 previous = run
-        self._place(joined)
         return joined
 
     def _place(self, joined: list[Batch]) -> None:
-        """Lanes for joined batches: side by side, except a batch sharing a profile with
-        earlier ones goes behind them (all in lane 0 if those are in two)."""
+        """Lanes for joined batches, in the order they must go: side by side, except a
+        batch sharing a profile with earlier ones goes behind them (all in lane 0, one
+        after another, if those are in two lanes)."""
         n = len(self.lanes)
         for at, batch in enumerate(joined):
             shared = {b.lane for b in joined[:at] if not b.keyset.isdisjoint(batch.keyset)}
@@ -295,3 +309,15 @@ class Planner:
         if self._last is not None and self._last.sealed:
             self._last = None
         return sealed
+
+
+def _eligible(opened: list[Batch], kind: OpKind, key: ProfileKey | None) -> Batch | None:
+    """The first open batch of `kind` that no later open batch holding `key` follows:
+    where the operation may go without passing an earlier operation of its profile."""
+    found = None
+    for candidate in reversed(opened):
+        if candidate.kind is kind:
+            found = candidate
+        if key is not None and key in candidate.keyset:
+            break
+    return found

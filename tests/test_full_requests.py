@@ -115,3 +115,29 @@ def test_1_000_001_profiles_go_in_1001_requests() -> None:
     found = planned_sizes(1_000_001, 15, OpKind.UPLOAD, 1000)
     assert len(found) == 1001
     assert sorted(found, reverse=True) == [1000] * 1000 + [1]
+
+
+def test_a_deletion_between_two_identifies_cuts_no_request_short(tmp_path: Path) -> None:
+    """Identify, Delete User, identify again, for 200 users: the deletion must reach
+    CleverTap between the two writes of its user, and no request is sent part full for
+    it (it used to seal the lane's open batches at every such turn)."""
+    lines = []
+    for n in range(200):
+        user = f"u{n}"
+        first = {"type": "identify", "userId": user, "traits": {"round": 1}}
+        again = {"type": "identify", "userId": user, "traits": {"round": 2}}
+        lines += [orjson.dumps(first), delete_user(user), orjson.dumps(again)]
+    requests = requests_of(tmp_path, lines)
+    assert sizes(requests, "/1/upload") == [200, 200]
+    assert sizes(requests, "/1/delete/profiles.json") == [100, 100]
+    events: dict[str, list[str]] = {}
+    for request in requests:  # in the order they were sent
+        if request["path"] == "/1/upload":
+            for record in request["body"]["d"]:
+                events.setdefault(record["identity"], []).append(
+                    f"round {record['profileData']['round']}"
+                )
+        else:
+            for user in request["body"]["identity"]:
+                events.setdefault(user, []).append("deleted")
+    assert all(seen == ["round 1", "deleted", "round 2"] for seen in events.values())
