@@ -32,7 +32,7 @@ declare -A TESTS=(
   [ledger]="tests/test_ledger.py"
   [client]="tests/test_client.py tests/test_mutants_client.py"
   [state]="tests/test_state.py"
-  [rules]="tests/test_rules.py tests/test_mutants_rules.py"
+  [rules]="tests/test_rules.py"
   [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py tests/test_mutants_presets.py"
   [classic]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py tests/test_mutants_presets.py"
 )
