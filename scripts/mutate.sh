@@ -33,8 +33,8 @@ declare -A TESTS=(
   [client]="tests/test_client.py"
   [state]="tests/test_state.py"
   [rules]="tests/test_rules.py"
-  [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py tests/test_mutants_presets.py"
-  [classic]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py tests/test_mutants_presets.py"
+  [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
+  [classic]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
 )
 
 # The command mutmut runs per mutant: pytest in one process (mutmut kills it on a timeout;
