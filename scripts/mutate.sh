@@ -28,7 +28,7 @@ declare -A PATHS=(
 )
 declare -A TESTS=(
   [timestamps]="tests/test_timestamps.py tests/test_local_time.py tests/test_timestamp_rules.py"
-  [batching]="tests/test_pipeline.py tests/test_mutants_batching.py"
+  [batching]="tests/test_pipeline.py tests/test_batching.py"
   [ledger]="tests/test_ledger.py"
   [client]="tests/test_client.py"
   [state]="tests/test_state.py"
