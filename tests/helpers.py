@@ -26,6 +26,14 @@ def examples(thorough: int) -> int:
     return max(5, thorough * settings().max_examples // THOROUGH_EXAMPLES)
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any CLEVERTAP_ variable (the credentials a test
+    gives are the only ones a run sees), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+    env.update(extra)
+    return env
+
+
 PASSCODE = "pc-S3CRET-0d9f"
 ACCOUNT_ID = "TEST-ACC-123"
 BASE_URL = "https://eu1.api.clevertap.com"

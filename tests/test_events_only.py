@@ -4,7 +4,6 @@ profile writes out, counted as skipped."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,9 @@ from typer.testing import CliRunner
 from ctsync.cli import app
 from ctsync.options import EventsOnly
 from ctsync.records import MapResult, Message, Skip, Upload
+from tests.helpers import clean_env
 
 runner = CliRunner()
-
-
-def env(**extra: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
-    return {**clean, **extra}
 
 
 def sent(requests: Path) -> list[dict[str, Any]]:
@@ -40,7 +35,7 @@ def dry_run(tmp: Path, lines: list[Message], *flags: str, **environ: str) -> tup
     export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in lines))
     requests.unlink(missing_ok=True)
     args = ["upload", str(export), "--dry-run", "--output", str(requests), "--json", *flags]
-    result = runner.invoke(app, args, env=env(**environ))
+    result = runner.invoke(app, args, env=clean_env(**environ))
     assert result.exit_code in (0, 1), result.output  # 1: an invalid record (an alias)
     return orjson.loads(result.stdout), sent(requests) if requests.exists() else []
 

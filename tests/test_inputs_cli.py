@@ -4,7 +4,6 @@ outputs that keep earlier runs, and one reader behind every command."""
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import orjson
@@ -12,12 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ctsync.cli import app
+from tests.helpers import clean_env
 
 runner = CliRunner()
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
 
 
 def ndjson(*messages: object) -> bytes:

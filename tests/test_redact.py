@@ -13,7 +13,6 @@ import gzip
 import html
 import http.server
 import json
-import os
 import tempfile
 import threading
 import urllib.parse
@@ -31,7 +30,7 @@ from ctsync import redact
 from ctsync.cli import app
 from ctsync.client import Attempt, classify
 from ctsync.settings import Secret
-from tests.helpers import ACCOUNT_ID
+from tests.helpers import ACCOUNT_ID, clean_env
 
 runner = CliRunner()
 RUN = 6  # no run of this many characters of a spelling of the passcode may show
@@ -229,8 +228,7 @@ def _run(url: str, passcode: str) -> str:
         folder = Path(tmp)
         export = folder / "export.ndjson.gz"
         export.write_bytes(gzip.compress(b"".join(orjson.dumps(m) + b"\n" for m in MESSAGES)))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
-        env.update(CLEVERTAP_ACCOUNT_ID=ACCOUNT_ID, CLEVERTAP_PASSCODE=passcode, NO_PROXY="*")
+        env = clean_env(CLEVERTAP_ACCOUNT_ID=ACCOUNT_ID, CLEVERTAP_PASSCODE=passcode, NO_PROXY="*")
         outputs = ["report", "failed", "state"]
         result = runner.invoke(
             app,
@@ -296,8 +294,7 @@ def test_a_passcode_that_is_a_word_leaves_ctsyncs_sentences_whole(echo_server: s
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "export.ndjson"
         export.write_bytes(orjson.dumps(MESSAGES[0]) + b"\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
-        env.update(CLEVERTAP_ACCOUNT_ID=ACCOUNT_ID, CLEVERTAP_PASSCODE="wrong", NO_PROXY="*")
+        env = clean_env(CLEVERTAP_ACCOUNT_ID=ACCOUNT_ID, CLEVERTAP_PASSCODE="wrong", NO_PROXY="*")
         result = runner.invoke(
             app, ["upload", str(export), "--endpoint", echo_server, "--json"], env=env
         )
@@ -321,8 +318,7 @@ def test_a_passcode_given_as_the_account_id_is_not_echoed_by_the_401_advice(
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "export.ndjson"
         export.write_bytes(orjson.dumps(MESSAGES[0]) + b"\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
-        env.update(CLEVERTAP_ACCOUNT_ID=passcode, CLEVERTAP_PASSCODE=passcode, NO_PROXY="*")
+        env = clean_env(CLEVERTAP_ACCOUNT_ID=passcode, CLEVERTAP_PASSCODE=passcode, NO_PROXY="*")
         result = runner.invoke(
             app, ["upload", str(export), "--endpoint", echo_server, "--json"], env=env
         )

@@ -27,7 +27,7 @@ from ctsync.cli import app
 from ctsync.reader import InputOptions
 from ctsync.summary import Summary
 from ctsync.window import Window
-from tests.helpers import assert_accounted
+from tests.helpers import assert_accounted, clean_env
 
 runner = CliRunner()
 DAY = 86_400_000
@@ -287,7 +287,7 @@ def test_a_window_with_workers_sends_and_counts_as_one_process(
 
 
 def cli(*args: str) -> tuple[int, dict[str, Any], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+    env = clean_env()
     result = runner.invoke(app, ["upload", *args, "--dry-run", "--json"], env=env)
     summary = orjson.loads(result.stdout) if result.stdout.strip() else {}
     return result.exit_code, summary, result.stderr
