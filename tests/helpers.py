@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import orjson
 from hypothesis import settings
 
+from ctsync import api
 from ctsync.ledger import Summary, Verdict
 from ctsync.model import OnWire, Request
+from ctsync.pipeline import RunOptions
 from ctsync.records import Mapper
+from ctsync.settings import ClientSettings
 
 QUICK_EXAMPLES = 20
 """Hypothesis examples per property in the fast tier (`make test`)."""
@@ -113,3 +118,43 @@ def mapper_that_dies_in_a_worker(tokens: set[tuple[str, str]]) -> Mapper:
 def no_validator() -> None:
     """A recipe's validator factory for a run that checks nothing."""
     return None
+
+
+# -- resumable runs (tests/test_state.py, tests/test_state_resume.py) ------------------
+
+
+class CleverTap:
+    """A stand-in CleverTap that stores every identity it is sent, in order."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.lock = threading.Lock()
+
+    def transport(self) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            records = orjson.loads(request.content)["d"]
+            with self.lock:
+                self.received.extend(r["identity"] for r in records)
+            return httpx.Response(200, json={"status": "success", "processed": len(records)})
+
+        return httpx.MockTransport(handle)
+
+
+def write_export(path: Path, users: range) -> None:
+    """An NDJSON export of one identify per user number: userId "u<i>", traits {"i": i}."""
+    lines = (
+        orjson.dumps({"type": "identify", "userId": f"u{i}", "traits": {"i": i}}) + b"\n"
+        for i in users
+    )
+    path.write_bytes(b"".join(lines))
+
+
+def upload_with_state(
+    path: Path, state: Path, server: CleverTap, settings: ClientSettings
+) -> Summary:
+    """Upload the export at `path` to `server` with the state file `state`, 10 records a
+    batch."""
+    job = api.UploadJob(
+        paths=[str(path)], client=settings, state=state, run=RunOptions(batch_size=10)
+    )
+    return api.upload(job, transport=server.transport())

@@ -8,12 +8,10 @@ import fcntl
 import os
 import re
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 
@@ -27,48 +25,23 @@ from ctsync.reader import Source, collect_sources
 from ctsync.settings import ClientSettings
 from ctsync.state import END, Resume, Seen, Span, StateFile
 from ctsync.summary import Routine
-from tests.helpers import FakeSender, Kind, assert_accounted
-
-
-class CleverTap:
-    """A stand-in CleverTap that stores every identity it is sent, in order."""
-
-    def __init__(self) -> None:
-        self.received: list[str] = []
-        self.lock = threading.Lock()
-
-    def transport(self) -> httpx.MockTransport:
-        def handle(request: httpx.Request) -> httpx.Response:
-            records = orjson.loads(request.content)["d"]
-            with self.lock:
-                self.received.extend(r["identity"] for r in records)
-            return httpx.Response(200, json={"status": "success", "processed": len(records)})
-
-        return httpx.MockTransport(handle)
-
-
-def write_export(path: Path, users: range) -> None:
-    lines = (
-        orjson.dumps({"type": "identify", "userId": f"u{i}", "traits": {"i": i}}) + b"\n"
-        for i in users
-    )
-    path.write_bytes(b"".join(lines))
-
-
-def upload(path: Path, state: Path, server: CleverTap, settings: ClientSettings) -> Summary:
-    job = api.UploadJob(
-        paths=[str(path)], client=settings, state=state, run=RunOptions(batch_size=10)
-    )
-    return api.upload(job, transport=server.transport())
+from tests.helpers import (
+    CleverTap,
+    FakeSender,
+    Kind,
+    assert_accounted,
+    upload_with_state,
+    write_export,
+)
 
 
 def test_a_rerun_sends_nothing_again(tmp_path: Path, settings: ClientSettings) -> None:
     export, state, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
     write_export(export, range(95))
-    first = upload(export, state, server, settings)
+    first = upload_with_state(export, state, server, settings)
     assert first.accepted == 95 and len(server.received) == 95
     for _ in range(4):  # the nightly cron job, again and again: a finished file stays so
-        again = upload(export, state, server, settings)
+        again = upload_with_state(export, state, server, settings)
         assert again.read == 0 and len(server.received) == 95
         assert again.routine[Routine.FINISHED_EARLIER] == 1
         assert "1 input finished in an earlier run; skipped" in again.note_lines()
@@ -77,10 +50,10 @@ def test_a_rerun_sends_nothing_again(tmp_path: Path, settings: ClientSettings) -
 def test_a_growing_file_sends_only_what_was_added(tmp_path: Path, settings: ClientSettings) -> None:
     export, state, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
     write_export(export, range(30))
-    upload(export, state, server, settings)
+    upload_with_state(export, state, server, settings)
     with export.open("ab") as out:
         out.write(orjson.dumps({"type": "identify", "userId": "late", "traits": {}}) + b"\n")
-    summary = upload(export, state, server, settings)
+    summary = upload_with_state(export, state, server, settings)
     assert summary.read == 1
     assert sorted(server.received[:30]) == sorted(f"u{i}" for i in range(30))
     assert server.received[30:] == ["late"]
@@ -89,9 +62,9 @@ def test_a_growing_file_sends_only_what_was_added(tmp_path: Path, settings: Clie
 def test_a_rewritten_file_is_read_from_the_start(tmp_path: Path, settings: ClientSettings) -> None:
     export, state, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
     write_export(export, range(30))
-    upload(export, state, server, settings)
+    upload_with_state(export, state, server, settings)
     write_export(export, range(100, 140))
-    summary = upload(export, state, server, settings)
+    summary = upload_with_state(export, state, server, settings)
     assert summary.read == 40
     assert any("changed since the last run" in note for note in summary.notes)
 
@@ -111,7 +84,7 @@ def test_resume_after_a_crash_sends_only_unfinished_lines(
         [Span((41, 0, 0), (50, 0, 0), sent=True), Span((51, 0, 0), (60, 0, 0), sent=False)],
     )
     state.close()
-    summary = upload(export, state_path, server, settings)
+    summary = upload_with_state(export, state_path, server, settings)
     # Profile updates are safe to repeat: the ones on the wire are sent again.
     expected = [f"u{i - 1}" for i in [*range(41, 61), *range(71, 101)]]
     assert sorted(server.received) == sorted(expected)
