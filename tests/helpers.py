@@ -39,6 +39,14 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def identify(user: str, timestamp: Any = None) -> dict[str, Any]:
+    """Segment's identify of `user` with traits {"plan": "pro"}, and a timestamp if given."""
+    message: dict[str, Any] = {"type": "identify", "userId": user, "traits": {"plan": "pro"}}
+    if timestamp is not None:
+        message["timestamp"] = timestamp
+    return message
+
+
 PASSCODE = "pc-S3CRET-0d9f"
 ACCOUNT_ID = "TEST-ACC-123"
 BASE_URL = "https://eu1.api.clevertap.com"

@@ -32,7 +32,8 @@ from ctsync.settings import ClientSettings
 from ctsync.summary import Routine
 from tests import test_buckets as buckets
 from tests.e2e import _support as e2e
-from tests.test_buckets import DAY, identify, ndjson, s3_client
+from tests.helpers import identify
+from tests.test_buckets import DAY, ndjson, s3_client
 
 # The local servers and the AWS environment of the bucket tests (fixtures, used by name).
 aws_env, s3_url, gcs_url, gcs = buckets.aws_env, buckets.s3_url, buckets.gcs_url, buckets.gcs

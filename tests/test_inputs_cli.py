@@ -11,17 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from ctsync.cli import app
-from tests.helpers import clean_env
+from tests.helpers import clean_env, identify
 
 runner = CliRunner()
 
 
 def ndjson(*messages: object) -> bytes:
     return b"".join(orjson.dumps(m) + b"\n" for m in messages)
-
-
-def identify(user: str) -> dict[str, object]:
-    return {"type": "identify", "userId": user, "traits": {"plan": "pro"}}
 
 
 def segment_logs(root: Path) -> Path:
