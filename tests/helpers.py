@@ -13,10 +13,10 @@ import orjson
 from hypothesis import settings
 
 from ctsync import api
-from ctsync.ledger import Summary, Verdict
+from ctsync.ledger import Summary, Tracked, Verdict
 from ctsync.model import OnWire, Request
 from ctsync.pipeline import RunOptions
-from ctsync.records import Mapper
+from ctsync.records import Mapper, Origin
 from ctsync.settings import ClientSettings
 
 QUICK_EXAMPLES = 20
@@ -45,6 +45,12 @@ def identify(user: str, timestamp: Any = None) -> dict[str, Any]:
     if timestamp is not None:
         message["timestamp"] = timestamp
     return message
+
+
+def owner(line: int) -> Tracked:
+    """The ledger's record for line `line` of input "f": one operation, no line or message
+    kept (the planner's tests follow only where its operation goes)."""
+    return Tracked(Origin("f", line), None, {}, 1)
 
 
 PASSCODE = "pc-S3CRET-0d9f"

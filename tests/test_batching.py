@@ -20,19 +20,14 @@ import pytest
 
 from ctsync.batching import Batch, Planner
 from ctsync.errors import AuthError
-from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
+from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.model import OnWire
 from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.prepare import OpKind
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
-from ctsync.records import Origin
 from ctsync.state import StateFile
-from tests.helpers import FakeSender, Kind
-
-
-def owner(line: int) -> Tracked:
-    return Tracked(Origin("f", line), None, {}, 1)
+from tests.helpers import FakeSender, Kind, owner
 
 
 def add(planner: Planner, key: str | tuple[str, str] | None, line: int) -> list[Batch]:
