@@ -28,13 +28,13 @@ declare -A PATHS=(
 )
 declare -A TESTS=(
   [timestamps]="tests/test_timestamps.py tests/test_local_time.py tests/test_timestamp_rules.py"
-  [batching]="tests/test_pipeline.py tests/test_mutants_batching.py"
-  [ledger]="tests/test_ledger.py tests/test_mutants_ledger.py"
-  [client]="tests/test_client.py tests/test_mutants_client.py"
-  [state]="tests/test_state.py tests/test_mutants_state.py"
-  [rules]="tests/test_rules.py tests/test_mutants_rules.py"
-  [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py tests/test_mutants_presets.py"
-  [classic]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py tests/test_mutants_presets.py"
+  [batching]="tests/test_pipeline.py tests/test_batching.py"
+  [ledger]="tests/test_ledger.py"
+  [client]="tests/test_client.py"
+  [state]="tests/test_state.py"
+  [rules]="tests/test_rules.py"
+  [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
+  [classic]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
 )
 
 # The command mutmut runs per mutant: pytest in one process (mutmut kills it on a timeout;

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import orjson
 from hypothesis import settings
 
-from ctsync.ledger import Summary, Verdict
+from ctsync import api
+from ctsync.ledger import Summary, Tracked, Verdict
 from ctsync.model import OnWire, Request
-from ctsync.records import Mapper
+from ctsync.pipeline import RunOptions
+from ctsync.records import Mapper, Origin
+from ctsync.settings import ClientSettings
 
 QUICK_EXAMPLES = 20
 """Hypothesis examples per property in the fast tier (`make test`)."""
@@ -24,6 +29,28 @@ def examples(thorough: int) -> int:
     """Examples for a property that runs `thorough` of them in the slow tier: the same
     share of it as the loaded profile's count (at least 5)."""
     return max(5, thorough * settings().max_examples // THOROUGH_EXAMPLES)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any CLEVERTAP_ variable (the credentials a test
+    gives are the only ones a run sees), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+    env.update(extra)
+    return env
+
+
+def identify(user: str, timestamp: Any = None) -> dict[str, Any]:
+    """Segment's identify of `user` with traits {"plan": "pro"}, and a timestamp if given."""
+    message: dict[str, Any] = {"type": "identify", "userId": user, "traits": {"plan": "pro"}}
+    if timestamp is not None:
+        message["timestamp"] = timestamp
+    return message
+
+
+def owner(line: int) -> Tracked:
+    """The ledger's record for line `line` of input "f": one operation, no line or message
+    kept (the planner's tests follow only where its operation goes)."""
+    return Tracked(Origin("f", line), None, {}, 1)
 
 
 PASSCODE = "pc-S3CRET-0d9f"
@@ -105,3 +132,43 @@ def mapper_that_dies_in_a_worker(tokens: set[tuple[str, str]]) -> Mapper:
 def no_validator() -> None:
     """A recipe's validator factory for a run that checks nothing."""
     return None
+
+
+# -- resumable runs (tests/test_state.py, tests/test_state_resume.py) ------------------
+
+
+class CleverTap:
+    """A stand-in CleverTap that stores every identity it is sent, in order."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.lock = threading.Lock()
+
+    def transport(self) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            records = orjson.loads(request.content)["d"]
+            with self.lock:
+                self.received.extend(r["identity"] for r in records)
+            return httpx.Response(200, json={"status": "success", "processed": len(records)})
+
+        return httpx.MockTransport(handle)
+
+
+def write_export(path: Path, users: range) -> None:
+    """An NDJSON export of one identify per user number: userId "u<i>", traits {"i": i}."""
+    lines = (
+        orjson.dumps({"type": "identify", "userId": f"u{i}", "traits": {"i": i}}) + b"\n"
+        for i in users
+    )
+    path.write_bytes(b"".join(lines))
+
+
+def upload_with_state(
+    path: Path, state: Path, server: CleverTap, settings: ClientSettings
+) -> Summary:
+    """Upload the export at `path` to `server` with the state file `state`, 10 records a
+    batch."""
+    job = api.UploadJob(
+        paths=[str(path)], client=settings, state=state, run=RunOptions(batch_size=10)
+    )
+    return api.upload(job, transport=server.transport())

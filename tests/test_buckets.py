@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 from ctsync.cli import app
 from ctsync.errors import UsageError
 from ctsync.reader import InputOptions, OpenSource, collect_inputs, read_source
+from tests.helpers import identify
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent
@@ -101,10 +102,6 @@ def gcs_url() -> Iterator[str]:
 
 def ndjson(*messages: object) -> bytes:
     return b"".join(orjson.dumps(m) + b"\n" for m in messages)
-
-
-def identify(user: str) -> dict[str, Any]:
-    return {"type": "identify", "userId": user, "traits": {"plan": "pro"}}
 
 
 def s3_client(url: str) -> Any:

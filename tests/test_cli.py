@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from ctsync.cli import app
 from ctsync.settings import Secret
-from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, confirm_every_record
+from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, clean_env, confirm_every_record
 
 runner = CliRunner()
 CREDENTIALS = {"CLEVERTAP_ACCOUNT_ID": ACCOUNT_ID, "CLEVERTAP_PASSCODE": PASSCODE}
@@ -45,12 +45,6 @@ def export(tmp_path: Path) -> Path:
     path = tmp_path / "export.ndjson.gz"
     path.write_bytes(gzip.compress(b"".join(orjson.dumps(m) + b"\n" for m in messages)))
     return path
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
-    env.update(extra)
-    return env
 
 
 def test_dry_run_needs_no_credentials_and_prints_json(export: Path) -> None:

@@ -7,7 +7,6 @@ once; the repeat is counted as skipped `duplicate-identity`, so the summary stil
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from ctsync.cli import app
+from tests.helpers import clean_env
 
 runner = CliRunner()
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
 
 
 def dry_run_delete(

@@ -4,7 +4,6 @@ profile writes out, counted as skipped."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,9 @@ from typer.testing import CliRunner
 from ctsync.cli import app
 from ctsync.options import EventsOnly
 from ctsync.records import MapResult, Message, Skip, Upload
+from tests.helpers import clean_env
 
 runner = CliRunner()
-
-
-def env(**extra: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
-    return {**clean, **extra}
 
 
 def sent(requests: Path) -> list[dict[str, Any]]:
@@ -35,13 +30,17 @@ def sent(requests: Path) -> list[dict[str, Any]]:
     return records
 
 
-def dry_run(tmp: Path, lines: list[Message], *flags: str, **environ: str) -> tuple[Any, list[Any]]:
+def dry_run(
+    tmp: Path, lines: list[Message], *flags: str, exit_code: int, **environ: str
+) -> tuple[Any, list[Any]]:
+    """The `--json` summary and the records sent of a dry run of `lines`, which must exit
+    with `exit_code`."""
     export, requests = tmp / "failed.ndjson", tmp / "requests.ndjson"
     export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in lines))
     requests.unlink(missing_ok=True)
     args = ["upload", str(export), "--dry-run", "--output", str(requests), "--json", *flags]
-    result = runner.invoke(app, args, env=env(**environ))
-    assert result.exit_code in (0, 1), result.output  # 1: an invalid record (an alias)
+    result = runner.invoke(app, args, env=clean_env(**environ))
+    assert result.exit_code == exit_code, result.output
     return orjson.loads(result.stdout), sent(requests) if requests.exists() else []
 
 
@@ -65,9 +64,8 @@ def test_a_redrive_sends_the_events_and_not_the_old_profile_writes(
     lines = [old_identify("u1"), track("u1"), old_identify("u2"), track("u2", "Paid")] * 50
     # Small blocks so that --workers 2 really hands lines to worker processes.
     tuning = {"CTSYNC_WORKER_BLOCK_BYTES": "2048", "CTSYNC_WORKER_START_AFTER": "0"}
-    summary, records = dry_run(
-        tmp_path, lines, "--preset", "classic", "--events-only", "--workers", workers, **tuning
-    )
+    flags = ["--preset", "classic", "--events-only", "--workers", workers]
+    summary, records = dry_run(tmp_path, lines, *flags, exit_code=0, **tuning)
     assert [r["type"] for r in records] == ["event"] * 100
     assert Counter((r["identity"], r["evtName"]) for r in records) == {
         ("u1", "Clicked"): 50,
@@ -99,8 +97,11 @@ def test_only_the_profile_records_go(
         for kind, user in messages
     ]
     preset = ["--preset", "classic"] if classic else []
-    everything, all_records = dry_run(tmp_path, lines, *preset)
-    events_only, records = dry_run(tmp_path, lines, *preset, "--events-only")
+    # classic sends an alias's previousId as its objectId: these have none, invalid 526
+    # (exit 1, in both runs); the actions preset skips aliases.
+    exit_code = 1 if classic and any(kind == "alias" for kind, _ in messages) else 0
+    everything, all_records = dry_run(tmp_path, lines, *preset, exit_code=exit_code)
+    events_only, records = dry_run(tmp_path, lines, *preset, "--events-only", exit_code=exit_code)
     # The same records as a plain run, less every profile record (requests group records
     # by profile: compared as multisets).
     assert sorted(map(orjson.dumps, records)) == sorted(

@@ -4,7 +4,6 @@ through the command line (Typer's runner) against what the issue and README prom
 from __future__ import annotations
 
 import gzip
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -24,17 +23,12 @@ from ctsync.console import RunView
 from ctsync.ledger import Summary
 from ctsync.pipeline import DryRunSender
 from ctsync.stopping import SendCounter
-from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE
+from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, clean_env
 
 runner = CliRunner()
 CREDENTIALS = {"CLEVERTAP_ACCOUNT_ID": ACCOUNT_ID, "CLEVERTAP_PASSCODE": PASSCODE}
 REGIONS = ["eu1", "in1", "us1", "sg1", "aps3", "mec1", "sk1"]  # README's --region row
 TRACK = {"type": "track", "userId": "u1", "event": "Clicked", "timestamp": "2024-01-01"}
-
-
-def env(**extra: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
-    return {**clean, **extra}
 
 
 def ndjson(path: Path, *messages: dict[str, Any]) -> Path:
@@ -52,7 +46,7 @@ def test_a_csv_named_directly_says_what_it_looks_like_one_line_per_file(tmp_path
     page.write_bytes(gzip.compress(b"<html><body>502 Bad Gateway</body></html>\n"))
     good = ndjson(tmp_path / "good.ndjson", TRACK)
     result = runner.invoke(
-        app, ["upload", str(csv), str(good), str(page), "--dry-run", "--json"], env=env()
+        app, ["upload", str(csv), str(good), str(page), "--dry-run", "--json"], env=clean_env()
     )
     assert result.exit_code == 1
     assert result.stdout == ""  # nothing was read, so no summary
@@ -68,7 +62,7 @@ def test_a_dead_letter_file_with_a_broken_first_line_is_still_read(tmp_path: Pat
     failed = tmp_path / "failed.ndjson"
     failed.write_bytes(b"not json at all\n" + orjson.dumps(TRACK) + b"\n")
     result = runner.invoke(
-        app, ["upload", str(failed), "--dry-run", "--json", "--preset", "classic"], env=env()
+        app, ["upload", str(failed), "--dry-run", "--json", "--preset", "classic"], env=clean_env()
     )
     summary = orjson.loads(result.stdout)
     assert (summary["read"], summary["accepted"], summary["invalid"]) == (2, 1, 1)
@@ -81,14 +75,16 @@ def test_a_dead_letter_file_with_a_broken_first_line_is_still_read(tmp_path: Pat
 def test_a_region_typo_suggests_the_nearest_region(tmp_path: Path, region: str) -> None:
     export = ndjson(tmp_path / "e.ndjson", TRACK)
     typo = region.rstrip("0123456789")  # `in` for in1: the dashboard URL's letters
-    flag = runner.invoke(app, ["upload", str(export), "--region", typo], env=env(**CREDENTIALS))
+    flag = runner.invoke(
+        app, ["upload", str(export), "--region", typo], env=clean_env(**CREDENTIALS)
+    )
     assert flag.exit_code == 2
     error = flag.stderr.strip().splitlines()[-1]
     assert f"did you mean {region}?" in error
     assert "'--region'" in error and "CLEVERTAP_REGION" not in error
     assert "Value error" not in flag.stderr
     variable = runner.invoke(
-        app, ["upload", str(export)], env=env(CLEVERTAP_REGION=typo.upper(), **CREDENTIALS)
+        app, ["upload", str(export)], env=clean_env(CLEVERTAP_REGION=typo.upper(), **CREDENTIALS)
     )
     assert variable.exit_code == 2
     error = variable.stderr.strip().splitlines()[-1]
@@ -104,7 +100,7 @@ def test_a_region_in_any_case_is_taken(tmp_path: Path, httpx_mock: HTTPXMock) ->
     result = runner.invoke(
         app,
         ["upload", str(export), "--region", "IN1", "--preset", "classic"],
-        env=env(**CREDENTIALS),
+        env=clean_env(**CREDENTIALS),
     )
     assert result.exit_code == 0, result.output
 
@@ -125,7 +121,7 @@ def test_the_json_of_a_refused_run_shows_its_requests_and_concurrency(
     result = runner.invoke(
         app,
         ["upload", str(export), "--json", "--preset", "classic", "--batch-size", "1"],
-        env=env(**CREDENTIALS),
+        env=clean_env(**CREDENTIALS),
     )
     assert result.exit_code == 3
     summary = orjson.loads(result.stdout)
@@ -151,7 +147,7 @@ def test_contradicting_output_options_are_refused_in_one_line(
     tmp_path: Path, flags: list[str], named: str
 ) -> None:
     export = ndjson(tmp_path / "e.ndjson", TRACK)
-    result = runner.invoke(app, ["upload", str(export), "--dry-run", *flags], env=env())
+    result = runner.invoke(app, ["upload", str(export), "--dry-run", *flags], env=clean_env())
     assert result.exit_code == 2
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()
@@ -231,7 +227,7 @@ def test_delete_names_account_and_endpoint_and_no_exits_1(
     result = runner.invoke(
         app,
         ["delete", "--identity", "u-1", "--identity", "u-2", "--region", "us1"],
-        env=env(**CREDENTIALS),
+        env=clean_env(**CREDENTIALS),
     )
     assert result.exit_code == 1
     said = result.stderr.replace("\n", " ")
@@ -272,7 +268,7 @@ def test_the_report_names_an_anonymous_records_id_object_id(tmp_path: Path) -> N
     export = ndjson(tmp_path / "e.ndjson", anonymous, known)
     report = tmp_path / "report.ndjson"
     args = ["upload", str(export), "--dry-run", "--preset", "classic", "--report", str(report)]
-    result = runner.invoke(app, args, env=env())
+    result = runner.invoke(app, args, env=clean_env())
     assert result.exit_code == 1, result.output  # App Launched is a CleverTap system event
     lines = [orjson.loads(line) for line in report.read_bytes().splitlines()]
     who = Counter((line["identity"], line.get("objectId")) for line in lines)

@@ -5,7 +5,6 @@ with the default concurrency (15 lanes), against numbers worked out by hand."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,9 @@ from ctsync.batching import Planner
 from ctsync.ledger import Tracked
 from ctsync.prepare import OpKind
 from ctsync.records import Origin
+from tests.helpers import clean_env
 
 runner = CliRunner()
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
 
 
 def requests_of(tmp_path: Path, lines: list[bytes], *flags: str) -> list[dict[str, Any]]:

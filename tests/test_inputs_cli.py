@@ -4,7 +4,6 @@ outputs that keep earlier runs, and one reader behind every command."""
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import orjson
@@ -12,20 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from ctsync.cli import app
+from tests.helpers import clean_env, identify
 
 runner = CliRunner()
 
 
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
-
-
 def ndjson(*messages: object) -> bytes:
     return b"".join(orjson.dumps(m) + b"\n" for m in messages)
-
-
-def identify(user: str) -> dict[str, object]:
-    return {"type": "identify", "userId": user, "traits": {"plan": "pro"}}
 
 
 def segment_logs(root: Path) -> Path:
@@ -49,16 +41,12 @@ def test_segment_folder_is_read_and_stray_files_are_named_in_the_summary(tmp_pat
     code, summary, _ = upload(str(segment_logs(tmp_path)))
     assert code == 0
     assert (summary["read"], summary["accepted"]) == (2, 2)
-    notes = summary["notes"]
-    assert isinstance(notes, list)
-    assert any(
-        n.endswith(
-            ".DS_Store: skipped, not a Segment export (JSON starts with { or "
-            "[; this starts with byte 0x00)"
-        )
-        for n in notes
-    )
-    assert any(n.endswith("_SUCCESS: skipped, empty") for n in notes)
+    day = tmp_path / "segment-logs" / "Xa1b2" / "1732579200000"
+    assert summary["notes"] == [
+        f"{day}/.DS_Store: skipped, not a Segment export (JSON starts with {{ or [; this "
+        "starts with byte 0x00)",
+        f"{day}/_SUCCESS: skipped, empty",
+    ]
 
 
 def test_a_folder_without_exports_exits_2_unless_allowed(tmp_path: Path) -> None:

@@ -13,14 +13,14 @@ import pytest
 
 from ctsync.batching import Batch, Planner
 from ctsync.errors import AuthError, OutputError
-from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
+from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.model import OnWire
 from ctsync.pipeline import DryRunSender, RunOptions, UploadRun
 from ctsync.prepare import Op, OpKind, encode
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
-from ctsync.records import Delete, Origin, Outcome, Upload
-from tests.helpers import FakeSender, Kind, assert_accounted
+from ctsync.records import Delete, Outcome, Upload
+from tests.helpers import FakeSender, Kind, assert_accounted, owner
 
 STDIN = Source("-", None, None)
 
@@ -175,10 +175,6 @@ def test_random_identifies_and_deletes_end_as_the_input_in_order(seed: int) -> N
 
 def profile(user: str) -> Op:
     return encode(Upload({"type": "profile", "identity": user}))
-
-
-def owner(line: int) -> Tracked:
-    return Tracked(Origin("f", line), None, {}, 1)
 
 
 def bodies(batch: Batch) -> list[object]:

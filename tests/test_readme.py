@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from ctsync.sandbox import running_sandbox
+from tests.helpers import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -123,7 +124,7 @@ def console_commands() -> list[str]:
 
 
 def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+    env = clean_env()
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["NO_PROXY"] = "*"
     env.update(extra)

@@ -1,69 +1,47 @@
-"""Resumable runs: a re-run sends nothing twice, picks up growth, and one run at a time."""
+"""Resumable runs: a re-run sends nothing twice, picks up growth, and one run at a time;
+then the state file's contract position by position (`ctsync.state`)."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import re
 import sqlite3
-import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 
 from ctsync import api
-from ctsync.errors import LockedError, UsageError
+from ctsync.errors import LockedError, OutputError, UsageError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.model import OnWire
 from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source, collect_sources
 from ctsync.settings import ClientSettings
-from ctsync.state import Span, StateFile
+from ctsync.state import END, Resume, Seen, Span, StateFile
 from ctsync.summary import Routine
-from tests.helpers import FakeSender, Kind, assert_accounted
-
-
-class CleverTap:
-    """A stand-in CleverTap that stores every identity it is sent, in order."""
-
-    def __init__(self) -> None:
-        self.received: list[str] = []
-        self.lock = threading.Lock()
-
-    def transport(self) -> httpx.MockTransport:
-        def handle(request: httpx.Request) -> httpx.Response:
-            records = orjson.loads(request.content)["d"]
-            with self.lock:
-                self.received.extend(r["identity"] for r in records)
-            return httpx.Response(200, json={"status": "success", "processed": len(records)})
-
-        return httpx.MockTransport(handle)
-
-
-def write_export(path: Path, users: range) -> None:
-    lines = (
-        orjson.dumps({"type": "identify", "userId": f"u{i}", "traits": {"i": i}}) + b"\n"
-        for i in users
-    )
-    path.write_bytes(b"".join(lines))
-
-
-def upload(path: Path, state: Path, server: CleverTap, settings: ClientSettings) -> Summary:
-    job = api.UploadJob(
-        paths=[str(path)], client=settings, state=state, run=RunOptions(batch_size=10)
-    )
-    return api.upload(job, transport=server.transport())
+from tests.helpers import (
+    CleverTap,
+    FakeSender,
+    Kind,
+    assert_accounted,
+    upload_with_state,
+    write_export,
+)
 
 
 def test_a_rerun_sends_nothing_again(tmp_path: Path, settings: ClientSettings) -> None:
     export, state, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
     write_export(export, range(95))
-    first = upload(export, state, server, settings)
+    first = upload_with_state(export, state, server, settings)
     assert first.accepted == 95 and len(server.received) == 95
     for _ in range(4):  # the nightly cron job, again and again: a finished file stays so
-        again = upload(export, state, server, settings)
+        again = upload_with_state(export, state, server, settings)
         assert again.read == 0 and len(server.received) == 95
         assert again.routine[Routine.FINISHED_EARLIER] == 1
         assert "1 input finished in an earlier run; skipped" in again.note_lines()
@@ -72,10 +50,10 @@ def test_a_rerun_sends_nothing_again(tmp_path: Path, settings: ClientSettings) -
 def test_a_growing_file_sends_only_what_was_added(tmp_path: Path, settings: ClientSettings) -> None:
     export, state, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
     write_export(export, range(30))
-    upload(export, state, server, settings)
+    upload_with_state(export, state, server, settings)
     with export.open("ab") as out:
         out.write(orjson.dumps({"type": "identify", "userId": "late", "traits": {}}) + b"\n")
-    summary = upload(export, state, server, settings)
+    summary = upload_with_state(export, state, server, settings)
     assert summary.read == 1
     assert sorted(server.received[:30]) == sorted(f"u{i}" for i in range(30))
     assert server.received[30:] == ["late"]
@@ -84,9 +62,9 @@ def test_a_growing_file_sends_only_what_was_added(tmp_path: Path, settings: Clie
 def test_a_rewritten_file_is_read_from_the_start(tmp_path: Path, settings: ClientSettings) -> None:
     export, state, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
     write_export(export, range(30))
-    upload(export, state, server, settings)
+    upload_with_state(export, state, server, settings)
     write_export(export, range(100, 140))
-    summary = upload(export, state, server, settings)
+    summary = upload_with_state(export, state, server, settings)
     assert summary.read == 40
     assert any("changed since the last run" in note for note in summary.notes)
 
@@ -106,7 +84,7 @@ def test_resume_after_a_crash_sends_only_unfinished_lines(
         [Span((41, 0, 0), (50, 0, 0), sent=True), Span((51, 0, 0), (60, 0, 0), sent=False)],
     )
     state.close()
-    summary = upload(export, state_path, server, settings)
+    summary = upload_with_state(export, state_path, server, settings)
     # Profile updates are safe to repeat: the ones on the wire are sent again.
     expected = [f"u{i - 1}" for i in [*range(41, 61), *range(71, 101)]]
     assert sorted(server.received) == sorted(expected)
@@ -223,3 +201,374 @@ def test_the_state_marks_a_batch_in_flight_before_it_goes_out(tmp_path: Path) ->
     # Lines 1-10 (each record's part 0, operation 0), sent, while the first request is out.
     assert seen[0][0] == [[1, 0, 0], [10, 0, 0], 1]
     assert pending_spans(state_path) == []
+
+
+# == The state file's contract, position by position =====================================
+# As the module docstring of `ctsync.state` states it: what mutation testing (`make mutate
+# MUTATE=state`) showed no test above checked directly. Expectations are written by hand
+# from that contract.
+
+
+def object_source(url: str, version: str, size: int = 100) -> Source:
+    return Source(url, None, size, url=url, version=version)
+
+
+def file_source(path: Path) -> Source:
+    return Source(str(path), path, path.stat().st_size)
+
+
+# -- Resume: what an earlier run left, read position by position ---------------------
+
+
+def left_behind() -> Resume:
+    # Read through record (10, 0); line 4 part 1 on the wire, lines 6-7 read but not
+    # sent, line 8's operation 1 answered while its record waits for operation 0.
+    return Resume(
+        read_through=(10, 0),
+        pending=[
+            Span((8, 0, 1), (8, 0, 1), sent=True, verdict=("accepted", "", "", "api")),
+            Span((6, 0, 0), (7, 0, 1), sent=False),
+            Span((4, 1, 0), (4, 1, 1), sent=True),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("position", "seen"),
+    [
+        ((3, 0, 0), Seen.DONE),
+        ((4, 0, 1), Seen.DONE),
+        ((4, 1, 0), Seen.UNKNOWN),
+        ((4, 1, 1), Seen.UNKNOWN),
+        ((4, 2, 0), Seen.DONE),
+        ((6, 0, 0), Seen.NEW),
+        ((7, 0, 1), Seen.NEW),
+        ((7, 0, 2), Seen.DONE),
+        ((8, 0, 0), Seen.DONE),
+        ((8, 0, 1), Seen.SETTLED),
+        ((10, 0, 0), Seen.DONE),
+        ((10, 1, 0), Seen.NEW),
+        ((11, 0, 0), Seen.NEW),
+    ],
+)
+def test_each_position_is_new_done_unknown_or_settled(
+    position: tuple[int, int, int], seen: Seen
+) -> None:
+    assert left_behind().seen(position) is seen
+
+
+def test_pending_spans_are_found_whatever_order_they_were_given_in() -> None:
+    resume = left_behind()
+    assert resume.span((4, 1, 1)) == Span((4, 1, 0), (4, 1, 1), sent=True)
+    assert resume.span((5, 0, 0)) is None
+    assert resume.span((1, 0, 0)) is None
+
+
+@pytest.mark.parametrize(
+    ("record", "touched"),
+    [((3, 0), False), ((4, 0), False), ((4, 1), True), ((6, 0), True), ((8, 0), True)],
+)
+def test_a_record_is_touched_while_any_of_its_operations_is_pending(
+    record: tuple[int, int], touched: bool
+) -> None:
+    assert left_behind().touches(*record) is touched
+
+
+def test_untouched_records_are_the_ones_beyond_read_through() -> None:
+    resume = left_behind()
+    assert not resume.untouched(10, 0)
+    assert resume.untouched(10, 1)
+    assert resume.untouched(11, 0)
+
+
+def test_after_keeps_what_lies_beyond_the_record_reached() -> None:
+    resume = left_behind()
+    # Having reached record (6, 0): line 6 is taken over, line 7 and 8 are kept.
+    assert resume.after(6, 0) == [
+        Span((6, 1, 0), (7, 0, 1), sent=False),
+        Span((8, 0, 1), (8, 0, 1), sent=True, verdict=("accepted", "", "", "api")),
+    ]
+    assert resume.after(8, 0) == []
+    assert resume.after(0, 0) == sorted(resume.pending, key=lambda s: s.first)
+
+
+# -- files -----------------------------------------------------------------------------
+
+
+def test_a_finished_file_is_skipped_until_it_grows(tmp_path: Path) -> None:
+    export = tmp_path / "a.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u1"}\n')
+    state = StateFile(tmp_path / "state.db")
+    try:
+        progress = state.open_input(file_source(export))
+        assert not progress.resume.skip_all
+        progress.position, progress.finished_reading = (1, 0), True
+        state.save(progress, [])
+        assert state.open_input(file_source(export)).resume.skip_all
+        with export.open("ab") as out:
+            out.write(b'{"type":"identify","userId":"u2"}\n')
+        grown = state.open_input(file_source(export)).resume
+        assert not grown.skip_all and grown.read_through == (1, 0) and grown.note is None
+    finally:
+        state.close()
+
+
+def test_a_file_with_work_pending_is_not_finished(tmp_path: Path) -> None:
+    export = tmp_path / "a.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u1"}\n' * 3)
+    state = StateFile(tmp_path / "state.db")
+    try:
+        progress = state.open_input(file_source(export))
+        progress.position, progress.finished_reading = (3, 0), True
+        pending = Span((2, 0, 0), (2, 0, 0), sent=True, verdict=("rejected", "514", "M/F", "api"))
+        state.save(progress, [pending])
+        resume = state.open_input(file_source(export)).resume
+        assert not resume.skip_all
+        assert resume.read_through == (3, 0)
+        assert resume.pending == [pending]  # the kept verdict comes back whole
+    finally:
+        state.close()
+
+
+def test_a_file_that_shrank_is_read_from_the_start(tmp_path: Path) -> None:
+    export = tmp_path / "a.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u1"}\n' * 2)
+    state = StateFile(tmp_path / "state.db")
+    try:
+        progress = state.open_input(file_source(export))
+        progress.position = (2, 0)
+        state.save(progress, [])
+        export.write_bytes(b'{"type":"identify","userId":"u1"}\n')
+        resume = state.open_input(file_source(export)).resume
+        assert resume.read_through == (0, 0)
+        assert resume.note == f"{export}: changed since the last run; read from the start"
+    finally:
+        state.close()
+
+
+def test_a_damaged_state_says_how_to_start_over(tmp_path: Path) -> None:
+    export = tmp_path / "a.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u1"}\n')
+    state = StateFile(tmp_path / "state.db")
+    progress = state.open_input(file_source(export))
+    state.save(progress, [])
+    state.close()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("UPDATE inputs SET pending = '[[1, 2'")
+    state = StateFile(tmp_path / "state.db")
+    try:
+        with pytest.raises(UsageError, match=r"is damaged .*move the state file aside"):
+            state.open_input(file_source(export))
+    finally:
+        state.close()
+
+
+def test_the_line_based_state_of_ctsync_0_1_is_taken_over(tmp_path: Path) -> None:
+    """ctsync 0.1 kept pending *lines*: every message and operation of such a line,
+    however many an envelope holds, is pending after the upgrade."""
+    export = tmp_path / "a.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u1"}\n' * 9)
+    fingerprint_row = StateFile(tmp_path / "probe.db")
+    probe = fingerprint_row.open_input(file_source(export))
+    fingerprint_row.close()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute(
+            "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, fingerprint TEXT,"
+            " fingerprint_len INTEGER, done_through INTEGER, read_through INTEGER,"
+            " pending TEXT, complete INTEGER, updated REAL)"
+        )
+        db.execute(
+            "INSERT INTO files VALUES (?, ?, ?, ?, 2, 9, ?, 0, 0)",
+            (probe.key, probe.size, probe.fingerprint, probe.fingerprint_len, "[[3, 4, 1]]"),
+        )
+    state = StateFile(tmp_path / "state.db", retry_unknown=True)  # else refused (test_state)
+    try:
+        resume = state.open_input(file_source(export)).resume
+    finally:
+        state.close()
+    assert resume.read_through == (9, END)
+    assert resume.seen((2, 0, 0)) is Seen.DONE
+    assert resume.seen((3, 0, 0)) is Seen.UNKNOWN
+    assert resume.seen((4, 500, 1)) is Seen.UNKNOWN  # a large envelope's late message
+    assert resume.seen((5, 0, 0)) is Seen.DONE
+    assert resume.seen((9, 700, 0)) is Seen.DONE
+    assert resume.seen((10, 0, 0)) is Seen.NEW
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "files" not in tables
+
+
+# -- bucket objects: identified by URL, size and version -------------------------------
+
+
+def test_an_object_is_resumed_only_at_the_same_version_and_size(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.db")
+    try:
+        first = state.open_input(object_source("s3://b/d/1.gz", "etag-1"))
+        first.position, first.finished_reading = (5, 0), True
+        state.save(first, [])
+        same = state.open_input(object_source("s3://b/d/1.gz", "etag-1"))
+        assert same.resume.skip_all and same.resume.note is None
+
+        other = state.open_input(object_source("s3://b/d/1.gz", "etag-2"))
+        assert not other.resume.skip_all and other.resume.read_through == (0, 0)
+        assert other.resume.note == (
+            "s3://b/d/1.gz: rewritten since the last run (ETag etag-1 -> etag-2); "
+            "read from the start"
+        )
+        resized = state.open_input(object_source("s3://b/d/1.gz", "etag-1", size=101))
+        assert not resized.resume.skip_all and resized.resume.read_through == (0, 0)
+    finally:
+        state.close()
+
+
+def test_a_gcs_object_names_its_generation(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.db")
+    try:
+        first = state.open_input(object_source("gs://b/d/2", "17"))
+        first.position = (1, 0)
+        state.save(first, [Span((1, 0, 0), (1, 0, 0), sent=True)])
+        resumed = state.open_input(object_source("gs://b/d/2", "17")).resume
+        assert not resumed.skip_all and resumed.seen((1, 0, 0)) is Seen.UNKNOWN
+        rewritten = state.open_input(object_source("gs://b/d/2", "18")).resume
+        assert rewritten.note == (
+            "gs://b/d/2: rewritten since the last run (generation 17 -> 18); read from the start"
+        )
+    finally:
+        state.close()
+
+
+def test_an_input_saved_before_any_record_was_read_is_still_to_do(tmp_path: Path) -> None:
+    # A run stopped before reading its first record: the next run reads the whole file.
+    export = tmp_path / "a.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u1"}\n')
+    state = StateFile(tmp_path / "state.db")
+    try:
+        state.save(state.open_input(file_source(export)), [])
+        resume = state.open_input(file_source(export)).resume
+        assert not resume.skip_all
+        assert resume.seen((1, 0, 0)) is Seen.NEW
+    finally:
+        state.close()
+
+
+def test_a_state_file_that_cannot_be_opened_says_where_and_why(tmp_path: Path) -> None:
+    where = tmp_path / "no such folder" / "state.db"
+    with pytest.raises(UsageError) as caught:
+        StateFile(where)
+    assert str(caught.value) == (f"{where}: cannot open the state file (No such file or directory)")
+
+
+def test_a_file_that_is_not_a_state_file_is_named(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("shopping list: eggs, milk, and a great deal more text than that\n" * 20)
+    with pytest.raises(UsageError) as caught:
+        StateFile(bogus)
+    assert str(caught.value).startswith(f"{bogus}: not a ctsync state file (")
+
+
+def test_a_lock_held_by_another_program_is_reported_without_a_holder(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(LockedError) as caught:
+            StateFile(path)
+    finally:
+        os.close(fd)
+    assert str(caught.value) == (
+        f"another ctsync run is using the state file {path}; "
+        "wait for it to finish (each run exits when its work is done)"
+    )
+
+
+# -- what the user reads when the state file is in the way ----------------------------
+
+
+def test_a_state_file_in_use_names_the_run_holding_it(tmp_path: Path) -> None:
+    """Which process holds the state file and since when (local time), so the user can
+    tell a live run from a stuck one."""
+    path = tmp_path / "state.db"
+    before = time.time()
+    holder = StateFile(path)  # this process holds it, as another run would
+    try:
+        with pytest.raises(LockedError) as caught:
+            StateFile(path)
+    finally:
+        holder.close()
+    message = str(caught.value)
+    match = re.fullmatch(
+        rf"another ctsync run \(pid {os.getpid()}, started "
+        r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\) is using the state file (.+); "
+        r"wait for it to finish \(each run exits when its work is done\)",
+        message,
+    )
+    assert match is not None, message
+    started = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
+    assert before - 1 <= started <= time.time()
+    assert match.group(2) == str(path)
+
+
+def test_stdin_cannot_be_resumed_and_the_error_says_what_to_give(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.db")
+    try:
+        with pytest.raises(UsageError) as caught:
+            state.open_input(Source("-", None, None))
+    finally:
+        state.close()
+    assert str(caught.value) == "--state resumes files; it cannot resume stdin (give file paths)"
+
+
+def test_a_damaged_state_names_the_file_and_input_and_how_to_start_over(tmp_path: Path) -> None:
+    export = tmp_path / "a.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u1"}\n')
+    state = StateFile(tmp_path / "state.db")
+    state.save(state.open_input(file_source(export)), [])
+    state.close()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("UPDATE inputs SET read_through = '[1'")
+    state = StateFile(tmp_path / "state.db")
+    try:
+        with pytest.raises(UsageError) as caught:
+            state.open_input(file_source(export))
+    finally:
+        state.close()
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'state.db'}: the state of {export} is damaged (")
+    assert message.endswith(
+        "); move the state file aside to start over (everything is then sent again)"
+    )
+
+
+def test_a_state_file_that_cannot_be_written_stops_the_run_saying_which(tmp_path: Path) -> None:
+    export = tmp_path / "a.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u1"}\n')
+    path = tmp_path / "state.db"
+    state = StateFile(path)
+    progress = state.open_input(file_source(export))
+    # The disk went away under the run: SQLite refuses every write from here on.
+    state._db.close()
+    try:
+        with pytest.raises(OutputError) as caught:
+            state.save(progress, [])
+    finally:
+        os.close(state._lock_fd)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: cannot write the state file (")
+    assert message.endswith("); the run stopped")
+
+
+def test_an_object_first_seen_without_a_version_says_so_when_rewritten(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.db")
+    try:
+        unversioned = Source("s3://b/d/3.gz", None, 100, url="s3://b/d/3.gz", version=None)
+        first = state.open_input(unversioned)
+        first.position = (1, 0)
+        state.save(first, [])
+        assert state.open_input(unversioned).resume.read_through == (1, 0)
+        rewritten = state.open_input(object_source("s3://b/d/3.gz", "etag-2")).resume
+        assert rewritten.note == (
+            "s3://b/d/3.gz: rewritten since the last run (ETag ? -> etag-2); read from the start"
+        )
+    finally:
+        state.close()

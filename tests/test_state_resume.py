@@ -4,10 +4,8 @@ written by ctsync 0.1 is taken over or refused with a way forward."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given
@@ -16,45 +14,11 @@ from hypothesis import strategies as st
 
 from ctsync import api
 from ctsync.errors import UsageError
-from ctsync.ledger import Summary
 from ctsync.pipeline import RunOptions
 from ctsync.reader import Source
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from ctsync.state import Span, StateFile
-from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE
-
-
-class CleverTap:
-    """A stand-in CleverTap that stores every identity it is sent, in order."""
-
-    def __init__(self) -> None:
-        self.received: list[str] = []
-        self.lock = threading.Lock()
-
-    def transport(self) -> httpx.MockTransport:
-        def handle(request: httpx.Request) -> httpx.Response:
-            records = orjson.loads(request.content)["d"]
-            with self.lock:
-                self.received.extend(r["identity"] for r in records)
-            return httpx.Response(200, json={"status": "success", "processed": len(records)})
-
-        return httpx.MockTransport(handle)
-
-
-def write_export(path: Path, users: range) -> None:
-    lines = (
-        orjson.dumps({"type": "identify", "userId": f"u{i}", "traits": {"i": i}}) + b"\n"
-        for i in users
-    )
-    path.write_bytes(b"".join(lines))
-
-
-def upload(path: Path, state: Path, server: CleverTap, settings: ClientSettings) -> Summary:
-    job = api.UploadJob(
-        paths=[str(path)], client=settings, state=state, run=RunOptions(batch_size=10)
-    )
-    return api.upload(job, transport=server.transport())
-
+from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, CleverTap, upload_with_state, write_export
 
 KINDS = st.lists(st.sampled_from(["good", "invalid", "skipped"]), min_size=1, max_size=30)
 
@@ -150,7 +114,7 @@ def test_a_state_of_0_1_with_requests_on_the_wire_is_refused_with_two_ways_forwa
     write_export(export, range(12))
     state_of_0_1(state_path, export, "[[3, 6, 1], [7, 8, 0]]")
     with pytest.raises(UsageError) as refused:
-        upload(export, state_path, server, settings)
+        upload_with_state(export, state_path, server, settings)
     assert str(refused.value) == (
         f"{state_path}: this state was written by ctsync 0.1, whose last run stopped with "
         "requests on the wire; 0.1 kept only the lines they came from (4 lines), not which "
@@ -180,6 +144,6 @@ def test_a_state_of_0_1_with_nothing_on_the_wire_is_taken_over(
     export, state_path, server = tmp_path / "a.ndjson", tmp_path / "state.db", CleverTap()
     write_export(export, range(12))
     state_of_0_1(state_path, export, "[[4, 5, 0]]")
-    summary = upload(export, state_path, server, settings)
+    summary = upload_with_state(export, state_path, server, settings)
     assert sorted(server.received) == sorted(f"u{i - 1}" for i in [4, 5, 10, 11, 12])
     assert summary.read == 5 and summary.accepted == 5

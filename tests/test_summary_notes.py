@@ -5,7 +5,6 @@ same in the table and in `--json`."""
 from __future__ import annotations
 
 import gzip
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from typer.testing import CliRunner
 from ctsync.cli import app
 from ctsync.ledger import Summary
 from ctsync.summary import Routine
+from tests.helpers import clean_env
 
 runner = CliRunner()
 SHOWN = 20  # README: at most 20 note lines, the last counting the rest
@@ -25,10 +25,6 @@ SHOWN = 20  # README: at most 20 note lines, the last counting the rest
 # mostly draws short lists).
 notes = st.integers(0, 40).map(lambda n: [f"{i}.txt: skipped, empty" for i in range(n)])
 routine = st.dictionaries(st.sampled_from(list(Routine)), st.integers(0, 3000))
-
-
-def env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
 
 
 @given(notes, routine, st.integers(0, 50), st.integers(0, 50))
@@ -70,15 +66,15 @@ def test_a_refused_gender_points_at_validate_fix_in_text_and_json(tmp_path: Path
     export = tmp_path / "e.ndjson"
     export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in lines))
     base = ["upload", str(export), "--dry-run", "--preset", "classic"]
-    as_json = runner.invoke(app, [*base, "--json"], env=env())
+    as_json = runner.invoke(app, [*base, "--json"], env=clean_env())
     assert as_json.exit_code == 1, as_json.output
     summary = orjson.loads(as_json.stdout)
     assert summary["invalid_by_code"] == {"514": 3}
     (hint,) = [n for n in summary["notes"] if "--validate fix" in n]
     assert hint.startswith("3 records were refused")
-    text = runner.invoke(app, base, env=env(), terminal_width=200)
+    text = runner.invoke(app, base, env=clean_env(), terminal_width=200)
     assert "note: 3 records were refused" in text.stderr
-    fixed = runner.invoke(app, [*base, "--validate", "fix", "--json"], env=env())
+    fixed = runner.invoke(app, [*base, "--validate", "fix", "--json"], env=clean_env())
     assert fixed.exit_code == 0 and orjson.loads(fixed.stdout)["accepted"] == 4
     assert not [n for n in orjson.loads(fixed.stdout)["notes"] if "--validate fix" in n]
 
@@ -92,7 +88,7 @@ def test_dropped_tokens_lead_many_skipped_files(tmp_path: Path) -> None:
     track = {"type": "track", "userId": "u1", "event": "Opened", "context": {"device": device}}
     (day / "e.ndjson.gz").write_bytes(gzip.compress(orjson.dumps(track) + b"\n"))
     result = runner.invoke(
-        app, ["upload", str(day), "--dry-run", "--preset", "classic", "--json"], env=env()
+        app, ["upload", str(day), "--dry-run", "--preset", "classic", "--json"], env=clean_env()
     )
     shown = orjson.loads(result.stdout)["notes"]
     assert shown[0].startswith("1 device tokens were not sent"), shown

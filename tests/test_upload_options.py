@@ -138,15 +138,16 @@ CASES: dict[str, tuple[list[str], list[dict[str, Any]]]] = {
 }
 
 
-def dry_run(tmp_path: Path, *args: str) -> list[list[dict[str, Any]]]:
-    """The records of each request a dry run of MESSAGES writes to --output."""
+def dry_run(tmp_path: Path, *args: str, exit_code: int) -> list[list[dict[str, Any]]]:
+    """The records of each request a dry run of MESSAGES writes to --output; the run must
+    exit with `exit_code` (README, Exit codes: 1 when a record was refused)."""
     export = tmp_path / "export.ndjson"
     export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in MESSAGES))
     out = tmp_path / "requests.ndjson"
     result = runner.invoke(
         app, ["upload", str(export), "--dry-run", "--quiet", "--output", str(out), *args]
     )
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == exit_code, result.output
     requests = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert {(r["method"], r["path"]) for r in requests} <= {("POST", "/1/upload")}
     return [r["body"]["d"] for r in requests]
@@ -160,15 +161,20 @@ def in_any_order(records: list[dict[str, Any]]) -> list[bytes]:
 @pytest.mark.parametrize("case", CASES)
 def test_each_mapping_option_shows_in_the_request_bodies(tmp_path: Path, case: str) -> None:
     args, expected = CASES[case]
-    sent = [
-        record for request in dry_run(tmp_path, "--preset", "classic", *args) for record in request
-    ]
+    # The default `--validate reject` refuses BAD_PHONE's Phone "12": exit 1; `fix`, `warn`
+    # and `off` send that profile, and every record goes through.
+    exit_code = 0 if "--validate" in args else 1
+    requests = dry_run(tmp_path, "--preset", "classic", *args, exit_code=exit_code)
+    sent = [record for request in requests for record in request]
     assert in_any_order(sent) == in_any_order(expected)
 
 
 def test_preset_actions_keeps_nested_traits_and_sends_no_track(tmp_path: Path) -> None:
     """The Actions destination's default subscriptions: identify only, traits as given."""
-    sent = [record for request in dry_run(tmp_path, "--preset", "actions") for record in request]
+    # Exit 0: "phone" stays a custom trait (no Phone to refuse) and the track is not
+    # subscribed (skipped, not matched).
+    requests = dry_run(tmp_path, "--preset", "actions", exit_code=0)
+    sent = [record for request in requests for record in request]
     profile = {
         "type": "profile",
         "identity": "u1",
@@ -184,7 +190,7 @@ def test_preset_actions_keeps_nested_traits_and_sends_no_track(tmp_path: Path) -
 
 
 def test_batch_size_is_records_per_request(tmp_path: Path) -> None:
-    requests = dry_run(tmp_path, "--preset", "classic", "--batch-size", "1")
+    requests = dry_run(tmp_path, "--preset", "classic", "--batch-size", "1", exit_code=1)
     assert sorted(len(r) for r in requests) == [1, 1]
     assert in_any_order([r for request in requests for r in request]) == in_any_order(
         [PROFILE, EVENT]

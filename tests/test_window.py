@@ -27,7 +27,7 @@ from ctsync.cli import app
 from ctsync.reader import InputOptions
 from ctsync.summary import Summary
 from ctsync.window import Window
-from tests.helpers import assert_accounted
+from tests.helpers import assert_accounted, clean_env, identify
 
 runner = CliRunner()
 DAY = 86_400_000
@@ -50,13 +50,6 @@ def iso(ms: int, offset_minutes: int = 0, digits: int = 3) -> str:
     sign = "+" if offset_minutes > 0 else "-"
     hours, minutes = divmod(abs(offset_minutes), 60)
     return f"{text}{sign}{hours:02d}:{minutes:02d}"
-
-
-def identify(user: str, timestamp: Any = None) -> dict[str, Any]:
-    message: dict[str, Any] = {"type": "identify", "userId": user, "traits": {"plan": "pro"}}
-    if timestamp is not None:
-        message["timestamp"] = timestamp
-    return message
 
 
 def write(path: Path, *messages: dict[str, Any]) -> Path:
@@ -287,7 +280,7 @@ def test_a_window_with_workers_sends_and_counts_as_one_process(
 
 
 def cli(*args: str) -> tuple[int, dict[str, Any], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
+    env = clean_env()
     result = runner.invoke(app, ["upload", *args, "--dry-run", "--json"], env=env)
     summary = orjson.loads(result.stdout) if result.stdout.strip() else {}
     return result.exit_code, summary, result.stderr

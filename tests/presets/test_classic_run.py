@@ -8,7 +8,6 @@ and sends the rest of the profile. Expected bodies are written by hand.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from ctsync.cli import app
+from tests.helpers import clean_env
 
 runner = CliRunner()
 TS = "2023-05-18T22:58:45Z"
 EPOCH = 1684450725
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
 
 
 def write(path: Path, messages: list[dict[str, Any]]) -> Path:

@@ -1,9 +1,10 @@
-"""The planner's promises that tests/test_pipeline.py left unchecked, as the docstrings of
-`ctsync.batching` and `UploadRun._give_up` state them: records naming no profile spread
-round robin, a profile known by its objectId keeps one lane, batches numbered in the
-order they were opened, and "sent" meaning on the wire (what a stopped run reports and
-what the next run sends again). Mutation testing (`make mutate MUTATE=batching`) showed
-these unchecked; expectations are written by hand from those docstrings and the README."""
+"""The planner (`ctsync.batching`), as its docstrings and `UploadRun._give_up`'s state it:
+records naming no profile spread round robin, a profile known by its objectId keeps one
+lane, batches numbered in the order they were opened, and "sent" meaning on the wire
+(what a stopped run reports and what the next run sends again). tests/test_pipeline.py
+covers batching through whole runs. Mutation testing (`make mutate MUTATE=batching`)
+showed these unchecked; expectations are written by hand from those docstrings and the
+README."""
 
 from __future__ import annotations
 
@@ -19,19 +20,14 @@ import pytest
 
 from ctsync.batching import Batch, Planner
 from ctsync.errors import AuthError
-from ctsync.ledger import ACCEPTED, Ledger, Summary, Tracked, Verdict
+from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.model import OnWire
 from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.prepare import OpKind
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
-from ctsync.records import Origin
 from ctsync.state import StateFile
-from tests.helpers import FakeSender, Kind
-
-
-def owner(line: int) -> Tracked:
-    return Tracked(Origin("f", line), None, {}, 1)
+from tests.helpers import FakeSender, Kind, owner
 
 
 def add(planner: Planner, key: str | tuple[str, str] | None, line: int) -> list[Batch]:
