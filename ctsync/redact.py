@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import AnyStr
 
 MASK = "***"
 
@@ -55,7 +56,8 @@ def _compile(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
         return None
     # Longest first: where one secret starts another, the longer one is masked whole.
     ordered = sorted(secrets, key=len, reverse=True)
-    return re.compile("|".join("".join(_spellings(c) for c in s) for s in ordered))
+    secrets_ = "|".join("".join(_spellings(c) for c in s) for s in ordered)
+    return re.compile(f"(?=({secrets_}))")  # at every position: see `_mask`
 
 
 def register(secret: str) -> None:
@@ -86,7 +88,7 @@ def redact(text: str) -> str:
         return text
     # Again until nothing changes: text on both sides of a mask may spell a secret anew.
     for _ in range(8):
-        masked = pattern.sub(MASK, text)
+        masked = _mask(pattern, text, MASK)
         if masked == text:
             break
         text = masked
@@ -99,8 +101,32 @@ def redact_bytes(data: bytes) -> bytes:
     if pattern is None:
         return data
     for _ in range(8):
-        masked = pattern.sub(MASK.encode(), data)
+        masked = _mask(pattern, data, MASK.encode())
         if masked == data:
             break
         data = masked
     return data
+
+
+def _mask(pattern: re.Pattern[AnyStr], text: AnyStr, mask: AnyStr) -> AnyStr:
+    """`text` with the union of every match of `pattern` (a lookahead that captures a
+    secret at every position, see `_compile`: overlapping matches included) replaced by
+    `mask`. A leftmost match alone can leave a piece: with the secret
+    00000000, '0' then eight escaped zeros matched from the plain '0' and left the last
+    escape."""
+    spans: list[list[int]] = []
+    for found in pattern.finditer(text):
+        start, end = found.start(1), found.end(1)
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    if not spans:
+        return text
+    pieces = []
+    at = 0
+    for start, end in spans:
+        pieces += [text[at:start], mask]
+        at = end
+    pieces.append(text[at:])
+    return text[:0].join(pieces)
