@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ctsync.errors import UsageError
+from ctsync.redact import redact
 from ctsync.sources import (
     InputOptions,
     ObjectInfo,
@@ -157,7 +158,9 @@ class S3Store:
                 "s3", endpoint_url=endpoint_url, config=config
             )
         except Exception as exc:  # a broken profile or config file: botocore raises many kinds
-            raise UsageError(f"s3://{bucket}: cannot set up the S3 client ({exc})") from None
+            raise UsageError(
+                f"s3://{bucket}: cannot set up the S3 client ({redact(str(exc))})"
+            ) from None
 
     def stat(self, key: str) -> ObjectInfo | None:
         head = self._call(self._client.head_object, Bucket=self.bucket, Key=key, _missing=None)
@@ -208,11 +211,11 @@ class S3Store:
                 return missing_value
             raise self._usage_error(exc) from None
         except BotoCoreError as exc:
-            raise UsageError(f"s3://{self.bucket}: {exc}") from None
+            raise UsageError(f"s3://{self.bucket}: {redact(str(exc))}") from None
 
     def _usage_error(self, exc: Any) -> UsageError:
         code = _s3_code(exc)
-        message = exc.response.get("Error", {}).get("Message") or code
+        message = redact(str(exc.response.get("Error", {}).get("Message") or code))
         if code in (
             "403",
             "AccessDenied",
@@ -259,9 +262,9 @@ class _S3Reader:
                 raise RemoteReadError(
                     "the object was rewritten while it was read; the next run reads it again"
                 ) from None
-            raise RemoteReadError(str(self._store._usage_error(exc))) from None
+            raise RemoteReadError(redact(str(self._store._usage_error(exc)))) from None
         except BotoCoreError as exc:
-            raise RemoteReadError(str(exc)) from None
+            raise RemoteReadError(redact(str(exc))) from None
 
     def read(self, size: int, /) -> bytes:
         for attempt in range(READ_ATTEMPTS):
@@ -269,7 +272,9 @@ class _S3Reader:
                 data: bytes = self._body.read(size)
             except Exception as exc:  # urllib3 and botocore raise several kinds mid-body
                 if attempt + 1 == READ_ATTEMPTS:
-                    raise RemoteReadError(f"connection lost while reading ({exc})") from None
+                    raise RemoteReadError(
+                        f"connection lost while reading ({redact(str(exc))})"
+                    ) from None
                 self._body.close()
                 self._body = self._get()
                 continue
@@ -359,7 +364,7 @@ class GCSStore:
         try:
             reader: ObjectReader = blob.open("rb", chunk_size=GCS_CHUNK, raw_download=True)
         except GoogleAPIError as exc:
-            raise RemoteReadError(str(exc)) from None
+            raise RemoteReadError(redact(str(exc))) from None
         return _GCSReader(reader)
 
     def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -369,14 +374,17 @@ class GCSStore:
         try:
             return function(*args, **kwargs)
         except (Forbidden, Unauthorized) as exc:
+            why = redact(str(exc.message))
             raise UsageError(
-                f"gs://{self.bucket}: access refused ({exc.code}: {exc.message}). Check the "
+                f"gs://{self.bucket}: access refused ({exc.code}: {why}). Check the "
                 "application-default credentials and that they may list and read this bucket"
             ) from None
         except NotFound as exc:
-            raise UsageError(f"gs://{self.bucket}: not found ({exc.message})") from None
+            raise UsageError(
+                f"gs://{self.bucket}: not found ({redact(str(exc.message))})"
+            ) from None
         except (GoogleAPIError, GoogleAuthError) as exc:
-            raise UsageError(f"gs://{self.bucket}: {exc}") from None
+            raise UsageError(f"gs://{self.bucket}: {redact(str(exc))}") from None
 
 
 class _GCSReader:
@@ -391,7 +399,7 @@ class _GCSReader:
         try:
             return self._reader.read(size)
         except GoogleAPIError as exc:
-            raise RemoteReadError(f"cannot read the object ({exc})") from None
+            raise RemoteReadError(f"cannot read the object ({redact(str(exc))})") from None
 
     def close(self) -> None:
         self._reader.close()

@@ -30,7 +30,7 @@ from ctsync import redact
 from ctsync.cli import app
 from ctsync.client import Attempt, classify
 from ctsync.settings import Secret
-from tests.helpers import ACCOUNT_ID, clean_env, examples
+from tests.helpers import ACCOUNT_ID, PASSCODE, clean_env, examples
 
 runner = CliRunner()
 RUN = 6  # no run of this many characters of a spelling of the passcode may show
@@ -333,3 +333,20 @@ def test_a_passcode_given_as_the_account_id_is_not_echoed_by_the_401_advice(
     error = orjson.loads(result.stdout)["error"]
     assert "Check the account ID (***)" in error
     assert not leaked(passcode, result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "SlowDown"])
+def test_a_bucket_error_that_echoes_the_passcode_is_masked(code: str) -> None:
+    """Library errors are text from outside too: an S3 error message that quotes the
+    passcode (a proxy, a misconfigured store) reaches the person masked."""
+    from types import SimpleNamespace
+
+    from ctsync import redact
+    from ctsync.remote import S3Store
+
+    redact.register(PASSCODE)
+    store = S3Store.__new__(S3Store)
+    store.bucket = "b"
+    error = SimpleNamespace(response={"Error": {"Code": code, "Message": f"no: {PASSCODE}"}})
+    message = str(store._usage_error(error))
+    assert PASSCODE not in message and "no: ***" in message
