@@ -301,32 +301,32 @@ def ctsync_program(baseline: Path | None = None) -> str:
 
 def worker_counts(program: str, cores: int) -> list[int | None]:
     """[1, 2, ..., cores] when `ctsync upload --help` lists `--workers`, else [None]."""
-    help_text = subprocess.run(
-        [program, "upload", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
-    ).stdout
-    if not has_workers_option(help_text):
+    if not has_workers_option(upload_help(program)):
         return [None]
     return list(range(1, max(1, cores) + 1))
 
 
 def has_workers_option(help_text: str) -> bool:
-    return re.search(r"(^|\s)--workers\b", help_text) is not None
+    return lists_option(help_text, "--workers")
 
 
 def has_option(program: str, option: str) -> bool:
     """Whether `ctsync upload --help` lists `option`."""
-    help_text = subprocess.run(
+    return lists_option(upload_help(program), option)
+
+
+def lists_option(help_text: str, option: str) -> bool:
+    return re.search(rf"(^|\s){re.escape(option)}\b", help_text) is not None
+
+
+def upload_help(program: str) -> str:
+    return subprocess.run(
         [program, "upload", "--help"],
         capture_output=True,
         text=True,
         timeout=60,
         env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
     ).stdout
-    return re.search(rf"(^|\s){re.escape(option)}\b", help_text) is not None
 
 
 def ctsync_command(
