@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -172,3 +174,17 @@ def upload_with_state(
         paths=[str(path)], client=settings, state=state, run=RunOptions(batch_size=10)
     )
     return api.upload(job, transport=server.transport())
+
+
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` answering on a free port of 127.0.0.1 in a thread, for the `with` block:
+    its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -29,7 +28,7 @@ from typer.testing import CliRunner
 from ctsync.cli import app
 from ctsync.errors import UsageError
 from ctsync.reader import InputOptions, OpenSource, collect_inputs, read_source
-from tests.helpers import identify
+from tests.helpers import identify, serving
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent
@@ -407,15 +406,9 @@ class Refusing(http.server.BaseHTTPRequestHandler):
 
 
 def test_gcs_refused_credentials_exit_2_naming_the_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
-    refusing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
-    thread = threading.Thread(target=refusing.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{refusing.server_port}")
+    with serving(Refusing) as url:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
         code, _, err = dry_run("gs://private-exports/segment-logs/")
-    finally:
-        refusing.shutdown()
-        refusing.server_close()
     assert code == 2
     assert "gs://private-exports: access refused" in err and "Traceback" not in err
 
@@ -483,17 +476,11 @@ def test_gcs_prefix_of_many_objects_is_listed_across_pages(
     bucket.blob("other/1.gz").upload_from_string(gzip.compress(ndjson(identify("x"))))
 
     PagingProxy.upstream, PagingProxy.listings = gcs_url, []
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PagingProxy)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.server_port}")
+    with serving(PagingProxy) as url:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
         monkeypatch.setattr("ctsync.remote.GCS_PAGE_SIZE", 60)
         inputs = collect_inputs(["gs://gcs-many/day"])
         code, summary, _ = dry_run("gs://gcs-many/day/")
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
     assert [s.url for s in inputs.sources] == ["gs://gcs-many/day/99999.gz"]
     assert len(inputs.skipped) == count
     assert inputs.skipped[0].name == "gs://gcs-many/day/00000.gz"

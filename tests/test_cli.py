@@ -14,7 +14,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from typer.testing import CliRunner
 
 from ctsync.cli import app
 from ctsync.settings import Secret
-from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, clean_env, confirm_every_record
+from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, clean_env, confirm_every_record, serving
 
 runner = CliRunner()
 CREDENTIALS = {"CLEVERTAP_ACCOUNT_ID": ACCOUNT_ID, "CLEVERTAP_PASSCODE": PASSCODE}
@@ -472,14 +471,8 @@ class _EchoHandler(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def echoing_proxy(status: int) -> Iterator[str]:
     handler = type("Handler", (_EchoHandler,), {"status": status})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(handler) as url:
+        yield url
 
 
 @pytest.mark.parametrize("status", [400, 401, 502])

@@ -14,7 +14,6 @@ import html
 import http.server
 import json
 import tempfile
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from ctsync import redact
 from ctsync.cli import app
 from ctsync.client import Attempt, classify
 from ctsync.settings import Secret
-from tests.helpers import ACCOUNT_ID, PASSCODE, clean_env, examples
+from tests.helpers import ACCOUNT_ID, PASSCODE, clean_env, examples, serving
 
 runner = CliRunner()
 RUN = 6  # no run of this many characters of a spelling of the passcode may show
@@ -198,14 +197,8 @@ class _Echo(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def echo_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Echo) as url:
+        yield url
 
 
 ANSWERS = [
