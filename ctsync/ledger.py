@@ -71,14 +71,16 @@ class Tracked:
 
     It keeps the record's input line, not the decoded message: thousands of records
     are in flight at once, and a decoded Segment message takes several times the memory
-    of its line. `message` decodes the line again, for the few records reported."""
+    of its line. `message` decodes the line again, for the few records reported, unless
+    the record came with what its report reads (a stub: the line of `ctsync delete` is
+    an identity, not JSON)."""
 
     __slots__ = ("_message", "origin", "raw", "remaining", "verdict")
 
     def __init__(self, origin: Origin, raw: bytes | None, message: Message, operations: int):
         self.origin = origin
         self.raw = raw
-        self._message = message if raw is None else None
+        self._message = message if raw is None or message else None
         self.remaining = operations
         self.verdict = ACCEPTED
 

@@ -35,7 +35,6 @@ from ctsync.dedupe import (
     day_of,
     forgotten,
 )
-from ctsync.dedupe import message_key as message_key_of
 from ctsync.errors import DiskFull, OutputError
 from ctsync.ledger import (
     ACCEPTED,
@@ -50,16 +49,8 @@ from ctsync.ledger import (
 )
 from ctsync.model import UNKNOWN, OnWire, Request, delete_body, upload_body
 from ctsync.options import identity_of
-from ctsync.prepare import (
-    Op,
-    OpKind,
-    Ready,
-    Skipped,
-    ValidateMode,
-    Validator,
-    prepare,
-)
-from ctsync.reader import Block, InputRecord, OpenSource, Source, read_blocks, read_source
+from ctsync.prepare import Op, OpKind, Ready, ValidateMode, Validator
+from ctsync.reader import Block, InputRecord, OpenSource, Source, read_blocks
 from ctsync.records import (
     Delete,
     DeleteKey,
@@ -75,20 +66,26 @@ from ctsync.records import (
 from ctsync.settings import MAX_UPLOAD_BATCH, MAX_UPLOAD_CONCURRENCY
 from ctsync.state import Progress, Resume, Seen, Span, StateFile
 from ctsync.summary import Routine
-from ctsync.workers import (
+from ctsync.wire import (
     BROKEN,
     DONE,
     INVALID,
     KINDS,
     READY,
     SKIPPED,
-    Preparer,
+    Prepared,
     Result,
+    notes_of,
+    ops_of,
+)
+from ctsync.workers import (
+    BLOCK_BYTES,
+    Preparer,
+    RecordStage,
     WorkerError,
     Workers,
     add_counts,
     lookups_hold,
-    ops_of,
     result_of,
 )
 
@@ -163,9 +160,7 @@ class RunOptions:
 Item: TypeAlias = InputRecord | Block | Callable[[], None]
 """What reading yields: a record, a block of lines for the workers, or a step to take
 when every item before it is taken (a note, the end of an input)."""
-Prepared: TypeAlias = tuple[list[Result], dict[str, Any]]
 NO_MESSAGE: Message = {}  # for `Tracked` of a record that has its line
-NO_LIST: list[Any] = []  # no warnings, no fixes (never changed)
 WAIT_STEP = 0.2  # seconds between looks at stop() while a block is being prepared
 
 YIELD_EVERY = 32
@@ -254,7 +249,18 @@ class UploadRun:
         # The run's device tokens sent: `mapper` must add to this same set (built with
         # it), so that records prepared here and in workers send each token once.
         self._tokens: set[tuple[str, str]] = set() if tokens is None else tokens
-        self._again: tuple[Mapper, Validator | None] | None = None
+        self._again: RecordStage | None = None
+        # The record stage of this process: the run's own mapper, whose token set is the
+        # run's (a `records` caller's raw lines are not JSON: their results carry stubs).
+        self._stage = RecordStage(
+            mapper,
+            self._validator,
+            options.validate,
+            dedupe=message_ids is not None,
+            stubs=records is not None,
+        )
+        self._block_bytes = workers.block_bytes if workers is not None else BLOCK_BYTES
+        self._taken = 0  # results taken: every YIELD_EVERY-th turns the event loop
         # messageId dedupe: the ids sent, and the records in flight that carry one.
         self._ids = message_ids
         self._keyed: dict[Tracked, tuple[int, str | None]] = {}
@@ -302,39 +308,16 @@ class UploadRun:
     # -- reading ------------------------------------------------------------------
 
     async def _read_all(self) -> None:
-        workers = self._workers
-        if workers is not None and self._records is None:
-            sizes = [source.size for source in self._sources]
-            if None in sizes or sum(s or 0 for s in sizes) > workers.start_after:
-                await self._read_parallel(workers)
-                return
-            # Inputs this small never start a worker: one process, as with --workers 1.
-        records: Iterable[tuple[Item, Progress | None]] = (
-            self._records if self._records is not None else self._read()
-        )
-        take = self._take
-        window = self._options.window
-        for count, (record, progress) in enumerate(records, 1):
-            if type(record) is InputRecord:
-                take(record, progress)
-            else:
-                assert callable(record)
-                record()
-            # `_pace` only when it has something to do: a coroutine per record costs.
-            if self._queued >= window or count % YIELD_EVERY == 0:
-                await self._pace(count)
-            else:
-                self._raise_fatal()
-            if self._stopping:  # after `take`: no record read is left unaccounted
-                break
-
-    async def _read_parallel(self, workers: Workers) -> None:
-        """`_read_all` with blocks of lines prepared by worker processes: a bounded
-        number of blocks is out at once, and results are taken in input order."""
-        preparer = Preparer(workers)
+        """Every input through the record stage and into batches. NDJSON goes as blocks
+        of lines, prepared here or by the worker processes; everything else (JSON
+        documents, overlong lines, `records`) record by record, here. One path either
+        way: results are taken in input order by `_take_results`, and only a bounded
+        number of blocks is out at once."""
+        preparer = Preparer(self._stage, self._workers)
+        window = preparer.workers.window if preparer.workers is not None else 1
         pending: deque[tuple[Item, Progress | None, Prepared | Future[Prepared] | None]] = deque()
         out = 0  # blocks in `pending`
-        items = self._read(workers.block_bytes)
+        items = self._items()
         try:
             for item, progress in items:
                 if type(item) is Block:
@@ -348,7 +331,7 @@ class UploadRun:
                 # Take what is ready; wait only when enough blocks are out.
                 while pending and not self._stopping:
                     first = pending[0][2]
-                    if isinstance(first, Future) and not first.done() and out < workers.window:
+                    if isinstance(first, Future) and not first.done() and out < window:
                         break
                     item, progress, prepared = pending.popleft()
                     if prepared is not None:
@@ -373,6 +356,12 @@ class UploadRun:
             # Python 3.11 it then printed an InvalidStateError traceback.
             preparer.close()
 
+    def _items(self) -> Generator[tuple[Item, Progress | None], None, None]:
+        if self._records is not None:
+            yield from self._records
+        else:
+            yield from self._read(self._block_bytes)
+
     async def _take_item(
         self, item: Item, progress: Progress | None, prepared: Prepared | Future[Prepared] | None
     ) -> None:
@@ -388,28 +377,33 @@ class UploadRun:
             prepared = result_of(prepared)
         if prepared is not None:
             assert isinstance(item, Block)
-            await self._take_block(item, progress, prepared)
-            return
-        if type(item) is InputRecord:
-            self._take(item, progress)
+            results, counts = prepared
+            add_counts(self._mapper, counts)
+            # A block an earlier run settled part of takes the long way, record by record.
+            settled = progress is not None and not progress.resume.untouched(item.lineno + 1, 0)
+            await self._take_results(item.source, progress, results, settled)
+        elif type(item) is InputRecord:
+            origin = item.origin
+            if item.error is not None and origin.line == 0:  # not a record: a file's fault
+                self._ledger.unreadable(origin, item.error)
+                return
+            resume = progress.resume if progress is not None else None
+            settled = resume is not None and not resume.untouched(origin.line, origin.part)
+            result = self._stage.record(item, resume)
+            await self._take_results(origin.source, progress, [result], settled)
         else:
             assert callable(item)
             item()
-        await self._pace(1)
+            await self._pace(self._taken)
 
-    async def _take_block(
-        self, block: Block, progress: Progress | None, prepared: Prepared
+    async def _take_results(
+        self, source: str, progress: Progress | None, results: list[Result], settled: bool
     ) -> None:
-        """A block's results, in order. The common records (sent or skipped, nothing
-        for the report, no token the run's set disagrees on, nothing an earlier run
-        settled) take the short way here: this loop runs in the main process for every
-        record the workers prepare, and its cost bounds what more workers can give."""
-        results, counts = prepared
-        add_counts(self._mapper, counts)
-        source = block.source
+        """Results of the record stage, in order. The common records (sent or skipped,
+        nothing for the report, no token the run's set disagrees on, nothing an earlier
+        run settled) take the short way here: this loop runs in the main process for
+        every record, and its cost bounds what more workers can give."""
         take = self._take_result
-        # A block an earlier run settled part of takes the long way, record by record.
-        settled = progress is not None and not progress.resume.untouched(block.lineno + 1, 0)
         summary = self.summary
         skipped = summary.skipped
         add = self._planner.add_encoded
@@ -417,7 +411,7 @@ class UploadRun:
         window = self._options.window
         kinds = KINDS
         ids = self._ids
-        for count, result in enumerate(results, 1):
+        for result in results:
             line, part, code, raw, a, b, lookups, key = result
             if settled or lookups or b is not None:
                 take(source, result, progress)
@@ -448,12 +442,13 @@ class UploadRun:
                     progress.position = (line, part)
             else:
                 take(source, result, progress)
-            # `_pace` only when it has something to do, as in `_read_all`.
-            if self._queued >= window or count % YIELD_EVERY == 0:
-                await self._pace(count)
+            # `_pace` only when it has something to do: a coroutine per record costs.
+            self._taken += 1
+            if self._queued >= window or self._taken % YIELD_EVERY == 0:
+                await self._pace(self._taken)
             else:
                 self._raise_fatal()
-            if self._stopping:
+            if self._stopping:  # after the take: no record read is left unaccounted
                 return
 
     async def _pace(self, count: int) -> None:
@@ -469,9 +464,9 @@ class UploadRun:
                 self._notify()
         self._raise_fatal()
 
-    def _read(self, block_bytes: int = 0) -> Generator[tuple[Item, Progress | None], None, None]:
-        """The records of every source in order, with steps between sources. With
-        `block_bytes`, NDJSON comes as blocks of lines (for the workers)."""
+    def _read(self, block_bytes: int) -> Generator[tuple[Item, Progress | None], None, None]:
+        """Every source in order, with steps between sources: NDJSON as blocks of lines
+        of about `block_bytes`, anything else as records."""
         seen: set[str] = set()
         for source in self._sources:
             progress = self._state.open_input(source) if self._state is not None else None
@@ -503,8 +498,7 @@ class UploadRun:
                 self._objects.add(source.name)
             yield self._new_source, None
             try:
-                records = read_blocks(opened, block_bytes) if block_bytes else read_source(opened)
-                for record in records:
+                for record in read_blocks(opened, block_bytes):
                     yield record, progress
             finally:
                 self._consumed_before += opened.consumed
@@ -548,68 +542,9 @@ class UploadRun:
         progress.position = max(progress.position, where)
         return False, resume
 
-    def _take(self, record: InputRecord, progress: Progress | None) -> None:
-        """One input record through the pure stage and into batches (synchronous)."""
-        ledger = self._ledger
-        origin = record.origin
-        if record.error is not None and origin.line == 0:
-            ledger.unreadable(origin, record.error)
-            return
-        resume = None
-        if progress is not None:
-            if (
-                record.partial
-                and origin.source not in self._objects  # an object is never appended to
-                and record.message is None
-                and record.error is not None
-                and record.error.code == "malformed-json"
-            ):
-                self._left_for_next_run(origin)
-                return
-            done, resume = self._resume_at(origin.line, origin.part, progress)
-            if done:
-                return
-        message = record.message
-        if message is None:
-            assert record.error is not None
-            if self._done_before(resume):
-                return
-            ledger.read()
-            ledger.invalid(origin, record.raw, None, record.error)
-            return
-        key = None
-        if self._ids is not None:
-            key = message_key_of(message)
-            if key is not None and resume is None and self._ids.seen(key[0]):
-                ledger.read()
-                ledger.skip(DUPLICATE_MESSAGE_ID)
-                return
-        prepared = prepare(message, self._mapper, self._validator, self._options.validate)
-        self._account(origin, record.raw, message, prepared, resume, key)
-
-    def _account(
-        self,
-        origin: Origin,
-        raw: bytes | None,
-        message: Message,
-        prepared: Ready | Skipped | Invalid,
-        resume: Resume | None,
-        key: Key | None = None,
-    ) -> None:
-        if not isinstance(prepared, Ready) and self._done_before(resume):
-            return
-        ledger = self._ledger
-        ledger.read()
-        if isinstance(prepared, Skipped):
-            ledger.skip(prepared.reason)
-            return
-        if isinstance(prepared, Invalid):
-            ledger.invalid(origin, raw, message, prepared)
-            return
-        self._plan(origin, raw, message, prepared, resume, key)
-
     def _take_result(self, source: str, result: Result, progress: Progress | None) -> None:
-        """One record a worker prepared: accounted and planned as `_take` would."""
+        """One result the long way: resumed, left for the next run, a copy of a message
+        already sent, to be prepared again, or with something for the report."""
         line, part, code, raw, a, b, lookups, key = result
         resume = None
         if progress is not None:
@@ -630,30 +565,30 @@ class UploadRun:
             ledger.skip(DUPLICATE_MESSAGE_ID)
             return
         if lookups and not lookups_hold(self._tokens, lookups):
-            # The worker's tokens differ from the run's: prepare it here, against them.
+            # The stage's set of tokens sent differs from the run's (another worker sent
+            # one first): prepare the record again here, against the run's set.
             assert raw is not None
-            message = orjson.loads(raw)
-            mapper, validator = self._prepare_again()
-            prepared = prepare(message, mapper, validator, self._options.validate)
-            self._account(Origin(source, line, part), raw, message, prepared, resume, key)
-        elif code != READY and self._done_before(resume):
+            origin = Origin(source, line, part)
+            again = self._stage_again().record(
+                InputRecord(origin, raw, orjson.loads(raw), None), None
+            )
+            code, a, b = again[2], again[4], again[5]
+            result = again
+        if code != READY and self._done_before(resume):
             return
-        elif code == SKIPPED:
-            ledger.read()
+        ledger.read()
+        if code == SKIPPED:
             ledger.skip(a)
         elif code == READY:
-            ledger.read()
-            warnings, fixes, stub = b if b is not None else (NO_LIST, NO_LIST, NO_MESSAGE)
+            warnings, fixes, stub = notes_of(result)
             ready = Ready(ops_of(a), warnings, fixes)
             self._plan(Origin(source, line, part), raw, stub, ready, resume, key)
         elif code == INVALID:
-            ledger.read()
             ledger.invalid(Origin(source, line, part), raw, b, a)
         elif code == BROKEN:
-            ledger.read()
             ledger.invalid(Origin(source, line, part), raw, None, a)
         else:
-            assert code != DONE, "a worker passed over a record this run must read"
+            assert code != DONE, "the stage passed over a record this run must read"
             raise AssertionError(f"unknown result code {code}")
 
     def _done_before(self, resume: Resume | None) -> bool:
@@ -665,16 +600,17 @@ class UploadRun:
         self._resumed["done"] += 1
         return True
 
-    def _prepare_again(self) -> tuple[Mapper, Validator | None]:
+    def _stage_again(self) -> RecordStage:
         # Not the run's own mapper: the worker's block counts (dropped values, dates left
         # as text) already hold this record's, and they do not depend on the token set, so
-        # counting its second preparation too would count it twice. This mapper's counts
+        # counting its second preparation too would count it twice. This stage's counts
         # are never read; it shares the run's token set only.
         if self._again is None:
             assert self._workers is not None
             recipe = self._workers.recipe
             validator = recipe.validator() if recipe.mode is not ValidateMode.OFF else None
-            self._again = (recipe.mapper(self._tokens), validator)
+            mapper = recipe.mapper(self._tokens)
+            self._again = RecordStage(mapper, validator, recipe.mode, dedupe=False)
         return self._again
 
     def _plan(

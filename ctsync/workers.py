@@ -44,14 +44,29 @@ from typing import Any, Final, TypeAlias
 
 import orjson
 
-from ctsync.dedupe import Key, message_key
+from ctsync.dedupe import message_key
 from ctsync.errors import CtsyncError, ExitCode
 from ctsync.mapping.properties import dates_left_as_text, dropped_values
-from ctsync.prepare import Op, OpKind, Skipped, ValidateMode, Validator, prepare
+from ctsync.prepare import Skipped, ValidateMode, Validator, prepare
 from ctsync.presets import MappingOptions, Preset
-from ctsync.reader import Block, decode_block
-from ctsync.records import Invalid, Mapper, Message
+from ctsync.reader import Block, InputRecord, decode_block
+from ctsync.records import Invalid, Mapper
 from ctsync.window import untimed
+from ctsync.wire import (
+    INVALID,
+    NO_LOOKUPS,
+    READY,
+    SKIPPED,
+    Counts,
+    Lookups,
+    Prepared,
+    Result,
+    TokenKey,
+    broken,
+    done,
+    stub,
+    wire_ops,
+)
 
 MAX_DEFAULT_WORKERS: Final = 8
 BLOCK_BYTES: Final = 1 << 20
@@ -60,23 +75,8 @@ START_AFTER: Final = 4 << 20
 """Bytes of blocks prepared in the main process before the worker processes start:
 about 6,000 messages, a twentieth of a second; less input never starts a process."""
 
-TokenKey: TypeAlias = tuple[str, str]
 MapperFactory: TypeAlias = Callable[[set[TokenKey]], Mapper]
 """Builds a mapper that records the (objectId, token) pairs it sends in the given set."""
-
-# What one record became, as sent back by a worker: (line, part, code, raw, a, b, log,
-# key), `key` its messageId's `dedupe.Key` when the recipe dedupes and it has one.
-READY: Final = 0  # a: operations as tuples, b: None or (warnings, fixes, message stub)
-SKIPPED: Final = 1  # a: the reason
-INVALID: Final = 2  # a: the Invalid, b: the message stub (for the report line)
-BROKEN: Final = 3  # not a message (bad JSON, too deep ...): a: the Invalid, b: partial
-DONE: Final = 4  # finished in an earlier run (--state): not prepared
-Result: TypeAlias = tuple[
-    int, int, int, bytes | None, Any, Any, tuple[tuple[TokenKey, bool], ...], Key | None
-]
-
-KIND_CODES: Final = {OpKind.UPLOAD: 0, OpKind.DELETE_IDENTITY: 1, OpKind.DELETE_GUID: 2}
-KINDS: Final = (OpKind.UPLOAD, OpKind.DELETE_IDENTITY, OpKind.DELETE_GUID)
 
 
 def tuning() -> tuple[int, int]:
@@ -181,69 +181,97 @@ class _TokenLog(set[TokenKey]):
         return found
 
 
-class Stage:
-    """The pure stage of one run in one process: a mapper, a validator, a token log."""
+class RecordStage:
+    """The record stage of one run in one process: decode, map, convert, validate and
+    encode, one input record in, one `wire.Result` out. The same code runs in a worker
+    process and in the run's own process.
 
-    def __init__(self, recipe: Recipe) -> None:
-        self.tokens = _TokenLog()
-        self.mapper = recipe.mapper(self.tokens)
-        self.validator = recipe.validator() if recipe.mode is not ValidateMode.OFF else None
-        self.mode = recipe.mode
-        self.dedupe = recipe.dedupe
+    Built `from_recipe` (a worker, or the run's process when it has workers), it keeps its
+    own set of tokens sent and reports each lookup (see the module's docstring), and its
+    counters come back with each block. Built `using` the run's own mapper (a run without
+    workers), its lookups are the run's and its counters are the mapper's."""
 
-    def block(self, block: Block, resume: Any) -> tuple[list[Result], dict[str, Any]]:
+    def __init__(
+        self,
+        mapper: Mapper,
+        validator: Validator | None,
+        mode: ValidateMode,
+        *,
+        dedupe: bool,
+        log: list[tuple[TokenKey, bool]] | None = None,
+        counted: bool = False,
+        stubs: bool = False,
+    ) -> None:
+        self.mapper = mapper
+        self.validator = validator if mode is not ValidateMode.OFF else None
+        self.mode = mode
+        self.dedupe = dedupe
+        self._log: list[tuple[TokenKey, bool]] = [] if log is None else log
+        self._counted = counted  # the mapper's counters go back with each block
+        # Every READY record carries its message's stub: its raw line is not its JSON
+        # (a deletion's identity), so the report cannot read the message from it.
+        self._stubs = stubs
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> RecordStage:
+        tokens = _TokenLog()
+        validator = recipe.validator() if recipe.mode is not ValidateMode.OFF else None
+        return cls(
+            recipe.mapper(tokens),
+            validator,
+            recipe.mode,
+            dedupe=recipe.dedupe,
+            log=tokens.log,
+            counted=True,
+        )
+
+    def block(self, block: Block, resume: Any) -> Prepared:
         """Every record of `block`, prepared; and the mapper's counts for the block."""
-        out: list[Result] = []
-        append = out.append
-        mapper, validator, mode = self.mapper, self.validator, self.mode
-        dedupe = self.dedupe
-        log = self.tokens.log
-        dumps = orjson.dumps
-        for record in decode_block(block):
-            origin = record.origin
-            line, part = origin.line, origin.part
-            if (
-                resume is not None
-                and not resume.untouched(line, part)
-                and not resume.touches(line, part)
-            ):
-                append((line, part, DONE, None, None, None, (), None))
-                continue
-            message = record.message
-            if message is None:
-                append((line, part, BROKEN, record.raw, record.error, record.partial, (), None))
-                continue
-            key = message_key(message) if dedupe else None
-            prepared = prepare(message, mapper, validator, mode)
-            lookups: tuple[tuple[TokenKey, bool], ...] = ()
-            raw = record.raw
-            if log:
-                lookups = tuple(log)
-                log.clear()
-                if raw is None:
-                    raw = dumps(message)
-            if isinstance(prepared, Skipped):
-                again = raw if lookups else None  # the main process may prepare it again
-                append((line, part, SKIPPED, again, prepared.reason, None, lookups, key))
-                continue
-            if raw is None:  # an element of an envelope: its JSON is its line from now on
-                raw = dumps(message)
-            if isinstance(prepared, Invalid):
-                append((line, part, INVALID, raw, prepared, _stub(message), lookups, key))
-                continue
-            ops = [
-                (KIND_CODES[op.kind], op.key, op.body, op.safe, op.token, op.number)
-                for op in prepared.ops
-            ]
-            extra = None
-            if prepared.warnings or prepared.fixes:
-                extra = (prepared.warnings, prepared.fixes, _stub(message))
-            append((line, part, READY, raw, ops, extra, lookups, key))
-        return out, self.counts()
+        record = self.record
+        return [record(each, resume) for each in decode_block(block)], self.counts()
 
-    def counts(self) -> dict[str, Any]:
-        """The mapper's counters since the last call (then cleared)."""
-        found: dict[str, Any] = {}
+    def record(self, record: InputRecord, resume: Any) -> Result:
+        """One record, prepared (or passed over: an earlier run finished it)."""
+        origin = record.origin
+        line, part = origin.line, origin.part
+        if (
+            resume is not None
+            and not resume.untouched(line, part)
+            and not resume.touches(line, part)
+        ):
+            return done(line, part)
+        message = record.message
+        if message is None:
+            assert record.error is not None
+            return broken(line, part, record.raw, record.error, record.partial)
+        key = message_key(message) if self.dedupe else None
+        prepared = prepare(message, self.mapper, self.validator, self.mode)
+        lookups = NO_LOOKUPS
+        raw = record.raw
+        log = self._log
+        if log:
+            lookups = tuple(log)
+            log.clear()
+            if raw is None:
+                raw = orjson.dumps(message)
+        if isinstance(prepared, Skipped):
+            again = raw if lookups else None  # the run may prepare it again
+            return (line, part, SKIPPED, again, prepared.reason, None, lookups, key)
+        if raw is None:  # an element of a document or envelope: its JSON is its line now
+            raw = orjson.dumps(message)
+        if isinstance(prepared, Invalid):
+            return (line, part, INVALID, raw, prepared, stub(message), lookups, key)
+        notes = None
+        if prepared.warnings or prepared.fixes or self._stubs:
+            notes = (prepared.warnings, prepared.fixes, stub(message))
+        return (line, part, READY, raw, wire_ops(prepared.ops), notes, lookups, key)
+
+    def counts(self) -> Counts:
+        """The mapper's counters since the last call (then cleared); none when they are
+        the run's own."""
+        found: Counts = {}
+        if not self._counted:
+            return found
         for name, counter in (
             ("dropped", dropped_values(self.mapper)),
             ("dates", dates_left_as_text(self.mapper)),
@@ -255,22 +283,15 @@ class Stage:
         return found
 
 
-def _stub(message: Message) -> Message:
-    """What a report line reads of a message (`ledger.report_line`)."""
-    return {key: message[key] for key in ("messageId", "userId", "anonymousId") if key in message}
+_STAGES: dict[str, RecordStage] = {}
 
 
-_STAGES: dict[str, Stage] = {}
-
-
-def prepare_block(
-    run: str, recipe: Recipe, block: Block, resume: Any
-) -> tuple[list[Result], dict[str, Any]]:
+def prepare_block(run: str, recipe: Recipe, block: Block, resume: Any) -> Prepared:
     """In a worker process: one block of one run (the stage is built once per run)."""
     stage = _STAGES.get(run)
     if stage is None:
         _STAGES.clear()
-        stage = _STAGES[run] = Stage(recipe)
+        stage = _STAGES[run] = RecordStage.from_recipe(recipe)
     return stage.block(block, resume)
 
 
@@ -320,15 +341,16 @@ def start_pool(count: int) -> WorkerPool:
 
 
 class Preparer:
-    """Hands out blocks: to this process until `start_after` bytes, then to the workers.
+    """Hands out blocks: to the run's own `local` stage, or to the worker processes once
+    `start_after` bytes were prepared here (never, without `workers`).
 
     `submit` returns the block's results at once (prepared here) or a future.
     """
 
-    def __init__(self, workers: Workers) -> None:
-        self.workers = workers
+    def __init__(self, local: RecordStage, workers: Workers | None = None) -> None:
+        self.local = local
+        self.workers = workers if workers is not None and workers.count > 1 else None
         self._run = uuid.uuid4().hex
-        self._local: Stage | None = None
         self._pool: WorkerPool | None = None
         self._own = False  # the pool was started for this run (and is stopped with it)
         self._here = 0  # bytes prepared in this process
@@ -337,22 +359,19 @@ class Preparer:
     def started(self) -> bool:
         return self._pool is not None
 
-    def submit(
-        self, block: Block, resume: Any
-    ) -> tuple[list[Result], dict[str, Any]] | Future[tuple[list[Result], dict[str, Any]]]:
-        if self._pool is None and self._here + len(block.data) <= self.workers.start_after:
+    def submit(self, block: Block, resume: Any) -> Prepared | Future[Prepared]:
+        workers = self.workers
+        if workers is None or (
+            self._pool is None and self._here + len(block.data) <= workers.start_after
+        ):
             self._here += len(block.data)
-            if self._local is None:
-                self._local = Stage(self.workers.recipe)
-            return self._local.block(block, resume)
+            return self.local.block(block, resume)
         if self._pool is None:
-            self._own = self.workers.pool is None
-            self._pool = self.workers.pool or start_pool(self.workers.count)
+            self._own = workers.pool is None
+            self._pool = workers.pool or start_pool(workers.count)
         try:
             with _quiet_start():  # a submit may start a worker process
-                return self._pool.submit(
-                    prepare_block, self._run, self.workers.recipe, block, resume
-                )
+                return self._pool.submit(prepare_block, self._run, workers.recipe, block, resume)
         except BrokenProcessPool:
             raise worker_died() from None
 
@@ -390,9 +409,7 @@ def worker_died() -> WorkerError:
     )
 
 
-def result_of(
-    future: Future[tuple[list[Result], dict[str, Any]]],
-) -> tuple[list[Result], dict[str, Any]]:
+def result_of(future: Future[Prepared]) -> Prepared:
     """A finished block's results; a dead worker becomes a `WorkerError`."""
     try:
         return future.result()
@@ -400,7 +417,7 @@ def result_of(
         raise worker_died() from None
 
 
-def add_counts(mapper: Mapper, counts: dict[str, Any]) -> None:
+def add_counts(mapper: Mapper, counts: Counts) -> None:
     """Add a block's counters to the main process's mapper (read at the end of a run)."""
     if "dropped" in counts:
         dropped_values(mapper).update(counts["dropped"])
@@ -410,13 +427,7 @@ def add_counts(mapper: Mapper, counts: dict[str, Any]) -> None:
         untimed(mapper).update(counts["untimed"])
 
 
-def ops_of(tuples: list[tuple[int, Any, bytes, bool, bool, int]]) -> list[Op]:
-    return [
-        Op(KINDS[k], key, body, safe, token, index) for k, key, body, safe, token, index in tuples
-    ]
-
-
-def lookups_hold(tokens: set[TokenKey], lookups: tuple[tuple[TokenKey, bool], ...]) -> bool:
+def lookups_hold(tokens: set[TokenKey], lookups: Lookups) -> bool:
     """Whether a worker's token lookups got the answers the run's true set gives; if so
     the tokens it sent are added to the set."""
     added: list[TokenKey] = []

@@ -615,7 +615,7 @@ def test_an_unexpected_error_is_one_line_a_file_and_exit_70(tmp_path: Path, expo
         "import ctsync.pipeline\n"
         "def broken(*args, **kwargs):\n"
         f"    raise RuntimeError('boom with {PASSCODE}')\n"
-        "ctsync.pipeline.UploadRun._take = broken\n"
+        "ctsync.pipeline.UploadRun._take_results = broken\n"
         "from ctsync.__main__ import main\n"
         "sys.argv = ['ctsync', *sys.argv[1:]]\n"
         "main()\n"

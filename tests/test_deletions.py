@@ -7,6 +7,7 @@ once; the repeat is counted as skipped `duplicate-identity`, so the summary stil
 
 from __future__ import annotations
 
+import http.server
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from ctsync.cli import app
-from tests.helpers import clean_env
+from tests.helpers import clean_env, serving
 
 runner = CliRunner()
 
@@ -100,3 +101,48 @@ def test_at_a_terminal_the_question_counts_each_profile_once(tmp_path: Path) -> 
         term.type(b"y\n")
         assert term.wait() == 0
         assert sandbox.read(lambda store: store.counts().deletions) == 2
+
+
+class _RefusesEverything(http.server.BaseHTTPRequestHandler):
+    """A CleverTap that answers every request with 400 (as it does to a malformed one)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b'{"status":"fail","error":"Bad request","code":400}'
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_refused_deletions_are_reported_by_identity_and_their_dead_letters_re_drive(
+    tmp_path: Path,
+) -> None:
+    # A deletion's input line is an identity, not JSON: its report line names the identity
+    # and its dead letter is the line as given, so `--from failed.txt` deletes it again.
+    ids = tmp_path / "ids.txt"
+    ids.write_text("u1\n  u2\n")
+    report, failed = tmp_path / "report.ndjson", tmp_path / "failed.txt"
+    with serving(_RefusesEverything) as url:
+        result = runner.invoke(
+            app,
+            ["delete", "--from", str(ids), "--identity", "u3", "--endpoint", url, "--json"]
+            + ["--report", str(report), "--failed", str(failed)],
+            env=clean_env(CLEVERTAP_ACCOUNT_ID="TEST-1", CLEVERTAP_PASSCODE="secret-passcode"),
+        )
+    assert result.exit_code == 1, result.output
+    summary = orjson.loads(result.stdout)
+    # A whole request refused (400) fails every record in it, under the answer's status.
+    assert (summary["read"], summary["accepted"], summary["failed"]) == (3, 0, 3)
+    assert summary["failed_by_code"] == {"400": 3}
+    lines = [orjson.loads(line) for line in report.read_bytes().splitlines()]
+    assert sorted((line["source"], line["line"], line["identity"]) for line in lines) == [
+        ("--identity", 1, "u3"),
+        (str(ids), 1, "u1"),
+        (str(ids), 2, "u2"),
+    ]
+    assert sorted(failed.read_text().splitlines()) == ["u1", "u2", "u3"]

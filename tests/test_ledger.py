@@ -251,8 +251,10 @@ def test_records_a_resumed_run_sends_again_stay_out_of_the_dead_letters(
 def test_a_tracked_record_keeps_its_line_or_its_message() -> None:
     origin = Origin("f", 1)
     assert Tracked(origin, None, {"userId": "m"}, 1).message == {"userId": "m"}
-    # With the input line, the message is decoded from it again when asked for.
-    assert Tracked(origin, b'{"userId":"line"}', {"userId": "m"}, 1).message == {"userId": "line"}
+    # With the input line and no message, the message is decoded from the line when asked.
+    assert Tracked(origin, b'{"userId":"line"}', {}, 1).message == {"userId": "line"}
+    # A line that is not JSON (a deletion's identity) comes with what the report reads.
+    assert Tracked(origin, b"u1", {"userId": "u1"}, 1).message == {"userId": "u1"}
 
 
 def test_a_report_line_names_where_who_why_and_the_run() -> None:
