@@ -37,12 +37,11 @@ state file records for a batch without an answer.
 
 from __future__ import annotations
 
-import zlib
 from collections import deque
 from typing import TypeAlias
 
 from ctsync.ledger import Tracked
-from ctsync.prepare import Op, OpKind, ProfileKey
+from ctsync.prepare import Op, OpKind, ProfileKey, profile_hash
 from ctsync.settings import MAX_DELETE_BATCH, MAX_TOKENS_PER_UPLOAD, MAX_UPLOAD_BATCH
 
 Position: TypeAlias = tuple[int, int, int]
@@ -134,17 +133,16 @@ class Planner:
         self._unkeyed = 0
         self._last: Batch | None = None  # the batch the previous operation went to
 
-    def lane_of(self, key: ProfileKey | None) -> int:
+    def lane_of(self, key: ProfileKey | None, hashed: int | None = None) -> int:
+        """The lane of an operation on `key`; `hashed` is `profile_hash(key)` when the
+        record stage computed it already (in a worker: not here, once per operation)."""
         n = len(self.lanes)
         if n == 1:
             return 0
         if key is None:  # orders against nothing: spread round robin
             self._unkeyed += 1
             return self._unkeyed % n
-        # A stable hash (not Python's salted one): the same input plans the same
-        # requests in every run, so a dry run shows what a real run sends.
-        text = key if isinstance(key, str) else "\0".join(key)
-        return zlib.crc32(text.encode()) % n
+        return (profile_hash(key) if hashed is None else hashed) % n
 
     def add(
         self, op: Op, owner: Tracked, source: str, position: Position, gap: bool = False
@@ -166,11 +164,12 @@ class Planner:
         source: str,
         position: Position,
         gap: bool = False,
+        hashed: int | None = None,
     ) -> list[Batch]:
-        """`add` of an operation given by its fields (as the worker processes send them
-        back: no `Op` is built for each of a million records). Returns the batches sealed,
-        usually none."""
-        number = self.lane_of(key)
+        """`add` of an operation given by its fields (as the record stage sends them
+        back: no `Op` is built for each of a million records), `hashed` its key's
+        `profile_hash` if known. Returns the batches sealed, usually none."""
+        number = self.lane_of(key, hashed)
         lane = self.lanes[number]
         opened = lane.open
         sealed: list[Batch] = []

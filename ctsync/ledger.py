@@ -75,11 +75,13 @@ class Tracked:
     the record came with what its report reads (a stub: the line of `ctsync delete` is
     an identity, not JSON)."""
 
-    __slots__ = ("_message", "origin", "raw", "remaining", "verdict")
+    __slots__ = ("_message", "dedupe", "origin", "raw", "remaining", "verdict")
 
     def __init__(self, origin: Origin, raw: bytes | None, message: Message, operations: int):
         self.origin = origin
         self.raw = raw
+        # Its messageId's key and dedupe group (`ctsync.dedupe`), when the run remembers it.
+        self.dedupe: tuple[int, str | None] | None = None
         self._message = message if raw is None or message else None
         self.remaining = operations
         self.verdict = ACCEPTED

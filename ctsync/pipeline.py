@@ -16,6 +16,7 @@ state file is written from those batches, so what it calls settled was settled.
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -263,7 +264,6 @@ class UploadRun:
         self._taken = 0  # results taken: every YIELD_EVERY-th turns the event loop
         # messageId dedupe: the ids sent, and the records in flight that carry one.
         self._ids = message_ids
-        self._keyed: dict[Tracked, tuple[int, str | None]] = {}
 
     @property
     def summary(self) -> Summary:
@@ -280,6 +280,7 @@ class UploadRun:
 
     async def run(self) -> Summary:
         started = time.monotonic()
+        cpu = _cpu_seconds()
         try:
             await self._read_all()
             if not self._stopping:
@@ -297,6 +298,8 @@ class UploadRun:
             raise
         finally:
             self.summary.elapsed = time.monotonic() - started
+            main, workers = _cpu_seconds()
+            self.summary.cpu_main, self.summary.cpu_workers = main - cpu[0], workers - cpu[1]
             self.summary.requests = self._sender.requests
             self.summary.retries = self._sender.retries
             self.summary.interrupted = self.summary.interrupted or self._stopping
@@ -427,10 +430,10 @@ class UploadRun:
                 tracked = Tracked(Origin(source, line, part), raw, NO_MESSAGE, len(a))
                 if key is not None and ids is not None:
                     self._remember(key, tracked, source)
-                for kind, profile, body, safe, token, index in a:
+                for kind, profile, body, safe, token, index, hashed in a:
                     sealed = add(
                         kinds[kind], profile, body, safe, token, tracked, source,
-                        (line, part, index), self._gap,
+                        (line, part, index), self._gap, hashed,
                     )  # fmt: skip
                     self._gap = False
                     if sealed:
@@ -690,12 +693,12 @@ class UploadRun:
         progress = self._inputs.get(source)
         group = progress.key if progress is not None else None
         self._ids.remember(key[0], day_of(key[1]), group)
-        self._keyed[tracked] = (key[0], group)
+        tracked.dedupe = (key[0], group)
 
     def _settled(self, tracked: Tracked) -> None:
         """A record has its final verdict: refused or failed for good, its messageId is
         forgotten (a later copy, or a re-drive of --failed, is sent)."""
-        entry = self._keyed.pop(tracked, None)
+        entry = tracked.dedupe
         if entry is not None and self._ids is not None:
             verdict = tracked.verdict
             if forgotten(verdict.outcome.value, verdict.code):
@@ -753,17 +756,17 @@ class UploadRun:
         self._queued -= 1
         settle = self._ledger.settle
         held = self._held
-        keyed = self._keyed
         for owner, verdict, (source, position) in zip(
             batch.owners, verdicts, batch.positions, strict=True
         ):
             settle(owner, verdict)
             if owner.remaining:  # another operation of this record is still out
                 held.setdefault(owner, []).append((source, position, verdict))
-            elif held:
+                continue
+            if held:
                 held.pop(owner, None)
-            if keyed and not owner.remaining:
-                self._settled(owner)
+            if owner.dedupe is not None and owner.verdict is not ACCEPTED:
+                self._settled(owner)  # its messageId may have to be forgotten
         self._changed.set()
 
     async def _until(self, done: Callable[[], bool]) -> None:
@@ -891,6 +894,14 @@ class UploadRun:
         if self._observer is not None:
             current = self._current.consumed if self._current is not None else 0
             self._observer.update(self.summary, self._consumed_before + current)
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process, and of its children ended so far
+    (the worker processes, once the run has stopped them)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -11,6 +11,7 @@ twice is harmless (for unclear answers).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from enum import StrEnum
 from typing import NamedTuple, TypeAlias
@@ -176,6 +177,14 @@ def profile_key(record: CleverTapRecord) -> ProfileKey | None:
         return str(data["Identity"])
     object_id = record.get("objectId")
     return ("guid", str(object_id)) if object_id is not None else None
+
+
+def profile_hash(key: ProfileKey) -> int:
+    """A stable hash of a profile key (not Python's salted `hash`): the same input plans
+    the same requests in every run and every process, so a dry run shows what a real
+    run sends."""
+    text = key if isinstance(key, str) else "\0".join(key)
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
 
 
 def is_idempotent(record: CleverTapRecord) -> bool:

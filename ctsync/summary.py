@@ -60,6 +60,9 @@ class Summary:
     requests: int = 0
     retries: int = 0
     elapsed: float = 0.0
+    # CPU seconds (user + system) of the run's own process, and of its worker processes.
+    cpu_main: float = 0.0
+    cpu_workers: float = 0.0
     dry_run: bool = False
     interrupted: bool = False
     signal: str | None = None  # SIGINT or SIGTERM when interrupted by one
@@ -145,6 +148,7 @@ class Summary:
             "http_429": sum(c.too_many_requests for c in self.concurrency.values()),
             "concurrency": {name: c.as_dict() for name, c in self.concurrency.items()},
             "elapsed_seconds": round(self.elapsed, 3),
+            "cpu_seconds": {"main": round(self.cpu_main, 3), "workers": round(self.cpu_workers, 3)},
             "dry_run": self.dry_run,
             "interrupted": self.interrupted,
             "signal": self.signal,

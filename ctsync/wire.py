@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any, Final, TypeAlias
 
 from ctsync.dedupe import Key
-from ctsync.prepare import Op, OpKind, ProfileKey
+from ctsync.prepare import Op, OpKind, ProfileKey, profile_hash
 from ctsync.records import Invalid, Message
 from ctsync.rules import Fix
 
@@ -47,8 +47,9 @@ Lookups: TypeAlias = tuple[tuple[TokenKey, bool], ...]
 """Each (objectId, token) looked up in the stage's set of tokens sent, and whether it
 was there."""
 
-WireOp: TypeAlias = tuple[int, ProfileKey | None, bytes, bool, bool, int]
-"""An `Op` as it crosses: (kind code, profile key, body, safe, token, number)."""
+WireOp: TypeAlias = tuple[int, ProfileKey | None, bytes, bool, bool, int, int | None]
+"""An `Op` as it crosses: (kind code, profile key, body, safe, token, number, the key's
+`profile_hash`: computed by the stage, so the run's process does not hash each key)."""
 
 Notes: TypeAlias = tuple[list[str], list[Fix], Message]
 """A READY record's warnings (`--validate warn`), fixes (`--validate fix`), and the
@@ -76,11 +77,22 @@ def stub(message: Message) -> Message:
 
 
 def wire_ops(ops: list[Op]) -> list[WireOp]:
-    return [(KIND_CODES[op.kind], op.key, op.body, op.safe, op.token, op.number) for op in ops]
+    return [
+        (
+            KIND_CODES[op.kind],
+            op.key,
+            op.body,
+            op.safe,
+            op.token,
+            op.number,
+            None if op.key is None else profile_hash(op.key),
+        )
+        for op in ops
+    ]
 
 
 def ops_of(wire: list[WireOp]) -> list[Op]:
-    return [Op(KINDS[k], key, body, safe, token, n) for k, key, body, safe, token, n in wire]
+    return [Op(KINDS[k], key, body, safe, token, n) for k, key, body, safe, token, n, _ in wire]
 
 
 def done(line: int, part: int) -> Result:

@@ -127,11 +127,11 @@ def test_refused_deletions_are_reported_by_identity_and_their_dead_letters_re_dr
     ids = tmp_path / "ids.txt"
     ids.write_text("u1\n  u2\n")
     report, failed = tmp_path / "report.ndjson", tmp_path / "failed.txt"
+    outputs = ["--json", "--report", str(report), "--failed", str(failed)]
     with serving(_RefusesEverything) as url:
         result = runner.invoke(
             app,
-            ["delete", "--from", str(ids), "--identity", "u3", "--endpoint", url, "--json"]
-            + ["--report", str(report), "--failed", str(failed)],
+            ["delete", "--from", str(ids), "--identity", "u3", "--endpoint", url, *outputs],
             env=clean_env(CLEVERTAP_ACCOUNT_ID="TEST-1", CLEVERTAP_PASSCODE="secret-passcode"),
         )
     assert result.exit_code == 1, result.output

@@ -218,6 +218,7 @@ def test_a_fresh_summary_counts_nothing() -> None:
         "http_429": 0,
         "concurrency": {},
         "elapsed_seconds": 0.0,
+        "cpu_seconds": {"main": 0.0, "workers": 0.0},
         "dry_run": False,
         "interrupted": False,
         "signal": None,

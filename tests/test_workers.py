@@ -138,7 +138,7 @@ def run_source(
     )
     summary: Summary = asyncio.run(run.run())
     found = summary.as_dict()
-    del found["elapsed_seconds"]
+    del found["elapsed_seconds"], found["cpu_seconds"]
     return requests.getvalue(), report.getvalue(), failed.getvalue(), found, mapper
 
 
