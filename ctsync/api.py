@@ -27,22 +27,28 @@ from ctsync.dedupe import MessageIds, window_ms
 from ctsync.errors import CtsyncError, DiskFull, UsageError
 from ctsync.ledger import Ledger, Lines, Output, disk_full, output_error
 from ctsync.mapping.file import read_mapping_document
+from ctsync.model import Sender
 from ctsync.options import events_only
-from ctsync.pipeline import (
-    DryRunSender,
-    Observer,
-    RunOptions,
-    Sender,
-    UploadRun,
-    ValidateMode,
-    Validator,
-    deletion_mapper,
-    deletion_records,
-)
-from ctsync.prepare import rules_validator
+from ctsync.prepare import ValidateMode, Validator, rules_validator
 from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import STDIN, InputOptions, Inputs, collect_inputs
 from ctsync.records import DeleteKey, Mapper, Origin
+from ctsync.run import (
+    DryRunSender,
+    Observer,
+    RunOptions,
+    UploadRun,
+    deletion_mapper,
+    deletion_records,
+)
+from ctsync.run.workers import (
+    MapperFactory,
+    Recipe,
+    Workers,
+    mapping_mapper,
+    preset_mapper,
+    tuning,
+)
 from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import (
@@ -54,14 +60,6 @@ from ctsync.stopping import (
 )
 from ctsync.summary import Summary
 from ctsync.window import untimed, window_notes, windowed
-from ctsync.workers import (
-    MapperFactory,
-    Recipe,
-    Workers,
-    mapping_mapper,
-    preset_mapper,
-    tuning,
-)
 
 if TYPE_CHECKING:  # the client (and httpx) only load when a run sends for real
     import httpx
@@ -131,7 +129,7 @@ class UploadJob:
         return self.recipe.mapper(set() if tokens is None else tokens)
 
     def build_validator(self) -> Validator | None:
-        """CleverTap's data rules as `--validate` asks (`off`: the pipeline skips them)."""
+        """CleverTap's data rules as `--validate` asks (`off`: the run skips them)."""
         return self.recipe.validator()
 
 

@@ -41,11 +41,9 @@ from collections import deque
 from typing import TypeAlias
 
 from ctsync.ledger import Tracked
+from ctsync.model import Position
 from ctsync.prepare import Op, OpKind, ProfileKey, profile_hash
 from ctsync.settings import MAX_DELETE_BATCH, MAX_TOKENS_PER_UPLOAD, MAX_UPLOAD_BATCH
-
-Position: TypeAlias = tuple[int, int, int]
-"""Where an operation comes from in its source: (line, part within the line, operation)."""
 
 Run: TypeAlias = list[Position]
 """[first, last]: positions of one source that went to one batch one after another."""

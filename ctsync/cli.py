@@ -26,7 +26,7 @@ from ctsync.console import PlainProgress, ProgressView, RunView, plural, render_
 from ctsync.dedupe import DEFAULT_WINDOW_DAYS
 from ctsync.errors import CtsyncError, ExitCode, UsageError
 from ctsync.mapping.cli import app as mappings_app
-from ctsync.pipeline import RunOptions, ValidateMode
+from ctsync.prepare import ValidateMode
 from ctsync.presets import MappingOptions, Nested, Preset
 from ctsync.reader import (
     DEFAULT_MAX_LINE_BYTES,
@@ -40,6 +40,8 @@ from ctsync.reader import (
 from ctsync.records import Origin
 from ctsync.redact import forget_all
 from ctsync.remote import is_url
+from ctsync.run import RunOptions
+from ctsync.run.workers import default_workers
 from ctsync.sandbox.cli import app as sandbox_app
 from ctsync.settings import (
     MAX_UPLOAD_BATCH,
@@ -57,7 +59,6 @@ from ctsync.stopping import read_terminal
 from ctsync.summary import Summary
 from ctsync.timestamps import DatesAs
 from ctsync.window import Window
-from ctsync.workers import default_workers
 
 app = typer.Typer(
     name="ctsync",

@@ -35,8 +35,7 @@ import orjson
 from ctsync import __version__
 from ctsync.concurrency import ConcurrencyReport, Limit
 from ctsync.errors import AuthError
-from ctsync.ledger import ACCEPTED, Verdict
-from ctsync.model import UNKNOWN, OnWire, Request, delete_body, upload_body
+from ctsync.model import ACCEPTED, UNKNOWN, OnWire, Request, Verdict, delete_body, upload_body
 from ctsync.prepare import ProfileKey
 from ctsync.records import DeleteKey, Outcome, Stage
 from ctsync.redact import redact
@@ -360,7 +359,7 @@ class CleverTapClient:
             self._http = None
 
     async def send(self, request: Request, on_wire: OnWire | None = None) -> list[Verdict]:
-        """The pipeline's `Sender`: `upload` or `delete`, as the request says."""
+        """The run's `model.Sender`: `upload` or `delete`, as the request says."""
         if request.delete is None:
             return await self.upload(request.bodies, request.keys, request.resend, on_wire)
         return await self.delete(request.delete, request.bodies, request.keys, on_wire)

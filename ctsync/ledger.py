@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import stat
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +20,7 @@ from typing import Protocol
 import orjson
 
 from ctsync.errors import DiskFull, OutputError
+from ctsync.model import ACCEPTED, Verdict
 from ctsync.records import Invalid, Message, Origin, Outcome, Stage
 from ctsync.summary import Summary
 
@@ -35,19 +35,6 @@ __all__ = [
     "output_error",
     "report_line",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What happened to one operation: accepted, or rejected/failed with a code and why."""
-
-    outcome: Outcome
-    code: str = ""
-    message: str = ""
-    stage: Stage = Stage.API
-
-
-ACCEPTED = Verdict(Outcome.ACCEPTED)
 
 
 class Lines(Protocol):

@@ -206,7 +206,7 @@ def is_idempotent(record: CleverTapRecord) -> bool:
 
 
 def rules_validator(max_event_properties: int, *, fix: bool = False) -> Validator:
-    """CleverTap's data rules as the pipeline's validator: the first code, every reason.
+    """CleverTap's data rules as the run's validator: the first code, every reason.
     With `fix` (`--validate fix`), a record whose only problems are fixable fields comes
     back `Fixed`: to be sent without them."""
 

@@ -46,10 +46,10 @@ from typing import Any
 
 import orjson
 
-from ctsync.batching import Position
 from ctsync.dedupe import MessageIds
 from ctsync.errors import DiskFull, LockedError, OutputError, UsageError
 from ctsync.ledger import Output
+from ctsync.model import Position
 from ctsync.reader import Source
 
 FINGERPRINT_BYTES = 64 * 1024

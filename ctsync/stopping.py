@@ -19,8 +19,8 @@ from types import FrameType
 from typing import IO, Any, Protocol, runtime_checkable
 
 from ctsync.ledger import Verdict
-from ctsync.model import OnWire, Request
-from ctsync.pipeline import Sender, WaitsForPermits
+from ctsync.model import OnWire, Request, Sender
+from ctsync.run.dispatch import WaitsForPermits
 
 _ended = False
 
@@ -77,7 +77,7 @@ class SendCounter:
         self._inner.retries = value
 
     def stop_waiting(self) -> None:
-        """Requests waiting for a permit end unsent (see `pipeline.WaitsForPermits`)."""
+        """Requests waiting for a permit end unsent (see `run.dispatch.WaitsForPermits`)."""
         if isinstance(self._inner, WaitsForPermits):
             self._inner.stop_waiting()
 

@@ -20,8 +20,8 @@ from hypothesis import settings as hypothesis_settings
 from typer.testing import CliRunner, Result
 
 from ctsync import redact
+from ctsync.run.workers import WorkerPool, start_pool
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
-from ctsync.workers import WorkerPool, start_pool
 from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, QUICK_EXAMPLES, THOROUGH_EXAMPLES
 
 # Two Hypothesis profiles, one per tier: `quick` for `make test` (every property checked at a

@@ -17,8 +17,8 @@ from hypothesis import settings
 from ctsync import api
 from ctsync.ledger import Summary, Tracked, Verdict
 from ctsync.model import OnWire, Request
-from ctsync.pipeline import RunOptions
 from ctsync.records import Mapper, Origin
+from ctsync.run import RunOptions
 from ctsync.settings import ClientSettings
 
 QUICK_EXAMPLES = 20

@@ -22,10 +22,10 @@ from ctsync.batching import Batch, Planner
 from ctsync.errors import AuthError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.model import OnWire
-from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.prepare import OpKind
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
+from ctsync.run import RunOptions, UploadRun
 from ctsync.state import StateFile
 from tests.helpers import FakeSender, Kind, owner
 

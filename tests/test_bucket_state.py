@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from ctsync import api
 from ctsync.errors import AuthError
 from ctsync.ledger import Summary
-from ctsync.pipeline import RunOptions
 from ctsync.reader import InputOptions
+from ctsync.run import RunOptions
 from ctsync.sandbox import SandboxConfig, running_sandbox
 from ctsync.settings import ClientSettings
 from ctsync.summary import Routine

@@ -612,10 +612,10 @@ def test_an_unexpected_error_is_one_line_a_file_and_exit_70(tmp_path: Path, expo
     to report it, the traceback in a file, exit 70. The passcode is in neither."""
     script = (
         "import sys\n"
-        "import ctsync.pipeline\n"
+        "import ctsync.run.intake\n"
         "def broken(*args, **kwargs):\n"
         f"    raise RuntimeError('boom with {PASSCODE}')\n"
-        "ctsync.pipeline.UploadRun._take_results = broken\n"
+        "ctsync.run.intake.Intake.take = broken\n"
         "from ctsync.__main__ import main\n"
         "sys.argv = ['ctsync', *sys.argv[1:]]\n"
         "main()\n"

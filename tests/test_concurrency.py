@@ -30,9 +30,9 @@ from ctsync.client import CleverTapClient
 from ctsync.concurrency import ConcurrencyReport, Limit, parse_concurrency
 from ctsync.console import render_summary
 from ctsync.ledger import Ledger, Summary
-from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
+from ctsync.run import RunOptions, UploadRun
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from ctsync.stopping import SendCounter
 from tests.helpers import examples

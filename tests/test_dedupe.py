@@ -27,11 +27,11 @@ from ctsync.api import Outputs, UploadJob, upload
 from ctsync.dedupe import DUPLICATE_MESSAGE_ID, MessageIds, day_of, forgotten, message_key
 from ctsync.errors import UsageError
 from ctsync.ledger import Ledger
-from ctsync.pipeline import DryRunSender, RunOptions, UploadRun
 from ctsync.presets import Preset
 from ctsync.reader import Source
+from ctsync.run import DryRunSender, RunOptions, UploadRun
+from ctsync.run.workers import Recipe, WorkerPool, Workers
 from ctsync.state import StateFile
-from ctsync.workers import Recipe, WorkerPool, Workers
 from tests.helpers import assert_accounted, examples
 
 DAY_MS = 86_400_000

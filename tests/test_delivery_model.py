@@ -33,12 +33,12 @@ from hypothesis import strategies as st
 from ctsync.client import CleverTapClient
 from ctsync.concurrency import AUTO
 from ctsync.ledger import Ledger, Summary
-from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.reader import collect_sources
 from ctsync.records import Delete, Mapper, MapResult, Message, Skip, Upload
+from ctsync.run import RunOptions, UploadRun
+from ctsync.run.workers import Recipe, WorkerPool, Workers
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from ctsync.state import StateFile
-from ctsync.workers import Recipe, WorkerPool, Workers
 from tests.helpers import examples, no_validator
 
 USERS = ["u0", "u1", "u2"]

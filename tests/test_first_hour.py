@@ -21,7 +21,7 @@ from ctsync import cli
 from ctsync.cli import app
 from ctsync.console import RunView
 from ctsync.ledger import Summary
-from ctsync.pipeline import DryRunSender
+from ctsync.run import DryRunSender
 from ctsync.stopping import SendCounter
 from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, clean_env
 

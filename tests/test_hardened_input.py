@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctsync.ledger import Ledger
-from ctsync.pipeline import DryRunSender, UploadRun
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import OpenSource, Source, read_source
+from ctsync.run import DryRunSender, UploadRun
 from ctsync.timestamps import convert_object, iso_to_epoch
 from tests.helpers import assert_accounted, examples
 

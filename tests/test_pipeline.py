@@ -15,11 +15,11 @@ from ctsync.batching import Batch, Planner
 from ctsync.errors import AuthError, OutputError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.model import OnWire
-from ctsync.pipeline import DryRunSender, RunOptions, UploadRun
 from ctsync.prepare import Op, OpKind, encode
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
 from ctsync.records import Delete, Outcome, Upload
+from ctsync.run import DryRunSender, RunOptions, UploadRun
 from tests.helpers import FakeSender, Kind, assert_accounted, owner
 
 STDIN = Source("-", None, None)

@@ -231,7 +231,7 @@ def test_redriving_dead_letters_that_start_with_a_damaged_line_reads_every_line(
     tmp_path: Path,
 ) -> None:
     from ctsync import api
-    from ctsync.pipeline import RunOptions
+    from ctsync.run import RunOptions
 
     export = tmp_path / "export.ndjson"
     lines = [b'{"type":"identify","userId":"u0"'] + [

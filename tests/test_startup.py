@@ -37,7 +37,7 @@ def test_a_dry_run_loads_no_http_client_no_sandbox_and_no_pydantic(tmp_path: Pat
     export = tmp_path / "one.ndjson"
     export.write_bytes(LINE)
     modules = imported_by("upload", str(export), "--dry-run", "--quiet")
-    assert "ctsync.pipeline" in modules  # it did run
+    assert "ctsync.run.coordinator" in modules  # it did run
     unwanted = ("httpx", "httpcore", "h11", "ctsync.client", "pydantic", "boto3", "google")
     assert loaded(modules, *unwanted) == set()
     assert loaded(modules, "ctsync.sandbox") <= {

@@ -19,9 +19,9 @@ from ctsync import api
 from ctsync.errors import LockedError, OutputError, UsageError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.model import OnWire
-from ctsync.pipeline import RunOptions, UploadRun
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source, collect_sources
+from ctsync.run import RunOptions, UploadRun
 from ctsync.settings import ClientSettings
 from ctsync.state import END, Resume, Seen, Span, StateFile
 from ctsync.summary import Routine

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from ctsync import api
 from ctsync.errors import UsageError
-from ctsync.pipeline import RunOptions
 from ctsync.reader import Source
+from ctsync.run import RunOptions
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from ctsync.state import Span, StateFile
 from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, CleverTap, upload_with_state, write_export

@@ -24,11 +24,12 @@ from hypothesis import strategies as st
 from ctsync.api import UploadJob, upload
 from ctsync.ledger import Ledger, Summary
 from ctsync.mapping import dates_left_as_text, dropped_values, preset_as_mapping
-from ctsync.pipeline import DryRunSender, RunOptions, UploadRun, ValidateMode
+from ctsync.prepare import ValidateMode
 from ctsync.presets import MappingOptions, Nested, Preset
 from ctsync.reader import Block, OpenSource, Source, read_blocks, read_source
 from ctsync.records import Mapper, Message
-from ctsync.workers import Recipe, WorkerError, WorkerPool, Workers, lookups_hold
+from ctsync.run import DryRunSender, RunOptions, UploadRun
+from ctsync.run.workers import Recipe, WorkerError, WorkerPool, Workers, lookups_hold
 from tests.helpers import examples, mapper_that_dies_in_a_worker, no_validator
 
 USERS = ["u1", "u2", "u3", 7, "", None]
@@ -233,7 +234,7 @@ def test_a_small_input_starts_no_process(tmp_path: Path, monkeypatch: pytest.Mon
     def no_process(*args: object, **kwargs: object) -> None:
         raise AssertionError("a worker process was started")
 
-    monkeypatch.setattr("ctsync.workers.start_pool", no_process)
+    monkeypatch.setattr("ctsync.run.workers.start_pool", no_process)
     one = run_once(export, built, "strict", None)
     for size in (None, 10**9):  # a stdin (size unknown) or a file bigger than it is
         workers = Workers(count=2, recipe=built, block_bytes=100, start_after=10**5)

@@ -51,8 +51,7 @@ from ctsync.prepare import Skipped, ValidateMode, Validator, prepare
 from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import Block, InputRecord, decode_block
 from ctsync.records import Invalid, Mapper
-from ctsync.window import untimed
-from ctsync.wire import (
+from ctsync.run.wire import (
     INVALID,
     NO_LOOKUPS,
     READY,
@@ -67,6 +66,7 @@ from ctsync.wire import (
     stub,
     wire_ops,
 )
+from ctsync.window import untimed
 
 MAX_DEFAULT_WORKERS: Final = 8
 BLOCK_BYTES: Final = 1 << 20

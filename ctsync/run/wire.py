@@ -1,6 +1,6 @@
 """What the record stage hands the run: one result per input record, in input order.
 
-The stage (`ctsync.workers.Stage`) runs in a worker process or in the run's own process
+The stage (`ctsync.run.workers.RecordStage`) runs in a worker process or in the run's own process
 (`--workers 1`, small inputs, JSON documents, `ctsync delete`); the run takes every
 result the same way, wherever it was made. This module owns the format at both ends:
 the stage builds results only with the constructors below, and the run reads them only
@@ -23,7 +23,7 @@ record, and pickling a named tuple costs four times a tuple's (measured: 1.4 aga
 - `raw`: the record's line (an array element's JSON when it had none); None for DONE,
   and for SKIPPED unless the run may prepare it again (it has `lookups`).
 - `lookups`: the device-token lookups its mapping made, with their answers, when the
-  stage keeps its own token set (see `ctsync.workers`); empty otherwise.
+  stage keeps its own token set (see `ctsync.run.workers`); empty otherwise.
 - `key`: its messageId's dedupe key, when the run dedupes and it has one.
 """
 

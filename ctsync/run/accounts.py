@@ -1,0 +1,70 @@
+"""Verdicts into the books: each operation's answer settles its record in the ledger;
+a record whose other operations are still out is *held* (its verdicts so far, which the
+state file keeps); a record refused or failed for good lets its messageId go."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ctsync.batching import Batch
+from ctsync.dedupe import Group, Key, MessageIds, day_of, forgotten
+from ctsync.ledger import Ledger, Tracked
+from ctsync.model import ACCEPTED, Position, Verdict
+
+Held = dict[Tracked, list[tuple[str, Position, Verdict]]]
+"""Records with some verdicts and operations still out: by record, each verdict's source
+and position (the state file keeps them pending, with their verdicts)."""
+
+
+class Accounts:
+    """The ledger, the held records and the messageIds of one run."""
+
+    def __init__(self, ledger: Ledger, ids: MessageIds | None) -> None:
+        self.ledger = ledger
+        self.ids = ids
+        self.held: Held = {}
+
+    def answer(self, batch: Batch, verdicts: Sequence[Verdict]) -> None:
+        """A batch's final answer: one verdict per operation, in order."""
+        settle = self.ledger.settle
+        held = self.held
+        for owner, verdict, (source, position) in zip(
+            batch.owners, verdicts, batch.positions, strict=True
+        ):
+            settle(owner, verdict)
+            if owner.remaining:  # another operation of this record is still out
+                held.setdefault(owner, []).append((source, position, verdict))
+                continue
+            if held:
+                held.pop(owner, None)
+            if owner.dedupe is not None and owner.verdict is not ACCEPTED:
+                self._forget(owner)
+
+    def known(self, tracked: Tracked, source: str, position: Position, verdict: Verdict) -> None:
+        """A verdict an earlier run settled (a resumed record's operation)."""
+        self.ledger.settle(tracked, verdict)
+        if tracked.remaining:
+            self.held.setdefault(tracked, []).append((source, position, verdict))
+            return
+        # Its last verdict: its report line is written now, so the state must not keep
+        # its earlier verdicts pending (the next run would report it again).
+        self.held.pop(tracked, None)
+        if tracked.dedupe is not None and tracked.verdict is not ACCEPTED:
+            self._forget(tracked)
+
+    def remember(self, key: Key, tracked: Tracked, group: Group) -> None:
+        """A record with a messageId is planned: its copies are duplicates from now on.
+        With --state its id is written with its input's progress (`group`)."""
+        if self.ids is None:  # a stage that dedupes, in a run that does not
+            return
+        self.ids.remember(key[0], day_of(key[1]), group)
+        tracked.dedupe = (key[0], group)
+
+    def _forget(self, tracked: Tracked) -> None:
+        """A record has its final verdict: refused or failed for good, its messageId is
+        forgotten (a later copy, or a re-drive of --failed, is sent)."""
+        entry = tracked.dedupe
+        if entry is not None and self.ids is not None:
+            verdict = tracked.verdict
+            if forgotten(verdict.outcome.value, verdict.code):
+                self.ids.forget(*entry)

@@ -1,0 +1,327 @@
+"""The whole flow of an upload run, in one place:
+
+    feed (read, resume) -> record stage (decode, map, convert, validate, encode: here or
+    in worker processes) -> intake (account, plan into batches) -> dispatcher (lanes,
+    send) -> accounts (verdicts into the ledger) -> checkpointer (the state file)
+
+Reading and preparing are synchronous and CPU-bound; sending is asynchronous. Both share
+one event loop: the intake lets it run every few records, so answers are handled while
+the next batch is being built. A bounded window of sealed batches keeps memory flat when
+CleverTap is slow (backpressure).
+
+The bookkeeping has one source of truth: every operation read is in exactly one batch
+(being filled, waiting in its lane, or on the wire) until its verdict settles it. The
+state file is written from those batches, so what it calls settled was settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from collections import deque
+from collections.abc import Generator, Iterable, Sequence
+from concurrent.futures import Future
+from typing import IO, Any, Protocol
+
+from ctsync.batching import Planner
+from ctsync.dedupe import MessageIds
+from ctsync.ledger import Ledger, Summary
+from ctsync.model import Sender
+from ctsync.prepare import ValidateMode, Validator
+from ctsync.reader import Block, InputRecord, Source
+from ctsync.records import Mapper
+from ctsync.run.accounts import Accounts
+from ctsync.run.checkpoint import Checkpointer
+from ctsync.run.dispatch import Dispatcher
+from ctsync.run.feed import Feed, Item
+from ctsync.run.intake import YIELD_EVERY, Intake
+from ctsync.run.options import Control, RunOptions
+from ctsync.run.wire import Prepared
+from ctsync.run.workers import (
+    BLOCK_BYTES,
+    Preparer,
+    RecordStage,
+    WorkerError,
+    Workers,
+    add_counts,
+    result_of,
+)
+from ctsync.state import Progress, StateFile
+from ctsync.summary import Routine
+
+WAIT_STEP = 0.2  # seconds between looks at stop() while a block is being prepared
+YIELD_IDLE = 512
+"""Records taken between two turns of the event loop while no request is in flight (a
+signal is handled within milliseconds); `intake.YIELD_EVERY` while some are."""
+
+
+class Observer(Protocol):
+    """Progress display hooks; the run never imports any UI."""
+
+    def update(self, summary: Summary, consumed: int) -> None: ...
+
+
+class UploadRun:
+    """One upload run over a list of sources (or of `records` already read: `ctsync
+    delete`). `await run()` returns the summary.
+
+    `stop()` (first Ctrl-C or SIGTERM) stops reading, lets the requests in flight finish
+    for up to `drain_timeout` seconds, and ends the run with every record accounted for;
+    cancelling the task (a second Ctrl-C) ends it at once, just as accounted for.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source] = (),
+        *,
+        records: Iterable[tuple[InputRecord, Progress | None]] | None = None,
+        mapper: Mapper,
+        sender: Sender,
+        ledger: Ledger,
+        options: RunOptions = RunOptions(),
+        validator: Validator | None = None,
+        observer: Observer | None = None,
+        stdin: IO[bytes] | None = None,
+        state: StateFile | None = None,
+        workers: Workers | None = None,
+        tokens: set[tuple[str, str]] | None = None,
+        message_ids: MessageIds | None = None,
+    ) -> None:
+        self._records = records
+        self._mapper = mapper
+        self._sender = sender
+        self._ledger = ledger
+        self._options = options
+        self._observer = observer
+        self._control = control = Control(ledger)
+        # --workers: blocks go to worker processes (see ctsync.run.workers).
+        self._workers = workers if workers is not None and workers.count > 1 else None
+        self._block_bytes = workers.block_bytes if workers is not None else BLOCK_BYTES
+        # The record stage of this process: the run's own mapper, whose token set is the
+        # run's (`mapper` must add to `tokens`, built with it); a `records` caller's raw
+        # lines are not JSON, so their results carry what the report reads.
+        self._stage = RecordStage(
+            mapper,
+            validator if options.validate is not ValidateMode.OFF else None,
+            options.validate,
+            dedupe=message_ids is not None,
+            stubs=records is not None,
+        )
+        planner = Planner(lanes=options.lanes, batch_size=options.batch_size)
+        self._accounts = accounts = Accounts(ledger, message_ids)
+        self._feed = feed = Feed(
+            sources, summary=ledger.summary, checkpoint=self._checkpoint, stdin=stdin, state=state
+        )
+        self._dispatcher = dispatcher = Dispatcher(
+            planner=planner,
+            sender=sender,
+            accounts=accounts,
+            control=control,
+            options=options,
+            checkpoint=self._checkpoint,
+            notify=self._notify,
+        )
+        self._checkpointer = Checkpointer(
+            state, feed=feed, dispatcher=dispatcher, accounts=accounts, control=control
+        )
+        self._intake = Intake(
+            accounts=accounts,
+            planner=planner,
+            dispatcher=dispatcher,
+            feed=feed,
+            control=control,
+            options=options,
+            pace=self._pace,
+            ids=message_ids,
+            tokens=set() if tokens is None else tokens,
+            workers=self._workers,
+        )
+        self._planner = planner
+
+    @property
+    def summary(self) -> Summary:
+        return self._ledger.summary
+
+    @property
+    def stopping(self) -> bool:
+        return self._control.stopping
+
+    def stop(self) -> None:
+        """Stop reading; let the requests in flight finish (first Ctrl-C, SIGTERM)."""
+        self._control.stopping = True
+        self._dispatcher.wake()
+
+    async def run(self) -> Summary:
+        started = time.monotonic()
+        cpu = _cpu_seconds()
+        control, dispatcher = self._control, self._dispatcher
+        try:
+            await self._read_all()
+            if not control.stopping:
+                # The lanes' last batches join into full requests once nothing is on the
+                # wire (see batching): a round trip or two more, far fewer requests.
+                await dispatcher.until(lambda: dispatcher.queued == 0)
+            if not control.stopping:
+                dispatcher.enqueue(self._planner.flush(join=True))
+                await dispatcher.until(lambda: dispatcher.queued == 0)
+            if control.stopping:
+                await dispatcher.drain()
+            control.check()
+        except BaseException:
+            await dispatcher.abort()
+            raise
+        finally:
+            summary = self.summary
+            summary.elapsed = time.monotonic() - started
+            main, workers = _cpu_seconds()
+            summary.cpu_main, summary.cpu_workers = main - cpu[0], workers - cpu[1]
+            summary.requests = self._sender.requests
+            summary.retries = self._sender.retries
+            summary.interrupted = summary.interrupted or control.stopping
+            self._checkpoint()
+            self._notes()
+            self._notify()
+        return self.summary
+
+    # -- reading ------------------------------------------------------------------
+
+    async def _read_all(self) -> None:
+        """Every input through the record stage and the intake. NDJSON goes as blocks
+        of lines, prepared here or by the worker processes; everything else (JSON
+        documents, overlong lines, `records`) record by record, here. Results are taken
+        in input order, and only a bounded number of blocks is out at once."""
+        preparer = Preparer(self._stage, self._workers)
+        window = preparer.workers.window if preparer.workers is not None else 1
+        pending: deque[tuple[Item, Progress | None, Prepared | Future[Prepared] | None]] = deque()
+        out = 0  # blocks in `pending`
+        control = self._control
+        items = self._items()
+        try:
+            for item, progress in items:
+                if type(item) is Block:
+                    resume = progress.resume if progress is not None else None
+                    if resume is not None and resume.untouched(item.lineno + 1, 0):
+                        resume = None  # the common case: nothing of it was read before
+                    pending.append((item, progress, preparer.submit(item, resume)))
+                    out += 1
+                else:
+                    pending.append((item, progress, None))
+                # Take what is ready; wait only when enough blocks are out.
+                while pending and not control.stopping:
+                    first = pending[0][2]
+                    if isinstance(first, Future) and not first.done() and out < window:
+                        break
+                    item, progress, prepared = pending.popleft()
+                    if prepared is not None:
+                        out -= 1
+                    await self._take_item(item, progress, prepared)
+                if control.stopping:
+                    break
+            while pending and not control.stopping:
+                item, progress, prepared = pending.popleft()
+                await self._take_item(item, progress, prepared)
+        except WorkerError as exc:
+            # As after stop(): the requests in flight finish, nothing more is sent, and
+            # the run ends with this error (what was not sent is resent next time). A
+            # worker that a signal to the whole process group ended is part of that stop.
+            if not control.stopping:
+                control.fail(exc)
+            control.stopping = True
+        finally:
+            items.close()
+            # Blocks not yet started are dropped by `close` (the pool's own thread cancels
+            # them). Cancelling them here raced with that thread when a worker died: on
+            # Python 3.11 it then printed an InvalidStateError traceback.
+            preparer.close()
+
+    def _items(self) -> Generator[tuple[Item, Progress | None], None, None]:
+        if self._records is not None:
+            yield from self._records
+        else:
+            yield from self._feed.items(self._block_bytes)
+
+    async def _take_item(
+        self, item: Item, progress: Progress | None, prepared: Prepared | Future[Prepared] | None
+    ) -> None:
+        if isinstance(prepared, Future):
+            if not prepared.done():
+                waiting = asyncio.wrap_future(prepared)
+                waiting.add_done_callback(_retrieved)
+                while not waiting.done():
+                    await asyncio.wait([waiting], timeout=WAIT_STEP)
+                    self._control.check()
+                    if self._control.stopping:
+                        return
+            prepared = result_of(prepared)
+        if prepared is not None:
+            assert isinstance(item, Block)
+            results, counts = prepared
+            add_counts(self._mapper, counts)
+            # A block an earlier run settled part of takes the long way, record by record.
+            settled = progress is not None and not progress.resume.untouched(item.lineno + 1, 0)
+            await self._intake.take(item.source, progress, results, settled)
+        elif type(item) is InputRecord:
+            origin = item.origin
+            if item.error is not None and origin.line == 0:  # not a record: a file's fault
+                self._ledger.unreadable(origin, item.error)
+                return
+            resume = progress.resume if progress is not None else None
+            settled = resume is not None and not resume.untouched(origin.line, origin.part)
+            result = self._stage.record(item, resume)
+            await self._intake.take(origin.source, progress, [result], settled)
+        else:
+            assert callable(item)
+            item()
+            await self._pace(self._intake.taken)
+
+    async def _pace(self, count: int) -> None:
+        """Between records: backpressure, a turn of the event loop now and then, and
+        the errors of the lanes."""
+        dispatcher = self._dispatcher
+        window = self._options.window
+        if dispatcher.queued >= window:
+            await dispatcher.until(lambda: dispatcher.queued < window)
+        elif count % YIELD_EVERY == 0 and (dispatcher.tasks or count % YIELD_IDLE == 0):
+            # Requests advance only while the reader yields: one step (a write, a read)
+            # per yield. Signal handlers run only then, too.
+            await asyncio.sleep(0)
+            if count % YIELD_IDLE == 0:
+                self._notify()
+        self._control.check()
+
+    # -- the end ------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        self._checkpointer.checkpoint()
+
+    def _notes(self) -> None:
+        resumed = self._intake.resumed
+        done, resent, unknown = (resumed[k] for k in ("done", "resent", "unknown"))
+        # Routine for a resumed run: counted after the notes that need reading.
+        self.summary.routine[Routine.DONE_EARLIER] += done
+        self.summary.routine[Routine.RESENT] += resent
+        if unknown:
+            self.summary.notes.append(
+                f"{unknown:,} records were on the wire when an earlier run stopped and may be "
+                "stored already; they were not sent again (outcome-unknown in the report)"
+            )
+        resumed.clear()
+
+    def _notify(self) -> None:
+        if self._observer is not None:
+            self._observer.update(self.summary, self._feed.consumed)
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process, and of its children ended so far
+    (the worker processes, once the run has stopped them)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Marks a wrapped worker future's error as seen: `result_of` reports it."""
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,194 @@
+"""Sending: sealed batches wait in their lanes, and each lane sends one request at a
+time, the next only after the final answer to the one before (retries included), so a
+profile's writes reach CleverTap in input order. On a stop, what is in flight may
+finish; what never got an answer fails, as sent (CleverTap may have it) or not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from ctsync.batching import Batch, Lane, Planner
+from ctsync.errors import DiskFull, OutputError
+from ctsync.ledger import DISK_FULL, OUTPUT_FAILED
+from ctsync.model import Request, Sender, Verdict
+from ctsync.prepare import OpKind
+from ctsync.records import DeleteKey, Outcome, Stage
+from ctsync.run.accounts import Accounts
+from ctsync.run.options import Control, RunOptions
+
+ABORTED = Verdict(
+    Outcome.FAILED,
+    "aborted",
+    "the run stopped before CleverTap answered; CleverTap may or may not have this record",
+    Stage.TRANSPORT,
+)
+INTERRUPTED = Verdict(
+    Outcome.FAILED,
+    "interrupted",
+    "not sent: the run was interrupted before this record's batch went out",
+    Stage.TRANSPORT,
+)
+
+
+@runtime_checkable
+class WaitsForPermits(Protocol):
+    """A sender whose requests may wait for a permit before they go out (the client)."""
+
+    def stop_waiting(self) -> None:
+        """Requests still waiting for a permit end with CancelledError, unsent."""
+
+
+class Dispatcher:
+    """The lanes' queues and the tasks that send them."""
+
+    def __init__(
+        self,
+        *,
+        planner: Planner,
+        sender: Sender,
+        accounts: Accounts,
+        control: Control,
+        options: RunOptions,
+        checkpoint: Callable[[], None],
+        notify: Callable[[], None],
+    ) -> None:
+        self._planner = planner
+        self._sender = sender
+        self._accounts = accounts
+        self._control = control
+        self._options = options
+        self._checkpoint = checkpoint
+        self._notify = notify
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.queued = 0  # sealed batches without their final answer
+        self._changed = asyncio.Event()  # a batch settled, a lane stopped, or a stop
+
+    def enqueue(self, batches: list[Batch]) -> None:
+        """Sealed batches join their lanes' queues; an idle lane starts sending."""
+        lanes = self._planner.lanes
+        for batch in batches:
+            lane = lanes[batch.lane]
+            lane.queue.append(batch)
+            self.queued += 1
+            if not lane.busy and not self._control.stopping:
+                lane.busy = True
+                task = asyncio.create_task(self._drive(lane))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    def wake(self) -> None:
+        """Something changed that `until` waits for (a stop)."""
+        self._changed.set()
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Wait until `done()` holds, the run stops, or a lane fails."""
+        self._notify()
+        control = self._control
+        while not done() and not control.stopping and control.fatal is None:
+            self._changed.clear()
+            await self._changed.wait()
+        control.check()
+
+    def live(self) -> list[Batch]:
+        """Every batch holding operations without a final verdict."""
+        lanes = self._planner.lanes
+        return [b for lane in lanes for b in lane.queue] + self._planner.open_batches()
+
+    async def _drive(self, lane: Lane) -> None:
+        """Send a lane's batches one at a time, in order: the next only after the final
+        answer to the one before, so a retried request never lands after a later one."""
+        control = self._control
+        try:
+            while lane.queue and not control.stopping and control.fatal is None:
+                batch = lane.queue[0]
+                verdicts = await self._send(batch)
+                lane.queue.popleft()
+                self.queued -= 1
+                self._accounts.answer(batch, verdicts)
+                self._changed.set()
+                self._checkpoint()
+                self._notify()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # AuthError, a state file that cannot be written, a bug
+            control.fail(exc)  # the reader raises it: never a silent hang
+        finally:
+            lane.busy = False
+            self._changed.set()
+
+    async def _send(self, batch: Batch) -> list[Verdict]:
+        def on_wire() -> None:
+            if not batch.sent:
+                batch.sent = True
+                self._checkpoint()  # a kill from here on leaves this batch "sent"
+
+        delete: DeleteKey | None = None
+        if batch.kind is not OpKind.UPLOAD:
+            delete = "identity" if batch.kind is OpKind.DELETE_IDENTITY else "guid"
+        # A deletion's operations are all safe (see `prepare.encode`).
+        resend = [True] * len(batch) if self._options.retry_unknown else batch.safe
+        request = Request(delete, batch.bodies, batch.keys, resend)
+        return await self._sender.send(request, on_wire)
+
+    # -- stopping -----------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """After a stop: nothing more is sent; what is in flight may finish."""
+        if isinstance(self._sender, WaitsForPermits):
+            # Lanes waiting for a permit (the client's limit may be below the lanes, as
+            # with --concurrency auto after 429s) have nothing on the wire: they would
+            # send new requests after the stop. Their batches stay unsent instead.
+            self._sender.stop_waiting()
+        if self.tasks:
+            _, late = await asyncio.wait(self.tasks, timeout=self._options.drain_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+        self.give_up()
+        self._control.check()
+
+    async def abort(self) -> None:
+        """Stop sending; every record without an answer fails, so the counts still add up."""
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.give_up()
+
+    def give_up(self) -> None:
+        """Fail every batch without an answer: ABORTED if it went out (CleverTap may
+        have it), INTERRUPTED if not. The state file first keeps them all pending, so
+        a re-run sends the unsent ones and reports the ones whose outcome is unknown."""
+        control = self._control
+        if control.frozen:
+            return
+        try:
+            self._checkpoint()
+        except OutputError as exc:  # the state file cannot be written: still count them all
+            control.fail(exc)
+        control.frozen = True
+        unsent = self._unsent()
+        live = sorted(self.live(), key=lambda b: b.seq)
+        for lane in self._planner.lanes:
+            lane.queue.clear()
+            lane.open.clear()
+        settle = self._accounts.ledger.settle
+        for batch in live:
+            self.queued -= batch.sealed
+            for owner in batch.owners:
+                settle(owner, ABORTED if batch.sent else unsent)
+
+    def _unsent(self) -> Verdict:
+        """Why the records never sent were not: an output that could not be written (a
+        full disk), or an interruption."""
+        cause = self._control.fatal or self._accounts.ledger.output_error
+        if not isinstance(cause, OutputError):
+            return INTERRUPTED
+        code = DISK_FULL if isinstance(cause, DiskFull) else OUTPUT_FAILED
+        why = "a disk is full" if code == DISK_FULL else "an output could not be written"
+        return Verdict(
+            Outcome.FAILED, code, f"not sent: the run stopped because {why}", Stage.TRANSPORT
+        )

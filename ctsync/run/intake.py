@@ -1,0 +1,297 @@
+"""The run's one intake: every result of the record stage, wherever it was made, taken in
+input order into the ledger and the planner's batches.
+
+Most records take the short way (`Intake.take`): sent or skipped, nothing for the report,
+no token the run's set disagrees on, nothing an earlier run settled. The rest take the
+long way (`_take_result`): resumed (`--state`), left for the next run, a copy of a
+message already sent, prepared again against the run's tokens, or written to the report.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import orjson
+
+from ctsync.batching import Planner
+from ctsync.dedupe import DUPLICATE_MESSAGE_ID, Key, MessageIds
+from ctsync.ledger import Tracked
+from ctsync.model import UNKNOWN, Position, Verdict
+from ctsync.prepare import Op, Ready, ValidateMode
+from ctsync.reader import InputRecord
+from ctsync.records import Message, Origin, Outcome, Stage
+from ctsync.run.accounts import Accounts
+from ctsync.run.dispatch import Dispatcher
+from ctsync.run.feed import Feed
+from ctsync.run.options import Control, RunOptions
+from ctsync.run.wire import (
+    BROKEN,
+    DONE,
+    INVALID,
+    KINDS,
+    READY,
+    SKIPPED,
+    Result,
+    notes_of,
+    ops_of,
+)
+from ctsync.run.workers import RecordStage, Workers, lookups_hold
+from ctsync.state import Progress, Resume, Seen
+
+NO_MESSAGE: Message = {}  # for `Tracked` of a record that has its line
+
+YIELD_EVERY = 32
+"""Records taken between two looks at the event loop (see `Coordinator.pace`)."""
+
+UNKNOWN_EARLIER = Verdict(
+    Outcome.FAILED,
+    UNKNOWN,
+    "on the wire when an earlier run stopped: CleverTap may or may not have stored it, so it "
+    "was not sent again (use --retry-unknown to send such records again)",
+    Stage.TRANSPORT,
+)
+
+
+class Intake:
+    """Results in, operations planned into batches (handed to the dispatcher as they
+    seal), every record read counted once."""
+
+    def __init__(
+        self,
+        *,
+        accounts: Accounts,
+        planner: Planner,
+        dispatcher: Dispatcher,
+        feed: Feed,
+        control: Control,
+        options: RunOptions,
+        pace: Callable[[int], Awaitable[None]],
+        ids: MessageIds | None,
+        tokens: set[tuple[str, str]],
+        workers: Workers | None,
+    ) -> None:
+        self._accounts = accounts
+        self._ledger = accounts.ledger
+        self._planner = planner
+        self._dispatcher = dispatcher
+        self._feed = feed
+        self._control = control
+        self._options = options
+        self._pace = pace
+        self._ids = ids
+        # The run's device tokens sent: the run's own stage maps against this same set;
+        # a worker's lookups that disagree with it are prepared again here (`_again`).
+        self._tokens = tokens
+        self._workers = workers
+        self._again: RecordStage | None = None
+        self._gap = False  # positions were passed over since the last operation planned
+        self._source: str | None = None  # the source of the last results taken
+        self.taken = 0  # results taken: every YIELD_EVERY-th lets the event loop run
+        self.resumed: Counter[str] = Counter()  # done / resent / unknown, for the notes
+
+    async def take(
+        self, source: str, progress: Progress | None, results: list[Result], settled: bool
+    ) -> None:
+        """Results of the record stage for `source`, in order. `settled`: an earlier run
+        settled some of their positions (every record then takes the long way). This loop
+        runs in the run's process for every record, and its cost bounds what more worker
+        processes can give."""
+        if source != self._source:  # a new source: runs of positions start afresh
+            self._source = source
+            self._gap = True
+        take = self._take_result
+        summary = self._ledger.summary
+        skipped = summary.skipped
+        add = self._planner.add_encoded
+        enqueue = self._dispatcher.enqueue
+        dispatcher = self._dispatcher
+        control = self._control
+        window = self._options.window
+        kinds = KINDS
+        ids = self._ids
+        remember = self._accounts.remember
+        group = progress.key if progress is not None else None
+        for result in results:
+            line, part, code, raw, a, b, lookups, key = result
+            if settled or lookups or b is not None:
+                take(source, result, progress)
+            elif key is not None and ids is not None and ids.seen(key[0]):
+                summary.read += 1
+                skipped[DUPLICATE_MESSAGE_ID] += 1
+                if progress is not None:
+                    progress.position = (line, part)
+            elif code == READY:
+                summary.read += 1
+                if progress is not None:
+                    progress.position = (line, part)
+                tracked = Tracked(Origin(source, line, part), raw, NO_MESSAGE, len(a))
+                if key is not None:
+                    remember(key, tracked, group)
+                for kind, profile, body, safe, token, index, hashed in a:
+                    sealed = add(
+                        kinds[kind], profile, body, safe, token, tracked, source,
+                        (line, part, index), self._gap, hashed,
+                    )  # fmt: skip
+                    self._gap = False
+                    if sealed:
+                        enqueue(sealed)
+            elif code == SKIPPED:
+                summary.read += 1
+                skipped[a] += 1
+                if progress is not None:
+                    progress.position = (line, part)
+            else:
+                take(source, result, progress)
+            # The pace only when it has something to do: a coroutine per record costs.
+            self.taken += 1
+            if dispatcher.queued >= window or self.taken % YIELD_EVERY == 0:
+                await self._pace(self.taken)
+            else:
+                control.check()
+            if control.stopping:  # after the take: no record read is left unaccounted
+                return
+
+    def _take_result(self, source: str, result: Result, progress: Progress | None) -> None:
+        line, part, code, raw, a, b, lookups, key = result
+        resume = None
+        if progress is not None:
+            if code == BROKEN and b and a.code == "malformed-json" and self._feed.may_grow(source):
+                self._feed.left_for_next_run(Origin(source, line, part))
+                return
+            done, resume = self._resume_at(line, part, progress)
+            if done:
+                return
+        ledger = self._ledger
+        if key is not None and resume is None and self._ids is not None and self._ids.seen(key[0]):
+            ledger.read()
+            ledger.skip(DUPLICATE_MESSAGE_ID)
+            return
+        if lookups and not lookups_hold(self._tokens, lookups):
+            # The stage's set of tokens sent differs from the run's (another worker sent
+            # one first): prepare the record again here, against the run's set.
+            assert raw is not None
+            record = InputRecord(Origin(source, line, part), raw, orjson.loads(raw), None)
+            result = self._stage_again().record(record, None)
+            code, a, b = result[2], result[4], result[5]
+        if code != READY and self._done_before(resume):
+            return
+        ledger.read()
+        if code == SKIPPED:
+            ledger.skip(a)
+        elif code == READY:
+            warnings, fixes, stub = notes_of(result)
+            ready = Ready(ops_of(a), warnings, fixes)
+            self._plan(Origin(source, line, part), raw, stub, ready, resume, key, progress)
+        elif code == INVALID:
+            ledger.invalid(Origin(source, line, part), raw, b, a)
+        elif code == BROKEN:
+            ledger.invalid(Origin(source, line, part), raw, None, a)
+        else:
+            assert code != DONE, "the stage passed over a record this run must read"
+            raise AssertionError(f"unknown result code {code}")
+
+    def _resume_at(self, line: int, part: int, progress: Progress) -> tuple[bool, Resume | None]:
+        """(whether an earlier run finished this record, its resume if it left some of it)"""
+        where = (line, part)
+        resume: Resume | None = progress.resume
+        assert resume is not None
+        if resume.untouched(line, part):
+            resume = None
+        elif not resume.touches(line, part):
+            progress.position = max(progress.position, where)
+            self.resumed["done"] += 1
+            self._gap = True
+            return True, None
+        progress.position = max(progress.position, where)
+        return False, resume
+
+    def _done_before(self, resume: Resume | None) -> bool:
+        """Whether a record with nothing to send (skipped, invalid) was read again only
+        because it lies among the positions of a batch an earlier run left pending: that
+        run counted and reported it, so this one must not again."""
+        if resume is None:
+            return False
+        self.resumed["done"] += 1
+        return True
+
+    def _stage_again(self) -> RecordStage:
+        # Not the run's own mapper: the worker's block counts (dropped values, dates left
+        # as text) already hold this record's, and they do not depend on the token set, so
+        # counting its second preparation too would count it twice. This stage's counts
+        # are never read; it shares the run's token set only.
+        if self._again is None:
+            assert self._workers is not None
+            recipe = self._workers.recipe
+            validator = recipe.validator() if recipe.mode is not ValidateMode.OFF else None
+            mapper = recipe.mapper(self._tokens)
+            self._again = RecordStage(mapper, validator, recipe.mode, dedupe=False)
+        return self._again
+
+    def _plan(
+        self,
+        origin: Origin,
+        raw: bytes | None,
+        message: Message,
+        ready: Ready,
+        resume: Resume | None,
+        dedupe_key: Key | None,
+        progress: Progress | None,
+    ) -> None:
+        """`message` may be just what the report reads of it when `raw` is given."""
+        if resume is None:  # else the earlier run that read it counted and reported these
+            for code in ready.warnings:
+                self._ledger.summary.warnings[code] += 1
+            for fix in ready.fixes:
+                self._ledger.fixed(origin, message, fix.field, fix.code, fix.message)
+        source = origin.source
+        group = progress.key if progress is not None else None
+        enqueue = self._dispatcher.enqueue
+        if resume is None:  # the common case: every operation is new
+            ops = ready.ops
+            tracked = Tracked(origin, raw, message, len(ops))
+            if dedupe_key is not None:
+                self._accounts.remember(dedupe_key, tracked, group)
+            add = self._planner.add_encoded
+            line, part = origin.line, origin.part
+            for kind, key, body, safe, token, number in ops:
+                sealed = add(
+                    kind, key, body, safe, token, tracked, source, (line, part, number), self._gap
+                )
+                if sealed:
+                    enqueue(sealed)
+                self._gap = False
+            return
+        # A record an earlier run left pending: only some operations are still to do.
+        planned: list[tuple[Op, bool]] = []  # (operation, sent before: may be stored)
+        known: list[tuple[Position, Verdict]] = []  # verdicts without a report line yet
+        for op in ready.ops:
+            position = (origin.line, origin.part, op.number)
+            seen = resume.seen(position)
+            if seen is Seen.DONE:
+                continue
+            if seen is Seen.SETTLED:
+                span = resume.span(position)
+                assert span is not None and span.verdict is not None
+                outcome, code, text, stage = span.verdict
+                known.append((position, Verdict(Outcome(outcome), code, text, Stage(stage))))
+            elif seen is Seen.UNKNOWN and not (op.safe or self._options.retry_unknown):
+                self.resumed["unknown"] += 1
+                known.append((position, UNKNOWN_EARLIER))
+            else:
+                planned.append((op, seen is Seen.UNKNOWN))
+        tracked = Tracked(origin, raw, message, len(planned) + len(known))
+        if dedupe_key is not None:  # an earlier run planned it: it is no copy of itself
+            self._accounts.remember(dedupe_key, tracked, group)
+        for position, verdict in known:
+            self._accounts.known(tracked, source, position, verdict)
+        previous = -1
+        for op, resent in planned:
+            position = (origin.line, origin.part, op.number)
+            # A settled position just before this one: no run of positions may cross it.
+            gap = self._gap or op.number != previous + 1
+            self.resumed["resent"] += resent
+            enqueue(self._planner.add(op, tracked, source, position, gap))
+            self._gap = False
+            previous = op.number
+        self._gap = previous != len(ready.ops) - 1  # settled positions end the record
