@@ -198,7 +198,7 @@ def upload(
         if job.state is not None:
             if job.client is None:
                 raise UsageError("--state records what was sent, and a dry run sends nothing")
-            if any(source.path is None and source.url is None for source in sources):
+            if not all(source.resumable for source in sources):
                 raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
             state = StateFile(job.state, retry_unknown=job.run.retry_unknown)
             stack.callback(state.close)

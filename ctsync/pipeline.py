@@ -499,7 +499,7 @@ class UploadRun:
                 )
                 continue
             self._current = opened
-            if source.url is not None:
+            if not source.grows:
                 self._objects.add(source.name)
             yield self._new_source, None
             try:
