@@ -26,8 +26,8 @@ from ctsync import mapping
 from ctsync.dedupe import MessageIds, window_ms
 from ctsync.errors import CtsyncError, DiskFull, UsageError
 from ctsync.ledger import Ledger, Lines, Output, disk_full, output_error
+from ctsync.mappers import MapperRecipe, MappingDocument
 from ctsync.mapping.file import read_mapping_document
-from ctsync.options import events_only
 from ctsync.pipeline import (
     DryRunSender,
     Observer,
@@ -42,7 +42,7 @@ from ctsync.pipeline import (
 from ctsync.prepare import rules_validator
 from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import STDIN, InputOptions, Inputs, collect_inputs
-from ctsync.records import DeleteKey, Mapper, Origin
+from ctsync.records import DeleteKey, Mapper, Origin, counting
 from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import (
@@ -53,15 +53,8 @@ from ctsync.stopping import (
     terminal_stdin,
 )
 from ctsync.summary import Summary
-from ctsync.window import untimed, window_notes, windowed
-from ctsync.workers import (
-    MapperFactory,
-    Recipe,
-    Workers,
-    mapping_mapper,
-    preset_mapper,
-    tuning,
-)
+from ctsync.window import window_notes
+from ctsync.workers import Recipe, Workers, tuning
 
 if TYPE_CHECKING:  # the client (and httpx) only load when a run sends for real
     import httpx
@@ -142,20 +135,18 @@ def _recipe_of(job: UploadJob) -> Recipe:
     validator = partial(
         rules_validator, job.mapping.max_event_properties, fix=job.run.validate is ValidateMode.FIX
     )
-    mapper: MapperFactory
-    if job.mapping_file is None:
-        mapper = partial(preset_mapper, job.preset, job.mapping)
-    else:
+    document = None
+    if job.mapping_file is not None:
         try:
-            source, document = read_mapping_document(job.mapping_file)
-            mapping.parse_mapping(document, source)  # the errors, said now
+            source, decoded = read_mapping_document(job.mapping_file)
+            mapping.parse_mapping(decoded, source)  # the errors, said now
         except mapping.MappingError as exc:
             raise UsageError(str(exc)) from None
-        mapper = partial(mapping_mapper, document, source, job.mapping)
-    if job.mapping.events_only:
-        mapper = partial(events_only, mapper)
+        document = MappingDocument(source, decoded)
     # --since/--until: checked before the mapper, in this process and in the workers.
-    mapper = partial(windowed, job.inputs.window, mapper)
+    mapper = MapperRecipe(
+        preset=job.preset, mapping=document, options=job.mapping, window=job.inputs.window
+    )
     return Recipe(mapper, validator, job.run.validate, dedupe=job.run.dedupe)
 
 
@@ -240,11 +231,12 @@ def upload(
             summary = await _until_signalled(
                 run, handle_signals, observer, sender, job.run, terminal
             )
-            summary.dropped.update(mapping.dropped_values(mapper))
-            summary.dates_left_as_text.update(mapping.dates_left_as_text(mapper))
+            counters = counting(mapper).counters
+            summary.dropped.update(counters.dropped)
+            summary.dates_left_as_text.update(counters.dates_left_as_text)
             # Tokens not sent and dates left as text lead the notes: they change the data.
             summary.notes[:0] = mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
-            summary.notes += window_notes(untimed(mapper).total())
+            summary.notes += window_notes(counters.untimed.total())
             return summary
 
         return asyncio.run(_with_sender(job.client, requests, transport, go, ledger.summary))

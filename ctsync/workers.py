@@ -46,12 +46,9 @@ import orjson
 
 from ctsync.dedupe import Key, message_key
 from ctsync.errors import CtsyncError, ExitCode
-from ctsync.mapping.properties import dates_left_as_text, dropped_values
 from ctsync.prepare import Op, OpKind, Skipped, ValidateMode, Validator, prepare
-from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import Block, decode_block
-from ctsync.records import Invalid, Mapper, Message
-from ctsync.window import untimed
+from ctsync.records import Invalid, Mapper, Message, TokenKey, counting
 
 MAX_DEFAULT_WORKERS: Final = 8
 BLOCK_BYTES: Final = 1 << 20
@@ -60,7 +57,6 @@ START_AFTER: Final = 4 << 20
 """Bytes of blocks prepared in the main process before the worker processes start:
 about 6,000 messages, a twentieth of a second; less input never starts a process."""
 
-TokenKey: TypeAlias = tuple[str, str]
 MapperFactory: TypeAlias = Callable[[set[TokenKey]], Mapper]
 """Builds a mapper that records the (objectId, token) pairs it sends in the given set."""
 
@@ -115,26 +111,6 @@ class WorkerError(CtsyncError):
 # -- recipes: what a worker builds its pure stage from -----------------------------------
 
 
-def preset_mapper(preset: Preset, options: MappingOptions, tokens: set[TokenKey]) -> Mapper:
-    """The mapper of a preset, sending device tokens once per `tokens` set."""
-    if preset is Preset.CLASSIC:
-        from ctsync.presets.classic import ClassicMapper
-
-        return ClassicMapper(options, tokens_sent=tokens)
-    from ctsync.presets import build_preset
-
-    return build_preset(preset, options)
-
-
-def mapping_mapper(
-    document: Any, source: str, options: MappingOptions, tokens: set[TokenKey]
-) -> Mapper:
-    """The mapper of a mapping file (its decoded document, checked already)."""
-    from ctsync.mapping import MappingMapper, parse_mapping
-
-    return MappingMapper(parse_mapping(document, source), options, tokens_sent=tokens)
-
-
 @dataclass(frozen=True, slots=True)
 class Recipe:
     """How to build the pure stage anywhere: picklable factories, not built functions."""
@@ -168,25 +144,14 @@ class Workers:
 # -- the worker side ---------------------------------------------------------------------
 
 
-class _TokenLog(set[TokenKey]):
-    """A mapper's set of sent tokens that remembers each lookup and its answer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log: list[tuple[TokenKey, bool]] = []
-
-    def __contains__(self, key: object) -> bool:
-        found = set.__contains__(self, key)
-        self.log.append((key, found))  # type: ignore[arg-type]
-        return found
-
-
 class Stage:
     """The pure stage of one run in one process: a mapper, a validator, a token log."""
 
     def __init__(self, recipe: Recipe) -> None:
-        self.tokens = _TokenLog()
-        self.mapper = recipe.mapper(self.tokens)
+        self.mapper = recipe.mapper(set())
+        counted = counting(self.mapper)
+        self.counters = counted.counters
+        self.lookups = counted.tokens.watch()  # each token lookup and its answer
         self.validator = recipe.validator() if recipe.mode is not ValidateMode.OFF else None
         self.mode = recipe.mode
         self.dedupe = recipe.dedupe
@@ -197,7 +162,7 @@ class Stage:
         append = out.append
         mapper, validator, mode = self.mapper, self.validator, self.mode
         dedupe = self.dedupe
-        log = self.tokens.log
+        log = self.lookups
         dumps = orjson.dumps
         for record in decode_block(block):
             origin = record.origin
@@ -243,16 +208,7 @@ class Stage:
 
     def counts(self) -> dict[str, Any]:
         """The mapper's counters since the last call (then cleared)."""
-        found: dict[str, Any] = {}
-        for name, counter in (
-            ("dropped", dropped_values(self.mapper)),
-            ("dates", dates_left_as_text(self.mapper)),
-            ("untimed", untimed(self.mapper)),
-        ):
-            if counter:
-                found[name] = dict(counter)
-                counter.clear()
-        return found
+        return dict(self.counters.take())
 
 
 def _stub(message: Message) -> Message:
@@ -402,12 +358,7 @@ def result_of(
 
 def add_counts(mapper: Mapper, counts: dict[str, Any]) -> None:
     """Add a block's counters to the main process's mapper (read at the end of a run)."""
-    if "dropped" in counts:
-        dropped_values(mapper).update(counts["dropped"])
-    if "dates" in counts:
-        dates_left_as_text(mapper).update(counts["dates"])
-    if "untimed" in counts:
-        untimed(mapper).update(counts["untimed"])
+    counting(mapper).counters.add(counts)
 
 
 def ops_of(tuples: list[tuple[int, Any, bytes, bool, bool, int]]) -> list[Op]:
@@ -438,7 +389,5 @@ __all__ = [
     "WorkerPool",
     "Workers",
     "default_workers",
-    "mapping_mapper",
-    "preset_mapper",
     "start_pool",
 ]
