@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -43,7 +43,7 @@ from ctsync.prepare import rules_validator
 from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import STDIN, InputOptions, Inputs, collect_inputs
 from ctsync.records import DeleteKey, Mapper, Origin, counting
-from ctsync.settings import ClientSettings
+from ctsync.settings import MAX_DELETE_CONCURRENCY, ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import (
     SendCounter,
@@ -123,6 +123,14 @@ class UploadJob:
         sent (each goes once per run), shared with the workers' results."""
         return self.recipe.mapper(set() if tokens is None else tokens)
 
+    def run_options(self) -> RunOptions:
+        """The run's options, its lanes following its client: one lane per upload
+        request that may be in flight (`ClientSettings.upload_concurrency`), never more
+        than `run.lanes`. A dry run keeps `run.lanes`."""
+        if self.client is None:
+            return self.run
+        return replace(self.run, lanes=min(self.run.lanes, self.client.upload_concurrency))
+
     def build_validator(self) -> Validator | None:
         """CleverTap's data rules as `--validate` asks (`off`: the pipeline skips them)."""
         return self.recipe.validator()
@@ -180,6 +188,7 @@ def upload(
     tokens: set[tuple[str, str]] = set()  # one set for this process and the workers
     mapper = job.build_mapper(tokens)
     validator = job.build_validator()
+    options = job.run_options()
     inputs = job.collect()
     skipped_notes = inputs.notes()
     sources = inputs.sources
@@ -218,7 +227,7 @@ def upload(
                 mapper=mapper,
                 sender=sender,
                 ledger=ledger,
-                options=job.run,
+                options=options,
                 validator=validator,
                 observer=observer,
                 stdin=stdin,
@@ -229,7 +238,7 @@ def upload(
             )
             terminal = stdin if isinstance(stdin, TerminalStdin) else None
             summary = await _until_signalled(
-                run, handle_signals, observer, sender, job.run, terminal
+                run, handle_signals, observer, sender, options, terminal
             )
             counters = counting(mapper).counters
             summary.dropped.update(counters.dropped)
@@ -266,7 +275,7 @@ def delete(
         ledger = Ledger(report=report, dead_letters=failed, dry_run=job.client is None)
 
         async def go(sender: Sender) -> Summary:
-            lanes = job.client.delete_concurrency if job.client is not None else 3
+            lanes = job.client.delete_concurrency if job.client else MAX_DELETE_CONCURRENCY
             run = UploadRun(
                 records=deletion_records(job.identities),
                 mapper=deletion_mapper(job.key),
