@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from ctsync.errors import RemoteReadError as RemoteReadError
 from ctsync.errors import UsageError
 from ctsync.redact import redact
 from ctsync.sources import (
@@ -46,10 +47,6 @@ READ_ATTEMPTS = 3  # a dropped connection resumes at the byte where it stopped
 def is_url(name: str) -> bool:
     """Whether a command-line path names a bucket (`s3://` or `gs://`)."""
     return name.startswith(SCHEMES)
-
-
-class RemoteReadError(OSError):
-    """An object could not be read to its end (connection lost for good, rewritten)."""
 
 
 def split_url(url: str) -> tuple[str, str, str]:

@@ -45,7 +45,7 @@ from typing import Any, Final, TypeAlias
 import orjson
 
 from ctsync.dedupe import Key, message_key
-from ctsync.errors import CtsyncError, ExitCode
+from ctsync.errors import WorkerError
 from ctsync.prepare import Op, OpKind, Skipped, ValidateMode, Validator, prepare
 from ctsync.reader import Block, decode_block
 from ctsync.records import Invalid, Mapper, Message, TokenKey, counting
@@ -100,12 +100,6 @@ def default_workers() -> int:
     except (AttributeError, OSError):  # not Linux
         usable = os.cpu_count() or 1
     return max(1, min(MAX_DEFAULT_WORKERS, usable))
-
-
-class WorkerError(CtsyncError):
-    """A worker process ended without finishing its block (killed, out of memory)."""
-
-    exit_code = ExitCode.CRASH
 
 
 # -- recipes: what a worker builds its pure stage from -----------------------------------
