@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -26,13 +26,13 @@ from ctsync import mapping
 from ctsync.dedupe import MessageIds, window_ms
 from ctsync.errors import CtsyncError, DiskFull, UsageError
 from ctsync.ledger import Ledger, Lines, Output, disk_full, output_error
+from ctsync.mappers import MapperRecipe, MappingDocument
 from ctsync.mapping.file import read_mapping_document
 from ctsync.model import Sender
-from ctsync.options import events_only
 from ctsync.prepare import ValidateMode, Validator, rules_validator
 from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import STDIN, InputOptions, Inputs, collect_inputs
-from ctsync.records import DeleteKey, Mapper, Origin
+from ctsync.records import DeleteKey, Mapper, Origin, counting
 from ctsync.run import (
     DryRunSender,
     Observer,
@@ -41,15 +41,8 @@ from ctsync.run import (
     deletion_mapper,
     deletion_records,
 )
-from ctsync.run.workers import (
-    MapperFactory,
-    Recipe,
-    Workers,
-    mapping_mapper,
-    preset_mapper,
-    tuning,
-)
-from ctsync.settings import ClientSettings
+from ctsync.run.workers import Recipe, Workers, tuning
+from ctsync.settings import MAX_DELETE_CONCURRENCY, ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import (
     SendCounter,
@@ -59,7 +52,7 @@ from ctsync.stopping import (
     terminal_stdin,
 )
 from ctsync.summary import Summary
-from ctsync.window import untimed, window_notes, windowed
+from ctsync.window import window_notes
 
 if TYPE_CHECKING:  # the client (and httpx) only load when a run sends for real
     import httpx
@@ -128,6 +121,14 @@ class UploadJob:
         sent (each goes once per run), shared with the workers' results."""
         return self.recipe.mapper(set() if tokens is None else tokens)
 
+    def run_options(self) -> RunOptions:
+        """The run's options, its lanes following its client: one lane per upload
+        request that may be in flight (`ClientSettings.upload_concurrency`), never more
+        than `run.lanes`. A dry run keeps `run.lanes`."""
+        if self.client is None:
+            return self.run
+        return replace(self.run, lanes=min(self.run.lanes, self.client.upload_concurrency))
+
     def build_validator(self) -> Validator | None:
         """CleverTap's data rules as `--validate` asks (`off`: the run skips them)."""
         return self.recipe.validator()
@@ -140,20 +141,18 @@ def _recipe_of(job: UploadJob) -> Recipe:
     validator = partial(
         rules_validator, job.mapping.max_event_properties, fix=job.run.validate is ValidateMode.FIX
     )
-    mapper: MapperFactory
-    if job.mapping_file is None:
-        mapper = partial(preset_mapper, job.preset, job.mapping)
-    else:
+    document = None
+    if job.mapping_file is not None:
         try:
-            source, document = read_mapping_document(job.mapping_file)
-            mapping.parse_mapping(document, source)  # the errors, said now
+            source, decoded = read_mapping_document(job.mapping_file)
+            mapping.parse_mapping(decoded, source)  # the errors, said now
         except mapping.MappingError as exc:
             raise UsageError(str(exc)) from None
-        mapper = partial(mapping_mapper, document, source, job.mapping)
-    if job.mapping.events_only:
-        mapper = partial(events_only, mapper)
+        document = MappingDocument(source, decoded)
     # --since/--until: checked before the mapper, in this process and in the workers.
-    mapper = partial(windowed, job.inputs.window, mapper)
+    mapper = MapperRecipe(
+        preset=job.preset, mapping=document, options=job.mapping, window=job.inputs.window
+    )
     return Recipe(mapper, validator, job.run.validate, dedupe=job.run.dedupe)
 
 
@@ -179,7 +178,7 @@ def upload(
     what stops a run (bad paths, a broken mapping file, refused credentials, a locked
     state file). With `handle_signals`, Ctrl-C and SIGTERM stop the run gracefully.
 
-    `job.workers` processes prepare the records (see `ctsync.workers`)."""
+    `job.workers` processes prepare the records (see `ctsync.run.workers`)."""
     block_bytes, start_after = tuning()
     workers = Workers(
         count=job.workers, recipe=job.recipe, block_bytes=block_bytes, start_after=start_after
@@ -187,6 +186,7 @@ def upload(
     tokens: set[tuple[str, str]] = set()  # one set for this process and the workers
     mapper = job.build_mapper(tokens)
     validator = job.build_validator()
+    options = job.run_options()
     inputs = job.collect()
     skipped_notes = inputs.notes()
     sources = inputs.sources
@@ -196,7 +196,7 @@ def upload(
         if job.state is not None:
             if job.client is None:
                 raise UsageError("--state records what was sent, and a dry run sends nothing")
-            if any(source.path is None and source.url is None for source in sources):
+            if not all(source.resumable for source in sources):
                 raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
             state = StateFile(job.state, retry_unknown=job.run.retry_unknown)
             stack.callback(state.close)
@@ -225,7 +225,7 @@ def upload(
                 mapper=mapper,
                 sender=sender,
                 ledger=ledger,
-                options=job.run,
+                options=options,
                 validator=validator,
                 observer=observer,
                 stdin=stdin,
@@ -236,13 +236,14 @@ def upload(
             )
             terminal = stdin if isinstance(stdin, TerminalStdin) else None
             summary = await _until_signalled(
-                run, handle_signals, observer, sender, job.run, terminal
+                run, handle_signals, observer, sender, options, terminal
             )
-            summary.dropped.update(mapping.dropped_values(mapper))
-            summary.dates_left_as_text.update(mapping.dates_left_as_text(mapper))
+            counters = counting(mapper).counters
+            summary.dropped.update(counters.dropped)
+            summary.dates_left_as_text.update(counters.dates_left_as_text)
             # Tokens not sent and dates left as text lead the notes: they change the data.
             summary.notes[:0] = mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
-            summary.notes += window_notes(untimed(mapper).total())
+            summary.notes += window_notes(counters.untimed.total())
             return summary
 
         return asyncio.run(_with_sender(job.client, requests, transport, go, ledger.summary))
@@ -272,7 +273,7 @@ def delete(
         ledger = Ledger(report=report, dead_letters=failed, dry_run=job.client is None)
 
         async def go(sender: Sender) -> Summary:
-            lanes = job.client.delete_concurrency if job.client is not None else 3
+            lanes = job.client.delete_concurrency if job.client else MAX_DELETE_CONCURRENCY
             run = UploadRun(
                 records=deletion_records(job.identities),
                 mapper=deletion_mapper(job.key),

@@ -11,7 +11,7 @@ import os
 import sys
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from ctsync import __version__, api
 from ctsync.concurrency import AUTO, parse_concurrency
+from ctsync.concurrency import Concurrency as ConcurrencyLimit
 from ctsync.console import PlainProgress, ProgressView, RunView, plural, render_summary
 from ctsync.dedupe import DEFAULT_WINDOW_DAYS
 from ctsync.errors import CtsyncError, ExitCode, UsageError
@@ -53,6 +54,7 @@ from ctsync.settings import (
     header_value_problem,
     parse_region,
     resolve_base_url,
+    upload_lanes,
 )
 from ctsync.sources import SNIFF_BYTES
 from ctsync.stopping import read_terminal
@@ -603,7 +605,17 @@ def upload(
         if STDIN in paths and sys.stdin is None:  # `ctsync upload - <&-`
             raise UsageError("standard input is closed: give a file path, or pipe data in")
         reads_terminal = STDIN in paths and _stdin_is_terminal()
-        client = _client_settings(ctx, err, connection, concurrency, outputs.dry_run)
+        limit = parse_concurrency(concurrency)
+        client = _client_settings(ctx, err, connection, limit, outputs.dry_run)
+        run = RunOptions(
+            batch_size=batch_size,
+            validate=validate,
+            retry_unknown=retry_unknown,
+            dedupe=not no_dedupe,
+            dedupe_window_days=dedupe_window,
+        )
+        if client is None:  # a real run's lanes follow its client; a dry run's, --concurrency
+            run = replace(run, lanes=upload_lanes(limit))
         job = api.UploadJob(  # a broken mapping file stops here, before any reading
             sources=sources,
             client=client,
@@ -618,14 +630,7 @@ def upload(
                 link_anonymous=link_anonymous,
                 events_only=events_only,
             ),
-            run=RunOptions(
-                batch_size=batch_size,
-                validate=validate,
-                lanes=_lanes(concurrency),
-                retry_unknown=retry_unknown,
-                dedupe=not no_dedupe,
-                dedupe_window_days=dedupe_window,
-            ),
+            run=run,
             outputs=files,
             state=state,
             inputs=inputs,
@@ -688,7 +693,9 @@ def delete(
                 "name the profiles to delete: --identity ID (repeatable) or --from FILE"
             )
         files = outputs.files()
-        client = _client_settings(ctx, err, connection, concurrency, outputs.dry_run)
+        client = _client_settings(
+            ctx, err, connection, parse_concurrency(concurrency), outputs.dry_run
+        )
         identities = [(Origin("--identity", i), v) for i, v in enumerate(identity or [], start=1)]
         if from_file is not None:
             identities.extend(_identity_lines(from_file, s3_endpoint_url))
@@ -789,7 +796,11 @@ def _identity_lines(name: str, s3_endpoint_url: str | None) -> list[tuple[Origin
 
 
 def _client_settings(
-    ctx: typer.Context, err: Console, connection: Connection, concurrency: str, dry_run: bool
+    ctx: typer.Context,
+    err: Console,
+    connection: Connection,
+    concurrency: ConcurrencyLimit,
+    dry_run: bool,
 ) -> ClientSettings | None:
     """The client's settings from the connection options (None for a dry run, which
     sends nothing); missing or malformed credentials are a UsageError naming where they
@@ -833,17 +844,10 @@ def _client_settings(
         account_id=account_id,
         passcode=secret,
         base_url=resolve_base_url(connection.region, connection.endpoint),
-        concurrency=parse_concurrency(concurrency),
+        concurrency=concurrency,
         timeout=connection.timeout,
         retry=RetryPolicy(max_retries=connection.max_retries),
     )
-
-
-def _lanes(concurrency: str) -> int:
-    """Lanes of an upload: one per request that may be in flight (auto: CleverTap's 15;
-    the adaptive limit then decides how many of them send at a time)."""
-    parsed = parse_concurrency(concurrency)
-    return MAX_UPLOAD_CONCURRENCY if parsed == AUTO else int(parsed)
 
 
 def _from_command_line(ctx: typer.Context, name: str) -> bool:

@@ -1,11 +1,30 @@
-"""Exceptions that stop a run, grouped by what the person running ctsync should do.
+"""Every exception of ctsync, grouped by what the person running ctsync should do.
 
-    CtsyncError            anything that stops the run; its message is for people
-     ├── UsageError        fix the command line, a path or a setting (exit 2)
-     ├── OutputError       an output (report, dead letters, state) could not be written (exit 2)
-     │    └── DiskFull     ... because its disk is full
-     ├── AuthError         fix the account ID, passcode or region (exit 3)
-     └── LockedError       another run holds the state file (exit 4)
+    CtsyncError              stops the run; its message is for people
+     ├── UsageError          fix the command line, a path or a setting (exit 2)
+     ├── OutputError         an output (report, dead letters, state) could not be written (exit 2)
+     │    └── DiskFull       ... because its disk is full
+     ├── AuthError           fix the account ID, passcode or region (exit 3)
+     ├── LockedError         another run holds the state file (exit 4)
+     └── WorkerError         a worker process died (killed, out of memory): run again (exit 70)
+
+    ValueError
+     ├── MappingError        a mapping file cannot be used; said as a UsageError
+     ├── DirectiveError      one of its values does not compile (MappingError names the file)
+     └── TriggerSyntaxError  one of its triggers does not parse (MappingError names the file)
+    OSError
+     └── RemoteReadError     a bucket object could not be read to its end: that input ends
+                             as unreadable, the run goes on
+
+Signals within one module, never raised past it, are defined where they are caught:
+
+    documents.Break, documents.NotADocument, documents._OutOfData
+                             a large JSON document cannot be read on (a record says why)
+    stopping._SignalDuringRead (BaseException)
+                             Ctrl-C or SIGTERM during a blocking terminal read
+    __main__.Terminated (BaseException)
+                             SIGTERM outside a run, as KeyboardInterrupt is to Ctrl-C (there,
+                             since importing this module takes too long before SIGTERM is handled)
 
 Problems with single records are never exceptions: they are `Invalid` values, counted
 and reported, and the run goes on. Any other exception is a bug: `ctsync.__main__`
@@ -73,3 +92,55 @@ class LockedError(CtsyncError):
     """Another ctsync run holds the lock of the same state file."""
 
     exit_code = ExitCode.LOCKED
+
+
+class WorkerError(CtsyncError):
+    """A worker process ended without finishing its block (killed, out of memory)."""
+
+    exit_code = ExitCode.CRASH
+
+
+class MappingError(ValueError):
+    """A mapping file that cannot be used. The message names the file, the subscription
+    and, for a trigger, the column."""
+
+    def __init__(
+        self,
+        source: str,
+        reason: str,
+        *,
+        subscription: str | None = None,
+        column: int | None = None,
+    ) -> None:
+        where = source
+        if subscription is not None:
+            where += f": subscription {subscription!r}"
+        if column is not None:
+            where += f": trigger column {column}"
+        super().__init__(f"{where}: {reason}")
+        self.source = source
+        self.subscription = subscription
+        self.column = column
+        self.reason = reason
+
+
+class DirectiveError(ValueError):
+    """A mapping value that does not compile; `where` is its place, e.g. `profileData.email`."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}" if where else reason)
+        self.where = where
+        self.reason = reason
+
+
+class TriggerSyntaxError(ValueError):
+    """A trigger that does not parse; `column` is 1-based."""
+
+    def __init__(self, message: str, column: int) -> None:
+        super().__init__(f"column {column}: {message}")
+        self.reason = message
+        self.column = column
+
+
+class RemoteReadError(OSError):
+    """An object could not be read to its end (connection lost for good, rewritten)."""

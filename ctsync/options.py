@@ -11,7 +11,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ctsync.records import Invalid, Mapper, MapResult, Message, Skip, Upload
+from ctsync.records import (
+    Counters,
+    Invalid,
+    Mapper,
+    MapResult,
+    Message,
+    SentTokens,
+    Skip,
+    Upload,
+    counting,
+)
 from ctsync.rules import MAX_IDENTITY_LENGTH
 from ctsync.timestamps import DatesAs, event_time
 
@@ -96,13 +106,15 @@ also had an event to send."""
 
 class EventsOnly:
     """A mapper that sends what `inner` makes except profile writes (`--events-only`).
-    A message left with nothing to send is a Skip, `events-only:<type>`; the counters of
-    `inner` (`dropped`, `dates_left_as_text`) are this mapper's."""
+    A message left with nothing to send is a Skip, `events-only:<type>`; the counters
+    and tokens of `inner` are this mapper's."""
 
     def __init__(self, inner: Mapper) -> None:
         self._inner = inner
-        dropped = getattr(inner, "dropped", None)
-        self.dropped: Counter[str] = dropped if isinstance(dropped, Counter) else Counter()
+        counted = counting(inner)
+        self.counters: Counters = counted.counters
+        self.tokens: SentTokens = counted.tokens
+        self.dropped: Counter[str] = self.counters.dropped
 
     def __call__(self, message: Message) -> MapResult:
         result = self._inner(message)
@@ -117,15 +129,6 @@ class EventsOnly:
         self.dropped[EVENTS_ONLY_DROPPED] += len(result) - len(kept)
         return kept
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
 
 def _profile_write(operation: object) -> bool:
     return isinstance(operation, Upload) and operation.record.get("type") == "profile"
-
-
-def events_only(factory: Callable[[Any], Mapper], tokens: Any) -> Mapper:
-    """`factory(tokens)` without its profile writes: a picklable recipe for the workers
-    (`functools.partial(events_only, factory)`)."""
-    return EventsOnly(factory(tokens))

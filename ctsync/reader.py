@@ -42,9 +42,13 @@ from ctsync.sources import (
     SNIFF_BYTES,
     STDIN,
     UTF8_BOM,
+    BucketObject,
     InputOptions,
+    LocalFile,
     SkippedFile,
     Source,
+    StandardInput,
+    Stream,
     inflate,
     selected,
     sniff,
@@ -133,8 +137,9 @@ def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions())
     seen: set[str] = set()
     names = list(paths) or [STDIN]
     for name in names:
+        found: Sequence[Source]
         if name == STDIN:
-            found = [Source(STDIN, None, None, max_line_bytes=options.max_line_bytes)]
+            found = [StandardInput(STDIN, None, None, max_line_bytes=options.max_line_bytes)]
         elif remote.is_url(name):
             found, skipped, passed_over = remote.collect(name, options)
             inputs.skipped += skipped
@@ -142,7 +147,7 @@ def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions())
         else:
             found = _local(name, options, inputs)
         for source in found:
-            key = source.url or (os.path.realpath(source.path) if source.path else STDIN)
+            key = source.state_key
             if key in seen and key != STDIN:
                 continue
             seen.add(key)
@@ -201,10 +206,10 @@ def _walk_error(exc: OSError) -> None:
     raise UsageError(f"{exc.filename}: cannot read this directory ({exc.strerror})")
 
 
-def _file_source(path: Path, options: InputOptions) -> Source:
+def _file_source(path: Path, options: InputOptions) -> LocalFile:
     if not os.access(path, os.R_OK):
         raise UsageError(f"{path}: permission denied (cannot read this file)")
-    return Source(str(path), path, path.stat().st_size, max_line_bytes=options.max_line_bytes)
+    return LocalFile(str(path), path, path.stat().st_size, max_line_bytes=options.max_line_bytes)
 
 
 def sniff_file(path: Path) -> str | None:
@@ -217,28 +222,17 @@ def sniff_file(path: Path) -> str | None:
     return sniff(head)
 
 
-class RawStream(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
 class OpenSource:
     """An opened input, read as decompressed chunks; counts the bytes taken from the file
-    (compressed bytes for gzip) so progress can show how much is consumed."""
+    (compressed bytes for gzip) so progress can show how much is consumed. `stdin` is
+    what a `StandardInput` source reads (`Source.open`)."""
 
     def __init__(self, source: Source, stdin: IO[bytes] | None = None) -> None:
         self.source = source
-        self._raw: RawStream | IO[bytes]
-        if source.url is not None:
-            assert source.store is not None, "a bucket source carries its store"
-            self._raw = source.store.open(source)
-        elif source.path is None:
-            if stdin is None and sys.stdin is None:  # `ctsync upload - <&-`
-                raise UsageError("standard input is closed: give a file path, or pipe data in")
-            self._raw = stdin if stdin is not None else sys.stdin.buffer
-        else:
-            self._raw = open(source.path, "rb")  # noqa: SIM115 - closed by close()
+        if isinstance(source, StandardInput) and stdin is None and sys.stdin is None:
+            # `ctsync upload - <&-`: a mistake in the command line, not an unreadable file
+            raise UsageError("standard input is closed: give a file path, or pipe data in")
+        self._raw: Stream = source.open(stdin)
         self.consumed = 0
         self.drained = False
 
@@ -292,8 +286,7 @@ class OpenSource:
         return data
 
     def close(self) -> None:
-        if self.source.path is not None or self.source.url is not None:
-            self._raw.close()
+        self._raw.close()
 
 
 def read_source(opened: OpenSource) -> Iterator[InputRecord]:
@@ -727,12 +720,15 @@ __all__: Sequence[str] = (
     "DEFAULT_MAX_LINE_BYTES",
     "STDIN",
     "Block",
+    "BucketObject",
     "InputOptions",
     "InputRecord",
     "Inputs",
+    "LocalFile",
     "OpenSource",
     "SkippedFile",
     "Source",
+    "StandardInput",
     "collect_inputs",
     "collect_sources",
     "decode_block",

@@ -10,10 +10,11 @@ per-record report are built from them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 Message: TypeAlias = dict[str, Any]
 """One decoded Segment message (identify, track, page, screen, group, alias)."""
@@ -102,7 +103,112 @@ MapResult: TypeAlias = list[Operation] | Skip | Invalid
 """What a mapper returns for one message."""
 
 Mapper: TypeAlias = Callable[[Message], MapResult]
-"""Turns one Segment message into CleverTap operations (a preset or a mapping file)."""
+"""Turns one Segment message into CleverTap operations. Any such function will do (a
+test's lambda, `ctsync delete`'s); the mappers ctsync builds are `CountingMapper`s."""
+
+TokenKey: TypeAlias = tuple[str, str]
+"""A device token as sent: (objectId, token)."""
+
+
+@dataclass(slots=True)
+class Counters:
+    """What a mapper counts while it maps, per property name (or reason), for the summary:
+    values it left out (`dropped`), date-times finer than milliseconds it left as text,
+    and messages the time window skipped for want of a usable timestamp (`untimed`).
+
+    The counters are live: the mapper adds to them as it maps. A mapper that wraps
+    another (the window, `--events-only`) counts into the counters of the one it wraps.
+    """
+
+    dropped: Counter[str] = field(default_factory=Counter)
+    dates_left_as_text: Counter[str] = field(default_factory=Counter)
+    untimed: Counter[str] = field(default_factory=Counter)
+
+    def take(self) -> dict[str, dict[str, int]]:
+        """The counts so far, then cleared: what a worker sends back with each block
+        (`add` adds them to the main process's mapper). Empty counters are left out."""
+        taken: dict[str, dict[str, int]] = {}
+        for name, counter in self._named():
+            if counter:
+                taken[name] = dict(counter)
+                counter.clear()
+        return taken
+
+    def add(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        """Add counts that `take` gave (in another process, say)."""
+        for name, counter in self._named():
+            if name in counts:
+                counter.update(counts[name])
+
+    def _named(self) -> tuple[tuple[str, Counter[str]], ...]:
+        return (
+            ("dropped", self.dropped),
+            ("dates", self.dates_left_as_text),
+            ("untimed", self.untimed),
+        )
+
+
+class SentTokens:
+    """The device tokens a run has sent: CleverTap takes a token once, so a mapper asks
+    `first_time` before it makes a token record. `sent` may be shared (the run's one set,
+    `--workers`); `watch` records every answer, so a worker can say which it was given."""
+
+    __slots__ = ("_lookups", "sent")
+
+    def __init__(self, sent: set[TokenKey] | None = None) -> None:
+        self.sent = set() if sent is None else sent
+        self._lookups: list[tuple[TokenKey, bool]] | None = None
+
+    def first_time(self, key: TokenKey) -> bool:
+        """Whether `key` was not sent yet this run; it counts as sent from now on."""
+        found = key in self.sent
+        if self._lookups is not None:
+            self._lookups.append((key, found))
+        if not found:
+            self.sent.add(key)
+        return not found
+
+    def watch(self) -> list[tuple[TokenKey, bool]]:
+        """From now on, each lookup and whether the token was found, in order: the list
+        (the caller reads and clears it)."""
+        if self._lookups is None:
+            self._lookups = []
+        return self._lookups
+
+
+@runtime_checkable
+class CountingMapper(Protocol):
+    """A mapper that shows what it counts (`counters`) and the device tokens it asks
+    about (`tokens`): the presets, mapping files, and the wrappers around them."""
+
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def tokens(self) -> SentTokens: ...
+
+    def __call__(self, message: Message, /) -> MapResult: ...
+
+
+class _Bare:
+    """A bare function as a `CountingMapper` that counts nothing and sends no token."""
+
+    __slots__ = ("_function", "counters", "tokens")
+
+    def __init__(self, function: Mapper) -> None:
+        self._function = function
+        self.counters = Counters()
+        self.tokens = SentTokens()
+
+    def __call__(self, message: Message, /) -> MapResult:
+        return self._function(message)
+
+
+def counting(mapper: Mapper) -> CountingMapper:
+    """`mapper` itself when it counts, else a wrapper of it that counts nothing."""
+    if isinstance(mapper, CountingMapper):
+        return mapper
+    return _Bare(mapper)
 
 
 def skip_reason(message: Message) -> str:

@@ -25,15 +25,16 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from ctsync.errors import RemoteReadError as RemoteReadError
 from ctsync.errors import UsageError
 from ctsync.redact import redact
 from ctsync.sources import (
+    BucketObject,
     InputOptions,
     ObjectInfo,
     ObjectReader,
     ObjectStore,
     SkippedFile,
-    Source,
     selected,
     sniff,
 )
@@ -48,10 +49,6 @@ def is_url(name: str) -> bool:
     return name.startswith(SCHEMES)
 
 
-class RemoteReadError(OSError):
-    """An object could not be read to its end (connection lost for good, rewritten)."""
-
-
 def split_url(url: str) -> tuple[str, str, str]:
     """`s3://bucket/key` -> ("s3", "bucket", "key"). Raises UsageError without a bucket."""
     scheme, _, rest = url.partition("://")
@@ -61,7 +58,7 @@ def split_url(url: str) -> tuple[str, str, str]:
     return scheme, bucket, key
 
 
-def collect(url: str, options: InputOptions) -> tuple[list[Source], list[SkippedFile], int]:
+def collect(url: str, options: InputOptions) -> tuple[list[BucketObject], list[SkippedFile], int]:
     """The sources a bucket URL names (see the module's docstring), the skipped objects,
     and how many objects sit in day folders `options.window` passes over (never sniffed)."""
     scheme, bucket, key = split_url(url)
@@ -99,9 +96,9 @@ def collect(url: str, options: InputOptions) -> tuple[list[Source], list[Skipped
     return sources, skipped, passed_over
 
 
-def _source(store: ObjectStore, base: str, info: ObjectInfo, options: InputOptions) -> Source:
+def _source(store: ObjectStore, base: str, info: ObjectInfo, options: InputOptions) -> BucketObject:
     url = base + info.key
-    return Source(
+    return BucketObject(
         url,
         None,
         info.size,
@@ -190,7 +187,7 @@ class S3Store:
         data: bytes = answer["Body"].read()
         return data
 
-    def open(self, source: Source) -> ObjectReader:
+    def open(self, source: BucketObject) -> ObjectReader:
         return _S3Reader(self, source)
 
     def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -239,9 +236,9 @@ class _S3Reader:
     """An S3 object's body as a stream, read at its ETag; a connection lost mid-object
     resumes with a ranged GET where it stopped (READ_ATTEMPTS times)."""
 
-    def __init__(self, store: S3Store, source: Source) -> None:
+    def __init__(self, store: S3Store, source: BucketObject) -> None:
         self._store = store
-        self._key = source.url.split("/", 3)[3] if source.url else ""
+        self._key = source.key
         self._version = source.version
         self._offset = 0
         self._body: Any = None
@@ -355,12 +352,11 @@ class GCSStore:
         data: bytes = self._call(blob.download_as_bytes, start=0, end=size - 1, raw_download=True)
         return data
 
-    def open(self, source: Source) -> ObjectReader:
+    def open(self, source: BucketObject) -> ObjectReader:
         from google.api_core.exceptions import GoogleAPIError
 
-        key = source.url.split("/", 3)[3] if source.url else ""
         generation = int(source.version) if source.version else None
-        blob = self._bucket.blob(key, generation=generation)
+        blob = self._bucket.blob(source.key, generation=generation)
         try:
             reader: ObjectReader = blob.open("rb", chunk_size=GCS_CHUNK, raw_download=True)
         except GoogleAPIError as exc:

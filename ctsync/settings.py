@@ -157,16 +157,28 @@ class ClientSettings:
     @property
     def upload_concurrency(self) -> int:
         """Upload requests in flight at most (where `auto` starts)."""
-        if self.concurrency == AUTO:
-            return MAX_UPLOAD_CONCURRENCY
-        return max(1, min(self.concurrency, MAX_UPLOAD_CONCURRENCY))
+        return upload_lanes(self.concurrency)
 
     @property
     def delete_concurrency(self) -> int:
         """Delete requests in flight at most (where `auto` starts)."""
-        if self.concurrency == AUTO:
-            return MAX_DELETE_CONCURRENCY
-        return max(1, min(self.concurrency, MAX_DELETE_CONCURRENCY))
+        return delete_lanes(self.concurrency)
+
+
+def upload_lanes(concurrency: Concurrency) -> int:
+    """Upload requests that may be in flight, and so the lanes of an upload run: `auto`
+    starts at CleverTap's 15 (the adaptive limit then decides how many send at a time);
+    a number is kept within 1..15."""
+    if concurrency == AUTO:
+        return MAX_UPLOAD_CONCURRENCY
+    return max(1, min(concurrency, MAX_UPLOAD_CONCURRENCY))
+
+
+def delete_lanes(concurrency: Concurrency) -> int:
+    """Delete requests that may be in flight: `auto` and any number above it, 3."""
+    if concurrency == AUTO:
+        return MAX_DELETE_CONCURRENCY
+    return max(1, min(concurrency, MAX_DELETE_CONCURRENCY))
 
 
 def resolve_base_url(region: Region, endpoint: str | None) -> str:

@@ -1,22 +1,27 @@
-"""What an input is, shared by the reader and the bucket stores: a `Source`, the files
-passed over (`SkippedFile`), the options that select inputs, the test that tells an
-export from a stray file (`sniff`), and the protocol a bucket store follows.
+"""What an input is, shared by the reader and the bucket stores: a `Source` of one of
+three kinds (`LocalFile`, `StandardInput`, `BucketObject`), each of which opens itself;
+the files passed over (`SkippedFile`), the options that select inputs, the test that
+tells an export from a stray file (`sniff`), and the protocol a bucket store follows.
+
+    source.open()   # a `Stream` of the input's bytes (compressed as stored)
 
 A leaf module (it imports no other ctsync module), so that `ctsync.reader`, which
 collects bucket URLs through `ctsync.remote`, and `ctsync.remote`, which makes
-`Source`s and sniffs objects, both depend on it and not on each other.
+`BucketObject`s and sniffs objects, both depend on it and not on each other.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import re
+import sys
 import types
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Any, ClassVar, Protocol
 
 inflate: types.ModuleType = zlib
 try:  # ISA-L inflates gzip about twice as fast as zlib; zlib where it is not installed
@@ -35,13 +40,28 @@ SNIFF_BYTES = 1 << 16  # enough of a file to tell an export from a stray file
 NONBLANK = re.compile(rb"[^ \t\r\n\x0b\x0c]")  # a byte that is not blank
 
 
+class Stream(Protocol):
+    """What reading needs of an opened input: its bytes, as stored (gzip or not)."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+ObjectReader = Stream
+"""An opened bucket object (a store's `open`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """One input: a file, a bucket object or stdin, with its size when known.
 
-    `url` is `s3://bucket/key` or `gs://bucket/key` for an object (None for a file and
-    stdin) and `version` its ETag (S3) or generation (GCS). `max_line_bytes` and `store`
-    travel with the source so whoever opens it reads it the same way.
+    Each kind is a subclass that opens itself (`open`) and says how it is known across
+    runs (`state_key`). `Source(name, path, size, url=...)` makes the kind its fields
+    describe: a `BucketObject` with a `url` (`s3://bucket/key` or `gs://bucket/key`,
+    `version` its ETag or generation), else a `LocalFile` with a `path`, else a
+    `StandardInput`. `max_line_bytes` and `store` travel with the source so whoever
+    opens it reads it the same way.
     """
 
     name: str
@@ -52,15 +72,113 @@ class Source:
     max_line_bytes: int = field(default=DEFAULT_MAX_LINE_BYTES, compare=False, repr=False)
     store: ObjectStore | None = field(default=None, compare=False, repr=False)
 
+    resumable: ClassVar[bool] = True
+    """Whether `--state` can resume it (not stdin)."""
+    grows: ClassVar[bool] = True
+    """Whether a writer may still be appending to it (a bucket object is written whole:
+    its last line without a newline is not left for the next run)."""
+
+    def __new__(
+        cls,
+        name: str = "",
+        path: Path | None = None,
+        size: int | None = None,
+        url: str | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Source:
+        if cls is Source:  # the kind its fields describe
+            kind = LocalFile if path is not None else StandardInput
+            cls = BucketObject if url is not None else kind
+        return object.__new__(cls)
+
+    # The interface of every kind. (`Source(...)` always makes one of the kinds, so
+    # these two are never called; the class is not an ABC so that `Source(...)` types.)
+
     @property
     def state_key(self) -> str:
         """What identifies this input across runs: the absolute resolved path of a file,
         the URL of an object, `-` for stdin."""
-        if self.url is not None:
-            return self.url
-        if self.path is not None:
-            return str(self.path.resolve())
+        raise NotImplementedError
+
+    def open(self, stdin: IO[bytes] | None = None) -> Stream:
+        """The input's bytes, from the start. `stdin` is what a `StandardInput` reads
+        (a test's bytes, a terminal reader); the others ignore it. Raises OSError when
+        the input cannot be opened."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile(Source):
+    """A file on this machine (`path`)."""
+
+    @property
+    def file(self) -> Path:
+        """The file's path (a `LocalFile` always has one)."""
+        assert self.path is not None, "a LocalFile has a path"
+        return self.path
+
+    @property
+    def state_key(self) -> str:
+        return str(self.file.resolve())
+
+    def open(self, stdin: IO[bytes] | None = None) -> Stream:
+        return open(self.file, "rb")  # the reader closes it
+
+
+@dataclass(frozen=True, slots=True)
+class StandardInput(Source):
+    """Standard input (`-`), or a stream the caller hands to `open`; never closed by
+    the reader, and never resumed."""
+
+    resumable: ClassVar[bool] = False
+
+    @property
+    def state_key(self) -> str:
         return STDIN
+
+    def open(self, stdin: IO[bytes] | None = None) -> Stream:
+        if stdin is None:
+            if sys.stdin is None:  # `ctsync upload - <&-` (`OpenSource` says so first)
+                raise OSError(errno.EBADF, "standard input is closed")
+            stdin = sys.stdin.buffer
+        return _Borrowed(stdin)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketObject(Source):
+    """An object in an S3 or GCS bucket (`url`), read at its `version` through `store`."""
+
+    grows: ClassVar[bool] = False
+
+    @property
+    def state_key(self) -> str:
+        assert self.url is not None, "a BucketObject has a URL"
+        return self.url
+
+    @property
+    def key(self) -> str:
+        """The object's key in its bucket (`s3://bucket/key` -> `key`)."""
+        return self.state_key.split("/", 3)[3]
+
+    def open(self, stdin: IO[bytes] | None = None) -> Stream:
+        assert self.store is not None, "a bucket source carries its store"
+        return self.store.open(self)
+
+
+class _Borrowed:
+    """A stream the reader reads but does not own: closing it leaves it open."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+
+    def read(self, size: int, /) -> bytes:
+        return self._stream.read(size)
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +264,4 @@ class ObjectStore(Protocol):
 
     def head(self, info: ObjectInfo, size: int) -> bytes: ...
 
-    def open(self, source: Source) -> ObjectReader: ...
-
-
-class ObjectReader(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-
-    def close(self) -> None: ...
+    def open(self, source: BucketObject) -> ObjectReader: ...

@@ -50,7 +50,7 @@ from ctsync.dedupe import MessageIds
 from ctsync.errors import DiskFull, LockedError, OutputError, UsageError
 from ctsync.ledger import Output
 from ctsync.model import Position
-from ctsync.reader import Source
+from ctsync.reader import BucketObject, LocalFile, Source
 
 FINGERPRINT_BYTES = 64 * 1024
 END = 2**62
@@ -292,20 +292,20 @@ class StateFile:
         os.close(self._lock_fd)
 
     def open_input(self, source: Source) -> Progress:
-        """Start (or resume) one input: a file, or a bucket object (`source.url`)."""
-        if source.url is not None:
+        """Start (or resume) one input: a file, or a bucket object."""
+        if isinstance(source, BucketObject):
             return self._open_object(source)
-        if source.path is None:
+        if not isinstance(source, LocalFile):
             raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
-        key = str(source.path.resolve())
-        size = source.path.stat().st_size
+        key = source.state_key
+        size = source.file.stat().st_size
         row = self._row(key)
-        print_now, print_len = fingerprint(source.path)
+        print_now, print_len = fingerprint(source.file)
         if row is None:
             return Progress(key, size, print_now, print_len, Resume())
         old_size, old_print, old_len, read, pending, complete = row
         same = (
-            print_now if old_len == print_len else fingerprint(source.path, old_len)[0]
+            print_now if old_len == print_len else fingerprint(source.file, old_len)[0]
         ) == old_print
         if not same or size < old_size:
             note = f"{source.name}: changed since the last run; read from the start"
@@ -314,7 +314,7 @@ class StateFile:
         resume.skip_all = bool(complete) and size == old_size
         return Progress(key, size, print_now, print_len, resume)
 
-    def _open_object(self, source: Source) -> Progress:
+    def _open_object(self, source: BucketObject) -> Progress:
         """A bucket object is identified by its URL (bucket and key), size and version
         (S3's ETag, GCS's generation), kept as its fingerprint. An object is never
         appended to, only rewritten whole: another version or size is another object,

@@ -3,7 +3,7 @@
 A message is in the window when its `timestamp` (the event time Segment corrected for
 the client's clock skew) is at or after `since` and before `until`. A message outside
 it, or without a usable timestamp, is skipped as `outside-window`; the mapper is not
-called for it. The check wraps the mapper (`windowed`), so it runs wherever records are
+called for it. The check wraps the mapper (`WindowedMapper`), so it runs wherever records are
 prepared: in this process and in the `--workers` processes alike.
 
 Segment's archives file each message under the day it was *received*
@@ -20,13 +20,12 @@ stays a leaf module.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from ctsync.errors import UsageError
-from ctsync.records import Mapper, MapResult, Message, Skip
+from ctsync.records import Counters, Mapper, MapResult, Message, SentTokens, Skip, counting
 from ctsync.sources import TimeWindow
 from ctsync.timestamps import event_time
 
@@ -136,14 +135,17 @@ _OUTSIDE: Final = Skip(OUTSIDE_WINDOW)
 class WindowedMapper:
     """A mapper that skips messages outside the window and maps the others.
 
-    Counts the messages it skipped for having no usable timestamp (`untimed`); passes
-    any other attribute (the inner mapper's counters) through to the inner mapper.
+    Counts the messages it skipped for having no usable timestamp (`untimed`) among the
+    counters of the mapper it wraps, whose counters and tokens are its own.
     """
 
     def __init__(self, window: TimeWindow, inner: Mapper) -> None:
         self.window = window
         self.inner = inner
-        self.untimed: Counter[str] = Counter()
+        counted = counting(inner)
+        self.counters: Counters = counted.counters
+        self.tokens: SentTokens = counted.tokens
+        self.untimed: Counter[str] = self.counters.untimed
 
     def __call__(self, message: Message) -> MapResult:
         ms = message_time(message.get("timestamp"))
@@ -154,24 +156,11 @@ class WindowedMapper:
             return self.inner(message)
         return _OUTSIDE
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (never pickled, but never loop either)
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-
-def windowed(window: TimeWindow | None, factory: Callable[..., Mapper], *args: Any) -> Mapper:
-    """The mapper `factory(*args)` builds, behind `window` when there is one. A module
-    function, so a worker process can build it from a pickled recipe."""
-    inner = factory(*args)
-    return inner if window is None else WindowedMapper(window, inner)
-
 
 def untimed(mapper: Mapper) -> Counter[str]:
     """The messages a windowed mapper skipped for want of a usable timestamp (empty for
     any other mapper). Read once the run is over."""
-    counter = getattr(mapper, "untimed", None)
-    return counter if isinstance(counter, Counter) else Counter()
+    return counting(mapper).counters.untimed
 
 
 def window_notes(count: int) -> list[str]:
@@ -195,5 +184,4 @@ __all__ = [
     "message_time",
     "untimed",
     "window_notes",
-    "windowed",
 ]

@@ -90,3 +90,47 @@ def test_upload_and_delete_share_every_output_option() -> None:
     assert {"dry_run", "output", "report", "failed", "json_out", "progress", "quiet"} <= set(
         OutputOptions.__slots__
     )
+
+
+def test_a_python_callers_concurrency_is_honoured(tmp_path: Path) -> None:
+    """`ClientSettings(concurrency=4)` from Python, with no command line: at most 4
+    requests in flight, and the run's lanes follow the client (4, not CleverTap's 15)."""
+    import asyncio
+
+    import httpx
+
+    from ctsync.run import RunOptions
+    from ctsync.settings import ClientSettings, Secret
+    from tests.helpers import confirm_every_record
+
+    lines = [
+        {"type": "identify", "userId": f"u{i}", "timestamp": "2024-05-01T00:00:00Z"}
+        for i in range(60)
+    ]
+    path = tmp_path / "identifies.ndjson"
+    path.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in lines))
+    in_flight, most = 0, 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.002)  # let the other lanes' requests come in meanwhile
+        in_flight -= 1
+        return confirm_every_record(request)
+
+    client = ClientSettings(
+        account_id="acct",
+        passcode=Secret("python-caller-0001"),
+        base_url="http://clevertap.test",
+        concurrency=4,
+    )
+    job = api.UploadJob(paths=[str(path)], client=client, run=RunOptions(batch_size=1))
+    assert job.run_options().lanes == 4
+    assert api.UploadJob(paths=[str(path)]).run_options().lanes == 15, "a dry run keeps its own"
+    few = api.UploadJob(paths=[str(path)], client=client, run=RunOptions(lanes=2))
+    assert few.run_options().lanes == 2, "fewer lanes asked for are kept"
+    summary = api.upload(job, transport=httpx.MockTransport(answer))
+    assert (summary.read, summary.accepted) == (60, 60)
+    assert summary.requests == 60
+    assert 1 <= most <= 4

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import orjson
 
+from ctsync.errors import DirectiveError as DirectiveError
 from ctsync.records import Message
 
 
@@ -41,15 +42,6 @@ MISSING: Final = _Missing()
 
 Resolve = Callable[[Message], Any]
 DIRECTIVES: Final = ("@path", "@template", "@if", "@literal")
-
-
-class DirectiveError(ValueError):
-    """A mapping value that does not compile; `where` is its place, e.g. `profileData.email`."""
-
-    def __init__(self, where: str, reason: str) -> None:
-        super().__init__(f"{where}: {reason}" if where else reason)
-        self.where = where
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,10 @@ from typing import Any, Final
 
 import orjson
 
-from ctsync.mapping.directives import Compiled, DirectiveError, compile_value
-from ctsync.mapping.triggers import Predicate, TriggerSyntaxError, compile_trigger
+from ctsync.errors import DirectiveError, TriggerSyntaxError
+from ctsync.errors import MappingError as MappingError
+from ctsync.mapping.directives import Compiled, compile_value
+from ctsync.mapping.triggers import Predicate, compile_trigger
 from ctsync.records import Message
 
 MAX_SUBSCRIPTIONS: Final = 50  # Segment's limit of mappings per destination instance
@@ -65,30 +67,6 @@ SUBSCRIPTION_KEYS: Final = frozenset(
     {"name", "enabled", "trigger", "action", "mapping", "convert_timestamps"}
 )
 FILE_KEYS: Final = frozenset({"description", "subscriptions"})
-
-
-class MappingError(ValueError):
-    """A mapping file that cannot be used. The message names the file, the subscription
-    and, for a trigger, the column."""
-
-    def __init__(
-        self,
-        source: str,
-        reason: str,
-        *,
-        subscription: str | None = None,
-        column: int | None = None,
-    ) -> None:
-        where = source
-        if subscription is not None:
-            where += f": subscription {subscription!r}"
-        if column is not None:
-            where += f": trigger column {column}"
-        super().__init__(f"{where}: {reason}")
-        self.source = source
-        self.subscription = subscription
-        self.column = column
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,18 @@ from ctsync.mapping.directives import MISSING, Compiled
 from ctsync.mapping.file import Action, MappingFile, Subscription
 from ctsync.mapping.properties import PropertyShaper
 from ctsync.options import MappingOptions, identity_of, record_time
-from ctsync.records import Delete, Invalid, MapResult, Message, Operation, Skip, Upload, skip_reason
+from ctsync.records import (
+    Counters,
+    Delete,
+    Invalid,
+    MapResult,
+    Message,
+    Operation,
+    SentTokens,
+    Skip,
+    Upload,
+    skip_reason,
+)
 from ctsync.timestamps import FineDates, convert_object
 
 Build = Callable[[Message], Operation | Invalid | None]
@@ -67,7 +78,7 @@ class _Builder:
         subscription: Subscription,
         options: MappingOptions,
         shaper: PropertyShaper,
-        tokens_sent: set[tuple[str, str]],
+        tokens: SentTokens,
         fine: FineDates,
     ) -> None:
         self.fields = subscription.fields
@@ -78,7 +89,7 @@ class _Builder:
         )
         self.dates_as = options.dates_as
         self.shaper = shaper
-        self.tokens_sent = tokens_sent
+        self.tokens = tokens
         self.fine = fine
         self.clock = options.clock
 
@@ -168,10 +179,8 @@ class _Builder:
         token_type = fields["type"].resolve(message)
         if _absent(token_type):
             return Invalid("533", f"no token type: {fields['type'].label} is missing")
-        seen = (object_id, str(token))
-        if seen in self.tokens_sent:
+        if not self.tokens.first_time((object_id, str(token))):
             return None
-        self.tokens_sent.add(seen)
         return Upload(
             {"type": "token", "objectId": object_id, "tokenData": {"id": token, "type": token_type}}
         )
@@ -201,14 +210,17 @@ class MappingMapper:
         self._shaper = PropertyShaper(options.nested)
         self._fine = FineDates(convert=options.convert_microseconds)
         # The counters themselves (read at the end of a run), not copies.
-        self.dropped: Counter[str] = self._shaper.dropped
-        self.dates_left_as_text: Counter[str] = self._fine.left_as_text
-        # (objectId, token) pairs sent this run; given by `--workers`, which checks them.
-        tokens_sent = set() if tokens_sent is None else tokens_sent
+        self.counters = Counters(
+            dropped=self._shaper.dropped, dates_left_as_text=self._fine.left_as_text
+        )
+        self.dropped: Counter[str] = self.counters.dropped
+        self.dates_left_as_text: Counter[str] = self.counters.dates_left_as_text
+        # (objectId, token) pairs sent this run; `tokens_sent` is the run's set.
+        self.tokens = SentTokens(tokens_sent)
         self._subscriptions = tuple(
             (
                 sub.matches,
-                _Builder(sub, options, self._shaper, tokens_sent, self._fine).for_action(
+                _Builder(sub, options, self._shaper, self.tokens, self._fine).for_action(
                     sub.action
                 ),
             )

@@ -15,9 +15,10 @@ as CleverTap's API requires (never renamed, snake_cased or flattened).
 
 Every value left out is counted in a `Counter` keyed by property name: nested values under
 `drop`, and under `flatten` a flattened key that collides with a key already present.
-Mappers that shape properties expose that counter as their `dropped` attribute;
-`dropped_values(mapper)` reads it for the run summary, and `dates_left_as_text(mapper)`
-the date-times finer than milliseconds a mapper left unconverted.
+Mappers that shape properties count them in their `counters.dropped`
+(`ctsync.records.Counters`); `dropped_values(mapper)` reads it for the run summary, and
+`dates_left_as_text(mapper)` the date-times finer than milliseconds a mapper left
+unconverted (both empty for a bare function).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any, Final
 import orjson
 
 from ctsync.options import Nested
-from ctsync.records import Mapper
+from ctsync.records import Mapper, counting
 from ctsync.rules import RESERVED_PROFILE_KEYS, profile_operation
 
 _SEPARATORS = re.compile(r"[\W_]+")
@@ -162,8 +163,7 @@ class PropertyShaper:
 def dates_left_as_text(mapper: Mapper) -> Counter[str]:
     """Date-times finer than milliseconds a mapper left as text so far, per property name
     (empty if it converts no dates). Read it once the run is over."""
-    counter = getattr(mapper, "dates_left_as_text", None)
-    return counter if isinstance(counter, Counter) else Counter()
+    return counting(mapper).counters.dates_left_as_text
 
 
 # Why a device token was not sent, by its `dropped` reason (see `presets.classic`).
@@ -199,5 +199,4 @@ def dropped_values(mapper: Mapper) -> Counter[str]:
 
     Read it once the run is over: `sum(dropped_values(mapper).values())` is the total.
     """
-    counter = getattr(mapper, "dropped", None)
-    return counter if isinstance(counter, Counter) else Counter()
+    return counting(mapper).counters.dropped

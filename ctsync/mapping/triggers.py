@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ctsync.errors import TriggerSyntaxError as TriggerSyntaxError
 from ctsync.records import Message
 
 Predicate = Callable[[Message], bool]
@@ -41,15 +42,6 @@ TOP_LEVEL_FIELDS: Final = frozenset(
 OBJECT_FIELDS: Final = frozenset({"properties", "traits", "context"})
 KEYWORDS: Final = frozenset({"and", "or", "not", "exists", "true", "false", "null"})
 FUNCTIONS: Final = frozenset({"contains", "match"})
-
-
-class TriggerSyntaxError(ValueError):
-    """A trigger that does not parse; `column` is 1-based."""
-
-    def __init__(self, message: str, column: int) -> None:
-        super().__init__(f"column {column}: {message}")
-        self.reason = message
-        self.column = column
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from ctsync.options import MappingOptions, Nested
-from ctsync.records import Mapper
+from ctsync.records import CountingMapper, TokenKey
 
 __all__ = ["MappingOptions", "Nested", "Preset", "build_preset"]
 
@@ -16,22 +16,25 @@ class Preset(StrEnum):
     CLASSIC = "classic"  # Segment's classic CleverTap destination
 
 
-def build_preset(preset: Preset, options: MappingOptions) -> Mapper:
-    """The mapper of a named preset."""
-    factories: dict[Preset, Callable[[MappingOptions], Mapper]] = {
+def build_preset(
+    preset: Preset, options: MappingOptions, tokens: set[TokenKey] | None = None
+) -> CountingMapper:
+    """The mapper of a named preset. `tokens` is the run's set of device tokens sent
+    (each goes once per run); a new set when None."""
+    factories: dict[Preset, Callable[[MappingOptions, set[TokenKey] | None], CountingMapper]] = {
         Preset.ACTIONS: _actions,
         Preset.CLASSIC: _classic,
     }
-    return factories[preset](options)
+    return factories[preset](options, tokens)
 
 
-def _actions(options: MappingOptions) -> Mapper:
+def _actions(options: MappingOptions, tokens: set[TokenKey] | None) -> CountingMapper:
     from ctsync.presets.actions import actions_mapper
 
-    return actions_mapper(options)
+    return actions_mapper(options)  # it sends no device token
 
 
-def _classic(options: MappingOptions) -> Mapper:
-    from ctsync.presets.classic import classic_mapper
+def _classic(options: MappingOptions, tokens: set[TokenKey] | None) -> CountingMapper:
+    from ctsync.presets.classic import ClassicMapper
 
-    return classic_mapper(options)
+    return ClassicMapper(options, tokens_sent=tokens)

@@ -15,10 +15,21 @@ from collections import Counter
 from typing import Any
 
 from ctsync.options import MappingOptions, identity_of, record_time
-from ctsync.records import Delete, Invalid, MapResult, Message, Operation, Skip, Upload, skip_reason
+from ctsync.records import (
+    Counters,
+    Delete,
+    Invalid,
+    MapResult,
+    Message,
+    Operation,
+    SentTokens,
+    Skip,
+    Upload,
+    skip_reason,
+)
 from ctsync.timestamps import FineDates, convert_object
 
-__all__ = ["ActionsMapper", "actions_mapper", "identity_of"]  # identity_of: pipeline's import
+__all__ = ["ActionsMapper", "actions_mapper"]
 
 MAX_CACHED_SKIPS = 4096  # distinct (type, event) pairs; event names are open-ended
 
@@ -31,10 +42,12 @@ class ActionsMapper:
         self._options = options
         self._fine = FineDates(convert=options.convert_microseconds)
         self._skips: dict[tuple[Any, Any], Skip] = {}
+        self.counters = Counters(dates_left_as_text=self._fine.left_as_text)
+        self.tokens = SentTokens()  # asked by no one: the preset sends no device token
 
     @property
     def dates_left_as_text(self) -> Counter[str]:
-        return self._fine.left_as_text
+        return self.counters.dates_left_as_text
 
     def __call__(self, message: Message) -> MapResult:
         ops: list[Operation] = []

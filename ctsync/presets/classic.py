@@ -50,10 +50,12 @@ from ctsync.mapping.properties import PropertyShaper
 from ctsync.options import MappingOptions, identity_of, record_time
 from ctsync.records import (
     CleverTapRecord,
+    Counters,
     Invalid,
     MapResult,
     Message,
     Operation,
+    SentTokens,
     Skip,
     Upload,
     skip_reason,
@@ -144,10 +146,13 @@ class ClassicMapper:
         self._as_written.dropped = self._shaper.dropped
         self._fine = FineDates(convert=options.convert_microseconds)
         # The counters themselves (read at the end of a run), not copies.
-        self.dropped: Counter[str] = self._shaper.dropped
-        self.dates_left_as_text: Counter[str] = self._fine.left_as_text
-        # (objectId, token) pairs sent this run; given by `--workers`, which checks them.
-        self._tokens_sent = set() if tokens_sent is None else tokens_sent
+        self.counters = Counters(
+            dropped=self._shaper.dropped, dates_left_as_text=self._fine.left_as_text
+        )
+        self.dropped: Counter[str] = self.counters.dropped
+        self.dates_left_as_text: Counter[str] = self.counters.dates_left_as_text
+        # (objectId, token) pairs sent this run; `tokens_sent` is the run's set.
+        self.tokens = SentTokens(tokens_sent)
 
     def __call__(self, message: Message) -> MapResult:
         kind = message.get("type")
@@ -402,9 +407,8 @@ class ClassicMapper:
             self._shaper.dropped[TOKEN_OF_UNKNOWN_DEVICE] += 1
             return None
         key = (object_id, token)
-        if key in self._tokens_sent:
+        if not self.tokens.first_time(key):
             return None
-        self._tokens_sent.add(key)
         return {
             "type": "token",
             "objectId": object_id,

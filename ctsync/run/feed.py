@@ -73,7 +73,7 @@ class Feed:
                 yield InputRecord(Origin(source.name, 0), None, None, unreadable), None
                 continue
             self._current = opened
-            if source.url is not None:
+            if not source.grows:
                 self._objects.add(source.name)
             try:
                 for item in read_blocks(opened, block_bytes):

@@ -33,7 +33,7 @@ from typing import Any, Final, TypeAlias
 
 from ctsync.dedupe import Key
 from ctsync.prepare import Op, OpKind, ProfileKey, profile_hash
-from ctsync.records import Invalid, Message
+from ctsync.records import Invalid, Message, TokenKey
 from ctsync.rules import Fix
 
 READY: Final = 0
@@ -42,7 +42,6 @@ INVALID: Final = 2
 BROKEN: Final = 3
 DONE: Final = 4
 
-TokenKey: TypeAlias = tuple[str, str]
 Lookups: TypeAlias = tuple[tuple[TokenKey, bool], ...]
 """Each (objectId, token) looked up in the stage's set of tokens sent, and whether it
 was there."""

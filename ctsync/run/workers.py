@@ -45,12 +45,10 @@ from typing import Any, Final, TypeAlias
 import orjson
 
 from ctsync.dedupe import message_key
-from ctsync.errors import CtsyncError, ExitCode
-from ctsync.mapping.properties import dates_left_as_text, dropped_values
+from ctsync.errors import WorkerError
 from ctsync.prepare import Skipped, ValidateMode, Validator, prepare
-from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import Block, InputRecord, decode_block
-from ctsync.records import Invalid, Mapper
+from ctsync.records import Invalid, Mapper, TokenKey, counting
 from ctsync.run.wire import (
     INVALID,
     NO_LOOKUPS,
@@ -60,13 +58,11 @@ from ctsync.run.wire import (
     Lookups,
     Prepared,
     Result,
-    TokenKey,
     broken,
     done,
     stub,
     wire_ops,
 )
-from ctsync.window import untimed
 
 MAX_DEFAULT_WORKERS: Final = 8
 BLOCK_BYTES: Final = 1 << 20
@@ -106,33 +102,7 @@ def default_workers() -> int:
     return max(1, min(MAX_DEFAULT_WORKERS, usable))
 
 
-class WorkerError(CtsyncError):
-    """A worker process ended without finishing its block (killed, out of memory)."""
-
-    exit_code = ExitCode.CRASH
-
-
 # -- recipes: what a worker builds its pure stage from -----------------------------------
-
-
-def preset_mapper(preset: Preset, options: MappingOptions, tokens: set[TokenKey]) -> Mapper:
-    """The mapper of a preset, sending device tokens once per `tokens` set."""
-    if preset is Preset.CLASSIC:
-        from ctsync.presets.classic import ClassicMapper
-
-        return ClassicMapper(options, tokens_sent=tokens)
-    from ctsync.presets import build_preset
-
-    return build_preset(preset, options)
-
-
-def mapping_mapper(
-    document: Any, source: str, options: MappingOptions, tokens: set[TokenKey]
-) -> Mapper:
-    """The mapper of a mapping file (its decoded document, checked already)."""
-    from ctsync.mapping import MappingMapper, parse_mapping
-
-    return MappingMapper(parse_mapping(document, source), options, tokens_sent=tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,28 +138,15 @@ class Workers:
 # -- the worker side ---------------------------------------------------------------------
 
 
-class _TokenLog(set[TokenKey]):
-    """A mapper's set of sent tokens that remembers each lookup and its answer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log: list[tuple[TokenKey, bool]] = []
-
-    def __contains__(self, key: object) -> bool:
-        found = set.__contains__(self, key)
-        self.log.append((key, found))  # type: ignore[arg-type]
-        return found
-
-
 class RecordStage:
     """The record stage of one run in one process: decode, map, convert, validate and
     encode, one input record in, one `wire.Result` out. The same code runs in a worker
     process and in the run's own process.
 
-    Built `from_recipe` (a worker, or the run's process when it has workers), it keeps its
-    own set of tokens sent and reports each lookup (see the module's docstring), and its
-    counters come back with each block. Built `using` the run's own mapper (a run without
-    workers), its lookups are the run's and its counters are the mapper's."""
+    Built `from_recipe` (in a worker), it keeps its own set of tokens sent and reports
+    each lookup (see the module's docstring), and its counters go back with each block.
+    Built on the run's own mapper (in the run's process), its lookups are the run's and
+    its counters are the mapper's."""
 
     def __init__(
         self,
@@ -214,14 +171,14 @@ class RecordStage:
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> RecordStage:
-        tokens = _TokenLog()
+        mapper = recipe.mapper(set())
         validator = recipe.validator() if recipe.mode is not ValidateMode.OFF else None
         return cls(
-            recipe.mapper(tokens),
+            mapper,
             validator,
             recipe.mode,
             dedupe=recipe.dedupe,
-            log=tokens.log,
+            log=counting(mapper).tokens.watch(),  # each token lookup and its answer
             counted=True,
         )
 
@@ -269,18 +226,7 @@ class RecordStage:
     def counts(self) -> Counts:
         """The mapper's counters since the last call (then cleared); none when they are
         the run's own."""
-        found: Counts = {}
-        if not self._counted:
-            return found
-        for name, counter in (
-            ("dropped", dropped_values(self.mapper)),
-            ("dates", dates_left_as_text(self.mapper)),
-            ("untimed", untimed(self.mapper)),
-        ):
-            if counter:
-                found[name] = dict(counter)
-                counter.clear()
-        return found
+        return counting(self.mapper).counters.take() if self._counted else {}
 
 
 _STAGES: dict[str, RecordStage] = {}
@@ -419,12 +365,7 @@ def result_of(future: Future[Prepared]) -> Prepared:
 
 def add_counts(mapper: Mapper, counts: Counts) -> None:
     """Add a block's counters to the main process's mapper (read at the end of a run)."""
-    if "dropped" in counts:
-        dropped_values(mapper).update(counts["dropped"])
-    if "dates" in counts:
-        dates_left_as_text(mapper).update(counts["dates"])
-    if "untimed" in counts:
-        untimed(mapper).update(counts["untimed"])
+    counting(mapper).counters.add(counts)
 
 
 def lookups_hold(tokens: set[TokenKey], lookups: Lookups) -> bool:
@@ -449,7 +390,5 @@ __all__ = [
     "WorkerPool",
     "Workers",
     "default_workers",
-    "mapping_mapper",
-    "preset_mapper",
     "start_pool",
 ]
