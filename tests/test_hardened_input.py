@@ -177,7 +177,7 @@ def test_numeric_identities_are_exact_decimal_strings_or_invalid() -> None:
 
 
 def test_identity_of_refuses_python_integers_beyond_64_bits() -> None:
-    from ctsync.presets.actions import identity_of
+    from ctsync.options import identity_of
     from ctsync.records import Invalid
 
     assert identity_of(2**64 - 1, "userId") == "18446744073709551615"
