@@ -11,6 +11,9 @@ inside, numbers, booleans), 40% track (Order Completed with products, dated prop
 its email, phone and device from message to message. Envelopes carry what Segment's
 exports carry: messageId, anonymousId, userId, timestamp, sentAt, receivedAt, context.
 
+`--skew F` gives that share of messages to one user (a heavy identity: a test account, a
+server-side integration), drawn on top of the pool.
+
 `--bad-share F` turns that share of messages into records a real export also holds:
 identify without userId, a line cut short, a phone without `+`, a 150-character userId.
 
@@ -371,11 +374,15 @@ class SegmentExport:
         seed: int = DEFAULT_SEED,
         bad_share: float = 0.0,
         users: int | None = None,
+        skew: float = 0.0,
     ) -> None:
         if count < 0:
             raise ValueError(f"count must not be negative, not {count}")
         if not 0.0 <= bad_share <= 1.0:
             raise ValueError(f"bad share must be between 0 and 1, not {bad_share}")
+        if not 0.0 <= skew <= 1.0:
+            raise ValueError(f"skew must be between 0 and 1, not {skew}")
+        self.skew = skew
         self.count = count
         self.seed = seed
         self.bad_share = bad_share
@@ -395,7 +402,7 @@ class SegmentExport:
         dumps = orjson.dumps
         append_newline = orjson.OPT_APPEND_NEWLINE
         counts = self.counts
-        count, pool, bad_share = self.count, self.users, self.bad_share
+        count, pool, bad_share, skew = self.count, self.users, self.bad_share, self.skew
         step = SPAN_MS / count if count else 0.0
 
         def user(number: int) -> _User:
@@ -410,7 +417,10 @@ class SegmentExport:
         for index in range(count):
             sent_ms = START_MS + int(index * step)
             kind = _KINDS[bisect.bisect(_KIND_CUMULATIVE, random())]
-            someone = user(int(random() * pool))
+            number = int(random() * pool)
+            if skew and random() < skew:  # (no extra draw without skew: the same bytes)
+                number = 0
+            someone = user(number)
             if bad_share and random() < bad_share:
                 bad = BAD_KINDS[int(random() * len(BAD_KINDS))]
                 counts[bad] += 1
@@ -699,9 +709,10 @@ def generate_file(
     seed: int = DEFAULT_SEED,
     bad_share: float = 0.0,
     compress: bool = False,
+    skew: float = 0.0,
 ) -> Generated:
     """Write an export to `path` (atomically: a partial file never has the final name)."""
-    export = SegmentExport(count, seed=seed, bad_share=bad_share)
+    export = SegmentExport(count, seed=seed, bad_share=bad_share, skew=skew)
     partial = path.with_name(path.name + ".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "wb") as out:
@@ -725,17 +736,25 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="share of bad records (no userId, cut lines, phone without +, long identity)",
     )
+    parser.add_argument(
+        "--skew", type=float, default=0.0, help="share of messages from one heavy user"
+    )
     args = parser.parse_args(argv)
-    if args.count < 0 or not 0.0 <= args.bad_share <= 1.0:
-        parser.error("--count must be >= 0 and --bad-share between 0 and 1")
+    if args.count < 0 or not 0.0 <= args.bad_share <= 1.0 or not 0.0 <= args.skew <= 1.0:
+        parser.error("--count must be >= 0, --bad-share and --skew between 0 and 1")
     started = time.perf_counter()
     if args.out is None:
-        export = SegmentExport(args.count, seed=args.seed, bad_share=args.bad_share)
+        export = SegmentExport(args.count, seed=args.seed, bad_share=args.bad_share, skew=args.skew)
         size = write(export, sys.stdout.buffer, compress=args.gzip)
         counts, where = export.counts, "stdout"
     else:
         generated = generate_file(
-            args.out, args.count, seed=args.seed, bad_share=args.bad_share, compress=args.gzip
+            args.out,
+            args.count,
+            seed=args.seed,
+            bad_share=args.bad_share,
+            compress=args.gzip,
+            skew=args.skew,
         )
         counts, size, where = generated.counts, generated.size, str(args.out)
     elapsed = time.perf_counter() - started

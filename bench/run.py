@@ -88,6 +88,9 @@ SAMPLE_SECONDS = 0.02
 DRY_TARGETS = {"actions": 0.60, "classic": 0.30}  # of the floor, best worker count
 E2E_TARGETS = {300: ("ceiling", 0.90), 100: ("dry run", 0.90)}
 RSS_BASE_MB, RSS_PER_WORKER_MB = 100.0, 60.0
+MAIN_CPU_TARGET_US = 1.5  # the run's own process, per message, with worker processes
+SKEW, SKEW_TARGET = 0.10, 0.80  # one identity in 10% of messages: of the uniform rate
+PROJECTED_CORES = 8
 
 
 # --- the machine ------------------------------------------------------------------------
@@ -129,17 +132,20 @@ class Dataset:
     counts: dict[str, int]
 
 
-def dataset(count: int, *, seed: int, compress: bool, console: Console) -> Dataset:
+def dataset(
+    count: int, *, seed: int, compress: bool, console: Console, skew: float = 0.0
+) -> Dataset:
     """The cached export for these arguments, generated on first use."""
     suffix = ".ndjson.gz" if compress else ".ndjson"
-    path = DATA / f"segment-{count}-s{seed}{suffix}"
+    skewed = f"-skew{skew:g}" if skew else ""
+    path = DATA / f"segment-{count}-s{seed}{skewed}{suffix}"
     meta = path.with_name(path.name + ".counts.json")
     if path.exists() and meta.exists():
         return Dataset(path, count, orjson.loads(meta.read_bytes()))
     console.print(f"generating {count:,} messages into {_relative(path)} ...")
     started = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
-    generated = generate_file(path, count, seed=seed, compress=compress)
+    generated = generate_file(path, count, seed=seed, compress=compress, skew=skew)
     counts = dict(sorted(generated.counts.items()))
     meta.write_bytes(orjson.dumps(counts))
     console.print(
@@ -526,6 +532,9 @@ class Bench:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # CPU microseconds per message of the run's own process and of its workers, by
+    # (preset, workers), from the summaries' `cpu_seconds` (plain export).
+    cpu: dict[tuple[str, int | None], tuple[float, float]] = field(default_factory=dict)
 
     def say(self, text: str) -> None:
         self.console.print(text, highlight=False)
@@ -612,6 +621,13 @@ class Bench:
                         rates[(preset, workers)] = rate
                         best = max(best, (rate, workers), key=lambda b: b[0])
                     peak = max(child.tree_peak_bytes for child in children)
+                    if data is plain and "cpu_seconds" in summaries[0]:
+                        self.cpu[(preset, workers)] = tuple(  # type: ignore[assignment]
+                            statistics.median(float(s["cpu_seconds"][part]) for s in summaries)
+                            / data.count
+                            * 1e6
+                            for part in ("main", "workers")
+                        )
                     self.rows.append(
                         Row(
                             f"dry run, {preset}, {kind}, {_workers(workers)}",
@@ -629,6 +645,7 @@ class Bench:
                         f" accepted {summaries[0].get('accepted'):,}, skipped "
                         f"{summaries[0].get('skipped'):,}, {summaries[0].get('requests')} requests"
                     )
+            self._cpu_rows(preset, counts)
             rate, workers = best
             target = DRY_TARGETS[preset]
             self.rows.append(
@@ -643,6 +660,43 @@ class Bench:
                 )
             )
         return rates
+
+    def _cpu_rows(self, preset: str, counts: Sequence[int | None]) -> None:
+        """The run's own process's CPU per message with workers (the ceiling no number of
+        workers lifts: 1e6 / that many messages a second), and a projection to more cores
+        from the measured costs: with C cores, min(1e6 / main, C * 1e6 / (main + workers))
+        messages a second (the workers' share spread over the cores, the main process's
+        on one of them)."""
+        measured = [(w, self.cpu[(preset, w)]) for w in counts if (preset, w) in self.cpu]
+        if not measured:
+            return
+        for workers, (main, _) in measured:
+            if workers is None or workers < 2:
+                continue
+            self.rows.append(
+                Row(
+                    f"main process CPU per message, {preset}, {_workers(workers)}",
+                    "",
+                    "",
+                    f"{main:.2f} µs",
+                    f"ceiling {1e6 / main:,.0f} msg/s",
+                    f"<= {MAIN_CPU_TARGET_US} µs",
+                    main <= MAIN_CPU_TARGET_US,
+                )
+            )
+        workers, (main, work) = max(measured, key=lambda m: m[0] or 1)
+        for cores in (usable_cores(), PROJECTED_CORES):
+            rate = min(1e6 / main, cores * 1e6 / (main + work))
+            self.rows.append(
+                Row(
+                    f"projection to {cores} cores, {preset} (from {_workers(workers)}: main "
+                    f"{main:.1f} µs, workers {work:.1f} µs a message)",
+                    "",
+                    "",
+                    f"{rate:,.0f}/s",
+                    "",
+                )
+            )
 
     def dedupe_cost(self, program: str, plain: Dataset, counts: Sequence[int | None]) -> None:
         """The dry run with messageId dedupe (the default) against `--no-dedupe`: actions,
@@ -765,8 +819,54 @@ class Bench:
                     )
                     if preset == "actions" and latency == rss_latency(self.args.latencies):
                         self._rss_rows(workers, child, receiver, env)
+                        self._skewed(program, workers, rate, receiver, env, latency)
                     if preset == "classic":
                         self._naive(plain, receiver, latency, rate, env)
+
+    def _skewed(
+        self,
+        program: str,
+        workers: int | None,
+        uniform: float,
+        receiver: Receiver,
+        env: dict[str, str],
+        latency: int,
+    ) -> None:
+        """The same upload on an export where one identity has 10% of the messages: its
+        writes stay in order (one lane), and the other lanes must keep the requests
+        going. As a ratio to the uniform export's rate."""
+        data = dataset(
+            self.args.count, seed=self.args.seed, compress=False, console=self.console, skew=SKEW
+        )
+        self.say(f"end to end, skewed: actions, {latency} ms, {_workers(workers)} ...")
+        command = ctsync_command(
+            program,
+            data.path,
+            "actions",
+            workers,
+            "--endpoint",
+            receiver.url,
+            "--account-id",
+            SANDBOX_ACCOUNT,
+        )
+        seconds, stats, summary, _ = self._upload(receiver, command, env, self.args.e2e_repeat)
+        rate = data.count / seconds
+        self.rows.append(
+            Row(
+                f"upload -> receiver {latency} ms, actions, skewed (one identity in "
+                f"{SKEW:.0%} of messages), {_workers(workers)}",
+                str(self.args.e2e_repeat),
+                f"{seconds:.2f}",
+                f"{rate:,.0f}/s",
+                f"{rate / uniform:.2f} of uniform ({uniform:,.0f}/s)",
+                f">= {SKEW_TARGET:.2f} of uniform",
+                rate / uniform >= SKEW_TARGET,
+            )
+        )
+        self.notes.append(
+            f"skewed end to end: {summary.get('requests')} requests, peak in flight "
+            f"{stats.get('peak_in_flight', {}).get('upload')}"
+        )
 
     def _upload(
         self, receiver: Receiver, command: list[str], env: dict[str, str], repeat: int
