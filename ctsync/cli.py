@@ -532,7 +532,7 @@ def upload(
             max=64,
             metavar="N",
             help="Processes preparing records (decode, map, validate): 1 keeps everything "
-            "in one process (default: the CPUs ctsync may use, at most 8).",
+            "in one process (default: the CPUs idle at the start, at most 8).",
             show_default=False,
         ),
     ] = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,14 @@ from ctsync.presets import MappingOptions, Nested, Preset
 from ctsync.reader import Block, OpenSource, Source, read_blocks, read_source
 from ctsync.records import Mapper, Message
 from ctsync.run import DryRunSender, RunOptions, UploadRun
-from ctsync.run.workers import Recipe, WorkerError, WorkerPool, Workers, lookups_hold
+from ctsync.run.workers import (
+    Recipe,
+    WorkerError,
+    WorkerPool,
+    Workers,
+    default_workers,
+    lookups_hold,
+)
 from tests.helpers import examples, mapper_that_dies_in_a_worker, no_validator
 
 USERS = ["u1", "u2", "u3", 7, "", None]
@@ -348,3 +356,23 @@ def test_counts_of_a_record_prepared_again_here_are_in_the_summary(
         assert summary.dropped == dropped
         assert summary.dates_left_as_text == dates
     assert summaries[2].notes == summaries[1].notes
+
+
+@pytest.mark.parametrize(
+    ("cpus", "load", "expected"),
+    [
+        (2, 0.0, 2),  # a quiet 2-core machine: two workers
+        (2, 0.3, 1),  # 1.7 idle: one process (a worker would take a busy core)
+        (2, 1.9, 1),
+        (2, 6.0, 1),  # overloaded: never fewer than one
+        (8, 2.5, 5),
+        (16, 0.0, 8),  # at most 8
+    ],
+)
+def test_the_default_worker_count_is_the_idle_cpus(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, load: float, expected: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert default_workers(load) == expected
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert default_workers() == expected  # the system's one-minute load average
