@@ -35,7 +35,7 @@ from ctsync.run.accounts import Accounts
 from ctsync.run.checkpoint import Checkpointer
 from ctsync.run.dispatch import Dispatcher
 from ctsync.run.feed import Feed, Item
-from ctsync.run.intake import YIELD_EVERY, Intake
+from ctsync.run.intake import Intake
 from ctsync.run.options import Control, RunOptions
 from ctsync.run.wire import Prepared
 from ctsync.run.workers import (
@@ -138,6 +138,7 @@ class UploadRun:
             workers=self._workers,
         )
         self._planner = planner
+        self._idle_at = YIELD_IDLE  # records taken when the loop turns next with none out
 
     @property
     def summary(self) -> Summary:
@@ -273,20 +274,23 @@ class UploadRun:
         else:
             assert callable(item)
             item()
-            await self._pace(self._intake.taken)
+            await self._pace()
 
-    async def _pace(self, count: int) -> None:
-        """Between records: backpressure, a turn of the event loop now and then, and
-        the errors of the lanes."""
+    async def _pace(self) -> None:
+        """Every `YIELD_EVERY` records or so, and between sources: backpressure, a turn
+        of the event loop, and the errors of the lanes."""
         dispatcher = self._dispatcher
         window = self._options.window
         if dispatcher.queued >= window:
             await dispatcher.until(lambda: dispatcher.queued < window)
-        elif count % YIELD_EVERY == 0 and (dispatcher.tasks or count % YIELD_IDLE == 0):
-            # Requests advance only while the reader yields: one step (a write, a read)
-            # per yield. Signal handlers run only then, too.
-            await asyncio.sleep(0)
-            if count % YIELD_IDLE == 0:
+        else:
+            idle = self._intake.taken >= self._idle_at
+            if dispatcher.tasks or idle:
+                # Requests advance only while the reader yields: one step (a write, a
+                # read) per yield. Signal handlers run only then, too.
+                await asyncio.sleep(0)
+            if idle:
+                self._idle_at = self._intake.taken + YIELD_IDLE
                 self._notify()
         self._control.check()
 

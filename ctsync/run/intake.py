@@ -32,6 +32,7 @@ from ctsync.run.wire import (
     KINDS,
     READY,
     SKIPPED,
+    SKIPPED_RUN,
     Result,
     notes_of,
     ops_of,
@@ -66,7 +67,7 @@ class Intake:
         feed: Feed,
         control: Control,
         options: RunOptions,
-        pace: Callable[[int], Awaitable[None]],
+        pace: Callable[[], Awaitable[None]],
         ids: MessageIds | None,
         tokens: set[tuple[str, str]],
         workers: Workers | None,
@@ -87,7 +88,8 @@ class Intake:
         self._again: RecordStage | None = None
         self._gap = False  # positions were passed over since the last operation planned
         self._source: str | None = None  # the source of the last results taken
-        self.taken = 0  # results taken: every YIELD_EVERY-th lets the event loop run
+        self.taken = 0  # records taken
+        self._look_at = YIELD_EVERY  # ... when the pace is next asked for
         self.resumed: Counter[str] = Counter()  # done / resent / unknown, for the notes
 
     async def take(
@@ -114,7 +116,13 @@ class Intake:
         group = progress.key if progress is not None else None
         for result in results:
             line, part, code, raw, a, b, lookups, key = result
-            if settled or lookups or b is not None:
+            if code == SKIPPED_RUN:
+                summary.read += b
+                skipped.update(a)
+                if progress is not None:
+                    progress.position = (line, part)
+                self.taken += b - 1  # and one below
+            elif settled or lookups or b is not None:
                 take(source, result, progress)
             elif key is not None and ids is not None and ids.seen(key[0]):
                 summary.read += 1
@@ -145,8 +153,9 @@ class Intake:
                 take(source, result, progress)
             # The pace only when it has something to do: a coroutine per record costs.
             self.taken += 1
-            if dispatcher.queued >= window or self.taken % YIELD_EVERY == 0:
-                await self._pace(self.taken)
+            if dispatcher.queued >= window or self.taken >= self._look_at:
+                self._look_at = self.taken + YIELD_EVERY
+                await self._pace()
             else:
                 control.check()
             if control.stopping:  # after the take: no record read is left unaccounted

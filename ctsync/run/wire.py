@@ -20,11 +20,16 @@ record, and pickling a named tuple costs four times a tuple's (measured: 1.4 aga
     BROKEN   a: the `Invalid` (not a message: bad JSON, too deep, unreadable at line 0)
              b: whether it is the last line of a file without its final newline
     DONE     finished by an earlier run (`--state`): not prepared; a and b: None
+    SKIPPED_RUN  records one after another that were all skipped (and need nothing
+             else), as one result: a: how many by reason, b: how many; `line` and
+             `part` are the last one's. Only in a block no earlier run touched.
 - `raw`: the record's line (an array element's JSON when it had none); None for DONE,
   and for SKIPPED unless the run may prepare it again (it has `lookups`).
 - `lookups`: the device-token lookups its mapping made, with their answers, when the
   stage keeps its own token set (see `ctsync.run.workers`); empty otherwise.
-- `key`: its messageId's dedupe key, when the run dedupes and it has one.
+- `key`: its messageId's dedupe key, when the run dedupes and it has one and is not
+  skipped (a message the mapping skips is counted under its reason, never as a copy:
+  nothing is sent either way).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ SKIPPED: Final = 1
 INVALID: Final = 2
 BROKEN: Final = 3
 DONE: Final = 4
+SKIPPED_RUN: Final = 5
 
 Lookups: TypeAlias = tuple[tuple[TokenKey, bool], ...]
 """Each (objectId, token) looked up in the stage's set of tokens sent, and whether it
@@ -102,6 +108,34 @@ def broken(line: int, part: int, raw: bytes | None, error: Invalid, partial: boo
     return (line, part, BROKEN, raw, error, partial, NO_LOOKUPS, None)
 
 
+def skip_runs(results: list[Result]) -> list[Result]:
+    """`results` with each run of plain SKIPPED results (no token lookups) as one
+    SKIPPED_RUN: half of an export is skipped, and the run's process then takes such a
+    stretch in one step instead of one per record."""
+    out: list[Result] = []
+    reasons: dict[str, int] | None = None
+    count = 0
+    last: Result | None = None
+    for result in results:
+        if result[2] == SKIPPED and not result[6]:
+            if reasons is None:
+                reasons, count = {}, 0
+            reason = result[4]
+            reasons[reason] = reasons.get(reason, 0) + 1
+            count += 1
+            last = result
+            continue
+        if reasons is not None:
+            assert last is not None
+            out.append((last[0], last[1], SKIPPED_RUN, None, reasons, count, NO_LOOKUPS, None))
+            reasons = None
+        out.append(result)
+    if reasons is not None:
+        assert last is not None
+        out.append((last[0], last[1], SKIPPED_RUN, None, reasons, count, NO_LOOKUPS, None))
+    return out
+
+
 def notes_of(result: Result) -> Notes:
     """A READY result's notes (none: empty lists and an empty stub)."""
     notes: Notes | None = result[5]
@@ -116,6 +150,7 @@ __all__ = [
     "KIND_CODES",
     "READY",
     "SKIPPED",
+    "SKIPPED_RUN",
     "Counts",
     "Lookups",
     "Notes",
@@ -126,6 +161,7 @@ __all__ = [
     "done",
     "notes_of",
     "ops_of",
+    "skip_runs",
     "stub",
     "wire_ops",
 ]

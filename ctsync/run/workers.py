@@ -60,6 +60,7 @@ from ctsync.run.wire import (
     Result,
     broken,
     done,
+    skip_runs,
     stub,
     wire_ops,
 )
@@ -192,9 +193,12 @@ class RecordStage:
         )
 
     def block(self, block: Block, resume: Any) -> Prepared:
-        """Every record of `block`, prepared; and the mapper's counts for the block."""
+        """Every record of `block`, prepared; and the mapper's counts for the block. In a
+        block no earlier run touched (`resume` None), runs of skipped records come as
+        one result each."""
         record = self.record
-        return [record(each, resume) for each in decode_block(block)], self.counts()
+        results = [record(each, resume) for each in decode_block(block)]
+        return (skip_runs(results) if resume is None else results), self.counts()
 
     def record(self, record: InputRecord, resume: Any) -> Result:
         """One record, prepared (or passed over: an earlier run finished it)."""
@@ -222,7 +226,7 @@ class RecordStage:
                 raw = orjson.dumps(message)
         if isinstance(prepared, Skipped):
             again = raw if lookups else None  # the run may prepare it again
-            return (line, part, SKIPPED, again, prepared.reason, None, lookups, key)
+            return (line, part, SKIPPED, again, prepared.reason, None, lookups, None)
         if raw is None:  # an element of a document or envelope: its JSON is its line now
             raw = orjson.dumps(message)
         if isinstance(prepared, Invalid):
