@@ -83,11 +83,15 @@ def day_of(value: object) -> int | None:
     """The UTC day (epoch ms of its midnight) of a message's `timestamp`: enough for a
     window of days, and a fifth of the cost of reading it to the millisecond (an ISO
     date-time's offset is not applied: a day either way)."""
+    try:  # the common case: a day this run met before, a lookup
+        return _DAYS[value[:10]]  # type: ignore[index]
+    except (KeyError, TypeError):  # a new day, or no string (not sliceable, unhashable)
+        return _new_day(value)
+
+
+def _new_day(value: object) -> int | None:
     if type(value) is str:
         day = value[:10]
-        found = _DAYS.get(day)
-        if found is not None:
-            return found
         if len(day) == 10 and day[4] == "-":
             try:
                 found = (date.fromisoformat(day).toordinal() - _EPOCH_DAY) * DAY_MS
@@ -144,6 +148,7 @@ class MessageIds:
         self._mask = 0
         self._in_filter = 0
         self._grow_at = 0
+        self._room = self._room_was = 1  # remembered ids before `_upkeep` (`_set_room`)
         self._rebuild(count)
 
     @classmethod
@@ -167,9 +172,14 @@ class MessageIds:
         mask = self._mask
         bits = self._bits
         low = key & mask
-        high = (key >> 32) & mask
-        if not (bits[low >> 3] >> (low & 7) & 1 and bits[high >> 3] >> (high & 7) & 1):
-            return False  # the common case: a message never seen
+        if bits[low >> 3] >> (low & 7) & 1:
+            high = key >> 32 & mask
+            if bits[high >> 3] >> (high & 7) & 1:
+                return self._held(key)
+        return False  # the common case: a message never seen
+
+    def _held(self, key: int) -> bool:
+        """The exact answer, for a key the filter may hold."""
         for fresh in self._fresh.values():
             if key in fresh:
                 return True
@@ -183,7 +193,7 @@ class MessageIds:
         """A message with this key is planned (in flight from now on)."""
         newest = self._newest
         if ms is None:
-            ms = newest if newest is not None else self._now
+            ms = self._now if newest is None else newest
         elif newest is None or ms > newest:
             self._newest = ms if ms < self._latest else self._latest
         if self._gone:
@@ -193,16 +203,35 @@ class MessageIds:
         if fresh is None:
             fresh = self._fresh[group] = {}
         fresh[key] = ms
-        bits, mask = self._bits, self._mask
+        bits = self._bits
+        mask = self._mask
         low = key & mask
-        high = (key >> 32) & mask
         bits[low >> 3] |= 1 << (low & 7)
+        high = key >> 32 & mask
         bits[high >> 3] |= 1 << (high & 7)
-        self._in_filter += 1
+        self._room -= 1
+        if not self._room:
+            self._upkeep()
+
+    def _upkeep(self) -> None:
+        """Every `_room` ids remembered (one counter on the hot path, not two tests):
+        grow the filter when it is full enough, and without a state file send the ids
+        held in memory to the table."""
+        self._in_filter += self._room_was
         if self._in_filter > self._grow_at:
-            self._rebuild(self._in_filter)
-        if len(fresh) >= WRITE_AT and not self._persistent:
+            self._rebuild(self._in_filter)  # sets the room again
+        if not self._persistent and self._pending() >= WRITE_AT:
             self._write_all()
+        self._set_room()
+
+    def _pending(self) -> int:
+        return sum(len(fresh) for fresh in self._fresh.values())
+
+    def _set_room(self) -> None:
+        room = self._grow_at - self._in_filter + 1  # the filter grows past `_grow_at`
+        if not self._persistent:
+            room = min(room, WRITE_AT - self._pending())
+        self._room = self._room_was = max(room, 1)
 
     def forget(self, key: int, group: Group) -> None:
         """The message with this key was refused or failed for good: a copy may go."""
@@ -286,6 +315,7 @@ class MessageIds:
             for key in fresh:
                 add(key)
                 self._in_filter += 1
+        self._set_room()
 
 
 def window_ms(days: float) -> int:

@@ -10,6 +10,7 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
@@ -23,6 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from ctsync import dedupe
 from ctsync.api import Outputs, UploadJob, upload
 from ctsync.dedupe import DUPLICATE_MESSAGE_ID, MessageIds, day_of, forgotten, message_key
 from ctsync.errors import UsageError
@@ -140,6 +142,43 @@ class StoreAgainstModel(RuleBasedStateMachine):
 
 TestStoreAgainstModel = StoreAgainstModel.TestCase
 TestStoreAgainstModel.settings = settings(max_examples=examples(200), stateful_step_count=40)
+
+
+@given(steps=st.lists(st.tuples(st.booleans(), st.integers(-(2**63), 2**63 - 1)), max_size=120))
+def test_without_a_state_file_ids_go_to_the_table_every_few_and_stay_seen(
+    steps: list[tuple[bool, int]],
+) -> None:
+    """Without a state file, ids pile up in memory and go to the table five at a time
+    here, while the filter (64 bits) grows: every id remembered and not forgotten is
+    seen, every other not, whatever the moment of the writes."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    with mock.patch.object(dedupe, "WRITE_AT", 5):
+        store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
+        live: set[int] = set()
+        for remember, key in steps:
+            if remember and key not in live:
+                store.remember(key, NOW_MS, None)
+                live.add(key)
+            elif live and not remember:
+                gone = sorted(live)[key % len(live)]
+                store.forget(gone, None)
+                live.discard(gone)
+            for known in [*live, key]:
+                assert store.seen(known) == (known in live), known
+        assert len(store) == len(live)
+
+
+def test_without_a_state_file_ids_go_to_the_table_as_soon_as_enough_are_held() -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    with mock.patch.object(dedupe, "WRITE_AT", 5):
+        store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
+        in_table = []
+        for key in range(1, 13):
+            store.remember(key * 7919 << 32 | key, NOW_MS, None)
+            in_table.append(db.execute("SELECT count(*) FROM message_ids").fetchone()[0])
+    # Five at a time, while the filter grows (at the ninth id) in between.
+    assert in_table == [0, 0, 0, 0, 5, 5, 5, 5, 5, 10, 10, 10]
+    assert all(store.seen(key * 7919 << 32 | key) for key in range(1, 13))
 
 
 def test_an_id_forgotten_in_one_input_and_planned_again_from_another_stays() -> None:
@@ -405,6 +444,12 @@ def test_two_workers_skip_the_same_copies_as_one_process(
         ("soon", None),
         (None, None),
         ([], None),
+        # Not strings, though their first ten items or characters name a day met before.
+        (["2024-05-01T12:00:00Z"], None),
+        ({"day": "2024-05-01"}, None),
+        (True, None),
+        (1_714_608_000.5, "2024-05-02"),  # epoch seconds with a fraction
+        ("20240502", "2024-05-02"),  # ISO's basic form
     ],
 )
 def test_a_message_is_remembered_with_the_day_of_its_timestamp(
@@ -415,9 +460,11 @@ def test_a_message_is_remembered_with_the_day_of_its_timestamp(
         if day is None
         else int(datetime.fromisoformat(day + "T00:00:00+00:00").timestamp() * 1000)
     )
+    day_of("2024-05-01T00:00:00Z")  # a day met before: answered from memory
     key = message_key({"messageId": "m", "timestamp": timestamp})
     assert key is not None
     assert day_of(key[1]) == expected
+    assert day_of(key[1]) == expected  # the second time too (a day is looked up once)
 
 
 def test_a_messageid_with_a_lone_surrogate_has_a_key() -> None:
