@@ -146,6 +146,89 @@ def test_a_damaged_element_keeps_every_element_before_it(style: str, damage: byt
     assert not records[-1].partial
 
 
+@pytest.mark.parametrize("style", ["compact", "pretty", "envelope"])
+def test_a_big_document_damaged_within_its_head_keeps_the_elements_before(style: str) -> None:
+    """The break is in the bytes probed (the first LIMIT): still an array broken half
+    way, not NDJSON."""
+    messages = [identify(i) for i in range(40)]
+    data, ends = layout(messages, style)
+    assert ends[1] < LIMIT < len(data)
+    records = read(data.replace(orjson.dumps(messages[1]), b'{"a": NaN}'))
+    assert [(r.origin.line, r.message) for r in records[:-1]] == [(1, messages[0])]
+    assert records[-1].origin.line == 2 and records[-1].error is not None
+    assert "breaks at element 2" in records[-1].error.message
+
+
+# -- small documents: the whole file within --max-line-bytes -------------------------
+
+SMALL = 1 << 20  # --max-line-bytes at which every document below is small
+
+
+@pytest.mark.parametrize("style", ["compact", "pretty", "envelope"])
+@pytest.mark.parametrize(
+    "damage",
+    [b"NaN", b'{"userId": "u", "x": }', b'{"a": "\xff"}', b'"\xed\xa0\x80"'],
+)
+def test_a_small_damaged_document_keeps_every_element_before_it(style: str, damage: bytes) -> None:
+    """As a big one does: not one NDJSON record per line, every message lost."""
+    messages = [identify(i) for i in range(10)]
+    data, _ = layout(messages, style)
+    assert len(data) < 2000
+    records = read(data.replace(orjson.dumps(messages[6]), damage), limit=SMALL)
+    assert [(r.origin.line, r.message) for r in records[:-1]] == [
+        (i, m) for i, m in enumerate(messages[:6], start=1)
+    ]
+    assert records[-1].origin.line == 7 and records[-1].message is None
+    assert records[-1].error is not None and records[-1].error.code == "malformed-json"
+    assert "breaks at element 7" in records[-1].error.message
+    assert not records[-1].partial
+
+
+@settings(deadline=None)
+@given(
+    count=st.integers(2, 12),
+    style=st.sampled_from(["compact", "pretty", "envelope"]),
+    cut=st.floats(0.0, 1.0),
+    gzipped=st.booleans(),
+)
+def test_a_small_truncated_document_keeps_every_whole_element(
+    count: int, style: str, cut: float, gzipped: bool
+) -> None:
+    messages = [identify(i) for i in range(count)]
+    data, ends = layout(messages, style)
+    # Cut after the separator that follows the first element (from there the file is
+    # an array broken half way, not NDJSON whose first line is damaged) and before the
+    # last element's end (else nothing is missing).
+    first = ends[0] + 1
+    at = first + int(cut * (ends[-1] - 1 - first))
+    cut_data = data[:at]
+    records = read(gzip.compress(cut_data) if gzipped else cut_data, limit=SMALL)
+    kept = [m for m, end in zip(messages, ends, strict=True) if end <= at]
+    assert [(r.origin.line, r.message) for r in records[:-1]] == [
+        (i, m) for i, m in enumerate(kept, start=1)
+    ]
+    broken = records[-1]
+    assert broken.error is not None and broken.error.code == "malformed-json"
+    assert broken.origin.line == len(kept) + 1
+    assert broken.partial  # the file just ends: a writer may still be appending
+    assert f"ends inside the JSON document, at element {len(kept) + 1}" in broken.error.message
+
+
+@pytest.mark.parametrize(
+    "first",
+    [b"[", b"[1,2", b'{"batch": [{"type": "track"}', b'[{"type": "track", "event": "E"}'],
+)
+def test_ndjson_whose_first_line_opens_an_array_stays_ndjson(first: bytes) -> None:
+    """The line after a damaged first line is a whole message with no separator before
+    it: NDJSON, every line one record (an array of messages breaks after a comma)."""
+    lines = [orjson.dumps(identify(i)) for i in range(3)]
+    records = read(first + b"\n" + b"\n".join(lines) + b"\n", limit=SMALL)
+    assert records[0].origin.line == 1 and records[0].error is not None
+    assert [(r.origin.line, r.message) for r in records[1:]] == [
+        (i + 2, identify(i)) for i in range(3)
+    ]
+
+
 def test_an_element_longer_than_the_limit_ends_the_document_there() -> None:
     messages = [identify(i) for i in range(20)]
     messages[12] = identify(12, "x" * (2 * LIMIT))
