@@ -401,3 +401,67 @@ def dry_run_peak(path: Path, megabytes: int) -> float:
     assert (summary["read"], summary["accepted"]) == (total, total)
     path.unlink()
     return usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_a_2_gb_json_array_broken_at_its_end_streams_from_stdin_in_flat_memory(
+    tmp_path: Path,
+) -> None:
+    """The issue's 2 GB array, broken (the stream stops inside an element), streamed
+    into `ctsync upload -` from a generator: nothing of it is ever on disk. Every whole
+    element is read and would be sent, the break is one invalid record, and the peak
+    is that of a whole 100 MB array (each element has its own messageId, so the dedupe
+    filter and table grow with them too). About a minute here (3.3 KB elements: the
+    cost is per message, and 8 values of 400 bytes keep each one valid)."""
+    small = stdin_dry_run(tmp_path, megabytes=100, broken=False)
+    large = stdin_dry_run(tmp_path, megabytes=2048, broken=True)
+    assert large < small * 1.15 + 16, f"peak {small:.0f} MB at 100 MB, {large:.0f} MB at 2 GB"
+
+
+def stdin_dry_run(tmp_path: Path, *, megabytes: int, broken: bool) -> float:
+    """A dry run (one process) of an array of `megabytes` of identifies written to its
+    stdin; checks its counts and returns its peak memory (MB)."""
+    template = orjson.dumps(
+        {
+            "type": "identify",
+            "messageId": "m-%010d",
+            "userId": "u-%010d",
+            "traits": {f"note{i}": "x" * 400 for i in range(8)},
+        }
+    )
+    sep = b",\n  "
+    size = len(template % (0, 0)) + len(sep)
+    per_block = 1000
+    count = megabytes * 1024 * 1024 // size // per_block * per_block
+    printed, complained = tmp_path / "out.json", tmp_path / "err.txt"
+    command = [sys.executable, "-m", "ctsync", "upload", "-", "--dry-run", "--json"]
+    with printed.open("wb") as stdout, complained.open("wb") as stderr:
+        process = subprocess.Popen(
+            [*command, "--workers", "1"],
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert process.stdin is not None
+        process.stdin.write(b"[\n  ")
+        for start in range(0, count, per_block):
+            block = sep.join(template % (n, n % 50_000) for n in range(start, start + per_block))
+            process.stdin.write((sep if start else b"") + block)
+        # Broken: the stream stops half way into one more element.
+        tail = sep + (template % (count, 0))[: size // 2] if broken else b"\n]\n"
+        process.stdin.write(tail)
+        process.stdin.close()
+        _, status, usage = os.wait4(process.pid, 0)  # this process's own peak
+        process.returncode = os.waitstatus_to_exitcode(status)
+    # Exit 1 for the invalid record at the break.
+    assert process.returncode == (1 if broken else 0), complained.read_text()
+    summary = orjson.loads(printed.read_bytes())
+    expected_invalid = {"malformed-json": 1} if broken else {}
+    assert (summary["read"], summary["accepted"], summary["invalid_by_code"]) == (
+        count + broken,
+        count,
+        expected_invalid,
+    )
+    assert summary["skipped"] == 0  # no copy: every messageId differs
+    return usage.ru_maxrss / 1024
