@@ -145,40 +145,66 @@ TestStoreAgainstModel.settings = settings(max_examples=examples(200), stateful_s
 
 
 @given(steps=st.lists(st.tuples(st.booleans(), st.integers(-(2**63), 2**63 - 1)), max_size=120))
-def test_without_a_state_file_ids_go_to_the_table_every_few_and_stay_seen(
+def test_without_a_state_file_every_id_planned_and_not_forgotten_is_seen(
     steps: list[tuple[bool, int]],
 ) -> None:
-    """Without a state file, ids pile up in memory and go to the table five at a time
-    here, while the filter (64 bits) grows: every id remembered and not forgotten is
-    seen, every other not, whatever the moment of the writes."""
+    """Without a state file, ids pile up in memory, go to the sorted arrays five at a
+    time here and to the table past twelve, while the filter (64 bits) grows: every id
+    remembered and not forgotten is seen, every other not, whatever the moment of the
+    moves (an id forgotten after one of them, then planned again, included)."""
     db = sqlite3.connect(":memory:", isolation_level=None)
-    with mock.patch.object(dedupe, "WRITE_AT", 5):
+    with mock.patch.multiple(dedupe, WRITE_AT=5, SHELVED_AT_MOST=12):
         store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
         live: set[int] = set()
+        ever: list[int] = []
         for remember, key in steps:
-            if remember and key not in live:
-                store.remember(key, NOW_MS, None)
-                live.add(key)
-            elif live and not remember:
+            if remember:
+                # A key met before, now and then: forgotten ones are planned again.
+                key = ever[key % len(ever)] if ever and key % 3 == 0 else key
+                if key not in live:
+                    store.remember(key, NOW_MS, None)
+                    live.add(key)
+                    ever.append(key)
+            elif live:
                 gone = sorted(live)[key % len(live)]
                 store.forget(gone, None)
                 live.discard(gone)
-            for known in [*live, key]:
+            for known in [*ever, key]:
                 assert store.seen(known) == (known in live), known
         assert len(store) == len(live)
 
 
-def test_without_a_state_file_ids_go_to_the_table_as_soon_as_enough_are_held() -> None:
+def test_without_a_state_file_ids_go_to_the_table_only_past_the_shelves() -> None:
     db = sqlite3.connect(":memory:", isolation_level=None)
-    with mock.patch.object(dedupe, "WRITE_AT", 5):
+    with mock.patch.multiple(dedupe, WRITE_AT=5, SHELVED_AT_MOST=8):
         store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
         in_table = []
         for key in range(1, 13):
             store.remember(key * 7919 << 32 | key, NOW_MS, None)
             in_table.append(db.execute("SELECT count(*) FROM message_ids").fetchone()[0])
-    # Five at a time, while the filter grows (at the ninth id) in between.
-    assert in_table == [0, 0, 0, 0, 5, 5, 5, 5, 5, 10, 10, 10]
-    assert all(store.seen(key * 7919 << 32 | key) for key in range(1, 13))
+        # Five at a time to the arrays (the filter grows at the ninth id), all ten to
+        # the table once the arrays hold more than eight.
+        assert in_table == [0] * 9 + [10, 10, 10]
+        assert all(store.seen(key * 7919 << 32 | key) for key in range(1, 13))
+        assert not store.seen(13 * 7919 << 32 | 13)
+        assert len(store) == 12
+
+
+def test_without_a_state_file_an_id_forgotten_in_the_table_and_planned_again_counts_once() -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    keys = [n << 40 | n for n in range(1, 7)]
+    with mock.patch.multiple(dedupe, WRITE_AT=2, SHELVED_AT_MOST=3):
+        store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
+        for key in keys[:4]:  # to the arrays two at a time, then all four to the table
+            store.remember(key, NOW_MS, None)
+        assert db.execute("SELECT count(*) FROM message_ids").fetchone()[0] == 4
+        store.forget(keys[0], None)
+        store.remember(keys[0], NOW_MS, None)  # refused, then a copy sent
+        store.remember(keys[4], NOW_MS, None)  # the two go to the arrays
+        store.forget(keys[1], None)  # refused: a copy may go
+        assert [store.seen(key) for key in keys] == [True, False, True, True, True, False]
+        assert len(store) == 4  # keys 1, 3, 4, 5: each once
+        assert [store.seen(key) for key in keys] == [True, False, True, True, True, False]
 
 
 def test_an_id_forgotten_in_one_input_and_planned_again_from_another_stays() -> None:
