@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable
 from datetime import date
 from hashlib import blake2b
@@ -48,6 +50,10 @@ BITS_PER_ID: Final = 8
 """The filter doubles when it holds fewer bits than this per id (16 after doubling)."""
 WRITE_AT: Final = 1 << 16
 """Ids held in memory at most before they go to the table, when no state file decides."""
+SHELVED_AT_MOST: Final = 1 << 21
+"""Without a state file, ids kept in sorted arrays (8 bytes each: 16 MiB) before they go
+to the table: a SQLite insert costs more than the rest of the dedupe of a message."""
+_SHELVES: Final = 256  # one sorted array per top byte of the key
 
 Key: TypeAlias = tuple[int, Any]
 """A message's 64-bit messageId hash and its `timestamp` as written (read by `day_of`
@@ -83,11 +89,15 @@ def day_of(value: object) -> int | None:
     """The UTC day (epoch ms of its midnight) of a message's `timestamp`: enough for a
     window of days, and a fifth of the cost of reading it to the millisecond (an ISO
     date-time's offset is not applied: a day either way)."""
+    try:  # the common case: a day this run met before, a lookup
+        return _DAYS[value[:10]]  # type: ignore[index]
+    except (KeyError, TypeError):  # a new day, or no string (not sliceable, unhashable)
+        return _new_day(value)
+
+
+def _new_day(value: object) -> int | None:
     if type(value) is str:
         day = value[:10]
-        found = _DAYS.get(day)
-        if found is not None:
-            return found
         if len(day) == 10 and day[4] == "-":
             try:
                 found = (date.fromisoformat(day).toordinal() - _EPOCH_DAY) * DAY_MS
@@ -114,8 +124,10 @@ class MessageIds:
     """The messageIds sent: in flight, accepted or unknown, this run and earlier ones.
 
     `db` holds the table; with `persistent` (the state file) nothing is written but by
-    `write`, inside the caller's transaction; otherwise ids go to the table as they pile
-    up. Not thread-safe: the run's event loop thread only."""
+    `write`, inside the caller's transaction. Otherwise (a run without a state file) ids
+    go, as they pile up, to sorted arrays in memory (the shelves, one per top byte of the
+    key), and only past `SHELVED_AT_MOST` of them to the table. Not thread-safe: the
+    run's event loop thread only."""
 
     def __init__(
         self,
@@ -136,14 +148,22 @@ class MessageIds:
         # Not yet in the table, and to take out of it, by the input they came from.
         self._fresh: dict[Group, dict[int, int]] = {}
         self._gone: dict[Group, set[int]] = {}
+        # Without a state file: ids taken off the shelves (sorted arrays by top byte),
+        # whether the table holds any, and the ids planned again after being forgotten
+        # (the table may still hold them: they leave it when they go to the shelves).
+        self._shelves: list[array[int]] = [array("q") for _ in range(_SHELVES)]
+        self._shelved = 0
+        self._again: set[int] = set()
         now = int(clock() * 1000)
         self._now = now  # the timestamp of a message without one, before any other
         self._latest = now + FUTURE_MS
         count = db.execute("SELECT count(*) FROM message_ids").fetchone()[0]
+        self._in_table = persistent or count > 0
         self._bits = bytearray(0)
         self._mask = 0
         self._in_filter = 0
         self._grow_at = 0
+        self._room = self._room_was = 1  # remembered ids before `_upkeep` (`_set_room`)
         self._rebuild(count)
 
     @classmethod
@@ -158,7 +178,7 @@ class MessageIds:
         """Ids remembered (a query: for tests and the end of a run)."""
         self._write_all()
         count: int = self._db.execute("SELECT count(*) FROM message_ids").fetchone()[0]
-        return count
+        return count + self._shelved
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -167,15 +187,26 @@ class MessageIds:
         mask = self._mask
         bits = self._bits
         low = key & mask
-        high = (key >> 32) & mask
-        if not (bits[low >> 3] >> (low & 7) & 1 and bits[high >> 3] >> (high & 7) & 1):
-            return False  # the common case: a message never seen
+        if bits[low >> 3] >> (low & 7) & 1:
+            high = key >> 32 & mask
+            if bits[high >> 3] >> (high & 7) & 1:
+                return self._held(key)
+        return False  # the common case: a message never seen
+
+    def _held(self, key: int) -> bool:
+        """The exact answer, for a key the filter may hold."""
         for fresh in self._fresh.values():
             if key in fresh:
                 return True
         for gone in self._gone.values():
             if key in gone:
                 return False
+        shelf = self._shelves[key >> 56 & 255]
+        at = bisect_left(shelf, key)
+        if at < len(shelf) and shelf[at] == key:
+            return True
+        if not self._in_table:
+            return False
         row = self._db.execute("SELECT 1 FROM message_ids WHERE id = ?", (key,)).fetchone()
         return row is not None
 
@@ -183,26 +214,47 @@ class MessageIds:
         """A message with this key is planned (in flight from now on)."""
         newest = self._newest
         if ms is None:
-            ms = newest if newest is not None else self._now
+            ms = self._now if newest is None else newest
         elif newest is None or ms > newest:
             self._newest = ms if ms < self._latest else self._latest
         if self._gone:
             for gone in self._gone.values():
-                gone.discard(key)
+                if key in gone:
+                    gone.discard(key)
+                    self._again.add(key)
         fresh = self._fresh.get(group)
         if fresh is None:
             fresh = self._fresh[group] = {}
         fresh[key] = ms
-        bits, mask = self._bits, self._mask
+        bits = self._bits
+        mask = self._mask
         low = key & mask
-        high = (key >> 32) & mask
         bits[low >> 3] |= 1 << (low & 7)
+        high = key >> 32 & mask
         bits[high >> 3] |= 1 << (high & 7)
-        self._in_filter += 1
+        self._room -= 1
+        if not self._room:
+            self._upkeep()
+
+    def _upkeep(self) -> None:
+        """Every `_room` ids remembered (one counter on the hot path, not two tests):
+        grow the filter when it is full enough, and without a state file send the ids
+        held in memory to the table."""
+        self._in_filter += self._room_was
         if self._in_filter > self._grow_at:
-            self._rebuild(self._in_filter)
-        if len(fresh) >= WRITE_AT and not self._persistent:
+            self._rebuild(self._in_filter)  # sets the room again
+        if not self._persistent and self._pending() >= WRITE_AT:
             self._write_all()
+        self._set_room()
+
+    def _pending(self) -> int:
+        return sum(len(fresh) for fresh in self._fresh.values())
+
+    def _set_room(self) -> None:
+        room = self._grow_at - self._in_filter + 1  # the filter grows past `_grow_at`
+        if not self._persistent:
+            room = min(room, WRITE_AT - self._pending())
+        self._room = self._room_was = max(room, 1)
 
     def forget(self, key: int, group: Group) -> None:
         """The message with this key was refused or failed for good: a copy may go."""
@@ -231,10 +283,41 @@ class MessageIds:
     def _write_all(self) -> None:
         if self._persistent:
             return  # only with each input's progress (see `write`)
-        self._db.execute("BEGIN")
-        for group in [*self._fresh, *self._gone]:
-            self.write(group)
-        self._db.execute("COMMIT")
+        fresh = [key for held in self._fresh.values() for key in held]
+        gone: set[int] = set().union(*self._gone.values())
+        self._fresh.clear()
+        self._gone.clear()
+        again, self._again = self._again, set()
+        leave = gone | (again & set(fresh))
+        if leave and self._in_table:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM message_ids WHERE id = ?", ((k,) for k in leave))
+            self._db.execute("COMMIT")
+        # Each shelf that gains or loses an id is sorted again: a few thousand ids each.
+        touched: dict[int, list[int]] = {}
+        for key in fresh:
+            touched.setdefault(key >> 56 & 255, []).append(key)
+        for key in gone:
+            touched.setdefault(key >> 56 & 255, [])
+        shelves = self._shelves
+        for index, keys in touched.items():
+            kept = set(shelves[index])
+            kept.update(keys)
+            kept -= gone
+            shelves[index] = array("q", sorted(kept))
+        self._shelved = sum(len(shelf) for shelf in shelves)
+        if self._shelved > SHELVED_AT_MOST:
+            self._db.execute("BEGIN")
+            # In key order (signed: the top bytes 128-255 first), as `write` does.
+            order = [*range(128, _SHELVES), *range(128)]
+            self._db.executemany(
+                "INSERT OR REPLACE INTO message_ids (id, ts) VALUES (?, 0)",
+                ((key,) for index in order for key in shelves[index]),
+            )
+            self._db.execute("COMMIT")
+            self._shelves = [array("q") for _ in range(_SHELVES)]
+            self._shelved = 0
+            self._in_table = True
 
     def close(self) -> None:
         """With a state file, forget the ids that fell out of the window and keep the
@@ -256,6 +339,8 @@ class MessageIds:
                     self._db.execute("ROLLBACK")
         if not self._persistent:
             self._db.close()
+            self._shelves = [array("q") for _ in range(_SHELVES)]
+            self._shelved = 0
         self._fresh.clear()
         self._gone.clear()
 
@@ -286,6 +371,11 @@ class MessageIds:
             for key in fresh:
                 add(key)
                 self._in_filter += 1
+        for shelf in self._shelves:
+            for key in shelf:
+                add(key)
+            self._in_filter += len(shelf)
+        self._set_room()
 
 
 def window_ms(days: float) -> int:

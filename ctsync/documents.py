@@ -18,7 +18,9 @@ A document that breaks half way (truncated, damaged) keeps every element before 
 break; the break is one `malformed-json` record at the index of the element that could
 not be read, and nothing after it is read (where the next element starts cannot be
 known). `probe` tells whether a buffered head reads as such a document at all, so a
-file whose head does not (NDJSON with a damaged first line) is still read line by line.
+file whose head does not (NDJSON with a damaged first line) is still read line by line;
+a file small enough to be read whole that does not parse is a document broken half way
+when it breaks after the `,` following its first element and holds a message.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class Document:
         self._eof = False
         self._pos = 0
         self.index = 0  # the 1-based index of the last element read
+        self.reading = 0  # the 1-based index of the element being read (or last read)
+        self.objects = 0  # the elements read that are JSON objects (messages, maybe)
+        self.closed = False  # the array or envelope was read to its end
 
     def elements(self) -> Iterator[tuple[int, Any]]:
         """(index, value) of every element. Raises `Break` where the document breaks,
@@ -80,6 +85,7 @@ class Document:
             yield from self._envelope()
         else:
             raise NotADocument
+        self.closed = True
         if self._next():
             raise self._break("there is more after the end of the document")
 
@@ -115,8 +121,11 @@ class Document:
             self._pos += 1
             return
         while True:
+            self.reading = self.index + 1
             value = self._value()
             self.index += 1
+            if type(value) is dict:
+                self.objects += 1
             yield self.index, value
             after = self._next()
             if after == b"]":
@@ -236,16 +245,31 @@ def _byte_offset(data: bytes | bytearray, chars: int) -> int:
     return len(bytes(data).decode("utf-8", "ignore")[:chars].encode())
 
 
-def probe(head: bytes | bytearray, limit: int) -> bool:
+def probe(head: bytes | bytearray, limit: int, *, whole: bool = False) -> bool:
     """Whether the first `limit` bytes of `head` (the start of a file; at most a MiB of
-    it) read as the start of a JSON array or envelope holding at least one whole element.
-    NDJSON whose first line is damaged breaks within its first two lines."""
+    it) read as the start of a JSON array or envelope holding at least one whole element,
+    or as an array or envelope of messages that breaks after the separator that follows
+    its first element (`broke_after_separator`). With `whole`, `head` is all of a file
+    that does not parse: its end is a break too (the file ends early).
+
+    NDJSON whose first line is damaged breaks within its first two lines, before any
+    separator: the line after it is a whole value with no `,` before it."""
     document = Document(head[: min(limit, PROBE_BYTES)], iter(()), limit, probe=True)
     try:
         for _ in document.elements():
             pass
     except _OutOfData:
-        return document.index > 0
-    except (Break, NotADocument):
+        return broke_after_separator(document) if whole else document.index > 0
+    except Break:
+        return broke_after_separator(document)
+    except NotADocument:
         return False
     return True
+
+
+def broke_after_separator(document: Document) -> bool:
+    """Whether a document that broke had read a message and the `,` after its first
+    element, and broke before its end: an array of messages broken half way, whose
+    elements before the break are kept, rather than NDJSON whose first line opens an
+    array (`[`, `[1,2`) or a whole document with more lines after it."""
+    return document.reading >= 2 and document.objects > 0 and not document.closed

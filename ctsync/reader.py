@@ -399,6 +399,11 @@ class _Reader:
         try:
             value = orjson.loads(buffer)
         except orjson.JSONDecodeError:
+            # An array broken half way keeps the elements before the break, as a big one
+            # does; NDJSON (a damaged first line included) is read line by line.
+            if documents.probe(buffer, self.limit, whole=True):
+                yield from self._big_document(buffer, iter(()))
+                return
             yield from self._lines(_slices(buffer, iter(())), lines_before)
             return
         del buffer

@@ -10,6 +10,7 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
@@ -23,6 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from ctsync import dedupe
 from ctsync.api import Outputs, UploadJob, upload
 from ctsync.dedupe import DUPLICATE_MESSAGE_ID, MessageIds, day_of, forgotten, message_key
 from ctsync.errors import UsageError
@@ -140,6 +142,69 @@ class StoreAgainstModel(RuleBasedStateMachine):
 
 TestStoreAgainstModel = StoreAgainstModel.TestCase
 TestStoreAgainstModel.settings = settings(max_examples=examples(200), stateful_step_count=40)
+
+
+@given(steps=st.lists(st.tuples(st.booleans(), st.integers(-(2**63), 2**63 - 1)), max_size=120))
+def test_without_a_state_file_every_id_planned_and_not_forgotten_is_seen(
+    steps: list[tuple[bool, int]],
+) -> None:
+    """Without a state file, ids pile up in memory, go to the sorted arrays five at a
+    time here and to the table past twelve, while the filter (64 bits) grows: every id
+    remembered and not forgotten is seen, every other not, whatever the moment of the
+    moves (an id forgotten after one of them, then planned again, included)."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    with mock.patch.multiple(dedupe, WRITE_AT=5, SHELVED_AT_MOST=12):
+        store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
+        live: set[int] = set()
+        ever: list[int] = []
+        for remember, key in steps:
+            if remember:
+                # A key met before, now and then: forgotten ones are planned again.
+                key = ever[key % len(ever)] if ever and key % 3 == 0 else key
+                if key not in live:
+                    store.remember(key, NOW_MS, None)
+                    live.add(key)
+                    ever.append(key)
+            elif live:
+                gone = sorted(live)[key % len(live)]
+                store.forget(gone, None)
+                live.discard(gone)
+            for known in [*ever, key]:
+                assert store.seen(known) == (known in live), known
+        assert len(store) == len(live)
+
+
+def test_without_a_state_file_ids_go_to_the_table_only_past_the_shelves() -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    with mock.patch.multiple(dedupe, WRITE_AT=5, SHELVED_AT_MOST=8):
+        store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
+        in_table = []
+        for key in range(1, 13):
+            store.remember(key * 7919 << 32 | key, NOW_MS, None)
+            in_table.append(db.execute("SELECT count(*) FROM message_ids").fetchone()[0])
+        # Five at a time to the arrays (the filter grows at the ninth id), all ten to
+        # the table once the arrays hold more than eight.
+        assert in_table == [0] * 9 + [10, 10, 10]
+        assert all(store.seen(key * 7919 << 32 | key) for key in range(1, 13))
+        assert not store.seen(13 * 7919 << 32 | 13)
+        assert len(store) == 12
+
+
+def test_without_a_state_file_an_id_forgotten_in_the_table_and_planned_again_counts_once() -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    keys = [n << 40 | n for n in range(1, 7)]
+    with mock.patch.multiple(dedupe, WRITE_AT=2, SHELVED_AT_MOST=3):
+        store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
+        for key in keys[:4]:  # to the arrays two at a time, then all four to the table
+            store.remember(key, NOW_MS, None)
+        assert db.execute("SELECT count(*) FROM message_ids").fetchone()[0] == 4
+        store.forget(keys[0], None)
+        store.remember(keys[0], NOW_MS, None)  # refused, then a copy sent
+        store.remember(keys[4], NOW_MS, None)  # the two go to the arrays
+        store.forget(keys[1], None)  # refused: a copy may go
+        assert [store.seen(key) for key in keys] == [True, False, True, True, True, False]
+        assert len(store) == 4  # keys 1, 3, 4, 5: each once
+        assert [store.seen(key) for key in keys] == [True, False, True, True, True, False]
 
 
 def test_an_id_forgotten_in_one_input_and_planned_again_from_another_stays() -> None:
@@ -405,6 +470,12 @@ def test_two_workers_skip_the_same_copies_as_one_process(
         ("soon", None),
         (None, None),
         ([], None),
+        # Not strings, though their first ten items or characters name a day met before.
+        (["2024-05-01T12:00:00Z"], None),
+        ({"day": "2024-05-01"}, None),
+        (True, None),
+        (1_714_608_000.5, "2024-05-02"),  # epoch seconds with a fraction
+        ("20240502", "2024-05-02"),  # ISO's basic form
     ],
 )
 def test_a_message_is_remembered_with_the_day_of_its_timestamp(
@@ -415,9 +486,11 @@ def test_a_message_is_remembered_with_the_day_of_its_timestamp(
         if day is None
         else int(datetime.fromisoformat(day + "T00:00:00+00:00").timestamp() * 1000)
     )
+    day_of("2024-05-01T00:00:00Z")  # a day met before: answered from memory
     key = message_key({"messageId": "m", "timestamp": timestamp})
     assert key is not None
     assert day_of(key[1]) == expected
+    assert day_of(key[1]) == expected  # the second time too (a day is looked up once)
 
 
 def test_a_messageid_with_a_lone_surrogate_has_a_key() -> None:

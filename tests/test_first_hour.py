@@ -284,4 +284,7 @@ def test_the_version_is_0_2_0_everywhere_with_a_changelog() -> None:
     assert result.stdout == "ctsync 0.2.0\n"
     assert re.search(r'(?m)^version = "0\.2\.0"$', (root / "pyproject.toml").read_text())
     headings = re.findall(r"(?m)^## (\S+)", (root / "CHANGELOG.md").read_text())
-    assert headings[:2] == ["0.2.0", "0.1.0"]
+    # What is on main and not released yet is listed first, under "Unreleased".
+    released = [h for h in headings if h != "Unreleased"]
+    assert released[:2] == ["0.2.0", "0.1.0"]
+    assert "Unreleased" not in headings[1:]

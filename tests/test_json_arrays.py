@@ -146,6 +146,89 @@ def test_a_damaged_element_keeps_every_element_before_it(style: str, damage: byt
     assert not records[-1].partial
 
 
+@pytest.mark.parametrize("style", ["compact", "pretty", "envelope"])
+def test_a_big_document_damaged_within_its_head_keeps_the_elements_before(style: str) -> None:
+    """The break is in the bytes probed (the first LIMIT): still an array broken half
+    way, not NDJSON."""
+    messages = [identify(i) for i in range(40)]
+    data, ends = layout(messages, style)
+    assert ends[1] < LIMIT < len(data)
+    records = read(data.replace(orjson.dumps(messages[1]), b'{"a": NaN}'))
+    assert [(r.origin.line, r.message) for r in records[:-1]] == [(1, messages[0])]
+    assert records[-1].origin.line == 2 and records[-1].error is not None
+    assert "breaks at element 2" in records[-1].error.message
+
+
+# -- small documents: the whole file within --max-line-bytes -------------------------
+
+SMALL = 1 << 20  # --max-line-bytes at which every document below is small
+
+
+@pytest.mark.parametrize("style", ["compact", "pretty", "envelope"])
+@pytest.mark.parametrize(
+    "damage",
+    [b"NaN", b'{"userId": "u", "x": }', b'{"a": "\xff"}', b'"\xed\xa0\x80"'],
+)
+def test_a_small_damaged_document_keeps_every_element_before_it(style: str, damage: bytes) -> None:
+    """As a big one does: not one NDJSON record per line, every message lost."""
+    messages = [identify(i) for i in range(10)]
+    data, _ = layout(messages, style)
+    assert len(data) < 2000
+    records = read(data.replace(orjson.dumps(messages[6]), damage), limit=SMALL)
+    assert [(r.origin.line, r.message) for r in records[:-1]] == [
+        (i, m) for i, m in enumerate(messages[:6], start=1)
+    ]
+    assert records[-1].origin.line == 7 and records[-1].message is None
+    assert records[-1].error is not None and records[-1].error.code == "malformed-json"
+    assert "breaks at element 7" in records[-1].error.message
+    assert not records[-1].partial
+
+
+@settings(deadline=None)
+@given(
+    count=st.integers(2, 12),
+    style=st.sampled_from(["compact", "pretty", "envelope"]),
+    cut=st.floats(0.0, 1.0),
+    gzipped=st.booleans(),
+)
+def test_a_small_truncated_document_keeps_every_whole_element(
+    count: int, style: str, cut: float, gzipped: bool
+) -> None:
+    messages = [identify(i) for i in range(count)]
+    data, ends = layout(messages, style)
+    # Cut after the separator that follows the first element (from there the file is
+    # an array broken half way, not NDJSON whose first line is damaged) and before the
+    # last element's end (else nothing is missing).
+    first = ends[0] + 1
+    at = first + int(cut * (ends[-1] - 1 - first))
+    cut_data = data[:at]
+    records = read(gzip.compress(cut_data) if gzipped else cut_data, limit=SMALL)
+    kept = [m for m, end in zip(messages, ends, strict=True) if end <= at]
+    assert [(r.origin.line, r.message) for r in records[:-1]] == [
+        (i, m) for i, m in enumerate(kept, start=1)
+    ]
+    broken = records[-1]
+    assert broken.error is not None and broken.error.code == "malformed-json"
+    assert broken.origin.line == len(kept) + 1
+    assert broken.partial  # the file just ends: a writer may still be appending
+    assert f"ends inside the JSON document, at element {len(kept) + 1}" in broken.error.message
+
+
+@pytest.mark.parametrize(
+    "first",
+    [b"[", b"[1,2", b'{"batch": [{"type": "track"}', b'[{"type": "track", "event": "E"}'],
+)
+def test_ndjson_whose_first_line_opens_an_array_stays_ndjson(first: bytes) -> None:
+    """The line after a damaged first line is a whole message with no separator before
+    it: NDJSON, every line one record (an array of messages breaks after a comma)."""
+    lines = [orjson.dumps(identify(i)) for i in range(3)]
+    records = read(first + b"\n" + b"\n".join(lines) + b"\n", limit=SMALL)
+    assert records[0].origin.line == 1 and records[0].error is not None
+    assert [(r.origin.line, r.message) for r in records[1:]] == [
+        (i + 2, identify(i)) for i in range(3)
+    ]
+
+
 def test_an_element_longer_than_the_limit_ends_the_document_there() -> None:
     messages = [identify(i) for i in range(20)]
     messages[12] = identify(12, "x" * (2 * LIMIT))
@@ -317,4 +400,68 @@ def dry_run_peak(path: Path, megabytes: int) -> float:
     summary = orjson.loads(printed.read_bytes())
     assert (summary["read"], summary["accepted"]) == (total, total)
     path.unlink()
+    return usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_a_2_gb_json_array_broken_at_its_end_streams_from_stdin_in_flat_memory(
+    tmp_path: Path,
+) -> None:
+    """The issue's 2 GB array, broken (the stream stops inside an element), streamed
+    into `ctsync upload -` from a generator: nothing of it is ever on disk. Every whole
+    element is read and would be sent, the break is one invalid record, and the peak
+    is that of a whole 100 MB array (each element has its own messageId, so the dedupe
+    filter and table grow with them too). About a minute here (3.3 KB elements: the
+    cost is per message, and 8 values of 400 bytes keep each one valid)."""
+    small = stdin_dry_run(tmp_path, megabytes=100, broken=False)
+    large = stdin_dry_run(tmp_path, megabytes=2048, broken=True)
+    assert large < small * 1.15 + 16, f"peak {small:.0f} MB at 100 MB, {large:.0f} MB at 2 GB"
+
+
+def stdin_dry_run(tmp_path: Path, *, megabytes: int, broken: bool) -> float:
+    """A dry run (one process) of an array of `megabytes` of identifies written to its
+    stdin; checks its counts and returns its peak memory (MB)."""
+    template = orjson.dumps(
+        {
+            "type": "identify",
+            "messageId": "m-%010d",
+            "userId": "u-%010d",
+            "traits": {f"note{i}": "x" * 400 for i in range(8)},
+        }
+    )
+    sep = b",\n  "
+    size = len(template % (0, 0)) + len(sep)
+    per_block = 1000
+    count = megabytes * 1024 * 1024 // size // per_block * per_block
+    printed, complained = tmp_path / "out.json", tmp_path / "err.txt"
+    command = [sys.executable, "-m", "ctsync", "upload", "-", "--dry-run", "--json"]
+    with printed.open("wb") as stdout, complained.open("wb") as stderr:
+        process = subprocess.Popen(
+            [*command, "--workers", "1"],
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert process.stdin is not None
+        process.stdin.write(b"[\n  ")
+        for start in range(0, count, per_block):
+            block = sep.join(template % (n, n % 50_000) for n in range(start, start + per_block))
+            process.stdin.write((sep if start else b"") + block)
+        # Broken: the stream stops half way into one more element.
+        tail = sep + (template % (count, 0))[: size // 2] if broken else b"\n]\n"
+        process.stdin.write(tail)
+        process.stdin.close()
+        _, status, usage = os.wait4(process.pid, 0)  # this process's own peak
+        process.returncode = os.waitstatus_to_exitcode(status)
+    # Exit 1 for the invalid record at the break.
+    assert process.returncode == (1 if broken else 0), complained.read_text()
+    summary = orjson.loads(printed.read_bytes())
+    expected_invalid = {"malformed-json": 1} if broken else {}
+    assert (summary["read"], summary["accepted"], summary["invalid_by_code"]) == (
+        count + broken,
+        count,
+        expected_invalid,
+    )
+    assert summary["skipped"] == 0  # no copy: every messageId differs
     return usage.ru_maxrss / 1024

@@ -20,7 +20,8 @@ follow Convert Timestamps (the subscription's `convert_timestamps`, else the run
 date-times finer than milliseconds left as text are counted in `dates_left_as_text`);
 nested event properties follow `--nested`, and what is left out is counted in the
 mapper's `dropped` counter. profileData is sent as mapped: CleverTap's reserved keys
-and operation objects (`{"$incr": 1}`) reach it as written.
+and operation objects (`{"$incr": 1}`) reach it as written. Its `DOB` is CleverTap's date
+(`$D_`), read as the classic preset reads one (`timestamps.clevertap_date`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from ctsync.records import (
     Upload,
     skip_reason,
 )
-from ctsync.timestamps import FineDates, convert_object
+from ctsync.timestamps import FineDates, clevertap_date, convert_object
 
 Build = Callable[[Message], Operation | Invalid | None]
 """One subscription's action: an operation, why it cannot be built, or None (nothing to send)."""
@@ -115,9 +116,13 @@ class _Builder:
         value = compiled.resolve(message) if compiled is not None else MISSING
         if not isinstance(value, dict):
             return {}
-        if not self.convert:
-            return dict(value)
-        return convert_object(value, self.dates_as, fine=self.fine)
+        data = convert_object(value, self.dates_as, fine=self.fine) if self.convert else dict(value)
+        if key == "profileData" and "DOB" in value:
+            # CleverTap's date, read from what people write, whatever Convert Timestamps
+            # says (as the classic preset does); one that cannot be read stays as written
+            # for the data rules (`dob-not-a-date`).
+            data["DOB"] = clevertap_date(value["DOB"])
+        return data
 
     def who_and_when(self, message: Message) -> tuple[str, str, int] | Invalid:
         """The identifier key and value, and `ts`, that every profile and event needs."""

@@ -83,7 +83,7 @@ CLASSIC: Final[dict[str, Any]] = {
         "(name, birthday, avatar, gender, phone, email) and CleverTap's reserved keys "
         "(MSG-*, category-unsubscribe, category-resubscribe), so operation objects such "
         'as {"$incr": 1} on other traits; Name from first_name/last_name (this file '
-        "reads firstName/lastName); Gender normalised to M/F; DOB as a $D_ date; Charged "
+        "reads firstName/lastName); Gender normalised to M/F; Charged "
         "with every other order property, and Amount from the products when there is no "
         "total or revenue; the page or screen name added to its properties; the device "
         "type from context.os.name when context.device.type is absent; counting tokens "
@@ -112,7 +112,12 @@ CLASSIC: Final[dict[str, Any]] = {
                             ),
                         ),
                     ),
-                    "DOB": _path("$.traits.birthday"),
+                    # DOB as CleverTap spells it says what the user meant; else birthday.
+                    "DOB": _if_exists(
+                        "$.traits.DOB",
+                        _path("$.traits.DOB"),
+                        _if_exists("$.traits.birthday", _path("$.traits.birthday")),
+                    ),
                     "Photo": _path("$.traits.avatar"),
                     "Gender": _path("$.traits.gender"),
                     "Phone": _path("$.traits.phone"),

@@ -261,3 +261,61 @@ def test_a_dob_that_cannot_be_read_in_each_mode(
         (line,) = [orjson.loads(x) for x in report.read_bytes().splitlines()]
         assert (line["line"], line["code"]) == (2, "dob-not-a-date")
         assert "03/01/1990" in line["message"]
+
+
+# Issue 22: the classic mapping file (`ctsync mappings show --preset classic`) reads a
+# DOB as the preset does. The formats are the issue's list; 1990-03-01 is 636249600
+# (7,364 days after 1970-01-01), 1990-03-13 is 12 days more.
+MAR_1 = "$D_636249600"
+DOB_CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    ("iso-date", {"birthday": "1990-03-01"}, MAR_1),
+    ("iso-date-time", {"birthday": "1990-03-01T08:00:00Z"}, "$D_636278400"),
+    ("epoch-seconds", {"birthday": 636249600}, MAR_1),
+    ("epoch-milliseconds", {"birthday": 636249600000}, MAR_1),
+    ("day-month-name-year", {"birthday": "01-Mar-1990"}, MAR_1),
+    ("year-month-day-slashes", {"birthday": "1990/03/01"}, MAR_1),
+    ("unambiguous-day-first", {"birthday": "13/03/1990"}, "$D_637286400"),
+    ("written-as-clevertap", {"DOB": "01-Mar-1990"}, MAR_1),
+    ("clevertap-spelling-wins", {"birthday": "1990-03-13", "DOB": "1990-03-01"}, MAR_1),
+    ("null", {"birthday": None}, None),
+]
+UNREADABLE = [("ambiguous", {"birthday": "03/01/1990"}), ("text", {"DOB": "soon"})]
+
+
+@pytest.fixture(params=["preset", "mapping-file"])
+def classic(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """The classic preset, or the same as a mapping file (as `mappings show` prints it)."""
+    if request.param == "preset":
+        return ["--preset", "classic"]
+    shown = runner.invoke(app, ["mappings", "show", "--preset", "classic"], env=clean_env())
+    assert shown.exit_code == 0
+    path = tmp_path / "classic-mapping.json"
+    path.write_text(shown.stdout)
+    return ["--mapping", str(path)]
+
+
+@pytest.mark.parametrize("mode", ["strict", "fix", "warn"])
+def test_the_classic_preset_and_its_mapping_file_read_a_dob_alike(
+    tmp_path: Path, classic: list[str], mode: str
+) -> None:
+    messages = [identify(f"u-{name}", **traits) for name, traits, _ in DOB_CASES]
+    messages += [identify(f"bad-{name}", **traits) for name, traits in UNREADABLE]
+    path = write(tmp_path / "in.ndjson", messages)
+    _, summary, _, requests = upload(tmp_path, str(path), *classic, "--validate", mode)
+    sent = {r["identity"]: r["profileData"] for r in sent_records(requests)}
+    for name, _, dob in DOB_CASES:  # read in every mode
+        assert sent[f"u-{name}"] == ({} if dob is None else {"DOB": dob}), name
+    unreadable = {f"bad-{name}": traits for name, traits in UNREADABLE}
+    if mode == "strict":  # refused, with the rule's code
+        assert summary["invalid_by_code"] == {"dob-not-a-date": 2}
+        assert not unreadable.keys() & sent.keys()
+    elif mode == "fix":  # sent without it, with a note
+        assert summary["fixed_by_code"] == {"dob-not-a-date": 2}
+        assert {key: sent[key] for key in unreadable} == {key: {} for key in unreadable}
+    else:  # sent as written, with a warning
+        assert summary["warnings_by_code"] == {"dob-not-a-date": 2}
+        assert {key: sent[key] for key in unreadable} == {
+            "bad-ambiguous": {"DOB": "03/01/1990"},
+            "bad-text": {"DOB": "soon"},
+        }
+    assert summary["accepted"] == len(DOB_CASES) + (0 if mode == "strict" else 2)
