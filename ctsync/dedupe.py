@@ -56,8 +56,10 @@ to the table: a SQLite insert costs more than the rest of the dedupe of a messag
 _SHELVES: Final = 256  # one sorted array per top byte of the key
 
 Key: TypeAlias = tuple[int, Any]
-"""A message's 64-bit messageId hash and its `timestamp` as written (read by `day_of`
-only for the messages that are sent: a third of the cost of a key)."""
+"""A message's 64-bit messageId hash and its `timestamp`: as written from `message_key`,
+and as its day (`day_of`) once the record stage knows the message is not skipped (read
+only for the messages that are sent, and where the message is prepared: a third of the
+cost of a key)."""
 Group: TypeAlias = str | None
 """Whose progress the id is written with: an input's state key (None: no state file)."""
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ctsync.batching import Batch
-from ctsync.dedupe import Group, Key, MessageIds, day_of, forgotten
+from ctsync.dedupe import Group, Key, MessageIds, forgotten
 from ctsync.ledger import Ledger, Tracked
 from ctsync.model import ACCEPTED, Position, Verdict
 
@@ -57,7 +57,7 @@ class Accounts:
         With --state its id is written with its input's progress (`group`)."""
         if self.ids is None:  # a stage that dedupes, in a run that does not
             return
-        self.ids.remember(key[0], day_of(key[1]), group)
+        self.ids.remember(key[0], key[1], group)
         tracked.dedupe = (key[0], group)
 
     def _forget(self, tracked: Tracked) -> None:

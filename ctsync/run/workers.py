@@ -44,7 +44,7 @@ from typing import Any, Final, TypeAlias
 
 import orjson
 
-from ctsync.dedupe import message_key
+from ctsync.dedupe import day_of, message_key
 from ctsync.errors import WorkerError
 from ctsync.prepare import Skipped, ValidateMode, Validator, prepare
 from ctsync.reader import Block, InputRecord, decode_block
@@ -227,6 +227,8 @@ class RecordStage:
         if isinstance(prepared, Skipped):
             again = raw if lookups else None  # the run may prepare it again
             return (line, part, SKIPPED, again, prepared.reason, None, lookups, None)
+        if key is not None:
+            key = (key[0], day_of(key[1]))
         if raw is None:  # an element of a document or envelope: its JSON is its line now
             raw = orjson.dumps(message)
         if isinstance(prepared, Invalid):
