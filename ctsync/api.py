@@ -41,7 +41,8 @@ from ctsync.run import (
     deletion_mapper,
     deletion_records,
 )
-from ctsync.run.workers import Recipe, Workers, tuning
+from ctsync.run.stage import Recipe
+from ctsync.run.workers import Workers, tuning
 from ctsync.settings import MAX_DELETE_CONCURRENCY, ClientSettings
 from ctsync.state import StateFile
 from ctsync.stopping import (

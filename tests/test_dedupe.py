@@ -32,7 +32,8 @@ from ctsync.ledger import Ledger
 from ctsync.presets import Preset
 from ctsync.reader import Source
 from ctsync.run import DryRunSender, RunOptions, UploadRun
-from ctsync.run.workers import Recipe, WorkerPool, Workers
+from ctsync.run.stage import Recipe
+from ctsync.run.workers import WorkerPool, Workers
 from ctsync.state import StateFile
 from tests.helpers import assert_accounted, examples
 

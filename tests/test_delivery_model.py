@@ -36,7 +36,8 @@ from ctsync.ledger import Ledger, Summary
 from ctsync.reader import collect_sources
 from ctsync.records import Delete, Mapper, MapResult, Message, Skip, Upload
 from ctsync.run import RunOptions, UploadRun
-from ctsync.run.workers import Recipe, WorkerPool, Workers
+from ctsync.run.stage import Recipe
+from ctsync.run.workers import WorkerPool, Workers
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from ctsync.state import StateFile
 from tests.helpers import examples, no_validator

@@ -30,14 +30,8 @@ from ctsync.presets import MappingOptions, Nested, Preset
 from ctsync.reader import Block, OpenSource, Source, read_blocks, read_source
 from ctsync.records import Mapper, Message
 from ctsync.run import DryRunSender, RunOptions, UploadRun
-from ctsync.run.workers import (
-    Recipe,
-    WorkerError,
-    WorkerPool,
-    Workers,
-    default_workers,
-    lookups_hold,
-)
+from ctsync.run.stage import Recipe, lookups_hold
+from ctsync.run.workers import WorkerError, WorkerPool, Workers, default_workers
 from tests.helpers import examples, mapper_that_dies_in_a_worker, no_validator
 
 USERS = ["u1", "u2", "u3", 7, "", None]

@@ -2,7 +2,8 @@
 
 coordinator  UploadRun: the flow on one screen, reading and pacing
 feed         what to read, in order, and what an earlier run left (--state)
-workers      the record stage, in this process or in worker processes
+stage        the record stage: one record in, one result out, in any process
+workers      the worker processes that run the stage over blocks (--workers N)
 wire         what the record stage hands the run, one result per record
 intake       results into the ledger and the planner's batches (one path)
 dispatch     lanes of sealed batches, sent in order; the stop and its verdicts

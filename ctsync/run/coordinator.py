@@ -37,16 +37,9 @@ from ctsync.run.dispatch import Dispatcher
 from ctsync.run.feed import Feed, Item
 from ctsync.run.intake import Intake
 from ctsync.run.options import Control, RunOptions
+from ctsync.run.stage import RecordStage, add_counts
 from ctsync.run.wire import Prepared
-from ctsync.run.workers import (
-    BLOCK_BYTES,
-    Preparer,
-    RecordStage,
-    WorkerError,
-    Workers,
-    add_counts,
-    result_of,
-)
+from ctsync.run.workers import BLOCK_BYTES, Preparer, WorkerError, Workers, result_of
 from ctsync.state import Progress, StateFile
 from ctsync.summary import Routine
 

@@ -25,6 +25,7 @@ from ctsync.run.accounts import Accounts
 from ctsync.run.dispatch import Dispatcher
 from ctsync.run.feed import Feed
 from ctsync.run.options import Control, RunOptions
+from ctsync.run.stage import RecordStage, lookups_hold
 from ctsync.run.wire import (
     BROKEN,
     DONE,
@@ -37,7 +38,7 @@ from ctsync.run.wire import (
     notes_of,
     ops_of,
 )
-from ctsync.run.workers import RecordStage, Workers, lookups_hold
+from ctsync.run.workers import Workers
 from ctsync.state import Progress, Resume, Seen
 
 NO_MESSAGE: Message = {}  # for `Tracked` of a record that has its line

@@ -1,29 +1,14 @@
-"""Worker processes for the pure record stage (`--workers N`).
+"""Worker processes for the record stage (`--workers N`).
 
-The main process reads the input and cuts NDJSON into blocks of whole lines
-(`reader.read_blocks`); a worker process decodes, maps, converts, validates and encodes
-every record of a block (`prepare_block`) and sends back, in input order, one compact
-tuple per record: its place, its outcome, its encoded operations. The main process keeps
-everything with state: planning, sending, the state file, the ledger. Blocks go out
-a bounded number at a time, so a large input is never prepared far ahead of sending.
+The run reads the input and cuts NDJSON into blocks of whole lines
+(`reader.read_blocks`); a worker process runs the record stage (`ctsync.run.stage`) over
+every record of a block (`prepare_block`) and sends back, in input order, its results
+(`ctsync.run.wire`). The run keeps everything with state: planning, sending, the state
+file, the ledger. Blocks go out a bounded number at a time, so a large input is never
+prepared far ahead of sending.
 
 Small inputs pay nothing: the first `start_after` bytes of blocks are prepared in the
-main process, and the processes start only once the input has more.
-
-A worker rebuilds the mapper and validator from a `Recipe` (module-level functions and
-their arguments: a preset name, a mapping file's document, the options), never from a
-pickled mapper. What a mapper remembers across records stays exact:
-
-- device tokens sent once per run: each worker keeps its own set, and reports every
-  lookup it made in it. The main process holds the run's one true set; when a worker's
-  answer differs from it (another worker sent that token first, or an earlier record
-  was not prepared in this run) the main process prepares that record again itself,
-  against the true set. The counters below never depend on that set, so a worker's
-  counts stay right for such records.
-- the counters of values left out and dates left as text: each block's counts come back
-  with it and are added to the main process's mapper.
-- records an earlier run finished (`--state`) are not mapped at all, as with one
-  process: the block carries the input's `Resume`.
+run's own process, and the processes start only once the input has more.
 """
 
 from __future__ import annotations
@@ -35,35 +20,17 @@ import os
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
-import orjson
-
-from ctsync.dedupe import day_of, message_key
 from ctsync.errors import WorkerError
-from ctsync.prepare import Skipped, ValidateMode, Validator, prepare
-from ctsync.reader import Block, InputRecord, decode_block
-from ctsync.records import Invalid, Mapper, TokenKey, counting
-from ctsync.run.wire import (
-    INVALID,
-    NO_LOOKUPS,
-    READY,
-    SKIPPED,
-    Counts,
-    Lookups,
-    Prepared,
-    Result,
-    broken,
-    done,
-    skip_runs,
-    stub,
-    wire_ops,
-)
+from ctsync.reader import Block
+from ctsync.run.stage import Recipe, RecordStage
+from ctsync.run.wire import Prepared
 
 MAX_DEFAULT_WORKERS: Final = 8
 BLOCK_BYTES: Final = 1 << 20
@@ -71,9 +38,6 @@ BLOCK_BYTES: Final = 1 << 20
 START_AFTER: Final = 4 << 20
 """Bytes of blocks prepared in the main process before the worker processes start:
 about 6,000 messages, a twentieth of a second; less input never starts a process."""
-
-MapperFactory: TypeAlias = Callable[[set[TokenKey]], Mapper]
-"""Builds a mapper that records the (objectId, token) pairs it sends in the given set."""
 
 
 def tuning() -> tuple[int, int]:
@@ -115,16 +79,6 @@ def default_workers(load: float | None = None) -> int:
 # -- recipes: what a worker builds its pure stage from -----------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Recipe:
-    """How to build the pure stage anywhere: picklable factories, not built functions."""
-
-    mapper: MapperFactory
-    validator: Callable[[], Validator | None]
-    mode: ValidateMode = ValidateMode.STRICT
-    dedupe: bool = False  # send each record's messageId key back (see ctsync.dedupe)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Workers:
     """`--workers`: how many processes prepare records, and how blocks are cut.
@@ -146,102 +100,6 @@ class Workers:
 
 
 # -- the worker side ---------------------------------------------------------------------
-
-
-class RecordStage:
-    """The record stage of one run in one process: decode, map, convert, validate and
-    encode, one input record in, one `wire.Result` out. The same code runs in a worker
-    process and in the run's own process.
-
-    Built `from_recipe` (in a worker), it keeps its own set of tokens sent and reports
-    each lookup (see the module's docstring), and its counters go back with each block.
-    Built on the run's own mapper (in the run's process), its lookups are the run's and
-    its counters are the mapper's."""
-
-    def __init__(
-        self,
-        mapper: Mapper,
-        validator: Validator | None,
-        mode: ValidateMode,
-        *,
-        dedupe: bool,
-        log: list[tuple[TokenKey, bool]] | None = None,
-        counted: bool = False,
-        stubs: bool = False,
-    ) -> None:
-        self.mapper = mapper
-        self.validator = validator if mode is not ValidateMode.OFF else None
-        self.mode = mode
-        self.dedupe = dedupe
-        self._log: list[tuple[TokenKey, bool]] = [] if log is None else log
-        self._counted = counted  # the mapper's counters go back with each block
-        # Every READY record carries its message's stub: its raw line is not its JSON
-        # (a deletion's identity), so the report cannot read the message from it.
-        self._stubs = stubs
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe) -> RecordStage:
-        mapper = recipe.mapper(set())
-        validator = recipe.validator() if recipe.mode is not ValidateMode.OFF else None
-        return cls(
-            mapper,
-            validator,
-            recipe.mode,
-            dedupe=recipe.dedupe,
-            log=counting(mapper).tokens.watch(),  # each token lookup and its answer
-            counted=True,
-        )
-
-    def block(self, block: Block, resume: Any) -> Prepared:
-        """Every record of `block`, prepared; and the mapper's counts for the block. In a
-        block no earlier run touched (`resume` None), runs of skipped records come as
-        one result each."""
-        record = self.record
-        results = [record(each, resume) for each in decode_block(block)]
-        return (skip_runs(results) if resume is None else results), self.counts()
-
-    def record(self, record: InputRecord, resume: Any) -> Result:
-        """One record, prepared (or passed over: an earlier run finished it)."""
-        origin = record.origin
-        line, part = origin.line, origin.part
-        if (
-            resume is not None
-            and not resume.untouched(line, part)
-            and not resume.touches(line, part)
-        ):
-            return done(line, part)
-        message = record.message
-        if message is None:
-            assert record.error is not None
-            return broken(line, part, record.raw, record.error, record.partial)
-        key = message_key(message) if self.dedupe else None
-        prepared = prepare(message, self.mapper, self.validator, self.mode)
-        lookups = NO_LOOKUPS
-        raw = record.raw
-        log = self._log
-        if log:
-            lookups = tuple(log)
-            log.clear()
-            if raw is None:
-                raw = orjson.dumps(message)
-        if isinstance(prepared, Skipped):
-            again = raw if lookups else None  # the run may prepare it again
-            return (line, part, SKIPPED, again, prepared.reason, None, lookups, None)
-        if key is not None:
-            key = (key[0], day_of(key[1]))
-        if raw is None:  # an element of a document or envelope: its JSON is its line now
-            raw = orjson.dumps(message)
-        if isinstance(prepared, Invalid):
-            return (line, part, INVALID, raw, prepared, stub(message), lookups, key)
-        notes = None
-        if prepared.warnings or prepared.fixes or self._stubs:
-            notes = (prepared.warnings, prepared.fixes, stub(message))
-        return (line, part, READY, raw, wire_ops(prepared.ops), notes, lookups, key)
-
-    def counts(self) -> Counts:
-        """The mapper's counters since the last call (then cleared); none when they are
-        the run's own."""
-        return counting(self.mapper).counters.take() if self._counted else {}
 
 
 _STAGES: dict[str, RecordStage] = {}
@@ -378,29 +236,10 @@ def result_of(future: Future[Prepared]) -> Prepared:
         raise worker_died() from None
 
 
-def add_counts(mapper: Mapper, counts: Counts) -> None:
-    """Add a block's counters to the main process's mapper (read at the end of a run)."""
-    counting(mapper).counters.add(counts)
-
-
-def lookups_hold(tokens: set[TokenKey], lookups: Lookups) -> bool:
-    """Whether a worker's token lookups got the answers the run's true set gives; if so
-    the tokens it sent are added to the set."""
-    added: list[TokenKey] = []
-    for key, found in lookups:
-        if (key in tokens or key in added) != found:
-            return False
-        if not found:
-            added.append(key)
-    tokens.update(added)
-    return True
-
-
 __all__ = [
     "BLOCK_BYTES",
     "START_AFTER",
     "Preparer",
-    "Recipe",
     "WorkerError",
     "WorkerPool",
     "Workers",
