@@ -673,9 +673,18 @@ _TOO_DEEP = Invalid(
 def _element(origin: Origin, raw: bytes | None, element: Any) -> InputRecord:
     if type(element) is dict:
         if _too_deep(element):
-            return InputRecord(origin, raw, None, _TOO_DEEP)
+            return InputRecord(origin, raw or _json_of(element), None, _TOO_DEEP)
         return InputRecord(origin, raw, element, None)
-    return InputRecord(origin, raw, None, _not_an_object(element))
+    return InputRecord(origin, raw or _json_of(element), None, _not_an_object(element))
+
+
+def _json_of(element: Any) -> bytes | None:
+    """An element that is no message, as its dead letter: its JSON, one line (None when
+    it nests too deep even for orjson's encoder)."""
+    try:
+        return orjson.dumps(element)
+    except orjson.JSONEncodeError:
+        return None
 
 
 def _not_an_object(value: Any) -> Invalid:

@@ -19,8 +19,10 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from ctsync import api
+from ctsync.cli import app
 from ctsync.reader import InputOptions, InputRecord, OpenSource, Source, read_source
 from ctsync.sandbox import SandboxConfig, running_sandbox
 from tests.e2e._support import Processes, assert_adds_up, run_upload, wait_until
@@ -465,3 +467,30 @@ def stdin_dry_run(tmp_path: Path, *, megabytes: int, broken: bool) -> float:
     )
     assert summary["skipped"] == 0  # no copy: every messageId differs
     return usage.ru_maxrss / 1024
+
+
+# -- dead letters of array and envelope elements that are not objects --------------------
+
+
+def test_every_reported_element_of_an_array_or_envelope_has_its_dead_letter(
+    tmp_path: Path,
+) -> None:
+    """README (--failed): the original input line of every record that did not go
+    through, array and envelope elements as one JSON line each; and each such record is in
+    the report once and in the dead letters once. An element that is not an object (null,
+    a number, a list) is reported `not-an-object` but gets no dead letter."""
+    array, envelope = tmp_path / "array.json", tmp_path / "envelope.ndjson"
+    array.write_bytes(b'[{"type": "identify", "userId": "u1", "traits": {}}, null, [1], 7]')
+    envelope.write_bytes(b'{"batch": [null, 5, {"type": "identify", "userId": "u2"}]}\n')
+    for export in (array, envelope):
+        report, failed = tmp_path / f"{export.name}.report", tmp_path / f"{export.name}.failed"
+        outputs = ["--report", str(report), "--failed", str(failed)]
+        result = CliRunner().invoke(app, ["upload", str(export), "--dry-run", "--quiet", *outputs])
+        assert result.exit_code == 1, result.output
+        reported = report.read_bytes().splitlines()
+        assert reported, "the elements that are not objects are reported"
+        dead = failed.read_bytes().splitlines() if failed.exists() else []
+        assert len(dead) == len(reported), (export.name, dead, reported)
+        # Each as its own JSON, by hand from the input.
+        expected = [b"null", b"[1]", b"7"] if export is array else [b"null", b"5"]
+        assert sorted(dead) == sorted(expected)

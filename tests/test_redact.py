@@ -138,13 +138,19 @@ def test_an_answer_is_masked_before_it_is_cut_at_any_point(passcode: str, spelli
     Secret(passcode)
     echoed = SPELLINGS[spelling](passcode)
     filler = _filler(passcode)
+    # ctsync's own words around the page (a passcode may share a run with "request").
+    control = {status: _verdict_text(status, (filler * 600).encode()) for status in (400, 502)}
     for start in range(150, 210):
         page = (filler * start + echoed + filler * 300).encode()
         for status in (400, 502):
-            steps = classify(Attempt(status=status, content=page), "/1/upload", ["u1"])
-            assert isinstance(steps, list)
-            message = steps[0][0].message
-            assert not leaked(passcode, message), (start, status, message)
+            message = _verdict_text(status, page)
+            assert not leaked(passcode, message, control[status]), (start, status, message)
+
+
+def _verdict_text(status: int, page: bytes) -> str:
+    steps = classify(Attempt(status=status, content=page), "/1/upload", ["u1"])
+    assert isinstance(steps, list)
+    return steps[0][0].message
 
 
 def _filler(passcode: str) -> str:

@@ -59,6 +59,10 @@ class UploadRun:
     """One upload run over a list of sources (or of `records` already read: `ctsync
     delete`). `await run()` returns the summary.
 
+    `workers` carries the recipe of the record stage (`ctsync.api` always gives one, with
+    `count=1` for one process). A run given only a `mapper` maps with it as it is: its
+    device tokens count as sent when mapped, not when planned (`ctsync delete` sends none).
+
     `stop()` (first Ctrl-C or SIGTERM) stops reading, lets the requests in flight finish
     for up to `drain_timeout` seconds, and ends the run with every record accounted for;
     cancelling the task (a second Ctrl-C) ends it at once, just as accounted for.
@@ -91,16 +95,21 @@ class UploadRun:
         # --workers: blocks go to worker processes (see ctsync.run.workers).
         self._workers = workers if workers is not None and workers.count > 1 else None
         self._block_bytes = workers.block_bytes if workers is not None else BLOCK_BYTES
-        # The record stage of this process: the run's own mapper, whose token set is the
-        # run's (`mapper` must add to `tokens`, built with it); a `records` caller's raw
-        # lines are not JSON, so their results carry what the report reads.
-        self._stage = RecordStage(
-            mapper,
-            validator if options.validate is not ValidateMode.OFF else None,
-            options.validate,
-            dedupe=message_ids is not None,
-            stubs=records is not None,
-        )
+        # The record stage of this process: built from the recipe as in a worker (its own
+        # token set: the intake adds a record's tokens to the run's when it plans it);
+        # else the run's own mapper. A `records` caller's raw lines are not JSON, so their
+        # results carry what the report reads.
+        recipe = workers.recipe if workers is not None else None
+        if recipe is not None and records is None:
+            self._stage = RecordStage.from_recipe(recipe)
+        else:
+            self._stage = RecordStage(
+                mapper,
+                validator if options.validate is not ValidateMode.OFF else None,
+                options.validate,
+                dedupe=message_ids is not None,
+                stubs=records is not None,
+            )
         planner = Planner(lanes=options.lanes, batch_size=options.batch_size)
         self._accounts = accounts = Accounts(ledger, message_ids)
         self._feed = feed = Feed(
@@ -128,7 +137,7 @@ class UploadRun:
             pace=self._pace,
             ids=message_ids,
             tokens=set() if tokens is None else tokens,
-            workers=self._workers,
+            recipe=recipe,
         )
         self._planner = planner
         self._idle_at = YIELD_IDLE  # records taken when the loop turns next with none out
@@ -223,6 +232,7 @@ class UploadRun:
                 control.fail(exc)
             control.stopping = True
         finally:
+            add_counts(self._mapper, self._stage.counts())  # those of records taken one by one
             items.close()
             # Blocks not yet started are dropped by `close` (the pool's own thread cancels
             # them). Cancelling them here raced with that thread when a worker died: on

@@ -20,12 +20,12 @@ from ctsync.ledger import Tracked
 from ctsync.model import UNKNOWN, Position, Verdict
 from ctsync.prepare import Op, Ready, ValidateMode
 from ctsync.reader import InputRecord
-from ctsync.records import Message, Origin, Outcome, Stage
+from ctsync.records import Message, Origin, Outcome, Stage, counting
 from ctsync.run.accounts import Accounts
 from ctsync.run.dispatch import Dispatcher
 from ctsync.run.feed import Feed
 from ctsync.run.options import Control, RunOptions
-from ctsync.run.stage import RecordStage, lookups_hold
+from ctsync.run.stage import Recipe, RecordStage, lookups_hold, tokens_sent
 from ctsync.run.wire import (
     BROKEN,
     DONE,
@@ -38,7 +38,6 @@ from ctsync.run.wire import (
     notes_of,
     ops_of,
 )
-from ctsync.run.workers import Workers
 from ctsync.state import Progress, Resume, Seen
 
 NO_MESSAGE: Message = {}  # for `Tracked` of a record that has its line
@@ -71,7 +70,7 @@ class Intake:
         pace: Callable[[], Awaitable[None]],
         ids: MessageIds | None,
         tokens: set[tuple[str, str]],
-        workers: Workers | None,
+        recipe: Recipe | None,
     ) -> None:
         self._accounts = accounts
         self._ledger = accounts.ledger
@@ -82,10 +81,10 @@ class Intake:
         self._options = options
         self._pace = pace
         self._ids = ids
-        # The run's device tokens sent: the run's own stage maps against this same set;
-        # a worker's lookups that disagree with it are prepared again here (`_again`).
+        # The run's device tokens sent: a record's tokens join it when it is planned; a
+        # stage's lookups that disagree with it are prepared again here (`_again`).
         self._tokens = tokens
-        self._workers = workers
+        self._recipe = recipe
         self._again: RecordStage | None = None
         self._gap = False  # positions were passed over since the last operation planned
         self._source: str | None = None  # the source of the last results taken
@@ -128,6 +127,7 @@ class Intake:
             elif key is not None and ids is not None and ids.seen(key[0]):
                 summary.read += 1
                 skipped[DUPLICATE_MESSAGE_ID] += 1
+                self._gap = True  # no pending span may cover a copy: a resumed run would send it
                 if progress is not None:
                     progress.position = (line, part)
             elif code == READY:
@@ -176,16 +176,25 @@ class Intake:
         if key is not None and resume is None and self._ids is not None and self._ids.seen(key[0]):
             ledger.read()
             ledger.skip(DUPLICATE_MESSAGE_ID)
+            self._gap = True  # no pending span may cover a copy: a resumed run would send it
             return
         if lookups and not lookups_hold(self._tokens, lookups):
             # The stage's set of tokens sent differs from the run's (another worker sent
-            # one first): prepare the record again here, against the run's set.
+            # one first, or a record before this one was a copy or refused, so its tokens
+            # were never sent): prepare the record again here, against the run's set.
             assert raw is not None
             record = InputRecord(Origin(source, line, part), raw, orjson.loads(raw), None)
             result = self._stage_again().record(record, None)
-            code, a, b = result[2], result[4], result[5]
-        if code != READY and self._done_before(resume):
-            return
+            code, a, b, lookups = result[2], result[4], result[5], result[6]
+            if code != READY:  # it maps against the run's set: take back what it added
+                self._tokens.difference_update(tokens_sent(lookups))
+        if code != READY:
+            if self._done_before(resume):
+                return
+        elif lookups:
+            # A record's tokens count as sent once it is planned, never before: a copy or
+            # a refused record sends none, and a later record sends them instead.
+            self._tokens.update(tokens_sent(lookups))
         ledger.read()
         if code == SKIPPED:
             ledger.skip(a)
@@ -226,16 +235,17 @@ class Intake:
         return True
 
     def _stage_again(self) -> RecordStage:
-        # Not the run's own mapper: the worker's block counts (dropped values, dates left
+        # Not the run's own mapper: the stage's block counts (dropped values, dates left
         # as text) already hold this record's, and they do not depend on the token set, so
         # counting its second preparation too would count it twice. This stage's counts
-        # are never read; it shares the run's token set only.
+        # are never read; it maps against the run's token set, and reports its lookups.
         if self._again is None:
-            assert self._workers is not None
-            recipe = self._workers.recipe
+            recipe = self._recipe
+            assert recipe is not None, "only a stage built from a recipe reports lookups"
             validator = recipe.validator() if recipe.mode is not ValidateMode.OFF else None
             mapper = recipe.mapper(self._tokens)
-            self._again = RecordStage(mapper, validator, recipe.mode, dedupe=False)
+            log = counting(mapper).tokens.watch()
+            self._again = RecordStage(mapper, validator, recipe.mode, dedupe=False, log=log)
         return self._again
 
     def _plan(

@@ -65,10 +65,11 @@ class RecordStage:
     encode, one input record in, one `wire.Result` out. The same code runs in a worker
     process and in the run's own process.
 
-    Built `from_recipe` (in a worker), it keeps its own set of tokens sent and reports
-    each lookup (see the module's docstring), and its counters go back with each block.
-    Built on the run's own mapper (in the run's process), its lookups are the run's and
-    its counters are the mapper's."""
+    Built `from_recipe` (in a worker, and in the run's own process), it keeps its own
+    set of tokens sent and reports each lookup (see the module's docstring), and its
+    counters go back with each block (`counts`). Built on a bare mapper (a run given no
+    recipe, `ctsync delete`), the mapper's own token set and counters are used as they
+    are."""
 
     def __init__(
         self,
@@ -162,16 +163,20 @@ def add_counts(mapper: Mapper, counts: Counts) -> None:
 
 
 def lookups_hold(tokens: set[TokenKey], lookups: Lookups) -> bool:
-    """Whether a worker's token lookups got the answers the run's true set gives; if so
-    the tokens it sent are added to the set."""
+    """Whether a stage's token lookups got the answers the run's set of tokens sent
+    gives now (a token one record looks up twice is found the second time)."""
     added: list[TokenKey] = []
     for key, found in lookups:
         if (key in tokens or key in added) != found:
             return False
         if not found:
             added.append(key)
-    tokens.update(added)
     return True
 
 
-__all__ = ["MapperFactory", "Recipe", "RecordStage", "add_counts", "lookups_hold"]
+def tokens_sent(lookups: Lookups) -> list[TokenKey]:
+    """The tokens a record's operations send: those its lookups did not find."""
+    return [key for key, found in lookups if not found]
+
+
+__all__ = ["MapperFactory", "Recipe", "RecordStage", "add_counts", "lookups_hold", "tokens_sent"]
