@@ -127,7 +127,6 @@ class RecordStage:
         if message is None:
             assert record.error is not None
             return broken(line, part, record.raw, record.error, record.partial)
-        key = message_key(message) if self.dedupe else None
         prepared = prepare(message, self.mapper, self.validator, self.mode)
         lookups = NO_LOOKUPS
         raw = record.raw
@@ -140,6 +139,9 @@ class RecordStage:
         if isinstance(prepared, Skipped):
             again = raw if lookups else None  # the run may prepare it again
             return (line, part, SKIPPED, again, prepared.reason, None, lookups, None)
+        # Its messageId's key only now: a skipped message needs none (half of an export),
+        # and mapping reads the message without changing it.
+        key = message_key(message) if self.dedupe else None
         if key is not None:
             key = (key[0], day_of(key[1]))
         if raw is None:  # an element of a document or envelope: its JSON is its line now
