@@ -344,6 +344,15 @@ def ctsync_command(
     return [*command, *extra]
 
 
+def upload_command(
+    program: str, path: Path, preset: str, workers: int | None, receiver: Receiver
+) -> list[str]:
+    """`ctsync upload` of `path` to the receiver, with its account."""
+    return ctsync_command(
+        program, path, preset, workers, "--endpoint", receiver.url, "--account-id", SANDBOX_ACCOUNT
+    )
+
+
 # --- the receiver -----------------------------------------------------------------------
 
 
@@ -770,16 +779,7 @@ class Bench:
                         f"end to end: {preset}, {latency} ms, {_workers(workers)}, "
                         f"{repeat} run(s) ..."
                     )
-                    command = ctsync_command(
-                        program,
-                        plain.path,
-                        preset,
-                        workers,
-                        "--endpoint",
-                        receiver.url,
-                        "--account-id",
-                        SANDBOX_ACCOUNT,
-                    )
+                    command = upload_command(program, plain.path, preset, workers, receiver)
                     seconds, stats, summary, child = self._upload(receiver, command, env, repeat)
                     records = int(stats.get("records_accepted", 0))
                     rate = plain.count / seconds
@@ -839,16 +839,7 @@ class Bench:
             self.args.count, seed=self.args.seed, compress=False, console=self.console, skew=SKEW
         )
         self.say(f"end to end, skewed: actions, {latency} ms, {_workers(workers)} ...")
-        command = ctsync_command(
-            program,
-            data.path,
-            "actions",
-            workers,
-            "--endpoint",
-            receiver.url,
-            "--account-id",
-            SANDBOX_ACCOUNT,
-        )
+        command = upload_command(program, data.path, "actions", workers, receiver)
         seconds, stats, summary, _ = self._upload(receiver, command, env, self.args.e2e_repeat)
         rate = data.count / seconds
         self.rows.append(
@@ -923,16 +914,7 @@ class Bench:
             self.say(f"peak RSS: real upload of {count:,} messages, {latency} ms ...")
             receiver.reset()
             upload = run_child(
-                ctsync_command(
-                    program,
-                    rss.path,
-                    "actions",
-                    workers,
-                    "--endpoint",
-                    receiver.url,
-                    "--account-id",
-                    SANDBOX_ACCOUNT,
-                ),
+                upload_command(program, rss.path, "actions", workers, receiver),
                 timeout=child_timeout(count),
                 env=env,
             )
