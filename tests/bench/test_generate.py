@@ -103,3 +103,19 @@ def test_no_bad_records_by_default() -> None:
     for line in export.lines():
         orjson.loads(line)
     assert not any(export.counts[kind] for kind in BAD_KINDS)
+
+
+def test_skew_gives_one_user_that_share_of_the_messages_and_none_changes_nothing() -> None:
+    def who(data: bytes) -> Counter[str]:
+        messages = [orjson.loads(line) for line in data.splitlines()]
+        return Counter(m.get("userId") or m["anonymousId"] for m in messages)
+
+    out = io.BytesIO()
+    write(SegmentExport(COUNT, seed=7, skew=0.1), out)
+    (_, count), (_, second) = who(out.getvalue()).most_common(2)
+    # One user in about a tenth of the messages (some of them anonymous), far above the rest.
+    assert 0.07 * COUNT <= count <= 0.13 * COUNT and second < count / 10
+    unskewed = io.BytesIO()
+    write(SegmentExport(COUNT, seed=7, skew=0.0), unskewed)
+    assert unskewed.getvalue() == _bytes()  # the same bytes as before there was a skew
+    assert who(_bytes()).most_common(1)[0][1] < 0.01 * COUNT
