@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ctsync.timestamps import (
     DatesAs,
     FineDates,
+    clevertap_date,
     convert_object,
     convert_value,
     event_time,
@@ -228,3 +229,35 @@ def test_the_fast_path_for_segment_dates_decides_as_the_regex_does(
     # convert_object filters strings before calling iso_to_epoch: it converts the same.
     expected = text if _reference(text) is None else _reference(text)
     assert convert_object({"d": text}) == {"d": expected} == {"d": convert_value(text)}
+
+
+# -- dates as CleverTap date values: "$D_<epoch seconds>" (clevertap-api.md) ----------
+
+
+@pytest.mark.parametrize(
+    ("value", "date"),
+    [
+        (633830400, "$D_633830400"),  # 1990-02-01 in epoch seconds
+        (633830400000, "$D_633830400"),  # the same in milliseconds
+        (633830400.75, "$D_633830400"),  # fractions truncated toward the past
+        ("1990-02-01", "$D_633830400"),
+        ("1990-02-01T00:00:00Z", "$D_633830400"),
+    ],
+)
+def test_dates_become_clevertap_date_values(value: object, date: str) -> None:
+    assert clevertap_date(value) == date
+
+
+@pytest.mark.parametrize("value", [True, False, None, "01/02/1990", "tomorrow", [633830400]])
+def test_what_is_not_a_date_is_left_alone(value: object) -> None:
+    assert clevertap_date(value) == value
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf])
+def test_an_infinite_number_is_left_alone(value: float) -> None:
+    assert clevertap_date(value) == value
+
+
+def test_a_nan_is_left_alone() -> None:
+    result = clevertap_date(math.nan)
+    assert isinstance(result, float) and math.isnan(result)
