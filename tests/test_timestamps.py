@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from datetime import date
 
 import pytest
 from hypothesis import example, given, settings
@@ -15,6 +16,7 @@ from ctsync.timestamps import (
     clevertap_date,
     convert_object,
     convert_value,
+    date_epoch,
     event_time,
     fine_iso_to_epoch,
     iso_to_epoch,
@@ -206,6 +208,10 @@ def _reference(value: str) -> int | None:
 @settings(max_examples=examples(1000))
 @example(shape=_SHAPES[1], changes=[(19, ",")], cut=0)  # fromisoformat takes a comma
 @example(shape=_SHAPES[0], changes=[(0, "\u0662")], cut=0)  # an Arabic-Indic digit
+# Separators fromisoformat takes where the layout has another: 22:58:45:999, +00.00
+@example(shape=_SHAPES[3], changes=[(19, ":")], cut=0)
+@example(shape=_SHAPES[2], changes=[(22, ".")], cut=0)
+@example(shape=_SHAPES[3], changes=[(26, ".")], cut=0)
 @given(
     shape=st.sampled_from(_SHAPES),
     changes=st.lists(
@@ -261,3 +267,62 @@ def test_an_infinite_number_is_left_alone(value: float) -> None:
 def test_a_nan_is_left_alone() -> None:
     result = clevertap_date(math.nan)
     assert isinstance(result, float) and math.isnan(result)
+
+
+# -- dates as people write them (a date of birth: `date_epoch`) --------------------------
+
+
+def day(year: int, month: int, on: int) -> int:
+    """By hand: midnight UTC of that day, counted in whole days from 1970-01-01."""
+    return (date(year, month, on) - date(1970, 1, 1)).days * 86400
+
+
+MONTHS = "January February March April May June July August September October November December"
+
+
+@pytest.mark.parametrize(("number", "name"), list(enumerate(MONTHS.split(), start=1)))
+def test_a_month_is_read_by_its_name_or_first_three_letters_in_any_case(
+    number: int, name: str
+) -> None:
+    assert date_epoch(f"01-{name}-1990") == day(1990, number, 1)
+    assert date_epoch(f"1 {name[:3].upper()} 1990") == day(1990, number, 1)
+    assert date_epoch(f"01/{name.lower()}./1990") == day(1990, number, 1)
+
+
+@pytest.mark.parametrize(
+    ("written", "epoch"),
+    [
+        ("10 Sept 2024", day(2024, 9, 10)),
+        ("1990/3/1", day(1990, 3, 1)),
+        ("13/12/1990", day(1990, 12, 13)),  # day first: 13 cannot be a month
+        ("12/13/1990", day(1990, 12, 13)),  # month first
+        ("12.12.1990", day(1990, 12, 12)),  # both readings are the same day
+        ("12/05/1990", None),  # the 12th of May or the 5th of December: not guessed
+        ("05-12-1990", None),
+        ("30-Feb-1990", None),  # not in the calendar
+        ("01-Foo-1990", None),
+        ("2024-05-02", day(2024, 5, 2)),
+        (" 1990-03-01 ", day(1990, 3, 1)),
+        ("1990-03-01T00:00:00.123456Z", day(1990, 3, 1)),  # any precision, floored
+        ("1990-03-01T05:30:00+05:30", day(1990, 3, 1)),
+    ],
+)
+def test_dates_are_read_from_the_forms_people_write(written: str, epoch: int | None) -> None:
+    assert date_epoch(written) == epoch
+
+
+@pytest.mark.parametrize(
+    ("number", "epoch"),
+    [
+        (9_999_999_999, 9_999_999_999),  # seconds: the year 2286
+        (10**10, 10**7),  # from 10^10 on, milliseconds
+        (-(10**10), -(10**7)),
+        (253402300799000, 253402300799),  # 9999-12-31T23:59:59Z in milliseconds
+        (253402300800000, None),  # a second later: the year 10000
+        (-0.5, -1),  # floored toward the past
+    ],
+)
+def test_a_number_is_seconds_or_milliseconds_up_to_the_year_9999(
+    number: float, epoch: int | None
+) -> None:
+    assert date_epoch(number) == epoch
