@@ -212,6 +212,8 @@ def _reference(value: str) -> int | None:
 @example(shape=_SHAPES[3], changes=[(19, ":")], cut=0)
 @example(shape=_SHAPES[2], changes=[(22, ".")], cut=0)
 @example(shape=_SHAPES[3], changes=[(26, ".")], cut=0)
+@example(shape=_SHAPES[0], changes=[(17, "+"), (19, "0")], cut=0)  # 12:00:+00, no seconds
+@example(shape=_SHAPES[3], changes=[(23, "0"), (28, "Z")], cut=0)  # .999008:0Z
 @given(
     shape=st.sampled_from(_SHAPES),
     changes=st.lists(
