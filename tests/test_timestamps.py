@@ -214,6 +214,7 @@ def _reference(value: str) -> int | None:
 @example(shape=_SHAPES[3], changes=[(26, ".")], cut=0)
 @example(shape=_SHAPES[0], changes=[(17, "+"), (19, "0")], cut=0)  # 12:00:+00, no seconds
 @example(shape=_SHAPES[3], changes=[(23, "0"), (28, "Z")], cut=0)  # .999008:0Z
+@example(shape=_SHAPES[2], changes=[(16, ",")], cut=0)  # 22:58,45: read as 22:58.45
 @given(
     shape=st.sampled_from(_SHAPES),
     changes=st.lists(
