@@ -233,13 +233,15 @@ def test_the_shared_accepted_verdict_cannot_be_changed() -> None:
     assert (ACCEPTED.code, ACCEPTED.message, ACCEPTED.stage) == ("", "", Stage.API)
 
 
-@pytest.mark.parametrize("code", ["interrupted", "aborted"])
+# The codes of records a stopped run did not send (README: `aborted` or `interrupted`;
+# after a full disk `disk-full`, `output-error` after another write error).
+@pytest.mark.parametrize("code", ["interrupted", "aborted", "disk-full", "output-error"])
 @pytest.mark.parametrize("resumable", [True, False])
 def test_records_a_resumed_run_sends_again_stay_out_of_the_dead_letters(
     code: str, resumable: bool
 ) -> None:
-    """With a state file the next run re-sends records stopped by an interruption:
-    writing them to the dead letters as well would send them twice."""
+    """With a state file the next run re-sends records stopped by an interruption or a
+    failed write: writing them to the dead letters as well would send them twice."""
     report, dead = io.BytesIO(), io.BytesIO()
     ledger = Ledger(report=report, dead_letters=dead, resumable=resumable)
     ledger.settle(track(ledger, 1), Verdict(Outcome.FAILED, code, "stopped"))
