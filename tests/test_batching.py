@@ -123,6 +123,24 @@ def test_past_max_open_batches_a_lane_seals_its_first_and_keeps_the_others_open(
     ]
 
 
+def test_batches_joined_at_the_end_hold_at_most_100_device_tokens() -> None:
+    """CleverTap takes at most 100 token records per upload: the lanes' open batches,
+    joined at the end of a run, are cut there too, and every operation is in one of them."""
+    planner = Planner(lanes=2)
+    for line in range(1, 121):
+        body = orjson.dumps({"type": "token", "objectId": f"o{line}"})
+        key = ("guid", f"o{line}")
+        sealed = planner.add_encoded(
+            OpKind.UPLOAD, key, body, True, True, owner(line), "f", (line, 0, 0)
+        )
+        assert sealed == []  # 120 tokens over two lanes: neither fills a request
+    joined = planner.flush(join=True)
+    assert [(len(b), b.tokens) for b in joined] == [(100, 100), (20, 20)]
+    assert all(all(b.token_flags) for b in joined)
+    order = [position for batch in joined for _, (position, _, _) in batch.positions]
+    assert sorted(order) == list(range(1, 121))
+
+
 class Refusing(FakeSender):
     """CleverTap refusing the credentials: the request went out, the answer is 401."""
 
