@@ -502,6 +502,18 @@ def test_a_half_written_last_line_is_cut_before_appending(tmp_path: Path) -> Non
     ]
 
 
+def test_a_report_of_whole_lines_is_appended_to_without_a_note(tmp_path: Path) -> None:
+    path = tmp_path / "report.ndjson"
+    path.write_bytes(b'{"line": 1}\n{"line": 2}\n')
+    ledger = Ledger(report=Output(path, "report", append=True))
+    ledger.invalid(Origin("f", 3), b"x", None, Invalid("malformed-json", "not JSON"))
+    ledger.flush()
+    lines = path.read_bytes().splitlines()
+    assert lines[:2] == [b'{"line": 1}', b'{"line": 2}']
+    assert orjson.loads(lines[2])["line"] == 3 and len(lines) == 3
+    assert ledger.summary.notes == []
+
+
 class ShortWrites:
     """os.write that writes `room` bytes in all, then fails as a full disk does."""
 
