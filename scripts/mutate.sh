@@ -28,10 +28,10 @@ declare -A PATHS=(
 )
 declare -A TESTS=(
   [timestamps]="tests/test_timestamps.py tests/test_local_time.py tests/test_timestamp_rules.py"
-  [batching]="tests/test_pipeline.py tests/test_batching.py"
+  [batching]="tests/test_pipeline.py tests/test_batching.py tests/test_full_requests.py"
   [ledger]="tests/test_ledger.py"
   [client]="tests/test_client.py"
-  [state]="tests/test_state.py tests/test_state_resume.py"
+  [state]="tests/test_state.py tests/test_state_resume.py tests/test_ledger.py tests/test_dedupe.py"
   [rules]="tests/test_rules.py"
   [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
   [classic]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"

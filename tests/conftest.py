@@ -72,6 +72,15 @@ def not_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def no_credentials_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset the CLEVERTAP_ variables of the shell that started pytest. Typer's runner
+    only lays a test's `env` over this process's environment (`clean_env()` drops them
+    for a subprocess alone): without this, a run in the runner would see them."""
+    for name in [name for name in os.environ if name.startswith("CLEVERTAP_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
 def passcode_never_shown(request: pytest.FixtureRequest) -> Iterator[list[str]]:
     """Fail the test if a hunted passcode shows in anything it made ctsync write."""
     hunted = [PASSCODE]

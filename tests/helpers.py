@@ -13,6 +13,7 @@ from typing import Any, Literal
 import httpx
 import orjson
 from hypothesis import settings
+from typer.testing import Result
 
 from ctsync import api
 from ctsync.ledger import Summary, Tracked, Verdict
@@ -39,6 +40,16 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")}
     env.update(extra)
     return env
+
+
+def assert_exit(result: Result, code: int) -> None:
+    """A run in Typer's runner ended as `ctsync` would exit with `code`: the command
+    returned or raised SystemExit. Any other exception is caught by the runner (as exit 1,
+    out of stderr), where a real process would have shown a crash and exited 70."""
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
 
 
 def identify(user: str, timestamp: Any = None) -> dict[str, Any]:

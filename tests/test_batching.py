@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ctsync.batching import Batch, Planner
+from ctsync.batching import MAX_OPEN, Batch, Planner
 from ctsync.errors import AuthError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.model import OnWire
@@ -93,6 +93,52 @@ def test_batches_are_numbered_in_the_order_they_were_opened() -> None:
     assert len(opened) > 3
     numbers = [batch.seq for batch in opened]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
+
+
+def test_past_max_open_batches_a_lane_seals_its_first_and_keeps_the_others_open() -> None:
+    """Identify and Delete User of one profile in turn: each must follow the one before,
+    so each opens a batch. One past `MAX_OPEN`, the lane seals its first batch only; a
+    deletion of another profile then still joins the first open deletion batch. Every
+    operation leaves in the order it was read."""
+    planner = Planner(lanes=1)
+
+    def delete(key: str, line: int) -> list[Batch]:
+        body = orjson.dumps(key)
+        return planner.add_encoded(
+            OpKind.DELETE_IDENTITY, key, body, True, False, owner(line), "f", (line, 0, 0)
+        )
+
+    sealed: list[Batch] = []
+    for line in range(1, MAX_OPEN + 2):
+        now = add(planner, "u1", line) if line % 2 else delete("u1", line)
+        assert len(planner.open_batches()) <= MAX_OPEN
+        assert [b.positions[0][1][0] for b in now] == ([1] if line == MAX_OPEN + 1 else [])
+        sealed += now
+    sealed += delete("u2", MAX_OPEN + 2)
+    sealed += planner.flush()
+    lines = [[position[0] for _, position in batch.positions] for batch in sealed]
+    assert lines == [[1], [2, MAX_OPEN + 2], *([line] for line in range(3, MAX_OPEN + 2))]
+    assert [b.kind for b in sealed] == [
+        OpKind.UPLOAD if first % 2 else OpKind.DELETE_IDENTITY for first, *_ in lines
+    ]
+
+
+def test_batches_joined_at_the_end_hold_at_most_100_device_tokens() -> None:
+    """CleverTap takes at most 100 token records per upload: the lanes' open batches,
+    joined at the end of a run, are cut there too, and every operation is in one of them."""
+    planner = Planner(lanes=2)
+    for line in range(1, 121):
+        body = orjson.dumps({"type": "token", "objectId": f"o{line}"})
+        key = ("guid", f"o{line}")
+        sealed = planner.add_encoded(
+            OpKind.UPLOAD, key, body, True, True, owner(line), "f", (line, 0, 0)
+        )
+        assert sealed == []  # 120 tokens over two lanes: neither fills a request
+    joined = planner.flush(join=True)
+    assert [(len(b), b.tokens) for b in joined] == [(100, 100), (20, 20)]
+    assert all(all(b.token_flags) for b in joined)
+    order = [position for batch in joined for _, (position, _, _) in batch.positions]
+    assert sorted(order) == list(range(1, 121))
 
 
 class Refusing(FakeSender):

@@ -234,13 +234,15 @@ def test_the_shared_accepted_verdict_cannot_be_changed() -> None:
     assert (ACCEPTED.code, ACCEPTED.message, ACCEPTED.stage) == ("", "", Stage.API)
 
 
-@pytest.mark.parametrize("code", ["interrupted", "aborted"])
+# The codes of records a stopped run did not send (README: `aborted` or `interrupted`;
+# after a full disk `disk-full`, `output-error` after another write error).
+@pytest.mark.parametrize("code", ["interrupted", "aborted", "disk-full", "output-error"])
 @pytest.mark.parametrize("resumable", [True, False])
 def test_records_a_resumed_run_sends_again_stay_out_of_the_dead_letters(
     code: str, resumable: bool
 ) -> None:
-    """With a state file the next run re-sends records stopped by an interruption:
-    writing them to the dead letters as well would send them twice."""
+    """With a state file the next run re-sends records stopped by an interruption or a
+    failed write: writing them to the dead letters as well would send them twice."""
     report, dead = io.BytesIO(), io.BytesIO()
     ledger = Ledger(report=report, dead_letters=dead, resumable=resumable)
     ledger.settle(track(ledger, 1), Verdict(Outcome.FAILED, code, "stopped"))
@@ -501,6 +503,18 @@ def test_a_half_written_last_line_is_cut_before_appending(tmp_path: Path) -> Non
         f"{path}: its last line was incomplete (4 bytes, left by a run stopped while "
         "writing it); cut off before appending"
     ]
+
+
+def test_a_report_of_whole_lines_is_appended_to_without_a_note(tmp_path: Path) -> None:
+    path = tmp_path / "report.ndjson"
+    path.write_bytes(b'{"line": 1}\n{"line": 2}\n')
+    ledger = Ledger(report=Output(path, "report", append=True))
+    ledger.invalid(Origin("f", 3), b"x", None, Invalid("malformed-json", "not JSON"))
+    ledger.flush()
+    lines = path.read_bytes().splitlines()
+    assert lines[:2] == [b'{"line": 1}', b'{"line": 2}']
+    assert orjson.loads(lines[2])["line"] == 3 and len(lines) == 3
+    assert ledger.summary.notes == []
 
 
 class ShortWrites:

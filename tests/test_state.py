@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from ctsync import api
-from ctsync.errors import LockedError, OutputError, UsageError
-from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
+from ctsync.errors import DiskFull, LockedError, OutputError, UsageError
+from ctsync.ledger import ACCEPTED, Ledger, Output, Summary, Verdict
 from ctsync.model import OnWire
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source, collect_sources
@@ -556,6 +556,36 @@ def test_a_state_file_that_cannot_be_written_stops_the_run_saying_which(tmp_path
     message = str(caught.value)
     assert message.startswith(f"{path}: cannot write the state file (")
     assert message.endswith("); the run stopped")
+
+
+def test_a_full_disk_says_so_and_whether_the_run_can_resume(tmp_path: Path) -> None:
+    """SQLite out of room (SQLITE_FULL): before the run sends anything, the message says
+    nothing was sent; once it has, that the same --state resumes it."""
+    export = tmp_path / "a.ndjson"
+    export.write_bytes(b'{"type":"identify","userId":"u1"}\n')
+    path = tmp_path / "state.db"
+    state = StateFile(path)
+    try:
+        state.open_input(file_source(export))
+        # The file may not grow past its size now: a write needing room fails as on a
+        # full disk. Thirty long output names need more than one page more.
+        pages = state._db.execute("PRAGMA page_count").fetchone()[0]
+        state._db.execute(f"PRAGMA max_page_count = {pages}")
+        names = [tmp_path / f"{'r' * 200}-{n}.ndjson" for n in range(30)]
+        with pytest.raises(DiskFull) as during:
+            state.checkpoint([], {str(name): 0 for name in names})
+        with pytest.raises(DiskFull) as before:
+            state.take_outputs([Output(name, "report", append=True) for name in names])
+    finally:
+        state.close()
+    assert str(during.value) == (
+        f"{path}: cannot write the state file: the disk is full; the run stopped "
+        "(free some space and run again with the same --state: it resumes)"
+    )
+    assert str(before.value) == (
+        f"{path}: cannot write the state file: the disk is full; nothing was sent "
+        "(free some space and run again)"
+    )
 
 
 def test_an_object_first_seen_without_a_version_says_so_when_rewritten(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from datetime import date
 
 import pytest
 from hypothesis import example, given, settings
@@ -12,8 +13,10 @@ from hypothesis import strategies as st
 from ctsync.timestamps import (
     DatesAs,
     FineDates,
+    clevertap_date,
     convert_object,
     convert_value,
+    date_epoch,
     event_time,
     fine_iso_to_epoch,
     iso_to_epoch,
@@ -205,6 +208,13 @@ def _reference(value: str) -> int | None:
 @settings(max_examples=examples(1000))
 @example(shape=_SHAPES[1], changes=[(19, ",")], cut=0)  # fromisoformat takes a comma
 @example(shape=_SHAPES[0], changes=[(0, "\u0662")], cut=0)  # an Arabic-Indic digit
+# Separators fromisoformat takes where the layout has another: 22:58:45:999, +00.00
+@example(shape=_SHAPES[3], changes=[(19, ":")], cut=0)
+@example(shape=_SHAPES[2], changes=[(22, ".")], cut=0)
+@example(shape=_SHAPES[3], changes=[(26, ".")], cut=0)
+@example(shape=_SHAPES[0], changes=[(17, "+"), (19, "0")], cut=0)  # 12:00:+00, no seconds
+@example(shape=_SHAPES[3], changes=[(23, "0"), (28, "Z")], cut=0)  # .999008:0Z
+@example(shape=_SHAPES[2], changes=[(16, ",")], cut=0)  # 22:58,45: read as 22:58.45
 @given(
     shape=st.sampled_from(_SHAPES),
     changes=st.lists(
@@ -228,3 +238,94 @@ def test_the_fast_path_for_segment_dates_decides_as_the_regex_does(
     # convert_object filters strings before calling iso_to_epoch: it converts the same.
     expected = text if _reference(text) is None else _reference(text)
     assert convert_object({"d": text}) == {"d": expected} == {"d": convert_value(text)}
+
+
+# -- dates as CleverTap date values: "$D_<epoch seconds>" (clevertap-api.md) ----------
+
+
+@pytest.mark.parametrize(
+    ("value", "date"),
+    [
+        (633830400, "$D_633830400"),  # 1990-02-01 in epoch seconds
+        (633830400000, "$D_633830400"),  # the same in milliseconds
+        (633830400.75, "$D_633830400"),  # fractions truncated toward the past
+        ("1990-02-01", "$D_633830400"),
+        ("1990-02-01T00:00:00Z", "$D_633830400"),
+    ],
+)
+def test_dates_become_clevertap_date_values(value: object, date: str) -> None:
+    assert clevertap_date(value) == date
+
+
+@pytest.mark.parametrize("value", [True, False, None, "01/02/1990", "tomorrow", [633830400]])
+def test_what_is_not_a_date_is_left_alone(value: object) -> None:
+    assert clevertap_date(value) == value
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf])
+def test_an_infinite_number_is_left_alone(value: float) -> None:
+    assert clevertap_date(value) == value
+
+
+def test_a_nan_is_left_alone() -> None:
+    result = clevertap_date(math.nan)
+    assert isinstance(result, float) and math.isnan(result)
+
+
+# -- dates as people write them (a date of birth: `date_epoch`) --------------------------
+
+
+def day(year: int, month: int, on: int) -> int:
+    """By hand: midnight UTC of that day, counted in whole days from 1970-01-01."""
+    return (date(year, month, on) - date(1970, 1, 1)).days * 86400
+
+
+MONTHS = "January February March April May June July August September October November December"
+
+
+@pytest.mark.parametrize(("number", "name"), list(enumerate(MONTHS.split(), start=1)))
+def test_a_month_is_read_by_its_name_or_first_three_letters_in_any_case(
+    number: int, name: str
+) -> None:
+    assert date_epoch(f"01-{name}-1990") == day(1990, number, 1)
+    assert date_epoch(f"1 {name[:3].upper()} 1990") == day(1990, number, 1)
+    assert date_epoch(f"01/{name.lower()}./1990") == day(1990, number, 1)
+
+
+@pytest.mark.parametrize(
+    ("written", "epoch"),
+    [
+        ("10 Sept 2024", day(2024, 9, 10)),
+        ("1990/3/1", day(1990, 3, 1)),
+        ("13/12/1990", day(1990, 12, 13)),  # day first: 13 cannot be a month
+        ("12/13/1990", day(1990, 12, 13)),  # month first
+        ("12.12.1990", day(1990, 12, 12)),  # both readings are the same day
+        ("12/05/1990", None),  # the 12th of May or the 5th of December: not guessed
+        ("05-12-1990", None),
+        ("30-Feb-1990", None),  # not in the calendar
+        ("01-Foo-1990", None),
+        ("2024-05-02", day(2024, 5, 2)),
+        (" 1990-03-01 ", day(1990, 3, 1)),
+        ("1990-03-01T00:00:00.123456Z", day(1990, 3, 1)),  # any precision, floored
+        ("1990-03-01T05:30:00+05:30", day(1990, 3, 1)),
+    ],
+)
+def test_dates_are_read_from_the_forms_people_write(written: str, epoch: int | None) -> None:
+    assert date_epoch(written) == epoch
+
+
+@pytest.mark.parametrize(
+    ("number", "epoch"),
+    [
+        (9_999_999_999, 9_999_999_999),  # seconds: the year 2286
+        (10**10, 10**7),  # from 10^10 on, milliseconds
+        (-(10**10), -(10**7)),
+        (253402300799000, 253402300799),  # 9999-12-31T23:59:59Z in milliseconds
+        (253402300800000, None),  # a second later: the year 10000
+        (-0.5, -1),  # floored toward the past
+    ],
+)
+def test_a_number_is_seconds_or_milliseconds_up_to_the_year_9999(
+    number: float, epoch: int | None
+) -> None:
+    assert date_epoch(number) == epoch

@@ -7,7 +7,6 @@ clevertap-api.md. Epochs: 2023-05-18T22:58:45Z is 1684450725 and 2006-01-02T18:0
 
 from __future__ import annotations
 
-import math
 from datetime import date
 from typing import Any
 
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 from ctsync.mapping import dropped_values
 from ctsync.prepare import Ready, ValidateMode, prepare, rules_validator
 from ctsync.presets import MappingOptions, Nested
-from ctsync.presets.classic import classic_mapper, clevertap_date
+from ctsync.presets.classic import classic_mapper
 from ctsync.records import Invalid, Operation, Skip, Upload
 from ctsync.rules import check_upload
 from ctsync.timestamps import DatesAs
@@ -1153,38 +1152,6 @@ def test_every_apple_platform_token_is_an_apns_token(platform: str) -> None:
 def test_without_a_device_type_the_os_name_says_which_token(os_name: str, kind: str) -> None:
     token = token_of({"device": {"token": "tok-1"}, "os": {"name": os_name}})
     assert token is not None and token["tokenData"] == {"id": "tok-1", "type": kind}
-
-
-# -- dates as CleverTap date values: "$D_<epoch seconds>" (clevertap-api.md) ----------
-
-
-@pytest.mark.parametrize(
-    ("value", "date"),
-    [
-        (633830400, "$D_633830400"),  # 1990-02-01 in epoch seconds
-        (633830400000, "$D_633830400"),  # the same in milliseconds
-        (633830400.75, "$D_633830400"),  # fractions truncated toward the past
-        ("1990-02-01", "$D_633830400"),
-        ("1990-02-01T00:00:00Z", "$D_633830400"),
-    ],
-)
-def test_dates_become_clevertap_date_values(value: object, date: str) -> None:
-    assert clevertap_date(value) == date
-
-
-@pytest.mark.parametrize("value", [True, False, None, "01/02/1990", "tomorrow", [633830400]])
-def test_what_is_not_a_date_is_left_alone(value: object) -> None:
-    assert clevertap_date(value) == value
-
-
-@pytest.mark.parametrize("value", [math.inf, -math.inf])
-def test_an_infinite_number_is_left_alone(value: float) -> None:
-    assert clevertap_date(value) == value
-
-
-def test_a_nan_is_left_alone() -> None:
-    result = clevertap_date(math.nan)
-    assert isinstance(result, float) and math.isnan(result)
 
 
 # -- identifiers: userId, else anonymousId as objectId (segment-behaviour.md) --------
