@@ -67,6 +67,16 @@ def _if_exists(path: str, then: Any, otherwise: Any = None) -> dict[str, Any]:
     return {"@if": branches}
 
 
+def _written_first(key: str, otherwise: Any) -> dict[str, Any]:
+    """The trait `key` as CleverTap spells it when it is there (and not null), else
+    `otherwise`."""
+    return _if_exists(f"$.traits.{key}", _path(f"$.traits.{key}"), otherwise)
+
+
+# CleverTap's standard keys that Segment's destination reads from no trait of its own:
+# sent only when written as CleverTap spells them.
+_WRITTEN_ONLY: Final = ("Employed", "Education", "Married", "Age")
+
 _ORDER_COMPLETED: Final = f'match(event, "{_any_case("Order Completed")}")'
 _APPLE_PLATFORMS: Final = ("ios", "ipados", "watchos", "tvos", "macos", "visionos")
 _HAS_TOKEN: Final = 'type != "group" and context.device.token exists and anonymousId exists'
@@ -100,28 +110,32 @@ CLASSIC: Final[dict[str, Any]] = {
             "mapping": {
                 **_IDENTIFIED,
                 "ts": _path("$.timestamp"),
+                # A standard key written as CleverTap spells it (`DOB`, `Employed`) says
+                # what the user meant: it comes first, as in the preset; else the trait
+                # Segment's destination reads (birthday, avatar, ...).
                 "profileData": {
-                    "Name": _if_exists(
-                        "$.traits.name",
-                        _path("$.traits.name"),
+                    "Name": _written_first(
+                        "Name",
                         _if_exists(
-                            "$.traits.firstName",
+                            "$.traits.name",
+                            _path("$.traits.name"),
                             _if_exists(
-                                "$.traits.lastName",
-                                {"@template": "{{traits.firstName}} {{traits.lastName}}"},
+                                "$.traits.firstName",
+                                _if_exists(
+                                    "$.traits.lastName",
+                                    {"@template": "{{traits.firstName}} {{traits.lastName}}"},
+                                ),
                             ),
                         ),
                     ),
-                    # DOB as CleverTap spells it says what the user meant; else birthday.
-                    "DOB": _if_exists(
-                        "$.traits.DOB",
-                        _path("$.traits.DOB"),
-                        _if_exists("$.traits.birthday", _path("$.traits.birthday")),
+                    "DOB": _written_first(
+                        "DOB", _if_exists("$.traits.birthday", _path("$.traits.birthday"))
                     ),
-                    "Photo": _path("$.traits.avatar"),
-                    "Gender": _path("$.traits.gender"),
-                    "Phone": _path("$.traits.phone"),
-                    "Email": _path("$.traits.email"),
+                    "Photo": _written_first("Photo", _path("$.traits.avatar")),
+                    "Gender": _written_first("Gender", _path("$.traits.gender")),
+                    "Phone": _written_first("Phone", _path("$.traits.phone")),
+                    "Email": _written_first("Email", _path("$.traits.email")),
+                    **{key: _written_first(key, None) for key in _WRITTEN_ONLY},
                     **_RESERVED_TRAITS,
                 },
             },

@@ -319,3 +319,34 @@ def test_the_classic_preset_and_its_mapping_file_read_a_dob_alike(
             "bad-text": {"DOB": "soon"},
         }
     assert summary["accepted"] == len(DOB_CASES) + (0 if mode == "strict" else 2)
+
+
+# Issue 22: CleverTap's standard profile keys written as CleverTap spells them pass
+# through as written, in the preset and in its mapping file alike, and win over the
+# traits Segment's destination reads for the same key (name, email, gender, ...).
+def test_standard_keys_written_as_clevertap_spells_them_pass_through(
+    tmp_path: Path, classic: list[str]
+) -> None:
+    written = {
+        "Name": "Ada Lovelace",
+        "Email": "ada@example.com",
+        "Phone": "+14155550100",
+        "Gender": "F",
+        "Photo": "https://example.com/ada.png",
+        "Employed": "Y",
+        "Education": "Graduate",
+        "Married": "N",
+        "Age": 36,
+    }
+    segment = {"name": "A. L.", "email": "other@example.com"}
+    # ("male" as M is the preset's alone: the mapping file sends gender as written)
+    messages = [identify("u-written", **written, **segment, gender="male")]
+    messages.append(identify("u-segment", **segment))
+    messages.append(identify("u-null", Name=None, name="Bo", Employed=None))
+    path = write(tmp_path / "in.ndjson", messages)
+    code, summary, _, requests = upload(tmp_path, str(path), *classic)
+    assert code == 0 and summary["accepted"] == 3
+    sent = {r["identity"]: r["profileData"] for r in sent_records(requests)}
+    assert sent["u-written"] == written
+    assert sent["u-segment"] == {"Name": "A. L.", "Email": "other@example.com"}
+    assert sent["u-null"] == {"Name": "Bo"}  # a null written key is as if absent
