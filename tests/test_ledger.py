@@ -490,31 +490,30 @@ def output_buffer(output: Output, size: int) -> None:
     output.write = write  # type: ignore[method-assign]
 
 
-def test_a_half_written_last_line_is_cut_before_appending(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("tail", "note"),
+    [
+        # A half-written last line (a run stopped while writing it) is cut off first.
+        (
+            b'{"li',
+            "{path}: its last line was incomplete (4 bytes, left by a run stopped while "
+            "writing it); cut off before appending",
+        ),
+        (b"", None),  # a report of whole lines is appended to without a note
+    ],
+)
+def test_a_report_is_appended_to_after_its_last_whole_line(
+    tmp_path: Path, tail: bytes, note: str | None
+) -> None:
     path = tmp_path / "report.ndjson"
-    path.write_bytes(b'{"line": 1}\n{"line": 2}\n{"li')
+    path.write_bytes(b'{"line": 1}\n{"line": 2}\n' + tail)
     ledger = Ledger(report=Output(path, "report", append=True))
     ledger.invalid(Origin("f", 3), b"x", None, Invalid("malformed-json", "not JSON"))
     ledger.flush()
     lines = path.read_bytes().splitlines()
     assert lines[:2] == [b'{"line": 1}', b'{"line": 2}']
     assert orjson.loads(lines[2])["line"] == 3 and len(lines) == 3
-    assert ledger.summary.notes == [
-        f"{path}: its last line was incomplete (4 bytes, left by a run stopped while "
-        "writing it); cut off before appending"
-    ]
-
-
-def test_a_report_of_whole_lines_is_appended_to_without_a_note(tmp_path: Path) -> None:
-    path = tmp_path / "report.ndjson"
-    path.write_bytes(b'{"line": 1}\n{"line": 2}\n')
-    ledger = Ledger(report=Output(path, "report", append=True))
-    ledger.invalid(Origin("f", 3), b"x", None, Invalid("malformed-json", "not JSON"))
-    ledger.flush()
-    lines = path.read_bytes().splitlines()
-    assert lines[:2] == [b'{"line": 1}', b'{"line": 2}']
-    assert orjson.loads(lines[2])["line"] == 3 and len(lines) == 3
-    assert ledger.summary.notes == []
+    assert ledger.summary.notes == ([] if note is None else [note.format(path=path)])
 
 
 class ShortWrites:
