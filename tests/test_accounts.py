@@ -41,7 +41,7 @@ def test_a_record_is_held_while_operations_are_out_and_counted_once(
     accounts = Accounts(ledger, None)
     tracked = Tracked(Origin("f", 1), b"{}", {}, len(verdicts))
     for number in range(known):
-        accounts.known(tracked, "f", (1, 0, number), verdicts[number])
+        accounts.settle(tracked, "f", (1, 0, number), verdicts[number])
         assert (tracked in accounts.held) == (number < len(verdicts) - 1)
     number = known
     while number < len(verdicts):

@@ -26,29 +26,24 @@ class Accounts:
 
     def answer(self, batch: Batch, verdicts: Sequence[Verdict]) -> None:
         """A batch's final answer: one verdict per operation, in order."""
-        settle = self.ledger.settle
-        held = self.held
+        settle = self.settle
         for owner, verdict, (source, position) in zip(
             batch.owners, verdicts, batch.positions, strict=True
         ):
-            settle(owner, verdict)
-            if owner.remaining:  # another operation of this record is still out
-                held.setdefault(owner, []).append((source, position, verdict))
-                continue
-            if held:
-                held.pop(owner, None)
-            if owner.dedupe is not None and owner.verdict is not ACCEPTED:
-                self._forget(owner)
+            settle(owner, source, position, verdict)
 
-    def known(self, tracked: Tracked, source: str, position: Position, verdict: Verdict) -> None:
-        """A verdict an earlier run settled (a resumed record's operation)."""
+    def settle(self, tracked: Tracked, source: str, position: Position, verdict: Verdict) -> None:
+        """One operation's verdict: from CleverTap's answer, or settled by an earlier run
+        (a resumed record's operation)."""
         self.ledger.settle(tracked, verdict)
-        if tracked.remaining:
-            self.held.setdefault(tracked, []).append((source, position, verdict))
+        held = self.held
+        if tracked.remaining:  # another operation of this record is still out
+            held.setdefault(tracked, []).append((source, position, verdict))
             return
         # Its last verdict: its report line is written now, so the state must not keep
         # its earlier verdicts pending (the next run would report it again).
-        self.held.pop(tracked, None)
+        if held:
+            held.pop(tracked, None)
         if tracked.dedupe is not None and tracked.verdict is not ACCEPTED:
             self._forget(tracked)
 

@@ -304,7 +304,7 @@ class Intake:
         if dedupe_key is not None:  # an earlier run planned it: it is no copy of itself
             self._accounts.remember(dedupe_key, tracked, group)
         for position, verdict in known:
-            self._accounts.known(tracked, source, position, verdict)
+            self._accounts.settle(tracked, source, position, verdict)
         previous = -1
         for op, resent in planned:
             position = (origin.line, origin.part, op.number)

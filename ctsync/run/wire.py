@@ -1,10 +1,9 @@
 """What the record stage hands the run: one result per input record, in input order.
 
-The stage (`ctsync.run.workers.RecordStage`) runs in a worker process or in the run's own process
-(`--workers 1`, small inputs, JSON documents, `ctsync delete`); the run takes every
-result the same way, wherever it was made. This module owns the format at both ends:
-the stage builds results only with the constructors below, and the run reads them only
-through `Result`'s fields as named here.
+The stage (`ctsync.run.stage.RecordStage`) runs in a worker process or in the run's own
+process (`--workers 1`, small inputs, JSON documents, `ctsync delete`); the run takes
+every result the same way, wherever it was made. This module owns the format at both
+ends: the shapes below are the only ones the stage builds and the run reads.
 
 A result is a plain tuple, not a named tuple: it crosses a process boundary once per
 record, and pickling a named tuple costs four times a tuple's (measured: 1.4 against

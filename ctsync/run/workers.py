@@ -174,10 +174,6 @@ class Preparer:
         self._own = False  # the pool was started for this run (and is stopped with it)
         self._here = 0  # bytes prepared in this process
 
-    @property
-    def started(self) -> bool:
-        return self._pool is not None
-
     def submit(self, block: Block, resume: Any) -> Prepared | Future[Prepared]:
         workers = self.workers
         if workers is None or (
