@@ -92,8 +92,8 @@ class UploadRun:
         self._options = options
         self._observer = observer
         self._control = control = Control(ledger)
-        # --workers: blocks go to worker processes (see ctsync.run.workers).
-        self._workers = workers if workers is not None and workers.count > 1 else None
+        # --workers: blocks go to worker processes when it is above 1 (the `Preparer`).
+        self._workers = workers
         self._block_bytes = workers.block_bytes if workers is not None else BLOCK_BYTES
         # The record stage of this process: built from the recipe as in a worker (its own
         # token set: the intake adds a record's tokens to the run's when it plans it);

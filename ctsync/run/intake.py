@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from ctsync.batching import Planner
-from ctsync.dedupe import DUPLICATE_MESSAGE_ID, Key, MessageIds
+from ctsync.dedupe import DUPLICATE_MESSAGE_ID, Group, Key, MessageIds
 from ctsync.ledger import Tracked
 from ctsync.model import UNKNOWN, Position, Verdict
-from ctsync.prepare import Op, Ready, ValidateMode
+from ctsync.prepare import Op, ValidateMode
 from ctsync.reader import InputRecord
 from ctsync.records import Message, Origin, Outcome, Stage, counting
 from ctsync.run.accounts import Accounts
@@ -35,6 +35,7 @@ from ctsync.run.wire import (
     SKIPPED,
     SKIPPED_RUN,
     Result,
+    WireOp,
     notes_of,
     ops_of,
 )
@@ -105,14 +106,11 @@ class Intake:
         take = self._take_result
         summary = self._ledger.summary
         skipped = summary.skipped
-        add = self._planner.add_encoded
-        enqueue = self._dispatcher.enqueue
+        plan = self._plan_new
         dispatcher = self._dispatcher
         control = self._control
         window = self._options.window
-        kinds = KINDS
         ids = self._ids
-        remember = self._accounts.remember
         group = progress.key if progress is not None else None
         for result in results:
             line, part, code, raw, a, b, lookups, key = result
@@ -134,17 +132,7 @@ class Intake:
                 summary.read += 1
                 if progress is not None:
                     progress.position = (line, part)
-                tracked = Tracked(Origin(source, line, part), raw, NO_MESSAGE, len(a))
-                if key is not None:
-                    remember(key, tracked, group)
-                for kind, profile, body, safe, token, index, hashed in a:
-                    sealed = add(
-                        kinds[kind], profile, body, safe, token, tracked, source,
-                        (line, part, index), self._gap, hashed,
-                    )  # fmt: skip
-                    self._gap = False
-                    if sealed:
-                        enqueue(sealed)
+                plan(source, line, part, raw, NO_MESSAGE, a, key, group)
             elif code == SKIPPED:
                 summary.read += 1
                 skipped[a] += 1
@@ -200,8 +188,16 @@ class Intake:
             ledger.skip(a)
         elif code == READY:
             warnings, fixes, stub = notes_of(result)
-            ready = Ready(ops_of(a), warnings, fixes)
-            self._plan(Origin(source, line, part), raw, stub, ready, resume, key, progress)
+            group = progress.key if progress is not None else None
+            origin = Origin(source, line, part)
+            if resume is not None:  # the earlier run that read it counted and reported these
+                self._plan_resumed(origin, raw, stub, ops_of(a), resume, key, group)
+                return
+            for warning in warnings:
+                ledger.summary.warnings[warning] += 1
+            for fix in fixes:
+                ledger.fixed(origin, stub, fix.field, fix.code, fix.message)
+            self._plan_new(source, line, part, raw, stub, a, key, group)
         elif code == INVALID:
             ledger.invalid(Origin(source, line, part), raw, b, a)
         elif code == BROKEN:
@@ -248,44 +244,49 @@ class Intake:
             self._again = RecordStage(mapper, validator, recipe.mode, dedupe=False, log=log)
         return self._again
 
-    def _plan(
+    def _plan_new(
+        self,
+        source: str,
+        line: int,
+        part: int,
+        raw: bytes | None,
+        message: Message,
+        ops: list[WireOp],
+        key: Key | None,
+        group: Group,
+    ) -> None:
+        """A record none of whose operations an earlier run settled: every one goes to
+        its batch. `message` may be just what the report reads of it when `raw` is given."""
+        tracked = Tracked(Origin(source, line, part), raw, message, len(ops))
+        if key is not None:
+            self._accounts.remember(key, tracked, group)
+        add = self._planner.add_encoded
+        enqueue = self._dispatcher.enqueue
+        for kind, profile, body, safe, token, index, hashed in ops:
+            sealed = add(
+                KINDS[kind], profile, body, safe, token, tracked, source,
+                (line, part, index), self._gap, hashed,
+            )  # fmt: skip
+            self._gap = False
+            if sealed:
+                enqueue(sealed)
+
+    def _plan_resumed(
         self,
         origin: Origin,
         raw: bytes | None,
         message: Message,
-        ready: Ready,
-        resume: Resume | None,
+        ops: list[Op],
+        resume: Resume,
         dedupe_key: Key | None,
-        progress: Progress | None,
+        group: Group,
     ) -> None:
-        """`message` may be just what the report reads of it when `raw` is given."""
-        if resume is None:  # else the earlier run that read it counted and reported these
-            for code in ready.warnings:
-                self._ledger.summary.warnings[code] += 1
-            for fix in ready.fixes:
-                self._ledger.fixed(origin, message, fix.field, fix.code, fix.message)
+        """A record an earlier run left pending: only some operations are still to do."""
         source = origin.source
-        group = progress.key if progress is not None else None
         enqueue = self._dispatcher.enqueue
-        if resume is None:  # the common case: every operation is new
-            ops = ready.ops
-            tracked = Tracked(origin, raw, message, len(ops))
-            if dedupe_key is not None:
-                self._accounts.remember(dedupe_key, tracked, group)
-            add = self._planner.add_encoded
-            line, part = origin.line, origin.part
-            for kind, key, body, safe, token, number in ops:
-                sealed = add(
-                    kind, key, body, safe, token, tracked, source, (line, part, number), self._gap
-                )
-                if sealed:
-                    enqueue(sealed)
-                self._gap = False
-            return
-        # A record an earlier run left pending: only some operations are still to do.
         planned: list[tuple[Op, bool]] = []  # (operation, sent before: may be stored)
         known: list[tuple[Position, Verdict]] = []  # verdicts without a report line yet
-        for op in ready.ops:
+        for op in ops:
             position = (origin.line, origin.part, op.number)
             seen = resume.seen(position)
             if seen is Seen.DONE:
@@ -314,4 +315,4 @@ class Intake:
             enqueue(self._planner.add(op, tracked, source, position, gap))
             self._gap = False
             previous = op.number
-        self._gap = previous != len(ready.ops) - 1  # settled positions end the record
+        self._gap = previous != len(ops) - 1  # settled positions end the record
