@@ -49,9 +49,7 @@ def main() -> None:
     # (measured on a 100k-message dry run).
     gc.set_threshold(50_000, 20, 100)
     try:
-        from ctsync.cli import app
-
-        app(prog_name="ctsync")
+        _run_cli()
     except KeyboardInterrupt:  # Ctrl-C outside a run (while starting, at a prompt)
         _say("ctsync: interrupted")
         sys.exit(130)  # ExitCode.INTERRUPTED (ctsync.errors may not be imported yet)
@@ -66,6 +64,22 @@ def main() -> None:
             # status) of any signal it handles, but leaves ignored ones ignored.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_cli() -> None:
+    """The CLI, imported with SIGTERM and Ctrl-C held back by the kernel, which are acted
+    on as soon as the import is done. Raised from the handler in the middle of a C
+    extension's initialisation (orjson's, 20 ms after start), the exception crashed the
+    interpreter with SIGSEGV, no word and no exit status, in half of the tries then."""
+    if hasattr(signal, "pthread_sigmask"):  # POSIX
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            from ctsync.cli import app
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a held one is acted on now
+    else:
+        from ctsync.cli import app
+    app(prog_name="ctsync")
 
 
 def crash(exc: BaseException) -> int:

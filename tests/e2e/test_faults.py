@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -150,6 +151,25 @@ def catches(pid: int, how: signal.Signals) -> bool:
             if line.startswith("SigCgt:"):
                 return bool(int(line.split()[1], 16) >> (how - 1) & 1)
     return False
+
+
+def test_sigterm_while_the_cli_loads_ends_with_143_never_a_crash(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """Raised from the signal handler in the middle of a C extension's initialisation
+    (orjson's, about 20 ms after start), SIGTERM crashed the interpreter with SIGSEGV in
+    half of the tries: the signal now waits for the CLI's import to end. 24 moments over
+    the first 60 ms after ctsync handles SIGTERM, each one must end with 143 and a word."""
+    source = tmp_path / "export.ndjson"
+    source.write_bytes(ndjson_line({**identify("u1"), "timestamp": TS}) + b"\n")
+    for delay in [0.005 * step for step in range(1, 13)] * 2:
+        process = processes.start_upload("http://127.0.0.1:9", source)
+        wait_until(partial(catches, process.pid, signal.SIGTERM), 20, "ctsync to start")
+        time.sleep(delay)  # a kill moment, not a race: every moment must end the same
+        process.send_signal(signal.SIGTERM)
+        run = finish(process)
+        assert run.returncode == 143, (delay, run.describe())
+        assert "Traceback" not in run.stderr and "ctsync: " in run.stderr, run.describe()
 
 
 @pytest.mark.parametrize(
