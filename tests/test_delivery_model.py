@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -43,6 +44,7 @@ from ctsync.state import StateFile
 from tests.helpers import examples, no_validator
 
 USERS = ["u0", "u1", "u2"]
+T = TypeVar("T")
 
 
 def mapper(message: Message) -> MapResult:
@@ -102,6 +104,16 @@ class ModelCleverTap:
     requests: int = 0
     killed: bool = False
     snapshot: list[tuple[Any, ...]] | None = None
+    # With worker processes, requests reach the model in an order that depends on when
+    # each block comes back: its choices then come from this seed and the request's (or
+    # record's) content, not from `data` in arrival order (Hypothesis replays a case and
+    # requires the same draws in the same order).
+    seed: int | None = None
+
+    def _pick(self, label: str, key: object, choices: list[T]) -> T:
+        if self.seed is None:
+            return self.data.draw(st.sampled_from(choices), label=label)
+        return random.Random(f"{self.seed}|{label}|{key!r}").choice(choices)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         trace = request.extensions["trace"]
@@ -113,10 +125,11 @@ class ModelCleverTap:
         body = orjson.loads(request.content)
         self.attempts[request.content] += 1
         answer = "ok"
-        if self.attempts[request.content] <= 3:  # then it goes through: retries end
-            answer = self.data.draw(st.sampled_from(ANSWERS), label="answer")
-        if self.data.draw(st.booleans(), label="slow"):
-            for _ in range(self.data.draw(st.integers(1, 5), label="turns")):
+        attempt = (request.content, self.attempts[request.content])
+        if attempt[1] <= 3:  # then it goes through: retries end
+            answer = self._pick("answer", attempt, ANSWERS)
+        if self._pick("slow", attempt, [False, True]):
+            for _ in range(self._pick("turns", attempt, [1, 2, 3, 4, 5])):
                 await asyncio.sleep(0)
         if self.killed:
             raise httpx.ConnectError("the process is gone")
@@ -153,7 +166,7 @@ class ModelCleverTap:
         """CleverTap's rules are deterministic: a record it refuses once, it always does."""
         mark = _mark(record)
         if mark not in self.verdicts:
-            self.verdicts[mark] = self.data.draw(st.integers(0, 9), label="refuse") == 0
+            self.verdicts[mark] = self._pick("refuse", mark, list(range(10))) == 0
         return self.verdicts[mark]
 
     def _kill_or(self, response: httpx.Response) -> httpx.Response:
@@ -407,7 +420,8 @@ def check_promises(
     tmp = tmp_path_factory.mktemp("model")
     export, state_path = tmp / "export.ndjson", tmp / "state.db"
     ordered = write_export(export, drawn)
-    model = ModelCleverTap(data, state_path)
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed") if workers is not None else None
+    model = ModelCleverTap(data, state_path, seed=seed)
     options = RunOptions(
         lanes=scenario.lanes,
         batch_size=scenario.batch_size,
