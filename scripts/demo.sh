@@ -7,6 +7,9 @@ BIN=.venv/bin
 work=$(mktemp -d)
 db="$work/sandbox.db"
 
+# Made first: the background job opens it in its own time, and the loop below reads it
+# at once (sed on a file not there yet failed, and set -e ended the demo).
+: >"$work/sandbox.out"
 "$BIN/ctsync" sandbox --port 0 --db "$db" --latency-ms 20 >"$work/sandbox.out" 2>&1 &
 sandbox=$!
 trap 'kill "$sandbox" 2>/dev/null; wait "$sandbox" 2>/dev/null || true' EXIT
