@@ -32,8 +32,9 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable
 from datetime import date
-from hashlib import blake2b
 from typing import Any, Final, TypeAlias
+
+from xxhash import xxh3_64_intdigest
 
 from ctsync.ledger import RESUMED_LATER
 from ctsync.model import UNKNOWN
@@ -74,6 +75,8 @@ CREATE TABLE IF NOT EXISTS message_ids_newest (
 );
 """
 _EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
+_INT64_MAX: Final = (1 << 63) - 1
+_TWO_TO_64: Final = 1 << 64
 _DAYS: dict[str, int] = {}
 
 
@@ -86,8 +89,10 @@ def message_key(message: Message) -> Key | None:
         data = message_id.encode()
     except UnicodeEncodeError:  # a lone surrogate (orjson refuses them; other readers may not)
         data = message_id.encode("utf-8", "surrogatepass")
-    digest = blake2b(data, digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True), message.get("timestamp")
+    key = xxh3_64_intdigest(data)  # XXH3: 0.1 µs, where BLAKE2b cost 0.5 (a fifth of dedupe)
+    if key > _INT64_MAX:  # SQLite's INTEGER is signed
+        key -= _TWO_TO_64
+    return key, message.get("timestamp")
 
 
 def day_of(value: object) -> int | None:
