@@ -11,13 +11,19 @@ before has its final answer (retries included). So for each profile CleverTap se
 input's order, for identifies as well as deletions and events, and requests still go
 out N at a time when profiles do not repeat.
 
-Inside a lane, uploads and deletions fill separate open batches; the lane sends them in
-the order they were opened. An operation joins the first open batch of its kind that no
-later-opened batch holding its profile follows (so it never passes an earlier operation
-of its profile); if there is none, it opens a new batch behind the others. Nothing is
-sealed before it is full, so a deletion followed by the same profile's next identify no
-longer cuts both requests short. A lane holds at most `MAX_OPEN` open batches: past that
-the first one is sealed (with any opened before it: there are none).
+Deletions are few (a few in a hundred messages) and lanes by profile would cut them into
+requests of a handful of ids. So they leave the lanes: one open deletion batch of each
+kind fills from every lane, up to 100 ids, and goes out once no upload batch still
+without its final answer holds one of its profiles (those hold the writes before the
+deletion). A deleted profile's later operations wait, in the order they came, until the
+deletion has its answer (`release`); then they are planned like any others. So every
+profile's writes and deletions reach CleverTap in input order, deletions go 100 to a
+request, and the upload lanes never wait for a deletion. What waits is bounded: past
+`DEFER_AT_MOST` operations waiting, the open deletions go out as they are, with the
+upload batches they wait for.
+
+A lane fills one upload batch at a time: it is sealed when it holds `batch_size`
+records, or 100 device tokens, and the next is opened behind it.
 
 Full requests at the end: lanes by profile split a stream N ways, so the last batch of
 every lane is partly full (2,500 profiles would go in 15 requests of about 170). Once
@@ -49,19 +55,28 @@ Run: TypeAlias = list[Position]
 """[first, last]: positions of one source that went to one batch one after another."""
 
 
-MAX_OPEN = 8
-"""Open batches a lane may hold at once (see `Planner.add_encoded`)."""
+DEFER_AT_MOST = 50_000
+"""Operations of deleted profiles that may wait for their deletion's answer."""
+
+Deferred: TypeAlias = tuple[
+    OpKind, ProfileKey | None, bytes, bool, bool, Tracked, str, Position, int | None
+]
+"""An operation waiting for its profile's deletion: kind, key, body, safe, token, owner,
+source, position, profile hash."""
 
 
 class Batch:
     """One request's worth of operations and the records they came from."""
 
     __slots__ = (
+        "answered",
         "bodies",
+        "deferred",
         "keys",
         "keyset",
         "kind",
         "lane",
+        "later",
         "owners",
         "positions",
         "runs",
@@ -88,6 +103,11 @@ class Batch:
         self.token_flags: list[bool] = []  # which operations are device tokens
         self.sealed = False
         self.sent = False  # written to a connection at least once: CleverTap may have it
+        self.answered = False
+        # A deletion batch (lane -1): its profiles' later operations, waiting for its
+        # answer, in a batch of their own (positions and runs for the state file).
+        self.later: Batch | None = None
+        self.deferred: list[Deferred] = []  # in that batch of later operations
 
     def __len__(self) -> int:
         return len(self.bodies)
@@ -130,6 +150,11 @@ class Planner:
         self._seq = 0
         self._unkeyed = 0
         self._last: Batch | None = None  # the batch the previous operation went to
+        self._open_deletes: dict[OpKind, Batch] = {}  # filling, one of each kind
+        self._deletes: list[Batch] = []  # deletion batches without their final answer
+        # The deleted profiles whose later operations wait: the deletion batch they wait for.
+        self._deferred: dict[ProfileKey, Batch] = {}
+        self._waiting = 0  # operations in `later` batches
 
     def lane_of(self, key: ProfileKey | None, hashed: int | None = None) -> int:
         """The lane of an operation on `key`; `hashed` is `profile_hash(key)` when the
@@ -167,20 +192,20 @@ class Planner:
         """`add` of an operation given by its fields (as the record stage sends them
         back: no `Op` is built for each of a million records), `hashed` its key's
         `profile_hash` if known. Returns the batches sealed, usually none."""
+        if self._deferred and key is not None:
+            deletion = self._deferred.get(key)
+            if deletion is not None:  # its profile's deletion has no answer yet
+                op = (kind, key, body, safe, token, owner, source, position, hashed)
+                return self._defer(deletion, op, gap)
+        if kind is not OpKind.UPLOAD:
+            return self._add_deletion(kind, key, body, safe, owner, source, position, gap)
         number = self.lane_of(key, hashed)
         lane = self.lanes[number]
         opened = lane.open
         sealed: list[Batch] = []
-        batch = None
-        if len(opened) == 1 and opened[0].kind is kind:
-            batch = opened[0]  # the common case: no later batch can hold the profile
-        elif opened:
-            batch = _eligible(opened, kind, key)
-            if batch is None and len(opened) >= MAX_OPEN:
-                sealed = self._seal_through(lane, opened[0])
-                batch = _eligible(opened, kind, key)
+        batch = opened[0] if opened else None  # a lane fills one upload batch at a time
         if batch is not None and token and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
-            sealed += self._seal_through(lane, batch)
+            sealed = self._seal_through(lane, batch)
             batch = None
         if batch is None:
             self._seq += 1
@@ -217,7 +242,7 @@ class Planner:
             for lane in self.lanes:
                 if lane.open:
                     sealed += self._seal_through(lane, lane.open[-1])
-            return sealed
+            return sealed + self.seal_deletions()
         # A lane's n-th open batch goes out after its (n-1)-th: join them in that order,
         # each step by kind (lanes hold no profile in common).
         steps: list[dict[OpKind, list[Batch]]] = []
@@ -234,50 +259,63 @@ class Planner:
             for kind, batches in step.items():
                 joined += self._join(kind, batches)
         self._place(joined)
-        return joined
+        return joined + self.seal_deletions()
 
     def _join(self, kind: OpKind, tails: list[Batch]) -> list[Batch]:
-        """The operations of `tails` (open batches of one kind, at most one per lane), in
-        order, in full batches; each run of positions is cut where a batch ends."""
+        """The operations of `tails` (open batches of one kind, at most one per lane) in
+        full batches. A profile's operations stay together, in order: a batch takes whole
+        profiles, the first that fit (the others of a tail follow in the next batch), so
+        joined batches share no profile and go out side by side (`_place`); only a
+        profile with more operations than a request holds is cut, in order. Each
+        batch's runs of positions join only operations that were one after another in
+        their tail's run."""
         limit = self._limits[kind]
         joined: list[Batch] = []
         for tail in tails:
-            at = {source: 0 for source in tail.runs}  # the run each operation belongs to
-            previous: tuple[str, int] | None = None  # never continued from another tail
-            for n, (source, position) in enumerate(tail.positions):
-                runs = tail.runs[source]
-                while runs[at[source]][1] < position:
-                    at[source] += 1
+            runs_of = _runs_of(tail)
+            flags = tail.token_flags
+            groups: dict[object, list[int]] = {}  # each profile's operations, in order
+            for n, key in enumerate(tail.keys):
+                groups.setdefault(key if key is not None else ("", n), []).append(n)
+            left = list(groups.values())
+            while left:
                 batch = joined[-1] if joined else None
-                token = tail.token_flags[n]
-                if (
-                    batch is None
-                    or len(batch.bodies) >= limit
-                    or (token and batch.tokens >= MAX_TOKENS_PER_UPLOAD)
-                ):
-                    self._seq += 1
-                    batch = Batch(kind, 0, self._seq)
-                    batch.sealed = True
-                    joined.append(batch)
-                    previous = None
-                key = tail.keys[n]
-                batch.bodies.append(tail.bodies[n])
-                batch.owners.append(tail.owners[n])
-                batch.positions.append((source, position))
-                batch.keys.append(key)
-                batch.safe.append(tail.safe[n])
-                batch.token_flags.append(token)
-                if key is not None:
-                    batch.keyset.add(key)
-                if token:
-                    batch.tokens += 1
-                run = (source, at[source])
-                if previous == run:
-                    batch.runs[source][-1][1] = position
-                else:
-                    batch.runs.setdefault(source, []).append([position, position])
-                previous = run
+                if batch is None or len(batch) >= limit or batch.tokens >= MAX_TOKENS_PER_UPLOAD:
+                    batch = self._joined(kind, joined)
+                room, token_room = limit - len(batch), MAX_TOKENS_PER_UPLOAD - batch.tokens
+                taken: list[int] = []
+                rest: list[list[int]] = []
+                for group in left:
+                    tokens = sum(flags[n] for n in group)
+                    if len(group) <= room and tokens <= token_room:
+                        taken += group
+                        room -= len(group)
+                        token_room -= tokens
+                    else:
+                        rest.append(group)
+                if not taken:
+                    if len(batch):  # nothing fits what is left of this batch: a new one
+                        self._joined(kind, joined)
+                        continue
+                    # One profile with more than a request holds: as much as fits, in order.
+                    group = left[0]
+                    fits = 0
+                    while fits < len(group) and fits < room:
+                        token_room -= flags[group[fits]]
+                        if token_room < 0:
+                            break
+                        fits += 1
+                    taken, rest = group[:fits], [group[fits:], *left[1:]]
+                _fill(batch, tail, sorted(taken), runs_of)
+                left = rest
         return joined
+
+    def _joined(self, kind: OpKind, joined: list[Batch]) -> Batch:
+        self._seq += 1
+        batch = Batch(kind, 0, self._seq)
+        batch.sealed = True
+        joined.append(batch)
+        return batch
 
     def _place(self, joined: list[Batch]) -> None:
         """Lanes for joined batches, in the order they must go: side by side, except a
@@ -293,8 +331,157 @@ class Planner:
             batch.lane = shared.pop() if shared else at % n
 
     def open_batches(self) -> list[Batch]:
-        """Batches still being filled (read, not yet sealed)."""
-        return [batch for lane in self.lanes for batch in lane.open]
+        """Batches still being filled (read, not yet sealed), and the operations that
+        wait for a deletion's answer."""
+        found = [batch for lane in self.lanes for batch in lane.open]
+        found += self._open_deletes.values()
+        found += [d.later for d in self._deletes if d.later is not None]
+        return found
+
+    # -- deletions ----------------------------------------------------------------
+
+    def _add_deletion(
+        self,
+        kind: OpKind,
+        key: ProfileKey | None,
+        body: bytes,
+        safe: bool,
+        owner: Tracked,
+        source: str,
+        position: Position,
+        gap: bool,
+    ) -> list[Batch]:
+        """A deletion joins the open deletion batch of its kind; the profile's later
+        operations wait for its answer."""
+        batch = self._open_deletes.get(kind)
+        if batch is None:
+            self._seq += 1
+            batch = self._open_deletes[kind] = Batch(kind, -1, self._seq)
+            self._deletes.append(batch)
+        self._put(batch, body, owner, source, position, key, safe, False, gap)
+        if key is not None:
+            self._deferred[key] = batch
+        if len(batch.bodies) >= self._limits[kind]:
+            del self._open_deletes[kind]
+            self._seal(batch)
+            return [batch]
+        return []
+
+    def _defer(self, deletion: Batch, op: Deferred, gap: bool) -> list[Batch]:
+        """An operation of a profile whose deletion has no answer yet: it waits."""
+        later = deletion.later
+        if later is None:
+            later = deletion.later = Batch(OpKind.UPLOAD, -1, 0)
+        _, key, body, safe, token, owner, source, position, _ = op
+        self._put(later, body, owner, source, position, key, safe, token, gap)
+        later.deferred.append(op)
+        self._waiting += 1
+        if self._waiting > DEFER_AT_MOST:  # memory stays bounded: send what they wait for
+            return self.unblock(self._deletes)
+        return []
+
+    def blocked(self, deletion: Batch) -> bool:
+        """Whether an upload batch without its final answer holds one of the deletion's
+        profiles (their operations before the deletion: later ones wait)."""
+        keys = deletion.keyset
+        for lane in self.lanes:
+            for batch in lane.queue:
+                if not keys.isdisjoint(batch.keyset):
+                    return True
+            for batch in lane.open:
+                if not keys.isdisjoint(batch.keyset):
+                    return True
+        return False
+
+    def seal_deletions(self) -> list[Batch]:
+        """The open deletion batches, sealed as they are (the end of the input)."""
+        sealed = list(self._open_deletes.values())
+        self._open_deletes.clear()
+        for batch in sealed:
+            self._seal(batch)
+        return sealed
+
+    def unblock(self, deletions: list[Batch]) -> list[Batch]:
+        """Seal `deletions` and the open upload batches they wait for, as they are: when
+        nothing else would move (see `Dispatcher.until`), or too much waits."""
+        sealed = self.seal_deletions() if any(not d.sealed for d in deletions) else []
+        keys: set[ProfileKey] = set()
+        for deletion in deletions:
+            keys |= deletion.keyset
+        for lane in self.lanes:
+            holding = [b for b in lane.open if not keys.isdisjoint(b.keyset)]
+            if holding:
+                sealed += self._seal_through(lane, holding[-1])
+        return sealed
+
+    def release(self, deletion: Batch) -> list[Batch]:
+        """A deletion batch has its final answer: its profiles' later operations are
+        planned now, in the order they came (a second deletion among them waits for a
+        new deletion batch). Returns the batches that sealed."""
+        deletion.answered = True
+        self._deletes.remove(deletion)
+        deferred = self._deferred
+        for profile in deletion.keyset:
+            if deferred.get(profile) is deletion:
+                del deferred[profile]
+        later, deletion.later = deletion.later, None
+        if later is None:
+            return []
+        self._waiting -= len(later.deferred)
+        sealed: list[Batch] = []
+        for kind, key, body, safe, token, owner, source, position, hashed in later.deferred:
+            sealed += self.add_encoded(
+                kind, key, body, safe, token, owner, source, position, True, hashed
+            )
+        return sealed
+
+    def clear(self) -> None:
+        """Forget everything not sent (a stop: the dispatcher settles it)."""
+        for lane in self.lanes:
+            lane.queue.clear()
+            lane.open.clear()
+        self._open_deletes.clear()
+        self._deletes.clear()
+        self._deferred.clear()
+        self._waiting = 0
+        self._last = None
+
+    def _seal(self, batch: Batch) -> None:
+        batch.sealed = True
+        if self._last is batch:
+            self._last = None
+
+    def _put(
+        self,
+        batch: Batch,
+        body: bytes,
+        owner: Tracked,
+        source: str,
+        position: Position,
+        key: ProfileKey | None,
+        safe: bool,
+        token: bool,
+        gap: bool,
+    ) -> None:
+        """One operation into `batch` (the rare paths: `add_encoded` inlines this)."""
+        batch.bodies.append(body)
+        batch.owners.append(owner)
+        batch.positions.append((source, position))
+        batch.keys.append(key)
+        batch.safe.append(safe)
+        batch.token_flags.append(token)
+        if key is not None:
+            batch.keyset.add(key)
+        if token:
+            batch.tokens += 1
+        runs = batch.runs.get(source)
+        if runs is None:
+            batch.runs[source] = [[position, position]]
+        elif self._last is batch and not gap:
+            runs[-1][1] = position
+        else:
+            runs.append([position, position])
+        self._last = batch
 
     def _seal_through(self, lane: Lane, batch: Batch) -> list[Batch]:
         """Seal `batch` and every batch the lane opened before it, in that order."""
@@ -308,13 +495,41 @@ class Planner:
         return sealed
 
 
-def _eligible(opened: list[Batch], kind: OpKind, key: ProfileKey | None) -> Batch | None:
-    """The first open batch of `kind` that no later open batch holding `key` follows:
-    where the operation may go without passing an earlier operation of its profile."""
-    found = None
-    for candidate in reversed(opened):
-        if candidate.kind is kind:
-            found = candidate
-        if key is not None and key in candidate.keyset:
-            break
+def _runs_of(tail: Batch) -> list[int]:
+    """The run (its index in the tail's runs of its source) of each of its operations."""
+    at = dict.fromkeys(tail.runs, 0)
+    found = []
+    for source, position in tail.positions:
+        runs = tail.runs[source]
+        while runs[at[source]][1] < position:
+            at[source] += 1
+        found.append(at[source])
     return found
+
+
+def _fill(batch: Batch, tail: Batch, taken: list[int], runs_of: list[int]) -> None:
+    """Operations `taken` of `tail` (in its order) into the joined `batch`."""
+    previous = -2
+    for n in taken:
+        source, position = tail.positions[n]
+        key = tail.keys[n]
+        token = tail.token_flags[n]
+        batch.bodies.append(tail.bodies[n])
+        batch.owners.append(tail.owners[n])
+        batch.positions.append((source, position))
+        batch.keys.append(key)
+        batch.safe.append(tail.safe[n])
+        batch.token_flags.append(token)
+        if key is not None:
+            batch.keyset.add(key)
+        if token:
+            batch.tokens += 1
+        if (
+            previous == n - 1
+            and runs_of[previous] == runs_of[n]
+            and tail.positions[previous][0] == source
+        ):
+            batch.runs[source][-1][1] = position  # one after another in one run
+        else:
+            batch.runs.setdefault(source, []).append([position, position])
+        previous = n

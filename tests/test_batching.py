@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ctsync.batching import MAX_OPEN, Batch, Planner
+from ctsync.batching import Batch, Planner
 from ctsync.errors import AuthError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.model import OnWire
@@ -51,19 +54,64 @@ def test_records_that_name_no_profile_go_round_robin_over_the_lanes(lanes: int) 
     assert [b.lane for line in range(1, 10) for b in add(again, None, line)] == order
 
 
-def test_an_identify_after_a_delete_of_another_profile_joins_its_open_upload() -> None:
-    """Only a later-opened batch holding the same profile makes an operation start a new
-    batch: the delete of another profile does not cut this profile's upload in two."""
-    planner = Planner(lanes=1)
-    delete = planner.add_encoded(
-        OpKind.DELETE_IDENTITY, "x", b'"x"', True, False, owner(1), "f", (1, 0, 0)
+def delete(planner: Planner, key: str, line: int) -> list[Batch]:
+    body = orjson.dumps(key)
+    return planner.add_encoded(
+        OpKind.DELETE_IDENTITY, key, body, True, False, owner(line), "f", (line, 0, 0)
     )
-    assert delete == []
-    assert add(planner, "u1", 2) == [] and add(planner, "u1", 3) == []
-    assert [(b.kind, len(b)) for b in planner.flush()] == [
-        (OpKind.DELETE_IDENTITY, 1),
-        (OpKind.UPLOAD, 2),
+
+
+def lines_of(batch: Batch) -> list[int]:
+    return [position[0] for _, position in batch.positions]
+
+
+def test_a_deletion_of_another_profile_cuts_no_upload_short() -> None:
+    """Deletions leave the lanes: a profile's writes around another profile's deletion
+    stay in one upload batch, and the deletion waits in a deletion batch of its own."""
+    planner = Planner(lanes=1)
+    assert add(planner, "u1", 1) == []
+    assert delete(planner, "x", 2) == []
+    assert add(planner, "u1", 3) == []
+    assert [(b.kind, lines_of(b)) for b in planner.flush()] == [
+        (OpKind.UPLOAD, [1, 3]),
+        (OpKind.DELETE_IDENTITY, [2]),
     ]
+
+
+def test_a_deleted_profiles_later_operations_wait_for_the_deletions_answer() -> None:
+    """u1 written, deleted, written, deleted again, written: what follows a deletion is
+    planned only once the deletion has its answer, and a deletion waits while an upload
+    batch without its answer holds its profile. Another profile is not held up."""
+    planner = Planner(lanes=2)
+    add(planner, "u1", 1)
+    delete(planner, "u1", 2)
+    add(planner, "u1", 3)
+    add(planner, "u2", 4)
+    delete(planner, "u1", 5)
+    add(planner, "u1", 6)
+    held = {line for b in planner.open_batches() for line in lines_of(b)}
+    assert held == {1, 2, 3, 4, 5, 6}  # all pending for the state file, none lost
+    (first,) = [b for b in planner.open_batches() if b.kind is OpKind.DELETE_IDENTITY]
+    assert lines_of(first) == [2] and planner.blocked(first)  # line 1 has no answer
+    in_lanes = sorted(line for lane in planner.lanes for b in lane.open for line in lines_of(b))
+    assert in_lanes == [1, 4]  # 3, 5 and 6 wait for the deletion of line 2
+    uploads = [b for lane in planner.lanes for b in lane.open]
+    sealed = planner.flush()
+    assert first in sealed and all(b in sealed for b in uploads)
+    for batch in uploads:  # CleverTap answers the writes: the deletion may go
+        batch.answered = True
+    planner.lanes[planner.lane_of("u1")].queue.clear()
+    assert not planner.blocked(first)
+    assert planner.release(first) == []
+    in_lanes = sorted(line for lane in planner.lanes for b in lane.open for line in lines_of(b))
+    assert in_lanes == [3]
+    (second,) = [b for b in planner.open_batches() if b.kind is OpKind.DELETE_IDENTITY]
+    assert lines_of(second) == [5] and planner.blocked(second)
+    assert [lines_of(b) for b in planner.open_batches() if b.seq == 0] == [[6]]
+    planner.flush()
+    planner.lanes[planner.lane_of("u1")].queue.clear()
+    assert planner.release(second) == []
+    assert [lines_of(b) for b in planner.open_batches()] == [[6]]
 
 
 def test_a_profile_known_by_its_object_id_keeps_one_lane_in_every_run() -> None:
@@ -93,34 +141,6 @@ def test_batches_are_numbered_in_the_order_they_were_opened() -> None:
     assert len(opened) > 3
     numbers = [batch.seq for batch in opened]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
-
-
-def test_past_max_open_batches_a_lane_seals_its_first_and_keeps_the_others_open() -> None:
-    """Identify and Delete User of one profile in turn: each must follow the one before,
-    so each opens a batch. One past `MAX_OPEN`, the lane seals its first batch only; a
-    deletion of another profile then still joins the first open deletion batch. Every
-    operation leaves in the order it was read."""
-    planner = Planner(lanes=1)
-
-    def delete(key: str, line: int) -> list[Batch]:
-        body = orjson.dumps(key)
-        return planner.add_encoded(
-            OpKind.DELETE_IDENTITY, key, body, True, False, owner(line), "f", (line, 0, 0)
-        )
-
-    sealed: list[Batch] = []
-    for line in range(1, MAX_OPEN + 2):
-        now = add(planner, "u1", line) if line % 2 else delete("u1", line)
-        assert len(planner.open_batches()) <= MAX_OPEN
-        assert [b.positions[0][1][0] for b in now] == ([1] if line == MAX_OPEN + 1 else [])
-        sealed += now
-    sealed += delete("u2", MAX_OPEN + 2)
-    sealed += planner.flush()
-    lines = [[position[0] for _, position in batch.positions] for batch in sealed]
-    assert lines == [[1], [2, MAX_OPEN + 2], *([line] for line in range(3, MAX_OPEN + 2))]
-    assert [b.kind for b in sealed] == [
-        OpKind.UPLOAD if first % 2 else OpKind.DELETE_IDENTITY for first, *_ in lines
-    ]
 
 
 def test_batches_joined_at_the_end_hold_at_most_100_device_tokens() -> None:
@@ -236,3 +256,68 @@ def test_the_next_run_sends_what_never_went_out_and_not_what_may_be_stored(
     assert sorted(taking.sent) == sorted(f"e{i}" for i in range(10, 50))
     assert second.summary.failed == Counter({"outcome-unknown": 10})
     assert second.summary.accepted == 40
+
+
+@given(
+    script=st.lists(
+        st.tuples(st.sampled_from(["write", "delete"]), st.sampled_from(["a", "b", "c", "d"])),
+        max_size=60,
+    ),
+    lanes=st.integers(1, 3),
+    size=st.integers(1, 4),
+    answers=st.randoms(use_true_random=False),
+)
+def test_every_profile_meets_its_operations_in_input_order(
+    script: list[tuple[str, str]], lanes: int, size: int, answers: random.Random
+) -> None:
+    """Writes and deletions of a few profiles, CleverTap answering any request that may
+    go, in any order, at any moment; the end as a run ends it (deletions sealed, the
+    lanes' last batches joined, again until nothing is left). Against a model that only
+    knows the input: each profile gets its operations in input order, each exactly
+    once, and no request holds more than its limit."""
+    planner = Planner(lanes=lanes, batch_size=size, delete_batch_size=size)
+    waiting: list[Batch] = []  # sealed deletion batches
+    applied: dict[str, list[int]] = {}
+
+    def enqueue(batches: list[Batch]) -> None:
+        for batch in batches:
+            assert batch.sealed and len(batch) <= size
+            if batch.lane < 0:
+                waiting.append(batch)
+            else:
+                planner.lanes[batch.lane].queue.append(batch)
+
+    def answer_one() -> bool:
+        ready = [lane.queue[0] for lane in planner.lanes if lane.queue]
+        ready += [d for d in waiting if not planner.blocked(d)]
+        if not ready:
+            return False
+        batch = answers.choice(ready)
+        for key, (_, (line, _, _)) in zip(batch.keys, batch.positions, strict=True):
+            assert key is not None
+            applied.setdefault(key, []).append(line)
+        if batch.lane < 0:
+            waiting.remove(batch)
+            enqueue(planner.release(batch))
+        else:
+            planner.lanes[batch.lane].queue.popleft()
+            batch.answered = True
+        return True
+
+    for line, (kind, key) in enumerate(script, 1):
+        enqueue(add(planner, key, line) if kind == "write" else delete(planner, key, line))
+        while answers.random() < 0.4 and answer_one():
+            pass
+    while True:  # the end of a run (UploadRun.run)
+        enqueue(planner.seal_deletions())
+        while answer_one():
+            pass
+        if not waiting and not planner.open_batches():
+            break
+        joined = planner.flush(join=True)
+        assert joined, "deletions wait for nothing"
+        enqueue(joined)
+    expected: dict[str, list[int]] = {}
+    for line, (_, key) in enumerate(script, 1):
+        expected.setdefault(key, []).append(line)
+    assert applied == expected

@@ -5,6 +5,7 @@ with the default concurrency (15 lanes), against numbers worked out by hand."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,78 @@ def test_a_deletion_between_two_identifies_cuts_no_request_short(tmp_path: Path)
             for user in request["body"]["identity"]:
                 events.setdefault(user, []).append("deleted")
     assert all(seen == ["round 1", "deleted", "round 2"] for seen in events.values())
+
+
+@given(
+    ops=st.lists(st.tuples(st.integers(0, 8), st.booleans()), min_size=1, max_size=400),
+    lanes=st.integers(1, 3),
+    limit=st.integers(1, 60),
+    skips=st.sets(st.integers(1, 400)),
+)
+def test_the_last_batches_join_full_side_by_side_and_in_order(
+    ops: list[tuple[int, bool]], lanes: int, limit: int, skips: set[int]
+) -> None:
+    """The lanes' open batches joined at the end, with repeated profiles, device tokens
+    and positions passed over (skipped records): every operation once; a profile's
+    operations in input order; two joined batches share a profile only when it has more
+    operations than a request holds (otherwise they go out side by side); every batch
+    but the last holds at least `limit` less the most operations of one profile; and no
+    run of positions a batch records for the state file spans another batch's position
+    (a resumed run would skip it, or send it twice)."""
+    planner = Planner(lanes=lanes, batch_size=limit)
+    sealed = []
+    line = 0
+    for user, token in ops:
+        line += 1
+        while line in skips:  # a skipped record: a position no batch holds
+            line += 1
+        key = ("guid", f"o{user}") if token else f"u{user}"
+        owner = Tracked(Origin("f", line), b"", {}, 1)
+        position = (line, 0, 0)
+        sealed += planner.add_encoded(OpKind.UPLOAD, key, b"{}", True, token, owner, "f", position)
+    joined = planner.flush(join=True)
+    every = [position[0] for batch in sealed + joined for _, position in batch.positions]
+    assert len(every) == len(set(every)) == len(ops)
+    per_key = Counter(("guid", f"o{u}") if t else f"u{u}" for u, t in ops)
+    for batch in joined:
+        assert len(batch) <= limit and batch.tokens <= 100
+    for n, batch in enumerate(joined):
+        for other in joined[n + 1 :]:
+            shared = batch.keyset & other.keyset
+            assert all(per_key[key] > limit for key in shared), shared
+            if shared:
+                assert other.lane == batch.lane  # one behind the other
+    if all(not t for _, t in ops):
+        biggest = max(per_key.values())
+        for batch in joined[:-1]:
+            assert len(batch) >= min(limit, limit - biggest + 1)
+    seen: dict[object, list[int]] = {}
+    for batch in sorted(sealed + joined, key=lambda b: b.seq):
+        for key, (_, position) in zip(batch.keys, batch.positions, strict=True):
+            seen.setdefault(key, []).append(position[0])
+    assert all(positions == sorted(positions) for positions in seen.values())
+    owner_of = {position[0]: b.seq for b in sealed + joined for _, position in b.positions}
+    for batch in sealed + joined:
+        for first, last in batch.runs["f"]:
+            inside = [owner_of[n] for n in range(first[0], last[0] + 1) if n in owner_of]
+            assert set(inside) == {batch.seq}, (first, last)
+
+
+def test_a_joined_batch_records_no_run_over_a_profile_that_went_to_the_next() -> None:
+    """Lane A's last batch has 3 operations, lane B's 4 in a row: c1, b1, b1, c2. Joined
+    5 to a request, the first takes A's 3, then c1 and c2 (b1's 2 no longer fit), and
+    the next takes b1's 2. The first must not record lines 5 to 8 as one run: a kill
+    after its answer would leave b1's lines 6 and 7 settled in the state file, unsent."""
+    planner = Planner(lanes=2, batch_size=5)
+    lane_a = [f"a{n}" for n in range(50) if planner.lane_of(f"a{n}") == 0]
+    lane_b = [f"b{n}" for n in range(50) if planner.lane_of(f"b{n}") == 1]
+    a1, c1, b1, c2 = lane_a[0], lane_b[0], lane_b[1], lane_b[2]
+    for line, key in enumerate([a1, a1, a1, c1, b1, b1, c2], 2):  # line 1: skipped
+        owner = Tracked(Origin("f", line), b"", {}, 1)
+        planner.add_encoded(OpKind.UPLOAD, key, b"{}", True, False, owner, "f", (line, 0, 0))
+    first, second = planner.flush(join=True)
+    assert [p[0] for _, p in first.positions] == [2, 3, 4, 5, 8]
+    assert [p[0] for _, p in second.positions] == [6, 7]
+    assert [[a[0], b[0]] for a, b in first.runs["f"]] == [[2, 4], [5, 5], [8, 8]]
+    assert [[a[0], b[0]] for a, b in second.runs["f"]] == [[6, 7]]
+    assert first.lane != second.lane  # no profile in common: side by side

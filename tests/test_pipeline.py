@@ -11,11 +11,11 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
-from ctsync.batching import Batch, Planner
+from ctsync.batching import Planner
 from ctsync.errors import AuthError, OutputError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.model import OnWire
-from ctsync.prepare import Op, OpKind, encode
+from ctsync.prepare import Op, encode
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
 from ctsync.records import Delete, Outcome, Upload
@@ -177,43 +177,6 @@ def profile(user: str) -> Op:
     return encode(Upload({"type": "profile", "identity": user}))
 
 
-def bodies(batch: Batch) -> list[object]:
-    return [orjson.loads(b) for b in batch.bodies]
-
-
-def test_one_profile_stays_in_one_lane_in_input_order() -> None:
-    planner = Planner(lanes=3, batch_size=3)
-    sealed = []
-    ops = [profile("a"), encode(Delete("identity", "a")), profile("a"), profile("b")]
-    for line, op in enumerate(ops, 1):
-        sealed += planner.add(op, owner(line), "f", (line, 0, 0))
-    sealed += planner.flush()
-    lane = planner.lane_of("a")
-    mine = [b for b in sealed if b.lane == lane]
-    # upload a, then the delete (which had to wait for it), then the new upload of a.
-    assert [
-        (b.kind, [x for x in bodies(b) if x in ("a",) or x == {"type": "profile", "identity": "a"}])
-        for b in mine
-    ][:3] == [
-        (OpKind.UPLOAD, [{"type": "profile", "identity": "a"}]),
-        (OpKind.DELETE_IDENTITY, ["a"]),
-        (OpKind.UPLOAD, [{"type": "profile", "identity": "a"}]),
-    ]
-
-
-def test_a_delete_does_not_cut_the_upload_batch_of_other_profiles() -> None:
-    planner = Planner(lanes=1, batch_size=3)
-    sealed = planner.add(encode(Delete("identity", "z")), owner(1), "f", (1, 0, 0))
-    for line, user in enumerate("abcd", 2):
-        sealed += planner.add(profile(user), owner(line), "f", (line, 0, 0))
-    sealed += planner.flush()
-    assert [(b.kind, len(b)) for b in sealed] == [
-        (OpKind.DELETE_IDENTITY, 1),  # opened first, so sent first in its lane
-        (OpKind.UPLOAD, 3),
-        (OpKind.UPLOAD, 1),
-    ]
-
-
 def test_batches_are_cut_at_the_batch_size_and_deletes_at_100() -> None:
     planner = Planner(lanes=1, batch_size=3)
     sealed = []
@@ -225,8 +188,8 @@ def test_batches_are_cut_at_the_batch_size_and_deletes_at_100() -> None:
     assert [(b.kind.value, len(b)) for b in sealed] == [
         ("upload", 3),
         ("upload", 3),
-        ("upload", 1),  # opened before the deletions: the lane sends it first
-        ("guid", 100),
+        ("guid", 100),  # deletions fill their own batches, outside the lanes
+        ("upload", 1),
         ("guid", 50),
     ]
 

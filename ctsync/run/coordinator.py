@@ -161,13 +161,28 @@ class UploadRun:
         control, dispatcher = self._control, self._dispatcher
         try:
             await self._read_all()
-            if not control.stopping:
-                # The lanes' last batches join into full requests once nothing is on the
-                # wire (see batching): a round trip or two more, far fewer requests.
-                await dispatcher.until(lambda: dispatcher.queued == 0)
-            if not control.stopping:
-                dispatcher.enqueue(self._planner.flush(join=True))
-                await dispatcher.until(lambda: dispatcher.queued == 0)
+            planner = self._planner
+            while not control.stopping:
+                # The lanes' last batches join into full requests once no upload is on
+                # the wire (see batching): a round trip or two more, far fewer requests.
+                # A deletion goes when the writes before it are answered; the operations
+                # that waited for it are planned then, and join in the next turn.
+                dispatcher.enqueue(planner.seal_deletions())
+                await dispatcher.until(dispatcher.lanes_idle)
+                if control.stopping:
+                    break
+                joined = planner.flush(join=True)
+                if joined:
+                    dispatcher.enqueue(joined)
+                    continue
+                if dispatcher.queued == 0 and not planner.open_batches():
+                    break
+                # Only deletions are left: wait for one of them to be answered.
+                if not dispatcher.start_deletions() and not dispatcher.deleting:
+                    control.fail(RuntimeError("deletion batches wait for nothing"))
+                    break
+                queued = dispatcher.queued
+                await dispatcher.until(lambda: dispatcher.queued < queued)  # noqa: B023
             if control.stopping:
                 await dispatcher.drain()
             control.check()

@@ -1,7 +1,9 @@
-"""Sending: sealed batches wait in their lanes, and each lane sends one request at a
-time, the next only after the final answer to the one before (retries included), so a
-profile's writes reach CleverTap in input order. On a stop, what is in flight may
-finish; what never got an answer fails, as sent (CleverTap may have it) or not."""
+"""Sending: sealed upload batches wait in their lanes, and each lane sends one request
+at a time, the next only after the final answer to the one before (retries included), so
+a profile's writes reach CleverTap in input order. A deletion batch goes out once no
+upload batch without its answer holds one of its profiles, and its answer lets their
+later operations be planned (see batching). On a stop, what is in flight may finish;
+what never got an answer fails, as sent (CleverTap may have it) or not."""
 
 from __future__ import annotations
 
@@ -63,12 +65,20 @@ class Dispatcher:
         self._notify = notify
         self.tasks: set[asyncio.Task[None]] = set()
         self.queued = 0  # sealed batches without their final answer
+        self.waiting: list[Batch] = []  # deletion batches waiting for upload batches
+        self.deleting: list[Batch] = []  # deletion batches on their way
         self._changed = asyncio.Event()  # a batch settled, a lane stopped, or a stop
 
     def enqueue(self, batches: list[Batch]) -> None:
-        """Sealed batches join their lanes' queues; an idle lane starts sending."""
+        """Sealed batches join their lanes' queues; an idle lane starts sending. A
+        deletion batch goes out once nothing it waits for is left."""
         lanes = self._planner.lanes
         for batch in batches:
+            if batch.lane < 0:
+                self.queued += 1
+                self.waiting.append(batch)
+                self._start_deletions(batch)
+                continue
             lane = lanes[batch.lane]
             lane.queue.append(batch)
             self.queued += 1
@@ -83,10 +93,18 @@ class Dispatcher:
         self._changed.set()
 
     async def until(self, done: Callable[[], bool]) -> None:
-        """Wait until `done()` holds, the run stops, or a lane fails."""
+        """Wait until `done()` holds, the run stops, or a lane fails. Deletion batches
+        that wait for upload batches still being filled, while nothing is on its way,
+        get them sealed as they are: the reader may be waiting for them."""
         self._notify()
         control = self._control
         while not done() and not control.stopping and control.fatal is None:
+            if self.waiting and not self.tasks:
+                self.enqueue(self._planner.unblock(self.waiting))
+                self.start_deletions()
+                if not self.tasks:  # a bug: never a silent hang
+                    control.fail(RuntimeError("deletion batches wait for nothing"))
+                continue
             self._changed.clear()
             await self._changed.wait()
         control.check()
@@ -94,7 +112,55 @@ class Dispatcher:
     def live(self) -> list[Batch]:
         """Every batch holding operations without a final verdict."""
         lanes = self._planner.lanes
-        return [b for lane in lanes for b in lane.queue] + self._planner.open_batches()
+        queued = [b for lane in lanes for b in lane.queue]
+        return queued + self.waiting + self.deleting + self._planner.open_batches()
+
+    def lanes_idle(self) -> bool:
+        """No upload batch waits in a lane or is on its way."""
+        return self.queued == len(self.waiting) + len(self.deleting)
+
+    def start_deletions(self) -> bool:
+        """Send every waiting deletion batch nothing holds back; whether one went."""
+        before = len(self.deleting)
+        self._start_deletions(None)
+        return len(self.deleting) > before
+
+    def _start_deletions(self, answered: Batch | None) -> None:
+        """Send the waiting deletion batches nothing holds back any more: those that
+        share a profile with `answered` (None: all of them)."""
+        if not self.waiting or self._control.stopping or self._control.fatal is not None:
+            return
+        planner = self._planner
+        for deletion in list(self.waiting):
+            if answered is not None and deletion.keyset.isdisjoint(answered.keyset):
+                continue  # what was answered held none of its profiles: nothing changed
+            if planner.blocked(deletion):
+                continue
+            self.waiting.remove(deletion)
+            self.deleting.append(deletion)
+            task = asyncio.create_task(self._drive_deletion(deletion))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _drive_deletion(self, batch: Batch) -> None:
+        control = self._control
+        if control.stopping or control.fatal is not None:
+            return  # unsent: `give_up` settles it
+        try:
+            verdicts = await self._send(batch)
+            self.deleting.remove(batch)
+            self.queued -= 1
+            self._accounts.answer(batch, verdicts)
+            self.enqueue(self._planner.release(batch))
+            self._changed.set()
+            self._checkpoint()
+            self._notify()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            control.fail(exc)
+        finally:
+            self._changed.set()
 
     async def _drive(self, lane: Lane) -> None:
         """Send a lane's batches one at a time, in order: the next only after the final
@@ -107,6 +173,8 @@ class Dispatcher:
                 lane.queue.popleft()
                 self.queued -= 1
                 self._accounts.answer(batch, verdicts)
+                batch.answered = True
+                self._start_deletions(batch)
                 self._changed.set()
                 self._checkpoint()
                 self._notify()
@@ -172,9 +240,9 @@ class Dispatcher:
         control.frozen = True
         unsent = self._unsent()
         live = sorted(self.live(), key=lambda b: b.seq)
-        for lane in self._planner.lanes:
-            lane.queue.clear()
-            lane.open.clear()
+        self._planner.clear()
+        self.waiting.clear()
+        self.deleting.clear()
         settle = self._accounts.ledger.settle
         for batch in live:
             self.queued -= batch.sealed
