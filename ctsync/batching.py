@@ -26,15 +26,13 @@ A lane fills one upload batch at a time: it is sealed when it holds `batch_size`
 records, or 100 device tokens, and the next is opened behind it.
 
 Full requests at the end: lanes by profile split a stream N ways, so the last batch of
-every lane is partly full (2,500 profiles would go in 15 requests of about 170). Once
-every sealed batch has its final answer, `flush(join=True)` packs the lanes' open
-batches into full batches of their kind (the first open batch of every lane, then the
-second, ...: each lane's order holds), cut at the limits:
-2,500 profiles go in 1,000 + 1,000 + 500, 126 deletions in 100 + 26. Nothing is on the
-wire any more, so their order against earlier requests holds; a joined batch that shares
-a profile with an earlier joined one goes to the same lane, behind it. Waiting for the
-answers first (a round trip or two at the end of a run) keeps the plan a function of the
-input alone: a dry run shows the requests a real run sends.
+every lane is partly full (2,500 profiles would go in 15 requests of about 170). Once no
+upload batch is on its way, `flush(join=True)` packs the lanes' open batches into full
+batches (2,500 profiles in 1,000 + 1,000 + 500) and seals the open deletions (126 in
+100 + 26). A joined batch takes whole profiles, the first that fit, so joined batches
+share no profile and go side by side; only a profile with more operations than a
+request holds is cut, and its batches go one behind the other in one lane. The run
+joins again for the operations that waited for the last deletions.
 
 Each batch also keeps the *runs* of input positions it holds (per source: first and
 last position of operations that came to it one after another), which is what the

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ctsync import batching
 from ctsync.batching import Batch, Planner
 from ctsync.errors import AuthError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
@@ -321,3 +322,24 @@ def test_every_profile_meets_its_operations_in_input_order(
     for line, (_, key) in enumerate(script, 1):
         expected.setdefault(key, []).append(line)
     assert applied == expected
+
+
+def test_past_the_bound_of_waiting_operations_the_deletions_go_as_they_are(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Memory stays bounded: once more operations wait for deletions than
+    `DEFER_AT_MOST`, the open deletion batch is sealed, and so is the upload batch it
+    waits for (both part full), so the deletion can go and what waits be planned."""
+    monkeypatch.setattr(batching, "DEFER_AT_MOST", 3)
+    planner = Planner(lanes=2)
+    other = next(f"v{n}" for n in range(50) if planner.lane_of(f"v{n}") != planner.lane_of("u1"))
+    add(planner, "u1", 1)
+    add(planner, other, 2)
+    delete(planner, "u1", 3)
+    assert [add(planner, "u1", line) for line in (4, 5, 6)] == [[], [], []]
+    sealed = add(planner, "u1", 7)  # the fourth waiting: one past the bound
+    assert sorted((b.kind.value, lines_of(b)) for b in sealed) == [
+        ("identity", [3]),
+        ("upload", [1]),  # the batch holding u1's write before its deletion
+    ]
+    assert [lines_of(b) for lane in planner.lanes for b in lane.open] == [[2]]  # the other stays

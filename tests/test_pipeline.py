@@ -112,6 +112,39 @@ def test_other_identities_do_not_wait_for_a_delete() -> None:
     assert len(early) > len(users) // 2  # the lanes without "a" went on at once
 
 
+@pytest.mark.parametrize("window", [1, 2])
+def test_deletions_waiting_for_open_uploads_never_stall_the_reader(window: int) -> None:
+    """200 identifies fill no request (1,000 each), then their 200 deletions fill two
+    deletion requests, which must wait for the writes before them. With a backpressure
+    window of one or two sealed requests, the reader waits for them, and nothing is on
+    the wire: the uploads they wait for go out part full instead of the run hanging.
+    Then every profile is deleted after its write and written again after, in order."""
+    users = [f"u{i}" for i in range(200)]
+    messages = [*(identify(u) for u in users), *(delete_user(u) for u in users)]
+    messages += [identify(u, again=True) for u in users]
+    data = b"".join(orjson.dumps(m) + b"\n" for m in messages)
+    sender = Recorder(delay=0.001)
+    upload_run = UploadRun(
+        [STDIN],
+        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
+        sender=sender,  # type: ignore[arg-type]
+        ledger=Ledger(),
+        options=RunOptions(lanes=3, window=window),
+        stdin=io.BytesIO(data),
+    )
+    summary = asyncio.run(asyncio.wait_for(upload_run.run(), timeout=60))
+    assert_accounted(summary)
+    assert summary.accepted == len(messages)
+    for user in users:
+        write = sender.first("end", "upload", user)
+        assert write < sender.first("start", "delete", user)
+        assert sender.first("end", "delete", user) < max(
+            n for n, (e, k, ids) in enumerate(sender.log) if e == "start" and user in ids
+        )
+    deletions = [ids for e, k, ids in sender.log if (e, k) == ("start", "delete")]
+    assert sorted(len(ids) for ids in deletions) == [100, 100]
+
+
 class ModelCleverTap(FakeSender):
     """Applies each request when it arrives, after a random delay answers it; records,
     per identity, whether a profile exists and the value of its last write."""
