@@ -185,8 +185,8 @@ def test_the_last_batches_join_full_side_by_side_and_in_order(
             assert len(batch) >= min(limit, limit - biggest + 1)
     seen: dict[object, list[int]] = {}
     for batch in sorted(sealed + joined, key=lambda b: b.seq):
-        for key, (_, position) in zip(batch.keys, batch.positions, strict=True):
-            seen.setdefault(key, []).append(position[0])
+        for profile, (_, position) in zip(batch.keys, batch.positions, strict=True):
+            seen.setdefault(profile, []).append(position[0])
     assert all(positions == sorted(positions) for positions in seen.values())
     owner_of = {position[0]: b.seq for b in sealed + joined for _, position in b.positions}
     for batch in sealed + joined:

@@ -127,7 +127,7 @@ def test_deletions_waiting_for_open_uploads_never_stall_the_reader(window: int) 
     upload_run = UploadRun(
         [STDIN],
         mapper=build_preset(Preset.ACTIONS, MappingOptions()),
-        sender=sender,  # type: ignore[arg-type]
+        sender=sender,
         ledger=Ledger(),
         options=RunOptions(lanes=3, window=window),
         stdin=io.BytesIO(data),
