@@ -433,6 +433,7 @@ class Planner:
             others = [op for op in waiting.deferred if op[1] != key]
             shared.later = self._holding(others)
             alone.later = self._holding(mine)
+        self._last = None  # the next operation read continues no run of these
         return alone
 
     def _holding(self, ops: list[Deferred]) -> Batch | None:
@@ -507,6 +508,9 @@ class Planner:
             sealed += self.add_encoded(
                 kind, key, body, safe, token, owner, source, position, True, hashed
             )
+        # The next operation read is no continuation of these (earlier) positions: a run
+        # from one of them to it would span the positions between, in other batches.
+        self._last = None
         return sealed
 
     def clear(self) -> None:
@@ -571,14 +575,22 @@ class Planner:
 
 
 def _runs_of(tail: Batch) -> list[int]:
-    """The run (its index in the tail's runs of its source) of each of its operations."""
-    at = dict.fromkeys(tail.runs, 0)
+    """The run (its index in the tail's runs of its source) of each of its operations.
+    Runs hold operations one after another in the batch, their positions rising; a
+    batch's positions need not rise (the writes that waited for a deletion come after
+    later ones), so an operation continues the run before it only if its position lies
+    in that run and after the one before; otherwise it starts the next run."""
+    at: dict[str, int] = {}
+    before: dict[str, Position] = {}
     found = []
     for source, position in tail.positions:
         runs = tail.runs[source]
-        while runs[at[source]][1] < position:
-            at[source] += 1
-        found.append(at[source])
+        k = at.get(source, -1)
+        if k < 0 or not (runs[k][0] <= position <= runs[k][1] and position > before[source]):
+            k += 1
+        at[source] = k
+        before[source] = position
+        found.append(k)
     return found
 
 

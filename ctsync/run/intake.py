@@ -122,17 +122,19 @@ class Intake:
                 self.taken += b - 1  # and one below
             elif settled or lookups or b is not None:
                 take(source, result, progress)
-            elif key is not None and ids is not None and ids.seen(key[0]):
-                summary.read += 1
-                skipped[DUPLICATE_MESSAGE_ID] += 1
-                self._gap = True  # no pending span may cover a copy: a resumed run would send it
-                if progress is not None:
-                    progress.position = (line, part)
             elif code == READY:
                 summary.read += 1
                 if progress is not None:
                     progress.position = (line, part)
-                plan(source, line, part, raw, NO_MESSAGE, a, key, group)
+                if key is None or ids is None:
+                    plan(source, line, part, raw, NO_MESSAGE, a, key, group)
+                elif ids.claim(key[0], key[1], group):  # a copy of a message sent
+                    skipped[DUPLICATE_MESSAGE_ID] += 1
+                    self._gap = (
+                        True  # no pending span may cover a copy: a resumed run would send it
+                    )
+                else:
+                    plan(source, line, part, raw, NO_MESSAGE, a, key, group, True)
             elif code == SKIPPED:
                 summary.read += 1
                 skipped[a] += 1
@@ -254,11 +256,16 @@ class Intake:
         ops: list[WireOp],
         key: Key | None,
         group: Group,
+        claimed: bool = False,
     ) -> None:
         """A record none of whose operations an earlier run settled: every one goes to
-        its batch. `message` may be just what the report reads of it when `raw` is given."""
+        its batch. `message` may be just what the report reads of it when `raw` is given.
+        `claimed`: its messageId is remembered already (`MessageIds.claim`)."""
         tracked = Tracked(Origin(source, line, part), raw, message, len(ops))
-        if key is not None:
+        if claimed:
+            assert key is not None
+            tracked.dedupe = (key[0], group)
+        elif key is not None:
             self._accounts.remember(key, tracked, group)
         add = self._planner.add_encoded
         enqueue = self._dispatcher.enqueue
