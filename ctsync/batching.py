@@ -212,24 +212,7 @@ class Planner:
             self._seq += 1
             batch = Batch(kind, number, self._seq)
             opened.append(batch)
-        batch.bodies.append(body)
-        batch.owners.append(owner)
-        batch.positions.append((source, position))
-        batch.keys.append(key)
-        batch.safe.append(safe)
-        batch.token_flags.append(token)
-        if key is not None:
-            batch.keyset.add(key)
-        if token:
-            batch.tokens += 1
-        runs = batch.runs.get(source)
-        if runs is None:
-            batch.runs[source] = [[position, position]]
-        elif self._last is batch and not gap:
-            runs[-1][1] = position
-        else:
-            runs.append([position, position])
-        self._last = batch
+        self._put(batch, body, owner, source, position, key, safe, token, gap)
         if len(batch.bodies) >= self._limits[kind]:
             sealed += self._seal_through(lane, batch)
         return sealed
@@ -542,7 +525,8 @@ class Planner:
         token: bool,
         gap: bool,
     ) -> None:
-        """One operation into `batch` (the rare paths: `add_encoded` inlines this)."""
+        """One operation into `batch`, continuing the run of positions of the operation
+        before if it went to the same batch and nothing was passed over (`gap`)."""
         batch.bodies.append(body)
         batch.owners.append(owner)
         batch.positions.append((source, position))
