@@ -462,15 +462,17 @@ class Planner:
     def unblock(self, deletions: list[Batch]) -> list[Batch]:
         """Seal `deletions` and the open upload batches they wait for, as they are: when
         nothing else would move (see `Dispatcher.until`), or too much waits."""
-        sealed = self.seal_deletions() if any(not d.sealed for d in deletions) else []
         keys: set[ProfileKey] = set()
         for deletion in deletions:
             keys |= deletion.keyset
+        sealed: list[Batch] = []
         for lane in self.lanes:
             holding = [b for b in lane.open if not keys.isdisjoint(b.keyset)]
             if holding:
                 sealed += self._seal_through(lane, holding[-1])
-        return sealed
+        if any(not d.sealed for d in deletions):
+            sealed += self.seal_deletions()
+        return sealed  # the upload batches first, then the deletions that wait for them
 
     def release(self, deletion: Batch) -> list[Batch]:
         """A deletion batch has its final answer: its profiles' later operations are

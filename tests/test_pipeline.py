@@ -11,11 +11,12 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
+from ctsync import batching
 from ctsync.batching import Planner
 from ctsync.errors import AuthError, OutputError
 from ctsync.ledger import ACCEPTED, Ledger, Summary, Verdict
 from ctsync.model import OnWire
-from ctsync.prepare import Op, encode
+from ctsync.prepare import Op, encode, profile_hash
 from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
 from ctsync.records import Delete, Outcome, Upload
@@ -143,6 +144,53 @@ def test_deletions_waiting_for_open_uploads_never_stall_the_reader(window: int) 
         )
     deletions = [ids for e, k, ids in sender.log if (e, k) == ("start", "delete")]
     assert sorted(len(ids) for ids in deletions) == [100, 100]
+
+
+def test_a_deletion_forced_out_waits_for_the_write_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the bound of operations waiting for deletions, the deletion and the upload
+    batch it waits for are sealed together: the upload must still go (and be answered)
+    first, or CleverTap applies the older write after the deletion. (Found by an
+    adversarial tester: the deletion was handed over first and found its upload batch
+    neither open nor queued.)"""
+    monkeypatch.setattr(batching, "DEFER_AT_MOST", 5)
+    messages = [identify("a", email="old@example.com"), delete_user("a")]
+    messages += [identify("a", n=n) for n in range(6)]  # one past the bound
+    sender = Recorder(delay=0.01)
+    summary = run(messages, sender, lanes=1)
+    assert summary.accepted == len(messages)
+    assert sender.first("end", "upload", "a") < sender.first("start", "delete", "a")
+
+
+def test_a_window_full_of_deletions_waiting_for_uploads_does_not_hang() -> None:
+    """CleverTap's limits (a window of 32 sealed requests, 1,000 records, 100 ids), 10
+    lanes: 31 full deletion batches wait for upload batches still filling; one lane's
+    batch fills and goes, which fills the window; right after its answer, the next
+    record seals a 32nd waiting deletion batch. The lane's task had just ended but was
+    still counted as running, so the stall breaker did not fire and nothing woke the
+    reader again (found by an adversarial tester; also from the command line)."""
+    lanes = 10
+    users = [f"w{i}" for i in range(3200)]
+    lane_z = profile_hash("z") % lanes
+    in_lane_z = sum(1 for u in users if profile_hash(u) % lanes == lane_z)
+    messages = [identify(u) for u in users]
+    messages += [delete_user(u) for u in users[:3199]]  # 31 full batches and 99
+    messages += [identify("z", n=n) for n in range(1000 - in_lane_z)]  # fills z's lane
+    messages += [delete_user(users[3199])]  # the 32nd waiting deletion batch
+    data = b"".join(orjson.dumps(m) + b"\n" for m in messages)
+    sender = Recorder(delay=0.02)
+    upload_run = UploadRun(
+        [STDIN],
+        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
+        sender=sender,
+        ledger=Ledger(),
+        options=RunOptions(lanes=lanes),
+        stdin=io.BytesIO(data),
+    )
+    summary = asyncio.run(asyncio.wait_for(upload_run.run(), timeout=60))
+    assert_accounted(summary)
+    assert summary.accepted == len(messages)
 
 
 class ModelCleverTap(FakeSender):

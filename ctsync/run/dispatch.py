@@ -73,11 +73,11 @@ class Dispatcher:
         """Sealed batches join their lanes' queues; an idle lane starts sending. A
         deletion batch goes out once nothing it waits for is left."""
         lanes = self._planner.lanes
+        # Upload batches first: a deletion sealed with the upload batch it waits for
+        # (`Planner.unblock`) must find that batch in its lane, or it would go first.
+        deletions = [batch for batch in batches if batch.lane < 0]
         for batch in batches:
             if batch.lane < 0:
-                self.queued += 1
-                self.waiting.append(batch)
-                self._start_deletions(batch)
                 continue
             lane = lanes[batch.lane]
             lane.queue.append(batch)
@@ -87,6 +87,10 @@ class Dispatcher:
                 task = asyncio.create_task(self._drive(lane))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+        for batch in deletions:
+            self.queued += 1
+            self.waiting.append(batch)
+            self._start_deletions(batch)
 
     def wake(self) -> None:
         """Something changed that `until` waits for (a stop)."""
@@ -99,10 +103,12 @@ class Dispatcher:
         self._notify()
         control = self._control
         while not done() and not control.stopping and control.fatal is None:
-            if self.waiting and not self.tasks:
+            # A task that just ended may still be in `tasks` (its done callback runs
+            # later): only a task not done yet will wake this loop again.
+            if self.waiting and all(task.done() for task in self.tasks):
                 self.enqueue(self._planner.unblock(self.waiting))
                 self.start_deletions()
-                if not self.tasks:  # a bug: never a silent hang
+                if all(task.done() for task in self.tasks):  # a bug: never a silent hang
                     control.fail(RuntimeError("deletion batches wait for nothing"))
                 continue
             self._changed.clear()
