@@ -117,12 +117,12 @@ class Batch:
 
 
 class Lane:
-    """Open batches (in the order they were opened) and sealed batches waiting to go."""
+    """The upload batch being filled, and the sealed batches waiting to go."""
 
     __slots__ = ("busy", "open", "queue")
 
     def __init__(self) -> None:
-        self.open: list[Batch] = []
+        self.open: Batch | None = None
         self.queue: deque[Batch] = deque()
         self.busy = False
 
@@ -202,19 +202,17 @@ class Planner:
             return self._add_deletion(kind, key, body, safe, owner, source, position, gap)
         number = self.lane_of(key, hashed)
         lane = self.lanes[number]
-        opened = lane.open
         sealed: list[Batch] = []
-        batch = opened[0] if opened else None  # a lane fills one upload batch at a time
+        batch = lane.open  # a lane fills one upload batch at a time
         if batch is not None and token and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
-            sealed = self._seal_through(lane, batch)
+            sealed = self._seal_open(lane)
             batch = None
         if batch is None:
             self._seq += 1
-            batch = Batch(kind, number, self._seq)
-            opened.append(batch)
+            batch = lane.open = Batch(kind, number, self._seq)
         self._put(batch, body, owner, source, position, key, safe, token, gap)
         if len(batch.bodies) >= self._limits[kind]:
-            sealed += self._seal_through(lane, batch)
+            sealed += self._seal_open(lane)
         return sealed
 
     def flush(self, *, join: bool = False) -> list[Batch]:
@@ -224,30 +222,23 @@ class Planner:
         if not join:
             sealed: list[Batch] = []
             for lane in self.lanes:
-                if lane.open:
-                    sealed += self._seal_through(lane, lane.open[-1])
+                sealed += self._seal_open(lane)
             return sealed + self.seal_deletions()
-        # A lane's n-th open batch goes out after its (n-1)-th: join them in that order,
-        # each step by kind (lanes hold no profile in common).
-        steps: list[dict[OpKind, list[Batch]]] = []
+        # Lanes hold no profile in common: their open batches join in any order.
+        tails: list[Batch] = []
         for lane in self.lanes:
             assert not lane.queue, "joined while a lane still had batches to send"
-            for n, batch in enumerate(lane.open):
-                if n == len(steps):
-                    steps.append({})
-                steps[n].setdefault(batch.kind, []).append(batch)
-            lane.open.clear()
+            if lane.open is not None:
+                tails.append(lane.open)
+                lane.open = None
         self._last = None
-        joined: list[Batch] = []
-        for step in steps:
-            for kind, batches in step.items():
-                joined += self._join(kind, batches)
+        joined = self._join(OpKind.UPLOAD, tails)
         self._place(joined)
         return joined + self.seal_deletions()
 
     def _join(self, kind: OpKind, tails: list[Batch]) -> list[Batch]:
-        """The operations of `tails` (open batches of one kind, at most one per lane) in
-        full batches. A profile's operations stay together, in order: a batch takes whole
+        """The operations of `tails` (open batches of one kind, one per lane) in full
+        batches. A profile's operations stay together, in order: a batch takes whole
         profiles, the first that fit (the others of a tail follow in the next batch), so
         joined batches share no profile and go out side by side (`_place`); only a
         profile with more operations than a request holds is cut, in order. Each
@@ -317,7 +308,7 @@ class Planner:
     def open_batches(self) -> list[Batch]:
         """Batches still being filled (read, not yet sealed), and the operations that
         wait for a deletion's answer."""
-        found = [batch for lane in self.lanes for batch in lane.open]
+        found = [lane.open for lane in self.lanes if lane.open is not None]
         found += self._open_deletes.values()
         found += [d.later for d in self._deletes if d.later is not None]
         return found
@@ -433,10 +424,7 @@ class Planner:
         """Seal a deletion batch of one profile, and the upload batch holding that
         profile's writes before it (part full), so that the chain moves on."""
         self._seal(deletion)
-        lane = self.lanes[self.lane_of(key)]
-        holding = [b for b in lane.open if key in b.keyset]
-        sealed = self._seal_through(lane, holding[-1]) if holding else []
-        return [*sealed, deletion]
+        return [*self._seal_holding(self.lanes[self.lane_of(key)], {key}), deletion]
 
     def blocked(self, deletion: Batch) -> bool:
         """Whether an upload batch without its final answer holds one of the deletion's
@@ -446,9 +434,8 @@ class Planner:
             for batch in lane.queue:
                 if not keys.isdisjoint(batch.keyset):
                     return True
-            for batch in lane.open:
-                if not keys.isdisjoint(batch.keyset):
-                    return True
+            if lane.open is not None and not keys.isdisjoint(lane.open.keyset):
+                return True
         return False
 
     def seal_deletions(self) -> list[Batch]:
@@ -467,9 +454,7 @@ class Planner:
             keys |= deletion.keyset
         sealed: list[Batch] = []
         for lane in self.lanes:
-            holding = [b for b in lane.open if not keys.isdisjoint(b.keyset)]
-            if holding:
-                sealed += self._seal_through(lane, holding[-1])
+            sealed += self._seal_holding(lane, keys)
         if any(not d.sealed for d in deletions):
             sealed += self.seal_deletions()
         return sealed  # the upload batches first, then the deletions that wait for them
@@ -502,7 +487,7 @@ class Planner:
         """Forget everything not sent (a stop: the dispatcher settles it)."""
         for lane in self.lanes:
             lane.queue.clear()
-            lane.open.clear()
+            lane.open = None
         self._open_deletes.clear()
         self._deletes.clear()
         self._deferred.clear()
@@ -548,16 +533,20 @@ class Planner:
             runs.append([position, position])
         self._last = batch
 
-    def _seal_through(self, lane: Lane, batch: Batch) -> list[Batch]:
-        """Seal `batch` and every batch the lane opened before it, in that order."""
-        at = lane.open.index(batch)
-        sealed = lane.open[: at + 1]
-        del lane.open[: at + 1]
-        for done in sealed:
-            done.sealed = True
-        if self._last is not None and self._last.sealed:
-            self._last = None
-        return sealed
+    def _seal_open(self, lane: Lane) -> list[Batch]:
+        """Seal the lane's open upload batch, if it has one: it goes next in the lane."""
+        batch, lane.open = lane.open, None
+        if batch is None:
+            return []
+        self._seal(batch)
+        return [batch]
+
+    def _seal_holding(self, lane: Lane, keys: set[ProfileKey]) -> list[Batch]:
+        """Seal the lane's open upload batch if it holds one of `keys` (their writes
+        before a deletion that must go)."""
+        if lane.open is None or keys.isdisjoint(lane.open.keyset):
+            return []
+        return self._seal_open(lane)
 
 
 def _runs_of(tail: Batch) -> list[int]:

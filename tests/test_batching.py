@@ -62,6 +62,11 @@ def delete(planner: Planner, key: str, line: int) -> list[Batch]:
     )
 
 
+def open_uploads(planner: Planner) -> list[Batch]:
+    """The upload batches the lanes are filling."""
+    return [lane.open for lane in planner.lanes if lane.open is not None]
+
+
 def lines_of(batch: Batch) -> list[int]:
     return [position[0] for _, position in batch.positions]
 
@@ -95,7 +100,7 @@ def test_a_deleted_profiles_later_operations_wait_for_the_deletions_answer() -> 
     assert held == {1, 2, 3, 4}  # all pending for the state file, none lost
     (first,) = [b for b in planner.open_batches() if b.kind is OpKind.DELETE_IDENTITY]
     assert lines_of(first) == [2] and planner.blocked(first)  # line 1 has no answer
-    in_lanes = sorted(line for lane in planner.lanes for b in lane.open for line in lines_of(b))
+    in_lanes = sorted(line for b in open_uploads(planner) for line in lines_of(b))
     assert in_lanes == [1, 4]  # 3 waits for the deletion of line 2
     sealed = delete(planner, "u1", 5)  # deleted again: the chain must move
     assert [(b.kind.value, lines_of(b)) for b in sealed] == [("upload", [1]), ("identity", [2])]
@@ -105,7 +110,7 @@ def test_a_deleted_profiles_later_operations_wait_for_the_deletions_answer() -> 
     assert [(b.kind.value, lines_of(b)) for b in sealed] == [("upload", [3]), ("identity", [5])]
     assert sorted(lines_of(b) for b in planner.open_batches()) == [[4], [6]]
     assert planner.release(sealed[1]) == []
-    in_lanes = sorted(line for lane in planner.lanes for b in lane.open for line in lines_of(b))
+    in_lanes = sorted(line for b in open_uploads(planner) for line in lines_of(b))
     assert in_lanes == [4, 6]
 
 
@@ -359,4 +364,4 @@ def test_past_the_bound_of_waiting_operations_the_deletions_go_as_they_are(
         ("identity", [3]),
         ("upload", [1]),  # the batch holding u1's write before its deletion
     ]
-    assert [lines_of(b) for lane in planner.lanes for b in lane.open] == [[2]]  # the other stays
+    assert [lines_of(b) for b in open_uploads(planner)] == [[2]]  # the other stays
