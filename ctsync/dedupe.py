@@ -206,13 +206,8 @@ class MessageIds:
     def claim(self, key: int, ms: int | None, group: Group) -> bool:
         """`seen`, and if not, `remember`: one call for a message about to be planned
         (the intake's fast path, in the run's process for every message sent)."""
-        mask = self._mask
-        bits = self._bits
-        low = key & mask
-        if bits[low >> 3] >> (low & 7) & 1:
-            high = key >> 32 & mask
-            if bits[high >> 3] >> (high & 7) & 1 and self._held(key):
-                return True
+        if self.seen(key):
+            return True
         self.remember(key, ms, group)
         return False
 

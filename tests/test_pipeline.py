@@ -76,19 +76,23 @@ def run(
     *,
     batch_size: int = 1000,
     lanes: int = 10,
+    window: int = RunOptions().window,
     report: io.BytesIO | None = None,
     failed: io.BytesIO | None = None,
+    timeout: float | None = None,
 ) -> Summary:
+    """An upload of `messages` with the actions preset; `timeout` (seconds): a run that
+    has not ended by then fails the test instead of hanging it."""
     data = b"".join(orjson.dumps(m) + b"\n" for m in messages)
     upload_run = UploadRun(
         [STDIN],
         mapper=build_preset(Preset.ACTIONS, MappingOptions()),
         sender=sender,  # type: ignore[arg-type]
         ledger=Ledger(report=report, dead_letters=failed),
-        options=RunOptions(batch_size=batch_size, lanes=lanes),
+        options=RunOptions(batch_size=batch_size, lanes=lanes, window=window),
         stdin=io.BytesIO(data),
     )
-    return asyncio.run(upload_run.run())
+    return asyncio.run(asyncio.wait_for(upload_run.run(), timeout))
 
 
 def test_a_delete_after_an_identify_waits_for_the_upload_acknowledgement() -> None:
@@ -123,17 +127,8 @@ def test_deletions_waiting_for_open_uploads_never_stall_the_reader(window: int) 
     users = [f"u{i}" for i in range(200)]
     messages = [*(identify(u) for u in users), *(delete_user(u) for u in users)]
     messages += [identify(u, again=True) for u in users]
-    data = b"".join(orjson.dumps(m) + b"\n" for m in messages)
     sender = Recorder(delay=0.001)
-    upload_run = UploadRun(
-        [STDIN],
-        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
-        sender=sender,
-        ledger=Ledger(),
-        options=RunOptions(lanes=3, window=window),
-        stdin=io.BytesIO(data),
-    )
-    summary = asyncio.run(asyncio.wait_for(upload_run.run(), timeout=60))
+    summary = run(messages, sender, lanes=3, window=window, timeout=60)
     assert_accounted(summary)
     assert summary.accepted == len(messages)
     for user in users:
@@ -178,17 +173,8 @@ def test_a_window_full_of_deletions_waiting_for_uploads_does_not_hang() -> None:
     messages += [delete_user(u) for u in users[:3199]]  # 31 full batches and 99
     messages += [identify("z", n=n) for n in range(1000 - in_lane_z)]  # fills z's lane
     messages += [delete_user(users[3199])]  # the 32nd waiting deletion batch
-    data = b"".join(orjson.dumps(m) + b"\n" for m in messages)
     sender = Recorder(delay=0.02)
-    upload_run = UploadRun(
-        [STDIN],
-        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
-        sender=sender,
-        ledger=Ledger(),
-        options=RunOptions(lanes=lanes),
-        stdin=io.BytesIO(data),
-    )
-    summary = asyncio.run(asyncio.wait_for(upload_run.run(), timeout=60))
+    summary = run(messages, sender, lanes=lanes, timeout=60)
     assert_accounted(summary)
     assert summary.accepted == len(messages)
 

@@ -47,12 +47,14 @@ class Accounts:
         if tracked.dedupe is not None and tracked.verdict is not ACCEPTED:
             self._forget(tracked)
 
-    def remember(self, key: Key, tracked: Tracked, group: Group) -> None:
+    def remember(self, key: Key, tracked: Tracked, group: Group, *, claimed: bool = False) -> None:
         """A record with a messageId is planned: its copies are duplicates from now on.
-        With --state its id is written with its input's progress (`group`)."""
+        With --state its id is written with its input's progress (`group`). `claimed`:
+        the id is remembered already (`MessageIds.claim`); only the record learns it."""
         if self.ids is None:  # a stage that dedupes, in a run that does not
             return
-        self.ids.remember(key[0], key[1], group)
+        if not claimed:
+            self.ids.remember(key[0], key[1], group)
         tracked.dedupe = (key[0], group)
 
     def _forget(self, tracked: Tracked) -> None:

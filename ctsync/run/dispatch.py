@@ -158,7 +158,6 @@ class Dispatcher:
             self.queued -= 1
             self._accounts.answer(batch, verdicts)
             self.enqueue(self._planner.release(batch))
-            self._changed.set()
             self._checkpoint()
             self._notify()
         except asyncio.CancelledError:
@@ -166,7 +165,7 @@ class Dispatcher:
         except BaseException as exc:
             control.fail(exc)
         finally:
-            self._changed.set()
+            self._changed.set()  # answered, or failed: `until` looks again
 
     async def _drive(self, lane: Lane) -> None:
         """Send a lane's batches one at a time, in order: the next only after the final

@@ -130,9 +130,8 @@ class Intake:
                     plan(source, line, part, raw, NO_MESSAGE, a, key, group)
                 elif ids.claim(key[0], key[1], group):  # a copy of a message sent
                     skipped[DUPLICATE_MESSAGE_ID] += 1
-                    self._gap = (
-                        True  # no pending span may cover a copy: a resumed run would send it
-                    )
+                    # No pending span may cover a copy: a resumed run would send it.
+                    self._gap = True
                 else:
                     plan(source, line, part, raw, NO_MESSAGE, a, key, group, True)
             elif code == SKIPPED:
@@ -262,11 +261,8 @@ class Intake:
         its batch. `message` may be just what the report reads of it when `raw` is given.
         `claimed`: its messageId is remembered already (`MessageIds.claim`)."""
         tracked = Tracked(Origin(source, line, part), raw, message, len(ops))
-        if claimed:
-            assert key is not None
-            tracked.dedupe = (key[0], group)
-        elif key is not None:
-            self._accounts.remember(key, tracked, group)
+        if key is not None:
+            self._accounts.remember(key, tracked, group, claimed=claimed)
         add = self._planner.add_encoded
         enqueue = self._dispatcher.enqueue
         for kind, profile, body, safe, token, index, hashed in ops:
