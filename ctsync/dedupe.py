@@ -32,6 +32,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable
 from datetime import date
+from itertools import chain
 from typing import Any, Final, TypeAlias
 
 from xxhash import xxh3_64_intdigest
@@ -46,7 +47,8 @@ DUPLICATE_MESSAGE_ID: Final = "duplicate-message-id"
 DEFAULT_WINDOW_DAYS: Final = 30
 FUTURE_MS: Final = DAY_MS
 """How far past the clock the newest timestamp may be when judging what is old."""
-MIN_BITS: Final = 1 << 20
+MIN_BITS: Final = 1 << 23
+"""1 MiB: the filter first grows past a million ids (each growth sets every id again)."""
 MAX_BITS: Final = 1 << 27  # 16 MiB: at 10M ids, 2% of new messages need a query
 BITS_PER_ID: Final = 8
 """The filter doubles when it holds fewer bits than this per id (16 after doubling)."""
@@ -58,6 +60,9 @@ to the table: a SQLite insert costs more than the rest of the dedupe of a messag
 10M ids the process peaks 47 MB above its start with 2^20, 58 MB with 2^21, 38 MB with
 every id in the table.)"""
 _SHELVES: Final = 256  # one sorted array per top byte of the key
+_SHELF_ORDER: Final = (*range(128, _SHELVES), *range(128))  # in signed key order
+_SHELF_ENDS: Final = {i: (i + 1 - (_SHELVES if i >= 128 else 0)) << 56 for i in _SHELF_ORDER}
+"""The key just past each shelf's."""
 
 Key: TypeAlias = tuple[int, Any]
 """A message's 64-bit messageId hash and its `timestamp`: as written from `message_key`,
@@ -203,33 +208,18 @@ class MessageIds:
                 return self._held(key)
         return False  # the common case: a message never seen
 
-    def claim(self, key: int, ms: int | None, group: Group) -> bool:
-        """`seen`, and if not, `remember`: one call for a message about to be planned
-        (the intake's fast path, in the run's process for every message sent)."""
-        if self.seen(key):
+    def claim(self, key: int, ms: int | None, group: Group, *, check: bool = True) -> bool:
+        """`seen`, and if not, `remember`: one call, and one look at the filter's two
+        bits, for a message about to be planned (the intake's fast path, in the run's
+        process for every message sent: a fifth cheaper than the two calls)."""
+        bits = self._bits
+        mask = self._mask
+        low = key & mask
+        low_byte, low_bit = low >> 3, 1 << (low & 7)
+        high = key >> 32 & mask
+        high_byte, high_bit = high >> 3, 1 << (high & 7)
+        if check and bits[low_byte] & low_bit and bits[high_byte] & high_bit and self._held(key):
             return True
-        self.remember(key, ms, group)
-        return False
-
-    def _held(self, key: int) -> bool:
-        """The exact answer, for a key the filter may hold."""
-        for fresh in self._fresh.values():
-            if key in fresh:
-                return True
-        for gone in self._gone.values():
-            if key in gone:
-                return False
-        shelf = self._shelves[key >> 56 & 255]
-        at = bisect_left(shelf, key)
-        if at < len(shelf) and shelf[at] == key:
-            return True
-        if not self._in_table:
-            return False
-        row = self._db.execute("SELECT 1 FROM message_ids WHERE id = ?", (key,)).fetchone()
-        return row is not None
-
-    def remember(self, key: int, ms: int | None, group: Group) -> None:
-        """A message with this key is planned (in flight from now on)."""
         newest = self._newest
         if ms is None:
             ms = self._now if newest is None else newest
@@ -244,15 +234,31 @@ class MessageIds:
         if fresh is None:
             fresh = self._fresh[group] = {}
         fresh[key] = ms
-        bits = self._bits
-        mask = self._mask
-        low = key & mask
-        bits[low >> 3] |= 1 << (low & 7)
-        high = key >> 32 & mask
-        bits[high >> 3] |= 1 << (high & 7)
+        bits[low_byte] |= low_bit
+        bits[high_byte] |= high_bit
         self._room -= 1
         if not self._room:
             self._upkeep()
+        return False
+
+    def _held(self, key: int) -> bool:
+        """The exact answer, for a key the filter may hold."""
+        for fresh in self._fresh.values():
+            if key in fresh:
+                return True
+        for gone in self._gone.values():
+            if key in gone:
+                return False
+        if _holds(self._shelves[key >> 56 & 255], key):
+            return True
+        if not self._in_table:
+            return False
+        row = self._db.execute("SELECT 1 FROM message_ids WHERE id = ?", (key,)).fetchone()
+        return row is not None
+
+    def remember(self, key: int, ms: int | None, group: Group) -> None:
+        """A message with this key is planned (in flight from now on)."""
+        self.claim(key, ms, group, check=False)
 
     def _upkeep(self) -> None:
         """Every `_room` ids remembered (one counter on the hot path, not two tests):
@@ -301,36 +307,39 @@ class MessageIds:
     def _write_all(self) -> None:
         if self._persistent:
             return  # only with each input's progress (see `write`)
-        fresh = [key for held in self._fresh.values() for key in held]
+        fresh = sorted(key for held in self._fresh.values() for key in held)
         gone: set[int] = set().union(*self._gone.values())
+        again, self._again = self._again, set()
+        leave = gone | {key for key in again if any(key in held for held in self._fresh.values())}
         self._fresh.clear()
         self._gone.clear()
-        again, self._again = self._again, set()
-        leave = gone | (again & set(fresh))
         if leave and self._in_table:
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM message_ids WHERE id = ?", ((k,) for k in leave))
             self._db.execute("COMMIT")
-        # Each shelf that gains or loses an id is sorted again: a few thousand ids each.
-        touched: dict[int, list[int]] = {}
-        for key in fresh:
-            touched.setdefault(key >> 56 & 255, []).append(key)
-        for key in gone:
-            touched.setdefault(key >> 56 & 255, [])
+        # Each shelf that gains ids merges its share of `fresh` in (both sorted: timsort
+        # merges the two runs in one pass), each that loses one is filtered; no shelf
+        # holds an id twice.
+        losing = {key >> 56 & 255 for key in gone}
         shelves = self._shelves
-        for index, keys in touched.items():
-            kept = set(shelves[index])
-            kept.update(keys)
-            kept -= gone
-            shelves[index] = array("q", sorted(kept))
+        end = 0
+        for index in _SHELF_ORDER:
+            start, end = end, bisect_left(fresh, _SHELF_ENDS[index], end)
+            shelf = shelves[index]
+            keys = fresh[start:end]
+            if again and shelf:  # planned again after being forgotten: maybe still here
+                keys = [key for key in keys if key not in again or not _holds(shelf, key)]
+            if keys:
+                shelves[index] = shelf = array("q", sorted(chain(shelf, keys)))
+            if index in losing:
+                shelves[index] = array("q", [key for key in shelf if key not in gone])
         self._shelved = sum(len(shelf) for shelf in shelves)
         if self._shelved > SHELVED_AT_MOST:
             self._db.execute("BEGIN")
             # In key order (signed: the top bytes 128-255 first), as `write` does.
-            order = [*range(128, _SHELVES), *range(128)]
             self._db.executemany(
                 "INSERT OR REPLACE INTO message_ids (id, ts) VALUES (?, 0)",
-                ((key,) for index in order for key in shelves[index]),
+                ((key,) for index in _SHELF_ORDER for key in shelves[index]),
             )
             self._db.execute("COMMIT")
             self._shelves = [array("q") for _ in range(_SHELVES)]
@@ -394,6 +403,11 @@ class MessageIds:
                 add(key)
             self._in_filter += len(shelf)
         self._set_room()
+
+
+def _holds(shelf: array[int], key: int) -> bool:
+    at = bisect_left(shelf, key)
+    return at < len(shelf) and shelf[at] == key
 
 
 def window_ms(days: float) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from ctsync.batching import Planner
-from ctsync.dedupe import DUPLICATE_MESSAGE_ID, Group, Key, MessageIds
+from ctsync.dedupe import DUPLICATE_MESSAGE_ID, Group, MessageIds
 from ctsync.ledger import Tracked
 from ctsync.model import UNKNOWN, Position, Verdict
 from ctsync.prepare import Op, ValidateMode
@@ -113,7 +113,7 @@ class Intake:
         ids = self._ids
         group = progress.key if progress is not None else None
         for result in results:
-            line, part, code, raw, a, b, lookups, key = result
+            line, part, code, raw, a, b, lookups, key, day = result
             if code == SKIPPED_RUN:
                 summary.read += b
                 skipped.update(a)
@@ -127,13 +127,13 @@ class Intake:
                 if progress is not None:
                     progress.position = (line, part)
                 if key is None or ids is None:
-                    plan(source, line, part, raw, NO_MESSAGE, a, key, group)
-                elif ids.claim(key[0], key[1], group):  # a copy of a message sent
+                    plan(source, line, part, raw, NO_MESSAGE, a, key, day, group)
+                elif ids.claim(key, day, group):  # a copy of a message sent
                     skipped[DUPLICATE_MESSAGE_ID] += 1
                     # No pending span may cover a copy: a resumed run would send it.
                     self._gap = True
                 else:
-                    plan(source, line, part, raw, NO_MESSAGE, a, key, group, True)
+                    plan(source, line, part, raw, NO_MESSAGE, a, key, day, group, True)
             elif code == SKIPPED:
                 summary.read += 1
                 skipped[a] += 1
@@ -152,7 +152,7 @@ class Intake:
                 return
 
     def _take_result(self, source: str, result: Result, progress: Progress | None) -> None:
-        line, part, code, raw, a, b, lookups, key = result
+        line, part, code, raw, a, b, lookups, key, day = result
         resume = None
         if progress is not None:
             if code == BROKEN and b and a.code == "malformed-json" and self._feed.may_grow(source):
@@ -162,7 +162,7 @@ class Intake:
             if done:
                 return
         ledger = self._ledger
-        if key is not None and resume is None and self._ids is not None and self._ids.seen(key[0]):
+        if key is not None and resume is None and self._ids is not None and self._ids.seen(key):
             ledger.read()
             ledger.skip(DUPLICATE_MESSAGE_ID)
             self._gap = True  # no pending span may cover a copy: a resumed run would send it
@@ -192,13 +192,13 @@ class Intake:
             group = progress.key if progress is not None else None
             origin = Origin(source, line, part)
             if resume is not None:  # the earlier run that read it counted and reported these
-                self._plan_resumed(origin, raw, stub, ops_of(a), resume, key, group)
+                self._plan_resumed(origin, raw, stub, ops_of(a), resume, key, day, group)
                 return
             for warning in warnings:
                 ledger.summary.warnings[warning] += 1
             for fix in fixes:
                 ledger.fixed(origin, stub, fix.field, fix.code, fix.message)
-            self._plan_new(source, line, part, raw, stub, a, key, group)
+            self._plan_new(source, line, part, raw, stub, a, key, day, group)
         elif code == INVALID:
             ledger.invalid(Origin(source, line, part), raw, b, a)
         elif code == BROKEN:
@@ -253,7 +253,8 @@ class Intake:
         raw: bytes | None,
         message: Message,
         ops: list[WireOp],
-        key: Key | None,
+        key: int | None,
+        day: int | None,
         group: Group,
         claimed: bool = False,
     ) -> None:
@@ -262,7 +263,7 @@ class Intake:
         `claimed`: its messageId is remembered already (`MessageIds.claim`)."""
         tracked = Tracked(Origin(source, line, part), raw, message, len(ops))
         if key is not None:
-            self._accounts.remember(key, tracked, group, claimed=claimed)
+            self._accounts.remember(key, day, tracked, group, claimed=claimed)
         add = self._planner.add_encoded
         enqueue = self._dispatcher.enqueue
         for kind, profile, body, safe, token, index, hashed in ops:
@@ -281,7 +282,8 @@ class Intake:
         message: Message,
         ops: list[Op],
         resume: Resume,
-        dedupe_key: Key | None,
+        dedupe_key: int | None,
+        day: int | None,
         group: Group,
     ) -> None:
         """A record an earlier run left pending: only some operations are still to do."""
@@ -306,7 +308,7 @@ class Intake:
                 planned.append((op, seen is Seen.UNKNOWN))
         tracked = Tracked(origin, raw, message, len(planned) + len(known))
         if dedupe_key is not None:  # an earlier run planned it: it is no copy of itself
-            self._accounts.remember(dedupe_key, tracked, group)
+            self._accounts.remember(dedupe_key, day, tracked, group)
         for position, verdict in known:
             self._accounts.settle(tracked, source, position, verdict)
         previous = -1

@@ -138,20 +138,22 @@ class RecordStage:
                 raw = orjson.dumps(message)
         if isinstance(prepared, Skipped):
             again = raw if lookups else None  # the run may prepare it again
-            return (line, part, SKIPPED, again, prepared.reason, None, lookups, None)
+            return (line, part, SKIPPED, again, prepared.reason, None, lookups, None, None)
         # Its messageId's key only now: a skipped message needs none (half of an export),
         # and mapping reads the message without changing it.
-        key = message_key(message) if self.dedupe else None
-        if key is not None:
-            key = (key[0], day_of(key[1]))
+        key = day = None
+        if self.dedupe:
+            found = message_key(message)
+            if found is not None:
+                key, day = found[0], day_of(found[1])
         if raw is None:  # an element of a document or envelope: its JSON is its line now
             raw = orjson.dumps(message)
         if isinstance(prepared, Invalid):
-            return (line, part, INVALID, raw, prepared, stub(message), lookups, key)
+            return (line, part, INVALID, raw, prepared, stub(message), lookups, key, day)
         notes = None
         if prepared.warnings or prepared.fixes or self._stubs:
             notes = (prepared.warnings, prepared.fixes, stub(message))
-        return (line, part, READY, raw, wire_ops(prepared.ops), notes, lookups, key)
+        return (line, part, READY, raw, wire_ops(prepared.ops), notes, lookups, key, day)
 
     def counts(self) -> Counts:
         """The mapper's counters since the last call (then cleared); none when they are

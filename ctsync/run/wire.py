@@ -9,7 +9,7 @@ A result is a plain tuple, not a named tuple: it crosses a process boundary once
 record, and pickling a named tuple costs four times a tuple's (measured: 1.4 against
 0.2 microseconds a record to dump, 0.8 against 0.4 to load).
 
-    (line, part, code, raw, a, b, lookups, key)
+    (line, part, code, raw, a, b, lookups, key, day)
 
 - `line`, `part`: the record's place in its source (`Origin`).
 - `code`: what became of it, which says what `a` and `b` hold:
@@ -26,16 +26,16 @@ record, and pickling a named tuple costs four times a tuple's (measured: 1.4 aga
   and for SKIPPED unless the run may prepare it again (it has `lookups`).
 - `lookups`: the device-token lookups its mapping made, with their answers, when the
   stage keeps its own token set (see `ctsync.run.workers`); empty otherwise.
-- `key`: its messageId's dedupe key, when the run dedupes and it has one and is not
-  skipped (a message the mapping skips is counted under its reason, never as a copy:
-  nothing is sent either way).
+- `key`, `day`: its messageId's dedupe key and its timestamp's day (`ctsync.dedupe`),
+  when the run dedupes and it has one and is not skipped (a message the mapping skips
+  is counted under its reason, never as a copy: nothing is sent either way); None
+  otherwise. Two fields, not a pair: a tuple per record costs its unpickling.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final, TypeAlias
 
-from ctsync.dedupe import Key
 from ctsync.prepare import Op, OpKind, ProfileKey, profile_hash
 from ctsync.records import Invalid, Message, TokenKey
 from ctsync.rules import Fix
@@ -59,7 +59,7 @@ Notes: TypeAlias = tuple[list[str], list[Fix], Message]
 """A READY record's warnings (`--validate warn`), fixes (`--validate fix`), and the
 stub of its message the report lines read."""
 
-Result: TypeAlias = tuple[int, int, int, bytes | None, Any, Any, Lookups, Key | None]
+Result: TypeAlias = tuple[int, int, int, bytes | None, Any, Any, Lookups, int | None, int | None]
 
 Counts: TypeAlias = dict[str, dict[str, int]]
 """A mapper's counters for one block, by name (`dropped`, `dates`, `untimed`)."""
@@ -100,11 +100,11 @@ def ops_of(wire: list[WireOp]) -> list[Op]:
 
 
 def done(line: int, part: int) -> Result:
-    return (line, part, DONE, None, None, None, NO_LOOKUPS, None)
+    return (line, part, DONE, None, None, None, NO_LOOKUPS, None, None)
 
 
 def broken(line: int, part: int, raw: bytes | None, error: Invalid, partial: bool) -> Result:
-    return (line, part, BROKEN, raw, error, partial, NO_LOOKUPS, None)
+    return (line, part, BROKEN, raw, error, partial, NO_LOOKUPS, None, None)
 
 
 def skip_runs(results: list[Result]) -> list[Result]:
@@ -126,12 +126,14 @@ def skip_runs(results: list[Result]) -> list[Result]:
             continue
         if reasons is not None:
             assert last is not None
-            out.append((last[0], last[1], SKIPPED_RUN, None, reasons, count, NO_LOOKUPS, None))
+            out.append(
+                (last[0], last[1], SKIPPED_RUN, None, reasons, count, NO_LOOKUPS, None, None)
+            )
             reasons = None
         out.append(result)
     if reasons is not None:
         assert last is not None
-        out.append((last[0], last[1], SKIPPED_RUN, None, reasons, count, NO_LOOKUPS, None))
+        out.append((last[0], last[1], SKIPPED_RUN, None, reasons, count, NO_LOOKUPS, None, None))
     return out
 
 
