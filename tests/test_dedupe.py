@@ -208,6 +208,25 @@ def test_without_a_state_file_an_id_forgotten_in_the_table_and_planned_again_cou
         assert [store.seen(key) for key in keys] == [True, False, True, True, True, False]
 
 
+def test_without_a_state_file_an_id_forgotten_on_the_shelves_and_planned_again_counts_once() -> None:
+    """Refused while on the sorted arrays, then a copy sent before the next move: the
+    id is kept once, and forgotten for good when refused again."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    keys = [n << 40 | n for n in range(1, 7)]
+    with mock.patch.multiple(dedupe, WRITE_AT=2, SHELVED_AT_MOST=100):
+        store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
+        for key in keys[:2]:  # both to the arrays
+            store.remember(key, NOW_MS, None)
+        store.forget(keys[0], None)
+        store.remember(keys[0], NOW_MS, None)  # the copy, before the move takes it out
+        store.remember(keys[2], NOW_MS, None)  # the move: keys 1 and 3 to the arrays
+        assert len(store) == 3
+        assert [store.seen(key) for key in keys] == [True, True, True, False, False, False]
+        store.forget(keys[0], None)  # refused again: no copy of it is left behind
+        assert len(store) == 2
+        assert [store.seen(key) for key in keys] == [False, True, True, False, False, False]
+
+
 def test_an_id_forgotten_in_one_input_and_planned_again_from_another_stays() -> None:
     """A copy sent after its first was refused: the refusal is written with the first
     input's progress, the copy with the second's, in either order."""
