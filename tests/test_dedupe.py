@@ -208,7 +208,7 @@ def test_without_a_state_file_an_id_forgotten_in_the_table_and_planned_again_cou
         assert [store.seen(key) for key in keys] == [True, False, True, True, True, False]
 
 
-def test_without_a_state_file_an_id_forgotten_on_the_shelves_and_planned_again_counts_once() -> None:
+def test_without_a_state_file_an_id_refused_on_the_shelves_and_sent_again_counts_once() -> None:
     """Refused while on the sorted arrays, then a copy sent before the next move: the
     id is kept once, and forgotten for good when refused again."""
     db = sqlite3.connect(":memory:", isolation_level=None)
