@@ -64,11 +64,18 @@ class Tracked:
 
     __slots__ = ("_message", "dedupe", "origin", "raw", "remaining", "verdict")
 
-    def __init__(self, origin: Origin, raw: bytes | None, message: Message, operations: int):
+    def __init__(
+        self,
+        origin: Origin,
+        raw: bytes | None,
+        message: Message,
+        operations: int,
+        dedupe: tuple[int, str | None] | None = None,
+    ):
         self.origin = origin
         self.raw = raw
         # Its messageId's key and dedupe group (`ctsync.dedupe`), when the run remembers it.
-        self.dedupe: tuple[int, str | None] | None = None
+        self.dedupe = dedupe
         self._message = message if raw is None or message else None
         self.remaining = operations
         self.verdict = ACCEPTED

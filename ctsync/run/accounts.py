@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ctsync.batching import Batch
-from ctsync.dedupe import Group, MessageIds, forgotten
+from ctsync.dedupe import MessageIds, forgotten
 from ctsync.ledger import Ledger, Tracked
 from ctsync.model import ACCEPTED, Position, Verdict
 
@@ -46,18 +46,6 @@ class Accounts:
             held.pop(tracked, None)
         if tracked.dedupe is not None and tracked.verdict is not ACCEPTED:
             self._forget(tracked)
-
-    def remember(
-        self, key: int, day: int | None, tracked: Tracked, group: Group, *, claimed: bool = False
-    ) -> None:
-        """A record with a messageId is planned: its copies are duplicates from now on.
-        With --state its id is written with its input's progress (`group`). `claimed`:
-        the id is remembered already (`MessageIds.claim`); only the record learns it."""
-        if self.ids is None:  # a stage that dedupes, in a run that does not
-            return
-        if not claimed:
-            self.ids.remember(key, day, group)
-        tracked.dedupe = (key, group)
 
     def _forget(self, tracked: Tracked) -> None:
         """A record has its final verdict: refused or failed for good, its messageId is

@@ -261,9 +261,12 @@ class Intake:
         """A record none of whose operations an earlier run settled: every one goes to
         its batch. `message` may be just what the report reads of it when `raw` is given.
         `claimed`: its messageId is remembered already (`MessageIds.claim`)."""
-        tracked = Tracked(Origin(source, line, part), raw, message, len(ops))
-        if key is not None:
-            self._accounts.remember(key, day, tracked, group, claimed=claimed)
+        dedupe = None
+        if key is not None and self._ids is not None:  # its copies are duplicates from now on
+            dedupe = (key, group)
+            if not claimed:
+                self._ids.remember(key, day, group)
+        tracked = Tracked(Origin(source, line, part), raw, message, len(ops), dedupe)
         add = self._planner.add_encoded
         enqueue = self._dispatcher.enqueue
         for kind, profile, body, safe, token, index, hashed in ops:
@@ -306,9 +309,12 @@ class Intake:
                 known.append((position, UNKNOWN_EARLIER))
             else:
                 planned.append((op, seen is Seen.UNKNOWN))
-        tracked = Tracked(origin, raw, message, len(planned) + len(known))
-        if dedupe_key is not None:  # an earlier run planned it: it is no copy of itself
-            self._accounts.remember(dedupe_key, day, tracked, group)
+        dedupe = None
+        if dedupe_key is not None and self._ids is not None:
+            # An earlier run planned it: it is no copy of itself.
+            self._ids.remember(dedupe_key, day, group)
+            dedupe = (dedupe_key, group)
+        tracked = Tracked(origin, raw, message, len(planned) + len(known), dedupe)
         for position, verdict in known:
             self._accounts.settle(tracked, source, position, verdict)
         previous = -1
