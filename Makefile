@@ -69,7 +69,7 @@ soak: dev
 # Mutation testing of the core modules with mutmut (slow, so not part of `make test`): one
 # module at a time against its focused tests, printing each surviving mutant and a score.
 # `make mutate MUTATE=ledger` runs one module; scripts/mutate.sh lists them.
-MUTATE ?= timestamps ledger batching client state rules presets classic
+MUTATE ?= timestamps ledger batching client state rules presets classic dedupe run
 mutate: dev
 	$(BIN)/python -m pip install --quiet -e '.[mutate]'
 	bash scripts/mutate.sh $(MUTATE)

@@ -3,8 +3,9 @@
 # each against its own focused tests so that a run ends in bounded time (a mutant costs one
 # pytest start, a few seconds). Prints every surviving mutant and a score per module.
 # Usage: scripts/mutate.sh [MODULE...]   (default: every module below)
-# Modules: timestamps batching ledger client state rules presets classic (presets: the
-# package and the actions preset; classic: presets/classic.py)
+# Modules: timestamps batching ledger client state rules presets classic dedupe run
+# (presets: the package and the actions preset; classic: presets/classic.py; run: the
+# run's intake, dispatcher and accounts)
 # mutmut 2 mutates the file in place (and puts it back): do not edit ctsync/ while it runs,
 # and do not run `mutmut show` or `mutmut results` in this directory meanwhile (they rewrite
 # the cache under the running mutmut, which then hangs).
@@ -25,6 +26,8 @@ declare -A PATHS=(
   [rules]=ctsync/rules.py
   [presets]=ctsync/presets/__init__.py,ctsync/presets/actions.py
   [classic]=ctsync/presets/classic.py
+  [dedupe]=ctsync/dedupe.py
+  [run]=ctsync/run/intake.py,ctsync/run/dispatch.py,ctsync/run/accounts.py
 )
 declare -A TESTS=(
   [timestamps]="tests/test_timestamps.py tests/test_local_time.py tests/test_timestamp_rules.py"
@@ -35,6 +38,8 @@ declare -A TESTS=(
   [rules]="tests/test_rules.py"
   [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
   [classic]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
+  [dedupe]="tests/test_dedupe.py tests/test_state.py tests/test_intake.py"
+  [run]="tests/test_pipeline.py tests/test_intake.py tests/test_accounts.py tests/test_dedupe.py tests/test_state_resume.py tests/test_delivery_model.py"
 )
 
 # The command mutmut runs per mutant: pytest in one process (mutmut kills it on a timeout;
@@ -47,7 +52,7 @@ RUNNER+=" -x -q -p no:cacheprovider -p no:randomly"
 export HYPOTHESIS_PROFILE=thorough
 
 modules=("$@")
-[ ${#modules[@]} -eq 0 ] && modules=(timestamps batching ledger client state rules presets classic)
+[ ${#modules[@]} -eq 0 ] && modules=(timestamps batching ledger client state rules presets classic dedupe run)
 mkdir -p .mutmut
 stop=
 for module in "${modules[@]}"; do

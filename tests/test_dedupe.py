@@ -145,7 +145,16 @@ TestStoreAgainstModel = StoreAgainstModel.TestCase
 TestStoreAgainstModel.settings = settings(max_examples=examples(200), stateful_step_count=40)
 
 
-@given(steps=st.lists(st.tuples(st.booleans(), st.integers(-(2**63), 2**63 - 1)), max_size=120))
+# Keys at the edges of the sorted arrays (one per top byte, in signed order), which a
+# uniform draw almost never meets.
+SHELF_EDGES = st.builds(
+    lambda top, side: max(-(2**63), min(2**63 - 1, (top << 56) + side)),
+    st.integers(-128, 128),
+    st.sampled_from([-1, 0, 1]),
+)
+
+
+@given(steps=st.lists(st.tuples(st.booleans(), st.one_of(KEYS, SHELF_EDGES)), max_size=120))
 def test_without_a_state_file_every_id_planned_and_not_forgotten_is_seen(
     steps: list[tuple[bool, int]],
 ) -> None:
@@ -173,6 +182,24 @@ def test_without_a_state_file_every_id_planned_and_not_forgotten_is_seen(
             for known in [*ever, key]:
                 assert store.seen(known) == (known in live), known
         assert len(store) == len(live)
+
+
+def test_a_store_without_a_state_file_is_private_and_moves_its_ids_out_of_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`MessageIds.temporary` (a run without --state): no file where the run was
+    started, and ids leave the dict in memory for the arrays, then the table."""
+    monkeypatch.chdir(tmp_path)
+    keys = [n << 33 | n for n in range(1, 30)]
+    with mock.patch.multiple(dedupe, WRITE_AT=4, SHELVED_AT_MOST=10):
+        store = MessageIds.temporary(DAY_MS)
+        for key in keys:
+            store.remember(key, NOW_MS, None)
+        assert sum(len(fresh) for fresh in store._fresh.values()) < 4
+        assert store._db.execute("SELECT count(*) FROM message_ids").fetchone()[0] > 10
+        assert all(store.seen(key) for key in keys) and not store.seen(12345)
+        store.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_without_a_state_file_ids_go_to_the_table_only_past_the_shelves() -> None:
