@@ -163,6 +163,9 @@ class MessageIds:
         # Not yet in the table, and to take out of it, by the input they came from.
         self._fresh: dict[Group, dict[int, int]] = {}
         self._gone: dict[Group, set[int]] = {}
+        # Ids forgotten in an input and planned again before that input was written: the
+        # inputs whose taking-out the copy put off, should the copy be forgotten too.
+        self._put_off: dict[int, list[Group]] = {}
         # Without a state file: ids taken off the shelves (sorted arrays by top byte),
         # whether the table holds any, and the ids planned again after being forgotten
         # (the table may still hold them: they leave it when they go to the shelves).
@@ -226,10 +229,11 @@ class MessageIds:
         elif newest is None or ms > newest:
             self._newest = ms if ms < self._latest else self._latest
         if self._gone:
-            for gone in self._gone.values():
+            for earlier, gone in self._gone.items():
                 if key in gone:
                     gone.discard(key)
                     self._again.add(key)
+                    self._put_off.setdefault(key, []).append(earlier)
         fresh = self._fresh.get(group)
         if fresh is None:
             fresh = self._fresh[group] = {}
@@ -287,6 +291,10 @@ class MessageIds:
             fresh.pop(key, None)
         # It may be in the table too (an earlier run planned it, this one resent it).
         self._gone.setdefault(group, set()).add(key)
+        # A copy planned after an earlier one was forgotten, forgotten in turn: the
+        # earlier input takes it out again when it is written (it may be written first).
+        for earlier in self._put_off.pop(key, ()):
+            self._gone.setdefault(earlier, set()).add(key)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -313,6 +321,7 @@ class MessageIds:
         leave = gone | {key for key in again if any(key in held for held in self._fresh.values())}
         self._fresh.clear()
         self._gone.clear()
+        self._put_off.clear()
         if leave and self._in_table:
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM message_ids WHERE id = ?", ((k,) for k in leave))
@@ -370,6 +379,7 @@ class MessageIds:
             self._shelved = 0
         self._fresh.clear()
         self._gone.clear()
+        self._put_off.clear()
 
     # -- the filter --------------------------------------------------------------------
 
