@@ -225,6 +225,12 @@ class Ledger:
             if line is not None:
                 self._dead_letters = self._put(self._dead_letters, "dead-letter file", line + b"\n")
 
+    @property
+    def writes_lines(self) -> bool:
+        """Whether a record's line may be written (the report reads its message, the dead
+        letters are its line): without, the run keeps no line of a record in flight."""
+        return self._report is not None or self._dead_letters is not None
+
     def lengths(self) -> dict[str, int]:
         """Each output file's length in whole lines, by its absolute path (after `flush`:
         what the state commits)."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +27,14 @@ from hypothesis import strategies as st
 from ctsync.api import UploadJob, upload
 from ctsync.ledger import Ledger, Summary
 from ctsync.mapping import dates_left_as_text, dropped_values, preset_as_mapping
+from ctsync.model import ACCEPTED, OnWire, Request, Verdict
 from ctsync.prepare import ValidateMode
 from ctsync.presets import MappingOptions, Nested, Preset
 from ctsync.reader import Block, OpenSource, Source, read_blocks, read_source
-from ctsync.records import Mapper, Message
+from ctsync.records import Mapper, Message, Outcome, Stage
 from ctsync.run import DryRunSender, RunOptions, UploadRun
-from ctsync.run.stage import Recipe, lookups_hold, tokens_sent
+from ctsync.run.stage import Recipe, RecordStage, lookups_hold, tokens_sent
+from ctsync.run.wire import READY
 from ctsync.run.workers import WorkerError, WorkerPool, Workers, default_workers
 from tests.helpers import examples, mapper_that_dies_in_a_worker, no_validator
 
@@ -122,20 +126,31 @@ def run_once(
 
 
 def run_source(
-    source: Source, built: Recipe, validate: str, workers: Workers | None
+    source: Source,
+    built: Recipe,
+    validate: str,
+    workers: Workers | None,
+    outputs: tuple[bool, bool] = (True, True),
+    sender: type[DryRunSender] = DryRunSender,
 ) -> tuple[bytes, bytes, bytes, dict[str, Any], Mapper]:
+    """`outputs`: whether the run writes a report and dead letters (else b"")."""
     requests, report, failed = io.BytesIO(), io.BytesIO(), io.BytesIO()
     if workers is None:  # one process, as `ctsync upload --workers 1` runs it
         workers = Workers(count=1, recipe=built)
     tokens: set[tuple[str, str]] = set()  # the run's, shared by mapper and workers
     mapper = built.mapper(tokens)
     validator = built.validator()
-    ledger = Ledger(report=report, dead_letters=failed, dry_run=True, run="the-run")
+    ledger = Ledger(
+        report=report if outputs[0] else None,
+        dead_letters=failed if outputs[1] else None,
+        dry_run=True,
+        run="the-run",
+    )
     run = UploadRun(
         [source],
         mapper=mapper,
         tokens=tokens,
-        sender=DryRunSender(requests),
+        sender=sender(requests),
         ledger=ledger,
         options=RunOptions(validate=ValidateMode(validate), batch_size=3, lanes=2),
         validator=validator,
@@ -193,6 +208,70 @@ def test_two_workers_give_byte_for_byte_what_one_process_gives(
     assert dropped_values(two[4]) == dropped_values(one[4])
     assert dates_left_as_text(two[4]) == dates_left_as_text(one[4])
     assert one[3]["read"] == sum(one[3][k] for k in ("skipped", "invalid", "accepted", "failed"))
+
+
+class Refusing(DryRunSender):
+    """CleverTap refusing every record whose body's CRC is odd (without its `ts`, which
+    may be the time of the run): the same records in every run, whatever the requests
+    they went in."""
+
+    async def send(self, request: Request, on_wire: OnWire | None = None) -> list[Verdict]:
+        await super().send(request, on_wire)
+        refused = Verdict(Outcome.REJECTED, "refused-here", "refused by the test", Stage.API)
+        return [refused if _odd(body) else ACCEPTED for body in request.bodies]
+
+
+def _odd(body: bytes) -> bool:
+    record = orjson.loads(body)
+    if isinstance(record, dict):
+        record.pop("ts", None)
+    return zlib.crc32(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)) % 2 == 1
+
+
+@settings(
+    max_examples=examples(100),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=exports(), preset=st.sampled_from(PRESETS), outputs=st.sampled_from(
+    [(False, False), (True, False), (False, True)]
+))  # fmt: skip
+def test_records_come_back_without_their_lines_only_when_nothing_writes_them(
+    tmp_path_factory: pytest.TempPathFactory,
+    data: bytes,
+    preset: str,
+    outputs: tuple[bool, bool],
+    worker_pool: WorkerPool,
+) -> None:
+    """Without a report and dead letters, the stage sends back no line of a record that
+    goes to CleverTap (half the bytes from the workers, none kept in flight); the run
+    sends the same requests and counts the same. With either, each holds what it holds
+    when both are written."""
+    export = tmp_path_factory.mktemp("lines") / "export.ndjson"
+    export.write_bytes(data)
+    built = recipe_for(preset, "warn")
+    source = Source(str(export), export, export.stat().st_size, max_line_bytes=1024)
+    both = run_source(source, built, "warn", None, sender=Refusing)
+    workers = Workers(count=2, recipe=built, block_bytes=700, start_after=0, pool=worker_pool)
+    some = run_source(source, built, "warn", workers, outputs, Refusing)
+    assert sorted(some[0].splitlines()) == sorted(both[0].splitlines())
+    assert some[1] == (both[1] if outputs[0] else b"")
+    assert some[2] == (both[2] if outputs[1] else b"")
+    assert some[3] == both[3]
+    if outputs == (False, False):  # the stage itself: no line on a record to send
+        stage = RecordStage.from_recipe(replace(built, lines=False))
+        opened = OpenSource(source)
+        try:
+            for item in read_blocks(opened, 700):
+                if isinstance(item, Block):
+                    results = stage.block(item, None)[0]
+                else:
+                    results = [stage.record(item, None)]
+                for result in results:
+                    if result[2] == READY:  # a line only to prepare it again (tokens)
+                        assert result[3] is None or result[6], result
+        finally:
+            opened.close()
 
 
 @settings(max_examples=examples(200))

@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import IO, Any, Protocol
 
 from ctsync.batching import Planner
@@ -92,6 +93,8 @@ class UploadRun:
         self._options = options
         self._observer = observer
         self._control = control = Control(ledger)
+        if workers is not None:  # records' lines come back only if the ledger writes them
+            workers = replace(workers, recipe=replace(workers.recipe, lines=ledger.writes_lines))
         # --workers: blocks go to worker processes when it is above 1 (the `Preparer`).
         self._workers = workers
         self._block_bytes = workers.block_bytes if workers is not None else BLOCK_BYTES

@@ -58,6 +58,11 @@ class Recipe:
     validator: Callable[[], Validator | None]
     mode: ValidateMode = ValidateMode.STRICT
     dedupe: bool = False  # send each record's messageId key back (see ctsync.dedupe)
+    # Send each record that goes to CleverTap back with its line: only the report and the
+    # dead letters read it. The run sets it from its ledger (`Ledger.writes_lines`); a
+    # run without them receives half the bytes from its workers and keeps no line in
+    # memory for the records in flight.
+    lines: bool = True
 
 
 class RecordStage:
@@ -81,6 +86,7 @@ class RecordStage:
         log: list[tuple[TokenKey, bool]] | None = None,
         counted: bool = False,
         stubs: bool = False,
+        lines: bool = True,
     ) -> None:
         self.mapper = mapper
         self.validator = validator if mode is not ValidateMode.OFF else None
@@ -91,6 +97,7 @@ class RecordStage:
         # Every READY record carries its message's stub: its raw line is not its JSON
         # (a deletion's identity), so the report cannot read the message from it.
         self._stubs = stubs
+        self._lines = lines  # a READY record's line goes back (see `Recipe.lines`)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> RecordStage:
@@ -103,6 +110,7 @@ class RecordStage:
             dedupe=recipe.dedupe,
             log=counting(mapper).tokens.watch(),  # each token lookup and its answer
             counted=True,
+            lines=recipe.lines,
         )
 
     def block(self, block: Block, resume: Any) -> Prepared:
@@ -146,10 +154,14 @@ class RecordStage:
             found = message_key(message)
             if found is not None:
                 key, day = found[0], day_of(found[1])
-        if raw is None:  # an element of a document or envelope: its JSON is its line now
-            raw = orjson.dumps(message)
         if isinstance(prepared, Invalid):
+            if raw is None:  # an element of a document or envelope: its JSON is its line
+                raw = orjson.dumps(message)
             return (line, part, INVALID, raw, prepared, stub(message), lookups, key, day)
+        if not (self._lines or lookups):  # nothing will read it (the run may need it again)
+            raw = None
+        elif raw is None:
+            raw = orjson.dumps(message)
         notes = None
         if prepared.warnings or prepared.fixes or self._stubs:
             notes = (prepared.warnings, prepared.fixes, stub(message))

@@ -23,7 +23,9 @@ record, and pickling a named tuple costs four times a tuple's (measured: 1.4 aga
              else), as one result: a: how many by reason, b: how many; `line` and
              `part` are the last one's. Only in a block no earlier run touched.
 - `raw`: the record's line (an array element's JSON when it had none); None for DONE,
-  and for SKIPPED unless the run may prepare it again (it has `lookups`).
+  for SKIPPED unless the run may prepare it again (it has `lookups`), and for READY
+  in a run that writes no report and no dead letters (`Recipe.lines`), unless it has
+  `lookups`.
 - `lookups`: the device-token lookups its mapping made, with their answers, when the
   stage keeps its own token set (see `ctsync.run.workers`); empty otherwise.
 - `key`, `day`: its messageId's dedupe key and its timestamp's day (`ctsync.dedupe`),
