@@ -38,8 +38,8 @@ declare -A TESTS=(
   [rules]="tests/test_rules.py"
   [presets]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
   [classic]="tests/presets tests/test_actions_preset.py tests/mapping/test_mapping_presets.py"
-  [dedupe]="tests/test_dedupe.py tests/test_state.py tests/test_intake.py"
-  [run]="tests/test_pipeline.py tests/test_intake.py tests/test_accounts.py tests/test_dedupe.py tests/test_state_resume.py tests/test_delivery_model.py"
+  [dedupe]="tests/test_dedupe.py tests/test_state.py tests/test_intake.py tests/e2e/test_dedupe_e2e.py"
+  [run]="tests/test_pipeline.py tests/test_intake.py tests/test_accounts.py tests/test_dedupe.py tests/test_state_resume.py tests/test_delivery_model.py tests/e2e/test_dedupe_e2e.py tests/test_workers.py"
 )
 
 # The command mutmut runs per mutant: pytest in one process (mutmut kills it on a timeout;
