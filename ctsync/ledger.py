@@ -70,11 +70,11 @@ class Tracked:
         raw: bytes | None,
         message: Message,
         operations: int,
-        dedupe: tuple[int, str | None] | None = None,
+        dedupe: int | None = None,
     ):
         self.origin = origin
         self.raw = raw
-        # Its messageId's key and dedupe group (`ctsync.dedupe`), when the run remembers it.
+        # Its messageId's key (`ctsync.dedupe`), when the run remembers it.
         self.dedupe = dedupe
         self._message = message if raw is None or message else None
         self.remaining = operations

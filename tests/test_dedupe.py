@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sqlite3
-from datetime import datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 
 from ctsync import dedupe
 from ctsync.api import Outputs, UploadJob, upload
-from ctsync.dedupe import DUPLICATE_MESSAGE_ID, MessageIds, day_of, forgotten, message_key
+from ctsync.dedupe import DUPLICATE_MESSAGE_ID, PROBE, MessageIds, day_of, entry, forgotten
 from ctsync.errors import UsageError
 from ctsync.ledger import Ledger
 from ctsync.presets import Preset
@@ -39,6 +39,7 @@ from tests.helpers import assert_accounted, examples
 
 DAY_MS = 86_400_000
 NOW_MS = 1_750_000_000_000  # the store's clock in these tests (June 2025)
+NOW_DAY = NOW_MS // DAY_MS  # its day, as the store counts days (since 1970-01-01)
 GROUPS = ("a.ndjson", "b.ndjson")
 
 # 64-bit keys, few (so that one is remembered, written, forgotten and written again),
@@ -86,10 +87,10 @@ class StoreAgainstModel(RuleBasedStateMachine):
         # a record an earlier run left pending (remembered "earlier").
         if key in self.live and self.live[key][1] != "earlier":
             return
-        ms = NOW_MS - days * DAY_MS
-        self.store.remember(key, ms, group)
-        self.live[key] = (ms, group)
-        self.newest = ms if self.newest is None else max(self.newest, ms)
+        day = NOW_DAY - days
+        self.store.remember(key, day, group)
+        self.live[key] = (day, group)
+        self.newest = day if self.newest is None else max(self.newest, day)
 
     @precondition(lambda self: any(group != "earlier" for _, group in self.live.values()))
     @rule(data=st.data())
@@ -125,9 +126,9 @@ class StoreAgainstModel(RuleBasedStateMachine):
     def closed_then_next_run(self) -> None:
         """The run ends: ids older than the window before the newest are forgotten."""
         self.store.close()
-        if self.newest is not None:
-            cutoff = self.newest - self.window
-            self.durable = {k: ms for k, ms in self.durable.items() if ms >= cutoff}
+        if self.newest is not None:  # days, against a window in milliseconds
+            cutoff = self.newest * DAY_MS - self.window
+            self.durable = {k: day for k, day in self.durable.items() if day * DAY_MS >= cutoff}
             self.newest_durable = self.newest
         self.killed_then_next_run()
 
@@ -175,7 +176,7 @@ def test_without_a_state_file_every_id_planned_and_not_forgotten_is_seen(
                 # A key met before, now and then: forgotten ones are planned again.
                 key = ever[key % len(ever)] if ever and key % 3 == 0 else key
                 if key not in live:
-                    store.remember(key, NOW_MS, None)
+                    store.remember(key, NOW_DAY, None)
                     live.add(key)
                     ever.append(key)
             elif live:
@@ -197,7 +198,7 @@ def test_a_store_without_a_state_file_is_private_and_moves_its_ids_out_of_memory
     with mock.patch.multiple(dedupe, WRITE_AT=4, SHELVED_AT_MOST=10):
         store = MessageIds.temporary(DAY_MS)
         for key in keys:
-            store.remember(key, NOW_MS, None)
+            store.remember(key, NOW_DAY, None)
         assert sum(len(fresh) for fresh in store._fresh.values()) < 4
         assert store._db.execute("SELECT count(*) FROM message_ids").fetchone()[0] > 10
         assert all(store.seen(key) for key in keys) and not store.seen(12345)
@@ -211,7 +212,7 @@ def test_without_a_state_file_ids_go_to_the_table_only_past_the_shelves() -> Non
         store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
         in_table = []
         for key in range(1, 13):
-            store.remember(key * 7919 << 32 | key, NOW_MS, None)
+            store.remember(key * 7919 << 32 | key, NOW_DAY, None)
             in_table.append(db.execute("SELECT count(*) FROM message_ids").fetchone()[0])
         # Five at a time to the arrays (the filter grows at the ninth id), all ten to
         # the table once the arrays hold more than eight.
@@ -227,11 +228,11 @@ def test_without_a_state_file_an_id_forgotten_in_the_table_and_planned_again_cou
     with mock.patch.multiple(dedupe, WRITE_AT=2, SHELVED_AT_MOST=3):
         store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
         for key in keys[:4]:  # to the arrays two at a time, then all four to the table
-            store.remember(key, NOW_MS, None)
+            store.remember(key, NOW_DAY, None)
         assert db.execute("SELECT count(*) FROM message_ids").fetchone()[0] == 4
         store.forget(keys[0], None)
-        store.remember(keys[0], NOW_MS, None)  # refused, then a copy sent
-        store.remember(keys[4], NOW_MS, None)  # the two go to the arrays
+        store.remember(keys[0], NOW_DAY, None)  # refused, then a copy sent
+        store.remember(keys[4], NOW_DAY, None)  # the two go to the arrays
         store.forget(keys[1], None)  # refused: a copy may go
         assert [store.seen(key) for key in keys] == [True, False, True, True, True, False]
         assert len(store) == 4  # keys 1, 3, 4, 5: each once
@@ -246,10 +247,10 @@ def test_without_a_state_file_an_id_refused_on_the_shelves_and_sent_again_counts
     with mock.patch.multiple(dedupe, WRITE_AT=2, SHELVED_AT_MOST=100):
         store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
         for key in keys[:2]:  # both to the arrays
-            store.remember(key, NOW_MS, None)
+            store.remember(key, NOW_DAY, None)
         store.forget(keys[0], None)
-        store.remember(keys[0], NOW_MS, None)  # the copy, before the move takes it out
-        store.remember(keys[2], NOW_MS, None)  # the move: keys 1 and 3 to the arrays
+        store.remember(keys[0], NOW_DAY, None)  # the copy, before the move takes it out
+        store.remember(keys[2], NOW_DAY, None)  # the move: keys 1 and 3 to the arrays
         assert len(store) == 3
         assert [store.seen(key) for key in keys] == [True, True, True, False, False, False]
         store.forget(keys[0], None)  # refused again: no copy of it is left behind
@@ -263,9 +264,9 @@ def test_an_id_forgotten_in_one_input_and_planned_again_from_another_stays() -> 
     for order in (("a", "b"), ("b", "a")):
         db = sqlite3.connect(":memory:", isolation_level=None)
         store = MessageIds(db, window_ms=DAY_MS, persistent=True, min_bits=64)
-        store.remember(42, NOW_MS, "a")
+        store.remember(42, NOW_DAY, "a")
         store.forget(42, "a")
-        store.remember(42, NOW_MS, "b")
+        store.remember(42, NOW_DAY, "b")
         for group in order:
             db.execute("BEGIN")
             store.write(group)
@@ -281,12 +282,12 @@ def test_an_id_refused_in_one_input_then_in_another_is_forgotten_whichever_is_wr
     for written in (("a",), ("b",), ("a", "b"), ("b", "a")):
         db = sqlite3.connect(":memory:", isolation_level=None)
         store = MessageIds(db, window_ms=DAY_MS, persistent=True, min_bits=64)
-        store.remember(42, NOW_MS, "a")
+        store.remember(42, NOW_DAY, "a")
         db.execute("BEGIN")
         store.write("a")
         db.execute("COMMIT")
         store.forget(42, "a")
-        store.remember(42, NOW_MS, "b")
+        store.remember(42, NOW_DAY, "b")
         store.forget(42, "b")
         assert not store.seen(42)
         for group in written:
@@ -299,18 +300,18 @@ def test_an_id_refused_in_one_input_then_in_another_is_forgotten_whichever_is_wr
 def test_a_run_that_ends_forgets_ids_older_than_the_window_before_the_newest() -> None:
     db = sqlite3.connect(":memory:", isolation_level=None)
     store = MessageIds(db, window_ms=10 * DAY_MS, persistent=True, clock=lambda: NOW_MS / 1000)
-    stamps = {1: NOW_MS - 10 * DAY_MS, 2: NOW_MS - 10 * DAY_MS - 1, 3: NOW_MS, 4: None}
-    stamps[6] = NOW_MS - 9 * DAY_MS  # exactly the window before the newest: kept
-    for key, ms in stamps.items():
-        store.remember(key, ms, "a")
-    store.remember(5, NOW_MS + 400 * DAY_MS, "a")  # a clock far ahead does not count
+    stamps = {1: NOW_DAY - 10, 2: NOW_DAY - 11, 3: NOW_DAY, 4: None}
+    stamps[6] = NOW_DAY - 9  # exactly the window before the newest: kept
+    for key, day in stamps.items():
+        store.remember(key, day, "a")
+    store.remember(5, NOW_DAY + 400, "a")  # a clock far ahead does not count
     db.execute("BEGIN")
     store.write("a")
     db.execute("COMMIT")
     store.close()
     later = MessageIds(db, window_ms=10 * DAY_MS, persistent=True, clock=lambda: NOW_MS / 1000)
-    # The newest counted is a day past the clock: 1 and 2 are then 11 days older; 4,
-    # without a timestamp, counts as the newest seen before it.
+    # The newest counted is a day past the clock: 1 and 2 are then 11 and 12 days older;
+    # 4, without a timestamp, counts as the newest seen before it.
     assert [key for key in range(1, 7) if later.seen(key)] == [3, 4, 5, 6]
 
 
@@ -318,22 +319,26 @@ def test_a_run_that_ends_forgets_ids_older_than_the_window_before_the_newest() -
 
 
 @given(st.text(min_size=1), st.text(min_size=1))
-def test_a_key_is_a_signed_64_bit_function_of_the_messageid_alone(a: str, b: str) -> None:
-    key_a = message_key({"messageId": a, "timestamp": "2024-05-01T00:00:00Z"})
-    assert key_a is not None
-    assert -(2**63) <= key_a[0] < 2**63
-    assert day_of(key_a[1]) == 1_714_521_600_000
-    again = message_key({"messageId": a, "type": "track"})
-    assert again is not None and again[0] == key_a[0] and day_of(again[1]) is None
-    key_b = message_key({"messageId": b})
+def test_a_key_is_a_63_bit_function_of_the_messageid_alone(a: str, b: str) -> None:
+    """What SQLite's signed INTEGER holds, the same for the same messageId whatever else
+    the message says; its probe is its low 30 bits; its day is its timestamp's."""
+    found = entry({"messageId": a, "timestamp": "2024-05-01T00:00:00Z"})
+    assert found is not None
+    key_a, probe_a, day_a = found
+    assert 0 <= key_a < 2**63
+    assert probe_a == key_a % 2**30 and PROBE == 2**30 - 1
+    assert day_a == 19_844  # 2024-05-01: 1,714,521,600 s after 1970-01-01, / 86,400
+    again = entry({"messageId": a, "type": "track"})
+    assert again == (key_a, probe_a, None)
+    key_b = entry({"messageId": b})
     assert key_b is not None
-    assert (key_a[0] == key_b[0]) == (a == b)  # 2^-64 odds of a collision per pair
+    assert (key_a == key_b[0]) == (a == b)  # 2^-63 odds of a collision per pair
 
 
 @pytest.mark.parametrize("value", [None, "", 12, ["m"], {"id": "m"}])
 def test_a_message_without_a_messageid_string_has_no_key(value: Any) -> None:
-    assert message_key({"messageId": value}) is None
-    assert message_key({}) is None
+    assert entry({"messageId": value}) is None
+    assert entry({}) is None
 
 
 @pytest.mark.parametrize(
@@ -554,21 +559,17 @@ def test_two_workers_skip_the_same_copies_as_one_process(
 def test_a_message_is_remembered_with_the_day_of_its_timestamp(
     timestamp: Any, day: str | None
 ) -> None:
-    expected = (
-        None
-        if day is None
-        else int(datetime.fromisoformat(day + "T00:00:00+00:00").timestamp() * 1000)
-    )
+    expected = None if day is None else (date.fromisoformat(day) - date(1970, 1, 1)).days
     day_of("2024-05-01T00:00:00Z")  # a day met before: answered from memory
-    key = message_key({"messageId": "m", "timestamp": timestamp})
-    assert key is not None
-    assert day_of(key[1]) == expected
-    assert day_of(key[1]) == expected  # the second time too (a day is looked up once)
+    assert day_of(timestamp) == expected
+    assert day_of(timestamp) == expected  # the second time too (a day is looked up once)
+    found = entry({"messageId": "m", "timestamp": timestamp})
+    assert found is not None and found[2] == expected  # the entry's day is the same
 
 
 def test_a_messageid_with_a_lone_surrogate_has_a_key() -> None:
-    key = message_key({"messageId": "a\ud800b"})  # orjson refuses one; a caller may not
-    assert key is not None and key != message_key({"messageId": "ab"})
+    key = entry({"messageId": "a\ud800b"})  # orjson refuses one; a caller may not
+    assert key is not None and key != entry({"messageId": "ab"})
 
 
 def test_a_dedupe_window_of_no_days_is_a_usage_error(tmp_path: Path) -> None:

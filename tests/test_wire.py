@@ -15,11 +15,11 @@ REASONS = ["page", "screen", "track:Viewed"]
 
 def result(line: int, kind: str) -> Result:
     if kind in REASONS:
-        return (line, 0, SKIPPED, None, kind, None, (), None, None)
+        return (line, 0, SKIPPED, None, kind, None, (), None, 0, None)
     if kind == "token-lookup":  # skipped, but the run may prepare it again: not in a run
-        return (line, 0, SKIPPED, b"{}", "page", None, ((("o", "t"), False),), None, None)
+        return (line, 0, SKIPPED, b"{}", "page", None, ((("o", "t"), False),), None, 0, None)
     code = READY if kind == "ready" else INVALID
-    return (line, 0, code, b"{}", [], None, (), None, None)
+    return (line, 0, code, b"{}", [], None, (), None, 0, None)
 
 
 @given(st.lists(st.sampled_from([*REASONS, "ready", "invalid", "token-lookup"]), max_size=60))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ctsync.batching import Batch
-from ctsync.dedupe import MessageIds, forgotten
+from ctsync.dedupe import Group, MessageIds, forgotten
 from ctsync.ledger import Ledger, Tracked
 from ctsync.model import ACCEPTED, Position, Verdict
 
@@ -23,6 +23,9 @@ class Accounts:
         self.ledger = ledger
         self.ids = ids
         self.held: Held = {}
+        # Each source's dedupe group (its state key), set by the intake when it first
+        # takes a result of the source: a record forgotten is forgotten in its group.
+        self.groups: dict[str, Group] = {}
 
     def answer(self, batch: Batch, verdicts: Sequence[Verdict]) -> None:
         """A batch's final answer: one verdict per operation, in order."""
@@ -50,8 +53,8 @@ class Accounts:
     def _forget(self, tracked: Tracked) -> None:
         """A record has its final verdict: refused or failed for good, its messageId is
         forgotten (a later copy, or a re-drive of --failed, is sent)."""
-        entry = tracked.dedupe
-        if entry is not None and self.ids is not None:
+        key = tracked.dedupe
+        if key is not None and self.ids is not None:
             verdict = tracked.verdict
             if forgotten(verdict.outcome.value, verdict.code):
-                self.ids.forget(*entry)
+                self.ids.forget(key, self.groups[tracked.origin.source])

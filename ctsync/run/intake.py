@@ -100,9 +100,11 @@ class Intake:
         settled some of their positions (every record then takes the long way). This loop
         runs in the run's process for every record, and its cost bounds what more worker
         processes can give."""
+        group = progress.key if progress is not None else None
         if source != self._source:  # a new source: runs of positions start afresh
             self._source = source
             self._gap = True
+            self._accounts.groups[source] = group
         take = self._take_result
         summary = self._ledger.summary
         skipped = summary.skipped
@@ -111,9 +113,8 @@ class Intake:
         control = self._control
         window = self._options.window
         ids = self._ids
-        group = progress.key if progress is not None else None
         for result in results:
-            line, part, code, raw, a, b, lookups, key, day = result
+            line, part, code, raw, a, b, lookups, key, probe, day = result
             if code == SKIPPED_RUN:
                 summary.read += b
                 skipped.update(a)
@@ -128,7 +129,7 @@ class Intake:
                     progress.position = (line, part)
                 if key is None or ids is None:
                     plan(source, line, part, raw, NO_MESSAGE, a, key, day, group)
-                elif ids.claim(key, day, group):  # a copy of a message sent
+                elif ids.claim(key, probe, day, group):  # a copy of a message sent
                     skipped[DUPLICATE_MESSAGE_ID] += 1
                     # No pending span may cover a copy: a resumed run would send it.
                     self._gap = True
@@ -152,7 +153,7 @@ class Intake:
                 return
 
     def _take_result(self, source: str, result: Result, progress: Progress | None) -> None:
-        line, part, code, raw, a, b, lookups, key, day = result
+        line, part, code, raw, a, b, lookups, key, _, day = result
         resume = None
         if progress is not None:
             if code == BROKEN and b and a.code == "malformed-json" and self._feed.may_grow(source):
@@ -263,7 +264,7 @@ class Intake:
         `claimed`: its messageId is remembered already (`MessageIds.claim`)."""
         dedupe = None
         if key is not None and self._ids is not None:  # its copies are duplicates from now on
-            dedupe = (key, group)
+            dedupe = key
             if not claimed:
                 self._ids.remember(key, day, group)
         tracked = Tracked(Origin(source, line, part), raw, message, len(ops), dedupe)
@@ -313,7 +314,7 @@ class Intake:
         if dedupe_key is not None and self._ids is not None:
             # An earlier run planned it: it is no copy of itself.
             self._ids.remember(dedupe_key, day, group)
-            dedupe = (dedupe_key, group)
+            dedupe = dedupe_key
         tracked = Tracked(origin, raw, message, len(planned) + len(known), dedupe)
         for position, verdict in known:
             self._accounts.settle(tracked, source, position, verdict)

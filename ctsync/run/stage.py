@@ -26,7 +26,7 @@ from typing import Any, TypeAlias
 
 import orjson
 
-from ctsync.dedupe import day_of, message_key
+from ctsync.dedupe import entry
 from ctsync.prepare import Skipped, ValidateMode, Validator, prepare
 from ctsync.reader import Block, InputRecord, decode_block
 from ctsync.records import Invalid, Mapper, TokenKey, counting
@@ -146,18 +146,19 @@ class RecordStage:
                 raw = orjson.dumps(message)
         if isinstance(prepared, Skipped):
             again = raw if lookups else None  # the run may prepare it again
-            return (line, part, SKIPPED, again, prepared.reason, None, lookups, None, None)
-        # Its messageId's key only now: a skipped message needs none (half of an export),
-        # and mapping reads the message without changing it.
+            return (line, part, SKIPPED, again, prepared.reason, None, lookups, None, 0, None)
+        # Its messageId's entry only now: a skipped message needs none (half of an
+        # export), and mapping reads the message without changing it.
         key = day = None
+        probe = 0
         if self.dedupe:
-            found = message_key(message)
+            found = entry(message)
             if found is not None:
-                key, day = found[0], day_of(found[1])
+                key, probe, day = found
         if isinstance(prepared, Invalid):
             if raw is None:  # an element of a document or envelope: its JSON is its line
                 raw = orjson.dumps(message)
-            return (line, part, INVALID, raw, prepared, stub(message), lookups, key, day)
+            return (line, part, INVALID, raw, prepared, stub(message), lookups, key, probe, day)
         if not (self._lines or lookups):  # nothing will read it (the run may need it again)
             raw = None
         elif raw is None:
@@ -165,7 +166,8 @@ class RecordStage:
         notes = None
         if prepared.warnings or prepared.fixes or self._stubs:
             notes = (prepared.warnings, prepared.fixes, stub(message))
-        return (line, part, READY, raw, wire_ops(prepared.ops), notes, lookups, key, day)
+        ops = wire_ops(prepared.ops)
+        return (line, part, READY, raw, ops, notes, lookups, key, probe, day)
 
     def counts(self) -> Counts:
         """The mapper's counters since the last call (then cleared); none when they are

@@ -9,7 +9,7 @@ A result is a plain tuple, not a named tuple: it crosses a process boundary once
 record, and pickling a named tuple costs four times a tuple's (measured: 1.4 against
 0.2 microseconds a record to dump, 0.8 against 0.4 to load).
 
-    (line, part, code, raw, a, b, lookups, key, day)
+    (line, part, code, raw, a, b, lookups, key, probe, day)
 
 - `line`, `part`: the record's place in its source (`Origin`).
 - `code`: what became of it, which says what `a` and `b` hold:
@@ -28,10 +28,11 @@ record, and pickling a named tuple costs four times a tuple's (measured: 1.4 aga
   `lookups`.
 - `lookups`: the device-token lookups its mapping made, with their answers, when the
   stage keeps its own token set (see `ctsync.run.workers`); empty otherwise.
-- `key`, `day`: its messageId's dedupe key and its timestamp's day (`ctsync.dedupe`),
-  when the run dedupes and it has one and is not skipped (a message the mapping skips
-  is counted under its reason, never as a copy: nothing is sent either way); None
-  otherwise. Two fields, not a pair: a tuple per record costs its unpickling.
+- `key`, `probe`, `day`: its messageId's dedupe entry (`ctsync.dedupe.Entry`), when
+  the run dedupes and it has one and is not skipped (a message the mapping skips is
+  counted under its reason, never as a copy: nothing is sent either way); `key` and
+  `day` None and `probe` 0 otherwise. Three fields, not a tuple: a tuple per record
+  costs its unpickling.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ Notes: TypeAlias = tuple[list[str], list[Fix], Message]
 """A READY record's warnings (`--validate warn`), fixes (`--validate fix`), and the
 stub of its message the report lines read."""
 
-Result: TypeAlias = tuple[int, int, int, bytes | None, Any, Any, Lookups, int | None, int | None]
+Result: TypeAlias = tuple[
+    int, int, int, bytes | None, Any, Any, Lookups, int | None, int, int | None
+]
 
 Counts: TypeAlias = dict[str, dict[str, int]]
 """A mapper's counters for one block, by name (`dropped`, `dates`, `untimed`)."""
@@ -102,11 +105,11 @@ def ops_of(wire: list[WireOp]) -> list[Op]:
 
 
 def done(line: int, part: int) -> Result:
-    return (line, part, DONE, None, None, None, NO_LOOKUPS, None, None)
+    return (line, part, DONE, None, None, None, NO_LOOKUPS, None, 0, None)
 
 
 def broken(line: int, part: int, raw: bytes | None, error: Invalid, partial: bool) -> Result:
-    return (line, part, BROKEN, raw, error, partial, NO_LOOKUPS, None, None)
+    return (line, part, BROKEN, raw, error, partial, NO_LOOKUPS, None, 0, None)
 
 
 def skip_runs(results: list[Result]) -> list[Result]:
@@ -129,13 +132,13 @@ def skip_runs(results: list[Result]) -> list[Result]:
         if reasons is not None:
             assert last is not None
             out.append(
-                (last[0], last[1], SKIPPED_RUN, None, reasons, count, NO_LOOKUPS, None, None)
+                (last[0], last[1], SKIPPED_RUN, None, reasons, count, NO_LOOKUPS, None, 0, None)
             )
             reasons = None
         out.append(result)
     if reasons is not None:
         assert last is not None
-        out.append((last[0], last[1], SKIPPED_RUN, None, reasons, count, NO_LOOKUPS, None, None))
+        out.append((last[0], last[1], SKIPPED_RUN, None, reasons, count, NO_LOOKUPS, None, 0, None))
     return out
 
 
