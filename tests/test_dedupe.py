@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 import sqlite3
 from datetime import date
 from pathlib import Path
@@ -23,6 +24,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from xxhash import xxh3_64_intdigest
 
 from ctsync import dedupe
 from ctsync.api import Outputs, UploadJob, upload
@@ -34,8 +36,9 @@ from ctsync.reader import Source
 from ctsync.run import DryRunSender, RunOptions, UploadRun
 from ctsync.run.stage import Recipe
 from ctsync.run.workers import WorkerPool, Workers
+from ctsync.settings import ClientSettings
 from ctsync.state import StateFile
-from tests.helpers import assert_accounted, examples
+from tests.helpers import CleverTap, assert_accounted, examples
 
 DAY_MS = 86_400_000
 NOW_MS = 1_750_000_000_000  # the store's clock in these tests (June 2025)
@@ -315,6 +318,48 @@ def test_a_run_that_ends_forgets_ids_older_than_the_window_before_the_newest() -
     assert [key for key in range(1, 7) if later.seen(key)] == [3, 4, 5, 6]
 
 
+def test_a_message_without_a_timestamp_counts_as_stamped_the_day_it_was_sent() -> None:
+    """The first message of a run has no timestamp (and nothing newer was seen): it is
+    remembered as of the run's day, so a run 40 days later forgets it (window 10)."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+
+    def run(clock_ms: int) -> MessageIds:
+        return MessageIds(db, window_ms=10 * DAY_MS, persistent=True, clock=lambda: clock_ms / 1000)
+
+    first = run(NOW_MS)
+    first.remember(7, None, "a")
+    db.execute("BEGIN")
+    first.write("a")
+    db.execute("COMMIT")
+    first.close()
+    assert run(NOW_MS).seen(7)
+    later = run(NOW_MS + 40 * DAY_MS)
+    later.remember(8, NOW_DAY + 40, "a")
+    db.execute("BEGIN")
+    later.write("a")
+    db.execute("COMMIT")
+    later.close()
+    assert [key for key in (7, 8) if run(NOW_MS + 40 * DAY_MS).seen(key)] == [8]
+
+
+def test_the_filter_leaves_few_new_messages_to_the_exact_answer() -> None:
+    """At 16 bits of filter an id, about 2% of messages never seen need the exact answer
+    (a look in memory or a query): the filter is what keeps dedupe cheap."""
+    rng = random.Random(7)
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    store = MessageIds(db, window_ms=DAY_MS, persistent=True, min_bits=4096 * 16)
+    for _ in range(4096):
+        store.remember(rng.getrandbits(63), NOW_DAY, "a")
+    new = [rng.getrandbits(63) for _ in range(20_000)]
+    asked = mock.patch.object(MessageIds, "_held", autospec=True, return_value=False)
+    with asked as held:
+        assert not any(store.seen(key) for key in new)
+    assert 0.005 < held.call_count / len(new) < 0.03
+    with asked as held:  # the intake's one call: look, and remember (the filter fills up)
+        assert not any(store.claim(key, key & PROBE, NOW_DAY, "a") for key in new[:2000])
+    assert held.call_count / 2000 < 0.06  # 6,096 ids at the end: 10.7 bits an id
+
+
 # -- the key ---------------------------------------------------------------------------
 
 
@@ -328,6 +373,7 @@ def test_a_key_is_a_63_bit_function_of_the_messageid_alone(a: str, b: str) -> No
     assert 0 <= key_a < 2**63
     assert probe_a == key_a % 2**30 and PROBE == 2**30 - 1
     assert day_a == 19_844  # 2024-05-01: 1,714,521,600 s after 1970-01-01, / 86,400
+    assert key_a == xxh3_64_intdigest(a.encode("utf-8", "surrogatepass")) >> 1  # state files
     again = entry({"messageId": a, "type": "track"})
     assert again == (key_a, probe_a, None)
     key_b = entry({"messageId": b})
@@ -443,6 +489,38 @@ def test_the_state_table_is_made_in_an_older_state_file(tmp_path: Path) -> None:
         ids.close()
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_later_run_sends_again_a_message_older_than_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: ClientSettings, workers: int
+) -> None:
+    """Each message is remembered with its own timestamp's day (read where it is
+    prepared, in a worker with --workers 2): the newest is 2024-05-01, so with a window
+    of 30 days the message of 2024-03-01 is forgotten when the run ends, and its copy
+    in the next run on the same state is sent; the copy of the newer one is not."""
+    monkeypatch.setenv("CTSYNC_WORKER_START_AFTER", "0")  # workers even for two lines
+    old = track(1, "m-old", timestamp="2024-03-01T08:00:00Z")  # userId u-1
+    new = track(2, "m-new", timestamp="2024-05-01T08:00:00Z")  # userId u-2
+    export = tmp_path / "export.ndjson"
+    export.write_bytes(orjson.dumps(old) + b"\n" + orjson.dumps(new) + b"\n")
+    copies = tmp_path / "copies.ndjson"
+    copies.write_bytes(orjson.dumps(new) + b"\n" + orjson.dumps(old) + b"\n")
+    sent = []
+    for path in (export, copies):
+        server = CleverTap()
+        job = UploadJob(
+            paths=[str(path)],
+            preset=Preset.CLASSIC,
+            client=settings,
+            run=RunOptions(dedupe_window_days=30),
+            workers=workers,
+            state=tmp_path / "state.db",
+        )
+        summary = upload(job, transport=server.transport())
+        assert_accounted(summary)
+        sent.append(sorted(server.received))
+    assert sent == [["u-1", "u-2"], ["u-1"]]
 
 
 # -- --workers -------------------------------------------------------------------------
