@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import random
 import re
@@ -106,6 +107,47 @@ def test_an_identify_after_a_delete_goes_out_only_after_the_delete() -> None:
     sender = Recorder(delay=0.02)
     run([identify("x"), delete_user("a"), identify("a"), identify("y")], sender)
     assert sender.first("end", "delete", "a") < sender.first("start", "upload", "a")
+
+
+class HoldsOneProfile(FakeSender):
+    """Answers uploads after 50 ms, except the one holding `held`: that one waits until
+    a deletion has gone out (3 s at most, so that a run that waits for it still ends)."""
+
+    def __init__(self, held: str) -> None:
+        self.held = held
+        self.log: list[str] = []
+        self.deleted: asyncio.Event | None = None
+
+    async def answer(
+        self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
+    ) -> list[Verdict]:
+        if self.deleted is None:
+            self.deleted = asyncio.Event()
+        if kind == "delete":
+            self.log.append("deletion sent")
+            self.deleted.set()
+        elif self.held in (orjson.loads(body)["identity"] for body in bodies):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.deleted.wait(), 3.0)
+            self.log.append(f"{self.held} answered")
+        else:
+            await asyncio.sleep(0.05)  # the input is read and planned meanwhile
+        return [ACCEPTED] * len(bodies)
+
+
+def test_a_deletion_goes_out_when_what_it_waits_for_is_answered_not_when_all_is() -> None:
+    """Two lanes: a's write, then its deletion, wait in one; b's write is slow in the
+    other. a's deletion goes as soon as a's write is answered, not once every lane is
+    idle (that would hold every deletion behind the slowest request in flight)."""
+    users = [f"user-{n}" for n in range(20)]
+    a = users[0]
+    b = next(user for user in users if profile_hash(user) % 2 != profile_hash(a) % 2)
+    sender = HoldsOneProfile(held=b)
+    summary = run(
+        [identify(a), identify(b), delete_user(a)], sender, batch_size=1, lanes=2, timeout=20
+    )
+    assert summary.accepted == 3
+    assert sender.log == ["deletion sent", f"{b} answered"]
 
 
 def test_other_identities_do_not_wait_for_a_delete() -> None:
