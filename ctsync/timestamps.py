@@ -165,12 +165,17 @@ def convert_object(
     return converted
 
 
+_EARLIEST_EPOCH: Final = -62135596800  # 0001-01-01T00:00:00Z
+_LATEST_EPOCH: Final = 253402300799  # 9999-12-31T23:59:59Z
+
+
 def event_time(value: Any) -> int | None:
     """CleverTap's `ts` (integer epoch seconds) for a message's `timestamp`.
 
     Unlike the Convert Timestamps rule this reads any ISO-8601 precision (an event time
     with microseconds is still an event time) and integer epochs (milliseconds when too
-    large to be seconds). Returns None when the value is not a time at all.
+    large to be seconds). Returns None when the value is not a time at all, a number
+    past the years 1 to 9999 included (`-1e22` would not even fit CleverTap's integer).
     """
     if isinstance(value, str):
         # The common case first: a Segment timestamp with milliseconds.
@@ -179,7 +184,8 @@ def event_time(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value // 1000 if abs(value) >= 100_000_000_000 else value
+        seconds = value // 1000 if abs(value) >= 100_000_000_000 else value
+        return seconds if _EARLIEST_EPOCH <= seconds <= _LATEST_EPOCH else None
     if isinstance(value, float) and math.isfinite(value):
         return event_time(math.floor(value))
     return None
@@ -214,7 +220,6 @@ _NUMERIC_WITH_YEAR_LAST = re.compile(r"(\d{1,2})([/.-])(\d{1,2})\2(\d{4})")  # 1
 # one's birthday, while as milliseconds it is any date more than 115 days from 1970.
 # (`event_time`'s 10^11 would read births of 1967-1973 in milliseconds as seconds.)
 _DATE_MILLISECONDS_FROM: Final = 10**10
-_LATEST_EPOCH: Final = 253402300799  # 9999-12-31T23:59:59Z
 
 
 def date_epoch(value: Any) -> int | None:

@@ -288,3 +288,31 @@ def test_the_version_is_0_2_0_everywhere_with_a_changelog() -> None:
     released = [h for h in headings if h != "Unreleased"]
     assert released[:2] == ["0.2.0", "0.1.0"]
     assert "Unreleased" not in headings[1:]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_numeric_timestamp_past_the_calendar_is_one_invalid_record_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    """`"timestamp": -1e22` (or 1e300) is no time: the record is refused with 525 and
+    the run goes on; it used to end the whole run with exit 70 (found by an adversarial
+    test: the `ts` did not fit a 64-bit integer when the request was encoded)."""
+    monkeypatch.setenv("CTSYNC_WORKER_START_AFTER", "0")
+    lines = [
+        {"type": "track", "event": "E", "userId": "u1", "timestamp": -1e22},
+        {"type": "identify", "userId": "u2", "traits": {"a": 1}, "timestamp": 1e300},
+        {"type": "track", "event": "E", "userId": "u3", "timestamp": 1714521600},
+    ]
+    export = tmp_path / "export.ndjson"
+    export.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    result = runner.invoke(
+        app,
+        ["upload", str(export), "--preset", "classic", "--dry-run", "--json", "--workers",
+         workers],
+        env=clean_env(),
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output  # some records did not go through
+    summary = orjson.loads(result.stdout)
+    assert summary["error"] is None
+    assert (summary["read"], summary["invalid"], summary["accepted"]) == (3, 2, 1)
+    assert summary["invalid_by_code"] == {"525": 2}

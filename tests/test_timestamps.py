@@ -114,6 +114,27 @@ def test_event_time_refuses_what_is_not_a_time(value: object) -> None:
     assert event_time(value) is None
 
 
+@pytest.mark.parametrize(
+    ("value", "ts"),
+    [
+        (-1e22, None),  # as milliseconds, below the smallest 64-bit integer
+        (1e30, None),
+        (1e300, None),
+        (-(2**80), None),
+        (10**20, None),  # 10^17 seconds as milliseconds: no year of a calendar
+        (253402300799999, 253402300799),  # its milliseconds
+        (253402300800000, None),  # the year 10000
+        (-62135596800000, -62135596800),  # 0001-01-01T00:00:00Z in milliseconds
+        (-62135596800001, None),  # a millisecond before
+    ],
+)
+def test_event_time_refuses_numbers_outside_the_calendar(value: object, ts: int | None) -> None:
+    """A number past the years 1 to 9999 is no time: the record is refused with 525 (a
+    user's data), never a crash of the whole run on an integer CleverTap's `ts` cannot
+    hold (found by an adversarial test: `"timestamp": -1e22` ended the run, exit 70)."""
+    assert event_time(value) == ts
+
+
 # --- date-times finer than milliseconds -----------------------------------------------
 # Segment's rule converts only up to milliseconds; Segment's Python library writes
 # datetime traits with microseconds (`2023-01-02T00:00:00.123456+00:00`).
