@@ -41,13 +41,17 @@ state file records for a batch without an answer.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import deque
 from typing import TypeAlias
 
 from ctsync.ledger import Tracked
-from ctsync.model import Position
+from ctsync.model import Bulk, Position
 from ctsync.prepare import Op, OpKind, ProfileKey, profile_hash
+from ctsync.records import Message, Origin
 from ctsync.settings import MAX_DELETE_BATCH, MAX_TOKENS_PER_UPLOAD, MAX_UPLOAD_BATCH
+
+NO_MESSAGE: Message = {}  # of a `Tracked` that has its line, or whose report reads nothing
 
 Run: TypeAlias = list[Position]
 """[first, last]: positions of one source that went to one batch one after another."""
@@ -71,6 +75,7 @@ class Batch:
     __slots__ = (
         "answered",
         "bodies",
+        "bulk",
         "deferred",
         "keys",
         "keyset",
@@ -78,6 +83,7 @@ class Batch:
         "lane",
         "later",
         "owners",
+        "parts",
         "positions",
         "runs",
         "safe",
@@ -93,7 +99,12 @@ class Batch:
         self.lane = lane
         self.seq = seq
         self.bodies: list[bytes] = []  # encoded records, or encoded identity strings
-        self.owners: list[Tracked] = []
+        # The record of each operation; None for one added in bulk (`Planner.add_bulk`)
+        # until `owners_of` builds it from `parts`: (where its slice begins here, its
+        # `Bulk`, the slice of it, whether the run remembers messageIds).
+        self.owners: list[Tracked | None] = []
+        self.bulk = 0  # operations added in bulk, whose owners are None
+        self.parts: list[tuple[int, Bulk, int, int, bool]] = []
         self.positions: list[tuple[str, Position]] = []  # each operation's source and place
         self.keys: list[ProfileKey | None] = []
         self.keyset: set[ProfileKey] = set()
@@ -111,6 +122,27 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.bodies)
+
+    def owners_of(self) -> list[Tracked]:
+        """Every operation's record: those added in bulk are built now (a report line,
+        a stop, a batch joined or split needs them; an accepted batch never does)."""
+        owners = self.owners
+        for start, bulk, first, end, remember in self.parts:
+            raws = bulk.raws
+            ids = bulk.ids if remember else None
+            positions = bulk.positions
+            for n in range(first, end):
+                source, (line, part, _) = positions[n]
+                owners[start + n - first] = Tracked(
+                    Origin(source, line, part),
+                    None if raws is None else raws[n],
+                    NO_MESSAGE,
+                    1,
+                    None if ids is None else ids[n],
+                )
+        self.parts = []
+        self.bulk = 0
+        return owners  # type: ignore[return-value]  # none is None any more
 
     def __repr__(self) -> str:
         return f"<Batch {self.kind} lane={self.lane} #{self.seq} n={len(self)}>"
@@ -215,6 +247,64 @@ class Planner:
             sealed += self._seal_open(lane)
         return sealed
 
+    def add_bulk(self, bulk: Bulk, remember: bool) -> list[Batch]:
+        """A block's plain records of one lane (`wire.Bulk`), in order, into the lane's
+        batches a slice at a time, with no object per record (`Batch.owners_of`).
+        The caller has checked that none of their profiles waits for a deletion.
+        `remember`: the run remembers their messageIds. Returns the batches sealed."""
+        number = bulk.lane
+        lane = self.lanes[number]
+        limit = self._limits[OpKind.UPLOAD]
+        size = len(bulk.bodies)
+        sealed: list[Batch] = []
+        first = 0
+        while first < size:
+            batch = lane.open
+            if batch is None:
+                self._seq += 1
+                batch = lane.open = Batch(OpKind.UPLOAD, number, self._seq)
+            end = min(size, first + limit - len(batch.bodies))
+            whole = first == 0 and end == size
+            count = end - first
+            batch.parts.append((len(batch.bodies), bulk, first, end, remember))
+            batch.bulk += count
+            batch.owners += [None] * count
+            batch.token_flags += [False] * count
+            if whole:
+                keys = bulk.keys
+                batch.bodies += bulk.bodies
+                batch.positions += bulk.positions
+                batch.keys += keys
+                batch.safe += bulk.safe
+                runs = bulk.runs
+            else:
+                keys = bulk.keys[first:end]
+                batch.bodies += bulk.bodies[first:end]
+                batch.positions += bulk.positions[first:end]
+                batch.keys += keys
+                batch.safe += bulk.safe[first:end]
+                runs = _runs_between(bulk, first, end)
+            batch.keyset.update(keys)
+            source = bulk.positions[first][0]
+            have = batch.runs.get(source)
+            if have is None:
+                batch.runs[source] = list(runs) if whole else runs  # never the `Bulk`'s own
+            else:
+                have += runs
+            if len(batch.bodies) >= limit:
+                sealed += self._seal_open(lane)
+            first = end
+        # The next operation read continues no run of these: the block's other records
+        # were planned before them, though some came earlier in the input.
+        self._last = None
+        return sealed
+
+    @property
+    def deferred(self) -> dict[ProfileKey, Batch]:
+        """The deleted profiles whose later operations wait, and the deletion each waits
+        for."""
+        return self._deferred
+
     def flush(self, *, join: bool = False) -> list[Batch]:
         """Seal every open batch (end of input). With `join` (only once no sealed batch
         waits or is on the wire), the open batches give their operations to full batches
@@ -229,6 +319,7 @@ class Planner:
         for lane in self.lanes:
             assert not lane.queue, "joined while a lane still had batches to send"
             if lane.open is not None:
+                lane.open.owners_of()  # joined batches take each operation's record
                 tails.append(lane.open)
                 lane.open = None
         self._last = None
@@ -392,7 +483,7 @@ class Planner:
         at = shared.keys.index(key)
         _, position = shared.positions[at]
         source = shared.positions[at][0]
-        body, owner, safe = shared.bodies[at], shared.owners[at], shared.safe[at]
+        body, owner, safe = shared.bodies[at], shared.owners_of()[at], shared.safe[at]
         for column in (shared.bodies, shared.owners, shared.positions, shared.keys):
             del column[at]
         del shared.safe[at]
@@ -595,6 +686,21 @@ def _fill(batch: Batch, tail: Batch, taken: list[int], runs_of: list[int]) -> No
         else:
             batch.runs.setdefault(source, []).append([position, position])
         previous = n
+
+
+def _runs_between(bulk: Bulk, first: int, end: int) -> list[Run]:
+    """The runs of `bulk`'s operations `first` to `end` (not included): its runs cut at
+    both ends (new lists where cut: a run's list is never shared by two batches)."""
+    starts, runs, positions = bulk.starts, bulk.runs, bulk.positions
+    at = bisect_right(starts, first) - 1  # the run holding operation `first`
+    stop = bisect_left(starts, end)  # runs from `at` up to here hold some of them
+    cut = runs[at:stop]
+    if starts[at] < first:
+        cut[0] = [positions[first][1], cut[0][1]]
+    last_end = starts[stop] if stop < len(starts) else len(positions)  # past the last run
+    if last_end > end:
+        cut[-1] = [cut[-1][0], positions[end - 1][1]]
+    return cut
 
 
 def _rebuild_runs(batch: Batch) -> None:

@@ -1,7 +1,8 @@
 """The values a run shares with what sends its requests (the CleverTap client, the dry
 run, the tests' fakes) and with the state file: the request, the `Sender` that sends it,
 the hook called when it may reach CleverTap, each record's `Verdict`, an operation's
-`Position` in its input, and the request bodies as they go on the wire.
+`Position` in its input, the request bodies as they go on the wire, and the `Bulk` of
+plain records the record stage hands the planner.
 
 Imported by the run without the HTTP client, so a dry run never loads httpx; and by the
 client and the state file without the run's accounting.
@@ -10,7 +11,7 @@ client and the state file without the run's accounting.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, TypeAlias
 
 from ctsync.prepare import ProfileKey
@@ -62,6 +63,39 @@ class Sender(Protocol):
         request may reach CleverTap (see `client.OnWire`)."""
 
 
+@dataclass(slots=True)
+class Bulk:
+    """A block's *plain* records that go to one lane, as columns, in input order: the
+    run's process adds them to the lane's batches a slice at a time (`Planner.add_bulk`)
+    instead of record by record, and keeps no object for each of them until one needs
+    a report line (`Batch.owners_of`).
+
+    A plain record has one operation: an upload with a profile key and no device token,
+    without notes or token lookups; no other record of its block writes to or deletes its
+    profile, and no other record of its block has its messageId (so taking them after the
+    block's other records changes no order CleverTap or the dedupe sees).
+
+    `runs`: the positions that came one after another (no other operation of the block
+    between them), each `[first, last]`, and `starts` the index of each run's first
+    operation. `raws` only when the run writes lines (`Recipe.lines`); `ids`, `probes`,
+    `days` (each record's dedupe entry, or None) only when it dedupes."""
+
+    lane: int
+    bodies: list[bytes] = field(default_factory=list)
+    keys: list[ProfileKey] = field(default_factory=list)
+    safe: list[bool] = field(default_factory=list)
+    positions: list[tuple[str, Position]] = field(default_factory=list)
+    runs: list[list[Position]] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    raws: list[bytes | None] | None = None
+    ids: list[int | None] | None = None
+    probes: list[int] | None = None
+    days: list[int | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+
 def upload_body(bodies: Sequence[bytes]) -> bytes:
     """`{"d": [...]}` joined from encoded records."""
     return b'{"d":[' + b",".join(bodies) + b"]}"
@@ -75,6 +109,7 @@ def delete_body(key: DeleteKey, bodies: Sequence[bytes]) -> bytes:
 __all__ = [
     "ACCEPTED",
     "UNKNOWN",
+    "Bulk",
     "OnWire",
     "Position",
     "Request",

@@ -385,6 +385,7 @@ def test_the_delivery_core_keeps_every_promise(
     data=st.data(),
     block_bytes=st.integers(1, 300),
     in_flight=st.integers(1, 3),
+    bulk_from=st.sampled_from([1, 2, 10_000]),
 )
 def test_the_delivery_core_keeps_every_promise_with_two_workers(
     tmp_path_factory: Any,
@@ -392,12 +393,14 @@ def test_the_delivery_core_keeps_every_promise_with_two_workers(
     data: st.DataObject,
     block_bytes: int,
     in_flight: int,
+    bulk_from: int,
     worker_pool: WorkerPool,
 ) -> None:
     """The same promises with the records prepared by two worker processes (blocks of
-    a few lines, so that every input is cut in several). The processes are shared by
+    a few lines, so that every input is cut in several), their plain records taken in
+    bulk from one in a block on (`wire.gather`), or never. The processes are shared by
     every example (a pool of spawned processes per example took most of its time)."""
-    recipe = Recipe(model_mapper, no_validator)
+    recipe = Recipe(model_mapper, no_validator, bulk_from=bulk_from)
     workers = Workers(
         count=2,
         recipe=recipe,
@@ -406,6 +409,23 @@ def test_the_delivery_core_keeps_every_promise_with_two_workers(
         in_flight=in_flight,
         pool=worker_pool,
     )
+    check_promises(tmp_path_factory, scenario, data, workers)
+
+
+@settings(
+    max_examples=examples(200),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(scenario=scenarios, data=st.data(), block_bytes=st.integers(1, 1000))
+def test_the_delivery_core_keeps_every_promise_with_plain_records_in_bulk(
+    tmp_path_factory: Any, scenario: Scenario, data: st.DataObject, block_bytes: int
+) -> None:
+    """The same promises in one process (`--workers 1`), every block's plain records
+    (an upload alone on its line's message, of a profile nothing else in the block
+    touches) taken in bulk after the block's other records, whatever their number."""
+    recipe = Recipe(model_mapper, no_validator, bulk_from=1)
+    workers = Workers(count=1, recipe=recipe, block_bytes=block_bytes, start_after=0)
     check_promises(tmp_path_factory, scenario, data, workers)
 
 

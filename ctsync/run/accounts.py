@@ -30,10 +30,19 @@ class Accounts:
     def answer(self, batch: Batch, verdicts: Sequence[Verdict]) -> None:
         """A batch's final answer: one verdict per operation, in order."""
         settle = self.settle
+        owners: Sequence[Tracked | None] = batch.owners
+        if batch.bulk:  # some operations have no record object (`Planner.add_bulk`)
+            if verdicts.count(ACCEPTED) != len(verdicts):
+                owners = batch.owners_of()  # a report line needs them
+            else:  # each of them its record's only operation: the record is accepted
+                self.ledger.summary.accepted += batch.bulk
+                if batch.bulk == len(verdicts):
+                    return
         for owner, verdict, (source, position) in zip(
-            batch.owners, verdicts, batch.positions, strict=True
+            owners, verdicts, batch.positions, strict=True
         ):
-            settle(owner, source, position, verdict)
+            if owner is not None:
+                settle(owner, source, position, verdict)
 
     def settle(self, tracked: Tracked, source: str, position: Position, verdict: Verdict) -> None:
         """One operation's verdict: from CleverTap's answer, or settled by an earlier run

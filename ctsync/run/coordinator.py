@@ -93,8 +93,11 @@ class UploadRun:
         self._options = options
         self._observer = observer
         self._control = control = Control(ledger)
+        planner = Planner(lanes=options.lanes, batch_size=options.batch_size)
         if workers is not None:  # records' lines come back only if the ledger writes them
-            workers = replace(workers, recipe=replace(workers.recipe, lines=ledger.writes_lines))
+            lanes = len(planner.lanes)  # plain records come back by lane (`wire.gather`)
+            stage = replace(workers.recipe, lines=ledger.writes_lines, lanes=lanes)
+            workers = replace(workers, recipe=stage)
         # --workers: blocks go to worker processes when it is above 1 (the `Preparer`).
         self._workers = workers
         self._block_bytes = workers.block_bytes if workers is not None else BLOCK_BYTES
@@ -113,7 +116,6 @@ class UploadRun:
                 dedupe=message_ids is not None,
                 stubs=records is not None,
             )
-        planner = Planner(lanes=options.lanes, batch_size=options.batch_size)
         self._accounts = accounts = Accounts(ledger, message_ids)
         self._feed = feed = Feed(
             sources, summary=ledger.summary, checkpoint=self._checkpoint, stdin=stdin, state=state

@@ -251,7 +251,7 @@ class Dispatcher:
         settle = self._accounts.ledger.settle
         for batch in live:
             self.queued -= batch.sealed
-            for owner in batch.owners:
+            for owner in batch.owners_of():
                 settle(owner, ABORTED if batch.sent else unsent)
 
     def _unsent(self) -> Verdict:

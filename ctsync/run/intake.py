@@ -28,12 +28,14 @@ from ctsync.run.options import Control, RunOptions
 from ctsync.run.stage import Recipe, RecordStage, lookups_hold, tokens_sent
 from ctsync.run.wire import (
     BROKEN,
+    BULK,
     DONE,
     INVALID,
     KINDS,
     READY,
     SKIPPED,
     SKIPPED_RUN,
+    Bulk,
     Result,
     WireOp,
     notes_of,
@@ -113,14 +115,27 @@ class Intake:
         control = self._control
         window = self._options.window
         ids = self._ids
+        # A block with plain records taken in bulk (its last result) is taken in one
+        # step: no turn of the event loop, no checkpoint, no stop in the middle of it,
+        # since its other records are taken first though some came later in the input
+        # (a state file written in between would call the bulk ones read).
+        whole = bool(results) and results[-1][2] == BULK
         for result in results:
             line, part, code, raw, a, b, lookups, key, probe, day = result
+            if whole:  # bulk records may lie between this one and the one before
+                self._gap = True
             if code == SKIPPED_RUN:
                 summary.read += b
                 for reason, count in a.items():  # a third of `Counter.update`'s cost
                     skipped[reason] += count
                 if progress is not None:
                     progress.position = (line, part)
+                self.taken += b - 1  # and one below
+            elif code == BULK:
+                summary.read += b
+                if progress is not None and progress.position < (line, part):
+                    progress.position = (line, part)
+                self._take_bulk(source, a, group)
                 self.taken += b - 1  # and one below
             elif settled or lookups or b is not None:
                 take(source, result, progress)
@@ -145,6 +160,8 @@ class Intake:
                 take(source, result, progress)
             # The pace only when it has something to do: a coroutine per record costs.
             self.taken += 1
+            if whole:
+                continue
             if dispatcher.queued >= window or self.taken >= self._look_at:
                 self._look_at = self.taken + YIELD_EVERY
                 await self._pace()
@@ -152,6 +169,55 @@ class Intake:
                 control.check()
             if control.stopping:  # after the take: no record read is left unaccounted
                 return
+        if whole:
+            self._look_at = self.taken + YIELD_EVERY
+            await self._pace()
+
+    def _take_bulk(self, source: str, bulks: list[Bulk], group: Group) -> None:
+        """A block's plain records (`wire.Bulk`), after its other records: claimed (the
+        dedupe), then added to their lanes a slice at a time. Any that is a copy of a
+        message sent, or whose profile waits for a deletion, makes its records go one by
+        one instead."""
+        ids = self._ids
+        copies: set[int] = set()
+        if ids is not None:
+            claim = ids.claim
+            for bulk in bulks:
+                if bulk.ids is None or bulk.probes is None or bulk.days is None:
+                    continue
+                for key, probe, day in zip(bulk.ids, bulk.probes, bulk.days, strict=True):
+                    if key is not None and claim(key, probe, day, group):
+                        copies.add(key)
+        planner = self._planner
+        enqueue = self._dispatcher.enqueue
+        deferred = planner.deferred
+        remember = ids is not None
+        for bulk in bulks:
+            if copies or (deferred and not deferred.keys().isdisjoint(bulk.keys)):
+                self._one_by_one(source, bulk, copies, group)
+                continue
+            sealed = planner.add_bulk(bulk, remember)
+            if sealed:
+                enqueue(sealed)
+
+    def _one_by_one(self, source: str, bulk: Bulk, copies: set[int], group: Group) -> None:
+        """Plain records of one lane, each planned as a record of its own (claimed
+        already): copies are skipped, and a profile that waits for a deletion waits."""
+        skipped = self._ledger.summary.skipped
+        raws, ids, days = bulk.raws, bulk.ids, bulk.days
+        for n, (_, (line, part, number)) in enumerate(bulk.positions):
+            key = None if ids is None else ids[n]
+            # Each its own run of positions: the block's other records, some between
+            # these in the input, were planned before them.
+            self._gap = True
+            if key is not None and key in copies:
+                skipped[DUPLICATE_MESSAGE_ID] += 1
+                continue
+            op: WireOp = (0, bulk.keys[n], bulk.bodies[n], bulk.safe[n], False, number, None)
+            raw = None if raws is None else raws[n]
+            day = None if days is None else days[n]
+            self._plan_new(source, line, part, raw, NO_MESSAGE, [op], key, day, group, True)
+        self._gap = True
 
     def _take_result(self, source: str, result: Result, progress: Progress | None) -> None:
         line, part, code, raw, a, b, lookups, key, _, day = result

@@ -31,6 +31,7 @@ from ctsync.prepare import Skipped, ValidateMode, Validator, prepare
 from ctsync.reader import Block, InputRecord, decode_block
 from ctsync.records import Invalid, Mapper, TokenKey, counting
 from ctsync.run.wire import (
+    BULK_AT_LEAST,
     INVALID,
     NO_LOOKUPS,
     READY,
@@ -41,6 +42,7 @@ from ctsync.run.wire import (
     Result,
     broken,
     done,
+    gather,
     skip_runs,
     stub,
     wire_ops,
@@ -63,6 +65,10 @@ class Recipe:
     # run without them receives half the bytes from its workers and keeps no line in
     # memory for the records in flight.
     lines: bool = True
+    # The run's upload lanes (`Planner.lanes`): with them a block's plain records come
+    # back by lane (`wire.gather`); 0: record by record. The run sets it.
+    lanes: int = 0
+    bulk_from: int = BULK_AT_LEAST  # plain records a block needs to go in bulk (tests: 1)
 
 
 class RecordStage:
@@ -87,6 +93,8 @@ class RecordStage:
         counted: bool = False,
         stubs: bool = False,
         lines: bool = True,
+        lanes: int = 0,
+        bulk_from: int = BULK_AT_LEAST,
     ) -> None:
         self.mapper = mapper
         self.validator = validator if mode is not ValidateMode.OFF else None
@@ -98,6 +106,8 @@ class RecordStage:
         # (a deletion's identity), so the report cannot read the message from it.
         self._stubs = stubs
         self._lines = lines  # a READY record's line goes back (see `Recipe.lines`)
+        self._lanes = lanes  # plain records come back by lane (see `Recipe.lanes`)
+        self._bulk_from = bulk_from
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> RecordStage:
@@ -111,15 +121,28 @@ class RecordStage:
             log=counting(mapper).tokens.watch(),  # each token lookup and its answer
             counted=True,
             lines=recipe.lines,
+            lanes=recipe.lanes,
+            bulk_from=recipe.bulk_from,
         )
 
     def block(self, block: Block, resume: Any) -> Prepared:
         """Every record of `block`, prepared; and the mapper's counts for the block. In a
         block no earlier run touched (`resume` None), runs of skipped records come as
-        one result each."""
+        one result each, and its plain records as one (`wire.gather`)."""
         record = self.record
         results = [record(each, resume) for each in decode_block(block)]
-        return (skip_runs(results) if resume is None else results), self.counts()
+        if resume is None:
+            if self._lanes:
+                results = gather(
+                    results,
+                    block.source,
+                    self._lanes,
+                    lines=self._lines,
+                    dedupe=self.dedupe,
+                    at_least=self._bulk_from,
+                )
+            results = skip_runs(results)
+        return results, self.counts()
 
     def record(self, record: InputRecord, resume: Any) -> Result:
         """One record, prepared (or passed over: an earlier run finished it)."""

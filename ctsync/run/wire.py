@@ -28,6 +28,9 @@ record, and pickling a named tuple costs four times a tuple's (measured: 1.4 aga
   `lookups`.
 - `lookups`: the device-token lookups its mapping made, with their answers, when the
   stage keeps its own token set (see `ctsync.run.workers`); empty otherwise.
+- BULK     the block's plain records, by lane (see `Bulk`), taken as one result at the
+             end of its block: a: the `Bulk`s, b: how many records; `line` and `part`
+             are the last one's. Only in a block no earlier run touched.
 - `key`, `probe`, `day`: its messageId's dedupe entry (`ctsync.dedupe.Entry`), when
   the run dedupes and it has one and is not skipped (a message the mapping skips is
   counted under its reason, never as a copy: nothing is sent either way); `key` and
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 from typing import Any, Final, TypeAlias
 
+from ctsync.model import Bulk
 from ctsync.prepare import Op, OpKind, ProfileKey, profile_hash
 from ctsync.records import Invalid, Message, TokenKey
 from ctsync.rules import Fix
@@ -49,6 +53,7 @@ INVALID: Final = 2
 BROKEN: Final = 3
 DONE: Final = 4
 SKIPPED_RUN: Final = 5
+BULK: Final = 6
 
 Lookups: TypeAlias = tuple[tuple[TokenKey, bool], ...]
 """Each (objectId, token) looked up in the stage's set of tokens sent, and whether it
@@ -76,6 +81,7 @@ KINDS: Final = (OpKind.UPLOAD, OpKind.DELETE_IDENTITY, OpKind.DELETE_GUID)
 KIND_CODES: Final = {kind: code for code, kind in enumerate(KINDS)}
 
 NO_LOOKUPS: Lookups = ()
+UPLOAD_CODE: Final = 0  # `KIND_CODES[OpKind.UPLOAD]`
 NO_LIST: list[Any] = []  # no warnings, no fixes (never changed)
 STUB_KEYS: Final = ("messageId", "userId", "anonymousId")
 
@@ -142,6 +148,102 @@ def skip_runs(results: list[Result]) -> list[Result]:
     return out
 
 
+BULK_AT_LEAST: Final = 64
+"""Plain records in a block below which it goes record by record (nothing to gain)."""
+
+
+def gather(
+    results: list[Result],
+    source: str,
+    lanes: int,
+    *,
+    lines: bool,
+    dedupe: bool,
+    at_least: int = BULK_AT_LEAST,
+) -> list[Result]:
+    """`results` (one block's, in order) with its plain records (see `Bulk`) taken out
+    into one BULK result at the end; `results` as they are when the block has fewer
+    than `at_least`, or two records with one messageId."""
+    held: set[ProfileKey] = set()  # profiles some record that is not plain writes or deletes
+    ids: set[int] = set()
+    plain = 0
+    for result in results:
+        key = result[7]
+        if key is not None:
+            if key in ids:
+                return results
+            ids.add(key)
+        if result[2] != READY:
+            continue
+        ops = result[4]
+        if len(ops) == 1 and result[5] is None and not result[6]:
+            op = ops[0]
+            if op[0] == UPLOAD_CODE and op[1] is not None and not op[4]:
+                plain += 1
+                continue
+        for op in ops:
+            if op[1] is not None:
+                held.add(op[1])
+    if plain < max(1, at_least):
+        return results
+    rest: list[Result] = []
+    bulks: dict[int, Bulk] = {}
+    last_seq: dict[int, int] = {}  # each lane's last operation, by its place in the block
+    seq = 0  # operations of the block so far
+    count = 0
+    last: tuple[int, int] = (0, 0)
+    for result in results:
+        if result[2] != READY:
+            rest.append(result)
+            continue
+        ops = result[4]
+        op = ops[0]
+        if (
+            len(ops) != 1
+            or result[5] is not None
+            or result[6]
+            or op[0] != UPLOAD_CODE
+            or op[1] is None
+            or op[4]
+            or op[1] in held
+        ):
+            rest.append(result)
+            seq += len(ops)
+            continue
+        lane = op[6] % lanes
+        bulk = bulks.get(lane)
+        if bulk is None:
+            bulk = bulks[lane] = Bulk(lane)
+            if lines:
+                bulk.raws = []
+            if dedupe:
+                bulk.ids, bulk.probes, bulk.days = [], [], []
+        line, part = result[0], result[1]
+        position = (line, part, op[5])
+        if last_seq.get(lane) == seq - 1:
+            bulk.runs[-1][1] = position
+        else:
+            bulk.starts.append(len(bulk.bodies))
+            bulk.runs.append([position, position])
+        last_seq[lane] = seq
+        bulk.bodies.append(op[2])
+        bulk.keys.append(op[1])
+        bulk.safe.append(op[3])
+        bulk.positions.append((source, position))
+        if bulk.raws is not None:
+            bulk.raws.append(result[3])
+        if bulk.ids is not None and bulk.probes is not None and bulk.days is not None:
+            bulk.ids.append(result[7])
+            bulk.probes.append(result[8])
+            bulk.days.append(result[9])
+        seq += 1
+        count += 1
+        last = (line, part)
+    bulk_result = (last[0], last[1], BULK, None, list(bulks.values()), count)
+    rest.append((*bulk_result, NO_LOOKUPS, None, 0, None))
+    return rest
+
+
 def notes_of(result: Result) -> Notes:
     """A READY result's notes (none: empty lists and an empty stub)."""
     notes: Notes | None = result[5]
@@ -150,6 +252,8 @@ def notes_of(result: Result) -> Notes:
 
 __all__ = [
     "BROKEN",
+    "BULK",
+    "BULK_AT_LEAST",
     "DONE",
     "INVALID",
     "KINDS",
@@ -157,6 +261,7 @@ __all__ = [
     "READY",
     "SKIPPED",
     "SKIPPED_RUN",
+    "Bulk",
     "Counts",
     "Lookups",
     "Notes",
@@ -165,6 +270,7 @@ __all__ = [
     "WireOp",
     "broken",
     "done",
+    "gather",
     "notes_of",
     "ops_of",
     "skip_runs",

@@ -1,0 +1,351 @@
+"""Plain records in bulk (`wire.gather`, `Planner.add_bulk`, `Batch.owners_of`): a
+block's uploads that nothing else in the block orders against go to their lanes a slice
+at a time, after the block's other records, with no object per record.
+
+Against the same records taken one by one (the path the delivery model checks): the
+same records reach CleverTap, each profile's in input order; the same report and dead
+letters, refusals included; the same counts. And `gather` itself against a model that
+only reads the block's results."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from ctsync.batching import Batch, Planner
+from ctsync.dedupe import MessageIds, window_ms
+from ctsync.ledger import Ledger, Tracked
+from ctsync.model import Bulk
+from ctsync.prepare import OpKind, profile_hash
+from ctsync.reader import Source
+from ctsync.records import Origin
+from ctsync.run import DryRunSender, RunOptions, UploadRun
+from ctsync.run.stage import Recipe
+from ctsync.run.wire import BULK, INVALID, READY, SKIPPED, Result, gather
+from ctsync.run.workers import Workers
+from tests.helpers import examples
+from tests.test_workers import PRESETS, Refusing, exports, recipe_for
+
+NEVER = 10**9
+
+
+def one_run(
+    export: Path | list[Path], built: Recipe, block_bytes: int, refuse: bool, dedupe: bool
+) -> tuple[bytes, list[bytes], list[bytes], dict[str, Any]]:
+    """A run in one process: (requests, report lines, dead letters, summary)."""
+    requests, report, failed = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    exports = export if isinstance(export, list) else [export]
+    sources = [Source(str(e), e, e.stat().st_size, max_line_bytes=1024) for e in exports]
+    tokens: set[tuple[str, str]] = set()
+    ids = MessageIds.temporary(window_ms(30)) if dedupe else None
+    try:
+        run = UploadRun(
+            sources,
+            mapper=built.mapper(tokens),
+            tokens=tokens,
+            sender=(Refusing if refuse else DryRunSender)(requests),
+            ledger=Ledger(report=report, dead_letters=failed, dry_run=True, run="the-run"),
+            options=RunOptions(validate=built.mode, batch_size=3, lanes=2),
+            validator=built.validator(),
+            workers=Workers(count=1, recipe=built, block_bytes=block_bytes),
+            message_ids=ids,
+        )
+        summary = asyncio.run(run.run()).as_dict()
+    finally:
+        if ids is not None:
+            ids.close()
+    for key in ("elapsed_seconds", "cpu_seconds", "requests"):
+        del summary[key]
+    lines = sorted(report.getvalue().splitlines())
+    return requests.getvalue(), lines, sorted(failed.getvalue().splitlines()), summary
+
+
+def profile_of(record: dict[str, Any]) -> str:
+    """The profile a record orders against (the README): its identity; the identity a
+    linking profile write names (`--link-anonymous`, alias); else its objectId."""
+    if record.get("identity") is not None:
+        return str(record["identity"])
+    data = record.get("profileData")
+    if isinstance(data, dict) and data.get("Identity") is not None:
+        return str(data["Identity"])
+    return f"guid:{record.get('objectId')}"
+
+
+def sent(requests: bytes) -> tuple[Counter[bytes], dict[str, list[bytes]]]:
+    """Every record sent (uploads and deletions), and each profile's in the order sent."""
+    records: Counter[bytes] = Counter()
+    by_profile: dict[str, list[bytes]] = {}
+    for line in requests.splitlines():
+        request = orjson.loads(line)
+        body = request["body"]
+        if request["path"] == "/1/upload":
+            for record in body["d"]:
+                encoded = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+                records[encoded] += 1
+                by_profile.setdefault(profile_of(record), []).append(encoded)
+        else:
+            for key, values in body.items():
+                for value in values:
+                    encoded = orjson.dumps(["delete", key, value])
+                    records[encoded] += 1
+                    who = str(value) if key == "identity" else f"guid:{value}"
+                    by_profile.setdefault(who, []).append(encoded)
+    return records, by_profile
+
+
+@settings(
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    data=exports(),
+    preset=st.sampled_from(PRESETS),
+    validate=st.sampled_from(["strict", "fix", "warn"]),
+    block_bytes=st.integers(1, 3000),
+    refuse=st.booleans(),
+)
+def test_plain_records_in_bulk_give_what_they_give_one_by_one(
+    tmp_path_factory: pytest.TempPathFactory,
+    data: bytes,
+    preset: str,
+    validate: str,
+    block_bytes: int,
+    refuse: bool,
+) -> None:
+    """With refusals (their report lines and dead letters come from the records' columns),
+    or with the messageId dedupe (a copy in a later block is skipped either way). Not both:
+    whether a copy read after a refusal is sent depends on when the refusal came."""
+    export = tmp_path_factory.mktemp("bulk") / "export.ndjson"
+    export.write_bytes(data)
+    built = recipe_for(preset, validate)
+    dedupe = not refuse
+    alone = one_run(export, replace(built, bulk_from=NEVER), block_bytes, refuse, dedupe)
+    bulk = one_run(export, replace(built, bulk_from=1), block_bytes, refuse, dedupe)
+    assert sent(bulk[0]) == sent(alone[0]), "other records, or a profile's in another order"
+    for line in bulk[0].splitlines():  # no request over its size (`batch_size=3`)
+        body = orjson.loads(line)["body"]
+        assert all(len(values) <= 3 for values in body.values()), body
+    assert bulk[1] == alone[1], "the report differs"
+    assert bulk[2] == alone[2], "the dead letters differ"
+    assert bulk[3] == alone[3], "the counts differ"
+
+
+def test_a_refused_plain_record_is_reported_with_its_line_and_its_copy_sent_later(
+    tmp_path: Path,
+) -> None:
+    """Records refused from batches filled in bulk: each report line names the record's
+    own file and line, each dead letter is its own line, and its messageId is let go (its
+    copy in a later file is sent, and refused again), while an accepted one's copy is
+    skipped."""
+    lines = [
+        orjson.dumps(
+            {
+                "type": "identify",
+                "messageId": f"m{n}",
+                "userId": f"u{n}",
+                "timestamp": "2024-05-01T12:00:00Z",
+                "traits": {"plan": f"p{n}"},
+            }
+        )
+        for n in range(40)
+    ]
+    files = [tmp_path / "1.ndjson", tmp_path / "2.ndjson"]  # the copies in a later block
+    for path in files:
+        path.write_bytes(b"\n".join(lines) + b"\n")
+    built = replace(recipe_for("actions", "strict"), bulk_from=1)
+    requests, report, failed, summary = one_run(files, built, 10**6, True, True)
+    reported = [orjson.loads(line) for line in report]
+    refused = {entry["line"] for entry in reported if entry["source"] == str(files[0])}
+    assert refused and len(refused) < 40, "the test needs some refused and some accepted"
+    assert summary["read"] == 80
+    # A copy read once its first was refused is sent (and refused again); one read while
+    # its first was still in a batch not yet answered is skipped, as documented.
+    again = {entry["line"] for entry in reported if entry["source"] == str(files[1])}
+    assert again and again <= refused, (again, refused)
+    assert len(reported) == len(refused) + len(again)
+    for entry in reported:
+        assert entry["messageId"] == f"m{entry['line'] - 1}"
+        assert entry["identity"] == f"u{entry['line'] - 1}"
+    expected = [lines[line - 1] for line in sorted(refused) + sorted(again)]
+    assert sorted(failed) == sorted(expected)
+    assert summary["skipped_by_reason"] == {"duplicate-message-id": 40 - len(again)}
+    records, _ = sent(requests)
+    assert sum(records.values()) == 40 + len(again)
+
+
+# -- gather, against a model -------------------------------------------------------------
+
+USERS = ["a", "b", "c", "d", "e", "f"]
+KINDS = ["plain", "plain", "plain", "two", "delete", "token", "notes", "lookups", "unkeyed"]
+KINDS += ["skip", "invalid"]
+
+
+@st.composite
+def block_results(draw: st.DrawFn) -> list[Result]:
+    """One block's results as the record stage makes them: uploads of one or two
+    operations, deletions, tokens, notes, lookups, skipped and invalid records, some
+    with messageIds (dedupe entries) that may repeat."""
+    results: list[Result] = []
+    for line in range(1, draw(st.integers(0, 30)) + 1):
+        kind = draw(st.sampled_from(KINDS))
+        user = draw(st.sampled_from(USERS))
+        key = draw(st.sampled_from([None, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]))
+        body = b'{"u":"%s","l":%d}' % (user.encode(), line)
+        upload = (0, user, body, True, kind == "token", 0, profile_hash(user))
+        if kind == "skip":
+            results.append((line, 0, SKIPPED, None, "reason", None, (), None, 0, None))
+            continue
+        if kind == "invalid":
+            results.append((line, 0, INVALID, b"x", "bad", {}, (), key, key or 0, None))
+            continue
+        ops: list[Any] = [upload]
+        notes: Any = None
+        lookups: Any = ()
+        if kind == "two":
+            ops.append((0, user, body + b" ", False, False, 1, profile_hash(user)))
+        elif kind == "delete":
+            ops = [(1, user, b'"%s"' % user.encode(), True, False, 0, profile_hash(user))]
+        elif kind == "unkeyed":
+            ops = [(0, None, body, True, False, 0, None)]
+        elif kind == "notes":
+            notes = (["w"], [], {})
+        elif kind == "lookups":
+            lookups = (((user, "t"), False),)
+        results.append((line, 0, READY, b"raw%d" % line, ops, notes, lookups, key, key or 0, 3))
+    return results
+
+
+@given(results=block_results(), lanes=st.integers(1, 4), at_least=st.integers(1, 3))
+@example(  # a deletion between two plain uploads of one lane: no run spans it
+    results=[
+        (1, 0, READY, b"r1", [(0, "a", b"1", True, False, 0, 0)], None, (), None, 0, None),
+        (2, 0, READY, b"r2", [(1, "b", b"2", True, False, 0, 0)], None, (), None, 0, None),
+        (3, 0, READY, b"r3", [(0, "c", b"3", True, False, 0, 0)], None, (), None, 0, None),
+    ],
+    lanes=1,
+    at_least=1,
+)
+def test_gather_takes_out_exactly_the_plain_records_and_keeps_their_order(
+    results: list[Result], lanes: int, at_least: int
+) -> None:
+    out = gather(list(results), "f", lanes, lines=True, dedupe=True, at_least=at_least)
+    ids = [r[7] for r in results if r[7] is not None]
+    # The model: which records are plain, from the results alone.
+    touched: set[str] = set()
+    candidates = []
+    for r in results:
+        if r[2] != READY:
+            continue
+        ops = r[4]
+        simple = len(ops) == 1 and ops[0][0] == 0 and ops[0][1] is not None and not ops[0][4]
+        if simple and r[5] is None and not r[6]:
+            candidates.append(r)
+        else:
+            touched.update(op[1] for op in ops if op[1] is not None)
+    plain = [r for r in candidates if r[4][0][1] not in touched]
+    if len(set(ids)) < len(ids) or len(candidates) < at_least:
+        assert out == results, "a block with a repeated messageId, or too few, goes as it is"
+        return
+    if not plain:
+        assert [r for r in out if r[2] != BULK] == results
+        return
+    assert out[-1][2] == BULK and all(r[2] != BULK for r in out[:-1])
+    bulks: list[Bulk] = out[-1][4]
+    assert out[-1][5] == len(plain) and out[-1][:2] == plain[-1][:2]
+    assert out[:-1] == [r for r in results if r not in plain]
+    # Each plain record in its lane's bulk, in input order, with its columns.
+    for bulk in bulks:
+        assert 0 <= bulk.lane < lanes
+        mine = [r for r in plain if r[4][0][6] % lanes == bulk.lane]
+        assert bulk.bodies == [r[4][0][2] for r in mine]
+        assert bulk.keys == [r[4][0][1] for r in mine]
+        assert bulk.safe == [r[4][0][3] for r in mine]
+        assert bulk.positions == [("f", (r[0], r[1], 0)) for r in mine]
+        assert bulk.raws == [r[3] for r in mine]
+        assert bulk.ids == [r[7] for r in mine] and bulk.probes == [r[8] for r in mine]
+        assert bulk.days == [r[9] for r in mine]
+    assert sum(len(b) for b in bulks) == len(plain)
+    # A run of positions spans only this lane's plain records: no operation of the
+    # block between its first and its last goes anywhere else.
+    order = [(r[0], op[5]) for r in results if r[2] == READY for op in r[4]]
+    for bulk in bulks:
+        mine_lines = {p[1][0] for p in bulk.positions}
+        covered = 0
+        for first, last in bulk.runs:
+            inside = [(line, n) for line, n in order if first[0] <= line <= last[0]]
+            assert all(line in mine_lines for line, _ in inside), (first, last, inside)
+            covered += len(inside)
+        assert covered == len(bulk)
+        assert [bulk.positions[s][1] for s in bulk.starts] == [run[0] for run in bulk.runs]
+
+
+# -- add_bulk, against a model of runs ----------------------------------------------------
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["bulk", "one"]), st.integers(0, 1), st.integers(1, 9)),
+        max_size=12,
+    ),
+    size=st.integers(1, 5),
+    data=st.data(),
+)
+def test_add_bulk_fills_batches_to_their_size_and_runs_cover_exactly_their_batch(
+    steps: list[tuple[str, int, int]], size: int, data: st.DataObject
+) -> None:
+    """Slices of plain records and single operations into two lanes: every batch holds
+    at most `size`, the lane's operations in the order added, and the runs of positions
+    a batch records (what the state file keeps for it) cover its own positions and no
+    other operation's."""
+    planner = Planner(lanes=2, batch_size=size)
+    batches: list[Batch] = []
+    added: dict[int, list[int]] = {0: [], 1: []}  # each lane's lines, in order
+    line = 0
+    for kind, lane, count in steps:
+        if kind == "one":
+            line += 1
+            key = next(k for k in (f"k{i}" for i in range(99)) if profile_hash(k) % 2 == lane)
+            owner = Tracked(Origin("f", line, 0), None, {}, 1)
+            batches += planner.add_encoded(
+                OpKind.UPLOAD, key, b"x", True, False, owner, "f", (line, 0, 0), True
+            )
+            added[lane].append(line)
+            continue
+        bulk = Bulk(lane)
+        for _ in range(count):
+            line += 1 + data.draw(st.sampled_from([0, 0, 1]))  # sometimes one passed over
+            position = (line, 0, 0)
+            if bulk.runs and bulk.runs[-1][1][0] == line - 1:
+                bulk.runs[-1][1] = position
+            else:
+                bulk.starts.append(len(bulk.bodies))
+                bulk.runs.append([position, position])
+            bulk.bodies.append(b"%d" % line)
+            bulk.keys.append(f"p{line}")
+            bulk.safe.append(True)
+            bulk.positions.append(("f", position))
+            added[lane].append(line)
+        batches += planner.add_bulk(bulk, False)
+    batches += [b for b in planner.open_batches() if b.lane >= 0]
+    where = {p[1][0]: b for b in batches for p in b.positions}
+    for batch in batches:
+        assert 0 < len(batch) <= size
+        covered = set()
+        for first, last in batch.runs["f"]:
+            inside = {n for n in where if first[0] <= n <= last[0]}
+            assert all(where[n] is batch for n in inside), (first, last)
+            covered |= inside
+        assert covered == {p[1][0] for p in batch.positions}
+    for lane in (0, 1):
+        mine = [b for b in batches if b.lane == lane]
+        assert [p[1][0] for b in mine for p in b.positions] == added[lane]
