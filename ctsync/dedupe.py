@@ -33,7 +33,7 @@ import sqlite3
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 from itertools import chain, combinations
 from typing import Final, TypeAlias
@@ -243,11 +243,7 @@ class MessageIds:
         elif newest is None or day > newest:
             self._newest = day if day < self._latest else self._latest
         if self._gone:
-            for earlier, gone in self._gone.items():
-                if key in gone:
-                    gone.discard(key)
-                    self._again.add(key)
-                    self._put_off.setdefault(key, []).append(earlier)
+            self._claimed_again(key)
         fresh = self._fresh.get(group)
         if fresh is None:
             fresh = self._fresh[group] = {}
@@ -257,6 +253,61 @@ class MessageIds:
         if not self._room:
             self._upkeep()
         return False
+
+    def claim_all(
+        self,
+        keys: Sequence[int | None],
+        probes: Sequence[int],
+        days: Sequence[int | None],
+        group: Group,
+    ) -> list[int]:
+        """`claim` of each entry in turn (None: a message without a messageId, never a
+        copy): the indexes of the copies. One call for a block's plain records (the
+        intake's bulk path): the same answers and the same ids remembered as a `claim`
+        per entry, in a tenth of the calls' cost."""
+        copies: list[int] = []
+        fresh = self._fresh.get(group)
+        if fresh is None:
+            fresh = self._fresh[group] = {}
+        words, mask, masks, held = self._words, self._mask, _MASKS, self._held
+        n = 0
+        for key, probe, day in zip(keys, probes, days, strict=True):
+            if key is None:
+                n += 1
+                continue
+            at = probe & mask
+            bits = masks[probe >> _WORD_BITS]
+            have = words[at]
+            if have & bits == bits and held(key):
+                copies.append(n)
+                n += 1
+                continue
+            newest = self._newest
+            if day is None:
+                day = self._now if newest is None else newest
+            elif newest is None or day > newest:
+                self._newest = day if day < self._latest else self._latest
+            if self._gone:
+                self._claimed_again(key)
+            fresh[key] = day
+            words[at] = have | bits
+            self._room -= 1
+            if not self._room:
+                self._upkeep()
+                words, mask = self._words, self._mask  # rebuilt when it grew
+                fresh = self._fresh.get(group)
+                if fresh is None:  # sent to the table (without a state file)
+                    fresh = self._fresh[group] = {}
+            n += 1
+        return copies
+
+    def _claimed_again(self, key: int) -> None:
+        """A key claimed after an input forgot it (see `claim`)."""
+        for earlier, gone in self._gone.items():
+            if key in gone:
+                gone.discard(key)
+                self._again.add(key)
+                self._put_off.setdefault(key, []).append(earlier)
 
     def _held(self, key: int) -> bool:
         """The exact answer, for a key the filter may hold."""

@@ -95,6 +95,37 @@ class StoreAgainstModel(RuleBasedStateMachine):
         self.live[key] = (day, group)
         self.newest = day if self.newest is None else max(self.newest, day)
 
+    @rule(
+        entries=st.lists(
+            st.tuples(st.one_of(st.none(), KEYS), st.one_of(st.none(), st.integers(0, 40))),
+            max_size=8,
+        ),
+        group=st.sampled_from(GROUPS),
+    )
+    def claim_all(self, entries: list[tuple[int | None, int | None]], group: str) -> None:
+        """A block's plain records claimed in one call (`claim_all`): a copy is an entry
+        whose id is seen at its turn (an earlier entry of the same call included); the
+        others are remembered, a message without a timestamp at the newest day seen (which
+        it does not move)."""
+        keys = [key for key, _ in entries]
+        days = [None if days is None else NOW_DAY - days for _, days in entries]
+        probes = [0 if key is None else key & PROBE for key in keys]
+        copies = self.store.claim_all(keys, probes, days, group)
+        expected = []
+        for n, (key, day) in enumerate(zip(keys, days, strict=True)):
+            if key is None:
+                continue
+            self.known.add(key)
+            if key in self.live:
+                expected.append(n)
+                continue
+            if day is None:  # it moves no window: the newest day seen stays
+                self.live[key] = (self.newest if self.newest is not None else NOW_DAY, group)
+                continue
+            self.live[key] = (day, group)
+            self.newest = day if self.newest is None else max(self.newest, day)
+        assert copies == expected
+
     @precondition(lambda self: any(group != "earlier" for _, group in self.live.values()))
     @rule(data=st.data())
     def forget(self, data: st.DataObject) -> None:
@@ -174,8 +205,23 @@ def test_without_a_state_file_every_id_planned_and_not_forgotten_is_seen(
         store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
         live: set[int] = set()
         ever: list[int] = []
+        batch: list[int] = []  # keys claimed in one call (`claim_all`) by every fourth step
         for remember, key in steps:
-            if remember:
+            if remember and key % 4 == 1:
+                batch.append(key)
+                if len(batch) < 3:
+                    continue
+                copies = store.claim_all(list(batch), [k & PROBE for k in batch], [None] * 3, None)
+                expected = []
+                for n, claimed in enumerate(batch):
+                    if claimed in live:
+                        expected.append(n)
+                    else:
+                        live.add(claimed)
+                        ever.append(claimed)
+                assert copies == expected
+                batch.clear()
+            elif remember:
                 # A key met before, now and then: forgotten ones are planned again.
                 key = ever[key % len(ever)] if ever and key % 3 == 0 else key
                 if key not in live:
@@ -189,6 +235,21 @@ def test_without_a_state_file_every_id_planned_and_not_forgotten_is_seen(
             for known in [*ever, key]:
                 assert store.seen(known) == (known in live), known
         assert len(store) == len(live)
+
+
+def test_ids_claimed_in_one_call_stay_seen_when_memory_moves_them_midway() -> None:
+    """Without a state file, ids move out of memory every few claims: a `claim_all` of
+    many keys crosses several moves (and growths of the filter), and every key stays seen,
+    every repeat is a copy."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    with mock.patch.multiple(dedupe, WRITE_AT=2, SHELVED_AT_MOST=6):
+        store = MessageIds(db, window_ms=DAY_MS, persistent=False, min_bits=64)
+        keys = [n * 0x9E3779B97F4A7C15 % 2**63 for n in range(1, 40)]
+        entries = keys + keys[:5]
+        copies = store.claim_all(entries, [k & PROBE for k in entries], [NOW_DAY] * 44, None)
+        assert copies == list(range(39, 44))
+        assert all(store.seen(key) for key in keys)
+        assert len(store) == len(keys)
 
 
 def test_a_store_without_a_state_file_is_private_and_moves_its_ids_out_of_memory(

@@ -5,6 +5,8 @@ state file keeps); a record refused or failed for good lets its messageId go."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import compress
+from typing import cast
 
 from ctsync.batching import Batch
 from ctsync.dedupe import Group, MessageIds, forgotten
@@ -30,19 +32,22 @@ class Accounts:
     def answer(self, batch: Batch, verdicts: Sequence[Verdict]) -> None:
         """A batch's final answer: one verdict per operation, in order."""
         settle = self.settle
-        owners: Sequence[Tracked | None] = batch.owners
         if batch.bulk:  # some operations have no record object (`Planner.add_bulk`)
-            if verdicts.count(ACCEPTED) != len(verdicts):
-                owners = batch.owners_of()  # a report line needs them
-            else:  # each of them its record's only operation: the record is accepted
+            if verdicts.count(ACCEPTED) == len(verdicts):
+                # Each of them its record's only operation: the record is accepted. The
+                # others (a record object each) one by one, passing over the None.
                 self.ledger.summary.accepted += batch.bulk
-                if batch.bulk == len(verdicts):
-                    return
+                pairs = zip(batch.owners, batch.positions, strict=True)
+                for owner, (source, position) in compress(pairs, batch.owners):
+                    settle(cast(Tracked, owner), source, position, ACCEPTED)
+                return
+            owners = batch.owners_of()  # a report line needs them
+        else:
+            owners = cast(list[Tracked], batch.owners)  # none is None without bulk
         for owner, verdict, (source, position) in zip(
             owners, verdicts, batch.positions, strict=True
         ):
-            if owner is not None:
-                settle(owner, source, position, verdict)
+            settle(owner, source, position, verdict)
 
     def settle(self, tracked: Tracked, source: str, position: Position, verdict: Verdict) -> None:
         """One operation's verdict: from CleverTap's answer, or settled by an earlier run

@@ -181,13 +181,11 @@ class Intake:
         ids = self._ids
         copies: set[int] = set()
         if ids is not None:
-            claim = ids.claim
             for bulk in bulks:
                 if bulk.ids is None or bulk.probes is None or bulk.days is None:
                     continue
-                for key, probe, day in zip(bulk.ids, bulk.probes, bulk.days, strict=True):
-                    if key is not None and claim(key, probe, day, group):
-                        copies.add(key)
+                for n in ids.claim_all(bulk.ids, bulk.probes, bulk.days, group):
+                    copies.add(bulk.ids[n])  # type: ignore[arg-type]  # a copy has an id
         planner = self._planner
         enqueue = self._dispatcher.enqueue
         deferred = planner.deferred
