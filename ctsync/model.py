@@ -95,6 +95,43 @@ class Bulk:
     def __len__(self) -> int:
         return len(self.bodies)
 
+    def split(self, keys: set[ProfileKey]) -> tuple[Bulk, Bulk]:
+        """(its records of profiles not in `keys`, those of profiles in `keys`), each in
+        order. A run of the first never spans a record of the second."""
+        kept, out = Bulk(self.lane), Bulk(self.lane)
+        for part in (kept, out):
+            part.raws = None if self.raws is None else []
+            if self.ids is not None:
+                part.ids, part.probes, part.days = [], [], []
+        starts = set(self.starts)
+        before = -2  # the last record kept
+        for n, key in enumerate(self.keys):
+            part = out if key in keys else kept
+            part.bodies.append(self.bodies[n])
+            part.keys.append(key)
+            part.safe.append(self.safe[n])
+            part.positions.append(self.positions[n])
+            if part.raws is not None and self.raws is not None:
+                part.raws.append(self.raws[n])
+            ids, probes, days = self.ids, self.probes, self.days
+            if ids is not None and probes is not None and days is not None:
+                assert part.ids is not None and part.probes is not None and part.days is not None
+                part.ids.append(ids[n])
+                part.probes.append(probes[n])
+                part.days.append(days[n])
+            position = self.positions[n][1]
+            if part is out:
+                part.starts.append(len(part.bodies) - 1)  # each its own run
+                part.runs.append([position, position])
+                continue
+            if before == n - 1 and n not in starts:
+                kept.runs[-1][1] = position
+            else:
+                kept.starts.append(len(kept.bodies) - 1)
+                kept.runs.append([position, position])
+            before = n
+        return kept, out
+
 
 def upload_body(bodies: Sequence[bytes]) -> bytes:
     """`{"d": [...]}` joined from encoded records."""

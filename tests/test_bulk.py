@@ -25,7 +25,7 @@ from ctsync.batching import Batch, Planner
 from ctsync.dedupe import MessageIds, window_ms
 from ctsync.ledger import Ledger, Tracked
 from ctsync.model import Bulk
-from ctsync.prepare import OpKind, profile_hash
+from ctsync.prepare import OpKind, ProfileKey, profile_hash
 from ctsync.reader import Source
 from ctsync.records import Origin
 from ctsync.run import DryRunSender, RunOptions, UploadRun
@@ -349,3 +349,55 @@ def test_add_bulk_fills_batches_to_their_size_and_runs_cover_exactly_their_batch
     for lane in (0, 1):
         mine = [b for b in batches if b.lane == lane]
         assert [p[1][0] for b in mine for p in b.positions] == added[lane]
+
+
+@given(
+    lines=st.lists(st.tuples(st.integers(1, 3), st.sampled_from("abcd")), max_size=20),
+    taken=st.sets(st.sampled_from("abcd")),
+)
+def test_a_split_bulk_keeps_each_record_once_in_order_and_runs_only_over_its_own(
+    lines: list[tuple[int, str]], taken: set[str]
+) -> None:
+    """`Bulk.split` (the records of profiles waiting for a deletion taken out): every
+    record in one part, in order, with its columns; a run of the part kept never spans
+    a record taken out, nor a gap the bulk's own runs had."""
+    bulk = Bulk(0, raws=[], ids=[], probes=[], days=[])
+    line = 0
+    for step, key in lines:
+        line += step  # a step of 2 or 3: records between that went elsewhere
+        position = (line, 0, 0)
+        if bulk.runs and step == 1:
+            bulk.runs[-1][1] = position
+        else:
+            bulk.starts.append(len(bulk.bodies))
+            bulk.runs.append([position, position])
+        bulk.bodies.append(b"%d" % line)
+        bulk.keys.append(key)
+        bulk.safe.append(line % 2 == 0)
+        bulk.positions.append(("f", position))
+        bulk.raws.append(b"raw%d" % line)  # type: ignore[union-attr]
+        bulk.ids.append(line)  # type: ignore[union-attr]
+        bulk.probes.append(line & 7)  # type: ignore[union-attr]
+        bulk.days.append(None)  # type: ignore[union-attr]
+    keys: set[ProfileKey] = set(taken)
+    kept, out = bulk.split(keys)
+    for part, inside in ((kept, False), (out, True)):
+        mine = [n for n, key in enumerate(bulk.keys) if (key in taken) == inside]
+        assert part.bodies == [bulk.bodies[n] for n in mine]
+        assert part.keys == [bulk.keys[n] for n in mine]
+        assert part.safe == [bulk.safe[n] for n in mine]
+        assert part.positions == [bulk.positions[n] for n in mine]
+        assert part.raws == [bulk.raws[n] for n in mine]  # type: ignore[index]
+        assert part.ids == [bulk.ids[n] for n in mine]  # type: ignore[index]
+        assert part.probes == [bulk.probes[n] for n in mine]  # type: ignore[index]
+        assert [part.positions[s][1] for s in part.starts] == [run[0] for run in part.runs]
+    kept_lines = [p[1][0] for p in kept.positions]
+    other = {p[1][0] for p in bulk.positions} - set(kept_lines)
+    covered = []
+    for first, last in kept.runs:
+        inside_run = [n for n in range(first[0], last[0] + 1)]
+        assert not other & set(inside_run), (first, last)
+        # No gap the bulk's runs had: a line between, in no record, breaks a run too.
+        assert all(n in kept_lines for n in inside_run), (first, last)
+        covered += inside_run
+    assert covered == kept_lines

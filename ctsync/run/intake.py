@@ -176,8 +176,8 @@ class Intake:
     def _take_bulk(self, source: str, bulks: list[Bulk], group: Group) -> None:
         """A block's plain records (`wire.Bulk`), after its other records: claimed (the
         dedupe), then added to their lanes a slice at a time. Any that is a copy of a
-        message sent, or whose profile waits for a deletion, makes its records go one by
-        one instead."""
+        message sent makes its block's records go one by one instead; so do the records
+        of a profile that waits for a deletion."""
         ids = self._ids
         copies: set[int] = set()
         if ids is not None:
@@ -191,9 +191,16 @@ class Intake:
         deferred = planner.deferred
         remember = ids is not None
         for bulk in bulks:
-            if copies or (deferred and not deferred.keys().isdisjoint(bulk.keys)):
+            if copies:  # rare: every record of the block one by one
                 self._one_by_one(source, bulk, copies, group)
                 continue
+            if deferred:
+                waiting = deferred.keys() & set(bulk.keys)
+                if waiting:  # those profiles' records wait for their deletion's answer
+                    bulk, wait = bulk.split(waiting)
+                    self._one_by_one(source, wait, copies, group)
+                    if not bulk.bodies:
+                        continue
             sealed = planner.add_bulk(bulk, remember)
             if sealed:
                 enqueue(sealed)
