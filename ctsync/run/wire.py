@@ -165,83 +165,78 @@ def gather(
     into one BULK result at the end; `results` as they are when the block has fewer
     than `at_least`, or two records with one messageId."""
     held: set[ProfileKey] = set()  # profiles some record that is not plain writes or deletes
-    ids: set[int] = set()
-    plain = 0
+    plain: list[tuple[int, Result]] = []  # (its operation's place in the block, result)
+    rest: list[Result] = []
+    seq = 0  # operations of the block so far
     for result in results:
-        key = result[7]
-        if key is not None:
-            if key in ids:
-                return results
-            ids.add(key)
         if result[2] != READY:
+            rest.append(result)
             continue
         ops = result[4]
         if len(ops) == 1 and result[5] is None and not result[6]:
             op = ops[0]
             if op[0] == UPLOAD_CODE and op[1] is not None and not op[4]:
-                plain += 1
+                plain.append((seq, result))
+                seq += 1
                 continue
         for op in ops:
             if op[1] is not None:
                 held.add(op[1])
-    if plain < max(1, at_least):
+        rest.append(result)
+        seq += len(ops)
+    if len(plain) < max(1, at_least):
         return results
-    rest: list[Result] = []
-    bulks: dict[int, Bulk] = {}
-    last_seq: dict[int, int] = {}  # each lane's last operation, by its place in the block
-    seq = 0  # operations of the block so far
-    count = 0
-    last: tuple[int, int] = (0, 0)
-    for result in results:
-        if result[2] != READY:
-            rest.append(result)
-            continue
-        ops = result[4]
-        op = ops[0]
-        if (
-            len(ops) != 1
-            or result[5] is not None
-            or result[6]
-            or op[0] != UPLOAD_CODE
-            or op[1] is None
-            or op[4]
-            or op[1] in held
-        ):
-            rest.append(result)
-            seq += len(ops)
-            continue
-        lane = op[6] % lanes
-        bulk = bulks.get(lane)
-        if bulk is None:
-            bulk = bulks[lane] = Bulk(lane)
-            if lines:
-                bulk.raws = []
-            if dedupe:
-                bulk.ids, bulk.probes, bulk.days = [], [], []
-        line, part = result[0], result[1]
-        position = (line, part, op[5])
-        if last_seq.get(lane) == seq - 1:
-            bulk.runs[-1][1] = position
+    ids = [result[7] for result in results if result[7] is not None]
+    if len(set(ids)) != len(ids):
+        return results
+    if held and any(result[4][0][1] in held for _, result in plain):
+        plain = [(n, result) for n, result in plain if result[4][0][1] not in held]
+        if not plain:
+            return results
+        kept = {id(result) for _, result in plain}
+        rest = [result for result in results if id(result) not in kept]
+    by_lane: dict[int, list[tuple[int, Result]]] = {}
+    for each in plain:
+        lane = each[1][4][0][6] % lanes
+        found = by_lane.get(lane)
+        if found is None:
+            by_lane[lane] = [each]
         else:
-            bulk.starts.append(len(bulk.bodies))
-            bulk.runs.append([position, position])
-        last_seq[lane] = seq
-        bulk.bodies.append(op[2])
-        bulk.keys.append(op[1])
-        bulk.safe.append(op[3])
-        bulk.positions.append((source, position))
-        if bulk.raws is not None:
-            bulk.raws.append(result[3])
-        if bulk.ids is not None and bulk.probes is not None and bulk.days is not None:
-            bulk.ids.append(result[7])
-            bulk.probes.append(result[8])
-            bulk.days.append(result[9])
-        seq += 1
-        count += 1
-        last = (line, part)
-    bulk_result = (last[0], last[1], BULK, None, list(bulks.values()), count)
-    rest.append((*bulk_result, NO_LOOKUPS, None, 0, None))
+            found.append(each)
+    bulks = [_bulk(lane, mine, source, lines, dedupe) for lane, mine in by_lane.items()]
+    last = plain[-1][1]
+    rest.append((last[0], last[1], BULK, None, bulks, len(plain), NO_LOOKUPS, None, 0, None))
     return rest
+
+
+def _bulk(
+    lane: int, plain: list[tuple[int, Result]], source: str, lines: bool, dedupe: bool
+) -> Bulk:
+    """One lane's plain records, as columns (a comprehension each: a tenth of an append
+    per record and column). Its runs: records whose operations came one after another in
+    the block."""
+    results = [result for _, result in plain]
+    ops = [result[4][0] for result in results]
+    positions = [(source, (result[0], result[1], 0)) for result in results]
+    seqs = [n for n, _ in plain]
+    starts = [0, *(n for n in range(1, len(seqs)) if seqs[n] != seqs[n - 1] + 1)]
+    ends = [*starts[1:], len(seqs)]
+    bulk = Bulk(
+        lane,
+        bodies=[op[2] for op in ops],
+        keys=[op[1] for op in ops],
+        safe=[op[3] for op in ops],
+        positions=positions,
+        runs=[[positions[a][1], positions[b - 1][1]] for a, b in zip(starts, ends, strict=True)],
+        starts=starts,
+    )
+    if lines:
+        bulk.raws = [result[3] for result in results]
+    if dedupe:
+        bulk.ids = [result[7] for result in results]
+        bulk.probes = [result[8] for result in results]
+        bulk.days = [result[9] for result in results]
+    return bulk
 
 
 def notes_of(result: Result) -> Notes:
