@@ -4,7 +4,7 @@ coordinator  UploadRun: the flow on one screen, reading and pacing
 feed         what to read, in order, and what an earlier run left (--state)
 stage        the record stage: one record in, one result out, in any process
 workers      the worker processes that run the stage over blocks (--workers N)
-wire         what the record stage hands the run, one result per record
+wire         what the record stage hands the run: one result per record, plain ones in bulk
 intake       results into the ledger and the planner's batches (one path)
 dispatch     lanes of sealed batches, sent in order; the stop and its verdicts
 accounts     verdicts into the ledger, held records, messageIds let go

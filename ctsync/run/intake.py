@@ -1,10 +1,13 @@
 """The run's one intake: every result of the record stage, wherever it was made, taken in
 input order into the ledger and the planner's batches.
 
-Most records take the short way (`Intake.take`): sent or skipped, nothing for the report,
-no token the run's set disagrees on, nothing an earlier run settled. The rest take the
-long way (`_take_result`): resumed (`--state`), left for the next run, a copy of a
-message already sent, prepared again against the run's tokens, or written to the report.
+Most records come in bulk (`_take_bulk`): a block's plain records, by lane, claimed and
+added to their batches a slice at a time, after the block's other records (see
+`wire.Bulk`). Of the others, most take the short way (`Intake.take`): sent or skipped,
+nothing for the report, no token the run's set disagrees on, nothing an earlier run
+settled. The rest take the long way (`_take_result`): resumed (`--state`), left for the
+next run, a copy of a message already sent, prepared again against the run's tokens, or
+written to the report.
 """
 
 from __future__ import annotations
