@@ -97,7 +97,7 @@ _DAYS: dict[str, int] = {}
 
 def entry(message: Message) -> Entry | None:
     """The entry of a message with a messageId (a non-empty string), else None. One
-    call per message sent, in the record stage: `day_of` is written out in it."""
+    call per message sent, in the record stage."""
     message_id = message.get("messageId")
     if type(message_id) is not str or not message_id:
         return None
@@ -106,13 +106,7 @@ def entry(message: Message) -> Entry | None:
     except UnicodeEncodeError:  # a lone surrogate (orjson refuses them; other readers may not)
         data = message_id.encode("utf-8", "surrogatepass")
     key = xxh3_64_intdigest(data) >> 1  # XXH3: 0.1 µs, where BLAKE2b cost 0.5
-    value = message.get("timestamp")
-    day: int | None
-    try:
-        day = _DAYS[value[:10]]  # type: ignore[index]
-    except (KeyError, TypeError):
-        day = _new_day(value)
-    return key, key & PROBE, day
+    return key, key & PROBE, day_of(message.get("timestamp"))
 
 
 def day_of(value: object) -> int | None:
@@ -228,31 +222,10 @@ class MessageIds:
         self, key: int, probe: int, day: int | None, group: Group, *, check: bool = True
     ) -> bool:
         """`seen`, and if not, `remember`: one call, and one look at the filter, for a
-        message about to be planned (the intake's fast path, in the run's process for
-        every message sent). `probe` is `key & PROBE`, from the record stage: small
-        integers cost a fraction of the 63-bit key's arithmetic."""
-        words = self._words
-        at = probe & self._mask
-        bits = _MASKS[probe >> _WORD_BITS]
-        have = words[at]
-        if check and have & bits == bits and self._held(key):
-            return True
-        newest = self._newest
-        if day is None:
-            day = self._now if newest is None else newest
-        elif newest is None or day > newest:
-            self._newest = day if day < self._latest else self._latest
-        if self._gone:
-            self._claimed_again(key)
-        fresh = self._fresh.get(group)
-        if fresh is None:
-            fresh = self._fresh[group] = {}
-        fresh[key] = day
-        words[at] = have | bits
-        self._room -= 1
-        if not self._room:
-            self._upkeep()
-        return False
+        message about to be planned. `probe` is `key & PROBE`, from the record stage:
+        small integers cost a fraction of the 63-bit key's arithmetic. `check` False:
+        remember it whatever the filter says (`remember`)."""
+        return bool(self.claim_all((key,), (probe,), (day,), group, check=check))
 
     def claim_all(
         self,
@@ -260,11 +233,13 @@ class MessageIds:
         probes: Sequence[int],
         days: Sequence[int | None],
         group: Group,
+        *,
+        check: bool = True,
     ) -> list[int]:
-        """`claim` of each entry in turn (None: a message without a messageId, never a
-        copy): the indexes of the copies. One call for a block's plain records (the
-        intake's bulk path): the same answers and the same ids remembered as a `claim`
-        per entry, in a tenth of the calls' cost."""
+        """Each entry in turn (None: a message without a messageId, never a copy): a copy
+        of a message sent (the indexes returned), or remembered from now on. One call for
+        a block's plain records (the intake's bulk path), one look at the filter each;
+        `claim` is this for one entry."""
         copies: list[int] = []
         fresh = self._fresh.get(group)
         if fresh is None:
@@ -278,7 +253,7 @@ class MessageIds:
             at = probe & mask
             bits = masks[probe >> _WORD_BITS]
             have = words[at]
-            if have & bits == bits and held(key):
+            if check and have & bits == bits and held(key):
                 copies.append(n)
                 n += 1
                 continue
@@ -302,7 +277,8 @@ class MessageIds:
         return copies
 
     def _claimed_again(self, key: int) -> None:
-        """A key claimed after an input forgot it (see `claim`)."""
+        """A key claimed after an input forgot it: the earlier input takes it out again
+        when it is written (it may be written first)."""
         for earlier, gone in self._gone.items():
             if key in gone:
                 gone.discard(key)

@@ -97,40 +97,36 @@ class Bulk:
 
     def split(self, keys: set[ProfileKey]) -> tuple[Bulk, Bulk]:
         """(its records of profiles not in `keys`, those of profiles in `keys`), each in
-        order. A run of the first never spans a record of the second."""
-        kept, out = Bulk(self.lane), Bulk(self.lane)
-        for part in (kept, out):
-            part.raws = None if self.raws is None else []
-            if self.ids is not None:
-                part.ids, part.probes, part.days = [], [], []
+        order. A run of either never spans a record of the other."""
+        kept = [n for n, key in enumerate(self.keys) if key not in keys]
+        out = [n for n, key in enumerate(self.keys) if key in keys]
+        return self._pick(kept), self._pick(out)
+
+    def _pick(self, picked: list[int]) -> Bulk:
+        """Its records `picked` (indexes, rising): a run goes on only from one record to
+        the next of its own run."""
+        part = Bulk(
+            self.lane,
+            bodies=[self.bodies[n] for n in picked],
+            keys=[self.keys[n] for n in picked],
+            safe=[self.safe[n] for n in picked],
+            positions=[self.positions[n] for n in picked],
+        )
+        if self.raws is not None:
+            part.raws = [self.raws[n] for n in picked]
+        if self.ids is not None and self.probes is not None and self.days is not None:
+            part.ids = [self.ids[n] for n in picked]
+            part.probes = [self.probes[n] for n in picked]
+            part.days = [self.days[n] for n in picked]
         starts = set(self.starts)
-        before = -2  # the last record kept
-        for n, key in enumerate(self.keys):
-            part = out if key in keys else kept
-            part.bodies.append(self.bodies[n])
-            part.keys.append(key)
-            part.safe.append(self.safe[n])
-            part.positions.append(self.positions[n])
-            if part.raws is not None and self.raws is not None:
-                part.raws.append(self.raws[n])
-            ids, probes, days = self.ids, self.probes, self.days
-            if ids is not None and probes is not None and days is not None:
-                assert part.ids is not None and part.probes is not None and part.days is not None
-                part.ids.append(ids[n])
-                part.probes.append(probes[n])
-                part.days.append(days[n])
+        for at, n in enumerate(picked):
             position = self.positions[n][1]
-            if part is out:
-                part.starts.append(len(part.bodies) - 1)  # each its own run
-                part.runs.append([position, position])
-                continue
-            if before == n - 1 and n not in starts:
-                kept.runs[-1][1] = position
+            if at and picked[at - 1] == n - 1 and n not in starts:
+                part.runs[-1][1] = position
             else:
-                kept.starts.append(len(kept.bodies) - 1)
-                kept.runs.append([position, position])
-            before = n
-        return kept, out
+                part.starts.append(at)
+                part.runs.append([position, position])
+        return part
 
 
 def upload_body(bodies: Sequence[bytes]) -> bytes:

@@ -237,6 +237,35 @@ def test_without_a_state_file_every_id_planned_and_not_forgotten_is_seen(
         assert len(store) == len(live)
 
 
+def test_an_id_planned_again_by_a_resumed_run_is_kept_with_its_new_day() -> None:
+    """A record an earlier run left pending is planned again (`remember`): its id, in the
+    table from that run with that run's day, is written again with the day it has now,
+    so the window counts from it (not from the earlier day, which would let it go)."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    window = 10 * DAY_MS
+
+    def opened() -> MessageIds:
+        return MessageIds(
+            db, window_ms=window, persistent=True, clock=lambda: NOW_MS / 1000, min_bits=64
+        )
+
+    store = opened()
+    store.remember(7, NOW_DAY - 20, "a")
+    db.execute("BEGIN")
+    store.write("a")
+    db.execute("COMMIT")
+    store.close()
+    store = opened()  # the resumed run: the same id, now with a day inside the window
+    store.remember(7, NOW_DAY, "a")
+    store.remember(8, NOW_DAY, "a")  # a new id of today: the newest day seen
+    db.execute("BEGIN")
+    store.write("a")
+    db.execute("COMMIT")
+    store.close()  # the newest day is now: an id 20 days older would be forgotten
+    again = opened()
+    assert again.seen(7) and again.seen(8)
+
+
 def test_ids_claimed_in_one_call_stay_seen_when_memory_moves_them_midway() -> None:
     """Without a state file, ids move out of memory every few claims: a `claim_all` of
     many keys crosses several moves (and growths of the filter), and every key stays seen,

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from ctsync.batching import Planner
+from ctsync.batching import NO_MESSAGE, Planner
 from ctsync.dedupe import DUPLICATE_MESSAGE_ID, Group, MessageIds
 from ctsync.ledger import Tracked
 from ctsync.model import UNKNOWN, Position, Verdict
@@ -38,6 +38,7 @@ from ctsync.run.wire import (
     READY,
     SKIPPED,
     SKIPPED_RUN,
+    UPLOAD_CODE,
     Bulk,
     Result,
     WireOp,
@@ -45,8 +46,6 @@ from ctsync.run.wire import (
     ops_of,
 )
 from ctsync.state import Progress, Resume, Seen
-
-NO_MESSAGE: Message = {}  # for `Tracked` of a record that has its line
 
 YIELD_EVERY = 32
 """Records taken between two looks at the event loop (see `Coordinator.pace`)."""
@@ -221,7 +220,15 @@ class Intake:
             if key is not None and key in copies:
                 skipped[DUPLICATE_MESSAGE_ID] += 1
                 continue
-            op: WireOp = (0, bulk.keys[n], bulk.bodies[n], bulk.safe[n], False, number, None)
+            op: WireOp = (
+                UPLOAD_CODE,
+                bulk.keys[n],
+                bulk.bodies[n],
+                bulk.safe[n],
+                False,
+                number,
+                None,
+            )
             raw = None if raws is None else raws[n]
             day = None if days is None else days[n]
             self._plan_new(source, line, part, raw, NO_MESSAGE, [op], key, day, group, True)
