@@ -9,8 +9,6 @@ only reads the block's results."""
 
 from __future__ import annotations
 
-import asyncio
-import io
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -23,17 +21,17 @@ from hypothesis import strategies as st
 
 from ctsync.batching import Batch, Planner
 from ctsync.dedupe import MessageIds, window_ms
-from ctsync.ledger import Ledger, Tracked
+from ctsync.ledger import Tracked
 from ctsync.model import Bulk
 from ctsync.prepare import OpKind, ProfileKey, profile_hash
 from ctsync.reader import Source
 from ctsync.records import Origin
-from ctsync.run import DryRunSender, RunOptions, UploadRun
+from ctsync.run import DryRunSender
 from ctsync.run.stage import Recipe
 from ctsync.run.wire import BULK, INVALID, READY, SKIPPED, Result, gather
 from ctsync.run.workers import Workers
 from tests.helpers import examples
-from tests.test_workers import PRESETS, Refusing, exports, recipe_for
+from tests.test_workers import PRESETS, Refusing, exports, recipe_for, run_source
 
 NEVER = 10**9
 
@@ -42,31 +40,23 @@ def one_run(
     export: Path | list[Path], built: Recipe, block_bytes: int, refuse: bool, dedupe: bool
 ) -> tuple[bytes, list[bytes], list[bytes], dict[str, Any]]:
     """A run in one process: (requests, report lines, dead letters, summary)."""
-    requests, report, failed = io.BytesIO(), io.BytesIO(), io.BytesIO()
     exports = export if isinstance(export, list) else [export]
     sources = [Source(str(e), e, e.stat().st_size, max_line_bytes=1024) for e in exports]
-    tokens: set[tuple[str, str]] = set()
     ids = MessageIds.temporary(window_ms(30)) if dedupe else None
     try:
-        run = UploadRun(
+        requests, report, failed, summary, _ = run_source(
             sources,
-            mapper=built.mapper(tokens),
-            tokens=tokens,
-            sender=(Refusing if refuse else DryRunSender)(requests),
-            ledger=Ledger(report=report, dead_letters=failed, dry_run=True, run="the-run"),
-            options=RunOptions(validate=built.mode, batch_size=3, lanes=2),
-            validator=built.validator(),
-            workers=Workers(count=1, recipe=built, block_bytes=block_bytes),
+            built,
+            built.mode.value,
+            Workers(count=1, recipe=built, block_bytes=block_bytes),
+            sender=Refusing if refuse else DryRunSender,
             message_ids=ids,
         )
-        summary = asyncio.run(run.run()).as_dict()
     finally:
         if ids is not None:
             ids.close()
-    for key in ("elapsed_seconds", "cpu_seconds", "requests"):
-        del summary[key]
-    lines = sorted(report.getvalue().splitlines())
-    return requests.getvalue(), lines, sorted(failed.getvalue().splitlines()), summary
+    del summary["requests"]
+    return requests, sorted(report.splitlines()), sorted(failed.splitlines()), summary
 
 
 def profile_of(record: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ctsync.api import UploadJob, upload
+from ctsync.dedupe import MessageIds
 from ctsync.ledger import Ledger, Summary
 from ctsync.mapping import dates_left_as_text, dropped_values, preset_as_mapping
 from ctsync.model import ACCEPTED, OnWire, Request, Verdict
@@ -126,14 +127,16 @@ def run_once(
 
 
 def run_source(
-    source: Source,
+    source: Source | list[Source],
     built: Recipe,
     validate: str,
     workers: Workers | None,
     outputs: tuple[bool, bool] = (True, True),
     sender: type[DryRunSender] = DryRunSender,
+    message_ids: MessageIds | None = None,
 ) -> tuple[bytes, bytes, bytes, dict[str, Any], Mapper]:
-    """`outputs`: whether the run writes a report and dead letters (else b"")."""
+    """`outputs`: whether the run writes a report and dead letters (else b"");
+    `message_ids`: the run dedupes with them."""
     requests, report, failed = io.BytesIO(), io.BytesIO(), io.BytesIO()
     if workers is None:  # one process, as `ctsync upload --workers 1` runs it
         workers = Workers(count=1, recipe=built)
@@ -147,7 +150,7 @@ def run_source(
         run="the-run",
     )
     run = UploadRun(
-        [source],
+        source if isinstance(source, list) else [source],
         mapper=mapper,
         tokens=tokens,
         sender=sender(requests),
@@ -155,6 +158,7 @@ def run_source(
         options=RunOptions(validate=ValidateMode(validate), batch_size=3, lanes=2),
         validator=validator,
         workers=workers,
+        message_ids=message_ids,
     )
     summary: Summary = asyncio.run(run.run())
     found = summary.as_dict()
