@@ -302,7 +302,9 @@ class CleverTapClient:
     """Sends upload and delete requests. Use as `async with CleverTapClient(settings)`.
 
     `transport` lets tests and the sandbox swap the network; `sleep` and `jitter` make
-    backoff testable.
+    backoff testable. The default jitter draws from a generator of the client's own: the
+    `random` module's shared one belongs to the program ctsync runs in (Hypothesis, for
+    one, sees a library that moves it as a fault in the test that was running).
     """
 
     def __init__(
@@ -311,12 +313,12 @@ class CleverTapClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        jitter: Callable[[], float] = random.random,
+        jitter: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings
         self._transport = transport
         self._sleep = sleep
-        self._jitter = jitter
+        self._jitter = jitter if jitter is not None else random.Random().random
         self._http: httpx.AsyncClient | None = None
         # Permits per attempt: fixed, or adaptive to 429s (`--concurrency auto`).
         self.upload_limit = Limit(settings.upload_concurrency, adaptive=settings.adaptive)

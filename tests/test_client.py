@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -141,6 +142,28 @@ def test_retry_unknown_resends_events_after_a_500(
     httpx_mock.add_response(url=UPLOAD, json=success(3))
     assert run_upload(settings, events(3), retry_unknown=True) == [ACCEPTED] * 3
     assert len(httpx_mock.get_requests()) == 2
+
+
+def test_backoff_leaves_the_random_module_of_the_program_alone(
+    httpx_mock: HTTPXMock, settings: ClientSettings
+) -> None:
+    # A library that draws from `random`'s shared generator moves the state of the
+    # program it runs in (Hypothesis calls that a fault of the test running then).
+    for _ in range(settings.retry.max_retries):
+        httpx_mock.add_response(url=UPLOAD, status_code=503, json={"error": "busy"})
+    httpx_mock.add_response(url=UPLOAD, json=success(1))
+    before = random.getstate()
+    sleeps = Sleeps()
+
+    async def go() -> list[Verdict]:
+        async with CleverTapClient(settings, sleep=sleeps) as client:
+            return await client.upload([orjson.dumps(profiles(1)[0])], ["u"], [True])
+
+    assert asyncio.run(go()) == [ACCEPTED]
+    assert random.getstate() == before
+    # The delays are still drawn, each within the cap.
+    assert len(sleeps.delays) == settings.retry.max_retries
+    assert all(0 <= delay <= settings.retry.max_delay for delay in sleeps.delays)
 
 
 @pytest.mark.parametrize(("status", "code"), [(503, "503"), (429, "429"), (500, "outcome-unknown")])
