@@ -45,7 +45,6 @@ from ctsync.run.wire import (
     gather,
     skip_runs,
     stub,
-    wire_ops,
 )
 
 MapperFactory: TypeAlias = Callable[[set[TokenKey]], Mapper]
@@ -189,8 +188,7 @@ class RecordStage:
         notes = None
         if prepared.warnings or prepared.fixes or self._stubs:
             notes = (prepared.warnings, prepared.fixes, stub(message))
-        ops = wire_ops(prepared.ops)
-        return (line, part, READY, raw, ops, notes, lookups, key, probe, day)
+        return (line, part, READY, raw, prepared.ops, notes, lookups, key, probe, day)
 
     def counts(self) -> Counts:
         """The mapper's counters since the last call (then cleared); none when they are

@@ -43,7 +43,7 @@ from __future__ import annotations
 from typing import Any, Final, TypeAlias
 
 from ctsync.model import Bulk
-from ctsync.prepare import Op, OpKind, ProfileKey, profile_hash
+from ctsync.prepare import KINDS, UPLOAD_CODE, Encoded, Op, ProfileKey, op_of
 from ctsync.records import Invalid, Message, TokenKey
 from ctsync.rules import Fix
 
@@ -59,9 +59,10 @@ Lookups: TypeAlias = tuple[tuple[TokenKey, bool], ...]
 """Each (objectId, token) looked up in the stage's set of tokens sent, and whether it
 was there."""
 
-WireOp: TypeAlias = tuple[int, ProfileKey | None, bytes, bool, bool, int, int | None]
-"""An `Op` as it crosses: (kind code, profile key, body, safe, token, number, the key's
-`profile_hash`: computed by the stage, so the run's process does not hash each key)."""
+WireOp: TypeAlias = Encoded
+"""An operation as it crosses: `prepare.Encoded` (kind code, profile key, body, safe,
+token, number, the key's `profile_hash`: computed by the stage, so the run's process
+does not hash each key)."""
 
 Notes: TypeAlias = tuple[list[str], list[Fix], Message]
 """A READY record's warnings (`--validate warn`), fixes (`--validate fix`), and the
@@ -77,11 +78,7 @@ Counts: TypeAlias = dict[str, dict[str, int]]
 Prepared: TypeAlias = tuple[list[Result], Counts]
 """A block's results in order, and its mapper counts."""
 
-KINDS: Final = (OpKind.UPLOAD, OpKind.DELETE_IDENTITY, OpKind.DELETE_GUID)
-KIND_CODES: Final = {kind: code for code, kind in enumerate(KINDS)}
-
 NO_LOOKUPS: Lookups = ()
-UPLOAD_CODE: Final = 0  # `KIND_CODES[OpKind.UPLOAD]`
 NO_LIST: list[Any] = []  # no warnings, no fixes (never changed)
 STUB_KEYS: Final = ("messageId", "userId", "anonymousId")
 
@@ -91,23 +88,8 @@ def stub(message: Message) -> Message:
     return {key: message[key] for key in STUB_KEYS if key in message}
 
 
-def wire_ops(ops: list[Op]) -> list[WireOp]:
-    return [
-        (
-            KIND_CODES[op.kind],
-            op.key,
-            op.body,
-            op.safe,
-            op.token,
-            op.number,
-            None if op.key is None else profile_hash(op.key),
-        )
-        for op in ops
-    ]
-
-
 def ops_of(wire: list[WireOp]) -> list[Op]:
-    return [Op(KINDS[k], key, body, safe, token, n) for k, key, body, safe, token, n, _ in wire]
+    return [op_of(op) for op in wire]
 
 
 def done(line: int, part: int) -> Result:
@@ -252,10 +234,10 @@ __all__ = [
     "DONE",
     "INVALID",
     "KINDS",
-    "KIND_CODES",
     "READY",
     "SKIPPED",
     "SKIPPED_RUN",
+    "UPLOAD_CODE",
     "Bulk",
     "Counts",
     "Lookups",
@@ -270,5 +252,4 @@ __all__ = [
     "ops_of",
     "skip_runs",
     "stub",
-    "wire_ops",
 ]

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctsync.mapping import dropped_values
-from ctsync.prepare import Ready, ValidateMode, prepare, rules_validator
+from ctsync.prepare import Ready, ValidateMode, op_of, prepare, rules_validator
 from ctsync.presets import MappingOptions, Nested
 from ctsync.presets.classic import classic_mapper
 from ctsync.records import Invalid, Operation, Skip, Upload
@@ -1024,7 +1024,7 @@ def test_fix_sends_the_profile_without_the_dob_and_says_so() -> None:
     validator = rules_validator(256, fix=True)
     result = prepare(BAD_DOB, classic_mapper(MappingOptions()), validator, ValidateMode.FIX)
     assert isinstance(result, Ready)
-    (op,) = result.ops
+    (op,) = map(op_of, result.ops)
     assert orjson.loads(op.body)["profileData"] == {"Name": "Ada"}
     assert [(fix.field, fix.code) for fix in result.fixes] == [("DOB", "dob-not-a-date")]
 
@@ -1033,7 +1033,7 @@ def test_warn_sends_the_dob_as_text_and_counts_a_warning() -> None:
     validator = rules_validator(256)
     result = prepare(BAD_DOB, classic_mapper(MappingOptions()), validator, ValidateMode.WARN)
     assert isinstance(result, Ready)
-    (op,) = result.ops
+    (op,) = map(op_of, result.ops)
     assert orjson.loads(op.body)["profileData"] == {"Name": "Ada", "DOB": "03/01/1990"}
     assert result.warnings == ["dob-not-a-date"]
 
