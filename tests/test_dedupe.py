@@ -107,6 +107,19 @@ class StoreAgainstModel(RuleBasedStateMachine):
         whose id is seen at its turn (an earlier entry of the same call included); the
         others are remembered, a message without a timestamp at the newest day seen (which
         it does not move)."""
+        self._claim_all(entries, group)
+
+    @rule(
+        entries=st.lists(st.tuples(KEYS, st.integers(0, 40)), min_size=2, max_size=12),
+        group=st.sampled_from(GROUPS),
+    )
+    def claim_all_dated(self, entries: list[tuple[int | None, int | None]], group: str) -> None:
+        """The same with every entry keyed and dated, as most blocks are: the store's
+        path for whole stretches of them (`_claim_many`), whose filter fills and grows
+        within one call."""
+        self._claim_all(entries, group)
+
+    def _claim_all(self, entries: list[tuple[int | None, int | None]], group: str) -> None:
         keys = [key for key, _ in entries]
         days = [None if days is None else NOW_DAY - days for _, days in entries]
         probes = [0 if key is None else key & PROBE for key in keys]
@@ -211,7 +224,9 @@ def test_without_a_state_file_every_id_planned_and_not_forgotten_is_seen(
                 batch.append(key)
                 if len(batch) < 3:
                     continue
-                copies = store.claim_all(list(batch), [k & PROBE for k in batch], [None] * 3, None)
+                # Dated or not: the store claims dated stretches in one step each.
+                days = [NOW_DAY] * 3 if batch[0] % 8 == 1 else [None] * 3
+                copies = store.claim_all(list(batch), [k & PROBE for k in batch], days, None)
                 expected = []
                 for n, claimed in enumerate(batch):
                     if claimed in live:
@@ -264,6 +279,61 @@ def test_an_id_planned_again_by_a_resumed_run_is_kept_with_its_new_day() -> None
     store.close()  # the newest day is now: an id 20 days older would be forgotten
     again = opened()
     assert again.seen(7) and again.seen(8)
+
+
+def _store(db: sqlite3.Connection) -> MessageIds:
+    """A store in a state file, at NOW_MS, with a window of 10 days."""
+    return MessageIds(
+        db, window_ms=10 * DAY_MS, persistent=True, clock=lambda: NOW_MS / 1000, min_bits=64
+    )
+
+
+def _closed_and_opened_again(db: sqlite3.Connection, store: MessageIds) -> MessageIds:
+    db.execute("BEGIN")
+    store.write("a")
+    db.execute("COMMIT")
+    store.close()
+    return _store(db)
+
+
+def test_a_copy_in_the_same_call_leaves_the_first_messages_day() -> None:
+    # An id met twice in one block: the second is a copy, and the day kept is the first
+    # message's, 30 days before the newest: the run's end forgets it (a window of 10).
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    store = _store(db)
+    keys = [1, 1, 2]
+    assert store.claim_all(
+        keys, [k & PROBE for k in keys], [NOW_DAY - 30, NOW_DAY, NOW_DAY], "a"
+    ) == [1]
+    again = _closed_and_opened_again(db, store)
+    assert not again.seen(1)
+    assert again.seen(2)
+
+
+def test_a_copy_in_the_same_call_does_not_move_the_window() -> None:
+    # The copy is the newest message of the call, but nothing of it is remembered: the
+    # newest day is the second id's, and both ids stay within the window from it.
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    store = _store(db)
+    keys = [1, 2, 1]
+    days = [NOW_DAY - 30, NOW_DAY - 25, NOW_DAY]
+    assert store.claim_all(keys, [k & PROBE for k in keys], days, "a") == [2]
+    again = _closed_and_opened_again(db, store)
+    assert again.seen(1)
+    assert again.seen(2)
+
+
+def test_a_day_past_tomorrow_in_a_call_moves_the_window_only_to_tomorrow() -> None:
+    # One message stamped years ahead must not make the others look old.
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    store = _store(db)
+    keys = [3, 4]
+    assert (
+        store.claim_all(keys, [k & PROBE for k in keys], [NOW_DAY - 5, NOW_DAY + 1000], "a") == []
+    )
+    again = _closed_and_opened_again(db, store)
+    assert again.seen(3)
+    assert again.seen(4)
 
 
 def test_ids_claimed_in_one_call_stay_seen_when_memory_moves_them_midway() -> None:
