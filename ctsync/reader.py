@@ -23,6 +23,7 @@ that is an envelope.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -235,6 +236,7 @@ class OpenSource:
         self._raw: Stream = source.open(stdin)
         self.consumed = 0
         self.drained = False
+        self.may_wait = _may_wait(self._raw)
 
     def chunks(self) -> Iterator[bytes]:
         """The content, decompressed if it starts with gzip's magic bytes, in chunks of at
@@ -287,6 +289,17 @@ class OpenSource:
 
     def close(self) -> None:
         self._raw.close()
+
+
+def _may_wait(stream: Stream) -> bool:
+    """Whether a read of `stream` may wait for a writer: a pipe, a terminal, a socket;
+    not a regular file, nor a stream without a file descriptor (a bucket object, a
+    test's bytes)."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return False
+    return not stat.S_ISREG(mode)
 
 
 def read_source(opened: OpenSource) -> Iterator[InputRecord]:

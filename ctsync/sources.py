@@ -18,7 +18,7 @@ import re
 import sys
 import types
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar, Protocol
@@ -123,7 +123,9 @@ class LocalFile(Source):
         return str(self.file.resolve())
 
     def open(self, stdin: IO[bytes] | None = None) -> Stream:
-        return open(self.file, "rb")  # the reader closes it
+        # Unbuffered: one read takes what is there. A named pipe is a file too, and a
+        # buffered `read(n)` would wait for all n bytes, holding back the lines written.
+        return open(self.file, "rb", buffering=0)  # the reader closes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,15 +169,21 @@ class BucketObject(Source):
 
 
 class _Borrowed:
-    """A stream the reader reads but does not own: closing it leaves it open."""
+    """A stream the reader reads but does not own: closing it leaves it open. A read
+    takes what is there (`read1`, when the stream has it): `sys.stdin.buffer.read(n)`
+    waits for all n bytes of a pipe, or its end, holding back the lines written."""
 
-    __slots__ = ("_stream",)
+    __slots__ = ("_read", "_stream")
 
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
+        self._read: Callable[[int], bytes] = getattr(stream, "read1", stream.read)
 
     def read(self, size: int, /) -> bytes:
-        return self._stream.read(size)
+        return self._read(size)
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
 
     def close(self) -> None:
         pass

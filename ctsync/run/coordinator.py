@@ -35,7 +35,7 @@ from ctsync.records import Mapper
 from ctsync.run.accounts import Accounts
 from ctsync.run.checkpoint import Checkpointer
 from ctsync.run.dispatch import Dispatcher
-from ctsync.run.feed import Feed, Item
+from ctsync.run.feed import Feed, Item, Stepper
 from ctsync.run.intake import Intake
 from ctsync.run.options import Control, RunOptions
 from ctsync.run.stage import RecordStage, add_counts
@@ -220,8 +220,22 @@ class UploadRun:
         out = 0  # blocks in `pending`
         control = self._control
         items = self._items()
+        # (records handed to the run never wait: they are in memory)
+        may_wait = self._feed.may_wait if self._records is None else _never
+        steps = Stepper(items, may_wait, quiet=self._quiet)
         try:
-            for item, progress in items:
+            while not control.stopping:
+                if may_wait():
+                    # The next item may be long in coming (a quiet pipe): every item read
+                    # so far is taken first, so that all it holds can go out meanwhile.
+                    while pending and not control.stopping:
+                        item, progress, prepared = pending.popleft()
+                        await self._take_item(item, progress, prepared)
+                    out = 0
+                step = await steps.next(lambda: control.stopping or control.fatal is not None)
+                if step is None:
+                    break
+                item, progress = step
                 if type(item) is Block:
                     resume = progress.resume if progress is not None else None
                     if resume is not None and resume.untouched(item.lineno + 1, 0):
@@ -253,11 +267,18 @@ class UploadRun:
             control.stopping = True
         finally:
             add_counts(self._mapper, self._stage.counts())  # those of records taken one by one
-            items.close()
+            steps.close()
             # Blocks not yet started are dropped by `close` (the pool's own thread cancels
             # them). Cancelling them here raced with that thread when a worker died: on
             # Python 3.11 it then printed an InvalidStateError traceback.
             preparer.close()
+
+    def _quiet(self) -> None:
+        """The input has been quiet a while (a pipe, a terminal): what is planned goes
+        out now in the batches it fills, however few records they hold, rather than
+        wait for more input that may be long in coming."""
+        if not self._control.stopping:
+            self._dispatcher.enqueue(self._planner.flush())
 
     def _items(self) -> Generator[tuple[Item, Progress | None], None, None]:
         if self._records is not None:
@@ -346,6 +367,10 @@ def _cpu_seconds() -> tuple[float, float]:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _never() -> bool:
+    return False
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -3,9 +3,12 @@ it (`--state`), and the steps to take between sources."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+import asyncio
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
 from functools import partial
-from typing import IO, TypeAlias
+from typing import IO, Any, Generic, TypeAlias, TypeVar
 
 from ctsync.reader import Block, InputRecord, OpenSource, Source, read_blocks
 from ctsync.records import Invalid, Origin, Stage
@@ -85,6 +88,12 @@ class Feed:
             if progress is not None:
                 yield partial(self._finished, source.name, progress), None
 
+    def may_wait(self) -> bool:
+        """Whether taking the next item may wait for a writer: the input being read is a
+        pipe or a terminal (`OpenSource.may_wait`) whose last read took all there was."""
+        current = self._current
+        return current is not None and current.may_wait and current.drained
+
     def may_grow(self, source: str) -> bool:
         """Whether a writer may still be appending to `source` (a bucket object never)."""
         return source not in self._objects
@@ -105,3 +114,92 @@ class Feed:
         if name not in self._incomplete:
             progress.finished_reading = True
             self._checkpoint()
+
+
+T = TypeVar("T")
+
+WAIT_STEP = 0.2  # seconds between looks at a stop while a step waits for its input
+QUIET_SECONDS = 1.0
+"""How long the input may be quiet before what is planned goes out (`Stepper`)."""
+
+
+class Stepper(Generic[T]):
+    """Takes a run's items one at a time: in the run's thread, or, while the next one
+    may wait for a writer (`may_wait`: a quiet pipe or terminal), on a thread of its
+    own, so that the event loop goes on sending and taking answers meanwhile. Without
+    it a record read from a pipe that then falls quiet waited, planned and unsent (or
+    sent and its answer unread), until the next line or the end of the input.
+
+    `next` gives None at the end of the items, and when the run stops while a step
+    waits (the thread is left waiting for its input; nothing more is taken). A step
+    that has waited `QUIET_SECONDS` calls `quiet` (once a step): the run sends what it
+    planned, in batches however small, instead of holding it for more input."""
+
+    def __init__(
+        self,
+        items: Iterator[T],
+        may_wait: Callable[[], bool],
+        *,
+        quiet: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._items = items
+        self._may_wait = may_wait
+        self._quiet = quiet
+        self._asks: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]]
+        self._asks = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._busy = False  # a step is under way on the thread
+
+    async def next(self, stopped: Callable[[], bool]) -> T | None:
+        if not self._may_wait():
+            return next(self._items, None)
+        loop = asyncio.get_running_loop()
+        step: asyncio.Future[T | None] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="ctsync-input", daemon=True)
+            self._thread.start()
+        self._busy = True
+        self._asks.put((loop, step))
+        quiet_at = loop.time() + QUIET_SECONDS
+        while not step.done():
+            await asyncio.wait([step], timeout=WAIT_STEP)
+            if step.done():
+                break
+            if stopped():
+                return None
+            if loop.time() >= quiet_at:
+                quiet_at = float("inf")
+                self._quiet()
+        self._busy = False
+        return step.result()
+
+    def close(self) -> None:
+        """Close the items, unless a step is still waiting on the thread (a generator
+        cannot be closed while it runs; the process ends without it)."""
+        if not self._busy:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+
+    def _serve(self) -> None:
+        while True:
+            loop, step = self._asks.get()
+            try:
+                value = next(self._items, None)
+            except BaseException as exc:  # raised in the run's thread, by `next`
+                done = partial(_settle, step, None, exc)
+            else:
+                done = partial(_settle, step, value, None)
+            try:
+                loop.call_soon_threadsafe(done)
+            except RuntimeError:  # the event loop is closed: the run is over
+                return
+
+
+def _settle(step: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if step.done():
+        return
+    if error is not None:
+        step.set_exception(error)
+    else:
+        step.set_result(value)

@@ -1,0 +1,183 @@
+"""An input that falls quiet while it stays open (a pipe whose writer pauses, a person
+typing, a named pipe): what was read goes out meanwhile, not when the next line comes.
+
+Before: `sys.stdin.buffer.read(65536)` waited for 64 KiB or the end of the pipe, and the
+run's event loop waited inside that read, so two lines written and then a pause reached
+CleverTap only when the writer closed the pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ctsync.run import feed
+from ctsync.run.feed import Stepper
+from ctsync.sandbox import running_sandbox
+from tests.helpers import clean_env
+
+GUARD_SECONDS = 30  # a guard against a hang, not a measure
+
+
+def lines(users: range) -> bytes:
+    return b"".join(
+        orjson.dumps(
+            {
+                "type": "identify",
+                "userId": f"u{n}",
+                "messageId": f"m{n}",
+                "timestamp": "2024-05-01T00:00:00.000Z",
+                "traits": {"name": f"User {n}"},
+            }
+        )
+        + b"\n"
+        for n in users
+    )
+
+
+@contextlib.contextmanager
+def upload_from(
+    source: str, *extra: str, stdin: int | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
+    """`ctsync upload SOURCE --json EXTRA` against a sandbox; killed at the end if still
+    running."""
+    with running_sandbox() as sandbox:
+        env = clean_env(CLEVERTAP_ACCOUNT_ID="sandbox", CLEVERTAP_PASSCODE="sandbox", NO_PROXY="*")
+        env.update(CTSYNC_WORKER_BLOCK_BYTES="4096", CTSYNC_WORKER_START_AFTER="0")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ctsync", "upload", source, "--endpoint", sandbox.url,
+             "--json", *extra],
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        try:
+            yield process, sandbox
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+
+def wait_until_stored(sandbox: Any, count: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + GUARD_SECONDS
+    while sandbox.stats().records_accepted < count:
+        assert process.poll() is None, "the run ended while its input was open"
+        assert time.monotonic() < deadline, (
+            f"{sandbox.stats().records_accepted} of {count} records reached CleverTap "
+            "while the input stayed open"
+        )
+        time.sleep(0.05)
+
+
+def summary_of(process: subprocess.Popen[bytes]) -> dict[str, Any]:
+    stdout, stderr = process.communicate(timeout=GUARD_SECONDS)
+    assert "Traceback" not in stderr.decode(), stderr.decode()
+    value = orjson.loads(stdout)
+    assert isinstance(value, dict)
+    return value
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("then", ["close", "sigterm"])
+def test_records_from_a_pipe_that_falls_quiet_go_out_while_it_stays_open(
+    workers: str, then: str
+) -> None:
+    # Enough lines for several blocks of the worker processes, a few per profile, far
+    # fewer than a request holds: they go out because the pipe is quiet, not full.
+    count = 60
+    with upload_from("-", "--workers", workers, stdin=subprocess.PIPE) as (process, sandbox):
+        assert process.stdin is not None
+        process.stdin.write(lines(range(count)))
+        process.stdin.flush()
+        wait_until_stored(sandbox, count, process)
+        # More after the pause is read as well.
+        process.stdin.write(lines(range(count, count + 5)))
+        process.stdin.flush()
+        wait_until_stored(sandbox, count + 5, process)
+        if then == "sigterm":
+            process.send_signal(15)
+        summary = summary_of(process)  # closes the pipe
+        assert process.returncode == (0 if then == "close" else 143)
+        assert sandbox.stats().records_accepted == count + 5  # nothing twice
+    assert (summary["read"], summary["accepted"]) == (count + 5, count + 5)
+    assert summary["failed"] == summary["invalid"] == summary["skipped"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_is_read_as_its_writer_writes(tmp_path: Path) -> None:
+    fifo = tmp_path / "events.ndjson"
+    os.mkfifo(fifo)
+    with upload_from(str(fifo)) as (process, sandbox):
+        with open(fifo, "wb", buffering=0) as writer:  # opens once ctsync opens its end
+            writer.write(lines(range(3)))
+            wait_until_stored(sandbox, 3, process)
+        summary = summary_of(process)
+    assert process.returncode == 0
+    assert (summary["read"], summary["accepted"]) == (3, 3)
+
+
+def test_a_stepper_takes_a_waiting_item_on_its_own_thread_and_says_when_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the next item waits for a writer, the event loop runs other tasks; past
+    the quiet time the run is told once per wait; a stop while waiting ends the wait at
+    once, and closing then leaves the generator to its thread."""
+    monkeypatch.setattr(feed, "QUIET_SECONDS", 0.05)
+    monkeypatch.setattr(feed, "WAIT_STEP", 0.01)
+    written = threading.Event()
+    threads: list[str] = []
+
+    def items() -> Iterator[int]:
+        threads.append(threading.current_thread().name)
+        yield 1
+        threads.append(threading.current_thread().name)
+        written.wait(GUARD_SECONDS)  # a quiet writer
+        yield 2
+        written.clear()
+        written.wait(GUARD_SECONDS)
+        yield 3
+
+    async def go() -> None:
+        quiet: list[float] = []
+        stopping = False
+        waiting = {"flag": False}
+        steps = Stepper(
+            items(), lambda: waiting["flag"], quiet=lambda: quiet.append(time.monotonic())
+        )
+        assert await steps.next(lambda: stopping) == 1  # here: nothing waits
+        waiting["flag"] = True
+        ticks = 0
+
+        async def ticking() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(ticking())
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, written.set)
+        assert await steps.next(lambda: stopping) == 2
+        assert ticks >= 10, "the event loop stood still while the item waited"
+        assert len(quiet) == 1
+        # A stop while the writer is quiet: the wait ends, the generator stays waiting.
+        stopping = True
+        started = time.monotonic()
+        assert await steps.next(lambda: stopping) is None
+        assert time.monotonic() - started < 5
+        steps.close()  # no "generator already executing"
+        ticker.cancel()
+        written.set()  # lets the thread's step end
+
+    asyncio.run(go())
+    assert threads[0] == "MainThread" and threads[1] == "ctsync-input"
