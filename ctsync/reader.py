@@ -236,7 +236,9 @@ class OpenSource:
         self._raw: Stream = source.open(stdin)
         self.consumed = 0
         self.drained = False
-        self.may_wait = _may_wait(self._raw)
+        # Whether a read may wait for a writer (a pipe, a terminal, a socket), and the
+        # size of a regular file as it is opened (compressed, for gzip).
+        self.may_wait, self.size = _file_kind(self._raw)
 
     def chunks(self) -> Iterator[bytes]:
         """The content, decompressed if it starts with gzip's magic bytes, in chunks of at
@@ -291,15 +293,17 @@ class OpenSource:
         self._raw.close()
 
 
-def _may_wait(stream: Stream) -> bool:
-    """Whether a read of `stream` may wait for a writer: a pipe, a terminal, a socket;
-    not a regular file, nor a stream without a file descriptor (a bucket object, a
-    test's bytes)."""
+def _file_kind(stream: Stream) -> tuple[bool, int | None]:
+    """Whether a read of `stream` may wait for a writer (not a regular file), and the
+    size of a regular file. A stream without a file descriptor (a bucket object, a
+    test's bytes) does neither."""
     try:
-        mode = os.fstat(stream.fileno()).st_mode  # type: ignore[attr-defined]
+        found = os.fstat(stream.fileno())  # type: ignore[attr-defined]
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        return False
-    return not stat.S_ISREG(mode)
+        return False, None
+    if stat.S_ISREG(found.st_mode):
+        return False, found.st_size
+    return True, None
 
 
 def read_source(opened: OpenSource) -> Iterator[InputRecord]:

@@ -356,6 +356,58 @@ def test_a_small_input_starts_no_process(tmp_path: Path, monkeypatch: pytest.Mon
         assert one[:4] == two[:4]
 
 
+def sent_records(requests: bytes) -> list[bytes]:
+    """Every record of a dry run's requests, in a fixed order."""
+    return sorted(
+        orjson.dumps(record)
+        for line in requests.splitlines()
+        for record in orjson.loads(line)["body"]["d"]
+    )
+
+
+def test_a_file_known_to_be_large_goes_to_the_workers_from_its_first_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_pool: WorkerPool
+) -> None:
+    """Its size says more than `start_after` bytes follow its first block: no block is
+    prepared in the main process (which read and planned while the workers started),
+    and the run is the run of one process."""
+    export = tmp_path / "large.ndjson"
+    lines = (
+        orjson.dumps({"type": "identify", "userId": f"u{n}", "timestamp": "2024-05-01"}) + b"\n"
+        for n in range(4000)  # about 240 KB: four reads of 64 KiB
+    )
+    export.write_bytes(b"".join(lines))
+    built = recipe_for("actions", "strict")
+    one = run_once(export, built, "strict", None)
+    here: list[int] = []
+    block = RecordStage.block
+
+    def counted(stage: RecordStage, each: Block, resume: Any) -> Any:
+        here.append(each.lineno)
+        return block(stage, each, resume)
+
+    monkeypatch.setattr(RecordStage, "block", counted)
+    size = export.stat().st_size
+    # A block (one read of the file) is under `start_after`, the file is not.
+    workers = Workers(
+        count=2, recipe=built, block_bytes=1000, start_after=size // 2, pool=worker_pool
+    )
+    two = run_once(export, built, "strict", workers)
+    assert here == []
+    # The same records go (a request may hold them in another order across profiles),
+    # with the same report, dead letters and summary.
+    assert sent_records(two[0]) == sent_records(one[0])
+    assert one[1:4] == two[1:4]
+    # Declared bigger than it is (a Source's size comes from the scan): what is read
+    # decides, and a small file stays in the main process.
+    workers = replace(workers, start_after=size + 1)
+    source = Source(str(export), export, 10**9, max_line_bytes=1024)
+    three = run_source(source, built, "strict", workers)
+    assert len(here) >= 1
+    assert sent_records(three[0]) == sent_records(one[0])
+    assert one[1:4] == three[1:4]
+
+
 def test_recipes_survive_pickling() -> None:
     """What a worker process gets: the preset's name or the mapping's document, never a
     built mapper (whose functions would not pickle)."""

@@ -240,7 +240,8 @@ class UploadRun:
                     resume = progress.resume if progress is not None else None
                     if resume is not None and resume.untouched(item.lineno + 1, 0):
                         resume = None  # the common case: nothing of it was read before
-                    pending.append((item, progress, preparer.submit(item, resume)))
+                    ahead = self._feed.ahead() if self._records is None else 0
+                    pending.append((item, progress, preparer.submit(item, resume, ahead)))
                     out += 1
                 else:
                     pending.append((item, progress, None))

@@ -88,6 +88,14 @@ class Feed:
             if progress is not None:
                 yield partial(self._finished, source.name, progress), None
 
+    def ahead(self) -> int:
+        """Bytes of the input being read known to follow what was read (of a file; in
+        gzip, compressed bytes: fewer than what they hold); 0 when unknown."""
+        current = self._current
+        if current is None or current.size is None:
+            return 0
+        return max(0, current.size - current.consumed)
+
     def may_wait(self) -> bool:
         """Whether taking the next item may wait for a writer: the input being read is a
         pipe or a terminal (`OpenSource.may_wait`) whose last read took all there was."""

@@ -8,7 +8,9 @@ file, the ledger. Blocks go out a bounded number at a time, so a large input is 
 prepared far ahead of sending.
 
 Small inputs pay nothing: the first `start_after` bytes of blocks are prepared in the
-run's own process, and the processes start only once the input has more.
+run's own process, and the processes start only once the input has more. An input known
+to have more (a file whose size says so) goes to them from its first block: the run's
+process then reads and plans while they start, instead of preparing those bytes itself.
 """
 
 from __future__ import annotations
@@ -161,9 +163,12 @@ def start_pool(count: int) -> WorkerPool:
 
 class Preparer:
     """Hands out blocks: to the run's own `local` stage, or to the worker processes once
-    `start_after` bytes were prepared here (never, without `workers`).
+    `start_after` bytes were prepared here or are known to follow (never, without
+    `workers`).
 
-    `submit` returns the block's results at once (prepared here) or a future.
+    `submit` returns the block's results at once (prepared here) or a future. `ahead`
+    is how many bytes of the block's input are known to follow it (the rest of a file
+    of known size; 0 when unknown, as for a pipe).
     """
 
     def __init__(self, local: RecordStage, workers: Workers | None = None) -> None:
@@ -174,10 +179,10 @@ class Preparer:
         self._own = False  # the pool was started for this run (and is stopped with it)
         self._here = 0  # bytes prepared in this process
 
-    def submit(self, block: Block, resume: Any) -> Prepared | Future[Prepared]:
+    def submit(self, block: Block, resume: Any, ahead: int = 0) -> Prepared | Future[Prepared]:
         workers = self.workers
         if workers is None or (
-            self._pool is None and self._here + len(block.data) <= workers.start_after
+            self._pool is None and self._here + len(block.data) + ahead <= workers.start_after
         ):
             self._here += len(block.data)
             return self.local.block(block, resume)
