@@ -44,6 +44,7 @@ from ctsync.run import (
 from ctsync.run.stage import Recipe
 from ctsync.run.workers import Workers, tuning
 from ctsync.settings import MAX_DELETE_CONCURRENCY, ClientSettings
+from ctsync.sources import LocalFile
 from ctsync.state import StateFile
 from ctsync.stopping import (
     SendCounter,
@@ -199,6 +200,14 @@ def upload(
                 raise UsageError("--state records what was sent, and a dry run sends nothing")
             if not all(source.resumable for source in sources):
                 raise UsageError("--state resumes files; it cannot resume stdin (give file paths)")
+            for source in sources:
+                # Its fingerprint would read a named pipe's first bytes, lost to the run.
+                if isinstance(source, LocalFile) and not source.file.is_file():
+                    raise UsageError(
+                        f"--state resumes files; {source.name} is not a regular file (a "
+                        "named pipe, a device), which it cannot resume: read it without "
+                        "--state, or save it to a file first"
+                    )
             state = StateFile(job.state, retry_unknown=job.run.retry_unknown)
             stack.callback(state.close)
         message_ids = _message_ids(job.run, state)

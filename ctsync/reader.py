@@ -23,6 +23,7 @@ that is an envelope.
 from __future__ import annotations
 
 import os
+import select
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -57,6 +58,8 @@ from ctsync.sources import (
 
 _READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, *INFLATE_ERRORS)
 
+PIPE_GRACE = 0.005
+"""Seconds a pipe may take to bring more before what was read goes on without it."""
 READ_BUFFER = 1 << 16  # bytes taken from the file (compressed, for gzip) per read
 CHUNK = 1 << 16  # at most this many inflated bytes at once, whatever the gzip ratio
 MAX_DEPTH = 100  # orjson encodes at most 254 levels; Python recursion is ~1000
@@ -285,12 +288,24 @@ class OpenSource:
     def _read(self) -> bytes:
         data = self._raw.read(READ_BUFFER)
         self.consumed += len(data)
-        # Less than asked: nothing more was waiting (a pipe, a terminal) or the end.
-        self.drained = len(data) < READ_BUFFER
+        if self.may_wait and data:
+            # A pipe: whether more comes at once (a read may take exactly what was
+            # there, or less). A writer that is merely slower than this reader (zcat)
+            # keeps it busy within `PIPE_GRACE`: its blocks stay whole.
+            self.drained = not _ready(self._raw, PIPE_GRACE)
+        else:  # a file: less than asked is its end
+            self.drained = len(data) < READ_BUFFER
         return data
 
     def close(self) -> None:
         self._raw.close()
+
+
+def _ready(stream: Stream, within: float) -> bool:
+    """Whether a read of `stream` (one with a file descriptor) would not wait, now or
+    within `within` seconds."""
+    readable, _, _ = select.select([stream.fileno()], [], [], within)  # type: ignore[attr-defined]
+    return bool(readable)
 
 
 def _file_kind(stream: Stream) -> tuple[bool, int | None]:

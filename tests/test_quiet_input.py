@@ -113,6 +113,56 @@ def test_records_from_a_pipe_that_falls_quiet_go_out_while_it_stays_open(
     assert summary["failed"] == summary["invalid"] == summary["skipped"] == 0
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_steady_trickle_goes_out_every_second_or_so(workers: str) -> None:
+    # A line every quarter second: the pipe is never quiet for a second at a time,
+    # yet what was read goes out while it is still being written.
+    stop = threading.Event()
+    with upload_from("-", "--workers", workers, stdin=subprocess.PIPE) as (process, sandbox):
+        assert process.stdin is not None
+        pipe = process.stdin
+
+        def write() -> None:
+            for n in range(120):
+                if stop.is_set():
+                    return
+                pipe.write(lines(range(n, n + 1)))
+                pipe.flush()
+                time.sleep(0.25)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            wait_until_stored(sandbox, 4, process)
+            assert writer.is_alive(), "nothing went out until the writer was done"
+        finally:
+            stop.set()
+            writer.join()
+        summary = summary_of(process)
+        assert process.returncode == 0
+        stored = sandbox.stats().records_accepted
+    assert summary["read"] == summary["accepted"] == stored
+
+
+def test_a_read_that_takes_exactly_what_was_there_does_not_wait_for_more() -> None:
+    # 128 lines of 512 bytes: 64 KiB, one read's worth, then a pause.
+    padded = []
+    for n in range(128):
+        line = lines(range(n, n + 1))
+        filler = 512 - len(line) - len(b',"pad":""')
+        padded.append(line[:-3] + b',"pad":"' + b"x" * filler + b'"}}\n')
+    data = b"".join(padded)
+    assert len(data) == 65536 and all(len(line) == 512 for line in padded)
+    assert all(orjson.loads(line) for line in padded)
+    with upload_from("-", stdin=subprocess.PIPE) as (process, sandbox):
+        assert process.stdin is not None
+        process.stdin.write(data)
+        process.stdin.flush()
+        wait_until_stored(sandbox, 128, process)
+        summary = summary_of(process)
+    assert (summary["read"], summary["accepted"]) == (128, 128)
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
 def test_a_named_pipe_is_read_as_its_writer_writes(tmp_path: Path) -> None:
     fifo = tmp_path / "events.ndjson"
@@ -126,36 +176,48 @@ def test_a_named_pipe_is_read_as_its_writer_writes(tmp_path: Path) -> None:
     assert (summary["read"], summary["accepted"]) == (3, 3)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_state_refuses_a_named_pipe_before_reading_it(tmp_path: Path) -> None:
+    # Its fingerprint read the pipe's first bytes (lost to the run), then the run
+    # waited for a second writer that never came, deaf to SIGTERM.
+    fifo = tmp_path / "events.ndjson"
+    os.mkfifo(fifo)
+    state = tmp_path / "state.db"
+    with upload_from(str(fifo), "--state", str(state)) as (process, _):
+        _, stderr = process.communicate(timeout=GUARD_SECONDS)  # no writer needed
+    assert process.returncode == 2, stderr
+    message = stderr.decode()
+    assert f"{fifo} is not a regular file" in message and "Traceback" not in message
+    assert not state.exists()  # refused before the state file was opened
+
+
 def test_a_stepper_takes_a_waiting_item_on_its_own_thread_and_says_when_quiet(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """While the next item waits for a writer, the event loop runs other tasks; past
-    the quiet time the run is told once per wait; a stop while waiting ends the wait at
-    once, and closing then leaves the generator to its thread."""
+    """While the next item waits for a writer, the event loop runs other tasks and the
+    run takes what it has ready (`meanwhile`, woken by what it gives back); every quiet
+    time the run is told, until a step finds its input ready; a stop while waiting ends
+    the wait at once, and closing then leaves the generator to its thread."""
     monkeypatch.setattr(feed, "QUIET_SECONDS", 0.05)
     monkeypatch.setattr(feed, "WAIT_STEP", 0.01)
-    written = threading.Event()
+    gate = threading.Event()
     threads: list[str] = []
 
     def items() -> Iterator[int]:
-        threads.append(threading.current_thread().name)
-        yield 1
-        threads.append(threading.current_thread().name)
-        written.wait(GUARD_SECONDS)  # a quiet writer
-        yield 2
-        written.clear()
-        written.wait(GUARD_SECONDS)
-        yield 3
+        for n in range(1, 6):
+            threads.append(threading.current_thread().name)
+            if n in (2, 4, 5):
+                gate.wait(GUARD_SECONDS)  # a quiet writer
+                gate.clear()
+            yield n
 
     async def go() -> None:
+        loop = asyncio.get_running_loop()
         quiet: list[float] = []
         stopping = False
-        waiting = {"flag": False}
-        steps = Stepper(
-            items(), lambda: waiting["flag"], quiet=lambda: quiet.append(time.monotonic())
-        )
-        assert await steps.next(lambda: stopping) == 1  # here: nothing waits
-        waiting["flag"] = True
+        slow = {"now": False}
+        steps = Stepper(items(), lambda: slow["now"], quiet=lambda: quiet.append(loop.time()))
+        assert await steps.next(lambda: stopping) == 1  # here: its input is ready
         ticks = 0
 
         async def ticking() -> None:
@@ -165,19 +227,40 @@ def test_a_stepper_takes_a_waiting_item_on_its_own_thread_and_says_when_quiet(
                 await asyncio.sleep(0.01)
 
         ticker = asyncio.create_task(ticking())
-        loop = asyncio.get_running_loop()
-        loop.call_later(0.3, written.set)
-        assert await steps.next(lambda: stopping) == 2
+        # What the run has to wait for besides the step (a worker's block): done at
+        # 0.1 s, after which nothing more.
+        block: asyncio.Future[None] = loop.create_future()
+        loop.call_later(0.1, block.set_result, None)
+        looks: list[float] = []
+
+        async def meanwhile() -> asyncio.Future[Any] | None:
+            looks.append(loop.time())
+            return None if block.done() else block
+
+        slow["now"] = True
+        loop.call_later(0.3, gate.set)
+        started = loop.time()
+        assert await steps.next(lambda: stopping, meanwhile) == 2
         assert ticks >= 10, "the event loop stood still while the item waited"
-        assert len(quiet) == 1
+        assert any(0.09 <= t - started < 0.2 for t in looks), "not woken by the block"
+        assert len(quiet) >= 3  # every 0.05 s of a 0.3 s wait, give or take
+        # A step whose input is ready: the input is not quiet; a short wait after it
+        # tells nothing.
+        slow["now"] = False
+        assert await steps.next(lambda: stopping) == 3
+        slow["now"] = True
+        told = len(quiet)
+        loop.call_later(0.02, gate.set)
+        assert await steps.next(lambda: stopping) == 4
+        assert len(quiet) == told
         # A stop while the writer is quiet: the wait ends, the generator stays waiting.
         stopping = True
-        started = time.monotonic()
+        started = loop.time()
         assert await steps.next(lambda: stopping) is None
-        assert time.monotonic() - started < 5
+        assert loop.time() - started < 5
         steps.close()  # no "generator already executing"
         ticker.cancel()
-        written.set()  # lets the thread's step end
+        gate.set()  # lets the thread's step end
 
     asyncio.run(go())
     assert threads[0] == "MainThread" and threads[1] == "ctsync-input"

@@ -223,16 +223,29 @@ class UploadRun:
         # (records handed to the run never wait: they are in memory)
         may_wait = self._feed.may_wait if self._records is None else _never
         steps = Stepper(items, may_wait, quiet=self._quiet)
+
+        async def meanwhile() -> asyncio.Future[Any] | None:
+            """While the next item waits for a writer (a quiet pipe): the items read so
+            far are taken as they are ready, in order, so that all they hold can go out
+            meanwhile; the next block due back from a worker, to wait for."""
+            nonlocal out
+            while pending and not control.stopping:
+                first = pending[0][2]
+                if isinstance(first, Future) and not first.done():
+                    waiting = asyncio.wrap_future(first)
+                    waiting.add_done_callback(_retrieved)
+                    return waiting
+                item, progress, prepared = pending.popleft()
+                if prepared is not None:
+                    out -= 1
+                await self._take_item(item, progress, prepared)
+            return None
+
         try:
             while not control.stopping:
-                if may_wait():
-                    # The next item may be long in coming (a quiet pipe): every item read
-                    # so far is taken first, so that all it holds can go out meanwhile.
-                    while pending and not control.stopping:
-                        item, progress, prepared = pending.popleft()
-                        await self._take_item(item, progress, prepared)
-                    out = 0
-                step = await steps.next(lambda: control.stopping or control.fatal is not None)
+                step = await steps.next(
+                    lambda: control.stopping or control.fatal is not None, meanwhile
+                )
                 if step is None:
                     break
                 item, progress = step

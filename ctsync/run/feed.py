@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from functools import partial
 from typing import IO, Any, Generic, TypeAlias, TypeVar
 
@@ -98,7 +98,7 @@ class Feed:
 
     def may_wait(self) -> bool:
         """Whether taking the next item may wait for a writer: the input being read is a
-        pipe or a terminal (`OpenSource.may_wait`) whose last read took all there was."""
+        pipe (`OpenSource.may_wait`) that had nothing more at its last read."""
         current = self._current
         return current is not None and current.may_wait and current.drained
 
@@ -133,15 +133,19 @@ QUIET_SECONDS = 1.0
 
 class Stepper(Generic[T]):
     """Takes a run's items one at a time: in the run's thread, or, while the next one
-    may wait for a writer (`may_wait`: a quiet pipe or terminal), on a thread of its
-    own, so that the event loop goes on sending and taking answers meanwhile. Without
-    it a record read from a pipe that then falls quiet waited, planned and unsent (or
-    sent and its answer unread), until the next line or the end of the input.
+    may wait for a writer (`may_wait`: a pipe with nothing more in it), on a thread of
+    its own, so that the event loop goes on sending and taking answers meanwhile.
+    Without it a record read from a pipe that then fell quiet waited, planned and
+    unsent (or sent and its answer unread), until the next line or the end of the input.
 
     `next` gives None at the end of the items, and when the run stops while a step
-    waits (the thread is left waiting for its input; nothing more is taken). A step
-    that has waited `QUIET_SECONDS` calls `quiet` (once a step): the run sends what it
-    planned, in batches however small, instead of holding it for more input."""
+    waits (the thread is left waiting for its input; nothing more is taken). While a
+    step waits, `meanwhile` takes what the run has ready and gives what to wait for
+    besides (the next block due back from a worker), or None. Once steps have waited
+    `QUIET_SECONDS` in all, with no step in between that found its input ready, `quiet`
+    is called, and again every `QUIET_SECONDS` while that lasts: the run sends what it
+    planned, in batches however small, instead of holding it for more input (a steady
+    trickle of lines included)."""
 
     def __init__(
         self,
@@ -157,26 +161,33 @@ class Stepper(Generic[T]):
         self._asks = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._busy = False  # a step is under way on the thread
+        self._quiet_at: float | None = None  # when `quiet` is due, while the input is slow
 
-    async def next(self, stopped: Callable[[], bool]) -> T | None:
+    async def next(
+        self,
+        stopped: Callable[[], bool],
+        meanwhile: Callable[[], Awaitable[asyncio.Future[Any] | None]] | None = None,
+    ) -> T | None:
         if not self._may_wait():
+            self._quiet_at = None  # its input was ready: not quiet
             return next(self._items, None)
         loop = asyncio.get_running_loop()
         step: asyncio.Future[T | None] = loop.create_future()
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="ctsync-input", daemon=True)
             self._thread.start()
+        if self._quiet_at is None:
+            self._quiet_at = loop.time() + QUIET_SECONDS
         self._busy = True
         self._asks.put((loop, step))
-        quiet_at = loop.time() + QUIET_SECONDS
         while not step.done():
-            await asyncio.wait([step], timeout=WAIT_STEP)
-            if step.done():
-                break
-            if stopped():
+            other = await meanwhile() if meanwhile is not None else None
+            waits: set[asyncio.Future[Any]] = {step} if other is None else {step, other}
+            await asyncio.wait(waits, timeout=WAIT_STEP, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done() and stopped():
                 return None
-            if loop.time() >= quiet_at:
-                quiet_at = float("inf")
+            if loop.time() >= self._quiet_at:
+                self._quiet_at = loop.time() + QUIET_SECONDS
                 self._quiet()
         self._busy = False
         return step.result()
