@@ -72,10 +72,6 @@ SHELVED_AT_MOST: Final = 1 << 20
 to the table: a SQLite insert costs more than the rest of the dedupe of a message. (At
 10M ids the process peaks 47 MB above its start with 2^20, 58 MB with 2^21, 38 MB with
 every id in the table.)"""
-_SHELVES: Final = 256  # one sorted array per top byte of the key
-_SHELF_ORDER: Final = (*range(128, _SHELVES), *range(128))  # in signed key order
-_SHELF_ENDS: Final = {i: (i + 1 - (_SHELVES if i >= 128 else 0)) << 56 for i in _SHELF_ORDER}
-"""The key just past each shelf's."""
 
 Entry: TypeAlias = tuple[int, int, int | None]
 """What the run remembers of a message: its messageId's key (the XXH3 hash's top 63
@@ -149,8 +145,8 @@ class MessageIds:
 
     `db` holds the table; with `persistent` (the state file) nothing is written but by
     `write`, inside the caller's transaction. Otherwise (a run without a state file) ids
-    go, as they pile up, to sorted arrays in memory (the shelves, one per top byte of the
-    key), and only past `SHELVED_AT_MOST` of them to the table. Not thread-safe: the
+    go, as they pile up, to sorted arrays in memory (the shelves, one per move of
+    `WRITE_AT` ids), and only past `SHELVED_AT_MOST` of them to the table. Not thread-safe: the
     run's event loop thread only."""
 
     def __init__(
@@ -176,10 +172,10 @@ class MessageIds:
         # Ids forgotten in an input and planned again before that input was written: the
         # inputs whose taking-out the copy put off, should the copy be forgotten too.
         self._put_off: dict[int, list[Group]] = {}
-        # Without a state file: ids taken off the shelves (sorted arrays by top byte),
-        # whether the table holds any, and the ids planned again after being forgotten
-        # (the table may still hold them: they leave it when they go to the shelves).
-        self._shelves: list[array[int]] = [array("q") for _ in range(_SHELVES)]
+        # Without a state file: ids moved out of memory (the shelves: one sorted array
+        # per move), whether the table holds any, and the ids planned again after being
+        # forgotten (the table may still hold them: they leave it when they are shelved).
+        self._shelves: list[array[int]] = []
         self._shelved = 0
         self._again: set[int] = set()
         now = int(clock() * 1000)
@@ -293,7 +289,7 @@ class MessageIds:
         for gone in self._gone.values():
             if key in gone:
                 return False
-        if _holds(self._shelves[key >> 56 & 255], key):
+        if self._on_shelves(key):
             return True
         if not self._in_table:
             return False
@@ -367,34 +363,36 @@ class MessageIds:
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM message_ids WHERE id = ?", ((k,) for k in leave))
             self._db.execute("COMMIT")
-        # Each shelf that gains ids merges its share of `fresh` in (both sorted: timsort
-        # merges the two runs in one pass), each that loses one is filtered; no shelf
-        # holds an id twice.
-        losing = {key >> 56 & 255 for key in gone}
-        shelves = self._shelves
-        end = 0
-        for index in _SHELF_ORDER:
-            start, end = end, bisect_left(fresh, _SHELF_ENDS[index], end)
-            shelf = shelves[index]
-            keys = fresh[start:end]
-            if again and shelf:  # planned again after being forgotten: maybe still here
-                keys = [key for key in keys if key not in again or not _holds(shelf, key)]
-            if keys:
-                shelves[index] = shelf = array("q", sorted(chain(shelf, keys)))
-            if index in losing:
-                shelves[index] = array("q", [key for key in shelf if key not in gone])
-        self._shelved = sum(len(shelf) for shelf in shelves)
+        # The ids moved go to a shelf of their own, sorted: merging them into shelves by
+        # key cost as much again as sorting them, every move. An exact look (a filter
+        # hit) searches each shelf, at most SHELVED_AT_MOST / WRITE_AT of them. Shelves
+        # holding an id forgotten since are filtered; no id is on two shelves.
+        if gone:
+            self._shelves = [
+                array("q", [key for key in shelf if key not in gone])
+                if any(_holds(shelf, key) for key in gone)
+                else shelf
+                for shelf in self._shelves
+            ]
+        if again and self._shelves:  # planned again after being forgotten: maybe shelved
+            fresh = [key for key in fresh if key not in again or not self._on_shelves(key)]
+        if fresh:
+            self._shelves.append(array("q", fresh))
+        self._shelved = sum(len(shelf) for shelf in self._shelves)
         if self._shelved > SHELVED_AT_MOST:
             self._db.execute("BEGIN")
-            # In key order (signed: the top bytes 128-255 first), as `write` does.
+            # In key order, as `write` does (timsort merges the sorted shelves).
             self._db.executemany(
                 "INSERT OR REPLACE INTO message_ids (id, ts) VALUES (?, 0)",
-                ((key,) for index in _SHELF_ORDER for key in shelves[index]),
+                ((key,) for key in sorted(chain.from_iterable(self._shelves))),
             )
             self._db.execute("COMMIT")
-            self._shelves = [array("q") for _ in range(_SHELVES)]
+            self._shelves = []
             self._shelved = 0
             self._in_table = True
+
+    def _on_shelves(self, key: int) -> bool:
+        return any(_holds(shelf, key) for shelf in self._shelves)
 
     def close(self) -> None:
         """With a state file, forget the ids that fell out of the window and keep the
@@ -417,7 +415,7 @@ class MessageIds:
                     self._db.execute("ROLLBACK")
         if not self._persistent:
             self._db.close()
-            self._shelves = [array("q") for _ in range(_SHELVES)]
+            self._shelves = []
             self._shelved = 0
         self._fresh.clear()
         self._gone.clear()
