@@ -176,6 +176,38 @@ def test_a_named_pipe_is_read_as_its_writer_writes(tmp_path: Path) -> None:
     assert (summary["read"], summary["accepted"]) == (3, 3)
 
 
+def test_a_file_before_a_silent_stdin_goes_out_while_stdin_waits(tmp_path: Path) -> None:
+    # `ctsync upload a.ndjson -`: the file's records do not wait for stdin's first byte.
+    first = tmp_path / "a.ndjson"
+    first.write_bytes(lines(range(20)))
+    with upload_from(str(first), "-", stdin=subprocess.PIPE) as (process, sandbox):
+        assert process.stdin is not None
+        wait_until_stored(sandbox, 20, process)
+        process.stdin.write(lines(range(20, 25)))
+        summary = summary_of(process)  # closes the pipe
+        assert sandbox.stats().records_accepted == 25
+    assert process.returncode == 0
+    assert (summary["read"], summary["accepted"]) == (25, 25)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_without_a_writer_holds_nothing_back_and_hears_sigterm(
+    tmp_path: Path,
+) -> None:
+    # Opening a named pipe waits for a writer: the file before it goes out meanwhile,
+    # and SIGTERM ends the run (it waited, deaf to signals, inside the open).
+    first = tmp_path / "a.ndjson"
+    first.write_bytes(lines(range(20)))
+    fifo = tmp_path / "later.ndjson"
+    os.mkfifo(fifo)
+    with upload_from(str(first), str(fifo)) as (process, sandbox):
+        wait_until_stored(sandbox, 20, process)
+        process.send_signal(15)
+        summary = summary_of(process)
+    assert process.returncode == 143
+    assert (summary["read"], summary["accepted"]) == (20, 20)
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
 def test_state_refuses_a_named_pipe_before_reading_it(tmp_path: Path) -> None:
     # Its fingerprint read the pipe's first bytes (lost to the run), then the run

@@ -4,7 +4,10 @@ it (`--state`), and the steps to take between sources."""
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
+import stat
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from functools import partial
@@ -12,6 +15,7 @@ from typing import IO, Any, Generic, TypeAlias, TypeVar
 
 from ctsync.reader import Block, InputRecord, OpenSource, Source, read_blocks
 from ctsync.records import Invalid, Origin, Stage
+from ctsync.sources import LocalFile, StandardInput
 from ctsync.state import Progress, StateFile
 from ctsync.summary import Routine, Summary
 
@@ -42,6 +46,7 @@ class Feed:
         self._objects: set[str] = set()  # bucket objects read this run (never appended to)
         self._incomplete: set[str] = set()  # inputs whose last line is left for the next run
         self._current: OpenSource | None = None
+        self._index = -1  # of the source opened last (or being opened)
         self._consumed_before = 0  # bytes of the sources already finished
 
     @property
@@ -54,7 +59,8 @@ class Feed:
         """Every source in order, with steps between sources: NDJSON as blocks of lines
         of about `block_bytes`, anything else as records."""
         seen: set[str] = set()
-        for source in self._sources:
+        for index, source in enumerate(self._sources):
+            self._index = index
             progress = self._state.open_input(source) if self._state is not None else None
             if progress is not None:
                 if progress.resume.note:
@@ -98,9 +104,28 @@ class Feed:
 
     def may_wait(self) -> bool:
         """Whether taking the next item may wait for a writer: the input being read is a
-        pipe (`OpenSource.may_wait`) that had nothing more at its last read."""
+        pipe (`OpenSource.may_wait`) that had nothing more at its last read; or, at the
+        end of a file or between inputs, the next input is one whose opening or first
+        read may wait (a named pipe without a writer yet, a stdin pipe still empty)."""
         current = self._current
-        return current is not None and current.may_wait and current.drained
+        if current is not None:
+            if current.may_wait:
+                return current.drained
+            if not current.drained:
+                return False  # a file with more to read: the next step reads it
+        upcoming = self._index + 1
+        return upcoming < len(self._sources) and self._opening_may_wait(self._sources[upcoming])
+
+    def _opening_may_wait(self, source: Source) -> bool:
+        if isinstance(source, LocalFile):
+            return not source.file.is_file()  # a named pipe, a device (checked once a step)
+        if isinstance(source, StandardInput):
+            stream = self._stdin if self._stdin is not None else sys.stdin
+            try:
+                return not stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+            except (AttributeError, OSError, ValueError):  # a terminal's reader, none at all
+                return False
+        return False  # a bucket object
 
     def may_grow(self, source: str) -> bool:
         """Whether a writer may still be appending to `source` (a bucket object never)."""
