@@ -209,6 +209,63 @@ def test_a_named_pipe_without_a_writer_holds_nothing_back_and_hears_sigterm(
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_that_ends_at_once_then_one_without_a_writer_hears_sigterm(
+    tmp_path: Path,
+) -> None:
+    # The first pipe's writer writes and closes within a read's grace, so its end is
+    # found by a step that then opens the next pipe: that step too must not wait in
+    # the event loop's thread (it did, deaf to SIGTERM, now and then).
+    first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
+    os.mkfifo(first)
+    os.mkfifo(second)
+
+    def write() -> None:
+        with open(first, "wb", buffering=0) as writer:  # waits for ctsync's end
+            writer.write(lines(range(50)))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    with upload_from(str(first), str(second), "--workers", "1") as (process, sandbox):
+        wait_until_stored(sandbox, 50, process)
+        process.send_signal(15)
+        summary = summary_of(process)
+    writer.join()
+    assert process.returncode == 143
+    assert (summary["read"], summary["accepted"]) == (50, 50)
+
+
+def test_a_file_read_on_the_input_thread_is_never_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file read before an input that may wait to open goes through the input thread
+    a step at a time; its steps are quick and do not add up to a quiet input (which
+    would send its records in partial requests). One step that waits long (the open of
+    the input after it) is quiet."""
+    monkeypatch.setattr(feed, "QUIET_SECONDS", 0.2)
+    monkeypatch.setattr(feed, "WAIT_STEP", 0.01)
+
+    def items() -> Iterator[int]:
+        for n in range(40):  # 40 steps of 10 ms: 0.4 s in all
+            time.sleep(0.01)
+            yield n
+        time.sleep(0.5)  # opening the next input waits for its writer
+        yield 40
+
+    async def go() -> list[float]:
+        loop = asyncio.get_running_loop()
+        quiet: list[float] = []
+        steps = Stepper(
+            items(), lambda: True, on_pipe=lambda: False, quiet=lambda: quiet.append(loop.time())
+        )
+        for n in range(40):
+            assert await steps.next(lambda: False) == n
+        assert quiet == []
+        assert await steps.next(lambda: False) == 40
+        assert len(quiet) >= 1
+        return quiet
+
+    asyncio.run(go())
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
 def test_state_refuses_a_named_pipe_before_reading_it(tmp_path: Path) -> None:
     # Its fingerprint read the pipe's first bytes (lost to the run), then the run
     # waited for a second writer that never came, deaf to SIGTERM.

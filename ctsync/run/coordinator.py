@@ -222,7 +222,7 @@ class UploadRun:
         items = self._items()
         # (records handed to the run never wait: they are in memory)
         may_wait = self._feed.may_wait if self._records is None else _never
-        steps = Stepper(items, may_wait, quiet=self._quiet)
+        steps = Stepper(items, may_wait, on_pipe=self._feed.on_pipe, quiet=self._quiet)
 
         async def meanwhile() -> asyncio.Future[Any] | None:
             """While the next item waits for a writer (a quiet pipe): the items read so

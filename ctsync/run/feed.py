@@ -47,6 +47,7 @@ class Feed:
         self._incomplete: set[str] = set()  # inputs whose last line is left for the next run
         self._current: OpenSource | None = None
         self._index = -1  # of the source opened last (or being opened)
+        self._opens_slowly: dict[int, bool] = {}  # by source index (`_opening_may_wait`)
         self._consumed_before = 0  # bytes of the sources already finished
 
     @property
@@ -104,21 +105,33 @@ class Feed:
 
     def may_wait(self) -> bool:
         """Whether taking the next item may wait for a writer: the input being read is a
-        pipe (`OpenSource.may_wait`) that had nothing more at its last read; or, at the
-        end of a file or between inputs, the next input is one whose opening or first
-        read may wait (a named pipe without a writer yet, a stdin pipe still empty)."""
-        current = self._current
-        if current is not None:
-            if current.may_wait:
-                return current.drained
-            if not current.drained:
-                return False  # a file with more to read: the next step reads it
+        pipe (`OpenSource.may_wait`) that had nothing more at its last read, or the next
+        input is one whose opening or first read may wait (a named pipe without a
+        writer yet, a stdin pipe still empty)."""
+        # Any step may end the input being read and open the next (a read that finds
+        # the end yields nothing more): while the next one's opening may wait, every
+        # step goes to the thread.
         upcoming = self._index + 1
-        return upcoming < len(self._sources) and self._opening_may_wait(self._sources[upcoming])
+        if upcoming < len(self._sources) and self._opening_may_wait(upcoming):
+            return True
+        current = self._current
+        return current is not None and current.may_wait and current.drained
 
-    def _opening_may_wait(self, source: Source) -> bool:
+    def on_pipe(self) -> bool:
+        """Whether the input being read (or, between inputs, the next) is not a file:
+        its reads may wait for a writer."""
+        current = self._current
+        return current is None or current.may_wait
+
+    def _opening_may_wait(self, index: int) -> bool:
+        found = self._opens_slowly.get(index)
+        if found is None:
+            found = self._opens_slowly[index] = self._may_open_slowly(self._sources[index])
+        return found
+
+    def _may_open_slowly(self, source: Source) -> bool:
         if isinstance(source, LocalFile):
-            return not source.file.is_file()  # a named pipe, a device (checked once a step)
+            return not source.file.is_file()  # a named pipe, a device
         if isinstance(source, StandardInput):
             stream = self._stdin if self._stdin is not None else sys.stdin
             try:
@@ -166,21 +179,25 @@ class Stepper(Generic[T]):
     `next` gives None at the end of the items, and when the run stops while a step
     waits (the thread is left waiting for its input; nothing more is taken). While a
     step waits, `meanwhile` takes what the run has ready and gives what to wait for
-    besides (the next block due back from a worker), or None. Once steps have waited
-    `QUIET_SECONDS` in all, with no step in between that found its input ready, `quiet`
-    is called, and again every `QUIET_SECONDS` while that lasts: the run sends what it
-    planned, in batches however small, instead of holding it for more input (a steady
-    trickle of lines included)."""
+    besides (the next block due back from a worker), or None. While a pipe is being
+    read (`on_pipe`), once its steps have waited `QUIET_SECONDS` in all, with no step in
+    between that found its input ready, `quiet` is called, and again every
+    `QUIET_SECONDS` while that lasts: the run sends what it planned, in batches however
+    small, instead of holding it for more input (a steady trickle of lines included).
+    A step taken on the thread while a file is read (its next input may wait to open)
+    calls `quiet` only if it alone waits that long."""
 
     def __init__(
         self,
         items: Iterator[T],
         may_wait: Callable[[], bool],
         *,
+        on_pipe: Callable[[], bool] = lambda: True,
         quiet: Callable[[], None] = lambda: None,
     ) -> None:
         self._items = items
         self._may_wait = may_wait
+        self._on_pipe = on_pipe
         self._quiet = quiet
         self._asks: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]]
         self._asks = queue.SimpleQueue()
@@ -201,7 +218,10 @@ class Stepper(Generic[T]):
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="ctsync-input", daemon=True)
             self._thread.start()
-        if self._quiet_at is None:
+        # A pipe's slow steps add up; a file's step counts on its own (reading a file
+        # never waits: only opening the input after it may).
+        on_pipe = self._on_pipe()
+        if not on_pipe or self._quiet_at is None:
             self._quiet_at = loop.time() + QUIET_SECONDS
         self._busy = True
         self._asks.put((loop, step))
@@ -215,6 +235,8 @@ class Stepper(Generic[T]):
                 self._quiet_at = loop.time() + QUIET_SECONDS
                 self._quiet()
         self._busy = False
+        if not on_pipe:
+            self._quiet_at = None
         return step.result()
 
     def close(self) -> None:
