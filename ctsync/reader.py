@@ -241,7 +241,7 @@ class OpenSource:
         self.drained = False
         # Whether a read may wait for a writer (a pipe, a terminal, a socket), and the
         # size of a regular file as it is opened (compressed, for gzip).
-        self.may_wait, self.size = _file_kind(self._raw)
+        self.may_wait, self.size = file_kind(self._raw)
 
     def chunks(self) -> Iterator[bytes]:
         """The content, decompressed if it starts with gzip's magic bytes, in chunks of at
@@ -308,13 +308,17 @@ def _ready(stream: Stream, within: float) -> bool:
     return bool(readable)
 
 
-def _file_kind(stream: Stream) -> tuple[bool, int | None]:
+def file_kind(stream: object) -> tuple[bool, int | None]:
     """Whether a read of `stream` may wait for a writer (not a regular file), and the
     size of a regular file. A stream without a file descriptor (a bucket object, a
-    test's bytes) does neither."""
+    test's bytes, a terminal's reader) does neither."""
+    fileno = getattr(stream, "fileno", None)
+    if fileno is None:
+        return False, None
     try:
-        found = os.fstat(stream.fileno())  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        found = os.fstat(fileno())
+    # (a borrowed stream whose own has no descriptor; io.UnsupportedOperation is both)
+    except (AttributeError, OSError, ValueError):
         return False, None
     if stat.S_ISREG(found.st_mode):
         return False, found.st_size

@@ -224,21 +224,24 @@ class UploadRun:
         may_wait = self._feed.may_wait if self._records is None else _never
         steps = Stepper(items, may_wait, on_pipe=self._feed.on_pipe, quiet=self._quiet)
 
+        async def take_first() -> None:
+            nonlocal out
+            item, progress, prepared = pending.popleft()
+            if prepared is not None:
+                out -= 1
+            await self._take_item(item, progress, prepared)
+
         async def meanwhile() -> asyncio.Future[Any] | None:
             """While the next item waits for a writer (a quiet pipe): the items read so
             far are taken as they are ready, in order, so that all they hold can go out
             meanwhile; the next block due back from a worker, to wait for."""
-            nonlocal out
             while pending and not control.stopping:
                 first = pending[0][2]
                 if isinstance(first, Future) and not first.done():
                     waiting = asyncio.wrap_future(first)
                     waiting.add_done_callback(_retrieved)
                     return waiting
-                item, progress, prepared = pending.popleft()
-                if prepared is not None:
-                    out -= 1
-                await self._take_item(item, progress, prepared)
+                await take_first()
             return None
 
         try:
@@ -253,7 +256,7 @@ class UploadRun:
                     resume = progress.resume if progress is not None else None
                     if resume is not None and resume.untouched(item.lineno + 1, 0):
                         resume = None  # the common case: nothing of it was read before
-                    ahead = self._feed.ahead() if self._records is None else 0
+                    ahead = self._feed.ahead()  # (0 for `records`: the feed reads nothing)
                     pending.append((item, progress, preparer.submit(item, resume, ahead)))
                     out += 1
                 else:
@@ -263,15 +266,11 @@ class UploadRun:
                     first = pending[0][2]
                     if isinstance(first, Future) and not first.done() and out < window:
                         break
-                    item, progress, prepared = pending.popleft()
-                    if prepared is not None:
-                        out -= 1
-                    await self._take_item(item, progress, prepared)
+                    await take_first()
                 if control.stopping:
                     break
             while pending and not control.stopping:
-                item, progress, prepared = pending.popleft()
-                await self._take_item(item, progress, prepared)
+                await take_first()
         except WorkerError as exc:
             # As after stop(): the requests in flight finish, nothing more is sent, and
             # the run ends with this error (what was not sent is resent next time). A
@@ -288,7 +287,7 @@ class UploadRun:
             preparer.close()
 
     def _quiet(self) -> None:
-        """The input has been quiet a while (a pipe, a terminal): what is planned goes
+        """The input has been quiet a while (a pipe): what is planned goes
         out now in the batches it fills, however few records they hold, rather than
         wait for more input that may be long in coming."""
         if not self._control.stopping:

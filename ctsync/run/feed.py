@@ -4,16 +4,14 @@ it (`--state`), and the steps to take between sources."""
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
-import stat
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from functools import partial
 from typing import IO, Any, Generic, TypeAlias, TypeVar
 
-from ctsync.reader import Block, InputRecord, OpenSource, Source, read_blocks
+from ctsync.reader import Block, InputRecord, OpenSource, Source, file_kind, read_blocks
 from ctsync.records import Invalid, Origin, Stage
 from ctsync.sources import LocalFile, StandardInput
 from ctsync.state import Progress, StateFile
@@ -132,12 +130,9 @@ class Feed:
     def _may_open_slowly(self, source: Source) -> bool:
         if isinstance(source, LocalFile):
             return not source.file.is_file()  # a named pipe, a device
-        if isinstance(source, StandardInput):
+        if isinstance(source, StandardInput):  # (a terminal's reader has no descriptor)
             stream = self._stdin if self._stdin is not None else sys.stdin
-            try:
-                return not stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
-            except (AttributeError, OSError, ValueError):  # a terminal's reader, none at all
-                return False
+            return file_kind(stream)[0]
         return False  # a bucket object
 
     def may_grow(self, source: str) -> bool:
