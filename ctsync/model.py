@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, TypeAlias
 
 from ctsync.prepare import ProfileKey
-from ctsync.records import DeleteKey, Outcome, Stage
+from ctsync.records import DeleteKey, Outcome, Stage, TokenKey
 
 Position: TypeAlias = tuple[int, int, int]
 """Where an operation comes from in its source: (line, part within the line, operation)."""
@@ -71,9 +71,12 @@ class Bulk:
     a report line (`Batch.owners_of`).
 
     A plain record has one operation: an upload with a profile key and no device token,
-    without notes or token lookups; no other record of its block writes to or deletes its
-    profile, and no other record of its block has its messageId (so taking them after the
-    block's other records changes no order CleverTap or the dedupe sees).
+    without notes; no other record of its block writes to or deletes its profile, and no
+    other record of its block has its messageId (so taking them after the block's other
+    records changes no order CleverTap or the dedupe sees). It may have looked up device
+    tokens the stage's set had already sent (`found`: each such record's index, those
+    tokens, its line), if no other record of its block looks up one of them: the run
+    checks them against its own set first (`Intake._take_bulk`).
 
     `runs`: the positions that came one after another (no other operation of the block
     between them), each `[first, last]`, and `starts` the index of each run's first
@@ -91,6 +94,7 @@ class Bulk:
     ids: list[int | None] | None = None
     probes: list[int] | None = None
     days: list[int | None] | None = None
+    found: list[tuple[int, tuple[TokenKey, ...], bytes | None]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.bodies)
@@ -118,6 +122,9 @@ class Bulk:
             part.ids = [self.ids[n] for n in picked]
             part.probes = [self.probes[n] for n in picked]
             part.days = [self.days[n] for n in picked]
+        if self.found:
+            index = {n: i for i, n in enumerate(picked)}
+            part.found = [(index[n], keys, raw) for n, keys, raw in self.found if n in index]
         starts = set(self.starts)
         for at, n in enumerate(picked):
             position = self.positions[n][1]

@@ -29,7 +29,7 @@ from ctsync.records import Origin
 from ctsync.run import DryRunSender
 from ctsync.run.stage import Recipe
 from ctsync.run.wire import BULK, INVALID, READY, SKIPPED, Result, gather
-from ctsync.run.workers import Workers
+from ctsync.run.workers import WorkerPool, Workers
 from tests.helpers import examples
 from tests.test_workers import PRESETS, Refusing, exports, recipe_for, run_source
 
@@ -37,9 +37,15 @@ NEVER = 10**9
 
 
 def one_run(
-    export: Path | list[Path], built: Recipe, block_bytes: int, refuse: bool, dedupe: bool
+    export: Path | list[Path],
+    built: Recipe,
+    block_bytes: int,
+    refuse: bool,
+    dedupe: bool,
+    pool: WorkerPool | None = None,
 ) -> tuple[bytes, list[bytes], list[bytes], dict[str, Any]]:
-    """A run in one process: (requests, report lines, dead letters, summary)."""
+    """A run in one process, or with the two workers of `pool`: (requests, report lines,
+    dead letters, summary)."""
     exports = export if isinstance(export, list) else [export]
     sources = [Source(str(e), e, e.stat().st_size, max_line_bytes=1024) for e in exports]
     ids = MessageIds.temporary(window_ms(30)) if dedupe else None
@@ -48,7 +54,13 @@ def one_run(
             sources,
             built,
             built.mode.value,
-            Workers(count=1, recipe=built, block_bytes=block_bytes),
+            Workers(
+                count=1 if pool is None else 2,
+                recipe=built,
+                block_bytes=block_bytes,
+                start_after=0,
+                pool=pool,
+            ),
             sender=Refusing if refuse else DryRunSender,
             message_ids=ids,
         )
@@ -173,18 +185,73 @@ def test_a_refused_plain_record_is_reported_with_its_line_and_its_copy_sent_late
     assert sum(records.values()) == 40 + len(again)
 
 
+def _message(number: int, kind: str = "track", **extra: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "type": kind,
+        "messageId": f"m{number}",
+        "userId": "u1",
+        "anonymousId": "a1",
+        "timestamp": "2024-05-01T12:00:00Z",
+    }
+    if kind == "track":
+        message["event"] = "Viewed"
+    message.update(extra)
+    return message
+
+
+DEVICE = {"device": {"token": "tok-1", "type": "android"}}
+
+
+@pytest.mark.parametrize(
+    ("first", "why"),
+    [
+        # The stage sent the token with an identify that then failed validation.
+        ([_message(1, "identify", traits={"email": "not-an-email"}, context=DEVICE)], "invalid"),
+        # ... with a copy of a message sent before (the run skips the copy).
+        ([_message(1), _message(1, context=DEVICE)], "copy"),
+    ],
+)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_token_the_stage_found_sent_but_the_run_did_not_goes_with_the_next_record(
+    tmp_path: Path, first: list[dict[str, Any]], why: str, workers: int, worker_pool: WorkerPool
+) -> None:
+    """The stage's own set says a device token went out already, so the next records
+    with it look plain; the run's set says it did not (its first record was invalid, or
+    a copy the run skipped). Those records, in bulk, are taken the long way: the token
+    goes out once, with the first of them, as when they come one by one."""
+    later = [_message(n, context=DEVICE) for n in range(2, 6)]
+    lines = [*first, *later]
+    exports = [tmp_path / "1.ndjson", tmp_path / "2.ndjson"]  # two blocks, in this order
+    for export, messages in zip(exports, (first, later), strict=True):
+        export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in messages))
+    built = recipe_for("classic", "strict")
+    alone = one_run(exports, replace(built, bulk_from=NEVER), 1, False, True)
+    pool = worker_pool if workers == 2 else None
+    bulk = one_run(exports, replace(built, bulk_from=1), 1, False, True, pool)
+    assert bulk[0].count(b'"tokenData":{"id":"tok-1"') == 1
+    assert sent(bulk[0]) == sent(alone[0])
+    assert bulk[1:] == alone[1:]
+    counts = bulk[3]
+    assert counts["read"] == len(lines) and counts["accepted"] == len(lines) - 1
+    assert (counts["invalid"], counts["skipped"]) == ((1, 0) if why == "invalid" else (0, 1))
+
+
 # -- gather, against a model -------------------------------------------------------------
 
 USERS = ["a", "b", "c", "d", "e", "f"]
 KINDS = ["plain", "plain", "plain", "two", "delete", "token", "notes", "lookups", "unkeyed"]
-KINDS += ["skip", "invalid"]
+KINDS += ["skip", "invalid", "found", "found", "skip-lookups"]
+TOKENS = [("a", "t1"), ("b", "t1"), ("a", "t2")]  # (objectId, token), shared across users
+NOTE: Any = (["w"], [], {})
+FOUND: Any = ((("a", "t"), True),)
 
 
 @st.composite
 def block_results(draw: st.DrawFn) -> list[Result]:
     """One block's results as the record stage makes them: uploads of one or two
-    operations, deletions, tokens, notes, lookups, skipped and invalid records, some
-    with messageIds (dedupe entries) that may repeat."""
+    operations, deletions, tokens, notes, token lookups (found in the stage's set or
+    not, by any kind of record), skipped and invalid records, some with messageIds
+    (dedupe entries) that may repeat."""
     results: list[Result] = []
     for line in range(1, draw(st.integers(0, 30)) + 1):
         kind = draw(st.sampled_from(KINDS))
@@ -192,8 +259,11 @@ def block_results(draw: st.DrawFn) -> list[Result]:
         key = draw(st.sampled_from([None, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]))
         body = b'{"u":"%s","l":%d}' % (user.encode(), line)
         upload = (0, user, body, True, kind == "token", 0, profile_hash(user))
-        if kind == "skip":
-            results.append((line, 0, SKIPPED, None, "reason", None, (), None, 0, None))
+        token = draw(st.sampled_from(TOKENS))
+        if kind in ("skip", "skip-lookups"):
+            looked: Any = ((token, False),) if kind == "skip-lookups" else ()
+            raw = b"raw%d" % line if looked else None
+            results.append((line, 0, SKIPPED, raw, "reason", None, looked, None, 0, None))
             continue
         if kind == "invalid":
             results.append((line, 0, INVALID, b"x", "bad", {}, (), key, key or 0, None))
@@ -210,7 +280,11 @@ def block_results(draw: st.DrawFn) -> list[Result]:
         elif kind == "notes":
             notes = (["w"], [], {})
         elif kind == "lookups":
-            lookups = (((user, "t"), False),)
+            lookups = ((token, False),)
+        elif kind == "found":  # found sent already: no token operation
+            lookups = tuple(
+                (each, True) for each in draw(st.sets(st.sampled_from(TOKENS), min_size=1))
+            )
         results.append((line, 0, READY, b"raw%d" % line, ops, notes, lookups, key, key or 0, 3))
     return results
 
@@ -225,29 +299,53 @@ def block_results(draw: st.DrawFn) -> list[Result]:
     lanes=1,
     at_least=1,
 )
+@example(  # one left out for its profile holds back another by its token: none in bulk
+    results=[
+        (1, 0, READY, b"r1", [(0, "a", b"1", True, False, 0, 0)], NOTE, (), None, 0, None),
+        (2, 0, READY, b"r2", [(0, "a", b"2", True, False, 0, 0)], None, FOUND, None, 0, None),
+        (3, 0, READY, b"r3", [(0, "b", b"3", True, False, 0, 0)], None, FOUND, None, 0, None),
+        (4, 0, READY, b"r4", [(0, "c", b"4", True, False, 0, 0)], None, (), None, 0, None),
+    ],
+    lanes=1,
+    at_least=1,
+)  # fmt: skip
 def test_gather_takes_out_exactly_the_plain_records_and_keeps_their_order(
     results: list[Result], lanes: int, at_least: int
 ) -> None:
     out = gather(list(results), "f", lanes, lines=True, dedupe=True, at_least=at_least)
     ids = [r[7] for r in results if r[7] is not None]
-    # The model: which records are plain, from the results alone.
-    touched: set[str] = set()
+    # The model: which records are plain, from the results alone. A candidate: one
+    # upload with a profile, no token to send, no notes, every token it looked up found.
     candidates = []
     for r in results:
         if r[2] != READY:
             continue
         ops = r[4]
         simple = len(ops) == 1 and ops[0][0] == 0 and ops[0][1] is not None and not ops[0][4]
-        if simple and r[5] is None and not r[6]:
+        if simple and r[5] is None and all(found for _, found in r[6]):
             candidates.append(r)
-        else:
-            touched.update(op[1] for op in ops if op[1] is not None)
-    plain = [r for r in candidates if r[4][0][1] not in touched]
+    # Plain: candidates whose profile no other record writes or deletes and whose tokens
+    # no other record looks up; a candidate left out is "other" in turn. `rounds`: how
+    # many times some were left out before none more was.
+    plain = list(candidates)
+    rounds = 0
+    while True:
+        others = [r for r in results if all(r is not p for p in plain)]
+        profiles = {op[1] for r in others if r[2] == READY for op in r[4] if op[1] is not None}
+        tokens = {key for r in others for key, _ in r[6]}
+        keep = [
+            r
+            for r in plain
+            if r[4][0][1] not in profiles and not any(key in tokens for key, _ in r[6])
+        ]
+        if len(keep) == len(plain):
+            break
+        plain, rounds = keep, rounds + 1
     if len(set(ids)) < len(ids) or len(candidates) < at_least:
         assert out == results, "a block with a repeated messageId, or too few, goes as it is"
         return
-    if not plain:
-        assert [r for r in out if r[2] != BULK] == results
+    if not plain or rounds > 1:  # none, or they hold each other back: nothing in bulk
+        assert out == results
         return
     assert out[-1][2] == BULK and all(r[2] != BULK for r in out[:-1])
     bulks: list[Bulk] = out[-1][4]
@@ -264,6 +362,8 @@ def test_gather_takes_out_exactly_the_plain_records_and_keeps_their_order(
         assert bulk.raws == [r[3] for r in mine]
         assert bulk.ids == [r[7] for r in mine] and bulk.probes == [r[8] for r in mine]
         assert bulk.days == [r[9] for r in mine]
+        found = [(n, tuple(key for key, _ in r[6]), r[3]) for n, r in enumerate(mine) if r[6]]
+        assert bulk.found == found
     assert sum(len(b) for b in bulks) == len(plain)
     # A run of positions spans only this lane's plain records: no operation of the
     # block between its first and its last goes anywhere else.

@@ -137,7 +137,7 @@ class Intake:
                 summary.read += b
                 if progress is not None and progress.position < (line, part):
                     progress.position = (line, part)
-                self._take_bulk(source, a, group)
+                self._take_bulk(source, a, group, progress)
                 self.taken += b - 1  # and one below
             elif settled or lookups or b is not None:
                 take(source, result, progress)
@@ -175,11 +175,22 @@ class Intake:
             self._look_at = self.taken + YIELD_EVERY
             await self._pace()
 
-    def _take_bulk(self, source: str, bulks: list[Bulk], group: Group) -> None:
+    def _take_bulk(
+        self, source: str, bulks: list[Bulk], group: Group, progress: Progress | None
+    ) -> None:
         """A block's plain records (`wire.Bulk`), after its other records: claimed (the
         dedupe), then added to their lanes a slice at a time. Any that is a copy of a
         message sent makes its block's records go one by one instead; so do the records
-        of a profile that waits for a deletion."""
+        of a profile that waits for a deletion. A device token the stage found sent and
+        the run did not send (its sender was a copy, or invalid) makes them all take the
+        long way, in input order, as if they had come one by one."""
+        tokens = self._tokens
+        for bulk in bulks:
+            for _, keys, _ in bulk.found:
+                for token in keys:
+                    if token not in tokens:
+                        self._the_long_way(source, bulks, progress)
+                        return
         ids = self._ids
         copies: set[int] = set()
         if ids is not None:
@@ -206,6 +217,31 @@ class Intake:
             sealed = planner.add_bulk(bulk, remember)
             if sealed:
                 enqueue(sealed)
+
+    def _the_long_way(self, source: str, bulks: list[Bulk], progress: Progress | None) -> None:
+        """A block's plain records, each taken as the result it was before `wire.gather`
+        took it out (`_take_result`: its lookups checked, prepared again if they do not
+        hold), in input order. They were counted read in bulk: each counts as it goes."""
+        results: list[Result] = []
+        for bulk in bulks:
+            found = {n: (keys, raw) for n, keys, raw in bulk.found}
+            raws, ids, probes, days = bulk.raws, bulk.ids, bulk.probes, bulk.days
+            for n, (_, (line, part, number)) in enumerate(bulk.positions):
+                keys, raw = found.get(n, ((), None if raws is None else raws[n]))
+                op: WireOp = (
+                    UPLOAD_CODE, bulk.keys[n], bulk.bodies[n], bulk.safe[n], False, number, None
+                )  # fmt: skip
+                results.append((
+                    line, part, READY, raw, [op], None, tuple((key, True) for key in keys),
+                    None if ids is None else ids[n], 0 if probes is None else probes[n],
+                    None if days is None else days[n],
+                ))  # fmt: skip
+        results.sort(key=lambda result: (result[0], result[1]))
+        self._ledger.summary.read -= len(results)
+        for result in results:
+            self._gap = True  # each its own run of positions (see `_one_by_one`)
+            self._take_result(source, result, progress)
+        self._gap = True
 
     def _one_by_one(self, source: str, bulk: Bulk, copies: set[int], group: Group) -> None:
         """Plain records of one lane, each planned as a record of its own (claimed

@@ -147,15 +147,17 @@ def gather(
     into one BULK result at the end; `results` as they are when the block has fewer
     than `at_least`, or two records with one messageId."""
     held: set[ProfileKey] = set()  # profiles some record that is not plain writes or deletes
+    looked: set[TokenKey] = set()  # tokens some record that is not plain looks up
     plain: list[tuple[int, Result]] = []  # (its operation's place in the block, result)
-    rest: list[Result] = []
     seq = 0  # operations of the block so far
     for result in results:
+        lookups = result[6]
         if result[2] != READY:
-            rest.append(result)
+            if lookups:
+                looked.update(key for key, _ in lookups)
             continue
         ops = result[4]
-        if len(ops) == 1 and result[5] is None and not result[6]:
+        if len(ops) == 1 and result[5] is None and all(found for _, found in lookups):
             op = ops[0]
             if op[0] == UPLOAD_CODE and op[1] is not None and not op[4]:
                 plain.append((seq, result))
@@ -164,19 +166,25 @@ def gather(
         for op in ops:
             if op[1] is not None:
                 held.add(op[1])
-        rest.append(result)
+        if lookups:
+            looked.update(key for key, _ in lookups)
         seq += len(ops)
     if len(plain) < max(1, at_least):
         return results
     ids = [result[7] for result in results if result[7] is not None]
     if len(set(ids)) != len(ids):
         return results
-    if held and any(result[4][0][1] in held for _, result in plain):
-        plain = [(n, result) for n, result in plain if result[4][0][1] not in held]
-        if not plain:
-            return results
-        kept = {id(result) for _, result in plain}
-        rest = [result for result in results if id(result) not in kept]
+    if held or looked:
+        plain, out = _apart(plain, held, looked)
+        if out:
+            # The records taken out order against the rest in turn: if one of them
+            # holds back another plain record, the block goes as it is.
+            more_held = {result[4][0][1] for _, result in out}
+            more_looked = {key for _, result in out for key, _ in result[6]}
+            if not plain or _apart(plain, more_held, more_looked)[1]:
+                return results
+    kept = {id(result) for _, result in plain}
+    rest = [result for result in results if id(result) not in kept]
     by_lane: dict[int, list[tuple[int, Result]]] = {}
     for each in plain:
         lane = each[1][4][0][6] % lanes
@@ -189,6 +197,20 @@ def gather(
     last = plain[-1][1]
     rest.append((last[0], last[1], BULK, None, bulks, len(plain), NO_LOOKUPS, None, 0, None))
     return rest
+
+
+def _apart(
+    plain: list[tuple[int, Result]], held: set[ProfileKey], looked: set[TokenKey]
+) -> tuple[list[tuple[int, Result]], list[tuple[int, Result]]]:
+    """(the records of `plain` that touch no profile of `held` and look up no token of
+    `looked`, the others)."""
+    kept: list[tuple[int, Result]] = []
+    out: list[tuple[int, Result]] = []
+    for each in plain:
+        result = each[1]
+        touches = result[4][0][1] in held or any(key in looked for key, _ in result[6])
+        (out if touches else kept).append(each)
+    return kept, out
 
 
 def _bulk(
@@ -214,6 +236,11 @@ def _bulk(
     )
     if lines:
         bulk.raws = [result[3] for result in results]
+    bulk.found = [
+        (n, tuple(key for key, _ in result[6]), result[3])
+        for n, result in enumerate(results)
+        if result[6]
+    ]
     if dedupe:
         bulk.ids = [result[7] for result in results]
         bulk.probes = [result[8] for result in results]
