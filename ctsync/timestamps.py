@@ -165,8 +165,8 @@ def convert_object(
     return converted
 
 
-_EARLIEST_EPOCH: Final = -62135596800  # 0001-01-01T00:00:00Z
-_LATEST_EPOCH: Final = 253402300799  # 9999-12-31T23:59:59Z
+EARLIEST_EPOCH: Final = -62135596800  # 0001-01-01T00:00:00Z
+LATEST_EPOCH: Final = 253402300799  # 9999-12-31T23:59:59Z
 
 
 def event_time(value: Any) -> int | None:
@@ -185,7 +185,7 @@ def event_time(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         seconds = value // 1000 if abs(value) >= 100_000_000_000 else value
-        return seconds if _EARLIEST_EPOCH <= seconds <= _LATEST_EPOCH else None
+        return seconds if EARLIEST_EPOCH <= seconds <= LATEST_EPOCH else None
     if isinstance(value, float) and math.isfinite(value):
         return event_time(math.floor(value))
     return None
@@ -241,7 +241,7 @@ def date_epoch(value: Any) -> int | None:
         value = math.floor(value)
     if isinstance(value, int):
         seconds = value // 1000 if abs(value) >= _DATE_MILLISECONDS_FROM else value
-        return seconds if abs(seconds) <= _LATEST_EPOCH else None
+        return seconds if abs(seconds) <= LATEST_EPOCH else None
     if not isinstance(value, str):
         return None
     text = value.strip()

@@ -27,7 +27,7 @@ from typing import Any, Final
 from ctsync.errors import UsageError
 from ctsync.records import Counters, Mapper, MapResult, Message, SentTokens, Skip, counting
 from ctsync.sources import TimeWindow
-from ctsync.timestamps import event_time
+from ctsync.timestamps import EARLIEST_EPOCH, LATEST_EPOCH, event_time
 
 OUTSIDE_WINDOW: Final = "outside-window"
 """The skip reason of a message outside the window (or without a usable timestamp)."""
@@ -123,8 +123,9 @@ def message_time(value: Any) -> int | None:
             return _ms(datetime.fromisoformat(value))
         except ValueError:
             pass
-    elif type(value) is int:
-        return value if abs(value) >= 100_000_000_000 else value * 1000
+    elif type(value) is int:  # `event_time`'s reading, to the millisecond
+        ms = value if abs(value) >= 100_000_000_000 else value * 1000
+        return ms if EARLIEST_EPOCH <= ms // 1000 <= LATEST_EPOCH else None
     seconds = event_time(value)
     return None if seconds is None else seconds * 1000
 

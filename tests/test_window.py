@@ -26,7 +26,8 @@ from ctsync import api
 from ctsync.cli import app
 from ctsync.reader import InputOptions
 from ctsync.summary import Summary
-from ctsync.window import Window
+from ctsync.timestamps import event_time
+from ctsync.window import Window, message_time
 from tests.helpers import assert_accounted, clean_env, identify
 
 runner = CliRunner()
@@ -100,7 +101,9 @@ def stamps(draw: st.DrawFn) -> tuple[int | None, Any]:
         return ms, ms
     if kind == "none":
         return None, None
-    return None, draw(st.sampled_from(["yesterday", "", "01/03/2024", True, {"at": 1}]))
+    # Past the years 1 to 9999 (seconds or milliseconds) is no time either, as for `ts`.
+    beyond = [10**18, -(10**18), 253_402_300_800_000, 2**63]
+    return None, draw(st.sampled_from(["yesterday", "", "01/03/2024", True, {"at": 1}, *beyond]))
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -314,3 +317,15 @@ def test_a_bad_window_exits_2_saying_what_is_wrong(
     assert code == 2
     assert said in err
     assert "Traceback" not in err
+
+
+@given(value=st.one_of(st.integers(), st.integers(-(10**13), 10**13)))
+def test_an_epoch_number_is_the_same_instant_for_the_window_and_for_ts(value: int) -> None:
+    """A number in `timestamp` is in the window exactly when it is a time CleverTap's `ts`
+    can carry (years 1 to 9999: seconds, or milliseconds when too large for seconds), and
+    names the same second there."""
+    seconds = event_time(value)
+    ms = message_time(value)
+    assert (ms is None) == (seconds is None)
+    if ms is not None:
+        assert ms // 1000 == seconds
