@@ -109,6 +109,20 @@ def test_an_identify_after_a_delete_goes_out_only_after_the_delete() -> None:
     assert sender.first("end", "delete", "a") < sender.first("start", "upload", "a")
 
 
+def test_the_writes_after_a_refused_deletion_still_go_after_its_answer() -> None:
+    """A deletion refused for good is reported, and the writes after it are sent once it
+    has its answer (to the profile it did not delete), as Segment sends each message."""
+    sender = Recorder(delay=0.02, reject={"a"})  # refuses every record of "a"
+    report = io.BytesIO()
+    summary = run(
+        [delete_user("a"), identify("a", plan="pro"), identify("y")], sender, report=report
+    )
+    assert sender.first("end", "delete", "a") < sender.first("start", "upload", "a")
+    assert (summary.accepted, summary.rejected) == (1, {"516": 2})
+    assert len(report.getvalue().splitlines()) == 2
+    assert_accounted(summary)
+
+
 class HoldsOneProfile(FakeSender):
     """Answers uploads after 50 ms, except the one holding `held`: that one waits until
     a deletion has gone out (3 s at most, so that a run that waits for it still ends)."""
