@@ -32,6 +32,7 @@ class SandboxServer:
         self.app = SandboxApp(config, SandboxStore.open(config.db))
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        self.accepted = 0  # connections accepted since the start
         self.port = 0
 
     @property
@@ -51,6 +52,7 @@ class SandboxServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self._connections.add(writer)
+        self.accepted += 1
         try:
             await serve_connection(self.app, reader, writer)
         finally:
@@ -145,6 +147,10 @@ class Sandbox:
         e.g. `sandbox.read(lambda store: store.events("u1"))`.
         """
         return self._call(lambda: query(self._running().app.store))
+
+    def connections(self) -> int:
+        """How many connections the sandbox has accepted since it started."""
+        return self._call(lambda: self._running().accepted)
 
     def _call(self, function: Callable[[], T]) -> T:
         # The store and the counters belong to the server's thread: run there, wait here.
