@@ -236,14 +236,75 @@ def test_a_token_the_stage_found_sent_but_the_run_did_not_goes_with_the_next_rec
     assert (counts["invalid"], counts["skipped"]) == ((1, 0) if why == "invalid" else (0, 1))
 
 
+def _write(tmp_path: Path, files: list[list[dict[str, Any]]]) -> list[Path]:
+    paths = []
+    for n, messages in enumerate(files, 1):
+        path = tmp_path / f"{n}.ndjson"
+        path.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in messages))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("preset", ["classic", "mapping"])
+@pytest.mark.parametrize("why", ["invalid", "copy"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_token_sent_the_long_way_keeps_its_place_on_the_anonymous_profile(
+    tmp_path: Path, preset: str, why: str, workers: int, worker_pool: WorkerPool
+) -> None:
+    """The record whose token the stage found sent writes only its identity's profile;
+    the run did not send that token (its first sender was invalid, or a copy), so the
+    record takes the long way and sends the token to the anonymousId's profile
+    (guid:a1). A later record of its block writes guid:a1 too: it must come after the
+    token, as when the records come one by one. (Found by an adversarial review.)"""
+    if why == "invalid":
+        first = [_message(1, "identify", traits={"email": "not-an-email"}, context=DEVICE)]
+    else:
+        first = [_message(1), _message(1, context=DEVICE)]
+    # The first sender in two files: with two workers, the stage that prepares the last
+    # file has most likely prepared one of them (its set has the token).
+    poison = [first, [{**m, "messageId": "p" + m["messageId"]} for m in first]]
+    anonymous = _message(3, context={"device": {"token": "tok-2", "type": "android"}})
+    del anonymous["userId"]  # guid:a1, with a token of its own: not plain
+    exports = _write(tmp_path, [*poison, [_message(2, context=DEVICE), anonymous]])
+    built = recipe_for(preset, "strict")
+    alone = one_run(exports, replace(built, bulk_from=NEVER), 10**6, False, True)
+    pool = worker_pool if workers == 2 else None
+    bulk = one_run(exports, replace(built, bulk_from=1), 10**6, False, True, pool)
+    assert sent(bulk[0]) == sent(alone[0]), "guid:a1's records in another order"
+    assert bulk[1:] == alone[1:]
+
+
+@pytest.mark.parametrize("preset", ["classic", "mapping"])
+def test_a_record_prepared_again_in_the_run_keeps_its_place_on_the_anonymous_profile(
+    tmp_path: Path, preset: str
+) -> None:
+    """One block: a plain write of guid:a1, then an invalid record that sent tok-1 in the
+    stage's set only, then a record the stage found tok-1 sent for (not plain: the
+    invalid one looked tok-1 up). The run prepares the last one again, and it sends
+    tok-1 to guid:a1: after the plain write, which came first. (Found by an adversarial
+    review; it failed before plain records could have token lookups too.)"""
+    plain = _message(1, "identify", traits={})
+    del plain["userId"]
+    invalid = _message(2, "identify", traits={"email": "not-an-email"}, context=DEVICE)
+    lines = [plain, {**invalid, "userId": "u2"}, _message(3, "identify", traits={}, context=DEVICE)]
+    exports = _write(tmp_path, [lines])
+    built = recipe_for(preset, "strict")
+    alone = one_run(exports, replace(built, bulk_from=NEVER), 10**6, False, False)
+    bulk = one_run(exports, replace(built, bulk_from=1), 10**6, False, False)
+    assert sent(bulk[0]) == sent(alone[0]), "guid:a1's records in another order"
+    assert bulk[1:] == alone[1:]
+
+
 # -- gather, against a model -------------------------------------------------------------
 
-USERS = ["a", "b", "c", "d", "e", "f"]
+# Profiles: identities, and the anonymous profiles of two objectIds (a token's own).
+USERS: list[Any] = ["a", "b", "c", "d", "e", "f", ("guid", "a"), ("guid", "b")]
 KINDS = ["plain", "plain", "plain", "two", "delete", "token", "notes", "lookups", "unkeyed"]
 KINDS += ["skip", "invalid", "found", "found", "skip-lookups"]
 TOKENS = [("a", "t1"), ("b", "t1"), ("a", "t2")]  # (objectId, token), shared across users
 NOTE: Any = (["w"], [], {})
 FOUND: Any = ((("a", "t"), True),)
+GUID_A = ("guid", "a")
 
 
 @st.composite
@@ -257,7 +318,7 @@ def block_results(draw: st.DrawFn) -> list[Result]:
         kind = draw(st.sampled_from(KINDS))
         user = draw(st.sampled_from(USERS))
         key = draw(st.sampled_from([None, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]))
-        body = b'{"u":"%s","l":%d}' % (user.encode(), line)
+        body = b'{"u":"%s","l":%d}' % (str(user).encode(), line)
         upload = (0, user, body, True, kind == "token", 0, profile_hash(user))
         token = draw(st.sampled_from(TOKENS))
         if kind in ("skip", "skip-lookups"):
@@ -274,7 +335,7 @@ def block_results(draw: st.DrawFn) -> list[Result]:
         if kind == "two":
             ops.append((0, user, body + b" ", False, False, 1, profile_hash(user)))
         elif kind == "delete":
-            ops = [(1, user, b'"%s"' % user.encode(), True, False, 0, profile_hash(user))]
+            ops = [(1, user, b'"%s"' % str(user).encode(), True, False, 0, profile_hash(user))]
         elif kind == "unkeyed":
             ops = [(0, None, body, True, False, 0, None)]
         elif kind == "notes":
@@ -309,6 +370,22 @@ def block_results(draw: st.DrawFn) -> list[Result]:
     lanes=1,
     at_least=1,
 )  # fmt: skip
+@example(  # found: its token's profile is written by another record (found by a helper)
+    results=[
+        (1, 0, READY, b"r1", [(0, "c", b"1", True, False, 0, 0)], None, FOUND, None, 0, None),
+        (2, 0, READY, b"r2", [(0, GUID_A, b"2", True, False, 0, 0)], NOTE, (), None, 0, None),
+    ],
+    lanes=1,
+    at_least=1,
+)  # fmt: skip
+@example(  # ... or its profile's token is looked up by a record that is not plain
+    results=[
+        (1, 0, READY, b"r1", [(0, GUID_A, b"1", True, False, 0, 0)], None, (), None, 0, None),
+        (2, 0, READY, b"r2", [(0, "c", b"2", True, False, 0, 0)], NOTE, FOUND, None, 0, None),
+    ],
+    lanes=1,
+    at_least=1,
+)  # fmt: skip
 def test_gather_takes_out_exactly_the_plain_records_and_keeps_their_order(
     results: list[Result], lanes: int, at_least: int
 ) -> None:
@@ -331,12 +408,16 @@ def test_gather_takes_out_exactly_the_plain_records_and_keeps_their_order(
     rounds = 0
     while True:
         others = [r for r in results if all(r is not p for p in plain)]
+        # A record prepared again may send a token it looked up to the token's profile
+        # (its objectId's): a lookup may write that profile.
         profiles = {op[1] for r in others if r[2] == READY for op in r[4] if op[1] is not None}
+        profiles |= {("guid", objectId) for r in others for (objectId, _), _ in r[6]}
         tokens = {key for r in others for key, _ in r[6]}
         keep = [
             r
             for r in plain
-            if r[4][0][1] not in profiles and not any(key in tokens for key, _ in r[6])
+            if r[4][0][1] not in profiles
+            and not any(key in tokens or ("guid", key[0]) in profiles for key, _ in r[6])
         ]
         if len(keep) == len(plain):
             break

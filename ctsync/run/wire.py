@@ -146,7 +146,10 @@ def gather(
     """`results` (one block's, in order) with its plain records (see `Bulk`) taken out
     into one BULK result at the end; `results` as they are when the block has fewer
     than `at_least`, or two records with one messageId."""
-    held: set[ProfileKey] = set()  # profiles some record that is not plain writes or deletes
+    # Profiles some record that is not plain writes or deletes, or may write: a record
+    # with token lookups the run finds wrong is prepared again (`Intake._take_result`),
+    # and may then send a token to that token's profile (the objectId's, `token_profile`).
+    held: set[ProfileKey] = set()
     looked: set[TokenKey] = set()  # tokens some record that is not plain looks up
     plain: list[tuple[int, Result]] = []  # (its operation's place in the block, result)
     seq = 0  # operations of the block so far
@@ -154,7 +157,7 @@ def gather(
         lookups = result[6]
         if result[2] != READY:
             if lookups:
-                looked.update(key for key, _ in lookups)
+                _look(lookups, held, looked)
             continue
         ops = result[4]
         if len(ops) == 1 and result[5] is None and all(found for _, found in lookups):
@@ -167,7 +170,7 @@ def gather(
             if op[1] is not None:
                 held.add(op[1])
         if lookups:
-            looked.update(key for key, _ in lookups)
+            _look(lookups, held, looked)
         seq += len(ops)
     if len(plain) < max(1, at_least):
         return results
@@ -180,7 +183,9 @@ def gather(
             # The records taken out order against the rest in turn: if one of them
             # holds back another plain record, the block goes as it is.
             more_held = {result[4][0][1] for _, result in out}
-            more_looked = {key for _, result in out for key, _ in result[6]}
+            more_looked: set[TokenKey] = set()
+            for _, result in out:
+                _look(result[6], more_held, more_looked)
             if not plain or _apart(plain, more_held, more_looked)[1]:
                 return results
     kept = {id(result) for _, result in plain}
@@ -203,14 +208,29 @@ def _apart(
     plain: list[tuple[int, Result]], held: set[ProfileKey], looked: set[TokenKey]
 ) -> tuple[list[tuple[int, Result]], list[tuple[int, Result]]]:
     """(the records of `plain` that touch no profile of `held` and look up no token of
-    `looked`, the others)."""
+    `looked` nor one of a profile of `held` (a record prepared again may send it), the
+    others)."""
     kept: list[tuple[int, Result]] = []
     out: list[tuple[int, Result]] = []
     for each in plain:
         result = each[1]
-        touches = result[4][0][1] in held or any(key in looked for key, _ in result[6])
+        touches = result[4][0][1] in held or any(
+            key in looked or token_profile(key) in held for key, _ in result[6]
+        )
         (out if touches else kept).append(each)
     return kept, out
+
+
+def _look(lookups: Lookups, held: set[ProfileKey], looked: set[TokenKey]) -> None:
+    """A record that is not plain looked these tokens up: theirs, and their profiles."""
+    for key, _ in lookups:
+        looked.add(key)
+        held.add(token_profile(key))
+
+
+def token_profile(key: TokenKey) -> ProfileKey:
+    """The profile a device token record writes: its objectId's (`prepare.profile_key`)."""
+    return ("guid", str(key[0]))
 
 
 def _bulk(
@@ -279,4 +299,5 @@ __all__ = [
     "ops_of",
     "skip_runs",
     "stub",
+    "token_profile",
 ]
