@@ -295,6 +295,50 @@ def test_a_record_prepared_again_in_the_run_keeps_its_place_on_the_anonymous_pro
     assert bulk[1:] == alone[1:]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_copy_prepared_again_in_the_run_is_a_copy(
+    tmp_path: Path, workers: int, worker_pool: WorkerPool
+) -> None:
+    """A message the stage skipped (the only record it would send is a device token its
+    set says went out already) is prepared again in the run, whose set says the token
+    did not go (its first sender was a copy): prepared again, it sends the token, and it
+    is itself a copy of a message sent, so it is skipped as one and sends nothing. (It
+    was sent: the messageId was looked up before the record was prepared again, when
+    the skip had none. Found by an adversarial review.)"""
+    token = {"device": {"token": "tok-2", "type": "android"}}
+    first = [_message(5), _message(5, context=token)]  # the copy sends tok-2 in the stage
+    alias = _message(5, "alias", previousId="a2", context=token)
+    del alias["userId"]
+    later = _message(6, context=token)  # the first to send tok-2 in this run
+    exports = _write(tmp_path, [first, [alias], [later]])
+    built = replace(recipe_for("mapping", "strict"), bulk_from=NEVER)
+    pool = worker_pool if workers == 2 else None
+    requests, _, _, summary = one_run(exports, built, 10**6, False, True, pool)
+    assert requests.count(b"tok-2") == 1  # with the later track, once
+    assert summary["skipped_by_reason"] == {"duplicate-message-id": 2}
+    assert summary["accepted"] == 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_copy_that_sends_nothing_is_counted_under_its_skip_reason(
+    tmp_path: Path, workers: int, worker_pool: WorkerPool
+) -> None:
+    """The same alias twice, in two files: the second sends nothing (its token went with
+    the first), so it is skipped under the mapping's reason, never as a copy, whichever
+    stage prepared it (a worker that had not seen the token made it a record to send,
+    and the run prepared it again)."""
+    alias = _message(1, "alias", previousId="a2", context=DEVICE)
+    del alias["userId"]
+    exports = _write(tmp_path, [[alias], [alias], [alias]])
+    built = replace(recipe_for("mapping", "strict"), bulk_from=NEVER)
+    one = one_run(exports, built, 10**6, False, True)
+    pool = worker_pool if workers == 2 else None
+    many = one_run(exports, built, 10**6, False, True, pool)
+    assert many[3] == one[3]
+    assert "duplicate-message-id" not in one[3]["skipped_by_reason"]
+    assert one[0].count(b"tok-1") == many[0].count(b"tok-1") == 1
+
+
 # -- gather, against a model -------------------------------------------------------------
 
 # Profiles: identities, and the anonymous profiles of two objectIds (a token's own).

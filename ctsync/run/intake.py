@@ -281,21 +281,27 @@ class Intake:
             if done:
                 return
         ledger = self._ledger
+        again = bool(lookups) and not lookups_hold(self._tokens, lookups)
+        if again:
+            # The stage's set of tokens sent differs from the run's (another worker sent
+            # one first, or a record before this one was a copy or refused, so its tokens
+            # were never sent): prepare the record again here, against the run's set. Its
+            # messageId's entry too: a message skipped has none, one sent has one.
+            assert raw is not None
+            record = InputRecord(Origin(source, line, part), raw, orjson.loads(raw), None)
+            result = self._stage_again().record(record, None)
+            code, a, b, lookups, key, day = (
+                result[2], result[4], result[5], result[6], result[7], result[9]
+            )  # fmt: skip
+            if code != READY:  # it maps against the run's set: take back what it added
+                self._tokens.difference_update(tokens_sent(lookups))
         if key is not None and resume is None and self._ids is not None and self._ids.seen(key):
+            if again:  # a copy sends no token either
+                self._tokens.difference_update(tokens_sent(lookups))
             ledger.read()
             ledger.skip(DUPLICATE_MESSAGE_ID)
             self._gap = True  # no pending span may cover a copy: a resumed run would send it
             return
-        if lookups and not lookups_hold(self._tokens, lookups):
-            # The stage's set of tokens sent differs from the run's (another worker sent
-            # one first, or a record before this one was a copy or refused, so its tokens
-            # were never sent): prepare the record again here, against the run's set.
-            assert raw is not None
-            record = InputRecord(Origin(source, line, part), raw, orjson.loads(raw), None)
-            result = self._stage_again().record(record, None)
-            code, a, b, lookups = result[2], result[4], result[5], result[6]
-            if code != READY:  # it maps against the run's set: take back what it added
-                self._tokens.difference_update(tokens_sent(lookups))
         if code != READY:
             if self._done_before(resume):
                 return
@@ -361,7 +367,8 @@ class Intake:
             validator = recipe.validator() if recipe.mode is not ValidateMode.OFF else None
             mapper = recipe.mapper(self._tokens)
             log = counting(mapper).tokens.watch()
-            self._again = RecordStage(mapper, validator, recipe.mode, dedupe=False, log=log)
+            dedupe = self._ids is not None  # its messageId's entry (see `_take_result`)
+            self._again = RecordStage(mapper, validator, recipe.mode, dedupe=dedupe, log=log)
         return self._again
 
     def _plan_new(
