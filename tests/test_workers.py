@@ -31,10 +31,16 @@ from ctsync.mapping import dates_left_as_text, dropped_values, preset_as_mapping
 from ctsync.model import ACCEPTED, OnWire, Request, Verdict
 from ctsync.prepare import ValidateMode
 from ctsync.presets import MappingOptions, Nested, Preset
-from ctsync.reader import Block, OpenSource, Source, read_blocks, read_source
-from ctsync.records import Mapper, Message, Outcome, Stage
+from ctsync.reader import Block, InputRecord, OpenSource, Source, read_blocks, read_source
+from ctsync.records import Mapper, Message, Origin, Outcome, Stage, counting
 from ctsync.run import DryRunSender, RunOptions, UploadRun
-from ctsync.run.stage import Recipe, RecordStage, lookups_hold, tokens_sent
+from ctsync.run.stage import (
+    Recipe,
+    RecordStage,
+    lookups_hold,
+    tokens_sent,
+    without_sent_tokens,
+)
 from ctsync.run.wire import READY
 from ctsync.run.workers import WorkerError, WorkerPool, Workers, default_workers
 from tests.helpers import examples, mapper_that_dies_in_a_worker, no_validator
@@ -335,6 +341,88 @@ def test_a_worker_wrong_about_a_token_is_overruled() -> None:
     assert lookups_hold(tokens, lookups)
     assert tokens == {("a1", "t1")}
     assert tokens_sent(lookups) == [("a2", "t2")]
+
+
+def _tokens_recipe(layout: str) -> Recipe:
+    """The classic preset as a mapping file whose token subscriptions come first
+    ("token-first": its token records are not the last operations of a record), or with
+    a second token record for every Android token ("two-tokens": the device type sent as
+    a token, so a record looks two tokens up)."""
+    mapping = preset_as_mapping("classic")
+    subscriptions = mapping["subscriptions"]
+    tokens = [s for s in subscriptions if s["action"] == "tokenUpload"]
+    if layout == "token-first":
+        subscriptions = [*tokens, *(s for s in subscriptions if s not in tokens)]
+    else:
+        second = {**tokens[0], "name": "Second token"}
+        second["mapping"] = {**second["mapping"], "id": {"@path": "$.context.device.type"}}
+        subscriptions = [*subscriptions, second]
+    mapping["subscriptions"] = subscriptions
+    job = UploadJob(mapping_file=orjson.dumps(mapping).decode(), mapping=MappingOptions())
+    return job.recipe
+
+
+def _prepared(built: Recipe, message: Message, sent: set[tuple[str, str]]) -> Any:
+    """`message` through the record stage of a process whose set of tokens sent is
+    `sent` (a copy): its result."""
+    mapper = built.mapper(set(sent))
+    stage = RecordStage(
+        mapper, built.validator(), built.mode, dedupe=False, log=counting(mapper).tokens.watch()
+    )
+    raw = orjson.dumps(message)
+    return stage.record(InputRecord(Origin("f", 1), raw, orjson.loads(raw), None), None)
+
+
+TOKEN_KEYS = [(anonymous, token) for anonymous, token in DEVICES if anonymous is not None]
+TOKEN_KEYS += [("a1", "android"), ("a2", "android")]  # the "two-tokens" mapping's second
+
+
+ANDROID_IDENTIFY: Message = {
+    "type": "identify",
+    "messageId": "m1",
+    "timestamp": "2024-05-01T12:00:00Z",
+    "userId": "u1",
+    "anonymousId": "a1",
+    "traits": {},
+    "context": {"device": {"token": "tok-1", "type": "android"}},
+}
+
+
+@settings(max_examples=examples(300), deadline=None)
+@example(  # the stage found tok-1 sent, the run did not send it: prepared again
+    message=ANDROID_IDENTIFY,
+    preset="two-tokens",
+    stage_set={("a1", "tok-1")},
+    run_set={("a1", "android")},
+)
+@example(  # tok-1 left out, the token after it numbered again
+    message=ANDROID_IDENTIFY, preset="two-tokens", stage_set=set(), run_set={("a1", "tok-1")}
+)
+@given(
+    message=messages(),
+    preset=st.sampled_from(["classic", "mapping", "token-first", "two-tokens"]),
+    stage_set=st.sets(st.sampled_from(TOKEN_KEYS)),
+    run_set=st.sets(st.sampled_from(TOKEN_KEYS)),
+)
+def test_leaving_out_the_tokens_a_run_sent_is_preparing_the_record_again(
+    message: Message,
+    preset: str,
+    stage_set: set[tuple[str, str]],
+    run_set: set[tuple[str, str]],
+) -> None:
+    """A stage whose set of tokens sent differs from the run's prepared a record: when
+    the run can mend the result by leaving out token records (`without_sent_tokens`), it
+    gets exactly what preparing the record again against its own set gives."""
+    built = recipe_for(preset, "strict") if preset in PRESETS else _tokens_recipe(preset)
+    there = _prepared(built, message, stage_set)
+    here = _prepared(built, message, run_set)
+    if there[2] != READY or there[5] is not None or lookups_hold(run_set, there[6]):
+        return
+    mended = without_sent_tokens(there[4], there[6], run_set)
+    if mended is None:
+        return
+    assert here[2] == READY
+    assert mended == (here[4], here[6])
 
 
 def test_a_small_input_starts_no_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,13 @@ from ctsync.run.accounts import Accounts
 from ctsync.run.dispatch import Dispatcher
 from ctsync.run.feed import Feed
 from ctsync.run.options import Control, RunOptions
-from ctsync.run.stage import Recipe, RecordStage, lookups_hold, tokens_sent
+from ctsync.run.stage import (
+    Recipe,
+    RecordStage,
+    lookups_hold,
+    tokens_sent,
+    without_sent_tokens,
+)
 from ctsync.run.wire import (
     BROKEN,
     BULK,
@@ -282,6 +288,11 @@ class Intake:
                 return
         ledger = self._ledger
         again = bool(lookups) and not lookups_hold(self._tokens, lookups)
+        if again and code == READY and b is None:  # most often: leave out tokens sent
+            trimmed = without_sent_tokens(a, lookups, self._tokens)
+            if trimmed is not None:
+                a, lookups = trimmed
+                again = False
         if again:
             # The stage's set of tokens sent differs from the run's (another worker sent
             # one first, or a record before this one was a copy or refused, so its tokens

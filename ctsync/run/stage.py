@@ -40,6 +40,7 @@ from ctsync.run.wire import (
     Lookups,
     Prepared,
     Result,
+    WireOp,
     broken,
     done,
     gather,
@@ -213,9 +214,47 @@ def lookups_hold(tokens: set[TokenKey], lookups: Lookups) -> bool:
     return True
 
 
+def without_sent_tokens(
+    ops: list[WireOp], lookups: Lookups, tokens: set[TokenKey]
+) -> tuple[list[WireOp], Lookups] | None:
+    """A READY record's operations and lookups as the run's set of tokens gives them, when
+    they differ from the stage's only by device tokens the run sent already and the
+    stage's set had not seen (another worker sent them first: the common case, with
+    several workers, of a token seen again): their token records left out, the others
+    numbered again. None when that is not all it takes, and the record must be prepared
+    again: a token the stage found sent and the run did not send, a token looked up
+    twice, token records that are not its last operations (one per token not found, in
+    the order looked up), or nothing left to send."""
+    keys = [key for key, _ in lookups]
+    if len(set(keys)) != len(keys):
+        return None
+    missing = [key for key, found in lookups if not found]
+    count = len(missing)
+    if not count or len(ops) < count:
+        return None
+    head, tail = ops[: len(ops) - count], ops[len(ops) - count :]
+    if any(op[4] for op in head) or not all(op[4] for op in tail):
+        return None
+    if any(found and key not in tokens for key, found in lookups):
+        return None
+    kept = head + [op for op, key in zip(tail, missing, strict=True) if key not in tokens]
+    if not kept:
+        return None
+    numbered = [op if op[5] == n else (*op[:5], n, op[6]) for n, op in enumerate(kept)]
+    return numbered, tuple((key, found or key in tokens) for key, found in lookups)
+
+
 def tokens_sent(lookups: Lookups) -> list[TokenKey]:
     """The tokens a record's operations send: those its lookups did not find."""
     return [key for key, found in lookups if not found]
 
 
-__all__ = ["MapperFactory", "Recipe", "RecordStage", "add_counts", "lookups_hold", "tokens_sent"]
+__all__ = [
+    "MapperFactory",
+    "Recipe",
+    "RecordStage",
+    "add_counts",
+    "lookups_hold",
+    "tokens_sent",
+    "without_sent_tokens",
+]
