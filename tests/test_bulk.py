@@ -339,6 +339,34 @@ def test_a_copy_that_sends_nothing_is_counted_under_its_skip_reason(
     assert one[0].count(b"tok-1") == many[0].count(b"tok-1") == 1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_message_prepared_again_is_a_copy_of_a_plain_record_before_it(
+    tmp_path: Path, workers: int, worker_pool: WorkerPool
+) -> None:
+    """A plain track, then an alias with its messageId whose only record is a device
+    token the stage's set says went out (so the stage skipped it, and the run, whose set
+    says the token did not go, prepares it again). The alias is the copy: the track is
+    sent, the alias and its token are not, in bulk as one by one. (In bulk, the alias
+    was prepared again and claimed its messageId before the track, taken after the
+    block's other records, and the track was skipped as its copy. Found by an
+    adversarial review.)"""
+    token = {"device": {"token": "tok-2", "type": "android"}}
+    first = [_message(1), _message(1, context=token)]  # tok-2 in the stage's set only
+    plain = {**_message(7), "userId": "u9"}
+    del plain["anonymousId"]
+    alias = _message(7, "alias", previousId="a2", context=token)
+    del alias["userId"]
+    exports = _write(tmp_path, [first, [plain, alias]])
+    built = recipe_for("mapping", "strict")
+    alone = one_run(exports, replace(built, bulk_from=NEVER), 10**6, False, True)
+    pool = worker_pool if workers == 2 else None
+    bulk = one_run(exports, replace(built, bulk_from=1), 10**6, False, True, pool)
+    assert b"tok-2" not in alone[0] and b'"identity":"u9"' in alone[0]
+    assert sent(bulk[0]) == sent(alone[0])
+    assert bulk[1:] == alone[1:]
+    assert alone[3]["skipped_by_reason"] == {"duplicate-message-id": 2}
+
+
 # -- gather, against a model -------------------------------------------------------------
 
 # Profiles: identities, and the anonymous profiles of two objectIds (a token's own).

@@ -306,7 +306,13 @@ class Intake:
             )  # fmt: skip
             if code != READY:  # it maps against the run's set: take back what it added
                 self._tokens.difference_update(tokens_sent(lookups))
-        if key is not None and resume is None and self._ids is not None and self._ids.seen(key):
+        if (
+            key is not None
+            and code != SKIPPED  # never counted as a copy: nothing is sent either way
+            and resume is None
+            and self._ids is not None
+            and self._ids.seen(key)
+        ):
             if again:  # a copy sends no token either
                 self._tokens.difference_update(tokens_sent(lookups))
             ledger.read()

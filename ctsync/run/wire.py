@@ -33,8 +33,9 @@ record, and pickling a named tuple costs four times a tuple's (measured: 1.4 aga
              are the last one's. Only in a block no earlier run touched.
 - `key`, `probe`, `day`: its messageId's dedupe entry (`ctsync.dedupe.Entry`), when
   the run dedupes and it has one and is not skipped (a message the mapping skips is
-  counted under its reason, never as a copy: nothing is sent either way); `key` and
-  `day` None and `probe` 0 otherwise. Three fields, not a tuple: a tuple per record
+  counted under its reason, never as a copy: nothing is sent either way), or is skipped
+  with token lookups (the run may prepare it again, and then send it); `key` and `day`
+  None and `probe` 0 otherwise. Three fields, not a tuple: a tuple per record
   costs its unpickling.
 """
 
