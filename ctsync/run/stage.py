@@ -10,8 +10,11 @@ pickled mapper. What a mapper remembers across records stays exact:
   lookup it made in it. The run holds the one true set; when a worker's answer differs
   from it (another worker sent that token first, or an earlier record was not prepared
   in this run) the run prepares that record again itself, against the true set
-  (`lookups_hold`). The counters below never depend on that set, so a worker's counts
-  stay right for such records.
+  (`lookups_hold`), or leaves out the token records it sent already
+  (`without_sent_tokens`). The counters below do not depend on that set, so a worker's
+  counts stay right for such records, with one known exception: `--events-only` counts
+  a profile it drops only when something else is left to send, which a token may be
+  (with two workers, `dropped` can then count it twice).
 - the counters of values left out and dates left as text: each block's counts come back
   with it and are added to the run's mapper (`add_counts`).
 - records an earlier run finished (`--state`) are not mapped at all: the block carries
