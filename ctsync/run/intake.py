@@ -304,8 +304,9 @@ class Intake:
             code, a, b, lookups, key, day = (
                 result[2], result[4], result[5], result[6], result[7], result[9]
             )  # fmt: skip
-            if code != READY:  # it maps against the run's set: take back what it added
-                self._tokens.difference_update(tokens_sent(lookups))
+            # It maps against the run's set, which takes the tokens it sends: take them
+            # back, as for any record, they count as sent once it is planned (below).
+            self._tokens.difference_update(tokens_sent(lookups))
         if (
             key is not None
             and code != SKIPPED  # never counted as a copy: nothing is sent either way
@@ -313,8 +314,6 @@ class Intake:
             and self._ids is not None
             and self._ids.seen(key)
         ):
-            if again:  # a copy sends no token either
-                self._tokens.difference_update(tokens_sent(lookups))
             ledger.read()
             ledger.skip(DUPLICATE_MESSAGE_ID)
             self._gap = True  # no pending span may cover a copy: a resumed run would send it

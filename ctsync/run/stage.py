@@ -170,24 +170,20 @@ class RecordStage:
             log.clear()
             if raw is None:
                 raw = orjson.dumps(message)
+        if isinstance(prepared, Skipped) and not lookups:
+            return (line, part, SKIPPED, None, prepared.reason, None, lookups, None, 0, None)
+        # Its messageId's entry only now: a skipped message needs none (half of an
+        # export), and mapping reads the message without changing it; unless the run
+        # may prepare it again, and then send it (`wire.gather` then keeps a copy of it
+        # out of bulk).
         key = day = None
         probe = 0
-        if isinstance(prepared, Skipped):
-            if not lookups:
-                return (line, part, SKIPPED, None, prepared.reason, None, lookups, None, 0, None)
-            # The run may prepare it again, and then send it: its line, and its
-            # messageId's entry (`wire.gather` then keeps a copy of it out of bulk).
-            if self.dedupe:
-                found = entry(message)
-                if found is not None:
-                    key, probe, day = found
-            return (line, part, SKIPPED, raw, prepared.reason, None, lookups, key, probe, day)
-        # Its messageId's entry only now: a skipped message needs none (half of an
-        # export), and mapping reads the message without changing it.
         if self.dedupe:
             found = entry(message)
             if found is not None:
                 key, probe, day = found
+        if isinstance(prepared, Skipped):  # with lookups: its line too
+            return (line, part, SKIPPED, raw, prepared.reason, None, lookups, key, probe, day)
         if isinstance(prepared, Invalid):
             if raw is None:  # an element of a document or envelope: its JSON is its line
                 raw = orjson.dumps(message)
