@@ -37,7 +37,6 @@ def _spellings(char: str) -> str:
     """A regular expression matching `char` in each of the spellings it may be echoed in."""
     code = ord(char)
     forms = [
-        re.escape(char),
         rf"%(?:25)*(?i:{code:02x})",  # percent-encoded, %41 or %2541, either case
         rf"{_BACKSLASHES}(?i:u00{code:02x}|x{code:02x})",  # \u0041 (JSON), \x41 (repr)
         rf"{_AMPERSAND}#(?:0*{code}|[xX]0*(?i:{code:x}));",  # &#65; &#x41;
@@ -48,6 +47,10 @@ def _spellings(char: str) -> str:
         forms.append(rf"{_AMPERSAND}{_NAMED[char]};")
     if char == " ":
         forms.append(r"\+")  # form-encoded
+    # The character as it is, last: an alternation takes the first form that leads to a
+    # match, and `&` or `#` as they are would match the start of an escape of theirs,
+    # `&#38;`, leaving the rest of it unmasked (the passcode `000000&#`, HTML-escaped).
+    forms.append(re.escape(char))
     return "(?:" + "|".join(forms) + ")"
 
 

@@ -131,6 +131,9 @@ def test_text_without_the_passcode_is_left_as_it_is() -> None:
 
 @settings(max_examples=30)
 @given(passcode=PASSCODES, spelling=st.sampled_from(sorted(SPELLINGS)))
+# Found by this test in CI: `&` and `#` as they are matched the start of their own
+# escapes, and `38;&#35;` was left after the mask.
+@example(passcode="000000&#", spelling="html-decimal")
 def test_an_answer_is_masked_before_it_is_cut_at_any_point(passcode: str, spelling: str) -> None:
     """A proxy's page longer than what the report keeps, with the passcode at every
     position across the cut: not a run of it is left in the verdict."""
