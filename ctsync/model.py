@@ -70,19 +70,20 @@ class Bulk:
     instead of record by record, and keeps no object for each of them until one needs
     a report line (`Batch.owners_of`).
 
-    A plain record has one operation: an upload with a profile key and no device token,
-    without notes; no other record of its block writes to or deletes its profile, and no
-    other record of its block has its messageId (so taking them after the block's other
-    records changes no order CleverTap or the dedupe sees). It may have looked up device
-    tokens the stage's set had already sent (`found`: each such record's index, those
-    tokens, its line), if no other record of its block looks up one of them or writes
-    their profile (`wire.token_profile`): the run checks them against its own set first
-    (`Intake._take_bulk`).
+    A plain record has one operation, numbered 0: an upload with a profile key and no
+    device token, without notes; no other record of its block writes to or deletes its
+    profile, and no other record of its block has its messageId (so taking them after
+    the block's other records changes no order CleverTap or the dedupe sees). It may
+    have looked up device tokens the stage's set had already sent (`found`: each such
+    record's index, those tokens, its line), if no other record of its block looks up
+    one of them or writes their profile (`wire.token_profile`): the run checks them
+    against its own set first (`Intake._take_bulk`).
 
     `runs`: the positions that came one after another (no other operation of the block
-    between them), each `[first, last]`, and `starts` the index of each run's first
-    operation. `raws` only when the run writes lines (`Recipe.lines`); `ids`, `probes`,
-    `days` (each record's dedupe entry, or None) only when it dedupes."""
+    between them, and no token passed over after them), each `[first, last]`, and
+    `starts` the index of each run's first operation. `raws` only when the run writes
+    lines (`Recipe.lines`); `ids`, `probes`, `days` (each record's dedupe entry, or
+    None) only when it dedupes."""
 
     lane: int
     bodies: list[bytes] = field(default_factory=list)

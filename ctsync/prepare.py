@@ -13,20 +13,25 @@ encoded operation as an `Op` (`op_of`).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Final, NamedTuple, TypeAlias
 
 import orjson
 
 from ctsync.records import (
+    TOKEN_ALREADY_SENT,
     CleverTapRecord,
     Delete,
     Invalid,
     Mapper,
     Message,
+    Operation,
+    SentTokens,
     Skip,
+    TokenUpload,
     Upload,
+    counting,
     skip_reason,
 )
 from ctsync.rules import Fix, check_upload, fix_upload
@@ -121,13 +126,24 @@ def prepare(
     mapper: Mapper,
     validator: Validator | None = None,
     mode: ValidateMode = ValidateMode.STRICT,
+    tokens: SentTokens | None = None,
 ) -> Prepared:
-    """Map, validate and encode one decoded Segment message."""
+    """Map, validate and encode one decoded Segment message. `tokens`: the run's device
+    tokens sent (default: the mapper's own, `counting(mapper).tokens`); a token record
+    whose token went out already is left out, and the message's other operations keep
+    their numbers (`numbered`)."""
     result = mapper(message)
     if isinstance(result, Skip | Invalid):  # a skip is passed on as the mapper made it
         return result
     if not result:
         return Skip(skip_reason(message))
+    numbers: Sequence[int] | None = None
+    for operation in result:
+        if type(operation) is TokenUpload:
+            result, numbers = unsent(result, counting(mapper).tokens if tokens is None else tokens)
+            if not result:
+                return Skip(TOKEN_ALREADY_SENT)
+            break
     warnings: list[str] = []
     fixes: list[Fix] = []
     if validator is not None and mode is not ValidateMode.OFF:
@@ -141,8 +157,28 @@ def prepare(
                     if mode is not ValidateMode.WARN:
                         return broken
                     warnings.append(broken.code)
-    ops = [encode_op(operation, number) for number, operation in enumerate(result)]
+    if numbers is None:
+        ops = [encode_op(operation, number) for number, operation in enumerate(result)]
+    else:
+        pairs = zip(numbers, result, strict=True)
+        ops = [encode_op(operation, number) for number, operation in pairs]
     return Ready(ops, warnings, fixes)
+
+
+def unsent(operations: list[Operation], tokens: SentTokens) -> tuple[list[Operation], list[int]]:
+    """A mapper's operations less its token records whose token `tokens` has sent (each
+    asked in order: a token sent is then in the set), and each one's number: its place
+    in the mapper's output. An operation's number is part of its position in the state
+    file, so it must not depend on the tokens sent: a resumed run does not map again the
+    records an earlier run finished, and so lacks their tokens."""
+    kept: list[Operation] = []
+    numbers: list[int] = []
+    for number, operation in enumerate(operations):
+        if type(operation) is TokenUpload and not tokens.first_time(operation.key):
+            continue
+        kept.append(operation)
+        numbers.append(number)
+    return kept, numbers
 
 
 def encode_op(operation: Upload | Delete, number: int = 0) -> Encoded:

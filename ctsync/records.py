@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Final, Literal, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 Message: TypeAlias = dict[str, Any]
 """One decoded Segment message (identify, track, page, screen, group, alias)."""
@@ -64,6 +64,22 @@ class Upload:
     record: CleverTapRecord
 
 
+TokenKey: TypeAlias = tuple[str, str]
+"""A device token as a run sends it once: (objectId, token)."""
+
+
+@dataclass(slots=True)
+class TokenUpload(Upload):
+    """A device token record, `key` its (objectId, token). Mappers make one for every
+    token a message carries; CleverTap takes a token once, so `ctsync.prepare` leaves
+    out those the run has sent already (`SentTokens`). A mapper's output, and so every
+    operation's number, never depends on which tokens were sent: a run resumed from
+    its state file, which does not map again what an earlier run finished, numbers a
+    message's operations as that run did."""
+
+    key: TokenKey
+
+
 DeleteKey: TypeAlias = Literal["identity", "guid"]
 
 
@@ -106,9 +122,6 @@ Mapper: TypeAlias = Callable[[Message], MapResult]
 """Turns one Segment message into CleverTap operations. Any such function will do (a
 test's lambda, `ctsync delete`'s); the mappers ctsync builds are `CountingMapper`s."""
 
-TokenKey: TypeAlias = tuple[str, str]
-"""A device token as sent: (objectId, token)."""
-
 
 @dataclass(slots=True)
 class Counters:
@@ -148,10 +161,15 @@ class Counters:
         )
 
 
+TOKEN_ALREADY_SENT: Final = "token already sent"
+"""The skip reason of a message whose only records are device tokens the run sent."""
+
+
 class SentTokens:
-    """The device tokens a run has sent: CleverTap takes a token once, so a mapper asks
-    `first_time` before it makes a token record. `sent` may be shared (the run's one set,
-    `--workers`); `watch` records every answer, so a worker can say which it was given."""
+    """The device tokens a run has sent: CleverTap takes a token once, so
+    `ctsync.prepare` asks `first_time` of each `TokenUpload` a mapper made. `sent` may
+    be shared (the run's one set, `--workers`); `watch` records every answer, so a
+    worker can say which it was given."""
 
     __slots__ = ("_lookups", "sent")
 

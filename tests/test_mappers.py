@@ -9,6 +9,7 @@ from typing import Any
 from ctsync.mappers import MapperRecipe, MappingDocument, build_mapper
 from ctsync.mapping import preset_as_mapping
 from ctsync.options import MappingOptions, Nested
+from ctsync.prepare import Ready, prepare
 from ctsync.presets import Preset
 from ctsync.records import (
     Counters,
@@ -93,9 +94,10 @@ def test_a_preset_and_its_mapping_file_send_a_token_once_in_the_runs_set() -> No
     ):
         sent: set[tuple[str, str]] = set()
         mapper = build_mapper(recipe, sent)
-        first, second = mapper(identify_with_token("u1")), mapper(identify_with_token("u1"))
-        assert isinstance(first, list) and isinstance(second, list)
-        assert len(first) == len(second) + 1, "the token goes once"
+        first = prepare(identify_with_token("u1"), mapper)
+        second = prepare(identify_with_token("u1"), mapper)
+        assert isinstance(first, Ready) and isinstance(second, Ready)
+        assert len(first.ops) == len(second.ops) + 1, "the token goes once"
         assert sent == {("anon-u1", "tok-1")}
 
 

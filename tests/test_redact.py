@@ -68,7 +68,8 @@ SPELLINGS: dict[str, Callable[[str], str]] = {
     "html-decimal": lambda p: "".join(f"&#{ord(c)};" for c in p),
     "repr": lambda p: repr(p)[1:-1],
     "repr-bytes": lambda p: repr(p.encode())[2:-1],
-    "json-of-repr": lambda p: json.dumps(repr(p))[2:-2],
+    # (the repr's content: a passcode with a `'` and no `"` is quoted with `"`)
+    "json-of-repr": lambda p: json.dumps(repr(p)[1:-1])[1:-1],
 }
 
 
@@ -268,6 +269,9 @@ def _masks(seen: str) -> int:
     answer=st.sampled_from(ANSWERS),
     across=st.floats(0, 1),
 )
+# The echo's first character is its only one before the cut: with the spelling's quote
+# left on (the test's own fault, fixed), nothing of the passcode showed to be masked.
+@example(passcode="0000000'", spelling="json-of-repr", answer=(401, "text"), across=0.0)
 def test_no_run_of_the_passcode_shows_in_any_output(
     echo_server: str, passcode: str, spelling: str, answer: tuple[int, str], across: float
 ) -> None:

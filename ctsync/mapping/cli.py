@@ -22,6 +22,7 @@ from ctsync.errors import ExitCode, UsageError
 from ctsync.mapping.file import MappingError, MappingFile, load_mapping
 from ctsync.mapping.mapper import build_mapper
 from ctsync.mapping.presets import PresetName, preset_as_mapping
+from ctsync.prepare import unsent
 from ctsync.presets import MappingOptions
 from ctsync.reader import (
     STDIN,
@@ -31,7 +32,7 @@ from ctsync.reader import (
     collect_inputs,
     read_source,
 )
-from ctsync.records import Delete, Invalid, Mapper, Skip, Upload
+from ctsync.records import TOKEN_ALREADY_SENT, Delete, Invalid, Mapper, Skip, Upload, counting
 from ctsync.rules import check_upload
 from ctsync.stopping import terminal_stdin
 
@@ -148,6 +149,10 @@ def _check_events(
         fired = [sub.name for sub in mapping_file.firing(message)]
         typer.echo(f"{where}: fires: {', '.join(fired) if fired else '(none)'}")
         result = mapper(message)
+        if isinstance(result, list):  # a device token shown once, as a run sends it
+            result, _ = unsent(result, counting(mapper).tokens)
+            if not result:
+                result = Skip(TOKEN_ALREADY_SENT)
         if isinstance(result, Skip):
             typer.echo(f"  skipped: {result.reason}")
         elif isinstance(result, Invalid):

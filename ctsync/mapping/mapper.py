@@ -12,7 +12,7 @@ Actions and the records they build:
 | userUpload | identity or objectId, ts, profileData | profile record |
 | userDelete | identity or guid | `Delete` |
 | eventUpload | identity or objectId, ts, evtName, evtData | event record |
-| tokenUpload | objectId, id, type | token record, once per objectId and token per run |
+| tokenUpload | objectId, id, type | `TokenUpload` record (sent once per objectId and token) |
 
 When both identity and objectId are mapped, identity is used if the message has one and
 objectId otherwise. `ts` missing or null means now. Dates in profileData and evtData
@@ -43,15 +43,14 @@ from ctsync.records import (
     Operation,
     SentTokens,
     Skip,
+    TokenUpload,
     Upload,
     skip_reason,
 )
 from ctsync.timestamps import FineDates, clevertap_date, convert_object
 
-Build = Callable[[Message], Operation | Invalid | None]
-"""One subscription's action: an operation, why it cannot be built, or None (nothing to send)."""
-
-TOKEN_ALREADY_SENT = "token already sent"
+Build = Callable[[Message], Operation | Invalid]
+"""One subscription's action: an operation, or why it cannot be built."""
 
 
 def _absent(value: Any) -> bool:
@@ -79,7 +78,6 @@ class _Builder:
         subscription: Subscription,
         options: MappingOptions,
         shaper: PropertyShaper,
-        tokens: SentTokens,
         fine: FineDates,
     ) -> None:
         self.fields = subscription.fields
@@ -90,7 +88,6 @@ class _Builder:
         )
         self.dates_as = options.dates_as
         self.shaper = shaper
-        self.tokens = tokens
         self.fine = fine
         self.clock = options.clock
 
@@ -135,7 +132,7 @@ class _Builder:
             return ts
         return (*identifier, ts)
 
-    def user_upload(self, message: Message) -> Operation | Invalid | None:
+    def user_upload(self, message: Message) -> Operation | Invalid:
         head = self.who_and_when(message)
         if isinstance(head, Invalid):
             return head
@@ -149,7 +146,7 @@ class _Builder:
             }
         )
 
-    def user_delete(self, message: Message) -> Operation | Invalid | None:
+    def user_delete(self, message: Message) -> Operation | Invalid:
         fields = self.fields
         if "identity" in fields:
             value = fields["identity"].resolve(message)
@@ -161,7 +158,7 @@ class _Builder:
         guid = _object_id(fields["guid"].resolve(message), fields["guid"].label, "523")
         return guid if isinstance(guid, Invalid) else Delete("guid", guid)
 
-    def event_upload(self, message: Message) -> Operation | Invalid | None:
+    def event_upload(self, message: Message) -> Operation | Invalid:
         head = self.who_and_when(message)
         if isinstance(head, Invalid):
             return head
@@ -173,7 +170,7 @@ class _Builder:
         record = {"type": "event", key: value, "ts": ts, "evtName": name, "evtData": data}
         return Upload(record)
 
-    def token_upload(self, message: Message) -> Operation | Invalid | None:
+    def token_upload(self, message: Message) -> Operation | Invalid:
         fields = self.fields
         object_id = _object_id(fields["objectId"].resolve(message), fields["objectId"].label, "530")
         if isinstance(object_id, Invalid):
@@ -184,11 +181,9 @@ class _Builder:
         token_type = fields["type"].resolve(message)
         if _absent(token_type):
             return Invalid("533", f"no token type: {fields['type'].label} is missing")
-        if not self.tokens.first_time((object_id, str(token))):
-            return None
-        return Upload(
-            {"type": "token", "objectId": object_id, "tokenData": {"id": token, "type": token_type}}
-        )
+        data = {"id": token, "type": token_type}
+        record = {"type": "token", "objectId": object_id, "tokenData": data}
+        return TokenUpload(record, (object_id, str(token)))
 
     def for_action(self, action: Action) -> Build:
         builds: dict[Action, Build] = {
@@ -220,14 +215,13 @@ class MappingMapper:
         )
         self.dropped: Counter[str] = self.counters.dropped
         self.dates_left_as_text: Counter[str] = self.counters.dates_left_as_text
-        # (objectId, token) pairs sent this run; `tokens_sent` is the run's set.
+        # (objectId, token) pairs sent this run (`tokens_sent`, the run's set): asked by
+        # `ctsync.prepare` of each token record this mapper makes.
         self.tokens = SentTokens(tokens_sent)
         self._subscriptions = tuple(
             (
                 sub.matches,
-                _Builder(sub, options, self._shaper, self.tokens, self._fine).for_action(
-                    sub.action
-                ),
+                _Builder(sub, options, self._shaper, self._fine).for_action(sub.action),
             )
             for sub in mapping_file.subscriptions
             if sub.enabled
@@ -235,19 +229,16 @@ class MappingMapper:
 
     def __call__(self, message: Message) -> MapResult:
         ops: list[Operation] = []
-        fired = False
         for matches, build in self._subscriptions:
             if not matches(message):
                 continue
-            fired = True
             op = build(message)
             if isinstance(op, Invalid):
                 return op
-            if op is not None:
-                ops.append(op)
+            ops.append(op)
         if ops:
             return ops
-        return Skip(TOKEN_ALREADY_SENT if fired else skip_reason(message))
+        return Skip(skip_reason(message))
 
 
 def build_mapper(mapping_file: MappingFile, options: MappingOptions) -> MappingMapper:

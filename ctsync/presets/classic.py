@@ -57,6 +57,7 @@ from ctsync.records import (
     Operation,
     SentTokens,
     Skip,
+    TokenUpload,
     Upload,
     skip_reason,
 )
@@ -174,7 +175,7 @@ class ClassicMapper:
         ops: list[Operation] = [Upload(result)]
         token = self._token(message)
         if token is not None:
-            ops.append(Upload(token))
+            ops.append(token)
         return ops
 
     def _identified(self, message: Message, kind: str) -> CleverTapRecord | Invalid:
@@ -370,9 +371,10 @@ class ClassicMapper:
             "profileData": {"Identity": identity},
         }
 
-    def _token(self, message: Message) -> CleverTapRecord | None:
-        """The token record of a message's device token, once per device and profile per
-        run. A token that cannot be sent is counted in `dropped` with the reason."""
+    def _token(self, message: Message) -> TokenUpload | None:
+        """The token record of a message's device token (sent once per device and profile
+        per run: `ctsync.prepare`). A token that cannot be sent is counted in `dropped`
+        with the reason."""
         context = message.get("context")
         if not isinstance(context, dict):
             return None
@@ -406,14 +408,9 @@ class ClassicMapper:
         if token_type is None:
             self._shaper.dropped[TOKEN_OF_UNKNOWN_DEVICE] += 1
             return None
-        key = (object_id, token)
-        if not self.tokens.first_time(key):
-            return None
-        return {
-            "type": "token",
-            "objectId": object_id,
-            "tokenData": {"id": token, "type": token_type},
-        }
+        data = {"id": token, "type": token_type}
+        record = {"type": "token", "objectId": object_id, "tokenData": data}
+        return TokenUpload(record, (object_id, token))
 
 
 def _full_name(parts: dict[str, Any]) -> str | None:

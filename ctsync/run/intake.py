@@ -347,6 +347,12 @@ class Intake:
         else:
             assert code != DONE, "the stage passed over a record this run must read"
             raise AssertionError(f"unknown result code {code}")
+        if any(found for _, found in lookups):
+            # It passed over a token the run sent already (after its last operation, or
+            # its only one: a skip). No run of positions may cover that token's number:
+            # a resumed run lacks the tokens of the records it does not read again, and
+            # would send it. (`_plan_new` leaves a gap for a token between operations.)
+            self._gap = True
 
     def _resume_at(self, line: int, part: int, progress: Progress) -> tuple[bool, Resume | None]:
         """(whether an earlier run finished this record, its resume if it left some of it)"""
@@ -411,12 +417,17 @@ class Intake:
         tracked = Tracked(Origin(source, line, part), raw, message, len(ops), dedupe)
         add = self._planner.add_encoded
         enqueue = self._dispatcher.enqueue
+        previous = -1
         for kind, profile, body, safe, token, index, hashed in ops:
+            # A number passed over (a device token the run sent already): no run of
+            # positions may cover it, or a resumed run would send that token again.
+            gap = self._gap or index != previous + 1
             sealed = add(
                 KINDS[kind], profile, body, safe, token, tracked, source,
-                (line, part, index), self._gap, hashed,
+                (line, part, index), gap, hashed,
             )  # fmt: skip
             self._gap = False
+            previous = index
             if sealed:
                 enqueue(sealed)
 
@@ -468,4 +479,5 @@ class Intake:
             enqueue(self._planner.add(op, tracked, source, position, gap))
             self._gap = False
             previous = op.number
-        self._gap = previous != len(ops) - 1  # settled positions end the record
+        # Settled positions, or a token passed over, may end the record.
+        self._gap = True

@@ -7,14 +7,13 @@ their arguments: a preset name, a mapping file's document, the options), never f
 pickled mapper. What a mapper remembers across records stays exact:
 
 - device tokens sent once per run: a worker's stage keeps its own set and reports every
-  lookup it made in it. The run holds the one true set; when a worker's answer differs
-  from it (another worker sent that token first, or an earlier record was not prepared
-  in this run) the run prepares that record again itself, against the true set
-  (`lookups_hold`), or leaves out the token records it sent already
-  (`without_sent_tokens`). The counters below do not depend on that set, so a worker's
-  counts stay right for such records, with one known exception: `--events-only` counts
-  a profile it drops only when something else is left to send, which a token may be
-  (with two workers, `dropped` can then count it twice).
+  lookup it made in it (`prepare` asks the set of each token record the mapper made).
+  The run holds the one true set; when a worker's answer differs from it (another
+  worker sent that token first, or an earlier record was not prepared in this run) the
+  run prepares that record again itself, against the true set (`lookups_hold`), or
+  leaves out the token records it sent already (`without_sent_tokens`). Neither a
+  mapper's output nor its counters depend on that set, and an operation keeps its
+  number (its place in the mapper's output) whichever tokens were left out.
 - the counters of values left out and dates left as text: each block's counts come back
   with it and are added to the run's mapper (`add_counts`).
 - records an earlier run finished (`--state`) are not mapped at all: the block carries
@@ -100,6 +99,7 @@ class RecordStage:
         bulk_from: int = BULK_AT_LEAST,
     ) -> None:
         self.mapper = mapper
+        self.tokens = counting(mapper).tokens  # asked of its token records (`prepare`)
         self.validator = validator if mode is not ValidateMode.OFF else None
         self.mode = mode
         self.dedupe = dedupe
@@ -161,7 +161,7 @@ class RecordStage:
         if message is None:
             assert record.error is not None
             return broken(line, part, record.raw, record.error, record.partial)
-        prepared = prepare(message, self.mapper, self.validator, self.mode)
+        prepared = prepare(message, self.mapper, self.validator, self.mode, self.tokens)
         lookups = NO_LOOKUPS
         raw = record.raw
         log = self._log
@@ -227,27 +227,25 @@ def without_sent_tokens(
     they differ from the stage's only by device tokens the run sent already and the
     stage's set had not seen (another worker sent them first: the common case, with
     several workers, of a token seen again): their token records left out, the others
-    numbered again. None when that is not all it takes, and the record must be prepared
-    again: a token the stage found sent and the run did not send, a token looked up
-    twice, token records that are not its last operations (one per token not found, in
-    the order looked up), or nothing left to send."""
+    as they were (an operation's number never depends on the tokens sent,
+    `prepare.unsent`). None when that is not all it takes, and the record must be
+    prepared again: a token the stage found sent and the run did not send, a token
+    looked up twice, or nothing left to send."""
     keys = [key for key, _ in lookups]
     if len(set(keys)) != len(keys):
         return None
-    missing = [key for key, found in lookups if not found]
-    count = len(missing)
-    if not count or len(ops) < count:
-        return None
-    head, tail = ops[: len(ops) - count], ops[len(ops) - count :]
-    if any(op[4] for op in head) or not all(op[4] for op in tail):
-        return None
     if any(found and key not in tokens for key, found in lookups):
         return None
-    kept = head + [op for op, key in zip(tail, missing, strict=True) if key not in tokens]
-    if not kept:
+    missing = iter([key for key, found in lookups if not found])
+    kept: list[WireOp] = []
+    for op in ops:
+        # The token records are those of the lookups not found, in the order looked up.
+        if op[4] and next(missing, None) in tokens:
+            continue
+        kept.append(op)
+    if not kept or len(kept) == len(ops):
         return None
-    numbered = [op if op[5] == n else (*op[:5], n, op[6]) for n, op in enumerate(kept)]
-    return numbered, tuple((key, found or key in tokens) for key, found in lookups)
+    return kept, tuple((key, found or key in tokens) for key, found in lookups)
 
 
 def tokens_sent(lookups: Lookups) -> list[TokenKey]:

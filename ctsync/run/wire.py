@@ -163,9 +163,12 @@ def gather(
         ops = result[4]
         if len(ops) == 1 and result[5] is None and all(found for _, found in lookups):
             op = ops[0]
-            if op[0] == UPLOAD_CODE and op[1] is not None and not op[4]:
+            if op[0] == UPLOAD_CODE and op[1] is not None and not op[4] and op[5] == 0:
                 plain.append((seq, result))
-                seq += 1
+                # A record whose token the run sent already ends its run of positions:
+                # none may cover its token's (a run resumed without that token's sender
+                # would send it again).
+                seq += 2 if lookups else 1
                 continue
         for op in ops:
             if op[1] is not None:

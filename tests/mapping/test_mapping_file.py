@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from ctsync.mapping import (
@@ -17,8 +18,9 @@ from ctsync.mapping import (
     load_mapping,
     parse_mapping,
 )
+from ctsync.prepare import Ready, prepare
 from ctsync.presets import MappingOptions, Nested
-from ctsync.records import Delete, Invalid, Skip, Upload
+from ctsync.records import Delete, Invalid, Skip, TokenUpload, Upload
 from ctsync.rules import check_upload
 from ctsync.timestamps import DatesAs
 
@@ -297,13 +299,46 @@ TOKEN = subscription(
 def test_token_upload_is_sent_once_per_object_id_and_token() -> None:
     mapper = mapper_of(TOKEN)
     message = {"type": "track", "anonymousId": "a1", "context": {"device": {"token": "t1"}}}
-    expected = Upload({"type": "token", "objectId": "a1", "tokenData": {"id": "t1", "type": "fcm"}})
-    assert mapper(message) == [expected]
-    assert mapper(message) == Skip("token already sent")
+    expected = {"type": "token", "objectId": "a1", "tokenData": {"id": "t1", "type": "fcm"}}
+    assert mapper(message) == [TokenUpload(expected, ("a1", "t1"))]
+    assert mapper(message) == [TokenUpload(expected, ("a1", "t1"))]  # made every time
+    sent = prepare(message, mapper)
+    assert isinstance(sent, Ready) and [orjson.loads(op[2]) for op in sent.ops] == [expected]
+    assert prepare(message, mapper) == Skip("token already sent")  # sent once a run
     other = {**message, "anonymousId": "a2"}
-    assert mapper(other) == [
-        Upload({"type": "token", "objectId": "a2", "tokenData": {"id": "t1", "type": "fcm"}})
+    again = prepare(other, mapper)
+    assert isinstance(again, Ready)
+    assert [orjson.loads(op[2]) for op in again.ops] == [{**expected, "objectId": "a2"}]
+
+
+def test_a_token_sent_already_leaves_the_numbers_of_the_others_as_they_were() -> None:
+    """A message's operations are numbered by their place in the mapper's output, the
+    token records left out included: a resumed run, which lacks the tokens of the
+    records it does not read again, numbers them as the first run did."""
+    event = subscription(
+        name="event",
+        trigger='type = "track"',
+        action="eventUpload",
+        mapping={"identity": {"@path": "$.userId"}, "evtName": {"@path": "$.event"}},
+    )
+    message = {
+        "type": "track",
+        "userId": "u1",
+        "anonymousId": "a1",
+        "event": "E",
+        "timestamp": "2024-05-01T00:00:00Z",
+        "context": {"device": {"token": "t1"}},
+    }
+    mapper = mapper_of(TOKEN, event, {**TOKEN, "name": "token again"})
+    first = prepare(message, mapper)
+    assert isinstance(first, Ready)
+    assert [(orjson.loads(op[2])["type"], op[5]) for op in first.ops] == [
+        ("token", 0),
+        ("event", 1),
     ]
+    again = prepare(message, mapper)
+    assert isinstance(again, Ready)
+    assert [(orjson.loads(op[2])["type"], op[5]) for op in again.ops] == [("event", 1)]
 
 
 def test_token_without_object_id_is_invalid_530() -> None:

@@ -345,7 +345,9 @@ def test_device_token_golden(device: str, kind: str) -> None:
     ]
 
 
-def test_device_token_is_sent_once_per_run() -> None:
+def test_device_token_is_sent_once_per_run_and_keeps_its_number() -> None:
+    """The mapper makes the token record every time (its output never depends on the
+    tokens sent); `prepare` sends it once a run, and the operations keep their numbers."""
     mapper = classic_mapper(MappingOptions())
     message = {
         "type": "screen",
@@ -354,12 +356,16 @@ def test_device_token_is_sent_once_per_run() -> None:
         "timestamp": TS,
         "context": {"device": {"token": "tok-1", "type": "android"}},
     }
-    assert len(records(mapper(message))) == 2
-    assert [r["type"] for r in records(mapper(message))] == ["event"]
-    assert [r["type"] for r in records(classic_mapper(MappingOptions())(message))] == [
-        "event",
-        "token",
+    assert [r["type"] for r in records(mapper(message))] == ["event", "token"]
+    first, again = prepare(message, mapper), prepare(message, mapper)
+    assert isinstance(first, Ready) and isinstance(again, Ready)
+    assert [(orjson.loads(op[2])["type"], op[5]) for op in first.ops] == [
+        ("event", 0),
+        ("token", 1),
     ]
+    assert [(orjson.loads(op[2])["type"], op[5]) for op in again.ops] == [("event", 0)]
+    fresh = prepare(message, classic_mapper(MappingOptions()))
+    assert isinstance(fresh, Ready) and len(fresh.ops) == 2
 
 
 def test_no_token_record_without_an_anonymous_id_or_known_device() -> None:
@@ -1334,8 +1340,11 @@ def test_a_token_is_sent_once_per_profile_and_device_token_in_a_run() -> None:
         ("a2", "t1"),
     ]:
         context = {"device": {"token": token, "type": "ios"}}
+        prepared = prepare(app_opened(context, anonymous_id), mapper)
+        assert isinstance(prepared, Ready)
         sent += [
             (record["objectId"], record["tokenData"]["id"])
-            for record in tokens_in(mapper(app_opened(context, anonymous_id)))
+            for record in (orjson.loads(op[2]) for op in prepared.ops)
+            if record["type"] == "token"
         ]
     assert sent == [("a1", "t1"), ("a1", "t2"), ("a2", "t1")]
