@@ -131,7 +131,7 @@ def prepare(
     """Map, validate and encode one decoded Segment message. `tokens`: the run's device
     tokens sent (default: the mapper's own, `counting(mapper).tokens`); a token record
     whose token went out already is left out, and the message's other operations keep
-    their numbers (`numbered`)."""
+    their numbers (`unsent`)."""
     result = mapper(message)
     if isinstance(result, Skip | Invalid):  # a skip is passed on as the mapper made it
         return result
