@@ -17,6 +17,7 @@ from typer.testing import Result
 
 from ctsync import api
 from ctsync.ledger import Summary, Tracked, Verdict
+from ctsync.mapping import preset_as_mapping
 from ctsync.model import OnWire, Request
 from ctsync.records import Mapper, Origin
 from ctsync.run import RunOptions
@@ -199,3 +200,21 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def classic_with_tokens(layout: str) -> dict[str, Any]:
+    """The classic preset as a mapping file whose token subscriptions come first
+    ("token-first": its token records are not the last operations of a record), or with
+    a second token record for every Android token ("two-tokens": the device type sent as
+    a token, so a record looks two tokens up)."""
+    mapping = preset_as_mapping("classic")
+    subscriptions = mapping["subscriptions"]
+    tokens = [s for s in subscriptions if s["action"] == "tokenUpload"]
+    if layout == "token-first":
+        subscriptions = [*tokens, *(s for s in subscriptions if s not in tokens)]
+    else:
+        assert layout == "two-tokens", layout
+        second = {**tokens[0], "name": "Second token"}
+        second["mapping"] = {**second["mapping"], "id": {"@path": "$.context.device.type"}}
+        subscriptions = [*subscriptions, second]
+    return {**mapping, "subscriptions": subscriptions}

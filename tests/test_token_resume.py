@@ -39,11 +39,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctsync import api
-from ctsync.mapping import preset_as_mapping
 from ctsync.presets import Preset
 from ctsync.run import RunOptions
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
-from tests.helpers import examples
+from tests.helpers import classic_with_tokens, examples
 
 LAYOUTS = ["preset", "token-first", "two-tokens"]
 BASE_TS = 1714564800  # 2024-05-01T12:00:00Z
@@ -54,20 +53,9 @@ class Killed(Exception):
 
 
 def mapping_of(layout: str) -> dict[str, Any] | None:
-    """The classic preset as a mapping file, its token subscription moved first, or with
-    a second one (the device type sent as a token); None: the preset itself."""
-    if layout == "preset":
-        return None
-    mapping = preset_as_mapping("classic")
-    subscriptions = mapping["subscriptions"]
-    tokens = [s for s in subscriptions if s["action"] == "tokenUpload"]
-    if layout == "token-first":
-        subscriptions = [*tokens, *(s for s in subscriptions if s not in tokens)]
-    else:
-        second = {**tokens[0], "name": "Second token"}
-        second["mapping"] = {**second["mapping"], "id": {"@path": "$.context.device.type"}}
-        subscriptions = [*subscriptions, second]
-    return {**mapping, "subscriptions": subscriptions}
+    """The classic preset as a mapping file with its token subscription first, or with a
+    second one (`classic_with_tokens`); None: the preset itself."""
+    return None if layout == "preset" else classic_with_tokens(layout)
 
 
 def message(seq: int, kind: str, user: int, token: int | None, pad: int = 0) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from ctsync.run.stage import (
 )
 from ctsync.run.wire import READY
 from ctsync.run.workers import WorkerError, WorkerPool, Workers, default_workers
-from tests.helpers import examples, mapper_that_dies_in_a_worker, no_validator
+from tests.helpers import classic_with_tokens, examples, mapper_that_dies_in_a_worker, no_validator
 
 USERS = ["u1", "u2", "u3", 7, "", None]
 DEVICES = [("a1", "tok-1"), ("a2", "tok-2"), ("a1", "tok-2"), (None, "tok-3")]
@@ -344,20 +344,8 @@ def test_a_worker_wrong_about_a_token_is_overruled() -> None:
 
 
 def _tokens_recipe(layout: str) -> Recipe:
-    """The classic preset as a mapping file whose token subscriptions come first
-    ("token-first": its token records are not the last operations of a record), or with
-    a second token record for every Android token ("two-tokens": the device type sent as
-    a token, so a record looks two tokens up)."""
-    mapping = preset_as_mapping("classic")
-    subscriptions = mapping["subscriptions"]
-    tokens = [s for s in subscriptions if s["action"] == "tokenUpload"]
-    if layout == "token-first":
-        subscriptions = [*tokens, *(s for s in subscriptions if s not in tokens)]
-    else:
-        second = {**tokens[0], "name": "Second token"}
-        second["mapping"] = {**second["mapping"], "id": {"@path": "$.context.device.type"}}
-        subscriptions = [*subscriptions, second]
-    mapping["subscriptions"] = subscriptions
+    """`classic_with_tokens(layout)`'s recipe."""
+    mapping = classic_with_tokens(layout)
     job = UploadJob(mapping_file=orjson.dumps(mapping).decode(), mapping=MappingOptions())
     return job.recipe
 
