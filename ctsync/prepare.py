@@ -140,9 +140,10 @@ def prepare(
     numbers: Sequence[int] | None = None
     for operation in result:
         if type(operation) is TokenUpload:
-            result, numbers = unsent(result, counting(mapper).tokens if tokens is None else tokens)
-            if not result:
-                return Skip(TOKEN_ALREADY_SENT)
+            taken = unsent(result, counting(mapper).tokens if tokens is None else tokens)
+            if isinstance(taken, Skip):
+                return taken
+            result, numbers = taken
             break
     warnings: list[str] = []
     fixes: list[Fix] = []
@@ -165,12 +166,15 @@ def prepare(
     return Ready(ops, warnings, fixes)
 
 
-def unsent(operations: list[Operation], tokens: SentTokens) -> tuple[list[Operation], list[int]]:
+def unsent(
+    operations: list[Operation], tokens: SentTokens
+) -> tuple[list[Operation], list[int]] | Skip:
     """A mapper's operations less its token records whose token `tokens` has sent (each
     asked in order: a token sent is then in the set), and each one's number: its place
-    in the mapper's output. An operation's number is part of its position in the state
-    file, so it must not depend on the tokens sent: a resumed run does not map again the
-    records an earlier run finished, and so lacks their tokens."""
+    in the mapper's output; a `Skip` when nothing is left. An operation's number is part
+    of its position in the state file, so it must not depend on the tokens sent: a
+    resumed run does not map again the records an earlier run finished, and so lacks
+    their tokens."""
     kept: list[Operation] = []
     numbers: list[int] = []
     for number, operation in enumerate(operations):
@@ -178,7 +182,7 @@ def unsent(operations: list[Operation], tokens: SentTokens) -> tuple[list[Operat
             continue
         kept.append(operation)
         numbers.append(number)
-    return kept, numbers
+    return (kept, numbers) if kept else Skip(TOKEN_ALREADY_SENT)
 
 
 def encode_op(operation: Upload | Delete, number: int = 0) -> Encoded:

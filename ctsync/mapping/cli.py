@@ -32,7 +32,7 @@ from ctsync.reader import (
     collect_inputs,
     read_source,
 )
-from ctsync.records import TOKEN_ALREADY_SENT, Delete, Invalid, Mapper, Skip, Upload, counting
+from ctsync.records import Delete, Invalid, Mapper, Skip, Upload, counting
 from ctsync.rules import check_upload
 from ctsync.stopping import terminal_stdin
 
@@ -150,9 +150,8 @@ def _check_events(
         typer.echo(f"{where}: fires: {', '.join(fired) if fired else '(none)'}")
         result = mapper(message)
         if isinstance(result, list):  # a device token shown once, as a run sends it
-            result, _ = unsent(result, counting(mapper).tokens)
-            if not result:
-                result = Skip(TOKEN_ALREADY_SENT)
+            taken = unsent(result, counting(mapper).tokens)
+            result = taken if isinstance(taken, Skip) else taken[0]
         if isinstance(result, Skip):
             typer.echo(f"  skipped: {result.reason}")
         elif isinstance(result, Invalid):

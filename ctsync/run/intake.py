@@ -347,7 +347,7 @@ class Intake:
         else:
             assert code != DONE, "the stage passed over a record this run must read"
             raise AssertionError(f"unknown result code {code}")
-        if any(found for _, found in lookups):
+        if lookups and any(found for _, found in lookups):
             # It passed over a token the run sent already (after its last operation, or
             # its only one: a skip). No run of positions may cover that token's number:
             # a resumed run lacks the tokens of the records it does not read again, and

@@ -77,6 +77,34 @@ def test_check_with_events_shows_what_fires_and_the_records(tmp_path: Path) -> N
     assert out[-1].startswith("    rule 514: Gender 'x' is invalid")
 
 
+def test_check_shows_a_device_token_once_as_a_run_sends_it(tmp_path: Path) -> None:
+    """The mapper makes a message's token record every time; `check` shows it the first
+    time only, and a message whose only record is a token sent already as skipped."""
+    token = {
+        "name": "token",
+        "trigger": "context.device.token exists",
+        "action": "tokenUpload",
+        "mapping": {
+            "objectId": {"@path": "$.anonymousId"},
+            "id": {"@path": "$.context.device.token"},
+            "type": {"@literal": "fcm"},
+        },
+    }
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"subscriptions": [token]}))
+    events = tmp_path / "events.ndjson"
+    line = {"type": "track", "anonymousId": "a1", "context": {"device": {"token": "t1"}}}
+    events.write_text(json.dumps(line) + "\n" + json.dumps(line) + "\n")
+    result = runner.invoke(app, ["check", str(path), str(events)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1:] == [
+        "line 1: fires: token",
+        '  upload {"type":"token","objectId":"a1","tokenData":{"id":"t1","type":"fcm"}}',
+        "line 2: fires: token",
+        "  skipped: token already sent",
+    ]
+
+
 def test_check_reads_events_from_stdin_and_fails_on_bad_lines(tmp_path: Path) -> None:
     path = tmp_path / "actions.json"
     path.write_text(json.dumps(preset_as_mapping("actions")))
