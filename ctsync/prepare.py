@@ -137,17 +137,13 @@ def prepare(
         return result
     if not result:
         return Skip(skip_reason(message))
-    numbers: Sequence[int] | None = None
-    for operation in result:
-        if type(operation) is TokenUpload:
-            taken = unsent(result, counting(mapper).tokens if tokens is None else tokens)
-            if isinstance(taken, Skip):
-                return taken
-            result, numbers = taken
-            break
     warnings: list[str] = []
     fixes: list[Fix] = []
     if validator is not None and mode is not ValidateMode.OFF:
+        # Every record the mapper made, its device tokens sent already too: whether a
+        # message is valid must not depend on the tokens sent (a resumed run lacks those
+        # of the records it does not read again). Tokens are never fixed, and a token's
+        # breach under `warn` counts whether or not it goes.
         for operation in result:
             if isinstance(operation, Upload):
                 broken = validator(operation.record)
@@ -158,6 +154,14 @@ def prepare(
                     if mode is not ValidateMode.WARN:
                         return broken
                     warnings.append(broken.code)
+    numbers: Sequence[int] | None = None
+    for operation in result:
+        if type(operation) is TokenUpload:
+            taken = unsent(result, counting(mapper).tokens if tokens is None else tokens)
+            if isinstance(taken, Skip):
+                return taken
+            result, numbers = taken
+            break
     if numbers is None:
         ops = [encode_op(operation, number) for number, operation in enumerate(result)]
     else:

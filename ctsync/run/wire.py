@@ -159,6 +159,8 @@ def gather(
         if result[2] != READY:
             if lookups:
                 _look(lookups, held, looked)
+                if any(found for _, found in lookups):
+                    seq += 1  # it passed a token over: no run of positions may cover it
             continue
         ops = result[4]
         if len(ops) == 1 and result[5] is None and all(found for _, found in lookups):
