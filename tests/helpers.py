@@ -218,3 +218,17 @@ def classic_with_tokens(layout: str) -> dict[str, Any]:
         second["mapping"] = {**second["mapping"], "id": {"@path": "$.context.device.type"}}
         subscriptions = [*subscriptions, second]
     return {**mapping, "subscriptions": subscriptions}
+
+
+TOKEN_SUBSCRIPTION: dict[str, Any] = {
+    "name": "token",
+    "enabled": True,
+    "trigger": "context.device.token exists",
+    "action": "tokenUpload",
+    "mapping": {
+        "objectId": {"@path": "$.anonymousId"},
+        "id": {"@path": "$.context.device.token"},
+        "type": {"@literal": "fcm"},
+    },
+}
+"""A mapping file's subscription that sends every message's device token (fcm)."""

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from ctsync.mapping import preset_as_mapping
 from ctsync.mapping.cli import app
+from tests.helpers import TOKEN_SUBSCRIPTION
 
 runner = CliRunner()
 
@@ -80,18 +81,8 @@ def test_check_with_events_shows_what_fires_and_the_records(tmp_path: Path) -> N
 def test_check_shows_a_device_token_once_as_a_run_sends_it(tmp_path: Path) -> None:
     """The mapper makes a message's token record every time; `check` shows it the first
     time only, and a message whose only record is a token sent already as skipped."""
-    token = {
-        "name": "token",
-        "trigger": "context.device.token exists",
-        "action": "tokenUpload",
-        "mapping": {
-            "objectId": {"@path": "$.anonymousId"},
-            "id": {"@path": "$.context.device.token"},
-            "type": {"@literal": "fcm"},
-        },
-    }
     path = tmp_path / "tokens.json"
-    path.write_text(json.dumps({"subscriptions": [token]}))
+    path.write_text(json.dumps({"subscriptions": [TOKEN_SUBSCRIPTION]}))
     events = tmp_path / "events.ndjson"
     line = {"type": "track", "anonymousId": "a1", "context": {"device": {"token": "t1"}}}
     events.write_text(json.dumps(line) + "\n" + json.dumps(line) + "\n")

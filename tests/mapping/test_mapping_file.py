@@ -23,6 +23,7 @@ from ctsync.presets import MappingOptions, Nested
 from ctsync.records import Delete, Invalid, Skip, TokenUpload, Upload
 from ctsync.rules import check_upload
 from ctsync.timestamps import DatesAs
+from tests.helpers import TOKEN_SUBSCRIPTION
 
 TS = "2023-05-18T22:58:45Z"
 EPOCH = 1684450725  # segment-behaviour.md
@@ -284,16 +285,7 @@ def test_user_delete_by_guid() -> None:
     assert mapper({"event": "Delete User", "anonymousId": "a1"}) == [Delete("guid", "a1")]
 
 
-TOKEN = subscription(
-    name="token",
-    trigger="context.device.token exists",
-    action="tokenUpload",
-    mapping={
-        "objectId": {"@path": "$.anonymousId"},
-        "id": {"@path": "$.context.device.token"},
-        "type": {"@literal": "fcm"},
-    },
-)
+TOKEN = TOKEN_SUBSCRIPTION
 
 
 def test_token_upload_is_sent_once_per_object_id_and_token() -> None:
