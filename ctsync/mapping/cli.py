@@ -32,7 +32,16 @@ from ctsync.reader import (
     collect_inputs,
     read_source,
 )
-from ctsync.records import Delete, Invalid, Mapper, Skip, Upload, counting
+from ctsync.records import (
+    Delete,
+    Invalid,
+    Mapper,
+    Operation,
+    SentTokens,
+    Skip,
+    Upload,
+    counting,
+)
 from ctsync.rules import check_upload
 from ctsync.stopping import terminal_stdin
 
@@ -149,26 +158,38 @@ def _check_events(
         fired = [sub.name for sub in mapping_file.firing(message)]
         typer.echo(f"{where}: fires: {', '.join(fired) if fired else '(none)'}")
         result = mapper(message)
-        if isinstance(result, list):  # a device token shown once, as a run sends it
-            taken = unsent(result, counting(mapper).tokens)
-            result = taken if isinstance(taken, Skip) else taken[0]
         if isinstance(result, Skip):
             typer.echo(f"  skipped: {result.reason}")
         elif isinstance(result, Invalid):
             typer.echo(f"  invalid {result.code}: {result.message}")
             ok = False
         else:
-            for op in result:
-                if isinstance(op, Delete):
-                    typer.echo(f"  delete {op.key} {op.value}")
-                    continue
-                ok = _echo_upload(op) and ok
+            ok = _echo_records(result, counting(mapper).tokens) and ok
     return ok
 
 
-def _echo_upload(op: Upload) -> bool:
-    """Show one record to upload and the rules it breaks; False when it breaks one."""
-    typer.echo(f"  upload {orjson.dumps(op.record).decode()}")
+def _echo_records(result: list[Operation], tokens: SentTokens) -> bool:
+    """Show what a message sends, as a run sends it: a device token once; a token sent
+    already is still checked by the data rules (`prepare` checks every record), and shown
+    when it breaks one. False when a record breaks a rule."""
+    taken = unsent(result, tokens)
+    sent = set() if isinstance(taken, Skip) else {id(op) for op in taken[0]}
+    fine = True
+    for op in result:
+        if isinstance(op, Delete):
+            typer.echo(f"  delete {op.key} {op.value}")
+        elif id(op) in sent:
+            fine = _echo_upload("upload", op) and fine
+        elif check_upload(op.record):
+            fine = _echo_upload("token sent already, not again", op) and fine
+    if isinstance(taken, Skip) and fine:
+        typer.echo(f"  skipped: {taken.reason}")
+    return fine
+
+
+def _echo_upload(label: str, op: Upload) -> bool:
+    """Show one record and the rules it breaks; False when it breaks one."""
+    typer.echo(f"  {label} {orjson.dumps(op.record).decode()}")
     violations = check_upload(op.record)
     for violation in violations:
         typer.echo(f"    rule {violation.code}: {violation.message}")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from ctsync.cli import app as ctsync_app
 from ctsync.mapping import preset_as_mapping
 from ctsync.mapping.cli import app
-from tests.helpers import TOKEN_SUBSCRIPTION
+from tests.helpers import TOKEN_SUBSCRIPTION, clean_env
 
 runner = CliRunner()
 
@@ -94,6 +95,36 @@ def test_check_shows_a_device_token_once_as_a_run_sends_it(tmp_path: Path) -> No
         "line 2: fires: token",
         "  skipped: token already sent",
     ]
+
+
+def test_check_and_upload_agree_on_a_token_sent_already_with_a_refused_type(
+    tmp_path: Path,
+) -> None:
+    """A message whose token went out already is still checked, as `upload` checks it
+    (found by review: `check` passed a token type that `upload` refused, 534)."""
+    token = {**TOKEN_SUBSCRIPTION, "mapping": {**TOKEN_SUBSCRIPTION["mapping"]}}
+    token["mapping"]["type"] = {"@path": "$.context.device.ttype"}
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"subscriptions": [token]}))
+    events = tmp_path / "events.ndjson"
+    lines = [
+        {"type": "track", "anonymousId": "a1", "context": {"device": {"token": "t1", "ttype": t}}}
+        for t in ("fcm", "bad")
+    ]
+    events.write_text("".join(json.dumps(each) + "\n" for each in lines))
+    checked = runner.invoke(app, ["check", str(path), str(events)])
+    assert checked.exit_code == 1, checked.output
+    out = checked.stdout.splitlines()
+    assert out[3:5] == [
+        "line 2: fires: token",
+        '  token sent already, not again {"type":"token","objectId":"a1",'
+        '"tokenData":{"id":"t1","type":"bad"}}',
+    ]
+    assert out[5].startswith("    rule 534: ")
+    args = ["upload", str(events), "--mapping", str(path), "--dry-run", "--json"]
+    uploaded = runner.invoke(ctsync_app, args, env=clean_env())
+    assert uploaded.exit_code == 1, uploaded.output
+    assert json.loads(uploaded.stdout)["invalid_by_code"] == {"534": 1}
 
 
 def test_check_reads_events_from_stdin_and_fails_on_bad_lines(tmp_path: Path) -> None:
