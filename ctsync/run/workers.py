@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import fcntl
 import multiprocessing
 import os
 import signal
@@ -150,10 +151,30 @@ class WorkerPool(ProcessPoolExecutor):
         context = multiprocessing.get_context("spawn")
         lifeline, self._lifeline = context.Pipe(duplex=False)
         super().__init__(count, mp_context=context, initializer=_start_worker, initargs=(lifeline,))
+        # The queues' pipes (private to the executor: looked up, never assumed).
+        for queue in (getattr(self, "_call_queue", None), self._result_queue):
+            _widen(getattr(queue, "_writer", None))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
         self._lifeline.close()  # closed: any worker still there ends
+
+
+PIPE_BYTES: Final = 1 << 20
+"""The pipes that carry blocks and results: a block (1 MiB) then goes in one write, not
+sixteen that each wait for the worker to read (Linux's default pipe holds 64 KiB).
+Measured: the main process's CPU in a `--workers 2` dry run of 300,000 messages 0.97x
+(median of 8 pairs on a busy machine; 0.92x in 3 pairs on a quiet one)."""
+
+
+def _widen(end: object) -> None:
+    """Give the pipe behind a connection `PIPE_BYTES` of buffer, where the system lets
+    it (Linux; up to /proc/sys/fs/pipe-max-size): only faster, never required."""
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setsize is None or not isinstance(end, Connection):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        fcntl.fcntl(end.fileno(), setsize, PIPE_BYTES)
 
 
 def start_pool(count: int) -> WorkerPool:
