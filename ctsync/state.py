@@ -11,7 +11,9 @@ keeps
 - `read_through`: the last record (line, part) that any run read;
 - `pending`: the runs of positions, at or below it, of operations without a final
   answer, each marked `sent` when its request was written to a connection (CleverTap
-  may have it) or not (it certainly has not).
+  may have it) or not (it certainly has not). Written as a JSON list, in any order,
+  of `[first, last, sent]` (with a held verdict: `[first, last, 1, verdict]`) and of
+  `[sent, [[first, last], ...]]`: the runs of one batch, as the batch holds them.
 
 Every position at or below `read_through` outside the pending runs is *settled*: its
 record was skipped, invalid, accepted, rejected or failed for good, and is never sent
@@ -23,9 +25,11 @@ reported as `outcome-unknown`.
 
 The state is written when a request is about to be written to a connection and after
 every answer, so a `kill -9` at any moment leaves it exact. (SQLite in WAL mode: a
-commit survives the process being killed without waiting for the disk.) The file is
-also the lock: a second run on the same state file exits at once (flock, released by
-the kernel even when the holder is killed).
+commit survives the process being killed without waiting for the disk.) That is twice
+a request, each time with every batch without an answer (tens of thousands of
+positions): a batch's runs go in as it holds them, serialized by orjson in one call,
+with no object per position. The file is also the lock: a second run on the same state
+file exits at once (flock, released by the kernel even when the holder is killed).
 """
 
 from __future__ import annotations
@@ -38,11 +42,11 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 
@@ -100,6 +104,19 @@ class Span:
     last: Position
     sent: bool
     verdict: tuple[str, str, str, str] | None = None
+
+
+Runs: TypeAlias = Sequence[Sequence[Position]]
+"""A batch's runs of positions of one input, each `[first, last]` (`batching.Run`)."""
+
+
+@dataclass(slots=True)
+class Live:
+    """What one input has without a final answer, as a checkpoint writes it: the runs of
+    each batch (`sent`, its runs), and single spans (held verdicts)."""
+
+    batches: list[tuple[bool, Runs]] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
 
 
 class Seen(Enum):
@@ -349,7 +366,7 @@ class StateFile:
         """What an earlier run left of one input (read position and pending spans)."""
         try:
             line, part = orjson.loads(read)
-            spans = [_span(entry) for entry in orjson.loads(pending)]
+            spans = _spans(orjson.loads(pending))
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
             raise UsageError(
                 f"{self.path}: the state of {source.name} is damaged ({exc}); "
@@ -360,14 +377,12 @@ class StateFile:
     def save(self, progress: Progress, live: Iterable[Span]) -> None:
         """Write one input's progress: `live` are the spans of this run's batches that
         have no final answer yet."""
-        self.checkpoint([(progress, live)], {})
+        self.checkpoint([(progress, Live(spans=list(live)))], {})
 
-    def checkpoint(
-        self, inputs: Iterable[tuple[Progress, Iterable[Span]]], outputs: dict[str, int]
-    ) -> None:
-        """Write the inputs' progress (each with the spans of this run's batches that have
-        no final answer yet) and the outputs' lengths, in one transaction: a kill between
-        them would leave lines the state does not know of, or miss lines it counts on."""
+    def checkpoint(self, inputs: Iterable[tuple[Progress, Live]], outputs: dict[str, int]) -> None:
+        """Write the inputs' progress (each with what this run holds of it without a final
+        answer) and the outputs' lengths, in one transaction: a kill between them would
+        leave lines the state does not know of, or miss lines it counts on."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -394,10 +409,12 @@ class StateFile:
                 f"{self.path}: cannot write the state file ({exc}); the run stopped"
             ) from None
 
-    def _save(self, progress: Progress, live: Iterable[Span]) -> None:
+    def _save(self, progress: Progress, live: Live) -> None:
         line, part = progress.position
-        spans = sorted([*live, *progress.resume.after(line, part)], key=lambda s: s.first)
-        complete = progress.finished_reading and not spans
+        spans = [*live.spans, *progress.resume.after(line, part)]
+        entries: list[Any] = [_entry(span) for span in spans]
+        entries += [(int(sent), runs) for sent, runs in live.batches if runs]
+        complete = progress.finished_reading and not entries
         self._db.execute(
             "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -406,7 +423,7 @@ class StateFile:
                 progress.fingerprint,
                 progress.fingerprint_len,
                 orjson.dumps(progress.read_through).decode(),
-                orjson.dumps([_entry(s) for s in spans]).decode(),
+                orjson.dumps(entries).decode(),
                 int(complete),
                 time.time(),
             ),
@@ -451,6 +468,20 @@ def _entry(span: Span) -> list[Any]:
     if span.verdict is not None:
         entry.append(list(span.verdict))
     return entry
+
+
+def _spans(entries: Any) -> list[Span]:
+    """The spans of a `pending` column, in the order written (`Resume` sorts them)."""
+    spans: list[Span] = []
+    for entry in entries:
+        if isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int:
+            sent, runs = entry  # one batch's runs
+            if sent not in (0, 1):
+                raise ValueError(f"not a sent flag: {sent!r}")
+            spans += [Span(_position(first), _position(last), bool(sent)) for first, last in runs]
+        else:
+            spans.append(_span(entry))
+    return spans
 
 
 def _span(entry: Any) -> Span:

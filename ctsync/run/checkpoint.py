@@ -8,7 +8,7 @@ from ctsync.run.accounts import Accounts
 from ctsync.run.dispatch import Dispatcher
 from ctsync.run.feed import Feed
 from ctsync.run.options import Control
-from ctsync.state import Span, StateFile
+from ctsync.state import Live, Span, StateFile
 
 
 class Checkpointer:
@@ -40,19 +40,21 @@ class Checkpointer:
             # Some lines are missing from an output: the state must not call their records
             # settled. It stays at the last checkpoint, and the next run does them again.
             raise ledger.output_error
-        spans: dict[str, list[Span]] = {name: [] for name in inputs}
+        live: dict[str, Live] = {name: Live() for name in inputs}
         for batch in self._dispatcher.live():
             for name, runs in batch.runs.items():
-                if name in spans:
-                    spans[name] += [Span(first, last, batch.sent) for first, last in runs]
+                found = live.get(name)
+                if found is not None and runs:
+                    found.batches.append((batch.sent, runs))  # as it is: no copy, no object
         for positions in self._accounts.held.values():
             for name, position, v in positions:
-                if name in spans:
+                found = live.get(name)
+                if found is not None:
                     verdict = (v.outcome.value, v.code, v.message, v.stage.value)
-                    spans[name].append(Span(position, position, True, verdict))
+                    found.spans.append(Span(position, position, True, verdict))
         self._state.checkpoint(
-            [(progress, spans[name]) for name, progress in inputs.items()], ledger.lengths()
+            [(progress, live[name]) for name, progress in inputs.items()], ledger.lengths()
         )
         for name, progress in list(inputs.items()):
-            if progress.finished_reading and not spans[name]:
+            if progress.finished_reading and not (live[name].batches or live[name].spans):
                 del inputs[name]
