@@ -77,6 +77,8 @@ class Batch:
         "bodies",
         "bulk",
         "deferred",
+        "fragments",
+        "frozen",
         "keys",
         "keyset",
         "kind",
@@ -110,6 +112,10 @@ class Batch:
         self.keyset: set[ProfileKey] = set()
         self.safe: list[bool] = []
         self.runs: dict[str, list[Run]] = {}
+        # Handed to the dispatcher (`freeze`): its runs never change again, so the state
+        # file's checkpoints serialize them once (`fragments`, by source).
+        self.frozen = False
+        self.fragments: dict[str, bytes] = {}
         self.tokens = 0
         self.token_flags: list[bool] = []  # which operations are device tokens
         self.sealed = False
@@ -122,6 +128,11 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.bodies)
+
+    def freeze(self) -> None:
+        """On its way to CleverTap (sealed and queued): nothing adds to it or moves its
+        operations any more, and the planner refuses to (`_unfrozen`)."""
+        self.frozen = True
 
     def owners_of(self) -> list[Tracked]:
         """Every operation's record: those added in bulk are built now (a report line,
@@ -263,6 +274,7 @@ class Planner:
             if batch is None:
                 self._seq += 1
                 batch = lane.open = Batch(OpKind.UPLOAD, number, self._seq)
+            _unfrozen(batch)
             end = min(size, first + limit - len(batch.bodies))
             whole = first == 0 and end == size
             count = end - first
@@ -605,6 +617,7 @@ class Planner:
     ) -> None:
         """One operation into `batch`, continuing the run of positions of the operation
         before if it went to the same batch and nothing was passed over (`gap`)."""
+        _unfrozen(batch)
         batch.bodies.append(body)
         batch.owners.append(owner)
         batch.positions.append((source, position))
@@ -662,6 +675,7 @@ def _runs_of(tail: Batch) -> list[int]:
 
 def _fill(batch: Batch, tail: Batch, taken: list[int], runs_of: list[int]) -> None:
     """Operations `taken` of `tail` (in its order) into the joined `batch`."""
+    _unfrozen(batch)
     previous = -2
     for n in taken:
         source, position = tail.positions[n]
@@ -705,6 +719,14 @@ def _runs_between(bulk: Bulk, first: int, end: int) -> list[Run]:
 
 def _rebuild_runs(batch: Batch) -> None:
     """Each position its own run: exact, whatever went out of the batch."""
+    _unfrozen(batch)
     batch.runs = {}
     for source, position in batch.positions:
         batch.runs.setdefault(source, []).append([position, position])
+
+
+def _unfrozen(batch: Batch) -> None:
+    """A batch on its way must not change: its runs are in the state file as they were
+    (`Batch.fragments`), and CleverTap may have its records."""
+    if batch.frozen:
+        raise RuntimeError(f"batch {batch.seq} changed after it was handed over")

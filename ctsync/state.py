@@ -13,7 +13,8 @@ keeps
   answer, each marked `sent` when its request was written to a connection (CleverTap
   may have it) or not (it certainly has not). Written as a JSON list, in any order,
   of `[first, last, sent]` (with a held verdict: `[first, last, 1, verdict]`) and of
-  `[sent, [[first, last], ...]]`: the runs of one batch, as the batch holds them.
+  `[sent, runs]`: the runs of one batch, each `[first, last]` or, for a run of one
+  position `[line, 0, 0]` (most of them), `line` alone.
 
 Every position at or below `read_through` outside the pending runs is *settled*: its
 record was skipped, invalid, accepted, rejected or failed for good, and is never sent
@@ -28,7 +29,8 @@ every answer, so a `kill -9` at any moment leaves it exact. (SQLite in WAL mode:
 commit survives the process being killed without waiting for the disk.) That is twice
 a request, each time with every batch without an answer (tens of thousands of
 positions): a batch's runs go in as it holds them, serialized by orjson in one call,
-with no object per position. The file is also the lock: a second run on the same state
+with no object per position, and each batch on its way only once (`runs_json`). The
+file is also the lock: a second run on the same state
 file exits at once (flock, released by the kernel even when the holder is killed).
 """
 
@@ -113,10 +115,23 @@ Runs: TypeAlias = Sequence[Sequence[Position]]
 @dataclass(slots=True)
 class Live:
     """What one input has without a final answer, as a checkpoint writes it: the runs of
-    each batch (`sent`, its runs), and single spans (held verdicts)."""
+    each batch (`sent`, and its runs, or their JSON from `runs_json` for a batch that
+    no longer changes), and single spans (held verdicts)."""
 
-    batches: list[tuple[bool, Runs]] = field(default_factory=list)
+    batches: list[tuple[bool, Runs | bytes]] = field(default_factory=list)
     spans: list[Span] = field(default_factory=list)
+
+
+def runs_json(runs: Runs) -> bytes:
+    """A batch's runs as its entry in the state file holds them: a run of one position
+    `(line, 0, 0)`, most runs, as its line alone (a quarter of the bytes SQLite writes at
+    every checkpoint); any other as `[first, last]`."""
+    return orjson.dumps(
+        [
+            first[0] if first == last and first[1] == 0 and first[2] == 0 else (first, last)
+            for first, last in runs
+        ]
+    )
 
 
 class Seen(Enum):
@@ -412,8 +427,12 @@ class StateFile:
     def _save(self, progress: Progress, live: Live) -> None:
         line, part = progress.position
         spans = [*live.spans, *progress.resume.after(line, part)]
-        entries: list[Any] = [_entry(span) for span in spans]
-        entries += [(int(sent), runs) for sent, runs in live.batches if runs]
+        entries = [orjson.dumps([_entry(span) for span in spans])[1:-1]] if spans else []
+        for sent, runs in live.batches:
+            if isinstance(runs, bytes):
+                entries.append(b"[%d,%s]" % (sent, runs))
+            elif runs:
+                entries.append(orjson.dumps((int(sent), runs)))
         complete = progress.finished_reading and not entries
         self._db.execute(
             "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -423,7 +442,7 @@ class StateFile:
                 progress.fingerprint,
                 progress.fingerprint_len,
                 orjson.dumps(progress.read_through).decode(),
-                orjson.dumps(entries).decode(),
+                b"[%s]" % b",".join(entries),
                 int(complete),
                 time.time(),
             ),
@@ -476,9 +495,14 @@ def _spans(entries: Any) -> list[Span]:
     for entry in entries:
         if isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int:
             sent, runs = entry  # one batch's runs
-            if sent not in (0, 1):
-                raise ValueError(f"not a sent flag: {sent!r}")
-            spans += [Span(_position(first), _position(last), bool(sent)) for first, last in runs]
+            if sent not in (0, 1) or not isinstance(runs, list):
+                raise ValueError(f"not a batch's runs: {entry!r:.60}")
+            for run in runs:
+                if type(run) is int:  # a run of one position, (line, 0, 0)
+                    spans.append(Span((run, 0, 0), (run, 0, 0), bool(sent)))
+                else:
+                    first, last = run
+                    spans.append(Span(_position(first), _position(last), bool(sent)))
         else:
             spans.append(_span(entry))
     return spans

@@ -27,7 +27,7 @@ from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source, collect_sources
 from ctsync.run import RunOptions, UploadRun
 from ctsync.settings import ClientSettings
-from ctsync.state import END, Live, Resume, Seen, Span, StateFile
+from ctsync.state import END, Live, Resume, Runs, Seen, Span, StateFile, runs_json
 from ctsync.summary import Routine
 from tests.helpers import (
     CleverTap,
@@ -177,7 +177,9 @@ def pending_spans(state_path: Path) -> list[list[Any]]:
     spans: list[list[Any]] = []
     for entry in orjson.loads(pending):
         if isinstance(entry[0], int):
-            spans += [[first, last, entry[0]] for first, last in entry[1]]
+            for run in entry[1]:  # a run of one position (line, 0, 0) as its line alone
+                first, last = ([run, 0, 0], [run, 0, 0]) if isinstance(run, int) else run
+                spans.append([first, last, entry[0]])
         else:
             spans.append(entry)
     return sorted(spans)
@@ -407,15 +409,18 @@ def test_a_batch_s_runs_resume_as_spans_in_input_order(tmp_path: Path) -> None:
     """One entry per batch, [sent, [[first, last], ...]], mixed with single spans and in
     any order (written here by hand from the format in `ctsync.state`)."""
     text = (
-        "[[1,[[[9,0,0],[9,0,0]],[[3,0,0],[4,0,1]]]],"
+        "[[1,[[[9,0,0],[9,0,0]],[[3,0,0],[4,0,1]],12]],"
         '[[8,0,1],[8,0,1],1,["rejected","514","M/F","api"]],'
-        "[0,[[[6,0,0],[6,0,0]]]]]"
+        "[0,[[[6,0,0],[6,0,0]],5,[[7,1,0],[7,1,0]]]]]"
     )
     assert pending_after(tmp_path, text) == [
         Span((3, 0, 0), (4, 0, 1), sent=True),
+        Span((5, 0, 0), (5, 0, 0), sent=False),  # a line alone: its one position
         Span((6, 0, 0), (6, 0, 0), sent=False),
+        Span((7, 1, 0), (7, 1, 0), sent=False),
         Span((8, 0, 1), (8, 0, 1), sent=True, verdict=("rejected", "514", "M/F", "api")),
         Span((9, 0, 0), (9, 0, 0), sent=True),
+        Span((12, 0, 0), (12, 0, 0), sent=True),
     ]
 
 
@@ -427,6 +432,8 @@ def test_a_batch_s_runs_resume_as_spans_in_input_order(tmp_path: Path) -> None:
         "[[1,[[[1,0],[1,0,0]]]]]",  # a position without its operation
         "[[1,5]]",  # runs that are not a list
         "[[1]]",  # an entry cut short
+        '[[1,["7"]]]',  # a line that is not a number
+        "[[1,[[[1,0,0],[1,0,0],[2,0,0]]]]]",  # a run of three positions
     ],
 )
 def test_a_damaged_batch_entry_says_the_state_is_damaged(tmp_path: Path, text: str) -> None:
@@ -460,11 +467,13 @@ def live_sets(draw: st.DrawFn) -> tuple[list[tuple[bool, list[list[Position]]]],
     return batches, spans
 
 
-@given(live=live_sets())
-@settings(max_examples=60, deadline=None)
+@given(live=live_sets(), frozen=st.lists(st.booleans(), min_size=4, max_size=4))
+@settings(max_examples=80, deadline=None)
 def test_a_checkpoint_keeps_every_position_a_run_holds_without_its_answer(
-    live: tuple[list[tuple[bool, list[list[Position]]]], list[Span]],
+    live: tuple[list[tuple[bool, list[list[Position]]]], list[Span]], frozen: list[bool]
 ) -> None:
+    """Whether a batch's runs come as they are (still filling) or as `runs_json` made
+    them (on its way), every position comes back with its batch's flag."""
     batches, spans = live
     # The model: every run of every batch as a span with its batch's flag, and every
     # held verdict, in input order.
@@ -479,7 +488,12 @@ def test_a_checkpoint_keeps_every_position_a_run_holds_without_its_answer(
         try:
             progress = state.open_input(file_source(export))
             progress.position, progress.finished_reading = (10**6, 9), True
-            state.checkpoint([(progress, Live(batches=list(batches), spans=spans))], {})
+            given_: list[tuple[bool, Runs | bytes]] = [
+                (sent, runs_json(runs) if freeze else runs)
+                for (sent, runs), freeze in zip(batches, frozen, strict=False)
+                if runs  # the checkpointer leaves out a batch without runs
+            ]
+            state.checkpoint([(progress, Live(batches=given_, spans=spans))], {})
             resume = state.open_input(file_source(export)).resume
         finally:
             state.close()

@@ -8,7 +8,7 @@ from ctsync.run.accounts import Accounts
 from ctsync.run.dispatch import Dispatcher
 from ctsync.run.feed import Feed
 from ctsync.run.options import Control
-from ctsync.state import Live, Span, StateFile
+from ctsync.state import Live, Span, StateFile, runs_json
 
 
 class Checkpointer:
@@ -44,8 +44,15 @@ class Checkpointer:
         for batch in self._dispatcher.live():
             for name, runs in batch.runs.items():
                 found = live.get(name)
-                if found is not None and runs:
-                    found.batches.append((batch.sent, runs))  # as it is: no copy, no object
+                if found is None or not runs:
+                    continue
+                if not batch.frozen:  # still filling: as it is, no copy, no object
+                    found.batches.append((batch.sent, runs))
+                    continue
+                fragment = batch.fragments.get(name)  # on its way: its runs are final
+                if fragment is None:
+                    fragment = batch.fragments[name] = runs_json(runs)
+                found.batches.append((batch.sent, fragment))
         for positions in self._accounts.held.values():
             for name, position, v in positions:
                 found = live.get(name)

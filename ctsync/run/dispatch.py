@@ -77,6 +77,7 @@ class Dispatcher:
         # (`Planner.unblock`) must find that batch in its lane, or it would go first.
         deletions = [batch for batch in batches if batch.lane < 0]
         for batch in batches:
+            batch.freeze()
             if batch.lane < 0:
                 continue
             lane = lanes[batch.lane]
