@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -44,7 +45,7 @@ from ctsync.run import (
 from ctsync.run.stage import Recipe
 from ctsync.run.workers import Workers, tuning
 from ctsync.settings import MAX_DELETE_CONCURRENCY, ClientSettings
-from ctsync.sources import LocalFile
+from ctsync.sources import LocalFile, Source
 from ctsync.state import StateFile
 from ctsync.stopping import (
     SendCounter,
@@ -192,6 +193,7 @@ def upload(
     inputs = job.collect()
     skipped_notes = inputs.notes()
     sources = inputs.sources
+    _refuse_shared_files(job.outputs, job.state, sources)
     ledger: Ledger | None = None
     with _summary_on_error(lambda: ledger), contextlib.ExitStack() as stack:
         state = None
@@ -410,10 +412,48 @@ def _close(output: Output, what: str) -> None:
         raise output_error(output, what, exc, "its last lines are missing") from None
 
 
+def _refuse_shared_files(
+    outputs: Outputs, state: Path | None, sources: Sequence[Source] = ()
+) -> None:
+    """A UsageError, before anything is opened, for a file a run would use twice: an
+    output that is an input (emptied before it is read, or fed its own dead letters
+    without end), two outputs in one file (after a kill each is cut back to its own
+    length, taking the other's lines), or the state file as an output."""
+    named = [
+        ("--report", outputs.report),
+        ("--failed", outputs.failed),
+        ("--output", outputs.requests),
+        ("--state", state),
+    ]
+    files = [(option, path) for option, path in named if path is not None and str(path) != "-"]
+    for at, (option, path) in enumerate(files):
+        for other, earlier in files[:at]:
+            if _same_file(path, earlier):
+                raise UsageError(
+                    f"{other} and {option} name the same file ({path}): give each its own"
+                )
+        for source in sources:
+            if isinstance(source, LocalFile) and _same_file(path, source.file):
+                raise UsageError(
+                    f"{option} {path} is also an input ({source.name}): the run would write "
+                    "to it while reading it; give another file"
+                )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same file when both exist (links too), else
+    the same absolute path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
 @contextlib.contextmanager
 def _files(
     outputs: Outputs,
 ) -> Iterator[tuple[Lines | None, Lines | None, Lines | None]]:
+    _refuse_shared_files(outputs, None)
     with contextlib.ExitStack() as stack:
 
         def open_for_writing(path: Path | None, what: str) -> Lines | None:

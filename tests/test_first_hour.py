@@ -154,6 +154,43 @@ def test_contradicting_output_options_are_refused_in_one_line(
     assert line.startswith("ctsync: ") and named in line
 
 
+# -- a file a run would use twice ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        # An output that is an input: emptied before it is read (--output), or fed its
+        # own dead letters and report lines, read again without end (--failed, --report).
+        (["--dry-run", "--output", "{input}"], "--output {input} is also an input"),
+        (["--dry-run", "--failed", "{input}"], "--failed {input} is also an input"),
+        (["--dry-run", "--report", "{link}"], "--report {link} is also an input"),
+        # Two outputs in one file: after a kill each is cut back to its own length.
+        (["--dry-run", "--report", "{out}", "--failed", "{out}"], "--report and --failed"),
+        (["--report", "{out}", "--state", "{out}"], "--report and --state"),
+        (["--failed", "{out}", "--state", "{input}"], "--state {input} is also an input"),
+    ],
+)
+def test_a_file_named_twice_is_refused_before_anything_is_touched(
+    tmp_path: Path, flags: list[str], says: str
+) -> None:
+    export = ndjson(tmp_path / "e.ndjson", TRACK, {**TRACK, "userId": ""})
+    link = tmp_path / "link.ndjson"
+    link.symlink_to(export)
+    names = {"input": str(export), "link": str(link), "out": str(tmp_path / "out.txt")}
+    before = export.read_bytes()
+    result = runner.invoke(
+        app,
+        ["upload", str(export), *(flag.format(**names) for flag in flags)],
+        env={**clean_env(), **CREDENTIALS},
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("ctsync: ") and says.format(**names) in line
+    assert export.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.ndjson", "link.ndjson"]
+
+
 # -- the plain progress line ------------------------------------------------------------
 
 counts = st.integers(0, 10_000_000)
