@@ -430,11 +430,15 @@ class CleverTapClient:
         retried_once: set[int] = set()
         todo = list(range(len(bodies)))
         attempt = 0
+        untaken = True  # every attempt so far was certainly not taken (Next.RETRY)
         while todo:
             outcome = await self._attempt(path, join([bodies[i] for i in todo]), slots, on_wire)
             steps = classify(outcome, path, [keys[i] for i in todo])
             if isinstance(steps, Unauthorized):
-                raise AuthError(self._auth_message(steps.error))
+                refused = AuthError(self._auth_message(steps.error))
+                refused.stored_nothing = untaken
+                raise refused
+            untaken = untaken and all(step is Next.RETRY for _, step in steps)
             again: list[int] = []
             backoff = False
             for i, (verdict, step) in zip(todo, steps, strict=True):

@@ -83,9 +83,12 @@ class DiskFull(OutputError):
 
 
 class AuthError(CtsyncError):
-    """CleverTap answered 401: wrong account ID, passcode or region."""
+    """CleverTap answered 401: wrong account ID, passcode or region. `stored_nothing`:
+    no attempt of the refused request may have stored a record (the 401 answered the
+    first that reached CleverTap), so its records are not sent, not of unknown outcome."""
 
     exit_code = ExitCode.AUTH
+    stored_nothing = False
 
 
 class LockedError(CtsyncError):

@@ -10,17 +10,19 @@ import re
 import sqlite3
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctsync import api
-from ctsync.errors import DiskFull, LockedError, OutputError, UsageError
+from ctsync.errors import AuthError, DiskFull, LockedError, OutputError, UsageError
 from ctsync.ledger import ACCEPTED, Ledger, Output, Summary, Verdict
 from ctsync.model import OnWire, Position
 from ctsync.presets import MappingOptions, Preset, build_preset
@@ -34,9 +36,12 @@ from tests.helpers import (
     FakeSender,
     Kind,
     assert_accounted,
+    identify,
     upload_with_state,
     write_export,
 )
+
+TRACK_EVENT = {"type": "track", "event": "Clicked", "timestamp": "2024-05-01T09:00:00Z"}
 
 
 def test_a_rerun_sends_nothing_again(tmp_path: Path, settings: ClientSettings) -> None:
@@ -94,6 +99,79 @@ def test_resume_after_a_crash_sends_only_unfinished_lines(
     assert sorted(server.received) == sorted(expected)
     assert summary.read == 50
     assert summary.routine[Routine.RESENT] == 10
+
+
+class Answering:
+    """CleverTap answering each request with the next status of `answers` (then 200); it
+    stores the records of a 200, and of a 500 (stored, then the answer failed). Events
+    are kept by their `n` property, profiles by identity."""
+
+    def __init__(self, answers: Sequence[int]) -> None:
+        self.answers = list(answers)
+        self.stored: list[Any] = []
+
+    def transport(self) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            status = self.answers.pop(0) if self.answers else 200
+            if status in (200, 500):
+                records = orjson.loads(request.content)["d"]
+                self.stored += [r.get("evtData", {}).get("n", r["identity"]) for r in records]
+            if status == 200:
+                return httpx.Response(200, json={"status": "success", "processed": len(records)})
+            return httpx.Response(status, json={"status": "fail", "error": f"said {status}"})
+
+        return httpx.MockTransport(handle)
+
+
+def refused_then_resumed(
+    tmp_path: Path, settings: ClientSettings, messages: list[dict[str, Any]], answers: list[int]
+) -> tuple[Summary, Summary, Answering]:
+    """A run with --state whose requests end in a 401 (a wrong passcode), and the same
+    command run again once the passcode is right."""
+    export, state = tmp_path / "e.ndjson", tmp_path / "state.db"
+    export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in messages))
+    server = Answering(answers)
+    job = api.UploadJob(
+        paths=[str(export)],
+        client=settings,
+        state=state,
+        preset=Preset.CLASSIC,  # tracks as events, identifies as profiles
+        run=RunOptions(batch_size=10),
+    )
+    with pytest.raises(AuthError) as stopped:
+        api.upload(job, transport=server.transport())
+    assert stopped.value.summary is not None
+    return stopped.value.summary, api.upload(job, transport=server.transport()), server
+
+
+@pytest.mark.parametrize("answers", [[401], [503, 401], [429, 429, 401]])
+def test_events_a_401_refused_whole_are_sent_by_the_next_run(
+    tmp_path: Path, settings: ClientSettings, answers: list[int]
+) -> None:
+    """No attempt of the request was taken: CleverTap stored none of it. Its events are
+    not sent (not of unknown outcome, which would never send them again)."""
+    events = [
+        {**TRACK_EVENT, "messageId": f"m{n}", "userId": f"u{n}", "properties": {"n": n}}
+        for n in range(5)
+    ]
+    first, second, server = refused_then_resumed(tmp_path, settings, events, answers)
+    assert_accounted(first)
+    assert first.failed == Counter({"interrupted": 5})
+    assert (second.read, second.accepted, second.failed.total()) == (5, 5, 0)
+    assert sorted(server.stored) == [0, 1, 2, 3, 4]  # each once
+
+
+def test_a_401_after_an_attempt_that_may_have_stored_leaves_the_outcome_unknown(
+    tmp_path: Path, settings: ClientSettings
+) -> None:
+    """A 500 (stored, for all anyone knows) then a 401 on the retry: the records may be in
+    CleverTap. Profiles are safe to send again, and are; nothing is called unsent."""
+    first, second, server = refused_then_resumed(
+        tmp_path, settings, [identify(f"u{n}") for n in range(5)], [500, 401]
+    )
+    assert first.failed == Counter({"aborted": 5})
+    assert second.accepted == 5 and second.routine[Routine.RESENT] == 5
+    assert sorted(server.stored) == sorted([f"u{n}" for n in range(5)] * 2)
 
 
 def test_one_run_at_a_time(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from ctsync.batching import Batch, Lane, Planner
-from ctsync.errors import DiskFull, OutputError
+from ctsync.errors import AuthError, DiskFull, OutputError
 from ctsync.ledger import DISK_FULL, OUTPUT_FAILED
 from ctsync.model import Request, Sender, Verdict
 from ctsync.prepare import OpKind
@@ -32,6 +32,14 @@ INTERRUPTED = Verdict(
     "not sent: the run was interrupted before this record's batch went out",
     Stage.TRANSPORT,
 )
+
+
+def _refused(batch: Batch, exc: BaseException) -> None:
+    """A batch whose request CleverTap refused with 401 before it could store any of it
+    was not sent: `give_up` settles it so, and the state file keeps it for the next run
+    to send (not as an unknown outcome, which would never send its events)."""
+    if isinstance(exc, AuthError) and exc.stored_nothing:
+        batch.sent = False
 
 
 @runtime_checkable
@@ -164,6 +172,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
+            _refused(batch, exc)
             control.fail(exc)
         finally:
             self._changed.set()  # answered, or failed: `until` looks again
@@ -172,6 +181,7 @@ class Dispatcher:
         """Send a lane's batches one at a time, in order: the next only after the final
         answer to the one before, so a retried request never lands after a later one."""
         control = self._control
+        batch: Batch | None = None
         try:
             while lane.queue and not control.stopping and control.fatal is None:
                 batch = lane.queue[0]
@@ -187,6 +197,8 @@ class Dispatcher:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # AuthError, a state file that cannot be written, a bug
+            if batch is not None:
+                _refused(batch, exc)
             control.fail(exc)  # the reader raises it: never a silent hang
         finally:
             lane.busy = False
