@@ -604,6 +604,11 @@ def upload(
         _refuse_named_non_exports(err, paths)
         if STDIN in paths and sys.stdin is None:  # `ctsync upload - <&-`
             raise UsageError("standard input is closed: give a file path, or pipe data in")
+        if STDIN in paths and mapping == STDIN:  # the mapping would take all of it
+            raise UsageError(
+                "--mapping - and the input both read standard input: save the mapping to a "
+                "file (ctsync mappings show > mapping.json) and give --mapping mapping.json"
+            )
         reads_terminal = STDIN in paths and _stdin_is_terminal()
         limit = parse_concurrency(concurrency)
         client = _client_settings(ctx, err, connection, limit, outputs.dry_run)

@@ -103,11 +103,13 @@ class Inputs:
     skipped: list[SkippedFile] = field(default_factory=list)
     passed_over: int = 0
 
-    def notes(self, limit: int = 20) -> list[str]:
-        """The skipped files as summary notes; at most `limit`, then a count."""
+    def notes(self, limit: int = 10) -> list[str]:
+        """The skipped files as summary notes: each, or past `limit` their count first,
+        then the first `limit` (the summary shows 20 notes at most: a count after them
+        was hidden, and 60 files skipped read as "... and 2 more notes")."""
         notes = [f"{s.name}: skipped, {s.reason}" for s in self.skipped[:limit]]
         if len(self.skipped) > limit:
-            notes.append(f"... and {len(self.skipped) - limit:,} more files skipped")
+            notes.insert(0, f"{len(self.skipped):,} files skipped; the first {limit} follow")
         if self.passed_over:
             files = "1 file" if self.passed_over == 1 else f"{self.passed_over:,} files"
             notes.append(

@@ -191,6 +191,39 @@ def test_a_file_named_twice_is_refused_before_anything_is_touched(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.ndjson", "link.ndjson"]
 
 
+@pytest.mark.parametrize("paths", [[], ["-"]])
+def test_a_mapping_and_the_input_both_on_stdin_are_refused(paths: list[str]) -> None:
+    """`ctsync mappings show | ctsync upload --mapping -` read the mapping and then an
+    empty input: 0 records, exit 0, nothing said."""
+    mapping = runner.invoke(app, ["mappings", "show"]).stdout
+    result = runner.invoke(
+        app, ["upload", *paths, "--mapping", "-", "--dry-run"], input=mapping, env=clean_env()
+    )
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("ctsync: --mapping - and the input both read standard input")
+
+
+@pytest.mark.parametrize("files", [9, 10, 11, 60])
+def test_files_skipped_in_a_folder_are_counted_whatever_their_number(
+    tmp_path: Path, files: int
+) -> None:
+    """60 CSVs beside an export said "... and 2 more notes": the count of files skipped
+    was itself hidden by the summary's cut at 20 notes."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for n in range(files):
+        (folder / f"f{n:02}.csv").write_text("a,b\n1,2\n")
+    ndjson(folder / "good.ndjson", TRACK)
+    result = runner.invoke(app, ["upload", str(folder), "--dry-run", "--json"], env=clean_env())
+    notes = orjson.loads(result.stdout)["notes"]
+    named = [note for note in notes if re.match(r".*f\d\d\.csv: skipped", note)]
+    assert len(named) == min(files, 10)
+    if files > 10:
+        assert notes[0] == f"{files} files skipped; the first 10 follow"
+    assert not any("more notes" in note for note in notes)
+
+
 # -- the plain progress line ------------------------------------------------------------
 
 counts = st.integers(0, 10_000_000)
