@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import itertools
 import os
@@ -56,6 +57,15 @@ def main() -> None:
     except Terminated:
         _say("ctsync: stopped by SIGTERM; nothing was sent")
         sys.exit(143)  # ExitCode.TERMINATED
+    except OSError as exc:
+        if exc.errno not in _NO_ROOM:
+            sys.exit(crash(exc))
+        # What a command prints (`ctsync mappings show > FILE`) on a full disk: not a
+        # bug. A run's own files say which they are where they are written.
+        where = exc.filename or "standard output"
+        _say(f"ctsync: cannot write {where}: the disk is full ({exc.strerror})")
+        _drop_stdout()  # its last flush, at exit, would fail again
+        sys.exit(2)  # ExitCode.USAGE
     except Exception as exc:  # the last resort: a bug, never a person's mistake
         sys.exit(crash(exc))
     finally:
@@ -64,6 +74,18 @@ def main() -> None:
             # status) of any signal it handles, but leaves ignored ones ignored.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _drop_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no stdout to speak of
+        pass
 
 
 def _run_cli() -> None:

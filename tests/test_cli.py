@@ -26,6 +26,7 @@ from pytest_httpx import HTTPXMock
 from typer.testing import CliRunner
 
 from ctsync.cli import app
+from ctsync.sandbox import SandboxStore
 from ctsync.settings import Secret
 from tests.helpers import (
     ACCOUNT_ID,
@@ -245,6 +246,35 @@ def test_a_full_disk_is_one_line_and_exit_2(tmp_path: Path, option: str, what: s
     assert_exit(result, 2)
     assert f"/dev/full: cannot write the {what} (No space left on device)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@needs_dev_full
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["mappings", "show"],
+        ["mappings", "check", "{mapping}", "{export}"],
+        ["sandbox", "show", "--db", "{db}"],
+    ],
+)
+def test_a_command_s_output_on_a_full_disk_is_one_line_and_exit_2(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """What a command prints, redirected to a full disk, was called a bug (exit 70)."""
+    names = {
+        "mapping": tmp_path / "m.json",
+        "export": tmp_path / "e.ndjson",
+        "db": tmp_path / "sandbox.db",
+    }
+    names["mapping"].write_bytes(ctsync("mappings", "show").stdout)
+    names["export"].write_bytes(b'{"type": "identify", "userId": "u1"}\n')
+    SandboxStore.open(names["db"]).close()  # an empty sandbox database
+    with DEV_FULL.open("wb") as full:
+        result = ctsync(*(part.format(**names) for part in command), stdout=full.fileno())
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        "ctsync: cannot write standard output: the disk is full (No space left on device)"
+    ]
 
 
 @needs_dev_full
