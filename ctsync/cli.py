@@ -732,7 +732,19 @@ def _refuse_named_non_exports(err: Console, paths: list[str]) -> None:
         if reason is None or reason == "empty":
             continue
         head = _head(path)
-        if head is None or any(row.lstrip()[:1] in (b"{", b"[") for row in head.splitlines()):
+        if head is None:
+            continue
+        packed = _compressed(head)
+        if packed is not None:
+            lines.append(
+                f"{name}: not a Segment export: {packed} (ctsync reads NDJSON or JSON, plain "
+                "or gzipped: decompress it first)"
+            )
+            continue
+        if _binary(head) and not _any_json_line(head):
+            lines.append(f"{name}: not a Segment export: binary data (ctsync reads NDJSON or JSON)")
+            continue
+        if any(row.lstrip()[:1] in (b"{", b"[") for row in head.splitlines()):
             continue
         looks = _looks_like(head, reason)
         if looks is not None:
@@ -754,6 +766,48 @@ def _head(path: Path) -> bytes | None:
     except (OSError, EOFError, zlib.error):
         return None
     return head
+
+
+_PACKED = (
+    (b"\x1f\x8b", "gzip data inside gzip"),
+    (b"\xfd7zXZ\x00", "xz data"),
+    (b"BZh", "bzip2 data"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x28\xb5\x2f\xfd", "zstd data"),
+)
+
+
+def _compressed(head: bytes) -> str | None:
+    """The compression `head` (gunzipped once) starts with, if any: no export starts so
+    (JSON starts with a brace, a bracket or blank)."""
+    for magic, kind in _PACKED:
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def _binary(head: bytes) -> bool:
+    """Whether `head` is not text: a NUL byte, or bytes that are not UTF-8 (a character
+    cut at the end of the head aside)."""
+    if b"\x00" in head:
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start < len(head) - 3
+    return False
+
+
+def _any_json_line(head: bytes) -> bool:
+    """Whether a whole line of `head` is a JSON object or array: a damaged export (a line
+    of binary garbage among its messages) is still read, its bad lines invalid records."""
+    for row in head.splitlines()[:-1]:  # the last may be cut at the head's end
+        try:
+            if isinstance(orjson.loads(row), dict | list):
+                return True
+        except orjson.JSONDecodeError:
+            continue
+    return False
 
 
 def _looks_like(head: bytes, reason: str) -> str | None:

@@ -3,8 +3,13 @@ through the command line (Typer's runner) against what the issue and README prom
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import io
+import lzma
+import random
 import re
+import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,50 @@ def test_a_csv_named_directly_says_what_it_looks_like_one_line_per_file(tmp_path
     assert "'id,name,email'" in lines[0] and "CSV" in lines[0]
     assert lines[1].startswith(f"ctsync: {page}: ") and "HTML" in lines[1]
     assert "invalid" not in result.stderr and "malformed" not in result.stderr
+
+
+def _zipped(data: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("export.ndjson", data)
+    return out.getvalue()
+
+
+EXPORT = orjson.dumps(TRACK) + b"\n"
+# Random bytes with lines that start with a brace: what the old check took for JSON.
+NOISE = bytes(random.Random(7).randrange(256) for _ in range(3000)).replace(b"\n", b"\n{")
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (NOISE, "binary data"),
+        (lzma.compress(EXPORT * 50), "xz data"),
+        (bz2.compress(EXPORT * 50), "bzip2 data"),
+        (_zipped(EXPORT * 50), "a zip archive"),
+        (gzip.compress(gzip.compress(EXPORT * 50)), "gzip data inside gzip"),
+    ],
+)
+def test_binary_and_other_compressions_named_directly_are_refused(
+    tmp_path: Path, content: bytes, says: str
+) -> None:
+    """The README: a file that looks like binary data is refused before anything is
+    read; random bytes were read as 18 invalid records, an xz export as malformed JSON."""
+    path = tmp_path / "export"
+    path.write_bytes(content)
+    result = runner.invoke(app, ["upload", str(path), "--dry-run", "--json"], env=clean_env())
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"ctsync: {path}: not a Segment export: {says} (ctsync reads")
+
+
+def test_an_export_with_a_line_of_binary_garbage_is_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.ndjson"
+    path.write_bytes(b"\x00\xff\xfe\x9c garbage\n" + EXPORT * 3)
+    result = runner.invoke(app, ["upload", str(path), "--dry-run", "--json"], env=clean_env())
+    summary = orjson.loads(result.stdout)
+    assert (summary["read"], summary["invalid"], summary["skipped"]) == (4, 1, 3)
 
 
 def test_a_dead_letter_file_with_a_broken_first_line_is_still_read(tmp_path: Path) -> None:
