@@ -231,6 +231,42 @@ class Stopper(FakeSender):
         return [ACCEPTED] * len(bodies)
 
 
+def test_a_stopped_run_without_state_says_where_it_stopped_reading(tmp_path: Path) -> None:
+    """Its dead letters hold only what it read: re-driving them after Ctrl-C loses the rest
+    unless something says where the reading stopped."""
+    first, second = tmp_path / "a.ndjson", tmp_path / "b.ndjson"
+    write_export(first, range(95))
+    write_export(second, range(95, 100))
+    sender = Stopper(stop_at=1)
+    sender.run = UploadRun(
+        collect_sources([str(first), str(second)]),
+        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
+        sender=sender,
+        ledger=Ledger(),
+        options=RunOptions(batch_size=10, window=2, lanes=1),
+    )
+    summary = asyncio.run(sender.run.run())
+    assert summary.interrupted and 0 < summary.read < 95
+    # Every line a record: the records read are the lines 1 to `read` of the first file.
+    assert summary.note_lines()[0] == (
+        f"the run stopped before the end of its input: {first} was read through line "
+        f"{summary.read}; 1 more input not opened ({second}). What was not read is in "
+        "neither the report nor --failed (--state resumes where a run stops)"
+    )
+
+
+def test_a_stopped_run_with_state_or_a_whole_run_says_nothing_of_reading(
+    tmp_path: Path,
+) -> None:
+    export, state_path = tmp_path / "a.ndjson", tmp_path / "state.db"
+    write_export(export, range(95))
+    stopped = run_with_state(export, state_path, Stopper(stop_at=1))
+    whole = run_with_state(export, tmp_path / "other.db", Stopper())
+    assert stopped.interrupted and not whole.interrupted
+    for summary in (stopped, whole):
+        assert not [note for note in summary.note_lines() if "stopped before" in note]
+
+
 def run_with_state(export: Path, state_path: Path, sender: Stopper) -> Summary:
     state = StateFile(state_path)
     try:

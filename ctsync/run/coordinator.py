@@ -30,7 +30,7 @@ from ctsync.dedupe import MessageIds
 from ctsync.ledger import Ledger, Summary
 from ctsync.model import Sender
 from ctsync.prepare import ValidateMode, Validator
-from ctsync.reader import Block, InputRecord, Source
+from ctsync.reader import STDIN, Block, InputRecord, Source
 from ctsync.records import Mapper
 from ctsync.run.accounts import Accounts
 from ctsync.run.checkpoint import Checkpointer
@@ -92,6 +92,7 @@ class UploadRun:
         self._ledger = ledger
         self._options = options
         self._observer = observer
+        self._resumable = state is not None
         self._control = control = Control(ledger)
         planner = Planner(lanes=options.lanes, batch_size=options.batch_size)
         if workers is not None:  # records' lines come back only if the ledger writes them
@@ -357,6 +358,8 @@ class UploadRun:
         self._checkpointer.checkpoint()
 
     def _notes(self) -> None:
+        if self.summary.interrupted and not self._resumable:
+            self._unread_note()
         resumed = self._intake.resumed
         done, resent, unknown = (resumed[k] for k in ("done", "resent", "unknown"))
         # Routine for a resumed run: counted after the notes that need reading.
@@ -368,6 +371,28 @@ class UploadRun:
                 "stored already; they were not sent again (outcome-unknown in the report)"
             )
         resumed.clear()
+
+    def _unread_note(self) -> None:
+        """What a stopped run did not read, for a run without --state: its dead letters
+        hold only what it read, and nothing else says where it stopped."""
+        current, later = self._feed.unread()
+        if current is None and not later:
+            return
+        parts = []
+        if current is not None:
+            where = "standard input" if current == STDIN else current
+            intake = self._intake
+            line = intake.last_line if intake.source == current else 0
+            parts.append(
+                f"{where} was read through line {line:,}" if line else f"{where} was not read"
+            )
+        if later:
+            more = f"{len(later):,} more inputs" if len(later) > 1 else "1 more input"
+            parts.append(f"{more} not opened ({later[0]}{', ...' if len(later) > 1 else ''})")
+        self.summary.notes.append(
+            f"the run stopped before the end of its input: {'; '.join(parts)}. What was not "
+            "read is in neither the report nor --failed (--state resumes where a run stops)"
+        )
 
     def _notify(self) -> None:
         if self._observer is not None:

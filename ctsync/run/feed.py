@@ -47,6 +47,8 @@ class Feed:
         self._index = -1  # of the source opened last (or being opened)
         self._opens_slowly: dict[int, bool] = {}  # by source index (`_opening_may_wait`)
         self._consumed_before = 0  # bytes of the sources already finished
+        self.read_all = False  # every source was read to its end
+        self._reading: str | None = None  # a source opened and not read to its end
 
     @property
     def consumed(self) -> int:
@@ -81,6 +83,7 @@ class Feed:
                 yield InputRecord(Origin(source.name, 0), None, None, unreadable), None
                 continue
             self._current = opened
+            self._reading = source.name
             if not source.grows:
                 self._objects.add(source.name)
             try:
@@ -90,8 +93,17 @@ class Feed:
                 self._consumed_before += opened.consumed
                 self._current = None
                 opened.close()
+            self._reading = None  # read to its end (a stop leaves it named)
             if progress is not None:
                 yield partial(self._finished, source.name, progress), None
+        self.read_all = True
+
+    def unread(self) -> tuple[str | None, list[str]]:
+        """After a stop: the input being read when it came (None when it came between
+        two), and the inputs not opened yet."""
+        if self.read_all:
+            return None, []
+        return self._reading, [source.name for source in self._sources[self._index + 1 :]]
 
     def ahead(self) -> int:
         """Bytes of the input being read known to follow what was read (of a file; in

@@ -99,9 +99,15 @@ class Intake:
         self._again: RecordStage | None = None
         self._gap = False  # positions were passed over since the last operation planned
         self._source: str | None = None  # the source of the last results taken
+        self.last_line = 0  # of the last result taken (its line, or element, in `_source`)
         self.taken = 0  # records taken
         self._look_at = YIELD_EVERY  # ... when the pace is next asked for
         self.resumed: Counter[str] = Counter()  # done / resent / unknown, for the notes
+
+    @property
+    def source(self) -> str | None:
+        """The source of the last results taken."""
+        return self._source
 
     async def take(
         self, source: str, progress: Progress | None, results: list[Result], settled: bool
@@ -176,7 +182,10 @@ class Intake:
             else:
                 control.check()
             if control.stopping:  # after the take: no record read is left unaccounted
+                self.last_line = line
                 return
+        if results:
+            self.last_line = results[-1][0]
         if whole:
             self._look_at = self.taken + YIELD_EVERY
             await self._pace()
