@@ -4,6 +4,7 @@ then the state file's contract position by position (`ctsync.state`)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import re
@@ -172,6 +173,56 @@ def test_a_401_after_an_attempt_that_may_have_stored_leaves_the_outcome_unknown(
     assert first.failed == Counter({"aborted": 5})
     assert second.accepted == 5 and second.routine[Routine.RESENT] == 5
     assert sorted(server.stored) == sorted([f"u{n}" for n in range(5)] * 2)
+
+
+@pytest.mark.parametrize("fills_after", [0, 1, 2, 3, 5])
+def test_records_counted_after_the_last_checkpoint_of_a_full_disk_are_counted_once(
+    tmp_path: Path, settings: ClientSettings, monkeypatch: pytest.MonkeyPatch, fills_after: int
+) -> None:
+    """The report's disk fills: the state stays at its last checkpoint, and the run that
+    resumes reads again what was read after it. Found by an adversarial loop: 3,000
+    invalid records were counted 3,000 times by the stopped run and again by the next.
+    The README: the skipped and invalid counts of a stopped run and of the run that
+    resumes it add up to the input's."""
+    export, state, report = tmp_path / "e.ndjson", tmp_path / "state.db", tmp_path / "r.ndjson"
+    good = [orjson.dumps(identify(f"u{n}")) for n in range(40)]
+    track = orjson.dumps({**TRACK_EVENT, "userId": "t"})  # skipped by the actions preset
+    lines = [*good[:20], *[b"not json %d" % n for n in range(300)], *[track] * 50, *good[20:]]
+    export.write_bytes(b"\n".join(lines) + b"\n")
+    flushes = 0
+    write = Output.flush
+
+    def fills_up(self: Output) -> None:
+        nonlocal flushes
+        if self.name == str(report):
+            flushes += 1
+            if flushes > fills_after and full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        write(self)
+
+    monkeypatch.setattr(Output, "flush", fills_up)
+    job = api.UploadJob(
+        paths=[str(export)],
+        client=settings,
+        state=state,
+        run=RunOptions(batch_size=10),
+        outputs=api.Outputs(report=report),
+    )
+    server = CleverTap()
+    full = True
+    with pytest.raises(DiskFull) as stopped:
+        api.upload(job, transport=server.transport())
+    first = stopped.value.summary
+    assert first is not None
+    full = False
+    second = api.upload(job, transport=server.transport())
+    for summary in (first, second):
+        assert_accounted(summary)
+    assert first.invalid.total() + second.invalid.total() == 300
+    assert first.skipped.total() + second.skipped.total() == 50
+    assert set(server.received) == {f"u{n}" for n in range(40)}
+    reported = [orjson.loads(line)["line"] for line in report.read_bytes().splitlines()]
+    assert sorted(reported) == list(range(21, 321))  # each invalid line once
 
 
 def test_one_run_at_a_time(tmp_path: Path) -> None:

@@ -26,6 +26,28 @@ class Checkpointer:
         self._dispatcher = dispatcher
         self._accounts = accounts
         self._control = control
+        summary = accounts.ledger.summary
+        # The skipped and invalid counts as of the last checkpoint written (`unsettle`).
+        self._settled = (summary.skipped.copy(), summary.invalid.copy())
+
+    def unsettle(self) -> int:
+        """After a stop on a file that could not be written (the state, or an output it
+        commits): the records counted skipped or invalid since the last checkpoint are
+        not settled (the state does not say they were read, their report lines may be
+        missing), and the run that resumes reads and counts them again. Taken out of
+        those counts here; how many (the caller counts them failed, as the records not
+        sent), so that the two runs' counts add up to the input's."""
+        summary = self._accounts.ledger.summary
+        moved = 0
+        for counts, before in zip((summary.skipped, summary.invalid), self._settled, strict=True):
+            for reason, count in list(counts.items()):
+                extra = count - before.get(reason, 0)
+                if extra > 0:
+                    moved += extra
+                    counts[reason] -= extra
+                    if not counts[reason]:
+                        del counts[reason]
+        return moved
 
     def checkpoint(self) -> None:
         """Write each input's progress to the state file (with --state), and with it the
@@ -62,6 +84,7 @@ class Checkpointer:
         self._state.checkpoint(
             [(progress, live[name]) for name, progress in inputs.items()], ledger.lengths()
         )
+        self._settled = (ledger.summary.skipped.copy(), ledger.summary.invalid.copy())
         for name, progress in list(inputs.items()):
             if progress.finished_reading and not (live[name].batches or live[name].spans):
                 del inputs[name]

@@ -27,7 +27,8 @@ from typing import IO, Any, Protocol
 
 from ctsync.batching import Planner
 from ctsync.dedupe import MessageIds
-from ctsync.ledger import Ledger, Summary
+from ctsync.errors import DiskFull, OutputError
+from ctsync.ledger import DISK_FULL, OUTPUT_FAILED, Ledger, Summary
 from ctsync.model import Sender
 from ctsync.prepare import ValidateMode, Validator
 from ctsync.reader import STDIN, Block, InputRecord, Source
@@ -203,6 +204,7 @@ class UploadRun:
             summary.requests = self._sender.requests
             summary.retries = self._sender.retries
             summary.interrupted = summary.interrupted or control.stopping
+            self._unsettle()
             self._checkpoint()
             self._notes()
             self._notify()
@@ -356,6 +358,18 @@ class UploadRun:
 
     def _checkpoint(self) -> None:
         self._checkpointer.checkpoint()
+
+    def _unsettle(self) -> None:
+        """A run with --state stopped by a file it could not write: what it counted
+        skipped or invalid after its last checkpoint is read again by the next run;
+        counted here as failed, with the records not sent, for the same reason."""
+        cause = self._control.fatal or self._ledger.output_error
+        if not self._resumable or not isinstance(cause, OutputError):
+            return
+        code = DISK_FULL if isinstance(cause, DiskFull) else OUTPUT_FAILED
+        moved = self._checkpointer.unsettle()
+        if moved:
+            self.summary.failed[code] += moved
 
     def _notes(self) -> None:
         if self.summary.interrupted and not self._resumable:
