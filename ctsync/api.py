@@ -256,9 +256,22 @@ def upload(
             # Tokens not sent and dates left as text lead the notes: they change the data.
             summary.notes[:0] = mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
             summary.notes += window_notes(counters.untimed.total())
+            summary.notes += _connection_notes(summary, job.client)
             return summary
 
         return asyncio.run(_with_sender(job.client, requests, transport, go, ledger.summary))
+
+
+def _connection_notes(summary: Summary, client: ClientSettings | None) -> list[str]:
+    """Records that never reached CleverTap: where the run tried to send them (the table
+    says only `connection`; why is in the report, when there is one)."""
+    failed = summary.failed.get("connection", 0)
+    if not failed or client is None:
+        return []
+    return [
+        f"{failed:,} records could not be sent: no connection to {client.base_url} after "
+        "every retry; check --region (or --endpoint) and the network"
+    ]
 
 
 def _message_ids(options: RunOptions, state: StateFile | None) -> MessageIds | None:

@@ -7,14 +7,19 @@ from __future__ import annotations
 import gzip
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from ctsync import api
 from ctsync.cli import app
 from ctsync.ledger import Summary
+from ctsync.presets import Preset
+from ctsync.settings import ClientSettings
 from ctsync.summary import Routine
 from tests.helpers import clean_env
 
@@ -94,3 +99,46 @@ def test_dropped_tokens_lead_many_skipped_files(tmp_path: Path) -> None:
     assert shown[0].startswith("1 device tokens were not sent"), shown
     assert shown[1] == "25 files skipped; the first 10 follow"
     assert len(shown) == 12 and not any("more notes" in note for note in shown)
+
+
+def _upload(tmp_path: Path, settings: ClientSettings, answer: Any, messages: list[Any]) -> Summary:
+    export = tmp_path / "e.ndjson"
+    export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in messages))
+    job = api.UploadJob(paths=[str(export)], client=settings, preset=Preset.CLASSIC)
+    return api.upload(job, transport=httpx.MockTransport(answer))
+
+
+EVENTS = [
+    {"type": "track", "userId": f"u{n}", "event": "Clicked", "timestamp": "2024-05-01T09:00:00Z"}
+    for n in range(3)
+]
+
+
+def test_records_that_never_connected_name_where_the_run_tried(
+    tmp_path: Path, settings: ClientSettings
+) -> None:
+    """The table said only `failed 3 | connection: 3`; why was in the report, if any."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("All connection attempts failed", request=request)
+
+    summary = _upload(tmp_path, settings, refuse, EVENTS)
+    assert summary.failed == Counter({"connection": 3})
+    assert (
+        f"3 records could not be sent: no connection to {settings.base_url} after every "
+        "retry; check --region (or --endpoint) and the network"
+    ) in summary.note_lines()
+
+
+def test_records_of_unknown_outcome_are_noted_in_the_run_that_lost_their_answer(
+    tmp_path: Path, settings: ClientSettings
+) -> None:
+    """The README lists them among the notes; only a resumed run's were noted."""
+
+    def stored_then_failed(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, json={"status": "fail", "error": "internal"})
+
+    summary = _upload(tmp_path, settings, stored_then_failed, EVENTS)
+    assert summary.failed == Counter({"outcome-unknown": 3})
+    (note,) = [line for line in summary.note_lines() if "may or may not be stored" in line]
+    assert note.startswith("3 records may or may not be stored: their request went out")

@@ -29,7 +29,7 @@ from ctsync.batching import Planner
 from ctsync.dedupe import MessageIds
 from ctsync.errors import DiskFull, OutputError
 from ctsync.ledger import DISK_FULL, OUTPUT_FAILED, Ledger, Summary
-from ctsync.model import Sender
+from ctsync.model import UNKNOWN, Sender
 from ctsync.prepare import ValidateMode, Validator
 from ctsync.reader import STDIN, Block, InputRecord, Source
 from ctsync.records import Mapper
@@ -383,6 +383,13 @@ class UploadRun:
             self.summary.notes.append(
                 f"{unknown:,} records were on the wire when an earlier run stopped and may be "
                 "stored already; they were not sent again (outcome-unknown in the report)"
+            )
+        lost = self.summary.failed.get(UNKNOWN, 0) - unknown  # answers this run lost
+        if lost > 0:
+            self.summary.notes.append(
+                f"{lost:,} records may or may not be stored: their request went out and its "
+                "answer was lost or failed (outcome-unknown in the report); events are not "
+                "sent again, so that none is stored twice (--retry-unknown sends them again)"
             )
         resumed.clear()
 
