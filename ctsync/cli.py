@@ -604,6 +604,11 @@ def upload(
         _refuse_named_non_exports(err, paths)
         if STDIN in paths and sys.stdin is None:  # `ctsync upload - <&-`
             raise UsageError("standard input is closed: give a file path, or pipe data in")
+        if mapping is not None and _from_command_line(ctx, "preset"):
+            raise UsageError(
+                "--mapping replaces the preset: give --preset or --mapping, not both (a "
+                "preset as a mapping file to start from: ctsync mappings show --preset NAME)"
+            )
         if STDIN in paths and mapping == STDIN:  # the mapping would take all of it
             raise UsageError(
                 "--mapping - and the input both read standard input: save the mapping to a "
@@ -974,11 +979,12 @@ def _confirm_delete(
     )
     try:
         answer = _ask("Delete them? [y/N]: ")
-    except KeyboardInterrupt:
-        answer = None
-    if answer is None:  # Ctrl-C or Ctrl-D at the question
+    except KeyboardInterrupt:  # Ctrl-C at the question: as anywhere else
         err.print("\nctsync: interrupted; nothing deleted", highlight=False)
         raise typer.Exit(ExitCode.INTERRUPTED) from None
+    if answer is None:  # Ctrl-D: no answer, so not a yes
+        err.print()
+        answer = ""
     if answer.strip().lower() not in ("y", "yes"):
         err.print("ctsync: nothing deleted", highlight=False)
         raise typer.Exit(ExitCode.INCOMPLETE)

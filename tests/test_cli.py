@@ -1003,6 +1003,12 @@ def test_delete_at_a_terminal_says_how_many_and_asks(tmp_path: Path) -> None:
         assert stopped.wait() == 130
         assert "nothing deleted" in stopped.screen() and "Traceback" not in stopped.screen()
         assert sum(sandbox.stats().requests_by_status.values()) == 0
+        ended = Terminal("delete", "--from", str(ids), "--endpoint", sandbox.url, env=env)
+        ended.expect("Delete them? [y/N]")
+        ended.type(b"\x04")  # Ctrl-D: no answer is not a yes (README: exit 1)
+        assert ended.wait() == 1
+        assert "ctsync: nothing deleted" in ended.screen() and "interrupted" not in ended.screen()
+        assert sum(sandbox.stats().requests_by_status.values()) == 0
         yes = Terminal("delete", "--from", str(ids), "--endpoint", sandbox.url, env=env)
         yes.expect("Delete them? [y/N]")
         yes.type(b"y\n")

@@ -273,6 +273,20 @@ def test_files_skipped_in_a_folder_are_counted_whatever_their_number(
     assert not any("more notes" in note for note in notes)
 
 
+def test_a_preset_and_a_mapping_file_together_are_refused(tmp_path: Path) -> None:
+    """The mapping file replaces the preset: `--preset classic --mapping m.json` ran the
+    mapping file and said nothing of the preset given."""
+    mapping = tmp_path / "m.json"
+    mapping.write_text(runner.invoke(app, ["mappings", "show"]).stdout)
+    export = ndjson(tmp_path / "e.ndjson", TRACK)
+    given_ = ["upload", str(export), "--dry-run", "--mapping", str(mapping)]
+    result = runner.invoke(app, [*given_, "--preset", "classic"], env=clean_env())
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("ctsync: --mapping replaces the preset: give --preset or --mapping")
+    assert runner.invoke(app, given_, env=clean_env()).exit_code == 0  # the mapping alone
+
+
 # -- the plain progress line ------------------------------------------------------------
 
 counts = st.integers(0, 10_000_000)
