@@ -438,7 +438,12 @@ def _refuse_shared_files(
         ("--output", outputs.requests),
         ("--state", state),
     ]
-    files = [(option, path) for option, path in named if path is not None and str(path) != "-"]
+    # A device (/dev/null, /dev/stderr) is no file to cut back or to read again.
+    files = [
+        (option, path)
+        for option, path in named
+        if path is not None and str(path) != "-" and (path.is_file() or not path.exists())
+    ]
     for at, (option, path) in enumerate(files):
         for other, earlier in files[:at]:
             if _same_file(path, earlier):

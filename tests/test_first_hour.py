@@ -7,6 +7,7 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import random
 import re
 import zipfile
@@ -238,6 +239,20 @@ def test_a_file_named_twice_is_refused_before_anything_is_touched(
     assert line.startswith("ctsync: ") and says.format(**names) in line
     assert export.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.ndjson", "link.ndjson"]
+
+
+def test_outputs_sent_to_one_device_are_not_one_file(tmp_path: Path) -> None:
+    export = ndjson(tmp_path / "e.ndjson", TRACK, {**TRACK, "userId": ""})
+    result = runner.invoke(
+        app,
+        [
+            *("upload", str(export), "--dry-run", "--json", "--preset", "classic"),
+            *("--report", os.devnull, "--failed", os.devnull),
+        ],
+        env=clean_env(),
+    )
+    assert result.exit_code == 1, result.output  # one invalid record: not complete
+    assert orjson.loads(result.stdout)["invalid"] == 1
 
 
 @pytest.mark.parametrize("paths", [[], ["-"]])
