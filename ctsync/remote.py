@@ -115,19 +115,22 @@ def open_store(scheme: str, bucket: str, options: InputOptions) -> ObjectStore:
         try:
             importlib.import_module("boto3")
         except ImportError:
-            raise UsageError(_missing_extra("s3", "boto3")) from None
+            raise UsageError(_missing_extra("s3", "s3", "boto3")) from None
         return S3Store(bucket, options.s3_endpoint_url)
     if scheme == "gs":
         try:
             importlib.import_module("google.cloud.storage")
         except ImportError:
-            raise UsageError(_missing_extra("gcs", "google-cloud-storage")) from None
+            raise UsageError(_missing_extra("gs", "gcs", "google-cloud-storage")) from None
         return GCSStore(bucket)
     raise UsageError(f"{scheme}://: not a bucket scheme (use s3:// or gs://)")
 
 
-def _missing_extra(extra: str, package: str) -> str:
-    return f"{extra}:// paths need {package}, which is not installed: pip install 'ctsync[{extra}]'"
+def _missing_extra(scheme: str, extra: str, package: str) -> str:
+    """What to install for a bucket scheme (from a checkout: pip install -e '.[EXTRA]')."""
+    return (
+        f"{scheme}:// paths need {package}, which is not installed: pip install 'ctsync[{extra}]'"
+    )
 
 
 # -- S3 -----------------------------------------------------------------------------

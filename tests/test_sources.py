@@ -3,13 +3,20 @@ a bucket object through its store."""
 
 from __future__ import annotations
 
+import importlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from ctsync.errors import UsageError
+from ctsync.remote import open_store
 from ctsync.sources import (
     STDIN,
     BucketObject,
+    InputOptions,
     LocalFile,
     ObjectInfo,
     ObjectReader,
@@ -84,3 +91,32 @@ def test_a_bucket_object_opens_through_its_store_and_is_written_whole() -> None:
     assert source.key == "day/k.gz"
     assert source.state_key == "s3://b/day/k.gz"
     assert source.resumable and not source.grows
+
+
+@pytest.mark.parametrize(
+    ("scheme", "module", "says"),
+    [
+        ("s3", "boto3", "s3:// paths need boto3, which is not installed: pip install 'ctsync[s3]'"),
+        (
+            "gs",
+            "google.cloud.storage",
+            "gs:// paths need google-cloud-storage, which is not installed: "
+            "pip install 'ctsync[gcs]'",
+        ),
+    ],
+)
+def test_a_bucket_without_its_extra_names_the_scheme_and_the_extra(
+    monkeypatch: pytest.MonkeyPatch, scheme: str, module: str, says: str
+) -> None:
+    """The gs:// message said `gcs:// paths`, a scheme ctsync does not take."""
+    real = importlib.import_module
+
+    def missing(name: str, package: str | None = None) -> Any:
+        if name == module:
+            raise ImportError(name)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(UsageError) as refused:
+        open_store(scheme, "bucket", InputOptions())
+    assert str(refused.value) == says
