@@ -302,6 +302,22 @@ def test_a_preset_and_a_mapping_file_together_are_refused(tmp_path: Path) -> Non
     assert runner.invoke(app, given_, env=clean_env()).exit_code == 0  # the mapping alone
 
 
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"[]"])
+def test_an_empty_file_named_on_its_own_is_said_empty(tmp_path: Path, content: bytes) -> None:
+    """Read 0 and exit 0 with no word, where the same file in a folder is 'skipped,
+    empty'."""
+    empty = tmp_path / "empty.ndjson"
+    empty.write_bytes(content)
+    export = ndjson(tmp_path / "e.ndjson", TRACK)
+    result = runner.invoke(
+        app, ["upload", str(empty), str(export), "--dry-run", "--json"], env=clean_env()
+    )
+    assert result.exit_code == 0
+    summary = orjson.loads(result.stdout)
+    assert summary["read"] == 1
+    assert summary["notes"] == [f"{empty}: empty; nothing was read"]
+
+
 # -- the plain progress line ------------------------------------------------------------
 
 counts = st.integers(0, 10_000_000)

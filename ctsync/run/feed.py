@@ -11,7 +11,15 @@ from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from functools import partial
 from typing import IO, Any, Generic, TypeAlias, TypeVar
 
-from ctsync.reader import Block, InputRecord, OpenSource, Source, file_kind, read_blocks
+from ctsync.reader import (
+    STDIN,
+    Block,
+    InputRecord,
+    OpenSource,
+    Source,
+    file_kind,
+    read_blocks,
+)
 from ctsync.records import Invalid, Origin, Stage
 from ctsync.sources import LocalFile, StandardInput
 from ctsync.state import Progress, StateFile
@@ -86,14 +94,19 @@ class Feed:
             self._reading = source.name
             if not source.grows:
                 self._objects.add(source.name)
+            nothing = True
             try:
                 for item in read_blocks(opened, block_bytes):
+                    nothing = False
                     yield item, progress
             finally:
                 self._consumed_before += opened.consumed
                 self._current = None
                 opened.close()
             self._reading = None  # read to its end (a stop leaves it named)
+            if nothing and source.name != STDIN:
+                # (a file in a folder is never empty here: skipped when collected)
+                self._summary.notes.append(f"{source.name}: empty; nothing was read")
             if progress is not None:
                 yield partial(self._finished, source.name, progress), None
         self.read_all = True
