@@ -157,15 +157,19 @@ class SandboxStore:
         conn = sqlite3.connect(
             ":memory:" if path is None else str(path), isolation_level=None, timeout=30.0
         )
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if "event_batches" in tables:
+            conn.close()
+            raise sqlite3.DatabaseError("written by an older sandbox, which batched its rows")
+        if tables and not tables & {"events", "profiles"}:  # another program's (a --state)
+            conn.close()
+            raise sqlite3.DatabaseError("it holds other tables: another program's database")
         if path is not None:
             # WAL lets `show` or a test read while the server writes. synchronous=OFF
             # survives the sandbox process being killed (not the machine crashing) and
             # spares an fsync per checkpoint.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=OFF")
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'event_batches'").fetchone():
-            conn.close()
-            raise sqlite3.DatabaseError("written by an older sandbox, which batched its rows")
         conn.executescript(_SCHEMA)
         return cls(conn)
 

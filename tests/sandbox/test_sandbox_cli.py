@@ -225,3 +225,22 @@ def test_a_database_of_the_older_batched_layout_exits_2_naming_it(tmp_path: Path
         assert result.exit_code == 2
         assert "older sandbox" in result.output
         assert "Traceback" not in result.output
+
+
+def test_a_ctsync_state_file_is_not_taken_for_a_sandbox_database(tmp_path: Path) -> None:
+    """`sandbox show --db STATE` printed zeros and added the sandbox's tables to the state
+    file; `sandbox --db STATE` served into it."""
+    from ctsync.state import StateFile
+
+    db = tmp_path / "state.db"
+    StateFile(db).close()
+    with sqlite3.connect(db) as conn:
+        before = sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master"))
+    conn.close()
+    for command in (["show", "--db", str(db)], ["--db", str(db), "--port", "0"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2
+        assert "not a sandbox database (it holds other tables" in result.output
+    with sqlite3.connect(db) as conn:
+        assert sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master")) == before
+    conn.close()
