@@ -10,6 +10,7 @@ mapping file or the events file cannot be used (as for `ctsync upload`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +20,7 @@ import typer
 from typer.core import TyperCommand
 
 from ctsync.errors import ExitCode, UsageError
-from ctsync.mapping.file import MappingError, MappingFile, load_mapping
+from ctsync.mapping.file import MappingError, MappingFile, load_mapping, parse_mapping
 from ctsync.mapping.mapper import build_mapper
 from ctsync.mapping.presets import PresetName, preset_as_mapping
 from ctsync.prepare import unsent
@@ -73,6 +74,17 @@ class _PlainUsage(TyperCommand):
         ]
 
 
+def _stdin_mapping() -> MappingFile:
+    """`ctsync mappings check - EVENTS`: the mapping file from stdin, as `upload --mapping -`
+    reads it (`-` was taken for a file of that name)."""
+    text = sys.stdin.read() if sys.stdin is not None else ""
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise MappingError("-", f"not valid JSON: {error}") from None
+    return parse_mapping(document, "-")
+
+
 @app.command(short_help="Validate a mapping file against sample events.", cls=_PlainUsage)
 def check(
     file: Annotated[Path, typer.Argument(metavar="FILE", hidden=True)],
@@ -83,8 +95,11 @@ def check(
     FILE is the mapping file (JSON); EVENTS, sample Segment messages, one JSON object a
     line (`-` for stdin).
     """
+    if str(file) == "-" and events == "-":
+        typer.echo("error: the mapping file and the events cannot both be stdin", err=True)
+        raise typer.Exit(ExitCode.USAGE)
     try:
-        mapping_file = load_mapping(file)
+        mapping_file = _stdin_mapping() if str(file) == "-" else load_mapping(file)
     except MappingError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(ExitCode.USAGE) from None

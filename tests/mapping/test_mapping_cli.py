@@ -134,3 +134,21 @@ def test_check_reads_events_from_stdin_and_fails_on_bad_lines(tmp_path: Path) ->
     assert result.exit_code == 1
     assert "line 1: fires: (none)" in result.stdout
     assert "line 2: not JSON" in result.stdout
+
+
+def test_check_reads_the_mapping_from_stdin_as_upload_does(tmp_path: Path) -> None:
+    """`ctsync mappings check - EVENTS < m.json` said `-: cannot read: No such file`,
+    though `upload --mapping -` reads stdin."""
+    mapping = json.dumps(preset_as_mapping("classic"))
+    events = tmp_path / "e.ndjson"
+    events.write_text(json.dumps({"type": "identify", "userId": "u1", "traits": {}}) + "\n")
+    from_file = tmp_path / "m.json"
+    from_file.write_text(mapping)
+    read = runner.invoke(app, ["check", "-", str(events)], input=mapping)
+    assert read.exit_code == 0, read.output
+    assert read.stdout.splitlines()[0] == "-: 8 subscriptions, 8 enabled: OK"
+    same = runner.invoke(app, ["check", str(from_file), str(events)])
+    assert read.stdout.splitlines()[1:] == same.stdout.splitlines()[1:]
+    both = runner.invoke(app, ["check", "-", "-"], input=mapping)
+    assert both.exit_code == 2
+    assert "the mapping file and the events cannot both be stdin" in both.stderr
