@@ -222,13 +222,12 @@ def _failed(code: str, message: str, stage: Stage = Stage.TRANSPORT) -> Verdict:
     return Verdict(Outcome.FAILED, code, message, stage)
 
 
+_MAYBE = "; CleverTap may or may not have stored this record"
+_NOT_AGAIN = ", so it was not sent again"
+
+
 def _unknown(why: str) -> Verdict:
-    return Verdict(
-        Outcome.FAILED,
-        UNKNOWN,
-        f"{why}; CleverTap may or may not have stored this record, so it was not sent again",
-        Stage.TRANSPORT,
-    )
+    return Verdict(Outcome.FAILED, UNKNOWN, f"{why}{_MAYBE}{_NOT_AGAIN}", Stage.TRANSPORT)
 
 
 def _json_object(content: bytes) -> dict[str, Any] | None:
@@ -471,11 +470,17 @@ class CleverTapClient:
 
     @staticmethod
     def _gave_up(verdict: Verdict, maybe_stored: bool, attempts: int) -> Verdict:
-        code = UNKNOWN if maybe_stored else verdict.code
+        """A record that was sent again (safe to repeat) until the retries ran out: its
+        last verdict, but not its "not sent again"."""
+        message = verdict.message.removesuffix(_NOT_AGAIN)
+        if maybe_stored and not message.endswith(_MAYBE):  # a 429 last, a 500 before
+            message += _MAYBE
         return Verdict(
             verdict.outcome,
-            code,
-            f"{verdict.message} (gave up after {attempts} attempts)",
+            UNKNOWN if maybe_stored else verdict.code,
+            f"{message} (sent {attempts} times: safe to repeat; gave up)"
+            if maybe_stored
+            else f"{message} (gave up after {attempts} attempts)",
             verdict.stage,
         )
 
