@@ -160,7 +160,14 @@ def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions())
             inputs.sources.append(source)
     # A window that leaves out every file is what was asked for, not a mistaken path.
     if not inputs.sources and not options.allow_empty and not inputs.passed_over:
-        why = f" ({len(inputs.skipped):,} files skipped: not exports)" if inputs.skipped else ""
+        passed = len(inputs.skipped)
+        why = (
+            ""
+            if not passed
+            else " (1 file skipped: not an export)"
+            if passed == 1
+            else f" ({passed:,} files skipped: not exports)"
+        )
         raise UsageError(
             f"no input files in {', '.join(names)}{why}; "
             "pass --allow-empty if an empty input is expected"

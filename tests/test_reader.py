@@ -441,7 +441,7 @@ def test_inputs_without_any_export_are_an_error_unless_allowed(tmp_path: Path) -
     from ctsync.reader import InputOptions
 
     (tmp_path / "_SUCCESS").write_bytes(b"")
-    with pytest.raises(UsageError, match=r"no input files in .*1 files skipped"):
+    with pytest.raises(UsageError, match=r"no input files in .*1 file skipped: not an export"):
         collect_sources([str(tmp_path)])
     assert collect_sources([str(tmp_path)], InputOptions(allow_empty=True)) == []
     # A file named on its own is read whatever it holds (a dead-letter file may start badly).

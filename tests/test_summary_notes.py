@@ -96,7 +96,7 @@ def test_dropped_tokens_lead_many_skipped_files(tmp_path: Path) -> None:
         app, ["upload", str(day), "--dry-run", "--preset", "classic", "--json"], env=clean_env()
     )
     shown = orjson.loads(result.stdout)["notes"]
-    assert shown[0].startswith("1 device tokens were not sent"), shown
+    assert shown[0].startswith("1 device token was not sent"), shown
     assert shown[1] == "25 files skipped; the first 10 follow"
     assert len(shown) == 12 and not any("more notes" in note for note in shown)
 

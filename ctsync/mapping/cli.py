@@ -104,8 +104,9 @@ def check(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(ExitCode.USAGE) from None
     enabled = sum(1 for sub in mapping_file.subscriptions if sub.enabled)
+    count = len(mapping_file.subscriptions)
     typer.echo(
-        f"{mapping_file.source}: {len(mapping_file.subscriptions)} subscriptions, "
+        f"{mapping_file.source}: {count} subscription{'' if count == 1 else 's'}, "
         f"{enabled} enabled: OK"
     )
     if events is None:

@@ -182,7 +182,8 @@ def mapping_notes(dropped: Counter[str], fine_dates: Counter[str]) -> list[str]:
     for reason, why in _TOKEN_NOTES.items():
         count = dropped.get(reason, 0)
         if count:
-            notes.append(f"{count:,} device tokens were not sent: {why} (dropped_values: {reason})")
+            were = "device token was" if count == 1 else "device tokens were"
+            notes.append(f"{count:,} {were} not sent: {why} (dropped_values: {reason})")
     if fine_dates:
         names = ", ".join(f"{name}: {count:,}" for name, count in fine_dates.most_common(5))
         more = f" and {len(fine_dates) - 5} more" if len(fine_dates) > 5 else ""

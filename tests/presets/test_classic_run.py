@@ -150,11 +150,11 @@ def test_tokens_that_cannot_be_sent_are_counted_and_noted_once(tmp_path: Path) -
         "token:not-a-string": 2,
     }
     assert [r["type"] for r in sent_records(requests)] == ["profile"] * 5
-    token_notes = [note for note in summary["notes"] if "device tokens" in note]
+    token_notes = [note for note in summary["notes"] if "device token" in note]
     assert len(token_notes) == 3
     assert token_notes[0].startswith("2 device tokens were not sent")
     assert "anonymousId" in token_notes[0] and "objectId" in token_notes[0]
-    assert token_notes[1].startswith("1 device tokens were not sent")
+    assert token_notes[1].startswith("1 device token was not sent")
     assert token_notes[2].startswith("2 device tokens were not sent: context.device.token is")
 
 
