@@ -269,8 +269,9 @@ def _connection_notes(summary: Summary, client: ClientSettings | None) -> list[s
     if not failed or client is None:
         return []
     return [
-        f"{failed:,} records could not be sent: no connection to {client.base_url} after "
-        "every retry; check --region (or --endpoint) and the network"
+        f"{failed:,} records could not be sent to {client.base_url}: the connection failed "
+        "before their requests were sent, after every retry; check --region (or --endpoint) "
+        "and the network"
     ]
 
 

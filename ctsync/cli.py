@@ -805,14 +805,18 @@ def _binary(head: bytes) -> bool:
 
 def _any_json_line(head: bytes) -> bool:
     """Whether a whole line of `head` is a JSON object or array: a damaged export (a line
-    of binary garbage among its messages) is still read, its bad lines invalid records."""
-    for row in head.splitlines()[:-1]:  # the last may be cut at the head's end
+    of binary garbage among its messages) is still read, its bad lines invalid records.
+    The last line may be cut at the head's end: one that starts as JSON and is a long run
+    of text counts too (no run of random bytes is)."""
+    rows = head.splitlines()
+    for row in rows[:-1]:
         try:
             if isinstance(orjson.loads(row), dict | list):
                 return True
         except orjson.JSONDecodeError:
             continue
-    return False
+    last = rows[-1].lstrip() if len(rows) > 1 else b""
+    return len(last) >= 1024 and last[:1] in (b"{", b"[") and not _binary(last)
 
 
 def _looks_like(head: bytes, reason: str) -> str | None:

@@ -108,6 +108,23 @@ def test_an_export_with_a_line_of_binary_garbage_is_still_read(tmp_path: Path) -
     assert (summary["read"], summary["invalid"], summary["skipped"]) == (4, 1, 3)
 
 
+def test_a_garbage_line_before_a_line_longer_than_the_look_ahead_is_still_read(
+    tmp_path: Path,
+) -> None:
+    """Found by a review: no whole JSON line in the first 64 KiB, the second line being
+    longer (a cut first line from `split -b`, then a big message): not binary data."""
+    big = orjson.dumps({**TRACK, "properties": {"blob": "x" * 70_000}}) + b"\n"
+    path = tmp_path / "chunk.ndjson"
+    path.write_bytes(b"\x00\x9c cut\n" + big + EXPORT * 2)
+    result = runner.invoke(
+        app,
+        ["upload", str(path), "--dry-run", "--json", "--max-line-bytes", "200000"],
+        env=clean_env(),
+    )
+    summary = orjson.loads(result.stdout)
+    assert (summary["read"], summary["invalid"], summary["skipped"]) == (4, 1, 3)
+
+
 def test_a_dead_letter_file_with_a_broken_first_line_is_still_read(tmp_path: Path) -> None:
     failed = tmp_path / "failed.ndjson"
     failed.write_bytes(b"not json at all\n" + orjson.dumps(TRACK) + b"\n")

@@ -125,8 +125,9 @@ def test_records_that_never_connected_name_where_the_run_tried(
     summary = _upload(tmp_path, settings, refuse, EVENTS)
     assert summary.failed == Counter({"connection": 3})
     assert (
-        f"3 records could not be sent: no connection to {settings.base_url} after every "
-        "retry; check --region (or --endpoint) and the network"
+        f"3 records could not be sent to {settings.base_url}: the connection failed before "
+        "their requests were sent, after every retry; check --region (or --endpoint) and the "
+        "network"
     ) in summary.note_lines()
 
 

@@ -27,7 +27,7 @@ from typing import IO, Any, Protocol
 
 from ctsync.batching import Planner
 from ctsync.dedupe import MessageIds
-from ctsync.errors import DiskFull, OutputError
+from ctsync.errors import AuthError, DiskFull, OutputError
 from ctsync.ledger import DISK_FULL, OUTPUT_FAILED, Ledger, Summary
 from ctsync.model import UNKNOWN, Sender
 from ctsync.prepare import ValidateMode, Validator
@@ -193,6 +193,9 @@ class UploadRun:
             if control.stopping:
                 await dispatcher.drain()
             control.check()
+        except AuthError:
+            await dispatcher.refused()
+            raise
         except BaseException:
             await dispatcher.abort()
             raise

@@ -222,6 +222,16 @@ class Dispatcher:
 
     async def drain(self) -> None:
         """After a stop: nothing more is sent; what is in flight may finish."""
+        await self._finish_in_flight()
+        self._control.check()
+
+    async def refused(self) -> None:
+        """After a 401: nothing more is sent, and the requests on the wire get their own
+        answers (a 401 each, with the same credentials): cancelled, their batches would
+        stay of unknown outcome though CleverTap stored none of them."""
+        await self._finish_in_flight()
+
+    async def _finish_in_flight(self) -> None:
         if isinstance(self._sender, WaitsForPermits):
             # Lanes waiting for a permit (the client's limit may be below the lanes, as
             # with --concurrency auto after 429s) have nothing on the wire: they would
@@ -234,7 +244,6 @@ class Dispatcher:
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
         self.give_up()
-        self._control.check()
 
     async def abort(self) -> None:
         """Stop sending; every record without an answer fails, so the counts still add up."""

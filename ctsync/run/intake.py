@@ -184,8 +184,8 @@ class Intake:
             if control.stopping:  # after the take: no record read is left unaccounted
                 self.last_line = line
                 return
-        if results:
-            self.last_line = results[-1][0]
+        if results:  # the block's last line: a BULK result's is its last plain record's
+            self.last_line = max(result[0] for result in results)
         if whole:
             self._look_at = self.taken + YIELD_EVERY
             await self._pace()
