@@ -338,15 +338,7 @@ def test_a_stopped_run_without_state_says_where_it_stopped_reading(tmp_path: Pat
     first, second = tmp_path / "a.ndjson", tmp_path / "b.ndjson"
     write_export(first, range(95))
     write_export(second, range(95, 100))
-    sender = Stopper(stop_at=1)
-    sender.run = UploadRun(
-        collect_sources([str(first), str(second)]),
-        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
-        sender=sender,
-        ledger=Ledger(),
-        options=RunOptions(batch_size=10, window=2, lanes=1),
-    )
-    summary = asyncio.run(sender.run.run())
+    summary = run_to_stopper([first, second], Stopper(stop_at=1))
     assert summary.interrupted and 0 < summary.read < 95
     # Every line a record: the records read are the lines 1 to `read` of the first file.
     assert summary.note_lines()[0] == (
@@ -374,16 +366,8 @@ def test_the_line_a_stopped_run_names_is_the_last_it_read_when_blocks_go_in_bulk
         partial(rules_validator, 100),
         ValidateMode.STRICT,
     )
-    sender = Stopper(stop_at=2)
-    sender.run = UploadRun(
-        collect_sources([str(export)]),
-        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
-        sender=sender,
-        ledger=Ledger(),
-        options=RunOptions(batch_size=10, window=2, lanes=1),
-        workers=Workers(count=1, recipe=recipe, block_bytes=2048, start_after=0),
-    )
-    summary = asyncio.run(sender.run.run())
+    workers = Workers(count=1, recipe=recipe, block_bytes=2048, start_after=0)
+    summary = run_to_stopper([export], Stopper(stop_at=2), workers=workers)
     assert summary.interrupted and 0 < summary.read < 2000
     (note,) = [line for line in summary.note_lines() if "stopped before the end" in line]
     # Every line a record, taken in blocks in order: the records read are lines 1 to read.
@@ -402,18 +386,31 @@ def test_a_stopped_run_with_state_or_a_whole_run_says_nothing_of_reading(
         assert not [note for note in summary.note_lines() if "stopped before" in note]
 
 
+def run_to_stopper(
+    exports: list[Path],
+    sender: Stopper,
+    *,
+    state: StateFile | None = None,
+    workers: Workers | None = None,
+) -> Summary:
+    """A run of the actions preset over `exports` into `sender` (which may stop it): 10
+    records a batch, one lane, at most 2 batches waiting."""
+    sender.run = UploadRun(
+        collect_sources([str(export) for export in exports]),
+        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
+        sender=sender,
+        ledger=Ledger(),
+        options=RunOptions(batch_size=10, window=2, lanes=1),
+        state=state,
+        workers=workers,
+    )
+    return asyncio.run(sender.run.run())
+
+
 def run_with_state(export: Path, state_path: Path, sender: Stopper) -> Summary:
     state = StateFile(state_path)
     try:
-        sender.run = UploadRun(
-            collect_sources([str(export)]),
-            mapper=build_preset(Preset.ACTIONS, MappingOptions()),
-            sender=sender,
-            ledger=Ledger(),
-            options=RunOptions(batch_size=10, window=2, lanes=1),
-            state=state,
-        )
-        return asyncio.run(sender.run.run())
+        return run_to_stopper([export], sender, state=state)
     finally:
         state.close()
 
