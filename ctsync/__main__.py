@@ -64,7 +64,9 @@ def main() -> None:
         # bug. A run's own files say which they are where they are written.
         where = exc.filename or "standard output"
         _say(f"ctsync: cannot write {where}: the disk is full ({exc.strerror})")
-        _drop_stdout()  # its last flush, at exit, would fail again
+        from ctsync.console import quiet_stdout
+
+        quiet_stdout()  # its last flush, at exit, would fail again
         sys.exit(2)  # ExitCode.USAGE
     except Exception as exc:  # the last resort: a bug, never a person's mistake
         sys.exit(crash(exc))
@@ -77,15 +79,6 @@ def main() -> None:
 
 
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-
-
-def _drop_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # no stdout to speak of
-        pass
 
 
 def _run_cli() -> None:

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import gzip
 import inspect
-import os
 import sys
 import zlib
 from collections.abc import Callable, Iterator
@@ -23,7 +22,14 @@ from rich.markup import escape
 from ctsync import __version__, api
 from ctsync.concurrency import AUTO, parse_concurrency
 from ctsync.concurrency import Concurrency as ConcurrencyLimit
-from ctsync.console import PlainProgress, ProgressView, RunView, plural, render_summary
+from ctsync.console import (
+    PlainProgress,
+    ProgressView,
+    RunView,
+    plural,
+    quiet_stdout,
+    render_summary,
+)
 from ctsync.dedupe import DEFAULT_WINDOW_DAYS
 from ctsync.errors import CtsyncError, ExitCode, UsageError
 from ctsync.mapping.cli import app as mappings_app
@@ -1027,19 +1033,12 @@ def _show(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> Non
             )
             sys.stdout.flush()
         except BrokenPipeError:  # `ctsync ... --json | head`: the reader is gone
-            _quiet_stdout()
+            quiet_stdout()
         except OSError as exc:
             err.print(f"[bold red]ctsync:[/] cannot write the summary ({exc.strerror})")
             raise typer.Exit(ExitCode.USAGE) from None
     elif not quiet:
         render_summary(summary, err)
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null, so closing it at exit cannot fail again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ summary (all on stderr)."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -36,6 +37,17 @@ def plain_interval() -> float:
 def plural(count: int, word: str, words: str | None = None) -> str:
     """`1 request`, `2 requests`, `1,000 records`."""
     return f"{count:,} {word if count == 1 else words or word + 's'}"
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null (its reader gone, or its disk full), so that closing it at
+    exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no stdout to speak of
+        pass
 
 
 class RunView:
