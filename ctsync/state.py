@@ -30,8 +30,8 @@ commit survives the process being killed without waiting for the disk.) That is 
 a request, each time with every batch without an answer (tens of thousands of
 positions): a batch's runs go in as it holds them, serialized by orjson in one call,
 with no object per position, and each batch on its way only once (`runs_json`). The
-file is also the lock: a second run on the same state
-file exits at once (flock, released by the kernel even when the holder is killed).
+file is also the lock: a second run on the same state file exits at once (flock,
+released by the kernel even when the holder is killed).
 """
 
 from __future__ import annotations
@@ -442,7 +442,7 @@ class StateFile:
                 progress.fingerprint,
                 progress.fingerprint_len,
                 orjson.dumps(progress.read_through).decode(),
-                b"[%s]" % b",".join(entries),
+                (b"[%s]" % b",".join(entries)).decode(),  # TEXT, as the schema says
                 int(complete),
                 time.time(),
             ),

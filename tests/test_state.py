@@ -670,6 +670,24 @@ def test_a_batch_s_runs_resume_as_spans_in_input_order(tmp_path: Path) -> None:
     ]
 
 
+def test_pending_is_written_as_text_as_the_schema_says(tmp_path: Path) -> None:
+    """Built from bytes since 8259ae4, it went in as a BLOB: what `sqlite3` shows a person
+    reading the state file, and what the TEXT column declares."""
+    export = tmp_path / "a.ndjson"
+    write_export(export, range(3))
+    state = StateFile(tmp_path / "state.db")
+    try:
+        progress = state.open_input(file_source(export))
+        progress.position = (3, 0)
+        state.checkpoint([(progress, Live(batches=[(True, [[(2, 0, 0), (2, 0, 0)]])]))], {})
+    finally:
+        state.close()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        row = db.execute("SELECT typeof(pending), pending FROM inputs").fetchone()
+    db.close()
+    assert row == ("text", "[[1,[[[2,0,0],[2,0,0]]]]]")  # a batch still filling, as it is
+
+
 @pytest.mark.parametrize(
     "text",
     [
