@@ -83,15 +83,93 @@ class InputRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Span:
+    """Where a block's bytes lie in a file that a worker process may read itself: the
+    file at `path` if it is still the one the run opened (`device`, `inode`), `length`
+    bytes from `offset`, holding `lines` line ends, starting with `head` and ending with
+    `tail`. The pipe to a worker then carries a few numbers instead of the bytes."""
+
+    path: str
+    device: int
+    inode: int
+    offset: int
+    length: int
+    lines: int
+    head: bytes
+    tail: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    """A local file as a worker process finds it: by its path, if it is still the file
+    with this device and inode."""
+
+    path: str
+    device: int
+    inode: int
+
+
+SPAN_EDGE = 64
+"""Bytes of a block's start and end a worker compares with what it read (`fetch`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
     """Whole NDJSON lines of one input, to be decoded elsewhere (`--workers`): the
     lines after line `lineno` of `source`, each with its line end, except perhaps the
-    last line of the input. `decode_block` reads them exactly as `read_source` would."""
+    last line of the input. `decode_block` reads them exactly as `read_source` would.
+    `span`: where they lie in a file a worker may read itself (see `Span`)."""
 
     source: str
     lineno: int
     data: bytes
     limit: int
+    span: Span | None = None
+
+    def lean(self) -> Block:
+        """This block as it travels to a worker: its span without its bytes, when it
+        has a span (the worker reads them: `fetch`)."""
+        if self.span is None:
+            return self
+        return Block(self.source, self.lineno, b"", self.limit, self.span)
+
+
+def fetch(block: Block) -> Block | None:
+    """A lean block (`Block.lean`) with its bytes read from its file, or None when they
+    cannot be those the run read (the file was rotated, deleted, cut short, or rewritten
+    with other line ends or other bytes at the block's edges) or cannot be read: the run
+    then prepares the block from its own copy. (A rewrite that keeps all of these is read
+    as rewritten: as if the run had read the file after the change. The bytes are not
+    summed: that costs the run as much as the pipe it saves.)"""
+    span = block.span
+    if span is None or block.data:
+        return block
+    try:
+        fd = os.open(span.path, os.O_RDONLY)
+    except OSError:  # gone since (renamed, deleted)
+        return None
+    try:
+        found = os.fstat(fd)
+        if (found.st_dev, found.st_ino) != (span.device, span.inode):
+            return None  # another file by that name now (a log rotated)
+        data = os.pread(fd, span.length, span.offset)
+        while 0 < len(data) < span.length:  # (a read may return less than asked)
+            more = os.pread(fd, span.length - len(data), span.offset + len(data))
+            if not more:
+                break
+            data += more
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if (
+        len(data) != span.length
+        or not data.startswith(span.head)
+        or not data.endswith(span.tail)
+        or data.count(b"\n") != span.lines
+    ):
+        return None
+    return Block(block.source, block.lineno, data, block.limit)
 
 
 @dataclass(slots=True)
@@ -251,6 +329,29 @@ class OpenSource:
         # Whether a read may wait for a writer (a pipe, a terminal, a socket), and the
         # size of a regular file as it is opened (compressed, for gzip).
         self.may_wait, self.size = file_kind(self._raw)
+        # How a worker process finds this file to read its bytes itself (`Span`): set
+        # once the content shows it is not gzip, for a regular local file.
+        self._file: File | None = None
+
+    def position(self) -> tuple[File, int] | None:
+        """(how a worker finds this very file, the offset of the next byte this reads),
+        for a regular local file that is not gzip; None otherwise (a pipe, gzip, a
+        bucket object: their bytes travel to the workers)."""
+        if self._file is None:
+            return None
+        try:
+            return self._file, os.lseek(self._raw.fileno(), 0, os.SEEK_CUR)  # type: ignore[attr-defined]
+        except (AttributeError, OSError, ValueError):
+            return None
+
+    def _found(self) -> File | None:
+        if self.may_wait or self.size is None or not isinstance(self.source, LocalFile):
+            return None
+        try:
+            found = os.fstat(self._raw.fileno())  # type: ignore[attr-defined]
+        except (AttributeError, OSError, ValueError):
+            return None
+        return File(os.path.abspath(self.source.file), found.st_dev, found.st_ino)
 
     def chunks(self) -> Iterator[bytes]:
         """The content, decompressed if it starts with gzip's magic bytes, in chunks of at
@@ -263,6 +364,7 @@ class OpenSource:
                 break
             first += more
         if first[:2] != GZIP_MAGIC:
+            self._file = self._found()
             while first:
                 yield first
                 first = self._read()
@@ -356,7 +458,9 @@ def read_blocks(opened: OpenSource, block_bytes: int) -> Iterator[InputRecord | 
     `block_bytes` (`decode_block` turns each into its records); everything else (JSON
     documents, overlong lines, an unreadable stream) comes as records, in input order."""
     name = opened.source.name
-    reader = _Reader(name, opened.source.max_line_bytes, block_bytes, lambda: opened.drained)
+    reader = _Reader(
+        name, opened.source.max_line_bytes, block_bytes, lambda: opened.drained, opened.position
+    )
     try:
         yield from reader.read(opened.chunks())
     except _READ_ERRORS as exc:
@@ -378,6 +482,20 @@ def _describe_io_error(exc: BaseException) -> str:
     return f"cannot read the file ({exc.__class__.__name__}: {exc})"
 
 
+def _block(
+    name: str, lineno: int, data: bytes, limit: int, file: File | None, offset: int
+) -> Block:
+    """A block of whole lines; with its span when it starts at `offset` of `file`."""
+    if file is None or offset < 0:
+        return Block(name, lineno, data, limit)
+    edge = min(SPAN_EDGE, len(data))
+    lines = data.count(b"\n")
+    span = Span(
+        file.path, file.device, file.inode, offset, len(data), lines, data[:edge], data[-edge:]
+    )
+    return Block(name, lineno, data, limit, span)
+
+
 class _Reader:
     """Tells the format of one stream, then reads it."""
 
@@ -387,11 +505,19 @@ class _Reader:
         max_line_bytes: int,
         block_bytes: int = 0,
         drained: Callable[[], bool] = lambda: False,
+        position: Callable[[], tuple[File, int] | None] = lambda: None,
     ) -> None:
         self.name = name
         self.limit = max_line_bytes
         self.block_bytes = block_bytes  # > 0: NDJSON goes out as blocks (`read_blocks`)
         self.drained = drained  # whether the input had nothing more waiting at the last read
+        self.position = position  # `OpenSource.position`: for blocks' spans
+
+    def _at(self, held: bytes | bytearray) -> tuple[File, int] | None:
+        """Where in its file the bytes `held` start: those read and not yet handed on,
+        the last read so far (see `OpenSource.position`)."""
+        found = self.position()
+        return None if found is None else (found[0], found[1] - len(held))
 
     def read(self, chunks: Iterator[bytes]) -> Iterator[InputRecord | Block]:
         # 1. Leading blank lines are counted, not kept (a stream of newlines is not held).
@@ -400,7 +526,7 @@ class _Reader:
         if head is None:
             return  # nothing but blank lines
         if head.lstrip(_BLANK)[:1] not in (b"{", b"["):
-            yield from self._lines(_prepend(head, chunks), lines_before)
+            yield from self._lines(_prepend(head, chunks), lines_before, self._at(head))
             return
         # 2. The first line, when it is whole JSON on its own, tells the format.
         head, complete = _until_newline(head, chunks, self.limit)
@@ -408,7 +534,7 @@ class _Reader:
             if documents.probe(head, self.limit):
                 yield from self._big_document(head, chunks)
                 return
-            yield from self._lines(_prepend(head, chunks), lines_before)
+            yield from self._lines(_prepend(head, chunks), lines_before, self._at(head))
             return
         first_line = head[: head.index(b"\n")] if b"\n" in head else head
         try:
@@ -417,7 +543,7 @@ class _Reader:
             pass
         else:
             if type(value) is dict and not _is_envelope(value):
-                yield from self._lines(_prepend(head, chunks), lines_before)
+                yield from self._lines(_prepend(head, chunks), lines_before, self._at(head))
                 return
             # An envelope or array on one line is the document when nothing follows.
             newlines, following = _skip_blank(head[len(first_line) :], chunks)
@@ -425,7 +551,9 @@ class _Reader:
                 yield from self._document_value(value, lines_before)
                 return
             yield from self._ndjson(iter([first_line + b"\n"]), lines_before)
-            yield from self._lines(_prepend(following, chunks), lines_before + newlines)
+            yield from self._lines(
+                _prepend(following, chunks), lines_before + newlines, self._at(following)
+            )
             return
         # 3. Otherwise the whole stream is one document only if it parses as one.
         buffer = bytearray(head)
@@ -449,7 +577,7 @@ class _Reader:
             if documents.probe(buffer, self.limit, whole=True):
                 yield from self._big_document(buffer, iter(()))
                 return
-            yield from self._lines(_slices(buffer, iter(())), lines_before)
+            yield from self._lines(_slices(buffer, iter(())), lines_before, self._at(buffer))
             return
         del buffer
         yield from self._document_value(value, lines_before)
@@ -485,13 +613,18 @@ class _Reader:
         for index, element in enumerate(value, start=1):
             yield _element(Origin(name, index), None, element)
 
-    def _lines(self, chunks: Iterator[bytes], lineno: int) -> Iterator[InputRecord | Block]:
-        """NDJSON after line `lineno`: records, or blocks of lines with `block_bytes`."""
+    def _lines(
+        self, chunks: Iterator[bytes], lineno: int, at: tuple[File, int] | None = None
+    ) -> Iterator[InputRecord | Block]:
+        """NDJSON after line `lineno`: records, or blocks of lines with `block_bytes`
+        (`at`: where `chunks` start in a file a worker may read, see `Span`)."""
         if self.block_bytes > 0:
-            return self._blocks(chunks, lineno)
+            return self._blocks(chunks, lineno, at)
         return self._ndjson(chunks, lineno)
 
-    def _blocks(self, chunks: Iterator[bytes], lineno: int) -> Iterator[InputRecord | Block]:
+    def _blocks(
+        self, chunks: Iterator[bytes], lineno: int, at: tuple[File, int] | None = None
+    ) -> Iterator[InputRecord | Block]:
         """NDJSON cut into blocks of whole lines, for `decode_block` to read elsewhere.
 
         A block goes out when it is big enough, or when the input has nothing more
@@ -504,6 +637,8 @@ class _Reader:
         name, limit, target = self.name, self.limit, self.block_bytes
         pieces: list[bytes] = []  # not yet handed over; starts at the start of a line
         held = 0
+        # Where `pieces` start in the file a worker may read (`Span`), when it may.
+        file, offset = at if at is not None else (None, -1)
         chunks = iter(chunks)
         try:
             for chunk in chunks:
@@ -514,21 +649,27 @@ class _Reader:
                 data = b"".join(pieces)
                 cut = data.rfind(b"\n") + 1
                 if cut:
-                    block = Block(name, lineno, data[:cut], limit)
-                    lineno += block.data.count(b"\n")
+                    block = _block(name, lineno, data[:cut], limit, file, offset)
+                    lineno += block.data.count(b"\n") if block.span is None else block.span.lines
                     yield block
+                    if offset >= 0:
+                        offset += cut
                 rest = data[cut:]
                 pieces, held = [rest], len(rest)
                 if held > limit:  # a line longer than any record may be: skip to its end
                     pieces, held = [], 0
                     lineno += 1
+                    skipped = len(rest)
                     for chunk in chunks:
                         end = chunk.find(b"\n")
                         if end >= 0:
                             yield self._too_long(lineno)
                             rest = chunk[end + 1 :]
                             pieces, held = [rest], len(rest)
+                            if offset >= 0:
+                                offset += skipped + end + 1
                             break
+                        skipped += len(chunk)
                     else:
                         yield self._too_long(lineno, partial=True)
                         return
@@ -536,11 +677,11 @@ class _Reader:
             data = b"".join(pieces)
             cut = data.rfind(b"\n") + 1
             if cut:
-                yield Block(name, lineno, data[:cut], limit)
+                yield _block(name, lineno, data[:cut], limit, file, offset)
             raise
         data = b"".join(pieces)
         if data:
-            yield Block(name, lineno, data, limit)
+            yield _block(name, lineno, data, limit, file, offset)
 
     def _ndjson(
         self, chunks: Iterator[bytes], lineno: int, *, big: bool = False
@@ -787,10 +928,12 @@ __all__: Sequence[str] = (
     "OpenSource",
     "SkippedFile",
     "Source",
+    "Span",
     "StandardInput",
     "collect_inputs",
     "collect_sources",
     "decode_block",
+    "fetch",
     "read_blocks",
     "read_source",
 )

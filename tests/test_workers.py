@@ -32,7 +32,17 @@ from ctsync.mapping import dates_left_as_text, dropped_values, preset_as_mapping
 from ctsync.model import ACCEPTED, OnWire, Request, Verdict
 from ctsync.prepare import ValidateMode
 from ctsync.presets import MappingOptions, Nested, Preset
-from ctsync.reader import Block, InputRecord, OpenSource, Source, read_blocks, read_source
+from ctsync.reader import (
+    Block,
+    InputRecord,
+    LocalFile,
+    OpenSource,
+    Source,
+    decode_block,
+    fetch,
+    read_blocks,
+    read_source,
+)
 from ctsync.records import Mapper, Message, Origin, Outcome, Stage, counting
 from ctsync.run import DryRunSender, RunOptions, UploadRun
 from ctsync.run.stage import (
@@ -44,6 +54,7 @@ from ctsync.run.stage import (
 )
 from ctsync.run.wire import READY
 from ctsync.run.workers import WorkerError, WorkerPool, Workers, default_workers
+from ctsync.sources import UTF8_BOM
 from tests.helpers import classic_with_tokens, examples, mapper_that_dies_in_a_worker, no_validator
 
 USERS = ["u1", "u2", "u3", 7, "", None]
@@ -129,7 +140,8 @@ def run_once(
     export: Path, built: Recipe, validate: str, workers: Workers | None
 ) -> tuple[bytes, bytes, bytes, dict[str, Any], Mapper]:
     """One dry run: (requests, report, dead letters, summary, mapper)."""
-    source = Source(str(export), export, export.stat().st_size, max_line_bytes=1024)
+    # (a file as the command line names it: its blocks travel to workers as spans)
+    source = LocalFile(str(export), export, export.stat().st_size, max_line_bytes=1024)
     return run_source(source, built, validate, workers)
 
 
@@ -329,6 +341,163 @@ def test_blocks_hold_the_records_of_the_input_in_order(
         records = decode_block(item) if isinstance(item, Block) else [item]
         found += [(r.origin, r.raw, r.message, r.error, r.partial) for r in records]
     assert found == expected
+
+
+def _blocks_of(path: Path, block_bytes: int, limit: int) -> list[Block | InputRecord]:
+    source = LocalFile(str(path), path, path.stat().st_size, max_line_bytes=limit)
+    opened = OpenSource(source)
+    try:
+        return list(read_blocks(opened, block_bytes))
+    finally:
+        opened.close()
+
+
+def _assert_spans_hold_the_blocks(path: Path, items: list[Block | InputRecord]) -> int:
+    """Each block's span is where its bytes are in the file, and a worker reading the
+    span (`fetch` of the lean block) gets them; how many blocks had a span."""
+    content = path.read_bytes()
+    spans = 0
+    for item in items:
+        if not isinstance(item, Block) or item.span is None:
+            continue
+        spans += 1
+        span = item.span
+        assert content[span.offset : span.offset + span.length] == item.data
+        assert span.lines == item.data.count(b"\n")
+        lean = item.lean()
+        assert lean.data == b""
+        fetched = fetch(lean)
+        assert fetched is not None
+        assert (fetched.source, fetched.lineno, fetched.data) == (
+            item.source,
+            item.lineno,
+            item.data,
+        )
+    return spans
+
+
+@settings(max_examples=examples(200), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=exports(),
+    head=st.sampled_from([b"", UTF8_BOM, b"\n \n", UTF8_BOM + b"\n\n", b"[1, 2]\n"]),
+    block_bytes=st.integers(1, 5000),
+    limit=st.integers(1024, 1500),
+)
+def test_a_worker_reads_a_blocks_bytes_from_the_file_where_the_run_read_them(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, head: bytes, block_bytes: int, limit: int
+) -> None:
+    """A block of a plain file travels to a worker as a span, which the worker reads
+    itself: whatever comes first (a byte-order mark, blank lines, a first line that is
+    an array) and however the lines are cut, the span holds exactly the block's bytes."""
+    path = tmp_path_factory.mktemp("spans") / "export.ndjson"
+    path.write_bytes(head + data)
+    items = _blocks_of(path, block_bytes, limit)
+    spans = _assert_spans_hold_the_blocks(path, items)
+    whole = [item for item in items if isinstance(item, Block) and b"\n" in item.data]
+    assert spans >= len(whole)  # every block of whole lines has its span
+
+
+def test_spans_hold_across_reads_overlong_lines_and_blank_runs(tmp_path: Path) -> None:
+    """A file of many reads: runs of blank lines, lines longer than any record may be
+    (skipped across several reads), CRLF, and a last line without its line end."""
+    lines: list[bytes] = []
+    for n in range(3000):
+        lines.append(orjson.dumps({"type": "identify", "userId": f"u{n}", "messageId": f"m{n}"}))
+        if n % 500 == 7:
+            lines.append(b'{"type":"identify","traits":{"t":"' + b"x" * 200_000 + b'"}}')
+        if n % 700 == 3:
+            lines += [b"", b"   ", b""]
+        if n % 11 == 0:
+            lines[-1] += b"\r"
+    path = tmp_path / "big.ndjson"
+    path.write_bytes(UTF8_BOM + b"\n".join(lines))
+    for block_bytes in (1, 4096, 65_536, 1 << 20):
+        items = _blocks_of(path, block_bytes, 4096)
+        assert _assert_spans_hold_the_blocks(path, items) > 0
+        found = [
+            (record.origin, record.raw)
+            for item in items
+            for record in (decode_block(item) if isinstance(item, Block) else [item])
+        ]
+        opened = OpenSource(LocalFile(str(path), path, None, max_line_bytes=4096))
+        expected = [(record.origin, record.raw) for record in read_source(opened)]
+        opened.close()
+        assert found == expected
+        assert len(expected) == 3006
+
+
+def test_a_span_is_read_only_from_the_file_the_run_read(tmp_path: Path) -> None:
+    """A worker reads a span only from the very file, with the block's length, line
+    ends and first and last bytes: after the file is rotated (renamed, another in its
+    place), deleted, cut short or rewritten, it reads nothing (the run then prepares
+    the block from its own copy)."""
+    path = tmp_path / "export.ndjson"
+    lines = [orjson.dumps({"type": "identify", "userId": f"u{n}"}) for n in range(9000)]
+    content = b"\n".join(lines) + b"\n"
+    path.write_bytes(content)
+    blocks = [item for item in _blocks_of(path, 2048, 1024) if isinstance(item, Block)]
+    assert len(blocks) > 3 and all(block.span is not None for block in blocks)
+    lean = [block.lean() for block in blocks]
+    assert [fetch(block) for block in lean] == [
+        Block(b.source, b.lineno, b.data, b.limit) for b in blocks
+    ]
+
+    # Rewritten in place, the same length, one line end moved: its lines are not those
+    # the run counted. (A rewrite that keeps every line end and a block's first and last
+    # bytes is read as rewritten, as if the run had read the file after the change.)
+    path.write_bytes(content.replace(b'"u7777"}\n', b'"u7777"} '))
+    changed = [n for n, block in enumerate(blocks) if b'"u7777"' in block.data]
+    assert len(changed) == 1
+    assert [fetch(block) is None for block in lean] == [n in changed for n in range(len(lean))]
+
+    path.write_bytes(content[: len(content) // 2])  # cut short: the later blocks are gone
+    assert fetch(lean[0]) is not None and fetch(lean[-1]) is None
+
+    path.write_bytes(content)
+    path.rename(tmp_path / "export.ndjson.1")
+    path.write_bytes(content)  # the same bytes, but another file
+    assert all(fetch(block) is None for block in lean)
+
+    path.unlink()
+    assert all(fetch(block) is None for block in lean)
+
+
+def test_blocks_no_worker_can_read_are_prepared_by_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_pool: WorkerPool
+) -> None:
+    """Workers that find every span changed (here: pointed one byte off) hand the blocks
+    back, and the run prepares them itself: the same requests, report, dead letters and
+    summary as one process."""
+    lines = [orjson.dumps(message) for message in _sample_messages(600)]
+    export = tmp_path / "export.ndjson"
+    export.write_bytes(b"\n".join(lines) + b"\n")
+    built = recipe_for("classic", "strict")
+    one = run_once(export, built, "strict", None)
+    lean = Block.lean
+
+    def off_by_one(block: Block) -> Block:
+        moved = lean(block)
+        assert moved.span is not None  # (the test is void if no span travels)
+        return replace(moved, span=replace(moved.span, offset=moved.span.offset + 1))
+
+    monkeypatch.setattr(Block, "lean", off_by_one)
+    workers = Workers(count=2, recipe=built, block_bytes=4096, start_after=0, pool=worker_pool)
+    two = run_once(export, built, "strict", workers)
+    assert sorted(two[0].splitlines()) == sorted(one[0].splitlines())
+    assert two[1:4] == one[1:4]
+    assert two[3]["read"] == 600
+
+
+def _sample_messages(count: int) -> list[Message]:
+    out: list[Message] = []
+    for n in range(count):
+        kind = ("identify", "track", "page", "group")[n % 4]
+        message: Message = {"type": kind, "messageId": f"m{n}", "userId": f"u{n % 37}"}
+        message["timestamp"] = "2024-05-01T12:00:00Z" if n % 9 else "later"
+        if kind == "track":
+            message["event"] = "Order Completed"
+        out.append(message)
+    return out
 
 
 def test_a_worker_wrong_about_a_token_is_overruled() -> None:

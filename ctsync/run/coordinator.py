@@ -40,8 +40,14 @@ from ctsync.run.feed import Feed, Item, Stepper
 from ctsync.run.intake import Intake
 from ctsync.run.options import Control, RunOptions
 from ctsync.run.stage import RecordStage, add_counts
-from ctsync.run.wire import Prepared
-from ctsync.run.workers import BLOCK_BYTES, Preparer, WorkerError, Workers, result_of
+from ctsync.run.workers import (
+    BLOCK_BYTES,
+    Preparer,
+    Submitted,
+    WorkerError,
+    Workers,
+    result_of,
+)
 from ctsync.state import Progress, StateFile
 from ctsync.summary import Routine
 
@@ -222,7 +228,7 @@ class UploadRun:
         in input order, and only a bounded number of blocks is out at once."""
         preparer = Preparer(self._stage, self._workers)
         window = preparer.workers.window if preparer.workers is not None else 1
-        pending: deque[tuple[Item, Progress | None, Prepared | Future[Prepared] | None]] = deque()
+        pending: deque[tuple[Item, Progress | None, Submitted | None]] = deque()
         out = 0  # blocks in `pending`
         control = self._control
         items = self._items()
@@ -259,9 +265,7 @@ class UploadRun:
                     break
                 item, progress = step
                 if type(item) is Block:
-                    resume = progress.resume if progress is not None else None
-                    if resume is not None and resume.untouched(item.lineno + 1, 0):
-                        resume = None  # the common case: nothing of it was read before
+                    resume = _block_resume(item, progress)
                     ahead = self._feed.ahead()  # (0 for `records`: the feed reads nothing)
                     pending.append((item, progress, preparer.submit(item, resume, ahead)))
                     out += 1
@@ -306,7 +310,7 @@ class UploadRun:
             yield from self._feed.items(self._block_bytes)
 
     async def _take_item(
-        self, item: Item, progress: Progress | None, prepared: Prepared | Future[Prepared] | None
+        self, item: Item, progress: Progress | None, prepared: Submitted | None
     ) -> None:
         if isinstance(prepared, Future):
             if not prepared.done():
@@ -318,6 +322,9 @@ class UploadRun:
                     if self._control.stopping:
                         return
             prepared = result_of(prepared)
+            if prepared is None:  # its worker could not read its bytes: prepared here
+                assert isinstance(item, Block)
+                prepared = self._stage.block(item, _block_resume(item, progress))
         if prepared is not None:
             assert isinstance(item, Block)
             results, counts = prepared
@@ -433,6 +440,14 @@ def _cpu_seconds() -> tuple[float, float]:
 
 def _never() -> bool:
     return False
+
+
+def _block_resume(block: Block, progress: Progress | None) -> Any:
+    """What the stage needs to know of an earlier run's work on `block`'s records."""
+    resume = progress.resume if progress is not None else None
+    if resume is not None and resume.untouched(block.lineno + 1, 0):
+        return None  # the common case: nothing of it was read before
+    return resume
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -28,10 +28,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from ctsync.errors import WorkerError
-from ctsync.reader import Block
+from ctsync.reader import Block, fetch
 from ctsync.run.stage import Recipe, RecordStage
 from ctsync.run.wire import Prepared
 
@@ -108,8 +108,15 @@ class Workers:
 _STAGES: dict[str, RecordStage] = {}
 
 
-def prepare_block(run: str, recipe: Recipe, block: Block, resume: Any) -> Prepared:
-    """In a worker process: one block of one run (the stage is built once per run)."""
+def prepare_block(run: str, recipe: Recipe, block: Block, resume: Any) -> Prepared | None:
+    """In a worker process: one block of one run (the stage is built once per run); None
+    when the block came without its bytes and they cannot be read as the run read them
+    (`reader.fetch`): the run then prepares it itself."""
+    if not block.data:
+        found = fetch(block)
+        if found is None:
+            return None
+        block = found
     stage = _STAGES.get(run)
     if stage is None:
         _STAGES.clear()
@@ -177,6 +184,11 @@ def _widen(end: object) -> None:
         fcntl.fcntl(end.fileno(), setsize, PIPE_BYTES)
 
 
+Submitted: TypeAlias = "Prepared | Future[Prepared | None]"
+"""A block's results: prepared here, or to come from a worker (None: see
+`prepare_block`)."""
+
+
 def start_pool(count: int) -> WorkerPool:
     """`count` worker processes, started as they are first needed."""
     return WorkerPool(count)
@@ -200,7 +212,7 @@ class Preparer:
         self._own = False  # the pool was started for this run (and is stopped with it)
         self._here = 0  # bytes prepared in this process
 
-    def submit(self, block: Block, resume: Any, ahead: int = 0) -> Prepared | Future[Prepared]:
+    def submit(self, block: Block, resume: Any, ahead: int = 0) -> Submitted:
         workers = self.workers
         if workers is None or (
             self._pool is None and self._here + len(block.data) + ahead <= workers.start_after
@@ -212,7 +224,9 @@ class Preparer:
             self._pool = workers.pool or start_pool(workers.count)
         try:
             with _quiet_start():  # a submit may start a worker process
-                return self._pool.submit(prepare_block, self._run, workers.recipe, block, resume)
+                return self._pool.submit(
+                    prepare_block, self._run, workers.recipe, block.lean(), resume
+                )
         except BrokenProcessPool:
             raise worker_died() from None
 
@@ -250,8 +264,9 @@ def worker_died() -> WorkerError:
     )
 
 
-def result_of(future: Future[Prepared]) -> Prepared:
-    """A finished block's results; a dead worker becomes a `WorkerError`."""
+def result_of(future: Future[Prepared | None]) -> Prepared | None:
+    """A finished block's results (None: the worker could not read its bytes, see
+    `prepare_block`); a dead worker becomes a `WorkerError`."""
     try:
         return future.result()
     except (BrokenProcessPool, concurrent.futures.CancelledError):
@@ -262,6 +277,7 @@ __all__ = [
     "BLOCK_BYTES",
     "START_AFTER",
     "Preparer",
+    "Submitted",
     "WorkerError",
     "WorkerPool",
     "Workers",
