@@ -129,6 +129,22 @@ def classify(
     return upload_steps(body, keys)
 
 
+def all_taken(attempt: Attempt, path: str, n: int) -> bool:
+    """Whether `classify` reads this answer to a request of `n` records as every record
+    accepted and done: the common answer, then read without a step per record."""
+    if attempt.status != 200:
+        return False
+    body = _json_object(attempt.content)
+    if body is None or body.get("status") == "fail":
+        return False
+    if path == DELETE_PATH:
+        return body.get("status") == "success"
+    entries = body.get("unprocessed")
+    if isinstance(entries, list) and entries:
+        return False
+    return _count(body.get("processed")) == n
+
+
 def upload_steps(body: dict[str, Any], keys: Sequence[ProfileKey | None]) -> list[Step]:
     """Per-record steps from an upload's HTTP 200 answer.
 
@@ -431,8 +447,12 @@ class CleverTapClient:
         attempt = 0
         untaken = True  # every attempt so far was certainly not taken (Next.RETRY)
         while todo:
-            outcome = await self._attempt(path, join([bodies[i] for i in todo]), slots, on_wire)
-            steps = classify(outcome, path, [keys[i] for i in todo])
+            whole = len(todo) == len(bodies)
+            sent = bodies if whole else [bodies[i] for i in todo]
+            outcome = await self._attempt(path, join(sent), slots, on_wire)
+            if all_taken(outcome, path, len(todo)):
+                return final  # (a record in `todo` has no final verdict yet: ACCEPTED)
+            steps = classify(outcome, path, keys if whole else [keys[i] for i in todo])
             if isinstance(steps, Unauthorized):
                 refused = AuthError(self._auth_message(steps.error))
                 refused.stored_nothing = untaken

@@ -13,6 +13,9 @@ from email.utils import format_datetime
 import httpx
 import orjson
 import pytest
+from hypothesis import example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pytest_httpx import HTTPXMock
 
 from ctsync import __version__
@@ -23,6 +26,7 @@ from ctsync.client import (
     CleverTapClient,
     Next,
     Unauthorized,
+    all_taken,
     classify,
     retry_after_seconds,
     upload_steps,
@@ -33,7 +37,7 @@ from ctsync.model import Request
 from ctsync.prepare import is_idempotent, profile_key
 from ctsync.records import CleverTapRecord, Outcome, Stage
 from ctsync.settings import ClientSettings, RetryPolicy
-from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE
+from tests.helpers import ACCOUNT_ID, BASE_URL, PASSCODE, examples
 
 UPLOAD = f"{BASE_URL}/1/upload"
 DELETE = f"{BASE_URL}/1/delete/profiles.json"
@@ -428,6 +432,67 @@ def test_one_table_of_what_each_answer_means(
     steps = classify(attempt, path, KEYS2)
     assert not isinstance(steps, Unauthorized)
     assert [(verdict.code, next_step) for verdict, next_step in steps] == [(code, step)] * 2
+
+
+_ABSENT = object()
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> tuple[Attempt, str, int]:
+    """An answer to a request of `n` records, as CleverTap writes them and as it might
+    write them wrong."""
+    n = draw(st.integers(1, 4))
+    path = draw(st.sampled_from([UPLOAD_PATH, DELETE_PATH]))
+    status = draw(st.sampled_from([200] * 6 + [207, 400, 401, 429, 500, None]))
+    body: dict[str, object] = {}
+    fields: dict[str, st.SearchStrategy[object]] = {
+        "status": st.sampled_from(["success", "fail", "partial", 1, None, _ABSENT]),
+        "processed": st.sampled_from(
+            [n, n, n, str(n), float(n), n - 1, n + 1, True, None, "x", _ABSENT]
+        ),
+        "unprocessed": st.sampled_from(
+            [
+                [],
+                [
+                    {
+                        "status": "fail",
+                        "code": 509,
+                        "error": "x",
+                        "record": "Skipped record number : 1",
+                    }
+                ],
+                ["stray"],
+                {},
+                "x",
+                None,
+                _ABSENT,
+            ]
+        ),
+        "code": st.sampled_from([500, "E", _ABSENT]),
+    }
+    for name, values in fields.items():
+        value = draw(values)
+        if value is not _ABSENT:
+            body[name] = value
+    content = draw(st.sampled_from([orjson.dumps(body)] * 5 + [b"", b"no", b"[]"]))
+    return Attempt(status=status, content=content), path, n
+
+
+@hypothesis_settings(max_examples=examples(300))
+@example((Attempt(200, b'{"status": "fail", "processed": 2}'), UPLOAD_PATH, 2))
+@example((Attempt(200, b'{"processed": 1, "unprocessed": ["stray"]}'), UPLOAD_PATH, 1))
+@given(answers())
+def test_an_answer_taking_every_record_is_read_as_classify_reads_it(
+    answer: tuple[Attempt, str, int],
+) -> None:
+    """The client reads the common answer (every record taken) without a step per
+    record: exactly when `classify` reads every record as accepted and done."""
+    attempt, path, n = answer
+    steps = classify(attempt, path, [profile_key({"identity": f"u{i}"}) for i in range(n)])
+    every = not isinstance(steps, Unauthorized) and all(
+        verdict is ACCEPTED and step is Next.DONE for verdict, step in steps
+    )
+    assert all_taken(attempt, path, n) == every
 
 
 def test_401_is_the_only_answer_that_stops_the_run() -> None:
