@@ -443,7 +443,7 @@ def upload(
     ctx: typer.Context,
     paths: Annotated[
         list[str] | None,
-        typer.Argument(metavar="PATH", show_default=False, hidden=True),
+        typer.Argument(metavar="[PATH]...", show_default=False, hidden=True),
     ] = None,
     preset: Annotated[
         Preset,

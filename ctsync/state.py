@@ -43,6 +43,7 @@ import fcntl
 import hashlib
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -213,6 +214,12 @@ class Progress:
         return max(self.position, self.resume.read_through)
 
 
+def _cannot_open(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:  # only its folder can be missing: O_CREAT makes the file
+        return f"{path}: cannot create the state file: the folder {path.parent} does not exist"
+    return f"{path}: cannot open the state file ({exc.strerror})"
+
+
 def fingerprint(path: Path, length: int = FINGERPRINT_BYTES) -> tuple[str, int]:
     with open(path, "rb") as f:
         head = f.read(length)
@@ -228,7 +235,13 @@ class StateFile:
         try:
             self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise UsageError(f"{path}: cannot open the state file ({exc.strerror})") from None
+            raise UsageError(_cannot_open(path, exc)) from None
+        if not stat.S_ISREG(os.fstat(self._lock_fd).st_mode):  # a named pipe, a device
+            os.close(self._lock_fd)
+            raise UsageError(
+                f"{path}: not a regular file; --state needs a file of its own, which ctsync "
+                "creates when it does not exist (for example ctsync-state.db)"
+            )
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

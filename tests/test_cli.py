@@ -941,6 +941,13 @@ COMMANDS = [
 ]
 
 
+def test_upload_usage_says_it_takes_several_paths() -> None:
+    """`ctsync upload a.ndjson b.ndjson dir/` works: the usage line said `[PATH]`."""
+    result = runner.invoke(app, ["upload", "--help"], env=clean_env(COLUMNS="80"))
+    assert_exit(result, 0)
+    assert result.stdout.splitlines()[0].strip() == "Usage: ctsync upload [OPTIONS] [PATH]..."
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ctsync")
 def test_help_is_readable_at_80_columns(command: list[str]) -> None:
     # Click lays help out 2 columns short of the terminal's width (78 at COLUMNS=80, as

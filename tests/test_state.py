@@ -858,7 +858,27 @@ def test_a_state_file_that_cannot_be_opened_says_where_and_why(tmp_path: Path) -
     where = tmp_path / "no such folder" / "state.db"
     with pytest.raises(UsageError) as caught:
         StateFile(where)
-    assert str(caught.value) == (f"{where}: cannot open the state file (No such file or directory)")
+    assert str(caught.value) == (
+        f"{where}: cannot create the state file: the folder {where.parent} does not exist"
+    )
+    (tmp_path / "a folder").mkdir()
+    with pytest.raises(UsageError) as caught:
+        StateFile(tmp_path / "a folder")
+    assert (
+        str(caught.value) == f"{tmp_path / 'a folder'}: cannot open the state file (Is a directory)"
+    )
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "device"])
+def test_a_state_file_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    """A named pipe or a device is no place for a database: said as such (SQLite said
+    "disk I/O error"), and nothing is written to it."""
+    where = Path("/dev/null") if kind == "device" else tmp_path / "fifo"
+    if kind == "named pipe":
+        os.mkfifo(where)
+    with pytest.raises(UsageError) as caught:
+        StateFile(where)
+    assert str(caught.value).startswith(f"{where}: not a regular file; --state needs a file")
 
 
 def test_a_file_that_is_not_a_state_file_is_named(tmp_path: Path) -> None:

@@ -166,6 +166,8 @@ def _fail(message: str) -> NoReturn:
 
 
 def _not_a_database(db: Path | None, error: sqlite3.DatabaseError) -> str:
+    if db is not None and not db.parent.is_dir():
+        return f"{db}: cannot create the database: the folder {db.parent} does not exist"
     return (
         f"{db}: not a sandbox database ({error}); give the file a sandbox wrote with --db, "
         "or a new file name"

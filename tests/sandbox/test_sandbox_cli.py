@@ -227,6 +227,14 @@ def test_a_database_of_the_older_batched_layout_exits_2_naming_it(tmp_path: Path
         assert "Traceback" not in result.output
 
 
+def test_a_database_in_a_missing_folder_names_the_folder(tmp_path: Path) -> None:
+    db = tmp_path / "no such folder" / "x.db"
+    result = CliRunner().invoke(app, ["--db", str(db), "--port", "0"])
+    assert result.exit_code == 2
+    assert f"the folder {db.parent} does not exist" in " ".join(result.output.split())
+    assert "not a sandbox database" not in result.output
+
+
 def test_a_ctsync_state_file_is_not_taken_for_a_sandbox_database(tmp_path: Path) -> None:
     """`sandbox show --db STATE` printed zeros and added the sandbox's tables to the state
     file; `sandbox --db STATE` served into it."""
