@@ -35,6 +35,7 @@ INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, inflate.error)
 STDIN = "-"
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
+BOM = "\ufeff"  # the same, decoded
 DEFAULT_MAX_LINE_BYTES = 32 << 20  # far above what CleverTap takes in one record
 SNIFF_BYTES = 1 << 16  # enough of a file to tell an export from a stray file
 NONBLANK = re.compile(rb"[^ \t\r\n\x0b\x0c]")  # a byte that is not blank

@@ -44,6 +44,7 @@ from ctsync.records import (
     counting,
 )
 from ctsync.rules import check_upload
+from ctsync.sources import BOM
 from ctsync.stopping import terminal_stdin
 
 app = typer.Typer(
@@ -79,7 +80,7 @@ def _stdin_mapping() -> MappingFile:
     reads it (`-` was taken for a file of that name)."""
     text = sys.stdin.read() if sys.stdin is not None else ""
     try:
-        document = orjson.loads(text)
+        document = orjson.loads(text.lstrip(BOM))
     except orjson.JSONDecodeError as error:
         raise MappingError("-", f"not valid JSON: {error}") from None
     return parse_mapping(document, "-")

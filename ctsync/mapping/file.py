@@ -37,6 +37,7 @@ from ctsync.errors import MappingError as MappingError
 from ctsync.mapping.directives import Compiled, compile_value
 from ctsync.mapping.triggers import Predicate, compile_trigger
 from ctsync.records import Message
+from ctsync.sources import BOM, UTF8_BOM
 
 MAX_SUBSCRIPTIONS: Final = 50  # Segment's limit of mappings per destination instance
 
@@ -108,9 +109,11 @@ def load_mapping(path_or_text: str | Path) -> MappingFile:
 
 def read_mapping_document(path_or_text: str | Path) -> tuple[str, Any]:
     """A mapping file's name and decoded JSON, unchecked (`load_mapping` without
-    `parse_mapping`: what a worker process rebuilds a mapper from). Raises `MappingError`."""
-    if isinstance(path_or_text, str) and path_or_text.lstrip().startswith("{"):
-        source, text = "<mapping>", path_or_text.encode()
+    `parse_mapping`: what a worker process rebuilds a mapper from). A byte-order mark
+    before the JSON is passed over, as in exports (Windows editors write one). Raises
+    `MappingError`."""
+    if isinstance(path_or_text, str) and path_or_text.lstrip(BOM).lstrip().startswith("{"):
+        source, text = "<mapping>", path_or_text.lstrip(BOM).encode()
     else:
         source = str(path_or_text)
         try:
@@ -118,7 +121,7 @@ def read_mapping_document(path_or_text: str | Path) -> tuple[str, Any]:
         except OSError as error:
             raise MappingError(source, f"cannot read: {error.strerror or error}") from None
     try:
-        return source, orjson.loads(text)
+        return source, orjson.loads(text.removeprefix(UTF8_BOM))
     except orjson.JSONDecodeError as error:
         raise MappingError(source, f"not valid JSON: {error}") from None
 

@@ -149,6 +149,9 @@ def test_check_reads_the_mapping_from_stdin_as_upload_does(tmp_path: Path) -> No
     assert read.stdout.splitlines()[0] == "-: 8 subscriptions, 8 enabled: OK"
     same = runner.invoke(app, ["check", str(from_file), str(events)])
     assert read.stdout.splitlines()[1:] == same.stdout.splitlines()[1:]
+    marked = runner.invoke(app, ["check", "-", str(events)], input="\ufeff" + mapping)
+    assert marked.exit_code == 0, marked.output
+    assert marked.stdout == read.stdout
     both = runner.invoke(app, ["check", "-", "-"], input=mapping)
     assert both.exit_code == 2
     assert "the mapping file and the events cannot both be stdin" in both.stderr

@@ -17,6 +17,7 @@ from ctsync.mapping import (
     dropped_values,
     load_mapping,
     parse_mapping,
+    preset_as_mapping,
 )
 from ctsync.prepare import Ready, prepare
 from ctsync.presets import MappingOptions, Nested
@@ -129,6 +130,19 @@ def test_at_most_50_subscriptions() -> None:
 def test_invalid_files(document: Any, reason: str) -> None:
     with pytest.raises(MappingError, match=reason):
         parse_mapping(document, "m.json")
+
+
+def test_a_mapping_file_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    """Windows editors save JSON with a byte-order mark; exports with one are read, and so
+    is a mapping file (it was refused: "BOM is not supported"), as a path or as text."""
+    text = json.dumps(preset_as_mapping("classic"))
+    plain, marked = tmp_path / "plain.json", tmp_path / "marked.json"
+    plain.write_text(text, encoding="utf-8")
+    marked.write_text(text, encoding="utf-8-sig")
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    expected = load_mapping(plain).subscriptions
+    assert load_mapping(marked).subscriptions == expected
+    assert load_mapping("\ufeff" + text).subscriptions == expected  # (stdin, decoded)
 
 
 def test_invalid_json_and_unreadable_file(tmp_path: Path) -> None:
