@@ -231,6 +231,8 @@ def _compile_if(argument: Any, where: str) -> Compiled:
         raise DirectiveError(where, f"@if: unknown key {unknown[0]!r}")
     if len(conditions) != 1:
         raise DirectiveError(where, "@if needs exactly one of exists or blank")
+    if "then" not in argument and "else" not in argument:  # (always missing: a slip)
+        raise DirectiveError(where, "@if needs then or else (or both)")
     condition = compile_value(argument[conditions[0]], f"{where}.@if.{conditions[0]}").resolve
     then = _branch(argument, "then", where)
     otherwise = _branch(argument, "else", where)

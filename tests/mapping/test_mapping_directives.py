@@ -132,6 +132,7 @@ def test_built_objects_are_fresh_each_time() -> None:
         ({"@template": "{{traits.first"}, "not closed"),
         ({"@if": {"then": 1}}, "exactly one of exists or blank"),
         ({"@if": {"exists": 1, "than": 2}}, "unknown key 'than'"),
+        ({"@if": {"exists": {"@path": "$.traits.email"}}}, "@if needs then or else"),
         ({"@if": "x"}, "@if takes an object"),
     ],
 )
