@@ -38,6 +38,13 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
+def _nothing_sent() -> str:
+    """For a command that sends (upload, delete) stopped before its run handled the
+    signal: that nothing went to CleverTap."""
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+    return "; nothing was sent" if command in ("upload", "delete") else ""
+
+
 def main() -> None:
     # First of all: the default action of SIGTERM ends the process with no word and no
     # exit status (importing the CLI takes half a second, a service manager may stop it
@@ -52,10 +59,10 @@ def main() -> None:
     try:
         _run_cli()
     except KeyboardInterrupt:  # Ctrl-C outside a run (while starting, at a prompt)
-        _say("ctsync: interrupted")
+        _say(f"ctsync: interrupted (Ctrl-C){_nothing_sent()}")
         sys.exit(130)  # ExitCode.INTERRUPTED (ctsync.errors may not be imported yet)
     except Terminated:
-        _say("ctsync: stopped by SIGTERM; nothing was sent")
+        _say(f"ctsync: stopped by SIGTERM{_nothing_sent()}")
         sys.exit(143)  # ExitCode.TERMINATED
     except OSError as exc:
         if exc.errno not in _NO_ROOM:

@@ -218,18 +218,33 @@ def test_sigterm_at_any_moment_ends_with_143_and_a_summary_once_anything_was_rea
         raise AssertionError(f"ctsync handled {how.name}, yet it ended the process")
     else:
         assert run.returncode == code, run.describe()
-        said = "stopped by SIGTERM; nothing was sent" if code == 143 else "interrupted"
+        said = "stopped by SIGTERM" if code == 143 else "interrupted (Ctrl-C)"
+        said += "; nothing was sent"
         assert run.stderr.strip().endswith(f"ctsync: {said}"), run.describe()
 
 
-def test_sigterm_while_the_cli_is_imported_ends_with_143_and_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "how", "code", "said"),
+    [
+        ("upload", signal.SIGTERM, 143, "ctsync: stopped by SIGTERM; nothing was sent"),
+        ("upload", signal.SIGINT, 130, "ctsync: interrupted (Ctrl-C); nothing was sent"),
+        ("mappings", signal.SIGINT, 130, "ctsync: interrupted (Ctrl-C)"),
+    ],
+)
+def test_a_signal_while_the_cli_is_imported_ends_with_one_line(
+    tmp_path: Path, command: str, how: signal.Signals, code: int, said: str
+) -> None:
     """The signal that ctsync is importing its CLI: `-X importtime` writes a line as each
-    module is imported, and typer is imported by the CLI only (half a second in all)."""
+    module is imported, and typer is imported by the CLI only (half a second in all).
+    Ctrl-C said only "interrupted"; a command that sends says nothing was sent."""
     source = tmp_path / "export.ndjson"
     mixed_export(source, 10)
-    command = [sys.executable, "-X", "importtime", "-m", "ctsync", "upload", "--dry-run"]
+    args = ["upload", "--dry-run", str(source)] if command == "upload" else ["mappings", "show"]
     process = subprocess.Popen(
-        [*command, str(source)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-X", "importtime", "-m", "ctsync", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stderr is not None
@@ -238,13 +253,13 @@ def test_sigterm_while_the_cli_is_imported_ends_with_143_and_one_line(tmp_path: 
                 break
         else:
             raise AssertionError("typer was never imported")
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(how)
         stdout, rest = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 143
-    assert rest.rstrip().endswith("ctsync: stopped by SIGTERM; nothing was sent"), rest[-500:]
+    assert process.returncode == code
+    assert rest.rstrip().splitlines()[-1] == said, rest[-500:]
     assert stdout == ""
 
 
