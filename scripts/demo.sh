@@ -40,3 +40,5 @@ kill "$sandbox" && wait "$sandbox" 2>/dev/null || true
 trap - EXIT
 echo "== what the sandbox holds"
 "$BIN/ctsync" sandbox show --db "$db"
+echo "== the report, the dead letters and the sandbox's database are in $work"
+echo "   (look at them, then: rm -r $work)"
