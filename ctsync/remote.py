@@ -22,7 +22,9 @@ from __future__ import annotations
 import concurrent.futures
 import importlib
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ctsync.errors import RemoteReadError as RemoteReadError
@@ -127,10 +129,27 @@ def open_store(scheme: str, bucket: str, options: InputOptions) -> ObjectStore:
 
 
 def _missing_extra(scheme: str, extra: str, package: str) -> str:
-    """What to install for a bucket scheme (from a checkout: pip install -e '.[EXTRA]')."""
-    return (
-        f"{scheme}:// paths need {package}, which is not installed: pip install 'ctsync[{extra}]'"
+    """What to install for a bucket scheme: the extra of the installed ctsync, or, run
+    from a checkout, the checkout's extra into the environment that runs it (`pip
+    install 'ctsync[s3]'` there would fetch ctsync from the index)."""
+    root = checkout()
+    how = (
+        f"pip install 'ctsync[{extra}]'"
+        if root is None
+        else f"{sys.executable} -m pip install -e '{root}[{extra}]'"
     )
+    return f"{scheme}:// paths need {package}, which is not installed: {how}"
+
+
+def checkout() -> Path | None:
+    """The source checkout this ctsync runs from (its pyproject.toml beside the package),
+    or None for an installed ctsync."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        project = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if 'name = "ctsync"' in project else None
 
 
 # -- S3 -----------------------------------------------------------------------------

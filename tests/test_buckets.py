@@ -25,6 +25,7 @@ import pytest
 from google.cloud import storage
 from typer.testing import CliRunner
 
+from ctsync import remote
 from ctsync.cli import app
 from ctsync.errors import UsageError
 from ctsync.reader import InputOptions, OpenSource, collect_inputs, read_source
@@ -283,10 +284,28 @@ def test_s3_missing_bucket_and_missing_credentials_are_usage_errors(
         collect_inputs(["s3://segment-layout/x/"], InputOptions(s3_endpoint_url=s3_url))
 
 
+def test_run_from_a_checkout_the_install_command_is_the_checkouts_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From a checkout (as the README's quick start runs it), `pip install 'ctsync[s3]'`
+    would fetch ctsync from the index, into whatever `pip` is first on PATH: the hint
+    names the checkout's extra and the interpreter running ctsync."""
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    root = remote.checkout()
+    assert root is not None and (root / "ctsync" / "remote.py").is_file()
+    with pytest.raises(UsageError) as caught:
+        collect_inputs(["s3://bucket/prefix/"])
+    assert str(caught.value) == (
+        "s3:// paths need boto3, which is not installed: "
+        f"{sys.executable} -m pip install -e '{root}[s3]'"
+    )
+
+
 def test_a_bucket_path_without_the_extra_names_the_install_command(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 now fails
+    monkeypatch.setattr(remote, "checkout", lambda: None)  # an installed ctsync
     with pytest.raises(UsageError, match=r"pip install 'ctsync\[s3\]'"):
         collect_inputs(["s3://bucket/prefix/"])
     monkeypatch.setitem(sys.modules, "google.cloud.storage", None)

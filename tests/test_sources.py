@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ctsync import remote
 from ctsync.errors import UsageError
 from ctsync.remote import open_store
 from ctsync.sources import (
@@ -109,6 +110,7 @@ def test_a_bucket_without_its_extra_names_the_scheme_and_the_extra(
     monkeypatch: pytest.MonkeyPatch, scheme: str, module: str, says: str
 ) -> None:
     """The gs:// message said `gcs:// paths`, a scheme ctsync does not take."""
+    monkeypatch.setattr(remote, "checkout", lambda: None)  # an installed ctsync
     real = importlib.import_module
 
     def missing(name: str, package: str | None = None) -> Any:
