@@ -35,7 +35,7 @@ import orjson
 
 from ctsync import __version__
 from ctsync.concurrency import ConcurrencyReport, Limit
-from ctsync.errors import AuthError
+from ctsync.errors import AuthError, OutputError
 from ctsync.model import ACCEPTED, UNKNOWN, OnWire, Request, Verdict, delete_body, upload_body
 from ctsync.prepare import ProfileKey
 from ctsync.records import DeleteKey, Outcome, Stage
@@ -303,7 +303,11 @@ class _Trace:
     async def __call__(self, event: str, info: Mapping[str, Any]) -> None:
         self.seen = True
         if event.endswith("send_request_headers.started"):
-            self.wire()
+            try:
+                self.wire()
+            except OutputError as exc:  # (the transport then writes nothing)
+                exc.before_request = True
+                raise
         elif event.endswith("send_request_body.complete"):
             self.body_sent = True
 

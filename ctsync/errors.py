@@ -72,9 +72,12 @@ class UsageError(CtsyncError):
 
 class OutputError(CtsyncError):
     """A report, dead-letter, request or state file could not be written (a full disk):
-    the run stops, since records it could no longer report must not be sent."""
+    the run stops, since records it could no longer report must not be sent.
+    `before_request`: raised as a request was about to be written (the checkpoint that
+    marks its batch sent), which then never left."""
 
     exit_code = ExitCode.USAGE
+    before_request = False
 
 
 class DiskFull(OutputError):

@@ -9,12 +9,14 @@ import fcntl
 import os
 import re
 import sqlite3
+import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httpx
@@ -223,6 +225,62 @@ def test_a_401_after_an_attempt_that_may_have_stored_leaves_the_outcome_unknown(
     assert first.failed == Counter({"aborted": 5})
     assert second.accepted == 5 and second.routine[Routine.RESENT] == 5
     assert sorted(server.stored) == sorted([f"u{n}" for n in range(5)] * 2)
+
+
+def test_a_request_whose_checkpoint_filled_the_disk_never_left_and_is_sent_next_time(
+    tmp_path: Path, settings: ClientSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state file is written as each request is about to go out; when that write
+    finds the disk full, the request is not written. Its events were reported of unknown
+    outcome ("CleverTap may or may not have"), and so never sent by the run that
+    resumed. A real server on 127.0.0.1 (the sandbox): its transport says when a request
+    is about to be written, as CleverTap's does."""
+    from ctsync.sandbox import SandboxConfig, running_sandbox
+
+    export, state = tmp_path / "e.ndjson", tmp_path / "state.db"
+    events = [
+        {**TRACK_EVENT, "messageId": f"m{n}", "userId": f"u{n}", "properties": {"n": n}}
+        for n in range(60)
+    ]
+    export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in events))
+    checkpoint = StateFile.checkpoint
+    full = True
+
+    def fills_as_a_request_goes(self: StateFile, *args: Any) -> None:
+        caller: FrameType | None = sys._getframe(1)
+        while caller is not None and caller.f_code.co_name != "on_wire":
+            caller = caller.f_back
+        if full and caller is not None:
+            raise DiskFull(f"{self.path}: cannot write the state file: the disk is full")
+        checkpoint(self, *args)
+
+    monkeypatch.setattr(StateFile, "checkpoint", fills_as_a_request_goes)
+    with running_sandbox(SandboxConfig(latency_ms=(5, 50), seed=3)) as sandbox:
+        client = ClientSettings(
+            account_id="sandbox",
+            passcode=Secret("sandbox"),
+            base_url=sandbox.url,
+            retry=settings.retry,
+        )
+        job = api.UploadJob(
+            paths=[str(export)],
+            client=client,
+            state=state,
+            preset=Preset.CLASSIC,
+            run=RunOptions(batch_size=10),
+        )
+        with pytest.raises(DiskFull) as stopped:
+            api.upload(job)
+        first = stopped.value.summary
+        assert first is not None
+        assert sandbox.read(lambda store: list(store.events())) == []  # nothing left
+        full = False
+        second = api.upload(job)
+        stored = sandbox.read(lambda store: [e.evt_data["n"] for e in store.events()])
+    assert_accounted(first)
+    assert set(first.failed) == {"disk-full"}, first.failed  # none "aborted"
+    assert (second.accepted, second.failed.total()) == (60, 0)
+    assert sorted(stored) == list(range(60))  # each once
 
 
 @pytest.mark.parametrize("fills_after", [0, 1, 2, 3, 5])
