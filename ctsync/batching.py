@@ -183,8 +183,12 @@ class Planner:
         lanes: int = 1,
         batch_size: int = MAX_UPLOAD_BATCH,
         delete_batch_size: int = MAX_DELETE_BATCH,
+        runs: bool = True,
     ) -> None:
         self.lanes = [Lane() for _ in range(max(1, lanes))]
+        # Whether batches keep their runs of positions: only the state file reads them
+        # (a run without --state keeps none, and its bulks come without them).
+        self.runs = runs
         self._limits = {
             OpKind.UPLOAD: batch_size,
             OpKind.DELETE_IDENTITY: delete_batch_size,
@@ -288,21 +292,21 @@ class Planner:
                 batch.positions += bulk.positions
                 batch.keys += keys
                 batch.safe += bulk.safe
-                runs = bulk.runs
             else:
                 keys = bulk.keys[first:end]
                 batch.bodies += bulk.bodies[first:end]
                 batch.positions += bulk.positions[first:end]
                 batch.keys += keys
                 batch.safe += bulk.safe[first:end]
-                runs = _runs_between(bulk, first, end)
             batch.keyset.update(keys)
-            source = bulk.positions[first][0]
-            have = batch.runs.get(source)
-            if have is None:
-                batch.runs[source] = list(runs) if whole else runs  # never the `Bulk`'s own
-            else:
-                have += runs
+            if self.runs:
+                runs = bulk.runs if whole else _runs_between(bulk, first, end)
+                source = bulk.positions[first][0]
+                have = batch.runs.get(source)
+                if have is None:
+                    batch.runs[source] = list(runs) if whole else runs  # not the `Bulk`'s own
+                else:
+                    have += runs
             if len(batch.bodies) >= limit:
                 sealed += self._seal_open(lane)
             first = end
@@ -350,7 +354,7 @@ class Planner:
         limit = self._limits[kind]
         joined: list[Batch] = []
         for tail in tails:
-            runs_of = _runs_of(tail)
+            runs_of = _runs_of(tail) if self.runs else None
             flags = tail.token_flags
             groups: dict[object, list[int]] = {}  # each profile's operations, in order
             for n, key in enumerate(tail.keys):
@@ -501,7 +505,8 @@ class Planner:
         del shared.safe[at]
         del shared.token_flags[at]
         shared.keyset.discard(key)
-        _rebuild_runs(shared)
+        if self.runs:
+            _rebuild_runs(shared)
         self._put(alone, body, owner, source, position, key, safe, False, True)
         self._deferred[key] = alone
         waiting = shared.later
@@ -628,13 +633,14 @@ class Planner:
             batch.keyset.add(key)
         if token:
             batch.tokens += 1
-        runs = batch.runs.get(source)
-        if runs is None:
-            batch.runs[source] = [[position, position]]
-        elif self._last is batch and not gap:
-            runs[-1][1] = position
-        else:
-            runs.append([position, position])
+        if self.runs:
+            runs = batch.runs.get(source)
+            if runs is None:
+                batch.runs[source] = [[position, position]]
+            elif self._last is batch and not gap:
+                runs[-1][1] = position
+            else:
+                runs.append([position, position])
         self._last = batch
 
     def _seal_open(self, lane: Lane) -> list[Batch]:
@@ -673,8 +679,9 @@ def _runs_of(tail: Batch) -> list[int]:
     return found
 
 
-def _fill(batch: Batch, tail: Batch, taken: list[int], runs_of: list[int]) -> None:
-    """Operations `taken` of `tail` (in its order) into the joined `batch`."""
+def _fill(batch: Batch, tail: Batch, taken: list[int], runs_of: list[int] | None) -> None:
+    """Operations `taken` of `tail` (in its order) into the joined `batch`; with their
+    runs of positions unless `runs_of` is None (the planner keeps none)."""
     _unfrozen(batch)
     previous = -2
     for n in taken:
@@ -691,6 +698,8 @@ def _fill(batch: Batch, tail: Batch, taken: list[int], runs_of: list[int]) -> No
             batch.keyset.add(key)
         if token:
             batch.tokens += 1
+        if runs_of is None:
+            continue
         if (
             previous == n - 1
             and runs_of[previous] == runs_of[n]

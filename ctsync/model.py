@@ -81,7 +81,8 @@ class Bulk:
 
     `runs`: the positions that came one after another (no other operation of the block
     between them, and no token passed over after them), each `[first, last]`, and
-    `starts` the index of each run's first operation. `raws` only when the run writes
+    `starts` the index of each run's first operation; both empty in a run without a
+    state file (`Recipe.runs`), whose planner keeps no runs. `raws` only when the run writes
     lines (`Recipe.lines`); `ids`, `probes`, `days` (each record's dedupe entry, or
     None) only when it dedupes."""
 
@@ -127,6 +128,8 @@ class Bulk:
         if self.found:
             index = {n: i for i, n in enumerate(picked)}
             part.found = [(index[n], keys, raw) for n, keys, raw in self.found if n in index]
+        if not self.starts:  # no runs (see `Recipe.runs`): none for its parts either
+            return part
         starts = set(self.starts)
         for at, n in enumerate(picked):
             position = self.positions[n][1]

@@ -284,8 +284,21 @@ def test_every_profile_meets_its_operations_in_input_order(
     go, in any order, at any moment; the end as a run ends it (deletions sealed, the
     lanes' last batches joined, again until nothing is left). Against a model that only
     knows the input: each profile gets its operations in input order, each exactly
-    once, and no request holds more than its limit."""
-    planner = Planner(lanes=lanes, batch_size=size, delete_batch_size=size)
+    once, and no request holds more than its limit. A planner that keeps no runs of
+    positions (a run without --state) sends exactly the same requests."""
+    seed = answers.getrandbits(64)
+    tracked = plan_and_answer(script, lanes, size, random.Random(seed), runs=True)
+    untracked = plan_and_answer(script, lanes, size, random.Random(seed), runs=False)
+    assert untracked == tracked
+
+
+def plan_and_answer(
+    script: list[tuple[str, str]], lanes: int, size: int, answers: random.Random, runs: bool
+) -> list[tuple[int, list[str | None], list[int]]]:
+    """The scenario above; the requests in the order they were answered (lane, keys,
+    lines)."""
+    planner = Planner(lanes=lanes, batch_size=size, delete_batch_size=size, runs=runs)
+    sent: list[tuple[int, list[str | None], list[int]]] = []
     waiting: list[Batch] = []  # sealed deletion batches
     applied: dict[str, list[int]] = {}
 
@@ -303,6 +316,8 @@ def test_every_profile_meets_its_operations_in_input_order(
         if not ready:
             return False
         batch = answers.choice(ready)
+        lines = [line for _, (line, _, _) in batch.positions]
+        sent.append((batch.lane, [str(key) for key in batch.keys], lines))
         for key, (_, (line, _, _)) in zip(batch.keys, batch.positions, strict=True):
             assert isinstance(key, str)
             applied.setdefault(key, []).append(line)
@@ -322,6 +337,7 @@ def test_every_profile_meets_its_operations_in_input_order(
         live += waiting + [b for b in planner.open_batches() if b not in waiting]
         where = {p[0]: b for b in live for _, p in b.positions}
         for batch in live:
+            assert runs or not batch.runs, "a planner without runs kept some"
             for first, last in batch.runs.get("f", []):
                 for line in range(first[0], last[0] + 1):
                     assert where.get(line) is batch, (line, first, last)
@@ -344,6 +360,7 @@ def test_every_profile_meets_its_operations_in_input_order(
     for line, (_, key) in enumerate(script, 1):
         expected.setdefault(key, []).append(line)
     assert applied == expected
+    return sent
 
 
 def test_past_the_bound_of_waiting_operations_the_deletions_go_as_they_are(

@@ -549,9 +549,12 @@ def test_add_bulk_fills_batches_to_their_size_and_runs_cover_exactly_their_batch
     """Slices of plain records and single operations into two lanes: every batch holds
     at most `size`, the lane's operations in the order added, and the runs of positions
     a batch records (what the state file keeps for it) cover its own positions and no
-    other operation's."""
+    other operation's. A planner that keeps no runs (a run without --state), given the
+    same slices without runs, fills the very same batches and keeps no runs."""
     planner = Planner(lanes=2, batch_size=size)
+    bare = Planner(lanes=2, batch_size=size, runs=False)
     batches: list[Batch] = []
+    bare_batches: list[Batch] = []
     added: dict[int, list[int]] = {0: [], 1: []}  # each lane's lines, in order
     line = 0
     for kind, lane, count in steps:
@@ -559,9 +562,10 @@ def test_add_bulk_fills_batches_to_their_size_and_runs_cover_exactly_their_batch
             line += 1
             key = next(k for k in (f"k{i}" for i in range(99)) if profile_hash(k) % 2 == lane)
             owner = Tracked(Origin("f", line, 0), None, {}, 1)
-            batches += planner.add_encoded(
-                OpKind.UPLOAD, key, b"x", True, False, owner, "f", (line, 0, 0), True
-            )
+            for each, into in ((planner, batches), (bare, bare_batches)):
+                into += each.add_encoded(
+                    OpKind.UPLOAD, key, b"x", True, False, owner, "f", (line, 0, 0), True
+                )
             added[lane].append(line)
             continue
         bulk = Bulk(lane)
@@ -579,7 +583,13 @@ def test_add_bulk_fills_batches_to_their_size_and_runs_cover_exactly_their_batch
             bulk.positions.append(("f", position))
             added[lane].append(line)
         batches += planner.add_bulk(bulk, False)
+        bare_batches += bare.add_bulk(replace(bulk, runs=[], starts=[]), False)
     batches += [b for b in planner.open_batches() if b.lane >= 0]
+    bare_batches += [b for b in bare.open_batches() if b.lane >= 0]
+    assert [(b.lane, b.bodies, b.positions, b.keys) for b in bare_batches] == [
+        (b.lane, b.bodies, b.positions, b.keys) for b in batches
+    ]
+    assert all(not b.runs for b in bare_batches)
     where = {p[1][0]: b for b in batches for p in b.positions}
     for batch in batches:
         assert 0 < len(batch) <= size
@@ -624,6 +634,15 @@ def test_a_split_bulk_keeps_each_record_once_in_order_and_runs_only_over_its_own
         bulk.days.append(None)  # type: ignore[union-attr]
     keys: set[ProfileKey] = set(taken)
     kept, out = bulk.split(keys)
+    # Without runs (a run without --state): the same parts, without runs.
+    for part, bare in zip((kept, out), replace(bulk, runs=[], starts=[]).split(keys), strict=True):
+        assert (bare.bodies, bare.keys, bare.positions, bare.ids) == (
+            part.bodies,
+            part.keys,
+            part.positions,
+            part.ids,
+        )
+        assert (bare.runs, bare.starts) == ([], [])
     for part, inside in ((kept, False), (out, True)):
         mine = [n for n, key in enumerate(bulk.keys) if (key in taken) == inside]
         assert part.bodies == [bulk.bodies[n] for n in mine]

@@ -101,10 +101,15 @@ class UploadRun:
         self._observer = observer
         self._resumable = state is not None
         self._control = control = Control(ledger)
-        planner = Planner(lanes=options.lanes, batch_size=options.batch_size)
+        # Runs of positions only for the state file (`Recipe.runs`).
+        planner = Planner(
+            lanes=options.lanes, batch_size=options.batch_size, runs=state is not None
+        )
         if workers is not None:  # records' lines come back only if the ledger writes them
             lanes = len(planner.lanes)  # plain records come back by lane (`wire.gather`)
-            stage = replace(workers.recipe, lines=ledger.writes_lines, lanes=lanes)
+            stage = replace(
+                workers.recipe, lines=ledger.writes_lines, lanes=lanes, runs=planner.runs
+            )
             workers = replace(workers, recipe=stage)
         # --workers: blocks go to worker processes when it is above 1 (the `Preparer`).
         self._workers = workers

@@ -71,6 +71,10 @@ class Recipe:
     # back by lane (`wire.gather`); 0: record by record. The run sets it.
     lanes: int = 0
     bulk_from: int = BULK_AT_LEAST  # plain records a block needs to go in bulk (tests: 1)
+    # Bulks with their runs of positions: only the state file reads them. A run without
+    # one sets it False (its planner keeps no runs), and then unpickles half the bytes'
+    # objects (measured: 0.78 against 0.38 microseconds a message, classic preset).
+    runs: bool = True
 
 
 class RecordStage:
@@ -97,6 +101,7 @@ class RecordStage:
         lines: bool = True,
         lanes: int = 0,
         bulk_from: int = BULK_AT_LEAST,
+        runs: bool = True,
     ) -> None:
         self.mapper = mapper
         self.tokens = counting(mapper).tokens  # asked of its token records (`prepare`)
@@ -111,6 +116,7 @@ class RecordStage:
         self._lines = lines  # a READY record's line goes back (see `Recipe.lines`)
         self._lanes = lanes  # plain records come back by lane (see `Recipe.lanes`)
         self._bulk_from = bulk_from
+        self._runs = runs  # bulks carry their runs of positions (see `Recipe.runs`)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> RecordStage:
@@ -126,6 +132,7 @@ class RecordStage:
             lines=recipe.lines,
             lanes=recipe.lanes,
             bulk_from=recipe.bulk_from,
+            runs=recipe.runs,
         )
 
     def block(self, block: Block, resume: Any) -> Prepared:
@@ -143,6 +150,7 @@ class RecordStage:
                     lines=self._lines,
                     dedupe=self.dedupe,
                     at_least=self._bulk_from,
+                    runs=self._runs,
                 )
             results = skip_runs(results)
         return results, self.counts()

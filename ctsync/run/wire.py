@@ -143,6 +143,7 @@ def gather(
     lines: bool,
     dedupe: bool,
     at_least: int = BULK_AT_LEAST,
+    runs: bool = True,
 ) -> list[Result]:
     """`results` (one block's, in order) with its plain records (see `Bulk`) taken out
     into one BULK result at the end; `results` as they are when the block has fewer
@@ -204,7 +205,7 @@ def gather(
             by_lane[lane] = [each]
         else:
             found.append(each)
-    bulks = [_bulk(lane, mine, source, lines, dedupe) for lane, mine in by_lane.items()]
+    bulks = [_bulk(lane, mine, source, lines, dedupe, runs) for lane, mine in by_lane.items()]
     last = plain[-1][1]
     rest.append((last[0], last[1], BULK, None, bulks, len(plain), NO_LOOKUPS, None, 0, None))
     return rest
@@ -240,26 +241,34 @@ def token_profile(key: TokenKey) -> ProfileKey:
 
 
 def _bulk(
-    lane: int, plain: list[tuple[int, Result]], source: str, lines: bool, dedupe: bool
+    lane: int,
+    plain: list[tuple[int, Result]],
+    source: str,
+    lines: bool,
+    dedupe: bool,
+    runs: bool = True,
 ) -> Bulk:
     """One lane's plain records, as columns (a comprehension each: a tenth of an append
-    per record and column). Its runs: records whose operations came one after another in
-    the block."""
+    per record and column). Its runs (unless `runs` is False: see `Recipe.runs`):
+    records whose operations came one after another in the block."""
     results = [result for _, result in plain]
     ops = [result[4][0] for result in results]
     positions = [(source, (result[0], result[1], 0)) for result in results]
-    seqs = [n for n, _ in plain]
-    starts = [0, *(n for n in range(1, len(seqs)) if seqs[n] != seqs[n - 1] + 1)]
-    ends = [*starts[1:], len(seqs)]
     bulk = Bulk(
         lane,
         bodies=[op[2] for op in ops],
         keys=[op[1] for op in ops],
         safe=[op[3] for op in ops],
         positions=positions,
-        runs=[[positions[a][1], positions[b - 1][1]] for a, b in zip(starts, ends, strict=True)],
-        starts=starts,
     )
+    if runs:
+        seqs = [n for n, _ in plain]
+        starts = [0, *(n for n in range(1, len(seqs)) if seqs[n] != seqs[n - 1] + 1)]
+        ends = [*starts[1:], len(seqs)]
+        bulk.starts = starts
+        bulk.runs = [
+            [positions[a][1], positions[b - 1][1]] for a, b in zip(starts, ends, strict=True)
+        ]
     if lines:
         bulk.raws = [result[3] for result in results]
     bulk.found = [
