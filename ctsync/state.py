@@ -215,8 +215,15 @@ class Progress:
 
 
 def _cannot_open(path: Path, exc: OSError) -> str:
-    if exc.errno == errno.ENOENT:  # only its folder can be missing: O_CREAT makes the file
+    # O_CREAT makes a missing file: its folder is missing (or a link points nowhere)
+    if exc.errno == errno.ENOENT and not path.parent.is_dir():
         return f"{path}: cannot create the state file: the folder {path.parent} does not exist"
+    if exc.errno == errno.ENOENT and path.is_symlink():
+        target = os.readlink(path)
+        return (
+            f"{path}: cannot create the state file: it links to {target}, "
+            "in a folder that does not exist"
+        )
     return f"{path}: cannot open the state file ({exc.strerror})"
 
 

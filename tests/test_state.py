@@ -919,6 +919,14 @@ def test_a_state_file_that_cannot_be_opened_says_where_and_why(tmp_path: Path) -
     assert str(caught.value) == (
         f"{where}: cannot create the state file: the folder {where.parent} does not exist"
     )
+    link = tmp_path / "link.db"
+    link.symlink_to(tmp_path / "gone" / "state.db")  # a review found: it blamed tmp_path
+    with pytest.raises(UsageError) as caught:
+        StateFile(link)
+    assert str(caught.value) == (
+        f"{link}: cannot create the state file: it links to {tmp_path / 'gone' / 'state.db'}, "
+        "in a folder that does not exist"
+    )
     (tmp_path / "a folder").mkdir()
     with pytest.raises(UsageError) as caught:
         StateFile(tmp_path / "a folder")

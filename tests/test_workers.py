@@ -363,7 +363,6 @@ def _assert_spans_hold_the_blocks(path: Path, items: list[Block | InputRecord]) 
         spans += 1
         span = item.span
         assert content[span.offset : span.offset + span.length] == item.data
-        assert span.lines == item.data.count(b"\n")
         lean = item.lean()
         assert lean.data == b""
         fetched = fetch(lean)
@@ -427,10 +426,13 @@ def test_spans_hold_across_reads_overlong_lines_and_blank_runs(tmp_path: Path) -
 
 
 def test_a_span_is_read_only_from_the_file_the_run_read(tmp_path: Path) -> None:
-    """A worker reads a span only from the very file, with the block's length, line
-    ends and first and last bytes: after the file is rotated (renamed, another in its
-    place), deleted, cut short or rewritten, it reads nothing (the run then prepares
-    the block from its own copy)."""
+    """A worker reads a span only from the very file, with the very bytes the run read:
+    after the file is rotated (renamed, another in its place), deleted, cut short or
+    rewritten, it reads nothing (the run then prepares the block from its own copy).
+    A review found a rewrite that kept a block's length, line ends and first and last
+    64 bytes (what was checked then): the worker read the new lines into the run's old
+    positions, losing one record and, with a later block read from the run's copy,
+    repeating another."""
     path = tmp_path / "export.ndjson"
     lines = [orjson.dumps({"type": "identify", "userId": f"u{n}"}) for n in range(9000)]
     content = b"\n".join(lines) + b"\n"
@@ -442,13 +444,15 @@ def test_a_span_is_read_only_from_the_file_the_run_read(tmp_path: Path) -> None:
         Block(b.source, b.lineno, b.data, b.limit) for b in blocks
     ]
 
-    # Rewritten in place, the same length, one line end moved: its lines are not those
-    # the run counted. (A rewrite that keeps every line end and a block's first and last
-    # bytes is read as rewritten, as if the run had read the file after the change.)
-    path.write_bytes(content.replace(b'"u7777"}\n', b'"u7777"} '))
     changed = [n for n, block in enumerate(blocks) if b'"u7777"' in block.data]
     assert len(changed) == 1
-    assert [fetch(block) is None for block in lean] == [n in changed for n in range(len(lean))]
+    for rewritten in (  # in place, the same length
+        content.replace(b'"u7777"}\n', b'"u7777"} '),  # a line end moved
+        content.replace(b'"u7777"', b'"x7777"'),  # one byte inside a line
+        content.replace(b'"u7777"}\n{', b'"u7777"}\n '),  # a line's first byte
+    ):
+        path.write_bytes(rewritten)
+        assert [fetch(block) is None for block in lean] == [n in changed for n in range(len(lean))]
 
     path.write_bytes(content[: len(content) // 2])  # cut short: the later blocks are gone
     assert fetch(lean[0]) is not None and fetch(lean[-1]) is None
@@ -460,6 +464,30 @@ def test_a_span_is_read_only_from_the_file_the_run_read(tmp_path: Path) -> None:
 
     path.unlink()
     assert all(fetch(block) is None for block in lean)
+
+
+def test_a_rewrite_that_keeps_every_edge_and_line_end_is_not_read_by_a_worker(
+    tmp_path: Path,
+) -> None:
+    """The review's case: a re-export written over the file in place, its lines moved up
+    by one (the oldest message dropped, one added), every line of one length, sharing
+    its first and last 64 bytes (a `_metadata` head, a `writeKey` tail)."""
+    head = b'{"_metadata":{"bundled":["Segment.io"],"unbundled":["Mixpanel","Amplitude"]},'
+    tail = b',"type":"track","writeKey":"Zq1xW2ecV3rT4yU5iO6pA7sD8fG9hJ0k","version":2}\n'
+
+    def lines(first: int) -> bytes:
+        return b"".join(
+            head + b'"event":"E","messageId":"m%05d","userId":"u%05d"' % (n, n) + tail
+            for n in range(first, first + 1000)
+        )
+
+    path = tmp_path / "export.ndjson"
+    path.write_bytes(lines(1))
+    blocks = [item for item in _blocks_of(path, 4096, 1024) if isinstance(item, Block)]
+    assert len(blocks) > 1
+    with open(path, "r+b") as f:
+        f.write(lines(2))  # same inode, same length
+    assert [fetch(block.lean()) for block in blocks] == [None] * len(blocks)
 
 
 def test_blocks_no_worker_can_read_are_prepared_by_the_run(

@@ -7,6 +7,7 @@ runs it alone.
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -168,6 +169,11 @@ def _fail(message: str) -> NoReturn:
 def _not_a_database(db: Path | None, error: sqlite3.DatabaseError) -> str:
     if db is not None and not db.parent.is_dir():
         return f"{db}: cannot create the database: the folder {db.parent} does not exist"
+    if db is not None and db.is_symlink() and not db.exists():
+        return (
+            f"{db}: cannot create the database: it links to {os.readlink(db)}, "
+            "in a folder that does not exist"
+        )
     return (
         f"{db}: not a sandbox database ({error}); give the file a sandbox wrote with --db, "
         "or a new file name"

@@ -233,6 +233,12 @@ def test_a_database_in_a_missing_folder_names_the_folder(tmp_path: Path) -> None
     assert result.exit_code == 2
     assert f"the folder {db.parent} does not exist" in " ".join(result.output.split())
     assert "not a sandbox database" not in result.output
+    link = tmp_path / "link.db"
+    link.symlink_to(tmp_path / "gone" / "x.db")
+    result = CliRunner().invoke(app, ["--db", str(link), "--port", "0"])
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert f"it links to {tmp_path / 'gone' / 'x.db'}, in a folder that does not exist" in said
 
 
 def test_a_ctsync_state_file_is_not_taken_for_a_sandbox_database(tmp_path: Path) -> None:
