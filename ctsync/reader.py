@@ -27,7 +27,7 @@ import select
 import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
@@ -87,15 +87,15 @@ class InputRecord:
 class Span:
     """Where a block's bytes lie in a file that a worker process may read itself: the
     file at `path` if it is still the one the run opened (`device`, `inode`), `length`
-    bytes from `offset`, whose XXH3 hash is `digest`. The pipe to a worker then carries
-    a few numbers instead of the bytes."""
+    bytes from `offset`, whose XXH3 hash is `digest` (set as the block goes to a worker:
+    `Block.lean`). The pipe to a worker then carries a few numbers instead of the bytes."""
 
     path: str
     device: int
     inode: int
     offset: int
     length: int
-    digest: int
+    digest: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,8 @@ class Block:
         has a span (the worker reads them: `fetch`)."""
         if self.span is None:
             return self
-        return Block(self.source, self.lineno, b"", self.limit, self.span)
+        span = replace(self.span, digest=xxh3_64_intdigest(self.data))
+        return Block(self.source, self.lineno, b"", self.limit, span)
 
 
 def fetch(block: Block) -> Block | None:
@@ -478,9 +479,9 @@ def _block(
     """A block of whole lines; with its span when it starts at `offset` of `file`."""
     if file is None or offset < 0:
         return Block(name, lineno, data, limit)
-    digest = xxh3_64_intdigest(data)
-    span = Span(file.path, file.device, file.inode, offset, len(data), digest)
-    return Block(name, lineno, data, limit, span)
+    return Block(
+        name, lineno, data, limit, Span(file.path, file.device, file.inode, offset, len(data))
+    )
 
 
 class _Reader:
