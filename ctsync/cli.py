@@ -7,6 +7,8 @@ import contextlib
 import functools
 import gzip
 import inspect
+import os
+import stat
 import sys
 import zlib
 from collections.abc import Callable, Iterator
@@ -39,6 +41,7 @@ from ctsync.reader import (
     DEFAULT_MAX_LINE_BYTES,
     STDIN,
     InputOptions,
+    LocalFile,
     Source,
     collect_inputs,
     sniff_file,
@@ -662,6 +665,14 @@ def upload(
             )
             # A live display would overwrite what is typed: off unless asked for.
             progress = False if progress is None else progress
+        if err.is_terminal and not outputs.quiet:
+            for pipe in _named_pipes(sources.sources):
+                err.print(
+                    f"ctsync: {escape(pipe)} is a named pipe: reading it waits until a "
+                    "program writes to it (Ctrl-C to stop)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
         with _progress(err, progress, outputs.quiet, _total_size(sources.sources)) as view:
             summary = api.upload(job, observer=view, handle_signals=True)
         _finish(summary, err, outputs)
@@ -954,6 +965,17 @@ def _error_console() -> Console:
     enters (`ctsync.redact`), so ctsync's own sentences are never masked."""
     forget_all()  # a new run: only its own passcode is masked (tests run many in one process)
     return Console(stderr=True)
+
+
+def _named_pipes(sources: list[Source]) -> list[str]:
+    """The inputs that are named pipes: opening one waits, silently, for a writer."""
+    found = []
+    for source in sources:
+        if isinstance(source, LocalFile):
+            with contextlib.suppress(OSError):
+                if stat.S_ISFIFO(os.stat(source.file).st_mode):
+                    found.append(source.name)
+    return found
 
 
 def _stdin_is_terminal() -> bool:

@@ -789,6 +789,19 @@ def test_mappings_check_from_a_terminal_says_so_and_checks_each_line_as_typed(
         assert "ctsync: interrupted" in term.screen() and "Aborted" not in term.screen()
 
 
+def test_a_named_pipe_without_a_writer_says_what_it_waits_for(tmp_path: Path) -> None:
+    """`ctsync upload FIFO` waited in silence until a program wrote to the pipe; at a
+    terminal it now says so, then reads what comes."""
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    term = Terminal("upload", str(fifo), "--dry-run", "--no-progress", env=clean_env(TERM="dumb"))
+    term.expect(f"{fifo} is a named pipe: reading it waits until a program writes to it")
+    with open(fifo, "wb") as writer:
+        writer.write(IDENTIFY_LINE)
+    assert term.wait() == 0, term.screen()
+    assert "accepted" in term.screen()
+
+
 @contextlib.contextmanager
 def held_run(export: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], Any]]:
     """`ctsync upload EXPORT --batch-size 1 EXTRA` against a sandbox that holds every
