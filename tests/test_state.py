@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctsync import api
+from ctsync.concurrency import AUTO, Concurrency
 from ctsync.errors import AuthError, DiskFull, LockedError, OutputError, UsageError
 from ctsync.ledger import ACCEPTED, Ledger, Output, Summary, Verdict
 from ctsync.mappers import MapperRecipe
@@ -152,6 +153,43 @@ def refused_then_resumed(
     return stopped.value.summary, api.upload(job, transport=server.transport()), server
 
 
+def numbered_events(tmp_path: Path, count: int) -> Path:
+    """An export of `count` track events of distinct users, numbered by their `n`."""
+    export = tmp_path / "e.ndjson"
+    events = [
+        {**TRACK_EVENT, "messageId": f"m{n}", "userId": f"u{n}", "properties": {"n": n}}
+        for n in range(count)
+    ]
+    export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in events))
+    return export
+
+
+def sandbox_job(
+    export: Path,
+    url: str,
+    settings: ClientSettings,
+    *,
+    passcode: str = "sandbox",
+    concurrency: Concurrency = AUTO,
+) -> api.UploadJob:
+    """`export` to the sandbox at `url` with a state file beside it (the classic preset:
+    tracks as events), 10 records to a request."""
+    client = ClientSettings(
+        account_id="sandbox",
+        passcode=Secret(passcode),
+        base_url=url,
+        concurrency=concurrency,
+        retry=settings.retry,
+    )
+    return api.UploadJob(
+        paths=[str(export)],
+        client=client,
+        state=export.with_name("state.db"),
+        preset=Preset.CLASSIC,
+        run=RunOptions(batch_size=10),
+    )
+
+
 @pytest.mark.parametrize("answers", [[401], [503, 401], [429, 429, 401]])
 def test_events_a_401_refused_whole_are_sent_by_the_next_run(
     tmp_path: Path, settings: ClientSettings, answers: list[int]
@@ -179,29 +217,11 @@ def test_events_of_every_request_a_401_refused_are_sent_by_the_next_run(
     20 to 200 ms), so that requests are on the wire as they are against CleverTap."""
     from ctsync.sandbox import SandboxConfig, running_sandbox
 
-    export, state = tmp_path / "e.ndjson", tmp_path / "state.db"
-    events = [
-        {**TRACK_EVENT, "messageId": f"m{n}", "userId": f"u{n}", "properties": {"n": n}}
-        for n in range(300)
-    ]
-    export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in events))
+    export = numbered_events(tmp_path, 300)
     with running_sandbox(SandboxConfig(latency_ms=(20, 200), seed=7)) as sandbox:
         runs = []
         for passcode in ("wrong", "sandbox"):
-            client = ClientSettings(
-                account_id="sandbox",
-                passcode=Secret(passcode),
-                base_url=sandbox.url,
-                concurrency=8,
-                retry=settings.retry,
-            )
-            job = api.UploadJob(
-                paths=[str(export)],
-                client=client,
-                state=state,
-                preset=Preset.CLASSIC,
-                run=RunOptions(batch_size=10),
-            )
+            job = sandbox_job(export, sandbox.url, settings, passcode=passcode, concurrency=8)
             try:
                 runs.append(api.upload(job))
             except AuthError as stopped:
@@ -237,12 +257,7 @@ def test_a_request_whose_checkpoint_filled_the_disk_never_left_and_is_sent_next_
     is about to be written, as CleverTap's does."""
     from ctsync.sandbox import SandboxConfig, running_sandbox
 
-    export, state = tmp_path / "e.ndjson", tmp_path / "state.db"
-    events = [
-        {**TRACK_EVENT, "messageId": f"m{n}", "userId": f"u{n}", "properties": {"n": n}}
-        for n in range(60)
-    ]
-    export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in events))
+    export = numbered_events(tmp_path, 60)
     checkpoint = StateFile.checkpoint
     full = True
 
@@ -256,19 +271,7 @@ def test_a_request_whose_checkpoint_filled_the_disk_never_left_and_is_sent_next_
 
     monkeypatch.setattr(StateFile, "checkpoint", fills_as_a_request_goes)
     with running_sandbox(SandboxConfig(latency_ms=(5, 50), seed=3)) as sandbox:
-        client = ClientSettings(
-            account_id="sandbox",
-            passcode=Secret("sandbox"),
-            base_url=sandbox.url,
-            retry=settings.retry,
-        )
-        job = api.UploadJob(
-            paths=[str(export)],
-            client=client,
-            state=state,
-            preset=Preset.CLASSIC,
-            run=RunOptions(batch_size=10),
-        )
+        job = sandbox_job(export, sandbox.url, settings)
         with pytest.raises(DiskFull) as stopped:
             api.upload(job)
         first = stopped.value.summary
