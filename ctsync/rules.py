@@ -215,6 +215,7 @@ def _check_identifier(record: CleverTapRecord, found: list[Violation]) -> None:
     if (
         type(identity) is str
         and 0 < len(identity) <= MAX_IDENTITY_LENGTH
+        and not identity.isspace()
         and "objectId" not in record
         and "FBID" not in record
         and "GPID" not in record
@@ -233,6 +234,9 @@ def _check_identifier(record: CleverTapRecord, found: list[Violation]) -> None:
         not isinstance(identity, str) or not identity or len(identity) > MAX_IDENTITY_LENGTH
     ):
         found.append(Violation("523", "identity must be a string of 1 to 119 characters"))
+    elif isinstance(identity, str) and identity.isspace():
+        # ("  " would be one profile for every message whose userId is blank)
+        found.append(Violation("523", "identity is blank: nothing but spaces"))
     object_id = record.get("objectId")
     if "objectId" in record and (not isinstance(object_id, str) or not object_id):
         found.append(Violation("526", "objectId must be a non-empty string"))

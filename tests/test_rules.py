@@ -64,11 +64,20 @@ def test_record_with_two_identifiers_is_523() -> None:
     assert codes(record) == ["523"]
 
 
-@pytest.mark.parametrize("identity", ["", "x" * 120, 42, None])
-def test_identity_empty_too_long_or_not_a_string_is_523(identity: Any) -> None:
+@pytest.mark.parametrize("identity", ["", "x" * 120, 42, None, " ", "  ", "\t", " \n "])
+def test_identity_empty_blank_too_long_or_not_a_string_is_523(identity: Any) -> None:
+    """A blank identity (a userId of spaces) would make one profile of every message
+    that has one: the README lists an empty identity under 523, and blank is empty."""
     record = profile()
     record["identity"] = identity
     assert codes(record) == ["523"]
+
+
+@pytest.mark.parametrize("identity", [" u1", "u1 ", "a b", "\u00a0x"])
+def test_an_identity_with_spaces_around_or_inside_is_kept(identity: str) -> None:
+    record = profile()
+    record["identity"] = identity
+    assert codes(record) == []
 
 
 def test_identity_of_119_characters_is_valid() -> None:
