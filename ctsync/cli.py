@@ -394,10 +394,23 @@ class OutputOptions:
         and for options that contradict each other."""
         if self.output is not None and not self.dry_run:
             raise UsageError("--output writes the requests of a dry run: add --dry-run")
-        if self.output == Path(STDIN) and self.json_out:
+        to_stdout = [
+            name
+            for name, path in (
+                ("--output", self.output),
+                ("--report", self.report),
+                ("--failed", self.failed),
+            )
+            if path == Path(STDIN)
+        ]
+        if self.json_out:
+            to_stdout.append("--json")
+        if len(to_stdout) > 1:  # their lines would interleave on stdout
+            named = " and ".join(f"{name} -" if name != "--json" else name for name in to_stdout)
+            both = "both" if len(to_stdout) == 2 else "all"
             raise UsageError(
-                "--output - and --json would both write to stdout: "
-                "give --output a file, or leave out --json"
+                f"{named} would {both} write to stdout: give files instead of -, "
+                "or leave out --json"
             )
         if self.progress and self.quiet:
             raise UsageError("--progress shows what --quiet hides: give one of them")
@@ -719,6 +732,9 @@ def delete(
             raise UsageError(
                 "name the profiles to delete: --identity ID (repeatable) or --from FILE"
             )
+        if identity and not any(value.strip() for value in identity):
+            # (`--identity "$ID"` with ID unset: a script must not read it as done)
+            raise UsageError("--identity is empty: name the profiles to delete")
         files = outputs.files()
         client = _client_settings(
             ctx, err, connection, parse_concurrency(concurrency), outputs.dry_run
@@ -895,6 +911,11 @@ def _client_settings(
     passcode = connection.passcode
     secret: Secret | None = None
     if connection.passcode_file is not None:
+        if passcode and _from_command_line(ctx, "passcode"):
+            raise UsageError(
+                "--passcode and --passcode-file both give the passcode: give one of them "
+                "(--passcode-file keeps it out of `ps`)"
+            )
         secret = Secret.from_file(connection.passcode_file)
     elif passcode:
         from_command_line = _from_command_line(ctx, "passcode")

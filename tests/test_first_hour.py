@@ -207,7 +207,12 @@ def test_the_json_of_a_refused_run_shows_its_requests_and_concurrency(
     [
         (["--progress", "--quiet"], "--progress"),
         (["--progress", "-q"], "--quiet"),
-        (["--output", "-", "--json"], "--output -"),
+        (["--output", "-", "--json"], "--output - and --json would both write to stdout"),
+        # (the walkthrough: report lines mixed into the --json summary)
+        (["--report", "-", "--json"], "--report - and --json would both write to stdout"),
+        (["--failed", "-", "--json"], "--failed - and --json would both write"),
+        (["--report", "-", "--failed", "-"], "--report - and --failed - would both write"),
+        (["--output", "-", "--report", "-", "--json"], "would all write to stdout"),
     ],
 )
 def test_contradicting_output_options_are_refused_in_one_line(
@@ -219,6 +224,28 @@ def test_contradicting_output_options_are_refused_in_one_line(
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith("ctsync: ") and named in line
+
+
+def test_a_passcode_given_twice_is_refused(tmp_path: Path) -> None:
+    """`--passcode-file` silently won over `--passcode` (a 401 with no hint why); the
+    variable CLEVERTAP_PASSCODE beside a file is a default the file overrides."""
+    export = ndjson(tmp_path / "e.ndjson", TRACK)
+    secret = tmp_path / "passcode"
+    secret.write_text("from-the-file\n")
+    args = ["upload", str(export), "--account-id", "A", "--passcode-file", str(secret)]
+    result = runner.invoke(app, [*args, "--passcode", "typed"], env=clean_env())
+    assert result.exit_code == 2
+    assert result.stderr.startswith("ctsync: --passcode and --passcode-file both give")
+    assert "typed" not in result.output and "from-the-file" not in result.output
+
+
+def test_delete_with_only_an_empty_identity_is_refused() -> None:
+    """`ctsync delete --identity "$ID"` with ID unset exited 0 having deleted nothing."""
+    for values in ([""], ["", "  "]):
+        args = [arg for value in values for arg in ("--identity", value)]
+        result = runner.invoke(app, ["delete", *args, "--dry-run"], env=clean_env())
+        assert result.exit_code == 2
+        assert result.stderr.strip() == "ctsync: --identity is empty: name the profiles to delete"
 
 
 # -- a file a run would use twice ------------------------------------------------------
