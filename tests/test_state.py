@@ -207,6 +207,34 @@ def test_events_a_401_refused_whole_are_sent_by_the_next_run(
     assert sorted(server.stored) == [0, 1, 2, 3, 4]  # each once
 
 
+def test_the_report_of_a_401_says_the_credentials_were_refused(
+    tmp_path: Path, settings: ClientSettings
+) -> None:
+    """The records of the refused request went out: the report said "not sent: the run
+    was interrupted before this record's batch went out" (the walkthrough found it)."""
+    export, report = tmp_path / "e.ndjson", tmp_path / "report.ndjson"
+    events = [{**TRACK_EVENT, "messageId": f"m{n}", "userId": f"u{n}"} for n in range(25)]
+    export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in events))
+    job = api.UploadJob(
+        paths=[str(export)],
+        client=settings,
+        preset=Preset.CLASSIC,
+        run=RunOptions(batch_size=10),
+        outputs=api.Outputs(report=report),
+    )
+    with pytest.raises(AuthError):
+        api.upload(job, transport=Answering([401] * 9).transport())
+    lines = [orjson.loads(line) for line in report.read_bytes().splitlines()]
+    assert len(lines) == 25
+    assert {(line["code"], line["message"]) for line in lines} == {
+        (
+            "interrupted",
+            "not stored: the run stopped when CleverTap refused the credentials (HTTP 401); "
+            "a run with the right ones sends it",
+        )
+    }
+
+
 def test_events_of_every_request_a_401_refused_are_sent_by_the_next_run(
     tmp_path: Path, settings: ClientSettings
 ) -> None:

@@ -34,6 +34,15 @@ INTERRUPTED = Verdict(
 )
 
 
+REFUSED_CREDENTIALS = Verdict(
+    Outcome.FAILED,
+    "interrupted",
+    "not stored: the run stopped when CleverTap refused the credentials (HTTP 401); "
+    "a run with the right ones sends it",
+    Stage.TRANSPORT,
+)
+
+
 def _refused(batch: Batch, exc: BaseException) -> None:
     """A batch whose request CleverTap refused with 401 before it could store any of it,
     or whose request never left (the checkpoint before it failed: a full disk), was not
@@ -283,6 +292,8 @@ class Dispatcher:
         """Why the records never sent were not: an output that could not be written (a
         full disk), or an interruption."""
         cause = self._control.fatal or self._accounts.ledger.output_error
+        if isinstance(cause, AuthError):  # (its own request's records too: none stored)
+            return REFUSED_CREDENTIALS
         if not isinstance(cause, OutputError):
             return INTERRUPTED
         code = DISK_FULL if isinstance(cause, DiskFull) else OUTPUT_FAILED
