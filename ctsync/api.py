@@ -34,6 +34,7 @@ from ctsync.prepare import ValidateMode, Validator, rules_validator
 from ctsync.presets import MappingOptions, Preset
 from ctsync.reader import STDIN, InputOptions, Inputs, collect_inputs
 from ctsync.records import DeleteKey, Mapper, Origin, counting
+from ctsync.redact import redact
 from ctsync.run import (
     DryRunSender,
     Observer,
@@ -265,14 +266,25 @@ def upload(
 def _connection_notes(summary: Summary, client: ClientSettings | None) -> list[str]:
     """Records that never reached CleverTap: where the run tried to send them (the table
     says only `connection`; why is in the report, when there is one)."""
-    failed = summary.failed.get("connection", 0)
-    if not failed or client is None:
+    if client is None:
         return []
-    return [
-        f"{failed:,} records could not be sent to {client.base_url}: the connection failed "
-        "before their requests were sent, after every retry; check --region (or --endpoint) "
-        "and the network"
-    ]
+    where = redact(client.base_url)
+    notes = []
+    failed = summary.failed.get("connection", 0)
+    if failed:
+        notes.append(
+            f"{failed:,} records could not be sent to {where}: the connection failed "
+            "before their requests were sent, after every retry; check --region (or "
+            "--endpoint) and the network"
+        )
+    # A wrong path under --endpoint: every request answered "no such page".
+    missing = summary.failed.get("404", 0) + summary.failed.get("405", 0)
+    if missing:
+        notes.append(
+            f"{missing:,} records were answered HTTP 404 or 405 (no such address) by {where}: "
+            "check --endpoint (the base URL, without /1/upload) or --region"
+        )
+    return notes
 
 
 def _message_ids(options: RunOptions, state: StateFile | None) -> MessageIds | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -128,6 +129,24 @@ def test_records_that_never_connected_name_where_the_run_tried(
         f"3 records could not be sent to {settings.base_url}: the connection failed before "
         "their requests were sent, after every retry; check --region (or --endpoint) and the "
         "network"
+    ) in summary.note_lines()
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_records_answered_no_such_address_name_the_endpoint(
+    tmp_path: Path, settings: ClientSettings, status: int
+) -> None:
+    """`--endpoint http://host/api` (a path too many): every request answered 404, the
+    summary said `failed 404` and nothing more (the walkthrough found it)."""
+
+    def no_such_page(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, text="Not Found")
+
+    summary = _upload(tmp_path, settings, no_such_page, EVENTS)
+    assert summary.failed == Counter({str(status): 3})
+    assert (
+        f"3 records were answered HTTP 404 or 405 (no such address) by {settings.base_url}: "
+        "check --endpoint (the base URL, without /1/upload) or --region"
     ) in summary.note_lines()
 
 
