@@ -38,7 +38,8 @@ class _Missing:
 
 
 MISSING: Final = _Missing()
-"""A mapped value that is not there (a path that leads nowhere, an `@if` with no else)."""
+"""A mapped value that is not there (a path that leads nowhere, an `@if` with no else, a
+template none of whose fields is there)."""
 
 Resolve = Callable[[Message], Any]
 DIRECTIVES: Final = ("@path", "@template", "@if", "@literal")
@@ -125,6 +126,8 @@ def _text_of(value: Any) -> str:
         return str(value)
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
+
+_NOTHING: Final = (MISSING, None)  # a template field that is not there
 
 _TEMPLATE_SLOT = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 
@@ -213,8 +216,12 @@ def _compile_template(template: str, where: str) -> Compiled:
     if "{{" in "".join(piece for piece in pieces if isinstance(piece, str)):
         raise DirectiveError(where, "@template: a '{{' is not closed by '}}'")
     parts = tuple(pieces)
+    fields = tuple(piece for piece in parts if not isinstance(piece, str))
 
-    def render(message: Message) -> str:
+    def render(message: Message) -> Any:
+        if fields and all(field(message) in _NOTHING for field in fields):
+            # Every field missing: no value (a Name of " " would overwrite the real one).
+            return MISSING
         return "".join(
             piece if isinstance(piece, str) else _text_of(piece(message)) for piece in parts
         )

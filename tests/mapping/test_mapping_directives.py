@@ -57,7 +57,20 @@ def test_path_to_root_is_the_message() -> None:
 def test_template_substitutes_and_renders_missing_as_empty() -> None:
     assert resolve({"@template": "{{traits.first}} {{traits.last}}"}) == "Ada Lovelace"
     assert resolve({"@template": "Hi {{ traits.first }}!"}) == "Hi Ada!"
-    assert resolve({"@template": "{{traits.missing}}|{{traits.nickname}}"}) == "|"
+    assert resolve({"@template": "{{traits.first}}|{{traits.nickname}}"}) == "Ada|"
+    assert resolve({"@template": "{{traits.missing}} {{traits.first}}"}) == " Ada"
+    assert resolve({"@template": "no fields"}) == "no fields"
+
+
+def test_a_template_none_of_whose_fields_is_there_is_left_out() -> None:
+    """The README's example built Name from first_name and last_name: for a profile with
+    neither (the samples have `name`) it sent "Name": " ", over the real name (the
+    walkthrough found it). Missing and null fields alike."""
+    assert resolve({"@template": "{{traits.missing}}|{{traits.nickname}}"}) is MISSING
+    compiled = compile_value(
+        {"Name": {"@template": "{{traits.gone}} {{traits.nickname}}"}, "Email": "x"}, "profileData"
+    )
+    assert compiled.resolve(MESSAGE) == {"Email": "x"}
     assert resolve({"@template": "{{traits.age}} {{traits.vip}}"}) == "36 true"
     assert resolve({"@template": "{{$.userId}}"}) == "u1"
     assert resolve({"@template": "{{traits.address}}"}) == '{"city":"London"}'
