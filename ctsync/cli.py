@@ -608,7 +608,8 @@ def upload(
 ) -> None:
     """Upload Segment messages (NDJSON or JSON, gzipped or not) to CleverTap.
 
-    Each PATH is a file or a directory of exports; `-` or none reads stdin.
+    Each PATH is a file or a directory of exports, or an s3:// or gs:// bucket path;
+    `-` or none reads stdin.
     """
     err = _error_console()
     with _errors_to_exit(err, json_out=outputs.json_out, quiet=outputs.quiet):

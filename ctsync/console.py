@@ -80,6 +80,12 @@ class RunView:
         self._counter = counter
         self._deadline = deadline
         what = "Ctrl-C" if signal_name == "SIGINT" else signal_name
+        # (a service manager or cron sends SIGTERM: no one there presses Ctrl-C)
+        again = (
+            "press Ctrl-C again to stop now"
+            if signal_name == "SIGINT"
+            else f"a second {signal_name} (or Ctrl-C) stops now"
+        )
         seconds = max(0, round(deadline - time.monotonic()))
         if counter.in_flight:
             waits = (
@@ -88,7 +94,7 @@ class RunView:
         else:
             waits = "no request in flight; finishing"
         self._console.print(
-            f"[yellow]ctsync: stopping ({what}): {waits}; press Ctrl-C again to stop now[/]",
+            f"[yellow]ctsync: stopping ({what}): {waits}; {again}[/]",
             highlight=False,
             soft_wrap=True,
         )

@@ -777,6 +777,13 @@ class _Reader:
                 "a line, e.g. with jq -c '.[]')",
                 Stage.PARSE,
             )
+        if "not valid UTF-8" in exc.msg:  # orjson adds "surrogates not allowed": misleading
+            return Invalid(
+                "malformed-json",
+                "not valid JSON: the line is not UTF-8 text (JSON must be UTF-8: was the "
+                "file written in another encoding, such as Latin-1?)",
+                Stage.PARSE,
+            )
         return Invalid("malformed-json", f"not valid JSON: {exc.msg}", Stage.PARSE)
 
 

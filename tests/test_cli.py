@@ -859,15 +859,19 @@ def test_the_first_signal_says_what_it_waits_for(export: Path, sig: int, code: i
     with held_run(export, "--json") as (process, sandbox):
         wait_for_in_flight(sandbox, 2, process)
         process.send_signal(sig)
-        before = stderr_until(process, "press Ctrl-C again to stop now")
+        again = (
+            "press Ctrl-C again to stop now"
+            if sig == signal.SIGINT
+            else "a second SIGTERM (or Ctrl-C) stops now"
+        )
+        before = stderr_until(process, again)
         sandbox.release()
         stdout, stderr = process.communicate(timeout=60)
     stderr = before + stderr
     assert process.returncode == code, stderr
     what = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
     assert (
-        f"ctsync: stopping ({what}): waiting up to 30 s for 2 requests in flight; "
-        "press Ctrl-C again to stop now"
+        f"ctsync: stopping ({what}): waiting up to 30 s for 2 requests in flight; {again}"
     ) in stderr
     assert orjson.loads(stdout)["accepted"] == 2  # the drain let them finish
 
@@ -959,6 +963,7 @@ def test_upload_usage_says_it_takes_several_paths() -> None:
     result = runner.invoke(app, ["upload", "--help"], env=clean_env(COLUMNS="80"))
     assert_exit(result, 0)
     assert result.stdout.splitlines()[0].strip() == "Usage: ctsync upload [OPTIONS] [PATH]..."
+    assert "s3:// or gs:// bucket path" in " ".join(result.stdout.split())
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ctsync")

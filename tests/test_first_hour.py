@@ -362,6 +362,18 @@ def test_an_empty_file_named_on_its_own_is_said_empty(tmp_path: Path, content: b
     assert summary["notes"] == [f"{empty}: empty; nothing was read"]
 
 
+def test_an_empty_stdin_is_said_empty() -> None:
+    """`zcat missing.gz | ctsync upload -` exited 0 with read 0 and no word: in a script
+    without pipefail the producer's failure went unseen (the walkthrough)."""
+    result = runner.invoke(app, ["upload", "-", "--dry-run", "--json"], input=b"", env=clean_env())
+    assert result.exit_code == 0
+    summary = orjson.loads(result.stdout)
+    assert summary["read"] == 0
+    assert summary["notes"] == [
+        "standard input was empty; nothing was read (did the program before the pipe fail?)"
+    ]
+
+
 # -- the plain progress line ------------------------------------------------------------
 
 counts = st.integers(0, 10_000_000)

@@ -478,3 +478,17 @@ def test_without_isal_gzip_is_read_the_same_with_zlib(tmp_path: Path) -> None:
         "[(1, 'identify'), (2, 'track')]",
         "[(1, 'identify'), (2, 'track'), (0, 'unreadable')]",
     ]
+
+
+def test_a_line_that_is_not_utf8_says_so() -> None:
+    """orjson says "str is not valid UTF-8: surrogates not allowed" of a Latin-1 line:
+    there are no surrogates in it (the walkthrough found the word misleading)."""
+    latin1 = '{"type": "identify", "userId": "Zoë"}'.encode("latin-1")
+    good = b'{"type": "identify", "userId": "u1"}'
+    records = read_bytes(latin1 + b"\n" + good + b"\n")
+    assert records[0].error is not None and records[0].error.code == "malformed-json"
+    assert records[0].error.message == (
+        "not valid JSON: the line is not UTF-8 text (JSON must be UTF-8: was the file "
+        "written in another encoding, such as Latin-1?)"
+    )
+    assert records[1].message == {"type": "identify", "userId": "u1"}

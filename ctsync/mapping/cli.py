@@ -97,12 +97,12 @@ def check(
     line (`-` for stdin).
     """
     if str(file) == "-" and events == "-":
-        typer.echo("error: the mapping file and the events cannot both be stdin", err=True)
+        typer.echo("ctsync: the mapping file and the events cannot both be stdin", err=True)
         raise typer.Exit(ExitCode.USAGE)
     try:
         mapping_file = _stdin_mapping() if str(file) == "-" else load_mapping(file)
     except MappingError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"ctsync: {error}", err=True)
         raise typer.Exit(ExitCode.USAGE) from None
     enabled = sum(1 for sub in mapping_file.subscriptions if sub.enabled)
     count = len(mapping_file.subscriptions)
@@ -116,7 +116,7 @@ def check(
     try:
         inputs = collect_inputs([events], InputOptions(allow_empty=True))
     except UsageError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"ctsync: {error}", err=True)
         raise typer.Exit(ExitCode.USAGE) from None
     ok = True
     for note in inputs.notes():
@@ -135,7 +135,7 @@ def check(
         try:
             opened = OpenSource(source, stdin)
         except OSError as error:
-            typer.echo(f"error: cannot read {source.name}: {error.strerror or error}", err=True)
+            typer.echo(f"ctsync: cannot read {source.name}: {error.strerror or error}", err=True)
             raise typer.Exit(ExitCode.USAGE) from None
         try:
             ok = _check_events(mapping_file, mapper, read_source(opened), label) and ok

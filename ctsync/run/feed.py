@@ -107,6 +107,11 @@ class Feed:
             if nothing and source.name != STDIN:
                 # (a file in a folder is never empty here: skipped when collected)
                 self._summary.notes.append(f"{source.name}: empty; nothing was read")
+            elif nothing:  # (`zcat missing.gz | ctsync upload -` in a script without pipefail)
+                self._summary.notes.append(
+                    "standard input was empty; nothing was read (did the program before "
+                    "the pipe fail?)"
+                )
             if progress is not None:
                 yield partial(self._finished, source.name, progress), None
         self.read_all = True

@@ -154,4 +154,7 @@ def test_check_reads_the_mapping_from_stdin_as_upload_does(tmp_path: Path) -> No
     assert marked.stdout == read.stdout
     both = runner.invoke(app, ["check", "-", "-"], input=mapping)
     assert both.exit_code == 2
-    assert "the mapping file and the events cannot both be stdin" in both.stderr
+    assert both.stderr.strip() == "ctsync: the mapping file and the events cannot both be stdin"
+    # (it said `error: ...` where `upload` says `ctsync: ...`: the walkthrough)
+    broken = runner.invoke(app, ["check", "-", str(events)], input='{"subscriptions": [')
+    assert broken.exit_code == 2 and broken.stderr.startswith("ctsync: -: not valid JSON")
