@@ -408,9 +408,9 @@ class OutputOptions:
         if len(to_stdout) > 1:  # their lines would interleave on stdout
             named = " and ".join(f"{name} -" if name != "--json" else name for name in to_stdout)
             both = "both" if len(to_stdout) == 2 else "all"
+            json_too = ", or leave out --json" if self.json_out else ""
             raise UsageError(
-                f"{named} would {both} write to stdout: give files instead of -, "
-                "or leave out --json"
+                f"{named} would {both} write to stdout: give files instead of -{json_too}"
             )
         if self.progress and self.quiet:
             raise UsageError("--progress shows what --quiet hides: give one of them")
@@ -679,7 +679,7 @@ def upload(
             )
             # A live display would overwrite what is typed: off unless asked for.
             progress = False if progress is None else progress
-        if err.is_terminal and not outputs.quiet:
+        if err.is_terminal and not outputs.quiet and state is None:
             for pipe in _named_pipes(sources.sources):
                 err.print(
                     f"ctsync: {escape(pipe)} is a named pipe: reading it waits until a "
@@ -733,7 +733,7 @@ def delete(
             raise UsageError(
                 "name the profiles to delete: --identity ID (repeatable) or --from FILE"
             )
-        if identity and not any(value.strip() for value in identity):
+        if identity and from_file is None and not any(value.strip() for value in identity):
             # (`--identity "$ID"` with ID unset: a script must not read it as done)
             raise UsageError("--identity is empty: name the profiles to delete")
         files = outputs.files()
@@ -995,7 +995,8 @@ def _named_pipes(sources: list[Source]) -> list[str]:
     for source in sources:
         if isinstance(source, LocalFile):
             with contextlib.suppress(OSError):
-                if stat.S_ISFIFO(os.stat(source.file).st_mode):
+                # (lstat: `<(cmd)` is /dev/fd/N, a link to a pipe whose writer runs)
+                if stat.S_ISFIFO(os.lstat(source.file).st_mode):
                     found.append(source.name)
     return found
 

@@ -63,11 +63,16 @@ class MappingOptions:
     clock: Clock = field(default=wall_clock, compare=False, repr=False)
 
 
+def is_blank(value: Any) -> bool:
+    """An empty id, or one of spaces only: no id (one profile for every such message)."""
+    return type(value) is str and (value == "" or value.isspace())
+
+
 def identity_of(value: Any, field: str) -> str | Invalid:
     """A CleverTap identity from a Segment id field, or why it cannot be one."""
-    if type(value) is str and 0 < len(value) <= MAX_IDENTITY_LENGTH:
+    if type(value) is str and 0 < len(value) <= MAX_IDENTITY_LENGTH and not value.isspace():
         return value  # the common case, decided by one type check
-    if isinstance(value, bool) or value is None or value == "":
+    if isinstance(value, bool) or value is None or is_blank(value):
         return Invalid("523", f"no identity: {field} is missing or empty")
     if type(value) is int:
         # Sent as its decimal string, exactly. orjson reads integers beyond 64 bits as

@@ -789,6 +789,27 @@ def test_mappings_check_from_a_terminal_says_so_and_checks_each_line_as_typed(
         assert "ctsync: interrupted" in term.screen() and "Aborted" not in term.screen()
 
 
+def test_only_named_pipes_are_named_so(tmp_path: Path) -> None:
+    """`ctsync upload <(cmd)` reads /dev/fd/N, a link to a pipe whose writer already runs:
+    not a named pipe waiting for one (a review found the note printed for it)."""
+    from ctsync.cli import _named_pipes
+    from ctsync.reader import LocalFile
+
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    plain = tmp_path / "e.ndjson"
+    plain.write_bytes(IDENTIFY_LINE)
+    read_end, write_end = os.pipe()
+    try:
+        sources = [
+            LocalFile(str(path), Path(path), 0) for path in (fifo, plain, f"/dev/fd/{read_end}")
+        ]
+        assert _named_pipes(sources) == [str(fifo)]  # type: ignore[arg-type]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def test_a_named_pipe_without_a_writer_says_what_it_waits_for(tmp_path: Path) -> None:
     """`ctsync upload FIFO` waited in silence until a program wrote to the pipe; at a
     terminal it now says so, then reads what comes."""

@@ -211,7 +211,11 @@ def test_the_json_of_a_refused_run_shows_its_requests_and_concurrency(
         # (the walkthrough: report lines mixed into the --json summary)
         (["--report", "-", "--json"], "--report - and --json would both write to stdout"),
         (["--failed", "-", "--json"], "--failed - and --json would both write"),
-        (["--report", "-", "--failed", "-"], "--report - and --failed - would both write"),
+        # (without --json, the message does not suggest leaving it out: a review)
+        (
+            ["--report", "-", "--failed", "-"],
+            "--failed - would both write to stdout: give files instead of -",
+        ),
         (["--output", "-", "--report", "-", "--json"], "would all write to stdout"),
     ],
 )
@@ -224,6 +228,7 @@ def test_contradicting_output_options_are_refused_in_one_line(
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith("ctsync: ") and named in line
+    assert ("--json" in line) == ("--json" in flags)
 
 
 def test_a_passcode_given_twice_is_refused(tmp_path: Path) -> None:
@@ -239,13 +244,19 @@ def test_a_passcode_given_twice_is_refused(tmp_path: Path) -> None:
     assert "typed" not in result.output and "from-the-file" not in result.output
 
 
-def test_delete_with_only_an_empty_identity_is_refused() -> None:
-    """`ctsync delete --identity "$ID"` with ID unset exited 0 having deleted nothing."""
+def test_delete_with_only_an_empty_identity_is_refused(tmp_path: Path) -> None:
+    """`ctsync delete --identity "$ID"` with ID unset exited 0 having deleted nothing;
+    with --from naming profiles it goes on (a review)."""
     for values in ([""], ["", "  "]):
         args = [arg for value in values for arg in ("--identity", value)]
         result = runner.invoke(app, ["delete", *args, "--dry-run"], env=clean_env())
         assert result.exit_code == 2
         assert result.stderr.strip() == "ctsync: --identity is empty: name the profiles to delete"
+    ids = tmp_path / "ids.txt"
+    ids.write_text("u1\nu2\n")
+    args = ["delete", "--identity", "", "--from", str(ids), "--dry-run", "--json"]
+    result = runner.invoke(app, args, env=clean_env())
+    assert orjson.loads(result.stdout)["accepted"] == 2
 
 
 # -- a file a run would use twice ------------------------------------------------------
@@ -364,14 +375,24 @@ def test_an_empty_file_named_on_its_own_is_said_empty(tmp_path: Path, content: b
 
 def test_an_empty_stdin_is_said_empty() -> None:
     """`zcat missing.gz | ctsync upload -` exited 0 with read 0 and no word: in a script
-    without pipefail the producer's failure went unseen (the walkthrough)."""
-    result = runner.invoke(app, ["upload", "-", "--dry-run", "--json"], input=b"", env=clean_env())
-    assert result.exit_code == 0
-    summary = orjson.loads(result.stdout)
-    assert summary["read"] == 0
-    assert summary["notes"] == [
-        "standard input was empty; nothing was read (did the program before the pipe fail?)"
-    ]
+    without pipefail the producer's failure went unseen (the walkthrough). Blank lines
+    are not an empty input (a review)."""
+    for stdin, notes in (
+        (
+            b"",
+            [
+                "standard input was empty; nothing was read (from a pipe: did the program "
+                "before it fail?)"
+            ],
+        ),
+        (b"\n\n  \n", []),
+    ):
+        args = ["upload", "-", "--dry-run", "--json"]
+        result = runner.invoke(app, args, input=stdin, env=clean_env())
+        assert result.exit_code == 0
+        summary = orjson.loads(result.stdout)
+        assert summary["read"] == 0
+        assert summary["notes"] == notes
 
 
 # -- the plain progress line ------------------------------------------------------------

@@ -47,7 +47,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 from ctsync.mapping.properties import PropertyShaper
-from ctsync.options import MappingOptions, identity_of, record_time
+from ctsync.options import MappingOptions, identity_of, is_blank, record_time
 from ctsync.records import (
     CleverTapRecord,
     Counters,
@@ -182,7 +182,7 @@ class ClassicMapper:
         """A record of `kind` carrying the message's identifier and `ts`."""
         record: CleverTapRecord = {"type": kind}
         user_id = message.get("userId")
-        if user_id is None or user_id == "":
+        if user_id is None or is_blank(user_id):  # then the anonymousId, as Segment does
             object_id = identity_of(message.get("anonymousId"), "userId or anonymousId")
             if isinstance(object_id, Invalid):
                 return object_id

@@ -95,22 +95,24 @@ class Feed:
             if not source.grows:
                 self._objects.add(source.name)
             nothing = True
+            consumed = 0
             try:
                 for item in read_blocks(opened, block_bytes):
                     nothing = False
                     yield item, progress
             finally:
-                self._consumed_before += opened.consumed
+                consumed = opened.consumed
+                self._consumed_before += consumed
                 self._current = None
                 opened.close()
             self._reading = None  # read to its end (a stop leaves it named)
             if nothing and source.name != STDIN:
                 # (a file in a folder is never empty here: skipped when collected)
                 self._summary.notes.append(f"{source.name}: empty; nothing was read")
-            elif nothing:  # (`zcat missing.gz | ctsync upload -` in a script without pipefail)
+            elif nothing and not consumed:  # (`zcat missing.gz | ctsync upload -`, no pipefail)
                 self._summary.notes.append(
-                    "standard input was empty; nothing was read (did the program before "
-                    "the pipe fail?)"
+                    "standard input was empty; nothing was read (from a pipe: did the "
+                    "program before it fail?)"
                 )
             if progress is not None:
                 yield partial(self._finished, source.name, progress), None

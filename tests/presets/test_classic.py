@@ -1167,10 +1167,12 @@ def mapped(message: dict[str, Any]) -> object:
     return classic_mapper(MappingOptions())({"timestamp": TS, **message})
 
 
-def test_an_empty_user_id_falls_back_to_the_anonymous_id() -> None:
+@pytest.mark.parametrize("user_id", ["", "  ", "\t"])
+def test_an_empty_user_id_falls_back_to_the_anonymous_id(user_id: str) -> None:
     # segment-behaviour.md: a record needs an identity: userId, or the anonymousId as
-    # objectId. An empty userId is no userId.
-    result = mapped({"type": "identify", "userId": "", "anonymousId": "a1", "traits": {}})
+    # objectId. An empty userId is no userId, and so is a blank one (a review found it
+    # invalid once blank identities were: the anonymousId was not tried).
+    result = mapped({"type": "identify", "userId": user_id, "anonymousId": "a1", "traits": {}})
     assert isinstance(result, list)
     (upload,) = result
     assert isinstance(upload, Upload)
@@ -1195,6 +1197,12 @@ NO_USER_ID = "no identity: userId is missing or empty"
             "523",
             "no identity: userId or anonymousId is missing or empty",
         ),
+        (  # blank is empty: one profile for every such message otherwise
+            {"type": "identify", "userId": "  ", "anonymousId": "\t", "traits": {}},
+            "523",
+            "no identity: userId or anonymousId is missing or empty",
+        ),
+        ({"type": "alias", "userId": " ", "previousId": "a1"}, "523", NO_USER_ID),
         (
             {"type": "identify", "userId": 1.5, "traits": {}},
             "523",
