@@ -33,7 +33,9 @@ turns it into one line, a file holding the traceback, and exit 70.
 
 from __future__ import annotations
 
+import os
 from enum import IntEnum
+from pathlib import Path
 
 from ctsync.summary import Summary
 
@@ -150,3 +152,13 @@ class TriggerSyntaxError(ValueError):
 
 class RemoteReadError(OSError):
     """An object could not be read to its end (connection lost for good, rewritten)."""
+
+
+def missing_folder(path: Path) -> str | None:
+    """Why a file cannot be created at `path` for want of a folder: its own folder does
+    not exist, or `path` is a link to a file in one that does not; None otherwise."""
+    if not path.parent.is_dir():
+        return f"the folder {path.parent} does not exist"
+    if path.is_symlink() and not path.exists():
+        return f"it links to {os.readlink(path)}, in a folder that does not exist"
+    return None

@@ -54,7 +54,7 @@ from typing import Any, TypeAlias
 import orjson
 
 from ctsync.dedupe import MessageIds
-from ctsync.errors import DiskFull, LockedError, OutputError, UsageError
+from ctsync.errors import DiskFull, LockedError, OutputError, UsageError, missing_folder
 from ctsync.ledger import Output
 from ctsync.model import Position
 from ctsync.reader import BucketObject, LocalFile, Source
@@ -216,14 +216,9 @@ class Progress:
 
 def _cannot_open(path: Path, exc: OSError) -> str:
     # O_CREAT makes a missing file: its folder is missing (or a link points nowhere)
-    if exc.errno == errno.ENOENT and not path.parent.is_dir():
-        return f"{path}: cannot create the state file: the folder {path.parent} does not exist"
-    if exc.errno == errno.ENOENT and path.is_symlink():
-        target = os.readlink(path)
-        return (
-            f"{path}: cannot create the state file: it links to {target}, "
-            "in a folder that does not exist"
-        )
+    why = missing_folder(path) if exc.errno == errno.ENOENT else None
+    if why is not None:
+        return f"{path}: cannot create the state file: {why}"
     return f"{path}: cannot open the state file ({exc.strerror})"
 
 

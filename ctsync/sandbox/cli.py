@@ -7,7 +7,6 @@ runs it alone.
 from __future__ import annotations
 
 import errno
-import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ctsync.errors import ExitCode
+from ctsync.errors import ExitCode, missing_folder
 
 from ._config import (
     DEFAULT_ACCOUNT_ID,
@@ -167,13 +166,9 @@ def _fail(message: str) -> NoReturn:
 
 
 def _not_a_database(db: Path | None, error: sqlite3.DatabaseError) -> str:
-    if db is not None and not db.parent.is_dir():
-        return f"{db}: cannot create the database: the folder {db.parent} does not exist"
-    if db is not None and db.is_symlink() and not db.exists():
-        return (
-            f"{db}: cannot create the database: it links to {os.readlink(db)}, "
-            "in a folder that does not exist"
-        )
+    why = missing_folder(db) if db is not None else None
+    if why is not None:
+        return f"{db}: cannot create the database: {why}"
     return (
         f"{db}: not a sandbox database ({error}); give the file a sandbox wrote with --db, "
         "or a new file name"
