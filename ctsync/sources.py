@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import io
+import os
 import re
 import sys
 import types
@@ -141,11 +143,20 @@ class StandardInput(Source):
         return STDIN
 
     def open(self, stdin: IO[bytes] | None = None) -> Stream:
-        if stdin is None:
-            if sys.stdin is None:  # `ctsync upload - <&-` (`OpenSource` says so first)
-                raise OSError(errno.EBADF, "standard input is closed")
-            stdin = sys.stdin.buffer
-        return _Borrowed(stdin)
+        if stdin is not None:
+            return _Borrowed(stdin)
+        if sys.stdin is None:  # `ctsync upload - <&-` (`OpenSource` says so first)
+            raise OSError(errno.EBADF, "standard input is closed")
+        try:
+            descriptor = os.dup(sys.stdin.fileno())
+        except (AttributeError, OSError, ValueError):  # a stdin without one (a test's)
+            return _Borrowed(sys.stdin.buffer)
+        # Its own unbuffered reader, not `sys.stdin.buffer`: a pipe is read on a thread
+        # of its own while it waits for a writer (`feed.Stepper`), and a process that ends
+        # then (SIGTERM) would find the buffer's lock held, and abort ("Fatal Python
+        # error: _enter_buffered_busy", exit 134) instead of exiting as it says. A raw
+        # read takes what is there, as `read1` does.
+        return io.FileIO(descriptor, "rb")
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,25 @@ def test_records_from_a_pipe_that_falls_quiet_go_out_while_it_stays_open(
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_while_the_writer_holds_the_pipe_open_exits_as_it_says(workers: str) -> None:
+    # The run reads a quiet pipe on a thread of its own, and stops on SIGTERM with that
+    # thread still waiting in its read. It printed its summary, then Python aborted at
+    # exit ("Fatal Python error: _enter_buffered_busy": the thread held the lock of
+    # sys.stdin's buffer), exit 134 instead of 143: a cron job's wrapper saw a crash.
+    count = 30
+    with upload_from("-", "--workers", workers, stdin=subprocess.PIPE) as (process, sandbox):
+        assert process.stdin is not None
+        process.stdin.write(lines(range(count)))
+        process.stdin.flush()
+        wait_until_stored(sandbox, count, process)
+        process.send_signal(15)
+        process.wait(timeout=GUARD_SECONDS)  # the pipe still open: its writer lives on
+        summary = summary_of(process)
+    assert process.returncode == 143
+    assert (summary["read"], summary["accepted"]) == (count, count)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_steady_trickle_goes_out_every_second_or_so(workers: str) -> None:
     # A line every quarter second: the pipe is never quiet for a second at a time,
     # yet what was read goes out while it is still being written.
