@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import io
 import os
 import zlib
@@ -822,3 +823,16 @@ def test_blocks_and_results_go_through_pipes_that_hold_a_block() -> None:
             assert fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) >= min(limit, 1 << 20)
     finally:
         pool.shutdown()
+
+
+def test_workers_collect_garbage_as_the_main_process_does() -> None:
+    """ctsync's `__main__` makes the young generation's collections rarer; a spawned
+    worker starts with Python's own thresholds unless the pool hands them over."""
+    before = gc.get_threshold()
+    gc.set_threshold(43_210, 17, 99)
+    pool = WorkerPool(1)
+    try:
+        assert pool.submit(gc.get_threshold).result(timeout=60) == (43_210, 17, 99)
+    finally:
+        pool.shutdown()
+        gc.set_threshold(*before)

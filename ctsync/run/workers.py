@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
+import gc
 import multiprocessing
 import os
 import signal
@@ -124,10 +125,13 @@ def prepare_block(run: str, recipe: Recipe, block: Block, resume: Any) -> Prepar
     return stage.block(block, resume)
 
 
-def _start_worker(lifeline: Connection) -> None:
+def _start_worker(lifeline: Connection, collect: tuple[int, int, int]) -> None:
     """In a new worker process: leave Ctrl-C and SIGTERM to the main process (a terminal
     sends them to its whole process group; the main process stops its workers itself),
-    and end when the main process is gone, even by `kill -9`."""
+    end when the main process is gone, even by `kill -9`, and collect garbage as the
+    main process does (`collect`: its `gc` thresholds; a spawned interpreter starts
+    with Python's, and ctsync's, set in `__main__`, saved a tenth of a worker's CPU)."""
+    gc.set_threshold(*collect)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # a group of its own: signals to the run's group pass it by
@@ -157,7 +161,12 @@ class WorkerPool(ProcessPoolExecutor):
         # sent to the process group, and the pool with it.
         context = multiprocessing.get_context("spawn")
         lifeline, self._lifeline = context.Pipe(duplex=False)
-        super().__init__(count, mp_context=context, initializer=_start_worker, initargs=(lifeline,))
+        super().__init__(
+            count,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(lifeline, gc.get_threshold()),
+        )
         # The queues' pipes (private to the executor: looked up, never assumed).
         for queue in (getattr(self, "_call_queue", None), self._result_queue):
             _widen(getattr(queue, "_writer", None))
