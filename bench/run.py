@@ -8,7 +8,8 @@ Segment export once (plain and gzipped, cached under bench/data/, which git igno
 then measures on this (shared, noisy) machine, each as the median of `--repeat` runs:
 
 1. the floor: orjson `loads` + `dumps` of every line in a bare loop. No Python pipeline
-   that decodes and re-encodes every message can beat it on one core;
+   that decodes and re-encodes every message can beat it on one core; and the start-up:
+   the CPU of a dry run of a one-line file (target: at most 0.2 s);
 2. dry runs, `ctsync upload FILE --dry-run --quiet --json --preset P`, for both presets
    (actions and classic), on the plain and the gzipped export, at `--workers 1` and
    every count up to the cores this process may use (only when `ctsync upload --help`
@@ -32,6 +33,11 @@ then measures on this (shared, noisy) machine, each as the median of `--repeat` 
    of the process and all its descendants (shared pages counted once per process: an
    upper bound), next to `ru_maxrss` from `os.wait4` (the largest single process of the
    tree: Linux folds the reaped descendants' maxima into it, it never adds them up).
+
+Every child runs as an installed ctsync does: from bytecode written once (the bench
+leaves PYTHONDONTWRITEBYTECODE out of its children's environment, and each program's
+first run writes it). `--baseline` adds a row: `--workers 1` against the baseline's
+rate (target: at least 1.00).
 
 `--quick` (`make bench BENCH_ARGS="--quick"`): 50,000 messages, one run each; it finishes
 in under two minutes, for a check rather than figures. Everything runs on loopback,
@@ -95,6 +101,8 @@ RSS_BASE_MB, RSS_PER_WORKER_MB = 100.0, 60.0
 MAIN_CPU_TARGET_US = 1.5  # the run's own process, per message, with worker processes
 SKEW, SKEW_TARGET = 0.10, 0.80  # one identity in 10% of messages: of the uniform rate
 PROJECTED_CORES = 8
+STARTUP_TARGET_S = 0.2  # CPU of a dry run of a one-line file
+STARTUP_RUNS = 5
 
 
 # --- the machine ------------------------------------------------------------------------
@@ -156,6 +164,14 @@ def dataset(
         f"  {time.perf_counter() - started:.1f}s, {generated.size / count:.0f} bytes/message"
     )
     return Dataset(path, count, counts)
+
+
+def one_line(data: Dataset) -> Path:
+    """A file of the export's first line (the start-up's measure)."""
+    path = data.path.with_name(data.path.name.split(".")[0] + "-first-line.ndjson")
+    with _open_lines(data.path) as lines:
+        path.write_bytes(lines.readline())
+    return path
 
 
 def _open_lines(path: Path) -> IO[bytes] | gzip.GzipFile:
@@ -270,7 +286,11 @@ def run_child(
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=errors, env=env, cwd=ROOT
+            command,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env=child_env() if env is None else env,
+            cwd=ROOT,
         )
         timer = threading.Timer(timeout, process.kill)
         timer.start()
@@ -329,13 +349,24 @@ def lists_option(help_text: str, option: str) -> bool:
     return re.search(rf"(^|\s){re.escape(option)}\b", help_text) is not None
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of every process the bench starts: this one's, without
+    PYTHONDONTWRITEBYTECODE, so that a Python program runs from bytecode written once,
+    as an installed one does (pip compiles it at install). With it, every process
+    compiles every module of ctsync again: 0.07 s of CPU for the run's process on this
+    machine, and as much for each worker process."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    env.update(extra)
+    return env
+
+
 def upload_help(program: str) -> str:
     return subprocess.run(
         [program, "upload", "--help"],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        env=child_env(COLUMNS="200", NO_COLOR="1"),
     ).stdout
 
 
@@ -406,7 +437,7 @@ def running_receiver(latency_ms: int) -> Iterator[Receiver]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=child_env(PYTHONUNBUFFERED="1"),
     )
     try:
         assert process.stdout is not None
@@ -566,10 +597,12 @@ class Bench:
             self.notes.append("`ctsync upload --help` lists no --workers: one run per input")
 
         floor = self.floor(plain)
+        one = one_line(plain)
+        self.startup(program, one, counts)
         dry = self.dry_runs(program, plain, packed, counts, floor)
         self.dedupe_cost(program, plain, counts)
         if args.baseline is not None:
-            self.baseline(args.baseline, plain, floor)
+            self.baseline(args.baseline, plain, floor, one, dry)
         if not args.skip_e2e:
             self.end_to_end(program, plain, dry)
         self.notes += [
@@ -757,9 +790,43 @@ class Bench:
                 f"{_mb(peaks[False])} with --no-dedupe"
             )
 
-    def baseline(self, baseline: Path, plain: Dataset, floor: float) -> None:
+    def startup(self, program: str, one: Path, counts: Sequence[int | None]) -> None:
+        """The CPU of a dry run of a one-line file (the interpreter, the imports, the
+        run's set-up), after one run that starts worker processes and so writes the
+        bytecode of every module a run imports (see `child_env`)."""
+        self.say(f"start-up: dry run of a one-line file, {STARTUP_RUNS} runs ...")
+        warm = ctsync_command(program, one, "actions", None, "--dry-run")
+        if counts != [None]:
+            warm += ["--workers", "2"]
+        run_child(warm, timeout=60, env=child_env(CTSYNC_WORKER_START_AFTER="0"))
+        command = ctsync_command(program, one, "actions", None, "--dry-run")
+        cpu = statistics.median(
+            run_child(command, timeout=60).cpu_seconds for _ in range(STARTUP_RUNS)
+        )
+        self.rows.append(
+            Row(
+                "start-up: dry run of a one-line file, CPU (user + system)",
+                str(STARTUP_RUNS),
+                "",
+                f"{cpu:.2f} s",
+                "",
+                f"<= {STARTUP_TARGET_S:.1f} s",
+                cpu <= STARTUP_TARGET_S,
+            )
+        )
+
+    def baseline(
+        self,
+        baseline: Path,
+        plain: Dataset,
+        floor: float,
+        one: Path,
+        dry: dict[tuple[str, int | None], float],
+    ) -> None:
         repeat = self.args.repeat
         self.say(f"dry run of {baseline}: actions, plain, {repeat} runs ...")
+        # One run first, untimed: it writes the baseline's bytecode too (`child_env`).
+        run_child(ctsync_command(str(baseline), one, "actions", None, "--dry-run"), timeout=60)
         command = ctsync_command(str(baseline), plain.path, "actions", None, "--dry-run")
         seconds = statistics.median(
             run_child(command, timeout=child_timeout(plain.count)).seconds for _ in range(repeat)
@@ -774,11 +841,24 @@ class Bench:
                 f"{rate / floor:.2f} of floor",
             )
         )
+        single = dry.get(("actions", 1))
+        if single is not None:
+            self.rows.append(
+                Row(
+                    "dry run, actions, plain, --workers 1, against the baseline",
+                    "",
+                    "",
+                    f"{single:,.0f}/s",
+                    f"{single / rate:.2f} of the baseline's rate",
+                    ">= 1.00",
+                    single >= rate,
+                )
+            )
 
     def end_to_end(
         self, program: str, plain: Dataset, dry: dict[tuple[str, int | None], float]
     ) -> None:
-        env = {**os.environ, "CLEVERTAP_PASSCODE": SANDBOX_PASSCODE}
+        env = child_env(CLEVERTAP_PASSCODE=SANDBOX_PASSCODE)
         repeat = self.args.e2e_repeat
         best = {
             preset: max(((w, r) for (p, w), r in dry.items() if p == preset), key=lambda wr: wr[1])

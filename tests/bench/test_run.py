@@ -23,6 +23,7 @@ from bench.run import (
     Row,
     api_ceiling,
     ceiling,
+    child_env,
     has_workers_option,
     markdown,
     parse_args,
@@ -244,3 +245,19 @@ def test_dedupe_pairs_alternate_which_run_goes_first(
     assert [pair[0] for pair in pairs[:4]] == [True, False, True, False]
     (row,) = bench.rows
     assert row.ratio.startswith("0.91 of --no-dedupe") and row.met is True
+
+
+def test_children_write_and_read_bytecode_as_an_installed_program_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With PYTHONDONTWRITEBYTECODE inherited, every measured process compiled every
+    # module of ctsync again: start-up a user never pays (pip compiles at install).
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    env = child_env(CLEVERTAP_PASSCODE="x")
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    assert (env["SOMETHING_ELSE"], env["CLEVERTAP_PASSCODE"]) == ("kept", "x")
+    child = run_child(
+        [sys.executable, "-c", "import sys; print(sys.flags.dont_write_bytecode)"], timeout=30
+    )
+    assert child.stdout.strip() == b"0"
