@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from ctsync.concurrency import ConcurrencyReport
 from ctsync.rules import FIXABLE_CODES
+
+if TYPE_CHECKING:  # (a type only: a worker process imports this module, not asyncio)
+    from ctsync.concurrency import ConcurrencyReport
 
 NOTES_SHOWN: Final = 20
 """Note lines in the summary (text and `--json`); a last line counts the ones left out."""

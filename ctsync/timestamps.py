@@ -23,8 +23,6 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from dateutil.parser import isoparse
-
 
 class DatesAs(StrEnum):
     """How converted dates are written: plain epoch seconds, or CleverTap's `$D_` type."""
@@ -193,6 +191,8 @@ def event_time(value: Any) -> int | None:
 
 def _any_iso_to_epoch(value: str) -> int | None:
     """Epoch seconds of an ISO-8601 string of any precision, as dateutil reads it."""
+    from dateutil.parser import isoparse  # rare: a worker process starts without it
+
     try:
         parsed = isoparse(value)
     except (ValueError, OverflowError):

@@ -63,3 +63,22 @@ def test_an_upload_loads_the_client_and_not_the_sandbox_server(tmp_path: Path) -
     )  # fmt: skip
     assert "ctsync.client" in modules
     assert loaded(modules, "ctsync.sandbox._server", "ctsync.sandbox._store") == set()
+
+
+def test_a_worker_process_loads_no_event_loop_no_planner_and_no_dateutil() -> None:
+    # What a worker imports to prepare blocks: the stage, the reader, the presets and
+    # their rules. The package's coordinator (asyncio, the ledger, the planner) came
+    # with `ctsync.run` and cost a third of each worker's start-up.
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c",
+         "import ctsync.run.workers, ctsync.mappers, ctsync.presets, ctsync.prepare"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    modules = {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert {"ctsync.run.stage", "ctsync.presets", "ctsync.rules"} <= modules
+    unwanted = ("asyncio", "ctsync.run.coordinator", "ctsync.batching", "dateutil", "httpx")
+    assert loaded(modules, *unwanted) == set()

@@ -14,10 +14,44 @@ dry_run      the sender that sends nothing
 deletions    `ctsync delete`'s records and mapper
 """
 
-from ctsync.run.coordinator import Observer, UploadRun
-from ctsync.run.deletions import deletion_mapper, deletion_records
-from ctsync.run.dry_run import DryRunSender
-from ctsync.run.options import RunOptions
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ctsync.run.coordinator import Observer, UploadRun
+    from ctsync.run.deletions import deletion_mapper, deletion_records
+    from ctsync.run.dry_run import DryRunSender
+    from ctsync.run.options import RunOptions
+
+
+def __getattr__(name: str) -> Any:
+    """The names above, imported when first asked for: a worker process imports
+    `ctsync.run.workers`, and with it this package, but never the coordinator (asyncio,
+    the ledger, the planner: a third of a worker's start-up)."""
+    # Import statements, not importlib: `python -X importtime` lists what they import.
+    home: ModuleType
+    if name in ("Observer", "UploadRun"):
+        from ctsync.run import coordinator
+
+        home = coordinator
+    elif name in ("deletion_mapper", "deletion_records"):
+        from ctsync.run import deletions
+
+        home = deletions
+    elif name == "DryRunSender":
+        from ctsync.run import dry_run
+
+        home = dry_run
+    elif name == "RunOptions":
+        from ctsync.run import options
+
+        home = options
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(home, name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DryRunSender",
