@@ -265,7 +265,8 @@ def upload(
 
 def _connection_notes(summary: Summary, client: ClientSettings | None) -> list[str]:
     """Records that never reached CleverTap: where the run tried to send them (the table
-    says only `connection`; why is in the report, when there is one)."""
+    says only `connection`; why is in the report, when there is one). Uploads and
+    deletions alike."""
     if client is None:
         return []
     where = redact(client.base_url)
@@ -282,7 +283,7 @@ def _connection_notes(summary: Summary, client: ClientSettings | None) -> list[s
     if missing:
         notes.append(
             f"{missing:,} records were answered HTTP 404 or 405 (no such address) by {where}: "
-            "check --endpoint (the base URL, without /1/upload) or --region"
+            "check --endpoint (the base URL, without /1/...) or --region"
         )
     return notes
 
@@ -320,7 +321,9 @@ def delete(
                 options=RunOptions(lanes=lanes),
                 observer=observer,
             )
-            return await _until_signalled(run, handle_signals, observer, sender, RunOptions())
+            summary = await _until_signalled(run, handle_signals, observer, sender, RunOptions())
+            summary.notes += _connection_notes(summary, job.client)
+            return summary
 
         return asyncio.run(_with_sender(job.client, requests, transport, go, ledger.summary))
 

@@ -20,6 +20,7 @@ from ctsync import api
 from ctsync.cli import app
 from ctsync.ledger import Summary
 from ctsync.presets import Preset
+from ctsync.records import Origin
 from ctsync.settings import ClientSettings
 from ctsync.summary import Routine
 from tests.helpers import clean_env
@@ -115,15 +116,26 @@ EVENTS = [
 ]
 
 
+def _run(command: str, tmp_path: Path, settings: ClientSettings, answer: Any) -> Summary:
+    """Three records: events uploaded, or identities deleted."""
+    if command == "upload":
+        return _upload(tmp_path, settings, answer, EVENTS)
+    identities = [(Origin("--identity", n), f"u{n}") for n in range(3)]
+    job = api.DeleteJob(identities=identities, client=settings)
+    return api.delete(job, transport=httpx.MockTransport(answer))
+
+
+@pytest.mark.parametrize("command", ["upload", "delete"])
 def test_records_that_never_connected_name_where_the_run_tried(
-    tmp_path: Path, settings: ClientSettings
+    tmp_path: Path, settings: ClientSettings, command: str
 ) -> None:
-    """The table said only `failed 3 | connection: 3`; why was in the report, if any."""
+    """The table said only `failed 3 | connection: 3`; why was in the report, if any
+    (and `ctsync delete` said nothing more, the last note found)."""
 
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("All connection attempts failed", request=request)
 
-    summary = _upload(tmp_path, settings, refuse, EVENTS)
+    summary = _run(command, tmp_path, settings, refuse)
     assert summary.failed == Counter({"connection": 3})
     assert (
         f"3 records could not be sent to {settings.base_url}: the connection failed before "
@@ -132,9 +144,10 @@ def test_records_that_never_connected_name_where_the_run_tried(
     ) in summary.note_lines()
 
 
+@pytest.mark.parametrize("command", ["upload", "delete"])
 @pytest.mark.parametrize("status", [404, 405])
 def test_records_answered_no_such_address_name_the_endpoint(
-    tmp_path: Path, settings: ClientSettings, status: int
+    tmp_path: Path, settings: ClientSettings, status: int, command: str
 ) -> None:
     """`--endpoint http://host/api` (a path too many): every request answered 404, the
     summary said `failed 404` and nothing more (the walkthrough found it)."""
@@ -142,11 +155,11 @@ def test_records_answered_no_such_address_name_the_endpoint(
     def no_such_page(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, text="Not Found")
 
-    summary = _upload(tmp_path, settings, no_such_page, EVENTS)
+    summary = _run(command, tmp_path, settings, no_such_page)
     assert summary.failed == Counter({str(status): 3})
     assert (
         f"3 records were answered HTTP 404 or 405 (no such address) by {settings.base_url}: "
-        "check --endpoint (the base URL, without /1/upload) or --region"
+        "check --endpoint (the base URL, without /1/...) or --region"
     ) in summary.note_lines()
 
 
