@@ -46,7 +46,7 @@ from ctsync.run import (
 from ctsync.run.stage import Recipe
 from ctsync.run.workers import Workers, tuning
 from ctsync.settings import MAX_DELETE_CONCURRENCY, ClientSettings
-from ctsync.sources import LocalFile, Source
+from ctsync.sources import LocalFile, Source, own_stdin
 from ctsync.state import StateFile
 from ctsync.stopping import (
     SendCounter,
@@ -217,7 +217,13 @@ def upload(
         if message_ids is not None:
             stack.callback(message_ids.close)  # before the state file closes
         if stdin is None and handle_signals and any(s.name == STDIN for s in sources):
+            # A run that handles the signals owns the process, and reads stdin through a
+            # descriptor of its own (see `own_stdin`), closed with the run.
             stdin = terminal_stdin()
+            if stdin is None:
+                stdin = own_stdin()
+                if stdin is not None:
+                    stack.callback(stdin.close)
         report, failed, requests = stack.enter_context(_files(job.outputs))
         if state is not None:
             files = [o for o in (report, failed) if isinstance(o, Output)]

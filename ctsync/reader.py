@@ -389,6 +389,9 @@ class OpenSource:
 
     def _read(self) -> bytes:
         data = self._raw.read(READ_BUFFER)
+        while data is None:  # a descriptor another process made non-blocking: nothing yet
+            _ready(self._raw, None)
+            data = self._raw.read(READ_BUFFER)
         self.consumed += len(data)
         if self.may_wait and data:
             # A pipe: whether more comes at once (a read may take exactly what was
@@ -403,11 +406,13 @@ class OpenSource:
         self._raw.close()
 
 
-def _ready(stream: Stream, within: float) -> bool:
+def _ready(stream: Stream, within: float | None) -> bool:
     """Whether a read of `stream` (one with a file descriptor) would not wait, now or
-    within `within` seconds."""
-    readable, _, _ = select.select([stream.fileno()], [], [], within)  # type: ignore[attr-defined]
-    return bool(readable)
+    within `within` seconds (None: waits until it would not). `poll`, not `select`:
+    a process with a thousand files open has descriptors `select` refuses."""
+    poller = select.poll()
+    poller.register(stream.fileno(), select.POLLIN)  # type: ignore[attr-defined]
+    return bool(poller.poll(None if within is None else within * 1000))
 
 
 def file_kind(stream: object) -> tuple[bool, int | None]:

@@ -143,20 +143,29 @@ class StandardInput(Source):
         return STDIN
 
     def open(self, stdin: IO[bytes] | None = None) -> Stream:
-        if stdin is not None:
-            return _Borrowed(stdin)
-        if sys.stdin is None:  # `ctsync upload - <&-` (`OpenSource` says so first)
-            raise OSError(errno.EBADF, "standard input is closed")
-        try:
-            descriptor = os.dup(sys.stdin.fileno())
-        except (AttributeError, OSError, ValueError):  # a stdin without one (a test's)
-            return _Borrowed(sys.stdin.buffer)
-        # Its own unbuffered reader, not `sys.stdin.buffer`: a pipe is read on a thread
-        # of its own while it waits for a writer (`feed.Stepper`), and a process that ends
-        # then (SIGTERM) would find the buffer's lock held, and abort ("Fatal Python
-        # error: _enter_buffered_busy", exit 134) instead of exiting as it says. A raw
-        # read takes what is there, as `read1` does.
-        return io.FileIO(descriptor, "rb")
+        if stdin is None:
+            if sys.stdin is None:  # `ctsync upload - <&-` (`OpenSource` says so first)
+                raise OSError(errno.EBADF, "standard input is closed")
+            stdin = sys.stdin.buffer
+        return _Borrowed(stdin)
+
+
+def own_stdin() -> IO[bytes] | None:
+    """Standard input through an unbuffered descriptor of its own (a `dup` of it), for
+    a process whose run is the only reader of its stdin (the CLI); None when it has
+    none. Not `sys.stdin.buffer`: a pipe is read on a thread of its own while it waits
+    for a writer (`feed.Stepper`), and a process that ends then (SIGTERM) found that
+    buffer's lock held, and aborted ("Fatal Python error: _enter_buffered_busy", exit
+    134) instead of exiting as it says. (Bytes something read into that buffer before
+    would be passed over: a library caller that read some passes its stream instead.)
+    A raw read takes what is there, as `read1` does."""
+    if sys.stdin is None:
+        return None
+    try:
+        descriptor = os.dup(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):  # a stdin without one (a test's)
+        return None
+    return io.FileIO(descriptor, "rb")
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,6 +132,48 @@ def test_sigterm_while_the_writer_holds_the_pipe_open_exits_as_it_says(workers: 
     assert (summary["read"], summary["accepted"]) == (count, count)
 
 
+def test_a_pipe_another_process_made_non_blocking_is_read_as_it_comes() -> None:
+    # A parent that shares the pipe may set it non-blocking (O_NONBLOCK belongs to the
+    # open pipe, not to one process): a read then finds nothing yet instead of waiting.
+    # It crashed ("object of type 'NoneType' has no len()"); before, it read 0 records
+    # and exited 0 as if the pipe were empty.
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    try:
+        with upload_from("-", "--workers", "1", stdin=read) as (process, sandbox):
+            os.close(read)
+            read = -1
+            time.sleep(0.5)  # nothing written yet: ctsync waits, it does not end
+            assert process.poll() is None
+            os.write(write, lines(range(12)))
+            os.close(write)
+            write = -1
+            summary = summary_of(process)
+            assert process.returncode == 0
+            assert sandbox.stats().records_accepted == 12
+    finally:
+        for end in (read, write):
+            if end >= 0:
+                os.close(end)
+    assert (summary["read"], summary["accepted"]) == (12, 12)
+
+
+def test_a_library_caller_that_read_part_of_stdin_loses_none_of_the_rest() -> None:
+    # Bytes already in sys.stdin's buffer belong to the run: a caller may read a header
+    # line first. (The CLI reads stdin through a descriptor of its own.)
+    script = (
+        "import sys\n"
+        "sys.stdin.buffer.readline()\n"
+        "from ctsync.api import UploadJob, upload\n"
+        "print(upload(UploadJob(paths=['-'], client=None, workers=1)).read)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=lines(range(100)), capture_output=True,
+        timeout=GUARD_SECONDS, check=True,
+    )  # fmt: skip
+    assert done.stdout.split()[-1] == b"99"
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_steady_trickle_goes_out_every_second_or_so(workers: str) -> None:
     # A line every quarter second: the pipe is never quiet for a second at a time,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 from pathlib import Path
 
 import orjson
@@ -492,3 +493,29 @@ def test_a_line_that_is_not_utf8_says_so() -> None:
         "written in another encoding, such as Latin-1?)"
     )
     assert records[1].message == {"type": "identify", "userId": "u1"}
+
+
+def test_a_pipe_among_a_thousand_open_files_is_waited_for(tmp_path: Path) -> None:
+    # `select` refuses descriptors from 1024 up: a run with many files open (a caller's,
+    # or a folder of exports) crashed reading a pipe ("filedescriptor out of range").
+    import resource
+
+    from ctsync.reader import _ready
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"this system allows {hard} open files; the test needs {wanted}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    read, write = os.pipe()
+    try:
+        assert read >= 1024
+        with open(read, "rb", buffering=0, closefd=False) as stream:
+            assert _ready(stream, 0.01) is False  # nothing written
+            os.write(write, b"{}\n")
+            assert _ready(stream, 0.01) is True
+    finally:
+        for descriptor in (*held, read, write):
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
