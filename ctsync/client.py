@@ -34,13 +34,14 @@ import httpx
 import orjson
 
 from ctsync import __version__
-from ctsync.concurrency import ConcurrencyReport, Limit
+from ctsync.concurrency import Limit
 from ctsync.errors import AuthError, OutputError
 from ctsync.model import ACCEPTED, UNKNOWN, OnWire, Request, Verdict, delete_body, upload_body
 from ctsync.prepare import ProfileKey
 from ctsync.records import DeleteKey, Outcome, Stage
 from ctsync.redact import redact
 from ctsync.settings import ClientSettings
+from ctsync.summary import ConcurrencyReport
 
 UPLOAD_PATH = "/1/upload"
 DELETE_PATH = "/1/delete/profiles.json"

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
+
+from ctsync.summary import ConcurrencyReport
 
 AUTO: Literal["auto"] = "auto"
 Concurrency = int | Literal["auto"]
@@ -122,28 +123,6 @@ class Limit:
             lowest_limit=self.lowest,
             too_many_requests=self.too_many,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class ConcurrencyReport:
-    """Requests in flight for one endpoint over a run (the summary's `concurrency`)."""
-
-    mode: str  # "auto" or "fixed"
-    limit: int  # the most allowed: where auto starts, or the fixed number
-    peak_in_flight: int  # the most requests that were in flight at once
-    final_limit: int  # requests allowed in flight when the run ended
-    lowest_limit: int  # the lowest it fell to (auto: after 429s)
-    too_many_requests: int  # answers 429
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "limit": self.limit,
-            "peak_in_flight": self.peak_in_flight,
-            "final_limit": self.final_limit,
-            "lowest_limit": self.lowest_limit,
-            "http_429": self.too_many_requests,
-        }
 
 
 def parse_concurrency(text: str) -> Concurrency:

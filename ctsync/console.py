@@ -17,9 +17,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ctsync.concurrency import AUTO, ConcurrencyReport
+from ctsync.concurrency import AUTO
 from ctsync.ledger import Summary
 from ctsync.stopping import SendCounter
+from ctsync.summary import ConcurrencyReport
 
 PLAIN_INTERVAL = 10.0  # seconds between two plain progress lines (cron logs stay readable)
 PLAIN_WIDTH = 80  # a plain progress line never wraps in an 80-column log viewer

@@ -36,10 +36,8 @@ from __future__ import annotations
 import os
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # (a worker process imports this module, never a summary)
-    from ctsync.summary import Summary
+from ctsync.summary import Summary
 
 
 class ExitCode(IntEnum):

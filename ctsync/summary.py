@@ -6,15 +6,34 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from ctsync.rules import FIXABLE_CODES
 
-if TYPE_CHECKING:  # (a type only: a worker process imports this module, not asyncio)
-    from ctsync.concurrency import ConcurrencyReport
-
 NOTES_SHOWN: Final = 20
 """Note lines in the summary (text and `--json`); a last line counts the ones left out."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyReport:
+    """Requests in flight for one endpoint over a run (the summary's `concurrency`)."""
+
+    mode: str  # "auto" or "fixed"
+    limit: int  # the most allowed: where auto starts, or the fixed number
+    peak_in_flight: int  # the most requests that were in flight at once
+    final_limit: int  # requests allowed in flight when the run ended
+    lowest_limit: int  # the lowest it fell to (auto: after 429s)
+    too_many_requests: int  # answers 429
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "limit": self.limit,
+            "peak_in_flight": self.peak_in_flight,
+            "final_limit": self.final_limit,
+            "lowest_limit": self.lowest_limit,
+            "http_429": self.too_many_requests,
+        }
 
 
 class Routine(StrEnum):

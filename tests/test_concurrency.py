@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from ctsync.cli import app
 from ctsync.client import CleverTapClient
-from ctsync.concurrency import ConcurrencyReport, Limit, parse_concurrency
+from ctsync.concurrency import Limit, parse_concurrency
 from ctsync.console import render_summary
 from ctsync.ledger import Ledger, Summary
 from ctsync.presets import MappingOptions, Preset, build_preset
@@ -35,6 +35,7 @@ from ctsync.reader import Source
 from ctsync.run import RunOptions, UploadRun
 from ctsync.settings import ClientSettings, RetryPolicy, Secret
 from ctsync.stopping import SendCounter
+from ctsync.summary import ConcurrencyReport
 from tests.helpers import examples
 
 STATUSES = [200, 200, 202, 429, 429, 500, 503, None]  # None: no answer (a lost connection)

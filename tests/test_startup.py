@@ -82,3 +82,30 @@ def test_a_worker_process_loads_no_event_loop_no_planner_and_no_dateutil() -> No
     assert {"ctsync.run.stage", "ctsync.presets", "ctsync.rules"} <= modules
     unwanted = ("asyncio", "ctsync.run.coordinator", "ctsync.batching", "dateutil", "httpx")
     assert loaded(modules, *unwanted) == set()
+
+
+def test_the_names_the_run_package_defers_are_there_for_every_caller() -> None:
+    # `ctsync.run` imports its parts when first asked for (above): a Python caller, a
+    # type checker at run time and `dir()` must not notice. In a fresh interpreter: here
+    # the test's own imports have asked for every name already.
+    script = """
+import typing
+import ctsync.run, ctsync.errors, ctsync.summary
+listed = dir(ctsync.run)
+assert all(name in listed for name in ctsync.run.__all__), listed
+for name in ctsync.run.__all__:
+    assert getattr(ctsync.run, name).__name__ == name
+try:
+    ctsync.run.nothing_of_that_name
+except AttributeError:
+    pass
+else:
+    raise AssertionError("a name the package does not have")
+assert "concurrency" in typing.get_type_hints(ctsync.summary.Summary)
+assert "summary" in typing.get_type_hints(ctsync.errors.CtsyncError.__init__)
+print("held")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "held", done.stderr[-2000:]

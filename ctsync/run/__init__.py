@@ -61,3 +61,7 @@ __all__ = [
     "deletion_mapper",
     "deletion_records",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
