@@ -178,7 +178,10 @@ def event_time(value: Any) -> int | None:
     if isinstance(value, str):
         # The common case first: a Segment timestamp with milliseconds.
         epoch = iso_to_epoch(value)
-        return epoch if epoch is not None else _any_iso_to_epoch(value)
+        if epoch is None:
+            epoch = _any_iso_to_epoch(value)
+        # An offset can take the year 1 or 9999 past the range (0001-01-01T00:00+01:00).
+        return epoch if epoch is None or EARLIEST_EPOCH <= epoch <= LATEST_EPOCH else None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

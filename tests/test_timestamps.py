@@ -135,6 +135,23 @@ def test_event_time_refuses_numbers_outside_the_calendar(value: object, ts: int 
     assert event_time(value) == ts
 
 
+@pytest.mark.parametrize(
+    ("value", "ts"),
+    [
+        ("0001-01-01T00:00:00Z", -62135596800),
+        ("0001-01-01T00:00:00+01:00", None),  # the year 0 in UTC
+        ("0001-01-01T00:00:00.000001+01:00", None),  # (the other reader: dateutil's)
+        ("9999-12-31T23:59:59Z", 253402300799),
+        ("9999-12-31T23:59:59-01:00", None),  # the year 10000 in UTC
+    ],
+)
+def test_event_time_refuses_date_times_an_offset_takes_outside_the_calendar(
+    value: str, ts: int | None
+) -> None:
+    """As for numbers: a `ts` CleverTap's years do not hold is refused (525), not sent."""
+    assert event_time(value) == ts
+
+
 # --- date-times finer than milliseconds -----------------------------------------------
 # Segment's rule converts only up to milliseconds; Segment's Python library writes
 # datetime traits with microseconds (`2023-01-02T00:00:00.123456+00:00`).
