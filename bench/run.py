@@ -824,17 +824,24 @@ class Bench:
         dry: dict[tuple[str, int | None], float],
     ) -> None:
         repeat = self.args.repeat
-        self.say(f"dry run of {baseline}: actions, plain, {repeat} runs ...")
+        # A baseline with --workers runs one process, as the row below compares; one
+        # without runs one anyway.
+        workers = 1 if has_workers_option(upload_help(str(baseline))) else None
+        how = "--workers 1" if workers else "one process"
+        self.say(f"dry run of {baseline}: actions, plain, {how}, {repeat} runs ...")
         # One run first, untimed: it writes the baseline's bytecode too (`child_env`).
-        run_child(ctsync_command(str(baseline), one, "actions", None, "--dry-run"), timeout=60)
-        command = ctsync_command(str(baseline), plain.path, "actions", None, "--dry-run")
+        warm = ctsync_command(str(baseline), one, "actions", None, "--dry-run")
+        if workers is not None:
+            warm += ["--workers", "2"]
+        run_child(warm, timeout=60, env=child_env(CTSYNC_WORKER_START_AFTER="0"))
+        command = ctsync_command(str(baseline), plain.path, "actions", workers, "--dry-run")
         seconds = statistics.median(
             run_child(command, timeout=child_timeout(plain.count)).seconds for _ in range(repeat)
         )
         rate = plain.count / seconds
         self.rows.append(
             Row(
-                f"baseline dry run, actions, plain ({baseline})",
+                f"baseline dry run, actions, plain, {how} ({baseline})",
                 str(repeat),
                 f"{seconds:.2f}",
                 f"{rate:,.0f}/s",
