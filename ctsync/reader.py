@@ -53,6 +53,7 @@ from ctsync.sources import (
     StandardInput,
     Stream,
     inflate,
+    printable,
     selected,
     sniff,
 )
@@ -260,7 +261,7 @@ def _local(name: str, options: InputOptions, inputs: Inputs) -> list[Source]:
             if reason is None:
                 found.append(source)
             else:
-                inputs.skipped.append(SkippedFile(str(file), reason))
+                inputs.skipped.append(SkippedFile(printable(str(file)), reason))
         return found
     if path.exists():
         if window is not None and window.passes_over(os.path.abspath(path)):
@@ -291,7 +292,8 @@ def _walk_error(exc: OSError) -> None:
 def _file_source(path: Path, options: InputOptions) -> LocalFile:
     if not os.access(path, os.R_OK):
         raise UsageError(f"{path}: permission denied (cannot read this file)")
-    return LocalFile(str(path), path, path.stat().st_size, max_line_bytes=options.max_line_bytes)
+    size = path.stat().st_size
+    return LocalFile(printable(str(path)), path, size, max_line_bytes=options.max_line_bytes)
 
 
 def sniff_file(path: Path) -> str | None:

@@ -123,7 +123,7 @@ class LocalFile(Source):
 
     @property
     def state_key(self) -> str:
-        return str(self.file.resolve())
+        return printable(str(self.file.resolve()))
 
     def open(self, stdin: IO[bytes] | None = None) -> Stream:
         # Unbuffered: one read takes what is there. A named pipe is a file too, and a
@@ -148,6 +148,18 @@ class StandardInput(Source):
                 raise OSError(errno.EBADF, "standard input is closed")
             stdin = sys.stdin.buffer
         return _Borrowed(stdin)
+
+
+def printable(name: str) -> str:
+    """A file name as ctsync writes it (summary, report, state file): its bytes that are
+    not UTF-8 (Python reads them as lone surrogates, which no JSON or SQLite text can
+    hold) as `\\xff`. Distinct names stay distinct; the file is still opened by its
+    path."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name
 
 
 def own_stdin() -> IO[bytes] | None:

@@ -4,6 +4,7 @@ outputs that keep earlier runs, and one reader behind every command."""
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import orjson
@@ -11,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ctsync.cli import app
-from tests.helpers import clean_env, identify
+from ctsync.settings import ClientSettings
+from tests.helpers import CleverTap, clean_env, identify, upload_with_state
 
 runner = CliRunner()
 
@@ -134,3 +136,29 @@ def test_delete_from_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> N
     result = runner.invoke(app, ["delete", "--from", str(ids), "--dry-run"], env=clean_env())
     assert result.exit_code == 2
     assert f"{ids}:2: not UTF-8 text" in result.stderr
+
+
+def test_file_names_that_are_not_utf8_are_written_escaped_not_crashed_on(
+    tmp_path: Path, settings: ClientSettings
+) -> None:
+    # A file name's bytes need not be UTF-8 (Linux keeps any): Python reads them as lone
+    # surrogates, which orjson and SQLite refuse, and the report line, the summary's note
+    # and the state file crashed on them ("unexpected error", exit 70).
+    folder = tmp_path / "day"
+    folder.mkdir()
+    name = os.fsdecode(b"y\xff.ndjson")
+    (folder / name).write_bytes(ndjson(identify("u1")) + b"{bad\n")
+    (folder / os.fsdecode(b"e\xfe.ndjson")).write_bytes(b"")
+    report = tmp_path / "report.ndjson"
+    code, summary, _ = upload(str(folder), "--report", str(report))
+    assert code == 1  # one invalid record
+    assert (summary["read"], summary["invalid"], summary["accepted"]) == (2, 1, 1)
+    notes = summary["notes"]
+    assert isinstance(notes, list) and f"{folder}/e\\xfe.ndjson: skipped, empty" in notes
+    (line,) = report.read_bytes().splitlines()
+    assert orjson.loads(line)["source"] == f"{folder}/y\\xff.ndjson"
+    # With a state file: written, and a second run finds the file finished.
+    server, state = CleverTap(), tmp_path / "state.db"
+    first = upload_with_state(folder, state, server, settings)
+    again = upload_with_state(folder, state, server, settings)
+    assert (first.accepted, again.read, server.received) == (1, 0, ["u1"])
