@@ -228,6 +228,13 @@ def test_a_stopped_run_says_aborted_only_for_records_that_went_out() -> None:
     assert summary.failed["aborted"] == 10  # the first batch: sent, refused
     assert summary.failed["interrupted"] == summary.read - 10
     assert summary.read == summary.failed.total()
+    # Dead letters of a run without a state file: re-driving them sends these again. The
+    # summary said nothing (an adversarial review stored 701 events twice that way).
+    assert (
+        "10 records may or may not be stored: the run stopped before CleverTap answered "
+        "their request (aborted in the report); sent again (re-driving --failed), an event "
+        "CleverTap had is stored twice"
+    ) in summary.note_lines()
 
 
 def test_the_next_run_sends_what_never_went_out_and_not_what_may_be_stored(

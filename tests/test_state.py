@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import io
 import os
 import re
 import sqlite3
@@ -271,6 +272,11 @@ def test_a_401_after_an_attempt_that_may_have_stored_leaves_the_outcome_unknown(
         tmp_path, settings, [identify(f"u{n}") for n in range(5)], [500, 401]
     )
     assert first.failed == Counter({"aborted": 5})
+    assert (
+        "5 records may or may not be stored: the run stopped before CleverTap answered "
+        "their request (aborted in the report); the next run on this state sends again "
+        "those safe to repeat and reports the events outcome-unknown"
+    ) in first.note_lines()
     assert second.accepted == 5 and second.routine[Routine.RESENT] == 5
     assert sorted(server.stored) == sorted([f"u{n}" for n in range(5)] * 2)
 
@@ -437,6 +443,22 @@ def test_a_stopped_run_without_state_says_where_it_stopped_reading(tmp_path: Pat
     )
 
 
+def test_a_stopped_run_from_stdin_says_to_send_the_rest_again_not_to_resume_it(
+    tmp_path: Path,
+) -> None:
+    """The hint said `--state resumes where a run stops`, and --state refuses stdin (an
+    adversarial review found it)."""
+    export = tmp_path / "a.ndjson"
+    write_export(export, range(95))
+    summary = run_to_stopper([], Stopper(stop_at=1), stdin=export.read_bytes())
+    assert summary.interrupted and 0 < summary.read < 95
+    assert summary.note_lines()[0] == (
+        f"the run stopped before the end of its input: standard input was read through "
+        f"line {summary.read}. What was not read is in neither the report nor --failed "
+        f"(send what followed line {summary.read} again)"
+    )
+
+
 def test_the_line_a_stopped_run_names_is_the_last_it_read_when_blocks_go_in_bulk(
     tmp_path: Path,
 ) -> None:
@@ -481,17 +503,20 @@ def run_to_stopper(
     *,
     state: StateFile | None = None,
     workers: Workers | None = None,
+    stdin: bytes | None = None,
 ) -> Summary:
     """A run of the actions preset over `exports` into `sender` (which may stop it): 10
-    records a batch, one lane, at most 2 batches waiting."""
+    records a batch, one lane, at most 2 batches waiting. With `stdin`, it reads that
+    instead (`-`)."""
     sender.run = UploadRun(
-        collect_sources([str(export) for export in exports]),
+        collect_sources([str(export) for export in exports] if stdin is None else ["-"]),
         mapper=build_preset(Preset.ACTIONS, MappingOptions()),
         sender=sender,
         ledger=Ledger(),
         options=RunOptions(batch_size=10, window=2, lanes=1),
         state=state,
         workers=workers,
+        stdin=None if stdin is None else io.BytesIO(stdin),
     )
     return asyncio.run(sender.run.run())
 

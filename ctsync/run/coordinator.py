@@ -35,7 +35,7 @@ from ctsync.reader import STDIN, Block, InputRecord, Source
 from ctsync.records import Mapper
 from ctsync.run.accounts import Accounts
 from ctsync.run.checkpoint import Checkpointer
-from ctsync.run.dispatch import Dispatcher
+from ctsync.run.dispatch import ABORTED, Dispatcher
 from ctsync.run.feed import Feed, Item, Stepper
 from ctsync.run.intake import Intake
 from ctsync.run.options import Control, RunOptions
@@ -406,6 +406,18 @@ class UploadRun:
                 "answer was lost or failed (outcome-unknown in the report); events are not "
                 "sent again, so that none is stored twice (--retry-unknown sends them again)"
             )
+        aborted = self.summary.failed.get(ABORTED.code, 0)
+        if aborted:
+            later = (
+                "the next run on this state sends again those safe to repeat and reports the "
+                "events outcome-unknown"
+                if self._resumable
+                else "sent again (re-driving --failed), an event CleverTap had is stored twice"
+            )
+            self.summary.notes.append(
+                f"{aborted:,} records may or may not be stored: the run stopped before "
+                f"CleverTap answered their request (aborted in the report); {later}"
+            )
         resumed.clear()
 
     def _unread_note(self) -> None:
@@ -415,6 +427,7 @@ class UploadRun:
         if current is None and not later:
             return
         parts = []
+        line = 0
         if current is not None:
             where = "standard input" if current == STDIN else current
             intake = self._intake
@@ -425,9 +438,12 @@ class UploadRun:
         if later:
             more = f"{len(later):,} more inputs" if len(later) > 1 else "1 more input"
             parts.append(f"{more} not opened ({later[0]}{', ...' if len(later) > 1 else ''})")
+        hint = "--state resumes where a run stops"
+        if current == STDIN and not later:  # --state resumes files, never standard input
+            hint = f"send what followed line {line:,} again" if line else "send it again"
         self.summary.notes.append(
             f"the run stopped before the end of its input: {'; '.join(parts)}. What was not "
-            "read is in neither the report nor --failed (--state resumes where a run stops)"
+            f"read is in neither the report nor --failed ({hint})"
         )
 
     def _notify(self) -> None:
