@@ -884,8 +884,12 @@ def _not_an_object(value: Any) -> Invalid:
 
 def text_lines(name: str, options: InputOptions = InputOptions()) -> Iterator[tuple[Origin, str]]:
     """The lines of a plain-text input (a file, bucket object or `-`), read like exports:
-    gzip by content, a BOM and CRLF removed. Raises UsageError for what is not UTF-8."""
-    for source in collect_inputs([name], options).sources:
+    gzip by content, a BOM and CRLF removed. Raises UsageError for what is not UTF-8, and
+    for a folder with no file to read (without upload's hint: `--allow-empty` is its)."""
+    sources = collect_inputs([name], replace(options, allow_empty=True)).sources
+    if not sources:
+        raise UsageError(f"no input files in {name}")
+    for source in sources:
         opened = OpenSource(source)
         try:
             tail = b""

@@ -138,6 +138,15 @@ def test_delete_from_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> N
     assert f"{ids}:2: not UTF-8 text" in result.stderr
 
 
+def test_delete_from_an_empty_folder_gives_no_advice_it_cannot_take(tmp_path: Path) -> None:
+    # It said "pass --allow-empty if an empty input is expected": an upload option.
+    empty = tmp_path / "gdpr"
+    empty.mkdir()
+    result = runner.invoke(app, ["delete", "--from", str(empty), "--dry-run"], env=clean_env())
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"ctsync: no input files in {empty}"
+
+
 def test_file_names_that_are_not_utf8_are_written_escaped_not_crashed_on(
     tmp_path: Path, settings: ClientSettings
 ) -> None:
