@@ -49,19 +49,29 @@ class Checkpointer:
                         del counts[reason]
         return moved
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, final: bool = False) -> None:
         """Write each input's progress to the state file (with --state), and with it the
         length of each output file: what the state calls settled is in the outputs, and
-        what they hold beyond that a resumed run takes out and writes again."""
+        what they hold beyond that a resumed run takes out and writes again. Without a
+        state file, flush the outputs (not at the `final` one, as the run ends: closing
+        them writes what is left, and says if its last lines are missing)."""
         ledger = self._accounts.ledger
         inputs = self._feed.inputs
-        if self._state is None or self._control.frozen or not (inputs or ledger.files):
+        if self._control.frozen or not (inputs or ledger.files):
             return
-        ledger.flush()  # what the state calls settled is in the report first
+        if self._state is None and (final or not ledger.files):
+            return
+        # What the state calls settled is in the report first. Without a state file too:
+        # an output on a full disk then stops the run at once, as the README says,
+        # rather than after a megabyte of lines held, or at the end.
+        ledger.flush()
         if ledger.output_error is not None:
             # Some lines are missing from an output: the state must not call their records
             # settled. It stays at the last checkpoint, and the next run does them again.
             raise ledger.output_error
+        if self._state is None:
+            self._settled = (ledger.summary.skipped.copy(), ledger.summary.invalid.copy())
+            return
         live: dict[str, Live] = {name: Live() for name in inputs}
         for batch in self._dispatcher.live():
             for name, runs in batch.runs.items():

@@ -219,7 +219,7 @@ class UploadRun:
             summary.retries = self._sender.retries
             summary.interrupted = summary.interrupted or control.stopping
             self._unsettle()
-            self._checkpoint()
+            self._checkpointer.checkpoint(final=True)
             self._notes()
             self._notify()
         return self.summary
