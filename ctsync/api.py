@@ -55,7 +55,7 @@ from ctsync.stopping import (
     mark_run_ended,
     terminal_stdin,
 )
-from ctsync.summary import Summary
+from ctsync.summary import Summary, plural, were
 from ctsync.window import window_notes
 
 if TYPE_CHECKING:  # the client (and httpx) only load when a run sends for real
@@ -280,7 +280,7 @@ def _connection_notes(summary: Summary, client: ClientSettings | None) -> list[s
     failed = summary.failed.get("connection", 0)
     if failed:
         notes.append(
-            f"{failed:,} records could not be sent to {where}: the connection failed "
+            f"{plural(failed, 'record')} could not be sent to {where}: the connection failed "
             "before their requests were sent, after every retry; check --region (or "
             "--endpoint) and the network"
         )
@@ -288,7 +288,8 @@ def _connection_notes(summary: Summary, client: ClientSettings | None) -> list[s
     missing = summary.failed.get("404", 0) + summary.failed.get("405", 0)
     if missing:
         notes.append(
-            f"{missing:,} records were answered HTTP 404 or 405 (no such address) by {where}: "
+            f"{plural(missing, 'record')} {were(missing)} answered HTTP 404 or 405 (no such "
+            f"address) by {where}: "
             "check --endpoint (the base URL, without /1/...) or --region"
         )
     return notes

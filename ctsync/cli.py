@@ -28,7 +28,6 @@ from ctsync.console import (
     PlainProgress,
     ProgressView,
     RunView,
-    plural,
     quiet_stdout,
     render_summary,
 )
@@ -67,7 +66,7 @@ from ctsync.settings import (
 )
 from ctsync.sources import SNIFF_BYTES
 from ctsync.stopping import read_terminal
-from ctsync.summary import Summary
+from ctsync.summary import Summary, plural
 from ctsync.timestamps import DatesAs
 from ctsync.window import Window
 

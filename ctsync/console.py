@@ -20,7 +20,7 @@ from rich.text import Text
 from ctsync.concurrency import AUTO
 from ctsync.ledger import Summary
 from ctsync.stopping import SendCounter
-from ctsync.summary import ConcurrencyReport
+from ctsync.summary import ConcurrencyReport, plural
 
 PLAIN_INTERVAL = 10.0  # seconds between two plain progress lines (cron logs stay readable)
 PLAIN_WIDTH = 80  # a plain progress line never wraps in an 80-column log viewer
@@ -33,11 +33,6 @@ def plain_interval() -> float:
         return max(0.01, float(os.environ["CTSYNC_PROGRESS_INTERVAL"]))
     except (KeyError, ValueError):
         return PLAIN_INTERVAL
-
-
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """`1 request`, `2 requests`, `1,000 records`."""
-    return f"{count:,} {word if count == 1 else words or word + 's'}"
 
 
 def quiet_stdout() -> None:

@@ -14,6 +14,16 @@ NOTES_SHOWN: Final = 20
 """Note lines in the summary (text and `--json`); a last line counts the ones left out."""
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 request`, `2 requests`, `1,000 records`."""
+    return f"{count:,} {word if count == 1 else words or word + 's'}"
+
+
+def were(count: int) -> str:
+    """The verb after `plural(count, ...)`: `1 record was`, `2 records were`."""
+    return "was" if count == 1 else "were"
+
+
 @dataclass(frozen=True, slots=True)
 class ConcurrencyReport:
     """Requests in flight for one endpoint over a run (the summary's `concurrency`)."""

@@ -175,3 +175,26 @@ def test_records_of_unknown_outcome_are_noted_in_the_run_that_lost_their_answer(
     assert summary.failed == Counter({"outcome-unknown": 3})
     (note,) = [line for line in summary.note_lines() if "may or may not be stored" in line]
     assert note.startswith("3 records may or may not be stored: their request went out")
+
+
+def test_one_record_is_one_record_in_the_notes(tmp_path: Path, settings: ClientSettings) -> None:
+    """ "1 records could not be sent" (a walkthrough)."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("All connection attempts failed", request=request)
+
+    def no_such_page(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text="Not Found")
+
+    one = [(Origin("--identity", 1), "u1")]
+    lines = []
+    for answer in (refuse, no_such_page):
+        job = api.DeleteJob(identities=one, client=settings)
+        lines += api.delete(job, transport=httpx.MockTransport(answer)).note_lines()
+    assert lines == [
+        f"1 record could not be sent to {settings.base_url}: the connection failed before "
+        "their requests were sent, after every retry; check --region (or --endpoint) and the "
+        "network",
+        f"1 record was answered HTTP 404 or 405 (no such address) by {settings.base_url}: "
+        "check --endpoint (the base URL, without /1/...) or --region",
+    ]

@@ -49,7 +49,7 @@ from ctsync.run.workers import (
     result_of,
 )
 from ctsync.state import Progress, StateFile
-from ctsync.summary import Routine
+from ctsync.summary import Routine, plural, were
 
 WAIT_STEP = 0.2  # seconds between looks at stop() while a block is being prepared
 YIELD_IDLE = 512
@@ -396,14 +396,15 @@ class UploadRun:
         self.summary.routine[Routine.RESENT] += resent
         if unknown:
             self.summary.notes.append(
-                f"{unknown:,} records were on the wire when an earlier run stopped and may be "
-                "stored already; they were not sent again (outcome-unknown in the report)"
+                f"{plural(unknown, 'record')} {were(unknown)} on the wire when an earlier run "
+                "stopped and may be stored already; they were not sent again (outcome-unknown "
+                "in the report)"
             )
         lost = self.summary.failed.get(UNKNOWN, 0) - unknown  # answers this run lost
         if lost > 0:
             self.summary.notes.append(
-                f"{lost:,} records may or may not be stored: their request went out and its "
-                "answer was lost or failed (outcome-unknown in the report); events are not "
+                f"{plural(lost, 'record')} may or may not be stored: their request went out and "
+                "its answer was lost or failed (outcome-unknown in the report); events are not "
                 "sent again, so that none is stored twice (--retry-unknown sends them again)"
             )
         aborted = self.summary.failed.get(ABORTED.code, 0)
@@ -415,7 +416,7 @@ class UploadRun:
                 else "sent again (re-driving --failed), an event CleverTap had is stored twice"
             )
             self.summary.notes.append(
-                f"{aborted:,} records may or may not be stored: the run stopped before "
+                f"{plural(aborted, 'record')} may or may not be stored: the run stopped before "
                 f"CleverTap answered their request (aborted in the report); {later}"
             )
         resumed.clear()
