@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from ctsync.records import (
     Counters,
     Invalid,
@@ -72,7 +74,9 @@ def identity_of(value: Any, field: str) -> str | Invalid:
     """A CleverTap identity from a Segment id field, or why it cannot be one."""
     if type(value) is str and 0 < len(value) <= MAX_IDENTITY_LENGTH and not value.isspace():
         return value  # the common case, decided by one type check
-    if isinstance(value, bool) or value is None or is_blank(value):
+    if isinstance(value, bool):  # JSON's spelling: the report quotes the message
+        return Invalid("523", f"no identity: {field} is {str(value).lower()}, not a string")
+    if value is None or is_blank(value):
         return Invalid("523", f"no identity: {field} is missing or empty")
     if type(value) is int:
         # Sent as its decimal string, exactly. orjson reads integers beyond 64 bits as
@@ -100,7 +104,7 @@ def record_time(value: Any, clock: Clock = wall_clock) -> int | Invalid:
         return int(clock())
     ts = event_time(value)
     if ts is None:
-        return Invalid("525", f"timestamp {value!r} is not a date-time")
+        return Invalid("525", f"timestamp {_json(value)} is not a date-time")
     return ts
 
 
@@ -137,3 +141,11 @@ class EventsOnly:
 
 def _profile_write(operation: object) -> bool:
     return isinstance(operation, Upload) and operation.record.get("type") == "profile"
+
+
+def _json(value: Any) -> str:
+    """A message's value as JSON spells it (`true`, `null`, `"x"`), for a reason."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # (orjson refuses what JSON cannot hold: never read from JSON)
+        return repr(value)

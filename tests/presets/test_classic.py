@@ -1209,6 +1209,16 @@ NO_USER_ID = "no identity: userId is missing or empty"
             "identity: userId is a number with a fraction, an exponent or beyond 64 bits (1.5); "
             "it cannot be taken exactly",
         ),
+        (  # not "missing or empty" (a walkthrough)
+            {"type": "identify", "userId": True, "traits": {}},
+            "523",
+            "no identity: userId is true, not a string",
+        ),
+        (  # JSON's spelling, not Python's `True`
+            {"type": "identify", "userId": "u1", "timestamp": True, "traits": {}},
+            "525",
+            "timestamp true is not a date-time",
+        ),
         ({"type": "track", "userId": "u1"}, "509", "track has no event name"),
         ({"type": "track", "userId": "u1", "event": " "}, "509", "track has no event name"),
         # alias: the userId becomes the Identity, the previousId the objectId (526)
