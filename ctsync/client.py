@@ -97,7 +97,9 @@ def classify(
             return [
                 (_failed("connection", f"{error} (before the request was sent)"), Next.RETRY)
             ] * n
-        return [(_unknown(f"{error} after the request was sent"), Next.UNKNOWN)] * n
+        # ("Server disconnected without sending a response." ends on its own full stop.)
+        said = error[:-1] if error.endswith(".") else error
+        return [(_unknown(f"{said} after the request was sent"), Next.UNKNOWN)] * n
     status = attempt.status
     body = _json_object(attempt.content)
     error = _error_text(body, attempt.content)

@@ -783,6 +783,15 @@ MAYBE = "; CleverTap may or may not have stored this record, so it was not sent 
             UPLOAD_PATH,
             "ConnectError: refused (before the request was sent)",
         ),
+        (  # httpx's own sentence ends on a full stop: one sentence, not ". after"
+            Attempt(
+                error="RemoteProtocolError: Server disconnected without sending a response.",
+                body_sent=True,
+            ),
+            UPLOAD_PATH,
+            "RemoteProtocolError: Server disconnected without sending a response after the "
+            "request was sent" + MAYBE,
+        ),
     ],
 )
 def test_the_report_says_why_each_record_was_not_confirmed(
