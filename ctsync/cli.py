@@ -883,6 +883,8 @@ def _mapping_source(name: str | None) -> str | Path | None:
     if name == STDIN:
         return _read_stdin_text("--mapping -")
     path = Path(name)
+    if path.is_dir():
+        raise UsageError(f"{name}: a folder, not a mapping file (give the file's path)")
     if not path.is_file():
         raise UsageError(f"{name}: no such mapping file")
     return path

@@ -360,6 +360,15 @@ def test_a_broken_mapping_file_stops_before_reading(tmp_path: Path, export: Path
     assert "s1" in result.stderr and "Traceback" not in result.output
 
 
+def test_a_mapping_path_that_is_a_folder_says_so(tmp_path: Path, export: Path) -> None:
+    # It said "no such mapping file" of a folder that is there (a walkthrough).
+    result = runner.invoke(app, ["upload", str(export), "--dry-run", "--mapping", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"ctsync: {tmp_path}: a folder, not a mapping file (give the file's path)"
+    )
+
+
 def test_quiet_with_forced_progress_is_refused(export: Path) -> None:
     result = runner.invoke(app, ["upload", str(export), "--dry-run", "--progress", "-q"])
     assert result.exit_code == 2  # issue 23: said in one line, not silently dropped
