@@ -172,6 +172,7 @@ class Inputs:
     sources: list[Source] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     passed_over: int = 0
+    left_out: int = 0  # files in scanned folders that --include/--exclude left out
 
     def notes(self, limit: int = 10) -> list[str]:
         """The skipped files as summary notes: each, or past `limit` their count first,
@@ -238,6 +239,9 @@ def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions())
             if passed == 1
             else f" ({passed:,} files skipped: not exports)"
         )
+        if inputs.left_out:  # the filter, not the folder, may be what is wrong
+            files = "1 file" if inputs.left_out == 1 else f"{inputs.left_out:,} files"
+            why += f" ({files} left out by --include/--exclude)"
         raise UsageError(
             f"no input files in {', '.join(names)}{why}; "
             "pass --allow-empty if an empty input is expected"
@@ -252,6 +256,7 @@ def _local(name: str, options: InputOptions, inputs: Inputs) -> list[Source]:
         found: list[Source] = []
         for relative, file in _walk(path):
             if not selected(relative, options):
+                inputs.left_out += 1
                 continue
             if window is not None and window.passes_over(os.path.abspath(file)):
                 inputs.passed_over += 1
