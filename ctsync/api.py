@@ -56,7 +56,7 @@ from ctsync.stopping import (
     terminal_stdin,
 )
 from ctsync.summary import Summary, plural, were
-from ctsync.window import window_notes
+from ctsync.window import Window, changed_window_note, window_notes
 
 if TYPE_CHECKING:  # the client (and httpx) only load when a run sends for real
     import httpx
@@ -198,6 +198,7 @@ def upload(
     ledger: Ledger | None = None
     with _summary_on_error(lambda: ledger), contextlib.ExitStack() as stack:
         state = None
+        notes: list[str] = []  # of the state file, for the summary
         if job.state is not None:
             if job.client is None:
                 raise UsageError("--state records what was sent, and a dry run sends nothing")
@@ -213,6 +214,11 @@ def upload(
                     )
             state = StateFile(job.state, retry_unknown=job.run.retry_unknown)
             stack.callback(state.close)
+            window = job.inputs.window if isinstance(job.inputs.window, Window) else None
+            bounds = (window.since, window.until) if window is not None else (None, None)
+            before = state.window_before(*bounds)
+            if before is not None:
+                notes.append(changed_window_note(before, window))
         message_ids = _message_ids(job.run, state)
         if message_ids is not None:
             stack.callback(message_ids.close)  # before the state file closes
@@ -263,6 +269,7 @@ def upload(
             # Tokens not sent and dates left as text lead the notes: they change the data.
             summary.notes[:0] = mapping.mapping_notes(summary.dropped, summary.dates_left_as_text)
             summary.notes += window_notes(counters.untimed.total())
+            summary.notes += notes
             summary.notes += _connection_notes(summary, job.client)
             return summary
 

@@ -92,6 +92,11 @@ CREATE TABLE IF NOT EXISTS holder (
     pid INTEGER,
     started REAL
 );
+CREATE TABLE IF NOT EXISTS time_window (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    since INTEGER,
+    until INTEGER
+);
 """
 
 
@@ -337,6 +342,28 @@ class StateFile:
     def close(self) -> None:
         self._db.close()
         os.close(self._lock_fd)
+
+    def window_before(
+        self, since: int | None, until: int | None
+    ) -> tuple[int | None, int | None] | None:
+        """The time window (`--since`, `--until`, epoch ms; None: open) of the runs before
+        this one when it differs from this run's, else None; records this run's. A window
+        is a backfill of its own: inputs an earlier run finished are not read again, and
+        their messages outside its window stay unsent (README: Backfills). A state file
+        written before ctsync kept the window says nothing."""
+        try:
+            row = self._db.execute("SELECT since, until FROM time_window").fetchone()
+            self._db.execute(
+                "INSERT OR REPLACE INTO time_window (id, since, until) VALUES (1, ?, ?)",
+                (since, until),
+            )
+        except sqlite3.Error as exc:
+            if _disk_full(self.path, exc):
+                raise DiskFull(_FULL_BEFORE.format(path=self.path)) from None
+            raise
+        if row is None or (row[0], row[1]) == (since, until):
+            return None
+        return row[0], row[1]
 
     def open_input(self, source: Source) -> Progress:
         """Start (or resume) one input: a file, or a bucket object."""

@@ -175,12 +175,38 @@ def window_notes(count: int) -> list[str]:
     ]
 
 
+def changed_window_note(before: tuple[int | None, int | None], now: Window | None) -> str:
+    """The summary's note for a run whose state file's earlier runs had another window."""
+    return (
+        f"this state file's earlier runs used another time window ({_described(*before)}; "
+        f"this run: {_described(now.since, now.until) if now else 'none'}): the inputs they "
+        "finished are not read again, and their messages outside that window stay unsent; "
+        "give each window its own --state file"
+    )
+
+
+def _described(since: int | None, until: int | None) -> str:
+    parts = [
+        f"{option} {_iso(ms)}"
+        for option, ms in (("--since", since), ("--until", until))
+        if ms is not None
+    ]
+    return " ".join(parts) or "none"
+
+
+def _iso(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else f"{text}Z"
+
+
 __all__ = [
     "NO_TIMESTAMP",
     "OUTSIDE_WINDOW",
     "SKEW_MARGIN_MS",
     "Window",
     "WindowedMapper",
+    "changed_window_note",
     "day_folder",
     "message_time",
     "untimed",

@@ -25,10 +25,11 @@ from typer.testing import CliRunner
 from ctsync import api
 from ctsync.cli import app
 from ctsync.reader import InputOptions
+from ctsync.settings import ClientSettings
 from ctsync.summary import Summary
 from ctsync.timestamps import event_time
 from ctsync.window import Window, message_time
-from tests.helpers import assert_accounted, clean_env, identify
+from tests.helpers import CleverTap, assert_accounted, clean_env, identify
 
 runner = CliRunner()
 DAY = 86_400_000
@@ -329,3 +330,41 @@ def test_an_epoch_number_is_the_same_instant_for_the_window_and_for_ts(value: in
     assert (ms is None) == (seconds is None)
     if ms is not None:
         assert ms // 1000 == seconds
+
+
+def test_a_state_file_used_with_another_window_says_what_that_costs(
+    tmp_path: Path, settings: ClientSettings
+) -> None:
+    """A window is a backfill of its own: the inputs a run finished are not read again,
+    so a second window over the same state file sent nothing of them, without a word (a
+    walkthrough: a nightly --since on one state file)."""
+    export = tmp_path / "e.ndjson"
+    export.write_bytes(
+        b"".join(
+            orjson.dumps(identify(f"u{day}", f"2024-03-0{day}T12:00:00Z")) + b"\n" for day in (1, 5)
+        )
+    )
+    state = tmp_path / "state.db"
+
+    def run(since: str | None) -> list[str]:
+        job = api.UploadJob(
+            paths=[str(export)],
+            client=settings,
+            state=state,
+            inputs=InputOptions(window=Window.parse(since, None)),
+        )
+        return api.upload(job, transport=CleverTap().transport()).note_lines()
+
+    def changed(notes: list[str]) -> list[str]:
+        return [note for note in notes if "another time window" in note]
+
+    assert changed(run("2024-03-05")) == []  # the first: nothing to compare with
+    assert changed(run("2024-03-05")) == []  # the same window
+    assert changed(run("2024-03-01")) == [
+        "this state file's earlier runs used another time window (--since "
+        "2024-03-05T00:00:00Z; this run: --since 2024-03-01T00:00:00Z): the inputs they "
+        "finished are not read again, and their messages outside that window stay unsent; "
+        "give each window its own --state file"
+    ]
+    (note,) = changed(run(None))
+    assert "(--since 2024-03-01T00:00:00Z; this run: none)" in note
