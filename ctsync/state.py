@@ -346,11 +346,12 @@ class StateFile:
     def window_before(
         self, since: int | None, until: int | None
     ) -> tuple[int | None, int | None] | None:
-        """The time window (`--since`, `--until`, epoch ms; None: open) of the runs before
-        this one when it differs from this run's, else None; records this run's. A window
-        is a backfill of its own: inputs an earlier run finished are not read again, and
-        their messages outside its window stay unsent (README: Backfills). A state file
-        written before ctsync kept the window says nothing."""
+        """The time window (`--since`, `--until`, epoch ms; None: open) of the run before
+        this one when this run's reaches past it (earlier, or later), else None; records
+        this run's. A window is a backfill of its own: inputs an earlier run finished are
+        not read again, and their messages outside its window stay unsent (README:
+        Backfills); a narrower window loses nothing. A state file written before ctsync
+        kept the window says nothing."""
         try:
             row = self._db.execute("SELECT since, until FROM time_window").fetchone()
             self._db.execute(
@@ -361,9 +362,12 @@ class StateFile:
             if _disk_full(self.path, exc):
                 raise DiskFull(_FULL_BEFORE.format(path=self.path)) from None
             raise
-        if row is None or (row[0], row[1]) == (since, until):
+        if row is None:
             return None
-        return row[0], row[1]
+        before_since, before_until = row
+        earlier = before_since is not None and (since is None or since < before_since)
+        later = before_until is not None and (until is None or until > before_until)
+        return (before_since, before_until) if earlier or later else None
 
     def open_input(self, source: Source) -> Progress:
         """Start (or resume) one input: a file, or a bucket object."""

@@ -178,9 +178,10 @@ def window_notes(count: int) -> list[str]:
 def changed_window_note(before: tuple[int | None, int | None], now: Window | None) -> str:
     """The summary's note for a run whose state file's earlier runs had another window."""
     return (
-        f"this state file's earlier runs used another time window ({_described(*before)}; "
-        f"this run: {_described(now.since, now.until) if now else 'none'}): the inputs they "
-        "finished are not read again, and their messages outside that window stay unsent; "
+        f"this run's time window reaches past the one of the run before it on this state "
+        f"file ({_described(*before)}; this run: "
+        f"{_described(now.since, now.until) if now else 'none'}): the inputs that run "
+        "finished are not read again, and their messages outside its window stay unsent; "
         "give each window its own --state file"
     )
 

@@ -356,15 +356,17 @@ def test_a_state_file_used_with_another_window_says_what_that_costs(
         return api.upload(job, transport=CleverTap().transport()).note_lines()
 
     def changed(notes: list[str]) -> list[str]:
-        return [note for note in notes if "another time window" in note]
+        return [note for note in notes if "reaches past" in note]
 
     assert changed(run("2024-03-05")) == []  # the first: nothing to compare with
     assert changed(run("2024-03-05")) == []  # the same window
+    assert changed(run("2024-03-06")) == []  # a narrower one loses nothing
     assert changed(run("2024-03-01")) == [
-        "this state file's earlier runs used another time window (--since "
-        "2024-03-05T00:00:00Z; this run: --since 2024-03-01T00:00:00Z): the inputs they "
-        "finished are not read again, and their messages outside that window stay unsent; "
-        "give each window its own --state file"
+        "this run's time window reaches past the one of the run before it on this state "
+        "file (--since 2024-03-06T00:00:00Z; this run: --since 2024-03-01T00:00:00Z): the "
+        "inputs that run finished are not read again, and their messages outside its "
+        "window stay unsent; give each window its own --state file"
     ]
     (note,) = changed(run(None))
     assert "(--since 2024-03-01T00:00:00Z; this run: none)" in note
+    assert changed(run("2024-03-02")) == []  # after a run with no window: all was read
