@@ -129,8 +129,8 @@ def _start_worker(lifeline: Connection, collect: tuple[int, int, int]) -> None:
     """In a new worker process: leave Ctrl-C and SIGTERM to the main process (a terminal
     sends them to its whole process group; the main process stops its workers itself),
     end when the main process is gone, even by `kill -9`, and collect garbage as the
-    main process does (`collect`: its `gc` thresholds; a spawned interpreter starts
-    with Python's, and ctsync's, set in `__main__`, saved a tenth of a worker's CPU)."""
+    main process does (`collect`: its `gc` thresholds, set in `__main__`; a spawned
+    interpreter starts with Python's: measured, 2% of the workers' CPU)."""
     gc.set_threshold(*collect)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
