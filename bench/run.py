@@ -360,6 +360,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def warm_up(program: str, one: Path, *, workers: bool) -> None:
+    """One untimed dry run of the one-line file `one`, with worker processes started at
+    once when `program` has them: it writes the bytecode of every module a run imports,
+    in the run's process and in a worker (see `child_env`)."""
+    command = ctsync_command(program, one, "actions", 2 if workers else None, "--dry-run")
+    run_child(command, timeout=60, env=child_env(CTSYNC_WORKER_START_AFTER="0"))
+
+
 def upload_help(program: str) -> str:
     return subprocess.run(
         [program, "upload", "--help"],
@@ -795,10 +803,7 @@ class Bench:
         run's set-up), after one run that starts worker processes and so writes the
         bytecode of every module a run imports (see `child_env`)."""
         self.say(f"start-up: dry run of a one-line file, {STARTUP_RUNS} runs ...")
-        warm = ctsync_command(program, one, "actions", None, "--dry-run")
-        if counts != [None]:
-            warm += ["--workers", "2"]
-        run_child(warm, timeout=60, env=child_env(CTSYNC_WORKER_START_AFTER="0"))
+        warm_up(program, one, workers=counts != [None])
         command = ctsync_command(program, one, "actions", None, "--dry-run")
         cpu = statistics.median(
             run_child(command, timeout=60).cpu_seconds for _ in range(STARTUP_RUNS)
@@ -829,11 +834,7 @@ class Bench:
         workers = 1 if has_workers_option(upload_help(str(baseline))) else None
         how = "--workers 1" if workers else "one process"
         self.say(f"dry run of {baseline}: actions, plain, {how}, {repeat} runs ...")
-        # One run first, untimed: it writes the baseline's bytecode too (`child_env`).
-        warm = ctsync_command(str(baseline), one, "actions", None, "--dry-run")
-        if workers is not None:
-            warm += ["--workers", "2"]
-        run_child(warm, timeout=60, env=child_env(CTSYNC_WORKER_START_AFTER="0"))
+        warm_up(str(baseline), one, workers=workers is not None)
         command = ctsync_command(str(baseline), plain.path, "actions", workers, "--dry-run")
         seconds = statistics.median(
             run_child(command, timeout=child_timeout(plain.count)).seconds for _ in range(repeat)
