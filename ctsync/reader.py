@@ -57,6 +57,7 @@ from ctsync.sources import (
     selected,
     sniff,
 )
+from ctsync.summary import plural
 
 _READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, *INFLATE_ERRORS)
 
@@ -182,10 +183,10 @@ class Inputs:
         if len(self.skipped) > limit:
             notes.insert(0, f"{len(self.skipped):,} files skipped; the first {limit} follow")
         if self.passed_over:
-            files = "1 file" if self.passed_over == 1 else f"{self.passed_over:,} files"
             notes.append(
-                f"{files} not read: in Segment day folders that end a day or more before "
-                "--since, so none of their messages can be in the window"
+                f"{plural(self.passed_over, 'file')} not read: in Segment day folders that "
+                "end a day or more before --since, so none of their messages can be in the "
+                "window"
             )
         return notes
 
@@ -240,8 +241,7 @@ def collect_inputs(paths: Iterable[str], options: InputOptions = InputOptions())
             else f" ({passed:,} files skipped: not exports)"
         )
         if inputs.left_out:  # the filter, not the folder, may be what is wrong
-            files = "1 file" if inputs.left_out == 1 else f"{inputs.left_out:,} files"
-            why += f" ({files} left out by --include/--exclude)"
+            why += f" ({plural(inputs.left_out, 'file')} left out by --include/--exclude)"
         raise UsageError(
             f"no input files in {', '.join(names)}{why}; "
             "pass --allow-empty if an empty input is expected"
