@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -79,6 +80,24 @@ def wait_until_stored(sandbox: Any, count: int, process: subprocess.Popen[bytes]
         time.sleep(0.05)
 
 
+def wait_until_stopping(process: subprocess.Popen[bytes]) -> None:
+    """Until the run says it heard SIGTERM ("ctsync: stopping (SIGTERM)" on stderr). A
+    test that closes the pipe right after the signal raced: when the end of the input
+    reached the run first, it finished (exit 0) before the signal was handled."""
+    assert process.stderr is not None
+    said = b""
+    deadline = time.monotonic() + GUARD_SECONDS
+    while b"stopping (SIGTERM)" not in said:
+        left = deadline - time.monotonic()
+        assert left > 0, f"the run did not say it was stopping: {said!r}"
+        ready, _, _ = select.select([process.stderr], [], [], left)
+        if ready:
+            chunk = os.read(process.stderr.fileno(), 4096)
+            assert chunk, f"stderr closed before the run said it was stopping: {said!r}"
+            said += chunk
+    assert b"Traceback" not in said, said
+
+
 def summary_of(process: subprocess.Popen[bytes]) -> dict[str, Any]:
     stdout, stderr = process.communicate(timeout=GUARD_SECONDS)
     assert "Traceback" not in stderr.decode(), stderr.decode()
@@ -110,6 +129,7 @@ def test_records_from_a_pipe_that_falls_quiet_go_out_while_it_stays_open(
         wait_until_stored(sandbox, count + 5, process)
         if then != "close":
             process.send_signal(15)
+            wait_until_stopping(process)
         if then == "sigterm, the writer lives on":
             process.wait(timeout=GUARD_SECONDS)  # the pipe still open
         summary = summary_of(process)  # closes the pipe
