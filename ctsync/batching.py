@@ -34,6 +34,15 @@ share no profile and go side by side; only a profile with more operations than a
 request holds is cut, and its batches go one behind the other in one lane. The run
 joins again for the operations that waited for the last deletions.
 
+Links: a profile record of an objectId that sets `Identity` (--link-anonymous, an
+alias) writes two profiles, the device's and the user's. It goes in the user's lane; its
+batch waits (`Batch.after`) for the answer to the batch holding the device's latest
+write, which is sealed so that nothing later joins it (so no two batches wait for each
+other: each waits only for batches sealed before it). The device's later operations
+follow the link's lane while a batch holding them there has no answer (`moved`); a
+joined flush leaves such a lane's batch as it is. A link whose profile waits for a
+deletion waits with it, and so do both profiles' later operations.
+
 Each batch also keeps the *runs* of input positions it holds (per source: first and
 last position of operations that came to it one after another), which is what the
 state file records for a batch without an answer.
@@ -63,16 +72,26 @@ HOT_AT_MOST = 10_000
 """Profiles remembered as deleted again before their deletion went (see `_heat`)."""
 
 Deferred: TypeAlias = tuple[
-    OpKind, ProfileKey | None, bytes, bool, bool, Tracked, str, Position, int | None
+    OpKind,
+    ProfileKey | None,
+    bytes,
+    bool,
+    bool,
+    Tracked,
+    str,
+    Position,
+    int | None,
+    ProfileKey | None,
 ]
 """An operation waiting for its profile's deletion: kind, key, body, safe, token, owner,
-source, position, profile hash."""
+source, position, profile hash, the second profile of a link."""
 
 
 class Batch:
     """One request's worth of operations and the records they came from."""
 
     __slots__ = (
+        "after",
         "answered",
         "bodies",
         "bulk",
@@ -84,6 +103,7 @@ class Batch:
         "kind",
         "lane",
         "later",
+        "moves",
         "owners",
         "parts",
         "positions",
@@ -125,6 +145,11 @@ class Batch:
         # answer, in a batch of their own (positions and runs for the state file).
         self.later: Batch | None = None
         self.deferred: list[Deferred] = []  # in that batch of later operations
+        # Links (see `Planner.add_encoded`): batches of other lanes that must have their
+        # final answer before this one goes, and the profiles whose operations follow
+        # this batch's lane for as long as this batch has no answer.
+        self.after: list[Batch] = []
+        self.moves: list[ProfileKey] = []
 
     def __len__(self) -> int:
         return len(self.bodies)
@@ -203,6 +228,12 @@ class Planner:
         self._deferred: dict[ProfileKey, Batch] = {}
         self._waiting = 0  # operations in `later` batches
         self._hot: set[ProfileKey] = set()  # deleted again before the deletion went
+        # Profiles a link wrote as its second profile, whose operations follow the
+        # link's lane while a batch holding one of them there has no answer: that batch
+        # (the latest). See `add_encoded`.
+        self._moved: dict[ProfileKey, Batch] = {}
+        # Upload batches sealed by the call under way, not yet in their lanes' queues.
+        self._fresh: list[Batch] = []
 
     def lane_of(self, key: ProfileKey | None, hashed: int | None = None) -> int:
         """The lane of an operation on `key`; `hashed` is `profile_hash(key)` when the
@@ -221,8 +252,9 @@ class Planner:
         """Add one operation. `gap` says positions were passed over just before this one
         (done in an earlier run), so no run of positions may reach across them."""
         return self.add_encoded(
-            op.kind, op.key, op.body, op.safe, op.token, owner, source, position, gap
-        )
+            op.kind, op.key, op.body, op.safe, op.token, owner, source, position, gap,
+            also=op.also,
+        )  # fmt: skip
 
     def add_encoded(
         self,
@@ -236,31 +268,106 @@ class Planner:
         position: Position,
         gap: bool = False,
         hashed: int | None = None,
+        also: ProfileKey | None = None,
     ) -> list[Batch]:
         """`add` of an operation given by its fields (as the record stage sends them
         back: no `Op` is built for each of a million records), `hashed` its key's
-        `profile_hash` if known. Returns the batches sealed, usually none."""
+        `profile_hash` if known. Returns the batches sealed, usually none.
+
+        `also`: the second profile a link writes (an objectId's profile given an
+        Identity: `prepare.linked_profile`). The link goes in its identity's lane, after
+        that identity's writes; it must also follow the device's writes, which may be in
+        another lane, and precede the device's later ones. So its batch waits for the
+        batch holding the device's latest write (`Batch.after`: that batch is sealed,
+        so no later write joins it, and no two batches can wait for each other), and the
+        device's later operations follow the link's lane until a batch holding them
+        there has its answer (`answered`)."""
         if self._deferred and key is not None:
             deletion = self._deferred.get(key)
+            if deletion is None and also is not None:
+                deletion = self._deferred.get(also)
             if deletion is not None:  # its profile's deletion has no answer yet
-                op = (kind, key, body, safe, token, owner, source, position, hashed)
+                if also is not None:
+                    self._wait_together(deletion, (key, also))
+                op = (kind, key, body, safe, token, owner, source, position, hashed, also)
                 return self._defer(deletion, op, gap)
         if kind is not OpKind.UPLOAD:
             return self._add_deletion(kind, key, body, safe, owner, source, position, gap)
-        number = self.lane_of(key, hashed)
-        lane = self.lanes[number]
         sealed: list[Batch] = []
+        before: Batch | None = None
+        moved = self._moved
+        if also is not None:
+            number = self.lane_of(key, hashed)
+            before = self._latest(also)
+            if before is not None and before.lane == number:
+                before = None  # one lane: in order already
+            elif before is not None and not before.sealed:
+                sealed = self._seal_open(self.lanes[before.lane])
+        elif moved and key is not None and key in moved:
+            number = moved[key].lane
+        else:
+            number = self.lane_of(key, hashed)
+        lane = self.lanes[number]
         batch = lane.open  # a lane fills one upload batch at a time
         if batch is not None and token and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
-            sealed = self._seal_open(lane)
+            sealed += self._seal_open(lane)
             batch = None
         if batch is None:
             self._seq += 1
             batch = lane.open = Batch(kind, number, self._seq)
         self._put(batch, body, owner, source, position, key, safe, token, gap)
+        if moved or also is not None:
+            self._follow(batch, key, also, before)
         if len(batch.bodies) >= self._limits[kind]:
             sealed += self._seal_open(lane)
         return sealed
+
+    def _follow(
+        self, batch: Batch, key: ProfileKey | None, also: ProfileKey | None, before: Batch | None
+    ) -> None:
+        """A link, or an operation of a profile a link moved, just went into `batch`."""
+        moved = self._moved
+        if also is not None:
+            batch.keyset.add(also)
+            if before is not None and before not in batch.after:
+                batch.after.append(before)
+            key = also
+        elif key is None or key not in moved:
+            return
+        if moved.get(key) is not batch:
+            moved[key] = batch
+            batch.moves.append(key)
+
+    def _latest(self, key: ProfileKey) -> Batch | None:
+        """The batch holding the latest operation on `key` that has no final answer;
+        None if none has."""
+        moved = self._moved.get(key)
+        if moved is not None:
+            return moved
+        lane = self.lanes[self.lane_of(key)]
+        if lane.open is not None and key in lane.open.keyset:
+            return lane.open
+        for batch in reversed(self._fresh):
+            if not batch.frozen and batch.lane >= 0 and key in batch.keyset:
+                return batch
+        for batch in reversed(lane.queue):
+            if key in batch.keyset:
+                return batch
+        return None
+
+    def answered(self, batch: Batch) -> None:
+        """An upload batch has its final answer: what waits for it may go, and the
+        profiles it moved go back to their own lanes once nothing holds them."""
+        batch.answered = True
+        moved = self._moved
+        for key in batch.moves:
+            if moved.get(key) is batch:
+                del moved[key]
+
+    @property
+    def moved(self) -> dict[ProfileKey, Batch]:
+        """The profiles whose operations follow a link's lane (see `add_encoded`)."""
+        return self._moved
 
     def add_bulk(self, bulk: Bulk, remember: bool) -> list[Batch]:
         """A block's plain records of one lane (`wire.Bulk`), in order, into the lane's
@@ -332,16 +439,20 @@ class Planner:
             return sealed + self.seal_deletions()
         # Lanes hold no profile in common: their open batches join in any order.
         tails: list[Batch] = []
+        kept: list[Batch] = []
         for lane in self.lanes:
             assert not lane.queue, "joined while a lane still had batches to send"
-            if lane.open is not None:
+            if lane.open is not None and lane.open.moves:
+                # A link's two profiles keep their order in its lane: not joined.
+                kept += self._seal_open(lane)
+            elif lane.open is not None:
                 lane.open.owners_of()  # joined batches take each operation's record
                 tails.append(lane.open)
                 lane.open = None
         self._last = None
         joined = self._join(OpKind.UPLOAD, tails)
         self._place(joined)
-        return joined + self.seal_deletions()
+        return kept + joined + self.seal_deletions()
 
     def _join(self, kind: OpKind, tails: list[Batch]) -> list[Batch]:
         """The operations of `tails` (open batches of one kind, one per lane) in full
@@ -457,7 +568,7 @@ class Planner:
         later = deletion.later
         if later is None:
             later = deletion.later = Batch(OpKind.UPLOAD, -1, 0)
-        _, key, body, safe, token, owner, source, position, _ = op
+        _, key, body, safe, token, owner, source, position, _, _ = op
         self._put(later, body, owner, source, position, key, safe, token, gap)
         later.deferred.append(op)
         self._waiting += 1
@@ -465,6 +576,39 @@ class Planner:
         if self._waiting > DEFER_AT_MOST:  # memory stays bounded: send what they wait for
             sealed += self.unblock(self._deletes)
         return sealed
+
+    def _wait_together(self, deletion: Batch, profiles: tuple[ProfileKey, ProfileKey]) -> None:
+        """A link waits for `deletion`: the later operations of both its profiles wait
+        behind it. If one of them waits for another deletion already, what waits for
+        that one waits for this one instead, in the order it came, and so do their
+        profiles' later operations (a profile's waiting operations stay in one list,
+        in order; each is checked again when planned, `release`)."""
+        deferred = self._deferred
+        for profile in profiles:
+            other = deferred.get(profile)
+            if other is None:
+                deferred[profile] = deletion
+            elif other is not deletion:
+                self._merge(other, deletion)
+                deferred[profile] = deletion
+
+    def _merge(self, other: Batch, deletion: Batch) -> None:
+        """The operations waiting for `other` wait for `deletion`, after its own."""
+        waiting, other.later = other.later, None
+        if waiting is None:
+            return
+        later = deletion.later
+        if later is None:
+            later = deletion.later = Batch(OpKind.UPLOAD, -1, 0)
+        deferred = self._deferred
+        for op in waiting.deferred:
+            _, key, body, safe, token, owner, source, position, _, also = op
+            self._put(later, body, owner, source, position, key, safe, token, True)
+            later.deferred.append(op)
+            for profile in (key, also):
+                if profile is not None and deferred.get(profile) is other:
+                    deferred[profile] = deletion
+        self._last = None  # the next operation continues no run of these
 
     def _new_deletion(self, kind: OpKind) -> Batch:
         self._seq += 1
@@ -485,6 +629,8 @@ class Planner:
             self._hot.add(key)
         if deletion.sealed:  # on its way: the chain goes on from its answer
             return []
+        if deletion.later is not None and any(op[9] is not None for op in deletion.later.deferred):
+            return []  # a link waits for it too: it goes as it is (two profiles' order)
         if len(deletion) > 1:
             deletion = self._take_out(deletion, key)
         elif self._open_deletes.get(deletion.kind) is deletion:
@@ -523,7 +669,7 @@ class Planner:
         if not ops:
             return None
         later = Batch(OpKind.UPLOAD, -1, 0)
-        for _, key, body, safe, token, owner, source, position, _ in ops:
+        for _, key, body, safe, token, owner, source, position, _, _ in ops:
             self._put(later, body, owner, source, position, key, safe, token, True)
         later.deferred = ops
         return later
@@ -576,20 +722,35 @@ class Planner:
         deferred = self._deferred
         for profile in deletion.keyset:
             if deferred.get(profile) is deletion:
-                del deferred[profile]
+                self._wait_for_next(profile)
         later, deletion.later = deletion.later, None
         if later is None:
             return []
         self._waiting -= len(later.deferred)
+        for op in later.deferred:  # profiles a link made wait with it (`_wait_together`)
+            if op[9] is not None or deferred.get(op[1]) is deletion:  # type: ignore[arg-type]
+                for linked in (op[1], op[9]):
+                    if linked is not None and deferred.get(linked) is deletion:
+                        self._wait_for_next(linked)
         sealed: list[Batch] = []
-        for kind, key, body, safe, token, owner, source, position, hashed in later.deferred:
+        for kind, key, body, safe, token, owner, source, position, hashed, also in later.deferred:
             sealed += self.add_encoded(
-                kind, key, body, safe, token, owner, source, position, True, hashed
+                kind, key, body, safe, token, owner, source, position, True, hashed, also
             )
         # The next operation read is no continuation of these (earlier) positions: a run
         # from one of them to it would span the positions between, in other batches.
         self._last = None
         return sealed
+
+    def _wait_for_next(self, profile: ProfileKey) -> None:
+        """A deletion `profile` waited for has its answer: its operations wait for the
+        latest other deletion of it without an answer, if a link had them wait for
+        that one's answer too (`_wait_together`), or for nothing."""
+        for deletion in reversed(self._deletes):
+            if profile in deletion.keyset:
+                self._deferred[profile] = deletion
+                return
+        del self._deferred[profile]
 
     def clear(self) -> None:
         """Forget everything not sent (a stop: the dispatcher settles it)."""
@@ -602,11 +763,18 @@ class Planner:
         self._waiting = 0
         self._last = None
         self._hot.clear()
+        self._moved.clear()
+        self._fresh.clear()
 
     def _seal(self, batch: Batch) -> None:
         batch.sealed = True
         if self._last is batch:
             self._last = None
+        if batch.lane >= 0:  # an upload batch: `_latest` finds it until it is handed over
+            fresh = self._fresh
+            if fresh and fresh[0].frozen:
+                fresh[:] = [b for b in fresh if not b.frozen]
+            fresh.append(batch)
 
     def _put(
         self,

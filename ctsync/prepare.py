@@ -90,14 +90,17 @@ class Op(NamedTuple):
     safe: bool
     token: bool
     number: int
+    also: ProfileKey | None = None  # the second profile of a link (`linked_profile`)
 
 
-Encoded: TypeAlias = tuple[int, ProfileKey | None, bytes, bool, bool, int, int | None]
+Encoded: TypeAlias = tuple[
+    int, ProfileKey | None, bytes, bool, bool, int, int | None, ProfileKey | None
+]
 """An operation as the record stage encodes it: (kind code, profile key, body, safe,
-token, number, the key's `profile_hash`), the fields of an `Op` with its kind as its
-place in `KINDS`. A plain tuple, built straight from the record: one crosses a process
-boundary for each operation of a run (`ctsync.run.wire`), and the stage hashes the key
-so the run's process does not."""
+token, number, the key's `profile_hash`, the second profile of a link), the fields of an
+`Op` with its kind as its place in `KINDS`. A plain tuple, built straight from the
+record: one crosses a process boundary for each operation of a run (`ctsync.run.wire`),
+and the stage hashes the key so the run's process does not."""
 
 KINDS: Final = (OpKind.UPLOAD, OpKind.DELETE_IDENTITY, OpKind.DELETE_GUID)
 """Operation kinds by their code in an `Encoded` operation."""
@@ -196,9 +199,9 @@ def encode_op(operation: Upload | Delete, number: int = 0) -> Encoded:
     if isinstance(operation, Delete):
         value = operation.value
         if operation.key == "identity":
-            return (1, value, _dumps(value), True, False, number, profile_hash(value))
+            return (1, value, _dumps(value), True, False, number, profile_hash(value), None)
         guid = ("guid", value)
-        return (2, guid, _dumps(value), True, False, number, profile_hash(guid))
+        return (2, guid, _dumps(value), True, False, number, profile_hash(guid), None)
     record = operation.record
     body = _dumps(record)
     record_type = record.get("type")
@@ -209,13 +212,14 @@ def encode_op(operation: Upload | Delete, number: int = 0) -> Encoded:
         safe = record_type == "token"  # `is_idempotent` of every other type
     key = profile_key(record)
     hashed = None if key is None else profile_hash(key)
-    return (UPLOAD_CODE, key, body, safe, record_type == "token", number, hashed)
+    also = linked_profile(record) if record_type == "profile" else None
+    return (UPLOAD_CODE, key, body, safe, record_type == "token", number, hashed, also)
 
 
 def op_of(encoded: Encoded) -> Op:
     """An encoded operation as the run's planner takes it."""
-    code, key, body, safe, token, number, _ = encoded
-    return Op(KINDS[code], key, body, safe, token, number)
+    code, key, body, safe, token, number, _, also = encoded
+    return Op(KINDS[code], key, body, safe, token, number, also)
 
 
 def encode(operation: Upload | Delete, number: int = 0) -> Op:
@@ -250,6 +254,20 @@ def profile_key(record: CleverTapRecord) -> ProfileKey | None:
         return str(data["Identity"])
     object_id = record.get("objectId")
     return ("guid", str(object_id)) if object_id is not None else None
+
+
+def linked_profile(record: CleverTapRecord) -> ProfileKey | None:
+    """The second profile a linking write touches: a profile record of an objectId that
+    sets `Identity` (`--link-anonymous`, an alias, a mapping's link) writes the device's
+    profile as well as the identity's it is keyed by (`profile_key`). None for a record
+    that touches one profile."""
+    if record.get("identity") is not None:
+        return None
+    data = record.get("profileData")
+    object_id = record.get("objectId")
+    if object_id is None or not isinstance(data, dict) or data.get("Identity") is None:
+        return None
+    return ("guid", str(object_id))
 
 
 def profile_hash(key: ProfileKey) -> int:

@@ -372,7 +372,7 @@ def test_a_message_prepared_again_is_a_copy_of_a_plain_record_before_it(
 # Profiles: identities, and the anonymous profiles of two objectIds (a token's own).
 USERS: list[Any] = ["a", "b", "c", "d", "e", "f", ("guid", "a"), ("guid", "b")]
 KINDS = ["plain", "plain", "plain", "two", "delete", "token", "notes", "lookups", "unkeyed"]
-KINDS += ["skip", "invalid", "found", "found", "skip-lookups"]
+KINDS += ["skip", "invalid", "found", "found", "skip-lookups", "link"]
 TOKENS = [("a", "t1"), ("b", "t1"), ("a", "t2")]  # (objectId, token), shared across users
 NOTE: Any = (["w"], [], {})
 FOUND: Any = ((("a", "t"), True),)
@@ -391,7 +391,7 @@ def block_results(draw: st.DrawFn) -> list[Result]:
         user = draw(st.sampled_from(USERS))
         key = draw(st.sampled_from([None, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]))
         body = b'{"u":"%s","l":%d}' % (str(user).encode(), line)
-        upload = (0, user, body, True, kind == "token", 0, profile_hash(user))
+        upload = (0, user, body, True, kind == "token", 0, profile_hash(user), None)
         token = draw(st.sampled_from(TOKENS))
         if kind in ("skip", "skip-lookups"):
             looked: Any = ((token, False),) if kind == "skip-lookups" else ()
@@ -405,11 +405,16 @@ def block_results(draw: st.DrawFn) -> list[Result]:
         notes: Any = None
         lookups: Any = ()
         if kind == "two":
-            ops.append((0, user, body + b" ", False, False, 1, profile_hash(user)))
+            ops.append((0, user, body + b" ", False, False, 1, profile_hash(user), None))
         elif kind == "delete":
-            ops = [(1, user, b'"%s"' % str(user).encode(), True, False, 0, profile_hash(user))]
+            ops = [
+                (1, user, b'"%s"' % str(user).encode(), True, False, 0, profile_hash(user), None)
+            ]
         elif kind == "unkeyed":
-            ops = [(0, None, body, True, False, 0, None)]
+            ops = [(0, None, body, True, False, 0, None, None)]
+        elif kind == "link":  # an objectId's profile given an Identity: two profiles
+            device = draw(st.sampled_from([GUID_A, ("guid", "b")]))
+            ops = [(0, user, body, True, False, 0, profile_hash(user), device)]
         elif kind == "notes":
             notes = (["w"], [], {})
         elif kind == "lookups":
@@ -425,35 +430,51 @@ def block_results(draw: st.DrawFn) -> list[Result]:
 @given(results=block_results(), lanes=st.integers(1, 4), at_least=st.integers(1, 3))
 @example(  # a deletion between two plain uploads of one lane: no run spans it
     results=[
-        (1, 0, READY, b"r1", [(0, "a", b"1", True, False, 0, 0)], None, (), None, 0, None),
-        (2, 0, READY, b"r2", [(1, "b", b"2", True, False, 0, 0)], None, (), None, 0, None),
-        (3, 0, READY, b"r3", [(0, "c", b"3", True, False, 0, 0)], None, (), None, 0, None),
+        (1, 0, READY, b"r1", [(0, "a", b"1", True, False, 0, 0, None)], None, (), None, 0, None),
+        (2, 0, READY, b"r2", [(1, "b", b"2", True, False, 0, 0, None)], None, (), None, 0, None),
+        (3, 0, READY, b"r3", [(0, "c", b"3", True, False, 0, 0, None)], None, (), None, 0, None),
     ],
     lanes=1,
     at_least=1,
 )
 @example(  # one left out for its profile holds back another by its token: none in bulk
     results=[
-        (1, 0, READY, b"r1", [(0, "a", b"1", True, False, 0, 0)], NOTE, (), None, 0, None),
-        (2, 0, READY, b"r2", [(0, "a", b"2", True, False, 0, 0)], None, FOUND, None, 0, None),
-        (3, 0, READY, b"r3", [(0, "b", b"3", True, False, 0, 0)], None, FOUND, None, 0, None),
-        (4, 0, READY, b"r4", [(0, "c", b"4", True, False, 0, 0)], None, (), None, 0, None),
+        (1, 0, READY, b"r1", [(0, "a", b"1", True, False, 0, 0, None)], NOTE, (), None, 0, None),
+        (2, 0, READY, b"r2", [(0, "a", b"2", True, False, 0, 0, None)], None, FOUND, None, 0, None),
+        (3, 0, READY, b"r3", [(0, "b", b"3", True, False, 0, 0, None)], None, FOUND, None, 0, None),
+        (4, 0, READY, b"r4", [(0, "c", b"4", True, False, 0, 0, None)], None, (), None, 0, None),
     ],
     lanes=1,
     at_least=1,
 )  # fmt: skip
 @example(  # found: its token's profile is written by another record (found by a helper)
     results=[
-        (1, 0, READY, b"r1", [(0, "c", b"1", True, False, 0, 0)], None, FOUND, None, 0, None),
-        (2, 0, READY, b"r2", [(0, GUID_A, b"2", True, False, 0, 0)], NOTE, (), None, 0, None),
+        (1, 0, READY, b"r1", [(0, "c", b"1", True, False, 0, 0, None)], None, FOUND, None, 0, None),
+        (2, 0, READY, b"r2", [(0, GUID_A, b"2", True, False, 0, 0, None)], NOTE, (), None, 0, None),
     ],
     lanes=1,
     at_least=1,
 )  # fmt: skip
 @example(  # ... or its profile's token is looked up by a record that is not plain
     results=[
-        (1, 0, READY, b"r1", [(0, GUID_A, b"1", True, False, 0, 0)], None, (), None, 0, None),
-        (2, 0, READY, b"r2", [(0, "c", b"2", True, False, 0, 0)], NOTE, FOUND, None, 0, None),
+        (1, 0, READY, b"r1", [(0, GUID_A, b"1", True, False, 0, 0, None)], None, (), None, 0, None),
+        (2, 0, READY, b"r2", [(0, "c", b"2", True, False, 0, 0, None)], NOTE, FOUND, None, 0, None),
+    ],
+    lanes=1,
+    at_least=1,
+)  # fmt: skip
+@example(  # a link is never plain: it orders against its device's profile too ...
+    results=[
+        (1, 0, READY, b"r1", [(0, "c", b"1", True, False, 0, 0, GUID_A)], None, (), None, 0, None),
+        (2, 0, READY, b"r2", [(0, "d", b"2", True, False, 0, 0, None)], None, (), None, 0, None),
+    ],
+    lanes=1,
+    at_least=1,
+)  # fmt: skip
+@example(  # ... so a plain write of that device before it stays in its place
+    results=[
+        (1, 0, READY, b"r1", [(0, GUID_A, b"1", True, False, 0, 0, None)], None, (), None, 0, None),
+        (2, 0, READY, b"r2", [(0, "c", b"2", True, False, 0, 0, GUID_A)], None, (), None, 0, None),
     ],
     lanes=1,
     at_least=1,
@@ -471,6 +492,7 @@ def test_gather_takes_out_exactly_the_plain_records_and_keeps_their_order(
             continue
         ops = r[4]
         simple = len(ops) == 1 and ops[0][0] == 0 and ops[0][1] is not None and not ops[0][4]
+        simple = simple and ops[0][7] is None  # a link orders against two profiles
         if simple and r[5] is None and all(found for _, found in r[6]):
             candidates.append(r)
     # Plain: candidates whose profile no other record writes or deletes and whose tokens
@@ -483,6 +505,7 @@ def test_gather_takes_out_exactly_the_plain_records_and_keeps_their_order(
         # A record prepared again may send a token it looked up to the token's profile
         # (its objectId's): a lookup may write that profile.
         profiles = {op[1] for r in others if r[2] == READY for op in r[4] if op[1] is not None}
+        profiles |= {op[7] for r in others if r[2] == READY for op in r[4] if op[7] is not None}
         profiles |= {("guid", objectId) for r in others for (objectId, _), _ in r[6]}
         tokens = {key for r in others for key, _ in r[6]}
         keep = [

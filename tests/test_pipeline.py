@@ -8,12 +8,14 @@ import io
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
 
 from ctsync import batching
+from ctsync.api import UploadJob
 from ctsync.batching import Planner
 from ctsync.errors import AuthError, OutputError
 from ctsync.ledger import ACCEPTED, Ledger, Output, Summary, Verdict
@@ -23,6 +25,7 @@ from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
 from ctsync.records import Delete, Outcome, Upload
 from ctsync.run import DryRunSender, RunOptions, UploadRun
+from ctsync.run.workers import WorkerPool, Workers
 from tests.helpers import FakeSender, Kind, assert_accounted, owner
 
 STDIN = Source("-", None, None)
@@ -294,6 +297,110 @@ def test_random_identifies_and_deletes_end_as_the_input_in_order(seed: int) -> N
     assert_accounted(summary)
     assert summary.accepted == len(messages)
     assert clevertap.profiles == expected
+    assert clevertap.peak > 1, "requests never overlapped: the test proves nothing"
+
+
+class LinkingCleverTap(FakeSender):
+    """Lands each upload record on every profile it writes (its identity, its objectId,
+    and the user's an objectId is linked to by `Identity`) at a random moment while its
+    request is on its way; records, per profile, the writes in the order they landed."""
+
+    def __init__(self, seed: int) -> None:
+        self.random = random.Random(seed)
+        self.landed: dict[str, list[int]] = {}
+        self.in_flight = self.peak = 0
+        self.requests = 0
+        self.retries = 0
+
+    async def answer(
+        self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
+    ) -> list[Verdict]:
+        assert kind == "upload"
+        self.requests += 1
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await asyncio.sleep(self.random.random() * 0.003)
+        for record in map(orjson.loads, bodies):
+            data = record["profileData"]
+            for name in (record.get("identity"), record.get("objectId"), data.get("Identity")):
+                if name is not None:
+                    self.landed.setdefault(name, []).append(data["n"])
+        await asyncio.sleep(self.random.random() * 0.003)
+        self.in_flight -= 1
+        return [ACCEPTED] * len(bodies)
+
+
+@pytest.mark.parametrize(
+    ("seed", "way"),
+    [(seed, "one by one") for seed in range(6)]
+    + [(seed, "in bulk") for seed in range(6, 12)]
+    + [(12, "two workers"), (13, "two workers")],
+)
+def test_a_link_lands_in_order_on_the_device_and_on_the_user(
+    seed: int, way: str, tmp_path: Path, worker_pool: WorkerPool
+) -> None:
+    """--link-anonymous: an identify with both ids writes the device's profile (its
+    objectId) and links it to the user, so it must land after every earlier write of
+    either profile and before every later one, though the two profiles' other writes
+    go in different lanes. Shared devices: each is linked to several users in turn (a
+    family tablet), between anonymous writes and the users' own. Against a model that
+    knows only the input, every profile gets its writes exactly once, in input order.
+    One by one, as the run's own process prepares them; in bulk (a block's plain
+    records planned a lane at a time after its others, `wire.gather`); and from two
+    worker processes."""
+    rng = random.Random(seed)
+    devices = [f"device{n}" for n in range(6)]
+    users = [f"user{n}" for n in range(10)]
+    messages: list[dict[str, object]] = []
+    expected: dict[str, list[int]] = {}
+    for n in range(600):
+        device, user = rng.choice(devices), rng.choice(users)
+        shape = rng.random()
+        message: dict[str, object] = {"type": "identify", "traits": {"n": n}}
+        message["timestamp"] = "2024-01-01T00:00:00Z"
+        if shape < 0.4:  # a link
+            message |= {"userId": user, "anonymousId": device}
+            touched = [device, user]
+        elif shape < 0.7:
+            message["anonymousId"] = device
+            touched = [device]
+        else:
+            message["userId"] = user
+            touched = [user]
+        messages.append(message)
+        for name in touched:
+            expected.setdefault(name, []).append(n)
+    # Files of a few lines: each its own block, and many blocks hold no link, so their
+    # records are plain (the run plans them after their block's others, a lane at a time).
+    sources = []
+    for first in range(0, len(messages), 5):
+        export = tmp_path / f"export{first:04}.ndjson"
+        export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in messages[first : first + 5]))
+        sources.append(Source(str(export), export, export.stat().st_size))
+    clevertap = LinkingCleverTap(seed)
+    recipe = replace(
+        UploadJob(preset=Preset.CLASSIC, mapping=MappingOptions(link_anonymous=True)).recipe,
+        bulk_from=1 if way != "one by one" else 10**9,
+    )
+    workers = Workers(
+        count=2 if way == "two workers" else 1,
+        recipe=recipe,
+        block_bytes=1000,
+        start_after=0,
+        pool=worker_pool if way == "two workers" else None,
+    )
+    upload_run = UploadRun(
+        sources,
+        mapper=recipe.mapper(set()),
+        sender=clevertap,
+        ledger=Ledger(),
+        options=RunOptions(batch_size=rng.choice([3, 7, 20]), lanes=10),
+        workers=workers,
+    )
+    summary = asyncio.run(asyncio.wait_for(upload_run.run(), 60))
+    assert_accounted(summary)
+    assert summary.accepted == len(messages)
+    assert clevertap.landed == expected
     assert clevertap.peak > 1, "requests never overlapped: the test proves nothing"
 
 

@@ -87,6 +87,7 @@ class Dispatcher:
         self.queued = 0  # sealed batches without their final answer
         self.waiting: list[Batch] = []  # deletion batches waiting for upload batches
         self.deleting: list[Batch] = []  # deletion batches on their way
+        self.held: list[Lane] = []  # lanes whose next batch waits for another lane's (a link)
         self._changed = asyncio.Event()  # a batch settled, a lane stopped, or a stop
 
     def enqueue(self, batches: list[Batch]) -> None:
@@ -103,15 +104,26 @@ class Dispatcher:
             lane = lanes[batch.lane]
             lane.queue.append(batch)
             self.queued += 1
-            if not lane.busy and not self._control.stopping:
-                lane.busy = True
-                task = asyncio.create_task(self._drive(lane))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+            self._start(lane)
         for batch in deletions:
             self.queued += 1
             self.waiting.append(batch)
             self._start_deletions(batch)
+
+    def _start(self, lane: Lane) -> None:
+        """An idle lane with batches starts sending."""
+        if not lane.busy and lane.queue and not self._control.stopping:
+            lane.busy = True
+            task = asyncio.create_task(self._drive(lane))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def _release_held(self) -> None:
+        """Lanes whose next batch waited for batches that now have their answers."""
+        for lane in list(self.held):
+            if not lane.queue or all(b.answered for b in lane.queue[0].after):
+                self.held.remove(lane)
+                self._start(lane)
 
     def wake(self) -> None:
         """Something changed that `until` waits for (a stop)."""
@@ -131,6 +143,9 @@ class Dispatcher:
                 self.start_deletions()
                 if all(task.done() for task in self.tasks):  # a bug: never a silent hang
                     control.fail(RuntimeError("deletion batches wait for nothing"))
+                continue
+            if self.held and all(task.done() for task in self.tasks):  # a bug, as above
+                control.fail(RuntimeError("a lane waits for a batch that is not on its way"))
                 continue
             self._changed.clear()
             await self._changed.wait()
@@ -197,11 +212,18 @@ class Dispatcher:
         try:
             while lane.queue and not control.stopping and control.fatal is None:
                 batch = lane.queue[0]
+                if batch.after and not all(b.answered for b in batch.after):
+                    if lane not in self.held:  # a link: the other lane's batch goes first
+                        self.held.append(lane)
+                    batch = None
+                    break
                 verdicts = await self._send(batch)
                 lane.queue.popleft()
                 self.queued -= 1
                 self._accounts.answer(batch, verdicts)
-                batch.answered = True
+                self._planner.answered(batch)
+                if self.held:
+                    self._release_held()
                 self._start_deletions(batch)
                 self._changed.set()
                 self._checkpoint()
@@ -282,6 +304,7 @@ class Dispatcher:
         self._planner.clear()
         self.waiting.clear()
         self.deleting.clear()
+        self.held.clear()
         settle = self._accounts.ledger.settle
         for batch in live:
             self.queued -= batch.sealed

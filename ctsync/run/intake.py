@@ -217,14 +217,18 @@ class Intake:
         planner = self._planner
         enqueue = self._dispatcher.enqueue
         deferred = planner.deferred
+        moved = planner.moved
         remember = ids is not None
         for bulk in bulks:
             if copies:  # rare: every record of the block one by one
                 self._one_by_one(source, bulk, copies, group)
                 continue
-            if deferred:
-                waiting = deferred.keys() & set(bulk.keys)
-                if waiting:  # those profiles' records wait for their deletion's answer
+            if deferred or moved:
+                profiles = set(bulk.keys)
+                waiting = deferred.keys() & profiles | moved.keys() & profiles
+                # Those profiles' records wait for their deletion's answer, or follow a
+                # link's lane (`Planner.add_encoded`).
+                if waiting:
                     bulk, wait = bulk.split(waiting)
                     self._one_by_one(source, wait, copies, group)
                     if not bulk.bodies:
@@ -244,7 +248,8 @@ class Intake:
             for n, (_, (line, part, number)) in enumerate(bulk.positions):
                 keys, raw = found.get(n, ((), None if raws is None else raws[n]))
                 op: WireOp = (
-                    UPLOAD_CODE, bulk.keys[n], bulk.bodies[n], bulk.safe[n], False, number, None
+                    UPLOAD_CODE, bulk.keys[n], bulk.bodies[n], bulk.safe[n], False, number,
+                    None, None,
                 )  # fmt: skip
                 results.append((
                     line, part, READY, raw, [op], None, tuple((key, True) for key in keys),
@@ -278,6 +283,7 @@ class Intake:
                 bulk.safe[n],
                 False,
                 number,
+                None,
                 None,
             )
             raw = None if raws is None else raws[n]
@@ -427,13 +433,13 @@ class Intake:
         add = self._planner.add_encoded
         enqueue = self._dispatcher.enqueue
         previous = -1
-        for kind, profile, body, safe, token, index, hashed in ops:
+        for kind, profile, body, safe, token, index, hashed, also in ops:
             # A number passed over (a device token the run sent already): no run of
             # positions may cover it, or a resumed run would send that token again.
             gap = self._gap or index != previous + 1
             sealed = add(
                 KINDS[kind], profile, body, safe, token, tracked, source,
-                (line, part, index), gap, hashed,
+                (line, part, index), gap, hashed, also,
             )  # fmt: skip
             self._gap = False
             previous = index

@@ -63,7 +63,7 @@ was there."""
 WireOp: TypeAlias = Encoded
 """An operation as it crosses: `prepare.Encoded` (kind code, profile key, body, safe,
 token, number, the key's `profile_hash`: computed by the stage, so the run's process
-does not hash each key)."""
+does not hash each key; the second profile of a link)."""
 
 Notes: TypeAlias = tuple[list[str], list[Fix], Message]
 """A READY record's warnings (`--validate warn`), fixes (`--validate fix`), and the
@@ -166,7 +166,13 @@ def gather(
         ops = result[4]
         if len(ops) == 1 and result[5] is None and all(found for _, found in lookups):
             op = ops[0]
-            if op[0] == UPLOAD_CODE and op[1] is not None and not op[4] and op[5] == 0:
+            if (
+                op[0] == UPLOAD_CODE
+                and op[1] is not None
+                and not op[4]
+                and op[5] == 0
+                and op[7] is None  # a link orders against two profiles: planned alone
+            ):
                 plain.append((seq, result))
                 # A record whose token the run sent already ends its run of positions:
                 # none may cover its token's (a run resumed without that token's sender
@@ -176,6 +182,8 @@ def gather(
         for op in ops:
             if op[1] is not None:
                 held.add(op[1])
+            if op[7] is not None:
+                held.add(op[7])
         if lookups:
             _look(lookups, held, looked)
         seq += len(ops)
