@@ -37,7 +37,8 @@ joins again for the operations that waited for the last deletions.
 Links: a profile record of an objectId that sets `Identity` (--link-anonymous, an
 alias) writes two profiles, the device's and the user's. It goes in the user's lane; its
 batch waits (`Batch.after`) for the answer to the batch holding the device's latest
-write, which is sealed so that nothing later joins it (so no two batches wait for each
+profile write (its events carry their own time), which is sealed so that nothing later
+joins it (so no two batches wait for each
 other: each waits only for batches sealed before it). The device's later operations
 follow the link's lane while a batch holding them there has no answer (`moved`); a
 joined flush leaves such a lane's batch as it is. A link whose profile waits for a
@@ -84,7 +85,7 @@ Deferred: TypeAlias = tuple[
     ProfileKey | None,
 ]
 """An operation waiting for its profile's deletion: kind, key, body, safe, token, owner,
-source, position, profile hash, the second profile of a link."""
+source, position, profile hash, the device whose profile it writes."""
 
 
 class Batch:
@@ -114,6 +115,7 @@ class Batch:
         "seq",
         "token_flags",
         "tokens",
+        "written",
     )
 
     def __init__(self, kind: OpKind, lane: int, seq: int) -> None:
@@ -150,6 +152,7 @@ class Batch:
         # this batch's lane for as long as this batch has no answer.
         self.after: list[Batch] = []
         self.moves: list[ProfileKey] = []
+        self.written: set[ProfileKey] = set()  # devices whose profiles it writes
 
     def __len__(self) -> int:
         return len(self.bodies)
@@ -228,12 +231,13 @@ class Planner:
         self._deferred: dict[ProfileKey, Batch] = {}
         self._waiting = 0  # operations in `later` batches
         self._hot: set[ProfileKey] = set()  # deleted again before the deletion went
-        # Profiles a link wrote as its second profile, whose operations follow the
-        # link's lane while a batch holding one of them there has no answer: that batch
-        # (the latest). See `add_encoded`.
+        # Devices a link wrote, whose operations follow the link's lane while a batch
+        # holding one of them there has no answer: that batch (the latest). See
+        # `add_encoded`.
         self._moved: dict[ProfileKey, Batch] = {}
         # Upload batches sealed by the call under way, not yet in their lanes' queues.
         self._fresh: list[Batch] = []
+        self._anywhere = False  # a joined flush placed batches outside their lanes
 
     def lane_of(self, key: ProfileKey | None, hashed: int | None = None) -> int:
         """The lane of an operation on `key`; `hashed` is `profile_hash(key)` when the
@@ -253,7 +257,7 @@ class Planner:
         (done in an earlier run), so no run of positions may reach across them."""
         return self.add_encoded(
             op.kind, op.key, op.body, op.safe, op.token, owner, source, position, gap,
-            also=op.also,
+            device=op.device,
         )  # fmt: skip
 
     def add_encoded(
@@ -268,37 +272,40 @@ class Planner:
         position: Position,
         gap: bool = False,
         hashed: int | None = None,
-        also: ProfileKey | None = None,
+        device: ProfileKey | None = None,
     ) -> list[Batch]:
         """`add` of an operation given by its fields (as the record stage sends them
         back: no `Op` is built for each of a million records), `hashed` its key's
         `profile_hash` if known. Returns the batches sealed, usually none.
 
-        `also`: the second profile a link writes (an objectId's profile given an
-        Identity: `prepare.linked_profile`). The link goes in its identity's lane, after
-        that identity's writes; it must also follow the device's writes, which may be in
-        another lane, and precede the device's later ones. So its batch waits for the
-        batch holding the device's latest write (`Batch.after`: that batch is sealed,
-        so no later write joins it, and no two batches can wait for each other), and the
-        device's later operations follow the link's lane until a batch holding them
-        there has its answer (`answered`)."""
+        `device`: the objectId's profile the operation writes as a profile record (not
+        an event's or a token's: those carry their own time, and need order only
+        against deletions); see `prepare.device_written`. A *link* is such a write
+        keyed by another profile, the user's its `Identity` names (--link-anonymous, an
+        alias). It goes in the user's lane, after the user's writes; it must also follow
+        the device's profile writes, which may be in another lane, and precede all its
+        later operations. So its batch waits for the batch holding the device's latest
+        profile write (`Batch.after`; that batch is sealed, so nothing later joins it,
+        and a batch only waits for batches sealed before it: none waits in a circle),
+        and the device's later operations follow the link's lane until a batch holding
+        them there has its answer (`answered`)."""
         if self._deferred and key is not None:
             deletion = self._deferred.get(key)
-            if deletion is None and also is not None:
-                deletion = self._deferred.get(also)
+            if deletion is None and device is not None:
+                deletion = self._deferred.get(device)
             if deletion is not None:  # its profile's deletion has no answer yet
-                if also is not None:
-                    self._wait_together(deletion, (key, also))
-                op = (kind, key, body, safe, token, owner, source, position, hashed, also)
+                if device is not None and device != key:
+                    self._wait_together(deletion, (key, device))
+                op = (kind, key, body, safe, token, owner, source, position, hashed, device)
                 return self._defer(deletion, op, gap)
         if kind is not OpKind.UPLOAD:
             return self._add_deletion(kind, key, body, safe, owner, source, position, gap)
         sealed: list[Batch] = []
         before: Batch | None = None
         moved = self._moved
-        if also is not None:
+        if device is not None and device != key:  # a link
             number = self.lane_of(key, hashed)
-            before = self._latest(also)
+            before = self._latest(device)
             if before is not None and before.lane == number:
                 before = None  # one lane: in order already
             elif before is not None and not before.sealed:
@@ -316,49 +323,58 @@ class Planner:
             self._seq += 1
             batch = lane.open = Batch(kind, number, self._seq)
         self._put(batch, body, owner, source, position, key, safe, token, gap)
-        if moved or also is not None:
-            self._follow(batch, key, also, before)
+        if moved or device is not None:
+            self._follow(batch, key, device, before)
         if len(batch.bodies) >= self._limits[kind]:
             sealed += self._seal_open(lane)
         return sealed
 
     def _follow(
-        self, batch: Batch, key: ProfileKey | None, also: ProfileKey | None, before: Batch | None
+        self,
+        batch: Batch,
+        key: ProfileKey | None,
+        device: ProfileKey | None,
+        before: Batch | None,
     ) -> None:
-        """A link, or an operation of a profile a link moved, just went into `batch`."""
-        moved = self._moved
-        if also is not None:
-            batch.keyset.add(also)
-            if before is not None and before not in batch.after:
-                batch.after.append(before)
-            key = also
-        elif key is None or key not in moved:
-            return
-        if moved.get(key) is not batch:
-            moved[key] = batch
-            batch.moves.append(key)
+        """A device's profile write (a link among them), or an operation of a device a
+        link moved, just went into `batch`."""
+        if device is not None:
+            batch.written.add(device)
+            if device != key:  # a link: the device's later operations follow it
+                batch.keyset.add(device)
+                if before is not None and before not in batch.after:
+                    batch.after.append(before)
+                self._move(device, batch)
+                return
+        if key is not None and key in self._moved:
+            self._move(key, batch)
 
-    def _latest(self, key: ProfileKey) -> Batch | None:
-        """The batch holding the latest operation on `key` that has no final answer;
-        None if none has."""
-        moved = self._moved.get(key)
+    def _move(self, device: ProfileKey, batch: Batch) -> None:
+        """`batch` holds the device's latest operation in the lane a link moved it to."""
+        if self._moved.get(device) is not batch:
+            self._moved[device] = batch
+            batch.moves.append(device)
+
+    def _latest(self, device: ProfileKey) -> Batch | None:
+        """The batch without its final answer holding the latest profile write of
+        `device` (or, while a link has moved it, its latest operation); None if none
+        does. Its own lane holds them, but after a joined flush any lane may."""
+        moved = self._moved.get(device)
         if moved is not None:
             return moved
-        lane = self.lanes[self.lane_of(key)]
-        if lane.open is not None and key in lane.open.keyset:
-            return lane.open
-        for batch in reversed(self._fresh):
-            if not batch.frozen and batch.lane >= 0 and key in batch.keyset:
-                return batch
-        for batch in reversed(lane.queue):
-            if key in batch.keyset:
-                return batch
-        return None
+        found = [b for b in self._fresh if not b.frozen and device in b.written]
+        lanes = self.lanes if self._anywhere else [self.lanes[self.lane_of(device)]]
+        for lane in lanes:
+            if lane.open is not None and device in lane.open.written:
+                found.append(lane.open)
+            found += [b for b in lane.queue if device in b.written]
+        return max(found, key=_seq, default=None)
 
     def answered(self, batch: Batch) -> None:
         """An upload batch has its final answer: what waits for it may go, and the
         profiles it moved go back to their own lanes once nothing holds them."""
         batch.answered = True
+        batch.after = []  # (what it waited for stays no longer in memory)
         moved = self._moved
         for key in batch.moves:
             if moved.get(key) is batch:
@@ -366,7 +382,7 @@ class Planner:
 
     @property
     def moved(self) -> dict[ProfileKey, Batch]:
-        """The profiles whose operations follow a link's lane (see `add_encoded`)."""
+        """The devices whose operations follow a link's lane (see `add_encoded`)."""
         return self._moved
 
     def add_bulk(self, bulk: Bulk, remember: bool) -> list[Batch]:
@@ -452,6 +468,7 @@ class Planner:
         self._last = None
         joined = self._join(OpKind.UPLOAD, tails)
         self._place(joined)
+        self._anywhere = self._anywhere or bool(joined)
         return kept + joined + self.seal_deletions()
 
     def _join(self, kind: OpKind, tails: list[Batch]) -> list[Batch]:
@@ -602,10 +619,10 @@ class Planner:
             later = deletion.later = Batch(OpKind.UPLOAD, -1, 0)
         deferred = self._deferred
         for op in waiting.deferred:
-            _, key, body, safe, token, owner, source, position, _, also = op
+            _, key, body, safe, token, owner, source, position, _, device = op
             self._put(later, body, owner, source, position, key, safe, token, True)
             later.deferred.append(op)
-            for profile in (key, also):
+            for profile in (key, device):
                 if profile is not None and deferred.get(profile) is other:
                     deferred[profile] = deletion
         self._last = None  # the next operation continues no run of these
@@ -629,7 +646,9 @@ class Planner:
             self._hot.add(key)
         if deletion.sealed:  # on its way: the chain goes on from its answer
             return []
-        if deletion.later is not None and any(op[9] is not None for op in deletion.later.deferred):
+        if deletion.later is not None and any(
+            op[9] is not None and op[9] != op[1] for op in deletion.later.deferred
+        ):
             return []  # a link waits for it too: it goes as it is (two profiles' order)
         if len(deletion) > 1:
             deletion = self._take_out(deletion, key)
@@ -727,15 +746,16 @@ class Planner:
         if later is None:
             return []
         self._waiting -= len(later.deferred)
-        for op in later.deferred:  # profiles a link made wait with it (`_wait_together`)
-            if op[9] is not None or deferred.get(op[1]) is deletion:  # type: ignore[arg-type]
-                for linked in (op[1], op[9]):
-                    if linked is not None and deferred.get(linked) is deletion:
-                        self._wait_for_next(linked)
+        # Profiles a link made wait for it (`_wait_together`), and those whose waiting
+        # operations moved behind it from another deletion (`_merge`).
+        for op in later.deferred:
+            for linked in (op[1], op[9]):
+                if linked is not None and deferred.get(linked) is deletion:
+                    self._wait_for_next(linked)
         sealed: list[Batch] = []
-        for kind, key, body, safe, token, owner, source, position, hashed, also in later.deferred:
+        for kind, key, body, safe, token, owner, source, position, hashed, device in later.deferred:
             sealed += self.add_encoded(
-                kind, key, body, safe, token, owner, source, position, True, hashed, also
+                kind, key, body, safe, token, owner, source, position, True, hashed, device
             )
         # The next operation read is no continuation of these (earlier) positions: a run
         # from one of them to it would span the positions between, in other batches.
@@ -827,6 +847,10 @@ class Planner:
         return self._seal_open(lane)
 
 
+def _seq(batch: Batch) -> int:
+    return batch.seq
+
+
 def _runs_of(tail: Batch) -> list[int]:
     """The run (its index in the tail's runs of its source) of each of its operations.
     Runs hold operations one after another in the batch, their positions rising; a
@@ -864,6 +888,8 @@ def _fill(batch: Batch, tail: Batch, taken: list[int], runs_of: list[int] | None
         batch.token_flags.append(token)
         if key is not None:
             batch.keyset.add(key)
+            if key in tail.written:
+                batch.written.add(key)
         if token:
             batch.tokens += 1
         if runs_of is None:

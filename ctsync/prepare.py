@@ -90,14 +90,14 @@ class Op(NamedTuple):
     safe: bool
     token: bool
     number: int
-    also: ProfileKey | None = None  # the second profile of a link (`linked_profile`)
+    device: ProfileKey | None = None  # the objectId's profile it writes (`device_written`)
 
 
 Encoded: TypeAlias = tuple[
     int, ProfileKey | None, bytes, bool, bool, int, int | None, ProfileKey | None
 ]
 """An operation as the record stage encodes it: (kind code, profile key, body, safe,
-token, number, the key's `profile_hash`, the second profile of a link), the fields of an
+token, number, the key's `profile_hash`, the device whose profile it writes), the fields of an
 `Op` with its kind as its place in `KINDS`. A plain tuple, built straight from the
 record: one crosses a process boundary for each operation of a run (`ctsync.run.wire`),
 and the stage hashes the key so the run's process does not."""
@@ -212,14 +212,14 @@ def encode_op(operation: Upload | Delete, number: int = 0) -> Encoded:
         safe = record_type == "token"  # `is_idempotent` of every other type
     key = profile_key(record)
     hashed = None if key is None else profile_hash(key)
-    also = linked_profile(record) if record_type == "profile" else None
-    return (UPLOAD_CODE, key, body, safe, record_type == "token", number, hashed, also)
+    device = device_written(record) if record_type == "profile" else None
+    return (UPLOAD_CODE, key, body, safe, record_type == "token", number, hashed, device)
 
 
 def op_of(encoded: Encoded) -> Op:
     """An encoded operation as the run's planner takes it."""
-    code, key, body, safe, token, number, _, also = encoded
-    return Op(KINDS[code], key, body, safe, token, number, also)
+    code, key, body, safe, token, number, _, device = encoded
+    return Op(KINDS[code], key, body, safe, token, number, device)
 
 
 def encode(operation: Upload | Delete, number: int = 0) -> Op:
@@ -256,16 +256,14 @@ def profile_key(record: CleverTapRecord) -> ProfileKey | None:
     return ("guid", str(object_id)) if object_id is not None else None
 
 
-def linked_profile(record: CleverTapRecord) -> ProfileKey | None:
-    """The second profile a linking write touches: a profile record of an objectId that
-    sets `Identity` (`--link-anonymous`, an alias, a mapping's link) writes the device's
-    profile as well as the identity's it is keyed by (`profile_key`). None for a record
-    that touches one profile."""
-    if record.get("identity") is not None:
-        return None
-    data = record.get("profileData")
+def device_written(record: CleverTapRecord) -> ProfileKey | None:
+    """The objectId's profile a profile record writes (its `profile_key` but for a
+    *link*: one that sets `Identity` (`--link-anonymous`, an alias, a mapping's link)
+    writes the device's profile and the user's, and is keyed by the user). None for a
+    record of an identity. The planner orders a link against the device's profile
+    writes (`Planner.add_encoded`); events and tokens carry their own time."""
     object_id = record.get("objectId")
-    if object_id is None or not isinstance(data, dict) or data.get("Identity") is None:
+    if object_id is None or record.get("identity") is not None:
         return None
     return ("guid", str(object_id))
 

@@ -433,13 +433,13 @@ class Intake:
         add = self._planner.add_encoded
         enqueue = self._dispatcher.enqueue
         previous = -1
-        for kind, profile, body, safe, token, index, hashed, also in ops:
+        for kind, profile, body, safe, token, index, hashed, device in ops:
             # A number passed over (a device token the run sent already): no run of
             # positions may cover it, or a resumed run would send that token again.
             gap = self._gap or index != previous + 1
             sealed = add(
                 KINDS[kind], profile, body, safe, token, tracked, source,
-                (line, part, index), gap, hashed, also,
+                (line, part, index), gap, hashed, device,
             )  # fmt: skip
             self._gap = False
             previous = index

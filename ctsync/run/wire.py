@@ -63,7 +63,7 @@ was there."""
 WireOp: TypeAlias = Encoded
 """An operation as it crosses: `prepare.Encoded` (kind code, profile key, body, safe,
 token, number, the key's `profile_hash`: computed by the stage, so the run's process
-does not hash each key; the second profile of a link)."""
+does not hash each key; the device whose profile it writes)."""
 
 Notes: TypeAlias = tuple[list[str], list[Fix], Message]
 """A READY record's warnings (`--validate warn`), fixes (`--validate fix`), and the
@@ -171,7 +171,7 @@ def gather(
                 and op[1] is not None
                 and not op[4]
                 and op[5] == 0
-                and op[7] is None  # a link orders against two profiles: planned alone
+                and op[7] is None  # a device's profile write: planned alone (links)
             ):
                 plain.append((seq, result))
                 # A record whose token the run sent already ends its run of positions:
