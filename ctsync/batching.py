@@ -38,10 +38,9 @@ Links: a profile record of an objectId that sets `Identity` (--link-anonymous, a
 alias) writes two profiles, the device's and the user's. It goes in the user's lane; its
 batch waits (`Batch.after`) for the answer to the batch holding the device's latest
 profile write (its events carry their own time), which is sealed so that nothing later
-joins it (so no two batches wait for each
-other: each waits only for batches sealed before it). The device's later operations
-follow the link's lane while a batch holding them there has no answer (`moved`); a
-joined flush leaves such a lane's batch as it is. A link whose profile waits for a
+joins it (so no two batches wait for each other: each waits only for batches sealed
+before it). The device's later operations follow the link's lane while a batch holding
+them there has no answer (`moved`); a joined flush leaves such a lane's batch as it is. A link whose profile waits for a
 deletion waits with it, and so do both profiles' later operations.
 
 Each batch also keeps the *runs* of input positions it holds (per source: first and
