@@ -40,8 +40,9 @@ batch waits (`Batch.after`) for the answer to the batch holding the device's lat
 profile write (its events carry their own time), which is sealed so that nothing later
 joins it (so no two batches wait for each other: each waits only for batches sealed
 before it). The device's later operations follow the link's lane while a batch holding
-them there has no answer (`moved`); a joined flush leaves such a lane's batch as it is. A link whose profile waits for a
-deletion waits with it, and so do both profiles' later operations.
+them there has no answer (`moved`); a joined flush leaves such a lane's batch as it is.
+A link whose profile waits for a deletion waits with it, and so do both profiles' later
+operations.
 
 Each batch also keeps the *runs* of input positions it holds (per source: first and
 last position of operations that came to it one after another), which is what the
@@ -234,9 +235,9 @@ class Planner:
         # holding one of them there has no answer: that batch (the latest). See
         # `add_encoded`.
         self._moved: dict[ProfileKey, Batch] = {}
-        # Upload batches sealed by the call under way, not yet in their lanes' queues.
-        self._fresh: list[Batch] = []
-        self._anywhere = False  # a joined flush placed batches outside their lanes
+        # The batch without its final answer holding each device's latest profile
+        # write (`Batch.written`), for a link to wait for.
+        self._wrote: dict[ProfileKey, Batch] = {}
 
     def lane_of(self, key: ProfileKey | None, hashed: int | None = None) -> int:
         """The lane of an operation on `key`; `hashed` is `profile_hash(key)` when the
@@ -339,6 +340,7 @@ class Planner:
         link moved, just went into `batch`."""
         if device is not None:
             batch.written.add(device)
+            self._wrote[device] = batch
             if device != key:  # a link: the device's later operations follow it
                 batch.keyset.add(device)
                 if before is not None and before not in batch.after:
@@ -356,18 +358,21 @@ class Planner:
 
     def _latest(self, device: ProfileKey) -> Batch | None:
         """The batch without its final answer holding the latest profile write of
-        `device` (or, while a link has moved it, its latest operation); None if none
-        does. Its own lane holds them, but after a joined flush any lane may."""
-        moved = self._moved.get(device)
-        if moved is not None:
-            return moved
-        found = [b for b in self._fresh if not b.frozen and device in b.written]
-        lanes = self.lanes if self._anywhere else [self.lanes[self.lane_of(device)]]
-        for lane in lanes:
-            if lane.open is not None and device in lane.open.written:
-                found.append(lane.open)
-            found += [b for b in lane.queue if device in b.written]
-        return max(found, key=_seq, default=None)
+        `device` (or, while a link has moved it, its latest operation: a later one,
+        in the same lane); None if none does."""
+        return self._moved.get(device) or self._wrote.get(device)
+
+    def waits(self, bulk: Bulk) -> set[ProfileKey]:
+        """The devices of a bulk's links that cannot go in bulk: a link must wait for
+        a batch of another lane (`add_encoded`). (`Bulk.split` takes out the records
+        of their users too.)"""
+        found: set[ProfileKey] = set()
+        for n, device in bulk.devices:
+            if device != bulk.keys[n]:
+                before = self._latest(device)
+                if before is not None and before.lane != bulk.lane:
+                    found.add(device)
+        return found
 
     def answered(self, batch: Batch) -> None:
         """An upload batch has its final answer: what waits for it may go, and the
@@ -378,6 +383,10 @@ class Planner:
         for key in batch.moves:
             if moved.get(key) is batch:
                 del moved[key]
+        wrote = self._wrote
+        for device in batch.written:
+            if wrote.get(device) is batch:
+                del wrote[device]
 
     @property
     def moved(self) -> dict[ProfileKey, Batch]:
@@ -394,6 +403,8 @@ class Planner:
         limit = self._limits[OpKind.UPLOAD]
         size = len(bulk.bodies)
         sealed: list[Batch] = []
+        devices = bulk.devices
+        at = 0  # the next of `devices`
         first = 0
         while first < size:
             batch = lane.open
@@ -421,6 +432,10 @@ class Planner:
                 batch.keys += keys
                 batch.safe += bulk.safe[first:end]
             batch.keyset.update(keys)
+            while at < len(devices) and devices[at][0] < end:  # (rare: see `add_encoded`)
+                n, device = devices[at]
+                self._follow(batch, bulk.keys[n], device, None)
+                at += 1
             if self.runs:
                 runs = bulk.runs if whole else _runs_between(bulk, first, end)
                 source = bulk.positions[first][0]
@@ -467,7 +482,9 @@ class Planner:
         self._last = None
         joined = self._join(OpKind.UPLOAD, tails)
         self._place(joined)
-        self._anywhere = self._anywhere or bool(joined)
+        for batch in joined:  # the devices' writes the tails held are here now
+            for device in batch.written:
+                self._wrote[device] = batch
         return kept + joined + self.seal_deletions()
 
     def _join(self, kind: OpKind, tails: list[Batch]) -> list[Batch]:
@@ -783,17 +800,12 @@ class Planner:
         self._last = None
         self._hot.clear()
         self._moved.clear()
-        self._fresh.clear()
+        self._wrote.clear()
 
     def _seal(self, batch: Batch) -> None:
         batch.sealed = True
         if self._last is batch:
             self._last = None
-        if batch.lane >= 0:  # an upload batch: `_latest` finds it until it is handed over
-            fresh = self._fresh
-            if fresh and fresh[0].frozen:
-                fresh[:] = [b for b in fresh if not b.frozen]
-            fresh.append(batch)
 
     def _put(
         self,
@@ -844,10 +856,6 @@ class Planner:
         if lane.open is None or keys.isdisjoint(lane.open.keyset):
             return []
         return self._seal_open(lane)
-
-
-def _seq(batch: Batch) -> int:
-    return batch.seq
 
 
 def _runs_of(tail: Batch) -> list[int]:

@@ -72,8 +72,10 @@ class Bulk:
 
     A plain record has one operation, numbered 0: an upload with a profile key and no
     device token, without notes; no other record of its block writes to or deletes its
-    profile, and no other record of its block has its messageId (so taking them after
-    the block's other records changes no order CleverTap or the dedupe sees). It may
+    profile, nor the device's whose profile it writes (`devices`) unless it is a plain
+    record of the same lane, and no other record of its block has its messageId (so
+    taking them after the block's other records changes no order CleverTap or the
+    dedupe sees). It may
     have looked up device tokens the stage's set had already sent (`found`: each such
     record's index, those tokens, its line), if no other record of its block looks up
     one of them or writes their profile (`wire.token_profile`): the run checks them
@@ -98,15 +100,33 @@ class Bulk:
     probes: list[int] | None = None
     days: list[int | None] | None = None
     found: list[tuple[int, tuple[TokenKey, ...], bytes | None]] = field(default_factory=list)
+    # The records that write a device's profile (`prepare.device_written`): each one's
+    # index and that device. A link among them waits for nothing: the run checks first
+    # (`Intake._take_bulk`), and marks its batch (`Planner.add_bulk`).
+    devices: list[tuple[int, ProfileKey]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.bodies)
 
     def split(self, keys: set[ProfileKey]) -> tuple[Bulk, Bulk]:
         """(its records of profiles not in `keys`, those of profiles in `keys`), each in
-        order. A run of either never spans a record of the other."""
-        kept = [n for n, key in enumerate(self.keys) if key not in keys]
-        out = [n for n, key in enumerate(self.keys) if key in keys]
+        order. A record that writes a device's profile (a link) touches two: if one is
+        in `keys`, both are (the records of either go the same way, so the order of
+        both profiles holds). A run of either never spans a record of the other."""
+        if self.devices:
+            keys = set(keys)
+            grew = True
+            while grew:
+                grew = False
+                for n, device in self.devices:
+                    key = self.keys[n]
+                    if (key in keys) != (device in keys):
+                        keys |= {key, device}
+                        grew = True
+        devices = dict(self.devices)
+        out = [n for n, key in enumerate(self.keys) if key in keys or devices.get(n) in keys]
+        taken = set(out)
+        kept = [n for n in range(len(self.keys)) if n not in taken]
         return self._pick(kept), self._pick(out)
 
     def _pick(self, picked: list[int]) -> Bulk:
@@ -125,9 +145,10 @@ class Bulk:
             part.ids = [self.ids[n] for n in picked]
             part.probes = [self.probes[n] for n in picked]
             part.days = [self.days[n] for n in picked]
-        if self.found:
+        if self.found or self.devices:
             index = {n: i for i, n in enumerate(picked)}
             part.found = [(index[n], keys, raw) for n, keys, raw in self.found if n in index]
+            part.devices = [(index[n], device) for n, device in self.devices if n in index]
         if not self.starts:  # no runs (see `Recipe.runs`): none for its parts either
             return part
         starts = set(self.starts)

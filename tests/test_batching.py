@@ -316,6 +316,12 @@ def test_the_next_run_sends_what_never_went_out_and_not_what_may_be_stored(
     size=3,
     answers=random.Random(0),
 )  # fmt: skip
+@example(  # the device's write, joined at the end into another lane: the link waits for it
+    script=[("write", "b"), ("write", "phone"), ("delete", "b"), ("link-b", "phone")],
+    lanes=3,
+    size=2,
+    answers=random.Random(0),
+)
 # Cheap (a few ms each), and the links' corners (a device written in another lane,
 # deleted, then linked; tails joined at the end) take a few hundred scripts to meet.
 @settings(max_examples=500)

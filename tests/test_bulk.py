@@ -377,6 +377,7 @@ TOKENS = [("a", "t1"), ("b", "t1"), ("a", "t2")]  # (objectId, token), shared ac
 NOTE: Any = (["w"], [], {})
 FOUND: Any = ((("a", "t"), True),)
 GUID_A = ("guid", "a")
+DEV_A = GUID_A  # (the same, in lines that name it twice)
 
 
 @st.composite
@@ -463,18 +464,36 @@ def block_results(draw: st.DrawFn) -> list[Result]:
     lanes=1,
     at_least=1,
 )  # fmt: skip
-@example(  # a link is never plain: it orders against its device's profile too ...
+@example(  # a link and a write of its device in another lane: neither is plain ...
     results=[
-        (1, 0, READY, b"r1", [(0, "c", b"1", True, False, 0, 0, GUID_A)], None, (), None, 0, None),
-        (2, 0, READY, b"r2", [(0, "d", b"2", True, False, 0, 0, None)], None, (), None, 0, None),
+        (1, 0, READY, b"r1", [(0, DEV_A, b"1", True, False, 0, 1, DEV_A)], None, (), None, 0, None),
+        (2, 0, READY, b"r2", [(0, "c", b"2", True, False, 0, 0, GUID_A)], None, (), None, 0, None),
+        (3, 0, READY, b"r3", [(0, "d", b"3", True, False, 0, 0, None)], None, (), None, 0, None),
+    ],
+    lanes=2,
+    at_least=1,
+)  # fmt: skip
+@example(  # ... in one lane, both are (their bulk says which write a device's profile) ...
+    results=[
+        (1, 0, READY, b"r1", [(0, DEV_A, b"1", True, False, 0, 0, DEV_A)], None, (), None, 0, None),
+        (2, 0, READY, b"r2", [(0, "c", b"2", True, False, 0, 0, GUID_A)], None, (), None, 0, None),
     ],
     lanes=1,
     at_least=1,
 )  # fmt: skip
-@example(  # ... so a plain write of that device before it stays in its place
+@example(  # ... and a link that is not plain holds back a write of its device before it
     results=[
         (1, 0, READY, b"r1", [(0, GUID_A, b"1", True, False, 0, 0, None)], None, (), None, 0, None),
-        (2, 0, READY, b"r2", [(0, "c", b"2", True, False, 0, 0, GUID_A)], None, (), None, 0, None),
+        (2, 0, READY, b"r2", [(0, "c", b"2", True, False, 0, 0, None)], NOTE, (), None, 0, None),
+        (3, 0, READY, b"r3", [(0, "c", b"3", True, False, 0, 0, GUID_A)], None, (), None, 0, None),
+    ],
+    lanes=1,
+    at_least=1,
+)  # fmt: skip
+@example(  # a link with notes (not plain) holds its device too
+    results=[
+        (1, 0, READY, b"r1", [(0, GUID_A, b"1", True, False, 0, 0, None)], None, (), None, 0, None),
+        (2, 0, READY, b"r2", [(0, "c", b"2", True, False, 0, 0, GUID_A)], NOTE, (), None, 0, None),
     ],
     lanes=1,
     at_least=1,
@@ -492,13 +511,19 @@ def test_gather_takes_out_exactly_the_plain_records_and_keeps_their_order(
             continue
         ops = r[4]
         simple = len(ops) == 1 and ops[0][0] == 0 and ops[0][1] is not None and not ops[0][4]
-        simple = simple and ops[0][7] is None  # a link orders against two profiles
         if simple and r[5] is None and all(found for _, found in r[6]):
             candidates.append(r)
-    # Plain: candidates whose profile no other record writes or deletes and whose tokens
-    # no other record looks up; a candidate left out is "other" in turn. `rounds`: how
-    # many times some were left out before none more was.
+    # Plain: candidates whose profile, and device whose profile they write (a link),
+    # no other record writes or deletes and whose tokens no other record looks up; a
+    # candidate left out is "other" in turn. `rounds`: how many times some were left out
+    # before none more was. A device whose profile candidates of two lanes write counts
+    # as written by another record from the start.
     plain = list(candidates)
+    lanes_of: dict[Any, set[int]] = {}
+    for r in candidates:
+        if r[4][0][7] is not None:
+            lanes_of.setdefault(r[4][0][7], set()).add(r[4][0][6] % lanes)
+    spread = {profile for profile, found in lanes_of.items() if len(found) > 1}
     rounds = 0
     while True:
         others = [r for r in results if all(r is not p for p in plain)]
@@ -507,11 +532,13 @@ def test_gather_takes_out_exactly_the_plain_records_and_keeps_their_order(
         profiles = {op[1] for r in others if r[2] == READY for op in r[4] if op[1] is not None}
         profiles |= {op[7] for r in others if r[2] == READY for op in r[4] if op[7] is not None}
         profiles |= {("guid", objectId) for r in others for (objectId, _), _ in r[6]}
+        profiles |= spread if rounds == 0 else set()
         tokens = {key for r in others for key, _ in r[6]}
         keep = [
             r
             for r in plain
             if r[4][0][1] not in profiles
+            and r[4][0][7] not in profiles
             and not any(key in tokens or ("guid", key[0]) in profiles for key, _ in r[6])
         ]
         if len(keep) == len(plain):
@@ -540,6 +567,7 @@ def test_gather_takes_out_exactly_the_plain_records_and_keeps_their_order(
         assert bulk.days == [r[9] for r in mine]
         found = [(n, tuple(key for key, _ in r[6]), r[3]) for n, r in enumerate(mine) if r[6]]
         assert bulk.found == found
+        assert bulk.devices == [(n, r[4][0][7]) for n, r in enumerate(mine) if r[4][0][7]]
     assert sum(len(b) for b in bulks) == len(plain)
     # A run of positions spans only this lane's plain records: no operation of the
     # block between its first and its last goes anywhere else.
@@ -628,18 +656,25 @@ def test_add_bulk_fills_batches_to_their_size_and_runs_cover_exactly_their_batch
 
 
 @given(
-    lines=st.lists(st.tuples(st.integers(1, 3), st.sampled_from("abcd")), max_size=20),
-    taken=st.sets(st.sampled_from("abcd")),
+    lines=st.lists(
+        st.tuples(st.integers(1, 3), st.sampled_from("abcd"), st.sampled_from([None, "x", "y"])),
+        max_size=20,
+    ),
+    taken=st.sets(st.sampled_from("abcdxy")),
 )
 def test_a_split_bulk_keeps_each_record_once_in_order_and_runs_only_over_its_own(
-    lines: list[tuple[int, str]], taken: set[str]
+    lines: list[tuple[int, str, str | None]], taken: set[str]
 ) -> None:
     """`Bulk.split` (the records of profiles waiting for a deletion taken out): every
     record in one part, in order, with its columns; a run of the part kept never spans
-    a record taken out, nor a gap the bulk's own runs had."""
+    a record taken out, nor a gap the bulk's own runs had. A link (a user's record that
+    writes device x or y) ties its two profiles: the records of both go the same way,
+    and so on through other links (the model: profiles linked to a taken one)."""
     bulk = Bulk(0, raws=[], ids=[], probes=[], days=[])
     line = 0
-    for step, key in lines:
+    for step, key, device in lines:
+        if device is not None:
+            bulk.devices.append((len(bulk.bodies), device))
         line += step  # a step of 2 or 3: records between that went elsewhere
         position = (line, 0, 0)
         if bulk.runs and step == 1:
@@ -656,6 +691,13 @@ def test_a_split_bulk_keeps_each_record_once_in_order_and_runs_only_over_its_own
         bulk.probes.append(line & 7)  # type: ignore[union-attr]
         bulk.days.append(None)  # type: ignore[union-attr]
     keys: set[ProfileKey] = set(taken)
+    linked = set(taken)  # the model: every profile a chain of links ties to a taken one
+    while True:
+        more = {p for _, key, device in lines if device for p in (key, device)
+                if {key, device} & linked}  # fmt: skip
+        if more <= linked:
+            break
+        linked |= more
     kept, out = bulk.split(keys)
     # Without runs (a run without --state): the same parts, without runs.
     for part, bare in zip((kept, out), replace(bulk, runs=[], starts=[]).split(keys), strict=True):
@@ -666,8 +708,14 @@ def test_a_split_bulk_keeps_each_record_once_in_order_and_runs_only_over_its_own
             part.ids,
         )
         assert (bare.runs, bare.starts) == ([], [])
+    devices = dict(bulk.devices)
     for part, inside in ((kept, False), (out, True)):
-        mine = [n for n, key in enumerate(bulk.keys) if (key in taken) == inside]
+        mine = [
+            n
+            for n, key in enumerate(bulk.keys)
+            if (key in linked or devices.get(n) in linked) == inside
+        ]
+        assert part.devices == [(i, devices[n]) for i, n in enumerate(mine) if n in devices]
         assert part.bodies == [bulk.bodies[n] for n in mine]
         assert part.keys == [bulk.keys[n] for n in mine]
         assert part.safe == [bulk.safe[n] for n in mine]

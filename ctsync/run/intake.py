@@ -21,7 +21,7 @@ from ctsync.batching import NO_MESSAGE, Planner
 from ctsync.dedupe import DUPLICATE_MESSAGE_ID, Group, MessageIds
 from ctsync.ledger import Tracked
 from ctsync.model import UNKNOWN, Position, Verdict
-from ctsync.prepare import Op, ValidateMode
+from ctsync.prepare import Op, ProfileKey, ValidateMode
 from ctsync.reader import InputRecord
 from ctsync.records import Message, Origin, Outcome, Stage, counting
 from ctsync.run.accounts import Accounts
@@ -223,16 +223,22 @@ class Intake:
             if copies:  # rare: every record of the block one by one
                 self._one_by_one(source, bulk, copies, group)
                 continue
+            waiting: set[ProfileKey] = set()
             if deferred or moved:
                 profiles = set(bulk.keys)
-                waiting = deferred.keys() & profiles | moved.keys() & profiles
-                # Those profiles' records wait for their deletion's answer, or follow a
-                # link's lane (`Planner.add_encoded`).
-                if waiting:
-                    bulk, wait = bulk.split(waiting)
-                    self._one_by_one(source, wait, copies, group)
-                    if not bulk.bodies:
-                        continue
+                profiles.update(device for _, device in bulk.devices)
+                waiting = deferred.keys() & profiles
+                # (a device a link moved to this very lane goes on in bulk)
+                waiting.update(p for p in moved.keys() & profiles if moved[p].lane != bulk.lane)
+            if bulk.devices:
+                waiting |= planner.waits(bulk)
+            # Those profiles' records wait for a deletion's answer, or follow a link's
+            # lane, or are links that wait for another lane (`Planner.add_encoded`).
+            if waiting:
+                bulk, wait = bulk.split(waiting)
+                self._one_by_one(source, wait, copies, group)
+                if not bulk.bodies:
+                    continue
             sealed = planner.add_bulk(bulk, remember)
             if sealed:
                 enqueue(sealed)
@@ -244,12 +250,13 @@ class Intake:
         results: list[Result] = []
         for bulk in bulks:
             found = {n: (keys, raw) for n, keys, raw in bulk.found}
+            devices = dict(bulk.devices)
             raws, ids, probes, days = bulk.raws, bulk.ids, bulk.probes, bulk.days
             for n, (_, (line, part, number)) in enumerate(bulk.positions):
                 keys, raw = found.get(n, ((), None if raws is None else raws[n]))
                 op: WireOp = (
                     UPLOAD_CODE, bulk.keys[n], bulk.bodies[n], bulk.safe[n], False, number,
-                    None, None,
+                    None, devices.get(n),
                 )  # fmt: skip
                 results.append((
                     line, part, READY, raw, [op], None, tuple((key, True) for key in keys),
@@ -268,6 +275,7 @@ class Intake:
         already): copies are skipped, and a profile that waits for a deletion waits."""
         skipped = self._ledger.summary.skipped
         raws, ids, days = bulk.raws, bulk.ids, bulk.days
+        devices = dict(bulk.devices)
         for n, (_, (line, part, number)) in enumerate(bulk.positions):
             key = None if ids is None else ids[n]
             # Each its own run of positions: the block's other records, some between
@@ -284,7 +292,7 @@ class Intake:
                 False,
                 number,
                 None,
-                None,
+                devices.get(n),
             )
             raw = None if raws is None else raws[n]
             day = None if days is None else days[n]

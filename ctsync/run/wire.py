@@ -154,6 +154,7 @@ def gather(
     held: set[ProfileKey] = set()
     looked: set[TokenKey] = set()  # tokens some record that is not plain looks up
     plain: list[tuple[int, Result]] = []  # (its operation's place in the block, result)
+    devices = False  # some plain record writes a device's profile (`prepare.device_written`)
     seq = 0  # operations of the block so far
     for result in results:
         lookups = result[6]
@@ -166,14 +167,9 @@ def gather(
         ops = result[4]
         if len(ops) == 1 and result[5] is None and all(found for _, found in lookups):
             op = ops[0]
-            if (
-                op[0] == UPLOAD_CODE
-                and op[1] is not None
-                and not op[4]
-                and op[5] == 0
-                and op[7] is None  # a device's profile write: planned alone (links)
-            ):
+            if op[0] == UPLOAD_CODE and op[1] is not None and not op[4] and op[5] == 0:
                 plain.append((seq, result))
+                devices = devices or op[7] is not None
                 # A record whose token the run sent already ends its run of positions:
                 # none may cover its token's (a run resumed without that token's sender
                 # would send it again).
@@ -192,12 +188,18 @@ def gather(
     ids = [result[7] for result in results if result[7] is not None]
     if len(set(ids)) != len(ids):
         return results
+    if devices:
+        # A link (a device's profile written by a user's record) goes in its user's
+        # lane: a device whose profile plain records of two lanes write keeps its order
+        # only if they are planned one by one.
+        held |= _spread(plain, lanes)
     if held or looked:
         plain, out = _apart(plain, held, looked)
         if out:
             # The records taken out order against the rest in turn: if one of them
             # holds back another plain record, the block goes as it is.
             more_held = {result[4][0][1] for _, result in out}
+            more_held |= {result[4][0][7] for _, result in out if result[4][0][7] is not None}
             more_looked: set[TokenKey] = set()
             for _, result in out:
                 _look(result[6], more_held, more_looked)
@@ -229,11 +231,28 @@ def _apart(
     out: list[tuple[int, Result]] = []
     for each in plain:
         result = each[1]
-        touches = result[4][0][1] in held or any(
-            key in looked or token_profile(key) in held for key, _ in result[6]
+        op = result[4][0]
+        touches = (
+            op[1] in held
+            or (op[7] is not None and op[7] in held)
+            or any(key in looked or token_profile(key) in held for key, _ in result[6])
         )
         (out if touches else kept).append(each)
     return kept, out
+
+
+def _spread(plain: list[tuple[int, Result]], lanes: int) -> set[ProfileKey]:
+    """The devices whose profiles plain records of more than one lane write (a device's
+    own record, a link: `prepare.device_written`). Its events need no order against
+    them (they carry their own time)."""
+    seen: dict[ProfileKey, int] = {}
+    spread: set[ProfileKey] = set()
+    for _, result in plain:
+        op = result[4][0]
+        device = op[7]
+        if device is not None and seen.setdefault(device, op[6] % lanes) != op[6] % lanes:
+            spread.add(device)
+    return spread
 
 
 def _look(lookups: Lookups, held: set[ProfileKey], looked: set[TokenKey]) -> None:
@@ -284,6 +303,7 @@ def _bulk(
         for n, result in enumerate(results)
         if result[6]
     ]
+    bulk.devices = [(n, op[7]) for n, op in enumerate(ops) if op[7] is not None]
     if dedupe:
         bulk.ids = [result[7] for result in results]
         bulk.probes = [result[8] for result in results]
