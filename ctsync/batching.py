@@ -42,7 +42,8 @@ joins it (so no two batches wait for each other: each waits only for batches sea
 before it). The device's later operations follow the link's lane while a batch holding
 them there has no answer (`moved`); a joined flush leaves such a lane's batch as it is.
 A link whose profile waits for a deletion waits with it, and so do both profiles' later
-operations.
+operations. A joined flush moves each profile of its batches the same way, so that an
+operation planned after it (one that waited) follows its profile's joined batch.
 
 Each batch also keeps the *runs* of input positions it holds (per source: first and
 last position of operations that came to it one after another), which is what the
@@ -104,6 +105,7 @@ class Batch:
         "kind",
         "lane",
         "later",
+        "linked",
         "moves",
         "owners",
         "parts",
@@ -151,6 +153,7 @@ class Batch:
         # final answer before this one goes, and the profiles whose operations follow
         # this batch's lane for as long as this batch has no answer.
         self.after: list[Batch] = []
+        self.linked = False  # holds a link
         self.moves: list[ProfileKey] = []
         self.written: set[ProfileKey] = set()  # devices whose profiles it writes
 
@@ -303,17 +306,16 @@ class Planner:
         sealed: list[Batch] = []
         before: Batch | None = None
         moved = self._moved
-        if device is not None and device != key:  # a link
+        if moved and key is not None and key in moved:
+            number = moved[key].lane
+        else:
             number = self.lane_of(key, hashed)
+        if device is not None and device != key:  # a link
             before = self._latest(device)
             if before is not None and before.lane == number:
                 before = None  # one lane: in order already
             elif before is not None and not before.sealed:
                 sealed = self._seal_open(self.lanes[before.lane])
-        elif moved and key is not None and key in moved:
-            number = moved[key].lane
-        else:
-            number = self.lane_of(key, hashed)
         lane = self.lanes[number]
         batch = lane.open  # a lane fills one upload batch at a time
         if batch is not None and token and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
@@ -342,6 +344,7 @@ class Planner:
             batch.written.add(device)
             self._wrote[device] = batch
             if device != key:  # a link: the device's later operations follow it
+                batch.linked = True
                 batch.keyset.add(device)
                 if before is not None and before not in batch.after:
                     batch.after.append(before)
@@ -472,7 +475,7 @@ class Planner:
         kept: list[Batch] = []
         for lane in self.lanes:
             assert not lane.queue, "joined while a lane still had batches to send"
-            if lane.open is not None and lane.open.moves:
+            if lane.open is not None and lane.open.linked:
                 # A link's two profiles keep their order in its lane: not joined.
                 kept += self._seal_open(lane)
             elif lane.open is not None:
@@ -482,9 +485,14 @@ class Planner:
         self._last = None
         joined = self._join(OpKind.UPLOAD, tails)
         self._place(joined)
-        for batch in joined:  # the devices' writes the tails held are here now
-            for device in batch.written:
+        for batch in joined:
+            for device in batch.written:  # the devices' writes the tails held are here now
                 self._wrote[device] = batch
+            # A profile's later operations follow its joined batch's lane while it has no
+            # answer (as a link's device does): one waiting for a deletion (or for a
+            # link that waits for one) may be planned before then.
+            for key in batch.keyset:
+                self._move(key, batch)
         return kept + joined + self.seal_deletions()
 
     def _join(self, kind: OpKind, tails: list[Batch]) -> list[Batch]:
@@ -713,7 +721,9 @@ class Planner:
         """Seal a deletion batch of one profile, and the upload batch holding that
         profile's writes before it (part full), so that the chain moves on."""
         self._seal(deletion)
-        return [*self._seal_holding(self.lanes[self.lane_of(key)], {key}), deletion]
+        moved = self._moved.get(key)
+        lane = self.lanes[moved.lane if moved is not None else self.lane_of(key)]
+        return [*self._seal_holding(lane, {key}), deletion]
 
     def blocked(self, deletion: Batch) -> bool:
         """Whether an upload batch without its final answer holds one of the deletion's

@@ -322,6 +322,15 @@ def test_the_next_run_sends_what_never_went_out_and_not_what_may_be_stored(
     size=2,
     answers=random.Random(0),
 )
+@example(  # b waits for a link that waits for a deletion; b's write was joined elsewhere
+    script=[
+        ("write", "b"), ("link-a", "tablet"), ("delete", "tablet"), ("link-b", "tablet"),
+        ("write", "b"),
+    ],
+    lanes=3,
+    size=2,
+    answers=random.Random(4),
+)  # fmt: skip
 # Cheap (a few ms each), and the links' corners (a device written in another lane,
 # deleted, then linked; tails joined at the end) take a few hundred scripts to meet.
 @settings(max_examples=500)
