@@ -152,6 +152,10 @@ class SandboxStore:
     @classmethod
     def open(cls, path: Path | None = None, *, create: bool = True) -> SandboxStore:
         """Open a database file (created unless `create=False`), or in memory for `None`."""
+        if path is not None and not create and path.is_dir():
+            raise FileNotFoundError(
+                f"{path} is a folder; give the database file a sandbox wrote with --db"
+            )
         if path is not None and not create and not path.is_file():
             raise FileNotFoundError(f"no sandbox database at {path}")
         conn = sqlite3.connect(

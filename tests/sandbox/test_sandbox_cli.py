@@ -204,6 +204,14 @@ def test_show_without_a_database_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
 
 
+def test_show_given_a_folder_says_it_is_one(tmp_path: Path) -> None:
+    """A new user's `--db .` (or a typo'd path to the folder holding the file): the
+    message says what is wrong with it, not that no database is there."""
+    result = CliRunner().invoke(app, ["show", "--db", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"{tmp_path} is a folder" in result.output
+
+
 def test_the_load_generator_runs_against_a_sandbox() -> None:
     with running_sandbox() as sandbox:
         result = asyncio.run(
