@@ -300,34 +300,26 @@ def test_random_identifies_and_deletes_end_as_the_input_in_order(seed: int) -> N
     assert clevertap.peak > 1, "requests never overlapped: the test proves nothing"
 
 
-class LinkingCleverTap(FakeSender):
+class LinkingCleverTap(ModelCleverTap):
     """Lands each upload record on every profile it writes (its identity, its objectId,
     and the user's an objectId is linked to by `Identity`) at a random moment while its
     request is on its way; records, per profile, the writes in the order they landed."""
 
     def __init__(self, seed: int) -> None:
-        self.random = random.Random(seed)
+        super().__init__(seed)
         self.landed: dict[str, list[int]] = {}
-        self.in_flight = self.peak = 0
-        self.requests = 0
-        self.retries = 0
 
     async def answer(
         self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None
     ) -> list[Verdict]:
         assert kind == "upload"
-        self.requests += 1
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
         await asyncio.sleep(self.random.random() * 0.003)
         for record in map(orjson.loads, bodies):
             data = record["profileData"]
             for name in (record.get("identity"), record.get("objectId"), data.get("Identity")):
                 if name is not None:
                     self.landed.setdefault(name, []).append(data["n"])
-        await asyncio.sleep(self.random.random() * 0.003)
-        self.in_flight -= 1
-        return [ACCEPTED] * len(bodies)
+        return await self._answer(len(bodies))  # (answered after a random time more)
 
 
 @pytest.mark.parametrize(
