@@ -349,8 +349,7 @@ class Planner:
                 if before is not None and before not in batch.after:
                     batch.after.append(before)
                 self._move(device, batch)
-                return
-        if key is not None and key in self._moved:
+        if key is not None and key in self._moved:  # (a link's user too, after a join)
             self._move(key, batch)
 
     def _move(self, device: ProfileKey, batch: Batch) -> None:
@@ -485,14 +484,19 @@ class Planner:
         self._last = None
         joined = self._join(OpKind.UPLOAD, tails)
         self._place(joined)
+        # What pointed at a tail points at the batch its operations joined. A profile's
+        # later operations follow its joined batch's lane while it has no answer (as a
+        # link's device does): one waiting for a deletion (or for a link that waits for
+        # one) may be planned before then. Not when a kept batch (a link's) holds the
+        # profile's later operations: they follow that one.
+        gone = {id(tail) for tail in tails}
         for batch in joined:
-            for device in batch.written:  # the devices' writes the tails held are here now
-                self._wrote[device] = batch
-            # A profile's later operations follow its joined batch's lane while it has no
-            # answer (as a link's device does): one waiting for a deletion (or for a
-            # link that waits for one) may be planned before then.
+            for device in batch.written:
+                if _stale(self._wrote.get(device), gone):
+                    self._wrote[device] = batch
             for key in batch.keyset:
-                self._move(key, batch)
+                if _stale(self._moved.get(key), gone):
+                    self._move(key, batch)
         return kept + joined + self.seal_deletions()
 
     def _join(self, kind: OpKind, tails: list[Batch]) -> list[Batch]:
@@ -866,6 +870,12 @@ class Planner:
         if lane.open is None or keys.isdisjoint(lane.open.keyset):
             return []
         return self._seal_open(lane)
+
+
+def _stale(batch: Batch | None, gone: set[int]) -> bool:
+    """Whether a pointer to `batch` (the latest of some profile's operations) holds
+    nothing later than a join: none, answered, or one of the tails joined (`gone`)."""
+    return batch is None or batch.answered or id(batch) in gone
 
 
 def _runs_of(tail: Batch) -> list[int]:

@@ -228,8 +228,14 @@ class Intake:
                 profiles = set(bulk.keys)
                 profiles.update(device for _, device in bulk.devices)
                 waiting = deferred.keys() & profiles
-                # (a device a link moved to this very lane goes on in bulk)
-                waiting.update(p for p in moved.keys() & profiles if moved[p].lane != bulk.lane)
+                # A device a link moved to this very lane goes on in bulk: its profile
+                # writes mark their batch (`Bulk.devices`), its events need no order
+                # against them. A user a joined flush moved does not.
+                waiting.update(
+                    p
+                    for p in moved.keys() & profiles
+                    if moved[p].lane != bulk.lane or not isinstance(p, tuple)
+                )
             if bulk.devices:
                 waiting |= planner.waits(bulk)
             # Those profiles' records wait for a deletion's answer, or follow a link's
