@@ -39,11 +39,14 @@ alias) writes two profiles, the device's and the user's. It goes in the user's l
 batch waits (`Batch.after`) for the answer to the batch holding the device's latest
 profile write (its events carry their own time), which is sealed so that nothing later
 joins it (so no two batches wait for each other: each waits only for batches sealed
-before it). The device's later operations follow the link's lane while a batch holding
-them there has no answer (`moved`); a joined flush leaves such a lane's batch as it is.
-A link whose profile waits for a deletion waits with it, and so do both profiles' later
-operations. A joined flush moves each profile of its batches the same way, so that an
-operation planned after it (one that waited) follows its profile's joined batch.
+before it). When that batch is another lane's open one (a visitor's anonymous identify,
+then the one naming them: most exports), the link takes the device's operations out of
+it into its own lane instead (`_pull`), and waits only for an earlier sealed one. The
+device's later operations follow the link's lane while a batch holding them there has
+no answer (`moved`); a joined flush leaves such a lane's batch as it is. A link whose
+profile waits for a deletion waits with it, and so do both profiles' later operations.
+A joined flush moves each profile of its batches the same way, so that an operation
+planned after it (one that waited) follows its profile's joined batch.
 
 Each batch also keeps the *runs* of input positions it holds (per source: first and
 last position of operations that came to it one after another), which is what the
@@ -105,7 +108,7 @@ class Batch:
         "kind",
         "lane",
         "later",
-        "linked",
+        "links",
         "moves",
         "owners",
         "parts",
@@ -153,7 +156,7 @@ class Batch:
         # final answer before this one goes, and the profiles whose operations follow
         # this batch's lane for as long as this batch has no answer.
         self.after: list[Batch] = []
-        self.linked = False  # holds a link
+        self.links: set[ProfileKey] = set()  # the devices of the links it holds
         self.moves: list[ProfileKey] = []
         self.written: set[ProfileKey] = set()  # devices whose profiles it writes
 
@@ -193,12 +196,13 @@ class Batch:
 class Lane:
     """The upload batch being filled, and the sealed batches waiting to go."""
 
-    __slots__ = ("busy", "open", "queue")
+    __slots__ = ("busy", "last", "open", "queue")
 
     def __init__(self) -> None:
         self.open: Batch | None = None
         self.queue: deque[Batch] = deque()
         self.busy = False
+        self.last: Batch | None = None  # the batch it sealed last (maybe not queued yet)
 
 
 class Planner:
@@ -315,7 +319,10 @@ class Planner:
             if before is not None and before.lane == number:
                 before = None  # one lane: in order already
             elif before is not None and not before.sealed:
-                sealed = self._seal_open(self.lanes[before.lane])
+                if self._pullable(before, device):
+                    sealed, before = self._pull(before, device, number)
+                else:
+                    sealed = self._seal_open(self.lanes[before.lane])
         lane = self.lanes[number]
         batch = lane.open  # a lane fills one upload batch at a time
         if batch is not None and token and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
@@ -344,13 +351,92 @@ class Planner:
             batch.written.add(device)
             self._wrote[device] = batch
             if device != key:  # a link: the device's later operations follow it
-                batch.linked = True
+                batch.links.add(device)
                 batch.keyset.add(device)
                 if before is not None and before not in batch.after:
                     batch.after.append(before)
                 self._move(device, batch)
         if key is not None and key in self._moved:  # (a link's user too, after a join)
             self._move(key, batch)
+
+    def _pullable(self, batch: Batch, device: ProfileKey) -> bool:
+        """Whether a link may take the device's operations out of `batch` (the open
+        batch of another lane) into its own lane: none of them is a link (whose user's
+        order is tied to that lane), and no link moved the device there."""
+        return device not in batch.links and device not in self._moved
+
+    def _pull(
+        self, batch: Batch, device: ProfileKey, number: int
+    ) -> tuple[list[Batch], Batch | None]:
+        """A link of `device` goes in lane `number`; the device's operations in
+        `batch`, another lane's open batch, go there first, in order, instead of that
+        batch being sealed part full (a visitor's anonymous identify, then the one that
+        names them, in nearly every export). Returns the batches sealed, and the batch
+        the link must still wait for: that lane's last sealed batch, if it has no answer
+        yet (the device's earlier writes are there or before it)."""
+        owners = batch.owners_of()
+        mine = [n for n, key in enumerate(batch.keys) if key == device]
+        taken = [
+            (batch.bodies[n], owners[n], batch.positions[n], batch.safe[n], batch.token_flags[n])
+            for n in mine
+        ]
+        keep = [n for n in range(len(batch.keys)) if batch.keys[n] != device]
+        batch.bodies = [batch.bodies[n] for n in keep]
+        batch.owners = [owners[n] for n in keep]
+        batch.positions = [batch.positions[n] for n in keep]
+        batch.keys = [batch.keys[n] for n in keep]
+        batch.safe = [batch.safe[n] for n in keep]
+        batch.token_flags = [batch.token_flags[n] for n in keep]
+        batch.tokens = sum(batch.token_flags)
+        batch.keyset.discard(device)
+        batch.written.discard(device)
+        if self._wrote.get(device) is batch:
+            del self._wrote[device]
+        if self.runs:
+            _rebuild_runs(batch)
+        lane = self.lanes[batch.lane]
+        if not batch.bodies:
+            lane.open = None
+        # The device's earlier writes, if any, are in this lane's batches sealed before:
+        # the last of them (maybe not queued yet) goes after all the others.
+        before = lane.last if lane.last is not None and not lane.last.answered else None
+        sealed: list[Batch] = []
+        first: Batch | None = None  # the batch the first of them goes to
+        for body, owner, (source, position), safe, token in taken:
+            more, into = self._into_lane(number, body, owner, source, position, device, safe, token)
+            sealed += more
+            first = first or into
+        if before is not None and first is not None and before not in first.after:
+            first.after.append(before)  # (those after it in its lane follow it)
+        self._last = None  # what follows continues no run of these
+        return sealed, before
+
+    def _into_lane(
+        self,
+        number: int,
+        body: bytes,
+        owner: Tracked,
+        source: str,
+        position: Position,
+        key: ProfileKey,
+        safe: bool,
+        token: bool,
+    ) -> tuple[list[Batch], Batch]:
+        """One operation into lane `number`'s open batch, as its own run of positions;
+        the batches sealed, and the one it went to."""
+        lane = self.lanes[number]
+        sealed: list[Batch] = []
+        batch = lane.open
+        if batch is not None and token and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
+            sealed = self._seal_open(lane)
+            batch = None
+        if batch is None:
+            self._seq += 1
+            batch = lane.open = Batch(OpKind.UPLOAD, number, self._seq)
+        self._put(batch, body, owner, source, position, key, safe, token, True)
+        if len(batch.bodies) >= self._limits[OpKind.UPLOAD]:
+            sealed += self._seal_open(lane)
+        return sealed, batch
 
     def _move(self, device: ProfileKey, batch: Batch) -> None:
         """`batch` holds the device's latest operation in the lane a link moved it to."""
@@ -474,7 +560,7 @@ class Planner:
         kept: list[Batch] = []
         for lane in self.lanes:
             assert not lane.queue, "joined while a lane still had batches to send"
-            if lane.open is not None and lane.open.linked:
+            if lane.open is not None and lane.open.links:
                 # A link's two profiles keep their order in its lane: not joined.
                 kept += self._seal_open(lane)
             elif lane.open is not None:
@@ -807,6 +893,7 @@ class Planner:
         for lane in self.lanes:
             lane.queue.clear()
             lane.open = None
+            lane.last = None
         self._open_deletes.clear()
         self._deletes.clear()
         self._deferred.clear()
@@ -862,6 +949,7 @@ class Planner:
         if batch is None:
             return []
         self._seal(batch)
+        lane.last = batch
         return [batch]
 
     def _seal_holding(self, lane: Lane, keys: set[ProfileKey]) -> list[Batch]:

@@ -341,6 +341,16 @@ def test_the_next_run_sends_what_never_went_out_and_not_what_may_be_stored(
     size=4,
     answers=random.Random(25),
 )  # fmt: skip
+@example(  # a link takes phone's last write into d's lane, where it fills e's batch:
+    # that batch, not only the link's, waits for phone's earlier writes
+    script=[
+        ("write", "phone"), ("write", "phone"), ("write", "e"), ("write", "phone"),
+        ("link-d", "phone"),
+    ],
+    lanes=2,
+    size=2,
+    answers=random.Random(0),
+)  # fmt: skip
 # Cheap (a few ms each), and the links' corners (a device written in another lane,
 # deleted, then linked; tails joined at the end) take a few hundred scripts to meet.
 @settings(max_examples=500)
