@@ -467,6 +467,8 @@ class Planner:
         profiles it moved go back to their own lanes once nothing holds them."""
         batch.answered = True
         batch.after = []  # (what it waited for stays no longer in memory)
+        if 0 <= batch.lane < len(self.lanes) and self.lanes[batch.lane].last is batch:
+            self.lanes[batch.lane].last = None  # (nor itself)
         moved = self._moved
         for key in batch.moves:
             if moved.get(key) is batch:
