@@ -212,7 +212,7 @@ def encode_op(operation: Upload | Delete, number: int = 0) -> Encoded:
         safe = record_type == "token"  # `is_idempotent` of every other type
     key = profile_key(record)
     hashed = None if key is None else profile_hash(key)
-    device = device_written(record) if record_type == "profile" else None
+    device = device_written(record) if record_type != "event" else None
     return (UPLOAD_CODE, key, body, safe, record_type == "token", number, hashed, device)
 
 
@@ -257,11 +257,12 @@ def profile_key(record: CleverTapRecord) -> ProfileKey | None:
 
 
 def device_written(record: CleverTapRecord) -> ProfileKey | None:
-    """The objectId's profile a profile record writes (its `profile_key` but for a
-    *link*: one that sets `Identity` (`--link-anonymous`, an alias, a mapping's link)
-    writes the device's profile and the user's, and is keyed by the user). None for a
-    record of an identity. The planner orders a link against the device's profile
-    writes (`Planner.add_encoded`); events and tokens carry their own time."""
+    """The objectId's profile a profile or token record writes (its `profile_key` but
+    for a *link*: a profile record that sets `Identity` (`--link-anonymous`, an alias, a
+    mapping's link) writes the device's profile and the user's, and is keyed by the
+    user). None for a record of an identity. The planner orders a link against the
+    device's writes (`Planner.add_encoded`); events carry their own time, and are not
+    passed here."""
     object_id = record.get("objectId")
     if object_id is None or record.get("identity") is not None:
         return None
