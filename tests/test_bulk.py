@@ -116,6 +116,19 @@ def sent(requests: bytes) -> tuple[Counter[bytes], dict[str, list[bytes]]]:
     block_bytes=st.integers(1, 3000),
     refuse=st.booleans(),
 )
+@example(  # a1's token, then its alias to u1, then a1's anonymous profile: in that order
+    data=b"\n".join([
+        b'{"type":"identify","userId":"u1","anonymousId":"a1","messageId":"m0",'
+        b'"context":{"device":{"token":"tok-1","type":"android"}}}',
+        b'{"type":"page","userId":"u2","messageId":"m3"}',
+        b'{"type":"alias","userId":"u1","previousId":"a1","messageId":"m4"}',
+        b'{"type":"identify","userId":"","anonymousId":"a1","messageId":"m2"}',
+    ]),
+    preset="classic",
+    validate="strict",
+    block_bytes=1,
+    refuse=False,
+)  # fmt: skip
 def test_plain_records_in_bulk_give_what_they_give_one_by_one(
     tmp_path_factory: pytest.TempPathFactory,
     data: bytes,
