@@ -75,11 +75,10 @@ class Bulk:
     profile, nor the device's whose profile it writes (`devices`) unless it is a plain
     record of the same lane, and no other record of its block has its messageId (so
     taking them after the block's other records changes no order CleverTap or the
-    dedupe sees). It may
-    have looked up device tokens the stage's set had already sent (`found`: each such
-    record's index, those tokens, its line), if no other record of its block looks up
-    one of them or writes their profile (`wire.token_profile`): the run checks them
-    against its own set first (`Intake._take_bulk`).
+    dedupe sees). It may have looked up device tokens the stage's set had already sent
+    (`found`: each such record's index, those tokens, its line), if no other record of
+    its block looks up one of them or writes their profile (`wire.token_profile`): the
+    run checks them against its own set first (`Intake._take_bulk`).
 
     `runs`: the positions that came one after another (no other operation of the block
     between them, and no token passed over after them), each `[first, last]`, and

@@ -97,10 +97,10 @@ Encoded: TypeAlias = tuple[
     int, ProfileKey | None, bytes, bool, bool, int, int | None, ProfileKey | None
 ]
 """An operation as the record stage encodes it: (kind code, profile key, body, safe,
-token, number, the key's `profile_hash`, the device whose profile it writes), the fields of an
-`Op` with its kind as its place in `KINDS`. A plain tuple, built straight from the
-record: one crosses a process boundary for each operation of a run (`ctsync.run.wire`),
-and the stage hashes the key so the run's process does not."""
+token, number, the key's `profile_hash`, the device whose profile it writes), the
+fields of an `Op` with its kind as its place in `KINDS`. A plain tuple, built straight
+from the record: one crosses a process boundary for each operation of a run
+(`ctsync.run.wire`), and the stage hashes the key so the run's process does not."""
 
 KINDS: Final = (OpKind.UPLOAD, OpKind.DELETE_IDENTITY, OpKind.DELETE_GUID)
 """Operation kinds by their code in an `Encoded` operation."""
