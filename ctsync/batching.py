@@ -309,6 +309,7 @@ class Planner:
             return self._add_deletion(kind, key, body, safe, owner, source, position, gap)
         sealed: list[Batch] = []
         before: Batch | None = None
+        follow = False  # the user follows the link to another lane (`_free`)
         moved = self._moved
         if moved and key is not None and key in moved:
             number = moved[key].lane
@@ -321,6 +322,11 @@ class Planner:
             elif before is not None and not before.sealed:
                 if self._pullable(before, device):
                     sealed, before = self._pull(before, device, number)
+                elif key is not None and self._free(key):
+                    # A shared device: its latest write is another user's link. This
+                    # user has nothing without an answer: the link goes after that
+                    # write, in its lane, and the user's later operations follow it.
+                    number, before, follow = before.lane, None, True
                 else:
                     sealed = self._seal_open(self.lanes[before.lane])
         lane = self.lanes[number]
@@ -332,6 +338,8 @@ class Planner:
             self._seq += 1
             batch = lane.open = Batch(kind, number, self._seq)
         self._put(batch, body, owner, source, position, key, safe, token, gap)
+        if follow and key is not None:
+            self._move(key, batch)
         if moved or device is not None:
             self._follow(batch, key, device, before)
         if len(batch.bodies) >= self._limits[kind]:
@@ -358,6 +366,22 @@ class Planner:
                 self._move(device, batch)
         if key is not None and key in self._moved:  # (a link's user too, after a join)
             self._move(key, batch)
+
+    def _free(self, key: ProfileKey) -> bool:
+        """Whether no operation of `key` is without its final answer, so that its next
+        may go in any lane: none waits or was moved, none is in its lane's open batch
+        or in the batches its lane sealed (all of them queued: the last one is)."""
+        if key in self._moved or key in self._deferred:
+            return False
+        lane = self.lanes[self.lane_of(key)]
+        if lane.open is not None and key in lane.open.keyset:
+            return False
+        last = lane.last
+        if last is None or last.answered:
+            return True
+        if not lane.queue or lane.queue[-1] is not last:
+            return False  # sealed by the call under way, maybe with others: not known
+        return not any(key in batch.keyset for batch in lane.queue)
 
     def _pullable(self, batch: Batch, device: ProfileKey) -> bool:
         """Whether a link may take the device's operations out of `batch` (the open

@@ -5,6 +5,7 @@ with the default concurrency (15 lanes), against numbers worked out by hand."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,36 @@ def test_links_after_anonymous_writes_cut_no_request_short(tmp_path: Path) -> No
         for record in request["body"]["d"]:
             seen.setdefault(record["objectId"], []).append(record["profileData"]["s"])
     assert all(writes == ["anonymous", "named"] for writes in seen.values())
+
+
+def test_links_of_shared_devices_cut_fewer_requests_short(tmp_path: Path) -> None:
+    """--link-anonymous with 100 devices shared by 2,000 users, half the identifies
+    anonymous: a device's latest write is often another user's link, which cannot be
+    taken out of its lane. When the new link's user has nothing without an answer, the
+    link goes after it in that lane instead of sending it part full: 106 requests,
+    against 543 when every such link sealed. Each device's and user's writes stay in
+    input order (a dry run sends one request at a time)."""
+    rng = random.Random(5)
+    lines = []
+    expected: dict[str, list[int]] = {}
+    for n in range(4000):
+        message: dict[str, Any] = {"type": "identify", "anonymousId": f"d{rng.randrange(100)}"}
+        message["traits"] = {"n": n}
+        expected.setdefault(message["anonymousId"], []).append(n)
+        if rng.random() < 0.5:
+            message["userId"] = f"u{rng.randrange(2000)}"
+            expected.setdefault(message["userId"], []).append(n)
+        lines.append(orjson.dumps(message))
+    requests = requests_of(tmp_path, lines, "--preset", "classic", "--link-anonymous")
+    assert len(requests) <= 200
+    landed: dict[str, list[int]] = {}
+    for request in requests:
+        for record in request["body"]["d"]:
+            data = record["profileData"]
+            for name in (record.get("objectId"), data.get("Identity")):
+                if name is not None:
+                    landed.setdefault(name, []).append(data["n"])
+    assert landed == expected
 
 
 @given(
