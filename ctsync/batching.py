@@ -285,9 +285,9 @@ class Planner:
         back: no `Op` is built for each of a million records), `hashed` its key's
         `profile_hash` if known. Returns the batches sealed, usually none.
 
-        `device`: the objectId's profile the operation writes as a profile record (not
-        an event's or a token's: those carry their own time, and need order only
-        against deletions); see `prepare.device_written`. A *link* is such a write
+        `device`: the objectId's profile the operation writes as a profile or token
+        record (not an event's: each carries its own time, and needs order only against
+        deletions); see `prepare.device_written`. A *link* is such a write
         keyed by another profile, the user's its `Identity` names (--link-anonymous, an
         alias). It goes in the user's lane, after the user's writes; it must also follow
         the device's profile writes, which may be in another lane, and precede all its
@@ -329,22 +329,12 @@ class Planner:
                     number, before, follow = before.lane, None, True
                 else:
                     sealed = self._seal_open(self.lanes[before.lane])
-        lane = self.lanes[number]
-        batch = lane.open  # a lane fills one upload batch at a time
-        if batch is not None and token and batch.tokens >= MAX_TOKENS_PER_UPLOAD:
-            sealed += self._seal_open(lane)
-            batch = None
-        if batch is None:
-            self._seq += 1
-            batch = lane.open = Batch(kind, number, self._seq)
-        self._put(batch, body, owner, source, position, key, safe, token, gap)
+        more, batch = self._into_lane(number, body, owner, source, position, key, safe, token, gap)
         if follow and key is not None:
             self._move(key, batch)
         if moved or device is not None:
             self._follow(batch, key, device, before)
-        if len(batch.bodies) >= self._limits[kind]:
-            sealed += self._seal_open(lane)
-        return sealed
+        return sealed + more
 
     def _follow(
         self,
@@ -442,12 +432,14 @@ class Planner:
         owner: Tracked,
         source: str,
         position: Position,
-        key: ProfileKey,
+        key: ProfileKey | None,
         safe: bool,
         token: bool,
+        gap: bool = True,
     ) -> tuple[list[Batch], Batch]:
-        """One operation into lane `number`'s open batch, as its own run of positions;
-        the batches sealed, and the one it went to."""
+        """One upload into lane `number`'s open batch (a lane fills one at a time:
+        sealed at its size, or at 100 device tokens), continuing the run of positions
+        before unless `gap`; the batches sealed, and the one it went to."""
         lane = self.lanes[number]
         sealed: list[Batch] = []
         batch = lane.open
@@ -457,7 +449,7 @@ class Planner:
         if batch is None:
             self._seq += 1
             batch = lane.open = Batch(OpKind.UPLOAD, number, self._seq)
-        self._put(batch, body, owner, source, position, key, safe, token, True)
+        self._put(batch, body, owner, source, position, key, safe, token, gap)
         if len(batch.bodies) >= self._limits[OpKind.UPLOAD]:
             sealed += self._seal_open(lane)
         return sealed, batch
@@ -722,14 +714,9 @@ class Planner:
 
     def _defer(self, deletion: Batch, op: Deferred, gap: bool) -> list[Batch]:
         """An operation of a profile whose deletion has no answer yet: it waits."""
-        later = deletion.later
-        if later is None:
-            later = deletion.later = Batch(OpKind.UPLOAD, -1, 0)
-        _, key, body, safe, token, owner, source, position, _, _ = op
-        self._put(later, body, owner, source, position, key, safe, token, gap)
-        later.deferred.append(op)
+        self._wait_behind(deletion, op, gap)
         self._waiting += 1
-        sealed = self._heat(key, deletion) if op[0] is not OpKind.UPLOAD else []
+        sealed = self._heat(op[1], deletion) if op[0] is not OpKind.UPLOAD else []
         if self._waiting > DEFER_AT_MOST:  # memory stays bounded: send what they wait for
             sealed += self.unblock(self._deletes)
         return sealed
@@ -754,18 +741,22 @@ class Planner:
         waiting, other.later = other.later, None
         if waiting is None:
             return
-        later = deletion.later
-        if later is None:
-            later = deletion.later = Batch(OpKind.UPLOAD, -1, 0)
         deferred = self._deferred
         for op in waiting.deferred:
-            _, key, body, safe, token, owner, source, position, _, device = op
-            self._put(later, body, owner, source, position, key, safe, token, True)
-            later.deferred.append(op)
-            for profile in (key, device):
+            self._wait_behind(deletion, op, True)
+            for profile in (op[1], op[9]):
                 if profile is not None and deferred.get(profile) is other:
                     deferred[profile] = deletion
         self._last = None  # the next operation continues no run of these
+
+    def _wait_behind(self, deletion: Batch, op: Deferred, gap: bool) -> None:
+        """`op` into the batch of operations waiting for `deletion`'s answer."""
+        later = deletion.later
+        if later is None:
+            later = deletion.later = Batch(OpKind.UPLOAD, -1, 0)
+        _, key, body, safe, token, owner, source, position, _, _ = op
+        self._put(later, body, owner, source, position, key, safe, token, gap)
+        later.deferred.append(op)
 
     def _new_deletion(self, kind: OpKind) -> Batch:
         self._seq += 1
