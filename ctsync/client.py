@@ -6,9 +6,12 @@ What an answer means is decided in one place, `classify` (clevertap-api.md):
 - 429 and 503, an error before the request was written, and 408: CleverTap did not take
   the batch. Retried with exponential backoff and full jitter (`Retry-After` honoured),
   up to `max_retries` times.
-- 401: the run stops (wrong account ID, passcode or region).
-- 400, 403, 404 and other refusals, a top-level `"status": "fail"`, and per-record
-  rejections are final, except code 555 (a transient error for one record), retried once.
+- 401: the run stops (wrong account ID, passcode or region). So does a 403, 404 or 405
+  answering an upload: the address or the account refuses uploads as a whole (CleverTap
+  answers a record's problem inside a 200), so every later request would meet the same.
+- 400, other refusals (a deletion's 403 or 404 included), a top-level `"status": "fail"`,
+  and per-record rejections are final, except code 555 (a transient error for one
+  record), retried once.
 - After the request body went out, a lost connection, a timeout, a 500, 502 or 504, or a
   200 whose counts do not confirm every record leave it *unknown* whether CleverTap
   stored the records. CleverTap never deduplicates events, so only records that are safe
@@ -76,10 +79,16 @@ class Attempt:
     body_sent: bool = True  # the whole request was written (or may have been)
 
 
-@dataclass(frozen=True, slots=True)
-class Unauthorized:
-    """401: the account ID, passcode or region is wrong; the run must stop."""
+# Answers to an upload that refuse the address or the account, not a record: the run stops.
+STOPPING_STATUSES = frozenset({401, 403, 404, 405})
 
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """401 (the account ID, passcode or region is wrong), or an upload answered 403, 404
+    or 405 (the endpoint or the account refuses uploads): the run must stop."""
+
+    status: int
     error: str
 
 
@@ -88,7 +97,7 @@ Step = tuple[Verdict, Next]
 
 def classify(
     attempt: Attempt, path: str, keys: Sequence[ProfileKey | None]
-) -> list[Step] | Unauthorized:
+) -> list[Step] | Refused:
     """The one place that decides what an attempt's outcome means, for each record."""
     n = len(keys)
     if attempt.status is None:
@@ -103,8 +112,8 @@ def classify(
     status = attempt.status
     body = _json_object(attempt.content)
     error = _error_text(body, attempt.content)
-    if status == 401:
-        return Unauthorized(error)
+    if status == 401 or (status in STOPPING_STATUSES and path == UPLOAD_PATH):
+        return Refused(status, error)
     if status in NOT_TAKEN_STATUSES:
         return [(_failed(str(status), f"HTTP {status}: {error}", Stage.API), Next.RETRY)] * n
     if status >= 500:
@@ -445,7 +454,8 @@ class CleverTapClient:
         slots: Limit,
         on_wire: OnWire | None,
     ) -> list[Verdict]:
-        """Attempt until every record has a final verdict. Raises AuthError on 401."""
+        """Attempt until every record has a final verdict. Raises AuthError on an answer
+        that stops the run (`Refused`)."""
         final: list[Verdict] = [ACCEPTED] * len(bodies)
         last: dict[int, Verdict] = {}
         maybe_stored: set[int] = set()
@@ -460,9 +470,10 @@ class CleverTapClient:
             if all_taken(outcome, path, len(todo)):
                 return final  # (a record in `todo` has no final verdict yet: ACCEPTED)
             steps = classify(outcome, path, keys if whole else [keys[i] for i in todo])
-            if isinstance(steps, Unauthorized):
-                refused = AuthError(self._auth_message(steps.error))
+            if isinstance(steps, Refused):
+                refused = AuthError(self._refusal_message(steps))
                 refused.stored_nothing = untaken
+                refused.status = steps.status
                 raise refused
             untaken = untaken and all(step is Next.RETRY for _, step in steps)
             again: list[int] = []
@@ -559,10 +570,22 @@ class CleverTapClient:
         ceiling = min(policy.max_delay, policy.base_delay * 2.0**attempt)
         return self._jitter() * ceiling
 
-    def _auth_message(self, error: str) -> str:
+    def _refusal_message(self, refused: Refused) -> str:
         # What the person gave is echoed masked: a passcode pasted as the account ID
         # (or into the endpoint) is exactly what this message is about.
         where, account = redact(self.settings.base_url), redact(self.settings.account_id)
+        status, error = refused.status, refused.error
+        if status in (404, 405):
+            return (
+                f"Nothing at {where} takes uploads (HTTP {status}: {error} for "
+                f"{UPLOAD_PATH}). Check --endpoint (the base URL, without /1/...) or --region."
+            )
+        if status == 403:
+            return (
+                f"CleverTap does not allow this account to upload (HTTP 403: {error}) at "
+                f"{where}. Check the account ID ({account}) and the passcode, and that the "
+                "account may use the API (the dashboard's Settings > Project)."
+            )
         return (
             f"CleverTap refused the credentials (HTTP 401: {error}) at {where}. "
             f"Check the account ID ({account}), the passcode, and the region: "

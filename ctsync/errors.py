@@ -4,7 +4,7 @@
      ├── UsageError          fix the command line, a path or a setting (exit 2)
      ├── OutputError         an output (report, dead letters, state) could not be written (exit 2)
      │    └── DiskFull       ... because its disk is full
-     ├── AuthError           fix the account ID, passcode or region (exit 3)
+     ├── AuthError           fix the account ID, passcode, region or endpoint (exit 3)
      ├── LockedError         another run holds the state file (exit 4)
      └── WorkerError         a worker process died (killed, out of memory): run again (exit 70)
 
@@ -46,7 +46,7 @@ class ExitCode(IntEnum):
     OK = 0
     INCOMPLETE = 1  # some records were invalid, rejected or failed
     USAGE = 2  # bad flag, missing credentials, unreadable file
-    AUTH = 3  # CleverTap refused the credentials
+    AUTH = 3  # CleverTap refused the credentials, or uploads as a whole
     LOCKED = 4  # another run holds the state file
     CRASH = 70  # a bug in ctsync (EX_SOFTWARE): one line and a file with the traceback
     INTERRUPTED = 130  # Ctrl-C
@@ -88,12 +88,14 @@ class DiskFull(OutputError):
 
 
 class AuthError(CtsyncError):
-    """CleverTap answered 401: wrong account ID, passcode or region. `stored_nothing`:
+    """CleverTap answered 401 (wrong account ID, passcode or region), or an upload 403,
+    404 or 405 (a wrong endpoint, an account without API access). `stored_nothing`:
     no attempt of the refused request may have stored a record (the 401 answered the
     first that reached CleverTap), so its records are not sent, not of unknown outcome."""
 
     exit_code = ExitCode.AUTH
     stored_nothing = False
+    status = 401  # the HTTP answer that stopped the run
 
 
 class LockedError(CtsyncError):

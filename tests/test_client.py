@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from ctsync.client import (
     Attempt,
     CleverTapClient,
     Next,
-    Unauthorized,
+    Refused,
     all_taken,
     classify,
     retry_after_seconds,
@@ -194,7 +195,7 @@ def test_gives_up_after_max_retries(
     assert sleeps.delays == pytest.approx([0.25 * 0.001, 0.25 * 0.002, 0.25 * 0.004])
 
 
-@pytest.mark.parametrize("status", [400, 403, 404])
+@pytest.mark.parametrize("status", [400, 409, 422])
 def test_client_errors_are_never_retried(
     httpx_mock: HTTPXMock, settings: ClientSettings, status: int
 ) -> None:
@@ -250,6 +251,33 @@ def test_401_stops_with_a_message_naming_all_three_suspects(
         "e.g. in1.dashboard.clevertap.com -> --region in1)."
     )
     assert PASSCODE not in message and PASSCODE not in repr(caught.value)
+    assert len(httpx_mock.get_requests()) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [
+        (404, f"Nothing at {BASE_URL} takes uploads (HTTP 404: Not Found for /1/upload). "
+              "Check --endpoint (the base URL, without /1/...) or --region."),
+        (405, f"Nothing at {BASE_URL} takes uploads (HTTP 405: Not Found for /1/upload). "
+              "Check --endpoint (the base URL, without /1/...) or --region."),
+        (403, f"CleverTap does not allow this account to upload (HTTP 403: Not Found) at "
+              f"{BASE_URL}. Check the account ID ({ACCOUNT_ID}) and the passcode, and that "
+              "the account may use the API (the dashboard's Settings > Project)."),
+    ],
+)  # fmt: skip
+def test_an_upload_refused_as_a_whole_stops_at_the_first_request(
+    httpx_mock: HTTPXMock, settings: ClientSettings, status: int, says: str
+) -> None:
+    """`--endpoint http://host/api` (a path too many) answered every request 404: the run
+    went through the whole export, and with --state counted each record done. Now the
+    first answer stops it, not retried, with what to fix."""
+    httpx_mock.add_response(url=UPLOAD, status_code=status, text="Not Found")
+    with pytest.raises(AuthError) as caught:
+        run_upload(settings, profiles(2))
+    assert str(caught.value) == says
+    assert caught.value.stored_nothing
+    assert PASSCODE not in str(caught.value)
     assert len(httpx_mock.get_requests()) == 1
 
 
@@ -393,8 +421,9 @@ KEYS2 = ["u1", "u2"]
         (Attempt(status=502, content=b""), UPLOAD_PATH, Next.UNKNOWN, "outcome-unknown"),
         (Attempt(status=504, content=b""), DELETE_PATH, Next.UNKNOWN, "outcome-unknown"),
         (Attempt(status=400, content=b"{}"), UPLOAD_PATH, Next.DONE, "400"),
-        (Attempt(status=403, content=b"{}"), UPLOAD_PATH, Next.DONE, "403"),
+        (Attempt(status=403, content=b"{}"), DELETE_PATH, Next.DONE, "403"),
         (Attempt(status=404, content=b"{}"), DELETE_PATH, Next.DONE, "404"),
+        (Attempt(status=405, content=b"{}"), DELETE_PATH, Next.DONE, "405"),
         (Attempt(status=200, content=b"<html>"), UPLOAD_PATH, Next.UNKNOWN, "outcome-unknown"),
         (Attempt(status=200, content=b"{}"), UPLOAD_PATH, Next.UNKNOWN, "outcome-unknown"),
         (Attempt(status=200, content=b"{}"), DELETE_PATH, Next.UNKNOWN, "outcome-unknown"),
@@ -430,7 +459,7 @@ def test_one_table_of_what_each_answer_means(
     attempt: Attempt, path: str, step: Next, code: str
 ) -> None:
     steps = classify(attempt, path, KEYS2)
-    assert not isinstance(steps, Unauthorized)
+    assert not isinstance(steps, Refused)
     assert [(verdict.code, next_step) for verdict, next_step in steps] == [(code, step)] * 2
 
 
@@ -489,17 +518,21 @@ def test_an_answer_taking_every_record_is_read_as_classify_reads_it(
     record: exactly when `classify` reads every record as accepted and done."""
     attempt, path, n = answer
     steps = classify(attempt, path, [profile_key({"identity": f"u{i}"}) for i in range(n)])
-    every = not isinstance(steps, Unauthorized) and all(
+    every = not isinstance(steps, Refused) and all(
         verdict is ACCEPTED and step is Next.DONE for verdict, step in steps
     )
     assert all_taken(attempt, path, n) == every
 
 
-def test_401_is_the_only_answer_that_stops_the_run() -> None:
-    steps = classify(
-        Attempt(status=401, content=b'{"error":"Account ID is not valid"}'), UPLOAD_PATH, KEYS2
-    )
-    assert steps == Unauthorized("Account ID is not valid")
+def test_only_a_401_or_an_upload_refused_as_a_whole_stops_the_run() -> None:
+    """401 anywhere; 403, 404 and 405 to an upload (CleverTap answers a record's problem
+    inside a 200, so those refuse the address or the account: every request would meet
+    the same). A deletion's 403/404/405 stays that request's failure."""
+    content = b'{"error":"Account ID is not valid"}'
+    for status, path in itertools.product(range(100, 600), (UPLOAD_PATH, DELETE_PATH)):
+        steps = classify(Attempt(status=status, content=content), path, KEYS2)
+        stops = status == 401 or (path == UPLOAD_PATH and status in (403, 404, 405))
+        assert (steps == Refused(status, "Account ID is not valid")) == stops, (status, path)
 
 
 def test_555_is_retried_once_and_other_rejections_are_final() -> None:
@@ -654,14 +687,14 @@ def test_a_long_error_page_is_quoted_by_its_first_200_characters() -> None:
 
 
 def test_an_empty_answer_says_so() -> None:
-    steps = classify(Attempt(status=403, content=b""), UPLOAD_PATH, KEYS2)
+    steps = classify(Attempt(status=403, content=b""), DELETE_PATH, KEYS2)
     assert isinstance(steps, list)
     assert steps[0][0].message == "HTTP 403: (empty answer)"
 
 
 def test_the_error_field_of_a_json_answer_is_quoted() -> None:
     body = b'{"status":"fail","error":"Account blocked","code":403}'
-    steps = classify(Attempt(status=403, content=body), UPLOAD_PATH, KEYS2)
+    steps = classify(Attempt(status=403, content=body), DELETE_PATH, KEYS2)
     assert isinstance(steps, list)
     assert steps[0][0].message == "HTTP 403: Account blocked"
 

@@ -285,9 +285,9 @@ def test_no_run_of_the_passcode_shows_in_any_output(
     _Echo.scenario.update(
         spelling=spelling, start=start, status=status, kind=kind, filler=_filler(passcode)
     )
-    # README, Exit codes: 3 when CleverTap refuses the credentials (401); every other
-    # answer here fails the records (--max-retries 0): 1.
-    exit_code = 3 if status == 401 else 1
+    # README, Exit codes: 3 when CleverTap refuses the credentials (401) or uploads as a
+    # whole (403, 404, 405); every other answer here fails the records (--max-retries 0): 1.
+    exit_code = 3 if status in (401, 403) else 1
     _Echo.scenario["echo"] = False
     control = _run(echo_server, passcode, exit_code)
     _Echo.scenario["echo"] = True

@@ -18,12 +18,14 @@ from typer.testing import CliRunner
 
 from ctsync import api
 from ctsync.cli import app
+from ctsync.errors import AuthError
 from ctsync.ledger import Summary
 from ctsync.presets import Preset
 from ctsync.records import Origin
+from ctsync.run import RunOptions
 from ctsync.settings import ClientSettings
 from ctsync.summary import Routine
-from tests.helpers import clean_env
+from tests.helpers import clean_env, identify
 
 runner = CliRunner()
 SHOWN = 20  # README: at most 20 note lines, the last counting the rest
@@ -144,23 +146,68 @@ def test_records_that_never_connected_name_where_the_run_tried(
     ) in summary.note_lines()
 
 
-@pytest.mark.parametrize("command", ["upload", "delete"])
 @pytest.mark.parametrize("status", [404, 405])
-def test_records_answered_no_such_address_name_the_endpoint(
-    tmp_path: Path, settings: ClientSettings, status: int, command: str
+def test_deletions_answered_no_such_address_name_the_endpoint(
+    tmp_path: Path, settings: ClientSettings, status: int
 ) -> None:
     """`--endpoint http://host/api` (a path too many): every request answered 404, the
-    summary said `failed 404` and nothing more (the walkthrough found it)."""
+    summary said `failed 404` and nothing more (the walkthrough found it). (An upload
+    answered so stops the run: test_pipeline.)"""
 
     def no_such_page(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, text="Not Found")
 
-    summary = _run(command, tmp_path, settings, no_such_page)
+    summary = _run("delete", tmp_path, settings, no_such_page)
     assert summary.failed == Counter({str(status): 3})
     assert (
         f"3 records were answered HTTP 404 or 405 (no such address) by {settings.base_url}: "
         "check --endpoint (the base URL, without /1/...) or --region"
     ) in summary.note_lines()
+
+
+@pytest.mark.parametrize("status", [403, 404, 405])
+def test_an_upload_refused_as_a_whole_stops_and_the_next_run_sends_everything(
+    tmp_path: Path, settings: ClientSettings, status: int
+) -> None:
+    """A wrong --endpoint answered every upload 404: the run went through the whole
+    export, and with --state counted each record done, so fixing the endpoint and running
+    again sent nothing. Now the first answer stops the run (exit 3), nothing counts as
+    done, and the next run sends every record once."""
+    export, state = tmp_path / "e.ndjson", tmp_path / "st"
+    export.write_bytes(b"".join(orjson.dumps(identify(f"u{i}")) + b"\n" for i in range(30)))
+    received: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, text="Not Found")
+
+    def store(request: httpx.Request) -> httpx.Response:
+        records = orjson.loads(request.content)["d"]
+        received.extend(record["identity"] for record in records)
+        return httpx.Response(200, json={"status": "success", "processed": len(records)})
+
+    def job(report: Path | None = None) -> api.UploadJob:
+        run, outputs = RunOptions(batch_size=10, lanes=1), api.Outputs(report=report)
+        return api.UploadJob(
+            paths=[str(export)], client=settings, state=state, run=run, outputs=outputs
+        )
+
+    report = tmp_path / "report.ndjson"
+    with pytest.raises(AuthError) as stopped:
+        api.upload(job(report), transport=httpx.MockTransport(refuse))
+    assert stopped.value.exit_code == 3
+    first = stopped.value.summary
+    assert first is not None and first.accepted == 0
+    assert first.read == sum((first.failed + first.skipped + first.invalid).values())
+    assert first.failed == Counter({"interrupted": first.read})  # not the answer's code
+    said = {orjson.loads(line)["message"] for line in report.read_bytes().splitlines()}
+    assert said == {
+        f"not stored: the run stopped when an upload was answered HTTP {status} (a wrong "
+        "endpoint, or an account without API access); a run that is let in sends it"
+    }
+
+    again = api.upload(job(), transport=httpx.MockTransport(store))
+    assert sorted(received) == sorted(f"u{i}" for i in range(30))
+    assert again.accepted == 30
 
 
 def test_records_of_unknown_outcome_are_noted_in_the_run_that_lost_their_answer(

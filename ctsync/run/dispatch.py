@@ -43,6 +43,19 @@ REFUSED_CREDENTIALS = Verdict(
 )
 
 
+def _refusal(status: int) -> Verdict:
+    """Why a record was not sent after an answer that stopped the run (`AuthError`)."""
+    if status == 401:
+        return REFUSED_CREDENTIALS
+    return Verdict(
+        Outcome.FAILED,
+        "interrupted",
+        f"not stored: the run stopped when an upload was answered HTTP {status} (a wrong "
+        "endpoint, or an account without API access); a run that is let in sends it",
+        Stage.TRANSPORT,
+    )
+
+
 def _refused(batch: Batch, exc: BaseException) -> None:
     """A batch whose request CleverTap refused with 401 before it could store any of it,
     or whose request never left (the checkpoint before it failed: a full disk), was not
@@ -316,7 +329,7 @@ class Dispatcher:
         full disk), or an interruption."""
         cause = self._control.fatal or self._accounts.ledger.output_error
         if isinstance(cause, AuthError):  # (its own request's records too: none stored)
-            return REFUSED_CREDENTIALS
+            return _refusal(cause.status)
         if not isinstance(cause, OutputError):
             return INTERRUPTED
         code = DISK_FULL if isinstance(cause, DiskFull) else OUTPUT_FAILED
