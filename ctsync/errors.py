@@ -49,6 +49,7 @@ class ExitCode(IntEnum):
     AUTH = 3  # CleverTap refused the credentials, or uploads as a whole
     LOCKED = 4  # another run holds the state file
     CRASH = 70  # a bug in ctsync (EX_SOFTWARE): one line and a file with the traceback
+    CLOSED_PIPE = 141  # stdout's reader left (`| head`): 128 + SIGPIPE, as a shell says
     INTERRUPTED = 130  # Ctrl-C
     TERMINATED = 143  # SIGTERM
 

@@ -35,6 +35,7 @@ from tests.helpers import (
     assert_exit,
     clean_env,
     confirm_every_record,
+    identify,
     serving,
 )
 
@@ -310,6 +311,29 @@ def test_a_reader_that_goes_away_keeps_the_exit_code(export: Path) -> None:
         os.close(write_end)
     assert result.returncode == 0
     assert b"Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["check", "show"])
+def test_mappings_whose_reader_goes_away_stop_quietly_with_141(
+    tmp_path: Path, command: str
+) -> None:
+    """`ctsync mappings check FILE EVENTS | head`: click said nothing and exited 1, which
+    for `check` means a sample would be refused; every sample here is fine. 141 is what a
+    shell shows for a program SIGPIPE ended (README, Exit codes)."""
+    mapping, events = tmp_path / "mapping.json", tmp_path / "events.ndjson"
+    mapping.write_bytes(ctsync("mappings", "show").stdout)
+    events.write_bytes(b"".join(orjson.dumps(identify(f"u{i}")) + b"\n" for i in range(2000)))
+    args = ["mappings", "check", str(mapping), str(events)] if command == "check" else []
+    args = args or ["mappings", "show"]
+    with (tmp_path / "whole").open("wb") as whole:  # the same, read to its end
+        assert ctsync(*args, stdout=whole.fileno()).returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = ctsync(*args, stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, b"")
 
 
 def test_version() -> None:

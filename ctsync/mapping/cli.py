@@ -5,13 +5,15 @@
 
 Exit status: 0 when the file (and every sample line) is usable; 1 when a sample line is
 not (it cannot be read, or `ctsync upload` would refuse what it makes); 2 when the
-mapping file or the events file cannot be used (as for `ctsync upload`).
+mapping file or the events file cannot be used (as for `ctsync upload`); 141 when the
+reader of the output left before its end (`| head`), as for a program SIGPIPE ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +21,7 @@ import orjson
 import typer
 from typer.core import TyperCommand
 
+from ctsync.console import quiet_stdout
 from ctsync.errors import ExitCode, UsageError
 from ctsync.mapping.file import MappingError, MappingFile, load_mapping, parse_mapping
 from ctsync.mapping.mapper import build_mapper
@@ -53,6 +56,17 @@ app = typer.Typer(
 )
 
 
+@contextlib.contextmanager
+def _until_the_reader_leaves() -> Iterator[None]:
+    """`ctsync mappings check ... | head`: the output stops quietly when its reader goes,
+    with 141 (click says nothing and exits 1, which here means a sample was refused)."""
+    try:
+        yield
+    except BrokenPipeError:
+        quiet_stdout()
+        raise typer.Exit(ExitCode.CLOSED_PIPE) from None
+
+
 @app.command()
 def show(
     preset: Annotated[
@@ -61,7 +75,8 @@ def show(
 ) -> None:
     """Print a preset as a mapping file: a starting point to edit."""
     text = orjson.dumps(preset_as_mapping(preset.value), option=orjson.OPT_INDENT_2)
-    typer.echo(text.decode())
+    with _until_the_reader_leaves():
+        typer.echo(text.decode())
 
 
 class _PlainUsage(TyperCommand):
@@ -96,6 +111,11 @@ def check(
     FILE is the mapping file (JSON); EVENTS, sample Segment messages, one JSON object a
     line (`-` for stdin).
     """
+    with _until_the_reader_leaves():
+        _check(file, events)
+
+
+def _check(file: Path, events: str | None) -> None:
     if str(file) == "-" and events == "-":
         typer.echo("ctsync: the mapping file and the events cannot both be stdin", err=True)
         raise typer.Exit(ExitCode.USAGE)
