@@ -97,11 +97,12 @@ def test_a_deletion_of_another_profile_cuts_no_upload_short() -> None:
 
 
 def test_a_deleted_profiles_later_operations_wait_for_the_deletions_answer() -> None:
-    """u1 written, deleted, written, deleted again, written: what follows a deletion is
-    planned only once the deletion has its answer, and a deletion waits while an upload
-    batch without its answer holds its profile. Deleted again before its deletion went,
-    u1 is a chain of round trips: from then on its deletions go alone and at once, with
-    the upload batch holding its writes before them. Another profile is not held up."""
+    """u1 written, deleted, written, deleted again and again, written: what follows a
+    deletion is planned only once the deletion has its answer, and a deletion waits while
+    an upload batch without its answer holds its profile. Deleted again `HOT_AFTER` times
+    before its deletion went, u1 is a chain of round trips: from then on its deletions go
+    alone and at once, with the upload batch holding its writes before them. Before, a
+    deletion again waits as a write does. Another profile is not held up."""
     planner = Planner(lanes=2)
     other = next(f"v{n}" for n in range(50) if planner.lane_of(f"v{n}") != planner.lane_of("u1"))
     add(planner, "u1", 1)
@@ -114,16 +115,28 @@ def test_a_deleted_profiles_later_operations_wait_for_the_deletions_answer() -> 
     assert lines_of(first) == [2] and planner.blocked(first)  # line 1 has no answer
     in_lanes = sorted(line for b in open_uploads(planner) for line in lines_of(b))
     assert in_lanes == [1, 4]  # 3 waits for the deletion of line 2
-    sealed = delete(planner, "u1", 5)  # deleted again: the chain must move
+    line = 5
+    for _ in range(batching.HOT_AFTER - 1):  # deleted again: it waits, as a write does
+        assert delete(planner, "u1", line) == [] and add(planner, "u1", line + 1) == []
+        line += 2
+    assert sorted(line for b in open_uploads(planner) for line in lines_of(b)) == [1, 4]
+    sealed = delete(planner, "u1", line)  # deleted again once more: the chain must move
     assert [(b.kind.value, lines_of(b)) for b in sealed] == [("upload", [1]), ("identity", [2])]
-    assert add(planner, "u1", 6) == []
+    assert add(planner, "u1", line + 1) == []
     assert not planner.blocked(first)  # line 1's batch left the lane (the dispatcher has it)
-    sealed = planner.release(first)  # line 3 planned; line 5 alone, with line 3's batch
-    assert [(b.kind.value, lines_of(b)) for b in sealed] == [("upload", [3]), ("identity", [5])]
-    assert sorted(lines_of(b) for b in planner.open_batches()) == [[4], [6]]
-    assert planner.release(sealed[1]) == []
+    # Each answer plans what waited, in order, up to the next deletion of u1, which goes
+    # alone with the writes before it; the last write stays open, beside line 4.
+    deletion, steps = first, [(3, 5)] + [(d + 1, d + 2) for d in range(5, line, 2)]
+    for write, deleted in steps:
+        sealed = planner.release(deletion)
+        assert [(b.kind.value, lines_of(b)) for b in sealed] == [
+            ("upload", [write]),
+            ("identity", [deleted]),
+        ]
+        deletion = sealed[1]
+    assert planner.release(deletion) == []
     in_lanes = sorted(line for b in open_uploads(planner) for line in lines_of(b))
-    assert in_lanes == [4, 6]
+    assert in_lanes == [4, line + 1]
 
 
 def test_a_profile_known_by_its_object_id_keeps_one_lane_in_every_run() -> None:
