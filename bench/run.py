@@ -72,7 +72,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from bench.generate import DEFAULT_SEED, generate_file
+from bench.generate import DEFAULT_SEED, MIX_VERSION, generate_file
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data"
@@ -150,7 +150,7 @@ def dataset(
     """The cached export for these arguments, generated on first use."""
     suffix = ".ndjson.gz" if compress else ".ndjson"
     skewed = f"-skew{skew:g}" if skew else ""
-    path = DATA / f"segment-{count}-s{seed}{skewed}{suffix}"
+    path = DATA / f"segment-{count}-s{seed}-m{MIX_VERSION}{skewed}{suffix}"
     meta = path.with_name(path.name + ".counts.json")
     if path.exists() and meta.exists():
         return Dataset(path, count, orjson.loads(meta.read_bytes()))
