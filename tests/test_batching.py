@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
+from unittest import mock
 
 import orjson
 import pytest
@@ -389,7 +390,17 @@ def plan_and_answer(
     script: list[tuple[str, str]], lanes: int, size: int, answers: random.Random, runs: bool
 ) -> list[tuple[int, list[str | None], list[int]]]:
     """The scenario above; the requests in the order they were answered (lane, keys,
-    lines)."""
+    lines). A profile deleted again while its deletion waits goes alone after 1 to 5
+    such deletions (`HOT_AFTER`, drawn from the script: both paths are met in a few
+    steps)."""
+    hot_after = 1 + len(script) % 5
+    with mock.patch.object(batching, "HOT_AFTER", hot_after):
+        return _plan_and_answer(script, lanes, size, answers, runs)
+
+
+def _plan_and_answer(
+    script: list[tuple[str, str]], lanes: int, size: int, answers: random.Random, runs: bool
+) -> list[tuple[int, list[str | None], list[int]]]:
     planner = Planner(lanes=lanes, batch_size=size, delete_batch_size=size, runs=runs)
     sent: list[tuple[int, list[str | None], list[int]]] = []
     waiting: list[Batch] = []  # sealed deletion batches
