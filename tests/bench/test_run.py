@@ -44,6 +44,15 @@ def test_the_api_ceiling_is_15000_records_per_latency() -> None:
     assert math.isinf(api_ceiling(100, 1000, 0))
 
 
+def test_the_api_ceiling_counts_3_deletion_requests_of_100_ids_per_latency() -> None:
+    # 300,000 messages, 150,000 uploaded records and 9,000 deletions (3%): at 300 ms the
+    # uploads allow 100,000 messages/s, the deletions 1,000 ids/s, so 33,333 messages/s.
+    assert api_ceiling(300, 300_000, 150_000, 9_000) == pytest.approx(100_000 / 3)
+    assert api_ceiling(100, 300_000, 150_000, 9_000) == pytest.approx(100_000)
+    assert api_ceiling(20, 300_000, 150_000, 9_000) == pytest.approx(500_000)
+    assert api_ceiling(300, 300_000, 0, 9_000) == pytest.approx(100_000 / 3)
+
+
 def test_the_ceiling_is_the_lower_of_the_api_and_the_dry_run() -> None:
     assert ceiling(300, 1000, 1000, dry_rate=80_000) == pytest.approx(50_000)
     assert ceiling(100, 1000, 1000, dry_rate=80_000) == pytest.approx(80_000)
