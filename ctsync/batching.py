@@ -571,10 +571,11 @@ class Planner:
         for."""
         return self._deferred
 
-    def flush(self, *, join: bool = False) -> list[Batch]:
+    def flush(self, *, join: bool = False, deletions: bool = True) -> list[Batch]:
         """Seal every open batch (end of input). With `join` (only once no sealed batch
         waits or is on the wire), the open batches give their operations to full batches
-        of their kind instead (see the module's docstring)."""
+        of their kind instead (see the module's docstring); the open deletion batches
+        only with `deletions` (else they go on filling)."""
         if not join:
             sealed: list[Batch] = []
             for lane in self.lanes:
@@ -608,7 +609,7 @@ class Planner:
             for key in batch.keyset:
                 if _stale(self._moved.get(key), gone):
                     self._move(key, batch)
-        return kept + joined + self.seal_deletions()
+        return kept + joined + (self.seal_deletions() if deletions else [])
 
     def _join(self, kind: OpKind, tails: list[Batch]) -> list[Batch]:
         """The operations of `tails` (open batches of one kind, one per lane) in full

@@ -552,6 +552,60 @@ def test_dry_run_writes_exact_request_bodies() -> None:
     ]
 
 
+class DeletingThreeAtATime(Recorder):
+    """Deletion requests answered three at a time, as CleverTap takes them."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0.02)
+        self.slots = asyncio.Semaphore(3)
+
+    async def _answer(self, kind: str, ids: tuple[str, ...]) -> list[Verdict]:
+        if kind == "upload":
+            return await super()._answer(kind, ids)
+        async with self.slots:
+            return await super()._answer(kind, ids)
+
+
+def test_deletions_planned_at_the_end_wait_for_a_slot_to_fill_their_request() -> None:
+    """1,000 users identified and deleted; one in ten identified and deleted again, which
+    waits for the first deletion's answer, so 10 of them come with each answer at the end.
+    Sealed at every answer, they went in 30, 30, 30 and 10 (four round trips of
+    CleverTap's three deletion slots); while three deletion requests are unanswered, a
+    new one would wait anyway, so they fill one request instead. Each user's writes and
+    deletions keep their order."""
+    messages: list[dict[str, object]] = []
+    for i in range(1000):
+        user = f"u{i}"
+        messages += [identify(user), delete_user(user)]
+        if i % 10 == 0:
+            messages += [identify(user, again=True), delete_user(user)]
+    sender = DeletingThreeAtATime()
+    upload_run = UploadRun(
+        [STDIN],
+        mapper=build_preset(Preset.ACTIONS, MappingOptions()),
+        sender=sender,
+        ledger=Ledger(),
+        options=RunOptions(),
+        stdin=io.BytesIO(b"".join(orjson.dumps(m) + b"\n" for m in messages)),
+    )
+    asyncio.run(upload_run.run())
+    deletions = [ids for event, kind, ids in sender.log if (event, kind) == ("start", "delete")]
+    assert [len(ids) for ids in deletions[:10]] == [100] * 10
+    again = deletions[10:]
+    assert sorted(user for ids in again for user in ids) == sorted(
+        f"u{i}" for i in range(0, 1000, 10)
+    )
+    assert len(again) <= 2, [len(ids) for ids in again]
+    seen: dict[str, list[str]] = {}
+    for event, kind, ids in sender.log:
+        if event == "start":
+            for user in ids:
+                seen.setdefault(user, []).append(kind)
+    for i in range(1000):
+        twice = ["upload", "delete", "upload", "delete"]
+        assert seen[f"u{i}"] == (twice if i % 10 == 0 else twice[:2]), i
+
+
 class Refusing(Recorder):
     async def answer(
         self, kind: Kind, bodies: Sequence[bytes], on_wire: OnWire | None

@@ -48,6 +48,7 @@ from ctsync.run.workers import (
     Workers,
     result_of,
 )
+from ctsync.settings import MAX_DELETE_CONCURRENCY
 from ctsync.state import Progress, StateFile
 from ctsync.summary import Routine, plural, were
 
@@ -168,6 +169,12 @@ class UploadRun:
     def stopping(self) -> bool:
         return self._control.stopping
 
+    def _deletion_slot(self) -> bool:
+        """Whether fewer deletion batches than CleverTap takes at once are sealed and
+        unanswered (at the end of the input: a deletion batch sealed now goes soon)."""
+        dispatcher = self._dispatcher
+        return len(dispatcher.waiting) + len(dispatcher.deleting) < MAX_DELETE_CONCURRENCY
+
     def stop(self) -> None:
         """Stop reading; let the requests in flight finish (first Ctrl-C, SIGTERM)."""
         self._control.stopping = True
@@ -184,12 +191,16 @@ class UploadRun:
                 # The lanes' last batches join into full requests once no upload is on
                 # the wire (see batching): a round trip or two more, far fewer requests.
                 # A deletion goes when the writes before it are answered; the operations
-                # that waited for it are planned then, and join in the next turn.
-                dispatcher.enqueue(planner.seal_deletions())
+                # that waited for it are planned then, and join in the next turn. The
+                # deletions still filling are sealed only while fewer deletion requests
+                # than CleverTap takes at once are unanswered: one sealed now would wait
+                # anyway, and meanwhile those planned after an answer join it.
+                if self._deletion_slot():
+                    dispatcher.enqueue(planner.seal_deletions())
                 await dispatcher.until(dispatcher.lanes_idle)
                 if control.stopping:
                     break
-                joined = planner.flush(join=True)
+                joined = planner.flush(join=True, deletions=self._deletion_slot())
                 if joined:
                     dispatcher.enqueue(joined)
                     continue
