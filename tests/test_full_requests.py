@@ -115,6 +115,22 @@ def test_1_000_001_profiles_go_in_1001_requests() -> None:
     assert sorted(found, reverse=True) == [1000] * 1000 + [1]
 
 
+def rounds(requests: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """What each user met, in the order the requests were sent: its identifies' `round`
+    trait, and its deletions."""
+    met: dict[str, list[str]] = {}
+    for request in requests:
+        if request["path"] == "/1/upload":
+            for record in request["body"]["d"]:
+                met.setdefault(record["identity"], []).append(
+                    f"round {record['profileData']['round']}"
+                )
+        else:
+            for user in request["body"]["identity"]:
+                met.setdefault(user, []).append("deleted")
+    return met
+
+
 def test_a_deletion_between_two_identifies_cuts_no_request_short(tmp_path: Path) -> None:
     """Identify, Delete User, identify again, for 200 users: the deletion must reach
     CleverTap between the two writes of its user, and no request is sent part full for
@@ -128,17 +144,7 @@ def test_a_deletion_between_two_identifies_cuts_no_request_short(tmp_path: Path)
     requests = requests_of(tmp_path, lines)
     assert sizes(requests, "/1/upload") == [200, 200]
     assert sizes(requests, "/1/delete/profiles.json") == [100, 100]
-    events: dict[str, list[str]] = {}
-    for request in requests:  # in the order they were sent
-        if request["path"] == "/1/upload":
-            for record in request["body"]["d"]:
-                events.setdefault(record["identity"], []).append(
-                    f"round {record['profileData']['round']}"
-                )
-        else:
-            for user in request["body"]["identity"]:
-                events.setdefault(user, []).append("deleted")
-    assert all(seen == ["round 1", "deleted", "round 2"] for seen in events.values())
+    assert all(seen == ["round 1", "deleted", "round 2"] for seen in rounds(requests).values())
 
 
 def test_profiles_deleted_twice_in_a_row_cut_few_requests_short(tmp_path: Path) -> None:
@@ -161,18 +167,8 @@ def test_profiles_deleted_twice_in_a_row_cut_few_requests_short(tmp_path: Path) 
     # Each round's writes wait for the deletions before them: a request each.
     assert sizes(requests, "/1/upload") == [200, 200, 200]
     assert sizes(requests, "/1/delete/profiles.json") == [100, 100, 100, 100]
-    events: dict[str, list[str]] = {}
-    for request in requests:  # in the order they were sent
-        if request["path"] == "/1/upload":
-            for record in request["body"]["d"]:
-                events.setdefault(record["identity"], []).append(
-                    f"round {record['profileData']['round']}"
-                )
-        else:
-            for user in request["body"]["identity"]:
-                events.setdefault(user, []).append("deleted")
     expected = ["round 1", "deleted", "round 2", "deleted", "round 3"]
-    assert events == {f"u{n}": expected for n in range(200)}
+    assert rounds(requests) == {f"u{n}": expected for n in range(200)}
 
 
 def test_links_after_anonymous_writes_cut_no_request_short(tmp_path: Path) -> None:
