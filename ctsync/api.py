@@ -55,7 +55,7 @@ from ctsync.stopping import (
     mark_run_ended,
     terminal_stdin,
 )
-from ctsync.summary import Summary, plural, were
+from ctsync.summary import Summary, plural
 from ctsync.window import Window, changed_window_note, window_notes
 
 if TYPE_CHECKING:  # the client (and httpx) only load when a run sends for real
@@ -291,14 +291,7 @@ def _connection_notes(summary: Summary, client: ClientSettings | None) -> list[s
             "before their requests were sent, after every retry; check --region (or "
             "--endpoint) and the network"
         )
-    # A wrong path under --endpoint: every request answered "no such page".
-    missing = summary.failed.get("404", 0) + summary.failed.get("405", 0)
-    if missing:
-        notes.append(
-            f"{plural(missing, 'record')} {were(missing)} answered HTTP 404 or 405 (no such "
-            f"address) by {where}: "
-            "check --endpoint (the base URL, without /1/...) or --region"
-        )
+    # (A wrong path under --endpoint, answered 404 or 405, stops the run: client.Refused.)
     return notes
 
 

@@ -6,12 +6,12 @@ What an answer means is decided in one place, `classify` (clevertap-api.md):
 - 429 and 503, an error before the request was written, and 408: CleverTap did not take
   the batch. Retried with exponential backoff and full jitter (`Retry-After` honoured),
   up to `max_retries` times.
-- 401: the run stops (wrong account ID, passcode or region). So does a 403, 404 or 405
-  answering an upload: the address or the account refuses uploads as a whole (CleverTap
-  answers a record's problem inside a 200), so every later request would meet the same.
-- 400, other refusals (a deletion's 403 or 404 included), a top-level `"status": "fail"`,
-  and per-record rejections are final, except code 555 (a transient error for one
-  record), retried once.
+- 401: the run stops (wrong account ID, passcode or region). So does a 403, 404 or 405:
+  the address or the account refuses the request as a whole (CleverTap answers a
+  record's problem inside a 200, and a request of 100 ids to delete cannot be "not found"
+  for one of them), so every later request would meet the same.
+- 400, other refusals, a top-level `"status": "fail"`, and per-record rejections are
+  final, except code 555 (a transient error for one record), retried once.
 - After the request body went out, a lost connection, a timeout, a 500, 502 or 504, or a
   200 whose counts do not confirm every record leave it *unknown* whether CleverTap
   stored the records. CleverTap never deduplicates events, so only records that are safe
@@ -79,17 +79,19 @@ class Attempt:
     body_sent: bool = True  # the whole request was written (or may have been)
 
 
-# Answers to an upload that refuse the address or the account, not a record: the run stops.
+# Answers that refuse the address or the account, not a record: the run stops.
 STOPPING_STATUSES = frozenset({401, 403, 404, 405})
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """401 (the account ID, passcode or region is wrong), or an upload answered 403, 404
-    or 405 (the endpoint or the account refuses uploads): the run must stop."""
+    """401 (the account ID, passcode or region is wrong), or 403, 404 or 405 (the
+    endpoint or the account refuses uploads, or deletions, at `path`): the run must
+    stop."""
 
     status: int
     error: str
+    path: str = UPLOAD_PATH
 
 
 Step = tuple[Verdict, Next]
@@ -112,8 +114,8 @@ def classify(
     status = attempt.status
     body = _json_object(attempt.content)
     error = _error_text(body, attempt.content)
-    if status == 401 or (status in STOPPING_STATUSES and path == UPLOAD_PATH):
-        return Refused(status, error)
+    if status in STOPPING_STATUSES:
+        return Refused(status, error, path)
     if status in NOT_TAKEN_STATUSES:
         return [(_failed(str(status), f"HTTP {status}: {error}", Stage.API), Next.RETRY)] * n
     if status >= 500:
@@ -574,15 +576,17 @@ class CleverTapClient:
         # What the person gave is echoed masked: a passcode pasted as the account ID
         # (or into the endpoint) is exactly what this message is about.
         where, account = redact(self.settings.base_url), redact(self.settings.account_id)
-        status, error = refused.status, refused.error
+        status, error, path = refused.status, refused.error, refused.path
+        what = "uploads" if path == UPLOAD_PATH else "deletions"
         if status in (404, 405):
             return (
-                f"Nothing at {where} takes uploads (HTTP {status}: {error} for "
-                f"{UPLOAD_PATH}). Check --endpoint (the base URL, without /1/...) or --region."
+                f"Nothing at {where} takes {what} (HTTP {status}: {error} for {path}). "
+                "Check --endpoint (the base URL, without /1/...) or --region."
             )
         if status == 403:
+            verb = "upload" if path == UPLOAD_PATH else "delete profiles"
             return (
-                f"CleverTap does not allow this account to upload (HTTP 403: {error}) at "
+                f"CleverTap does not allow this account to {verb} (HTTP 403: {error}) at "
                 f"{where}. Check the account ID ({account}) and the passcode, and that the "
                 "account may use the API (the dashboard's Settings > Project)."
             )

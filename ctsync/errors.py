@@ -46,7 +46,7 @@ class ExitCode(IntEnum):
     OK = 0
     INCOMPLETE = 1  # some records were invalid, rejected or failed
     USAGE = 2  # bad flag, missing credentials, unreadable file
-    AUTH = 3  # CleverTap refused the credentials, or uploads as a whole
+    AUTH = 3  # CleverTap refused the credentials, or the address (403, 404, 405)
     LOCKED = 4  # another run holds the state file
     CRASH = 70  # a bug in ctsync (EX_SOFTWARE): one line and a file with the traceback
     CLOSED_PIPE = 141  # stdout's reader left (`| head`): 128 + SIGPIPE, as a shell says
@@ -89,8 +89,8 @@ class DiskFull(OutputError):
 
 
 class AuthError(CtsyncError):
-    """CleverTap answered 401 (wrong account ID, passcode or region), or an upload 403,
-    404 or 405 (a wrong endpoint, an account without API access). `stored_nothing`:
+    """CleverTap answered 401 (wrong account ID, passcode or region), or 403, 404 or 405
+    (a wrong endpoint, an account without API access). `stored_nothing`:
     no attempt of the refused request may have stored a record (the 401 answered the
     first that reached CleverTap), so its records are not sent, not of unknown outcome."""
 

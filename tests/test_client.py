@@ -405,6 +405,34 @@ def test_delete_sends_identities_and_reads_status(
     assert orjson.loads(request.content) == {"identity": ["a", "b"]}
 
 
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [
+        (404, f"Nothing at {BASE_URL} takes deletions (HTTP 404: Not Found for "
+              "/1/delete/profiles.json). Check --endpoint (the base URL, without /1/...) or "
+              "--region."),
+        (403, f"CleverTap does not allow this account to delete profiles (HTTP 403: Not "
+              f"Found) at {BASE_URL}. Check the account ID ({ACCOUNT_ID}) and the passcode, "
+              "and that the account may use the API (the dashboard's Settings > Project)."),
+    ],
+)  # fmt: skip
+def test_a_deletion_refused_as_a_whole_stops_at_the_first_request(
+    httpx_mock: HTTPXMock, settings: ClientSettings, status: int, says: str
+) -> None:
+    """A deletion answered so failed its ids, and with --state counted them done: the
+    run with the right endpoint never deleted them (an adversarial tester)."""
+    httpx_mock.add_response(url=DELETE, status_code=status, text="Not Found")
+
+    async def go() -> list[Verdict]:
+        async with CleverTapClient(settings) as client:
+            return await client.delete("identity", [b'"a"', b'"b"'], ["a", "b"])
+
+    with pytest.raises(AuthError) as caught:
+        asyncio.run(go())
+    assert str(caught.value) == says and caught.value.stored_nothing
+    assert len(httpx_mock.get_requests()) == 1
+
+
 # -- pure classification -------------------------------------------------------------
 
 
@@ -421,9 +449,7 @@ KEYS2 = ["u1", "u2"]
         (Attempt(status=502, content=b""), UPLOAD_PATH, Next.UNKNOWN, "outcome-unknown"),
         (Attempt(status=504, content=b""), DELETE_PATH, Next.UNKNOWN, "outcome-unknown"),
         (Attempt(status=400, content=b"{}"), UPLOAD_PATH, Next.DONE, "400"),
-        (Attempt(status=403, content=b"{}"), DELETE_PATH, Next.DONE, "403"),
-        (Attempt(status=404, content=b"{}"), DELETE_PATH, Next.DONE, "404"),
-        (Attempt(status=405, content=b"{}"), DELETE_PATH, Next.DONE, "405"),
+        (Attempt(status=409, content=b"{}"), DELETE_PATH, Next.DONE, "409"),
         (Attempt(status=200, content=b"<html>"), UPLOAD_PATH, Next.UNKNOWN, "outcome-unknown"),
         (Attempt(status=200, content=b"{}"), UPLOAD_PATH, Next.UNKNOWN, "outcome-unknown"),
         (Attempt(status=200, content=b"{}"), DELETE_PATH, Next.UNKNOWN, "outcome-unknown"),
@@ -524,15 +550,16 @@ def test_an_answer_taking_every_record_is_read_as_classify_reads_it(
     assert all_taken(attempt, path, n) == every
 
 
-def test_only_a_401_or_an_upload_refused_as_a_whole_stops_the_run() -> None:
-    """401 anywhere; 403, 404 and 405 to an upload (CleverTap answers a record's problem
-    inside a 200, so those refuse the address or the account: every request would meet
-    the same). A deletion's 403/404/405 stays that request's failure."""
+def test_only_a_401_or_a_request_refused_as_a_whole_stops_the_run() -> None:
+    """401, 403, 404 and 405, to an upload or a deletion: CleverTap answers a record's
+    problem inside a 200, and 100 ids to delete cannot be "not found" for one of them, so
+    these refuse the address or the account, and every request would meet the same."""
     content = b'{"error":"Account ID is not valid"}'
     for status, path in itertools.product(range(100, 600), (UPLOAD_PATH, DELETE_PATH)):
         steps = classify(Attempt(status=status, content=content), path, KEYS2)
-        stops = status == 401 or (path == UPLOAD_PATH and status in (403, 404, 405))
-        assert (steps == Refused(status, "Account ID is not valid")) == stops, (status, path)
+        stops = status in (401, 403, 404, 405)
+        refused = Refused(status, "Account ID is not valid", path)
+        assert (steps == refused) == stops, (status, path)
 
 
 def test_555_is_retried_once_and_other_rejections_are_final() -> None:
@@ -687,16 +714,16 @@ def test_a_long_error_page_is_quoted_by_its_first_200_characters() -> None:
 
 
 def test_an_empty_answer_says_so() -> None:
-    steps = classify(Attempt(status=403, content=b""), DELETE_PATH, KEYS2)
+    steps = classify(Attempt(status=409, content=b""), DELETE_PATH, KEYS2)
     assert isinstance(steps, list)
-    assert steps[0][0].message == "HTTP 403: (empty answer)"
+    assert steps[0][0].message == "HTTP 409: (empty answer)"
 
 
 def test_the_error_field_of_a_json_answer_is_quoted() -> None:
-    body = b'{"status":"fail","error":"Account blocked","code":403}'
-    steps = classify(Attempt(status=403, content=body), DELETE_PATH, KEYS2)
+    body = b'{"status":"fail","error":"Account blocked","code":409}'
+    steps = classify(Attempt(status=409, content=body), DELETE_PATH, KEYS2)
     assert isinstance(steps, list)
-    assert steps[0][0].message == "HTTP 403: Account blocked"
+    assert steps[0][0].message == "HTTP 409: Account blocked"
 
 
 def test_a_failed_batch_keeps_its_code_and_names_rejected_records() -> None:

@@ -146,42 +146,32 @@ def test_records_that_never_connected_name_where_the_run_tried(
     ) in summary.note_lines()
 
 
-@pytest.mark.parametrize("status", [404, 405])
-def test_deletions_answered_no_such_address_name_the_endpoint(
-    tmp_path: Path, settings: ClientSettings, status: int
-) -> None:
-    """`--endpoint http://host/api` (a path too many): every request answered 404, the
-    summary said `failed 404` and nothing more (the walkthrough found it). (An upload
-    answered so stops the run: test_pipeline.)"""
-
-    def no_such_page(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(status, text="Not Found")
-
-    summary = _run("delete", tmp_path, settings, no_such_page)
-    assert summary.failed == Counter({str(status): 3})
-    assert (
-        f"3 records were answered HTTP 404 or 405 (no such address) by {settings.base_url}: "
-        "check --endpoint (the base URL, without /1/...) or --region"
-    ) in summary.note_lines()
-
-
+@pytest.mark.parametrize("leading", ["deletions", "identifies"])
 @pytest.mark.parametrize("status", [403, 404, 405])
-def test_an_upload_refused_as_a_whole_stops_and_the_next_run_sends_everything(
-    tmp_path: Path, settings: ClientSettings, status: int
+def test_a_request_refused_as_a_whole_stops_and_the_next_run_sends_everything(
+    tmp_path: Path, settings: ClientSettings, status: int, leading: str
 ) -> None:
-    """A wrong --endpoint answered every upload 404: the run went through the whole
+    """A wrong --endpoint answered every request 404: the run went through the whole
     export, and with --state counted each record done, so fixing the endpoint and running
-    again sent nothing. Now the first answer stops the run (exit 3), nothing counts as
-    done, and the next run sends every record once."""
+    again sent nothing (deletions first: an adversarial tester, after uploads were
+    fixed). Now the first answer stops the run (exit 3), nothing counts as done, and the
+    next run sends every record once."""
     export, state = tmp_path / "e.ndjson", tmp_path / "st"
-    export.write_bytes(b"".join(orjson.dumps(identify(f"u{i}")) + b"\n" for i in range(30)))
+    deletions = [{"type": "track", "event": "Delete User", "userId": f"d{i}"} for i in range(150)]
+    identifies = [identify(f"u{i}") for i in range(30)]
+    messages = deletions + identifies if leading == "deletions" else identifies + deletions
+    export.write_bytes(b"".join(orjson.dumps(message) + b"\n" for message in messages))
     received: list[str] = []
 
     def refuse(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, text="Not Found")
 
     def store(request: httpx.Request) -> httpx.Response:
-        records = orjson.loads(request.content)["d"]
+        body = orjson.loads(request.content)
+        if "identity" in body:  # a deletion
+            received.extend(f"deleted {user}" for user in body["identity"])
+            return httpx.Response(200, json={"status": "success"})
+        records = body["d"]
         received.extend(record["identity"] for record in records)
         return httpx.Response(200, json={"status": "success", "processed": len(records)})
 
@@ -201,13 +191,14 @@ def test_an_upload_refused_as_a_whole_stops_and_the_next_run_sends_everything(
     assert first.failed == Counter({"interrupted": first.read})  # not the answer's code
     said = {orjson.loads(line)["message"] for line in report.read_bytes().splitlines()}
     assert said == {
-        f"not stored: the run stopped when an upload was answered HTTP {status} (a wrong "
+        f"not stored: the run stopped when a request was answered HTTP {status} (a wrong "
         "endpoint, or an account without API access); a run that is let in sends it"
     }
 
     again = api.upload(job(), transport=httpx.MockTransport(store))
-    assert sorted(received) == sorted(f"u{i}" for i in range(30))
-    assert again.accepted == 30
+    expected = [f"u{i}" for i in range(30)] + [f"deleted d{i}" for i in range(150)]
+    assert sorted(received) == sorted(expected)
+    assert again.accepted == 180
 
 
 def test_records_of_unknown_outcome_are_noted_in_the_run_that_lost_their_answer(
@@ -230,18 +221,10 @@ def test_one_record_is_one_record_in_the_notes(tmp_path: Path, settings: ClientS
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("All connection attempts failed", request=request)
 
-    def no_such_page(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(404, text="Not Found")
-
     one = [(Origin("--identity", 1), "u1")]
-    lines = []
-    for answer in (refuse, no_such_page):
-        job = api.DeleteJob(identities=one, client=settings)
-        lines += api.delete(job, transport=httpx.MockTransport(answer)).note_lines()
-    assert lines == [
+    job = api.DeleteJob(identities=one, client=settings)
+    assert api.delete(job, transport=httpx.MockTransport(refuse)).note_lines() == [
         f"1 record could not be sent to {settings.base_url}: the connection failed before "
         "their requests were sent, after every retry; check --region (or --endpoint) and the "
         "network",
-        f"1 record was answered HTTP 404 or 405 (no such address) by {settings.base_url}: "
-        "check --endpoint (the base URL, without /1/...) or --region",
     ]

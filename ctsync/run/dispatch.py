@@ -50,7 +50,7 @@ def _refusal(status: int) -> Verdict:
     return Verdict(
         Outcome.FAILED,
         "interrupted",
-        f"not stored: the run stopped when an upload was answered HTTP {status} (a wrong "
+        f"not stored: the run stopped when a request was answered HTTP {status} (a wrong "
         "endpoint, or an account without API access); a run that is let in sends it",
         Stage.TRANSPORT,
     )
