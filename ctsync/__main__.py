@@ -71,7 +71,7 @@ def main() -> None:
         # bug. A run's own files say which they are where they are written.
         where = exc.filename or "standard output"
         _say(f"ctsync: cannot write {where}: the disk is full ({exc.strerror})")
-        from ctsync.console import quiet_stdout
+        from ctsync.stderr import quiet_stdout
 
         quiet_stdout()  # its last flush, at exit, would fail again
         sys.exit(2)  # ExitCode.USAGE

@@ -14,23 +14,14 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import orjson
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from ctsync import __version__, api
 from ctsync.concurrency import AUTO, parse_concurrency
 from ctsync.concurrency import Concurrency as ConcurrencyLimit
-from ctsync.console import (
-    PlainProgress,
-    ProgressView,
-    RunView,
-    quiet_stdout,
-    render_summary,
-)
 from ctsync.dedupe import DEFAULT_WINDOW_DAYS
 from ctsync.errors import CtsyncError, ExitCode, UsageError
 from ctsync.mapping.cli import app as mappings_app
@@ -65,10 +56,14 @@ from ctsync.settings import (
     upload_lanes,
 )
 from ctsync.sources import SNIFF_BYTES
+from ctsync.stderr import Stderr, escape, quiet_stdout
 from ctsync.stopping import read_terminal
 from ctsync.summary import Summary, plural
 from ctsync.timestamps import DatesAs
 from ctsync.window import Window
+
+if TYPE_CHECKING:
+    from ctsync.console import RunView
 
 app = typer.Typer(
     name="ctsync",
@@ -678,7 +673,7 @@ def upload(
             )
             # A live display would overwrite what is typed: off unless asked for.
             progress = False if progress is None else progress
-        if err.is_terminal and not outputs.quiet and state is None:
+        if not outputs.quiet and state is None and err.is_terminal:
             for pipe in _named_pipes(sources.sources):
                 err.print(
                     f"ctsync: {escape(pipe)} is a named pipe: reading it waits until a "
@@ -755,7 +750,7 @@ def delete(
         _finish(summary, err, outputs)
 
 
-def _refuse_named_non_exports(err: Console, paths: list[str]) -> None:
+def _refuse_named_non_exports(err: Stderr, paths: list[str]) -> None:
     """A file named on the command line that holds no JSON line at all and looks like
     something else (a CSV, an HTML page, binary data): one line per file saying what it
     looks like, and exit 1 before anything is sent. (In a directory such a file is
@@ -900,7 +895,7 @@ def _identity_lines(name: str, s3_endpoint_url: str | None) -> list[tuple[Origin
 
 def _client_settings(
     ctx: typer.Context,
-    err: Console,
+    err: Stderr,
     connection: Connection,
     concurrency: ConcurrencyLimit,
     dry_run: bool,
@@ -969,25 +964,27 @@ def _total_size(sources: list[Source]) -> int | None:
 
 
 def _progress(
-    err: Console, wanted: bool | None, quiet: bool, total: int | None
+    err: Stderr, wanted: bool | None, quiet: bool, total: int | None
 ) -> RunView | contextlib.nullcontext[None]:
     """Live progress at a terminal; with --progress elsewhere a plain line every 10 s;
     otherwise only the notice of a first Ctrl-C (none at all with --quiet)."""
     if quiet:
         return contextlib.nullcontext()
+    from ctsync.console import PlainProgress, ProgressView, RunView  # (Rich: not if quiet)
+
     show = err.is_terminal if wanted is None else wanted
     if not show:
-        return RunView(err, total)
+        return RunView(err.console, total)
     if err.is_terminal:
-        return ProgressView(err, total)
-    return PlainProgress(err, total)
+        return ProgressView(err.console, total)
+    return PlainProgress(err.console, total)
 
 
-def _error_console() -> Console:
+def _error_console() -> Stderr:
     """stderr. What it shows from outside (answers, library errors) is masked where it
     enters (`ctsync.redact`), so ctsync's own sentences are never masked."""
     forget_all()  # a new run: only its own passcode is masked (tests run many in one process)
-    return Console(stderr=True)
+    return Stderr()
 
 
 def _named_pipes(sources: list[Source]) -> list[str]:
@@ -1011,7 +1008,7 @@ def _read_stdin_text(what: str) -> str:
     if sys.stdin is None:
         raise UsageError(f"{what}: standard input is closed; give a file instead")
     if sys.stdin.isatty():
-        Console(stderr=True).print(
+        Stderr().print(
             f"ctsync: {what} reads standard input (Ctrl-D to finish, Ctrl-C to stop)",
             highlight=False,
         )
@@ -1019,7 +1016,7 @@ def _read_stdin_text(what: str) -> str:
 
 
 def _confirm_delete(
-    err: Console, identities: list[tuple[Origin, str]], guid: bool, client: ClientSettings
+    err: Stderr, identities: list[tuple[Origin, str]], guid: bool, client: ClientSettings
 ) -> None:
     """At a terminal, say how many profiles will go, from which account and endpoint, and
     ask: deletion is irreversible. Anything but yes exits 1, nothing deleted. A value
@@ -1061,7 +1058,7 @@ def _ask(question: str) -> str | None:
     return line.decode(errors="replace")
 
 
-def _finish(summary: Summary, err: Console, outputs: OutputOptions) -> NoReturn:
+def _finish(summary: Summary, err: Stderr, outputs: OutputOptions) -> NoReturn:
     _show(summary, err, json_out=outputs.json_out, quiet=outputs.quiet)
     if summary.interrupted:
         code = ExitCode.TERMINATED if summary.signal == "SIGTERM" else ExitCode.INTERRUPTED
@@ -1070,7 +1067,7 @@ def _finish(summary: Summary, err: Console, outputs: OutputOptions) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _show(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> None:
+def _show(summary: Summary, err: Stderr, *, json_out: bool, quiet: bool) -> None:
     """The summary: one JSON object on stdout with --json, else a table on stderr."""
     if json_out:
         try:
@@ -1084,11 +1081,13 @@ def _show(summary: Summary, err: Console, *, json_out: bool, quiet: bool) -> Non
             err.print(f"[bold red]ctsync:[/] cannot write the summary ({exc.strerror})")
             raise typer.Exit(ExitCode.USAGE) from None
     elif not quiet:
-        render_summary(summary, err)
+        from ctsync.console import render_summary  # (Rich: not if quiet)
+
+        render_summary(summary, err.console)
 
 
 @contextlib.contextmanager
-def _errors_to_exit(err: Console, *, json_out: bool = False, quiet: bool = False) -> Iterator[None]:
+def _errors_to_exit(err: Stderr, *, json_out: bool = False, quiet: bool = False) -> Iterator[None]:
     """A CtsyncError becomes one line on stderr and its exit code: no traceback for a
     person's mistake. When it stopped a run that had started, the summary comes first."""
     try:

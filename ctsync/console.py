@@ -4,7 +4,6 @@ summary (all on stderr)."""
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -33,17 +32,6 @@ def plain_interval() -> float:
         return max(0.01, float(os.environ["CTSYNC_PROGRESS_INTERVAL"]))
     except (KeyError, ValueError):
         return PLAIN_INTERVAL
-
-
-def quiet_stdout() -> None:
-    """Point stdout at /dev/null (its reader gone, or its disk full), so that closing it at
-    exit cannot fail again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # no stdout to speak of
-        pass
 
 
 class RunView:

@@ -47,6 +47,21 @@ def test_a_dry_run_loads_no_http_client_no_sandbox_and_no_pydantic(tmp_path: Pat
     }
 
 
+def test_a_quiet_run_loads_no_rich_and_a_shown_summary_does(tmp_path: Path) -> None:
+    """`--quiet --json` (cron, the bench's start-up row) prints nothing on stderr: Rich
+    was a fifth of a one-line dry run's imports. The table of a run that shows it, and
+    an error, still come through Rich."""
+    export = tmp_path / "one.ndjson"
+    export.write_bytes(LINE)
+    quiet = imported_by("upload", str(export), "--dry-run", "--quiet", "--json")
+    assert "ctsync.run.coordinator" in quiet  # it did run
+    assert loaded(quiet, "rich", "ctsync.console") == set()
+    shown = imported_by("upload", str(export), "--dry-run")
+    assert {"rich.console", "rich.table", "ctsync.console"} <= shown
+    refused = imported_by("upload", str(tmp_path / "missing.ndjson"), "--dry-run", "--quiet")
+    assert "rich.console" in refused  # its one line on stderr
+
+
 @pytest.mark.parametrize("command", [["--help"], ["upload", "--help"], ["delete", "--help"]])
 def test_help_loads_no_sandbox_server(command: list[str]) -> None:
     modules = imported_by(*command)

@@ -21,7 +21,6 @@ import orjson
 import typer
 from typer.core import TyperCommand
 
-from ctsync.console import quiet_stdout
 from ctsync.errors import ExitCode, UsageError
 from ctsync.mapping.file import MappingError, MappingFile, load_mapping, parse_mapping
 from ctsync.mapping.mapper import build_mapper
@@ -48,6 +47,7 @@ from ctsync.records import (
 )
 from ctsync.rules import check_upload
 from ctsync.sources import BOM
+from ctsync.stderr import quiet_stdout
 from ctsync.stopping import terminal_stdin
 
 app = typer.Typer(

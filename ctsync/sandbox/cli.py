@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from ctsync.errors import ExitCode, missing_folder
+from ctsync.stderr import Stderr, escape
 
 from ._config import (
     DEFAULT_ACCOUNT_ID,
@@ -159,7 +158,7 @@ def run(
 
 def _fail(message: str) -> NoReturn:
     """One line on stderr and exit 2: the person can fix this."""
-    Console(stderr=True).print(
+    Stderr().print(
         f"[bold red]ctsync sandbox:[/] {escape(message)}", highlight=False, soft_wrap=True
     )
     raise typer.Exit(ExitCode.USAGE)
@@ -188,6 +187,8 @@ def show(
     db: Annotated[Path, typer.Option(metavar="FILE", help="The sandbox's SQLite file.")],
 ) -> None:
     """Print a summary of what a sandbox database holds."""
+    from rich.console import Console
+
     from ._show import print_summary
     from ._store import SandboxStore
 
