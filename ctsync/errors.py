@@ -91,7 +91,7 @@ class DiskFull(OutputError):
 class AuthError(CtsyncError):
     """CleverTap answered 401 (wrong account ID, passcode or region), or 403, 404 or 405
     (a wrong endpoint, an account without API access). `stored_nothing`:
-    no attempt of the refused request may have stored a record (the 401 answered the
+    no attempt of the refused request may have stored a record (that answer came to the
     first that reached CleverTap), so its records are not sent, not of unknown outcome."""
 
     exit_code = ExitCode.AUTH

@@ -57,10 +57,11 @@ def _refusal(status: int) -> Verdict:
 
 
 def _refused(batch: Batch, exc: BaseException) -> None:
-    """A batch whose request CleverTap refused with 401 before it could store any of it,
-    or whose request never left (the checkpoint before it failed: a full disk), was not
-    sent: `give_up` settles it so, and the state file keeps it for the next run to send
-    (not as an unknown outcome, which would never send its events)."""
+    """A batch whose request CleverTap refused as a whole (401, 403, 404, 405: the run
+    stops) before it could store any of it, or whose request never left (the checkpoint
+    before it failed: a full disk), was not sent: `give_up` settles it so, and the state
+    file keeps it for the next run to send (not as an unknown outcome, which would never
+    send its events)."""
     if (isinstance(exc, AuthError) and exc.stored_nothing) or (
         isinstance(exc, OutputError) and exc.before_request
     ):
