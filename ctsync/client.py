@@ -91,7 +91,7 @@ class Refused:
 
     status: int
     error: str
-    path: str = UPLOAD_PATH
+    path: str
 
 
 Step = tuple[Verdict, Next]
