@@ -34,6 +34,7 @@ from ctsync.reader import (
     LocalFile,
     Source,
     collect_inputs,
+    describe_where,
     sniff_file,
     text_lines,
 )
@@ -886,11 +887,22 @@ def _mapping_source(name: str | None) -> str | Path | None:
 
 
 def _identity_lines(name: str, s3_endpoint_url: str | None) -> list[tuple[Origin, str]]:
-    """The identities of `--from`: read like exports (gzip, BOM, CRLF, bucket paths)."""
+    """The identities of `--from`: read like exports (gzip, BOM, CRLF, bucket paths); a
+    folder or prefix, every file in it. A line that is JSON stops the command before
+    anything is deleted: the file is an export or a report, not a list of identities
+    (its lines would each have been deleted as one identity)."""
     try:
-        return list(text_lines(name, InputOptions(s3_endpoint_url=s3_endpoint_url)))
+        lines = list(text_lines(name, InputOptions(s3_endpoint_url=s3_endpoint_url)))
     except OSError as exc:
         raise UsageError(f"{name}: cannot read the identity file ({exc.strerror})") from None
+    for origin, value in lines:
+        if value.lstrip()[:1] in ("{", "["):
+            raise UsageError(
+                f"{describe_where(origin)}: a JSON line, not an identity: --from reads one "
+                "identity (or CleverTap ID) a line, and this looks like an export or a "
+                "report; nothing was deleted"
+            )
+    return lines
 
 
 def _client_settings(

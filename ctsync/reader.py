@@ -262,7 +262,9 @@ def _local(name: str, options: InputOptions, inputs: Inputs) -> list[Source]:
                 inputs.passed_over += 1
                 continue
             source = _file_source(file, options)
-            reason = sniff_file(file)
+            # (a list of values, `text`: any file but an empty one)
+            empty = "empty" if source.size == 0 else None
+            reason = empty if options.text else sniff_file(file)
             if reason is None:
                 found.append(source)
             else:
@@ -891,7 +893,7 @@ def text_lines(name: str, options: InputOptions = InputOptions()) -> Iterator[tu
     """The lines of a plain-text input (a file, bucket object or `-`), read like exports:
     gzip by content, a BOM and CRLF removed. Raises UsageError for what is not UTF-8, and
     for a folder with no file to read (without upload's hint: `--allow-empty` is its)."""
-    sources = collect_inputs([name], replace(options, allow_empty=True)).sources
+    sources = collect_inputs([name], replace(options, allow_empty=True, text=True)).sources
     if not sources:
         raise UsageError(f"no input files in {name}")
     for source in sources:

@@ -85,7 +85,9 @@ def collect(url: str, options: InputOptions) -> tuple[list[BucketObject], list[S
     candidates.sort(key=lambda info: info.key)
 
     def verdict(info: ObjectInfo) -> str | None:
-        return "empty" if info.size == 0 else sniff(store.head(info, 1 << 16))
+        if info.size == 0:
+            return "empty"
+        return None if options.text else sniff(store.head(info, 1 << 16))
 
     with concurrent.futures.ThreadPoolExecutor(SNIFF_THREADS) as pool:
         verdicts = list(pool.map(verdict, candidates))

@@ -247,7 +247,10 @@ class InputOptions:
     """How command-line paths become inputs. `include`/`exclude` are globs (fnmatch,
     `*` also matches `/`) against the path relative to the directory or prefix named.
     `window` (`--since`/`--until`) passes over the files of Segment day folders that
-    cannot hold a message of it, and travels to the run, which skips the others."""
+    cannot hold a message of it, and travels to the run, which skips the others.
+    `text`: the inputs are lists, one value a line (`delete --from`), not exports: a
+    folder's files and a prefix's objects are read whatever they hold, but empty ones
+    (a folder of identity files was skipped whole, and its JSON files read as lists)."""
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -255,6 +258,7 @@ class InputOptions:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     s3_endpoint_url: str | None = None
     window: TimeWindow | None = None
+    text: bool = False
 
 
 def selected(relative: str, options: InputOptions) -> bool:

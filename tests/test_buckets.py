@@ -347,6 +347,29 @@ def test_mappings_check_and_delete_read_bucket_paths(s3_url: str, tmp_path: Path
     assert "line 1: fires: Event Type is Identify" in checked.stdout
 
 
+def test_delete_from_a_prefix_reads_every_identity_object_in_it(
+    s3_url: str, tmp_path: Path
+) -> None:
+    # A prefix was looked into as a folder of exports: its lists of identities skipped.
+    s3 = s3_client(s3_url)
+    bucket = new_bucket(s3, "gdpr-prefix")
+    s3.put_object(Bucket=bucket, Key="gdpr/2024-05-01.txt", Body=b"u-1\nu-2\n")
+    s3.put_object(Bucket=bucket, Key="gdpr/2024-05-02.txt.gz", Body=gzip.compress(b"u-3\n"))
+    s3.put_object(Bucket=bucket, Key="gdpr/_SUCCESS", Body=b"")
+    out = tmp_path / "requests.ndjson"
+    args = ["delete", "--from", f"s3://{bucket}/gdpr/", "--dry-run", "--output", str(out)]
+    result = runner.invoke(app, [*args, "--s3-endpoint-url", s3_url])
+    assert result.exit_code == 0, result.output
+    bodies = [orjson.loads(line)["body"] for line in out.read_bytes().splitlines()]
+    assert sorted(i for body in bodies for i in body["identity"]) == ["u-1", "u-2", "u-3"]
+    s3.put_object(Bucket=bucket, Key="gdpr/export.ndjson", Body=ndjson(identify("u1")))
+    out.unlink()
+    refused = runner.invoke(app, [*args, "--s3-endpoint-url", s3_url])
+    assert refused.exit_code == 2, refused.output
+    assert f"s3://{bucket}/gdpr/export.ndjson:1: a JSON line, not an identity" in refused.stderr
+    assert not out.exists() or out.read_bytes() == b""
+
+
 # -- Google Cloud Storage ----------------------------------------------------------------
 
 

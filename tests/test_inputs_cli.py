@@ -141,6 +141,50 @@ def test_delete_from_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> N
     assert f"{ids}:2: not UTF-8 text" in result.stderr
 
 
+def test_delete_from_a_folder_reads_every_identity_file_in_it(tmp_path: Path) -> None:
+    # A folder of identity lists was looked into as exports: its text files were skipped
+    # (so `no input files`) and only its JSON files read, each line deleted as one
+    # identity.
+    folder = tmp_path / "gdpr"
+    (folder / "2024-05").mkdir(parents=True)
+    (folder / "a.txt").write_bytes(b"u-1\nu-2\n")
+    (folder / "2024-05" / "b.csv.gz").write_bytes(gzip.compress(b"u-3\r\n"))
+    (folder / "_SUCCESS").write_bytes(b"")
+    out = tmp_path / "requests.ndjson"
+    result = runner.invoke(
+        app,
+        ["delete", "--from", str(folder), "--dry-run", "--output", str(out), "--json"],
+        env=clean_env(),
+    )
+    assert result.exit_code == 0, result.output
+    bodies = [orjson.loads(line)["body"] for line in out.read_bytes().splitlines()]
+    assert sorted(i for body in bodies for i in body["identity"]) == ["u-1", "u-2", "u-3"]
+    assert orjson.loads(result.stdout)["read"] == 3
+
+
+@pytest.mark.parametrize("line", [b'{"userId":"u-9","type":"identify"}', b'  ["u-9"]'])
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_delete_from_a_json_line_deletes_nothing(tmp_path: Path, line: bytes, where: str) -> None:
+    # An export (or a --report file) given to --from by mistake: each of its lines was
+    # deleted as one identity, the whole JSON text of the line.
+    folder = tmp_path / "gdpr"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"u-1\n")
+    export = folder / "b.ndjson"
+    export.write_bytes(b"u-2\n" + line + b"\nu-3\n")
+    out = tmp_path / "requests.ndjson"
+    named = export if where == "file" else folder
+    result = runner.invoke(
+        app,
+        ["delete", "--from", str(named), "--identity", "u-4", "--dry-run", "--output", str(out)],
+        env=clean_env(),
+    )
+    assert result.exit_code == 2, result.output
+    assert f"{export}:2: a JSON line, not an identity" in result.stderr
+    assert "nothing was deleted" in result.stderr
+    assert not out.exists() or out.read_bytes() == b""
+
+
 def test_delete_from_an_empty_folder_gives_no_advice_it_cannot_take(tmp_path: Path) -> None:
     # It said "pass --allow-empty if an empty input is expected": an upload option.
     empty = tmp_path / "gdpr"
