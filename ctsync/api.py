@@ -129,9 +129,12 @@ class UploadJob:
         """The run's options, its lanes following its client: one lane per upload
         request that may be in flight (`ClientSettings.upload_concurrency`), never more
         than `run.lanes`. A dry run keeps `run.lanes`."""
+        run = self.run
+        if self.mapping_file is None and self.preset == Preset.CLASSIC:
+            run = replace(run, remember_links=False)  # (it never deletes)
         if self.client is None:
-            return self.run
-        return replace(self.run, lanes=min(self.run.lanes, self.client.upload_concurrency))
+            return run
+        return replace(run, lanes=min(run.lanes, self.client.upload_concurrency))
 
     def build_validator(self) -> Validator | None:
         """CleverTap's data rules as `--validate` asks (`off`: the run skips them)."""

@@ -48,6 +48,11 @@ profile waits for a deletion waits with it, and so do both profiles' later opera
 A joined flush moves each profile of its batches the same way, so that an operation
 planned after it (one that waited) follows its profile's joined batch.
 
+A link also makes one CleverTap profile of its two, which a deletion by either key
+deletes whole: the planner remembers the groups links made (`link`), and a deletion of
+a profile in one holds the whole group, as it holds its own profile: it waits for their
+earlier operations, and their later ones wait for it.
+
 Each batch also keeps the *runs* of input positions it holds (per source: first and
 last position of operations that came to it one after another), which is what the
 state file records for a batch without an answer.
@@ -57,6 +62,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import deque
+from collections.abc import Iterable
 from typing import TypeAlias
 
 from ctsync.ledger import Tracked
@@ -81,6 +87,12 @@ deletions go alone (`_heat`). With a few deletions in a hundred messages, many p
 are deleted twice within a round trip; each going alone cost a request of one id and an
 upload request part full (an export of 300,000 messages, 3% of them deletions: 434 of
 520 deletion requests held fewer than 100 ids, and the run took 5 times its dry run)."""
+
+LINKED_AT_MOST = 200_000
+"""Profiles a run remembers as linked (`Planner.link`; about 450 bytes each, their keys
+included): past it, a link's two profiles are not ordered against each other's
+deletions (`Planner.forgotten_links` counts the links not remembered; the summary says
+so)."""
 
 Deferred: TypeAlias = tuple[
     OpKind,
@@ -225,6 +237,7 @@ class Planner:
         batch_size: int = MAX_UPLOAD_BATCH,
         delete_batch_size: int = MAX_DELETE_BATCH,
         runs: bool = True,
+        remember_links: bool = True,
     ) -> None:
         self.lanes = [Lane() for _ in range(max(1, lanes))]
         # Whether batches keep their runs of positions: only the state file reads them
@@ -252,6 +265,12 @@ class Planner:
         # The batch without its final answer holding each device's latest profile
         # write (`Batch.written`), for a link to wait for.
         self._wrote: dict[ProfileKey, Batch] = {}
+        # Profiles a link merged (`link`): each one's group, shared by its members, for
+        # as long as the run lasts (a deletion by any of them deletes them all).
+        self._linked: dict[ProfileKey, list[ProfileKey]] = {}
+        # (none for a run whose mapper never deletes: `RunOptions.remember_links`)
+        self._remember_links = remember_links
+        self.forgotten_links = 0  # links past LINKED_AT_MOST, not remembered
 
     def lane_of(self, key: ProfileKey | None, hashed: int | None = None) -> int:
         """The lane of an operation on `key`; `hashed` is `profile_hash(key)` when the
@@ -303,11 +322,18 @@ class Planner:
         and a batch only waits for batches sealed before it: none waits in a circle),
         and the device's later operations follow the link's lane until a batch holding
         them there has its answer (`answered`)."""
+        if device is not None and key is not None and device != key:
+            self.link(key, device)
         if self._deferred and key is not None:
             deletion = self._deferred.get(key)
             if deletion is None and device is not None:
                 deletion = self._deferred.get(device)
+            linked = self._linked.get(key)
+            if deletion is None and linked is not None:  # (the device's group too: `link`)
+                deletion = self._waiting_member(linked)
             if deletion is not None:  # its profile's deletion has no answer yet
+                if linked is not None:  # its whole group waits with it
+                    self._wait_together(deletion, {key, *linked})
                 if device is not None and device != key:
                     self._wait_together(deletion, (key, device))
                 op = (kind, key, body, safe, token, owner, source, position, hashed, device)
@@ -473,6 +499,60 @@ class Planner:
         in the same lane); None if none does."""
         return self._moved.get(device) or self._wrote.get(device)
 
+    def link(self, user: ProfileKey, device: ProfileKey) -> None:
+        """A link (`add_encoded`) merged the device's profile into the user's at
+        CleverTap: from now on a deletion by either key deletes both, so it is ordered
+        against both profiles' operations (`_add_deletion`), for the rest of the run
+        (whatever later links or deletions do: an order kept that was not needed only
+        costs time). The groups are merged, the smaller into the larger."""
+        if not self._remember_links:
+            return
+        linked = self._linked
+        mine = linked.get(user)
+        theirs = linked.get(device)
+        if mine is not None and mine is theirs:
+            return
+        if (mine is None or theirs is None) and len(linked) >= LINKED_AT_MOST:
+            self.forgotten_links += 1
+            return
+        if mine is None:
+            mine = linked[user] = [user]
+        if theirs is None:
+            theirs = linked[device] = [device]
+        if len(mine) < len(theirs):
+            mine, theirs = theirs, mine
+        mine += theirs
+        for profile in theirs:
+            linked[profile] = mine
+
+    @property
+    def linked(self) -> dict[ProfileKey, list[ProfileKey]]:
+        """The profiles a link merged with others, and each one's group (see `link`)."""
+        return self._linked
+
+    def group(self, key: ProfileKey) -> list[ProfileKey]:
+        """The profiles a link merged with `key`'s, itself included."""
+        return self._linked.get(key) or [key]
+
+    def waiting_members(self, profiles: set[ProfileKey]) -> set[ProfileKey]:
+        """Those of `profiles` that a link merged with a profile that waits for a
+        deletion (they wait with it: `add_encoded`)."""
+        linked = self._linked
+        return {
+            profile
+            for profile in profiles & linked.keys()
+            if self._waiting_member(linked[profile]) is not None
+        }
+
+    def _waiting_member(self, group: list[ProfileKey]) -> Batch | None:
+        """The deletion some profile of `group` waits for, if one does."""
+        deferred = self._deferred
+        for profile in group:
+            deletion = deferred.get(profile)
+            if deletion is not None:
+                return deletion
+        return None
+
     def waits(self, bulk: Bulk) -> set[ProfileKey]:
         """The devices of a bulk's links that cannot go in bulk: a link must wait for
         a batch of another lane (`add_encoded`). (`Bulk.split` takes out the records
@@ -547,7 +627,10 @@ class Planner:
             batch.keyset.update(keys)
             while at < len(devices) and devices[at][0] < end:  # (rare: see `add_encoded`)
                 n, device = devices[at]
-                self._follow(batch, bulk.keys[n], device, None)
+                key = bulk.keys[n]
+                if key is not None and device != key:
+                    self.link(key, device)
+                self._follow(batch, key, device, None)
                 at += 1
             if self.runs:
                 runs = bulk.runs if whole else _runs_between(bulk, first, end)
@@ -703,7 +786,8 @@ class Planner:
     ) -> list[Batch]:
         """A deletion joins the open deletion batch of its kind; the profile's later
         operations wait for its answer."""
-        if key is not None and key in self._hot:  # deleted again and again: alone, at once
+        linked = key is not None and key in self._linked
+        if key is not None and key in self._hot and not linked:  # again and again: alone
             alone = self._new_deletion(kind)
             self._put(alone, body, owner, source, position, key, safe, False, gap)
             self._deferred[key] = alone
@@ -714,6 +798,13 @@ class Planner:
         self._put(batch, body, owner, source, position, key, safe, False, gap)
         if key is not None:
             self._deferred[key] = batch
+            if linked:
+                # It deletes the profiles a link merged with it too: it waits for their
+                # earlier operations (`blocked`), and their later ones wait for it. (None
+                # of them waits for a deletion already: this one would wait behind it.)
+                for profile in self._linked[key]:
+                    self._deferred[profile] = batch
+                    batch.keyset.add(profile)
         if len(batch.bodies) >= self._limits[kind]:
             del self._open_deletes[kind]
             self._seal(batch)
@@ -729,7 +820,7 @@ class Planner:
             sealed += self.unblock(self._deletes)
         return sealed
 
-    def _wait_together(self, deletion: Batch, profiles: tuple[ProfileKey, ProfileKey]) -> None:
+    def _wait_together(self, deletion: Batch, profiles: Iterable[ProfileKey]) -> None:
         """A link waits for `deletion`: the later operations of both its profiles wait
         behind it. If one of them waits for another deletion already, what waits for
         that one waits for this one instead, in the order it came, and so do their
@@ -743,6 +834,8 @@ class Planner:
             elif other is not deletion:
                 self._merge(other, deletion)
                 deferred[profile] = deletion
+            # (released with it, and its later deletions find it: `_wait_for_next`)
+            deletion.keyset.add(profile)
 
     def _merge(self, other: Batch, deletion: Batch) -> None:
         """The operations waiting for `other` wait for `deletion`, after its own."""
@@ -780,7 +873,7 @@ class Planner:
         deletions go alone, at once, with its upload batch, part full: a round trip
         each. The deletion it waits for now leaves the shared batch, if that is still
         filling. Before, the deletion waits as any later operation does."""
-        if key is None:
+        if key is None or key in self._linked:  # (a linked profile's deletion waits)
             return []
         warm = self._warm
         times = warm.get(key, 0) + 1
@@ -937,6 +1030,7 @@ class Planner:
         self._warm.clear()
         self._moved.clear()
         self._wrote.clear()
+        self._linked.clear()
 
     def _seal(self, batch: Batch) -> None:
         batch.sealed = True

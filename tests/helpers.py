@@ -19,7 +19,7 @@ from ctsync import api
 from ctsync.ledger import Summary, Tracked, Verdict
 from ctsync.mapping import preset_as_mapping
 from ctsync.model import OnWire, Request
-from ctsync.records import Mapper, Origin
+from ctsync.records import Delete, Mapper, MapResult, Message, Origin, Upload
 from ctsync.run import RunOptions
 from ctsync.settings import ClientSettings
 
@@ -141,6 +141,68 @@ def mapper_that_dies_in_a_worker(tokens: set[tuple[str, str]]) -> Mapper:
     if multiprocessing.parent_process() is not None:
         os._exit(9)
     return lambda message: []
+
+
+# -- links and deletions (tests/test_batching.py, tests/test_pipeline.py) ------------------
+
+Step = tuple[str, tuple[str, ...]]
+"""One input operation, as the model of links and deletions sees it: ("link", (user,
+device)), ("delete", (key,)), ("write", (key,)) or ("event", (key,))."""
+
+
+def deletions_hold(steps: Sequence[Step], landed: dict[int, int]) -> None:
+    """CleverTap's view of links and deletions, as the model knows them: a link merges
+    the device's profile and the user's into one, which either key then reaches; a
+    deletion by either key deletes the merged profile, after which each of its keys
+    starts a new profile of its own. So each deletion must land after every operation
+    (write, event, link) on any key of the profile it deletes since that key's last
+    deletion, and before every later operation on those keys. `steps` are numbered from
+    1; `landed` is each step's moment of landing (its request, numbered in the order
+    they landed)."""
+    merged: dict[str, set[str]] = {}
+    last_cut: dict[str, int] = {}
+    for n, (kind, keys) in enumerate(steps, 1):
+        if kind == "link":
+            group = merged.get(keys[0], {keys[0]}) | merged.get(keys[1], {keys[1]})
+            for key in group:
+                merged[key] = group
+            continue
+        if kind != "delete":
+            continue
+        for key in merged.get(keys[0], {keys[0]}):
+            for m, (_, touched) in enumerate(steps, 1):
+                if m == n or key not in touched:
+                    continue
+                if last_cut.get(key, 0) < m < n:
+                    assert landed[m] < landed[n], (key, m, "lands after the deletion", n)
+                elif m > n:
+                    assert landed[m] > landed[n], (key, m, "lands before the deletion", n)
+            last_cut[key] = n
+            merged.pop(key, None)
+
+
+def linking_mapper(tokens: set[tuple[str, str]]) -> Mapper:
+    """A recipe's mapper factory (a worker builds it too) for messages of the shape
+    `{"type": T, "n": N, "userId": U, "anonymousId": D}` (either id may be absent):
+    an identify with both ids is a link (the device's profile, by objectId, with
+    `Identity`, as --link-anonymous and a mapping file's link write it), with one a
+    profile write; a track is an event; a delete deletes by identity, or by CleverTap
+    ID (objectId) when it has only the anonymousId."""
+    return _linking
+
+
+def _linking(message: Message) -> MapResult:
+    n, user, device = message["n"], message.get("userId"), message.get("anonymousId")
+    kind = message["type"]
+    if kind == "delete":
+        return [Delete("identity", user) if user is not None else Delete("guid", str(device))]
+    who = {"identity": user} if device is None else {"objectId": device}
+    if kind == "track":
+        return [Upload({"type": "event", **who, "evtName": "E", "evtData": {"n": n}})]
+    data: dict[str, Any] = {"n": n}
+    if user is not None and device is not None:
+        data["Identity"] = user
+    return [Upload({"type": "profile", **who, "profileData": data})]
 
 
 def no_validator() -> None:

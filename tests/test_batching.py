@@ -32,7 +32,7 @@ from ctsync.presets import MappingOptions, Preset, build_preset
 from ctsync.reader import Source
 from ctsync.run import RunOptions, UploadRun
 from ctsync.state import StateFile
-from tests.helpers import FakeSender, Kind, owner
+from tests.helpers import FakeSender, Kind, Step, deletions_hold, owner
 
 
 def add(
@@ -482,13 +482,11 @@ def _plan_and_answer(
             expected.setdefault(profile, []).append(line)
     assert applied == expected
     assert sorted(landed) == list(range(1, len(script) + 1))
-    for line, (kind, name) in enumerate(script, 1):
-        if kind != "event":
-            continue
-        deletions = [n for n, step in enumerate(script, 1) if step == ("delete", name)]
-        before = [landed[n] for n in deletions if n < line]
-        after = [landed[n] for n in deletions if n > line]
-        assert max(before, default=-1) < landed[line] < min(after, default=len(sent) + 1)
+    steps: list[Step] = [
+        ("link", (kind[-1], name)) if kind.startswith("link") else (kind, (name,))
+        for kind, name in script
+    ]
+    deletions_hold(steps, landed)
     return sent
 
 
@@ -534,6 +532,59 @@ def test_many_profiles_in_many_lanes_meet_their_operations_in_input_order(
     150 steps): a random search of this shape (an adversarial tester's) found orders
     the narrow one had not met, around joined flushes and links waiting for deletions."""
     plan_and_answer(script, lanes, size, answers, runs=True)
+
+
+def test_a_deletion_holds_every_profile_a_link_merged_until_its_answer() -> None:
+    """A link makes one CleverTap profile of a device's and a user's, which a deletion by
+    either key deletes whole: the deletion of a waits for the answer to phone's event
+    (written after the link), phone's later operations wait for the deletion, and so
+    does a link of phone to b, which merges b and its tablet in while it waits. Once the
+    deletion has its answer, all of them go again: a tablet write is planned at once."""
+    planner = Planner(lanes=1)
+    phone, tablet = ("guid", "phone"), ("guid", "tablet")
+    add(planner, "b", 1, device=tablet)  # tablet linked to b
+    add(planner, "a", 2, device=phone)  # phone linked to a
+    for batch in planner.flush():
+        planner.answered(batch)
+    add(planner, phone, 3)  # an event of phone (its device's profile)
+    assert delete(planner, "a", 4) == []
+    assert add(planner, phone, 5) == []
+    assert add(planner, "b", 6, device=phone) == []  # phone linked to b: waits
+    assert set(planner.deferred) == {"a", phone, "b", tablet}
+    upload, deletion = planner.flush()
+    assert lines_of(upload) == [3] and lines_of(deletion) == [4]
+    planner.lanes[upload.lane].queue.append(upload)  # (as the dispatcher queues it)
+    assert planner.blocked(deletion), "it went before phone's event landed"
+    planner.lanes[upload.lane].queue.popleft()
+    planner.answered(upload)
+    assert not planner.blocked(deletion)
+    assert planner.release(deletion) == []
+    assert planner.deferred == {}
+    add(planner, tablet, 7, device=tablet)
+    assert [lines_of(b) for b in open_uploads(planner)] == [[5, 6, 7]]
+
+
+def test_past_the_bound_of_linked_profiles_links_are_counted_not_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Memory stays bounded: past `LINKED_AT_MOST` profiles linked, a link that would
+    add one is counted (the summary says so), and its profiles are not held together."""
+    monkeypatch.setattr(batching, "LINKED_AT_MOST", 2)
+    planner = Planner(lanes=1)
+    phone, tablet = ("guid", "phone"), ("guid", "tablet")
+    add(planner, "a", 1, device=phone)
+    add(planner, "b", 2, device=tablet)  # one past the bound
+    assert planner.forgotten_links == 1
+    delete(planner, "a", 3)
+    delete(planner, "b", 4)
+    assert add(planner, phone, 5) == []  # remembered: waits for a's deletion
+    add(planner, tablet, 6)  # not remembered: goes on
+    assert [lines_of(b) for b in open_uploads(planner)] == [[1, 2, 6]]
+    planner = Planner(lanes=1, remember_links=False)  # a run whose mapper never deletes
+    add(planner, "a", 1, device=phone)
+    delete(planner, "a", 2)
+    add(planner, phone, 3)
+    assert [lines_of(b) for b in open_uploads(planner)] == [[1, 3]]
 
 
 def test_past_the_bound_of_waiting_operations_the_deletions_go_as_they_are(

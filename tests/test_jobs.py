@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from ctsync import api
 from ctsync.cli import Connection, OutputOptions, app
@@ -17,6 +18,8 @@ from ctsync.options import MappingOptions, Nested
 from ctsync.presets import Preset
 from ctsync.reader import collect_inputs
 from tests.helpers import assert_accounted
+
+runner = CliRunner()
 
 
 def export(tmp_path: Path, name: str, users: list[str]) -> Path:
@@ -134,3 +137,14 @@ def test_a_python_callers_concurrency_is_honoured(tmp_path: Path) -> None:
     assert (summary.read, summary.accepted) == (60, 60)
     assert summary.requests == 60
     assert 1 <= most <= 4
+
+
+def test_only_a_run_that_may_delete_remembers_its_links(tmp_path: Path) -> None:
+    # The classic preset never deletes: what links merged (up to ~90 MB) is no use there.
+    mapping = tmp_path / "m.json"
+    mapping.write_text(runner.invoke(app, ["mappings", "show", "--preset", "classic"]).stdout)
+    classic = api.UploadJob(paths=["-"], preset=Preset.CLASSIC)
+    assert not classic.run_options().remember_links
+    assert api.UploadJob(paths=["-"], preset=Preset.ACTIONS).run_options().remember_links
+    with_file = api.UploadJob(paths=["-"], preset=Preset.CLASSIC, mapping_file=mapping)
+    assert with_file.run_options().remember_links, "a mapping file may link and delete"

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import IO, Any, Protocol
 
-from ctsync.batching import Planner
+from ctsync.batching import LINKED_AT_MOST, Planner
 from ctsync.dedupe import MessageIds
 from ctsync.errors import AuthError, DiskFull, OutputError
 from ctsync.ledger import DISK_FULL, OUTPUT_FAILED, Ledger, Summary
@@ -104,7 +104,10 @@ class UploadRun:
         self._control = control = Control(ledger)
         # Runs of positions only for the state file (`Recipe.runs`).
         planner = Planner(
-            lanes=options.lanes, batch_size=options.batch_size, runs=state is not None
+            lanes=options.lanes,
+            batch_size=options.batch_size,
+            runs=state is not None,
+            remember_links=options.remember_links,
         )
         if workers is not None:  # records' lines come back only if the ledger writes them
             lanes = len(planner.lanes)  # plain records come back by lane (`wire.gather`)
@@ -431,6 +434,14 @@ class UploadRun:
                 f"CleverTap answered their request (aborted in the report); {later}"
             )
         resumed.clear()
+        forgotten = self._planner.forgotten_links
+        if forgotten:
+            self.summary.notes.append(
+                f"{plural(forgotten, 'link')} of a device to a user {were(forgotten)} not "
+                f"remembered (past the first {LINKED_AT_MOST:,} profiles linked): a later "
+                "deletion of one of their profiles was not ordered against the other's writes "
+                "and events (split the input to keep that order)"
+            )
 
     def _unread_note(self) -> None:
         """What a stopped run did not read, for a run without --state: its dead letters

@@ -134,6 +134,9 @@ class Intake:
         # since its other records are taken first though some came later in the input
         # (a state file written in between would call the bulk ones read).
         whole = bool(results) and results[-1][2] == BULK
+        if whole and _deletes_a_link(results, self._planner):
+            results = _in_input_order(results)
+            whole = False
         for result in results:
             line, part, code, raw, a, b, lookups, key, probe, day = result
             if whole:  # bulk records may lie between this one and the one before
@@ -228,6 +231,8 @@ class Intake:
                 profiles = set(bulk.keys)
                 profiles.update(device for _, device in bulk.devices)
                 waiting = deferred.keys() & profiles
+                if deferred and planner.linked:
+                    waiting |= planner.waiting_members(profiles)
                 # A device a link moved to this very lane goes on in bulk: its profile
                 # writes mark their batch (`Bulk.devices`), its events need no order
                 # against them. A user a joined flush moved does not.
@@ -253,23 +258,7 @@ class Intake:
         """A block's plain records, each taken as the result it was before `wire.gather`
         took it out (`_take_result`: its lookups checked, prepared again if they do not
         hold), in input order. They were counted read in bulk: each counts as it goes."""
-        results: list[Result] = []
-        for bulk in bulks:
-            found = {n: (keys, raw) for n, keys, raw in bulk.found}
-            devices = dict(bulk.devices)
-            raws, ids, probes, days = bulk.raws, bulk.ids, bulk.probes, bulk.days
-            for n, (_, (line, part, number)) in enumerate(bulk.positions):
-                keys, raw = found.get(n, ((), None if raws is None else raws[n]))
-                op: WireOp = (
-                    UPLOAD_CODE, bulk.keys[n], bulk.bodies[n], bulk.safe[n], False, number,
-                    None, devices.get(n),
-                )  # fmt: skip
-                results.append((
-                    line, part, READY, raw, [op], None, tuple((key, True) for key in keys),
-                    None if ids is None else ids[n], 0 if probes is None else probes[n],
-                    None if days is None else days[n],
-                ))  # fmt: skip
-        results.sort(key=lambda result: (result[0], result[1]))
+        results = sorted(_unbulked(bulks), key=lambda result: (result[0], result[1]))
         self._ledger.summary.read -= len(results)
         for result in results:
             self._gap = True  # each its own run of positions (see `_one_by_one`)
@@ -510,3 +499,49 @@ class Intake:
             previous = op.number
         # Settled positions, or a token passed over, may end the record.
         self._gap = True
+
+
+def _unbulked(bulks: list[Bulk]) -> list[Result]:
+    """The plain records of `bulks`, each the result it was before `wire.gather` took it
+    out, lane by lane (not in input order)."""
+    results: list[Result] = []
+    for bulk in bulks:
+        found = {n: (keys, raw) for n, keys, raw in bulk.found}
+        devices = dict(bulk.devices)
+        raws, ids, probes, days = bulk.raws, bulk.ids, bulk.probes, bulk.days
+        for n, (_, (line, part, number)) in enumerate(bulk.positions):
+            keys, raw = found.get(n, ((), None if raws is None else raws[n]))
+            op: WireOp = (
+                UPLOAD_CODE, bulk.keys[n], bulk.bodies[n], bulk.safe[n], False, number,
+                None, devices.get(n),
+            )  # fmt: skip
+            results.append((
+                line, part, READY, raw, [op], None, tuple((key, True) for key in keys),
+                None if ids is None else ids[n], 0 if probes is None else probes[n],
+                None if days is None else days[n],
+            ))  # fmt: skip
+    return results
+
+
+def _deletes_a_link(results: list[Result], planner: Planner) -> bool:
+    """Whether a block taken in bulk (its last result) deletes a profile a link merged
+    with others (`Planner.link`, an earlier block's link: the stage's `wire.gather` sees
+    only its block). Its plain records are planned after its other records, so one of
+    those profiles' plain records would then be planned after a deletion that came later
+    in the input, and wait for its answer: the block goes in input order instead."""
+    linked = planner.linked
+    if not linked:
+        return False
+    for result in results[:-1]:
+        if result[2] == READY:
+            for op in result[4]:
+                if op[0] != UPLOAD_CODE and op[1] in linked:
+                    return True
+    return False
+
+
+def _in_input_order(results: list[Result]) -> list[Result]:
+    """A block taken in bulk as if `wire.gather` had left it as it was: its plain records
+    back among the others, in input order."""
+    *others, bulk = results
+    return sorted([*others, *_unbulked(bulk[4])], key=lambda result: (result[0], result[1]))

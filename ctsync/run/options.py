@@ -23,6 +23,10 @@ class RunOptions:
     # messageId dedupe (see ctsync.dedupe): `api.upload` gives the run its `MessageIds`.
     dedupe: bool = True
     dedupe_window_days: float = DEFAULT_WINDOW_DAYS
+    # Whether the planner remembers the profiles links merged, for the deletions that
+    # may follow (`Planner.link`): a run whose mapper never deletes (the classic
+    # preset) needs none of that memory.
+    remember_links: bool = True
 
 
 class Control:
