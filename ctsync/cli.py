@@ -8,6 +8,7 @@ import functools
 import gzip
 import inspect
 import os
+import re
 import stat
 import sys
 import zlib
@@ -896,13 +897,21 @@ def _identity_lines(name: str, s3_endpoint_url: str | None) -> list[tuple[Origin
     except OSError as exc:
         raise UsageError(f"{name}: cannot read the identity file ({exc.strerror})") from None
     for origin, value in lines:
+        looks = None
         if value.lstrip()[:1] in ("{", "["):
+            looks = "a JSON line, not an identity"
+        elif _CONTROL.search(value) is not None:
+            looks = "control characters (binary data?), not an identity"
+        if looks is not None:
             raise UsageError(
-                f"{describe_where(origin)}: a JSON line, not an identity: --from reads one "
-                "identity (or CleverTap ID) a line, and this looks like an export or a "
-                "report; nothing was deleted"
+                f"{describe_where(origin)}: {looks}: --from reads one identity (or "
+                "CleverTap ID) a line, and this looks like another kind of file (an export, "
+                "a report); nothing was deleted"
             )
     return lines
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # (a tab or a line end may surround a value)
 
 
 def _client_settings(

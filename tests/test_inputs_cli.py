@@ -162,11 +162,20 @@ def test_delete_from_a_folder_reads_every_identity_file_in_it(tmp_path: Path) ->
     assert orjson.loads(result.stdout)["read"] == 3
 
 
-@pytest.mark.parametrize("line", [b'{"userId":"u-9","type":"identify"}', b'  ["u-9"]'])
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        (b'{"userId":"u-9","type":"identify"}', "a JSON line, not an identity"),
+        (b'  ["u-9"]', "a JSON line, not an identity"),
+        (b"\x00\x01PK\x03", "control characters (binary data?), not an identity"),
+    ],
+)
 @pytest.mark.parametrize("where", ["file", "folder"])
-def test_delete_from_a_json_line_deletes_nothing(tmp_path: Path, line: bytes, where: str) -> None:
-    # An export (or a --report file) given to --from by mistake: each of its lines was
-    # deleted as one identity, the whole JSON text of the line.
+def test_delete_from_a_json_line_deletes_nothing(
+    tmp_path: Path, line: bytes, said: str, where: str
+) -> None:
+    # An export (or a --report file, or binary data) given to --from by mistake: each of
+    # its lines was deleted as one identity, the whole JSON text of the line.
     folder = tmp_path / "gdpr"
     folder.mkdir()
     (folder / "a.txt").write_bytes(b"u-1\n")
@@ -180,7 +189,7 @@ def test_delete_from_a_json_line_deletes_nothing(tmp_path: Path, line: bytes, wh
         env=clean_env(),
     )
     assert result.exit_code == 2, result.output
-    assert f"{export}:2: a JSON line, not an identity" in result.stderr
+    assert f"{export}:2: {said}" in result.stderr
     assert "nothing was deleted" in result.stderr
     assert not out.exists() or out.read_bytes() == b""
 
