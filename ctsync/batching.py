@@ -93,6 +93,11 @@ LINKED_AT_MOST = 200_000
 included): past it, a link's two profiles are not ordered against each other's
 deletions (`Planner.forgotten_links` counts the links not remembered; the summary says
 so)."""
+GROUP_AT_MOST = 1_000
+"""Profiles one group of links may hold: a device shared by more users than that (an
+anonymousId every message carries) is no one's, and each operation of a linked profile
+that waits for a deletion costs time in proportion to its group. A link past it is not
+remembered either."""
 
 Deferred: TypeAlias = tuple[
     OpKind,
@@ -325,17 +330,13 @@ class Planner:
         if device is not None and key is not None and device != key:
             self.link(key, device)
         if self._deferred and key is not None:
+            # (A profile of a group that waits waits, its whole group too: `link`.)
             deletion = self._deferred.get(key)
             if deletion is None and device is not None:
                 deletion = self._deferred.get(device)
-            linked = self._linked.get(key)
-            if deletion is None and linked is not None:  # (the device's group too: `link`)
-                deletion = self._waiting_member(linked)
             if deletion is not None:  # its profile's deletion has no answer yet
-                if linked is not None:  # its whole group waits with it
-                    self._wait_together(deletion, {key, *linked})
-                if device is not None and device != key:
-                    self._wait_together(deletion, (key, device))
+                if device is not None and device != key:  # a link: both groups wait
+                    self._wait_together(deletion, {key, device, *self._linked.get(key, ())})
                 op = (kind, key, body, safe, token, owner, source, position, hashed, device)
                 return self._defer(deletion, op, gap)
         if kind is not OpKind.UPLOAD:
@@ -504,7 +505,13 @@ class Planner:
         CleverTap: from now on a deletion by either key deletes both, so it is ordered
         against both profiles' operations (`_add_deletion`), for the rest of the run
         (whatever later links or deletions do: an order kept that was not needed only
-        costs time). The groups are merged, the smaller into the larger."""
+        costs time). The groups are merged, the smaller into the larger.
+
+        What waits for a deletion, its whole group does: a deletion registers its
+        group (`_add_deletion`), a link that merges a waiting group into another waits
+        and registers the merged one (`add_encoded`), and each deletion releases what
+        it registered (`release`). So a profile's own entry in `deferred` says whether
+        it waits, in one look (the intake's bulk check too)."""
         if not self._remember_links:
             return
         linked = self._linked
@@ -512,7 +519,9 @@ class Planner:
         theirs = linked.get(device)
         if mine is not None and mine is theirs:
             return
-        if (mine is None or theirs is None) and len(linked) >= LINKED_AT_MOST:
+        size = (1 if mine is None else len(mine)) + (1 if theirs is None else len(theirs))
+        new = (mine is None) + (theirs is None)
+        if size > GROUP_AT_MOST or (new and len(linked) + new > LINKED_AT_MOST):
             self.forgotten_links += 1
             return
         if mine is None:
@@ -533,25 +542,6 @@ class Planner:
     def group(self, key: ProfileKey) -> list[ProfileKey]:
         """The profiles a link merged with `key`'s, itself included."""
         return self._linked.get(key) or [key]
-
-    def waiting_members(self, profiles: set[ProfileKey]) -> set[ProfileKey]:
-        """Those of `profiles` that a link merged with a profile that waits for a
-        deletion (they wait with it: `add_encoded`)."""
-        linked = self._linked
-        return {
-            profile
-            for profile in profiles & linked.keys()
-            if self._waiting_member(linked[profile]) is not None
-        }
-
-    def _waiting_member(self, group: list[ProfileKey]) -> Batch | None:
-        """The deletion some profile of `group` waits for, if one does."""
-        deferred = self._deferred
-        for profile in group:
-            deletion = deferred.get(profile)
-            if deletion is not None:
-                return deletion
-        return None
 
     def waits(self, bulk: Bulk) -> set[ProfileKey]:
         """The devices of a bulk's links that cannot go in bulk: a link must wait for
@@ -886,6 +876,8 @@ class Planner:
         if len(self._hot) < HOT_AT_MOST:
             self._hot.add(key)
         if deletion.sealed:  # on its way: the chain goes on from its answer
+            return []
+        if key not in deletion.keys:  # it waits for a deletion of another profile: a link's
             return []
         if deletion.later is not None and any(
             op[9] is not None and op[9] != op[1] for op in deletion.later.deferred

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import IO, Any, Protocol
 
-from ctsync.batching import LINKED_AT_MOST, Planner
+from ctsync.batching import GROUP_AT_MOST, LINKED_AT_MOST, Planner
 from ctsync.dedupe import MessageIds
 from ctsync.errors import AuthError, DiskFull, OutputError
 from ctsync.ledger import DISK_FULL, OUTPUT_FAILED, Ledger, Summary
@@ -438,9 +438,10 @@ class UploadRun:
         if forgotten:
             self.summary.notes.append(
                 f"{plural(forgotten, 'link')} of a device to a user {were(forgotten)} not "
-                f"remembered (past the first {LINKED_AT_MOST:,} profiles linked): a later "
-                "deletion of one of their profiles was not ordered against the other's writes "
-                "and events (split the input to keep that order)"
+                f"remembered (past the first {LINKED_AT_MOST:,} profiles linked, or "
+                f"{GROUP_AT_MOST:,} in one group: a device shared by that many users): a "
+                "later deletion of one of their profiles was not ordered against the other's "
+                "writes and events"
             )
 
     def _unread_note(self) -> None:

@@ -231,8 +231,6 @@ class Intake:
                 profiles = set(bulk.keys)
                 profiles.update(device for _, device in bulk.devices)
                 waiting = deferred.keys() & profiles
-                if deferred and planner.linked:
-                    waiting |= planner.waiting_members(profiles)
                 # A device a link moved to this very lane goes on in bulk: its profile
                 # writes mark their batch (`Bulk.devices`), its events need no order
                 # against them. A user a joined flush moved does not.
@@ -524,20 +522,27 @@ def _unbulked(bulks: list[Bulk]) -> list[Result]:
 
 
 def _deletes_a_link(results: list[Result], planner: Planner) -> bool:
-    """Whether a block taken in bulk (its last result) deletes a profile a link merged
-    with others (`Planner.link`, an earlier block's link: the stage's `wire.gather` sees
-    only its block). Its plain records are planned after its other records, so one of
-    those profiles' plain records would then be planned after a deletion that came later
-    in the input, and wait for its answer: the block goes in input order instead."""
+    """Whether a block taken in bulk (its last result) may delete a profile an earlier
+    block's link merged with others (`Planner.link`: the stage's `wire.gather` sees only
+    its block): it deletes a profile of a group, or links one to a profile it deletes
+    (a link of such a profile is never plain). Its plain records are planned after its
+    other records, so one of that group's plain records would then be planned after a
+    deletion that came later in the input, and wait for its answer: the block goes in
+    input order instead."""
     linked = planner.linked
     if not linked:
         return False
+    deletes = False
+    touched: set[ProfileKey] = set()  # profiles its deletions and links name
     for result in results[:-1]:
         if result[2] == READY:
             for op in result[4]:
-                if op[0] != UPLOAD_CODE and op[1] in linked:
-                    return True
-    return False
+                if op[0] != UPLOAD_CODE:
+                    deletes = True
+                    touched.add(op[1])
+                elif op[7] is not None and op[7] != op[1]:
+                    touched.update((op[1], op[7]))
+    return deletes and not touched.isdisjoint(linked)
 
 
 def _in_input_order(results: list[Result]) -> list[Result]:
