@@ -828,16 +828,23 @@ class Planner:
             deletion.keyset.add(profile)
 
     def _merge(self, other: Batch, deletion: Batch) -> None:
-        """The operations waiting for `other` wait for `deletion`, after its own."""
+        """The operations waiting for `other` wait for `deletion`, after its own, and so
+        do their profiles' later ones, with the profiles a link merged with them (a
+        group waits whole: `link`)."""
         waiting, other.later = other.later, None
         if waiting is None:
             return
         deferred = self._deferred
+        linked = self._linked
         for op in waiting.deferred:
             self._wait_behind(deletion, op, True)
             for profile in (op[1], op[9]):
                 if profile is not None and deferred.get(profile) is other:
                     deferred[profile] = deletion
+                    for member in linked.get(profile, ()):
+                        if deferred.get(member) is other:  # (released with it, then)
+                            deferred[member] = deletion
+                            deletion.keyset.add(member)
         self._last = None  # the next operation continues no run of these
 
     def _wait_behind(self, deletion: Batch, op: Deferred, gap: bool) -> None:

@@ -593,6 +593,38 @@ def test_past_the_bound_of_linked_profiles_links_are_counted_not_remembered(
     assert [lines_of(b) for b in open_uploads(planner)] == [[1, 3]]
 
 
+def test_a_group_waits_whole_when_its_waiting_operations_move_behind_another_deletion() -> None:
+    """a's write waits for the deletion of a and b (D1); the link of c to tablet (b's
+    device) makes it wait for the deletion of watch (D2, c's device) instead, with all
+    that waited for D1. Phone (a's device) waited for D1 too, with no operation of its
+    own: once D1 had its answer, phone was free while a still waited, and a deletion of
+    phone then went before a's write that came before it (the planner holds a group
+    together: a link merged a and phone)."""
+    planner = Planner(lanes=1, batch_size=2, delete_batch_size=3)
+    phone, tablet, watch = ("guid", "phone"), ("guid", "tablet"), ("guid", "watch")
+    sealed = add(planner, "a", 1, device=phone) + add(planner, "b", 2, device=tablet)
+    sealed += add(planner, "c", 3, device=watch)
+    sealed += delete(planner, "a", 4) + delete(planner, "b", 5) + delete(planner, "watch", 6)
+    sealed += add(planner, "a", 7)
+    sealed += add(planner, "c", 8, device=tablet)
+    sealed += planner.flush()
+    for batch in sealed:
+        if batch.lane >= 0:
+            planner.answered(batch)
+    first, second = (b for b in sealed if b.lane < 0)
+    assert (lines_of(first), lines_of(second)) == ([4, 5], [6])
+    assert planner.release(first) == []
+    assert phone in planner.deferred, "a waits, and phone with it"
+    assert delete(planner, "phone", 9) == []
+    released = planner.release(second)
+    uploads = [b for b in released if b.lane >= 0]
+    for batch in uploads:
+        planner.lanes[batch.lane].queue.append(batch)  # (as the dispatcher queues it)
+    (deletion,) = [b for b in released if b.lane < 0] + planner.seal_deletions()
+    assert [lines_of(b) for b in uploads] == [[7, 8]] and lines_of(deletion) == [9]
+    assert planner.blocked(deletion), "the deletion of phone went before a's write"
+
+
 def test_a_group_past_its_bound_takes_no_more_links(monkeypatch: pytest.MonkeyPatch) -> None:
     """A device shared by many users (an anonymousId every message carries) is no
     one's: past `GROUP_AT_MOST` profiles, a link that would grow its group is counted,
