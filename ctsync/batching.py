@@ -328,15 +328,25 @@ class Planner:
         and the device's later operations follow the link's lane until a batch holding
         them there has its answer (`answered`)."""
         if device is not None and key is not None and device != key:
-            self.link(key, device)
+            self.link(key, device)  # (read now: a later block may count on it, `intake`)
+        linked = self._linked
         if self._deferred and key is not None:
             # (A profile of a group that waits waits, its whole group too: `link`.)
             deletion = self._deferred.get(key)
             if deletion is None and device is not None:
                 deletion = self._deferred.get(device)
+            if deletion is None and kind is not OpKind.UPLOAD and key in linked:
+                # A deletion planned after a wait, of a profile a link read since then
+                # merged with one that waits: it waits too (it would take that one's
+                # place in `deferred`, and its earlier operations would follow it).
+                deletion = self._waiting_member(linked[key])
             if deletion is not None:  # its profile's deletion has no answer yet
-                if device is not None and device != key:  # a link: both groups wait
-                    self._wait_together(deletion, {key, device, *self._linked.get(key, ())})
+                if kind is not OpKind.UPLOAD or (device is not None and device != key):
+                    # Its groups wait with it (both, for a link not remembered).
+                    together = {key, *linked.get(key, ())}
+                    if device is not None:
+                        together.update((device, *linked.get(device, ())))
+                    self._wait_together(deletion, together)
                 op = (kind, key, body, safe, token, owner, source, position, hashed, device)
                 return self._defer(deletion, op, gap)
         if kind is not OpKind.UPLOAD:
@@ -508,10 +518,11 @@ class Planner:
         costs time). The groups are merged, the smaller into the larger.
 
         What waits for a deletion, its whole group does: a deletion registers its
-        group (`_add_deletion`), a link that merges a waiting group into another waits
-        and registers the merged one (`add_encoded`), and each deletion releases what
-        it registered (`release`). So a profile's own entry in `deferred` says whether
-        it waits, in one look (the intake's bulk check too)."""
+        group (`_add_deletion`), or waits if one of them waits; a link of a profile
+        that waits waits, and registers both groups (merged when the link is read); a
+        merge of what waits moves whole groups (`_merge`); and each deletion releases
+        what it registered (`release`). So a profile's own entry in `deferred` says
+        whether it waits, in one look (the intake's bulk check too)."""
         if not self._remember_links:
             return
         linked = self._linked
@@ -539,9 +550,14 @@ class Planner:
         """The profiles a link merged with others, and each one's group (see `link`)."""
         return self._linked
 
-    def group(self, key: ProfileKey) -> list[ProfileKey]:
-        """The profiles a link merged with `key`'s, itself included."""
-        return self._linked.get(key) or [key]
+    def _waiting_member(self, group: list[ProfileKey]) -> Batch | None:
+        """The deletion a profile of `group` waits for, if one does."""
+        deferred = self._deferred
+        for profile in group:
+            deletion = deferred.get(profile)
+            if deletion is not None:
+                return deletion
+        return None
 
     def waits(self, bulk: Bulk) -> set[ProfileKey]:
         """The devices of a bulk's links that cannot go in bulk: a link must wait for
@@ -791,7 +807,7 @@ class Planner:
             if linked:
                 # It deletes the profiles a link merged with it too: it waits for their
                 # earlier operations (`blocked`), and their later ones wait for it. (None
-                # of them waits for a deletion already: this one would wait behind it.)
+                # of them waits for a deletion already: this one would wait too.)
                 for profile in self._linked[key]:
                     self._deferred[profile] = batch
                     batch.keyset.add(profile)
