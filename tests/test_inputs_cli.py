@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -121,16 +122,22 @@ def test_delete_from_reads_gzip_bom_and_crlf(tmp_path: Path, compress: bool) -> 
     data = b"\xef\xbb\xbfu-1\r\nu-2\r\n"
     ids = tmp_path / "gdpr.txt"
     ids.write_bytes(gzip.compress(data) if compress else data)
+    deleted, _ = delete_from(ids, tmp_path)
+    assert deleted == ["u-1", "u-2"]
+
+
+def delete_from(path: Path, tmp_path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The identities a dry run of `ctsync delete --from PATH` would delete (from every
+    request it writes: deletions go out by lane), and its summary."""
     out = tmp_path / "requests.ndjson"
     result = runner.invoke(
         app,
-        ["delete", "--from", str(ids), "--dry-run", "--output", str(out), "--json"],
+        ["delete", "--from", str(path), "--dry-run", "--output", str(out), "--json"],
         env=clean_env(),
     )
     assert result.exit_code == 0, result.output
     bodies = [orjson.loads(line)["body"] for line in out.read_bytes().splitlines()]
-    # (deletions go out by lane: gather the identities of every request)
-    assert sorted(i for body in bodies for i in body["identity"]) == ["u-1", "u-2"]
+    return sorted(i for body in bodies for i in body["identity"]), orjson.loads(result.stdout)
 
 
 def test_delete_from_a_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
@@ -150,16 +157,9 @@ def test_delete_from_a_folder_reads_every_identity_file_in_it(tmp_path: Path) ->
     (folder / "a.txt").write_bytes(b"u-1\nu-2\n")
     (folder / "2024-05" / "b.csv.gz").write_bytes(gzip.compress(b"u-3\r\n"))
     (folder / "_SUCCESS").write_bytes(b"")
-    out = tmp_path / "requests.ndjson"
-    result = runner.invoke(
-        app,
-        ["delete", "--from", str(folder), "--dry-run", "--output", str(out), "--json"],
-        env=clean_env(),
-    )
-    assert result.exit_code == 0, result.output
-    bodies = [orjson.loads(line)["body"] for line in out.read_bytes().splitlines()]
-    assert sorted(i for body in bodies for i in body["identity"]) == ["u-1", "u-2", "u-3"]
-    assert orjson.loads(result.stdout)["read"] == 3
+    deleted, summary = delete_from(folder, tmp_path)
+    assert deleted == ["u-1", "u-2", "u-3"]
+    assert summary["read"] == 3
 
 
 @pytest.mark.parametrize(

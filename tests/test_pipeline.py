@@ -332,6 +332,53 @@ class LinkingCleverTap(ModelCleverTap):
         return await self._answer(len(bodies))  # (answered after a random time more)
 
 
+LINKING = Recipe(mapper=linking_mapper, validator=no_validator, mode=ValidateMode.OFF)
+"""The recipe of `tests.helpers.linking_mapper` (links, events and deletions)."""
+
+
+def files_of(tmp_path: Path, blocks: list[list[dict[str, object]]]) -> list[Source]:
+    """Each block of messages in a file of its own: a block of the run each, and many
+    blocks of a few lines hold no link, so their records are plain (the run plans them
+    after their block's others, a lane at a time)."""
+    sources = []
+    for number, block in enumerate(blocks):
+        export = tmp_path / f"export{number:04}.ndjson"
+        export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in block))
+        sources.append(Source(str(export), export, export.stat().st_size))
+    return sources
+
+
+def run_as(
+    way: str,
+    sources: list[Source],
+    sender: FakeSender,
+    recipe: Recipe,
+    pool: WorkerPool,
+    *,
+    batch_size: int,
+    lanes: int,
+) -> Summary:
+    """A run of `sources` prepared `way`: one by one in the run's process, in bulk (a
+    block's plain records planned a lane at a time, `wire.gather`), or by two workers."""
+    recipe = replace(recipe, bulk_from=1 if way != "one by one" else 10**9)
+    workers = Workers(
+        count=2 if way == "two workers" else 1,
+        recipe=recipe,
+        block_bytes=1000,
+        start_after=0,
+        pool=pool if way == "two workers" else None,
+    )
+    upload_run = UploadRun(
+        sources,
+        mapper=recipe.mapper(set()),
+        sender=sender,
+        ledger=Ledger(),
+        options=RunOptions(batch_size=batch_size, lanes=lanes),
+        workers=workers,
+    )
+    return asyncio.run(asyncio.wait_for(upload_run.run(), 60))
+
+
 @pytest.mark.parametrize(
     ("seed", "way"),
     [(seed, "one by one") for seed in range(6)]
@@ -372,34 +419,11 @@ def test_a_link_lands_in_order_on_the_device_and_on_the_user(
         messages.append(message)
         for name in touched:
             expected.setdefault(name, []).append(n)
-    # Files of a few lines: each its own block, and many blocks hold no link, so their
-    # records are plain (the run plans them after their block's others, a lane at a time).
-    sources = []
-    for first in range(0, len(messages), 5):
-        export = tmp_path / f"export{first:04}.ndjson"
-        export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in messages[first : first + 5]))
-        sources.append(Source(str(export), export, export.stat().st_size))
+    sources = files_of(tmp_path, [messages[n : n + 5] for n in range(0, len(messages), 5)])
     clevertap = LinkingCleverTap(seed)
-    recipe = replace(
-        UploadJob(preset=Preset.CLASSIC, mapping=MappingOptions(link_anonymous=True)).recipe,
-        bulk_from=1 if way != "one by one" else 10**9,
-    )
-    workers = Workers(
-        count=2 if way == "two workers" else 1,
-        recipe=recipe,
-        block_bytes=1000,
-        start_after=0,
-        pool=worker_pool if way == "two workers" else None,
-    )
-    upload_run = UploadRun(
-        sources,
-        mapper=recipe.mapper(set()),
-        sender=clevertap,
-        ledger=Ledger(),
-        options=RunOptions(batch_size=rng.choice([3, 7, 20]), lanes=10),
-        workers=workers,
-    )
-    summary = asyncio.run(asyncio.wait_for(upload_run.run(), 60))
+    recipe = UploadJob(preset=Preset.CLASSIC, mapping=MappingOptions(link_anonymous=True)).recipe
+    size = rng.choice([3, 7, 20])
+    summary = run_as(way, sources, clevertap, recipe, worker_pool, batch_size=size, lanes=10)
     assert_accounted(summary)
     assert summary.accepted == len(messages)
     assert clevertap.landed == expected
@@ -478,34 +502,10 @@ def test_a_deletion_deletes_what_a_link_merged_in_order(
             steps.append(("delete", (key,)))
             deletions.setdefault(key, []).append(n)
         messages[-1]["n"] = n
-    sources = []
-    for first in range(0, len(messages), 5):  # (blocks of a few lines: see the test above)
-        export = tmp_path / f"export{first:04}.ndjson"
-        export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in messages[first : first + 5]))
-        sources.append(Source(str(export), export, export.stat().st_size))
+    sources = files_of(tmp_path, [messages[n : n + 5] for n in range(0, len(messages), 5)])
     clevertap = LandingCleverTap(seed, deletions)
-    recipe = Recipe(
-        mapper=linking_mapper,
-        validator=no_validator,
-        mode=ValidateMode.OFF,
-        bulk_from=1 if way != "one by one" else 10**9,
-    )
-    workers = Workers(
-        count=2 if way == "two workers" else 1,
-        recipe=recipe,
-        block_bytes=1000,
-        start_after=0,
-        pool=worker_pool if way == "two workers" else None,
-    )
-    upload_run = UploadRun(
-        sources,
-        mapper=recipe.mapper(set()),
-        sender=clevertap,
-        ledger=Ledger(),
-        options=RunOptions(batch_size=rng.choice([3, 7, 20]), lanes=10),
-        workers=workers,
-    )
-    summary = asyncio.run(asyncio.wait_for(upload_run.run(), 60))
+    size = rng.choice([3, 7, 20])
+    summary = run_as(way, sources, clevertap, LINKING, worker_pool, batch_size=size, lanes=10)
     assert_accounted(summary)
     assert summary.accepted == len(messages)
     assert sorted(clevertap.landed) == list(range(1, len(messages) + 1))
@@ -534,37 +534,11 @@ def test_a_block_that_links_into_a_group_and_deletes_it_keeps_the_group_in_order
     steps: list[Step] = [
         ("link", ("u", "d")), ("link", ("v", "d")), ("event", ("u",)), ("delete", ("v",)),
     ]  # fmt: skip
-    sources, n = [], 0
-    for number, block in enumerate(blocks):
-        for message in block:
-            n += 1
-            message["n"] = n
-        export = tmp_path / f"block{number}.ndjson"
-        export.write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in block))
-        sources.append(Source(str(export), export, export.stat().st_size))
+    for n, message in enumerate((m for block in blocks for m in block), 1):
+        message["n"] = n
     clevertap = LandingCleverTap(0, {"v": [4]})
-    recipe = Recipe(
-        mapper=linking_mapper,
-        validator=no_validator,
-        mode=ValidateMode.OFF,
-        bulk_from=1 if way != "one by one" else 10**9,
-    )
-    workers = Workers(
-        count=2 if way == "two workers" else 1,
-        recipe=recipe,
-        block_bytes=1000,
-        start_after=0,
-        pool=worker_pool if way == "two workers" else None,
-    )
-    upload_run = UploadRun(
-        sources,
-        mapper=recipe.mapper(set()),
-        sender=clevertap,
-        ledger=Ledger(),
-        options=RunOptions(batch_size=10, lanes=lanes),
-        workers=workers,
-    )
-    summary = asyncio.run(asyncio.wait_for(upload_run.run(), 60))
+    sources = files_of(tmp_path, blocks)
+    summary = run_as(way, sources, clevertap, LINKING, worker_pool, batch_size=10, lanes=lanes)
     assert_accounted(summary)
     assert summary.accepted == 4
     deletions_hold(steps, clevertap.landed)
