@@ -275,7 +275,7 @@ class Planner:
         self._linked: dict[ProfileKey, list[ProfileKey]] = {}
         # (none for a run whose mapper never deletes: `RunOptions.remember_links`)
         self._remember_links = remember_links
-        self.forgotten_links = 0  # links past LINKED_AT_MOST, not remembered
+        self.forgotten_links = 0  # links past LINKED_AT_MOST or GROUP_AT_MOST: not kept
 
     def lane_of(self, key: ProfileKey | None, hashed: int | None = None) -> int:
         """The lane of an operation on `key`; `hashed` is `profile_hash(key)` when the
@@ -331,7 +331,7 @@ class Planner:
             self.link(key, device)  # (read now: a later block may count on it, `intake`)
         linked = self._linked
         if self._deferred and key is not None:
-            # (A profile of a group that waits waits, its whole group too: `link`.)
+            # (Whatever waits for a deletion, its whole group waits too: `link`.)
             deletion = self._deferred.get(key)
             if deletion is None and device is not None:
                 deletion = self._deferred.get(device)
